@@ -1,0 +1,65 @@
+# qmail in Python: the two commands on a fresh Debian 12 machine, as root,
+# are `make run` and `make test`.  Everything else here is what they use.
+
+QMAIL_HOME ?= /var/qmail
+FQDN ?=
+# The interpreter the installed programs run on: a venv from Debian's
+# python3, world-readable, holding the runtime dependencies.
+RUNTIME ?= /usr/local/lib/qmail/venv
+# The developers' venv: the package (editable) and the test tools.
+DEVENV ?= .venv
+SYSPYTHON ?= /usr/bin/python3
+APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd
+
+PYTEST_ARGS ?=
+
+.PHONY: all deps runtime devenv setup run stop test check clean
+
+all: setup
+
+# Debian packages, installed only when one is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(RUNTIME)/.ok: pyproject.toml | deps
+	test -x $(RUNTIME)/bin/python3 || $(SYSPYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install -q --disable-pip-version-check \
+	  'dnspython>=2.3' 'pyinotify>=0.9.6' 'setproctitle>=1.3'
+	chmod -R a+rX $(RUNTIME)
+	touch $@
+
+runtime: $(RUNTIME)/.ok
+
+$(DEVENV)/.ok: pyproject.toml | deps
+	test -x $(DEVENV)/bin/python3 || $(SYSPYTHON) -m venv $(DEVENV)
+	$(DEVENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+devenv: $(DEVENV)/.ok
+
+# Create qmail's users and install (or repair) the home QMAIL_HOME.
+setup: runtime devenv
+	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
+	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN))
+
+# Install what is missing, then run the MTA.
+run: setup
+	@$(DEVENV)/bin/python -m qmail.install --status --home $(QMAIL_HOME)
+
+stop:
+	@true
+
+test: runtime devenv
+	$(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+check: test
+
+clean:
+	rm -rf $(DEVENV) build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

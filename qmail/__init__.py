@@ -1,0 +1,1 @@
+"""qmail in Python: one module per qmail program; shared helpers in qmail.lib."""

@@ -1,0 +1,401 @@
+"""qmail-install: create qmail's users and install a qmail home.
+
+Runs as:  root, from `make setup` (QMAIL_HOME=/var/qmail by default).
+Reads:    the qmail package it is part of; control/me if present.
+Writes:   the users and groups of conf-users/conf-groups, if missing;
+          the home's tree with qmail's owners and modes (HIER below, after
+          notqmail's hier.c); HOME/lib/python/, a copy of the package
+          whose qmail/lib/auto.py fixes the home, ids and split; HOME/bin/,
+          one small script per program and the setuid launcher of
+          qmail-queue, compiled here; control files as config-fast writes
+          them, when control/me does not exist yet.
+Exits:    0 installed; 100 usage or not root; 111 a step failed.
+
+Idempotent: running it again repairs owners and modes, replaces the code
+and keeps the queue and every control file.  The code is switched in
+one rename (lib/python is a symlink), so programs starting meanwhile see
+either the old or the new copy, never half of one.
+"""
+
+import argparse
+import compileall
+import errno
+import grp
+import os
+import pwd
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+
+from qmail.lib import auto
+
+DEFAULT_HOME = '/var/qmail'
+DEFAULT_PYTHON = '/usr/local/lib/qmail/venv/bin/python3'
+
+# conf-groups, conf-users, and INSTALL.ids: user -> (group, home under HOME)
+GROUPS = ('qmail', 'nofiles')
+USERS = (
+    ('alias', 'nofiles', 'alias'),
+    ('qmaild', 'nofiles', ''),
+    ('qmaill', 'nofiles', ''),
+    ('qmailp', 'nofiles', ''),
+    ('qmailq', 'qmail', ''),
+    ('qmailr', 'qmail', ''),
+    ('qmails', 'qmail', ''),
+)
+
+# The tree: kind, path, owner, group, mode.  d directory; s directory
+# split into auto.SPLIT subdirectories; z file of that many zero bytes
+# (path, size); p named pipe.  Owners and modes are qmail's (hier.c).
+HIER = (
+    ('d', '', 'root', 'qmail', 0o755),
+    ('d', 'control', 'root', 'qmail', 0o755),
+    ('d', 'users', 'root', 'qmail', 0o755),
+    ('d', 'bin', 'root', 'qmail', 0o755),
+    ('d', 'lib', 'root', 'qmail', 0o755),
+    ('d', 'boot', 'root', 'qmail', 0o755),
+    ('d', 'doc', 'root', 'qmail', 0o755),
+    ('d', 'alias', 'alias', 'qmail', 0o2755),
+    ('d', 'queue', 'qmailq', 'qmail', 0o750),
+    ('d', 'queue/pid', 'qmailq', 'qmail', 0o700),
+    ('d', 'queue/intd', 'qmailq', 'qmail', 0o700),
+    ('d', 'queue/todo', 'qmailq', 'qmail', 0o750),
+    ('d', 'queue/bounce', 'qmails', 'qmail', 0o700),
+    ('s', 'queue/mess', 'qmailq', 'qmail', 0o750),
+    ('s', 'queue/info', 'qmails', 'qmail', 0o700),
+    ('s', 'queue/local', 'qmails', 'qmail', 0o700),
+    ('s', 'queue/remote', 'qmails', 'qmail', 0o700),
+    ('d', 'queue/lock', 'qmailq', 'qmail', 0o750),
+    ('z', ('queue/lock/tcpto', 1024), 'qmailr', 'qmail', 0o644),
+    ('z', ('queue/lock/sendmutex', 0), 'qmails', 'qmail', 0o600),
+    ('p', 'queue/lock/trigger', 'qmails', 'qmail', 0o622),
+)
+
+# The programs: name in bin/, module in qmail/, mode, and whether it needs
+# the interpreter's site-packages (dnspython and friends).  Programs that
+# do not start with -S, which saves interpreter start time.
+PROGRAMS = (
+    ('qmail-inject', 'inject', 0o755, False),
+    ('sendmail', 'sendmail', 0o755, False),
+    ('qmail-qread', 'qread', 0o755, False),
+    ('qmail-qstat', 'qstat', 0o755, False),
+    ('qmail-showctl', 'showctl', 0o755, False),
+)
+
+SAFE_PATH = re.compile(r'^/[A-Za-z0-9._/+-]*$')
+
+
+class InstallError(Exception):
+    pass
+
+
+def say(text):
+    print('qmail-install: ' + text, flush=True)
+
+
+# --- users --------------------------------------------------------------
+
+def ensure_ids():
+    """Create qmail's groups and users if missing (INSTALL.ids)."""
+    for group in GROUPS:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            say('creating group ' + group)
+            subprocess.run(['groupadd', '-r', group], check=True)
+    for user, group, sub in USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            say('creating user ' + user)
+            home = os.path.join(DEFAULT_HOME, sub) if sub else DEFAULT_HOME
+            subprocess.run(['useradd', '-r', '-M', '-g', group, '-d', home,
+                            '-s', '/usr/sbin/nologin', user], check=True)
+
+
+def lookup_ids():
+    uids = {u: pwd.getpwnam(u).pw_uid for u, _, _ in USERS}
+    uids['root'] = 0
+    gids = {g: grp.getgrnam(g).gr_gid for g in GROUPS}
+    return uids, gids
+
+
+# --- the tree -----------------------------------------------------------
+
+def fix(path, uid, gid, mode):
+    """Set owner, then mode (chown clears set-id bits)."""
+    os.lchown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def make_dir(path, uid, gid, mode):
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise InstallError('%s exists and is not a directory' % path)
+    fix(path, uid, gid, mode)
+
+
+def make_zero_file(path, size, uid, gid, mode):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.write(fd, b'\0' * size)
+        os.fsync(fd)
+        os.close(fd)
+    fix(path, uid, gid, mode)
+
+
+def make_fifo(path, uid, gid, mode):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkfifo(path, 0o600)
+    else:
+        if not stat.S_ISFIFO(st.st_mode):
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+    fix(path, uid, gid, mode)
+
+
+def install_tree(home, uids, gids, split):
+    for kind, what, owner, group, mode in HIER:
+        uid, gid = uids[owner], gids[group]
+        if kind == 'z':
+            name, size = what
+            make_zero_file(os.path.join(home, name), size, uid, gid, mode)
+            continue
+        path = os.path.join(home, what) if what else home
+        if kind == 'p':
+            make_fifo(path, uid, gid, mode)
+        elif kind == 'd':
+            make_dir(path, uid, gid, mode)
+        elif kind == 's':
+            make_dir(path, uid, gid, mode)
+            for i in range(split):
+                make_dir(os.path.join(path, str(i)), uid, gid, mode)
+
+
+# --- the code -----------------------------------------------------------
+
+def auto_source(home, python, split, uids, gids):
+    """The installed qmail/lib/auto.py: every value fixed."""
+    template = open(auto.__file__, encoding='utf-8').read()
+    fixed = {
+        'QMAIL': repr(home),
+        'SPLIT': repr(split),
+        'PYTHON': repr(python),
+        'UIDS': repr(uids),
+        'GIDS': repr(gids),
+    }
+    out = []
+    for line in template.splitlines():
+        m = re.match(r'^([A-Z]+) = ', line)
+        if m and m.group(1) in fixed:
+            line = '%s = %s' % (m.group(1), fixed[m.group(1)])
+        out.append(line)
+    return '\n'.join(out) + '\n'
+
+
+def copy_tree_readonly(src, dst):
+    """Copy the package, root-owned and world-readable, without caches."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+        '__pycache__', '*.pyc', '*.c'))
+    for dirpath, dirnames, filenames in os.walk(dst):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+
+
+def install_lib(home, python, split, uids, gids):
+    """HOME/lib/python -> python.<n>, switched atomically."""
+    lib = os.path.join(home, 'lib')
+    src = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
+    new = tempfile.mkdtemp(prefix='python.', dir=lib)
+    os.chmod(new, 0o755)
+    copy_tree_readonly(src, os.path.join(new, 'qmail'))
+    with open(os.path.join(new, 'qmail', 'lib', 'auto.py'), 'w') as f:
+        f.write(auto_source(home, python, split, uids, gids))
+    compileall.compile_dir(new, quiet=1)
+    for dirpath, dirnames, filenames in os.walk(new):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    link = os.path.join(lib, 'python')
+    old = os.path.realpath(link) if os.path.islink(link) else None
+    tmp = link + '.new'
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(os.path.basename(new), tmp)
+    if os.path.isdir(link) and not os.path.islink(link):
+        shutil.rmtree(link)
+    os.rename(tmp, link)
+    if old and old != new and os.path.dirname(old) == lib:
+        shutil.rmtree(old, ignore_errors=True)
+    # The fixed script the setuid launcher runs.
+    write_file(os.path.join(lib, 'qmail-queue.py'),
+               program_script(home, python, 'queue', False), 0o644)
+
+
+def program_script(home, python, module, needs_site):
+    flags = '-I' if needs_site else '-IS'
+    return ('#!%s %s\n'
+            '# qmail program for the home %s; written by qmail-install.\n'
+            'import sys\n'
+            'sys.path.insert(0, %r)\n'
+            'from qmail.%s import run\n'
+            'run()\n') % (python, flags, home,
+                          os.path.join(home, 'lib', 'python'), module)
+
+
+def write_file(path, text, mode, uid=0, gid=0):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def build_launcher(home, python, uids, gids):
+    """Compile bin/qmail-queue: setuid qmailq, 04711."""
+    src = os.path.join(os.path.dirname(os.path.abspath(auto.__file__)),
+                       '..', 'queue-launcher.c')
+    text = open(src).read().replace('@PYTHON@', python).replace('@QMAIL@', home)
+    bindir = os.path.join(home, 'bin')
+    with tempfile.TemporaryDirectory() as tmpdir:
+        csrc = os.path.join(tmpdir, 'qmail-queue.c')
+        with open(csrc, 'w') as f:
+            f.write(text)
+        out = os.path.join(bindir, '.qmail-queue.new')
+        subprocess.run(['cc', '-O2', '-Wall', '-Werror', '-o', out, csrc],
+                       check=True)
+    os.chown(out, uids['qmailq'], gids['qmail'])
+    os.chmod(out, 0o4711)
+    os.rename(out, os.path.join(bindir, 'qmail-queue'))
+
+
+def install_bin(home, python, uids, gids):
+    build_launcher(home, python, uids, gids)
+    for name, module, mode, needs_site in PROGRAMS:
+        write_file(os.path.join(home, 'bin', name),
+                   program_script(home, python, module, needs_site),
+                   mode, 0, gids['qmail'])
+
+
+# --- control files ------------------------------------------------------
+
+def derive_defaultdomain(fqdn: str) -> str:
+    """config-fast: drop the first label if the name has at least 3."""
+    m = re.match(r'^([^.]*)\.([^.]*)\.', fqdn)
+    if m:
+        return fqdn[m.end(1) + 1:]
+    return fqdn
+
+
+def derive_plusdomain(fqdn: str) -> str:
+    """config-fast: the last two labels."""
+    m = re.match(r'^.*\.([^.]*)\.([^.]*)$', fqdn)
+    if m:
+        return '%s.%s' % (m.group(1), m.group(2))
+    return fqdn
+
+
+def config_fast(home, fqdn):
+    """Write me, defaultdomain, plusdomain, locals, rcpthosts once."""
+    control = os.path.join(home, 'control')
+    if os.path.exists(os.path.join(control, 'me')):
+        return
+    say('configuring control/ for ' + fqdn)
+    for name, value in (('defaultdomain', derive_defaultdomain(fqdn)),
+                        ('plusdomain', derive_plusdomain(fqdn)),
+                        ('locals', fqdn), ('rcpthosts', fqdn),
+                        ('me', fqdn)):        # me last: it marks "done"
+        write_file(os.path.join(control, name), value + '\n', 0o644)
+
+
+def host_fqdn():
+    name = socket.getfqdn()
+    if not name or name == 'localhost':
+        name = socket.gethostname()
+    return name.lower()
+
+
+def status_text(home):
+    me = open(os.path.join(home, 'control', 'me')).read().strip()
+    return '''qmail home %(home)s is installed for %(me)s.
+Queue a first message (as any user):
+    echo 'Subject: hello' | %(home)s/bin/sendmail root@%(me)s
+See it in the queue (as root):
+    %(home)s/bin/qmail-qread
+    %(home)s/bin/qmail-qstat
+Configuration: %(home)s/bin/qmail-showctl
+Delivery (qmail-send and friends under daemontools) is not built yet:
+messages wait in %(home)s/queue.''' % {'home': home, 'me': me}
+
+
+# --- main -----------------------------------------------------------------
+
+def check_path(what, path):
+    if not SAFE_PATH.match(path) or '//' in path or '/../' in path + '/':
+        raise InstallError('%s must be a plain absolute path: %r' % (what, path))
+
+
+def install(home, python, fqdn, split=auto.SPLIT):
+    check_path('home', home)
+    check_path('python', python)
+    if not os.access(python, os.X_OK):
+        raise InstallError('no interpreter at %s (run make setup)' % python)
+    ensure_ids()
+    uids, gids = lookup_ids()
+    os.makedirs(os.path.dirname(home), exist_ok=True)
+    install_tree(home, uids, gids, split)
+    install_lib(home, python, split, uids, gids)
+    install_bin(home, python, uids, gids)
+    config_fast(home, fqdn or host_fqdn())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='qmail-install')
+    parser.add_argument('--home', default=DEFAULT_HOME)
+    parser.add_argument('--python', default=DEFAULT_PYTHON)
+    parser.add_argument('--fqdn', default='')
+    parser.add_argument('--status', action='store_true',
+                        help='say what is installed and how to use it')
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        return 100
+    if args.status:
+        print(status_text(args.home))
+        return 0
+    if os.geteuid() != 0:
+        print('qmail-install: fatal: must be run as root', file=sys.stderr)
+        return 100
+    try:
+        install(args.home.rstrip('/') or '/', args.python, args.fqdn)
+    except InstallError as e:
+        print('qmail-install: fatal: %s' % e, file=sys.stderr)
+        return 100
+    except (OSError, subprocess.CalledProcessError) as e:
+        print('qmail-install: fatal: %s' % e, file=sys.stderr)
+        return 111
+    say('installed %s' % args.home)
+    return 0
+
+
+def run():
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    run()

@@ -1,0 +1,1 @@
+"""Small helpers shared by the qmail programs, one job per module."""

@@ -1,0 +1,129 @@
+"""Reading qmail's control files, with qmail's rules.
+
+A one-line control is its first line with trailing spaces, tabs and the
+newline removed.  A list control is every line so stripped, skipping
+empty lines and lines starting with '#'.  A missing file means "use the
+default"; any other failure to read raises OSError, which callers treat
+as a temporary failure (qmail's "unable to read controls").
+
+Several defaults are derived from control/me: `rldef(..., flagme=True)`
+falls back to me when the file is missing, then to the literal default.
+Every control file and its default is listed in control/README.
+"""
+
+import errno
+import os
+
+# A control file is written by the admin; reading more than this from one
+# line is a mistake, not configuration.
+MAX_CONTROL_BYTES = 1 << 26
+
+
+def _read(path):
+    """The file's bytes, or None if it does not exist."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read(MAX_CONTROL_BYTES)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def strip_line(line: bytes) -> bytes:
+    """Remove trailing newline, spaces and tabs, as qmail does."""
+    return line.rstrip(b' \t\n')
+
+
+def parse_line(data: bytes) -> bytes:
+    """The value of a one-line control file."""
+    return strip_line(data.split(b'\n', 1)[0])
+
+
+def parse_lines(data: bytes) -> list:
+    """The values of a list control file: no empty or '#' lines."""
+    out = []
+    for line in data.split(b'\n'):
+        line = strip_line(line)
+        if line and not line.startswith(b'#'):
+            out.append(line)
+    return out
+
+
+def parse_int(data: bytes):
+    """qmail's scan_ulong on the first line: leading digits, or None."""
+    line = parse_line(data)
+    digits = b''
+    for ch in line:
+        if 48 <= ch <= 57:
+            digits += bytes((ch,))
+        else:
+            break
+    return int(digits) if digits else None
+
+
+def readline(path):
+    """A one-line control as bytes, or None if the file is missing."""
+    data = _read(path)
+    return None if data is None else parse_line(data)
+
+
+def readfile(path):
+    """A list control as a list of bytes, or None if the file is missing."""
+    data = _read(path)
+    return None if data is None else parse_lines(data)
+
+
+def readint(path):
+    """A numeric control, or None if missing or not a number."""
+    data = _read(path)
+    return None if data is None else parse_int(data)
+
+
+class Controls:
+    """The control directory of one qmail home, with control/me remembered."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self._me = False
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    @property
+    def me(self):
+        """control/me, or None; read once."""
+        if self._me is False:
+            self._me = readline(self.path('me'))
+        return self._me
+
+    def line(self, name: str, default=None, flagme=False):
+        """A one-line control; else me (if flagme and me is set); else default."""
+        value = readline(self.path(name))
+        if value is not None:
+            return value
+        if flagme and self.me is not None:
+            return self.me
+        return default
+
+    def lines(self, name: str, flagme=False):
+        """A list control; else [me] if flagme and me is set; else []."""
+        value = readfile(self.path(name))
+        if value is not None:
+            return value
+        if flagme and self.me is not None:
+            return [self.me]
+        return []
+
+    def int(self, name: str, default: int) -> int:
+        value = readint(self.path(name))
+        return default if value is None else value
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.stat(self.path(name))
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
+        return True

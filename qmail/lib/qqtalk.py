@@ -1,0 +1,149 @@
+"""Talking to qmail-queue: qmail's qmail_open/put/from/to/close.
+
+The caller starts qmail-queue (or the program named by QMAILQUEUE),
+writes the message to its fd 0, then the envelope to its fd 1, and
+reads a custom error string from its fd 6 when it exits 82.  close()
+turns the exit code into qmail's status text: "" for success, else a
+string starting with Z (temporary) or D (permanent) and ending in an
+enhanced status code, ready for an SMTP reply or a diagnostic.
+
+Callers run with their cwd at the qmail home, as qmail's do, so a
+QMAILQUEUE program starts there too.
+"""
+
+import os
+import signal
+
+BUFSIZE = 65536
+ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
+
+
+class QueueClient:
+    """One message on its way into the queue."""
+
+    def __init__(self, program: str):
+        self.flagerr = False
+        self.buf = bytearray()
+        self.pid = None
+        self.spawn_error = None
+        pim = os.pipe()
+        pie = os.pipe()
+        pierr = os.pipe()
+        try:
+            self.pid = os.posix_spawn(
+                program, [program], os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, pim[0], 0),
+                    (os.POSIX_SPAWN_DUP2, pie[0], 1),
+                    (os.POSIX_SPAWN_DUP2, pierr[1], 6),
+                ],
+                setsigdef=(signal.SIGPIPE,),
+            )
+        except OSError as err:
+            self.spawn_error = err
+            self.flagerr = True
+        for fd in (pim[0], pie[0], pierr[1]):
+            os.close(fd)
+        self.fdm, self.fde, self.fderr = pim[1], pie[1], pierr[0]
+        self.fdout = self.fdm
+
+    def _flush(self):
+        data = memoryview(bytes(self.buf))
+        self.buf.clear()
+        while data and not self.flagerr:
+            try:
+                n = os.write(self.fdout, data)
+            except OSError:
+                self.flagerr = True
+                return
+            data = data[n:]
+
+    def put(self, data: bytes):
+        """Append bytes to the message (or, after from_, the envelope)."""
+        if self.flagerr:
+            return
+        self.buf += data
+        if len(self.buf) >= BUFSIZE:
+            self._flush()
+
+    def fail(self):
+        """Abandon the message: close() will not report success."""
+        self.flagerr = True
+
+    def from_(self, sender: bytes):
+        """End the message; start the envelope with the sender."""
+        self._flush()
+        os.close(self.fdm)
+        self.fdm = -1
+        self.fdout = self.fde
+        self.put(b'F' + sender + b'\0')
+
+    def to(self, recipient: bytes):
+        self.put(b'T' + recipient + b'\0')
+
+    def close(self) -> str:
+        """Finish the envelope, wait for qmail-queue, return qmail's status."""
+        self.put(b'\0')
+        self._flush()
+        if self.fdm != -1:
+            os.close(self.fdm)
+        os.close(self.fde)
+        errstr = b''
+        try:
+            while len(errstr) < ERRSTR_MAX:
+                chunk = os.read(self.fderr, ERRSTR_MAX - len(errstr))
+                if not chunk:
+                    break
+                errstr += chunk
+        except OSError:
+            pass
+        os.close(self.fderr)
+        if self.pid is None:
+            return 'Zunable to exec qq (#4.3.0)'
+        try:
+            _, wstat = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return 'Zqq waitpid surprise (#4.3.0)'
+        if os.WIFSIGNALED(wstat):
+            return 'Zqq crashed (#4.3.0)'
+        code = os.WEXITSTATUS(wstat)
+        if code == 0 and not self.flagerr:
+            return ''
+        return status_text(code, errstr.decode('utf-8', 'replace'))
+
+
+def status_text(code: int, errstr: str = '') -> str:
+    """qmail's reading of a qmail-queue exit code (code 0 here means a
+    write to qmail-queue failed, which qmail reports as a read error)."""
+    fixed = {
+        115: 'Denvelope address too long for qq (#5.1.3)',
+        11: 'Denvelope address too long for qq (#5.1.3)',
+        31: 'Dmail server permanently rejected message (#5.3.0)',
+        51: 'Zqq out of memory (#4.3.0)',
+        52: 'Zqq timeout (#4.3.0)',
+        53: 'Zqq write error or disk full (#4.3.0)',
+        0: 'Zqq read error (#4.3.0)',
+        54: 'Zqq read error (#4.3.0)',
+        55: 'Zqq unable to read configuration (#4.3.0)',
+        56: 'Zqq trouble making network connection (#4.3.0)',
+        61: 'Zqq trouble in home directory (#4.3.0)',
+        62: 'Zqq trouble creating files in queue (#4.3.0)',
+        63: 'Zqq trouble creating files in queue (#4.3.0)',
+        64: 'Zqq trouble creating files in queue (#4.3.0)',
+        65: 'Zqq trouble creating files in queue (#4.3.0)',
+        66: 'Zqq trouble creating files in queue (#4.3.0)',
+        71: 'Zmail server temporarily rejected message (#4.3.0)',
+        72: 'Zconnection to mail server timed out (#4.4.1)',
+        73: 'Zconnection to mail server rejected (#4.4.1)',
+        74: 'Zcommunication with mail server failed (#4.4.2)',
+        81: 'Zqq internal bug (#4.3.0)',
+        91: 'Zqq internal bug (#4.3.0)',
+        120: 'Zunable to exec qq (#4.3.0)',
+    }
+    if code in fixed:
+        return fixed[code]
+    if code == 82 and len(errstr) > 2 and errstr[0] in 'DZ':
+        return errstr.split('\n')[0]
+    if 11 <= code <= 40:
+        return 'Dqq permanent problem (#5.3.0)'
+    return 'Zqq temporary problem (#4.3.0)'

@@ -1,0 +1,156 @@
+"""qmail-qread: list the messages in the queue and their recipients.
+
+Runs as:  root, or qmails with group qmail.
+Reads:    HOME/queue: info/, local/, remote/, bounce/, mess/ (sizes) and,
+          beyond qmail 1.03, todo/ for messages qmail-send has not yet
+          preprocessed.
+Writes:   fd 1, per message a line
+              <date> GMT  #<messid>  <bytes>  <sender>  [bouncing]
+          then one line per recipient, "\tlocal\t" or "\tremote\t" and
+          the address, prefixed by "  done" once delivered or bounced.
+          A message still in todo/ lists its recipients as "\ttodo\t":
+          where they go is decided at preprocessing.  Unprintable bytes
+          become '_'.  Trouble with one message prints
+          "warning: trouble with #<messid>" and the scan goes on.
+Exits:    0; 111 if the queue cannot be opened.
+See:      qmail-qread(8).
+"""
+
+import os
+import sys
+
+from qmail.lib import auto
+from qmail.lib.date822 import date822
+from qmail.lib.qfile import parse_messid, qfn
+
+
+def printable(data: bytes) -> str:
+    return ''.join(chr(c) if 32 <= c <= 126 else '_' for c in data)
+
+
+def stats_line(messid: int, qtime: float, size: int, sender: bytes,
+               bouncing: bool) -> str:
+    """The message's line, as qmail-qread formats it."""
+    date = date822(qtime)[:-6].decode()        # drop " -0000"
+    line = '%s GMT  #%d  %d  <%s> ' % (date, messid, size, printable(sender))
+    if bouncing:
+        line += ' bouncing'
+    return line + '\n'
+
+
+def recipient_lines(channel: str, data: bytes) -> str:
+    """Lines for a local/ or remote/ file: T not done, D done."""
+    out = []
+    for record in data.split(b'\0'):
+        if not record:
+            continue
+        if record[:1] == b'D':
+            out.append('  done\t%s\t%s\n' % (channel, printable(record[1:])))
+        elif record[:1] == b'T':
+            out.append('\t%s\t%s\n' % (channel, printable(record[1:])))
+    return ''.join(out)
+
+
+def parse_todo(data: bytes):
+    """(sender, recipients) from a todo/ envelope (u, p, F, T records)."""
+    sender, recips = b'', []
+    for record in data.split(b'\0'):
+        if record[:1] == b'F':
+            sender = record[1:]
+        elif record[:1] == b'T':
+            recips.append(record[1:])
+    return sender, recips
+
+
+def read_file(path: str):
+    with open(path, 'rb') as f:
+        return f.read(), os.fstat(f.fileno())
+
+
+def list_dir(path: str):
+    """Message numbers in one directory, in order."""
+    ids = []
+    with os.scandir(path) as it:
+        for entry in it:
+            messid = parse_messid(entry.name)
+            if messid is not None:
+                ids.append(messid)
+    return sorted(ids)
+
+
+def show_info(messid: int, split: int) -> str:
+    """Everything qmail-qread prints for a preprocessed message."""
+    size = os.stat(qfn('mess', messid, split)).st_size
+    bouncing = os.path.exists(qfn('bounce', messid, split))
+    data, st = read_file(qfn('info', messid, split))
+    sender = data.split(b'\0', 1)[0][1:]
+    out = [stats_line(messid, st.st_mtime, size, sender, bouncing)]
+    for channel in ('local', 'remote'):
+        try:
+            data, _ = read_file(qfn(channel, messid, split))
+        except FileNotFoundError:
+            continue
+        out.append(recipient_lines(channel, data))
+    return ''.join(out)
+
+
+def show_todo(messid: int, split: int) -> str:
+    data, st = read_file(qfn('todo', messid, split))
+    size = os.stat(qfn('mess', messid, split)).st_size
+    sender, recips = parse_todo(data)
+    out = [stats_line(messid, st.st_mtime, size, sender, False)]
+    out.extend('\ttodo\t%s\n' % printable(r) for r in recips)
+    return ''.join(out)
+
+
+def scan(split: int, write) -> None:
+    """Write the listing; cwd is HOME/queue."""
+    todo = {}
+    for messid in list_dir('todo'):
+        try:
+            todo[messid] = show_todo(messid, split)
+        except FileNotFoundError:
+            pass                       # preprocessed meanwhile: see info/
+        except OSError:
+            todo[messid] = 'warning: trouble with #%d\n' % messid
+    for i in range(split):
+        for messid in list_dir('info/%d' % i):
+            try:
+                text = show_info(messid, split)
+            except OSError:
+                text = 'warning: trouble with #%d\n' % messid
+            todo.pop(messid, None)
+            write(text)
+    for messid in sorted(todo):
+        write(todo[messid])
+
+
+def main(argv=None) -> int:
+    try:
+        os.chdir(os.path.join(auto.QMAIL, 'queue'))
+    except OSError as e:
+        sys.stdout.write('fatal: unable to chdir: %s\n' % os.strerror(e.errno))
+        return 111
+    try:
+        scan(auto.SPLIT, sys.stdout.write)
+    except OSError as e:
+        sys.stdout.write('fatal: unable to opendir %s: %s\n'
+                         % (e.filename or '', e.strerror))
+        return 111
+    return 0
+
+
+def run():
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = 0
+    except Exception as e:
+        sys.stderr.write('qmail-qread: fatal: internal bug: %s\n' % type(e).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

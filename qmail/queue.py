@@ -1,0 +1,316 @@
+"""qmail-queue: put one message into the queue.
+
+Runs as:  qmailq (setuid, through the launcher bin/qmail-queue), with the
+          caller's real uid; cwd HOME/queue.
+Reads:    fd 0, the message; then fd 1, the envelope: F sender NUL,
+          T recipient NUL for each recipient, then one more NUL.
+Writes:   pid/<pid>.<time>.<seq>, renamed by link to mess/<split>/<messid>
+          (messid is the file's inode); intd/<messid> holding u<uid>,
+          p<pid> and the envelope; todo/<messid> as a link to it; then
+          pulls lock/trigger to wake qmail-send.
+Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
+          53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
+          64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
+          Prints nothing: the exit code is the whole answer.
+Trusts:   nobody: the caller controls the bytes of message and envelope,
+          which are copied, never interpreted, beyond the envelope's
+          framing and the address length limit.
+See:      qmail-queue(8); INTERNALS.md "How messages enter the queue".
+
+The same writer, enqueue(), serves the setuid command and any process
+already running as qmailq with the code loaded that forks one writer per
+message (no interpreter start per message).
+
+Every failure after the mess file exists truncates and removes what this
+process made, so a failed injection leaves no file in mess/, intd/ or
+todo/; a pid/ file left by a crash is qmail-send's to clean.  The
+timeout (DEATH) exits without cleaning: a stuck qmail-queue must not
+race qmail-send, which cleans such files once they are OSSIFIED.
+"""
+
+import os
+import signal
+import sys
+import time
+
+from qmail.lib import auto, durable
+from qmail.lib.date822 import date822
+from qmail.lib.qfile import pidfn, qfn
+
+DEATH = 86400        # 24 hours; must stay below qmail-send's OSSIFIED (36 h)
+ADDR = 1003          # an address with its NUL must fit in this many bytes
+BUFSIZE = 65536
+PIDTRIES = 9         # pid/ names tried before giving up (63)
+
+
+class QueueExit(Exception):
+    """Stop with qmail-queue exit code self.code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def received_line(pid: int, uid: int, now: float, uids: dict) -> bytes:
+    """qmail-queue's Received line: who invoked it, and when."""
+    if uid == uids['alias']:
+        who = b'by alias'
+    elif uid == uids['daemon']:
+        who = b'from network'
+    elif uid == uids['send']:
+        who = b'for bounce'
+    else:
+        who = b'by uid %d' % uid
+    return b'Received: (qmail %d invoked %s); %s\n' % (pid, who, date822(now))
+
+
+class EnvelopeParser:
+    """Checks the envelope's framing as it streams past.
+
+    feed() takes raw bytes and returns the bytes to append to intd; done
+    is set once the terminating NUL has been seen.  Raises QueueExit(91)
+    for a bad tag and QueueExit(11) for an address of ADDR bytes or more.
+    """
+
+    def __init__(self):
+        self.pending = bytearray()
+        self.flagsender = True     # the next record must be F
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        pending = self.pending
+        pending += data
+        out = bytearray()
+        pos = 0
+        while pos < len(pending) and not self.done:
+            tag = pending[pos]
+            if self.flagsender:
+                if tag != 0x46:            # F
+                    raise QueueExit(91)
+            elif tag == 0:
+                self.done = True
+                pos += 1
+                break
+            elif tag != 0x54:              # T
+                raise QueueExit(91)
+            end = pending.find(b'\0', pos + 1, pos + 1 + ADDR)
+            if end == -1:
+                if len(pending) - pos - 1 >= ADDR:
+                    raise QueueExit(11)
+                break                      # the record continues in the next read
+            out += pending[pos:end + 1]
+            self.flagsender = False
+            pos = end + 1
+        del pending[:pos]
+        return bytes(out)
+
+
+def read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, BUFSIZE)
+    except OSError:
+        raise QueueExit(54) from None
+
+
+class Writer:
+    """The files one injection makes, so that a failure removes them."""
+
+    def __init__(self, split: int):
+        self.split = split
+        self.messfn = self.intdfn = None
+        self.messfd = self.intdfd = -1
+
+    def cleanup(self):
+        """Undo this injection: intd first, then mess (S3 -> S2 -> S1)."""
+        for fd, fn in ((self.intdfd, self.intdfn), (self.messfd, self.messfn)):
+            if fn is None:
+                continue
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            try:
+                durable.unlink(fn)
+            except OSError:
+                return
+
+    def pidopen(self, pid: int, starttime: int) -> str:
+        for seq in range(1, PIDTRIES + 1):
+            fn = pidfn(pid, starttime, seq)
+            try:
+                self.messfd = durable.create_excl(fn)
+                return fn
+            except OSError:
+                continue
+        raise QueueExit(63)
+
+    def write(self, fd: int, data: bytes):
+        try:
+            durable.write_all(fd, data)
+        except OSError:
+            raise QueueExit(53) from None
+
+    def sync(self, fd: int):
+        try:
+            durable.fsync(fd)
+        except OSError:
+            raise QueueExit(53) from None
+
+    def syncdir(self, path: str):
+        try:
+            durable.fsync_dir(path)
+        except OSError:
+            raise QueueExit(53) from None
+
+    def enqueue(self, msgfd: int, envfd: int, uid: int, pid: int,
+                now: float, uids: dict) -> int:
+        received = received_line(pid, uid, now, uids)
+
+        # S1: pid/ file; its inode names the message.
+        tmpfn = self.pidopen(pid, int(now))
+        try:
+            messid = os.fstat(self.messfd).st_ino
+        except OSError:
+            raise QueueExit(63) from None
+        messfn = qfn('mess', messid, self.split)
+        intdfn = qfn('intd', messid, self.split)
+        todofn = qfn('todo', messid, self.split)
+        try:
+            durable.link(tmpfn, messfn)
+        except OSError:
+            raise QueueExit(64) from None
+        self.messfn = messfn          # S2: from here on, failures clean up
+        try:
+            durable.unlink(tmpfn)
+        except OSError:
+            raise QueueExit(63) from None
+
+        # The message: Received line, then fd 0 byte for byte.
+        buf = bytearray(received)
+        while True:
+            chunk = read_some(msgfd)
+            if not chunk:
+                break
+            buf += chunk
+            if len(buf) >= BUFSIZE:
+                self.write(self.messfd, buf)
+                buf.clear()
+        self.write(self.messfd, buf)
+        self.sync(self.messfd)
+        # The link in mess/ must be durable before todo/ names the message.
+        self.syncdir(os.path.dirname(messfn))
+
+        # S3: intd/ receives the envelope.
+        try:
+            self.intdfd = durable.create_excl(intdfn)
+        except OSError:
+            raise QueueExit(65) from None
+        self.intdfn = intdfn
+        parser = EnvelopeParser()
+        out = bytearray(b'u%d\0p%d\0' % (uid, pid))
+        while not parser.done:
+            chunk = read_some(envfd)
+            if not chunk:
+                raise QueueExit(54)    # EOF before the final NUL
+            out += parser.feed(chunk)
+            if len(out) >= BUFSIZE:
+                self.write(self.intdfd, out)
+                out.clear()
+        self.write(self.intdfd, out)
+        self.sync(self.intdfd)
+
+        # S4: the link in todo/ is the moment of acceptance.
+        try:
+            durable.link(intdfn, todofn)
+        except OSError:
+            raise QueueExit(66) from None
+        try:
+            durable.fsync_dir('todo')
+        except OSError:
+            # Not known to be durable: report failure.  qmail-send may
+            # already have seen it; then it is delivered, and the sender
+            # retrying makes a duplicate, never a loss.
+            try:
+                durable.unlink(todofn)
+            except OSError:
+                pass
+            raise QueueExit(53) from None
+        for fd in (self.messfd, self.intdfd):
+            os.close(fd)
+        triggerpull()
+        return 0
+
+
+def triggerpull():
+    """Wake qmail-send through lock/trigger; nobody listening is fine."""
+    try:
+        fd = os.open('lock/trigger', os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, b'\0')
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def queue_uids() -> dict:
+    """The uids whose Received lines qmail words specially."""
+    return {'alias': auto.uid(auto.USER_ALIAS),
+            'daemon': auto.uid(auto.USER_DAEMON),
+            'send': auto.uid(auto.USER_SEND)}
+
+
+def inject(msgfd: int, envfd: int, uid: int, pid: int, now: float,
+           uids: dict, split: int) -> int:
+    """Queue one message; cwd must be HOME/queue.  Returns the exit code."""
+    writer = Writer(split)
+    try:
+        return writer.enqueue(msgfd, envfd, uid, pid, now, uids)
+    except QueueExit as e:
+        writer.cleanup()
+        return e.code
+    except MemoryError:
+        writer.cleanup()
+        return 51
+    except Exception:
+        writer.cleanup()
+        return 81
+
+
+def die_timeout(signum, frame):
+    os._exit(52)           # thou shalt not clean up here: see DEATH
+
+
+def main(argv=None) -> int:
+    os.umask(0o033)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, die_timeout)
+    signal.alarm(DEATH)
+    try:
+        uids = queue_uids()
+    except (KeyError, OSError):
+        return 81
+    try:
+        os.chdir(auto.QMAIL)
+    except OSError:
+        return 61
+    try:
+        os.chdir('queue')
+    except OSError:
+        return 62
+    return inject(0, 1, os.getuid(), os.getpid(), time.time(), uids, auto.SPLIT)
+
+
+def run():
+    try:
+        code = main()
+    except BaseException:
+        code = 81
+    sys.stdout = sys.stderr = None     # nothing left to flush on fd 1
+    os._exit(code)
+
+
+if __name__ == '__main__':
+    run()

@@ -1,0 +1,156 @@
+"""qmail-showctl: explain the qmail configuration.
+
+Runs as:  anyone.
+Reads:    HOME/control/*, and the install-time constants.
+Writes:   fd 1, each control file with its effective value, saying
+          "(Default.)" where the file is missing; files it does not know.
+Exits:    0; 111 if the home or control/ cannot be read.
+See:      qmail-showctl(8), qmail-control(5), control/README.
+"""
+
+import os
+import sys
+
+from qmail.lib import auto, control
+from qmail.lib.ctltable import CONTROLS, KNOWN_FILES
+
+
+def safe(value: bytes) -> str:
+    """Unprintable bytes become '?', as qmail-showctl prints them."""
+    return ''.join(chr(c) if 32 <= c <= 126 else '?' for c in value)
+
+
+def show_int(out, path, name, default, pre, post):
+    out.append('\n%s: ' % name)
+    try:
+        value = control.readint(path)
+    except OSError:
+        out.append('Oops! Trouble reading this file.\n')
+        return
+    if value is None:
+        out.append('(Default.) %s%s%s.\n' % (pre, default, post))
+    else:
+        out.append('%s%d%s.\n' % (pre, value, post))
+
+
+def show_str(out, path, name, default, flagme, me, pre):
+    out.append('\n%s: ' % name)
+    try:
+        value = control.readline(path)
+    except OSError:
+        out.append('Oops! Trouble reading this file.\n')
+        return
+    if value is None:
+        out.append('(Default.) ')
+        value = me if (flagme and me is not None) else default.encode()
+    out.append('%s%s.\n' % (pre, safe(value)))
+
+
+def show_lst(out, path, name, default, pre, post):
+    """Returns True if the file exists (showctl's rcpthosts rule)."""
+    out.append('\n%s: ' % name)
+    try:
+        values = control.readfile(path)
+    except OSError:
+        out.append('Oops! Trouble reading this file.\n')
+        return False
+    if values is None:
+        out.append('(Default.) %s\n' % default)
+        return False
+    out.append('\n')
+    for value in values:
+        out.append('%s%s%s\n' % (pre, safe(value), post))
+    return True
+
+
+def mrh_cdb_status(ctl) -> str:
+    def mtime(name):
+        try:
+            return os.stat(os.path.join(ctl, name)).st_mtime
+        except OSError:
+            return None
+    src, cdb = mtime('morercpthosts'), mtime('morercpthosts.cdb')
+    if src is None and cdb is None:
+        return '(Default.) No effect.'
+    if src is None:
+        return "Oops! morercpthosts.cdb exists but morercpthosts doesn't."
+    if cdb is None:
+        return "Oops! morercpthosts exists but morercpthosts.cdb doesn't."
+    if src > cdb:
+        return 'Oops! morercpthosts.cdb is older than morercpthosts.'
+    return 'Modified recently enough; hopefully up to date.'
+
+
+def describe(home: str, ctl: str, names: list, me) -> str:
+    """The whole report for the control directory ctl."""
+    users = (auto.USER_ALIAS, auto.USER_DAEMON, auto.USER_LOG, auto.USER_OWNER,
+             auto.USER_PASSWD, auto.USER_QUEUE, auto.USER_REMOTE, auto.USER_SEND)
+    out = ['qmail home directory: %s.\n' % home,
+           'user-ext delimiter: -.\n',
+           'paternalism (in decimal): 2.\n',
+           'silent concurrency limit: 120.\n',
+           'subdirectory split: %d.\n' % auto.SPLIT]
+    try:
+        out.append('user ids: %s.\n' % ', '.join(str(auto.uid(u)) for u in users))
+        out.append('group ids: %d, %d.\n' % (auto.gid(auto.GROUP_NOFILES),
+                                             auto.gid(auto.GROUP_QMAIL)))
+    except KeyError:
+        out.append('Oops! qmail users are missing.\n')
+    rcpthosts_exist = False
+    for name, kind, default, flagme, pre, post, _ in CONTROLS:
+        path = os.path.join(ctl, name)
+        if kind == 'int':
+            show_int(out, path, name, default, pre, post)
+        elif kind == 'str':
+            show_str(out, path, name, default, flagme, me, pre)
+        elif name == 'morercpthosts' and not rcpthosts_exist:
+            show_lst(out, path, name,
+                     'No rcpthosts; morercpthosts is irrelevant.',
+                     "No rcpthosts; doesn't matter that morercpthosts has ", '.')
+        else:
+            exists = show_lst(out, path, name, default, pre, post)
+            if name == 'rcpthosts':
+                rcpthosts_exist = exists
+        if name == 'morercpthosts':
+            out.append('\nmorercpthosts.cdb: %s\n' % mrh_cdb_status(ctl))
+    known = {c[0] for c in CONTROLS} | set(KNOWN_FILES)
+    for name in names:
+        if name not in known:
+            out.append('\n%s: I have no idea what this file does.\n' % name)
+    return ''.join(out)
+
+
+def main(argv=None) -> int:
+    home = auto.QMAIL
+    ctl = os.path.join(home, 'control')
+    if not os.path.isdir(home):
+        sys.stdout.write('Oops! Unable to chdir to %s.\n' % home)
+        return 111
+    try:
+        names = sorted(os.listdir(ctl))
+    except OSError:
+        sys.stdout.write('Oops! Unable to chdir to control.\n')
+        return 111
+    try:
+        me = control.readline(os.path.join(ctl, 'me'))
+    except OSError:
+        sys.stdout.write('Oops! Trouble reading control/me.')
+        return 111
+    sys.stdout.write(describe(home, ctl, names, me))
+    return 0
+
+
+def run():
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = 0
+    except Exception as e:
+        sys.stderr.write('qmail-showctl: fatal: internal bug: %s\n' % type(e).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

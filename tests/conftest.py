@@ -1,0 +1,95 @@
+"""Shared fixtures: installed qmail homes and an ordinary user.
+
+Integration tests need root (CI runs as root): they install real homes
+with real users under /tmp and run the installed programs.
+"""
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+RUNTIME = os.environ.get('QMAIL_RUNTIME_PYTHON',
+                         '/usr/local/lib/qmail/venv/bin/python3')
+TEST_USER = 'qmtest'
+TIMEOUT = 60
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+
+
+def install_home(fqdn='test.example.org'):
+    home = tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp')
+    os.chmod(home, 0o755)
+    home = os.path.join(home, 'qmail')
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
+                    '--python', RUNTIME, '--fqdn', fqdn],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    return home
+
+
+def remove_home(home):
+    shutil.rmtree(os.path.dirname(home), ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def test_user():
+    """An ordinary user: (name, uid, gid)."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root')
+    try:
+        pw = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(['useradd', '-M', '-U', '-s', '/usr/sbin/nologin',
+                        TEST_USER], check=True, timeout=TIMEOUT)
+        pw = pwd.getpwnam(TEST_USER)
+    return pw.pw_name, pw.pw_uid, pw.pw_gid
+
+
+@pytest.fixture(scope='session')
+def home():
+    """One installed home shared by tests that only add messages."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root')
+    path = install_home()
+    yield path
+    remove_home(path)
+
+
+@pytest.fixture
+def fresh_home():
+    """A home of the test's own, for tests that break or count things."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root')
+    path = install_home()
+    yield path
+    remove_home(path)
+
+
+def queue_files(home, *dirs):
+    """Relative paths of every file under the given queue directories."""
+    out = []
+    for d in dirs:
+        top = os.path.join(home, 'queue', d)
+        for dirpath, _, names in os.walk(top):
+            for name in names:
+                out.append(os.path.relpath(os.path.join(dirpath, name),
+                                           os.path.join(home, 'queue')))
+    return sorted(out)
+
+
+def run_as(user, argv, **kw):
+    """Run argv as the ordinary user (no supplementary groups)."""
+    name, uid, gid = user
+    kw.setdefault('timeout', TIMEOUT)
+    kw.setdefault('capture_output', True)
+    env = kw.pop('env', None)
+    base = {'PATH': '/usr/bin:/bin', 'USER': name, 'LOGNAME': name,
+            'HOME': '/nonexistent'}
+    if env:
+        base.update(env)
+    return subprocess.run(argv, user=uid, group=gid, extra_groups=[],
+                          env=base, **kw)

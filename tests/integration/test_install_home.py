@@ -1,0 +1,154 @@
+"""make setup's installer: users, tree, owners, modes, the setuid launcher."""
+
+import grp
+import os
+import pwd
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TIMEOUT, needs_root
+from qmail.install import HIER, derive_defaultdomain, derive_plusdomain
+
+pytestmark = needs_root
+
+
+def owner_of(path):
+    st = os.lstat(path)
+    return pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name
+
+
+@pytest.mark.parametrize('user, group', [
+    ('alias', 'nofiles'), ('qmaild', 'nofiles'), ('qmaill', 'nofiles'),
+    ('qmailp', 'nofiles'), ('qmailq', 'qmail'), ('qmailr', 'qmail'),
+    ('qmails', 'qmail'),
+])
+def test_users_exist(home, user, group):
+    pw = pwd.getpwnam(user)
+    assert grp.getgrgid(pw.pw_gid).gr_name == group
+    assert pw.pw_uid != 0
+
+
+WANT = [
+    ('', 'd', 'root', 'qmail', 0o755),
+    ('alias', 'd', 'alias', 'qmail', 0o2755),
+    ('bin', 'd', 'root', 'qmail', 0o755),
+    ('control', 'd', 'root', 'qmail', 0o755),
+    ('users', 'd', 'root', 'qmail', 0o755),
+    ('queue', 'd', 'qmailq', 'qmail', 0o750),
+    ('queue/pid', 'd', 'qmailq', 'qmail', 0o700),
+    ('queue/intd', 'd', 'qmailq', 'qmail', 0o700),
+    ('queue/todo', 'd', 'qmailq', 'qmail', 0o750),
+    ('queue/bounce', 'd', 'qmails', 'qmail', 0o700),
+    ('queue/mess/0', 'd', 'qmailq', 'qmail', 0o750),
+    ('queue/mess/22', 'd', 'qmailq', 'qmail', 0o750),
+    ('queue/info/22', 'd', 'qmails', 'qmail', 0o700),
+    ('queue/local/22', 'd', 'qmails', 'qmail', 0o700),
+    ('queue/remote/22', 'd', 'qmails', 'qmail', 0o700),
+    ('queue/lock', 'd', 'qmailq', 'qmail', 0o750),
+    ('queue/lock/tcpto', 'f', 'qmailr', 'qmail', 0o644),
+    ('queue/lock/sendmutex', 'f', 'qmails', 'qmail', 0o600),
+    ('queue/lock/trigger', 'p', 'qmails', 'qmail', 0o622),
+    ('bin/qmail-queue', 'f', 'qmailq', 'qmail', 0o4711),
+    ('bin/qmail-inject', 'f', 'root', 'qmail', 0o755),
+    ('bin/sendmail', 'f', 'root', 'qmail', 0o755),
+    ('bin/qmail-qread', 'f', 'root', 'qmail', 0o755),
+    ('bin/qmail-qstat', 'f', 'root', 'qmail', 0o755),
+    ('bin/qmail-showctl', 'f', 'root', 'qmail', 0o755),
+]
+KINDS = {'d': stat.S_ISDIR, 'f': stat.S_ISREG, 'p': stat.S_ISFIFO}
+
+
+def check_tree(home):
+    for rel, kind, user, group, mode in WANT:
+        path = os.path.join(home, rel)
+        st = os.lstat(path)
+        assert KINDS[kind](st.st_mode), '%s: wrong type' % rel
+        assert owner_of(path) == (user, group), \
+            '%s: got %s want %s' % (rel, owner_of(path), (user, group))
+        assert stat.S_IMODE(st.st_mode) == mode, \
+            '%s: got %o want %o' % (rel, stat.S_IMODE(st.st_mode), mode)
+    assert sorted(os.listdir(os.path.join(home, 'queue/mess'))) == \
+        sorted(str(i) for i in range(23))
+    assert os.path.getsize(os.path.join(home, 'queue/lock/tcpto')) == 1024
+
+
+def test_tree(home):
+    check_tree(home)
+
+
+def test_every_queue_entry_checked():
+    """WANT covers every queue entry of the installer's table."""
+    checked = {w[0] for w in WANT}
+    for kind, what, *_ in HIER:
+        path = what[0] if kind == 'z' else what
+        if kind == 's':
+            path += '/22'
+        if path.startswith('queue') or path in ('', 'alias'):
+            assert path in checked, path
+
+
+def test_code_is_root_owned_and_fixed(home):
+    lib = os.path.join(home, 'lib')
+    assert os.path.islink(os.path.join(lib, 'python'))
+    for dirpath, dirnames, filenames in os.walk(os.path.join(lib, 'python') + '/'):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            assert st.st_uid == 0, path
+            assert not st.st_mode & 0o022, '%s is writable by others' % path
+    auto = open(os.path.join(lib, 'python/qmail/lib/auto.py')).read()
+    assert 'QMAIL = %r' % home in auto
+    assert "UIDS = {" in auto and "'qmailq': %d" % pwd.getpwnam('qmailq').pw_uid in auto
+
+
+def test_config_fast(fresh_home):
+    ctl = os.path.join(fresh_home, 'control')
+    got = {n: open(os.path.join(ctl, n)).read() for n in os.listdir(ctl)}
+    assert got == {
+        'me': 'test.example.org\n',
+        'defaultdomain': 'example.org\n',
+        'plusdomain': 'example.org\n',
+        'locals': 'test.example.org\n',
+        'rcpthosts': 'test.example.org\n',
+    }
+
+
+@pytest.mark.parametrize('fqdn, ddom, pdom', [
+    ('a.b.c.d', 'b.c.d', 'c.d'),
+    ('mail.example.org', 'example.org', 'example.org'),
+    ('example.org', 'example.org', 'example.org'),
+    ('vm', 'vm', 'vm'),
+])
+def test_config_fast_derivations(fqdn, ddom, pdom):
+    assert derive_defaultdomain(fqdn) == ddom
+    assert derive_plusdomain(fqdn) == pdom
+
+
+def test_reinstall_is_idempotent_and_repairs(fresh_home):
+    ctl = os.path.join(fresh_home, 'control')
+    with open(os.path.join(ctl, 'locals'), 'a') as f:
+        f.write('other.example.org\n')
+    os.chmod(os.path.join(fresh_home, 'queue/todo'), 0o777)
+    os.chown(os.path.join(fresh_home, 'queue/lock/trigger'), 0, 0)
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
+                    '--fqdn', 'changed.example.org'], check=True,
+                   stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    check_tree(fresh_home)
+    assert open(os.path.join(ctl, 'me')).read() == 'test.example.org\n'
+    assert open(os.path.join(ctl, 'locals')).read() == \
+        'test.example.org\nother.example.org\n'
+    libs = [n for n in os.listdir(os.path.join(fresh_home, 'lib'))
+            if n.startswith('python.')]
+    assert len(libs) == 1, 'old code copies left: %s' % libs
+
+
+def test_install_refuses_bad_home(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home',
+                        'relative/path'], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 100
+    assert r.stderr.startswith('qmail-install: fatal:')
+    assert 'Traceback' not in r.stderr

@@ -1,0 +1,89 @@
+"""qmail-queue's pure parts: the envelope framing and the Received line."""
+
+import pytest
+
+from qmail.queue import ADDR, EnvelopeParser, QueueExit, received_line
+from qmail.lib.qfile import parse_messid, pidfn, qfn
+
+UIDS = {'alias': 100, 'daemon': 101, 'send': 102}
+
+
+def feed_all(chunks):
+    p = EnvelopeParser()
+    out = b''
+    for c in chunks:
+        out += p.feed(c)
+        if p.done:
+            break
+    return out, p.done
+
+
+@pytest.mark.parametrize('env, want', [
+    (b'Fa@b\0Tc@d\0\0', b'Fa@b\0Tc@d\0'),
+    (b'F\0Tc@d\0\0', b'F\0Tc@d\0'),                 # null sender
+    (b'Fa@b\0\0', b'Fa@b\0'),                        # no recipients
+    (b'Fa@b\0Tc@d\0Te@f\0\0trailing', b'Fa@b\0Tc@d\0Te@f\0'),
+])
+def test_envelope_whole(env, want):
+    got, done = feed_all([env])
+    assert done, 'parser did not see the end of %r' % env
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+@pytest.mark.parametrize('env', [b'Fa@b\0Tc@d\0\0', b'F' + b'x' * 1002 + b'\0\0'])
+def test_envelope_byte_by_byte(env):
+    got, done = feed_all([env[i:i + 1] for i in range(len(env))])
+    assert done
+    assert got == env[:-1]
+
+
+@pytest.mark.parametrize('env, code', [
+    (b'Ta@b\0', 91),                     # must start with F
+    (b'Fa@b\0Xc@d\0', 91),               # recipients are T
+    (b'F' + b'x' * ADDR + b'\0', 11),    # address too long
+    (b'F' + b'x' * ADDR, 11),            # ... even before its NUL
+    (b'Fa@b\0T' + b'x' * (100 * 1024) + b'\0\0', 11),
+])
+def test_envelope_errors(env, code):
+    with pytest.raises(QueueExit) as e:
+        feed_all([env])
+    assert e.value.code == code, 'got %d want %d' % (e.value.code, code)
+
+
+def test_longest_address_accepted():
+    env = b'Fa@b\0T' + b'y' * (ADDR - 1) + b'\0\0'
+    got, done = feed_all([env])
+    assert done and got == env[:-1]
+
+
+def test_incomplete_envelope_not_done():
+    got, done = feed_all([b'Fa@b\0Tc@'])
+    assert not done
+
+
+def test_ten_thousand_recipients():
+    env = b'Fa@b\0' + b''.join(b'Tuser%d@example.org\0' % i for i in range(10000)) + b'\0'
+    got, done = feed_all([env[i:i + 4096] for i in range(0, len(env), 4096)])
+    assert done and got == env[:-1]
+
+
+@pytest.mark.parametrize('uid, who', [
+    (100, b'by alias'), (101, b'from network'), (102, b'for bounce'),
+    (0, b'by uid 0'), (1000, b'by uid 1000'),
+])
+def test_received_line(uid, who):
+    got = received_line(4321, uid, 838699494, UIDS)
+    want = b'Received: (qmail 4321 invoked ' + who + b'); 30 Jul 1996 04:04:54 -0000\n'
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_queue_names():
+    assert qfn('mess', 457, 23) == 'mess/20/457'
+    assert qfn('info', 23, 23) == 'info/0/23'
+    assert qfn('todo', 457, 23) == 'todo/457'
+    assert qfn('intd', 457, 23) == 'intd/457'
+    assert qfn('bounce', 457, 23) == 'bounce/457'
+    assert pidfn(12, 838699494, 1) == 'pid/12.838699494.1'
+    assert parse_messid('457') == 457
+    for bad in ('', '45a', '-1', '4.5', '\u0664'):
+        assert parse_messid(bad) is None, bad
