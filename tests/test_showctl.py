@@ -1,0 +1,57 @@
+"""qmail-showctl's report and the control-file documentation."""
+
+import os
+
+import pytest
+
+from qmail import showctl
+from qmail.lib import auto
+from qmail.lib.ctltable import CONTROLS
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+DATA = os.path.join(os.path.dirname(__file__), 'data', 'showctl')
+
+
+@pytest.fixture
+def fixed_ids(monkeypatch):
+    monkeypatch.setattr(auto, 'UIDS', {'alias': 7790, 'qmaild': 7791, 'qmaill': 7792,
+                                       'root': 0, 'qmailp': 7793, 'qmailq': 7794,
+                                       'qmailr': 7795, 'qmails': 7796})
+    monkeypatch.setattr(auto, 'GIDS', {'nofiles': 2108, 'qmail': 2107})
+
+
+def test_report(tmp_path, fixed_ids):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    files = {
+        'me': 'mail.example.org\n',
+        'locals': 'mail.example.org\n# a comment\n\nexample.org  \n',
+        'rcpthosts': 'example.org\n',
+        'concurrencyremote': '55\n',
+        'databytes': 'lots\n',             # not a number: the default
+        'badmailfrom': 'spam@example.net\n@bad.example\n',
+        'smtpgreeting': 'greetings\x01 from here\n',
+        'mystery': 'what\n',
+    }
+    for name, text in files.items():
+        (ctl / name).write_text(text)
+    got = showctl.describe('/var/qmail', str(ctl), sorted(files), b'mail.example.org')
+    want = open(os.path.join(DATA, 'report.txt')).read()
+    assert got == want, 'got:\n%s\nwant:\n%s' % (got, want)
+
+
+def test_every_control_documented():
+    readme = open(os.path.join(ROOT, 'control', 'README')).read()
+    for name, *_ in CONTROLS:
+        assert '\n' + name + ' ' in readme, '%s missing from control/README' % name
+
+
+def test_shipped_defaults_match_code():
+    table = {c[0]: c for c in CONTROLS}
+    for name in os.listdir(os.path.join(ROOT, 'control')):
+        if name == 'README':
+            continue
+        assert name in table, 'control/%s is not a known control' % name
+        kind, default = table[name][1], table[name][2]
+        got = open(os.path.join(ROOT, 'control', name)).read()
+        assert got == default + '\n', 'control/%s: got %r want %r' % (name, got, default)
