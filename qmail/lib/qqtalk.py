@@ -12,7 +12,8 @@ QMAILQUEUE program starts there too.
 """
 
 import os
-import signal
+
+import _signal    # not `signal`: its enum import costs start-up time
 
 BUFSIZE = 65536
 ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
@@ -37,7 +38,7 @@ class QueueClient:
                     (os.POSIX_SPAWN_DUP2, pie[0], 1),
                     (os.POSIX_SPAWN_DUP2, pierr[1], 6),
                 ],
-                setsigdef=(signal.SIGPIPE,),
+                setsigdef=(_signal.SIGPIPE,),
             )
         except OSError as err:
             self.spawn_error = err
