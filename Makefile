@@ -13,7 +13,7 @@ APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd
 
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime devenv setup run stop test check clean
+.PHONY: all deps runtime devenv setup run stop test check clean bench
 
 all: setup
 
@@ -63,3 +63,6 @@ check: test
 clean:
 	rm -rf $(DEVENV) build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+bench: runtime devenv
+	$(DEVENV)/bin/python bench/bench.py

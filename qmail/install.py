@@ -323,6 +323,39 @@ def config_fast(home, fqdn):
         write_file(os.path.join(control, name), value + '\n', 0o644)
 
 
+# The system's sendmail, for the default home only (INSTALL: "ln -s
+# /var/qmail/bin/sendmail /usr/lib/sendmail").  Another MTA's file is
+# left alone: replacing it is the admin's decision (REMOVE.sendmail).
+SYSTEM_LINKS = ('/usr/sbin/sendmail', '/usr/lib/sendmail')
+
+
+def link_system_sendmail(home):
+    target = os.path.join(home, 'bin', 'sendmail')
+    for path in SYSTEM_LINKS:
+        try:
+            current = os.readlink(path)
+        except FileNotFoundError:
+            current = None
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            say('leaving %s alone: another MTA owns it' % path)
+            continue
+        if current == target:
+            continue
+        if current is not None and not current.endswith('/bin/sendmail'):
+            say('leaving %s alone: it points to %s' % (path, current))
+            continue
+        tmp = path + '.qmail-new'
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, tmp)
+        os.rename(tmp, path)
+        say('%s -> %s' % (path, target))
+
+
 def host_fqdn():
     name = socket.getfqdn()
     if not name or name == 'localhost':
@@ -362,6 +395,8 @@ def install(home, python, fqdn, split=auto.SPLIT):
     install_lib(home, python, split, uids, gids)
     install_bin(home, python, uids, gids)
     config_fast(home, fqdn or host_fqdn())
+    if home == DEFAULT_HOME:
+        link_system_sendmail(home)
 
 
 def main(argv=None) -> int:
