@@ -77,13 +77,39 @@ HIER = (
 
 # The programs: name in bin/, module in qmail/, mode, and whether it needs
 # the interpreter's site-packages (dnspython and friends).  Programs that
-# do not start with -S, which saves interpreter start time.
+# do not start with -S, which saves interpreter start time.  Where qmail
+# installs a binary 0711, a script here is 0755: the interpreter must be
+# able to read it, and it holds no secret (the code is in lib/ anyway).
 PROGRAMS = (
     ('qmail-inject', 'inject', 0o755, False),
     ('sendmail', 'sendmail', 0o755, False),
     ('qmail-qread', 'qread', 0o755, False),
     ('qmail-qstat', 'qstat', 0o755, False),
     ('qmail-showctl', 'showctl', 0o755, False),
+    ('qmail-start', 'start', 0o700, True),
+    ('qmail-send', 'send', 0o755, True),
+    ('qmail-lspawn', 'lspawn', 0o700, True),
+    ('qmail-rspawn', 'rspawn', 0o755, True),
+    ('qmail-clean', 'clean', 0o755, True),
+    ('qmail-local', 'local', 0o755, False),
+    ('qmail-getpw', 'getpw', 0o755, False),
+    ('qmail-newu', 'newu', 0o700, False),
+    ('qmail-newmrh', 'newmrh', 0o700, False),
+    ('qmail-pw2u', 'pw2u', 0o755, False),
+    ('splogger', 'splogger', 0o755, False),
+    ('forward', 'forward', 0o755, False),
+    ('condredirect', 'condredirect', 0o755, False),
+    ('bouncesaying', 'bouncesaying', 0o755, False),
+    ('except', 'except_', 0o755, False),
+    ('preline', 'preline', 0o755, False),
+    ('maildirmake', 'maildirmake', 0o755, False),
+    ('maildir2mbox', 'maildir2mbox', 0o755, False),
+    ('maildirwatch', 'maildirwatch', 0o755, False),
+    ('qreceipt', 'qreceipt', 0o755, False),
+    ('qbiff', 'qbiff', 0o755, False),
+    ('predate', 'predate', 0o755, False),
+    ('datemail', 'datemail', 0o755, False),
+    ('mailsubj', 'mailsubj', 0o755, False),
 )
 
 SAFE_PATH = re.compile(r'^/[A-Za-z0-9._/+-]*$')
@@ -286,7 +312,10 @@ def build_launcher(home, python, uids, gids):
 
 def install_bin(home, python, uids, gids):
     build_launcher(home, python, uids, gids)
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     for name, module, mode, needs_site in PROGRAMS:
+        if not os.path.exists(os.path.join(pkg, module + '.py')):
+            continue                  # not written yet in this version
         write_file(os.path.join(home, 'bin', name),
                    program_script(home, python, module, needs_site),
                    mode, 0, gids['qmail'])
