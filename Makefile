@@ -56,7 +56,7 @@ stop:
 	@true
 
 test: runtime devenv
-	$(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
+	QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 $(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check: test
 
