@@ -13,6 +13,8 @@ import pwd
 
 QMAIL = '/var/qmail'
 SPLIT = 23              # conf-split: subdirectories of mess, info, local, remote
+BREAK = '-'             # conf-break: the user-extension delimiter
+PATRN = 0o002           # conf-patrn: mode bits a .qmail file or home may not have
 PYTHON = '/usr/local/lib/qmail/venv/bin/python3'
 
 # conf-users and conf-groups, in qmail's roles.

@@ -1,0 +1,124 @@
+"""qmail-newmrh: compile control/morercpthosts for qmail-smtpd.
+
+Runs as:  root (the admin), by hand after changing morercpthosts.
+Reads:    HOME/control/morercpthosts: one host or domain a line.
+Writes:   HOME/control/morercpthosts.tmp, renamed to
+          HOME/control/morercpthosts.cdb (mode 0644): one key a host,
+          lowercased, with empty data.
+Exits:    0 done; 111 with "qmail-newmrh: fatal: ..." on stderr, and
+          morercpthosts.cdb is left alone.
+See:      qmail-newmrh(8), qmail-smtpd(8) (rcpthosts).
+
+As qmail-newmrh.c reads a line: lowercase it, strip trailing spaces,
+tabs and newlines (not carriage returns), and skip it if then empty or
+starting with '#'.  Leading white space is kept.  A host listed twice
+gets two records, which qmail-smtpd cannot tell from one.
+"""
+
+import errno
+import os
+import sys
+
+from qmail.lib import auto
+from qmail.lib.cdb import InstallError, install
+
+FATAL = 'qmail-newmrh: fatal: '
+
+# qmail's error_str() for the errors a file can meet.
+ERROR_STR = {getattr(errno, k): v for k, v in (
+    ('EINTR', 'interrupted system call'), ('ENOMEM', 'out of memory'),
+    ('ENOENT', 'file does not exist'), ('ETXTBSY', 'text busy'),
+    ('EIO', 'input/output error'), ('EEXIST', 'file already exists'),
+    ('EAGAIN', 'temporary failure'), ('EPERM', 'permission denied'),
+    ('EACCES', 'access denied'), ('EBADF', 'file descriptor not open'),
+    ('EBUSY', 'device busy'), ('EXDEV', 'cross-device link'),
+    ('ENOTDIR', 'not a directory'), ('EISDIR', 'is a directory'),
+    ('EINVAL', 'invalid argument'), ('ENFILE', 'system cannot open more files'),
+    ('EMFILE', 'process cannot open more files'), ('EFBIG', 'file too big'),
+    ('ENOSPC', 'out of disk space'), ('EROFS', 'read-only file system'),
+    ('EMLINK', 'too many links'), ('ELOOP', 'symbolic link loop'),
+    ('ENAMETOOLONG', 'file name too long'), ('EDQUOT', 'disk quota exceeded'),
+    ('ESTALE', 'stale NFS file handle'), ('ENOLCK', 'no locks available'),
+) if hasattr(errno, k)}
+
+
+class Fatal(Exception):
+    """Stop with exit 111 and this message after FATAL."""
+
+
+def error_str(err: Exception) -> str:
+    code = getattr(err, 'errno', None)
+    if code is None:
+        return str(err)
+    return ERROR_STR.get(code) or os.strerror(code).lower()
+
+
+def host_records(lines):
+    """(host, b'') for each line of morercpthosts, as qmail-newmrh keeps it."""
+    for line in lines:
+        host = line.lower().rstrip(b' \t\n')
+        if host and not host.startswith(b'#'):
+            yield host, b''
+
+
+def read_lines(f):
+    while True:
+        try:
+            line = f.readline()
+        except OSError as err:
+            raise Fatal('unable to read control/morercpthosts: %s'
+                        % error_str(err)) from err
+        if not line:
+            return
+        yield line
+
+
+def newmrh(home: str) -> None:
+    ctl = os.path.join(home, 'control')
+    try:
+        f = open(os.path.join(ctl, 'morercpthosts'), 'rb')
+    except OSError as err:
+        raise Fatal('unable to read control/morercpthosts: %s'
+                    % error_str(err)) from err
+    with f:
+        try:
+            install(os.path.join(ctl, 'morercpthosts.tmp'),
+                    os.path.join(ctl, 'morercpthosts.cdb'),
+                    host_records(read_lines(f)))
+        except InstallError as err:
+            if err.step == 'rename':
+                # qmail prints no ': ' before the error here; a slip.
+                raise Fatal('unable to move control/morercpthosts.tmp to '
+                            'control/morercpthosts.cdb: %s'
+                            % error_str(err.err)) from err
+            raise Fatal('unable to write to control/morercpthosts.tmp: %s'
+                        % error_str(err.err)) from err
+
+
+def main(argv=None) -> int:
+    home = auto.QMAIL
+    try:
+        os.close(os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as err:
+        sys.stderr.write(FATAL + 'unable to chdir to %s: %s\n'
+                         % (home, error_str(err)))
+        return 111
+    try:
+        newmrh(home)
+    except Fatal as err:
+        sys.stderr.write(FATAL + '%s\n' % err)
+        return 111
+    return 0
+
+
+def run():
+    try:
+        code = main()
+    except Exception as e:                  # last resort: temporary
+        sys.stderr.write(FATAL + 'internal bug: %s\n' % type(e).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()
