@@ -1,0 +1,523 @@
+"""qmail-local's four kinds of delivery: maildir, mbox, program, forward.
+
+Part of qmail-local (qmail/local.py), which decides what to deliver;
+this module does the deliveries, each from the message on fd 0, which
+is rewound first (qmail-local(8): fd 0 is a seekable file).
+
+Every failure is a Failure carrying qmail-local's exit code (111
+temporary, 100 permanent) and the report line qmail-local prints; the
+texts are qmail's, since they reach logs and bounces.  A program's own
+failure carries no text: the program has already said why on fd 1/2.
+
+See: maildir(5), mbox(5), qmail-command(8), dot-qmail(5) "ERROR HANDLING".
+"""
+
+import errno
+import fcntl
+import os
+import stat
+import time
+
+import _signal    # not `signal`: its enum import costs start-up time
+
+from qmail.lib import auto, durable
+from qmail.lib.qqtalk import QueueClient
+
+BUFSIZE = 65536
+# maildir(5): the delivery must abort if it has not finished in 24 hours,
+# well before a reader may clean tmp/ (files untouched for 36 hours).
+MAILDIR_TIMEOUT = 86400
+MAILDIR_TRIES = 3        # names tried in tmp/, two seconds apart (maildir(5))
+LOCK_TIMEOUT = 30        # seconds an mbox may stay locked by someone else
+
+# qmail-command(8): the exit codes that mean permanent failure (100 and
+# sendmail's EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_PROTOCOL, EX_NOPERM,
+# EX_CONFIG, and 112); 0 and 99 mean success; every other code, temporary.
+PROGRAM_HARD = frozenset((100, 64, 65, 70, 76, 77, 78, 112))
+
+
+class Failure(Exception):
+    """Stop delivering: exit with self.code after printing self.text."""
+
+    code = 111
+
+    def __init__(self, text: bytes = b''):
+        super().__init__(text)
+        self.text = text
+
+
+class TempFail(Failure):
+    code = 111
+
+
+class PermFail(Failure):
+    code = 100
+
+
+class _Alarm(Exception):
+    """The alarm set around a step that may block forever went off."""
+
+
+# qmail's error_str texts: they appear in reports, so they are qmail's.
+_ERROR_STR = {
+    0: 'no error',
+    errno.EINTR: 'interrupted system call',
+    errno.ENOMEM: 'out of memory',
+    errno.ENOENT: 'file does not exist',
+    errno.ETXTBSY: 'text busy',
+    errno.EIO: 'input/output error',
+    errno.EEXIST: 'file already exists',
+    errno.ETIMEDOUT: 'timed out',
+    errno.EINPROGRESS: 'operation in progress',
+    errno.EAGAIN: 'temporary failure',
+    errno.EPIPE: 'broken pipe',
+    errno.EPERM: 'permission denied',
+    errno.EACCES: 'access denied',
+    errno.ESRCH: 'no such process',
+    errno.ENXIO: 'device not configured',
+    errno.E2BIG: 'argument list too long',
+    errno.ENOEXEC: 'exec format error',
+    errno.EBADF: 'file descriptor not open',
+    errno.ECHILD: 'no child processes',
+    errno.EDEADLK: 'operation would cause deadlock',
+    errno.EFAULT: 'bad address',
+    errno.EBUSY: 'device busy',
+    errno.EXDEV: 'cross-device link',
+    errno.ENODEV: 'device does not support operation',
+    errno.ENOTDIR: 'not a directory',
+    errno.EISDIR: 'is a directory',
+    errno.EINVAL: 'invalid argument',
+    errno.ENFILE: 'system cannot open more files',
+    errno.EMFILE: 'process cannot open more files',
+    errno.ENOTTY: 'not a tty',
+    errno.EFBIG: 'file too big',
+    errno.ENOSPC: 'out of disk space',
+    errno.ESPIPE: 'unseekable descriptor',
+    errno.EROFS: 'read-only file system',
+    errno.EMLINK: 'too many links',
+    errno.EOPNOTSUPP: 'operation not supported',
+    errno.ELOOP: 'symbolic link loop',
+    errno.ENAMETOOLONG: 'file name too long',
+    errno.ENOTEMPTY: 'directory not empty',
+    errno.EUSERS: 'too many users',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.ESTALE: 'stale NFS file handle',
+    errno.ENOLCK: 'no locks available',
+    errno.ENOSYS: 'system call not available',
+}
+
+# qmail's error_temp: the errors worth retrying.
+_TEMPORARY = frozenset((
+    errno.EINTR, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ETIMEDOUT,
+    errno.EAGAIN, errno.EDEADLK, errno.EBUSY, errno.ENFILE, errno.EMFILE,
+    errno.EFBIG, errno.ENOSPC, errno.ENETDOWN, errno.ENETUNREACH,
+    errno.ENETRESET, errno.ECONNABORTED, errno.ECONNRESET, errno.ENOBUFS,
+    errno.ETOOMANYREFS, errno.ECONNREFUSED, errno.EHOSTDOWN,
+    errno.EHOSTUNREACH, errno.EUSERS, errno.EDQUOT, errno.ESTALE,
+    errno.ENOLCK,
+))
+
+
+def error_str(err) -> bytes:
+    """qmail's text for an OSError (or an errno)."""
+    code = err if isinstance(err, int) else err.errno
+    text = _ERROR_STR.get(code)
+    if text is None:
+        text = os.strerror(code).lower() if code else 'unknown error'
+    return text.encode()
+
+
+def is_temporary(err) -> bool:
+    """Whether an OSError (or an errno) is worth retrying (error_temp)."""
+    code = err if isinstance(err, int) else err.errno
+    return code in _TEMPORARY
+
+
+# ---- pure parts ----------------------------------------------------------
+
+def gfrom(line: bytes) -> bool:
+    """Whether a line needs >From quoting: >*From followed by a space."""
+    return line.lstrip(b'>').startswith(b'From ')
+
+
+def mbox_quote(chunks):
+    """The message as mbox(5) stores it, from readline-sized pieces.
+
+    Each piece is a whole line or a part of one (a line longer than the
+    reader's limit arrives in several); the last may lack its newline.
+    Yields >From-quoted output ending in the blank line mbox(5) requires:
+    one newline after a complete last line, two after a partial one.
+    """
+    atstart = True
+    partial = False
+    for chunk in chunks:
+        if not chunk:
+            break
+        # XXX a line start of more than BUFSIZE '>' is not seen whole;
+        # such a line is never a From_ line anyone wrote.
+        if atstart and gfrom(chunk):
+            yield b'>'
+        yield chunk
+        atstart = chunk.endswith(b'\n')
+        partial = not atstart
+    yield b'\n\n' if partial else b'\n'
+
+
+def looping(chunks, dtline: bytes) -> bool:
+    """Whether the header holds exactly dtline (with its newline).
+
+    Like qmail, compares each whole line up to the first line that is
+    just a newline, or to the end of the message.  chunks are readline
+    pieces with a limit above len(dtline), so a piece that starts a line
+    and lacks a newline is a last partial line or longer than dtline.
+    """
+    atstart = True
+    for chunk in chunks:
+        complete = chunk.endswith(b'\n')
+        if atstart and complete:
+            if chunk == b'\n':
+                return False            # end of header
+            if chunk == dtline:
+                return True
+        atstart = complete
+    return False
+
+
+def maildir_unique(when: float, pid: int, seq: int, host: bytes) -> bytes:
+    """The file name of one maildir delivery: unique on this host.
+
+    The form is maildir(5)'s time.pid.host, its middle part written as
+    https://cr.yp.to/proto/maildir.html advises: M microseconds, P the
+    pid, Q the number of this delivery within the process (qmail forked
+    a child for each, so its pid sufficed).  '/' and ':' in the host
+    name would break the name, so they are written as octal escapes.
+    """
+    host = host.replace(b'/', b'\\057').replace(b':', b'\\072')
+    sec = int(when)
+    usec = int((when - sec) * 1000000)
+    return b'%d.M%dP%dQ%d.%s' % (sec, usec, pid, seq, host)
+
+
+def program_outcome(code: int) -> int:
+    """A program's exit code as qmail-local reads it (qmail-command(8)):
+    0 delivered, 99 delivered and skip the rest, 100 or 111 failure."""
+    if code in (0, 99):
+        return code
+    if code in PROGRAM_HARD:
+        return 100
+    return 111
+
+
+# ---- the message on fd 0 --------------------------------------------------
+
+def rewind() -> None:
+    try:
+        os.lseek(0, 0, os.SEEK_SET)
+    except OSError:
+        raise TempFail(b'Unable to rewind message. (#4.3.0)') from None
+
+
+def message_reader():
+    """A buffered reader of the message from its start; fd 0 stays open."""
+    rewind()
+    return open(0, 'rb', buffering=BUFSIZE, closefd=False)
+
+
+def message_lines(reader, limit: int = BUFSIZE):
+    """Line pieces of at most limit bytes, until the end of the message."""
+    return iter(lambda: reader.readline(limit), b'')
+
+
+def check_loop(dtline: bytes) -> None:
+    """Bounce a message that already has this Delivered-To line."""
+    reader = message_reader()
+    try:
+        found = looping(message_lines(reader, max(BUFSIZE, len(dtline) + 1)),
+                        dtline)
+    except OSError as err:
+        raise TempFail(b'Unable to read message: %s. (#4.3.0)'
+                       % error_str(err)) from None
+    if found:
+        raise PermFail(b'This message is looping: '
+                       b'it already has my Delivered-To line. (#5.4.6)')
+
+
+class _alarm:
+    """Raise _Alarm if the block takes more than seconds (qmail's alarm)."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+        self.old = None
+
+    @staticmethod
+    def _ring(signum, frame):
+        raise _Alarm()
+
+    def __enter__(self):
+        self.old = _signal.signal(_signal.SIGALRM, self._ring)
+        _signal.alarm(self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        _signal.alarm(0)
+        _signal.signal(_signal.SIGALRM, self.old or _signal.SIG_DFL)
+        return False
+
+
+# ---- maildir --------------------------------------------------------------
+
+def _maildir_open(dirname: bytes, host: bytes, seq: int):
+    """Create tmp/<unique>; return (fd, unique).  maildir(5) steps 2-4."""
+    for loop in range(MAILDIR_TRIES):
+        unique = maildir_unique(time.time(), os.getpid(), seq, host)
+        try:
+            fd = durable.create_excl(os.path.join(dirname, b'tmp', unique),
+                                     0o644)
+        except FileExistsError:
+            # Another delivery with the same name: should never happen.
+            if loop == MAILDIR_TRIES - 1:
+                raise
+            time.sleep(2)
+            continue
+        return fd, unique
+    raise AssertionError('unreachable')
+
+
+def _maildir_link(tmpname: bytes, newname: bytes) -> None:
+    """Link tmp/<unique> to new/<unique>: the moment of delivery.
+
+    A filesystem without hard links gets a rename instead; the name is
+    unique, so the missing no-clobber check of link() costs nothing.
+    """
+    try:
+        durable.link(tmpname, newname)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        if os.path.lexists(newname):
+            raise
+        durable.rename(tmpname, newname)
+
+
+def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
+    """Store head (Return-Path, Delivered-To) and the message in a maildir.
+
+    Every failure is temporary, as in qmail: mail waits in the queue
+    until the maildir is repaired.  The tmp/ file is removed on every
+    path.  Crash windows: before the link, a file in tmp/ for the reader
+    to clean (maildir(5)) and the message still undelivered in the
+    queue; after the fsync of new/, a delivered message that qmail-send
+    has not heard of and delivers again (qmail's duplicate window).
+    """
+    rewind()
+    try:
+        st = os.stat(dirname)
+    except OSError as err:
+        if is_temporary(err):
+            raise TempFail(b'Temporary error on maildir delivery. (#4.3.0)')
+        raise TempFail(b'Unable to chdir to maildir. (#4.2.1)') from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise TempFail(b'Unable to chdir to maildir. (#4.2.1)')
+    tmpname = None
+    fd = -1
+    try:
+        with _alarm(MAILDIR_TIMEOUT):
+            fd, unique = _maildir_open(dirname, host, seq)
+            tmpname = os.path.join(dirname, b'tmp', unique)
+            newname = os.path.join(dirname, b'new', unique)
+            durable.write_all(fd, head)
+            while True:
+                try:
+                    data = os.read(0, BUFSIZE)
+                except OSError:
+                    raise TempFail(b'Unable to read message. (#4.3.0)') \
+                        from None
+                if not data:
+                    break
+                durable.write_all(fd, data)
+            durable.fsync(fd)
+            os.close(fd)    # NFS reports write errors here (maildir(5))
+            fd = -1
+            _maildir_link(tmpname, newname)
+            try:
+                durable.fsync_dir(os.path.join(dirname, b'new'))
+            except OSError:
+                # Not durable, so not delivered: take it back; the retry
+                # delivers it again.
+                _try_unlink(newname)
+                raise
+    except _Alarm:
+        raise TempFail(b'Timeout on maildir delivery. (#4.3.0)') from None
+    except OSError:
+        raise TempFail(b'Temporary error on maildir delivery. (#4.3.0)') \
+            from None
+    finally:
+        if fd != -1:
+            os.close(fd)
+        if tmpname is not None:
+            _try_unlink(tmpname)
+
+
+def _try_unlink(path: bytes) -> None:
+    try:
+        durable.unlink(path)
+    except OSError:
+        pass
+
+
+# ---- mbox ----------------------------------------------------------------
+
+def _lock(fd: int) -> bool:
+    """flock the mbox, waiting at most LOCK_TIMEOUT; False if unlockable."""
+    try:
+        with _alarm(LOCK_TIMEOUT):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except _Alarm:
+        raise TempFail(b'File has been locked for 30 seconds straight. '
+                       b'(#4.3.0)') from None
+    except OSError:
+        return False     # qmail goes on unlocked, and cannot truncate
+    return True
+
+
+def deliver_mbox(fn: bytes, head: bytes):
+    """Append the message to an mbox file (mbox(5)), after head (From_,
+    Return-Path, Delivered-To).  On trouble the file is truncated back to
+    its old length, if it could be locked; a crash can still leave half
+    a message (dot-qmail(5) warns of it)."""
+    reader = message_reader()
+    try:
+        fd = os.open(fn, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND |
+                     os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise TempFail(b'Unable to open %s: %s. (#4.2.1)'
+                       % (fn, error_str(err))) from None
+    flaglocked = False
+    pos = 0
+    try:
+        flaglocked = _lock(fd)
+        pos = os.lseek(fd, 0, os.SEEK_END)
+        buf = bytearray(head)
+        lines = message_lines(reader)
+        for piece in mbox_quote(_reading(lines)):
+            buf += piece
+            if len(buf) >= BUFSIZE:
+                durable.write_all(fd, buf)
+                buf.clear()
+        durable.write_all(fd, buf)
+        durable.fsync(fd)
+        if pos == 0:
+            # Perhaps created just now: Linux makes the new name durable
+            # only with an fsync of its directory.
+            durable.fsync_dir(os.path.dirname(fn) or b'.')
+    except _ReadError as err:
+        _truncate(fd, pos, flaglocked)
+        raise TempFail(b'Unable to read message: %s. (#4.3.0)'
+                       % error_str(err.err)) from None
+    except OSError as err:
+        _truncate(fd, pos, flaglocked)
+        raise TempFail(b'Unable to write %s: %s. (#4.3.0)'
+                       % (fn, error_str(err))) from None
+    except BaseException:
+        _truncate(fd, pos, flaglocked)
+        raise
+    finally:
+        os.close(fd)
+
+
+class _ReadError(Exception):
+    """Reading the message failed (not writing the mbox)."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err)
+        self.err = err
+
+
+def _reading(lines):
+    """The line pieces, with a read error told apart from a write error."""
+    while True:
+        try:
+            chunk = next(lines)
+        except StopIteration:
+            return
+        except OSError as err:
+            raise _ReadError(err) from None
+        yield chunk
+
+
+def _truncate(fd: int, pos: int, flaglocked: bool) -> None:
+    if flaglocked:
+        try:
+            os.ftruncate(fd, pos)
+        except OSError:
+            pass
+
+
+# ---- program --------------------------------------------------------------
+
+def deliver_program(command: bytes, env: dict) -> bool:
+    """Run sh -c command in the cwd (the home directory) with the message
+    on stdin and fd 1/2 shared with qmail-local (qmail-command(8)).
+    Returns True for exit code 99 (ignore the remaining instructions)."""
+    rewind()
+    try:
+        pid = os.posix_spawn(
+            '/bin/sh', [b'/bin/sh', b'-c', command], env,
+            setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGALRM),
+            setsigmask=(),
+        )
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.ENOMEM):
+            raise TempFail(b'Unable to fork: %s. (#4.3.0)'
+                           % error_str(err)) from None
+        raise TempFail(b'Unable to run /bin/sh: %s. (#4.3.0)'
+                       % error_str(err)) from None
+    _, wstat = os.waitpid(pid, 0)
+    if not os.WIFEXITED(wstat):
+        raise TempFail(b'Aack, child crashed. (#4.3.0)')
+    outcome = program_outcome(os.WEXITSTATUS(wstat))
+    if outcome == 100:
+        raise PermFail()
+    if outcome == 111:
+        raise TempFail()
+    return outcome == 99
+
+
+# ---- forward --------------------------------------------------------------
+
+def forward(recips: list, dtline: bytes, newsender: bytes) -> int:
+    """Re-inject the message, after dtline, to recips from newsender.
+
+    Returns qmail-queue's pid, which qmail-local reports as "qp".
+    qmail-queue runs with its cwd at the qmail home, as qmail's does;
+    no delivery follows a forward, so qmail-local's cwd may move.
+    """
+    rewind()
+    try:
+        os.chdir(auto.QMAIL)
+    except OSError:
+        raise TempFail(b'Unable to forward message: '
+                       b'qq trouble in home directory (#4.3.0).') from None
+    qq = QueueClient(os.environ.get('QMAILQUEUE')
+                     or os.path.join(auto.QMAIL, 'bin/qmail-queue'))
+    qp = qq.pid or 0
+    qq.put(dtline)
+    while True:
+        try:
+            data = os.read(0, BUFSIZE)
+        except OSError:
+            qq.fail()
+            break
+        if not data:
+            break
+        qq.put(data)
+    qq.from_(newsender)
+    for recip in recips:
+        qq.to(recip)
+    qqx = qq.close()
+    if not qqx:
+        return qp
+    text = b'Unable to forward message: %s.' % qqx[1:].encode()
+    if qqx[0] == 'D':
+        raise PermFail(text)
+    raise TempFail(text)

@@ -1,0 +1,754 @@
+"""Tests for qmail-local (qmail/local.py, qmail/local_deliver.py).
+
+The pure parts are tables.  Deliveries run main() in a forked child
+whose fd 0 is the message file and fd 1 and 2 the report file, as
+qmail-lspawn runs it, in a home directory under tmp_path.
+"""
+
+import os
+import re
+import stat
+import time
+
+import pytest
+
+from qmail import local
+from qmail import local_deliver as ld
+from qmail.lib import auto
+
+USER = b'joe'
+HOST = b'example.com'
+SENDER = b'god@heaven.af.mil'
+MESSAGE = b'From: God <god@heaven.af.mil>\nSubject: hi\n\nHow is it going?\n'
+WAIT = 10          # seconds any one delivery may take
+
+
+# ---- pure parts -------------------------------------------------------------
+
+I = local.Instruction
+X_BIT = b'Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)'
+X_BIT_PROG = b'Uh-oh: .qmail has prog delivery but has x bit set. (#4.7.0)'
+BLANK = b'Uh-oh: first line of .qmail file is blank. (#4.2.1)'
+
+
+@pytest.mark.parametrize('cmds, forwardonly, want', [
+    (b'./Mailbox\n', False, [I('mbox', b'./Mailbox')]),
+    (b'./Maildir/', False, [I('maildir', b'./Maildir/')]),
+    (b'/home/djb/Mailbox.sos \t\n', False,
+     [I('mbox', b'/home/djb/Mailbox.sos')]),
+    (b'|preline /usr/ucb/vacation djb\n', False,
+     [I('program', b'preline /usr/ucb/vacation djb')]),
+    (b'&me@new.job.com\n', False, [I('forward', b'me@new.job.com')]),
+    (b'me@new.job.com\n', False, [I('forward', b'me@new.job.com')]),
+    (b'# comment\n\n&a@b\n\n./Maildir/\n', False,
+     [I('forward', b'a@b'), I('maildir', b'./Maildir/')]),
+    (b'\n&a@b\n', False, [I('defer', BLANK)]),
+    (b' \n', False, [I('defer', BLANK)]),
+    (b'', False, [I('defer', BLANK)]),
+    (b'&a@b\n./Mailbox\n', True, [I('forward', b'a@b'), I('defer', X_BIT)]),
+    (b'|prog\n', True, [I('defer', X_BIT_PROG)]),
+    (b'./Mailbox\n+list\n&a@b\n|prog\n', False,
+     [I('mbox', b'./Mailbox'), I('forward', b'a@b'), I('defer', X_BIT_PROG)]),
+    (b'+other\n|prog\n', False, [I('program', b'prog')]),
+    (b'./Maildir/\n./Mailbox\n|a\n|b\n', False,
+     [I('maildir', b'./Maildir/'), I('mbox', b'./Mailbox'),
+      I('program', b'a'), I('program', b'b')]),
+    (b'a@b\0junk\n', False, [I('forward', b'a@b')]),
+    (b'&\n', False, [I('forward', b'')]),
+])
+def test_plan(cmds, forwardonly, want):
+    got = local.plan(cmds, forwardonly)
+    assert got == want, 'plan(%r): got %r, want %r' % (cmds, got, want)
+
+
+@pytest.mark.parametrize('dash, ext, want', [
+    (b'', b'', [(b'.qmail', None), (b'.qmaildefault', b'')]),
+    (b'-', b'', [(b'.qmail-', None), (b'.qmail-default', b'')]),
+    (b'-', b'a', [(b'.qmail-a', None), (b'.qmail-default', b'a')]),
+    (b'-', b'a-', [(b'.qmail-a-', None), (b'.qmail-a-default', b''),
+                   (b'.qmail-default', b'a-')]),
+    (b'-', b'a-b', [(b'.qmail-a-b', None), (b'.qmail-a-default', b'b'),
+                    (b'.qmail-default', b'a-b')]),
+    (b'-', b'a-b-c', [(b'.qmail-a-b-c', None),
+                      (b'.qmail-a-b-default', b'c'),
+                      (b'.qmail-a-default', b'b-c'),
+                      (b'.qmail-default', b'a-b-c')]),
+    (b'-', b'Foo.Bar-X', [(b'.qmail-foo:bar-x', None),
+                          (b'.qmail-foo:bar-default', b'X'),
+                          (b'.qmail-default', b'Foo.Bar-X')]),
+    (b'-', b'list-Default', [(b'.qmail-list-default', b'Default'),
+                             (b'.qmail-list-default', b'Default'),
+                             (b'.qmail-default', b'list-Default')]),
+])
+def test_dotqmail_candidates(dash, ext, want):
+    got = local.dotqmail_candidates(dash, ext)
+    assert got == want, 'candidates(%r, %r): got %r, want %r' % (
+        dash, ext, got, want)
+
+
+@pytest.mark.parametrize('ext, existing, want', [
+    (b'foo-bar', {b'.qmail-foo-bar', b'.qmail-default'},
+     (b'.qmail-foo-bar', None)),
+    (b'foo-bar', {b'.qmail-foo-default', b'.qmail-default'},
+     (b'.qmail-foo-default', b'bar')),
+    (b'foo-bar', {b'.qmail-default'}, (b'.qmail-default', b'foo-bar')),
+    (b'foo-bar', {b'.qmail-foo', b'.qmail'}, (None, None)),
+    (b'FOO-Bar', {b'.qmail-foo-default'}, (b'.qmail-foo-default', b'Bar')),
+    (b'a.b', {b'.qmail-a:b'}, (b'.qmail-a:b', None)),
+    (b'a.b', {b'.qmail-a.b'}, (None, None)),
+])
+def test_find_dotqmail(ext, existing, want):
+    got = local.find_dotqmail(b'-', ext, existing)
+    assert got == want, 'find(%r in %r): got %r, want %r' % (
+        ext, existing, got, want)
+
+
+@pytest.mark.parametrize('sender, want', [
+    (b'', b'Return-Path: <>\n'),
+    (b'god@heaven.af.mil', b'Return-Path: <god@heaven.af.mil>\n'),
+    (b'a b@c', b'Return-Path: <"a b"@c>\n'),
+    (b'a"b@c', b'Return-Path: <"a\\"b"@c>\n'),
+    (b'.a@c', b'Return-Path: <".a"@c>\n'),
+    (b'a..b@c', b'Return-Path: <"a..b"@c>\n'),
+    (b'@c', b'Return-Path: <""@c>\n'),
+    (b'x@y@c', b'Return-Path: <"x@y"@c>\n'),
+    (b'#@[]', b'Return-Path: <#@[]>\n'),
+    (b'nodomain', b'Return-Path: <nodomain>\n'),
+    (b'a\nb@c', b'Return-Path: <"a\\_b"@c>\n'),
+])
+def test_rpline(sender, want):
+    got = local.make_rpline(sender)
+    assert got == want, 'rpline(%r): got %r, want %r' % (sender, got, want)
+
+
+@pytest.mark.parametrize('loc, host, want', [
+    (b'joe', b'example.com', b'Delivered-To: joe@example.com\n'),
+    (b'example.com-joe', b'example.com',
+     b'Delivered-To: example.com-joe@example.com\n'),
+    (b'a\nb', b'c', b'Delivered-To: a_b@c\n'),
+])
+def test_dtline(loc, host, want):
+    got = local.make_dtline(loc, host)
+    assert got == want, 'dtline: got %r, want %r' % (got, want)
+
+
+@pytest.mark.parametrize('sender, now, want', [
+    (b'god@heaven.af.mil', 820631134,
+     b'From god@heaven.af.mil Wed Jan 03 01:05:34 1996\n'),
+    (b'', 0, b'From MAILER-DAEMON Thu Jan 01 00:00:00 1970\n'),
+    (b'a b\tc\nd', 1000000000, b'From a-b-c-d Sun Sep 09 01:46:40 2001\n'),
+])
+def test_ufline(sender, now, want):
+    got = local.make_ufline(sender, now)
+    assert got == want, 'ufline: got %r, want %r' % (got, want)
+
+
+@pytest.mark.parametrize('host, want', [
+    (b'a.b.c.d', [b'a.b.c', b'a.b', b'a']),
+    (b'mail.example.com', [b'mail.example', b'mail', b'mail']),
+    (b'localhost', [b'localhost'] * 3),
+    (b'', [b''] * 3),
+])
+def test_host_parts(host, want):
+    got = local.host_parts(host)
+    assert got == want, 'host_parts(%r): got %r, want %r' % (host, got, want)
+
+
+@pytest.mark.parametrize('ext, want', [
+    (b'a-b-c-d', [b'b-c-d', b'c-d', b'd']),
+    (b'a-b', [b'b', b'', b'']),
+    (b'abc', [b'', b'', b'']),
+    (b'', [b'', b'', b'']),
+    (b'-x', [b'x', b'', b'']),
+])
+def test_ext_parts(ext, want):
+    got = local.ext_parts(ext)
+    assert got == want, 'ext_parts(%r): got %r, want %r' % (ext, got, want)
+
+
+@pytest.mark.parametrize('sender, owner, ownerdefault, want', [
+    (b'djb@x', False, False, b'djb@x'),
+    (b'djb@x', True, False, b'sos-owner@lists.example'),
+    (b'djb@x', True, True, b'sos-owner-@lists.example-@[]'),
+    (b'', True, True, b''),
+    (b'#@[]', True, False, b'#@[]'),
+])
+def test_newsender(sender, owner, ownerdefault, want):
+    got = local.newsender(sender, b'sos', b'lists.example', owner,
+                          ownerdefault)
+    assert got == want, 'newsender: got %r, want %r' % (got, want)
+
+
+@pytest.mark.parametrize('argv, want', [
+    (['u', '/h', 'l', '', '', 'd', 's', './Mailbox'],
+     (True, [b'u', b'/h', b'l', b'', b'', b'd', b's', b'./Mailbox'])),
+    (['-n', 'u', '/h', 'l', '-', 'e', 'd', 's', 'x'],
+     (False, [b'u', b'/h', b'l', b'-', b'e', b'd', b's', b'x'])),
+    (['-nN', '--', 'u', '/h', 'l', '-', 'e', 'd', 's', 'x'],
+     (True, [b'u', b'/h', b'l', b'-', b'e', b'd', b's', b'x'])),
+    (['--', '-u', '/h', 'l', '-', 'e', 'd', 's', 'x'],
+     (True, [b'-u', b'/h', b'l', b'-', b'e', b'd', b's', b'x'])),
+    (['-x', 'u', '/h', 'l', '', '', 'd', 's', 'x'], None),
+    (['u', 'h', 'l', '', '', 'd', 's', 'x'], None),
+    (['u', '/h', 'l', '', '', 'd', 's'], None),
+    (['u', '/h', 'l', '', '', 'd', 's', 'x', 'y'], None),
+])
+def test_parse_args(argv, want):
+    got = local.parse_args(argv)
+    assert got == want, 'parse_args(%r): got %r, want %r' % (argv, got, want)
+
+
+@pytest.mark.parametrize('code, want', [
+    (0, 0), (99, 99), (100, 100), (111, 111), (64, 100), (65, 100),
+    (70, 100), (76, 100), (77, 100), (78, 100), (112, 100), (1, 111),
+    (2, 111), (75, 111), (126, 111), (127, 111),
+])
+def test_program_outcome(code, want):
+    got = ld.program_outcome(code)
+    assert got == want, 'exit %d: got %d, want %d' % (code, got, want)
+
+
+def pieces(data, size=65536):
+    """data cut as readline(size) would cut it."""
+    out = []
+    for line in data.splitlines(keepends=True):
+        while len(line) > size:
+            out.append(line[:size])
+            line = line[size:]
+        out.append(line)
+    return out
+
+
+@pytest.mark.parametrize('message, want', [
+    (b'a\n', b'a\n\n'),
+    (b'a', b'a\n\n'),
+    (b'', b'\n'),
+    (b'From x\nFrom me\n', b'>From x\n>From me\n\n'),
+    (b'Subject: x\n\nFrom here\n>From there\n>>From  x\n',
+     b'Subject: x\n\n>From here\n>>From there\n>>>From  x\n\n'),
+    (b'From: header\nFromage\n From x\n>From\n',
+     b'From: header\nFromage\n From x\n>From\n\n'),
+    (b'x\nFrom partial', b'x\n>From partial\n\n'),
+])
+def test_mbox_quote(message, want):
+    got = b''.join(ld.mbox_quote(pieces(message)))
+    assert got == want, 'quote(%r): got %r, want %r' % (message, got, want)
+
+
+def test_mbox_quote_long_line():
+    # A line cut into pieces is quoted once, at its start only.
+    message = b'From ' + b'x' * 10 + b'From \n'
+    got = b''.join(ld.mbox_quote(pieces(message, 5)))
+    want = b'>' + message + b'\n'
+    assert got == want, 'got %r, want %r' % (got, want)
+
+
+DT = b'Delivered-To: joe@example.com\n'
+
+
+@pytest.mark.parametrize('message, want', [
+    (DT + b'\nbody\n', True),
+    (b'Received: x\n' + DT + b'\nbody\n', True),
+    (b'Received: x\n\n' + DT, False),
+    (b'Delivered-To: JOE@example.com\n\n', False),
+    (b'Delivered-To: joe@example.com.\n\n', False),
+    (b'delivered-to: joe@example.com\n\n', False),
+    (b'Delivered-To: joe@example.com', False),
+    (b'X: y\r\n' + DT, True),          # \r\n is no end of header to qmail
+    (b'', False),
+])
+def test_looping(message, want):
+    got = ld.looping(pieces(message), DT)
+    assert got == want, 'looping(%r): got %r, want %r' % (message, got, want)
+
+
+@pytest.mark.parametrize('when, pid, seq, host, want', [
+    (1700000000.25, 42, 1, b'mx', b'1700000000.M250000P42Q1.mx'),
+    (5.0, 1, 2, b'a/b:c', b'5.M0P1Q2.a\\057b\\072c'),
+])
+def test_maildir_unique(when, pid, seq, host, want):
+    got = ld.maildir_unique(when, pid, seq, host)
+    assert got == want, 'got %r, want %r' % (got, want)
+
+
+@pytest.mark.parametrize('counts, qp, want', [
+    ([0, 0, 1], 0, b'did 0+0+1\n'),
+    ([2, 3, 1], 4242, b'did 2+3+1\nqp 4242\n'),
+])
+def test_count_report(counts, qp, want):
+    got = local.count_report(counts, qp)
+    assert got == want, 'got %r, want %r' % (got, want)
+
+
+@pytest.mark.parametrize('err, want', [
+    (2, b'file does not exist'), (13, b'access denied'),
+    (28, b'out of disk space'), (1, b'permission denied'),
+])
+def test_error_str(err, want):
+    got = ld.error_str(err)
+    assert got == want, 'error_str(%d): got %r, want %r' % (err, got, want)
+
+
+# ---- deliveries in a forked child ------------------------------------------
+
+class Home:
+    """A recipient's home under tmp_path, and a way to deliver to it."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.path = tmp_path / 'home'
+        self.path.mkdir(mode=0o755)
+        os.chmod(self.path, 0o755)
+        self.qmail = tmp_path / 'qmailhome'      # auto.QMAIL for forwards
+        self.qmail.mkdir()
+
+    def write(self, name, data, mode=0o644):
+        p = self.path / name
+        p.write_bytes(data)
+        os.chmod(p, mode)
+        return p
+
+    def maildir(self, name='Maildir'):
+        for sub in ('cur', 'new', 'tmp'):
+            (self.path / name / sub).mkdir(parents=True)
+        return self.path / name
+
+    def run(self, *, message=MESSAGE, loc=USER, dash=b'', ext=b'',
+            sender=SENDER, default=b'./Mailbox', opts=(), env=None,
+            homedir=None, stdin=None, setup=None):
+        """Run qmail-local; return (exit code, report)."""
+        homedir = homedir or os.fsencode(self.path)
+        argv = list(opts) + [USER, homedir, loc, dash, ext, HOST, sender,
+                             default]
+        mess = self.tmp / 'mess'
+        mess.write_bytes(message)
+        report = self.tmp / 'report'
+        pid = os.fork()
+        if pid == 0:
+            code = 111
+            try:
+                fdm = stdin
+                if fdm is None:
+                    fdm = os.open(mess, os.O_RDONLY)
+                fdr = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fdm, 0)
+                os.dup2(fdr, 1)
+                os.dup2(fdr, 2)
+                os.environ.pop('QMAILQUEUE', None)
+                os.environ.update(env or {})
+                auto.QMAIL = str(self.qmail)
+                if setup is not None:
+                    setup()
+                code = local.main(argv)
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + WAIT
+        while True:
+            got, wstat = os.waitpid(pid, os.WNOHANG)
+            if got:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                pytest.fail('qmail-local took more than %d seconds' % WAIT)
+            time.sleep(0.01)
+        assert os.WIFEXITED(wstat), 'qmail-local died: wstat %d' % wstat
+        return os.WEXITSTATUS(wstat), report.read_bytes()
+
+
+@pytest.fixture
+def home(tmp_path):
+    return Home(tmp_path)
+
+
+def expect(got, want):
+    assert got == want, 'got %r, want %r' % (got, want)
+
+
+HEAD = (b'Return-Path: <god@heaven.af.mil>\n'
+        b'Delivered-To: joe@example.com\n')
+
+
+def test_maildir_delivery(home):
+    md = home.maildir()
+    expect(home.run(default=b'./Maildir/'), (0, b'did 1+0+0\n'))
+    new = os.listdir(md / 'new')
+    assert len(new) == 1, 'new/: got %r, want one file' % new
+    expect(os.listdir(md / 'tmp'), [])
+    expect((md / 'new' / new[0]).read_bytes(), HEAD + MESSAGE)
+    mode = stat.S_IMODE(os.stat(md / 'new' / new[0]).st_mode)
+    expect(oct(mode), oct(0o600))
+
+
+def test_maildir_twice_in_one_qmail(home):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n./Maildir/\n')
+    expect(home.run(), (0, b'did 2+0+0\n'))
+    new = sorted(os.listdir(md / 'new'))
+    expect(len(new), 2)
+    for name in new:
+        expect((md / 'new' / name).read_bytes(), HEAD + MESSAGE)
+
+
+@pytest.mark.parametrize('setup, want', [
+    ('missing', b'Unable to chdir to maildir. (#4.2.1)\n'),
+    ('notmp', b'Temporary error on maildir delivery. (#4.3.0)\n'),
+])
+def test_maildir_trouble(home, setup, want):
+    if setup == 'notmp':
+        (home.path / 'Maildir' / 'new').mkdir(parents=True)
+    expect(home.run(default=b'./Maildir/'), (111, want))
+
+
+FROM_LINE = re.compile(rb'From god@heaven\.af\.mil '
+                       rb'(Mon|Tue|Wed|Thu|Fri|Sat|Sun) '
+                       rb'(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) '
+                       rb'\d\d \d\d:\d\d:\d\d \d{4}\n\Z')
+
+
+def test_mbox_delivery(home):
+    message = (b'Subject: x\n\nFrom the start\n>From quoted\nFromage\n'
+               b'last line')
+    expect(home.run(message=message), (0, b'did 1+0+0\n'))
+    data = (home.path / 'Mailbox').read_bytes()
+    first, rest = data.split(b'\n', 1)
+    assert FROM_LINE.match(first + b'\n'), 'From_ line: got %r' % first
+    want = HEAD + (b'Subject: x\n\n>From the start\n>>From quoted\nFromage\n'
+                   b'last line\n\n')
+    expect(rest, want)
+    mode = stat.S_IMODE(os.stat(home.path / 'Mailbox').st_mode)
+    expect(oct(mode), oct(0o600))
+
+
+def test_mbox_appends(home):
+    old = b'From x Thu Jan 01 00:00:00 1970\nold\n\n'
+    home.write('Mailbox', old, 0o600)
+    expect(home.run(), (0, b'did 1+0+0\n'))
+    expect(home.run(sender=b''), (0, b'did 1+0+0\n'))
+    data = (home.path / 'Mailbox').read_bytes()
+    assert data.startswith(old), 'old mail lost: got %r' % data[:80]
+    parts = data[len(old):].split(b'\n', 1)
+    assert FROM_LINE.match(parts[0] + b'\n'), 'From_: got %r' % parts[0]
+    second = parts[1].index(b'From MAILER-DAEMON ')
+    expect(parts[1][:second], HEAD + MESSAGE + b'\n')
+    tail = parts[1][second:].split(b'\n', 1)[1]
+    expect(tail, b'Return-Path: <>\nDelivered-To: joe@example.com\n'
+           + MESSAGE + b'\n')
+
+
+def test_mbox_unopenable(home):
+    (home.path / 'Mailbox').mkdir()
+    code, report = home.run()
+    expect((code, report),
+           (111, b'Unable to open ./Mailbox: is a directory. (#4.2.1)\n'))
+
+
+def test_mbox_write_error_truncates(home):
+    old = b'From x Thu Jan 01 00:00:00 1970\nold\n\n'
+    home.write('Mailbox', old, 0o600)
+
+    def small_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) + 100,) * 2)
+
+    code, report = home.run(message=MESSAGE * 10, setup=small_files)
+    expect((code, report),
+           (111, b'Unable to write ./Mailbox: file too big. (#4.3.0)\n'))
+    expect((home.path / 'Mailbox').read_bytes(), old)
+
+
+def test_mbox_locked(home):
+    import fcntl
+    box = home.write('Mailbox', b'', 0o600)
+
+    def short_wait():
+        ld.LOCK_TIMEOUT = 1
+
+    with open(box, 'ab') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        code, report = home.run(setup=short_wait)
+    expect((code, report), (111, b'File has been locked for 30 seconds '
+                                 b'straight. (#4.3.0)\n'))
+    expect(box.read_bytes(), b'')
+
+
+ENV_NAMES = (b'SENDER', b'NEWSENDER', b'RECIPIENT', b'USER', b'HOME',
+             b'HOST', b'HOST2', b'HOST3', b'HOST4', b'LOCAL', b'EXT',
+             b'EXT2', b'EXT3', b'EXT4', b'DEFAULT', b'DTLINE', b'RPLINE',
+             b'UFLINE')
+
+
+def read_env(path):
+    env = {}
+    for item in path.read_bytes().split(b'\0'):
+        if item:
+            k, v = item.split(b'=', 1)
+            env[k] = v
+    return env
+
+
+def test_program_environment(home):
+    out = home.tmp / 'env'
+    copy = home.tmp / 'stdin'
+    home.write('.qmail-list-default',
+               b'|env -0 > %s; cat > %s; pwd >> %s\n'
+               % (os.fsencode(out), os.fsencode(copy), os.fsencode(copy)))
+    home.write('.qmail-list-a-b-owner', b'')
+    code, report = home.run(loc=b'joe-list-A-b', dash=b'-',
+                            ext=b'list-A-b', env={'DEFAULT': 'inherited'})
+    expect((code, report), (0, b'did 0+0+1\n'))
+    env = read_env(out)
+    missing = [name for name in ENV_NAMES if name not in env]
+    expect(missing, [])
+    home_b = os.fsencode(home.path)
+    want = {
+        b'SENDER': SENDER,
+        b'NEWSENDER': b'joe-list-A-b-owner@example.com',
+        b'RECIPIENT': b'joe-list-A-b@example.com',
+        b'USER': USER, b'HOME': home_b, b'HOST': HOST,
+        b'HOST2': b'example', b'HOST3': b'example', b'HOST4': b'example',
+        b'LOCAL': b'joe-list-A-b', b'EXT': b'list-A-b', b'EXT2': b'A-b',
+        b'EXT3': b'b', b'EXT4': b'', b'DEFAULT': b'A-b',
+        b'DTLINE': b'Delivered-To: joe-list-A-b@example.com\n',
+        b'RPLINE': b'Return-Path: <god@heaven.af.mil>\n',
+    }
+    for name, value in want.items():
+        expect((name, env.get(name)), (name, value))
+    assert FROM_LINE.match(env[b'UFLINE']), 'UFLINE: got %r' % env[b'UFLINE']
+    # The command gets the message as it is, in the home directory.
+    expect(copy.read_bytes(), MESSAGE + home_b + b'\n')
+
+
+def test_program_no_default(home):
+    out = home.tmp / 'env'
+    home.write('.qmail-x', b'|env -0 > %s\n' % os.fsencode(out))
+    code, _ = home.run(dash=b'-', ext=b'x', sender=b'',
+                       env={'DEFAULT': 'inherited'})
+    expect(code, 0)
+    env = read_env(out)
+    expect(env.get(b'DEFAULT'), None)
+    expect(env.get(b'NEWSENDER'), b'')
+
+
+@pytest.mark.parametrize('status, want_code, ran_next', [
+    (0, 0, True),
+    (99, 0, False),
+    (100, 100, False),
+    (111, 111, False),
+    (64, 100, False),
+    (112, 100, False),
+    (1, 111, False),
+    (42, 111, False),
+])
+def test_program_exit_codes(home, status, want_code, ran_next):
+    flag = home.tmp / 'next'
+    home.write('.qmail', b'|echo said %d; exit %d\n|touch %s\n'
+               % (status, status, os.fsencode(flag)))
+    code, report = home.run()
+    expect(code, want_code)
+    expect(flag.exists(), ran_next)
+    want = b'said %d\n' % status
+    if want_code == 0:
+        want += b'did 0+0+2\n' if ran_next else b'did 0+0+1\n'
+    expect(report, want)
+
+
+def test_program_crash(home):
+    home.write('.qmail', b'|kill -9 $$\n')
+    expect(home.run(), (111, b'Aack, child crashed. (#4.3.0)\n'))
+
+
+def test_program_sees_start_of_message_each_time(home):
+    copies = home.tmp / 'copies'
+    home.write('.qmail', b'|head -c 5 >> %s\n|cat >> %s\n'
+               % (os.fsencode(copies), os.fsencode(copies)))
+    expect(home.run()[0], 0)
+    expect(copies.read_bytes(), MESSAGE[:5] + MESSAGE)
+
+
+def test_loop_detected(home):
+    message = b'Delivered-To: joe@example.com\n' + MESSAGE
+    expect(home.run(message=message),
+           (100, b'This message is looping: it already has my Delivered-To '
+                 b'line. (#5.4.6)\n'))
+    assert not (home.path / 'Mailbox').exists(), 'delivered a loop'
+
+
+def test_other_delivered_to_is_fine(home):
+    message = b'Delivered-To: joe-x@example.com\n' + MESSAGE
+    expect(home.run(message=message), (0, b'did 1+0+0\n'))
+
+
+def fake_queue(home, status=0):
+    """A QMAILQUEUE script saving its message, envelope and cwd."""
+    script = home.tmp / 'fakeqq'
+    out = home.tmp / 'qq'
+    script.write_bytes(b'#!/bin/sh\ncat > %s.mess\ncat <&1 > %s.env\n'
+                       b'pwd > %s.cwd\nexit %d\n'
+                       % ((os.fsencode(out),) * 3 + (status,)))
+    os.chmod(script, 0o755)
+    return {'QMAILQUEUE': str(script)}, out
+
+
+def qq_output(out):
+    return (out.with_suffix('.mess').read_bytes(),
+            out.with_suffix('.env').read_bytes())
+
+
+def test_forward(home):
+    env, out = fake_queue(home)
+    home.write('.qmail', b'&me@new.job.com\nother@x.org\n')
+    code, report = home.run(env=env)
+    expect(code, 0)
+    assert re.fullmatch(rb'did 0\+2\+0\nqp \d+\n', report), \
+        'report: got %r' % report
+    mess, envelope = qq_output(out)
+    expect(mess, b'Delivered-To: joe@example.com\n' + MESSAGE)
+    expect(envelope, b'F' + SENDER + b'\0Tme@new.job.com\0Tother@x.org\0\0')
+    expect(out.with_suffix('.cwd').read_bytes(),
+           os.fsencode(home.qmail) + b'\n')
+
+
+@pytest.mark.parametrize('files, sender, want', [
+    ((), SENDER, SENDER),
+    (('.qmail-sos-owner',), SENDER, b'joe-sos-owner@example.com'),
+    (('.qmail-sos-owner', '.qmail-sos-owner-default'), SENDER,
+     b'joe-sos-owner-@example.com-@[]'),
+    (('.qmail-sos-owner',), b'', b''),
+    (('.qmail-sos-owner',), b'#@[]', b'#@[]'),
+])
+def test_forward_sender(home, files, sender, want):
+    env, out = fake_queue(home)
+    home.write('.qmail-sos', b'a@b.c\n')
+    for name in files:
+        home.write(name, b'&owner@b.c\n')
+    code, _ = home.run(env=env, loc=b'joe-sos', dash=b'-', ext=b'sos',
+                       sender=sender)
+    expect(code, 0)
+    expect(qq_output(out)[1], b'F' + want + b'\0Ta@b.c\0\0')
+
+
+@pytest.mark.parametrize('status, want', [
+    (31, (100, b'Unable to forward message: mail server permanently '
+               b'rejected message (#5.3.0).\n')),
+    (71, (111, b'Unable to forward message: mail server temporarily '
+               b'rejected message (#4.3.0).\n')),
+])
+def test_forward_refused(home, status, want):
+    env, _ = fake_queue(home, status)
+    home.write('.qmail', b'a@b.c\n')
+    expect(home.run(env=env), want)
+
+
+def test_forward_without_qmail_home(home):
+    env, out = fake_queue(home)
+    home.write('.qmail', b'a@b.c\n')
+    home.qmail.rmdir()
+    expect(home.run(env=env),
+           (111, b'Unable to forward message: '
+                 b'qq trouble in home directory (#4.3.0).\n'))
+
+
+def test_forward_after_99_but_not_after_failure(home):
+    env, out = fake_queue(home)
+    home.write('.qmail', b'a@b.c\n|exit 99\nlater@b.c\n')
+    code, report = home.run(env=env)
+    expect(code, 0)
+    assert report.startswith(b'did 0+1+1\nqp '), 'report: got %r' % report
+    expect(qq_output(out)[1], b'F' + SENDER + b'\0Ta@b.c\0\0')
+    out.with_suffix('.env').unlink()
+    home.write('.qmail', b'a@b.c\n|exit 111\n')
+    expect(home.run(env=env), (111, b''))
+    assert not out.with_suffix('.env').exists(), 'forwarded after a failure'
+
+
+def test_forward_list_only(home):
+    env, out = fake_queue(home)
+    home.write('.qmail', b'a@b.c\n', 0o744)
+    expect(home.run(env=env)[0], 0)
+    home.write('.qmail', b'a@b.c\n./Mailbox\n', 0o744)
+    expect(home.run(env=env), (111, X_BIT + b'\n'))
+
+
+@pytest.mark.parametrize('mode, want', [
+    (0o757, b'Uh-oh: home directory is writable. (#4.7.0)\n'),
+    (0o1755, b'Home directory is sticky: user is editing his .qmail file. '
+             b'(#4.2.1)\n'),
+])
+def test_home_deferred(home, mode, want):
+    os.chmod(home.path, mode)
+    expect(home.run(), (111, want))
+    assert not (home.path / 'Mailbox').exists(), 'delivered anyway'
+
+
+def test_home_missing(home):
+    missing = os.fsencode(home.tmp / 'nohome')
+    expect(home.run(homedir=missing),
+           (111, b'Unable to switch to %s: file does not exist. (#4.3.0)\n'
+                 % missing))
+
+
+@pytest.mark.parametrize('name, mode, ext, want', [
+    ('.qmail', 0o646, b'',
+     (111, b'Uh-oh: .qmail file is writable. (#4.7.0)\n')),
+    ('.qmail-foo-default', 0o666, b'foo-bar',
+     (111, b'Uh-oh: .qmail file is writable. (#4.7.0)\n')),
+    ('.qmail', 0o664, b'', (0, b'did 1+0+0\n')),
+])
+def test_dotqmail_writable(home, name, mode, ext, want):
+    home.write(name, b'./Mailbox\n', mode)
+    dash = b'-' if ext else b''
+    loc = b'joe-' + ext if ext else USER
+    expect(home.run(dash=dash, ext=ext, loc=loc), want)
+
+
+def test_no_mailbox_by_that_name(home):
+    home.write('.qmail-foo', b'./Mailbox\n')
+    expect(home.run(loc=b'joe-bar', dash=b'-', ext=b'bar'),
+           (100, b'Sorry, no mailbox here by that name. (#5.1.1)\n'))
+
+
+def test_empty_dotqmail_means_default(home):
+    md = home.maildir()
+    home.write('.qmail-foo', b'')
+    expect(home.run(loc=b'joe-foo', dash=b'-', ext=b'foo',
+                    default=b'./Maildir/'), (0, b'did 1+0+0\n'))
+    expect(len(os.listdir(md / 'new')), 1)
+
+
+def test_default_delivery_lines(home):
+    out = home.tmp / 'ran'
+    default = b'./Mailbox\n|touch %s' % os.fsencode(out)
+    expect(home.run(default=default), (0, b'did 1+0+1\n'))
+    assert out.exists(), 'program line of defaultdelivery not run'
+
+
+def test_show_instructions(home):
+    home.write('.qmail', b'# hi\n./Maildir/\n./Mailbox\n|prog arg\n'
+                         b'&a@b.c\nd@e.f\n')
+    want = (b'maildir ./Maildir/\nmbox ./Mailbox\nprogram prog arg\n'
+            b'forward a@b.c\nforward d@e.f\ndid 2+2+1\n')
+    expect(home.run(opts=['-n']), (0, want))
+    assert not (home.path / 'Mailbox').exists(), '-n delivered'
+
+
+def test_show_sticky_warns(home):
+    os.chmod(home.path, 0o1755)
+    expect(home.run(opts=['-n']),
+           (0, b'Warning: home directory is sticky.\nmbox ./Mailbox\n'
+               b'did 1+0+0\n'))
+
+
+def test_usage(home):
+    code, report = home.run(opts=['-x'])
+    expect(code, 100)
+    assert report.startswith(b'qmail-local: usage:'), 'got %r' % report
+
+
+def test_unseekable_message(home):
+    r, w = os.pipe()
+    os.write(w, MESSAGE)
+    os.close(w)
+    code, report = home.run(stdin=r)
+    os.close(r)
+    expect((code, report), (111, b'Unable to rewind message. (#4.3.0)\n'))
