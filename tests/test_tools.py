@@ -1,0 +1,787 @@
+"""The .qmail helpers and mailbox tools: forward, condredirect,
+bouncesaying, except, preline, maildirmake, maildir2mbox, maildirwatch,
+qreceipt, qbiff, predate, datemail, mailsubj.
+
+Programs run in this process (main([...])) with fd 0 replaced by a file
+and QMAILQUEUE pointing at a small sh script that saves what it is given
+on fd 0 (the message) and fd 1 (the envelope).
+"""
+
+import io
+import os
+import re
+import stat
+import struct
+import time
+
+import pytest
+
+from qmail.lib import auto
+from qmail import (bouncesaying, condredirect, except_, forward,
+                   maildir2mbox, maildirmake, maildirwatch, mailsubj,
+                   predate, preline, qbiff, qreceipt)
+
+DTLINE = b'Delivered-To: joe-list@example.org\n'
+RPLINE = b'Return-Path: <sender@example.net>\n'
+UFLINE = b'From sender@example.net Thu Jan  1 00:00:00 1970\n'
+MESSAGE = b'Subject: hello\n\nbody line\nFrom the start\n'
+DATE_RE = re.compile(rb'^Date: \d{1,2} [A-Z][a-z]{2} \d{4} '
+                     rb'\d\d:\d\d:\d\d [+-]\d{4}$')
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def stdin(tmp_path):
+    """feed(data): fd 0 becomes a file holding data (seekable, as
+    qmail-local's is).  fd 0 is restored afterwards."""
+    saved = os.dup(0)
+    count = [0]
+
+    def feed(data: bytes):
+        count[0] += 1
+        path = tmp_path / ('stdin.%d' % count[0])
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.close(fd)
+    yield feed
+    os.dup2(saved, 0)
+    os.close(saved)
+
+
+class FakeQueue:
+    """A QMAILQUEUE script and what it saw."""
+
+    def __init__(self, d):
+        self.dir = d
+
+    def read(self, name):
+        path = self.dir / name
+        return path.read_bytes() if path.exists() else None
+
+    @property
+    def mess(self):
+        return self.read('mess')
+
+    @property
+    def envelope(self):
+        return self.read('env')
+
+    @property
+    def cwd(self):
+        return self.read('cwd')
+
+
+@pytest.fixture
+def fakeqq(tmp_path, monkeypatch):
+    d = tmp_path / 'qq'
+    d.mkdir()
+    script = d / 'qmail-queue'
+    script.write_text(
+        '#!/bin/sh\n'
+        'cat > "%(d)s/mess" || exit 54\n'
+        'cat 0<&1 > "%(d)s/env" || exit 54\n'
+        'pwd > "%(d)s/cwd"\n'
+        'exit ${FAKEQQ_EXIT:-0}\n' % {'d': d})
+    script.chmod(0o755)
+    home = tmp_path / 'home'
+    (home / 'control').mkdir(parents=True)
+    monkeypatch.setenv('QMAILQUEUE', str(script))
+    monkeypatch.delenv('FAKEQQ_EXIT', raising=False)
+    monkeypatch.setattr(auto, 'QMAIL', str(home))
+    monkeypatch.chdir(tmp_path)     # the programs chdir to the home
+    return FakeQueue(d)
+
+
+def err_lines(capfd):
+    return capfd.readouterr().err.splitlines()
+
+
+# ---------------------------------------------------------------- except
+
+@pytest.mark.parametrize('argv, want, message', [
+    ([], 100, 'except: usage: except program [ arg ... ]'),
+    (['true'], 100, None),
+    (['false'], 0, None),
+    (['sh', '-c', 'exit 100'], 0, None),
+    (['sh', '-c', 'exit 111'], 111, 'except: fatal: temporary child error'),
+    (['sh', '-c', 'kill -9 $$'], 111, 'except: fatal: child crashed'),
+    (['/nonexistent/program'], 0, None),
+])
+def test_except(argv, want, message, capfd):
+    got = except_.main(argv)
+    lines = err_lines(capfd)
+    assert got == want, 'except %r: got %d want %d' % (argv, got, want)
+    assert lines == ([message] if message else []), \
+        'got %r want %r' % (lines, message)
+
+
+# ---------------------------------------------------------------- bouncesaying
+
+@pytest.mark.parametrize('argv, want, message', [
+    ([], 100,
+     'bouncesaying: usage: bouncesaying error [ program [ arg ... ] ]'),
+    (['This address no longer accepts mail.'], 100,
+     'This address no longer accepts mail.'),
+    (['gone', 'true'], 100, 'gone'),
+    (['gone', 'false'], 0, None),
+    (['gone', 'sh', '-c', 'exit 111'], 111,
+     'bouncesaying: fatal: temporary child error'),
+    (['gone', 'sh', '-c', 'kill -9 $$'], 111,
+     'bouncesaying: fatal: child crashed'),
+    (['gone', '/nonexistent/program'], 0, None),
+])
+def test_bouncesaying(argv, want, message, capfd, stdin):
+    stdin(MESSAGE)
+    got = bouncesaying.main(argv)
+    lines = err_lines(capfd)
+    assert got == want, 'bouncesaying %r: got %d want %d' % (argv, got, want)
+    assert lines == ([message] if message else []), \
+        'got %r want %r' % (lines, message)
+
+
+def test_bouncesaying_program_sees_message(tmp_path, stdin):
+    stdin(MESSAGE)
+    out = tmp_path / 'seen'
+    got = bouncesaying.main(['no', 'sh', '-c', 'cat > "%s"; exit 1' % out])
+    assert got == 0, 'got %d want 0' % got
+    assert out.read_bytes() == MESSAGE
+
+
+# ---------------------------------------------------------------- forward
+
+def test_forward(fakeqq, stdin, monkeypatch, capfd):
+    monkeypatch.setenv('NEWSENDER', 'joe-owner@example.org')
+    monkeypatch.setenv('SENDER', 'original@example.net')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    got = forward.main(['a@example.com', 'b@example.com'])
+    lines = err_lines(capfd)
+    assert got == 0, 'got %d want 0; stderr %r' % (got, lines)
+    want_env = b'Fjoe-owner@example.org\0Ta@example.com\0Tb@example.com\0\0'
+    assert fakeqq.envelope == want_env, \
+        'envelope: got %r want %r' % (fakeqq.envelope, want_env)
+    assert fakeqq.mess == DTLINE + MESSAGE, \
+        'message: got %r want %r' % (fakeqq.mess, DTLINE + MESSAGE)
+    assert len(lines) == 1 and re.fullmatch(r'forward: qp \d+', lines[0]), \
+        'got %r want forward: qp <pid>' % lines
+    # qmail_open starts qmail-queue in the qmail home.
+    assert fakeqq.cwd.rstrip(b'\n') == os.fsencode(auto.QMAIL)
+
+
+@pytest.mark.parametrize('unset, message', [
+    ('NEWSENDER', 'forward: fatal: NEWSENDER not set'),
+    ('DTLINE', 'forward: fatal: DTLINE not set'),
+])
+def test_forward_needs_environment(unset, message, fakeqq, stdin,
+                                   monkeypatch, capfd):
+    monkeypatch.setenv('NEWSENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    monkeypatch.delenv(unset)
+    stdin(MESSAGE)
+    got = forward.main(['a@example.com'])
+    lines = err_lines(capfd)
+    assert (got, lines) == (100, [message]), \
+        'got %r want %r' % ((got, lines), (100, [message]))
+    assert fakeqq.mess is None, 'qmail-queue ran'
+
+
+@pytest.mark.parametrize('qqexit, want, message', [
+    ('31', 100, 'forward: fatal: mail server permanently rejected message'
+                ' (#5.3.0)'),
+    ('11', 100, 'forward: fatal: envelope address too long for qq (#5.1.3)'),
+    ('53', 111, 'forward: fatal: qq write error or disk full (#4.3.0)'),
+    ('71', 111, 'forward: fatal: mail server temporarily rejected message'
+                ' (#4.3.0)'),
+])
+def test_forward_queue_failure(qqexit, want, message, fakeqq, stdin,
+                               monkeypatch, capfd):
+    monkeypatch.setenv('NEWSENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    monkeypatch.setenv('FAKEQQ_EXIT', qqexit)
+    stdin(MESSAGE)
+    got = forward.main(['a@example.com'])
+    lines = err_lines(capfd)
+    assert (got, lines) == (want, [message]), \
+        'got %r want %r' % ((got, lines), (want, [message]))
+
+
+def test_forward_no_queue_program(fakeqq, stdin, monkeypatch, capfd):
+    monkeypatch.setenv('QMAILQUEUE', str(fakeqq.dir / 'missing'))
+    monkeypatch.setenv('NEWSENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    got = forward.main(['a@example.com'])
+    lines = err_lines(capfd)
+    want = (111, ['forward: fatal: unable to exec qq (#4.3.0)'])
+    assert (got, lines) == want, 'got %r want %r' % ((got, lines), want)
+
+
+# ---------------------------------------------------------------- condredirect
+
+@pytest.mark.parametrize('argv, want, message', [
+    ([], 100, 'condredirect: usage: condredirect newaddress program'
+              ' [ arg ... ]'),
+    (['new@example.com'], 100,
+     'condredirect: usage: condredirect newaddress program [ arg ... ]'),
+    (['new@example.com', 'false'], 0, None),
+    (['new@example.com', 'sh', '-c', 'exit 100'], 0, None),
+    (['new@example.com', '/nonexistent/program'], 0, None),
+    (['new@example.com', 'sh', '-c', 'exit 111'], 111,
+     'condredirect: fatal: temporary child error'),
+    (['new@example.com', 'sh', '-c', 'kill -9 $$'], 111,
+     'condredirect: fatal: child crashed'),
+])
+def test_condredirect_not_redirected(argv, want, message, fakeqq, stdin,
+                                     monkeypatch, capfd):
+    monkeypatch.setenv('SENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    got = condredirect.main(argv)
+    lines = err_lines(capfd)
+    assert got == want, 'condredirect %r: got %d want %d' % (argv, got, want)
+    assert lines == ([message] if message else []), \
+        'got %r want %r' % (lines, message)
+    assert fakeqq.mess is None, 'qmail-queue ran'
+
+
+def test_condredirect_redirects(fakeqq, stdin, monkeypatch, capfd, tmp_path):
+    monkeypatch.setenv('SENDER', 'original@example.net')
+    monkeypatch.setenv('NEWSENDER', 'joe-owner@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    seen = tmp_path / 'seen'
+    # The program reads the whole message; condredirect must rewind.
+    got = condredirect.main(['new@example.com', 'sh', '-c',
+                             'cat > "%s"' % seen])
+    lines = err_lines(capfd)
+    assert got == 99, 'got %d want 99; stderr %r' % (got, lines)
+    assert seen.read_bytes() == MESSAGE
+    want_env = b'Foriginal@example.net\0Tnew@example.com\0\0'
+    assert fakeqq.envelope == want_env, \
+        'envelope: got %r want %r' % (fakeqq.envelope, want_env)
+    assert fakeqq.mess == DTLINE + MESSAGE, \
+        'message: got %r want %r' % (fakeqq.mess, DTLINE + MESSAGE)
+    assert len(lines) == 1 and re.fullmatch(r'condredirect: qp \d+',
+                                            lines[0]), lines
+
+
+@pytest.mark.parametrize('unset, qqexit, want, message', [
+    ('SENDER', None, 100, 'condredirect: fatal: SENDER not set'),
+    ('DTLINE', None, 100, 'condredirect: fatal: DTLINE not set'),
+    (None, '31', 100, 'condredirect: fatal: mail server permanently'
+                      ' rejected message (#5.3.0)'),
+    (None, '52', 111, 'condredirect: fatal: qq timeout (#4.3.0)'),
+])
+def test_condredirect_failures(unset, qqexit, want, message, fakeqq, stdin,
+                               monkeypatch, capfd):
+    monkeypatch.setenv('SENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    if unset:
+        monkeypatch.delenv(unset)
+    if qqexit:
+        monkeypatch.setenv('FAKEQQ_EXIT', qqexit)
+    stdin(MESSAGE)
+    got = condredirect.main(['new@example.com', 'true'])
+    lines = err_lines(capfd)
+    assert (got, lines) == (want, [message]), \
+        'got %r want %r' % ((got, lines), (want, [message]))
+
+
+def test_condredirect_unseekable_input(fakeqq, monkeypatch, capfd):
+    monkeypatch.setenv('SENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    saved = os.dup(0)
+    r, w = os.pipe()
+    os.write(w, MESSAGE)
+    os.close(w)
+    os.dup2(r, 0)
+    os.close(r)
+    try:
+        got = condredirect.main(['new@example.com', 'true'])
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    lines = err_lines(capfd)
+    assert got == 111, 'got %d want 111' % got
+    assert len(lines) == 1 and lines[0].startswith(
+        'condredirect: fatal: unable to rewind: '), lines
+
+
+# ---------------------------------------------------------------- preline
+
+@pytest.mark.parametrize('options, want', [
+    ([], UFLINE + RPLINE + DTLINE + MESSAGE),
+    (['-f'], RPLINE + DTLINE + MESSAGE),
+    (['-r'], UFLINE + DTLINE + MESSAGE),
+    (['-d'], UFLINE + RPLINE + MESSAGE),
+    (['-frd'], MESSAGE),
+    (['-f', '-r', '-d'], MESSAGE),
+    (['-fF'], UFLINE + RPLINE + DTLINE + MESSAGE),
+    (['-d', '-D', '-r', '--'], UFLINE + DTLINE + MESSAGE),
+])
+def test_preline_lines(options, want, tmp_path, stdin, monkeypatch):
+    monkeypatch.setenv('UFLINE', UFLINE.decode())
+    monkeypatch.setenv('RPLINE', RPLINE.decode())
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    out = tmp_path / 'out'
+    got = preline.main(options + ['sh', '-c', 'cat > "%s"' % out])
+    assert got == 0, 'got %d want 0' % got
+    assert out.read_bytes() == want, \
+        'preline %r: got %r want %r' % (options, out.read_bytes(), want)
+
+
+@pytest.mark.parametrize('argv, unset, want, message', [
+    (['sh', '-c', 'cat >/dev/null; exit 7'], None, 7, None),
+    (['sh', '-c', 'cat >/dev/null; exit 111'], None, 111, None),
+    ([], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['-f'], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['-x', 'cat'], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['cat'], 'UFLINE', 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['cat'], 'DTLINE', 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['/nonexistent/program'], None, 100,
+     'preline: fatal: unable to run /nonexistent/program:'
+     ' No such file or directory'),
+    (['sh', '-c', 'cat >/dev/null; kill -9 $$'], None, 111,
+     'preline: fatal: child crashed'),
+])
+def test_preline_exits(argv, unset, want, message, stdin, monkeypatch, capfd):
+    monkeypatch.setenv('UFLINE', UFLINE.decode())
+    monkeypatch.setenv('RPLINE', RPLINE.decode())
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    if unset:
+        monkeypatch.delenv(unset)
+    stdin(MESSAGE)
+    got = preline.main(argv)
+    lines = err_lines(capfd)
+    assert got == want, 'preline %r: got %d want %d' % (argv, got, want)
+    assert lines == ([message] if message else []), \
+        'got %r want %r' % (lines, message)
+
+
+# ---------------------------------------------------------------- maildirmake
+
+def test_maildirmake_tree(tmp_path):
+    target = tmp_path / 'Maildir'
+    old = os.umask(0)           # maildirmake's own umask must win
+    try:
+        got = maildirmake.main([str(target)])
+    finally:
+        os.umask(old)
+    assert got == 0, 'got %d want 0' % got
+    for path in (target, target / 'tmp', target / 'new', target / 'cur'):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert path.is_dir() and mode == 0o700, \
+            '%s: got mode %o want 700' % (path, mode)
+    assert sorted(os.listdir(target)) == ['cur', 'new', 'tmp']
+
+
+@pytest.mark.parametrize('argv, want, message', [
+    ([], 100, 'maildirmake: usage: maildirmake name'),
+    (['{exists}'], 111,
+     'maildirmake: fatal: unable to mkdir {exists}: File exists'),
+    (['{missing}/Maildir'], 111,
+     'maildirmake: fatal: unable to mkdir {missing}/Maildir:'
+     ' No such file or directory'),
+])
+def test_maildirmake_failures(argv, want, message, tmp_path, capfd):
+    names = {'exists': str(tmp_path), 'missing': str(tmp_path / 'no')}
+    argv = [a.format(**names) for a in argv]
+    got = maildirmake.main(argv)
+    lines = err_lines(capfd)
+    want_lines = [message.format(**names)]
+    assert (got, lines) == (want, want_lines), \
+        'got %r want %r' % ((got, lines), (want, want_lines))
+
+
+# ---------------------------------------------------------------- maildir2mbox
+
+@pytest.mark.parametrize('first, want', [
+    (b'Return-Path: <a@example.org>\n', b'From a@example.org '),
+    (b'Return-Path: <>\n', b'From MAILER-DAEMON '),
+    (b'Return-Path: <a b\tc@example.org>\n', b'From a-b-c@example.org '),
+    (b'Received: from x\n', b'From XXX '),
+    (b'Return-Path: <a@example.org>', b'From XXX '),   # no newline
+    (b'', b'From XXX '),
+])
+def test_maildir2mbox_ufline(first, want):
+    got = maildir2mbox.ufline(first, 0)
+    want += b'Thu Jan 01 00:00:00 1970\n'
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+@pytest.mark.parametrize('when, want', [
+    (0, b'Thu Jan 01 00:00:00 1970\n'),
+    (838699494, b'Tue Jul 30 04:04:54 1996\n'),
+    (1700000000, b'Tue Nov 14 22:13:20 2023\n'),
+])
+def test_myctime(when, want):
+    got = maildir2mbox.myctime(when)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+@pytest.mark.parametrize('line, want', [
+    (b'From x\n', True), (b'>From x\n', True), (b'>>>From x\n', True),
+    (b'From\n', False), (b'from x\n', False), (b' From x\n', False),
+    (b'>From', False),
+])
+def test_gfrom(line, want):
+    got = maildir2mbox.gfrom(line)
+    assert got == want, '%r: got %r want %r' % (line, got, want)
+
+
+def make_maildir(root):
+    for sub in ('tmp', 'new', 'cur'):
+        (root / sub).mkdir(parents=True)
+
+
+def put(path, data, mtime):
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+
+
+def test_maildir2mbox_moves(tmp_path, monkeypatch, capfd):
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    t1, t2, t3 = 838699494, 838699500, 838700000
+    put(md / 'new' / '2.b', b'Return-Path: <>\nSubject: bounce\n\n'
+        b'From here\n>From there\n', t2)
+    put(md / 'cur' / '1.a:2,S', b'Return-Path: <x y@example.org>\n'
+        b'Subject: one\n\nbody\n', t1)
+    put(md / 'new' / '3.c', b'Subject: no return path\n\nlast line', t3)
+    future = int(time.time()) + 3600    # "this very second" or later: stays
+    put(md / 'new' / '4.d', b'Subject: later\n\n', future)
+    put(md / 'new' / '.hidden', b'not a message\n', t1)
+    stale = md / 'tmp' / 'stale'
+    put(stale, b'', t1)
+    fresh = md / 'tmp' / 'fresh'
+    fresh.write_bytes(b'')
+    mbox = tmp_path / 'mbox'
+    old = b'From old@example.org Mon Jan 01 00:00:00 1996\nold\n\n'
+    mbox.write_bytes(old)
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(mbox))
+    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
+    monkeypatch.chdir(tmp_path)
+
+    got = maildir2mbox.main([])
+    lines = err_lines(capfd)
+    assert got == 0, 'got %d want 0; stderr %r' % (got, lines)
+    want = (old +
+            b'From x-y@example.org Tue Jul 30 04:04:54 1996\n'
+            b'Return-Path: <x y@example.org>\nSubject: one\n\nbody\n\n'
+            b'From MAILER-DAEMON Tue Jul 30 04:05:00 1996\n'
+            b'Return-Path: <>\nSubject: bounce\n\n>From here\n>>From there\n'
+            b'\n'
+            b'From XXX Tue Jul 30 04:13:20 1996\n'
+            b'Subject: no return path\n\nlast line\n\n')
+    assert mbox.read_bytes() == want, \
+        'got:\n%s\nwant:\n%s' % (mbox.read_bytes().decode(), want.decode())
+    assert sorted(os.listdir(md / 'new')) == ['.hidden', '4.d']
+    assert os.listdir(md / 'cur') == []
+    assert not stale.exists() and fresh.exists()
+    assert not (tmp_path / 'mbox.tmp').exists()
+
+
+def test_maildir2mbox_nothing_new(tmp_path, monkeypatch):
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
+    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
+    monkeypatch.chdir(tmp_path)
+    got = maildir2mbox.main([])
+    assert got == 0, 'got %d want 0' % got
+    assert not (tmp_path / 'mbox').exists(), 'an empty run made MAIL'
+
+
+def test_maildir2mbox_relative_paths(tmp_path, monkeypatch):
+    """MAIL and MAILTMP are taken from inside MAILDIR, after the chdir."""
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    put(md / 'new' / '1', b'Return-Path: <a@b>\n\nx\n', 838699494)
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', 'mbox')
+    monkeypatch.setenv('MAILTMP', 'mbox.tmp')
+    monkeypatch.chdir(tmp_path)
+    got = maildir2mbox.main([])
+    assert got == 0, 'got %d want 0' % got
+    want = b'From a@b Tue Jul 30 04:04:54 1996\nReturn-Path: <a@b>\n\nx\n\n'
+    assert (md / 'mbox').read_bytes() == want
+    assert stat.S_IMODE((md / 'mbox').stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize('unset, message', [
+    ('MAIL', 'maildir2mbox: fatal: MAIL not set'),
+    ('MAILTMP', 'maildir2mbox: fatal: MAILTMP not set'),
+    ('MAILDIR', 'maildir2mbox: fatal: MAILDIR not set'),
+])
+def test_maildir2mbox_environment(unset, message, tmp_path, monkeypatch,
+                                  capfd):
+    monkeypatch.setenv('MAILDIR', str(tmp_path))
+    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
+    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
+    monkeypatch.delenv(unset)
+    monkeypatch.chdir(tmp_path)
+    got = maildir2mbox.main([])
+    lines = err_lines(capfd)
+    assert (got, lines) == (111, [message]), \
+        'got %r want %r' % ((got, lines), (111, [message]))
+
+
+def test_maildir2mbox_unwritable_tmp_keeps_messages(tmp_path, monkeypatch,
+                                                    capfd):
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    put(md / 'new' / '1', b'x\n', 838699494)
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
+    monkeypatch.setenv('MAILTMP', str(tmp_path / 'no' / 'mbox.tmp'))
+    monkeypatch.chdir(tmp_path)
+    got = maildir2mbox.main([])
+    lines = err_lines(capfd)
+    assert got == 111, 'got %d want 111' % got
+    assert lines[0].startswith('maildir2mbox: fatal: unable to create '), lines
+    assert os.listdir(md / 'new') == ['1'], 'a message was lost'
+
+
+# ---------------------------------------------------------------- maildirwatch
+
+def test_maildirwatch_summary():
+    msg = io.BytesIO(b'Return-Path: <s@example.net>\n'
+                     b'Delivered-To: joe@example.org\n'
+                     b'From: Sender \x01Name <s@example.net>\n'
+                     b'Subject: the\tsubject\n'
+                     b'\n' + b'x' * 300 + b'\n')
+    got = maildirwatch.summary(msg.readline, msg.read)
+    text = b'the/subject//' + b'x' * (158 - 13)
+    want = (b'FROM <s@example.net> TO <joe@example.org>\n'
+            b'\033[1mFrom: Sender /Name <s@example.net>\033[0m\n' +
+            text + b'\n\n')
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_maildirwatch_scan(tmp_path, monkeypatch):
+    make_maildir(tmp_path)
+    put(tmp_path / 'new' / 'b', b'Subject: second\n\n', 838700000)
+    put(tmp_path / 'new' / 'a', b'Subject: first\n\n', 838699494)
+    put(tmp_path / 'cur' / 'c', b'Subject: seen\n\n', 838699494)
+    monkeypatch.chdir(tmp_path)
+    got = maildirwatch.scan_once(int(time.time()))
+    want = (maildirwatch.CLEAR +
+            b'FROM ? TO <?>\nfirst//\n\n' +
+            b'FROM ? TO <?>\nsecond//\n\n')
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+# ---------------------------------------------------------------- qreceipt
+
+NOTICE_HEADER = (b'Message-ID: <123@example.net>\n'
+                 b'Notice-Requested-Upon-Delivery-To: "Joe" <joe@example.org>,'
+                 b' other@example.com\n'
+                 b'Subject: hi\n\nbody\n')
+
+
+def want_notice(returnpath_quoted):
+    return (b'From: DELIVERY NOTICE SYSTEM <' + returnpath_quoted + b'>\n'
+            b'To: <' + returnpath_quoted + b'>\n'
+            b'Subject: success notice\n\n'
+            b'Hi! This is the qreceipt program. Your message was delivered'
+            b' to the\nfollowing address: joe@example.org. Thanks for'
+            b' asking.\n'
+            b'Your Message-ID: <123@example.net>\n')
+
+
+def test_qreceipt_sends_notice(fakeqq, stdin, monkeypatch, capfd):
+    monkeypatch.setenv('SENDER', 'a b@example.net')
+    stdin(NOTICE_HEADER)
+    got = qreceipt.main(['joe@example.org'])
+    lines = err_lines(capfd)
+    assert got == 0, 'got %d want 0; stderr %r' % (got, lines)
+    want = want_notice(b'"a b"@example.net')
+    assert fakeqq.mess == want, 'got %r want %r' % (fakeqq.mess, want)
+    want_env = b'F\0Ta b@example.net\0\0'
+    assert fakeqq.envelope == want_env, \
+        'envelope: got %r want %r' % (fakeqq.envelope, want_env)
+
+
+@pytest.mark.parametrize('message, target, sender, want, err', [
+    (NOTICE_HEADER, 'nobody@example.org', 's@example.net', 0, None),
+    (NOTICE_HEADER, 'joe@example.org', '', 0, None),
+    (NOTICE_HEADER, 'joe@example.org', '#@[]', 0, None),
+    (b'Subject: no request\n\njoe@example.org\n', 'joe@example.org',
+     's@example.net', 0, None),
+    (b'Notice-Requested-Upon-Delivery-To: "joe@example.org\n\n',
+     'joe@example.org', 's@example.net', 100,
+     'qreceipt: fatal: unable to parse this: '
+     'Notice-Requested-Upon-Delivery-To: "joe@example.org'),
+    (b'Notice-Requested-Upon-Delivery-To: joe@example.org>\n\n',
+     'joe@example.org', 's@example.net', 100,
+     'qreceipt: fatal: unable to parse this: '
+     'Notice-Requested-Upon-Delivery-To: joe@example.org>'),
+    (NOTICE_HEADER, None, 's@example.net', 100,
+     'qreceipt: usage: qreceipt deliveryaddress'),
+    (NOTICE_HEADER, 'joe@example.org', None, 100,
+     'qreceipt: usage: qreceipt deliveryaddress'),
+])
+def test_qreceipt_no_notice(message, target, sender, want, err, fakeqq,
+                            stdin, monkeypatch, capfd):
+    if sender is None:
+        monkeypatch.delenv('SENDER', raising=False)
+    else:
+        monkeypatch.setenv('SENDER', sender)
+    stdin(message)
+    got = qreceipt.main([target] if target else [])
+    lines = err_lines(capfd)
+    assert (got, lines) == (want, [err] if err else []), \
+        'got %r want %r' % ((got, lines), (want, err))
+    assert fakeqq.mess is None, 'a notice was sent'
+
+
+@pytest.mark.parametrize('qqexit, want, message', [
+    ('31', 100, 'qreceipt: fatal: permanent qmail-queue error'),
+    ('53', 111, 'qreceipt: fatal: temporary qmail-queue error'),
+])
+def test_qreceipt_queue_failure(qqexit, want, message, fakeqq, stdin,
+                                monkeypatch, capfd):
+    monkeypatch.setenv('SENDER', 's@example.net')
+    monkeypatch.setenv('FAKEQQ_EXIT', qqexit)
+    stdin(NOTICE_HEADER)
+    got = qreceipt.main(['joe@example.org'])
+    lines = err_lines(capfd)
+    assert (got, lines) == (want, [message]), \
+        'got %r want %r' % ((got, lines), (want, [message]))
+
+
+# ---------------------------------------------------------------- qbiff
+
+def utmp_record(ut_type, line, user):
+    rec = bytearray(qbiff.UTMP_SIZE)
+    struct.pack_into('=h', rec, 0, ut_type)
+    rec[qbiff.UTMP_LINE] = line.ljust(32, b'\0')
+    rec[qbiff.UTMP_USER] = user.ljust(32, b'\0')
+    return bytes(rec)
+
+
+def test_qbiff_ttys():
+    utmp = b''.join([
+        utmp_record(7, b'pts/1', b'joe'),
+        utmp_record(8, b'pts/2', b'joe'),       # dead process
+        utmp_record(7, b'pts/3', b'joey'),
+        utmp_record(7, b'../etc/passwd', b'joe'),
+        utmp_record(7, b'/etc/passwd', b'joe'),
+        utmp_record(7, b'tty4', b'joe'),
+        b'partial record',
+    ])
+    got = qbiff.ttys(utmp, b'joe')
+    assert got == [b'pts/1', b'tty4'], 'got %r' % got
+
+
+def test_qbiff_announcement():
+    msg = io.BytesIO(b'Subject: lunch?\n\nAt noon\x07.\n')
+    text = qbiff.excerpt(msg.readline, msg.read)
+    got = qbiff.woof(qbiff.tofrom(b'joe-lunch', b'a\x1b@example.net'), text)
+    want = (b'\r\n\a*** TO <joe-lunch> FROM <a_@example.net>\r\n'
+            b'    lunch?//At noon/./\r\n')
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_qbiff_always_zero(stdin, monkeypatch):
+    monkeypatch.delenv('USER', raising=False)
+    stdin(MESSAGE)
+    assert qbiff.main([]) == 0
+
+
+# ---------------------------------------------------------------- predate
+
+@pytest.mark.parametrize('fields, gmtoff, want', [
+    ((1996, 7, 30, 11, 54, 54), 0, b'Date: 30 Jul 1996 11:54:54 +0000\n'),
+    ((2024, 1, 5, 1, 2, 3), 3600, b'Date: 5 Jan 2024 01:02:03 +0100\n'),
+    ((2024, 1, 5, 1, 2, 3), -5 * 3600, b'Date: 5 Jan 2024 01:02:03 -0500\n'),
+    ((2024, 1, 5, 1, 2, 3), 19800, b'Date: 5 Jan 2024 01:02:03 +0530\n'),
+    ((2024, 1, 5, 1, 2, 3), -(3600 + 29), b'Date: 5 Jan 2024 01:02:03 -0100\n'),
+    ((2024, 1, 5, 1, 2, 3), 3600 + 30, b'Date: 5 Jan 2024 01:02:03 +0101\n'),
+])
+def test_predate_date_line(fields, gmtoff, want):
+    tm = time.struct_time(fields + (0, 1, 0))
+    got = predate.date_line(tm, gmtoff)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_predate_feeds_child(tmp_path, stdin):
+    stdin(MESSAGE)
+    out = tmp_path / 'out'
+    got = predate.main(['sh', '-c', 'cat > "%s"; exit 3' % out])
+    assert got == 3, 'got %d want 3' % got
+    date, rest = out.read_bytes().split(b'\n', 1)
+    assert DATE_RE.match(date), 'got %r' % date
+    assert rest == MESSAGE, 'got %r want %r' % (rest, MESSAGE)
+
+
+@pytest.mark.parametrize('argv, want, message', [
+    ([], 100, 'predate: usage: predate child'),
+    (['/nonexistent/program'], 111,
+     'predate: fatal: unable to run /nonexistent/program:'
+     ' No such file or directory'),
+    (['sh', '-c', 'kill -9 $$'], 111, 'predate: fatal: child crashed'),
+])
+def test_predate_failures(argv, want, message, stdin, capfd):
+    stdin(MESSAGE)
+    got = predate.main(argv)
+    lines = err_lines(capfd)
+    assert (got, lines) == (want, [message]), \
+        'got %r want %r' % ((got, lines), (want, [message]))
+
+
+# ---------------------------------------------------------------- mailsubj, datemail
+
+@pytest.mark.parametrize('subject, recips, want', [
+    (b'hi', [b'a@b'], b'Subject: hi\nTo: a@b\n\n'),
+    (b'two words', [b'a@b', b'c@d'], b'Subject: two words\nTo: a@b c@d\n\n'),
+    (b'', [], b'Subject: \nTo:\n\n'),
+])
+def test_mailsubj_header(subject, recips, want):
+    got = mailsubj.header(subject, recips)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_mailsubj_sends(fakeqq, stdin, monkeypatch):
+    pytest.importorskip('qmail.inject')
+    monkeypatch.setenv('USER', 'joe')
+    stdin(b'the body\n')
+    got = mailsubj.main(['lunch', 'a@example.com', 'b@example.com'])
+    assert got == 0, 'got %d want 0' % got
+    assert b'\nSubject: lunch\n' in b'\n' + fakeqq.mess, fakeqq.mess
+    assert b'\nTo: a@example.com, b@example.com\n' in fakeqq.mess, \
+        fakeqq.mess
+    assert fakeqq.mess.endswith(b'\n\nthe body\n'), fakeqq.mess
+    recips = fakeqq.envelope.split(b'\0')[1:-2]
+    assert recips == [b'Tb@example.com', b'Ta@example.com'] or \
+        recips == [b'Ta@example.com', b'Tb@example.com'], recips
+
+
+def test_mailsubj_usage(capfd):
+    got = mailsubj.main([])
+    lines = err_lines(capfd)
+    want = (100, ['mailsubj: usage: mailsubj subject recip ...'])
+    assert (got, lines) == want, 'got %r want %r' % ((got, lines), want)
+
+
+def test_datemail_sends(fakeqq, stdin, monkeypatch):
+    pytest.importorskip('qmail.sendmail')
+    from qmail import datemail
+    monkeypatch.setenv('USER', 'joe')
+    stdin(b'Subject: dated\n\nthe body\n')
+    got = datemail.main(['a@example.com'])
+    assert got == 0, 'got %d want 0' % got
+    dates = [line for line in fakeqq.mess.split(b'\n')
+             if line.startswith(b'Date:')]
+    assert len(dates) == 1 and DATE_RE.match(dates[0]), \
+        'got Date lines %r' % dates
+    assert fakeqq.mess.endswith(b'\n\nthe body\n'), fakeqq.mess
+    assert fakeqq.envelope.endswith(b'\0Ta@example.com\0\0'), \
+        fakeqq.envelope
+    # fd 0 is ours again.
+    assert os.lseek(0, 0, os.SEEK_CUR) >= 0
