@@ -1,0 +1,116 @@
+"""qmail-rspawn: run remote deliveries for qmail-send.
+
+Runs as:  qmailr, group qmail, started by qmail-start; cwd HOME/queue/mess.
+Reads:    fd 0, qmail-send's delivery commands (see qmail.lib.spawn).
+Writes:   fd 1, one report per delivery, made from qmail-remote's
+          per-recipient r/h/s lines and its final K/Z/D line.
+Runs:     each delivery as qmail-remote host sender recipient in a
+          forked child (no interpreter start), or the program named by
+          QMAILREMOTE, exec'd.
+Exits:    0 when qmail-send is gone and deliveries are done.
+See:      qmail-rspawn(8), qmail-remote(8).
+"""
+
+import os
+import sys
+
+from qmail.lib import auto, spawn
+
+
+def report(wstat: int, output: bytes) -> bytes:
+    """qmail-remote's output and status as one K/Z/D report: the
+    recipient's line decides, the final K/Z/D line is appended when it
+    does not contradict."""
+    if os.WIFSIGNALED(wstat):
+        return b'Zqmail-remote crashed.\n'
+    code = os.WEXITSTATUS(wstat)
+    if code == 111:
+        return b'ZUnable to run qmail-remote.\n'
+    if code != 0:
+        return b'DUnable to run qmail-remote.\n'
+    if not output:
+        return b'Zqmail-remote produced no output.\n'
+    records = output.split(b'\0')
+    result = -1
+    for rec in records[:-1]:            # only NUL-terminated records count
+        if rec[:1] == b'K':
+            result = 1
+            break
+        if rec[:1] == b'Z':
+            result = 0
+            break
+        if rec[:1] == b'D':
+            break
+    orr = result
+    if output[:1] == b's':
+        orr = 0
+    elif output[:1] == b'h':
+        orr = -1
+    out = {1: b'K', 0: b'Z', -1: b'D'}[orr]
+    first, sep, rest = output[1:].partition(b'\0')
+    if not sep:
+        return out
+    out += first
+    if result <= orr and rest[:1] in (b'Z', b'D', b'K'):
+        out += rest[1:].split(b'\0', 1)[0]
+    return out
+
+
+def deliver(sender: bytes, recip: bytes, at: int) -> int:
+    host = recip[at + 1:]
+    program = os.environ.get('QMAILREMOTE')
+    args = [os.fsdecode(a) for a in (host, sender, recip)]
+    if program:
+        try:
+            os.execvp(program, [program] + args)
+        except OSError:
+            return 111
+    try:
+        from qmail import remote
+    except ImportError:
+        return 111
+    return remote.main(args)
+
+
+def start(fdmess, fdout, sender, recip, at):
+    pid = os.fork()
+    if pid == 0:
+        code = 111
+        try:
+            spawn.child_setup(fdmess, fdout)
+            code = deliver(sender, recip, at)
+        except BaseException:
+            code = 111
+        finally:
+            os._exit(code)
+    return pid
+
+
+def main(argv=None) -> int:
+    try:
+        os.chdir(auto.QMAIL)
+        os.chdir('queue/mess')
+    except OSError:
+        return 111
+    try:
+        import qmail.remote     # loaded once here, used by every child  # noqa: F401
+    except ImportError:
+        pass
+    return spawn.Spawner(start, report, auto.uid(auto.USER_QUEUE)).loop()
+
+
+def run():
+    try:
+        from setproctitle import setproctitle
+        setproctitle('qmail-rspawn')
+    except ImportError:
+        pass
+    try:
+        code = main()
+    except Exception:
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

@@ -1,0 +1,948 @@
+"""qmail-send: deliver the messages in the queue.
+
+Runs as:  qmails, group qmail, started by qmail-start; cwd HOME/queue.
+Reads:    todo/ (new messages, woken by lock/trigger); info/, local/,
+          remote/, bounce/, mess/; control/ at start and on SIGHUP.
+Writes:   fd 0, the activity record (qmail-log(5)); commands to
+          qmail-lspawn on fd 1, qmail-rspawn on fd 3, qmail-clean on fd 5;
+          reads their answers on fds 2, 4, 6.  Creates info/, local/,
+          remote/ from todo/ (preprocessing), marks recipients done in
+          local/ and remote/, appends to bounce/, injects bounces through
+          qmail-queue, and asks qmail-clean to remove todo/ and mess/.
+Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
+          (and the other controls); TERM start no delivery, finish those
+          under way, exit.
+Exits:    0 after TERM; 111 cannot start (alert line in the log).
+Trusts:   the spawns' reports only as far as their framing: a report is
+          at most REPORTMAX bytes and names a delivery slot in use.
+See:      qmail-send(8), qmail-log(5), INTERNALS.md.
+
+Durability beyond qmail 1.03: Linux needs directories fsynced.  Before
+todo/ is removed the new info/, local/ and remote/ entries are made
+durable; a recipient's D mark is fsynced before the next delivery
+report is read, and a bounce paragraph before its D mark, so a crash
+never repeats a finished delivery nor forgets a failure.
+"""
+
+import errno
+import heapq
+import os
+import select
+import signal
+import sys
+import time
+
+from qmail.lib import auto, control, durable
+from qmail.lib.date822 import date822
+from qmail.lib.qfile import parse_messid, qfn
+from qmail.lib.qqtalk import QueueClient
+from qmail import send_rules as rules
+
+SLEEP_TODO = 1500         # scan todo/ every 25 minutes even if not triggered
+SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
+SLEEP_FOREVER = 86400     # longest wait in poll()
+SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
+SLEEP_SYSFAIL = 123       # retry after a system failure
+OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
+REPORTMAX = 10000         # longest delivery report believed
+SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
+
+CHANFDOUT = (1, 3)
+CHANFDIN = (2, 4)
+CHANDIR = ('local', 'remote')
+TOCHAN = (' to local ', ' to remote ')
+FDCLEAN_OUT, FDCLEAN_IN = 5, 6
+LOGFD = 0
+
+
+def log(text: str):
+    """One write per line, straight to fd 0, as qmail's log1 flushes."""
+    data = text.encode('utf-8', 'replace')
+    while data:
+        try:
+            n = os.write(LOGFD, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        data = data[n:]
+
+
+class Controls:
+    """What qmail-send reads from control/."""
+
+    def __init__(self, ctl: control.Controls):
+        self.lifetime = ctl.int('queuelifetime', 604800)
+        self.concurrency = [min(ctl.int('concurrencylocal', 10), SPAWN_MAX),
+                            min(ctl.int('concurrencyremote', 20), SPAWN_MAX)]
+        self.bouncefrom = ctl.line('bouncefrom', b'MAILER-DAEMON')
+        self.bouncehost = ctl.line('bouncehost', b'bouncehost', flagme=True)
+        dbhost = ctl.line('doublebouncehost', b'doublebouncehost', flagme=True)
+        self.doublebounceto = ctl.line('doublebounceto', b'postmaster') + b'@' + dbhost
+        self.bouncemaxbytes = ctl.int('bouncemaxbytes', 0)
+        self.routing = routing(ctl)
+
+
+def routing(ctl: control.Controls) -> rules.Routing:
+    if ctl.me is None and not ctl.exists('locals'):
+        raise OSError(errno.ENOENT, 'no control/locals and no control/me')
+    return rules.Routing(ctl.lines('locals', flagme=True),
+                         ctl.lines('virtualdomains'),
+                         ctl.lines('percenthack'),
+                         ctl.line('envnoathost', b'envnoathost', flagme=True))
+
+
+class Job:
+    """One pass of one message through one channel."""
+    __slots__ = ('refs', 'id', 'channel', 'retry', 'sender', 'numtodo',
+                 'flaghiteof', 'flagdying')
+
+    def __init__(self, messid, channel):
+        self.refs = 1
+        self.id = messid
+        self.channel = channel
+        self.retry = 0
+        self.sender = b''
+        self.numtodo = 0
+        self.flaghiteof = False
+        self.flagdying = False
+
+
+class Delivery:
+    __slots__ = ('job', 'delid', 'mpos', 'recip')
+
+    def __init__(self, job, delid, mpos, recip):
+        self.job, self.delid, self.mpos, self.recip = job, delid, mpos, recip
+
+
+class Pass:
+    """The recipient list being read for one channel."""
+    __slots__ = ('job', 'records', 'index')
+
+    def __init__(self, job, records):
+        self.job, self.records, self.index = job, records, 0
+
+
+def chan_records(data: bytes):
+    """[(offset, record)] of a local/ or remote/ file (T or D records)."""
+    out, pos = [], 0
+    while True:
+        end = data.find(b'\0', pos)
+        if end == -1:
+            return out
+        out.append((pos, data[pos:end]))
+        pos = end + 1
+
+
+class Send:
+    def __init__(self, ctl: control.Controls, controls: Controls, split: int):
+        self.ctl = ctl
+        self.c = controls
+        self.split = split
+        self.recent = int(time.time())
+        self.flagexitasap = False
+        self.flagrunasap = False
+        self.flagreadasap = False
+        self.flagspawnalive = [True, True]
+        self.flagcleanalive = True
+        self.concurrency = list(controls.concurrency)
+        self.concurrencyused = [0, 0]
+        self.dels = [[], []]
+        self.comm_buf = [b'', b'']
+        self.dline = [bytearray(), bytearray()]
+        self.masterdelid = 1
+        self.pqchan = [[], []]
+        self.pqdone = []
+        self.pqfail = []
+        self.jobs_open = 0
+        self.numjobs = 0
+        self.passes = [None, None]
+        self.tododir = None
+        self.nexttodorun = self.recent
+        self.triggerfd = -1
+        self.cleanupdir = None
+        self.cleanuptime = self.recent
+
+    # -- names ----------------------------------------------------------------
+    def fn(self, d, messid):
+        return qfn(d, messid, self.split)
+
+    # -- clean ------------------------------------------------------------------
+    def clean(self, request: str) -> bool:
+        """Ask qmail-clean; True when it removed the files."""
+        if not self.flagcleanalive:
+            return False
+        try:
+            os.write(FDCLEAN_OUT, request.encode() + b'\0')
+            while True:
+                try:
+                    ch = os.read(FDCLEAN_IN, 1)
+                    break
+                except InterruptedError:
+                    continue
+        except OSError:
+            ch = b''
+        if not ch:
+            self.cleandied()
+            return False
+        if ch != b'+':
+            log('warning: qmail-clean unable to clean up %s\n' % request)
+            return False
+        return True
+
+    def cleandied(self):
+        log('alert: oh no! lost qmail-clean connection! dying...\n')
+        self.flagcleanalive = False
+        self.flagexitasap = True
+
+    def spawndied(self, c):
+        log('alert: oh no! lost spawn connection! dying...\n')
+        self.flagspawnalive[c] = False
+        self.flagexitasap = True
+
+    # -- info -----------------------------------------------------------------
+    def getinfo(self, messid):
+        """(sender, birth) from info/, or None."""
+        try:
+            with open(self.fn('info', messid), 'rb') as f:
+                data = f.read(2048)
+                st = os.fstat(f.fileno())
+        except OSError:
+            return None
+        end = data.find(b'\0')
+        if end == -1 or not data.startswith(b'F'):
+            return None
+        return data[1:end], int(st.st_mtime)
+
+    # -- priority queues -----------------------------------------------------
+    def pqadd(self, messid):
+        fn = self.fn('info', messid)
+        try:
+            os.stat(fn)
+        except FileNotFoundError:
+            return                      # someone yanking our chain
+        except OSError:
+            return self.pqadd_fail(fn, messid)
+        fn = self.fn('todo', messid)
+        try:
+            os.stat(fn)
+            return                      # preprocessing was interrupted: todo wins
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return self.pqadd_fail(fn, messid)
+        found = False
+        for c in (0, 1):
+            fn = self.fn(CHANDIR[c], messid)
+            try:
+                st = os.stat(fn)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return self.pqadd_fail(fn, messid)
+            heapq.heappush(self.pqchan[c], (int(st.st_mtime), messid))
+            found = True
+        if not found:
+            heapq.heappush(self.pqdone, (int(time.time()), messid))
+
+    def pqadd_fail(self, fn, messid):
+        log('warning: unable to stat %s; will try again later\n' % fn)
+        heapq.heappush(self.pqfail, (int(time.time()) + SLEEP_SYSFAIL, messid))
+
+    def pqstart(self):
+        for i in range(self.split):
+            d = 'info/%d' % i
+            while True:
+                try:
+                    names = os.listdir(d)
+                    break
+                except OSError:
+                    self.pausedir(d)
+            for name in names:
+                messid = parse_messid(name)
+                if messid is not None:
+                    self.pqadd(messid)
+
+    def pqfinish(self):
+        """Record each waiting channel's next try in its file's mtime."""
+        for c in (0, 1):
+            for dt, messid in self.pqchan[c]:
+                fn = self.fn(CHANDIR[c], messid)
+                try:
+                    os.utime(fn, (dt, dt))
+                except OSError:
+                    log('warning: unable to utime %s; message will be retried too soon\n' % fn)
+
+    def pqrun(self):
+        for c in (0, 1):
+            self.pqchan[c] = [(self.recent, m) for _, m in self.pqchan[c]]
+            heapq.heapify(self.pqchan[c])
+
+    def pausedir(self, d):
+        log('alert: unable to opendir %s, sleeping...\n' % d)
+        time.sleep(10)
+
+    # -- jobs -----------------------------------------------------------------
+    def job_avail(self):
+        return self.jobs_open < self.numjobs
+
+    def job_open(self, messid, c):
+        self.jobs_open += 1
+        return Job(messid, c)
+
+    def job_close(self, job):
+        job.refs -= 1
+        if job.refs > 0:
+            return
+        self.jobs_open -= 1
+        dt = job.retry
+        if job.flaghiteof and not job.numtodo:
+            fn = self.fn(CHANDIR[job.channel], job.id)
+            try:
+                durable.unlink(fn)
+            except OSError:
+                log('warning: unable to unlink %s; will try again later\n' % fn)
+                dt = int(time.time()) + SLEEP_SYSFAIL
+            else:
+                other = self.fn(CHANDIR[1 - job.channel], job.id)
+                try:
+                    os.stat(other)
+                    return              # the other channel is still going
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    log('warning: unable to stat %s\n' % other)
+                heapq.heappush(self.pqdone, (int(time.time()), job.id))
+                return
+        heapq.heappush(self.pqchan[job.channel], (dt, job.id))
+
+    # -- bounces ----------------------------------------------------------------
+    def addbounce(self, messid, recip, report):
+        """Append a failure paragraph to bounce/<messid>, durably."""
+        text = rules.bounce_entry(rules.stripvdomprepend(recip, self.c.routing), report)
+        fn = self.fn('bounce', messid)
+        while True:
+            try:
+                fd = os.open(fn, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    durable.write_all(fd, text)
+                    durable.fsync(fd)
+                finally:
+                    os.close(fd)
+                return
+            except OSError:
+                log('alert: unable to append to bounce message; HELP! sleeping...\n')
+                time.sleep(10)
+
+    def injectbounce(self, messid) -> bool:
+        """Turn bounce/<messid> into a bounce message; True when done."""
+        info = self.getinfo(messid)
+        if info is None:
+            return False
+        sender, birth = info
+        bfn = self.fn('bounce', messid)
+        try:
+            os.stat(bfn)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            log('warning: unable to stat %s\n' % bfn)
+            return False
+        env = rules.bounce_envelope(sender, self.c.doublebounceto)
+        if env is None:
+            log('triple bounce: discarding %s\n' % bfn)
+        else:
+            bsender, brecip = env
+            single = bool(bsender == b'')
+            qq = QueueClient(os.environ.get('QMAILQUEUE')
+                             or os.path.join(auto.QMAIL, 'bin', 'qmail-queue'))
+            if qq.spawn_error is not None:
+                log('warning: unable to start qmail-queue, will try later\n')
+                qq.close()
+                return False
+            qq.put(rules.bounce_head(date822(time.time()), self.c.bouncefrom,
+                                     self.c.bouncehost, brecip, single))
+            self.copy_into(qq, bfn, 0)
+            origsender = sender[:-4] if sender.endswith(b'-@[]') else sender
+            qq.put(rules.bounce_separator(origsender, single))
+            self.copy_into(qq, self.fn('mess', messid), self.c.bouncemaxbytes)
+            qq.from_(bsender)
+            qq.to(brecip)
+            if qq.close():
+                log('warning: trouble injecting bounce message, will try later\n')
+                return False
+            log('bounce msg %d qp %d\n' % (messid, qq.pid))
+        try:
+            durable.unlink(bfn)
+        except OSError:
+            log('warning: unable to unlink %s\n' % bfn)
+            return False
+        return True
+
+    def copy_into(self, qq, fn, limit):
+        try:
+            with open(fn, 'rb') as f:
+                copied = 0
+                while True:
+                    chunk = f.read(65536)
+                    if not chunk:
+                        return
+                    if limit and copied + len(chunk) > limit:
+                        qq.put(chunk[:limit - copied])
+                        qq.put(b'\n--- Rest of message truncated: over %d bytes '
+                               b'(control/bouncemaxbytes).\n' % limit)
+                        return
+                    copied += len(chunk)
+                    qq.put(chunk)
+        except OSError:
+            qq.fail()
+
+    # -- deliveries ---------------------------------------------------------------
+    def del_status(self):
+        line = 'status: local %d/%d remote %d/%d' % (
+            self.concurrencyused[0], self.concurrency[0],
+            self.concurrencyused[1], self.concurrency[1])
+        if self.flagexitasap:
+            line += ' exitasap'
+        log(line + '\n')
+
+    def del_canexit(self):
+        return all(not (self.flagspawnalive[c] and self.concurrencyused[c]) for c in (0, 1))
+
+    def del_avail(self, c):
+        return (self.flagspawnalive[c] and not self.comm_buf[c]
+                and self.concurrencyused[c] < self.concurrency[c])
+
+    def del_start(self, job, mpos, recip):
+        c = job.channel
+        if not self.del_avail(c):
+            return
+        slots = self.dels[c]
+        try:
+            i = slots.index(None)
+        except ValueError:
+            return
+        delid = self.masterdelid
+        self.masterdelid += 1
+        slots[i] = Delivery(job, delid, mpos, recip)
+        job.refs += 1
+        self.concurrencyused[c] += 1
+        split = '%d/%d' % (job.id % self.split, job.id)
+        self.comm_buf[c] = (bytes((i,)) + split.encode() + b'\0'
+                            + rules.senderadd(job.sender, recip) + b'\0'
+                            + recip + b'\0')
+        log('starting delivery %d: msg %d%s%s\n' % (delid, job.id, TOCHAN[c],
+                                                     rules.logsafe(recip)))
+        self.del_status()
+
+    def markdone(self, c, messid, pos):
+        """Mark a recipient DONE, durably: never deliver it again."""
+        fn = self.fn(CHANDIR[c], messid)
+        try:
+            fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, b'D', pos)
+                durable.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+
+    def del_dochan(self, c):
+        try:
+            data = os.read(CHANFDIN[c], 2048)
+        except InterruptedError:
+            return
+        except OSError:
+            return
+        if not data:
+            self.spawndied(c)
+            return
+        for byte in data:
+            dline = self.dline[c]
+            if len(dline) < REPORTMAX:
+                dline.append(byte)
+            elif byte:
+                continue
+            else:
+                dline[-1] = 0
+            # The first byte is the slot number and may itself be 0.
+            if byte == 0 and len(dline) > 1:
+                self.del_report(c, bytes(dline[:-1]))
+                dline.clear()
+
+    def del_report(self, c, line: bytes):
+        delnum = line[0]
+        slots = self.dels[c]
+        if delnum >= len(slots) or slots[delnum] is None:
+            log('warning: internal error: delivery report out of range\n')
+            return
+        d = slots[delnum]
+        kind, report = line[1:2], line[2:]
+        if kind == b'Z' and d.job.flagdying:
+            kind = b'D'
+            report = report + b"I'm not going to try again; this message has been in the queue too long.\n"
+        if kind == b'K':
+            log('delivery %d: success: %s\n' % (d.delid, rules.logsafe(report)))
+            self.markdone(c, d.job.id, d.mpos)
+            d.job.numtodo -= 1
+        elif kind == b'Z':
+            log('delivery %d: deferral: %s\n' % (d.delid, rules.logsafe(report)))
+        elif kind == b'D':
+            log('delivery %d: failure: %s\n' % (d.delid, rules.logsafe(report)))
+            self.addbounce(d.job.id, d.recip, report)
+            self.markdone(c, d.job.id, d.mpos)
+            d.job.numtodo -= 1
+        else:
+            log('delivery %d: report mangled, will defer\n' % d.delid)
+        self.job_close(d.job)
+        slots[delnum] = None
+        self.concurrencyused[c] -= 1
+        self.del_status()
+
+    def comm_do(self, c):
+        buf = self.comm_buf[c]
+        try:
+            n = os.write(CHANFDOUT[c], buf)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            self.spawndied(c)
+            return
+        except OSError:
+            return
+        self.comm_buf[c] = buf[n:]
+
+    # -- passes -------------------------------------------------------------------
+    def pass_wakeup(self, wakeup):
+        if self.flagexitasap:
+            return wakeup
+        for c in (0, 1):
+            if self.passes[c] is not None and self.del_avail(c):
+                return 0
+        if self.job_avail():
+            for c in (0, 1):
+                if self.passes[c] is None and self.pqchan[c]:
+                    wakeup = min(wakeup, self.pqchan[c][0][0])
+        for pq in (self.pqfail, self.pqdone):
+            if pq:
+                wakeup = min(wakeup, pq[0][0])
+        return wakeup
+
+    def pass_dochan(self, c):
+        if self.flagexitasap:
+            return
+        p = self.passes[c]
+        if p is None:
+            if not self.job_avail() or not self.pqchan[c]:
+                return
+            dt, messid = self.pqchan[c][0]
+            if dt > self.recent:
+                return
+            heapq.heappop(self.pqchan[c])
+            fn = self.fn(CHANDIR[c], messid)
+            try:
+                with open(fn, 'rb') as f:
+                    data = f.read()
+            except OSError:
+                return self.pass_trouble(c, fn, messid)
+            info = self.getinfo(messid)
+            if info is None:
+                return self.pass_trouble(c, fn, messid)
+            sender, birth = info
+            job = self.job_open(messid, c)
+            job.retry = rules.nextretry(birth, self.recent, c)
+            job.flagdying = self.recent > birth + self.c.lifetime
+            job.sender = sender
+            p = self.passes[c] = Pass(job, chan_records(data))
+        if not self.del_avail(c):
+            return
+        if p.index >= len(p.records):
+            p.job.flaghiteof = True
+            self.job_close(p.job)
+            self.passes[c] = None
+            return
+        pos, record = p.records[p.index]
+        p.index += 1
+        tag = record[:1]
+        if tag == b'T':
+            p.job.numtodo += 1
+            self.del_start(p.job, pos, record[1:])
+        elif tag != b'D':
+            log('warning: unknown record type in %s!\n' % self.fn(CHANDIR[c], p.job.id))
+            self.job_close(p.job)
+            self.passes[c] = None
+
+    def pass_trouble(self, c, fn, messid):
+        log('warning: trouble opening %s; will try again later\n' % fn)
+        heapq.heappush(self.pqchan[c], (self.recent + SLEEP_SYSFAIL, messid))
+
+    def messdone(self, messid):
+        try:
+            for fn in (self.fn('local', messid), self.fn('remote', messid),
+                       self.fn('todo', messid)):
+                try:
+                    os.stat(fn)
+                    return              # false alarm
+                except FileNotFoundError:
+                    pass
+            fn = self.fn('info', messid)
+            try:
+                os.stat(fn)
+            except FileNotFoundError:
+                return
+        except OSError:
+            log('warning: unable to stat %s; will try again later\n' % fn)
+            return self.messdone_fail(messid)
+        if not self.injectbounce(messid):
+            return self.messdone_fail(messid)
+        log('end msg %d\n' % messid)
+        try:
+            durable.unlink(fn)
+        except OSError:
+            log('warning: unable to unlink %s; will try again later\n' % fn)
+            return self.messdone_fail(messid)
+        self.clean('foop/%d' % messid)
+
+    def messdone_fail(self, messid):
+        heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
+
+    def pass_do(self):
+        for c in (0, 1):
+            self.pass_dochan(c)
+        if self.pqfail and self.pqfail[0][0] <= self.recent:
+            _, messid = heapq.heappop(self.pqfail)
+            self.pqadd(messid)
+        if self.pqdone and self.pqdone[0][0] <= self.recent:
+            _, messid = heapq.heappop(self.pqdone)
+            self.messdone(messid)
+
+    # -- todo ---------------------------------------------------------------------
+    def trigger_set(self):
+        if self.triggerfd != -1:
+            os.close(self.triggerfd)
+        try:
+            self.triggerfd = os.open('lock/trigger', os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self.triggerfd = -1
+
+    def todo_do(self, triggered):
+        if self.flagexitasap:
+            return
+        if self.tododir is None:
+            if not triggered and self.recent < self.nexttodorun:
+                return
+            self.trigger_set()
+            try:
+                self.tododir = iter(sorted(os.listdir('todo')))
+            except OSError:
+                self.pausedir('todo')
+                return
+            self.nexttodorun = self.recent + SLEEP_TODO
+        name = next(self.tododir, None)
+        if name is None:
+            self.tododir = None
+            return
+        messid = parse_messid(name)
+        if messid is not None:
+            self.preprocess(messid)
+
+    def preprocess(self, messid):
+        """todo/ -> info/, local/, remote/ (INTERNALS section 4)."""
+        fn = self.fn('todo', messid)
+        try:
+            with open(fn, 'rb') as f:
+                envelope = f.read()
+        except OSError:
+            log('warning: unable to open %s\n' % fn)
+            return
+        fn = self.fn('mess', messid)
+        try:
+            size = os.stat(fn).st_size
+        except OSError:
+            log('warning: unable to stat %s\n' % fn)
+            return
+        for d in ('local', 'remote', 'info'):
+            fn = self.fn(d, messid)
+            try:
+                durable.unlink(fn)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                log('warning: unable to unlink %s\n' % fn)
+                return
+        info = []
+        chans = [bytearray(), bytearray()]
+        uid = pid = 0
+        for record in envelope.split(b'\0')[:-1]:
+            tag = record[:1]
+            if tag == b'u':
+                uid = int(record[1:]) if record[1:].isdigit() else 0
+            elif tag == b'p':
+                pid = int(record[1:]) if record[1:].isdigit() else 0
+            elif tag == b'F':
+                info.append(record + b'\0')
+                log('new msg %d\n' % messid)
+                log('info msg %d: bytes %d from <%s> qp %d uid %d\n' % (
+                    messid, size, rules.logsafe(record[1:]), pid, uid))
+            elif tag == b'T':
+                c, addr = rules.rewrite(record[1:], self.c.routing)
+                chans[c] += b'T' + addr + b'\0'
+            else:
+                log('warning: unknown record type in %s\n' % self.fn('todo', messid))
+                return
+        if not info:
+            log('warning: unknown record type in %s\n' % self.fn('todo', messid))
+            return
+        made = []
+        for d, data in (('info', b''.join(info)), ('local', chans[0]), ('remote', chans[1])):
+            if d != 'info' and not data:
+                continue
+            fn = self.fn(d, messid)
+            try:
+                fd = durable.create_excl(fn, 0o600)
+            except OSError:
+                log('warning: unable to create %s\n' % fn)
+                return
+            try:
+                try:
+                    durable.write_all(fd, data)
+                except OSError:
+                    log('warning: trouble writing to %s\n' % fn)
+                    return
+                try:
+                    durable.fsync(fd)
+                except OSError:
+                    log('warning: trouble fsyncing %s\n' % fn)
+                    return
+            finally:
+                os.close(fd)
+            made.append(fn)
+        for fn in made:
+            try:
+                durable.fsync_dir(os.path.dirname(fn))
+            except OSError:
+                log('warning: trouble fsyncing %s\n' % os.path.dirname(fn))
+                return
+        if not self.clean('todo/%d' % messid):
+            return
+        now = int(time.time())
+        flagchan = False
+        for c in (0, 1):
+            if chans[c]:
+                heapq.heappush(self.pqchan[c], (now, messid))
+                flagchan = True
+        if not flagchan:
+            heapq.heappush(self.pqdone, (now, messid))
+
+    # -- cleanups -----------------------------------------------------------------
+    def cleanup_do(self):
+        """Remove messages stuck in S2/S3 (a crashed qmail-queue), one per turn."""
+        if self.cleanupdir is None:
+            if self.recent < self.cleanuptime:
+                return
+            ids = []
+            for i in range(self.split):
+                try:
+                    ids.extend(m for m in map(parse_messid, os.listdir('mess/%d' % i))
+                               if m is not None)
+                except OSError:
+                    self.pausedir('mess/%d' % i)
+            self.cleanupdir = iter(ids)
+        messid = next(self.cleanupdir, None)
+        if messid is None:
+            self.cleanupdir = None
+            self.cleanuptime = self.recent + SLEEP_CLEANUP
+            return
+        try:
+            st = os.stat(self.fn('mess', messid))
+        except OSError:
+            return
+        if self.recent <= st.st_atime + OSSIFIED:
+            return
+        for d in ('info', 'todo'):
+            try:
+                os.stat(self.fn(d, messid))
+                return
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return
+        self.clean('foop/%d' % messid)
+
+    # -- signals and controls -------------------------------------------------------
+    def reread(self):
+        try:
+            os.chdir(auto.QMAIL)
+        except OSError:
+            log('alert: unable to reread controls: unable to switch to home directory\n')
+            return
+        try:
+            ctl = control.Controls(self.ctl.directory)
+            new = Controls(ctl)
+        except (OSError, ValueError):
+            log('alert: unable to reread controls\n')
+        else:
+            # Concurrency and slots stay as they were at start: the spawns'
+            # slot tables were sized then.
+            new.concurrency = self.c.concurrency
+            self.c = new
+        while True:
+            try:
+                os.chdir('queue')
+                return
+            except OSError:
+                log('alert: unable to switch back to queue directory; HELP! sleeping...\n')
+                time.sleep(10)
+
+    def on_signal(self, signum, frame):
+        if signum == signal.SIGTERM:
+            self.flagexitasap = True
+        elif signum == signal.SIGALRM:
+            self.flagrunasap = True
+        elif signum == signal.SIGHUP:
+            self.flagreadasap = True
+
+    # -- the loop -------------------------------------------------------------------
+    def hello_spawns(self):
+        """Each spawn first says how many slots it has."""
+        for c in (0, 1):
+            while True:
+                try:
+                    ch = os.read(CHANFDIN[c], 1)
+                    break
+                except InterruptedError:
+                    continue
+                except OSError:
+                    ch = b''
+                    break
+            if not ch:
+                log('alert: cannot start: hath the daemon spawn no fire?\n')
+                return False
+            self.concurrency[c] = min(self.concurrency[c], ch[0])
+            self.numjobs += self.concurrency[c]
+            self.dels[c] = [None] * self.concurrency[c]
+        for fd in CHANFDOUT:
+            os.set_blocking(fd, False)
+        return True
+
+    def loop(self, wakeup_r):
+        self.pqstart()
+        self.del_status()
+        self.trigger_set()
+        poller = select.poll()
+        while not self.flagexitasap or not self.del_canexit():
+            self.recent = int(time.time())
+            if self.flagrunasap:
+                self.flagrunasap = False
+                self.pqrun()
+            if self.flagreadasap:
+                self.flagreadasap = False
+                self.reread()
+            wakeup = self.recent + SLEEP_FOREVER
+            fds = {wakeup_r: select.POLLIN}
+            for c in (0, 1):
+                if self.flagspawnalive[c]:
+                    fds[CHANFDIN[c]] = select.POLLIN
+                    if self.comm_buf[c]:
+                        fds[CHANFDOUT[c]] = select.POLLOUT
+            if not self.flagexitasap:
+                if self.triggerfd != -1:
+                    fds[self.triggerfd] = fds.get(self.triggerfd, 0) | select.POLLIN
+                if self.tododir is not None:
+                    wakeup = 0
+                wakeup = min(wakeup, self.nexttodorun)
+            wakeup = self.pass_wakeup(wakeup)
+            if self.cleanupdir is not None:
+                wakeup = 0
+            wakeup = min(wakeup, self.cleanuptime)
+            timeout = 0 if wakeup <= self.recent else (wakeup - self.recent + SLEEP_FUZZ) * 1000
+            poller = select.poll()
+            for fd, ev in fds.items():
+                poller.register(fd, ev)
+            try:
+                ready = dict(poller.poll(timeout))
+            except InterruptedError:
+                continue
+            self.recent = int(time.time())
+            if wakeup_r in ready:
+                try:
+                    os.read(wakeup_r, 512)
+                except OSError:
+                    pass
+            for c in (0, 1):
+                if self.flagspawnalive[c] and self.comm_buf[c] and \
+                        ready.get(CHANFDOUT[c], 0) & (select.POLLOUT | select.POLLERR):
+                    self.comm_do(c)
+            for c in (0, 1):
+                if self.flagspawnalive[c] and ready.get(CHANFDIN[c], 0):
+                    self.del_dochan(c)
+            triggered = self.triggerfd != -1 and bool(ready.get(self.triggerfd, 0))
+            self.todo_do(triggered)
+            self.pass_do()
+            self.cleanup_do()
+        self.pqfinish()
+        log('status: exiting\n')
+
+
+def main(argv=None) -> int:
+    try:
+        os.chdir(auto.QMAIL)
+    except OSError:
+        log('alert: cannot start: unable to switch to home directory\n')
+        return 111
+    ctl = control.Controls('control')
+    try:
+        controls = Controls(ctl)
+    except (OSError, ValueError):
+        log('alert: cannot start: unable to read controls\n')
+        return 111
+    ctl.directory = os.path.join(auto.QMAIL, 'control')
+    try:
+        os.chdir('queue')
+    except OSError:
+        log('alert: cannot start: unable to switch to queue directory\n')
+        return 111
+    os.umask(0o077)
+    try:
+        fd = os.open('lock/sendmutex', os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        log('alert: cannot start: unable to open mutex\n')
+        return 111
+    import fcntl
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log('alert: cannot start: qmail-send is already running\n')
+        return 111
+    send = Send(ctl, controls, auto.SPLIT)
+    wakeup_r, wakeup_w = os.pipe()
+    os.set_blocking(wakeup_w, False)
+    os.set_blocking(wakeup_r, False)
+    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGHUP):
+        signal.signal(sig, send.on_signal)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if not send.hello_spawns():
+        return 111
+    send.loop(wakeup_r)
+    return 0
+
+
+def run():
+    try:
+        from setproctitle import setproctitle
+        setproctitle('qmail-send')
+    except ImportError:
+        pass
+    try:
+        code = main()
+    except Exception as e:
+        log('alert: internal error: %s\n' % type(e).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

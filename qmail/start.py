@@ -1,0 +1,158 @@
+"""qmail-start: turn on mail delivery.
+
+Runs as:  root, usually under a supervisor (daemontools' run script).
+Args:     qmail-start [defaultdelivery [logger arg ...]]
+          defaultdelivery, for users without a .qmail file, is passed to
+          qmail-lspawn (default ./Mailbox); the logger, if given, reads
+          qmail-send's activity record on its stdin, running as qmaill
+          (splogger, multilog, or any program).
+Starts:   qmail-send (qmails, group qmail), qmail-lspawn (root),
+          qmail-rspawn (qmailr, group qmail), qmail-clean (qmailq), with
+          the pipes between them on qmail-send's fds 1-6, and the logger.
+          Each is a fork of this process, so none pays an interpreter
+          start; this process becomes qmail-send.
+Writes:   nothing itself; without a logger, qmail-send's record goes to
+          qmail-start's stdout.
+Exits:    111 on any trouble before qmail-send starts (silently, as qmail).
+See:      qmail-start(8), qmail-send(8), qmail-log(5).
+
+The environment given to qmail-start reaches qmail-local and the
+programs it runs: start it with a clean one (env - PATH=...).
+"""
+
+import os
+import sys
+
+from qmail.lib import auto
+
+
+def die():
+    os._exit(111)
+
+
+def drop(uid: int, gid: int, groups):
+    os.setgroups(groups)
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def devnull_fd2():
+    """qmail closes fd 2 of the daemons; point it at /dev/null instead, so
+    no file opened later can take its number."""
+    fd = os.open('/dev/null', os.O_WRONLY)
+    if fd != 2:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def child(fdin: int, fdout: int, pipes, setup, program):
+    """Fork a daemon reading fdin as its fd 0 and writing fdout as fd 1."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 111
+    try:
+        setup()
+        os.dup2(fdin, 0)
+        os.dup2(fdout, 1)
+        devnull_fd2()
+        os.closerange(3, 1 << 16)
+        code = program()
+    except BaseException:
+        code = 111
+    finally:
+        os._exit(code)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.chdir('/')
+    os.umask(0o077)
+    try:
+        uidl, uidq = auto.uid(auto.USER_LOG), auto.uid(auto.USER_QUEUE)
+        uidr, uids = auto.uid(auto.USER_REMOTE), auto.uid(auto.USER_SEND)
+        gidn, gidq = auto.gid(auto.GROUP_NOFILES), auto.gid(auto.GROUP_QMAIL)
+    except KeyError:
+        return 111
+    os.setgroups([gidq])
+    os.setgid(gidq)
+    for fd in (2, 3, 4, 5, 6):     # keep 2-6 taken while the pipes are made
+        os.dup2(0, fd)
+    defaultdelivery = argv[0] if argv else './Mailbox'
+    logger = argv[1:]
+
+    # Import every daemon now, as root, while the code is readable.
+    from qmail import clean, lspawn, rspawn, send
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        def setproctitle(title):
+            pass
+
+    if logger:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                drop(uidl, gidn, [gidn])
+                os.close(w)
+                os.dup2(r, 0)
+                for fd in (2, 3, 4, 5, 6):
+                    os.close(fd)
+                os.execvp(logger[0], logger)
+            except BaseException:
+                pass
+            os._exit(111)
+        os.close(r)
+        os.dup2(w, 1)
+        os.close(w)
+
+    pi = [os.pipe() for _ in range(6)]     # pi1..pi6 of qmail-start.c
+    pipes = [fd for p in pi for fd in p]
+
+    def as_lspawn():
+        setproctitle('qmail-lspawn ' + defaultdelivery)
+        return lspawn.main([defaultdelivery])
+
+    def as_rspawn():
+        setproctitle('qmail-rspawn')
+        return rspawn.main([])
+
+    def as_clean():
+        setproctitle('qmail-clean')
+        return clean.main([])
+
+    def setup_rspawn():
+        groups = os.getgrouplist(auto.USER_REMOTE, gidq)
+        drop(uidr, gidq, groups)
+
+    child(pi[0][0], pi[1][1], pipes, lambda: None, as_lspawn)
+    child(pi[2][0], pi[3][1], pipes, setup_rspawn, as_rspawn)
+    child(pi[4][0], pi[5][1], pipes, lambda: os.setuid(uidq), as_clean)
+
+    os.setuid(uids)
+    os.dup2(1, 0)                          # the activity record: fd 0
+    os.dup2(pi[0][1], 1)
+    os.dup2(pi[1][0], 2)
+    os.dup2(pi[2][1], 3)
+    os.dup2(pi[3][0], 4)
+    os.dup2(pi[4][1], 5)
+    os.dup2(pi[5][0], 6)
+    for fd in pipes:
+        if fd > 6:
+            os.close(fd)
+    os.closerange(7, 1 << 16)
+    setproctitle('qmail-send')
+    return send.main([])
+
+
+def run():
+    try:
+        code = main()
+    except BaseException:
+        code = 111
+    os._exit(code)
+
+
+if __name__ == '__main__':
+    run()

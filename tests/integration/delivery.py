@@ -1,0 +1,113 @@
+"""Helpers for tests that run the delivery side: users with homes, a
+running qmail-start, waiting on the log and on mailboxes."""
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+
+TIMEOUT = 60
+
+
+def ensure_user(name, home_root='/tmp/qmail-test-homes'):
+    """A real user with a home directory of its own: (name, uid, gid, home)."""
+    os.makedirs(home_root, exist_ok=True)
+    os.chmod(home_root, 0o755)
+    home = os.path.join(home_root, name)
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(['useradd', '-M', '-U', '-d', home, '-s', '/bin/sh', name],
+                       check=True, timeout=TIMEOUT)
+        pw = pwd.getpwnam(name)
+    if os.path.isdir(pw.pw_dir):
+        shutil.rmtree(pw.pw_dir)
+    os.makedirs(pw.pw_dir)
+    os.chown(pw.pw_dir, pw.pw_uid, pw.pw_gid)
+    os.chmod(pw.pw_dir, 0o755)
+    return pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir
+
+
+def maildirmake(path, uid, gid):
+    for sub in ('', 'tmp', 'new', 'cur'):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+        os.chown(os.path.join(path, sub), uid, gid)
+        os.chmod(os.path.join(path, sub), 0o700)
+
+
+class Mta:
+    """qmail-start running from an installed home, logging to a file."""
+
+    def __init__(self, home, defaultdelivery='./Maildir/'):
+        self.home = home
+        self.logpath = os.path.join(os.path.dirname(home), 'send.log')
+        self.logf = open(self.logpath, 'ab')
+        self.proc = subprocess.Popen(
+            [os.path.join(home, 'bin', 'qmail-start'), defaultdelivery],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
+            env={'PATH': os.path.join(home, 'bin') + ':/usr/bin:/bin'},
+            start_new_session=True)
+        self.wait_log('status: local 0/', TIMEOUT)
+
+    def log(self):
+        with open(self.logpath, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+
+    def wait_log(self, text, timeout=TIMEOUT, count=1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(text) >= count:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError('qmail-start exited %s; log:\n%s'
+                                     % (self.proc.returncode, self.log()[-3000:]))
+            time.sleep(0.05)
+        raise AssertionError('no %r in log after %ss:\n%s' % (text, timeout, self.log()[-3000:]))
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=TIMEOUT)
+        # the spawns and qmail-clean exit when qmail-send is gone
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.logf.close()
+
+    def kill(self):
+        """SIGKILL every process of the MTA."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=TIMEOUT)
+        self.logf.close()
+
+
+def wait_files(path, count, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            names = os.listdir(path)
+        except FileNotFoundError:
+            names = []
+        if len(names) >= count:
+            return sorted(names)
+        time.sleep(0.05)
+    raise AssertionError('%d files in %s after %ss, wanted %d'
+                         % (len(names), path, timeout, count))

@@ -1,0 +1,258 @@
+"""The delivery side running for real: qmail-start from an installed home,
+real users, sendmail and qmail-queue feeding it, mail landing in Maildirs
+and mboxes, bounces, retries, crashes."""
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import TIMEOUT, install_home, needs_root, remove_home, run_as
+from delivery import Mta, ensure_user, maildirmake, wait_files
+
+pytestmark = needs_root
+
+DOMAIN = 'test.example.org'
+
+
+@pytest.fixture(scope='module')
+def world():
+    """A home, two users with Maildirs, and the MTA running."""
+    home = install_home(DOMAIN)
+    u1 = ensure_user('qmtu1')
+    u2 = ensure_user('qmtu2')
+    for name, uid, gid, h in (u1, u2):
+        maildirmake(os.path.join(h, 'Maildir'), uid, gid)
+    alias = os.path.join(home, 'alias')
+    with open(os.path.join(alias, '.qmail-postmaster'), 'w') as f:
+        f.write('&qmtu1@%s\n' % DOMAIN)
+    mta = Mta(home, './Maildir/')
+    yield {'home': home, 'u1': u1, 'u2': u2, 'mta': mta}
+    mta.stop()
+    remove_home(home)
+
+
+def write_qmail(user, ext, text):
+    name, uid, gid, h = user
+    path = os.path.join(h, '.qmail' + ('-' + ext if ext else ''))
+    with open(path, 'w') as f:
+        f.write(text)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o644)
+    return path
+
+
+def queue_raw(home, sender, recips, message, user=None):
+    """qmail-queue with a raw message: the mailbox gets exactly these bytes
+    after the Received line."""
+    env = b'F' + sender.encode() + b'\0' + b''.join(
+        b'T' + r.encode() + b'\0' for r in recips) + b'\0'
+    with tempfile.TemporaryFile() as m, tempfile.TemporaryFile() as e:
+        m.write(message)
+        e.write(env)
+        m.seek(0)
+        e.seek(0)
+        kw = {}
+        if user:
+            kw = dict(user=user[1], group=user[2], extra_groups=[])
+        r = subprocess.run([os.path.join(home, 'bin/qmail-queue')], stdin=m, stdout=e,
+                           timeout=TIMEOUT, **kw)
+    assert r.returncode == 0
+
+
+def new_mail(user, before=()):
+    d = os.path.join(user[3], 'Maildir', 'new')
+    return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n not in before]
+
+
+def listing(user):
+    return set(os.listdir(os.path.join(user[3], 'Maildir', 'new')))
+
+
+def wait_new(user, before, count=1, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = new_mail(user, before)
+        if len(got) >= count:
+            return got
+        time.sleep(0.05)
+    raise AssertionError('no new mail for %s' % user[0])
+
+
+RECEIVED = re.compile(rb'Received: \(qmail \d+ invoked by uid \d+\); '
+                      rb'\d+ \w\w\w \d{4} \d\d:\d\d:\d\d -0000\n')
+
+
+def test_maildir_delivery_exact_bytes(world):
+    home, u2 = world['home'], world['u2']
+    before = listing(u2)
+    message = b'Subject: exact\n\nline one\n.\nFrom here\n\0binary\xff\n'
+    queue_raw(home, 'someone@example.com', ['qmtu2@' + DOMAIN], message, user=world['u1'])
+    path, = wait_new(u2, before)
+    data = open(path, 'rb').read()
+    head = b'Return-Path: <someone@example.com>\nDelivered-To: qmtu2@%s\n' % DOMAIN.encode()
+    assert data.startswith(head), data[:200]
+    rest = data[len(head):]
+    m = RECEIVED.match(rest)
+    assert m and b'invoked by uid %d' % world['u1'][1] in m.group(0)
+    assert rest[m.end():] == message
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (u2[1], u2[2])
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert os.listdir(os.path.join(u2[3], 'Maildir', 'tmp')) == []
+
+
+def test_sendmail_user_to_user(world):
+    u1, u2 = world['u1'], world['u2']
+    before = listing(u2)
+    r = run_as(u1[:3], [world['home'] + '/bin/sendmail', '-t'],
+               input=b'To: qmtu2\nSubject: from one to two\n\nhi\n')
+    assert r.returncode == 0, r.stderr
+    path, = wait_new(u2, before)
+    data = open(path, 'rb').read()
+    assert data.startswith(b'Return-Path: <qmtu1@%s>\nDelivered-To: qmtu2@%s\n'
+                           % (DOMAIN.encode(), DOMAIN.encode()))
+    assert b'\nSubject: from one to two\n' in data and data.endswith(b'\n\nhi\n')
+
+
+def test_mbox_delivery(world):
+    home, u2 = world['home'], world['u2']
+    write_qmail(u2, 'mbox', './Mailbox\n')
+    mbox = os.path.join(u2[3], 'Mailbox')
+    message = b'Subject: mbox\n\nFrom the start\n>From quoted\nend\n'
+    queue_raw(home, 'x@example.com', ['qmtu2-mbox@' + DOMAIN], message)
+    world['mta'].wait_log('success', count=1)
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(mbox) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    data = open(mbox, 'rb').read()
+    assert re.match(rb'From x@example.com \w\w\w \w\w\w [ \d]\d \d\d:\d\d:\d\d \d{4}\n'
+                    rb'Return-Path: <x@example.com>\nDelivered-To: qmtu2-mbox@%s\n'
+                    % DOMAIN.encode(), data), data[:200]
+    assert data.endswith(b'Subject: mbox\n\n>From the start\n>>From quoted\nend\n\n')
+    st = os.stat(mbox)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (u2[1], 0o600)
+
+
+def test_program_and_default_and_extension(world):
+    home, u2 = world['home'], world['u2']
+    out = os.path.join(u2[3], 'env.out')
+    write_qmail(u2, 'lists-default',
+                '# a comment\n|echo "$DEFAULT $EXT $EXT2 $LOCAL $HOST $SENDER $RECIPIENT" > %s\n'
+                './Maildir/\n' % out)
+    before = listing(u2)
+    queue_raw(home, 's@example.com', ['qmtu2-lists-Foo-Bar@' + DOMAIN], b'Subject: p\n\nb\n')
+    wait_new(u2, before)
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = open(out).read().split()
+    assert got == ['Foo-Bar', 'lists-Foo-Bar', 'Foo-Bar', 'qmtu2-lists-Foo-Bar', DOMAIN,
+                   's@example.com', 'qmtu2-lists-Foo-Bar@' + DOMAIN], got
+
+
+def test_unknown_extension_bounces_in_qsbmf(world):
+    home, u1 = world['home'], world['u1']
+    before = listing(u1)
+    queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu1-nosuch@' + DOMAIN],
+              b'Subject: will bounce\n\nbody\n')
+    path, = wait_new(u1, before)
+    data = open(path, 'rb').read()
+    assert data.startswith(b'Return-Path: <>\nDelivered-To: qmtu1@%s\n' % DOMAIN.encode())
+    text = data.split(b'\n', 3)[3]
+    assert re.search(
+        rb'\nFrom: MAILER-DAEMON@%s\nTo: qmtu1@%s\nSubject: failure notice\n\n'
+        rb'Hi. This is the qmail-send program at %s.\n'
+        rb"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        rb"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        rb'<qmtu1-nosuch@%s>:\nSorry, no mailbox here by that name. \(#5.1.1\)\n\n'
+        rb'--- Below this line is a copy of the message.\n\n'
+        rb'Return-Path: <qmtu1@%s>\nReceived: ' % ((DOMAIN.encode(),) * 5), text), text
+    assert text.endswith(b'Subject: will bounce\n\nbody\n')
+
+
+def test_double_bounce_goes_to_postmaster(world):
+    home, u1 = world['home'], world['u1']
+    before = listing(u1)
+    # The sender does not exist: the bounce bounces, and the double
+    # bounce reaches postmaster, which the alias user forwards to qmtu1.
+    queue_raw(home, 'nobody-here@' + DOMAIN, ['qmtu1-nosuch2@' + DOMAIN], b'Subject: dbl\n\nb\n')
+    path, = wait_new(u1, before)
+    data = open(path, 'rb').read()
+    assert b'Return-Path: <#@[]>\n' in data
+    assert b'I tried to deliver a bounce message to this address, but the bounce bounced!' in data
+    assert b'<nobody-here@%s>:\nSorry, no mailbox here by that name.' % DOMAIN.encode() in data
+    assert b'--- Below this line is the original bounce.\n\nReturn-Path: <>\n' in data
+
+
+def test_deferral_retried_after_alrm_and_permanent_failure_bounced(world):
+    home, u1, u2, mta = world['home'], world['u1'], world['u2'], world['mta']
+    flag = os.path.join(u2[3], 'flag')
+    write_qmail(u2, 'retry', '|test -f %s || { echo not yet; exit 111; }\n./Maildir/\n' % flag)
+    write_qmail(u2, 'hard', '|echo go away; exit 100\n')
+    before2 = listing(u2)
+    before1 = listing(u1)
+    queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu2-retry@' + DOMAIN], b'Subject: retry\n\nb\n')
+    mta.wait_log('deferral: not_yet/')
+    open(flag, 'w').close()
+    time.sleep(1.1)
+    mta.signal(signal.SIGALRM)
+    path, = wait_new(u2, before2)
+    assert b'Subject: retry' in open(path, 'rb').read()
+    queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu2-hard@' + DOMAIN], b'Subject: hard\n\nb\n')
+    bounce, = wait_new(u1, before1)
+    assert b'<qmtu2-hard@%s>:\ngo away\n' % DOMAIN.encode() in open(bounce, 'rb').read()
+
+
+def test_forwarding_loop_is_stopped(world):
+    home, u1, u2 = world['home'], world['u1'], world['u2']
+    write_qmail(u2, 'loop', '&qmtu2-loop@%s\n' % DOMAIN)
+    before = listing(u1)
+    queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu2-loop@' + DOMAIN], b'Subject: loop\n\nb\n')
+    path, = wait_new(u1, before)
+    data = open(path, 'rb').read()
+    assert b'This message is looping: it already has my Delivered-To line. (#5.4.6)' in data
+
+
+def test_forward_keeps_sender_and_adds_delivered_to(world):
+    home, u1, u2 = world['home'], world['u1'], world['u2']
+    write_qmail(u2, 'fwd', '&qmtu1@%s\n' % DOMAIN)
+    before = listing(u1)
+    queue_raw(home, 'orig@example.com', ['qmtu2-fwd@' + DOMAIN], b'Subject: fwd\n\nb\n')
+    path, = wait_new(u1, before)
+    data = open(path, 'rb').read()
+    assert data.startswith(b'Return-Path: <orig@example.com>\nDelivered-To: qmtu1@%s\n'
+                           % DOMAIN.encode())
+    assert b'\nDelivered-To: qmtu2-fwd@%s\n' % DOMAIN.encode() in data
+
+
+def test_deliveries_run_as_the_recipient_never_root(world):
+    home, u2 = world['home'], world['u2']
+    out = os.path.join(u2[3], 'ids.out')
+    write_qmail(u2, 'ids', '|id -u > %s; id -g >> %s; id -G >> %s\n' % (out, out, out))
+    queue_raw(home, 'x@example.com', ['qmtu2-ids@' + DOMAIN], b'\n')
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if os.path.exists(out) and open(out).read().count('\n') == 3:
+            break
+        time.sleep(0.05)
+    uid, gid, groups = open(out).read().split('\n')[:3]
+    assert (int(uid), int(gid)) == (u2[1], u2[2])
+    assert set(map(int, groups.split())) == set(os.getgrouplist('qmtu2', u2[2]))
+
+
+def test_the_processes_and_their_users(world):
+    pid = world['mta'].proc.pid
+    out = subprocess.run(['ps', '-o', 'user=,args=', '-g', str(os.getpgid(pid))],
+                         capture_output=True, text=True, timeout=TIMEOUT).stdout
+    rows = {line.split(None, 1)[1].split()[0]: line.split()[0] for line in out.splitlines()}
+    assert rows.get('qmail-send') == 'qmails', out
+    assert rows.get('qmail-lspawn') == 'root', out
+    assert rows.get('qmail-rspawn') == 'qmailr', out
+    assert rows.get('qmail-clean') == 'qmailq', out

@@ -1,0 +1,151 @@
+"""qmail-send's pure rules: routing, VERP, retries, bounce text."""
+
+import pytest
+
+from qmail import send_rules as r
+from qmail.send import chan_records
+
+ROUTING = r.Routing(
+    locals_=[b'example.org', b'LOCALHOST'],
+    vdoms=[b'virt.example.net:joe-virt', b'.wild.example.net:wild',
+           b'exc.wild.example.net:', b'bob@users.example.com:bobby',
+           b'users.example.com:users'],
+    percenthack=[b'relay.example.org'],
+    envnoathost=b'example.org')
+
+
+@pytest.mark.parametrize('recip, want', [
+    (b'joe@example.org', (0, b'joe@example.org')),
+    (b'joe@EXAMPLE.org', (0, b'joe@EXAMPLE.org')),
+    (b'joe@localhost', (0, b'joe@localhost')),
+    (b'joe', (0, b'joe@example.org')),                     # envnoathost
+    (b'joe@elsewhere.com', (1, b'joe@elsewhere.com')),
+    (b'info@virt.example.net', (0, b'joe-virt-info@virt.example.net')),
+    (b'x@a.wild.example.net', (0, b'wild-x@a.wild.example.net')),
+    (b'x@b.a.wild.example.net', (0, b'wild-x@b.a.wild.example.net')),
+    (b'x@wild.example.net', (1, b'x@wild.example.net')),   # .wild needs a label
+    (b'x@exc.wild.example.net', (1, b'x@exc.wild.example.net')),  # exception
+    (b'bob@users.example.com', (0, b'bobby-bob@users.example.com')),
+    (b'ann@users.example.com', (0, b'users-ann@users.example.com')),
+    (b'u%elsewhere.com@relay.example.org', (1, b'u@elsewhere.com')),
+    (b'u%joe%example.org@relay.example.org', (0, b'u%joe@example.org')),
+])
+def test_rewrite(recip, want):
+    got = r.rewrite(recip, ROUTING)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_rewrite_catchall():
+    routing = r.Routing([b'example.org'], [b':alias-catchall'], [], b'example.org')
+    assert r.rewrite(b'x@anywhere.com', routing) == (0, b'alias-catchall-x@anywhere.com')
+
+
+@pytest.mark.parametrize('recip, want', [
+    (b'joe-virt-info@virt.example.net', b'info@virt.example.net'),
+    (b'wild-x@a.wild.example.net', b'x@a.wild.example.net'),
+    (b'joe@example.org', b'joe@example.org'),
+    (b'other-info@virt.example.net', b'other-info@virt.example.net'),
+])
+def test_stripvdomprepend(recip, want):
+    assert r.stripvdomprepend(recip, ROUTING) == want
+
+
+@pytest.mark.parametrize('sender, recip, want', [
+    (b'owner-@lists.example.org-@[]', b'joe@example.com',
+     b'owner-joe=example.com@lists.example.org'),
+    (b'plain@example.org', b'joe@example.com', b'plain@example.org'),
+    (b'', b'joe@example.com', b''),
+    (b'owner-@lists.example.org-@[]', b'nodomain', b'owner-@lists.example.org-@[]'),
+])
+def test_senderadd(sender, recip, want):
+    assert r.senderadd(sender, recip) == want
+
+
+@pytest.mark.parametrize('age, channel, want', [
+    (0, 0, 100), (0, 1, 400), (99, 0, 361), (100, 1, 900),
+])
+def test_nextretry_schedule(age, channel, want):
+    birth = 1000000
+    assert r.nextretry(birth, birth + age, channel) == birth + want
+
+
+def test_nextretry_grows_with_square_root_of_age():
+    birth = 0
+    times = [r.nextretry(birth, t, 0) for t in (0, 100, 10000, 360000)]
+    assert times == [100, 400, 12100, 372100]
+    assert r.nextretry(1000, 500, 1) == 1000 + 400           # clock went back
+
+
+@pytest.mark.parametrize('x', [0, 1, 2, 3, 4, 15, 16, 17, 10**6, 10**12 + 1])
+def test_isqrt(x):
+    y = r.isqrt(x)
+    assert y * y <= x < (y + 1) * (y + 1)
+
+
+@pytest.mark.parametrize('recip, report, want', [
+    (b'a@b', b'Sorry, no mailbox here by that name. (#5.1.1)\n',
+     b'<a@b>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n'),
+    (b'a@b', b'no newline', b'<a@b>:\nno newline\n\n'),
+    (b'a@b', b'para one\n\npara two\n', b'<a@b>:\npara one\n/para two\n\n'),
+    (b'a\n@b', b'x\n', b'<a_@b>:\nx\n\n'),
+])
+def test_bounce_entry(recip, report, want):
+    got = r.bounce_entry(recip, report)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+@pytest.mark.parametrize('sender, want', [
+    (b'joe@example.com', (b'', b'joe@example.com')),
+    (b'', (b'#@[]', b'postmaster@example.org')),
+    (b'#@[]', None),
+    (b'owner-@lists.example.org-@[]', (b'', b'owner-@lists.example.org')),
+])
+def test_bounce_envelope(sender, want):
+    assert r.bounce_envelope(sender, b'postmaster@example.org') == want
+
+
+def test_bounce_head_single_and_double():
+    single = r.bounce_head(b'30 Jul 1996 04:04:54 -0000', b'MAILER-DAEMON',
+                           b'mail.example.org', b'joe@example.com', True)
+    assert single == (
+        b'Date: 30 Jul 1996 04:04:54 -0000\n'
+        b'From: MAILER-DAEMON@mail.example.org\n'
+        b'To: joe@example.com\n'
+        b'Subject: failure notice\n\n'
+        b'Hi. This is the qmail-send program at mail.example.org.\n'
+        b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n")
+    double = r.bounce_head(b'd', b'MAILER-DAEMON', b'h', b'postmaster@h', False)
+    assert double.endswith(b'I tried to deliver a bounce message to this address, '
+                           b'but the bounce bounced!\n\n')
+    assert r.bounce_separator(b'joe@example.com', True) == (
+        b'--- Below this line is a copy of the message.\n\nReturn-Path: <joe@example.com>\n')
+    assert r.bounce_separator(b'', False) == (
+        b'--- Below this line is the original bounce.\n\nReturn-Path: <>\n')
+
+
+@pytest.mark.parametrize('addr, want', [
+    (b'joe@example.com', b'joe@example.com'),
+    (b'joe smith@example.com', b'"joe smith"@example.com'),
+    (b'.joe@example.com', b'".joe"@example.com'),
+    (b'a..b@example.com', b'"a..b"@example.com'),
+    (b'a"b@x', b'"a\\"b"@x'),
+    (b'', b''),
+    (b'#@[]', b'#@[]'),
+])
+def test_quote_addr(addr, want):
+    assert r.quote_addr(addr) == want
+
+
+@pytest.mark.parametrize('text, want', [
+    (b'did 0+0+1/\n', 'did_0+0+1//'),
+    (b'a%b\xffc\td', 'a_b_c_d'),
+])
+def test_logsafe(text, want):
+    assert r.logsafe(text) == want
+
+
+def test_chan_records():
+    data = b'Ta@b\0Dc@d\0Te@f\0'
+    assert chan_records(data) == [(0, b'Ta@b'), (5, b'Dc@d'), (10, b'Te@f')]
+    assert chan_records(b'Ta@b\0Tpartial') == [(0, b'Ta@b')]

@@ -1,0 +1,95 @@
+"""The spawn loop's framing and the spawns' reports."""
+
+import os
+
+import pytest
+
+from qmail import clean, lspawn, rspawn
+from qmail.lib import spawn
+from qmail.lib.qlx import QLX_CDB, QLX_ROOT, QLX_EXECHARD
+
+
+def test_command_parser_splits_any_way():
+    stream = b'\x05' + b'3/457\0a@b\0c@d\0' + b'\x00' + b'1/2\0\0e@f\0'
+    want = [(5, b'3/457', b'a@b', b'c@d'), (0, b'1/2', b'', b'e@f')]
+    for step in (1, 2, 7, len(stream)):
+        p = spawn.CommandParser()
+        got = []
+        for i in range(0, len(stream), step):
+            got += p.feed(stream[i:i + step])
+        assert got == want, 'step %d: got %r' % (step, got)
+
+
+@pytest.mark.parametrize('messid, bad', [
+    (b'3/457', False), (b'457', False), (b'/457', True), (b'3/45a', True),
+    (b'', True), (b'1' * 101, True), (b'../x', True),
+])
+def test_check_messid(messid, bad):
+    assert (spawn.check_messid(messid) is not None) == bad
+
+
+def status(code=None, signal=None):
+    return signal if signal is not None else code << 8
+
+
+@pytest.mark.parametrize('wstat, output, want', [
+    (status(0), b'did 0+0+1/\n', b'Kdid 0+0+1/\n'),
+    (status(111), b'Temporary trouble.\n', b'ZTemporary trouble.\n'),
+    (status(100), b'Sorry, no mailbox.\n\0junk', b'DSorry, no mailbox.\n'),
+    (status(42), b'odd\n', b'Dodd\n'),
+    (status(QLX_CDB), b'', b'ZTrouble reading users/cdb in qmail-lspawn.\n'),
+    (status(QLX_ROOT), b'', b'ZNot allowed to perform deliveries as root.\n'),
+    (status(QLX_EXECHARD), b'', b'DUnable to run qmail-local.\n'),
+    (status(signal=9), b'', b'Zqmail-local crashed.\n'),
+])
+def test_lspawn_report(wstat, output, want):
+    assert lspawn.report(wstat, output) == want
+
+
+@pytest.mark.parametrize('wstat, output, want', [
+    (status(0), b'rjoe@x accepted.\0Kgreat.\0', b'Kjoe@x accepted.great.'),
+    (status(0), b'hNo such user.\0DGiving up.\0', b'DNo such user.Giving up.'),
+    (status(0), b'sMailbox busy.\0ZTry later.\0', b'ZMailbox busy.Try later.'),
+    (status(0), b'rok\0DConnection broke.\0', b'DokConnection broke.'),
+    (status(0), b'', b'Zqmail-remote produced no output.\n'),
+    (status(111), b'', b'ZUnable to run qmail-remote.\n'),
+    (status(5), b'', b'DUnable to run qmail-remote.\n'),
+    (status(signal=11), b'', b'Zqmail-remote crashed.\n'),
+])
+def test_rspawn_report(wstat, output, want):
+    got = rspawn.report(wstat, output)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_truncate_report():
+    out = bytearray(b'x' * 5000)
+    spawn.truncate(out, 3000)
+    assert len(out) == 3000 - 3 and out.endswith(b'\nError report too long, sorry.\n')
+
+
+@pytest.mark.parametrize('req, want', [
+    (b'foop/457', ('foop', 457)), (b'todo/1', ('todo', 1)),
+    (b'todo/', None), (b'info/457', None), (b'foop/45x', None),
+    (b'foop/' + b'1' * 200, None),
+])
+def test_clean_requests(req, want):
+    assert clean.parse_request(req) == want
+
+
+def test_clean_serve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for d in ('intd', 'todo', 'pid', 'mess/3'):
+        os.makedirs(d)
+    for f in ('intd/26', 'todo/26', 'mess/3/26'):
+        open(f, 'w').close()
+    old = 'pid/1.2.1'
+    open(old, 'w').close()
+    os.utime(old, (1000, 1000))
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    os.write(win, b'todo/26\0foop/26\0junk\0foop/99\0')
+    os.close(win)
+    assert clean.serve(rin, wout, 23) == 0
+    assert os.read(rout, 10) == b'++x+'
+    assert sorted(os.listdir('intd') + os.listdir('todo') + os.listdir('mess/3')) == []
+    assert os.listdir('pid') == []
