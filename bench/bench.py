@@ -7,13 +7,18 @@ table and writes it to bench/results.txt.  Sections so far:
             one process after another: messages/s, and the share of
             each injection that is interpreter start (two starts: the
             sendmail process and qmail-queue behind its launcher).
+  local     5,000 messages of 2 KB queued, then qmail-start: local
+            deliveries per second into one user's Maildir, and CPU
+            milliseconds per delivery of all the MTA's processes.
   disk      the disk's own limit: create + write 2 KB + fsync + rename.
 """
 
 import argparse
 import os
 import pwd
+import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,6 +88,60 @@ def bench_inject(n):
     ]
 
 
+def set_subreaper():
+    """Orphaned MTA processes come back to us, so their CPU time counts."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_all(deadline):
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.02)
+
+
+def bench_local(n):
+    sys.path[:0] = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'tests', 'integration')]
+    from delivery import ensure_user, fast_queue, maildirmake
+    set_subreaper()
+    home = install_home()
+    try:
+        name, uid, gid, h = ensure_user('qmbench')
+        maildirmake(os.path.join(h, 'Maildir'), uid, gid)
+        body = b'x' * 2000
+        fast_queue(home, [([b'qmbench@bench.example.org'],
+                           b'Subject: bench %d\n\n%s\n' % (i, body)) for i in range(n)])
+        reap_all(time.monotonic() + 5)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        new = os.path.join(h, 'Maildir', 'new')
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-start'), './Maildir/'],
+                                stdout=subprocess.DEVNULL, env={'PATH': '/usr/bin:/bin'})
+        while len(os.listdir(new)) < n and time.perf_counter() - t0 < 1200:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        delivered = len(os.listdir(new))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        reap_all(time.monotonic() + 30)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        shutil.rmtree(os.path.dirname(home), ignore_errors=True)
+        shutil.rmtree(h, ignore_errors=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return [
+        ('local: %d queued messages of 2 KB into one Maildir' % n,
+         '%.0f deliveries/s' % (delivered / elapsed)),
+        ('local: CPU of all MTA processes per delivery', '%.1f ms' % (cpu * 1000 / delivered)),
+    ]
+
+
 def bench_disk(n, workers):
     d = tempfile.mkdtemp(prefix='qmailbench.disk.', dir='/var/tmp')
     data = b'x' * 2048
@@ -121,6 +180,7 @@ def bench_disk(n, workers):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--messages', type=int, default=1000)
+    parser.add_argument('--local', type=int, default=5000)
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results.txt'))
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -129,6 +189,7 @@ def main():
     rows += bench_disk(1000, 1)
     rows += bench_disk(1000, 10)
     rows += bench_inject(args.messages)
+    rows += bench_local(args.local)
     width = max(len(r[0]) for r in rows)
     lines = ['%-*s  %s' % (width, a, b) for a, b in rows]
     text = 'qmail-py benchmark, %s, %d cores\n\n%s\n' % (

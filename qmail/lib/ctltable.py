@@ -12,6 +12,8 @@ CONTROLS = (
      '', ' not accepted in MAIL FROM.', 'qmail-smtpd'),
     ('bouncefrom', 'str', 'MAILER-DAEMON', False,
      'Bounce user name is ', '', 'qmail-send'),
+    ('bouncemaxbytes', 'int', '0', False,
+     'Bounces quote at most (0: all) ', ' bytes of the message', 'qmail-send'),
     ('bouncehost', 'str', 'bouncehost', True,
      'Bounce host name is ', '', 'qmail-send'),
     ('concurrencylocal', 'int', '10', False,

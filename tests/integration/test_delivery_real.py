@@ -256,3 +256,103 @@ def test_the_processes_and_their_users(world):
     assert rows.get('qmail-lspawn') == 'root', out
     assert rows.get('qmail-rspawn') == 'qmailr', out
     assert rows.get('qmail-clean') == 'qmailq', out
+
+
+def test_users_assign_exact_and_wildcard(world):
+    home, u2 = world['home'], world['u2']
+    name, uid, gid, h = u2
+    with open(os.path.join(home, 'users', 'assign'), 'w') as f:
+        f.write('=joe:qmtu2:%d:%d:%s:-:joe:\n+team-:qmtu2:%d:%d:%s:-:team-:\n.\n'
+                % (uid, gid, h, uid, gid, h))
+    r = subprocess.run([home + '/bin/qmail-newu'], capture_output=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    try:
+        write_qmail(u2, 'joe', './Maildir/\n')
+        write_qmail(u2, 'team-default', './Maildir/\n')
+        before = listing(u2)
+        queue_raw(home, 'x@example.com', ['joe@' + DOMAIN, 'team-Blue@' + DOMAIN],
+                  b'Subject: assign\n\nb\n')
+        paths = wait_new(u2, before, count=2)
+        heads = sorted(open(p, 'rb').read().split(b'\n')[1] for p in paths)
+        # qmail-local's Delivered-To names the address, not the user.
+        assert heads == [b'Delivered-To: joe@' + DOMAIN.encode(),
+                         b'Delivered-To: team-Blue@' + DOMAIN.encode()], heads
+    finally:
+        os.unlink(os.path.join(home, 'users', 'cdb'))
+
+
+def set_control(world, name, value):
+    path = os.path.join(world['home'], 'control', name)
+    if value is None:
+        os.unlink(path)
+    else:
+        with open(path, 'w') as f:
+            f.write(value + '\n')
+    world['mta'].signal(signal.SIGHUP)
+    time.sleep(0.3)
+
+
+def test_queuelifetime_turns_deferral_into_bounce(world):
+    home, u1, u2, mta = world['home'], world['u1'], world['u2'], world['mta']
+    write_qmail(u2, 'never', '|echo still not; exit 111\n')
+    set_control(world, 'queuelifetime', '2')
+    try:
+        before = listing(u1)
+        queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu2-never@' + DOMAIN], b'Subject: old\n\nb\n')
+        mta.wait_log('deferral: still_not/')
+        time.sleep(3)
+        mta.signal(signal.SIGALRM)
+        bounce, = wait_new(u1, before)
+        data = open(bounce, 'rb').read()
+        assert (b"<qmtu2-never@%s>:\nstill not\nI'm not going to try again; "
+                b"this message has been in the queue too long.\n" % DOMAIN.encode()) in data
+    finally:
+        set_control(world, 'queuelifetime', None)
+
+
+def test_bouncemaxbytes_cuts_the_copy(world):
+    home, u1 = world['home'], world['u1']
+    set_control(world, 'bouncemaxbytes', '500')
+    try:
+        before = listing(u1)
+        queue_raw(home, 'qmtu1@' + DOMAIN, ['qmtu1-nosuch3@' + DOMAIN],
+                  b'Subject: big\n\n' + b'y' * 5000 + b'\n')
+        bounce, = wait_new(u1, before)
+        data = open(bounce, 'rb').read()
+        copy = data.split(b'--- Below this line is a copy of the message.\n\n', 1)[1]
+        assert b'y' * 5000 not in copy
+        assert copy.endswith(b'\n--- Rest of message truncated: over 500 bytes '
+                             b'(control/bouncemaxbytes).\n')
+    finally:
+        set_control(world, 'bouncemaxbytes', None)
+
+
+def test_logger_gets_the_record_as_qmaill(tmp_path):
+    home = install_home(DOMAIN)
+    logdir = tempfile.mkdtemp(prefix='qmlog.', dir='/tmp')
+    os.chown(logdir, pwd_uid('qmaill'), 0)
+    out = os.path.join(logdir, 'current')
+    try:
+        p = subprocess.Popen([home + '/bin/qmail-start', './Maildir/', '/bin/sh', '-c',
+                              'id -un > %s.who; exec cat >> %s' % (out, out)],
+                             env={'PATH': '/usr/bin:/bin'}, start_new_session=True)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if os.path.exists(out) and 'status: local 0/10 remote 0/20' in open(out).read():
+                break
+            time.sleep(0.05)
+        assert 'status: local 0/10 remote 0/20' in open(out).read()
+        assert open(out + '.who').read().strip() == 'qmaill'
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while 'status: exiting' not in open(out).read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 'status: exiting' in open(out).read()
+    finally:
+        remove_home(home)
+
+
+def pwd_uid(name):
+    import pwd
+    return pwd.getpwnam(name).pw_uid

@@ -1,0 +1,150 @@
+"""qmail-smtpd's addresses: parsing MAIL and RCPT, and the checks on them.
+
+Part of qmail-smtpd (see qmail/smtpd.py).  Pure functions taking the
+controls as values, except local_ips(), which asks the kernel for this
+host's addresses (qmail's ipme.c).
+"""
+
+ADDRMAX = 899            # qmail refuses an address of 900 bytes with its NUL
+SIZEDIGITS = 20          # a SIZE= longer than this is "too big" unparsed
+
+
+def addrparse(arg: bytes):
+    """qmail's addrparse: (address, rest) from MAIL's or RCPT's argument.
+
+    The address is what follows '<' up to '>', or without '<' what
+    follows the first ':' up to a space; a leading source route
+    "@a,@b:" goes; quotes are dropped and a backslash takes the next
+    byte as it is.  rest is what follows the end of the address (the
+    ESMTP parameters), empty if the address never ended."""
+    terminator = b'>'[0]
+    i = arg.find(b'<')
+    if i >= 0:
+        arg = arg[i + 1:]
+    else:       # partner should go read rfc 821
+        terminator = b' '[0]
+        i = arg.find(b':')
+        arg = arg[i + 1:] if i >= 0 else b''
+        arg = arg.lstrip(b' ')
+    if arg[:1] == b'@':
+        i = arg.find(b':')
+        arg = arg[i + 1:] if i >= 0 else b''
+    addr = bytearray()
+    flagesc = flagquoted = False
+    rest = b''
+    for i, ch in enumerate(arg):
+        if flagesc:
+            addr.append(ch)
+            flagesc = False
+        elif ch == terminator and not flagquoted:
+            rest = arg[i + 1:]
+            break
+        elif ch == 0x5C:        # backslash
+            flagesc = True
+        elif ch == 0x22:        # double quote
+            flagquoted = not flagquoted
+        else:
+            addr.append(ch)
+    return bytes(addr), rest
+
+
+def ip_scanbracket(s: bytes):
+    """The 4 bytes of "[d.d.d.d]" if s is exactly that, else None.
+    Unlike qmail's ip_scan, a number above 255 is no address."""
+    if len(s) < 9 or s[:1] != b'[' or s[-1:] != b']':
+        return None
+    parts = s[1:-1].split(b'.')
+    if len(parts) != 4:
+        return None
+    if not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+        return None
+    return bytes(int(p) for p in parts)
+
+
+def localiphost(addr: bytes, liphost, ipme) -> bytes:
+    """box@[d.d.d.d] becomes box@liphost when d.d.d.d is this host's."""
+    if liphost is None:
+        return addr
+    i = addr.rfind(b'@')
+    if i < 0:
+        return addr
+    ip = ip_scanbracket(addr[i + 1:])
+    if ip is None or ip not in ipme:
+        return addr
+    return addr[:i + 1] + liphost
+
+
+def bmfcheck(addr: bytes, badmailfrom) -> bool:
+    """Is the sender in badmailfrom, itself or as @domain (any case)?"""
+    if not badmailfrom:
+        return False
+    low = addr.lower()
+    if low in badmailfrom:
+        return True
+    j = low.rfind(b'@')
+    return j >= 0 and low[j:] in badmailfrom
+
+
+def addrallowed(addr: bytes, rcpthosts, morercpthosts) -> bool:
+    """qmail's rcpthosts(): is the recipient's domain ours to accept?
+
+    Without rcpthosts, yes; an address without '@' always.  Else the
+    domain, then each of its suffixes starting at a dot, is looked up
+    in rcpthosts, then in morercpthosts (which may raise CdbError)."""
+    if rcpthosts is None:
+        return True
+    j = addr.rfind(b'@')
+    if j < 0:
+        return True
+    host = addr[j + 1:].lower()
+    suffixes = [host[k:] for k in range(len(host))
+                if k == 0 or host[k] == 0x2E]
+    if any(s in rcpthosts for s in suffixes):
+        return True
+    if morercpthosts is not None:
+        return any(s in morercpthosts for s in suffixes)
+    return False
+
+
+def mail_size(rest: bytes):
+    """The SIZE= parameter of MAIL (RFC 1870), or None."""
+    for word in rest.split(b' '):
+        if word[:5].upper() == b'SIZE=':
+            digits = word[5:]
+            if digits.isdigit():
+                return int(digits) if len(digits) <= SIZEDIGITS else 10 ** SIZEDIGITS
+    return None
+
+
+def local_ips() -> frozenset:
+    """ipme: 0.0.0.0 and the IPv4 address of every interface that is up
+    (Linux SIOCGIFCONF, as qmail's ipme.c).  Raises OSError."""
+    import array
+    import fcntl
+    import socket
+    import struct
+    SIOCGIFCONF, SIOCGIFFLAGS, IFF_UP = 0x8912, 0x8913, 0x1
+    ifreqsize = 16 + max(16, struct.calcsize('LLHBBB0L'))
+    ips = {b'\0\0\0\0'}     # "this host", RFC 1122 3.2.1.3
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        size = 64 * ifreqsize
+        while True:
+            buf = array.array('B', bytes(size))
+            ifc = bytearray(struct.pack('iP', size, buf.buffer_info()[0]))
+            fcntl.ioctl(s.fileno(), SIOCGIFCONF, ifc, True)
+            length = struct.unpack_from('i', ifc)[0]
+            if length + ifreqsize < size:   # else there may be more
+                break
+            size *= 2
+            if size > 1 << 22:
+                raise OSError('too many network interfaces')
+        data = buf.tobytes()[:length]
+        for off in range(0, length - ifreqsize + 1, ifreqsize):
+            family = struct.unpack_from('H', data, off + 16)[0]
+            if family != socket.AF_INET:
+                continue
+            req = bytearray(data[off:off + 16] + bytes(ifreqsize - 16))
+            fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req, True)
+            if struct.unpack_from('H', req, 16)[0] & IFF_UP:
+                ips.add(data[off + 20:off + 24])
+    return frozenset(ips)

@@ -1,0 +1,109 @@
+"""qmail-smtpd's DATA stream: SMTP transparency, newlines and hop counting.
+
+Part of qmail-smtpd (see qmail/smtpd.py); the part of qmail-smtpd.c
+called blast().  A Blast is fed the bytes that follow "354 go ahead" in
+whatever pieces the network delivers and turns them into the message as
+stored, streaming: it keeps at most two undecided bytes and the first
+nine bytes of the current header line, so a message of any size, or a
+line of any length, costs no memory.
+
+The rules, as qmail-smtpd(8) TRANSPARENCY and qmail's blast() have them:
+
+  * every LF must follow a CR: a bare LF anywhere in the data is
+    refused ("451 See http://pobox.com/~djb/docs/smtplf.html.") and the
+    connection dropped; CR LF becomes LF; any other CR is kept;
+  * a line "." ends the data;
+  * a line starting with "." loses that dot, except a line starting
+    with "." CR (not followed by LF), which is kept whole, as qmail does;
+  * in the header (up to the first empty line), each line starting
+    with "received" or "delivered", in any case, is a hop.  qmail
+    matches the prefix only, so "Received-SPF:" and "Delivered-To:"
+    count too.  The lines are looked at as they arrive, before the dot
+    is removed.
+"""
+
+CR = 0x0D
+LF = 0x0A
+DOT = 0x2E
+HOPPREFIX = 9            # len(b'delivered'): all a header line needs
+
+# What feed() reports.
+MORE = 'more'            # all input used; the data goes on
+END = 'end'              # the "." line was seen; used counts up to it
+STRAYLF = 'straylf'      # a bare LF: refuse the message, drop the client
+
+
+class Blast:
+    """One message's DATA, from after "354" up to and including "."."""
+
+    def __init__(self):
+        self.flagatstart = True     # next byte starts a line
+        self.carry = b''            # undecided: "." or ".\r" at line start, or a final "\r"
+        self.flaginheader = True
+        self.hdr = b''              # first raw bytes of the current header line
+        self.hops = 0
+
+    def feed(self, data: bytes):
+        """(message bytes, bytes of data used, MORE | END | STRAYLF).
+
+        With MORE all of data was used; with END the bytes after `used`
+        are the client's next commands (pipelined); with STRAYLF the
+        message must be refused, and nothing more be read."""
+        carried = len(self.carry)
+        buf = self.carry + data if carried else data
+        self.carry = b''
+        out = []
+        p = 0
+        n = len(buf)
+        while p < n:
+            if self.flagatstart:
+                if buf[p] == DOT:
+                    if p + 1 >= n:
+                        self.carry = buf[p:]
+                        break
+                    if buf[p + 1] == CR:
+                        if p + 2 >= n:
+                            self.carry = buf[p:]
+                            break
+                        if buf[p + 2] == LF:
+                            return b''.join(out), p + 3 - carried, END
+                        # ".\r" and more: qmail keeps this line's dot.
+                    else:
+                        self._header_bytes(b'.')
+                        p += 1      # the stuffed dot goes
+                self.flagatstart = False
+            i = buf.find(b'\n', p)
+            if i < 0:
+                end = n
+                if buf[n - 1] == CR:     # maybe the CR of a CR LF
+                    end = n - 1
+                    self.carry = b'\r'
+                segment = buf[p:end]
+                out.append(segment)
+                self._header_bytes(segment)
+                break
+            if i == 0 or buf[i - 1] != CR:
+                return b''.join(out), 0, STRAYLF
+            segment = buf[p:i - 1]
+            out.append(segment)
+            out.append(b'\n')
+            self._header_bytes(segment)
+            self._line_end()
+            self.flagatstart = True
+            p = i + 1
+        return b''.join(out), len(data), MORE
+
+    def _header_bytes(self, segment: bytes):
+        if self.flaginheader and len(self.hdr) < HOPPREFIX:
+            self.hdr += segment[:HOPPREFIX - len(self.hdr)]
+
+    def _line_end(self):
+        """A header line is complete: count it, or see the header end."""
+        if self.flaginheader:
+            if not self.hdr:
+                self.flaginheader = False
+            else:
+                low = self.hdr.lower()
+                if low.startswith(b'received') or low.startswith(b'delivered'):
+                    self.hops += 1
+        self.hdr = b''

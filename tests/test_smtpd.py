@@ -1,0 +1,873 @@
+"""qmail-smtpd: the session fed bytes, its pure parts, and the real program.
+
+Session tests use no socket and no process: a FakeQueue stands in for
+qmail-queue and records what it was given.  The end-to-end tests run the
+program with a shell script as QMAILQUEUE.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from qmail import smtpd, smtpd_addr
+from qmail.lib import cdb, control
+from qmail.smtpd_blast import END, MORE, STRAYLF, Blast
+
+NOW = 812090814                 # 26 Sep 1995 04:46:54 -0000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GREETING = b'mx.example.org'
+
+
+class FakeQueue:
+    """Records what qmail-smtpd hands to qmail-queue."""
+
+    def __init__(self, status=''):
+        self.status = status
+        self.message = bytearray()
+        self.envelope = []
+        self.flagfail = False
+        self.flagclosed = False
+        self.pid = 4242
+
+    def put(self, data):
+        assert not self.envelope, 'message bytes after the envelope began'
+        self.message += data
+
+    def fail(self):
+        self.flagfail = True
+
+    def from_(self, sender):
+        self.envelope.append(b'F' + sender)
+
+    def to(self, recipient):
+        self.envelope.append(b'T' + recipient)
+
+    def close(self):
+        assert not self.flagclosed, 'closed twice'
+        self.flagclosed = True
+        if self.flagfail and not self.status:
+            return 'Zqq read error (#4.3.0)'
+        return self.status
+
+    @property
+    def queued(self):
+        """Would the real qmail-queue have queued it?"""
+        return self.flagclosed and not self.flagfail and not self.status
+
+
+class Harness:
+    def __init__(self, status='', peer=None, **config):
+        config.setdefault('greeting', GREETING)
+        config.setdefault('rcpthosts', frozenset([b'example.org']))
+        self.queues = []
+        self.status = status
+        self.session = smtpd.Session(smtpd.Config(**config),
+                                     peer or smtpd.Peer(), self.newqueue, NOW)
+
+    def newqueue(self):
+        q = FakeQueue(self.status)
+        self.queues.append(q)
+        return q
+
+    def feed(self, *chunks, now=NOW):
+        return b''.join(self.session.feed(c, now) for c in chunks)
+
+    @property
+    def q(self):
+        assert len(self.queues) == 1, 'got %d queues, want 1' % len(self.queues)
+        return self.queues[0]
+
+
+def replies(data: bytes) -> list:
+    """The reply lines, without CR LF."""
+    assert data == b'' or data.endswith(b'\r\n'), 'got %r' % data
+    return data.split(b'\r\n')[:-1] if data else []
+
+
+def check(got, want):
+    assert got == want, 'got %r\nwant %r' % (got, want)
+
+
+ENVELOPE = b'MAIL FROM:<a@b.example>\r\nRCPT TO:<u@example.org>\r\n'
+BODY = b'Subject: x\r\n\r\nhi\r\n.\r\n'
+
+
+# -- greeting and simple commands ---------------------------------------------
+
+def test_greeting():
+    h = Harness()
+    check(h.session.greet(), b'220 mx.example.org ESMTP\r\n')
+
+
+@pytest.mark.parametrize('databytes,want', [
+    (0, [b'250-mx.example.org', b'250-PIPELINING', b'250 8BITMIME']),
+    (5000, [b'250-mx.example.org', b'250-PIPELINING', b'250-8BITMIME',
+            b'250 SIZE 5000']),
+])
+def test_ehlo(databytes, want):
+    h = Harness(databytes=databytes)
+    check(replies(h.feed(b'EHLO client.example\r\n')), want)
+
+
+@pytest.mark.parametrize('commands,want', [
+    (b'HELO x\r\n', [b'250 mx.example.org']),
+    (b'helo\r\n', [b'250 mx.example.org']),
+    (b'NOOP\r\n', [b'250 ok']),
+    (b'noop whatever\r\n', [b'250 ok']),
+    (b'VRFY root\r\n', [b"252 send some mail, i'll try my best"]),
+    (b'HELP\r\n', [b'214 qmail home page: http://pobox.com/~djb/qmail.html']),
+    (b'RSET\r\n', [b'250 flushed']),
+    (b'EXPN root\r\n', [b'502 unimplemented (#5.5.1)']),
+    (b'\r\n', [b'502 unimplemented (#5.5.1)']),
+    (b'MAIL\tFROM:<a@b>\r\n', [b'502 unimplemented (#5.5.1)']),
+    (b'NOOP\n', [b'250 ok']),                  # bare LF ends a command
+    (b'RCPT TO:<u@example.org>\r\n', [b'503 MAIL first (#5.5.1)']),
+    (b'DATA\r\n', [b'503 MAIL first (#5.5.1)']),
+    (b'MAIL FROM:<a@b>\r\nDATA\r\n', [b'250 ok', b'503 RCPT first (#5.5.1)']),
+    (b'MAIL FROM:<a@b>\r\nRSET\r\nRCPT TO:<u@example.org>\r\n',
+     [b'250 ok', b'250 flushed', b'503 MAIL first (#5.5.1)']),
+    (b'MAIL FROM:<a@b>\r\nHELO x\r\nRCPT TO:<u@example.org>\r\n',
+     [b'250 ok', b'250 mx.example.org', b'503 MAIL first (#5.5.1)']),
+    (b'MAIL FROM:<a@b>\r\nEHLO x\r\nRCPT TO:<u@example.org>\r\n',
+     [b'250 ok', b'250-mx.example.org', b'250-PIPELINING', b'250 8BITMIME',
+      b'503 MAIL first (#5.5.1)']),
+    (b'mail from:<a@b>\r\nrcpt to:<u@EXAMPLE.org>\r\n', [b'250 ok', b'250 ok']),
+    (b'MAIL <a@b>\r\nRCPT <u@example.org>\r\n', [b'250 ok', b'250 ok']),
+    (b'MAIL FROM:<' + b'x' * 899 + b'>\r\n', [b'250 ok']),
+    (b'MAIL FROM:<' + b'x' * 900 + b'>\r\n', [b'555 syntax error (#5.5.4)']),
+    (b'MAIL FROM:<a@b>\r\nRCPT TO:<' + b'x' * 900 + b'>\r\n',
+     [b'250 ok', b'555 syntax error (#5.5.4)']),
+    (b'MAIL FROM:<a@b>\r\nMAIL FROM:<c@d>\r\n', [b'250 ok', b'250 ok']),
+])
+def test_commands(commands, want):
+    h = Harness()
+    check(replies(h.feed(commands)), want)
+    assert not h.session.flagclosed
+    check(h.queues, [])
+
+
+def test_quit_closes_with_exit_0():
+    h = Harness()
+    check(h.feed(b'QUIT\r\nNOOP\r\n'), b'221 mx.example.org\r\n')
+    assert h.session.flagclosed
+    check(h.session.exitcode, 0)
+    check(h.feed(b'NOOP\r\n'), b'')
+
+
+def test_commands_split_anywhere():
+    """The same replies however the network cuts the bytes."""
+    data = b'EHLO x\r\n' + ENVELOPE + b'DATA\r\n' + BODY + b'QUIT\r\n'
+    whole = Harness()
+    want = whole.feed(data)
+    for size in (1, 2, 3, 7):
+        h = Harness()
+        got = h.feed(*[data[i:i + size] for i in range(0, len(data), size)])
+        check(got, want)
+        check(h.q.message, whole.q.message)
+
+
+# -- addresses -----------------------------------------------------------------
+
+@pytest.mark.parametrize('arg,addr,rest', [
+    (b'FROM:<a@b.example>', b'a@b.example', b''),
+    (b'FROM: <a@b.example>', b'a@b.example', b''),
+    (b'FROM:<>', b'', b''),
+    (b'FROM:<a@b> SIZE=100 BODY=8BITMIME', b'a@b', b' SIZE=100 BODY=8BITMIME'),
+    (b'FROM:a@b.example', b'a@b.example', b''),
+    (b'FROM:   a@b.example SIZE=5', b'a@b.example', b'SIZE=5'),
+    (b'<a@b>', b'a@b', b''),
+    (b'a@b', b'', b''),                         # no '<', no ':': qmail's ""
+    (b'TO:<@r1.example,@r2.example:u@c.example>', b'u@c.example', b''),
+    (b'TO:@r1.example:u@c.example', b'u@c.example', b''),
+    (b'TO:<@r1.example>', b'', b''),
+    (b'TO:<"a b"@c.example>', b'a b@c.example', b''),
+    (b'TO:<"a>b"@c.example>', b'a>b@c.example', b''),
+    (b'TO:<a\\>b@c.example>', b'a>b@c.example', b''),
+    (b'TO:<a\\\\b@c>', b'a\\b@c', b''),
+    (b'TO:<u@c.example', b'u@c.example', b''),   # never ended: taken anyway
+    (b'TO:<\xc3\xa9@c.example>', b'\xc3\xa9@c.example', b''),
+])
+def test_addrparse(arg, addr, rest):
+    check(smtpd_addr.addrparse(arg), (addr, rest))
+
+
+IPME = frozenset([b'\0\0\0\0', b'\x7f\0\0\x01', b'\xc0\0\x02\x01'])
+
+
+@pytest.mark.parametrize('addr,liphost,want', [
+    (b'u@[127.0.0.1]', b'me.example', b'u@me.example'),
+    (b'u@[192.0.2.1]', b'me.example', b'u@me.example'),
+    (b'u@[0.0.0.0]', b'me.example', b'u@me.example'),
+    (b'u@[192.0.2.9]', b'me.example', b'u@[192.0.2.9]'),      # not mine
+    (b'u@[127.0.0.1]', None, b'u@[127.0.0.1]'),               # no localiphost
+    (b'u@[127.0.0.1]x', b'me.example', b'u@[127.0.0.1]x'),
+    (b'u@[127.0.0.256]', b'me.example', b'u@[127.0.0.256]'),
+    (b'u@[127.0.1]', b'me.example', b'u@[127.0.1]'),
+    (b'a@x@[127.0.0.1]', b'me.example', b'a@x@me.example'),  # last '@'
+    (b'[127.0.0.1]', b'me.example', b'[127.0.0.1]'),
+])
+def test_localiphost(addr, liphost, want):
+    check(smtpd_addr.localiphost(addr, liphost, IPME), want)
+
+
+MORERH = cdb.Cdb.from_bytes(cdb.make([(b'more.example', b''),
+                                      (b'.sub.more.example', b'')]))
+
+
+@pytest.mark.parametrize('addr,rcpthosts,want', [
+    (b'u@anything.example', None, True),        # no rcpthosts: open
+    (b'u@example.org', {b'example.org'}, True),
+    (b'u@EXAMPLE.Org', {b'example.org'}, True),
+    (b'u@x.example.org', {b'example.org'}, False),
+    (b'u@x.example.org', {b'.example.org'}, True),
+    (b'u@a.b.example.org', {b'.example.org'}, True),
+    (b'u@example.org', {b'.example.org'}, False),
+    (b'u@evil.example', {b'example.org'}, False),
+    (b'u@example.org.evil', {b'example.org'}, False),
+    (b'postmaster', {b'example.org'}, True),    # no '@': always
+    (b'u@', {b'example.org'}, False),
+    (b'u@more.example', {b'example.org'}, True),
+    (b'u@x.sub.more.example', {b'example.org'}, True),
+    (b'u@x.more.example', {b'example.org'}, False),
+    (b'u@evil.example', set(), False),          # empty rcpthosts: nothing
+])
+def test_addrallowed(addr, rcpthosts, want):
+    got = smtpd_addr.addrallowed(addr, rcpthosts,
+                                 MORERH if rcpthosts is not None else None)
+    check(got, want)
+
+
+BMF = frozenset([b'spammer@bad.example', b'@worse.example'])
+
+
+@pytest.mark.parametrize('addr,want', [
+    (b'spammer@bad.example', True),
+    (b'SPAMMER@Bad.Example', True),
+    (b'other@bad.example', False),
+    (b'anyone@worse.example', True),
+    (b'anyone@WORSE.example', True),
+    (b'anyone@sub.worse.example', False),
+    (b'', False),
+    (b'worse.example', False),
+])
+def test_bmfcheck(addr, want):
+    check(smtpd_addr.bmfcheck(addr, BMF), want)
+
+
+@pytest.mark.parametrize('rest,want', [
+    (b'', None),
+    (b' SIZE=1234', 1234),
+    (b' BODY=8BITMIME size=77', 77),
+    (b' SIZE=abc', None),
+    (b' SIZE=', None),
+    (b' SIZE=' + b'9' * 50, 10 ** 20),
+])
+def test_mail_size(rest, want):
+    check(smtpd_addr.mail_size(rest), want)
+
+
+# -- relaying and badmailfrom in the session -----------------------------------
+
+def test_relay_refused():
+    h = Harness()
+    got = replies(h.feed(b'MAIL FROM:<a@b>\r\nRCPT TO:<u@elsewhere.example>\r\n'
+                         b'RCPT TO:<u@example.org>\r\nDATA\r\n' + BODY))
+    check(got, [b'250 ok',
+                b"553 sorry, that domain isn't in my list of allowed rcpthosts"
+                b" (#5.7.1)",
+                b'250 ok', b'354 go ahead', b'250 ok %d qp 4242' % NOW])
+    check(h.q.envelope, [b'Fa@b', b'Tu@example.org'])
+
+
+@pytest.mark.parametrize('relayclient,want', [
+    (b'', [b'Fa@b', b'Tu@elsewhere.example', b'Tu@example.org']),
+    (b'@relay.example', [b'Fa@b', b'Tu@elsewhere.example@relay.example',
+                         b'Tu@example.org@relay.example']),
+])
+def test_relayclient(relayclient, want):
+    h = Harness(peer=smtpd.Peer(relayclient=relayclient))
+    got = replies(h.feed(b'MAIL FROM:<a@b>\r\nRCPT TO:<u@elsewhere.example>\r\n'
+                         b'RCPT TO:<u@example.org>\r\nDATA\r\n' + BODY))
+    check(got[:3], [b'250 ok'] * 3)
+    check(h.q.envelope, want)
+
+
+def test_localiphost_before_rcpthosts():
+    h = Harness(localiphost=b'example.org', ipme=IPME)
+    got = replies(h.feed(b'MAIL FROM:<a@b>\r\nRCPT TO:<u@[127.0.0.1]>\r\n'
+                         b'DATA\r\n' + BODY))
+    check(got[1], b'250 ok')
+    check(h.q.envelope, [b'Fa@b', b'Tu@example.org'])
+
+
+@pytest.mark.parametrize('sender,want', [
+    (b'spammer@bad.example', b'553 sorry, your envelope sender is in my'
+                             b' badmailfrom list (#5.7.1)'),
+    (b'x@Worse.Example', b'553 sorry, your envelope sender is in my'
+                         b' badmailfrom list (#5.7.1)'),
+    (b'good@bad.example', b'250 ok'),
+])
+def test_badmailfrom(sender, want):
+    h = Harness(badmailfrom=BMF)
+    got = replies(h.feed(b'MAIL FROM:<' + sender + b'>\r\n'
+                         b'RCPT TO:<u@example.org>\r\n'))
+    check(got, [b'250 ok', want])
+
+
+def test_morercpthosts_unreadable():
+    class Broken:
+        def __contains__(self, key):
+            raise cdb.CdbError('cdb file truncated')
+    h = Harness(morercpthosts=Broken())
+    got = replies(h.feed(b'MAIL FROM:<a@b>\r\nRCPT TO:<u@x.example>\r\nNOOP\r\n'))
+    check(got, [b'250 ok', b'421 unable to read controls (#4.3.0)'])
+    assert h.session.flagclosed
+
+
+# -- DATA ------------------------------------------------------------------------
+
+def test_message_and_received_line():
+    h = Harness(peer=smtpd.Peer(remoteip=b'192.48.96.5',
+                                remotehost=b'relay1.uu.net', remoteinfo=b'7',
+                                local=b'silverton.berkeley.edu'))
+    got = h.feed(b'HELO uunet.uu.net\r\n' + ENVELOPE + b'DATA\r\n' + BODY)
+    check(replies(got)[-2:], [b'354 go ahead', b'250 ok %d qp 4242' % NOW])
+    check(bytes(h.q.message),
+          b'Received: from relay1.uu.net (HELO uunet.uu.net) (7@192.48.96.5)\n'
+          b'  by silverton.berkeley.edu with SMTP; 26 Sep 1995 04:46:54 -0000\n'
+          b'Subject: x\n\nhi\n')
+    check(h.q.envelope, [b'Fa@b.example', b'Tu@example.org'])
+    assert h.q.queued
+
+
+@pytest.mark.parametrize('peer,helo,want', [
+    (dict(), None,
+     b'Received: from unknown (1.2.3.4)\n'),
+    (dict(remotehost=b'Client.Example'), b'client.example',
+     b'Received: from Client.Example (1.2.3.4)\n'),
+    (dict(remotehost=b'client.example'), b'other.example',
+     b'Received: from client.example (HELO other.example) (1.2.3.4)\n'),
+    (dict(remotehost=b'client.example'), b'',
+     b'Received: from client.example (HELO ) (1.2.3.4)\n'),
+    (dict(remotehost=b'a b\xff(c)', remoteinfo=b'us er;'), b'x y\r\x00<z>',
+     b'Received: from a?b??c? (HELO x?y???z?) (us?er?@1.2.3.4)\n'),
+    (dict(remoteinfo=b''), None,
+     b'Received: from unknown (@1.2.3.4)\n'),
+])
+def test_received(peer, helo, want):
+    p = smtpd.Peer(remoteip=b'1.2.3.4', local=b'mx.example', **peer)
+    got = smtpd.received(p, helo, NOW)
+    check(got, want + b'  by mx.example with SMTP; 26 Sep 1995 04:46:54 -0000\n')
+
+
+def test_received_helo_matches_remotehost_case_insensitively():
+    h = Harness(peer=smtpd.Peer(remoteip=b'1.2.3.4', remotehost=b'c.example'))
+    h.feed(b'HELO C.EXAMPLE\r\n' + ENVELOPE + b'DATA\r\n' + BODY)
+    assert h.q.message.startswith(b'Received: from c.example (1.2.3.4)\n')
+
+
+# Blast alone: DATA bytes -> (message, state).
+@pytest.mark.parametrize('data,want,state', [
+    (b'a\r\nb\r\n.\r\n', b'a\nb\n', END),
+    (b'.\r\n', b'', END),
+    (b'..\r\n.\r\n', b'.\n', END),
+    (b'..x\r\n...\r\n.\r\n', b'.x\n..\n', END),
+    (b'.x\r\n.\r\n', b'x\n', END),
+    (b'a.\r\n.b\r\n.\r\n', b'a.\nb\n', END),
+    (b'.\rx\r\n.\r\n', b'.\rx\n', END),         # qmail keeps this dot
+    (b'.\r\r\n.\r\n', b'.\r\n', END),
+    (b'a\rb\r\n.\r\n', b'a\rb\n', END),         # lone CR kept
+    (b'a\r\r\n.\r\n', b'a\r\n', END),
+    (b'\r\n\r\n.\r\n', b'\n\n', END),
+    (b'\x00\xff\x80\r\n.\r\n', b'\x00\xff\x80\n', END),     # 8-bit clean
+    (b'a\r\n.\r\nMAIL', b'a\n', END),
+    (b'a\nb\r\n.\r\n', b'a', STRAYLF),
+    (b'\n.\r\n', b'', STRAYLF),
+    (b'a\r\n\n.\r\n', b'a\n', STRAYLF),
+    (b'a\r\n.\n', b'a\n', STRAYLF),
+    (b'a\r\n.\r\r\n', b'a\n.\r\n', MORE),
+    (b'a\r\n..\n', b'a\n', STRAYLF),
+    (b'abc', b'abc', MORE),
+    (b'abc\r', b'abc', MORE),
+    (b'abc\r\n.', b'abc\n', MORE),
+])
+def test_blast(data, want, state):
+    b = Blast()
+    out, used, got = b.feed(data)
+    check((out, got), (want, state))
+    if state == END:
+        check(data[used:], b'MAIL' if data.endswith(b'MAIL') else b'')
+
+
+@pytest.mark.parametrize('data', [
+    b'a\r\nb\r\n.\r\n', b'..\r\n.\r\n', b'.\rx\r\n.\r\n', b'.\r\r\n.\r\n',
+    b'a\r\r\n\r\n..x\r\n.\r\nNOOP\r\n', b'Received: x\r\n\r\nReceived: y\r\n.\r\n',
+    b'a\r\nb\nc\r\n.\r\n',
+])
+def test_blast_split_anywhere(data):
+    """Fed a byte at a time, Blast gives what it gives fed at once."""
+    whole = Blast()
+    want = whole.feed(data)
+    b = Blast()
+    out = b''
+    used = 0
+    for i in range(len(data)):
+        o, u, state = b.feed(data[i:i + 1])
+        out += o
+        if state != MORE:
+            used = i + u
+            break
+    check((out, state, b.hops), (want[0], want[2], whole.hops))
+    if state == END:
+        check(used, want[1])
+
+
+@pytest.mark.parametrize('header,hops', [
+    (b'Received: a\r\n' * 99, 99),
+    (b'Received: a\r\n' * 100, 100),
+    (b'Delivered-To: a\r\n' * 50 + b'RECEIVED: b\r\n' * 50, 100),
+    (b'received-spf: a\r\n' * 3, 3),              # qmail matches the prefix
+    (b'X-Received: a\r\n' * 3, 0),
+    (b'Receive: a\r\n' * 3, 0),
+    (b'..Received: a\r\n', 0),
+    (b'Subject: x\r\n\r\n' + b'Received: a\r\n' * 200, 0),   # body
+    (b'Received: a\r\n\r\n' + b'Received: a\r\n' * 200, 1),
+])
+def test_hops_counted(header, hops):
+    b = Blast()
+    b.feed(header + b'\r\nbody\r\n.\r\n')
+    check(b.hops, hops)
+
+
+@pytest.mark.parametrize('count,want', [
+    (99, b'250 ok %d qp 4242' % NOW),
+    (100, b'554 too many hops, this message is looping (#5.4.6)'),
+    (150, b'554 too many hops, this message is looping (#5.4.6)'),
+])
+def test_hops_reply(count, want):
+    h = Harness()
+    got = replies(h.feed(ENVELOPE + b'DATA\r\n' + b'Received: x\r\n' * count
+                         + b'\r\nbody\r\n.\r\nNOOP\r\n'))
+    check(got[-2:], [want, b'250 ok'])
+    check(h.q.queued, count < 100)
+
+
+@pytest.mark.parametrize('data', [
+    b'Subject: x\n\nhi\r\n.\r\n',
+    b'Subject: x\r\n\r\nhi\n.\n',
+    b'Subject: x\r\n\nhi\r\n.\r\n',
+])
+def test_bare_lf_in_data(data):
+    h = Harness()
+    got = replies(h.feed(ENVELOPE + b'DATA\r\n' + data + b'QUIT\r\n'))
+    check(got, [b'250 ok', b'250 ok', b'354 go ahead',
+                b'451 See http://pobox.com/~djb/docs/smtplf.html.'])
+    assert h.session.flagclosed
+    check(h.session.exitcode, 1)
+    assert h.q.flagfail and h.q.flagclosed, 'queue not failed and closed'
+    check(h.q.envelope, [])
+
+
+def test_pipelined_session_in_one_feed():
+    h = Harness()
+    data = (b'EHLO x\r\n' + ENVELOPE + b'DATA\r\n' + b'one\r\n.\r\n'
+            + ENVELOPE + b'DATA\r\n' + b'..two\r\n.\r\nQUIT\r\n')
+    got = replies(h.feed(data))
+    ok = b'250 ok %d qp 4242' % NOW
+    check(got[4:], [b'250 ok', b'250 ok', b'354 go ahead', ok,
+                    b'250 ok', b'250 ok', b'354 go ahead', ok,
+                    b'221 mx.example.org'])
+    check([bytes(q.message).split(b'\n', 2)[2] for q in h.queues],
+          [b'one\n', b'.two\n'])
+
+
+@pytest.mark.parametrize('body,want,queued', [
+    (b'x' * 98 + b'\r\n', b'250 ok %d qp 4242' % NOW, True),   # 99 stored
+    (b'x' * 99 + b'\r\n', b'250 ok %d qp 4242' % NOW, True),   # 100 stored
+    (b'x' * 100 + b'\r\n', b'552 sorry, that message size exceeds my'
+                           b' databytes limit (#5.3.4)', False),
+    (b'x\r\n' * 10000, b'552 sorry, that message size exceeds my'
+                       b' databytes limit (#5.3.4)', False),
+])
+def test_databytes(body, want, queued):
+    h = Harness(databytes=100)
+    got = replies(h.feed(ENVELOPE + b'DATA\r\n', body, b'.\r\nNOOP\r\n'))
+    check(got[-2:], [want, b'250 ok'])
+    check(h.q.queued, queued)
+    assert len(h.q.message) <= 100 + 200, 'kept %d bytes' % len(h.q.message)
+
+
+@pytest.mark.parametrize('mail,want', [
+    (b'MAIL FROM:<a@b> SIZE=100\r\n', b'250 ok'),
+    (b'MAIL FROM:<a@b> SIZE=101\r\n', b'552 sorry, that message size exceeds'
+                                      b' my databytes limit (#5.3.4)'),
+    (b'MAIL FROM:<a@b> BODY=8BITMIME SIZE=99999999999999999999999\r\n',
+     b'552 sorry, that message size exceeds my databytes limit (#5.3.4)'),
+])
+def test_mail_size_parameter(mail, want):
+    h = Harness(databytes=100)
+    got = replies(h.feed(mail + b'RCPT TO:<u@example.org>\r\n'))
+    check(got[0], want)
+    check(got[1], b'250 ok' if want == b'250 ok' else b'503 MAIL first (#5.5.1)')
+
+
+def test_size_parameter_ignored_without_databytes():
+    h = Harness()
+    check(replies(h.feed(b'MAIL FROM:<a@b> SIZE=999999999999\r\n')), [b'250 ok'])
+
+
+@pytest.mark.parametrize('status,want', [
+    ('Zqq temporary problem (#4.3.0)', b'451 qq temporary problem (#4.3.0)'),
+    ('Dqq permanent problem (#5.3.0)', b'554 qq permanent problem (#5.3.0)'),
+    ('Zunable to exec qq (#4.3.0)', b'451 unable to exec qq (#4.3.0)'),
+    ('Dsorry\r, no (#5.7.1)', b'554 sorry, no (#5.7.1)'),
+])
+def test_queue_status(status, want):
+    h = Harness(status=status)
+    got = replies(h.feed(ENVELOPE + b'DATA\r\n' + BODY))
+    check(got[-1], want)
+    check(h.q.envelope, [b'Fa@b.example', b'Tu@example.org'])
+
+
+def test_queue_will_not_start():
+    def newqueue():
+        raise OSError(24, 'Too many open files')
+    s = smtpd.Session(smtpd.Config(greeting=GREETING), smtpd.Peer(), newqueue, NOW)
+    got = replies(s.feed(ENVELOPE + b'DATA\r\nNOOP\r\n', NOW))
+    check(got, [b'250 ok', b'250 ok', b'451 qqt failure (#4.3.0)', b'250 ok'])
+
+
+def test_disconnect_in_data_queues_nothing():
+    h = Harness()
+    h.feed(ENVELOPE + b'DATA\r\nSubject: x\r\n\r\nhalf a mess')
+    check(h.session.eof(), b'')
+    assert h.session.flagclosed
+    assert h.q.flagfail and h.q.flagclosed, 'queue not failed and closed'
+    check(h.q.envelope, [])
+    check(h.session.exitcode, 1)
+
+
+def test_timeout_in_data_queues_nothing():
+    h = Harness()
+    h.feed(ENVELOPE + b'DATA\r\nSubject: x\r\n')
+    check(h.session.timeout(NOW + 1200), b'451 timeout (#4.4.2)\r\n')
+    assert h.q.flagfail and h.q.flagclosed
+    check(h.q.envelope, [])
+
+
+def test_lifetime():
+    h = Harness(lifetime=60)
+    check(h.session.deadline, NOW + 60)
+    check(h.feed(b'NOOP\r\n', now=NOW + 59), b'250 ok\r\n')
+    check(h.feed(b'NOOP\r\n', now=NOW + 60), b'451 timeout (#4.4.2)\r\n')
+    assert h.session.flagclosed
+    check(Harness(lifetime=0).session.deadline, None)
+
+
+# -- hostile clients -------------------------------------------------------------
+
+@pytest.mark.parametrize('chunks', [
+    [b'x' * 100000 + b'\r\nNOOP\r\n'],
+    [b'MAIL FROM:<'] + [b'y' * 1000] * 100 + [b'>\r\nNOOP\r\n'],
+    [b'x' * 999 + b'\r\nNOOP\r\n'],
+    [b'x' * 998, b'x\r', b'\nNOOP\r\n'],
+])
+def test_long_line(chunks):
+    h = Harness()
+    got = b''
+    for c in chunks:
+        got += h.session.feed(c, NOW)
+        assert len(h.session.linebuf) < smtpd.MAXCMDLINE, 'buffered %d' % len(
+            h.session.linebuf)
+    check(replies(got), [b'500 line too long (#5.5.2)', b'250 ok'])
+    assert not h.session.flagclosed
+
+
+@pytest.mark.parametrize('line,want', [
+    (b'NOOP' + b' ' * 992 + b'\r\n', b'250 ok'),      # 998 + CR LF: fits
+    (b'NOOP' + b' ' * 993 + b'\r\n', b'500 line too long (#5.5.2)'),
+    (b'NOOP' + b' ' * 995 + b'\n', b'250 ok'),        # 1000 with the LF
+])
+def test_line_limit_edge(line, want):
+    check(replies(Harness().feed(line)), [want])
+
+
+@pytest.mark.parametrize('data,want', [
+    (b'\0\0\0\r\n', [b'500 NUL in command (#5.5.2)']),
+    (b'NOOP\0\r\n', [b'500 NUL in command (#5.5.2)']),
+    (b'MAIL FROM:<a\0b@c>\r\n', [b'500 NUL in command (#5.5.2)']),
+    (b'\xff\xfe\x80garbage\r\n', [b'502 unimplemented (#5.5.1)']),
+])
+def test_garbage(data, want):
+    h = Harness()
+    check(replies(h.feed(data)), want)
+
+
+def test_binary_noise_never_raises():
+    import random
+    rnd = random.Random(5321)
+    for _ in range(200):
+        h = Harness(maxerrors=0)
+        noise = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 3000)))
+        data = ENVELOPE + b'DATA\r\n' + noise if rnd.random() < 0.3 else noise
+        out = h.feed(data)
+        assert out == b'' or out.endswith(b'\r\n')
+        h.session.eof()
+        for q in h.queues:
+            assert q.flagclosed and not q.queued
+
+
+@pytest.mark.parametrize('maxrcpt,count,accepted', [
+    (3, 5, 3),
+    (1000, 1001, 1000),
+    (0, 1500, 1500),            # 0: no limit, as qmail
+])
+def test_too_many_recipients(maxrcpt, count, accepted):
+    h = Harness(maxrcpt=maxrcpt, maxerrors=0)
+    got = replies(h.feed(b'MAIL FROM:<a@b>\r\n'
+                         + b'RCPT TO:<u@example.org>\r\n' * count
+                         + b'DATA\r\n' + BODY))
+    check(got.count(b'250 ok'), 1 + accepted)
+    check(got.count(b'452 sorry, too many recipients (#4.5.3)'),
+          count - accepted)
+    check(len(h.q.envelope), 1 + accepted)
+
+
+@pytest.mark.parametrize('maxerrors,data,want', [
+    (3, b'FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n',
+     [b'502 unimplemented (#5.5.1)'] * 3 + [b'421 too many errors (#4.7.0)']),
+    (3, b'FOO\r\nNOOP\r\nRCPT TO:<u@x>\r\n\0\r\nNOOP\r\n',
+     [b'502 unimplemented (#5.5.1)', b'250 ok', b'503 MAIL first (#5.5.1)',
+      b'500 NUL in command (#5.5.2)', b'421 too many errors (#4.7.0)']),
+    (2, b'MAIL FROM:<a@b>\r\nRCPT TO:<u@x.example>\r\nRCPT TO:<u@y.example>\r\n'
+        b'NOOP\r\n',
+     [b'250 ok'] + [b"553 sorry, that domain isn't in my list of allowed"
+                    b" rcpthosts (#5.7.1)"] * 2
+     + [b'421 too many errors (#4.7.0)']),
+    (0, b'FOO\r\n' * 50 + b'NOOP\r\n', [b'502 unimplemented (#5.5.1)'] * 50
+     + [b'250 ok']),
+])
+def test_too_many_errors(maxerrors, data, want):
+    h = Harness(maxerrors=maxerrors)
+    check(replies(h.feed(data)), want)
+    check(h.session.flagclosed, maxerrors != 0)
+
+
+# -- configuration -----------------------------------------------------------
+
+def write_controls(tmp_path, files):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    for name, data in files.items():
+        (ctl / name).write_bytes(data)
+    return control.Controls(str(ctl))
+
+
+@pytest.mark.parametrize('files,env,attr,want', [
+    ({'me': b'me.example\n'}, {}, 'greeting', b'me.example'),
+    ({'me': b'me.example', 'smtpgreeting': b'mx.example hi  \n'}, {},
+     'greeting', b'mx.example hi'),
+    ({'me': b'me.example'}, {}, 'localiphost', b'me.example'),
+    ({'smtpgreeting': b'g'}, {}, 'localiphost', None),
+    ({'me': b'm', 'localiphost': b'lip.example'}, {}, 'localiphost',
+     b'lip.example'),
+    ({'me': b'm'}, {}, 'rcpthosts', None),
+    ({'me': b'm', 'rcpthosts': b'A.example\n#c\n\n.B.example\n'}, {},
+     'rcpthosts', frozenset([b'a.example', b'.b.example'])),
+    ({'me': b'm', 'rcpthosts': b''}, {}, 'rcpthosts', frozenset()),
+    ({'me': b'm', 'badmailfrom': b'X@Y.example\n@Z.example\n'}, {},
+     'badmailfrom', frozenset([b'x@y.example', b'@z.example'])),
+    ({'me': b'm'}, {}, 'databytes', 0),
+    ({'me': b'm', 'databytes': b'5000\n'}, {}, 'databytes', 5000),
+    ({'me': b'm', 'databytes': b'5000\n'}, {b'DATABYTES': b'0'}, 'databytes', 0),
+    ({'me': b'm'}, {b'DATABYTES': b'77k'}, 'databytes', 77),
+    ({'me': b'm', 'databytes': b'5'}, {b'DATABYTES': b'x'}, 'databytes', 0),
+    ({'me': b'm'}, {}, 'timeout', 1200),
+    ({'me': b'm', 'timeoutsmtpd': b'0'}, {}, 'timeout', 1),
+    ({'me': b'm', 'timeoutsmtpd': b'30'}, {}, 'timeout', 30),
+    ({'me': b'm'}, {}, 'maxrcpt', 1000),
+    ({'me': b'm', 'maxrcptsmtpd': b'50'}, {}, 'maxrcpt', 50),
+    ({'me': b'm'}, {}, 'maxerrors', 20),
+    ({'me': b'm', 'maxerrorssmtpd': b'0'}, {}, 'maxerrors', 0),
+    ({'me': b'm'}, {}, 'lifetime', 3600),
+    ({'me': b'm', 'lifetimesmtpd': b'600'}, {}, 'lifetime', 600),
+])
+def test_load_config(tmp_path, files, env, attr, want):
+    config = smtpd.load_config(write_controls(tmp_path, files), env)
+    check(getattr(config, attr), want)
+
+
+def test_load_config_morercpthosts(tmp_path):
+    ctl = write_controls(tmp_path, {
+        'me': b'm', 'rcpthosts': b'a.example\n',
+        'morercpthosts.cdb': cdb.make([(b'b.example', b'')])})
+    config = smtpd.load_config(ctl, {})
+    assert b'b.example' in config.morercpthosts
+    # Without rcpthosts, qmail never opens morercpthosts.cdb.
+    (tmp_path / 'control' / 'rcpthosts').unlink()
+    check(smtpd.load_config(ctl, {}).morercpthosts, None)
+
+
+@pytest.mark.parametrize('files,exc', [
+    ({}, LookupError),                                  # neither me nor greeting
+    ({'me': b'm', 'rcpthosts': b'a', 'morercpthosts.cdb': b'short'},
+     cdb.CdbError),
+])
+def test_load_config_refuses(tmp_path, files, exc):
+    with pytest.raises(exc):
+        smtpd.load_config(write_controls(tmp_path, files), {})
+
+
+@pytest.mark.parametrize('env,want', [
+    ({}, (b'unknown', b'unknown', None, b'unknown', None)),
+    ({b'TCPREMOTEIP': b'1.2.3.4', b'TCPREMOTEHOST': b'h', b'TCPREMOTEINFO': b'i',
+      b'TCPLOCALIP': b'5.6.7.8', b'RELAYCLIENT': b''},
+     (b'1.2.3.4', b'h', b'i', b'5.6.7.8', b'')),
+    ({b'TCPLOCALIP': b'5.6.7.8', b'TCPLOCALHOST': b'mx', b'TCPREMOTEHOST': b''},
+     (b'unknown', b'', None, b'mx', None)),
+])
+def test_peer_env(env, want):
+    p = smtpd.peer_env(env)
+    check((p.remoteip, p.remotehost, p.remoteinfo, p.local, p.relayclient), want)
+
+
+def test_local_ips():
+    ips = smtpd_addr.local_ips()
+    assert b'\0\0\0\0' in ips
+    assert all(len(ip) == 4 for ip in ips)
+
+
+# -- the shell, in this process ------------------------------------------------
+
+def serve_pipes(config, writer):
+    """serve() over pipes; writer(fd) plays the client in a thread."""
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    client = threading.Thread(target=writer, args=(win,), daemon=True)
+    client.start()
+    s = smtpd.Session(config, smtpd.Peer(), FakeQueue, time.time())
+    code = smtpd.serve(s, rin, wout)
+    os.close(wout)
+    out = b''
+    while True:
+        chunk = os.read(rout, 65536)
+        if not chunk:
+            break
+        out += chunk
+    client.join(10)
+    for fd in (rin, rout):
+        os.close(fd)
+    return code, out
+
+
+def test_serve_read_timeout():
+    def silent(fd):
+        time.sleep(3)
+        os.close(fd)
+    code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=1), silent)
+    check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
+
+
+def test_serve_cuts_off_a_dripping_client():
+    def drip(fd):
+        try:
+            for _ in range(30):
+                os.write(fd, b'N')
+                time.sleep(0.1)
+        except OSError:
+            pass
+        os.close(fd)
+    code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=2,
+                                         lifetime=1), drip)
+    check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
+
+
+# -- the real program ----------------------------------------------------------
+
+FAKEQ = """#!/bin/sh
+cat > "{d}/message"
+cat 0<&1 1>"{d}/envelope"
+exit 0
+"""
+
+
+@pytest.fixture
+def qmailhome(tmp_path):
+    home = tmp_path / 'home'
+    (home / 'control').mkdir(parents=True)
+    (home / 'control' / 'me').write_bytes(b'mx.example.org\n')
+    (home / 'control' / 'rcpthosts').write_bytes(b'example.org\n')
+    out = tmp_path / 'out'
+    out.mkdir()
+    fakeq = tmp_path / 'fakeq'
+    fakeq.write_text(FAKEQ.format(d=out))
+    fakeq.chmod(0o755)
+    return home, fakeq, out
+
+
+def run_smtpd(home, fakeq, stdin, **env):
+    base = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT,
+            'QMAILQUEUE': str(fakeq), 'TCPREMOTEIP': '192.0.2.7',
+            'TCPLOCALHOST': 'mx.example.org'}
+    base.update(env)
+    code = ('import sys; from qmail import smtpd; '
+            'sys.exit(smtpd.main([], home=%r))' % str(home))
+    return subprocess.run([sys.executable, '-c', code], input=stdin,
+                          capture_output=True, env=base, timeout=60)
+
+
+def test_program_receives_a_message(qmailhome):
+    home, fakeq, out = qmailhome
+    r = run_smtpd(home, fakeq,
+                  b'EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n'
+                  b'RCPT TO:<u@elsewhere.example>\r\nRCPT TO:<u@example.org>\r\n'
+                  b'DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n')
+    check(r.stderr, b'')
+    check(r.returncode, 0)
+    got = replies(r.stdout)
+    check(got[:8], [b'220 mx.example.org ESMTP', b'250-mx.example.org',
+                    b'250-PIPELINING', b'250 8BITMIME', b'250 ok',
+                    b"553 sorry, that domain isn't in my list of allowed"
+                    b" rcpthosts (#5.7.1)", b'250 ok', b'354 go ahead'])
+    assert re.fullmatch(rb'250 ok \d+ qp \d+', got[8]), got[8]
+    check(got[9:], [b'221 mx.example.org'])
+    message = (out / 'message').read_bytes()
+    assert re.fullmatch(
+        rb'Received: from unknown \(HELO client\.example\) \(192\.0\.2\.7\)\n'
+        rb'  by mx\.example\.org with SMTP; \d+ \w\w\w \d{4} '
+        rb'\d\d:\d\d:\d\d -0000\nSubject: hi\n\n\.dot\n', message), message
+    check((out / 'envelope').read_bytes(), b'Fa@b.example\0Tu@example.org\0\0')
+
+
+def test_program_as_sendmail_bs(qmailhome):
+    """sendmail -bs: RELAYCLIENT='' and DATABYTES=0, any recipient."""
+    home, fakeq, out = qmailhome
+    (home / 'control' / 'databytes').write_bytes(b'10\n')
+    r = run_smtpd(home, fakeq,
+                  b'HELO x\r\nMAIL FROM:<me@here>\r\nRCPT TO:<u@far.example>\r\n'
+                  b'DATA\r\n' + b'long body line\r\n' * 10 + b'.\r\nQUIT\r\n',
+                  RELAYCLIENT='', DATABYTES='0')
+    check(r.returncode, 0)
+    assert re.search(rb'\r\n250 ok \d+ qp \d+\r\n221 ', r.stdout), r.stdout
+    check((out / 'envelope').read_bytes(), b'Fme@here\0Tu@far.example\0\0')
+
+
+def test_program_disconnect_in_data(qmailhome):
+    home, fakeq, out = qmailhome
+    r = run_smtpd(home, fakeq, b'MAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\n'
+                               b'DATA\r\nSubject: cut\r\n\r\nhalf')
+    check(r.returncode, 1)
+    check(replies(r.stdout)[-1], b'354 go ahead')
+    # qmail-queue saw the message end but never an envelope: nothing queued.
+    check((out / 'envelope').read_bytes(), b'')
+
+
+def test_program_without_controls(tmp_path):
+    (tmp_path / 'control').mkdir()
+    r = run_smtpd(tmp_path, '/nonexistent', b'QUIT\r\n')
+    check((r.returncode, r.stdout), (1, b'421 unable to read controls (#4.3.0)\r\n'))
