@@ -162,6 +162,8 @@ class Send:
         self.triggerfd = -1
         self.cleanupdir = None
         self.cleanuptime = self.recent
+        self.notifier = None
+        self.inotifyfd = -1
 
     # -- names ----------------------------------------------------------------
     def fn(self, d, messid):
@@ -626,6 +628,31 @@ class Send:
         except OSError:
             self.triggerfd = -1
 
+    def watch_todo(self):
+        """Beyond the trigger: an inotify watch on todo/, so a message
+        whose trigger pull was lost (a missing or broken lock/trigger)
+        is still noticed at once, not at the next 25-minute scan."""
+        try:
+            import pyinotify
+            wm = pyinotify.WatchManager()
+            wm.add_watch('todo', pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO,
+                         quiet=False)
+            self.notifier = pyinotify.Notifier(wm, default_proc_fun=lambda e: None,
+                                               timeout=0)
+            self.inotifyfd = wm.get_fd()
+        except Exception:              # no inotify: the trigger and the scan remain
+            self.notifier, self.inotifyfd = None, -1
+
+    def inotify_read(self) -> bool:
+        try:
+            if self.notifier.check_events(timeout=0):
+                self.notifier.read_events()
+                self.notifier.process_events()
+                return True
+        except Exception:
+            self.notifier, self.inotifyfd = None, -1
+        return False
+
     def todo_do(self, triggered):
         if self.flagexitasap:
             return
@@ -830,6 +857,7 @@ class Send:
         self.pqstart()
         self.del_status()
         self.trigger_set()
+        self.watch_todo()
         poller = select.poll()
         while not self.flagexitasap or not self.del_canexit():
             self.recent = int(time.time())
@@ -849,6 +877,8 @@ class Send:
             if not self.flagexitasap:
                 if self.triggerfd != -1:
                     fds[self.triggerfd] = fds.get(self.triggerfd, 0) | select.POLLIN
+                if self.inotifyfd != -1:
+                    fds[self.inotifyfd] = select.POLLIN
                 if self.tododir is not None:
                     wakeup = 0
                 wakeup = min(wakeup, self.nexttodorun)
@@ -878,6 +908,8 @@ class Send:
                 if self.flagspawnalive[c] and ready.get(CHANFDIN[c], 0):
                     self.del_dochan(c)
             triggered = self.triggerfd != -1 and bool(ready.get(self.triggerfd, 0))
+            if self.inotifyfd != -1 and ready.get(self.inotifyfd, 0):
+                triggered = self.inotify_read() or triggered
             self.todo_do(triggered)
             self.pass_do()
             self.cleanup_do()

@@ -650,6 +650,10 @@ def main(argv=None, home=None) -> int:
             session.abort()
         say(1, R_NOMEM)
         return 1
+    except KeyboardInterrupt:   # sendmail -bs at a terminal, and ^C
+        if session is not None:
+            session.abort()
+        return 1
     except Exception as err:    # last resort: temporary, never a traceback
         if session is not None:
             session.abort()

@@ -356,3 +356,18 @@ def test_logger_gets_the_record_as_qmaill(tmp_path):
 def pwd_uid(name):
     import pwd
     return pwd.getpwnam(name).pw_uid
+
+
+def test_lost_trigger_pull_still_noticed(world):
+    """With lock/trigger gone, qmail-queue's pull fails; the inotify watch
+    on todo/ still wakes qmail-send (else: the 25-minute scan)."""
+    home, u2 = world['home'], world['u2']
+    trigger = os.path.join(home, 'queue', 'lock', 'trigger')
+    os.rename(trigger, trigger + '.off')
+    try:
+        before = listing(u2)
+        queue_raw(home, 'x@example.com', ['qmtu2@' + DOMAIN], b'Subject: no trigger\n\nb\n')
+        path, = wait_new(u2, before)
+        assert b'Subject: no trigger' in open(path, 'rb').read()
+    finally:
+        os.rename(trigger + '.off', trigger)
