@@ -48,9 +48,13 @@ setup: runtime devenv
 	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
 	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN))
 
-# Install what is missing, then run the MTA.
+# Install what is missing, then run the MTA in the foreground; Ctrl-C
+# stops it cleanly (deliveries under way finish first).
+DEFAULTDELIVERY ?= ./Maildir/
 run: setup
 	@$(DEVENV)/bin/python -m qmail.install --status --home $(QMAIL_HOME)
+	cd / && exec env - PATH="$(QMAIL_HOME)/bin:/usr/bin:/bin" \
+	  $(QMAIL_HOME)/bin/qmail-start '$(DEFAULTDELIVERY)'
 
 stop:
 	@true

@@ -386,10 +386,34 @@ def link_system_sendmail(home):
 
 
 def host_fqdn():
+    """This host's name; a name without a dot gets .localdomain, since
+    qmail-inject appends defaultdomain to dotless names (root@vm would
+    become root@vm.vm and leave for a host that does not exist)."""
     name = socket.getfqdn()
     if not name or name == 'localhost':
         name = socket.gethostname()
-    return name.lower()
+    name = name.lower().rstrip('.')
+    if '.' not in name:
+        name += '.localdomain'
+    return name
+
+
+ALIAS_FILES = ('.qmail-postmaster', '.qmail-mailer-daemon', '.qmail-root')
+
+
+def install_aliases(home, uids, gids):
+    """INSTALL.alias: mail for postmaster, MAILER-DAEMON and root goes to
+    the alias user; until the admin points these at a person, it is
+    kept in HOME/alias/Maildir/ rather than bounced.  Existing files are
+    the admin's and stay as they are."""
+    alias = os.path.join(home, 'alias')
+    maildir = os.path.join(alias, 'Maildir')
+    for sub in ('', 'tmp', 'new', 'cur'):
+        make_dir(os.path.join(maildir, sub), uids['alias'], gids['qmail'], 0o700)
+    for name in ALIAS_FILES:
+        path = os.path.join(alias, name)
+        if not os.path.exists(path):
+            write_file(path, './Maildir/\n', 0o644, 0, gids['qmail'])
 
 
 def status_text(home):
@@ -401,8 +425,12 @@ See it in the queue (as root):
     %(home)s/bin/qmail-qread
     %(home)s/bin/qmail-qstat
 Configuration: %(home)s/bin/qmail-showctl
-Delivery (qmail-send and friends under daemontools) is not built yet:
-messages wait in %(home)s/queue.''' % {'home': home, 'me': me}
+A user without a .qmail file gets mail in ~/Maildir/ (make it with
+%(home)s/bin/maildirmake ~/Maildir as that user).  Mail for root,
+postmaster and MAILER-DAEMON lands in %(home)s/alias/Maildir/ until
+you point %(home)s/alias/.qmail-root (and -postmaster,
+-mailer-daemon) at a person, as qmail's INSTALL.alias says.
+qmail-send's log follows; Ctrl-C stops it.''' % {'home': home, 'me': me}
 
 
 # --- main -----------------------------------------------------------------
@@ -424,6 +452,7 @@ def install(home, python, fqdn, split=auto.SPLIT):
     install_lib(home, python, split, uids, gids)
     install_bin(home, python, uids, gids)
     config_fast(home, fqdn or host_fqdn())
+    install_aliases(home, uids, gids)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
 

@@ -10,8 +10,8 @@ Writes:   fd 0, the activity record (qmail-log(5)); commands to
           local/ and remote/, appends to bounce/, injects bounces through
           qmail-queue, and asks qmail-clean to remove todo/ and mess/.
 Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
-          (and the other controls); TERM start no delivery, finish those
-          under way, exit.
+          (and the other controls); TERM (and INT) start no delivery,
+          finish those under way, exit.
 Exits:    0 after TERM; 111 cannot start (alert line in the log).
 Trusts:   the spawns' reports only as far as their framing: a report is
           at most REPORTMAX bytes and names a delivery slot in use.
@@ -823,7 +823,7 @@ class Send:
                 time.sleep(10)
 
     def on_signal(self, signum, frame):
-        if signum == signal.SIGTERM:
+        if signum in (signal.SIGTERM, signal.SIGINT):
             self.flagexitasap = True
         elif signum == signal.SIGALRM:
             self.flagrunasap = True
@@ -952,7 +952,8 @@ def main(argv=None) -> int:
     os.set_blocking(wakeup_w, False)
     os.set_blocking(wakeup_r, False)
     signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-    for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGHUP):
+    # INT as TERM: Ctrl-C on a qmail-start in the foreground stops cleanly.
+    for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, send.on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

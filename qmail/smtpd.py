@@ -31,7 +31,12 @@ for today's network, each with its own reply:
     refuses a SIZE= parameter above it with qmail's 552 databytes reply;
   * a command line of more than MAXCMDLINE bytes gets "500 line too
     long (#5.5.2)" once its LF arrives, and is never buffered;
-  * a command holding a NUL byte gets "500 NUL in command (#5.5.2)".
+  * a command holding a NUL byte gets "500 NUL in command (#5.5.2)"
+    (qmail's C cut the line at the NUL);
+  * in box@[d.d.d.d], a number above 255 is no address of this host
+    (qmail's ip_scan kept its low byte).
+Where qmail versions differ, the texts are qmail 1.03's (HELP, and the
+smtplf URL); notqmail points both at newer pages.
 
 Limits (control file, default; 0 in the file means no limit):
   maxrcptsmtpd    1000  recipients per message; more get "452 sorry, too

@@ -52,6 +52,10 @@ def child(fdin: int, fdout: int, pipes, setup, program):
         return pid
     code = 111
     try:
+        # A Ctrl-C reaches the whole process group: only qmail-send acts
+        # on it; the others finish when qmail-send closes their pipes.
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup()
         os.dup2(fdin, 0)
         os.dup2(fdout, 1)

@@ -745,13 +745,19 @@ def test_local_ips():
 # -- the shell, in this process ------------------------------------------------
 
 def serve_pipes(config, writer):
-    """serve() over pipes; writer(fd) plays the client in a thread."""
+    """serve() over pipes; writer(fd, done) plays the client in a thread
+    until done is set."""
     rin, win = os.pipe()
     rout, wout = os.pipe()
-    client = threading.Thread(target=writer, args=(win,), daemon=True)
+    done = threading.Event()
+    client = threading.Thread(target=writer, args=(win, done), daemon=True)
     client.start()
     s = smtpd.Session(config, smtpd.Peer(), FakeQueue, time.time())
-    code = smtpd.serve(s, rin, wout)
+    try:
+        code = smtpd.serve(s, rin, wout)
+    finally:
+        done.set()
+        client.join(10)
     os.close(wout)
     out = b''
     while True:
@@ -759,32 +765,38 @@ def serve_pipes(config, writer):
         if not chunk:
             break
         out += chunk
-    client.join(10)
     for fd in (rin, rout):
         os.close(fd)
     return code, out
 
 
 def test_serve_read_timeout():
-    def silent(fd):
-        time.sleep(3)
+    def silent(fd, done):
+        done.wait(30)
         os.close(fd)
     code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=1), silent)
     check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
 
 
 def test_serve_cuts_off_a_dripping_client():
-    def drip(fd):
-        try:
-            for _ in range(30):
-                os.write(fd, b'N')
-                time.sleep(0.1)
-        except OSError:
-            pass
+    """A byte every 0.1 s never trips timeoutsmtpd (2 s); lifetime does."""
+    def drip(fd, done):
+        while not done.wait(0.1):
+            os.write(fd, b'N')
         os.close(fd)
     code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=2,
                                          lifetime=1), drip)
     check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
+
+
+def test_serve_quit():
+    def client(fd, done):
+        os.write(fd, b'HELO x\r\nQUIT\r\n')
+        done.wait(30)
+        os.close(fd)
+    code, out = serve_pipes(smtpd.Config(greeting=GREETING), client)
+    check((code, out), (0, b'220 mx.example.org ESMTP\r\n250 mx.example.org\r\n'
+                           b'221 mx.example.org\r\n'))
 
 
 # -- the real program ----------------------------------------------------------
@@ -871,3 +883,14 @@ def test_program_without_controls(tmp_path):
     (tmp_path / 'control').mkdir()
     r = run_smtpd(tmp_path, '/nonexistent', b'QUIT\r\n')
     check((r.returncode, r.stdout), (1, b'421 unable to read controls (#4.3.0)\r\n'))
+
+
+def test_program_as_module_never_tracebacks(tmp_path):
+    """python -m qmail.smtpd runs in auto.QMAIL, whatever it holds here:
+    a greeting or a 421, never a traceback."""
+    r = subprocess.run([sys.executable, '-m', 'qmail.smtpd'],
+                       input=b'QUIT\r\n', capture_output=True, cwd=str(tmp_path),
+                       env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT},
+                       timeout=60)
+    check(r.stderr, b'')
+    assert r.stdout[:4] in (b'220 ', b'421 '), r.stdout

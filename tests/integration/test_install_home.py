@@ -152,3 +152,24 @@ def test_install_refuses_bad_home(tmp_path):
     assert r.returncode == 100
     assert r.stderr.startswith('qmail-install: fatal:')
     assert 'Traceback' not in r.stderr
+
+
+def test_alias_user_keeps_mail_for_root_and_postmaster(home):
+    alias = os.path.join(home, 'alias')
+    for name in ('.qmail-postmaster', '.qmail-mailer-daemon', '.qmail-root'):
+        assert open(os.path.join(alias, name)).read() == './Maildir/\n'
+    for sub in ('', 'new', 'cur', 'tmp'):
+        path = os.path.join(alias, 'Maildir', sub)
+        assert owner_of(path)[0] == 'alias'
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+@pytest.mark.parametrize('name, want', [
+    ('vm', 'vm.localdomain'), ('mail.example.org', 'mail.example.org'),
+    ('MAIL.Example.ORG.', 'mail.example.org'),
+])
+def test_host_fqdn_never_dotless(monkeypatch, name, want):
+    import socket
+    from qmail import install
+    monkeypatch.setattr(socket, 'getfqdn', lambda: name)
+    assert install.host_fqdn() == want
