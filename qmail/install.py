@@ -86,6 +86,7 @@ PROGRAMS = (
     ('qmail-qread', 'qread', 0o755, False),
     ('qmail-qstat', 'qstat', 0o755, False),
     ('qmail-showctl', 'showctl', 0o755, False),
+    ('qmail-smtpd', 'smtpd', 0o755, False),
     ('qmail-start', 'start', 0o700, True),
     ('qmail-send', 'send', 0o755, True),
     ('qmail-lspawn', 'lspawn', 0o700, True),

@@ -187,3 +187,21 @@ def test_kill_sendmail_at_random_points(fresh_home, test_user):
         assert mess.endswith(body), 'todo/%s names a partial message' % f
     assert len(todo) >= outcomes.count(0)
     assert 'killed' in outcomes, outcomes
+
+
+def test_sendmail_bs_speaks_smtp_on_stdio(fresh_home, test_user):
+    """sendmail -bs runs qmail-smtpd on stdin/stdout, relaying allowed."""
+    home = fresh_home
+    session = (b'HELO me\r\nMAIL FROM:<u@example.com>\r\n'
+               b'RCPT TO:<anyone@elsewhere.example>\r\nDATA\r\n'
+               b'Subject: over bs\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n')
+    r = run_as(test_user, [home + '/bin/sendmail', '-bs'], input=session)
+    assert r.returncode == 0, r.stderr
+    replies = r.stdout.split(b'\r\n')
+    assert replies[0].startswith(b'220 test.example.org ESMTP'), replies
+    codes = [line[:3] for line in replies if line]
+    assert codes == [b'220', b'250', b'250', b'250', b'354', b'250', b'221'], replies
+    (mess, env), = new_messages(home, []).values()
+    assert env.split(b'\0')[2:-1] == [b'Fu@example.com', b'Tanyone@elsewhere.example']
+    assert b'(sendmail-bs@127.0.0.1)' in mess.split(b'\n\n')[0]
+    assert mess.endswith(b'Subject: over bs\n\n.dot\nbody\n')
