@@ -1,0 +1,56 @@
+"""tcpserver's access rules: read the cdb that tcprules(1) compiles.
+
+The key tried first wins: TCPREMOTEINFO@TCPREMOTEIP, TCPREMOTEIP,
+=TCPREMOTEHOST, the IP's shorter prefixes ending in '.' (or ':' for
+IPv6), =suffixes of the host starting with '.', then "=", then "".  The
+data is "D" (deny) or a list of "+VAR=VALUE" items, each NUL-ended.
+Same rules, same file, as Debian's tcpserver, so one tcp.smtp.cdb
+serves both ways of running qmail-smtpd.
+"""
+
+from qmail.lib import cdb
+
+
+def candidates(ip: str, host: str = None, info: str = None):
+    """The rule names to try, in order."""
+    out = []
+    if info:
+        out.append('%s@%s' % (info, ip))
+    out.append(ip)
+    if host:
+        out.append('=' + host)
+    sep = ':' if ':' in ip else '.'
+    for k in range(len(ip) - 1, 0, -1):
+        if ip[k - 1] == sep:
+            out.append(ip[:k])
+    if host:
+        for k, ch in enumerate(host):
+            if ch == '.':
+                out.append('=' + host[k:])
+        out.append('=')
+    out.append('')
+    return out
+
+
+def parse(data: bytes):
+    """(allowed, {VAR: VALUE}) from a rule's data."""
+    if data.startswith(b'D'):
+        return False, {}
+    env = {}
+    for item in data.split(b'\0'):
+        if item.startswith(b'+') and b'=' in item:
+            var, _, value = item[1:].partition(b'=')
+            env[var.decode('latin-1')] = value.decode('latin-1')
+    return True, env
+
+
+def lookup(path: str, ip: str, host: str = None, info: str = None):
+    """(allowed, env, rule name) for a connection; no rule: allowed.
+    Raises cdb.CdbError or OSError if the file cannot be read."""
+    with cdb.Cdb(path) as db:
+        for name in candidates(ip, host, info):
+            data = db.get(name.encode('latin-1'))
+            if data is not None:
+                allowed, env = parse(data)
+                return allowed, env, name
+    return True, {}, None

@@ -1,0 +1,334 @@
+"""qmail-listen: accept TCP connections and fork a server for each, with
+the server's code already loaded.
+
+Usage:    qmail-listen [-c limit] [-x rules.cdb] [-X] [-u uid] [-g gid]
+          [-l localname] [-b backlog] [-vqQ] host port program [arg ...]
+Runs as:  root to bind the port, then the -u/-g user (qmaild for SMTP)
+          before the first connection is accepted.
+Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd and
+          qmail-qmqpd, minus the interpreter start: for each connection
+          it forks a child that consults the rules (-x: the cdb written by
+          tcprules(1), read at every connection, so edits apply at once),
+          drops or sets the environment of tcp-environ(5) (PROTO,
+          TCPLOCALIP, TCPLOCALPORT, TCPLOCALHOST, TCPREMOTEIP,
+          TCPREMOTEPORT, plus the rule's variables such as RELAYCLIENT),
+          puts the socket on fds 0 and 1 and calls the program's main().
+          A program this listener does not know (rblsmtpd, for one) is
+          exec'd as tcpserver would.  At most -c connections (default 40)
+          are served at once; beyond that, connections wait in the
+          kernel's backlog.  host 0 is every IPv4 address, :: every
+          IPv6 and IPv4 address; IPv4-mapped peers are shown as IPv4.
+Writes:   with -v (default), tcpserver's log lines on fd 2: status, pid
+          ... from, ok, deny, end; -q only errors, -Q nothing.
+Exits:    111 when it cannot start (bad usage 100); runs until TERM.
+Differs:  no DNS or ident lookups (tcpserver -H -R): TCPREMOTEHOST and
+          TCPREMOTEINFO stay unset; TCPLOCALHOST is -l, else control/me.
+See:      tcpserver(1), tcprules(1), tcp-environ(5); README "Receiving".
+"""
+
+import errno
+import getopt
+import os
+import signal
+import socket
+import sys
+
+from qmail.lib import auto, control, tcprules
+
+# The programs whose code this listener loads and runs in-process.
+BUILTIN = {
+    'qmail-smtpd': 'smtpd',
+    'qmail-qmtpd': 'qmtpd',
+    'qmail-qmqpd': 'qmqpd',
+    'qmail-popup': 'popup',
+}
+DEFAULT_LIMIT = 40           # tcpserver's default -c
+DEFAULT_BACKLOG = 20         # tcpserver's default -b
+TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
+           'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO')
+
+
+class Options:
+    def __init__(self):
+        self.limit = DEFAULT_LIMIT
+        self.rules = None
+        self.rules_optional = False
+        self.uid = None
+        self.gid = None
+        self.localname = None
+        self.backlog = DEFAULT_BACKLOG
+        self.verbosity = 1
+        self.host = self.port = None
+        self.program = []
+
+
+def parse_args(argv):
+    """Options from argv (without the program name); raises ValueError."""
+    o = Options()
+    try:
+        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:l:b:vqQ')
+    except getopt.GetoptError as e:
+        raise ValueError(str(e)) from None
+    for flag, value in opts:
+        if flag == '-c':
+            o.limit = int(value)
+        elif flag == '-x':
+            o.rules = value
+        elif flag == '-X':
+            o.rules_optional = True
+        elif flag == '-u':
+            o.uid = int(value)
+        elif flag == '-g':
+            o.gid = int(value)
+        elif flag == '-l':
+            o.localname = value
+        elif flag == '-b':
+            o.backlog = int(value)
+        elif flag == '-v':
+            o.verbosity = 1
+        elif flag == '-q':
+            o.verbosity = 0
+        elif flag == '-Q':
+            o.verbosity = -1
+    if len(rest) < 3 or o.limit < 1:
+        raise ValueError('need host port program')
+    o.host, o.port, o.program = rest[0], rest[1], rest[2:]
+    return o
+
+
+def unmap(ip: str) -> str:
+    """An IPv4-mapped IPv6 address as IPv4, as tcpserver shows it."""
+    if ip.startswith('::ffff:') and '.' in ip:
+        return ip[7:]
+    return ip.split('%', 1)[0]
+
+
+def connection_env(base: dict, local, remote, localname: str, rule_env: dict) -> dict:
+    """The child's environment: tcp-environ(5), then the rule's variables."""
+    env = {k: v for k, v in base.items() if k not in TCP_ENV}
+    env.update({
+        'PROTO': 'TCP',
+        'TCPLOCALIP': unmap(local[0]),
+        'TCPLOCALPORT': str(local[1]),
+        'TCPLOCALHOST': localname,
+        'TCPREMOTEIP': unmap(remote[0]),
+        'TCPREMOTEPORT': str(remote[1]),
+    })
+    env.update(rule_env)
+    return env
+
+
+def builtin_module(program: str):
+    return BUILTIN.get(os.path.basename(program))
+
+
+def bind(host: str, port: str, backlog: int) -> socket.socket:
+    if host == '0':
+        host = '0.0.0.0'
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == '::':
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind((host, int(port) if port.isdigit() else socket.getservbyname(port, 'tcp')))
+    s.listen(backlog)
+    return s
+
+
+class Listener:
+    def __init__(self, o: Options, sock: socket.socket, localname: str, log):
+        self.o = o
+        self.sock = sock
+        self.localname = localname
+        self.log = log
+        self.children = set()
+        self.flagexit = False
+        self.module = None
+        name = builtin_module(o.program[0])
+        if name:
+            self.module = __import__('qmail.' + name, fromlist=['main'])
+
+    def status(self):
+        self.log(1, 'status: %d/%d' % (len(self.children), self.o.limit))
+
+    def reap(self):
+        while True:
+            try:
+                pid, wstat = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.children:
+                self.children.discard(pid)
+                code = os.WEXITSTATUS(wstat) if os.WIFEXITED(wstat) else 'signal %d' % os.WTERMSIG(wstat)
+                self.log(1, 'end %d status %s' % (pid, code))
+                self.status()
+
+    def serve(self, wakeup_r: int):
+        import select
+        self.sock.setblocking(False)
+        self.status()
+        while not self.flagexit:
+            self.reap()
+            poller = select.poll()
+            poller.register(wakeup_r, select.POLLIN)
+            if len(self.children) < self.o.limit:
+                poller.register(self.sock.fileno(), select.POLLIN)
+            try:
+                ready = dict(poller.poll())
+            except InterruptedError:
+                continue
+            if wakeup_r in ready:
+                try:
+                    os.read(wakeup_r, 512)
+                except OSError:
+                    pass
+                continue
+            try:
+                conn, remote = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log(0, 'warning: unable to accept: %s' % e.strerror)
+                    poller.poll(1000)
+                continue
+            conn.setblocking(True)
+            pid = os.fork()
+            if pid == 0:
+                self.child(conn, remote)           # never returns
+            conn.close()
+            self.children.add(pid)
+            self.log(1, 'pid %d from %s' % (pid, unmap(remote[0])))
+            self.status()
+        return 0
+
+    def child(self, conn, remote):
+        code = 111
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            self.sock.close()
+            local = conn.getsockname()
+            ip = unmap(remote[0])
+            rule_env = {}
+            if self.o.rules:
+                try:
+                    allowed, rule_env, _ = tcprules.lookup(self.o.rules, ip)
+                except FileNotFoundError:
+                    if not self.o.rules_optional:
+                        self.log(0, 'fatal: unable to read %s' % self.o.rules)
+                        os._exit(111)
+                    allowed = True
+                except Exception as e:
+                    self.log(0, 'fatal: unable to read %s: %s' % (self.o.rules, e))
+                    os._exit(111)
+                if not allowed:
+                    self.log(1, 'deny %d %s:%s:%d :%s::%d' % (
+                        os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+                    os._exit(100)
+            env = connection_env(os.environ, local, remote, self.localname, rule_env)
+            self.log(1, 'ok %d %s:%s:%d :%s::%d' % (
+                os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+            fd = conn.detach()
+            os.dup2(fd, 0)
+            os.dup2(fd, 1)
+            if fd > 1:
+                os.close(fd)
+            os.environ.clear()
+            os.environ.update(env)
+            if self.module is None:
+                os.execvp(self.o.program[0], self.o.program)
+            code = self.module.main(self.o.program[1:])
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+        except BaseException as e:
+            try:
+                self.log(0, 'warning: %s in child' % type(e).__name__)
+            except Exception:
+                pass
+        finally:
+            os._exit(code if isinstance(code, int) else 111)
+
+    def on_signal(self, signum, frame):
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.flagexit = True
+
+
+def make_log(verbosity):
+    def log(level, text):
+        if level <= verbosity:
+            try:
+                os.write(2, ('qmail-listen: %s\n' % text).encode('utf-8', 'replace'))
+            except OSError:
+                pass
+    return log
+
+
+def drop(o: Options):
+    if o.gid is not None:
+        os.setgroups([o.gid])
+        os.setgid(o.gid)
+    if o.uid is not None:
+        os.setuid(o.uid)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        o = parse_args(argv)
+    except ValueError as e:
+        sys.stderr.write('qmail-listen: usage: qmail-listen [-c limit] [-x rules.cdb] '
+                         '[-X] [-u uid] [-g gid] [-l localname] [-vqQ] host port '
+                         'program [arg ...] (%s)\n' % e)
+        return 100
+    log = make_log(o.verbosity)
+    localname = o.localname
+    if localname is None:
+        try:
+            me = control.readline(os.path.join(auto.QMAIL, 'control', 'me'))
+        except OSError:
+            me = None
+        localname = me.decode('latin-1') if me else socket.gethostname()
+    try:
+        sock = bind(o.host, o.port, o.backlog)
+    except (OSError, ValueError) as e:
+        log(0, 'fatal: unable to bind: %s' % e)
+        return 111
+    try:
+        drop(o)
+    except OSError as e:
+        log(0, 'fatal: unable to drop privileges: %s' % e.strerror)
+        return 111
+    listener = Listener(o, sock, localname, log)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    os.set_blocking(r, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda s, f: None)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, listener.on_signal)
+    try:
+        from setproctitle import setproctitle
+        setproctitle('qmail-listen %s %s %s' % (o.host, o.port, ' '.join(o.program)))
+    except ImportError:
+        pass
+    return listener.serve(r)
+
+
+def run():
+    try:
+        code = main()
+    except Exception as e:
+        sys.stderr.write('qmail-listen: fatal: internal bug: %s\n' % type(e).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

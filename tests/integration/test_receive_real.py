@@ -1,0 +1,395 @@
+"""qmail-smtpd facing the network: under Debian's tcpserver and under
+qmail-listen, as qmaild, with tcprules, rblsmtpd, real clients (smtplib,
+swaks), a relay battery and garbage."""
+
+import os
+import pwd
+import re
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import TIMEOUT, install_home, needs_root, remove_home
+from delivery import Mta, ensure_user, maildirmake, wait_files
+
+pytestmark = needs_root
+
+DOMAIN = 'test.example.org'
+RULES = '''127.0.0.2:allow,RELAYCLIENT="",RBLSMTPD=""
+127.0.0.3:deny
+127.0.0.4:allow,RBLSMTPD="-go away, you are listed"
+:allow,RBLSMTPD=""
+'''
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, host='127.0.0.1'):
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError('nothing listening on %s' % port)
+
+
+class Servers:
+    """tcpserver and qmail-listen, each running qmail-smtpd, both as
+    qmaild with the same rules, each with and without rblsmtpd."""
+
+    def __init__(self, home):
+        self.home = home
+        self.procs = []
+        self.ports = {}
+        rules = os.path.join(os.path.dirname(home), 'tcp.smtp')
+        with open(rules, 'w') as f:
+            f.write(RULES)
+        self.cdb = rules + '.cdb'
+        subprocess.run(['tcprules', self.cdb, rules + '.tmp'], input=RULES.encode(),
+                       check=True, timeout=TIMEOUT)
+        os.chmod(self.cdb, 0o644)
+        pw = pwd.getpwnam('qmaild')
+        ids = ['-u', str(pw.pw_uid), '-g', str(pw.pw_gid)]
+        smtpd = os.path.join(home, 'bin', 'qmail-smtpd')
+        env = {'PATH': '/usr/bin:/bin'}
+        for kind, argv in (
+                ('tcpserver', ['tcpserver', '-H', '-R', '-l', DOMAIN, '-x', self.cdb] + ids),
+                ('listen', [os.path.join(home, 'bin', 'qmail-listen'), '-x', self.cdb] + ids)):
+            for rbl in (False, True):
+                port = free_port()
+                prog = (['rblsmtpd', smtpd] if rbl else [smtpd])
+                p = subprocess.Popen(argv + ['0', str(port)] + prog, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self.procs.append(p)
+                self.ports[(kind, rbl)] = port
+        for port in self.ports.values():
+            wait_port(port)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+            try:
+                p.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope='module')
+def site():
+    home = install_home(DOMAIN)
+    user = ensure_user('qmtrecv')
+    maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
+    mta = Mta(home, './Maildir/')
+    servers = Servers(home)
+    yield {'home': home, 'user': user, 'mta': mta, 'servers': servers}
+    servers.stop()
+    mta.stop()
+    remove_home(home)
+
+
+KINDS = ['tcpserver', 'listen']
+
+
+def port(site, kind, rbl=False):
+    return site['servers'].ports[(kind, rbl)]
+
+
+def new_mail(user, before):
+    d = os.path.join(user[3], 'Maildir', 'new')
+    return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n not in before]
+
+
+def listing(user):
+    return set(os.listdir(os.path.join(user[3], 'Maildir', 'new')))
+
+
+def wait_new(user, before, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = new_mail(user, before)
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError('no new mail')
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_smtplib_to_a_real_maildir(site, kind):
+    user = site['user']
+    before = listing(user)
+    with smtplib.SMTP('127.0.0.1', port(site, kind), timeout=TIMEOUT) as s:
+        code, caps = s.ehlo('client.example.com')
+        assert code == 250 and b'PIPELINING' in caps and b'8BITMIME' in caps
+        s.sendmail('sender@example.com', ['qmtrecv@' + DOMAIN],
+                   b'Subject: via %s\r\n\r\nhello \xe9 8bit\r\n..dot\r\n' % kind.encode())
+    path, = wait_new(user, before)
+    data = open(path, 'rb').read()
+    assert data.startswith(b'Return-Path: <sender@example.com>\nDelivered-To: qmtrecv@%s\n'
+                           % DOMAIN.encode())
+    assert re.search(rb'\nReceived: from unknown \(HELO client.example.com\) \(127.0.0.1\)\n'
+                     rb'  by %s with SMTP; ' % DOMAIN.encode(), data), data[:400]
+    assert re.search(rb'Received: \(qmail \d+ invoked from network\)', data)
+    # smtplib stuffs the dot and qmail-smtpd takes it out again
+    assert data.endswith(b'Subject: via %s\n\nhello \xe9 8bit\n..dot\n' % kind.encode())
+    assert pwd.getpwuid(os.stat(path).st_uid).pw_name == 'qmtrecv'
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_swaks(site, kind):
+    user = site['user']
+    before = listing(user)
+    r = subprocess.run(['swaks', '--server', '127.0.0.1:%d' % port(site, kind),
+                        '--to', 'qmtrecv@' + DOMAIN, '--from', 'swaks@example.com',
+                        '--header', 'Subject: swaks via ' + kind],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path, = wait_new(user, before)
+    assert b'Subject: swaks via ' + kind.encode() in open(path, 'rb').read()
+
+
+def talk(port, lines, source='127.0.0.1', timeout=10):
+    """Send lines (bytes, CRLF added) in one write; return all replies."""
+    s = socket.create_connection(('127.0.0.1', port), timeout=timeout,
+                                 source_address=(source, 0))
+    try:
+        s.sendall(b''.join(line + b'\r\n' for line in lines))
+        out = b''
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def codes(replies):
+    return [line[:3] for line in replies.split(b'\r\n') if line[3:4] == b' ']
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_rules_deny_and_relayclient(site, kind):
+    p = port(site, kind)
+    s = socket.create_connection(('127.0.0.1', p), timeout=10, source_address=('127.0.0.3', 0))
+    assert s.recv(100) == b'', 'a denied client got a greeting'
+    s.close()
+    relay = [b'HELO x', b'MAIL FROM:<a@example.com>', b'RCPT TO:<far@elsewhere.example>', b'QUIT']
+    assert codes(talk(p, relay, source='127.0.0.1')) == [b'220', b'250', b'250', b'553', b'221']
+    assert codes(talk(p, relay, source='127.0.0.2')) == [b'220', b'250', b'250', b'250', b'221']
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_rblsmtpd_in_front(site, kind):
+    p = port(site, kind, rbl=True)
+    out = talk(p, [b'HELO x', b'MAIL FROM:<a@example.com>', b'RCPT TO:<qmtrecv@%s>'
+                   % DOMAIN.encode(), b'QUIT'], source='127.0.0.4')
+    assert b'553 go away, you are listed' in out, out
+    out = talk(p, [b'HELO x', b'QUIT'], source='127.0.0.1')
+    assert codes(out) == [b'220', b'250', b'221'], out
+
+
+RELAY_BATTERY = [
+    b'<victim@elsewhere.example>',
+    b'victim@elsewhere.example',
+    b'<VICTIM@ElseWhere.EXAMPLE>',
+    b'<victim@elsewhere.example.>',
+    b'<@%s:victim@elsewhere.example>' % DOMAIN.encode(),
+    b'<@a,@b:victim@elsewhere.example>',
+    b'<victim@[1.2.3.4]>',
+    b'<victim@%s.elsewhere.example>' % DOMAIN.encode(),
+    b'<victim@%s@elsewhere.example>' % DOMAIN.encode(),
+    b'<"victim@elsewhere.example">',
+    b'<victim%elsewhere.example>',
+    b'<elsewhere.example!victim>',
+    b'<victim@elsewhere.example (comment)>',
+    b'<victim\\@elsewhere.example@elsewhere.example>',
+    # accepted, but they stay here: the domain is ours
+    b'<victim%%elsewhere.example@%s>' % DOMAIN.encode(),
+    b'<"victim@elsewhere.example"@%s>' % DOMAIN.encode(),
+    b'<elsewhere.example!victim@%s>' % DOMAIN.encode(),
+    b'<victim@%s>' % DOMAIN.upper().encode(),
+    b'<victim@[127.0.0.1]>',
+]
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_relay_battery_queues_nothing_for_elsewhere(kind):
+    """RELAYCLIENT unset: whatever qmail-smtpd accepts, qmail-send routes
+    to a local domain; nothing is queued for a domain outside rcpthosts."""
+    from qmail import send_rules
+    home = install_home(DOMAIN)
+    servers = Servers(home)
+    try:
+        p = servers.ports[(kind, False)]
+        lines = [b'HELO x', b'MAIL FROM:<a@example.com>']
+        lines += [b'RCPT TO:' + r for r in RELAY_BATTERY]
+        lines += [b'DATA', b'Subject: relay?', b'', b'x', b'.', b'QUIT']
+        out = talk(p, lines)
+        got = codes(out)
+        assert got[:3] == [b'220', b'250', b'250']
+        rcpt = got[3:3 + len(RELAY_BATTERY)]
+        assert len(rcpt) == len(RELAY_BATTERY)
+        for addr, code in zip(RELAY_BATTERY, rcpt):
+            foreign = b'@elsewhere.example' in addr.lower() or b'@[1.2.3.4]' in addr
+            if foreign and DOMAIN.encode() not in addr.lower():
+                assert code == b'553', (addr, code)
+        q = os.path.join(home, 'queue', 'todo')
+        routing = send_rules.Routing([DOMAIN.encode()], [], [], DOMAIN.encode())
+        for name in os.listdir(q):
+            env = open(os.path.join(q, name), 'rb').read()
+            for rec in env.split(b'\0'):
+                if rec[:1] == b'T':
+                    channel, addr = send_rules.rewrite(rec[1:], routing)
+                    assert channel == 0, 'queued for elsewhere: %r' % rec
+    finally:
+        servers.stop()
+        remove_home(home)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_hundred_pipelined_commands(site, kind):
+    lines = [b'EHLO x', b'MAIL FROM:<a@example.com>']
+    lines += [b'RCPT TO:<qmtrecv-%d@%s>' % (i, DOMAIN.encode()) for i in range(97)]
+    lines += [b'QUIT']
+    got = codes(talk(port(site, kind), lines))
+    assert got == [b'220', b'250', b'250'] + [b'250'] * 97 + [b'221'], got
+
+
+def todo_count(home):
+    return len(os.listdir(os.path.join(home, 'queue', 'todo')))
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('garbage', [
+    b'\0\0\0\r\n' * 10,
+    b'HELO ' + b'a' * 102400 + b'\r\n',
+    bytes(range(256)) * 50,
+    b'MAIL FROM:<a@b>\r\nRCPT TO:<' + b'x' * 100000 + b'@%s>\r\n' % DOMAIN.encode(),
+])
+def test_garbage_gets_an_answer_and_queues_nothing(kind, garbage):
+    home = install_home(DOMAIN)
+    servers = Servers(home)
+    try:
+        s = socket.create_connection(('127.0.0.1', servers.ports[(kind, False)]), timeout=10)
+        assert s.recv(1000).startswith(b'220 ')
+        s.sendall(garbage)
+        s.sendall(b'QUIT\r\n')
+        out = b''
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        s.close()
+        assert out == b'' or re.match(rb'^(\d\d\d[ -][^\r\n]*\r\n)+$', out), out[:300]
+        assert b'Traceback' not in out
+        assert todo_count(home) == 0
+    finally:
+        servers.stop()
+        remove_home(home)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_disconnect_mid_data_queues_nothing(kind):
+    home = install_home(DOMAIN)
+    servers = Servers(home)
+    try:
+        s = socket.create_connection(('127.0.0.1', servers.ports[(kind, False)]), timeout=10)
+        s.recv(1000)
+        s.sendall(b'HELO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<qmtrecv@%s>\r\nDATA\r\n'
+                  % DOMAIN.encode())
+        time.sleep(0.3)
+        s.sendall(b'Subject: cut\r\n\r\n' + b'half a message\r\n' * 1000)
+        s.close()
+        time.sleep(1)
+        assert todo_count(home) == 0
+        assert os.listdir(os.path.join(home, 'queue', 'intd')) == []
+        for i in range(23):
+            assert os.listdir(os.path.join(home, 'queue', 'mess', str(i))) == []
+    finally:
+        servers.stop()
+        remove_home(home)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_slow_drip_is_cut_off(kind):
+    """One byte a second: the session's lifetime ends it."""
+    home = install_home(DOMAIN)
+    with open(os.path.join(home, 'control', 'lifetimesmtpd'), 'w') as f:
+        f.write('3\n')
+    servers = Servers(home)
+    try:
+        s = socket.create_connection(('127.0.0.1', servers.ports[(kind, False)]), timeout=30)
+        s.recv(1000)
+        start = time.monotonic()
+        closed = False
+        reply = b''
+        for ch in b'HELO a-very-slow-client.example.com\r\n':
+            try:
+                s.sendall(bytes((ch,)))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.5)
+            s.setblocking(False)
+            try:
+                chunk = s.recv(1000)
+                reply += chunk
+                if chunk == b'' or b'451' in reply:
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+            if time.monotonic() - start > 20:
+                break
+        s.close()
+        assert closed, 'a slow drip kept the session open: %r' % reply
+    finally:
+        servers.stop()
+        remove_home(home)
+
+
+def test_ipv6_client_under_listen(site):
+    """qmail-listen on :: takes IPv6 and IPv4 clients; the Received line
+    shows the IPv6 address."""
+    home, user = site['home'], site['user']
+    p = free_port()
+    pw = pwd.getpwnam('qmaild')
+    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-u', str(pw.pw_uid),
+                             '-g', str(pw.pw_gid), '::', str(p),
+                             os.path.join(home, 'bin', 'qmail-smtpd')],
+                            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(p, '::1')
+        before = listing(user)
+        with smtplib.SMTP('::1', p, timeout=TIMEOUT) as s:
+            s.sendmail('six@example.com', ['qmtrecv@' + DOMAIN], b'Subject: v6\r\n\r\nb\r\n')
+        path, = wait_new(user, before)
+        data = open(path, 'rb').read()
+        assert re.search(rb'Received: from unknown \(HELO [^)]*\) \([^)]*::1[^)]*\)', data), data[:400]
+        with smtplib.SMTP('127.0.0.1', p, timeout=TIMEOUT) as s:
+            assert s.noop()[0] == 250
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
