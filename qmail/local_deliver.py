@@ -266,6 +266,63 @@ class _alarm:
 
 # ---- maildir --------------------------------------------------------------
 
+def message_identity():
+    """(inode, mtime in ns) of the message on fd 0 when it is a queue file:
+    together they name this message instance (an inode is reused only
+    after the file is gone, and a new file gets a new mtime).  None for
+    a pipe: then deliveries get the at-least-once names."""
+    try:
+        st = os.fstat(0)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def maildir_name(ident, head: bytes, seq: int, host: bytes) -> bytes:
+    """The exactly-once file name of one maildir delivery.
+
+    Derived from the message (ident), its recipient and sender (head: the
+    Return-Path and Delivered-To lines) and the instruction's number in
+    the .qmail file, so a repeated delivery of the same message to the
+    same place finds the same name; still maildir(5)'s time.unique.host,
+    unique on this host.
+    """
+    import hashlib
+    ino, mtime_ns = ident
+    sec, nsec = divmod(mtime_ns, 1000000000)
+    digest = hashlib.sha256(head + b'\0%d' % seq).hexdigest()[:20].encode()
+    host = host.replace(b'/', b'\\057').replace(b':', b'\\072')
+    return b'%d.M%dI%dX%s.%s' % (sec, nsec // 1000, ino, digest, host)
+
+
+def already_delivered(dirname: bytes, name: bytes) -> bool:
+    """True if name is in new/, or in cur/ with or without its info."""
+    if os.path.lexists(os.path.join(dirname, b'new', name)):
+        return True
+    prefix = name + b':'
+    try:
+        with os.scandir(os.path.join(dirname, b'cur')) as it:
+            for entry in it:
+                if entry.name == name or entry.name.startswith(prefix):
+                    return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def _maildir_open_named(dirname: bytes, name: bytes):
+    """Create tmp/<name>, replacing what an interrupted attempt of this
+    very delivery left there."""
+    tmpname = os.path.join(dirname, b'tmp', name)
+    try:
+        return durable.create_excl(tmpname, 0o644)
+    except FileExistsError:
+        _try_unlink(tmpname)
+        return durable.create_excl(tmpname, 0o644)
+
+
 def _maildir_open(dirname: bytes, host: bytes, seq: int):
     """Create tmp/<unique>; return (fd, unique).  maildir(5) steps 2-4."""
     for loop in range(MAILDIR_TRIES):
@@ -304,10 +361,15 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
 
     Every failure is temporary, as in qmail: mail waits in the queue
     until the maildir is repaired.  The tmp/ file is removed on every
-    path.  Crash windows: before the link, a file in tmp/ for the reader
-    to clean (maildir(5)) and the message still undelivered in the
-    queue; after the fsync of new/, a delivered message that qmail-send
-    has not heard of and delivers again (qmail's duplicate window).
+    path.  Crash windows: before the link, a file in tmp/ (the retry
+    replaces it; else the reader cleans it, maildir(5)) and the message
+    still undelivered in the queue; after the fsync of new/, a delivered
+    message that qmail-send has not heard of and delivers again.
+    Beyond qmail, that repeat is harmless: when the message is a queue
+    file, the name comes from the message, the recipient and the
+    instruction (maildir_name), so the retry finds the file in new/ or
+    cur/ and counts it delivered: exactly once, unless the reader has
+    already deleted it.
     """
     rewind()
     try:
@@ -320,9 +382,16 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
         raise TempFail(b'Unable to chdir to maildir. (#4.2.1)')
     tmpname = None
     fd = -1
+    ident = message_identity()
     try:
         with _alarm(MAILDIR_TIMEOUT):
-            fd, unique = _maildir_open(dirname, host, seq)
+            if ident is not None:
+                unique = maildir_name(ident, head, seq, host)
+                if already_delivered(dirname, unique):
+                    return                  # an earlier attempt got here
+                fd = _maildir_open_named(dirname, unique)
+            else:
+                fd, unique = _maildir_open(dirname, host, seq)
             tmpname = os.path.join(dirname, b'tmp', unique)
             newname = os.path.join(dirname, b'new', unique)
             durable.write_all(fd, head)
@@ -338,7 +407,12 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
             durable.fsync(fd)
             os.close(fd)    # NFS reports write errors here (maildir(5))
             fd = -1
-            _maildir_link(tmpname, newname)
+            try:
+                _maildir_link(tmpname, newname)
+            except FileExistsError:
+                if ident is None:
+                    raise
+                # The same delivery, made meanwhile: it is there.
             try:
                 durable.fsync_dir(os.path.join(dirname, b'new'))
             except OSError:

@@ -113,14 +113,15 @@ def test_kill_minus_nine_while_500_in_flight(tmp_path):
         got = subjects(maildir)
         assert set(got) == set(range(n)), 'lost: %s' % sorted(set(range(n)) - set(got))
         duplicates = len(got) - n
-        # Each duplicate is a delivery that finished in a mailbox while
-        # its report was lost with a killed qmail-send or qmail-lspawn
-        # (INTERNALS "Cleanups": at worst delivered twice); a killed
-        # qmail-local defers, and its retry may repeat the Maildir file
-        # when the kill came after the file was linked.
-        assert duplicates <= windows + killed, (duplicates, windows, killed)
+        # qmail allows a duplicate for each delivery whose report was lost
+        # with a killed qmail-send or qmail-lspawn, or whose qmail-local
+        # was killed after the link (INTERNALS "Cleanups").  Maildir
+        # deliveries here are exactly-once: the retry finds its file.
+        assert windows + killed > 0
+        assert duplicates == 0, (duplicates, windows, killed)
         print('\n500 messages, %d kills: %d duplicates (%d unreported deliveries, '
-              '%d qmail-local kills)' % (2 + killed, duplicates, windows, killed))
+              '%d qmail-local kills, each a duplicate in qmail 1.03\'s window)'
+              % (2 + killed, duplicates, windows, killed))
         q = os.path.join(home, 'queue')
         for d in ('todo', 'intd', 'bounce'):
             assert os.listdir(os.path.join(q, d)) == [], d

@@ -1,0 +1,96 @@
+"""Exactly-once Maildir deliveries (beyond qmail 1.03): a repeated
+delivery of the same queued message to the same place is recognised."""
+
+import os
+
+from qmail import local_deliver as ld
+from test_local import Home  # noqa: F401  (the fixture's class)
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path):
+    return Home(tmp_path)
+
+
+def test_repeat_of_the_same_queue_file_is_one_file(home, tmp_path):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: once\n\nbody\n')
+    for attempt in range(3):
+        fd = os.open(mess, os.O_RDONLY)
+        code, report = home.run(stdin=fd)
+        os.close(fd)
+        assert code == 0, report
+    assert len(os.listdir(md / 'new')) == 1
+    assert os.listdir(md / 'tmp') == []
+
+
+def test_repeat_after_the_reader_moved_it_to_cur(home, tmp_path):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: read\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    name, = os.listdir(md / 'new')
+    os.rename(md / 'new' / name, md / 'cur' / (name + ':2,S'))
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    assert os.listdir(md / 'new') == []
+    assert os.listdir(md / 'cur') == [name + ':2,S']
+
+
+def test_stale_tmp_file_of_an_interrupted_attempt_is_replaced(home, tmp_path):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: half\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    name, = os.listdir(md / 'new')
+    os.rename(md / 'new' / name, md / 'tmp' / name)      # as if the link never happened
+    with open(md / 'tmp' / name, 'r+b') as f:
+        f.truncate(5)                                    # and the write was cut short
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    assert os.listdir(md / 'tmp') == []
+    data = (md / 'new' / name).read_bytes()
+    assert data.endswith(b'Subject: half\n\nbody\n')
+
+
+def test_two_instructions_to_one_maildir_make_two_files(home, tmp_path):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: twice\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    assert len(os.listdir(md / 'new')) == 2
+
+
+def test_a_different_message_in_the_same_inode_is_delivered(home, tmp_path):
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: first\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    st = os.stat(mess)
+    os.utime(mess, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))   # a new message instance
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    assert len(os.listdir(md / 'new')) == 2
+
+
+def test_names_are_maildir_form():
+    name = ld.maildir_name((457, 1795622466123456789), b'Return-Path: <a@b>\n', 1, b'host/x:y')
+    assert name.startswith(b'1795622466.M123456I457X')
+    assert name.endswith(b'.host\\057x\\072y')
+    assert b'/' not in name and b':' not in name
