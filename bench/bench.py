@@ -142,6 +142,30 @@ def bench_local(n):
     ]
 
 
+def bench_exactly_once():
+    """What the exactly-once Maildir check costs per delivery: naming the
+    file from the message, and looking for it in new/ and cur/."""
+    from qmail import local_deliver as ld
+    rows = []
+    for files in (0, 1000, 10000):
+        d = tempfile.mkdtemp(prefix='qmailbench.md.', dir='/var/tmp')
+        for sub in ('new', 'cur', 'tmp'):
+            os.mkdir(os.path.join(d, sub))
+        for i in range(files):
+            open(os.path.join(d, 'cur', '%d.M1P1Q%d.host:2,S' % (i, i)), 'w').close()
+        dd = os.fsencode(d)
+        n = 2000
+        t0 = time.perf_counter()
+        for i in range(n):
+            name = ld.maildir_name((1000 + i, 10 ** 18 + i), b'Return-Path: <a@b>\n', 1, b'host')
+            ld.already_delivered(dd, name)
+        per = (time.perf_counter() - t0) / n * 1e6
+        shutil.rmtree(d, ignore_errors=True)
+        rows.append(('exactly-once Maildir check, %d messages in cur/' % files,
+                     '%.0f us per delivery' % per))
+    return rows
+
+
 def bench_disk(n, workers):
     d = tempfile.mkdtemp(prefix='qmailbench.disk.', dir='/var/tmp')
     data = b'x' * 2048
@@ -190,6 +214,7 @@ def main():
     rows += bench_disk(1000, 10)
     rows += bench_inject(args.messages)
     rows += bench_local(args.local)
+    rows += bench_exactly_once()
     width = max(len(r[0]) for r in rows)
     lines = ['%-*s  %s' % (width, a, b) for a, b in rows]
     text = 'qmail-py benchmark, %s, %d cores\n\n%s\n' % (

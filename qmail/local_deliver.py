@@ -13,6 +13,7 @@ See: maildir(5), mbox(5), qmail-command(8), dot-qmail(5) "ERROR HANDLING".
 """
 
 import errno
+import hashlib         # at import: qmail-lspawn loads it once for every child
 import fcntl
 import os
 import stat
@@ -289,7 +290,6 @@ def maildir_name(ident, head: bytes, seq: int, host: bytes) -> bytes:
     same place finds the same name; still maildir(5)'s time.unique.host,
     unique on this host.
     """
-    import hashlib
     ino, mtime_ns = ident
     sec, nsec = divmod(mtime_ns, 1000000000)
     digest = hashlib.sha256(head + b'\0%d' % seq).hexdigest()[:20].encode()
@@ -297,13 +297,46 @@ def maildir_name(ident, head: bytes, seq: int, host: bytes) -> bytes:
     return b'%d.M%dI%dX%s.%s' % (sec, nsec // 1000, ino, digest, host)
 
 
+# maildir(5) info flags, in the ASCII order readers write them.
+FLAGS = b'DFPRST'
+# Up to this directory size (bytes), cur/ is read whole; beyond, only the
+# names a reader makes from ours (name:2,flags) are tried, 64 stats.
+SCAN_CUR_MAX = 1 << 16
+
+
+def flag_suffixes():
+    """Every ":2,<flags>" a reader may append, flags in ASCII order."""
+    out = []
+    for mask in range(1 << len(FLAGS)):
+        out.append(b':2,' + bytes(f for i, f in enumerate(FLAGS) if mask >> i & 1))
+    return out
+
+
+FLAG_SUFFIXES = flag_suffixes()
+
+
 def already_delivered(dirname: bytes, name: bytes) -> bool:
-    """True if name is in new/, or in cur/ with or without its info."""
+    """True if name is in new/, or in cur/ with or without its info.
+
+    A small cur/ is read whole; a big one (a reader who keeps years of
+    mail) would cost a directory scan per delivery, so then only the 64
+    standard ":2,flags" forms are looked for; a reader writing another
+    form of info makes a repeat possible again, as in qmail.
+    """
     if os.path.lexists(os.path.join(dirname, b'new', name)):
         return True
+    cur = os.path.join(dirname, b'cur')
+    try:
+        size = os.stat(cur).st_size
+    except FileNotFoundError:
+        return False
+    if size > SCAN_CUR_MAX:
+        base = os.path.join(cur, name)
+        return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
+            or os.path.lexists(base)
     prefix = name + b':'
     try:
-        with os.scandir(os.path.join(dirname, b'cur')) as it:
+        with os.scandir(cur) as it:
             for entry in it:
                 if entry.name == name or entry.name.startswith(prefix):
                     return True

@@ -94,3 +94,19 @@ def test_names_are_maildir_form():
     assert name.startswith(b'1795622466.M123456I457X')
     assert name.endswith(b'.host\\057x\\072y')
     assert b'/' not in name and b':' not in name
+
+
+@pytest.mark.parametrize('big', [False, True])
+@pytest.mark.parametrize('suffix, found', [
+    (b'', True), (b':2,', True), (b':2,S', True), (b':2,RS', True),
+    (b':2,DFPRST', True), (b':1,whatever', False),
+])
+def test_already_delivered_in_cur(tmp_path, monkeypatch, big, suffix, found):
+    for sub in ('new', 'cur', 'tmp'):
+        (tmp_path / sub).mkdir()
+    if big:
+        monkeypatch.setattr(ld, 'SCAN_CUR_MAX', -1)
+    name = b'1.M2I3Xabc.host'
+    (tmp_path / 'cur' / (name + suffix).decode()).write_bytes(b'')
+    want = found or (not big and suffix.startswith(b':'))
+    assert ld.already_delivered(os.fsencode(tmp_path), name) == want
