@@ -8,7 +8,9 @@ Args:     qmail-start [defaultdelivery [logger arg ...]]
           (splogger, multilog, or any program).
 Starts:   qmail-send (qmails, group qmail), qmail-lspawn (root),
           qmail-rspawn (qmailr, group qmail), qmail-clean (qmailq), with
-          the pipes between them on qmail-send's fds 1-6, and the logger.
+          the pipes between them on qmail-send's fds 1-6, and the logger;
+          beyond qmail, qmail-queued (qmailq), the queue writer that saves
+          injections an interpreter start, ending when qmail-send ends.
           Each is a fork of this process, so none pays an interpreter
           start; this process becomes qmail-send.
 Writes:   nothing itself; without a logger, qmail-send's record goes to
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     logger = argv[1:]
 
     # Import every daemon now, as root, while the code is readable.
-    from qmail import clean, lspawn, rspawn, send
+    from qmail import clean, lspawn, queued, rspawn, send
     try:
         from setproctitle import setproctitle
     except ImportError:
@@ -134,6 +136,18 @@ def main(argv=None) -> int:
     child(pi[2][0], pi[3][1], pipes, setup_rspawn, as_rspawn)
     child(pi[4][0], pi[5][1], pipes, lambda: os.setuid(uidq), as_clean)
 
+    def as_queued():
+        setproctitle('qmail-queued')
+        return queued.main([])
+
+    def setup_queued():
+        drop(uidq, gidq, [gidq])
+    # qmail-queued's fd 0 is a pipe whose write end only qmail-send keeps
+    # (fd 7, close-on-exec): end of file there tells it to stop.
+    pq = os.pipe()
+    child(pq[0], os.open('/dev/null', os.O_WRONLY), pipes, setup_queued, as_queued)
+    os.close(pq[0])
+
     os.setuid(uids)
     os.dup2(1, 0)                          # the activity record: fd 0
     os.dup2(pi[0][1], 1)
@@ -142,10 +156,11 @@ def main(argv=None) -> int:
     os.dup2(pi[3][0], 4)
     os.dup2(pi[4][1], 5)
     os.dup2(pi[5][0], 6)
+    os.dup2(pq[1], 7, inheritable=False)
     for fd in pipes:
-        if fd > 6:
+        if fd > 7:
             os.close(fd)
-    os.closerange(7, 1 << 16)
+    os.closerange(8, 1 << 16)
     setproctitle('qmail-send')
     return send.main([])
 

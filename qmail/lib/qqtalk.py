@@ -9,14 +9,50 @@ enhanced status code, ready for an SMTP reply or a diagnostic.
 
 Callers run with their cwd at the qmail home, as qmail's do, so a
 QMAILQUEUE program starts there too.
+
+When the program is the home's own bin/qmail-queue and qmail-queued is
+listening on HOME/run/qmail-queue.sock, the message goes there instead:
+the same writer, forked from a process that has the code loaded, so no
+interpreter starts.  If the socket is absent or refuses, the client
+runs bin/qmail-queue as before.
 """
 
 import os
+
+from qmail.lib import auto
 
 import _signal    # not `signal`: its enum import costs start-up time
 
 BUFSIZE = 65536
 ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
+
+
+def daemon_socket():
+    return os.path.join(auto.QMAIL, 'run', 'qmail-queue.sock')
+
+
+def connect_daemon(pim, pie):
+    """Hand the read ends to qmail-queued; (socket, pid) or None."""
+    path = daemon_socket()
+    if not os.path.exists(path):
+        return None
+    import array
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                            array.array('i', [pim[0], pie[0]]))])
+        line = b''
+        while not line.endswith(b'\n') and len(line) < 32:
+            chunk = s.recv(1)
+            if not chunk:
+                raise OSError('qmail-queued went away')
+            line += chunk
+        return s, int(line)
+    except (OSError, ValueError):
+        s.close()
+        return None
 
 
 class QueueClient:
@@ -27,6 +63,20 @@ class QueueClient:
         self.buf = bytearray()
         self.pid = None
         self.spawn_error = None
+        self.sock = None
+        if program == os.path.join(auto.QMAIL, 'bin', 'qmail-queue'):
+            pim = os.pipe()
+            pie = os.pipe()
+            got = connect_daemon(pim, pie)
+            if got is not None:
+                self.sock, self.pid = got
+                os.close(pim[0])
+                os.close(pie[0])
+                self.fdm, self.fde, self.fderr = pim[1], pie[1], -1
+                self.fdout = self.fdm
+                return
+            for fd in pim + pie:
+                os.close(fd)
         pim = os.pipe()
         pie = os.pipe()
         pierr = os.pipe()
@@ -89,6 +139,8 @@ class QueueClient:
         if self.fdm != -1:
             os.close(self.fdm)
         os.close(self.fde)
+        if self.sock is not None:
+            return self.close_daemon()
         errstr = b''
         try:
             while len(errstr) < ERRSTR_MAX:
@@ -111,6 +163,20 @@ class QueueClient:
         if code == 0 and not self.flagerr:
             return ''
         return status_text(code, errstr.decode('utf-8', 'replace'))
+
+
+    def close_daemon(self) -> str:
+        """qmail-queued's writer answers with qmail-queue's exit code."""
+        try:
+            code = self.sock.recv(1)
+        except OSError:
+            code = b''
+        self.sock.close()
+        if not code:
+            return 'Zqq crashed (#4.3.0)'
+        if code[0] == 0 and not self.flagerr:
+            return ''
+        return status_text(code[0])
 
 
 def status_text(code: int, errstr: str = '') -> str:

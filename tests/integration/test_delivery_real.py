@@ -371,3 +371,26 @@ def test_lost_trigger_pull_still_noticed(world):
         assert b'Subject: no trigger' in open(path, 'rb').read()
     finally:
         os.rename(trigger + '.off', trigger)
+
+
+def test_injection_goes_through_qmail_queued(world, test_user):
+    """With the MTA running, sendmail's message reaches the queue through
+    qmail-queued: it arrives even while bin/qmail-queue cannot run, and
+    the envelope still records the injecting user's uid."""
+    home, u2 = world['home'], world['u2']
+    qq = os.path.join(home, 'bin', 'qmail-queue')
+    assert os.path.exists(os.path.join(home, 'run', 'qmail-queue.sock'))
+    mode = os.stat(qq).st_mode
+    os.chmod(qq, 0)
+    try:
+        before = listing(u2)
+        r = run_as(test_user, [home + '/bin/sendmail', 'qmtu2@' + DOMAIN],
+                   input=b'Subject: via qmail-queued\n\nb\n')
+        assert r.returncode == 0, r.stderr
+        path, = wait_new(u2, before)
+        data = open(path, 'rb').read()
+        assert b'invoked by uid %d)' % test_user[1] in data
+    finally:
+        os.chmod(qq, mode & 0o7777)
+        os.chown(qq, pwd_uid('qmailq'), os.stat(qq).st_gid)
+        os.chmod(qq, mode & 0o7777)
