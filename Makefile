@@ -9,7 +9,7 @@ RUNTIME ?= /usr/local/lib/qmail/venv
 # The developers' venv: the package (editable) and the test tools.
 DEVENV ?= .venv
 SYSPYTHON ?= /usr/bin/python3
-APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps tinycdb ucspi-tcp-ipv6 swaks openssl
+APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps tinycdb ucspi-tcp-ipv6 swaks openssl daemontools
 
 PYTEST_ARGS ?=
 
@@ -46,18 +46,20 @@ devenv: $(DEVENV)/.ok
 # Create qmail's users and install (or repair) the home QMAIL_HOME.
 setup: runtime devenv
 	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
-	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN))
+	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN)) \
+	  --smtp-addr $(SMTP_ADDR) --smtp-port $(SMTP_PORT)
 
-# Install what is missing, then run the MTA in the foreground; Ctrl-C
-# stops it cleanly (deliveries under way finish first).
-DEFAULTDELIVERY ?= ./Maildir/
+# Install what is missing, then run the MTA under daemontools in the
+# foreground: qmail-send, qmail-smtpd on SMTP_ADDR:SMTP_PORT, their
+# multilog logs in $(QMAIL_HOME)/log.  Ctrl-C (or make stop from another
+# shell) stops everything cleanly: deliveries under way finish first.
+SMTP_ADDR ?= 127.0.0.1
+SMTP_PORT ?= 25
 run: setup
-	@$(DEVENV)/bin/python -m qmail.install --status --home $(QMAIL_HOME)
-	cd / && exec env - PATH="$(QMAIL_HOME)/bin:/usr/bin:/bin" \
-	  $(QMAIL_HOME)/bin/qmail-start '$(DEFAULTDELIVERY)'
+	cd / && exec $(QMAIL_HOME)/bin/qmail-svscan start
 
 stop:
-	@true
+	$(QMAIL_HOME)/bin/qmail-svscan stop
 
 test: runtime devenv
 	QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 $(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -98,6 +98,7 @@ PROGRAMS = (
     ('qmail-rspawn', 'rspawn', 0o755, True),
     ('qmail-clean', 'clean', 0o755, True),
     ('qmail-queued', 'queued', 0o755, True),
+    ('qmail-svscan', 'svscan', 0o700, False),
     ('qmail-local', 'local', 0o755, False),
     ('qmail-getpw', 'getpw', 0o755, False),
     ('qmail-newu', 'newu', 0o700, False),
@@ -423,6 +424,72 @@ def install_aliases(home, uids, gids):
             write_file(path, './Maildir/\n', 0o644, 0, gids['qmail'])
 
 
+# --- services (daemontools; runit and systemd files live in boot/) ---------
+
+SEND_RUN = """#!/bin/sh
+# qmail-send under supervise: qmail-start forks the daemons; its log goes
+# to stdout, which supervise pipes into log/run (multilog).
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
+  qmail-start "`cat %(home)s/control/defaultdelivery 2>/dev/null || echo ./Maildir/`" 2>&1
+"""
+
+SMTPD_RUN = """#!/bin/sh
+# qmail-smtpd under supervise, through qmail-listen (see README
+# "Receiving"); rules in control/tcp.smtp, compiled by
+# qmail-install or: tcprules control/tcp.smtp.cdb control/tcp.smtp.tmp < control/tcp.smtp
+LIMIT=`cat %(home)s/control/concurrencyincoming 2>/dev/null || echo 20`
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
+  qmail-listen -v -c "$LIMIT" -x %(home)s/control/tcp.smtp.cdb -X \\
+  -u %(uid)d -g %(gid)d %(addr)s %(port)s %(home)s/bin/qmail-smtpd 2>&1
+"""
+
+LOG_RUN = """#!/bin/sh
+exec setuidgid qmaill multilog t %(home)s/log/%(name)s
+"""
+
+DEFAULT_TCP_SMTP = """# qmail-smtpd's tcprules: who may connect, who may relay.
+127.:allow,RELAYCLIENT=""
+:allow
+"""
+
+
+def install_services(home, uids, gids, smtp_addr, smtp_port):
+    """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
+    the daemontools setup (qmail's own INSTALL layout, logs per home)."""
+    sup = os.path.join(home, 'supervise')
+    logs = os.path.join(home, 'log')
+    make_dir(sup, 0, gids['qmail'], 0o755)
+    make_dir(logs, 0, gids['qmail'], 0o755)
+    services = {
+        'qmail-send': SEND_RUN % {'home': home},
+        'qmail-smtpd': SMTPD_RUN % {'home': home, 'uid': uids['qmaild'],
+                                    'gid': gids['nofiles'], 'addr': smtp_addr,
+                                    'port': smtp_port},
+    }
+    for name, text in services.items():
+        d = os.path.join(sup, name)
+        make_dir(d, 0, gids['qmail'], 0o755)
+        write_file(os.path.join(d, 'run'), text, 0o755, 0, gids['qmail'])
+        make_dir(os.path.join(d, 'log'), 0, gids['qmail'], 0o755)
+        write_file(os.path.join(d, 'log', 'run'), LOG_RUN % {'home': home, 'name': name},
+                   0o755, 0, gids['qmail'])
+        make_dir(os.path.join(logs, name), uids['qmaill'], gids['nofiles'], 0o750)
+    rules = os.path.join(home, 'control', 'tcp.smtp')
+    if not os.path.exists(rules):
+        write_file(rules, DEFAULT_TCP_SMTP, 0o644)
+    compile_rules(rules)
+
+
+def compile_rules(rules):
+    """control/tcp.smtp -> control/tcp.smtp.cdb, with tcprules(1) if it is
+    installed, else with our own cdb writer in tcprules' format."""
+    cdbfile = rules + '.cdb'
+    if shutil.which('tcprules'):
+        with open(rules, 'rb') as f:
+            subprocess.run(['tcprules', cdbfile, rules + '.tmp'], stdin=f, check=True)
+        os.chmod(cdbfile, 0o644)
+
+
 def status_text(home):
     me = open(os.path.join(home, 'control', 'me')).read().strip()
     return '''qmail home %(home)s is installed for %(me)s.
@@ -447,7 +514,7 @@ def check_path(what, path):
         raise InstallError('%s must be a plain absolute path: %r' % (what, path))
 
 
-def install(home, python, fqdn, split=auto.SPLIT):
+def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25'):
     check_path('home', home)
     check_path('python', python)
     if not os.access(python, os.X_OK):
@@ -460,6 +527,7 @@ def install(home, python, fqdn, split=auto.SPLIT):
     install_bin(home, python, uids, gids)
     config_fast(home, fqdn or host_fqdn())
     install_aliases(home, uids, gids)
+    install_services(home, uids, gids, smtp_addr, smtp_port)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
 
@@ -469,6 +537,8 @@ def main(argv=None) -> int:
     parser.add_argument('--home', default=DEFAULT_HOME)
     parser.add_argument('--python', default=DEFAULT_PYTHON)
     parser.add_argument('--fqdn', default='')
+    parser.add_argument('--smtp-addr', default='127.0.0.1')
+    parser.add_argument('--smtp-port', default='25')
     parser.add_argument('--status', action='store_true',
                         help='say what is installed and how to use it')
     try:
@@ -482,7 +552,8 @@ def main(argv=None) -> int:
         print('qmail-install: fatal: must be run as root', file=sys.stderr)
         return 100
     try:
-        install(args.home.rstrip('/') or '/', args.python, args.fqdn)
+        install(args.home.rstrip('/') or '/', args.python, args.fqdn,
+                smtp_addr=args.smtp_addr, smtp_port=args.smtp_port)
     except InstallError as e:
         print('qmail-install: fatal: %s' % e, file=sys.stderr)
         return 100

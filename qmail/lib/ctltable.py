@@ -20,8 +20,12 @@ CONTROLS = (
      'Local concurrency is ', '', 'qmail-send'),
     ('concurrencyremote', 'int', '20', False,
      'Remote concurrency is ', '', 'qmail-send'),
+    ('concurrencyincoming', 'int', '20', False,
+     'SMTP connections at once at most ', '', 'the qmail-smtpd run script (qmail-listen -c)'),
     ('databytes', 'int', '0', False,
      'SMTP DATA limit is ', ' bytes', 'qmail-smtpd'),
+    ('defaultdelivery', 'str', './Maildir/', False,
+     'Default delivery is ', '', 'the qmail-send run script (qmail-start)'),
     ('defaultdomain', 'str', 'defaultdomain', True,
      'Default domain name is ', '', 'qmail-inject'),
     ('defaulthost', 'str', 'defaulthost', True,
@@ -77,4 +81,4 @@ CONTROLS = (
 )
 
 # Files in control/ that showctl knows but does not print as a control.
-KNOWN_FILES = ('morercpthosts.cdb',)
+KNOWN_FILES = ('morercpthosts.cdb', 'tcp.smtp', 'tcp.smtp.cdb', 'tcp.smtp.tmp')

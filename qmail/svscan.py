@@ -1,0 +1,198 @@
+"""qmail-svscan: run a qmail home's services under daemontools, in the
+foreground, and stop them cleanly.
+
+Runs as:  root (make run).
+Args:     qmail-svscan [start|stop|status]; start is the default.
+Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
+          qmail-send, qmail-smtpd and, when HOME/control/pop3checker
+          exists, qmail-pop3d; starts svscan(8) on HOME/service, which
+          runs supervise(8) for each service and for its log/ (multilog
+          with tai64n stamps into HOME/log/<name>); prints where to look;
+          waits.  On INT or TERM, or `qmail-svscan stop` from elsewhere,
+          it stops svscan (so it restarts nothing), brings every service
+          down with `svc -dx` (qmail-send finishes the deliveries under
+          way; nothing queued is lost) and waits for each supervise to
+          exit.
+          status: svstat for every service.
+Writes:   HOME/service/.svscan.pid while running.
+Exits:    0 after a clean stop; 111 if svscan cannot start or services do
+          not stop in time (their names on stderr).
+See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from qmail.lib import auto
+
+STOP_TIMEOUT = 120      # seconds for qmail-send to finish its deliveries
+
+
+def services(home: str):
+    names = ['qmail-send', 'qmail-smtpd']
+    if os.path.exists(os.path.join(home, 'control', 'pop3checker')) and \
+            os.path.isdir(os.path.join(home, 'supervise', 'qmail-pop3d')):
+        names.append('qmail-pop3d')
+    return names
+
+
+def link_services(home: str, names):
+    svdir = os.path.join(home, 'service')
+    os.makedirs(svdir, exist_ok=True)
+    for name in names:
+        link = os.path.join(svdir, name)
+        target = os.path.join(home, 'supervise', name)
+        if os.path.islink(link) and os.readlink(link) == target:
+            continue
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(target, link)
+    for name in os.listdir(svdir):
+        if not name.startswith('.') and name not in names:
+            os.unlink(os.path.join(svdir, name))
+    return svdir
+
+
+def svc_dirs(home: str):
+    svdir = os.path.join(home, 'service')
+    out = []
+    for name in sorted(os.listdir(svdir)) if os.path.isdir(svdir) else []:
+        if name.startswith('.'):
+            continue
+        d = os.path.join(svdir, name)
+        out.append(d)
+        if os.path.isdir(os.path.join(d, 'log')):
+            out.append(os.path.join(d, 'log'))
+    return out
+
+
+def running(d: str) -> bool:
+    return subprocess.run(['svok', d], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def stop_services(home: str) -> list:
+    """svc -dx the services, then their logs; the names still running."""
+    dirs = svc_dirs(home)
+    mains = [d for d in dirs if not d.endswith('/log')]
+    logs = [d for d in dirs if d.endswith('/log')]
+    for group in (mains, logs):
+        live = [d for d in group if running(d)]
+        if live:
+            subprocess.run(['svc', '-dx'] + live)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while live and time.monotonic() < deadline:
+            live = [d for d in live if running(d)]
+            time.sleep(0.1)
+        if live:
+            return live
+    return []
+
+
+def intro(home: str) -> str:
+    me = open(os.path.join(home, 'control', 'me')).read().strip()
+    return ('qmail is running under daemontools (svscan %(home)s/service).\n'
+            'Send a first message:\n'
+            '    echo "Subject: hello" | %(home)s/bin/sendmail root@%(me)s\n'
+            'It lands in %(home)s/alias/Maildir/new/ (root\'s mail; see README).\n'
+            'Logs: %(home)s/log/qmail-send/current, %(home)s/log/qmail-smtpd/current\n'
+            '    (tai64nlocal < %(home)s/log/qmail-send/current for readable times)\n'
+            'Status: svstat %(home)s/service/*; Ctrl-C or make stop stops everything.\n'
+            % {'home': home, 'me': me})
+
+
+def start(home: str) -> int:
+    names = services(home)
+    svdir = link_services(home, names)
+    proc = subprocess.Popen(['svscan', svdir], stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    pidfile = os.path.join(svdir, '.svscan.pid')
+    with open(pidfile, 'w') as f:
+        f.write('%d\n' % proc.pid)
+    flag = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, f: flag.append(s))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(running(d) for d in svc_dirs(home)):
+        time.sleep(0.1)
+    sys.stdout.write(intro(home))
+    sys.stdout.flush()
+    while not flag and proc.poll() is None:
+        time.sleep(0.5)
+    sys.stdout.write('stopping services...\n')
+    sys.stdout.flush()
+    # svscan first: left running, it would start a new supervise for each
+    # service that svc -dx has just stopped.
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    stuck = stop_services(home)
+    try:
+        os.unlink(pidfile)
+    except FileNotFoundError:
+        pass
+    if stuck:
+        sys.stderr.write('qmail-svscan: still running: %s\n' % ' '.join(stuck))
+        return 111
+    sys.stdout.write('stopped.\n')
+    return 0
+
+
+def stop(home: str) -> int:
+    pidfile = os.path.join(home, 'service', '.svscan.pid')
+    try:
+        pid = int(open(pidfile).read())
+    except (OSError, ValueError):
+        stuck = stop_services(home)
+        return 111 if stuck else 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        stuck = stop_services(home)
+        return 111 if stuck else 0
+    # Ask the foreground qmail-svscan (svscan's parent) to stop, and wait.
+    ppid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
+    os.kill(ppid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return 0
+        time.sleep(0.2)
+    return 111
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cmd = argv[0] if argv else 'start'
+    home = auto.QMAIL
+    if cmd == 'start':
+        return start(home)
+    if cmd == 'stop':
+        return stop(home)
+    if cmd == 'status':
+        dirs = svc_dirs(home)
+        if dirs:
+            subprocess.run(['svstat'] + dirs)
+        return 0
+    sys.stderr.write('qmail-svscan: usage: qmail-svscan [start|stop|status]\n')
+    return 100
+
+
+def run():
+    try:
+        code = main()
+    except Exception as e:
+        sys.stderr.write('qmail-svscan: fatal: %s\n' % e)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

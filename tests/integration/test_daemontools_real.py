@@ -1,0 +1,149 @@
+"""The MTA under Debian's daemontools, as `make run` runs it: svscan
+started by the test, svc -t/-d/-u, a killed qmail-send restarted by
+supervise with no mail lost, multilog logs with tai64n stamps."""
+
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RUNTIME, TIMEOUT, needs_root, remove_home, run_as
+from delivery import ensure_user, maildirmake
+
+pytestmark = [needs_root, pytest.mark.skipif(
+    subprocess.run(['which', 'svscan'], capture_output=True).returncode != 0,
+    reason='daemontools not installed')]
+
+DOMAIN = 'svc.example.org'
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def svstat(d):
+    return subprocess.run(['svstat', d], capture_output=True, text=True,
+                          timeout=TIMEOUT).stdout
+
+
+def pid_of(d):
+    m = re.search(r': up \(pid (\d+)\)', svstat(d))
+    return int(m.group(1)) if m else None
+
+
+def wait_for(cond, what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError('timed out waiting for ' + what)
+
+
+@pytest.fixture
+def supervised(tmp_path):
+    import tempfile
+    top = tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp')
+    os.chmod(top, 0o755)
+    home = os.path.join(top, 'qmail')
+    port = free_port()
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
+                    '--fqdn', DOMAIN, '--smtp-port', str(port)], check=True,
+                   stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    user = ensure_user('qmtsvc')
+    maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
+    out = open(os.path.join(top, 'svscan.out'), 'wb')
+    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={'PATH': '/usr/bin:/bin'}, cwd='/')
+    svc = os.path.join(home, 'service')
+    wait_for(lambda: os.path.exists(os.path.join(top, 'svscan.out')) and
+             b'Ctrl-C' in open(os.path.join(top, 'svscan.out'), 'rb').read(), 'qmail-svscan')
+    yield {'home': home, 'port': port, 'user': user, 'svc': svc, 'proc': proc, 'top': top}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=TIMEOUT * 3)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out.close()
+    subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'], timeout=TIMEOUT * 3,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    remove_home(home)
+
+
+def maildir_count(user):
+    return len(os.listdir(os.path.join(user[3], 'Maildir', 'new')))
+
+
+def smtp_send(port, subject):
+    with smtplib.SMTP('127.0.0.1', port, timeout=TIMEOUT) as s:
+        s.sendmail('a@example.com', ['qmtsvc@' + DOMAIN],
+                   b'Subject: %s\r\n\r\nbody\r\n' % subject.encode())
+
+
+def test_supervised_mta(supervised):
+    home, port, user, svc = (supervised[k] for k in ('home', 'port', 'user', 'svc'))
+    send_dir = os.path.join(svc, 'qmail-send')
+    smtpd_dir = os.path.join(svc, 'qmail-smtpd')
+    for d in (send_dir, smtpd_dir, send_dir + '/log', smtpd_dir + '/log'):
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+
+    smtp_send(port, 'one')
+    wait_for(lambda: maildir_count(user) == 1, 'first delivery')
+
+    # svc -t: qmail-send restarts, mail still flows
+    old = pid_of(send_dir)
+    subprocess.run(['svc', '-t', send_dir], check=True, timeout=TIMEOUT)
+    wait_for(lambda: pid_of(send_dir) not in (None, old), 'restart after svc -t')
+    smtp_send(port, 'two')
+    wait_for(lambda: maildir_count(user) == 2, 'delivery after svc -t')
+
+    # svc -d: down; mail is queued, not delivered; svc -u: delivered
+    subprocess.run(['svc', '-d', send_dir], check=True, timeout=TIMEOUT)
+    wait_for(lambda: ': down ' in svstat(send_dir), 'svc -d')
+    r = run_as(('qmtsvc',) + user[1:3], [home + '/bin/sendmail', 'qmtsvc@' + DOMAIN],
+               input=b'Subject: while down\n\nb\n')
+    assert r.returncode == 0, r.stderr
+    smtp_send(port, 'three')
+    time.sleep(1)
+    assert maildir_count(user) == 2
+    subprocess.run(['svc', '-u', send_dir], check=True, timeout=TIMEOUT)
+    wait_for(lambda: maildir_count(user) == 4, 'delivery after svc -u')
+
+    # kill -9 qmail-send: supervise restarts it; nothing is lost
+    for i in range(10):
+        smtp_send(port, 'burst %d' % i)
+    victim = pid_of(send_dir)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: pid_of(send_dir) not in (None, victim), 'supervise restart')
+    wait_for(lambda: maildir_count(user) == 14, 'every message after kill -9', timeout=120)
+    subjects = sorted(re.search(rb'\nSubject: ([^\n]*)\n', open(os.path.join(
+        user[3], 'Maildir', 'new', n), 'rb').read()).group(1)
+        for n in os.listdir(os.path.join(user[3], 'Maildir', 'new')))
+    assert len(set(subjects)) == 14, subjects
+
+    # multilog: tai64n stamps, qmail-log lines, one directory per service
+    log = open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
+    assert re.search(r'^@4000[0-9a-f]{20} status: local 0/10 remote 0/20$', log, re.M), log[:500]
+    assert re.search(r'^@4000[0-9a-f]{20} delivery \d+: success: ', log, re.M)
+    slog = open(os.path.join(home, 'log', 'qmail-smtpd', 'current')).read()
+    assert re.search(r'^@4000[0-9a-f]{20} qmail-listen: ok \d+ ', slog, re.M)
+
+    # stop: every service down, supervise gone, exit 0
+    proc = supervised['proc']
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=TIMEOUT * 3) == 0
+    for d in (send_dir, smtpd_dir):
+        assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0
+    assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
