@@ -99,7 +99,10 @@ def describe(home: str, ctl: str, names: list, me) -> str:
     rcpthosts_exist = False
     for name, kind, default, flagme, pre, post, _ in CONTROLS:
         path = os.path.join(ctl, name)
-        if kind == 'int':
+        if kind == 'flag':
+            out.append('\n%s: %s\n' % (name, pre if os.path.exists(path) else
+                                          '(Default.) ' + default))
+        elif kind == 'int':
             show_int(out, path, name, default, pre, post)
         elif kind == 'str':
             show_str(out, path, name, default, flagme, me, pre)

@@ -1,18 +1,26 @@
 """qmail-smtpd: receive mail via SMTP.
 
+Usage:    qmail-smtpd [hostname checkprogram subprogram ...]
+          The arguments of the widespread qmail-smtpd AUTH patch: with
+          them SMTP AUTH is offered, hostname naming this host in the
+          CRAM-MD5 challenge and checkprogram (a checkpassword program,
+          run with the rest as its arguments) judging the passwords.
 Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
           fd 1; or as a local user, from sendmail -bs, with RELAYCLIENT=''
           and DATABYTES=0.  cwd HOME (auto.QMAIL, never the environment).
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
-          TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP; and
+          TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
+          as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
           RELAYCLIENT, DATABYTES, QMAILQUEUE.  control/smtpgreeting (else
           me, else refuse to run), localiphost (else me), rcpthosts,
-          morercpthosts.cdb, badmailfrom, databytes, timeoutsmtpd, and the
-          limits below.
+          morercpthosts.cdb, badmailfrom, databytes, timeoutsmtpd,
+          servercert.pem, smtpauthplaintext, smtpauthcram, and the limits
+          below.
 Writes:   fd 1, SMTP replies.  Each message, behind a Received line, and
           its envelope into qmail-queue ($QMAILQUEUE, else
           HOME/bin/qmail-queue), which starts when DATA begins and is fed
-          the message as it arrives.
+          the message as it arrives; after AUTH, with TCPREMOTEINFO set to
+          the user in its environment, as the AUTH patch does.
 Exits:    0 after QUIT; 1 when the client goes away or times out, after a
           bare LF in DATA, after too many errors, or when the controls or
           this host's IP addresses cannot be read (after a 421 reply).
@@ -20,7 +28,8 @@ Trusts:   nobody on fd 0.  Every byte the client sends is bounded (see
           Limits); its text reaches the Received line only through
           safe(); the environment is the admin's (tcpserver's rules).
 See:      qmail-smtpd(8), tcp-environ(5), qmail-control(5), qmail-newmrh(8);
-          RFC 5321; RFC 1870 (SIZE); RFC 2920 (PIPELINING).
+          RFC 5321; RFC 1870 (SIZE); RFC 2920 (PIPELINING); RFC 3207
+          (STARTTLS); RFC 4954 (AUTH); RFC 3848 (ESMTPSA).
 
 Behaviour is qmail 1.03's, reply texts included: commands are matched
 without case and end at LF (a CR before it is dropped); MAIL and RCPT
@@ -38,6 +47,36 @@ for today's network, each with its own reply:
 Where qmail versions differ, the texts are qmail 1.03's (HELP, and the
 smtplf URL); notqmail points both at newer pages.
 
+Beyond qmail 1.03, as the common patches have it:
+  * STARTTLS (qmail/smtpd_tls.py), offered in EHLO when
+    control/servercert.pem exists and fds 0 and 1 are one socket (never
+    to sendmail -bs).  "220 ready for tls", then the handshake, within
+    60 seconds (and timeoutsmtpd); if it fails, the connection is
+    closed (exit 1).  Bytes the client sent after STARTTLS, before the
+    handshake, are thrown away (CVE-2011-0411), and after it everything
+    the client said is forgotten: HELO/EHLO, MAIL, RCPT, AUTH (RFC 3207
+    4.2).  Refusals: "454 TLS not available due to temporary reason
+    (#4.3.0)" when the certificate cannot be loaded, "503 TLS already
+    active (#5.5.1)", "501 syntax error (no parameters allowed)
+    (#5.5.4)"; without the offer, 502 as for any unknown verb.
+  * SMTP AUTH (qmail/smtpd_auth.py, which lists the replies): LOGIN and
+    PLAIN, and CRAM-MD5 when control/smtpauthcram exists; offered under
+    TLS only unless control/smtpauthplaintext exists; checked by the
+    checkpassword program of the arguments (without them AUTH is 502).
+    A client that authenticated may relay, as with RELAYCLIENT=''.
+  * The Received line says "with SMTP" as qmail does, or RFC 3848's
+    "with ESMTPS" (TLS), "with ESMTPA" (AUTH), "with ESMTPSA" (both).
+    Under TLS the protocol and cipher follow in a comment, the TLS
+    patch's "(cipher encrypted)" with the protocol version added; after
+    AUTH the user stands where qmail puts TCPREMOTEINFO, as the AUTH
+    patch does.  Addresses appear as tcpserver gives them, IPv6 plain
+    as in the qmail IPv6 patches:
+      Received: from pc.example (HELO pc) (alice@2001:db8::7)
+        by mx.example.org with ESMTPSA (TLSv1.3 TLS_AES_256_GCM_SHA384 encrypted); 26 Sep 1995 04:46:54 -0000
+  * box@[IPv6:2001:db8::1] (the tag in any case) becomes box@localiphost
+    when the address is this host's (any in /proc/net/if_inet6), as
+    box@[d.d.d.d] does; so does an IPv4-mapped [IPv6:::ffff:d.d.d.d].
+
 Limits (control file, default; 0 in the file means no limit):
   maxrcptsmtpd    1000  recipients per message; more get "452 sorry, too
                         many recipients (#4.5.3)" (RFC 5321 4.5.3.1.8
@@ -51,22 +90,36 @@ Limits (control file, default; 0 in the file means no limit):
                         timeoutsmtpd seconds (default 1200).  SIGALRM at
                         lifetime + timeout + ALARM_SLACK ends a process
                         stuck in a write.
+  maxauthsmtpd    3     failed AUTH attempts per connection (535, 454
+                        or 501 inside an exchange); the next AUTH gets
+                        "421 too many authentication failures (#4.7.0)"
+                        and the connection is dropped.
+  authdelaysmtpd  2     seconds before a 535 reply, and before anything
+                        the client sent after the failed AUTH is read.
   MAXCMDLINE      1000  bytes in a command line with its CR LF (fixed).
+  MAXAUTHLINE     12288 bytes in a SASL response line (RFC 4954 4; fixed).
 
 The design: Session is the protocol and every policy decision, fed
 bytes and the time, answering bytes; it holds all of one connection's
 state, so a listener that forks per connection can make one per child.
 Config and Peer are its values, read by load_config() and peer_env().
-serve() is the shell: fd 0 and fd 1 with poll() timeouts.  The DATA
-stream is qmail/smtpd_blast.py's.
+serve() is the shell: fd 0 and fd 1 with poll() timeouts, or the TLS
+connection once STARTTLS is done.  The Session never does I/O of its
+own: at STARTTLS it sets flagstarttls and the shell does the handshake
+(then tls_started()); a failed AUTH sets pause, which the shell sleeps
+before sending the replies and reading on; passwords are checked by the
+injected authenticator (smtpd_auth.Checkpassword in the program).  The
+DATA stream is qmail/smtpd_blast.py's.
 """
 
 import os
+import stat
 import sys
 import time
 import select
 
 import _signal    # not `signal`: its enum import costs start-up time
+import _socket    # not `socket`, for the same reason: inet_pton only
 
 from qmail.lib import auto, control
 from qmail.lib.cdb import Cdb, CdbError
@@ -74,6 +127,8 @@ from qmail.lib.date822 import date822
 from qmail.lib.qqtalk import QueueClient
 from qmail.smtpd_addr import (ADDRMAX, addrallowed, addrparse, bmfcheck,
                               local_ips, localiphost, mail_size)
+from qmail.smtpd_auth import (CLOSE, MAXAUTHLINE, PAUSE, REFUSED, Auth,
+                              Checkpassword)
 from qmail.smtpd_blast import Blast, END, STRAYLF
 
 MAXHOPS = 100            # qmail-smtpd(8): 100 or more Received/Delivered-To
@@ -86,6 +141,10 @@ DEFAULT_TIMEOUT = 1200
 DEFAULT_MAXRCPT = 1000
 DEFAULT_MAXERRORS = 20
 DEFAULT_LIFETIME = 3600
+DEFAULT_MAXAUTH = 3      # smtplib tries CRAM-MD5, PLAIN, LOGIN: 3 failures
+DEFAULT_AUTHDELAY = 2    # seconds: as dovecot's auth_failure_delay
+CERTFILE = 'control/servercert.pem'     # smtpd_tls.CERTFILE, unimported
+IF_INET6 = '/proc/net/if_inet6'
 
 # qmail-smtpd.c's replies, and the few added ones (see the docstring).
 R_UNIMPL = b'502 unimplemented (#5.5.1)\r\n'
@@ -112,6 +171,9 @@ R_TOOLONG = b'500 line too long (#5.5.2)\r\n'
 R_NUL = b'500 NUL in command (#5.5.2)\r\n'
 R_MAXRCPT = b'452 sorry, too many recipients (#4.5.3)\r\n'
 R_ERRORS = b'421 too many errors (#4.7.0)\r\n'
+R_TLSTEMP = b'454 TLS not available due to temporary reason (#4.3.0)\r\n'
+R_TLSACTIVE = b'503 TLS already active (#5.5.1)\r\n'
+R_TLSARG = b'501 syntax error (no parameters allowed) (#5.5.4)\r\n'
 
 
 # -- values -----------------------------------------------------------------
@@ -122,13 +184,18 @@ class Config:
     rcpthosts is None when control/rcpthosts is missing (every domain
     allowed), else a set of lowercased entries; morercpthosts anything
     answering `in` (a Cdb) or None; badmailfrom a set, lowercased; ipme
-    this host's IPv4 addresses as 4-byte strings."""
+    this host's IPv4 addresses as 4-byte strings and IPv6 addresses as
+    16-byte strings.  flagtls: STARTTLS may be offered (a certificate,
+    and a socket: the shell decides); flagauthplain: AUTH without TLS;
+    flagcram: offer CRAM-MD5."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
                  timeout=DEFAULT_TIMEOUT, maxrcpt=DEFAULT_MAXRCPT,
                  maxerrors=DEFAULT_MAXERRORS, lifetime=DEFAULT_LIFETIME,
-                 ipme=frozenset((b'\0\0\0\0',))):
+                 ipme=frozenset((b'\0\0\0\0',)), flagtls=False,
+                 flagauthplain=False, flagcram=False,
+                 maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY):
         self.greeting = greeting
         self.localiphost = localiphost
         self.rcpthosts = rcpthosts
@@ -140,6 +207,11 @@ class Config:
         self.maxerrors = maxerrors
         self.lifetime = lifetime
         self.ipme = ipme
+        self.flagtls = flagtls
+        self.flagauthplain = flagauthplain
+        self.flagcram = flagcram
+        self.maxauth = maxauth
+        self.authdelay = authdelay
 
 
 class Peer:
@@ -192,17 +264,77 @@ def safe(s: bytes) -> bytes:
     return s.translate(_SAFETABLE)
 
 
-def received(peer: Peer, helo, now: float) -> bytes:
-    """qmail's Received line; helo None when it matched TCPREMOTEHOST."""
+_TLSSAFETABLE = bytes(c if c in _SAFE or c in b'_ ' else 0x3F for c in range(256))
+
+
+def received(peer: Peer, helo, now: float, tls=None, user=None) -> bytes:
+    """qmail's Received line; helo None when it matched TCPREMOTEHOST.
+    tls is smtpd_tls.describe()'s "TLSv1.3 TLS_AES_256_GCM_SHA384" once
+    STARTTLS is done, user the AUTH user (see the docstring)."""
     parts = [b'Received: from ', safe(peer.remotehost)]
     if helo is not None:
         parts += [b' (HELO ', safe(helo), b')']
     parts.append(b' (')
-    if peer.remoteinfo is not None:
-        parts += [safe(peer.remoteinfo), b'@']
-    parts += [safe(peer.remoteip), b')\n  by ', safe(peer.local),
-              b' with SMTP; ', date822(now), b'\n']
+    info = peer.remoteinfo if user is None else user
+    if info is not None:
+        parts += [safe(info), b'@']
+    parts += [safe(peer.remoteip), b')\n  by ', safe(peer.local), b' with ']
+    if tls is None and user is None:
+        parts.append(b'SMTP')
+    else:   # RFC 3848
+        parts += [b'ESMTP', b'S' if tls is not None else b'',
+                  b'A' if user is not None else b'']
+    if tls is not None:
+        parts += [b' (', tls.translate(_TLSSAFETABLE), b' encrypted)']
+    parts += [b'; ', date822(now), b'\n']
     return b''.join(parts)
+
+
+# -- IPv6 address literals --------------------------------------------------
+
+def ip6_scanbracket(s: bytes):
+    """The 16 bytes of "[IPv6:addr]" (RFC 5321 4.1.3; the tag in any
+    case) if s is exactly that, else None."""
+    if len(s) < 8 or s[:6].lower() != b'[ipv6:' or s[-1:] != b']':
+        return None
+    try:
+        return _socket.inet_pton(_socket.AF_INET6, s[6:-1].decode('ascii'))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+V4MAPPED = bytes(10) + b'\xff\xff'
+
+
+def localiphost6(addr: bytes, liphost, ipme) -> bytes:
+    """box@[IPv6:addr] becomes box@liphost when addr is this host's
+    (or is IPv4-mapped, ::ffff:d.d.d.d, with d.d.d.d this host's)."""
+    if liphost is None:
+        return addr
+    i = addr.rfind(b'@')
+    if i < 0:
+        return addr
+    ip = ip6_scanbracket(addr[i + 1:])
+    if ip is None:
+        return addr
+    if ip not in ipme and not (ip[:12] == V4MAPPED and ip[12:] in ipme):
+        return addr
+    return addr[:i + 1] + liphost
+
+
+def parse_if_inet6(data: bytes) -> frozenset:
+    """The IPv6 addresses in Linux's /proc/net/if_inet6: a line per
+    address, 32 hex digits first.  XXX every address listed counts,
+    whether or not its interface is up (qmail's ipme asks IFF_UP)."""
+    ips = set()
+    for line in data.split(b'\n'):
+        word = line.split(b' ', 1)[0]
+        if len(word) == 32:
+            try:
+                ips.add(bytes.fromhex(word.decode('ascii')))
+            except (UnicodeDecodeError, ValueError):
+                pass
+    return frozenset(ips)
 
 
 # -- the session ------------------------------------------------------------
@@ -211,7 +343,7 @@ COMMANDS = {
     b'rcpt': 'smtp_rcpt', b'mail': 'smtp_mail', b'data': 'smtp_data',
     b'quit': 'smtp_quit', b'helo': 'smtp_helo', b'ehlo': 'smtp_ehlo',
     b'rset': 'smtp_rset', b'help': 'smtp_help', b'noop': 'smtp_noop',
-    b'vrfy': 'smtp_vrfy',
+    b'vrfy': 'smtp_vrfy', b'starttls': 'smtp_starttls', b'auth': 'smtp_auth',
 }
 
 
@@ -226,12 +358,29 @@ class Session:
 
     newqueue() starts qmail-queue and returns its QueueClient (or any
     object with put, fail, from_, to, close and pid); OSError from it
-    means "451 qqt failure"."""
+    means "451 qqt failure".
 
-    def __init__(self, config: Config, peer: Peer, newqueue, now: float):
+    checker, when AUTH is configured, is smtpd_auth.Checkpassword or
+    any object with challenge() -> bytes and check(Credentials) ->
+    AUTH_OK, AUTH_BAD or AUTH_TEMP; self.auth is then its smtpd_auth.Auth.
+
+    Two requests to the shell, after feed() returns:
+      flagstarttls  send the replies, then load the certificate: on
+                    failure send starttls_refused(); else send "220
+                    ready for tls", do the handshake and call
+                    tls_started(description), or drop the connection if
+                    it fails (smtpd_tls.starttls()).  Until then feed()
+                    takes nothing.
+      pause         seconds to wait before sending the replies; then,
+                    while held is not empty, feed(b'', now) again."""
+
+    def __init__(self, config: Config, peer: Peer, newqueue, now: float,
+                 checker=None):
         self.config = config
         self.peer = peer
         self.newqueue = newqueue
+        self.auth = None if checker is None else Auth(
+            checker, config.flagauthplain, config.flagcram, config.maxauth)
         self.deadline = now + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
@@ -252,6 +401,10 @@ class Session:
         self.qp = 0
         self.size = 0
         self.flagoverflow = False
+        self.tls = None             # smtpd_tls.describe() once encrypted
+        self.flagstarttls = False   # the shell's turn: see the docstring
+        self.pause = 0
+        self.held = b''             # input not read yet because of pause
 
     # -- the interface to the shell --
 
@@ -260,14 +413,18 @@ class Session:
 
     def feed(self, data: bytes, now: float) -> bytes:
         """Take bytes from the client; return the replies to send."""
-        if self.flagclosed:
+        self.pause = 0
+        if self.flagclosed or self.flagstarttls:
             return b''
+        if self.held:
+            data, self.held = self.held + data, b''
         if self.deadline is not None and now >= self.deadline:
             return self.timeout(now)
         self.now = now
         pos = 0
         try:
-            while pos < len(data) and not self.flagclosed:
+            while (pos < len(data) and not self.flagclosed
+                   and not self.flagstarttls and not self.pause):
                 if self.qq is not None:
                     pos = self.data_in(data, pos)
                 else:
@@ -275,11 +432,35 @@ class Session:
         except CdbError:
             self.abort_queue()
             self.close(R_CONTROL)
+        if self.pause and not self.flagclosed:
+            self.held = data[pos:]
+        # After STARTTLS, data[pos:] goes: it was sent in the clear, and
+        # must not pass for what the client says under TLS (CVE-2011-0411).
         return self.take_replies()
+
+    def starttls_refused(self) -> bytes:
+        """The certificate could not be loaded: go on in the clear."""
+        self.flagstarttls = False
+        return R_TLSTEMP
+
+    def tls_started(self, description: bytes):
+        """The handshake is done: forget what the client said before
+        (RFC 3207 4.2), as a new connection would."""
+        self.flagstarttls = False
+        self.tls = description
+        self.dohelo(self.peer.remotehost)
+        self.seenmail = False
+        self.mailfrom = b''
+        self.rcptto = []
+        if self.auth is not None:
+            self.auth.forget()
+        self.linebuf.clear()
+        self.flagtoolong = False
 
     def eof(self) -> bytes:
         """The client went away: nothing half-received is queued."""
         self.abort_queue()
+        self.held = b''
         self.flagclosed = True
         return self.take_replies()
 
@@ -315,24 +496,32 @@ class Session:
         self.errors += 1
 
     def command_in(self, data: bytes, pos: int) -> int:
-        """Collect one command line from data[pos:]; return the new pos."""
+        """Collect one command line (or SASL response line) from
+        data[pos:]; return the new pos."""
+        flagsasl = self.auth is not None and self.auth.sasl is not None
+        limit = MAXAUTHLINE if flagsasl else MAXCMDLINE
         i = data.find(b'\n', pos)
         if i < 0:
             if not self.flagtoolong:
-                if len(self.linebuf) + len(data) - pos > MAXCMDLINE - 1:
+                if len(self.linebuf) + len(data) - pos > limit - 1:
                     self.flagtoolong = True
                     self.linebuf.clear()
                 else:
                     self.linebuf += data[pos:]
             return len(data)
-        if self.flagtoolong or len(self.linebuf) + i - pos + 1 > MAXCMDLINE:
+        if self.flagtoolong or len(self.linebuf) + i - pos + 1 > limit:
             self.flagtoolong = False
             self.linebuf.clear()
+            if flagsasl:
+                self.auth.sasl = None       # the exchange is over
             self.bad(R_TOOLONG)
         else:
             line = bytes(self.linebuf) + data[pos:i]
             self.linebuf.clear()
-            self.command(line)
+            if flagsasl:
+                self.auth_reply(*self.auth.response(line))
+            else:
+                self.command(line)
         if (not self.flagclosed and self.config.maxerrors
                 and self.errors >= self.config.maxerrors):
             self.abort_queue()
@@ -366,12 +555,17 @@ class Session:
         self.dohelo(arg)
 
     def smtp_ehlo(self, arg):
-        lines = [b'250-' + self.config.greeting, b'250-PIPELINING']
+        lines = [self.config.greeting, b'PIPELINING', b'8BITMIME']
+        if self.config.flagtls and self.tls is None:
+            lines.append(b'STARTTLS')
+        keyword = None if self.auth is None else self.auth.keyword(
+            self.tls is not None)
+        if keyword is not None:
+            lines.append(keyword)
         if self.config.databytes:
-            lines += [b'250-8BITMIME', b'250 SIZE %d' % self.config.databytes]
-        else:
-            lines.append(b'250 8BITMIME')
-        self.out(b'\r\n'.join(lines) + b'\r\n')
+            lines.append(b'SIZE %d' % self.config.databytes)
+        self.out(b''.join(b'250-' + line + b'\r\n' for line in lines[:-1])
+                 + b'250 ' + lines[-1] + b'\r\n')
         self.seenmail = False
         self.dohelo(arg)
 
@@ -391,11 +585,46 @@ class Session:
     def smtp_vrfy(self, arg):
         self.out(R_VRFY)
 
+    def smtp_starttls(self, arg):
+        if not self.config.flagtls:
+            self.bad(R_UNIMPL)
+        elif self.tls is not None:
+            self.bad(R_TLSACTIVE)
+        elif arg:
+            self.bad(R_TLSARG)
+        else:
+            self.flagstarttls = True
+
+    def smtp_auth(self, arg):
+        if self.auth is None:
+            self.bad(R_UNIMPL)
+        else:
+            self.auth_reply(*self.auth.command(arg, self.tls is not None,
+                                               self.seenmail))
+
+    def auth_reply(self, reply: bytes, what):
+        if what == CLOSE:
+            self.abort_queue()
+            self.close(reply)
+        elif what == REFUSED:
+            self.bad(reply)
+        else:
+            self.out(reply)
+            if what == PAUSE:
+                self.pause = self.config.authdelay
+
+    @property
+    def authuser(self):
+        return None if self.auth is None else self.auth.user
+
+    # -- MAIL, RCPT, DATA --
+
     def parse_addr(self, arg: bytes):
         """addrparse with localiphost and qmail's length check:
         (address, rest), or None for a syntax error."""
         addr, rest = addrparse(arg)
         addr = localiphost(addr, self.config.localiphost, self.config.ipme)
+        addr = localiphost6(addr, self.config.localiphost, self.config.ipme)
         if len(addr) > ADDRMAX:
             return None
         return addr, rest
@@ -433,8 +662,8 @@ class Session:
             return
         if self.peer.relayclient is not None:
             addr += self.peer.relayclient
-        elif not addrallowed(addr, self.config.rcpthosts,
-                             self.config.morercpthosts):
+        elif self.authuser is None and not addrallowed(
+                addr, self.config.rcpthosts, self.config.morercpthosts):
             self.bad(R_NOGATEWAY)
             return
         self.rcptto.append(addr)
@@ -459,7 +688,8 @@ class Session:
         self.size = 0
         self.flagoverflow = False
         self.out(R_GOAHEAD)
-        qq.put(received(self.peer, self.fakehelo, self.now))
+        qq.put(received(self.peer, self.fakehelo, self.now, self.tls,
+                        self.authuser))
 
     def data_in(self, data: bytes, pos: int) -> int:
         """Pass message bytes from data[pos:] on; return the new pos."""
@@ -558,7 +788,21 @@ def load_config(ctl: control.Controls, environ) -> Config:
         maxrcpt=ctl.int('maxrcptsmtpd', DEFAULT_MAXRCPT),
         maxerrors=ctl.int('maxerrorssmtpd', DEFAULT_MAXERRORS),
         lifetime=ctl.int('lifetimesmtpd', DEFAULT_LIFETIME),
+        flagtls=ctl.exists('servercert.pem'),
+        flagauthplain=ctl.exists('smtpauthplaintext'),
+        flagcram=ctl.exists('smtpauthcram'),
+        maxauth=ctl.int('maxauthsmtpd', DEFAULT_MAXAUTH),
+        authdelay=ctl.int('authdelaysmtpd', DEFAULT_AUTHDELAY),
     )
+
+
+def local_ips6() -> frozenset:
+    """This host's IPv6 addresses; none when the kernel has no IPv6."""
+    try:
+        with open(IF_INET6, 'rb') as f:
+            return parse_if_inet6(f.read(1 << 20))
+    except FileNotFoundError:
+        return frozenset()
 
 
 # -- the shell --------------------------------------------------------------
@@ -582,38 +826,89 @@ def write_all(fd: int, data: bytes, timeout: int):
         view = view[n:]
 
 
-def serve(session: Session, fdin: int = 0, fdout: int = 1) -> int:
+def is_socket(fdin: int, fdout: int) -> bool:
+    """Are fdin and fdout one stream socket, as tcpserver gives them?
+    (Not the pipes of sendmail -bs: no STARTTLS there.)"""
+    try:
+        a = os.fstat(fdin)
+        b = os.fstat(fdout)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class FdChannel:
+    """The connection in the clear: fdin and fdout with poll() timeouts.
+    smtpd_tls.TlsChannel is the same once encrypted."""
+
+    def __init__(self, fdin: int, fdout: int):
+        self.fdin = fdin
+        self.fdout = fdout
+        self.poller = select.poll()
+        self.poller.register(fdin, select.POLLIN)
+
+    def read(self, wait: float):
+        """Up to READSIZE bytes; b'' at the end or on an error; None
+        when nothing came for wait seconds."""
+        if not self.poller.poll(int(wait * 1000)):
+            return None
+        try:
+            return os.read(self.fdin, READSIZE)
+        except OSError:
+            return b''
+
+    def write(self, data: bytes, timeout: float):
+        write_all(self.fdout, data, timeout)
+
+
+def serve(session: Session, fdin: int = 0, fdout: int = 1,
+          certfile: str = CERTFILE) -> int:
     """Run one session over fdin and fdout; return its exit code.
 
     Each read waits at most timeoutsmtpd seconds, and never past the
-    session's deadline (lifetimesmtpd)."""
+    session's deadline (lifetimesmtpd).  certfile is loaded when the
+    session asks for STARTTLS, relative to the cwd (HOME)."""
     timeout = session.config.timeout
-    poller = select.poll()
-    poller.register(fdin, select.POLLIN)
+    channel = FdChannel(fdin, fdout)
     try:
-        write_all(fdout, session.greet(), timeout)
+        channel.write(session.greet(), timeout)
         while not session.flagclosed:
-            now = time.time()
-            wait = timeout
-            if session.deadline is not None:
-                wait = max(0, min(wait, session.deadline - now))
-            if not poller.poll(int(wait * 1000)):
-                write_all(fdout, session.timeout(time.time()), timeout)
+            data = channel.read(read_wait(session, time.time()))
+            if data is None:
+                channel.write(session.timeout(time.time()), timeout)
                 break
-            try:
-                data = os.read(fdin, READSIZE)
-            except OSError:
-                data = b''
             if not data:
                 session.eof()
                 break
             replies = session.feed(data, time.time())
-            if replies:
-                write_all(fdout, replies, timeout)
+            while True:
+                if session.pause:
+                    time.sleep(max(0, min(session.pause,
+                                          read_wait(session, time.time()))))
+                if replies:
+                    channel.write(replies, timeout)
+                if session.flagstarttls:
+                    from qmail import smtpd_tls     # ssl costs start-up time
+                    channel = smtpd_tls.starttls(
+                        session, channel, fdin, certfile,
+                        read_wait(session, time.time()))
+                    if channel is None:
+                        return 1
+                if not session.held or session.flagclosed:
+                    break
+                replies = session.feed(b'', time.time())
     except Gone:
         session.abort()
         return 1
     return session.exitcode
+
+
+def read_wait(session: Session, now: float) -> float:
+    """timeoutsmtpd, or less when the lifetime ends sooner."""
+    wait = session.config.timeout
+    if session.deadline is not None:
+        wait = max(0, min(wait, session.deadline - now))
+    return wait
 
 
 def say(fd: int, reply: bytes):
@@ -624,9 +919,36 @@ def say(fd: int, reply: bytes):
         pass
 
 
+def authenticator(argv):
+    """The AUTH patch's arguments: hostname checkprogram [args ...]; None
+    without a checkprogram, and AUTH is not offered."""
+    argv = [os.fsencode(a) for a in argv]
+    if len(argv) < 2 or not argv[0] or not argv[1]:
+        return None
+    return Checkpassword(argv[0], argv[1:])
+
+
+def queue_starter(program: str, environ, session_of):
+    """newqueue for the session: qmail-queue, with TCPREMOTEINFO the AUTH
+    user's name once there is one (the AUTH patch's way of telling a
+    QMAILQUEUE filter), else what tcpserver said."""
+    remoteinfo = environ.get(b'TCPREMOTEINFO')
+
+    def newqueue():
+        session = session_of()
+        info = remoteinfo if session.authuser is None else session.authuser
+        if info is None:
+            environ.pop(b'TCPREMOTEINFO', None)
+        else:
+            environ[b'TCPREMOTEINFO'] = info
+        return QueueClient(program)
+    return newqueue
+
+
 def main(argv=None, home=None) -> int:
-    """qmail-smtpd; argv is ignored, as qmail's is.  home is for tests:
-    qmail-smtpd itself always runs in auto.QMAIL."""
+    """qmail-smtpd [hostname checkprogram subprogram ...].  home is for
+    tests: qmail-smtpd itself always runs in auto.QMAIL."""
+    argv = sys.argv[1:] if argv is None else argv
     home = auto.QMAIL if home is None else home
     environ = os.environb
     session = None
@@ -638,22 +960,25 @@ def main(argv=None, home=None) -> int:
             say(1, R_CONTROL)
             return 1
         try:
-            config.ipme = local_ips()
+            config.ipme = local_ips() | local_ips6()
         except OSError:
             say(1, R_IPME)
             return 1
+        config.flagtls = config.flagtls and is_socket(0, 1)
         program = environ.get(b'QMAILQUEUE')
         program = (os.path.join(home, 'bin/qmail-queue') if program is None
                    else os.fsdecode(program))
         if config.lifetime:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
         session = Session(config, peer_env(environ),
-                          lambda: QueueClient(program), time.time())
+                          queue_starter(program, environ, lambda: session),
+                          time.time(), checker=authenticator(argv))
         return serve(session, 0, 1)
     except MemoryError:
         if session is not None:
             session.abort()
-        say(1, R_NOMEM)
+        if session is None or session.tls is None:  # not in the clear under TLS
+            say(1, R_NOMEM)
         return 1
     except KeyboardInterrupt:   # sendmail -bs at a terminal, and ^C
         if session is not None:
@@ -672,7 +997,8 @@ def main(argv=None, home=None) -> int:
                          % (type(err).__name__, where)).encode())
         except OSError:
             pass
-        say(1, R_INTERNAL)
+        if session is None or session.tls is None:  # not in the clear under TLS
+            say(1, R_INTERNAL)
         return 1
 
 

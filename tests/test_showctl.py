@@ -53,5 +53,6 @@ def test_shipped_defaults_match_code():
             continue
         assert name in table, 'control/%s is not a known control' % name
         kind, default = table[name][1], table[name][2]
+        assert kind != 'flag', 'control/%s: a presence flag has no default file' % name
         got = open(os.path.join(ROOT, 'control', name)).read()
         assert got == default + '\n', 'control/%s: got %r want %r' % (name, got, default)

@@ -2,12 +2,16 @@
 
 One table, read by qmail-showctl and checked against control/README by
 the tests, so the documentation cannot drift from the code.  Entries:
-(name, kind, default, flagme, pre, post, readers).  kind is 'int', 'str'
-or 'lst'; for 'str' with flagme the default is control/me when that
-exists; for 'lst' the default is the sentence showctl prints.
+(name, kind, default, flagme, pre, post, readers).  kind is 'int', 'str',
+'lst' or 'flag'; for 'str' with flagme the default is control/me when
+that exists; for 'lst' the default is the sentence showctl prints; a
+'flag' file counts by its presence: default is the sentence for its
+absence, pre the sentence for its presence.
 """
 
 CONTROLS = (
+    ('authdelaysmtpd', 'int', '2', False,
+     'A refused SMTP AUTH is answered after ', ' seconds', 'qmail-smtpd'),
     ('badmailfrom', 'lst', 'Any MAIL FROM is allowed.', False,
      '', ' not accepted in MAIL FROM.', 'qmail-smtpd'),
     ('bouncefrom', 'str', 'MAILER-DAEMON', False,
@@ -54,6 +58,8 @@ CONTROLS = (
      'A QMTP session lasts at most ', ' seconds', 'qmail-qmtpd'),
     ('maxrcptqmtpd', 'int', '1000', False,
      'A QMTP message may have at most (0: no limit) ', ' recipients', 'qmail-qmtpd'),
+    ('maxauthsmtpd', 'int', '3', False,
+     'SMTP AUTH failures per session at most (0: no limit) ', '', 'qmail-smtpd'),
     ('me', 'str', 'undefined! Uh-oh', False,
      'My name is ', '', 'every program'),
     ('percenthack', 'lst', 'The percent hack is not allowed.', False,
@@ -70,6 +76,12 @@ CONTROLS = (
     ('morercpthosts', 'lst', 'No effect.', False,
      'SMTP clients may send messages to recipients at ', '.',
      'qmail-newmrh, qmail-smtpd, qmail-qmtpd'),
+    ('servercert.pem', 'flag', 'No STARTTLS.', False,
+     'STARTTLS is offered with this certificate and key.', '', 'qmail-smtpd, qmail-popup'),
+    ('smtpauthcram', 'flag', 'SMTP AUTH offers no CRAM-MD5.', False,
+     'SMTP AUTH offers CRAM-MD5: the checker knows its convention.', '', 'qmail-smtpd'),
+    ('smtpauthplaintext', 'flag', 'SMTP AUTH only after STARTTLS.', False,
+     'SMTP AUTH is offered without TLS too.', '', 'qmail-smtpd'),
     ('smtpgreeting', 'str', 'smtpgreeting', True,
      'SMTP greeting: 220 ', '', 'qmail-smtpd'),
     ('smtproutes', 'lst', 'No artificial SMTP routes.', False,

@@ -1,0 +1,123 @@
+"""qmail-smtpd's STARTTLS (RFC 3207): the server context, the handshake,
+and the connection once encrypted.
+
+Part of qmail-smtpd (see qmail/smtpd.py: the Session decides when, this
+module does the I/O).  Imported only when a client says STARTTLS, since
+the ssl module costs start-up time every connection would pay.
+
+The certificate is control/servercert.pem, certificate chain and
+private key in one PEM file, as the common qmail TLS patch has it; it
+must be readable by qmaild.  The context is OpenSSL's defaults for a
+server (ssl.create_default_context(ssl.Purpose.CLIENT_AUTH): no client
+certificate asked for) with TLS 1.2 at least, the server's cipher
+order, no compression and no renegotiation.
+
+STARTTLS is offered only when fd 0 and fd 1 are one socket, as under
+tcpserver (smtpd.is_socket); never on the pipes of sendmail -bs.
+"""
+
+import os
+import socket
+import ssl
+
+from qmail.smtpd import Gone
+
+CERTFILE = 'control/servercert.pem'
+HANDSHAKE_TIMEOUT = 60   # seconds; also capped by timeoutsmtpd and the lifetime
+READSIZE = 65536
+
+R_TLSGO = b'220 ready for tls\r\n'
+
+
+class TlsError(Exception):
+    """The handshake failed: no SMTP can follow on this connection."""
+
+
+def starttls(session, channel, fd: int, certfile: str, wait: float):
+    """The shell's part of STARTTLS, once the Session asked for it: the
+    new channel; the old one if the certificate cannot be loaded (the
+    Session's 454 is sent); None if the handshake failed (the session
+    is aborted: the connection must be dropped).  wait is what is left
+    of timeoutsmtpd and the lifetime."""
+    timeout = session.config.timeout
+    try:
+        ctx = server_context(certfile)
+    except (OSError, ValueError):       # ssl.SSLError is an OSError
+        channel.write(session.starttls_refused(), timeout)
+        return channel
+    channel.write(R_TLSGO, timeout)
+    try:
+        tls = handshake(ctx, fd, min(HANDSHAKE_TIMEOUT, wait))
+    except TlsError:
+        session.abort()
+        return None
+    session.tls_started(tls.description)
+    return tls
+
+
+def server_context(certfile: str = CERTFILE) -> ssl.SSLContext:
+    """Raises OSError (ssl.SSLError among them) when the file is missing,
+    unreadable or not a certificate with its key."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= (ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+                    | ssl.OP_NO_RENEGOTIATION)
+    ctx.load_cert_chain(certfile)
+    return ctx
+
+
+def describe(sslsock) -> bytes:
+    """"TLSv1.3 TLS_AES_256_GCM_SHA384", for the Received line."""
+    cipher = sslsock.cipher()
+    name = cipher[0] if cipher else 'unknown'
+    return ('%s %s' % (sslsock.version() or 'TLS', name)).encode('ascii', 'replace')
+
+
+def handshake(ctx: ssl.SSLContext, fd: int, timeout: float) -> 'TlsChannel':
+    """Start TLS as the server on the socket fd; raises TlsError.
+
+    The socket object gets a duplicate of fd, so fds 0 and 1 stay what
+    tcpserver made them.  Whatever the client sent after STARTTLS and
+    before its ClientHello has been dropped by the Session; bytes still
+    in the kernel go to OpenSSL, which fails the handshake on them."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as err:
+        raise TlsError(str(err)) from None
+    try:
+        sock.settimeout(max(timeout, 0.001))
+        sslsock = ctx.wrap_socket(sock, server_side=True,
+                                  do_handshake_on_connect=False)
+        sslsock.do_handshake()
+    except (OSError, ValueError) as err:    # ssl.SSLError, timeout, reset
+        sock.close()
+        raise TlsError(type(err).__name__) from None
+    return TlsChannel(sslsock)
+
+
+class TlsChannel:
+    """The encrypted connection, with smtpd.FdChannel's read and write."""
+
+    def __init__(self, sslsock):
+        self.sslsock = sslsock
+        self.description = describe(sslsock)
+
+    def read(self, wait: float):
+        """Up to READSIZE bytes; b'' at the end or on an error; None
+        when nothing came for wait seconds."""
+        try:
+            self.sslsock.settimeout(max(wait, 0.001))
+            return self.sslsock.recv(READSIZE)
+        except TimeoutError:
+            return None
+        except (OSError, ValueError):
+            return b''
+
+    def write(self, data: bytes, timeout: float):
+        """Raises smtpd.Gone when the client cannot be written to within
+        timeout seconds, or at all."""
+        try:
+            self.sslsock.settimeout(timeout)
+            self.sslsock.sendall(data)
+        except (OSError, ValueError) as err:    # ssl.SSLError, timeout, reset
+            raise Gone(type(err).__name__) from None
