@@ -92,6 +92,8 @@ def main(argv=None) -> int:
         os.chdir('queue/mess')
     except OSError:
         return 111
+    from qmail.lib import tcpto
+    tcpto.tcpto_clean()          # as qmail-rspawn does at start
     try:
         import qmail.remote     # loaded once here, used by every child  # noqa: F401
     except ImportError:

@@ -34,6 +34,8 @@ CONTROLS = (
      'Default domain name is ', '', 'qmail-inject'),
     ('defaulthost', 'str', 'defaulthost', True,
      'Default host name is ', '', 'qmail-inject'),
+    ('dnsservers', 'lst', "DNS servers are /etc/resolv.conf's.", False,
+     'DNS server: ', '', 'qmail-remote'),
     ('doublebouncehost', 'str', 'doublebouncehost', True,
      '2B recipient host: ', '', 'qmail-send'),
     ('doublebounceto', 'str', 'postmaster', False,
@@ -94,6 +96,8 @@ CONTROLS = (
      'QMTP server data timeout is ', ' seconds', 'qmail-qmtpd'),
     ('timeoutsmtpd', 'int', '1200', False,
      'SMTP server data timeout is ', ' seconds', 'qmail-smtpd'),
+    ('tlsdestinations', 'lst', 'No TLS required: STARTTLS is opportunistic.', False,
+     'TLS with a verified certificate is required for ', '', 'qmail-remote'),
     ('virtualdomains', 'lst', 'No virtual domains.', False,
      'Virtual domain: ', '', 'qmail-send'),
 )

@@ -1,0 +1,410 @@
+"""qmail-remote: send one message via SMTP to recipients at one host.
+
+Usage:    qmail-remote host sender recip [recip ...]
+Runs as:  qmailr, group qmail: qmail-rspawn's forked child (the module
+          is loaded once there), or on its own; cwd changed to HOME.
+Reads:    fd 0, the message (qmail-send's mess file, seekable); control/
+          me, helohost, smtproutes, timeoutconnect, timeoutremote,
+          dnsservers, tlsdestinations; the DNS (MX, A, AAAA, CNAME).
+Writes:   fd 1, NUL-terminated reports: one per recipient the peer was
+          asked about, r (accepted), h (rejected for good) or s (rejected
+          for now), in argv order, then the message report, K (success:
+          the peer took the message for every r recipient), Z (temporary
+          failure) or D (permanent failure), each with a human-readable
+          text that may end up in a bounce.  See qmail-rspawn's report().
+          queue/lock/tcpto, the addresses that time out (qmail.lib.tcpto).
+Exits:    0, always (qmail-remote(8)): every failure is a report.
+Trusts:   qmail-send for the arguments (sender already VERP-expanded by
+          qmail-send; used as it is); nothing the DNS or the peer says
+          beyond the bounds in qmail.lib.dns and remote_smtp.
+See:      qmail-remote(8), qmail-tcpto(8); RFC 5321 sections 4 and 5.
+
+Where the message goes: the first smtproutes entry (by the host, then
+each .suffix of it, then the empty domain; later lines win, as qmail's
+constmap) gives a relay[:port] whose addresses are tried (no MX lookup,
+and no check that the relay is this host); an empty relay, or no entry,
+means the host's MX records (qmail.lib.dns).  Addresses at or below the
+best preference that is this host's (remote_ipme) are dropped: if that
+leaves none, D "Although I'm listed as a best-preference MX...".  Each
+remaining address not marked dead in tcpto is tried in order, with
+timeoutconnect; the first connection made decides (remote_smtp);
+if none, Z "Sorry, I wasn't able to establish an SMTP connection."
+
+Beyond qmail 1.03:
+  control/dnsservers: resolvers to ask, one a line (1.2.3.4, 1.2.3.4:5353,
+      2001:db8::53, [2001:db8::53]:5353); default /etc/resolv.conf.
+  control/tlsdestinations: domains that require TLS with a verified
+      certificate, one a line, "domain" (the system's CAs) or
+      "domain:/path/cafile.pem"; ".domain" for its subdomains and
+      ":cafile" or ":" for every domain, matched like smtproutes.  The
+      certificate must name the MX host (or the smtproutes relay).
+      Other domains get opportunistic STARTTLS, without verification.
+  IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
+      IPv6 peers in its own table.
+"""
+
+import os
+import random
+import signal
+import socket
+import stat
+import sys
+import time
+
+from qmail.lib import auto, control, tcpto
+from qmail.lib import dns as qdns
+from qmail import remote_ipme, remote_smtp
+
+PORT_SMTP = 25          # silly rabbit, /etc/services is for users
+
+
+class Report(Exception):
+    """Ends the delivery with a message report: letter and text."""
+
+    def __init__(self, record: bytes):
+        super().__init__(record)
+        self.record = record
+
+
+def temp(text: bytes) -> Report:
+    return Report(b'Z' + text)
+
+
+def perm(text: bytes) -> Report:
+    return Report(b'D' + text)
+
+
+T_NOMEM = b'Out of memory. (#4.3.0)\n'
+T_OSERR = b'System resources temporarily unavailable. (#4.3.0)\n'
+T_NOCONN = b"Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n"
+T_DNS = b"Sorry, I couldn't find any host by that name. (#4.1.2)\n"
+T_CHDIR = b'Unable to switch to home directory. (#4.3.0)\n'
+T_CONTROL = b'Unable to read control files. (#4.3.0)\n'
+P_USAGE = b'I (qmail-remote) was invoked improperly. (#5.3.5)\n'
+P_NOMX = b"Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n"
+P_AMBIGMX = (b"Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
+             b"it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n")
+P_SENDER = b'Sorry, I will not send an envelope sender with a line break. (#5.1.7)\n'
+
+
+# --- pure -----------------------------------------------------------------
+
+def outsafe(text: bytes) -> bytes:
+    """qmail's outsafe: a host name from argv, printable."""
+    return bytes(ch if 33 <= ch <= 126 else 63 for ch in text)
+
+
+def parse_map(lines) -> dict:
+    """qmail's constmap with flagcolon: {lowercased key: value}; lines
+    without a colon are ignored; a later line wins."""
+    out = {}
+    for line in lines:
+        key, sep, value = line.partition(b':')
+        if sep:
+            out[key.lower()] = value
+    return out
+
+
+def parse_tlsmap(lines) -> dict:
+    """control/tlsdestinations: like parse_map, and a line without a
+    colon is a domain with the system's CAs."""
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(b':')
+        out[key.lower()] = value
+    return out
+
+
+def lookup_map(host: bytes, table: dict):
+    """The value for host: host itself, then each suffix from a dot,
+    then the empty domain (qmail-remote's smtproutes walk); None."""
+    host = host.lower()
+    for i in range(len(host) + 1):
+        if i == 0 or i == len(host) or host[i:i + 1] == b'.':
+            value = table.get(host[i:])
+            if value is not None:
+                return value
+    return None
+
+
+def parse_relay(value: bytes):
+    """(relay host, port) of an smtproutes value "relay" or "relay:port";
+    [IPv6:...] literals keep their colons.  Raises ValueError."""
+    port = PORT_SMTP
+    if value.startswith(b'['):
+        end = value.find(b']')
+        if end == -1:
+            raise ValueError('unclosed bracket')
+        relay, rest = value[:end + 1], value[end + 1:]
+    else:
+        relay, sep, rest = value.partition(b':')
+        rest = sep + rest
+    if not relay:
+        raise ValueError('no relay')
+    if rest:
+        if not rest.startswith(b':') or not rest[1:].isdigit():
+            raise ValueError('bad port')
+        port = int(rest[1:])
+        if not 0 < port < 65536:
+            raise ValueError('bad port')
+    return relay, port
+
+
+def quote_need(box: bytes) -> bool:
+    """qmail's quote_need: must this local part be quoted?"""
+    if not box:
+        return True
+    for ch in box:
+        if ch >= 127 or ch < 33 or ch in b'"(),:;<>@[\\]':
+            return True
+    return box.startswith(b'.') or box.endswith(b'.') or b'..' in box
+
+
+def addrmangle(addr: bytes) -> bytes:
+    """The address for MAIL FROM or RCPT TO: the box quoted if need be."""
+    j = addr.rfind(b'@')
+    if j == -1:
+        return addr
+    box = addr[:j]
+    if quote_need(box):
+        box = b'"' + (box.replace(b'\\', b'\\\\').replace(b'"', b'\\"')) + b'"'
+    return box + addr[j:]
+
+
+def has_break(addr: bytes) -> bool:
+    return b'\n' in addr or b'\r' in addr
+
+
+def usable(addrs, is_me, relay: bool):
+    """The addresses worth trying: those preferred over the best
+    preference at which this host is listed; all of them for a relay."""
+    prefme = 300000 if relay else 100000
+    if not relay:
+        for mx in addrs:
+            if mx.pref < prefme and is_me(mx.ip):
+                prefme = mx.pref
+    return [mx for mx in addrs if mx.pref < prefme]
+
+
+# --- the shell ------------------------------------------------------------
+
+class Settings:
+    """qmail-remote's control files."""
+
+    def __init__(self, ctl: control.Controls):
+        helohost = ctl.line('helohost', flagme=True)
+        if helohost is None:
+            raise temp(T_CONTROL)
+        self.helohost = helohost
+        self.timeoutconnect = max(1, ctl.int('timeoutconnect', 60))
+        self.timeout = max(1, ctl.int('timeoutremote', 1200))
+        self.routes = parse_map(ctl.lines('smtproutes'))
+        self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
+        self.nameservers = None
+        servers = ctl.lines('dnsservers')
+        if servers:
+            try:
+                self.nameservers = [qdns.parse_nameserver(s.decode('ascii'))
+                                    for s in servers]
+            except (ValueError, UnicodeError):
+                raise temp(b'Unable to parse control/dnsservers. (#4.3.0)\n') from None
+
+
+def message_span(fd: int):
+    """The message's bytes still to read from fd, if fd is a regular file
+    (qmail-rspawn gives the mess file at offset 0), else None."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(0, st.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+    except OSError:
+        return None
+
+
+def check_final_newline(fd: int, size):
+    """Refuse a message whose last line has no end before connecting,
+    rather than halfway through DATA as qmail does."""
+    if not size:
+        return
+    try:
+        last = os.pread(fd, 1, os.lseek(fd, 0, os.SEEK_CUR) + size - 1)
+    except OSError:
+        return                          # the blast will tell
+    if last and last not in b'\n\r':
+        raise perm(b'SMTP cannot transfer messages with partial final lines. (#5.6.2)\n')
+
+
+def resolve(host: bytes, relay, resolver, rand):
+    """[Mx] to try for host (or the relay); Report when there is none."""
+    target = relay if relay is not None else host
+    name, shown = os.fsdecode(target), outsafe(target)
+    try:
+        if relay is not None:
+            addrs, flagsoft = qdns.dns_ip(resolver, name), False
+        else:
+            addrs, flagsoft = qdns.dns_mxip(resolver, name, rand)
+    except qdns.DnsSoft:
+        raise temp(T_DNS) from None
+    except qdns.DnsHard:
+        raise perm(b"Sorry, I couldn't find any host named " + shown + b'. (#5.1.2)\n') from None
+    except qdns.NullMx:
+        raise perm(b'Sorry, ' + shown + b' does not accept mail (null MX). (#5.1.10)\n') from None
+    if not addrs:
+        raise temp(T_DNS) if flagsoft else perm(P_NOMX)
+    return addrs
+
+
+def tls_policy(host: bytes, tlsdest: dict):
+    """(ctx, required) for host: required (and verified) if
+    control/tlsdestinations names it, else opportunistic."""
+    cafile = lookup_map(host, tlsdest)
+    try:
+        if cafile is None:
+            return remote_smtp.tls_context(False), False
+        return remote_smtp.tls_context(True, os.fsdecode(cafile) or None), True
+    except OSError:
+        raise temp(b'Unable to load the CA file that control/tlsdestinations names for '
+                   + outsafe(host) + b'. (#4.3.0)\n') from None
+
+
+def tls_for(host: bytes, mx, ctx, required: bool):
+    """The Tls of one address: the name to verify is the name the address
+    came from (MX host or relay), the address itself for a literal."""
+    hostname = mx.name if qdns.literal(mx.name) is None else mx.ip
+    return remote_smtp.Tls(ctx, hostname, required, required, host)
+
+
+def connect(ip: str, port: int, timeout: float):
+    """A connected socket; TimeoutError, OSError."""
+    family = socket.AF_INET6 if ':' in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
+            out: list, resolver=None, is_me=None, rand=None, memory=None,
+            now=time.time) -> bytes:
+    """One delivery: recipient records appended to out, the message
+    report returned; Report raised for the failures before a connection.
+    resolver, is_me, rand and memory are the tests' to replace."""
+    if has_break(sender):
+        raise perm(P_SENDER)
+    size = message_span(fd)
+    check_final_newline(fd, size)
+    mangled = [None if has_break(r) else addrmangle(r) for r in recips]
+
+    relay, port = None, PORT_SMTP
+    route = lookup_map(host, settings.routes)
+    if route:
+        try:
+            relay, port = parse_relay(route)
+        except ValueError:
+            raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
+    ctx, required = tls_policy(host, settings.tlsdest)
+
+    if resolver is None:
+        try:
+            resolver = qdns.make_resolver(settings.nameservers)
+        except qdns.DnsSoft:
+            raise temp(b'Unable to read /etc/resolv.conf. (#4.3.0)\n') from None
+    addrs = resolve(host, relay, resolver, rand or random.Random())
+    if is_me is None:
+        try:
+            me = remote_ipme.ipme()
+        except OSError:
+            raise temp(T_OSERR) from None
+        is_me = lambda ip: remote_ipme.is_me(ip, me)   # noqa: E731
+    addrs = usable(addrs, is_me, relay is not None)
+    if not addrs:
+        raise perm(P_AMBIGMX)
+
+    memory = memory or tcpto.Memory()
+    for mx in addrs:
+        if memory.dead(mx.ip, int(now())):
+            continue
+        # Opportunistic TLS that fails in the handshake gets a second,
+        # plain connection to the same address.
+        for tls in (tls_for(host, mx, ctx, required), None):
+            try:
+                sock = connect(mx.ip, port, settings.timeoutconnect)
+            except TimeoutError:
+                memory.err(mx.ip, True, int(now()))
+                break
+            except OSError:
+                memory.err(mx.ip, False, int(now()))
+                break
+            memory.err(mx.ip, False, int(now()))
+            conn = remote_smtp.Conn(sock, settings.timeout)
+            session = remote_smtp.Session(conn, mx.ip.encode('ascii'),
+                                          settings.helohost, out)
+            try:
+                return session.run(addrmangle(sender), mangled, fd, size, tls)
+            except remote_smtp.TlsFallback:
+                continue
+            finally:
+                conn.close()
+    raise temp(T_NOCONN)
+
+
+def write_all(fd: int, data: bytes):
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def main(argv=None) -> int:
+    args = [os.fsencode(a) for a in (sys.argv[1:] if argv is None else argv)]
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    out = []
+    try:
+        if len(args) < 3:
+            raise perm(P_USAGE)
+        try:
+            os.chdir(auto.QMAIL)
+        except OSError:
+            raise temp(T_CHDIR) from None
+        try:
+            settings = Settings(control.Controls('control'))
+        except OSError:
+            raise temp(T_CONTROL) from None
+        final = deliver(args[0], args[1], args[2:], settings, 0, out)
+    except Report as r:
+        final = r.record
+    except MemoryError:
+        final = b'Z' + T_NOMEM
+    except Exception as err:        # the last resort: defer, never bounce
+        final = (b'Zqmail-remote bug: %s in %s. (#4.3.0)\n'
+                 % (type(err).__name__.encode(), where(err)))
+    try:
+        write_all(1, b''.join(rec + b'\0' for rec in out + [final]))
+    except OSError:
+        pass
+    return 0
+
+
+def where(err: BaseException) -> bytes:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return b'?'
+    code = tb.tb_frame.f_code
+    return ('%s:%d' % (os.path.basename(code.co_filename), tb.tb_lineno)).encode()
+
+
+def run():
+    try:
+        code = main()
+    except BaseException:
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

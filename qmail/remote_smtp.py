@@ -1,0 +1,392 @@
+"""qmail-remote's SMTP conversation with one host (part of qmail-remote).
+
+qmail-remote.c's smtp(), with EHLO, SIZE and STARTTLS added.  Each step
+and the report it ends with (IP is the partner's address):
+
+  greeting    not 220: Z "Connected to IP but greeting failed."
+  EHLO        not 250: HELO instead; not 250 either:
+                       Z "Connected to IP but my name was rejected."
+  STARTTLS    when the peer offers it (see TLS below)
+  MAIL FROM   5xx: D, other failures Z, "Connected to IP but sender was
+              rejected."  SIZE= is given when the peer offers SIZE.
+  RCPT TO     per recipient, in order: 2xx/3xx an r record, 5xx an h
+              record, others an s record, "IP does not like recipient.";
+              none accepted: D "Giving up on IP."
+  DATA        3xx goes on; 5xx D, others Z, "IP failed on DATA command."
+  the dot     2xx K "IP accepted message."; 5xx D, others Z, "IP failed
+              after I sent the message."
+The peer's last reply follows as "Remote host said: ...".  QUIT is sent
+and not waited for.  A connection that dies, or a peer silent for
+timeoutremote seconds, is Z "Connected to IP but connection died.",
+with "Possible duplicate!" once the final dot is sent.  A reply code
+that is not three digits counts as a temporary failure, never as
+success; a reply longer than REPLYMAX bytes ends the conversation.
+
+The message: every line ends in CR LF (LF, CR LF and a lone CR in the
+file each end a line), a line starting with a dot gets another, and the
+end is dot CR LF.  8-bit data is sent as it is.  A message whose last
+line has no end cannot be sent: D (#5.6.2).
+
+TLS: with a Tls policy and STARTTLS offered, the conversation goes on
+encrypted, after a new EHLO.  Opportunistic (no certificate check): a
+refused STARTTLS means plain text, a failed handshake raises
+TlsFallback so the caller reconnects in plain text.  Required (from
+control/tlsdestinations): the certificate must verify for the host name
+the address came from (the MX name), else Z (#4.7.5); a peer without
+STARTTLS is Z (#4.7.10).  Whatever the peer sent before the handshake
+is discarded (CVE-2011-0411, command injection).  The K report says
+which protocol and cipher carried the message, and whether verified.
+"""
+
+import os
+import ssl
+
+HUGESMTPTEXT = 5000     # bytes of a reply kept for the report (qmail's)
+REPLYMAX = 1 << 16      # bytes of one reply read at most: the peer's to fill
+READSIZE = 4096
+BLASTSIZE = 1 << 16
+EXTMAX = 100            # EHLO keywords believed
+
+
+class Dropped(Exception):
+    """The connection died, timed out, or carried an absurd reply."""
+
+    def __init__(self, why=b'connection died'):
+        super().__init__(why)
+        self.why = why
+
+
+class TlsFallback(Exception):
+    """Opportunistic TLS failed in the handshake: try again in plain text."""
+
+
+class PartialLine(Exception):
+    """The message does not end with a newline."""
+
+
+class ReadError(Exception):
+    """fd 0 could not be read."""
+
+
+class Tls:
+    """What TLS to do with one host: ctx, the name to verify (and send as
+    SNI), required (defer without it) and verify (ctx checks the
+    certificate), the destination domain for the texts."""
+
+    def __init__(self, ctx, hostname, required, verify, domain=b''):
+        self.ctx, self.hostname = ctx, hostname
+        self.required, self.verify, self.domain = required, verify, domain
+
+
+def tls_context(verify: bool, cafile=None) -> ssl.SSLContext:
+    """A client context: OpenSSL's defaults; with verify, the peer's
+    certificate must chain to cafile (or the system's CAs) and name the
+    host.  OSError (ssl.SSLError among them) if cafile cannot be loaded."""
+    if verify:
+        return ssl.create_default_context(cafile=cafile)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# --- pure -----------------------------------------------------------------
+
+def stuff(block: bytes) -> bytes:
+    """Complete lines, starting at a line's start and ending with its
+    end, in SMTP's form: CR LF ends each line, a leading dot is doubled."""
+    block = block.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+    block = block.replace(b'\n.', b'\n..')
+    if block.startswith(b'.'):
+        block = b'.' + block
+    return block.replace(b'\n', b'\r\n')
+
+
+class Blaster:
+    """The message in SMTP's form, fed in chunks of any size."""
+
+    def __init__(self):
+        self.carry = bytearray()        # the unfinished line
+
+    def feed(self, chunk: bytes) -> bytes:
+        i = chunk.rfind(b'\n')
+        if i == -1:
+            self.carry += chunk
+            return b''
+        data = bytes(self.carry) + chunk[:i + 1]
+        self.carry = bytearray(chunk[i + 1:])
+        return stuff(data)
+
+    def finish(self) -> bytes:
+        """The rest and the final dot.  Raises PartialLine."""
+        if not self.carry:
+            return b'.\r\n'
+        if self.carry.endswith(b'\r'):
+            out = stuff(bytes(self.carry))
+            self.carry = bytearray()
+            return out + b'.\r\n'
+        raise PartialLine()
+
+
+def parse_code(line: bytes) -> int:
+    """The reply code of a reply's first line; 0 if it has none."""
+    head = line[:3]
+    return int(head) if len(head) == 3 and head.isdigit() else 0
+
+
+def parse_ehlo(text: bytes) -> dict:
+    """{KEYWORD: parameters} from an EHLO reply (its first line is the
+    greeting, not an extension)."""
+    ext = {}
+    for line in text.split(b'\n')[1:EXTMAX + 1]:
+        words = line[4:].split(None, 1)
+        if words:
+            ext[words[0].upper()] = words[1] if len(words) > 1 else b''
+    return ext
+
+
+def safe(text) -> bytes:
+    """Peer- or library-made text for a report: printable ASCII only."""
+    if isinstance(text, str):
+        text = text.encode('ascii', 'replace')
+    return bytes(ch if 32 <= ch < 127 else 63 for ch in text)
+
+
+def is_perm(code: int) -> bool:
+    return 500 <= code <= 599
+
+
+def is_ok(code: int) -> bool:
+    """qmail's "code < 400", less codes that are not codes."""
+    return 200 <= code <= 399
+
+
+# --- the connection -----------------------------------------------------------
+
+class Conn:
+    """One SMTP connection: bounded replies, a timeout on every read and
+    write, every socket failure a Dropped."""
+
+    def __init__(self, sock, timeout: float):
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.buf = bytearray()
+        self.text = b''         # the last reply, CRs removed (qmail's smtptext)
+
+    def send(self, data: bytes):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            raise Dropped() from None
+
+    def _line(self, limit: int) -> bytes:
+        while True:
+            i = self.buf.find(b'\n')
+            if i != -1:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise Dropped(b'its reply was too long')
+            try:
+                data = self.sock.recv(READSIZE)
+            except OSError:
+                raise Dropped() from None
+            if not data:
+                raise Dropped()
+            self.buf += data
+
+    def reply(self) -> int:
+        """Read one reply: its code; the text is kept in self.text."""
+        text = bytearray()
+        code = None
+        while True:
+            line = self._line(REPLYMAX - len(text))
+            if code is None:
+                code = parse_code(line)
+            text += line.replace(b'\r', b'')
+            if len(text) > REPLYMAX:
+                raise Dropped(b'its reply was too long')
+            if line[3:4] != b'-':
+                break
+        self.text = bytes(text[:HUGESMTPTEXT]).replace(b'\0', b'?')
+        return code
+
+    def command(self, line: bytes) -> int:
+        self.send(line + b'\r\n')
+        return self.reply()
+
+    def starttls(self, tls: Tls):
+        """The handshake; raises what ssl raises."""
+        self.buf.clear()
+        self.sock = tls.ctx.wrap_socket(self.sock, server_hostname=tls.hostname or None)
+
+    def tls_state(self, verified: bool) -> bytes:
+        cipher = self.sock.cipher()
+        return b'TLS %s %s %s' % (safe(self.sock.version() or '?'),
+                                  safe(cipher[0] if cipher else '?'),
+                                  b'verified' if verified else b'unverified')
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# --- the conversation ---------------------------------------------------------
+
+class Session:
+    """One conversation.  run() returns the message report (K, Z or D
+    and its text); recipient records are appended to out."""
+
+    def __init__(self, conn: Conn, partner: bytes, helohost: bytes, out: list):
+        self.conn, self.partner, self.helohost, self.out = conn, partner, helohost, out
+        self.flagcritical = False
+        self.tlsinfo = b''
+
+    def said(self) -> bytes:
+        text = self.conn.text
+        return b'Remote host said: ' + text if text else b''
+
+    def quit(self, prepend: bytes, append: bytes, said=True) -> bytes:
+        try:
+            self.conn.send(b'QUIT\r\n')     # waiting for the reply is pointless
+        except Dropped:
+            pass
+        return prepend + self.partner + append + b'.\n' + (self.said() if said else b'')
+
+    def dropped(self, err: Dropped) -> bytes:
+        return (b'ZConnected to ' + self.partner + b' but ' + err.why + b'. '
+                + (b'Possible duplicate! ' if self.flagcritical else b'') + b'(#4.4.2)\n')
+
+    def run(self, sender, recips, fd, size=None, tls=None) -> bytes:
+        try:
+            return self.smtp(sender, recips, fd, size, tls)
+        except Dropped as err:
+            return self.dropped(err)
+
+    def hello(self) -> dict:
+        """EHLO, else HELO: the extensions, or None if both failed."""
+        if self.conn.command(b'EHLO ' + self.helohost) == 250:
+            return parse_ehlo(self.conn.text)
+        if self.conn.command(b'HELO ' + self.helohost) == 250:
+            return {}
+        return None
+
+    def required_fails(self, tls: Tls, what: bytes, code: bytes, said=b'') -> bytes:
+        try:
+            self.conn.send(b'QUIT\r\n')
+        except Dropped:
+            pass
+        return (b'ZConnected to ' + self.partner + b' but ' + what
+                + b'; my control/tlsdestinations requires TLS for '
+                + safe(tls.domain) + b'. (#' + code + b')\n' + said)
+
+    def starttls(self, ext: dict, tls: Tls):
+        """None when the conversation may go on (encrypted or not), else
+        the Z report.  Raises TlsFallback, Dropped."""
+        if b'STARTTLS' not in ext:
+            if tls.required:
+                return self.required_fails(tls, b'it does not offer STARTTLS', b'4.7.10')
+            return None
+        code = self.conn.command(b'STARTTLS')
+        if code != 220:
+            if tls.required:
+                return self.required_fails(tls, b'STARTTLS failed', b'4.7.10', self.said())
+            return None
+        try:
+            self.conn.starttls(tls)
+        except ssl.SSLCertVerificationError as err:
+            return self.required_fails(
+                tls, b'its certificate could not be verified for ' + safe(tls.hostname)
+                + b' (' + safe(err.verify_message or str(err)) + b')', b'4.7.5')
+        except TimeoutError:
+            raise Dropped() from None
+        except OSError as err:      # ssl.SSLError, a reset in the handshake
+            if not tls.required:
+                raise TlsFallback() from None
+            return self.required_fails(
+                tls, b'the TLS handshake failed (' + safe(str(err)) + b')', b'4.7.5')
+        self.tlsinfo = self.conn.tls_state(tls.verify)
+        return None
+
+    def smtp(self, sender, recips, fd, size, tls) -> bytes:
+        conn = self.conn
+        if conn.reply() != 220:
+            return self.quit(b'ZConnected to ', b' but greeting failed')
+        ext = self.hello()
+        if ext is None:
+            return self.quit(b'ZConnected to ', b' but my name was rejected')
+        if tls is not None:
+            failed = self.starttls(ext, tls)
+            if failed is not None:
+                return failed
+            if self.tlsinfo:
+                ext = self.hello()
+                if ext is None:
+                    return self.quit(b'ZConnected to ', b' but my name was rejected')
+
+        mail = b'MAIL FROM:<' + sender + b'>'
+        if b'SIZE' in ext and size is not None:
+            mail += b' SIZE=%d' % size
+        code = conn.command(mail)
+        if is_perm(code):
+            return self.quit(b'DConnected to ', b' but sender was rejected')
+        if not is_ok(code):
+            return self.quit(b'ZConnected to ', b' but sender was rejected')
+
+        flagbother = False
+        for recip in recips:
+            if recip is None:           # refused before asking: see remote.py
+                self.out.append(b'hSorry, I will not send an address with a line break. (#5.1.3)\n')
+                continue
+            code = conn.command(b'RCPT TO:<' + recip + b'>')
+            if is_perm(code):
+                self.out.append(b'h' + self.partner + b' does not like recipient.\n' + self.said())
+            elif not is_ok(code):
+                self.out.append(b's' + self.partner + b' does not like recipient.\n' + self.said())
+            else:
+                self.out.append(b'r')
+                flagbother = True
+        if not flagbother:
+            return self.quit(b'DGiving up on ', b'')
+
+        code = conn.command(b'DATA')
+        if is_perm(code):
+            return self.quit(b'D', b' failed on DATA command')
+        if not 300 <= code <= 399:
+            return self.quit(b'Z', b' failed on DATA command')
+        try:
+            self.blast(fd)
+        except ReadError:
+            return b'ZUnable to read message. (#4.3.0)\n'
+        except PartialLine:
+            return b'DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n'
+        code = conn.reply()
+        self.flagcritical = False
+        if is_perm(code):
+            return self.quit(b'D', b' failed after I sent the message')
+        if not 200 <= code <= 299:
+            return self.quit(b'Z', b' failed after I sent the message')
+        if self.tlsinfo:
+            return self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n' + self.said()
+        return self.quit(b'K', b' accepted message')
+
+    def blast(self, fd):
+        """The message from fd, then the final dot.  Raises ReadError,
+        PartialLine (before the dot, so the peer drops the message)."""
+        blaster = Blaster()
+        while True:
+            try:
+                chunk = os.read(fd, BLASTSIZE)
+            except OSError:
+                raise ReadError() from None
+            if not chunk:
+                break
+            data = blaster.feed(chunk)
+            if data:
+                self.conn.send(data)
+        tail = blaster.finish()
+        self.flagcritical = True
+        self.conn.send(tail)

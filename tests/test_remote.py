@@ -1,0 +1,657 @@
+"""qmail-remote's pure parts: MX ordering, smtproutes, address quoting,
+dot-stuffing, the SMTP conversation fed from a script (no socket), the
+reports as qmail-rspawn reads them, and the tcpto table."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from qmail import remote, remote_ipme, remote_smtp as smtp, rspawn
+from qmail import tcpto as tcpto_prog
+from qmail.lib import dns as qdns, tcpto
+
+
+# --- DNS -------------------------------------------------------------------
+
+def test_order_mx_sorted_by_preference():
+    mxs = [(20, 'c'), (10, 'a'), (30, 'd'), (10, 'b'), (20, 'e')]
+    got = qdns.order_mx(list(mxs), random.Random(7))
+    assert [p for p, _ in got] == [10, 10, 20, 20, 30], got
+    assert sorted(got) == sorted(mxs)
+
+
+def test_order_mx_ties_shuffled_seeded():
+    mxs = [(10, 'a'), (10, 'b'), (10, 'c'), (5, 'first')]
+    orders = {tuple(qdns.order_mx(list(mxs), random.Random(seed))) for seed in range(50)}
+    assert all(o[0] == (5, 'first') for o in orders)
+    assert len(orders) == 6, 'every order of the tie appears: %r' % orders
+    # the same seed, the same order
+    assert qdns.order_mx(list(mxs), random.Random(3)) == qdns.order_mx(list(mxs), random.Random(3))
+
+
+@pytest.mark.parametrize('mxs, want', [
+    ([(0, '')], True),
+    ([(0, ''), (10, 'mx.example.com')], False),
+    ([(10, 'mx.example.com')], False),
+])
+def test_null_mx(mxs, want):
+    assert qdns.is_null_mx(mxs) == want
+
+
+@pytest.mark.parametrize('host, want', [
+    ('[1.2.3.4]', '1.2.3.4'),
+    ('1.2.3.4', '1.2.3.4'),
+    ('[IPv6:2001:db8::1]', '2001:db8::1'),
+    ('[ipv6:2001:DB8::1]', '2001:db8::1'),
+    ('[2001:db8::1]', '2001:db8::1'),
+    ('[IPv6:1.2.3.4]', None),
+    ('[1.2.3.400]', None),
+    ('example.com', None),
+    ('[example.com]', None),
+    ('', None),
+])
+def test_literal(host, want):
+    assert qdns.literal(host) == want
+
+
+@pytest.mark.parametrize('line, want', [
+    ('127.0.0.1', ('127.0.0.1', 53)),
+    ('127.0.0.1:5353', ('127.0.0.1', 5353)),
+    ('2001:db8::53', ('2001:db8::53', 53)),
+    ('[2001:db8::53]:5353', ('2001:db8::53', 5353)),
+    ('[::1]', ('::1', 53)),
+])
+def test_parse_nameserver(line, want):
+    assert qdns.parse_nameserver(line) == want
+
+
+@pytest.mark.parametrize('line', ['ns.example.com', '1.2.3.4:0', '1.2.3.4:x',
+                                  '[::1', '[::1]x', '1.2.3.4:70000', ''])
+def test_parse_nameserver_bad(line):
+    with pytest.raises(ValueError):
+        qdns.parse_nameserver(line)
+
+
+# --- smtproutes, tlsdestinations --------------------------------------------
+
+ROUTES = remote.parse_map([
+    b'inside.af.mil:firewall.af.mil:26',
+    b'.af.mil:',
+    b':heaven.af.mil',
+    b'Upper.Example.COM:relay.example.com',
+    b'v6.example.com:[IPv6:2001:db8::25]:2525',
+    b'no colon here',
+    b'dup.example.com:first',
+    b'dup.example.com:second',
+])
+
+
+@pytest.mark.parametrize('host, want', [
+    (b'inside.af.mil', b'firewall.af.mil:26'),
+    (b'x.af.mil', b''),                  # routed by MX
+    (b'a.b.af.mil', b''),
+    (b'af.mil', b'heaven.af.mil'),       # .af.mil needs a label before it
+    (b'elsewhere.org', b'heaven.af.mil'),
+    (b'upper.example.com', b'relay.example.com'),
+    (b'UPPER.EXAMPLE.COM', b'relay.example.com'),
+    (b'dup.example.com', b'second'),     # qmail's constmap: the last line wins
+])
+def test_smtproutes_lookup(host, want):
+    got = remote.lookup_map(host, ROUTES)
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+def test_smtproutes_no_default():
+    routes = remote.parse_map([b'a.example.com:relay'])
+    assert remote.lookup_map(b'b.example.com', routes) is None
+    assert remote.lookup_map(b'x.a.example.com', routes) is None
+
+
+@pytest.mark.parametrize('value, want', [
+    (b'firewall.af.mil:26', (b'firewall.af.mil', 26)),
+    (b'relay.example.com', (b'relay.example.com', 25)),
+    (b'[1.2.3.4]:2525', (b'[1.2.3.4]', 2525)),
+    (b'[IPv6:2001:db8::25]:2525', (b'[IPv6:2001:db8::25]', 2525)),
+    (b'[IPv6:2001:db8::25]', (b'[IPv6:2001:db8::25]', 25)),
+])
+def test_parse_relay(value, want):
+    assert remote.parse_relay(value) == want
+
+
+@pytest.mark.parametrize('value', [b':2525', b'relay:', b'relay:x', b'relay:0', b'relay:99999', b'[1.2.3.4'])
+def test_parse_relay_bad(value):
+    with pytest.raises(ValueError):
+        remote.parse_relay(value)
+
+
+def test_tlsdestinations_lookup():
+    table = remote.parse_tlsmap([b'secure.example.com', b'.bank.example:/etc/ca.pem'])
+    assert remote.lookup_map(b'secure.example.com', table) == b''
+    assert remote.lookup_map(b'www.bank.example', table) == b'/etc/ca.pem'
+    assert remote.lookup_map(b'bank.example', table) is None
+    assert remote.lookup_map(b'other.example.com', table) is None
+    everything = remote.parse_tlsmap([b':'])
+    assert remote.lookup_map(b'any.where', everything) == b''
+
+
+# --- addresses ----------------------------------------------------------------
+
+@pytest.mark.parametrize('addr, want', [
+    (b'joe@example.com', b'joe@example.com'),
+    (b'', b''),
+    (b'#@[]', b'#@[]'),
+    (b'a b@example.com', b'"a b"@example.com'),
+    (b'x.@example.com', b'"x."@example.com'),
+    (b'.x@example.com', b'".x"@example.com'),
+    (b'a..b@example.com', b'"a..b"@example.com'),
+    (b'a"b\\c@example.com', b'"a\\"b\\\\c"@example.com'),
+    (b'@example.com', b'""@example.com'),
+    (b'a@b@example.com', b'"a@b"@example.com'),
+    (b'caf\xc3\xa9@example.com', b'"caf\xc3\xa9"@example.com'),   # qmail quotes 8-bit
+    (b'owner-joe=example.com@lists.example.org', b'owner-joe=example.com@lists.example.org'),
+    (b'postmaster', b'postmaster'),
+])
+def test_addrmangle(addr, want):
+    assert remote.addrmangle(addr) == want
+
+
+def test_usable_drops_me_and_worse():
+    mxs = [qdns.Mx(10, 'a', '192.0.2.1'), qdns.Mx(20, 'me', '127.0.0.1'),
+           qdns.Mx(30, 'c', '192.0.2.3')]
+    is_me = lambda ip: ip == '127.0.0.1'    # noqa: E731
+    assert remote.usable(mxs, is_me, False) == mxs[:1]
+    assert remote.usable(mxs, is_me, True) == mxs            # a relay may be me
+    assert remote.usable([qdns.Mx(0, 'me', '127.0.0.1')], is_me, False) == []
+    assert remote.usable(mxs, lambda ip: False, False) == mxs
+
+
+def test_ipme_parse_dump():
+    # one RTM_NEWADDR for 192.0.2.7 (IFA_LOCAL) then NLMSG_DONE
+    attr = remote_ipme.RTATTR.pack(8, remote_ipme.IFA_LOCAL) + bytes([192, 0, 2, 7])
+    body = remote_ipme.IFADDRMSG.pack(2, 24, 0, 0, 1) + attr
+    msg = remote_ipme.NLMSG_HDR.pack(16 + len(body), remote_ipme.RTM_NEWADDR, 2, 1, 0) + body
+    done = remote_ipme.NLMSG_HDR.pack(20, remote_ipme.NLMSG_DONE, 2, 1, 0) + bytes(4)
+    addrs, finished = remote_ipme.parse_dump(msg + done, 1)
+    assert [str(a) for a in addrs] == ['192.0.2.7'] and finished
+
+
+def test_ipme_real():
+    me = remote_ipme.ipme()
+    assert remote_ipme.is_me('127.0.0.1', me)
+    assert remote_ipme.is_me('0.0.0.0', me)
+    assert not remote_ipme.is_me('127.0.0.2', me)   # routed here, on no interface
+
+
+# --- the message ----------------------------------------------------------------
+
+@pytest.mark.parametrize('message, want', [
+    (b'', b'.\r\n'),
+    (b'a\n', b'a\r\n.\r\n'),
+    (b'.\n', b'..\r\n.\r\n'),
+    (b'.a\n.\n..b\n', b'..a\r\n..\r\n...b\r\n.\r\n'),
+    (b'a\r\nb\r\n', b'a\r\nb\r\n.\r\n'),            # CR LF stays
+    (b'a\rb\n', b'a\r\nb\r\n.\r\n'),                # a lone CR ends a line
+    (b'a\r.\r\n', b'a\r\n..\r\n.\r\n'),            # ... and its dot is stuffed
+    (b'a\r\r\n', b'a\r\n\r\n.\r\n'),
+    (b'last\r', b'last\r\n.\r\n'),
+    (b'\xff\x00\x80 8bit\n', b'\xff\x00\x80 8bit\r\n.\r\n'),
+    (b'\n\n', b'\r\n\r\n.\r\n'),
+    (b'x\n.', None),
+    (b'no newline', None),
+])
+def test_blast(message, want):
+    b = smtp.Blaster()
+    if want is None:
+        b.feed(message)
+        with pytest.raises(smtp.PartialLine):
+            b.finish()
+        return
+    got = b.feed(message) + b.finish()
+    assert got == want, 'got %r want %r' % (got, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b'a', b'.', b'\n', b'\r', b'\r\n', b'..', b'\xe9', b'.\r\n']),
+                max_size=40),
+       st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=20))
+def test_blast_chunking_does_not_matter(parts, cuts):
+    message = b''.join(parts) + b'\n'
+    whole = smtp.Blaster()
+    want = whole.feed(message) + whole.finish()
+    chunked = smtp.Blaster()
+    got, pos, i = b'', 0, 0
+    while pos < len(message):
+        n = cuts[i % len(cuts)]
+        got += chunked.feed(message[pos:pos + n])
+        pos, i = pos + n, i + 1
+    got += chunked.finish()
+    assert got == want
+    # the SMTP data never ends early and every line ends in CR LF
+    body = want[:-3]
+    lines = body.split(b'\r\n')
+    assert lines[-1] == b''
+    assert b'.' not in [ln for ln in lines[:-1]]
+    assert b'\r' not in b''.join(lines) and b'\n' not in b''.join(lines)
+    # undoing the stuffing gives the lines back
+    unstuffed = [ln[1:] if ln.startswith(b'.') else ln for ln in lines[:-1]]
+    normalized = message.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+    assert b'\n'.join(unstuffed) + b'\n' == normalized
+
+
+# --- replies ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('line, code', [
+    (b'250 ok\r\n', 250), (b'554-no\r\n', 554), (b'25\r\n', 0), (b'abc\r\n', 0), (b'\r\n', 0),
+])
+def test_parse_code(line, code):
+    assert smtp.parse_code(line) == code
+
+
+def test_parse_ehlo():
+    text = b'250-mx.example.com hi\n250-PIPELINING\n250-size 1000\n250 STARTTLS\n'
+    assert smtp.parse_ehlo(text) == {b'PIPELINING': b'', b'SIZE': b'1000', b'STARTTLS': b''}
+
+
+class FakeSock:
+    """The peer's side of a conversation as a script: every reply is
+    sent in answer to the next command (the greeting at once)."""
+
+    def __init__(self, replies, chunk=7):
+        self.replies = list(replies)
+        self.sent = b''
+        self.pending = b''
+        self.chunk = chunk
+        self.closed = False
+        self.timeout = None
+        self._next()
+
+    def _next(self):
+        if self.replies:
+            r = self.replies.pop(0)
+            self.pending += r if r is not None else b''
+            self.hang = r is None
+        else:
+            self.hang = True
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def sendall(self, data):
+        if self.closed:
+            raise BrokenPipeError()
+        self.sent += data
+        # a reply is due after each command line, and after the final dot
+        while True:
+            if self.sent.endswith(b'\r\n.\r\n') or self.sent == b'.\r\n':
+                if getattr(self, 'in_data', False):
+                    self.in_data = False
+                    self._next()
+                return
+            if self.sent.endswith(b'\r\n') and not getattr(self, 'in_data', False):
+                line = self.sent[:-2].rsplit(b'\r\n', 1)[-1]
+                if line == b'DATA':
+                    self.in_data = True
+                if line != b'QUIT':
+                    self._next()
+            return
+
+    def recv(self, n):
+        if self.pending:
+            out, self.pending = self.pending[:self.chunk], self.pending[self.chunk:]
+            return out
+        if self.hang:
+            raise TimeoutError('timed out')
+        return b''
+
+    def close(self):
+        self.closed = True
+
+
+def converse(replies, recips=(b'joe@example.com',), message=b'Subject: x\n\nhi\n'):
+    sock = FakeSock(replies)
+    out = []
+    r, w = os.pipe()
+    os.write(w, message)
+    os.close(w)
+    try:
+        session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me.example.org', out)
+        final = session.run(b'sender@example.org', list(recips), r, size=len(message))
+    finally:
+        os.close(r)
+    return out, final, sock.sent
+
+
+OK = [b'220 hi\r\n', b'250-mx\r\n250 SIZE 100000\r\n', b'250 ok\r\n', b'250 ok\r\n',
+      b'354 go\r\n', b'250 ok 123\r\n']
+
+
+def test_session_success():
+    out, final, sent = converse(OK)
+    assert out == [b'r']
+    assert final == b'K192.0.2.1 accepted message.\nRemote host said: 250 ok 123\n'
+    assert sent == (b'EHLO me.example.org\r\nMAIL FROM:<sender@example.org> SIZE=15\r\n'
+                    b'RCPT TO:<joe@example.com>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n')
+
+
+def test_session_helo_fallback():
+    out, final, sent = converse([b'220 hi\r\n', b'502 what\r\n'] + OK[1:])
+    assert sent.startswith(b'EHLO me.example.org\r\nHELO me.example.org\r\nMAIL FROM:<sender@example.org>\r\n')
+    assert final.startswith(b'K')
+
+
+@pytest.mark.parametrize('replies, want_out, want_final', [
+    ([b'421 busy\r\n'], [], b'ZConnected to 192.0.2.1 but greeting failed.\nRemote host said: 421 busy\n'),
+    ([b'554 go away\r\n'], [], b'ZConnected to 192.0.2.1 but greeting failed.\nRemote host said: 554 go away\n'),
+    ([b'220 hi\r\n', b'500 no\r\n', b'501 bad name\r\n'], [],
+     b'ZConnected to 192.0.2.1 but my name was rejected.\nRemote host said: 501 bad name\n'),
+    (OK[:2] + [b'451 later\r\n'], [],
+     b'ZConnected to 192.0.2.1 but sender was rejected.\nRemote host said: 451 later\n'),
+    (OK[:2] + [b'553 no such sender\r\n'], [],
+     b'DConnected to 192.0.2.1 but sender was rejected.\nRemote host said: 553 no such sender\n'),
+    (OK[:3] + [b'550 no mailbox\r\n'],
+     [b'h192.0.2.1 does not like recipient.\nRemote host said: 550 no mailbox\n'],
+     b'DGiving up on 192.0.2.1.\nRemote host said: 550 no mailbox\n'),
+    (OK[:3] + [b'450 greylisted\r\n'],
+     [b's192.0.2.1 does not like recipient.\nRemote host said: 450 greylisted\n'],
+     b'DGiving up on 192.0.2.1.\nRemote host said: 450 greylisted\n'),
+    (OK[:4] + [b'554 no data\r\n'], [b'r'],
+     b'D192.0.2.1 failed on DATA command.\nRemote host said: 554 no data\n'),
+    (OK[:4] + [b'451 no data now\r\n'], [b'r'],
+     b'Z192.0.2.1 failed on DATA command.\nRemote host said: 451 no data now\n'),
+    (OK[:4] + [b'250 what\r\n'], [b'r'],
+     b'Z192.0.2.1 failed on DATA command.\nRemote host said: 250 what\n'),
+    (OK[:5] + [b'554 spam\r\n'], [b'r'],
+     b'D192.0.2.1 failed after I sent the message.\nRemote host said: 554 spam\n'),
+    (OK[:5] + [b'452 full\r\n'], [b'r'],
+     b'Z192.0.2.1 failed after I sent the message.\nRemote host said: 452 full\n'),
+    (OK[:5] + [b'xyz garbage\r\n'], [b'r'],
+     b'Z192.0.2.1 failed after I sent the message.\nRemote host said: xyz garbage\n'),
+    ([b'220 hi\r\n', None], [], b'ZConnected to 192.0.2.1 but connection died. (#4.4.2)\n'),
+    (OK[:5] + [None], [b'r'],
+     b'ZConnected to 192.0.2.1 but connection died. Possible duplicate! (#4.4.2)\n'),
+    (OK[:5] + [b''], [b'r'],
+     b'ZConnected to 192.0.2.1 but connection died. Possible duplicate! (#4.4.2)\n'),
+])
+def test_session_failures(replies, want_out, want_final):
+    if replies[-1] == b'':
+        replies = replies[:-1]          # the peer closes instead of replying
+    out, final, _ = converse(replies)
+    assert out == want_out, 'got %r want %r' % (out, want_out)
+    assert final == want_final, 'got %r want %r' % (final, want_final)
+
+
+def test_session_several_recipients():
+    replies = OK[:3] + [b'250 ok\r\n', b'550 unknown\r\n', b'451 later\r\n', b'250 ok\r\n'] + OK[4:]
+    out, final, sent = converse(replies, recips=[b'a@x', b'b@x', b'c@x', b'd@x'])
+    assert out == [b'r', b'h192.0.2.1 does not like recipient.\nRemote host said: 550 unknown\n',
+                   b's192.0.2.1 does not like recipient.\nRemote host said: 451 later\n', b'r']
+    assert final.startswith(b'K192.0.2.1 accepted message.')
+    assert sent.count(b'RCPT TO:') == 4 and sent.count(b'DATA\r\n') == 1
+
+
+def test_session_multiline_reply_kept():
+    replies = OK[:5] + [b'250-first\r\n250-second\r\n250 third\r\n']
+    _, final, _ = converse(replies)
+    assert final == (b'K192.0.2.1 accepted message.\n'
+                     b'Remote host said: 250-first\n250-second\n250 third\n')
+
+
+def test_session_reply_bounded():
+    huge = b''.join(b'220-%06d %s\r\n' % (i, b'x' * 200) for i in range(400)) + b'220 end\r\n'
+    _, final, _ = converse([huge])
+    assert final == b'ZConnected to 192.0.2.1 but its reply was too long. (#4.4.2)\n'
+
+
+def test_session_text_bounded_and_nul_free():
+    long = b'250-' + b'y' * 6000 + b'\r\n250 ok\x00\r\n'
+    _, final, _ = converse(OK[:5] + [long])
+    said = final.split(b'Remote host said: ', 1)[1]
+    assert len(said) == smtp.HUGESMTPTEXT and b'\0' not in final
+
+
+def test_session_partial_line_not_sent():
+    out, final, sent = converse(OK, message=b'no newline')
+    assert final == b'DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n'
+    assert not sent.endswith(b'.\r\n')
+
+
+def test_session_refused_line_break():
+    # remote.deliver passes None for a recipient with a line break
+    recips = [None if remote.has_break(r) else r for r in [b'a\nb@x', b'c@x']]
+    out, final, sent = converse(OK[:3] + [b'250 ok\r\n'] + OK[4:], recips=recips)
+    assert out[0] == b'hSorry, I will not send an address with a line break. (#5.1.3)\n'
+    assert out[1] == b'r' and final.startswith(b'K')
+    assert sent.count(b'RCPT TO') == 1
+
+
+def test_session_required_tls_without_starttls():
+    tls = smtp.Tls(None, 'mx.example.com', True, True, b'example.com')
+    sock = FakeSock(OK)
+    out = []
+    session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me', out)
+    final = session.run(b's@x', [b'r@example.com'], 0, tls=tls)
+    assert final == (b'ZConnected to 192.0.2.1 but it does not offer STARTTLS; my '
+                     b'control/tlsdestinations requires TLS for example.com. (#4.7.10)\n')
+    assert b'MAIL FROM' not in sock.sent
+
+
+def test_session_opportunistic_starttls_refused_goes_on():
+    tls = smtp.Tls(None, 'mx.example.com', False, False, b'example.com')
+    replies = [b'220 hi\r\n', b'250-mx\r\n250 STARTTLS\r\n', b'454 not now\r\n'] + OK[2:]
+    sock = FakeSock(replies)
+    out = []
+    r, w = os.pipe()
+    os.write(w, b'x\n')
+    os.close(w)
+    final = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me', out).run(
+        b's@x', [b'r@example.com'], r, tls=tls)
+    os.close(r)
+    assert final.startswith(b'K192.0.2.1 accepted message.\nRemote host said: 250')
+    assert b'STARTTLS\r\nMAIL FROM' in sock.sent
+
+
+# --- reports, as qmail-rspawn reads them ----------------------------------------
+
+@pytest.mark.parametrize('output, want', [
+    (b'r\0K192.0.2.1 accepted message.\nRemote host said: 250 ok\n\0',
+     b'K192.0.2.1 accepted message.\nRemote host said: 250 ok\n'),
+    (b'h192.0.2.1 does not like recipient.\nRemote host said: 550 no\n\0'
+     b'DGiving up on 192.0.2.1.\nRemote host said: 550 no\n\0',
+     b'D192.0.2.1 does not like recipient.\nRemote host said: 550 no\n'
+     b'Giving up on 192.0.2.1.\nRemote host said: 550 no\n'),
+    (b's192.0.2.1 does not like recipient.\nRemote host said: 450 later\n\0'
+     b'DGiving up on 192.0.2.1.\nRemote host said: 450 later\n\0',
+     b'Z192.0.2.1 does not like recipient.\nRemote host said: 450 later\n'
+     b'Giving up on 192.0.2.1.\nRemote host said: 450 later\n'),
+    (b'r\0Z192.0.2.1 failed after I sent the message.\nRemote host said: 451 x\n\0',
+     b'Z192.0.2.1 failed after I sent the message.\nRemote host said: 451 x\n'),
+    (b"ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n\0",
+     b"ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n"),
+    (b"DSorry, I couldn't find any host named nx.example. (#5.1.2)\n\0",
+     b"DSorry, I couldn't find any host named nx.example. (#5.1.2)\n"),
+])
+def test_rspawn_reads_reports(output, want):
+    assert rspawn.report(0, output) == want
+
+
+def run_main(args, cwd=None):
+    code = ('import sys; from qmail import remote; '
+            'sys.exit(remote.main(sys.argv[1:]))')
+    return subprocess.run([sys.executable, '-c', code] + args, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=60, cwd=cwd)
+
+
+def test_main_usage_is_a_report():
+    r = run_main(['only.one'])
+    assert r.returncode == 0
+    assert r.stdout == b'DI (qmail-remote) was invoked improperly. (#5.3.5)\n\0'
+
+
+def test_main_always_one_report_and_exit_0():
+    # The source tree's auto.QMAIL (/var/qmail) may or may not exist
+    # here; whichever step stops this delivery (no home, no control/me,
+    # the sender's line break), it stops before any network, with one
+    # report and exit code 0.
+    r = run_main(['example.com', 'a\nb@example.com', 'c@example.com'])
+    assert r.returncode == 0 and not r.stderr
+    assert r.stdout in (b'ZUnable to switch to home directory. (#4.3.0)\n\0',
+                        b'ZUnable to read control files. (#4.3.0)\n\0',
+                        b'D' + remote.P_SENDER + b'\0'), r.stdout
+
+
+# --- tcpto ----------------------------------------------------------------------
+
+A = tcpto.packed('192.0.2.9')
+B = tcpto.packed('192.0.2.10')
+V6 = tcpto.packed('2001:db8::9')
+EMPTY = bytes(tcpto.SIZE4)
+
+
+def apply(buf, change):
+    if change is None:
+        return buf
+    pos, rec = change
+    buf = bytearray(buf) + bytes(max(0, pos + len(rec) - len(buf)))
+    buf[pos:pos + len(rec)] = rec
+    return bytes(buf)
+
+
+def test_tcpto_record_format():
+    buf = apply(EMPTY, tcpto.update(EMPTY, A, True, 0x01020304, False))
+    assert buf[:16] == bytes([192, 0, 2, 9, 1, 0, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0])
+    assert len(buf) == 1024
+    assert tcpto.records(buf) == [('192.0.2.9', 1, 0x01020304)]
+
+
+def test_tcpto_two_timeouts_make_dead():
+    now, pid = 1_000_000, 0
+    buf = apply(EMPTY, tcpto.update(EMPTY, A, True, now, False))
+    assert tcpto.lookup(buf, A, now + 1, pid) == (False, True)      # one is not enough
+    assert tcpto.update(buf, A, True, now + 60, True) is None       # within 2 minutes
+    buf = apply(buf, tcpto.update(buf, A, True, now + 130, True))
+    assert tcpto.records(buf) == [('192.0.2.9', 2, now + 130)]
+    assert tcpto.lookup(buf, A, now + 131, pid) == (True, True)
+    assert tcpto.lookup(buf, A, now + 130 + 3839, pid) == (True, True)
+    assert tcpto.lookup(buf, A, now + 130 + 3840, pid) == (False, True)   # (60 + 0) << 6
+    assert tcpto.lookup(buf, A, now + 130 + 3840, 31) == (True, True)     # (60 + 31) << 6
+    assert tcpto.lookup(buf, A, now - 5, pid) == (False, True)            # clock went back
+    assert tcpto.lookup(buf, B, now, pid) == (False, False)
+
+
+def test_tcpto_success_clears():
+    now = 5000
+    buf = apply(EMPTY, tcpto.update(EMPTY, A, True, now, False))
+    buf = apply(buf, tcpto.update(buf, A, True, now + 200, True))
+    assert tcpto.update(buf, A, False, now + 300, False) is None    # not seen: left alone
+    buf = apply(buf, tcpto.update(buf, A, False, now + 300, True))
+    assert tcpto.records(buf) == []
+    assert tcpto.lookup(buf, A, now + 301, 0) == (False, True)
+
+
+def test_tcpto_count_capped():
+    now, buf = 0, EMPTY
+    for i in range(15):
+        buf = apply(buf, tcpto.update(buf, A, True, now + i * 200, True))
+    assert tcpto.records(buf)[0][1] == 10
+
+
+def test_tcpto_full_table_evicts_oldest():
+    buf = EMPTY
+    for i in range(64):
+        addr = bytes([10, 0, 0, i])
+        buf = apply(buf, tcpto.update(buf, addr, True, 10000 + i, False))
+    assert len(tcpto.records(buf)) == 64
+    buf = apply(buf, tcpto.update(buf, A, True, 20000, False))
+    ips = [ip for ip, _, _ in tcpto.records(buf)]
+    assert '10.0.0.0' not in ips and '192.0.2.9' in ips and len(ips) == 64
+    assert buf[:4] == A
+
+
+def test_tcpto_empty_file_remembers_nothing():
+    assert tcpto.update(b'', A, True, 1, False) is None
+    assert tcpto.update(b'', V6, True, 1, False) is None
+    assert tcpto.lookup(b'', A, 1, 0) == (False, False)
+
+
+def test_tcpto_ipv6_after_qmails_table():
+    buf = apply(EMPTY, tcpto.update(EMPTY, V6, True, 77, False))
+    assert len(buf) == 1024 + 32
+    assert buf[:1024] == EMPTY                      # qmail's table untouched
+    assert buf[1024:1040] == V6 and buf[1040] == 1
+    assert tcpto.records(buf) == [('2001:db8::9', 1, 77)]
+    buf = apply(buf, tcpto.update(buf, V6, True, 300, True))
+    assert tcpto.lookup(buf, V6, 301, 0) == (True, True)
+
+
+def test_tcpto_file_io(tmp_path):
+    fn = str(tmp_path / 'tcpto')
+    with open(fn, 'wb') as f:
+        f.write(bytes(1024))
+    mem = tcpto.Memory(fn, pid=0)
+    assert not mem.dead('192.0.2.9', 1000)
+    mem.err('192.0.2.9', True, 1000)
+    mem.err('2001:db8::9', True, 1000)
+    assert not mem.dead('192.0.2.9', 1001)
+    mem.err('192.0.2.9', True, 1200)
+    assert mem.dead('192.0.2.9', 1201)
+    got = tcpto_prog.format_records(tcpto.records(tcpto.read_table(fn)), 1300)
+    assert got == (b'192.0.2.9 timed out 100 seconds ago; # recent timeouts: 2\n'
+                   b'2001:db8::9 timed out 300 seconds ago; # recent timeouts: 1\n')
+    tcpto.clear(fn)
+    assert tcpto.read_table(fn) == bytes(tcpto.SIZE)
+    mem.err('192.0.2.9', True, 2000)
+    tcpto.tcpto_clean(fn)
+    assert tcpto.records(tcpto.read_table(fn)) == []
+
+
+def test_tcpto_missing_file_is_no_memory(tmp_path):
+    mem = tcpto.Memory(str(tmp_path / 'none'), pid=0)
+    assert not mem.dead('192.0.2.9', 1)
+    mem.err('192.0.2.9', True, 1)                   # no exception
+    tcpto.tcpto_clean(str(tmp_path / 'none'))       # no exception, no file
+    assert not os.path.exists(tmp_path / 'none')
+
+
+# --- control files ------------------------------------------------------------------
+
+def settings_from(tmp_path, **files):
+    from qmail.lib import control
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return remote.Settings(control.Controls(str(tmp_path)))
+
+
+def test_settings_defaults(tmp_path):
+    s = settings_from(tmp_path, me='mail.example.org\n')
+    assert s.helohost == b'mail.example.org'
+    assert (s.timeoutconnect, s.timeout) == (60, 1200)
+    assert s.routes == {} and s.tlsdest == {} and s.nameservers is None
+
+
+def test_settings_files(tmp_path):
+    s = settings_from(tmp_path, me='me.example\n', helohost='helo.example \n',
+                      timeoutconnect='5\n', timeoutremote='0\n',
+                      smtproutes='a.example:relay.example:26\n',
+                      tlsdestinations='# banks\n.bank.example\n',
+                      dnsservers='127.0.0.1:5353\n[::1]\n')
+    assert s.helohost == b'helo.example'
+    assert (s.timeoutconnect, s.timeout) == (5, 1)      # never 0: that would be no wait at all
+    assert s.routes == {b'a.example': b'relay.example:26'}
+    assert s.tlsdest == {b'.bank.example': b''}
+    assert s.nameservers == [('127.0.0.1', 5353), ('::1', 53)]
+
+
+def test_settings_without_a_name_defer(tmp_path):
+    with pytest.raises(remote.Report) as e:
+        settings_from(tmp_path)
+    assert e.value.record == b'ZUnable to read control files. (#4.3.0)\n'
+
+
+def test_settings_bad_dnsservers_defer(tmp_path):
+    with pytest.raises(remote.Report) as e:
+        settings_from(tmp_path, me='x\n', dnsservers='ns.example.com\n')
+    assert e.value.record == b'ZUnable to parse control/dnsservers. (#4.3.0)\n'
