@@ -125,7 +125,9 @@ from qmail.lib import auto, control
 from qmail.lib.cdb import Cdb, CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.qqtalk import QueueClient
-from qmail.smtpd_addr import (ADDRMAX, addrallowed, addrparse, bmfcheck,
+from qmail.smtpd_addr import (ip6_scanbracket, localiphost6, parse_if_inet6,  # noqa: F401
+                               local_ips6,
+                               ADDRMAX, addrallowed, addrparse, bmfcheck,
                               local_ips, localiphost, mail_size)
 from qmail.smtpd_auth import (CLOSE, MAXAUTHLINE, PAUSE, REFUSED, Auth,
                               Checkpassword)
@@ -144,7 +146,6 @@ DEFAULT_LIFETIME = 3600
 DEFAULT_MAXAUTH = 3      # smtplib tries CRAM-MD5, PLAIN, LOGIN: 3 failures
 DEFAULT_AUTHDELAY = 2    # seconds: as dovecot's auth_failure_delay
 CERTFILE = 'control/servercert.pem'     # smtpd_tls.CERTFILE, unimported
-IF_INET6 = '/proc/net/if_inet6'
 
 # qmail-smtpd.c's replies, and the few added ones (see the docstring).
 R_UNIMPL = b'502 unimplemented (#5.5.1)\r\n'
@@ -178,6 +179,14 @@ R_TLSARG = b'501 syntax error (no parameters allowed) (#5.5.4)\r\n'
 
 # -- values -----------------------------------------------------------------
 
+LOGRCPTS = 20            # recipients named in a log line; then a count
+
+
+def logsafe(s: bytes) -> bytes:
+    """Peer-controlled bytes made safe for one log line."""
+    return bytes(c if 33 <= c <= 126 else 95 for c in s[:200])
+
+
 class Config:
     """What the control files (and DATABYTES) say, as values.
 
@@ -195,8 +204,10 @@ class Config:
                  maxerrors=DEFAULT_MAXERRORS, lifetime=DEFAULT_LIFETIME,
                  ipme=frozenset((b'\0\0\0\0',)), flagtls=False,
                  flagauthplain=False, flagcram=False,
-                 maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY):
+                 maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
+                 flaglog=True):
         self.greeting = greeting
+        self.flaglog = flaglog
         self.localiphost = localiphost
         self.rcpthosts = rcpthosts
         self.morercpthosts = morercpthosts
@@ -290,53 +301,6 @@ def received(peer: Peer, helo, now: float, tls=None, user=None) -> bytes:
     return b''.join(parts)
 
 
-# -- IPv6 address literals --------------------------------------------------
-
-def ip6_scanbracket(s: bytes):
-    """The 16 bytes of "[IPv6:addr]" (RFC 5321 4.1.3; the tag in any
-    case) if s is exactly that, else None."""
-    if len(s) < 8 or s[:6].lower() != b'[ipv6:' or s[-1:] != b']':
-        return None
-    try:
-        return _socket.inet_pton(_socket.AF_INET6, s[6:-1].decode('ascii'))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-
-
-V4MAPPED = bytes(10) + b'\xff\xff'
-
-
-def localiphost6(addr: bytes, liphost, ipme) -> bytes:
-    """box@[IPv6:addr] becomes box@liphost when addr is this host's
-    (or is IPv4-mapped, ::ffff:d.d.d.d, with d.d.d.d this host's)."""
-    if liphost is None:
-        return addr
-    i = addr.rfind(b'@')
-    if i < 0:
-        return addr
-    ip = ip6_scanbracket(addr[i + 1:])
-    if ip is None:
-        return addr
-    if ip not in ipme and not (ip[:12] == V4MAPPED and ip[12:] in ipme):
-        return addr
-    return addr[:i + 1] + liphost
-
-
-def parse_if_inet6(data: bytes) -> frozenset:
-    """The IPv6 addresses in Linux's /proc/net/if_inet6: a line per
-    address, 32 hex digits first.  XXX every address listed counts,
-    whether or not its interface is up (qmail's ipme asks IFF_UP)."""
-    ips = set()
-    for line in data.split(b'\n'):
-        word = line.split(b' ', 1)[0]
-        if len(word) == 32:
-            try:
-                ips.add(bytes.fromhex(word.decode('ascii')))
-            except (UnicodeDecodeError, ValueError):
-                pass
-    return frozenset(ips)
-
-
 # -- the session ------------------------------------------------------------
 
 COMMANDS = {
@@ -405,6 +369,11 @@ class Session:
         self.flagstarttls = False   # the shell's turn: see the docstring
         self.pause = 0
         self.held = b''             # input not read yet because of pause
+        self.pid = 0                # set by the shell, for the log line
+        self.logs = []              # log lines for the shell to write
+        self.flaglogged = False     # a line was made for this session
+        self.flagtxlogged = True    # the current transaction has its line
+        self.refused = 0            # refused RCPTs in this transaction
 
     # -- the interface to the shell --
 
@@ -474,6 +443,44 @@ class Session:
         """The shell cannot go on (a write failed): queue nothing."""
         self.abort_queue()
         self.flagclosed = True
+
+    # -- the log: one line per transaction, at least one per session --
+
+    def note(self, result: bytes):
+        """A log line: client, helo, sender, recipients and the result."""
+        rcpts = b' '.join(logsafe(r) for r in self.rcptto[:LOGRCPTS])
+        if len(self.rcptto) > LOGRCPTS:
+            rcpts += b' (+%d more)' % (len(self.rcptto) - LOGRCPTS)
+        line = b'qmail-smtpd: pid %d from %s helo %s mail <%s> rcpt %s' % (
+            self.pid, logsafe(self.peer.remoteip), logsafe(self.helo or b'-'),
+            logsafe(self.mailfrom) if self.seenmail or self.rcptto else b'-',
+            rcpts or b'-')
+        if self.refused:
+            line += b' refused %d' % self.refused
+        if self.authuser:
+            line += b' auth %s' % logsafe(self.authuser)
+        if self.tls:
+            line += b' tls'
+        result = bytes(c if 32 <= c <= 126 else 95 for c in result.rstrip(b'\r\n')[:200])
+        self.logs.append(line + b': ' + result + b'\n')
+        self.flaglogged = True
+        self.flagtxlogged = True
+
+    def note_abandoned(self, why: bytes):
+        if not self.flagtxlogged and (self.rcptto or self.refused):
+            self.note(why)
+
+    def note_end(self, why: bytes):
+        """At the session's end: the open transaction, else the session."""
+        self.note_abandoned(why)
+        if not self.flaglogged:
+            self.rcptto = []
+            self.note(why)
+
+    def take_logs(self) -> bytes:
+        out = b''.join(self.logs)
+        self.logs = []
+        return out
 
     # -- the state machine --
 
@@ -570,6 +577,7 @@ class Session:
         self.dohelo(arg)
 
     def smtp_rset(self, arg):
+        self.note_abandoned(b'RSET before DATA')
         self.seenmail = False
         self.out(R_FLUSHED)
 
@@ -639,9 +647,12 @@ class Session:
         if self.config.databytes and size is not None and size > self.config.databytes:
             self.out(R_SIZE)
             return
+        self.note_abandoned(b'new MAIL before DATA')
         self.flagbarf = bmfcheck(addr, self.config.badmailfrom)
         self.seenmail = True
         self.rcptto = []
+        self.refused = 0
+        self.flagtxlogged = False
         self.mailfrom = addr
         self.out(b'250 ok\r\n')
 
@@ -658,12 +669,14 @@ class Session:
             return
         addr = parsed[0]
         if self.flagbarf:
+            self.refused += 1
             self.bad(R_BMF)
             return
         if self.peer.relayclient is not None:
             addr += self.peer.relayclient
         elif self.authuser is None and not addrallowed(
                 addr, self.config.rcpthosts, self.config.morercpthosts):
+            self.refused += 1
             self.bad(R_NOGATEWAY)
             return
         self.rcptto.append(addr)
@@ -731,15 +744,17 @@ class Session:
         except OSError:
             qqx = 'Zqqt failure (#4.3.0)'
         if not qqx:
-            self.out(b'250 ok %d qp %d\r\n' % (int(self.now), self.qp))
+            reply = b'250 ok %d qp %d\r\n' % (int(self.now), self.qp)
         elif flaghops:
-            self.out(R_HOPS)
+            reply = R_HOPS
         elif self.flagoverflow:
-            self.out(R_SIZE)
+            reply = R_SIZE
         else:
             text = qqx[1:].replace('\r', '').replace('\n', '')
             code = b'554 ' if qqx[0] == 'D' else b'451 '
-            self.out(code + text.encode('utf-8', 'replace') + b'\r\n')
+            reply = code + text.encode('utf-8', 'replace') + b'\r\n'
+        self.out(reply)
+        self.note(reply)
 
     def abort_queue(self):
         """Make sure qmail-queue queues nothing: fail, then close."""
@@ -793,16 +808,8 @@ def load_config(ctl: control.Controls, environ) -> Config:
         flagcram=ctl.exists('smtpauthcram'),
         maxauth=ctl.int('maxauthsmtpd', DEFAULT_MAXAUTH),
         authdelay=ctl.int('authdelaysmtpd', DEFAULT_AUTHDELAY),
+        flaglog=bool(ctl.int('logsmtpd', 1)),
     )
-
-
-def local_ips6() -> frozenset:
-    """This host's IPv6 addresses; none when the kernel has no IPv6."""
-    try:
-        with open(IF_INET6, 'rb') as f:
-            return parse_if_inet6(f.read(1 << 20))
-    except FileNotFoundError:
-        return frozenset()
 
 
 # -- the shell --------------------------------------------------------------
@@ -871,6 +878,23 @@ def serve(session: Session, fdin: int = 0, fdout: int = 1,
     timeout = session.config.timeout
     channel = FdChannel(fdin, fdout)
     try:
+        return serve_session(session, channel, fdin, certfile, timeout)
+    finally:
+        session.note_end(b'client gone' if not session.exitcode == 0 else b'QUIT')
+        write_logs(session)
+
+
+def write_logs(session: Session, fd: int = 2):
+    logs = session.take_logs()
+    if logs and session.config.flaglog:
+        try:
+            os.write(fd, logs)
+        except OSError:
+            pass
+
+
+def serve_session(session, channel, fdin, certfile, timeout) -> int:
+    try:
         channel.write(session.greet(), timeout)
         while not session.flagclosed:
             data = channel.read(read_wait(session, time.time()))
@@ -881,6 +905,7 @@ def serve(session: Session, fdin: int = 0, fdout: int = 1,
                 session.eof()
                 break
             replies = session.feed(data, time.time())
+            write_logs(session)
             while True:
                 if session.pause:
                     time.sleep(max(0, min(session.pause,
@@ -973,6 +998,7 @@ def main(argv=None, home=None) -> int:
         session = Session(config, peer_env(environ),
                           queue_starter(program, environ, lambda: session),
                           time.time(), checker=authenticator(argv))
+        session.pid = os.getpid()
         return serve(session, 0, 1)
     except MemoryError:
         if session is not None:

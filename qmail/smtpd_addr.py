@@ -5,6 +5,8 @@ controls as values, except local_ips(), which asks the kernel for this
 host's addresses (qmail's ipme.c).
 """
 
+import _socket    # not `socket`: inet_pton only, without enum
+
 ADDRMAX = 899            # qmail refuses an address of 900 bytes with its NUL
 SIZEDIGITS = 20          # a SIZE= longer than this is "too big" unparsed
 
@@ -148,3 +150,62 @@ def local_ips() -> frozenset:
             if struct.unpack_from('H', req, 16)[0] & IFF_UP:
                 ips.add(data[off + 20:off + 24])
     return frozenset(ips)
+
+
+IF_INET6 = '/proc/net/if_inet6'
+
+
+# -- IPv6 address literals --------------------------------------------------
+
+def ip6_scanbracket(s: bytes):
+    """The 16 bytes of "[IPv6:addr]" (RFC 5321 4.1.3; the tag in any
+    case) if s is exactly that, else None."""
+    if len(s) < 8 or s[:6].lower() != b'[ipv6:' or s[-1:] != b']':
+        return None
+    try:
+        return _socket.inet_pton(_socket.AF_INET6, s[6:-1].decode('ascii'))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+V4MAPPED = bytes(10) + b'\xff\xff'
+
+
+def localiphost6(addr: bytes, liphost, ipme) -> bytes:
+    """box@[IPv6:addr] becomes box@liphost when addr is this host's
+    (or is IPv4-mapped, ::ffff:d.d.d.d, with d.d.d.d this host's)."""
+    if liphost is None:
+        return addr
+    i = addr.rfind(b'@')
+    if i < 0:
+        return addr
+    ip = ip6_scanbracket(addr[i + 1:])
+    if ip is None:
+        return addr
+    if ip not in ipme and not (ip[:12] == V4MAPPED and ip[12:] in ipme):
+        return addr
+    return addr[:i + 1] + liphost
+
+
+def parse_if_inet6(data: bytes) -> frozenset:
+    """The IPv6 addresses in Linux's /proc/net/if_inet6: a line per
+    address, 32 hex digits first.  XXX every address listed counts,
+    whether or not its interface is up (qmail's ipme asks IFF_UP)."""
+    ips = set()
+    for line in data.split(b'\n'):
+        word = line.split(b' ', 1)[0]
+        if len(word) == 32:
+            try:
+                ips.add(bytes.fromhex(word.decode('ascii')))
+            except (UnicodeDecodeError, ValueError):
+                pass
+    return frozenset(ips)
+
+
+def local_ips6() -> frozenset:
+    """This host's IPv6 addresses; none when the kernel has no IPv6."""
+    try:
+        with open(IF_INET6, 'rb') as f:
+            return parse_if_inet6(f.read(1 << 20))
+    except FileNotFoundError:
+        return frozenset()
