@@ -393,3 +393,34 @@ def test_ipv6_client_under_listen(site):
     finally:
         proc.terminate()
         proc.wait(timeout=TIMEOUT)
+
+
+def test_unknown_local_recipients_refused_at_rcpt_time():
+    """control/rcptcheck with the map qmail-newrcpt builds: a user without
+    a mailbox by that name gets 550 at RCPT, a real one 250; nothing
+    refused is queued (no bounce, no backscatter later)."""
+    home = install_home(DOMAIN)
+    user = ensure_user('qmtrecv')
+    with open(os.path.join(user[3], '.qmail-lists-default'), 'w') as f:
+        f.write('./Maildir/\n')
+    os.chown(os.path.join(user[3], '.qmail-lists-default'), user[1], user[2])
+    open(os.path.join(home, 'control', 'rcptcheck'), 'w').close()
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-newrcpt')], capture_output=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    servers = Servers(home)
+    try:
+        for kind in KINDS:
+            lines = [b'HELO x', b'MAIL FROM:<a@example.com>']
+            want = {b'qmtrecv': b'250', b'QMTRECV': b'250', b'qmtrecv-lists-x': b'250',
+                    b'qmtrecv-nosuch': b'550', b'nobody-at-all-here': b'550',
+                    b'postmaster': b'250'}
+            for local in want:
+                lines.append(b'RCPT TO:<%s@%s>' % (local, DOMAIN.encode()))
+            lines.append(b'QUIT')
+            got = codes(talk(servers.ports[(kind, False)], lines))[3:-1]
+            assert got == list(want.values()), (kind, got)
+        assert todo_count(home) == 0
+    finally:
+        servers.stop()
+        remove_home(home)
