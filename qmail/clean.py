@@ -84,7 +84,7 @@ def sweep_pid(now: float):
             continue
         if now >= st.st_atime + OSSIFIED:
             try:
-                os.unlink(path)
+                durable.unlink(path)
             except OSError:
                 pass
 

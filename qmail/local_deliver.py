@@ -494,8 +494,7 @@ def deliver_mbox(fn: bytes, head: bytes):
     a message (dot-qmail(5) warns of it)."""
     reader = message_reader()
     try:
-        fd = os.open(fn, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND |
-                     os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = durable.open_append(fn, 0o600, os.O_NONBLOCK)
     except OSError as err:
         raise TempFail(b'Unable to open %s: %s. (#4.2.1)'
                        % (fn, error_str(err))) from None
@@ -555,7 +554,7 @@ def _reading(lines):
 def _truncate(fd: int, pos: int, flaglocked: bool) -> None:
     if flaglocked:
         try:
-            os.ftruncate(fd, pos)
+            durable.truncate(fd, pos)
         except OSError:
             pass
 

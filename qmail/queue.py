@@ -129,7 +129,7 @@ class Writer:
             if fn is None:
                 continue
             try:
-                os.ftruncate(fd, 0)
+                durable.truncate(fd, 0)
             except OSError:
                 pass
             try:

@@ -325,12 +325,15 @@ class Send:
         fn = self.fn('bounce', messid)
         while True:
             try:
-                fd = os.open(fn, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = durable.open_append(fn, 0o600)
                 try:
                     durable.write_all(fd, text)
                     durable.fsync(fd)
                 finally:
                     os.close(fd)
+                # A new bounce/ entry is durable only with its directory;
+                # without this a crash after the D mark forgets the failure.
+                durable.fsync_dir(os.path.dirname(fn))
                 return
             except OSError:
                 log('alert: unable to append to bounce message; HELP! sleeping...\n')
@@ -443,7 +446,7 @@ class Send:
         try:
             fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.pwrite(fd, b'D', pos)
+                durable.pwrite(fd, b'D', pos)
                 durable.fsync(fd)
             finally:
                 os.close(fd)

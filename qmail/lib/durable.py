@@ -7,27 +7,52 @@ failure means for its state (see INTERNALS.md, states S1-S5).
 
 Linux, unlike the BSD filesystems qmail was written for, does not make
 link() and rename() durable by themselves: the directory must be
-fsynced too, which fsync_dir() does.
+fsynced too, which fsync_dir() does.  Nor is a file's content durable
+before fsync(): writes (write_all, pwrite, truncate) stay in memory
+until then, and a power cut takes them back.
+
+The steps, as the hooks name them: create, open_append, write, pwrite,
+truncate, fsync, link, rename, unlink, fsync_dir.  A file step names
+its target by descriptor, a directory step by path.
 """
 
 import os
 
-# A hook for tests of crash safety: called with the step's name and path
-# before the step runs.  Set only by code (never from the environment),
-# so no caller of a privileged program can reach it.
+# Hooks for tests of crash safety (qmail.lib.crashsim): hook(name, target)
+# is called before each step, after(name, target) once it has succeeded.
+# Set only by code (never from the environment), so no caller of a
+# privileged program can reach them.
 hook = None
+after = None
 
 
-def _step(name, path):
+def _step(name, target):
     if hook is not None:
-        hook(name, path)
+        hook(name, target)
 
 
-def create_excl(path: str, mode: int = 0o644) -> int:
+def _done(name, target):
+    if after is not None:
+        after(name, target)
+
+
+def create_excl(path, mode: int = 0o644) -> int:
     """Create path, which must not exist; return a descriptor for writing."""
     _step('create', path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                   os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                 os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    _done('create', path)
+    return fd
+
+
+def open_append(path, mode: int = 0o600, flags: int = 0) -> int:
+    """Open path for appending, creating it if missing; flags are added
+    to the open (O_NONBLOCK, say).  Return a descriptor for writing."""
+    _step('open_append', path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                 | flags, mode)
+    _done('open_append', path)
+    return fd
 
 
 def write_all(fd: int, data) -> None:
@@ -37,29 +62,53 @@ def write_all(fd: int, data) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+    _done('write', fd)
+
+
+def pwrite(fd: int, data, pos: int) -> None:
+    """Write every byte of data at offset pos (the file offset stays)."""
+    _step('pwrite', fd)
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+    _done('pwrite', fd)
+
+
+def truncate(fd: int, length: int) -> None:
+    """Cut the file back to length bytes."""
+    _step('truncate', fd)
+    os.ftruncate(fd, length)
+    _done('truncate', fd)
 
 
 def fsync(fd: int) -> None:
     _step('fsync', fd)
     os.fsync(fd)
+    _done('fsync', fd)
 
 
-def link(src: str, dst: str) -> None:
+def link(src, dst) -> None:
     _step('link', dst)
     os.link(src, dst)
+    _done('link', dst)
 
 
-def rename(src: str, dst: str) -> None:
-    _step('rename', dst)
+def rename(src, dst) -> None:
+    # The hooks see the source too: a rename changes two entries.
+    _step('rename', (src, dst))
     os.rename(src, dst)
+    _done('rename', (src, dst))
 
 
-def unlink(path: str) -> None:
+def unlink(path) -> None:
     _step('unlink', path)
     os.unlink(path)
+    _done('unlink', path)
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(path) -> None:
     """Make the entries of directory path durable."""
     _step('fsync_dir', path)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -67,3 +116,4 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _done('fsync_dir', path)

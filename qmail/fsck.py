@@ -1,0 +1,666 @@
+"""qmail-fsck: check a qmail home's tree and queue; with -r, repair them
+without losing mail.
+
+Runs as:  root, on a running or a stopped queue.
+Usage:    qmail-fsck [-r] [-q] [home]   (home: the installed one)
+Reads:    the home's tree, against qmail-install's table (HIER): types,
+          owners, modes, the split subdirectories; every file in
+          HOME/queue: names, inodes, owners, ages, and the envelope
+          records of todo/, info/, local/, remote/.
+Writes:   fd 1, one line per problem, "qmail-fsck: <kind> <path>: <what>
+          (-r: <repair>)": without -r, the plan; with -r, one more line
+          per repair.  -q: no summary line.
+Repairs:  (-r) owners and modes as qmail-install sets them; a missing
+          directory, lock file or trigger; a queue file in the wrong
+          split subdirectory (moved to its own); stale files that
+          qmail-send and qmail-clean remove themselves: messages in S2/S3
+          older than OSSIFIED, intd/ files whose message is gone, pid/
+          files older than OSSIFIED.  Anything else that holds mail (a
+          message, an envelope, a recipient list, a bounce) is never
+          deleted: the message's files are moved to
+          HOME/queue/fsck/<messid>.<time>/ with a REPORT, out of
+          qmail-send's way.
+Exits:    0 clean; 1 problems found (and, with -r, repaired as far as
+          safe: run it again to see what is left); 111 could not check.
+Trusts:   nothing in the queue: names are checked to be digits, files
+          are read with a size limit.
+See:      INTERNALS.md (states S1-S5, "Cleanups"), qmail-install (HIER),
+          qmail-crashtest, which runs the same queue checks after every
+          crash it makes.
+
+A live queue moves under the scan: a message goes from S4 to S5 to S1
+while its files are looked at one by one.  So each message is looked at
+twice, in an order that makes a reported problem impossible for a
+message on its normal way (see look_at), and a problem is reported only
+if both looks show it.
+"""
+
+import os
+import stat
+import sys
+import time
+
+from qmail.lib import auto, durable
+from qmail.lib.qfile import FLATDIRS, SPLITDIRS, parse_messid, qfn
+
+OSSIFIED = 129600        # 36 hours, qmail-send's and qmail-clean's: an older
+                         # file has no live qmail-queue (DEATH, 24 hours)
+READ_MAX = 1 << 20       # an envelope longer than this is not one
+QUARANTINE = 'fsck'      # HOME/queue/fsck: what -r takes out of the queue
+QUEUE_FILE_OWNER = {     # who writes the files in each queue directory
+    'mess': 'qmailq', 'intd': 'qmailq', 'todo': 'qmailq', 'pid': 'qmailq',
+    'info': 'qmails', 'local': 'qmails', 'remote': 'qmails',
+    'bounce': 'qmails',
+}
+LOOK_ORDER1 = ('todo', 'intd', 'info', 'local', 'remote', 'bounce')
+LOOK_ORDER2 = ('intd', 'info', 'todo', 'local', 'remote', 'bounce')
+
+
+class Problem(tuple):
+    """(kind, path, detail, repair, messid): path is relative to the home;
+    repair is what -r does: quarantine, remove, move, chown, chmod,
+    create, or '' (nothing safe: the admin decides)."""
+
+    __slots__ = ()
+
+    def __new__(cls, kind, path, detail, repair='', messid=None):
+        return tuple.__new__(cls, (kind, path, detail, repair, messid))
+
+    kind = property(lambda self: self[0])
+    path = property(lambda self: self[1])
+    detail = property(lambda self: self[2])
+    repair = property(lambda self: self[3])
+    messid = property(lambda self: self[4])
+
+    def __str__(self):
+        return '%s %s: %s' % (self.kind, self.path, self.detail)
+
+
+# ---- pure: records -------------------------------------------------------
+
+def todo_trouble(data: bytes):
+    """What is wrong with an envelope in todo/ (qmail-queue's u, p, F, T
+    records, each NUL-terminated), or None."""
+    if not data:
+        return 'empty envelope'
+    if not data.endswith(b'\0'):
+        return 'envelope ends inside a record'
+    senders = 0
+    for record in data[:-1].split(b'\0'):
+        tag = record[:1]
+        if tag == b'F':
+            senders += 1
+        elif tag in (b'u', b'p'):
+            if not record[1:].isdigit():
+                return 'bad %s record' % tag.decode()
+        elif tag != b'T':
+            return 'unknown record type %r' % tag
+    if senders != 1:
+        return '%d sender records' % senders
+    return None
+
+
+def info_trouble(data: bytes):
+    """What is wrong with info/ (one F record), or None."""
+    if not data.startswith(b'F') or not data.endswith(b'\0') \
+            or data.count(b'\0') != 1:
+        return 'not one sender record'
+    return None
+
+
+def chan_trouble(data: bytes):
+    """What is wrong with local/ or remote/ (T or D records), or None."""
+    if not data:
+        return 'empty recipient list'
+    if not data.endswith(b'\0'):
+        return 'recipient list ends inside a record'
+    for record in data[:-1].split(b'\0'):
+        if record[:1] not in (b'T', b'D'):
+            return 'unknown record type %r' % record[:1]
+    return None
+
+
+def envelope_text(data: bytes) -> str:
+    """A todo/ or intd/ envelope for people: sender and recipients."""
+    lines = []
+    for record in data.split(b'\0'):
+        tag, addr = record[:1], record[1:].decode('utf-8', 'replace')
+        if tag == b'F':
+            lines.append('from <%s>' % addr)
+        elif tag == b'T':
+            lines.append('to <%s>' % addr)
+    return '\n'.join(lines)
+
+
+# ---- pure: one message's files, looked at twice ---------------------------
+
+class Look:
+    """What look_at saw of one message: first[d] and second[d] are
+    (inode, atime, size) or None; mess is that of mess/; data[d] the
+    bytes read between the looks (only if the inode did not change)."""
+
+    def __init__(self):
+        self.first = {}
+        self.second = {}
+        self.mess = None
+        self.data = {}
+
+    def stays(self, d) -> bool:
+        """Present at both looks, the same file."""
+        a, b = self.first.get(d), self.second.get(d)
+        return a is not None and b is not None and a[0] == b[0]
+
+    def gone(self, d) -> bool:
+        """Absent at the second look."""
+        return self.second.get(d) is None
+
+
+def judge(messid: int, look: Look, split: int, now: float) -> list:
+    """The problems of one message (INTERNALS states S1-S5).
+
+    The looks make each report a proof on a live queue: qmail creates
+    mess before intd before todo, and info before local and remote
+    (with todo still there); it removes todo before mess, local and
+    remote and bounce before info, info before mess, intd before mess.
+    """
+    out = []
+
+    def path(d):
+        return 'queue/' + qfn(d, messid, split)
+
+    flagtodo = look.stays('todo')
+    if look.mess is not None:
+        if look.mess[0] != messid:
+            out.append(Problem('mess-name', path('mess'),
+                               'a message named %d is inode %d'
+                               % (messid, look.mess[0]), 'quarantine', messid))
+    if flagtodo:
+        if look.mess is None:
+            out.append(Problem('todo-without-mess', path('todo'),
+                               'queued envelope, message file missing',
+                               'quarantine', messid))
+        elif look.mess[2] == 0:
+            out.append(Problem('todo-empty-mess', path('todo'),
+                               'queued envelope, empty message file',
+                               'quarantine', messid))
+        if 'todo' in look.data:
+            trouble = todo_trouble(look.data['todo'])
+            if trouble:
+                out.append(Problem('todo-malformed', path('todo'), trouble,
+                                   'quarantine', messid))
+    if look.stays('info') and look.mess is None:
+        out.append(Problem('info-without-mess', path('info'),
+                           'preprocessed message, message file missing',
+                           'quarantine', messid))
+    # Without todo/, info/ local/ remote/ are qmail-send's whole record
+    # (S5); with it they may be half made (S4), and preprocessing redoes
+    # them.
+    flagnotodo = look.gone('todo') and not look.first.get('todo')
+    if flagnotodo:
+        if look.stays('info') and 'info' in look.data:
+            trouble = info_trouble(look.data['info'])
+            if trouble:
+                out.append(Problem('info-malformed', path('info'), trouble,
+                                   'quarantine', messid))
+        for d in ('local', 'remote'):
+            if not look.stays(d):
+                continue
+            if look.gone('info'):
+                out.append(Problem('%s-without-info' % d, path(d),
+                                   'recipients of a message qmail-send '
+                                   'no longer knows', 'quarantine', messid))
+            elif d in look.data:
+                trouble = chan_trouble(look.data[d])
+                if trouble:
+                    out.append(Problem('%s-malformed' % d, path(d), trouble,
+                                       'quarantine', messid))
+        if look.stays('bounce') and look.gone('info'):
+            out.append(Problem('bounce-without-info', path('bounce'),
+                               'failure reports nobody will send',
+                               'quarantine', messid))
+    if look.stays('intd') and look.mess is None and flagnotodo \
+            and now >= look.second['intd'][1] + OSSIFIED:
+        out.append(Problem('intd-without-mess', path('intd'),
+                           'envelope of an injection whose message is gone, '
+                           'older than 36 hours', 'remove', messid))
+    if look.mess is not None and flagnotodo and look.gone('info') \
+            and not any(look.first.get(d) or look.second.get(d)
+                        for d in ('local', 'remote', 'bounce')) \
+            and now >= look.mess[1] + OSSIFIED:
+        # qmail-send's own cleanup (INTERNALS "Cleanups"); by atime, as
+        # there.
+        out.append(Problem('mess-stale', path('mess'),
+                           'message never queued (S2/S3), older than 36 hours',
+                           'remove', messid))
+    if any(p.repair == 'quarantine' for p in out):
+        out = [p for p in out if p.repair == 'quarantine']
+    return out
+
+
+# ---- I/O: looking at the queue --------------------------------------------
+
+def _lstat(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_atime, st.st_size
+
+
+def _read(path, inode):
+    """The bytes of path if it is still the file inode, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_ino != inode or not stat.S_ISREG(st.st_mode):
+            return None
+        chunks, size = [], 0
+        while size <= READ_MAX:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b''.join(chunks)
+    finally:
+        os.close(fd)
+
+
+def look_at(qdir: str, messid: int, split: int) -> Look:
+    """Look at one message's files in the order judge() relies on: every
+    file but mess, then mess, then read the envelopes, then every file
+    but mess again (info before todo, todo before local and remote)."""
+    look = Look()
+
+    def p(d):
+        return os.path.join(qdir, qfn(d, messid, split))
+
+    for d in LOOK_ORDER1:
+        look.first[d] = _lstat(p(d))
+    look.mess = _lstat(p('mess'))
+    for d in ('todo', 'info', 'local', 'remote'):
+        if look.first[d] is not None:
+            data = _read(p(d), look.first[d][0])
+            if data is not None:
+                look.data[d] = data
+    for d in LOOK_ORDER2:
+        look.second[d] = _lstat(p(d))
+    return look
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def scan_names(qdir: str, split: int, uids=None):
+    """({messid}, [problems]) from every queue directory: the numbers of
+    the messages with any file, and names that are not qmail's, files in
+    the wrong split subdirectory, owners that are not qmail's."""
+    ids = set()
+    problems = []
+
+    def one(d, sub, name):
+        rel = os.path.join(sub, name) if sub else name
+        full = os.path.join(qdir, d, rel)
+        messid = parse_messid(name)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return                      # gone meanwhile: a live queue
+        if messid is None or not stat.S_ISREG(st.st_mode):
+            problems.append(Problem('stray', 'queue/%s/%s' % (d, rel),
+                                    'not a qmail queue file'))
+            return
+        if uids is not None and st.st_uid != uids[QUEUE_FILE_OWNER[d]]:
+            problems.append(Problem('file-owner', 'queue/%s/%s' % (d, rel),
+                                    'owner %d, want %s' % (
+                                        st.st_uid, QUEUE_FILE_OWNER[d]),
+                                    'chown', messid))
+        if sub is not None and sub != str(messid % split):
+            problems.append(Problem('misplaced', 'queue/%s/%s' % (d, rel),
+                                    'belongs in %s/%d/' % (d, messid % split),
+                                    'move', messid))
+        ids.add(messid)
+
+    for d in SPLITDIRS:
+        for sub in _listdir(os.path.join(qdir, d)):
+            if not os.path.isdir(os.path.join(qdir, d, sub)) \
+                    or parse_messid(sub) is None:
+                problems.append(Problem('stray', 'queue/%s/%s' % (d, sub),
+                                        'not a split subdirectory'))
+                continue
+            for name in _listdir(os.path.join(qdir, d, sub)):
+                one(d, sub, name)
+    for d in FLATDIRS:
+        for name in _listdir(os.path.join(qdir, d)):
+            one(d, None, name)
+    return ids, problems
+
+
+def scan_pid(qdir: str, now: float) -> list:
+    out = []
+    for name in _listdir(os.path.join(qdir, 'pid')):
+        st = _lstat(os.path.join(qdir, 'pid', name))
+        if st is not None and now >= st[1] + OSSIFIED:
+            out.append(Problem('pid-stale', 'queue/pid/' + name,
+                               'left by a dead qmail-queue', 'remove'))
+    return out
+
+
+def check_queue(qdir: str, split: int, now: float, uids=None) -> list:
+    """Every problem of the queue in qdir, each seen twice.  A message with
+    a file in the wrong split subdirectory is judged only once that file
+    is in its place (fsck -r moves it, then looks again)."""
+    ids, problems = scan_names(qdir, split, uids)
+    ids -= {p.messid for p in problems if p.kind == 'misplaced'}
+    suspects = {}
+    for messid in sorted(ids):
+        found = judge(messid, look_at(qdir, messid, split), split, now)
+        if found:
+            suspects[messid] = found
+    for messid, found in suspects.items():
+        again = set(judge(messid, look_at(qdir, messid, split), split, now))
+        problems.extend(p for p in found if p in again)
+    problems.extend(scan_pid(qdir, now))
+    return problems
+
+
+def check_tree(home: str, hier, split: int, uids: dict, gids: dict) -> list:
+    """The home's tree against qmail-install's table: types, owners, modes."""
+    out = []
+    want_type = {'d': stat.S_ISDIR, 's': stat.S_ISDIR, 'z': stat.S_ISREG,
+                 'p': stat.S_ISFIFO}
+    for kind, what, owner, group, mode in hier:
+        name = what[0] if kind == 'z' else what
+        paths = [name]
+        if kind == 's':
+            paths += [os.path.join(name, str(i)) for i in range(split)]
+        for rel in paths:
+            full = os.path.join(home, rel) if rel else home
+            label = rel or '.'
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                out.append(Problem('missing', label, 'not there', 'create'))
+                continue
+            if not want_type[kind](st.st_mode):
+                out.append(Problem('type', label, 'wrong file type'))
+                continue
+            if (st.st_uid, st.st_gid) != (uids[owner], gids[group]):
+                out.append(Problem('owner', label, 'owner %d:%d, want %s:%s'
+                                   % (st.st_uid, st.st_gid, owner, group),
+                                   'chown'))
+            if stat.S_IMODE(st.st_mode) != mode:
+                out.append(Problem('mode', label, 'mode %04o, want %04o'
+                                   % (stat.S_IMODE(st.st_mode), mode),
+                                   'chmod'))
+    return out
+
+
+# ---- I/O: repairs -----------------------------------------------------------
+
+class Repairer:
+    """-r: each repair re-checks what it acts on, and never deletes mail."""
+
+    def __init__(self, home, hier, split, uids, gids, now, say):
+        self.home = home
+        self.qdir = os.path.join(home, 'queue')
+        self.hier = {(e[1][0] if e[0] == 'z' else e[1]): e for e in hier}
+        self.hier['.'] = self.hier['']         # the home, as check_tree shows it
+        self.split = split
+        self.uids, self.gids = uids, gids
+        self.now = now
+        self.say = say
+        self.quarantined = set()
+
+    def repair(self, problem, problems) -> bool:
+        action = getattr(self, 'do_' + problem.repair, None)
+        if action is None:
+            return False
+        try:
+            return action(problem, problems)
+        except OSError as err:
+            self.say('unable to repair %s: %s' % (problem.path, err.strerror))
+            return False
+
+    def _tree_entry(self, rel):
+        entry = self.hier.get(rel)
+        if entry is None:               # a split subdirectory
+            entry = self.hier[os.path.dirname(rel)]
+        return entry
+
+    def do_chown(self, problem, problems):
+        full = os.path.join(self.home, problem.path)
+        if problem.kind == 'file-owner':
+            d = problem.path.split('/')[1]
+            os.lchown(full, self.uids[QUEUE_FILE_OWNER[d]], -1)
+            return True
+        _, _, owner, group, mode = self._tree_entry(problem.path)
+        os.lchown(full, self.uids[owner], self.gids[group])
+        os.chmod(full, mode)            # chown may clear set-id bits
+        return True
+
+    def do_chmod(self, problem, problems):
+        mode = self._tree_entry(problem.path)[4]
+        os.chmod(os.path.join(self.home, problem.path), mode)
+        return True
+
+    def do_create(self, problem, problems):
+        from qmail import install
+        kind, what, owner, group, mode = self._tree_entry(problem.path)
+        uid, gid = self.uids[owner], self.gids[group]
+        full = os.path.join(self.home, problem.path)
+        if kind == 'z':
+            install.make_zero_file(full, what[1], uid, gid, mode)
+        elif kind == 'p':
+            install.make_fifo(full, uid, gid, mode)
+        else:
+            install.make_dir(full, uid, gid, mode)
+        return True
+
+    def do_move(self, problem, problems):
+        """A file in the wrong split subdirectory goes to its own."""
+        d = problem.path.split('/')[1]
+        src = os.path.join(self.home, problem.path)
+        dst = os.path.join(self.qdir, qfn(d, problem.messid, self.split))
+        if os.path.lexists(dst):
+            self.say('unable to repair %s: %s exists' % (problem.path, dst))
+            return False
+        durable.link(src, dst)
+        durable.fsync_dir(os.path.dirname(dst))
+        durable.unlink(src)
+        durable.fsync_dir(os.path.dirname(src))
+        return True
+
+    def still(self, problem) -> bool:
+        """Whether a message's problem is there at one more look."""
+        return problem in judge(problem.messid,
+                                look_at(self.qdir, problem.messid, self.split),
+                                self.split, self.now)
+
+    def do_remove(self, problem, problems):
+        """What qmail-send and qmail-clean would remove: seen again first."""
+        if problem.kind == 'pid-stale':
+            full = os.path.join(self.home, problem.path)
+            st = _lstat(full)
+            if st is None or self.now < st[1] + OSSIFIED:
+                return False
+            durable.unlink(full)
+            return True
+        if not self.still(problem):
+            return False
+        # intd before mess, as qmail-clean (S3 -> S2 -> S1).
+        for d in ('intd', 'mess'):
+            if problem.kind == 'intd-without-mess' and d == 'mess':
+                break
+            try:
+                durable.unlink(os.path.join(self.qdir,
+                                            qfn(d, problem.messid, self.split)))
+            except FileNotFoundError:
+                pass
+        return True
+
+    def do_quarantine(self, problem, problems):
+        """Move every file of the message to queue/fsck/<messid>.<time>/,
+        each by link, fsync, unlink: never a moment without a copy."""
+        messid = problem.messid
+        if messid in self.quarantined:
+            return True
+        if not self.still(problem):
+            return False
+        self.quarantined.add(messid)
+        base = os.path.join(self.qdir, QUARANTINE)
+        if not os.path.isdir(base):
+            os.mkdir(base, 0o700)
+            durable.fsync_dir(self.qdir)
+        dest = os.path.join(base, '%d.%d' % (messid, self.now))
+        os.mkdir(dest, 0o700)
+        durable.fsync_dir(base)
+        moved = []
+        envelope = b''
+        for d in ('todo', 'intd', 'info', 'local', 'remote', 'bounce', 'mess'):
+            src = os.path.join(self.qdir, qfn(d, messid, self.split))
+            if not os.path.lexists(src):
+                continue
+            if d in ('todo', 'intd') and not envelope:
+                envelope = _read(src, os.lstat(src).st_ino) or b''
+            durable.link(src, os.path.join(dest, d))
+            moved.append((d, src))
+        durable.fsync_dir(dest)
+        for d, src in moved:
+            durable.unlink(src)
+            durable.fsync_dir(os.path.dirname(src))
+        mine = [p for p in problems if p.messid == messid]
+        report = ['qmail-fsck moved message %d here at %s.' % (
+            messid, time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(self.now))),
+            'Problems:'] + ['  ' + str(p) for p in mine] + ['Files:'] + [
+            '  %s <- queue/%s' % (d, os.path.relpath(src, self.qdir))
+            for d, src in moved]
+        if envelope:
+            report += ['Envelope:'] + ['  ' + line for line in
+                                       envelope_text(envelope).split('\n')]
+        fd = durable.create_excl(os.path.join(dest, 'REPORT'), 0o600)
+        try:
+            durable.write_all(fd, ('\n'.join(report) + '\n').encode())
+            durable.fsync(fd)
+        finally:
+            os.close(fd)
+        durable.fsync_dir(dest)
+        self.say('moved message %d to queue/%s/%s' % (
+            messid, QUARANTINE, os.path.basename(dest)))
+        return True
+
+
+# ---- main ---------------------------------------------------------------------
+
+def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
+    """Check (and repair) one home; returns the exit code."""
+    qdir = os.path.join(home, 'queue')
+    if not os.path.isdir(qdir):
+        say('fatal: no queue at %s' % qdir)
+        return 111
+    problems = check_tree(home, hier, split, uids, gids)
+    problems += check_queue(qdir, split, now, uids)
+    for p in problems:
+        say(shown(p))
+    if flagrepair and problems:
+        fixer = Repairer(home, hier, split, uids, gids, now, say)
+        # The tree first: the queue's repairs need its directories.
+        moved = repair_all(fixer, problems, say)
+        if moved:
+            # Files back in their split subdirectory: judge their messages.
+            again = [p for p in check_queue(qdir, split, now, uids)
+                     if p.messid in moved and p.kind != 'file-owner']
+            for p in again:
+                say(shown(p))
+            repair_all(fixer, again, say)
+    return 1 if problems else 0
+
+
+def shown(p) -> str:
+    """A problem as reported: what -r would do is the plan."""
+    return str(p) + (' (-r: %s)' % p.repair if p.repair else '')
+
+
+def repair_all(fixer, problems, say) -> set:
+    """Repair in order; the numbers of the messages whose files moved."""
+    moved = set()
+    for p in problems:
+        if fixer.repair(p, problems):
+            if p.repair == 'move':
+                moved.add(p.messid)
+            if p.repair != 'quarantine':
+                say('repaired %s: %s' % (p.path, p.repair))
+        elif p.repair:
+            say('not repaired: ' + str(p))
+    return moved
+
+
+def usage(say) -> int:
+    say('usage: qmail-fsck [-r] [-q] [home]')
+    return 111
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    flagrepair = flagquiet = False
+    args = list(argv)
+    while args and args[0].startswith('-') and args[0] != '-':
+        opt = args.pop(0)
+        if opt == '--':
+            break
+        for ch in opt[1:]:
+            if ch == 'r':
+                flagrepair = True
+            elif ch == 'q':
+                flagquiet = True
+            else:
+                return usage(say_line)
+    if len(args) > 1:
+        return usage(say_line)
+    home = args[0] if args else auto.QMAIL
+    if os.geteuid() != 0:
+        say_line('fatal: must be run as root')
+        return 111
+    from qmail import install
+    try:
+        uids, gids = install.lookup_ids()
+    except KeyError as err:
+        say_line('fatal: no such user or group: %s' % err)
+        return 111
+    try:
+        code = fsck(home, install.HIER, auto.SPLIT, uids, gids, time.time(),
+                    flagrepair, say_line)
+    except OSError as err:
+        say_line('fatal: %s: %s' % (err.filename or home, err.strerror))
+        return 111
+    if not flagquiet:
+        say_line('%s: %s' % (home, 'clean' if code == 0 else
+                             'problems found' if code == 1 else 'not checked'))
+    return code
+
+
+def say_line(text: str) -> None:
+    sys.stdout.write('qmail-fsck: %s\n' % text)
+    sys.stdout.flush()
+
+
+def run():
+    try:
+        code = main()
+    except Exception as err:     # last resort: never a traceback, never 1
+        say_line('fatal: internal error: %s' % type(err).__name__)
+        code = 111
+    sys.exit(code)
+
+
+if __name__ == '__main__':
+    run()

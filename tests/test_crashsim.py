@@ -1,0 +1,240 @@
+"""The crash model of qmail.lib.crashsim: what a power cut takes back,
+on a scratch directory, through the steps of qmail.lib.durable."""
+
+import os
+
+import pytest
+
+from qmail.lib import crashsim, durable
+
+
+@pytest.fixture
+def box(tmp_path):
+    (tmp_path / 'd').mkdir()
+    (tmp_path / 'stash').mkdir()
+    return tmp_path
+
+
+def recorder(box, **kw):
+    return crashsim.Recorder(str(box / 'stash'), **kw)
+
+
+def make(path, data):
+    fd = durable.create_excl(path if isinstance(path, bytes) else str(path))
+    durable.write_all(fd, data)
+    return fd
+
+
+def names(box):
+    return sorted(os.listdir(box / 'd'))
+
+
+def test_no_hook_unless_code_installs_one():
+    assert durable.hook is None and durable.after is None
+
+
+def test_create_and_write_without_fsync_vanish(box):
+    with recorder(box) as rec:
+        os.close(make(box / 'd' / 'a', b'hello'))
+        rec.powercut()
+    assert names(box) == []
+
+
+def test_fsynced_file_without_directory_fsync_vanishes(box):
+    with recorder(box) as rec:
+        fd = make(box / 'd' / 'a', b'hello')
+        durable.fsync(fd)
+        os.close(fd)
+        rec.powercut()
+    assert names(box) == []
+
+
+def test_fsynced_file_and_directory_stay(box):
+    with recorder(box) as rec:
+        fd = make(box / 'd' / 'a', b'hello')
+        durable.fsync(fd)
+        os.close(fd)
+        durable.fsync_dir(str(box / 'd'))
+        rec.powercut()
+    assert (box / 'd' / 'a').read_bytes() == b'hello'
+    assert os.listdir(box / 'stash') == []
+
+
+def test_synced_entry_of_an_unsynced_file_is_empty(box):
+    # Linux after a power cut: the name survives, the data never written.
+    with recorder(box) as rec:
+        fd = make(box / 'd' / 'a', b'hello')
+        durable.fsync_dir(str(box / 'd'))
+        os.close(fd)
+        rec.powercut()
+    assert (box / 'd' / 'a').read_bytes() == b''
+
+
+@pytest.mark.parametrize('synced, want', [(False, b'old'), (True, b'oldnew')])
+def test_append_goes_back_to_the_last_fsync(box, synced, want):
+    (box / 'd' / 'm').write_bytes(b'old')
+    with recorder(box) as rec:
+        fd = durable.open_append(str(box / 'd' / 'm'))
+        durable.write_all(fd, b'new')
+        if synced:
+            durable.fsync(fd)
+        os.close(fd)
+        rec.powercut()
+    assert (box / 'd' / 'm').read_bytes() == want
+
+
+def test_snapshot_is_of_the_last_fsync_not_the_first_write(box):
+    with recorder(box) as rec:
+        fd = make(box / 'd' / 'a', b'one')
+        durable.fsync(fd)
+        durable.fsync_dir(str(box / 'd'))
+        durable.write_all(fd, b'two')
+        durable.write_all(fd, b'three')
+        os.close(fd)
+        rec.powercut()
+    assert (box / 'd' / 'a').read_bytes() == b'one'
+
+
+def test_pwrite_and_truncate_are_undone(box):
+    (box / 'd' / 'local').write_bytes(b'Ta@b\0Tc@d\0')
+    with recorder(box) as rec:
+        fd = os.open(box / 'd' / 'local', os.O_WRONLY)
+        durable.pwrite(fd, b'D', 5)
+        durable.truncate(fd, 5)
+        os.close(fd)
+        rec.powercut()
+    assert (box / 'd' / 'local').read_bytes() == b'Ta@b\0Tc@d\0'
+
+
+def test_open_append_of_a_new_file_is_undone(box):
+    with recorder(box) as rec:
+        fd = durable.open_append(str(box / 'd' / 'bounce'))
+        durable.write_all(fd, b'<x@y>:\nfailed\n\n')
+        durable.fsync(fd)
+        os.close(fd)
+        rec.powercut()
+    assert names(box) == []
+
+
+@pytest.mark.parametrize('synced', [False, True])
+def test_unlink_without_directory_fsync_is_undone(box, synced):
+    (box / 'd' / 'a').write_bytes(b'keep me')
+    ino = os.stat(box / 'd' / 'a').st_ino
+    with recorder(box) as rec:
+        durable.unlink(str(box / 'd' / 'a'))
+        if synced:
+            durable.fsync_dir(str(box / 'd'))
+        rec.powercut()
+    if synced:
+        assert names(box) == []
+    else:
+        assert (box / 'd' / 'a').read_bytes() == b'keep me'
+        assert os.stat(box / 'd' / 'a').st_ino == ino
+    assert os.listdir(box / 'stash') == []
+
+
+def test_rename_is_undone_in_both_directories(box):
+    (box / 'e').mkdir()
+    (box / 'd' / 'tmp').write_bytes(b'new')
+    (box / 'e' / 'final').write_bytes(b'old')
+    with recorder(box) as rec:
+        durable.rename(str(box / 'd' / 'tmp'), str(box / 'e' / 'final'))
+        assert (box / 'e' / 'final').read_bytes() == b'new'
+        rec.powercut()
+    assert (box / 'd' / 'tmp').read_bytes() == b'new'
+    assert (box / 'e' / 'final').read_bytes() == b'old'
+
+
+def test_rename_with_only_the_target_synced(box):
+    # Each directory goes back on its own: the new name stays, and so
+    # does the old one (a link count a real fsck would fix).
+    (box / 'e').mkdir()
+    (box / 'd' / 'tmp').write_bytes(b'new')
+    with recorder(box) as rec:
+        durable.rename(str(box / 'd' / 'tmp'), str(box / 'e' / 'final'))
+        durable.fsync_dir(str(box / 'e'))
+        rec.powercut()
+    assert (box / 'e' / 'final').read_bytes() == b'new'
+    assert (box / 'd' / 'tmp').read_bytes() == b'new'
+
+
+def test_link_is_undone(box):
+    (box / 'd' / 'intd').write_bytes(b'F\0')
+    with recorder(box) as rec:
+        durable.link(str(box / 'd' / 'intd'), str(box / 'd' / 'todo'))
+        rec.powercut()
+    assert names(box) == ['intd']
+
+
+def test_relative_and_bytes_paths(box, monkeypatch):
+    monkeypatch.chdir(box)
+    with recorder(box) as rec:
+        fd = make(b'd/a', b'x')
+        durable.fsync(fd)
+        os.close(fd)
+        durable.fsync_dir(str(box / 'd'))      # the same directory, named
+        durable.unlink('d/a')                  # differently
+        rec.powercut()
+    assert (box / 'd' / 'a').read_bytes() == b'x'
+
+
+def test_steps_are_numbered_with_their_inodes(box):
+    with recorder(box) as rec:
+        fd = make(box / 'd' / 'a', b'x')
+        durable.fsync(fd)
+        os.close(fd)
+        durable.link(str(box / 'd' / 'a'), str(box / 'd' / 'b'))
+        try:
+            durable.unlink(str(box / 'd' / 'missing'))
+        except FileNotFoundError:
+            pass                               # a failed step is no step
+    ino = os.stat(box / 'd' / 'a').st_ino
+    assert [(s.number, s.name, s.inode) for s in rec.steps] == [
+        (1, 'create', ino), (2, 'write', ino), (3, 'fsync', ino),
+        (4, 'link', ino)]
+    assert rec.steps[3].path == str(box / 'd' / 'b')
+    assert durable.hook is None and durable.after is None
+
+
+def crash_child(box, k, mode):
+    """Four steps in a child that crashes after step k; its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            crashsim.Recorder(str(box / 'stash'), k, mode).install()
+            fd = make(box / 'd' / 'a', b'data')          # steps 1, 2
+            durable.fsync(fd)                            # 3
+            durable.fsync_dir(str(box / 'd'))            # 4
+        finally:
+            os._exit(0)
+    _, wstat = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wstat)
+
+
+@pytest.mark.parametrize('k, want', [
+    (1, b''), (2, b'data'), (3, b'data'), (4, b'data')])
+def test_stop_after_step_k_keeps_what_the_kernel_has(box, k, want):
+    assert crash_child(box, k, crashsim.STOP) == crashsim.STOP_EXIT
+    assert (box / 'd' / 'a').read_bytes() == want
+
+
+@pytest.mark.parametrize('k, want', [
+    (1, None), (2, None), (3, None), (4, b'data')])
+def test_powercut_after_step_k_keeps_what_is_durable(box, k, want):
+    assert crash_child(box, k, crashsim.POWERCUT) == crashsim.POWERCUT_EXIT
+    got = (box / 'd' / 'a').read_bytes() if names(box) else None
+    assert got == want
+
+
+def test_no_crash_past_the_last_step(box):
+    assert crash_child(box, 5, crashsim.STOP) == 0
+
+
+def test_too_big_to_snapshot(box, monkeypatch):
+    monkeypatch.setattr(crashsim, 'SNAPSHOT_MAX', 4)
+    (box / 'd' / 'big').write_bytes(b'12345')
+    with recorder(box):
+        fd = durable.open_append(str(box / 'd' / 'big'))
+        with pytest.raises(crashsim.CrashSimError):
+            durable.write_all(fd, b'6')
+        os.close(fd)

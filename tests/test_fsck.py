@@ -1,0 +1,404 @@
+"""qmail-fsck on fake queues in a scratch directory: each kind of problem
+is found, and the repair never deletes mail."""
+
+import os
+import stat
+import time
+
+import pytest
+
+from qmail import fsck, install
+from qmail.lib import auto
+from qmail.lib.qfile import qfn
+
+SPLIT = 3
+OLD = time.time() - fsck.OSSIFIED - 3600
+ENVELOPE = b'u0\0p1\0Fa@far.example\0Tb@here.example\0Tc@far.example\0'
+
+
+def fake_ids():
+    """Every qmail user and group as the one running the test."""
+    names = [u for u, _, _ in install.USERS] + ['root']
+    return (dict.fromkeys(names, os.getuid()),
+            dict.fromkeys(install.GROUPS, os.getgid()))
+
+
+class Queue:
+    """A home with an installed tree, and queue files made by hand."""
+
+    def __init__(self, root):
+        self.home = str(root / 'qmail')
+        self.qdir = os.path.join(self.home, 'queue')
+        self.uids, self.gids = fake_ids()
+        install.install_tree(self.home, self.uids, self.gids, SPLIT)
+
+    def path(self, d, messid):
+        return os.path.join(self.qdir, qfn(d, messid, SPLIT))
+
+    def put(self, d, messid, data, age=None):
+        with open(self.path(d, messid), 'wb') as f:
+            f.write(data)
+        if age is not None:
+            os.utime(self.path(d, messid), (age, age))
+
+    def mess(self, text=None, age=None) -> int:
+        """A message file named by its inode, as qmail-queue makes it."""
+        if text is None:
+            self.count = getattr(self, 'count', 0) + 1
+            text = b'Received: x\n\nhello %d\n' % self.count
+        tmp = os.path.join(self.qdir, 'pid', 'tmp')
+        with open(tmp, 'wb') as f:
+            f.write(text)
+        messid = os.stat(tmp).st_ino
+        os.link(tmp, self.path('mess', messid))
+        os.unlink(tmp)
+        if age is not None:
+            os.utime(self.path('mess', messid), (age, age))
+        return messid
+
+    def queued(self) -> int:                        # S4
+        messid = self.mess()
+        self.put('todo', messid, ENVELOPE)
+        return messid
+
+    def preprocessed(self) -> int:                  # S5
+        messid = self.mess()
+        self.put('info', messid, b'Fa@far.example\0')
+        self.put('local', messid, b'Db@here.example\0')
+        self.put('remote', messid, b'Tc@far.example\0')
+        return messid
+
+    def check(self, now=None):
+        return fsck.check_queue(self.qdir, SPLIT, now or time.time(), self.uids)
+
+    def fsck(self, repair=False):
+        said = []
+        code = fsck.fsck(self.home, install.HIER, SPLIT, self.uids, self.gids,
+                         time.time(), repair, said.append)
+        return code, said
+
+    def all_files(self) -> dict:
+        """{relative path: (inode, bytes)} of every file under queue/."""
+        out = {}
+        for dirpath, _, names in os.walk(self.qdir):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode):
+                    with open(p, 'rb') as f:
+                        out[os.path.relpath(p, self.qdir)] = (st.st_ino, f.read())
+        return out
+
+
+@pytest.fixture
+def q(tmp_path):
+    return Queue(tmp_path)
+
+
+def kinds(problems):
+    return sorted(p.kind for p in problems)
+
+
+def test_a_healthy_queue_is_clean(q):
+    q.queued()
+    q.preprocessed()
+    q.mess()                                        # young S2: injecting
+    m = q.mess()
+    q.put('intd', m, b'u0\0p1\0Fa@b\0')              # young S3
+    s4 = q.queued()
+    q.put('intd', s4, ENVELOPE)                      # S4 with intd
+    q.put('info', s4, b'F')                          # preprocessing, half way
+    s5 = q.preprocessed()
+    q.put('bounce', s5, b'<x@y>:\nno\n\n')
+    q.put('intd', s5, ENVELOPE)                      # a crash after todo/ went
+    with open(os.path.join(q.qdir, 'pid', '1.2.3'), 'wb'):
+        pass
+    assert q.check() == []
+    code, said = q.fsck()
+    assert (code, said) == (0, [])
+
+
+def make_todo_without_mess(q):
+    q.put('todo', 4242, ENVELOPE)
+
+
+def make_todo_empty_mess(q):
+    q.put('todo', q.mess(b''), ENVELOPE)
+
+
+def make_todo_malformed(q):
+    q.put('todo', q.mess(), b'u0\0p1\0Fa@b\0Xjunk\0')
+
+
+def make_todo_incomplete(q):
+    q.put('todo', q.mess(), b'u0\0p1\0Fa@b\0Tc@')
+
+
+def make_info_without_mess(q):
+    q.put('info', 4243, b'Fa@b\0')
+    q.put('local', 4243, b'Tc@d\0')
+
+
+def make_info_malformed(q):
+    q.put('info', q.mess(), b'a@b')
+
+
+def make_local_without_info(q):
+    q.put('local', q.mess(), b'Tc@d\0')
+
+
+def make_remote_malformed(q):
+    m = q.preprocessed()
+    q.put('remote', m, b'Tc@far.example\0Qx\0')
+
+
+def make_local_empty(q):
+    m = q.preprocessed()
+    q.put('local', m, b'')
+
+
+def make_bounce_without_info(q):
+    q.put('bounce', q.mess(), b'<c@d>:\nSorry.\n\n')
+
+
+def make_mess_name(q):
+    m = q.preprocessed()
+    other = m + SPLIT * 1000
+    os.rename(q.path('mess', m), q.path('mess', other))
+    for d in ('info', 'local', 'remote'):
+        os.rename(q.path(d, m), q.path(d, other))
+
+
+def make_mess_stale(q):
+    q.mess(age=OLD)
+
+
+def make_mess_stale_s3(q):
+    m = q.mess(age=OLD)
+    q.put('intd', m, b'u0\0p1\0Fa@b\0')
+
+
+def make_intd_without_mess(q):
+    q.put('intd', 4244, b'u0\0p1\0Fa@b\0', age=OLD)
+
+
+def make_pid_stale(q):
+    path = os.path.join(q.qdir, 'pid', '99.1.1')
+    with open(path, 'wb'):
+        pass
+    os.utime(path, (OLD, OLD))
+
+
+def make_misplaced(q):
+    m = q.preprocessed()
+    wrong = os.path.join(q.qdir, 'info', str((m + 1) % SPLIT), str(m))
+    os.rename(q.path('info', m), wrong)
+
+
+def make_stray(q):
+    with open(os.path.join(q.qdir, 'todo', 'notes.txt'), 'wb') as f:
+        f.write(b'mine')
+
+
+PROBLEMS = [
+    (make_todo_without_mess, 'todo-without-mess', 'quarantine'),
+    (make_todo_empty_mess, 'todo-empty-mess', 'quarantine'),
+    (make_todo_malformed, 'todo-malformed', 'quarantine'),
+    (make_todo_incomplete, 'todo-malformed', 'quarantine'),
+    (make_info_without_mess, 'info-without-mess', 'quarantine'),
+    (make_info_malformed, 'info-malformed', 'quarantine'),
+    (make_local_without_info, 'local-without-info', 'quarantine'),
+    (make_remote_malformed, 'remote-malformed', 'quarantine'),
+    (make_local_empty, 'local-malformed', 'quarantine'),
+    (make_bounce_without_info, 'bounce-without-info', 'quarantine'),
+    (make_mess_name, 'mess-name', 'quarantine'),
+    (make_mess_stale, 'mess-stale', 'remove'),
+    (make_mess_stale_s3, 'mess-stale', 'remove'),
+    (make_intd_without_mess, 'intd-without-mess', 'remove'),
+    (make_pid_stale, 'pid-stale', 'remove'),
+    (make_misplaced, 'misplaced', 'move'),
+    (make_stray, 'stray', ''),
+]
+
+
+@pytest.mark.parametrize('make, kind, repair', PROBLEMS,
+                         ids=[p[1] + '-' + p[0].__name__[5:] for p in PROBLEMS])
+def test_each_problem_is_found_and_repaired(q, make, kind, repair):
+    q.preprocessed()                                 # a bystander
+    make(q)
+    found = q.check()
+    assert [(p.kind, p.repair) for p in found] == [(kind, repair)], found
+    code, said = q.fsck(repair=True)
+    assert code == 1
+    assert any(line.startswith(kind) for line in said), said
+    after = q.check()
+    if repair:
+        assert after == [], after
+        assert q.fsck() == (0, [])
+    else:
+        assert kinds(after) == [kind]                # reported, left alone
+
+
+def test_young_leftovers_are_not_problems(q):
+    q.mess()                                         # S2, an injection
+    q.put('intd', 4245, b'u0\0p1\0Fa@b\0')           # intd, mess just gone?
+    with open(os.path.join(q.qdir, 'pid', '1.1.1'), 'wb'):
+        pass
+    assert q.check() == []
+
+
+def test_repair_never_deletes_a_message(q):
+    keep = q.preprocessed()
+    for make, kind, repair in PROBLEMS:
+        make(q)
+    stale = [p.messid for p in q.check() if p.kind == 'mess-stale']
+    before = q.all_files()
+    stale_files = {rel for rel in before
+                   if any(rel.endswith('/%d' % m) for m in stale)}
+    stale_files |= {'intd/4244', 'pid/99.1.1'}       # what qmail removes too
+    code, said = q.fsck(repair=True)
+    assert code == 1
+    after = set(q.all_files().values())
+    lost = [rel for rel, kept in before.items()
+            if rel not in stale_files and kept not in after]
+    assert lost == [], said
+    # Every quarantined message has its report and its envelope.
+    base = os.path.join(q.qdir, fsck.QUARANTINE)
+    reports = [open(os.path.join(base, d, 'REPORT')).read()
+               for d in sorted(os.listdir(base))]
+    assert len(reports) == 11
+    assert any('to <b@here.example>' in r and 'todo-without-mess' in r
+               for r in reports)
+    # The healthy message was not touched; what is left is clean.
+    assert os.path.exists(q.path('info', keep))
+    assert kinds(q.check()) == ['stray']
+
+
+def test_quarantine_keeps_the_files_and_says_why(q):
+    q.put('todo', 4242, ENVELOPE)
+    q.put('intd', 4242, ENVELOPE)
+    code, said = q.fsck(repair=True)
+    assert code == 1
+    assert not os.path.exists(q.path('todo', 4242))
+    base = os.path.join(q.qdir, fsck.QUARANTINE)
+    dest, = os.listdir(base)
+    assert dest.startswith('4242.')
+    assert sorted(os.listdir(os.path.join(base, dest))) == ['REPORT', 'intd', 'todo']
+    report = open(os.path.join(base, dest, 'REPORT')).read()
+    assert 'todo-without-mess queue/todo/4242' in report
+    assert 'from <a@far.example>' in report and 'to <c@far.example>' in report
+    assert any('moved message 4242' in line for line in said)
+
+
+def test_a_message_moving_during_the_scan_is_no_problem(q, monkeypatch):
+    messid = q.preprocessed()
+    real = fsck.look_at
+    calls = []
+
+    def moving(qdir, m, split):
+        calls.append(m)
+        look = real(qdir, m, split)
+        if len(calls) == 1:
+            look.mess = None        # as if seen between two states
+        return look
+
+    monkeypatch.setattr(fsck, 'look_at', moving)
+    assert q.check() == []
+    assert calls == [messid, messid]
+
+
+@pytest.mark.parametrize('first, second, want', [
+    # todo/ at both looks, no mess/: lost
+    ({'todo': (7, 0, 9)}, {'todo': (7, 0, 9)}, ['todo-without-mess']),
+    # todo/ went meanwhile: the message was finished, nothing lost
+    ({'todo': (7, 0, 9)}, {}, []),
+    # todo/ replaced by another file of that name: not the same message
+    ({'todo': (7, 0, 9)}, {'todo': (8, 0, 9)}, []),
+    # local/ without info/ while todo/ was there: preprocessing
+    ({'local': (5, 0, 9), 'todo': (7, 0, 9)},
+     {'local': (5, 0, 9), 'todo': (7, 0, 9)}, ['todo-without-mess']),
+    ({'local': (5, 0, 9)}, {'local': (5, 0, 9)}, ['local-without-info']),
+    ({'local': (5, 0, 9)}, {'local': (6, 0, 9)}, []),
+])
+def test_judge_needs_both_looks(first, second, want):
+    look = fsck.Look()
+    for d in fsck.LOOK_ORDER1:
+        look.first[d] = first.get(d)
+        look.second[d] = second.get(d)
+    assert kinds(fsck.judge(4242, look, SPLIT, time.time())) == want
+
+
+@pytest.mark.parametrize('data, trouble', [
+    (ENVELOPE, None),
+    (b'', 'empty envelope'),
+    (b'u0\0p1\0Fa@b\0Tc', 'envelope ends inside a record'),
+    (b'u0\0p1\0Ta@b\0', '0 sender records'),
+    (b'ux\0Fa@b\0', 'bad u record'),
+    (b'Fa@b\0Fc@d\0', '2 sender records'),
+])
+def test_todo_trouble(data, trouble):
+    assert fsck.todo_trouble(data) == trouble
+
+
+@pytest.mark.parametrize('data, trouble', [
+    (b'Ta@b\0Dc@d\0', None),
+    (b'', 'empty recipient list'),
+    (b'Ta@b\0Dc@', 'recipient list ends inside a record'),
+    (b'Ta@b\0Xc@d\0', "unknown record type b'X'"),
+])
+def test_chan_trouble(data, trouble):
+    assert fsck.chan_trouble(data) == trouble
+
+
+def test_tree_owners_modes_and_split(q):
+    os.chmod(os.path.join(q.qdir, 'todo'), 0o777)
+    os.rmdir(os.path.join(q.qdir, 'info', '2'))
+    os.unlink(os.path.join(q.qdir, 'lock', 'trigger'))
+    problems = fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids)
+    assert sorted((p.kind, p.path) for p in problems) == [
+        ('missing', 'queue/info/2'), ('missing', 'queue/lock/trigger'),
+        ('mode', 'queue/todo')]
+    code, said = q.fsck(repair=True)
+    assert code == 1
+    assert fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids) == []
+    assert stat.S_ISFIFO(os.lstat(os.path.join(q.qdir, 'lock', 'trigger')).st_mode)
+
+
+def test_wrong_type_is_left_to_the_admin(q):
+    path = os.path.join(q.qdir, 'lock', 'trigger')
+    os.unlink(path)
+    with open(path, 'wb'):
+        pass
+    problems = fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids)
+    assert [(p.kind, p.repair) for p in problems] == [('type', '')]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+def test_file_owners(q):
+    m = q.preprocessed()
+    uids = dict(q.uids, qmails=q.uids['qmails'] + 4321)
+    problems = fsck.check_queue(q.qdir, SPLIT, time.time(), uids)
+    assert sorted(p.path for p in problems if p.kind == 'file-owner') == [
+        'queue/' + qfn(d, m, SPLIT) for d in ('info', 'local', 'remote')]
+    fixer = fsck.Repairer(q.home, install.HIER, SPLIT, uids, q.gids,
+                          time.time(), lambda text: None)
+    for p in problems:
+        assert fixer.repair(p, problems)
+    assert os.stat(q.path('info', m)).st_uid == uids['qmails']
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+def test_main_exit_codes(tmp_path, capsys):
+    home = str(tmp_path / 'qmail')
+    uids, gids = install.lookup_ids()
+    install.install_tree(home, uids, gids, auto.SPLIT)
+    assert fsck.main(['-q', home]) == 0
+    with open(os.path.join(home, 'queue', 'todo', '4242'), 'wb') as f:
+        f.write(ENVELOPE)
+    assert fsck.main([home]) == 1
+    assert 'todo-without-mess queue/todo/4242' in capsys.readouterr().out
+    assert fsck.main(['-r', home]) == 1
+    assert fsck.main([home]) == 0
+    assert fsck.main([str(tmp_path / 'nothing')]) == 111
+    assert fsck.main(['-x']) == 111
+    assert fsck.main(['a', 'b']) == 111
