@@ -379,6 +379,9 @@ class Send:
             log('bounce msg %d qp %d\n' % (messid, qq.pid))
         try:
             durable.unlink(bfn)
+            # Else a crash could bring bounce/ back and inject the bounce
+            # again (qmail-crashtest's "bounce" scenario shows it).
+            durable.fsync_dir('bounce')
         except OSError:
             log('warning: unable to unlink %s\n' % bfn)
             return False
@@ -920,6 +923,22 @@ class Send:
         log('status: exiting\n')
 
 
+CONTROL_RETRY = 10      # seconds between attempts to read unreadable controls
+
+
+def wait_or_term(seconds: int) -> bool:
+    """Sleep; True if TERM or INT arrived meanwhile."""
+    got = []
+    old = {sig: signal.signal(sig, lambda s, f: got.append(s))
+           for sig in (signal.SIGTERM, signal.SIGINT)}
+    deadline = time.monotonic() + seconds
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+    return bool(got)
+
+
 def main(argv=None) -> int:
     try:
         os.chdir(auto.QMAIL)
@@ -927,11 +946,20 @@ def main(argv=None) -> int:
         log('alert: cannot start: unable to switch to home directory\n')
         return 111
     ctl = control.Controls('control')
-    try:
-        controls = Controls(ctl)
-    except (OSError, ValueError):
-        log('alert: cannot start: unable to read controls\n')
-        return 111
+    while True:
+        try:
+            controls = Controls(ctl)
+            break
+        except (OSError, ValueError) as e:
+            # qmail exits here, and a supervisor restarts it every second:
+            # a crash loop.  Wait instead, saying why, until the admin
+            # repairs the file; TERM still stops us.
+            log('alert: cannot start: unable to read controls: %s; '
+                'trying again in %d seconds\n' % (getattr(e, 'strerror', None) or e,
+                                                 CONTROL_RETRY))
+            if wait_or_term(CONTROL_RETRY):
+                return 111
+            ctl = control.Controls('control')
     ctl.directory = os.path.join(auto.QMAIL, 'control')
     try:
         os.chdir('queue')

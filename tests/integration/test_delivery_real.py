@@ -394,3 +394,48 @@ def test_injection_goes_through_qmail_queued(world, test_user):
         os.chmod(qq, mode & 0o7777)
         os.chown(qq, pwd_uid('qmailq'), os.stat(qq).st_gid)
         os.chmod(qq, mode & 0o7777)
+
+
+def test_unreadable_control_waits_instead_of_crash_looping(tmp_path):
+    """control/locals unreadable by qmails: qmail-send says why, keeps
+    running and starts as soon as it is repaired."""
+    home = install_home(DOMAIN)
+    locals_ = os.path.join(home, 'control', 'locals')
+    os.chmod(locals_, 0o600)             # root only: qmails cannot read it
+    logpath = os.path.join(os.path.dirname(home), 'ctl.log')
+    with open(logpath, 'wb') as logf:
+        p = subprocess.Popen([home + '/bin/qmail-start', './Maildir/'], stdout=logf,
+                             stderr=subprocess.STDOUT, env={'PATH': '/usr/bin:/bin'},
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while b'unable to read controls' not in open(logpath, 'rb').read():
+            assert time.monotonic() < deadline, open(logpath, 'rb').read()
+            assert p.poll() is None, 'qmail-send exited'
+            time.sleep(0.1)
+        time.sleep(1)
+        assert p.poll() is None, 'qmail-send exited instead of waiting'
+        os.chmod(locals_, 0o644)
+        deadline = time.monotonic() + TIMEOUT
+        while b'status: local 0/10' not in open(logpath, 'rb').read():
+            assert time.monotonic() < deadline, open(logpath, 'rb').read()
+            time.sleep(0.2)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=TIMEOUT)
+        remove_home(home)
+
+
+@pytest.mark.parametrize('name, value', [
+    ('concurrencylocal', 'lots'), ('queuelifetime', '-5'), ('bouncemaxbytes', 'x'),
+])
+def test_invalid_control_values_fall_back_to_defaults(tmp_path, name, value):
+    home = install_home(DOMAIN)
+    with open(os.path.join(home, 'control', name), 'w') as f:
+        f.write(value + '\n')
+    mta = Mta(home, './Maildir/')
+    try:
+        assert 'status: local 0/10 remote 0/20' in mta.log()
+    finally:
+        mta.stop()
+        remove_home(home)
