@@ -9,7 +9,7 @@ RUNTIME ?= /usr/local/lib/qmail/venv
 # The developers' venv: the package (editable) and the test tools.
 DEVENV ?= .venv
 SYSPYTHON ?= /usr/bin/python3
-APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base
+APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base fetchmail getmail6
 
 PYTEST_ARGS ?=
 
@@ -30,7 +30,7 @@ deps:
 $(RUNTIME)/.ok: pyproject.toml | deps
 	test -x $(RUNTIME)/bin/python3 || $(SYSPYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/pip install -q --disable-pip-version-check \
-	  'dnspython>=2.3' 'pyinotify>=0.9.6' 'setproctitle>=1.3'
+	  'dnspython>=2.3' 'pyinotify>=0.9.6' 'setproctitle>=1.3' 'argon2-cffi>=21.2'
 	chmod -R a+rX $(RUNTIME)
 	touch $@
 

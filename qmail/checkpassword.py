@@ -1,0 +1,328 @@
+"""checkpassword: check a system user's password, then run a program as
+that user.
+
+Usage:    checkpassword program [arg ...]
+          e.g. qmail-popup pop.example.org checkpassword qmail-pop3d Maildir
+Runs as:  root, started by qmail-popup (or qmail-smtpd's AUTH) under
+          tcpserver run as root.
+Reads:    fd 3, "user\\0password\\0timestamp\\0" (the checkpassword
+          interface, cr.yp.to/checkpwd/interface.html), at most MAXINPUT
+          bytes; the timestamp is not used (no APOP: the password is
+          stored hashed).  The user's passwd entry (getpwnam) and shadow
+          entry (getspnam(3)), both through NSS, so /etc/nsswitch.conf is
+          honoured as login(1) honours it.
+Does:     when the password is right: initgroups, setgid, setuid (and
+          checks that no root id is left), chdir to the home directory,
+          sets HOME, USER and SHELL from the passwd entry, and execs
+          program with its arguments; fds 0, 1 and 2 as given, fd 3
+          closed.
+Exits:    1 the password is wrong, or the user unknown, locked ("!" or
+          "*" in shadow, an empty password too), expired (shadow's
+          expire date), or root (uid 0 never logs in here: root has no
+          maildir, and a checker for the network should not tell
+          whether root's password was guessed);
+          2 misuse: no program, fd 3 unreadable or not two NUL-ended
+          fields;
+          111 temporary trouble: the shadow entry cannot be read (not
+          root), libcrypt is missing, becoming the user, the chdir or
+          the exec fails.
+Trusts:   its caller for nothing but fd 3's bytes; it never writes the
+          password anywhere, and overwrites its copies after the check.
+See:      cr.yp.to/checkpwd/interface.html, crypt(5), shadow(5),
+          qmail-popup(8).
+
+The password check is crypt(3) from libxcrypt (libcrypt.so.1, which
+Debian ships as a dependency of libc's users: login, passwd), through
+ctypes: crypt_rn() hashes the password with the setting of the stored
+hash (yescrypt, SHA-512, bcrypt ... whatever passwd(1) wrote), and the
+two are compared with hmac.compare_digest.  Why: Python's crypt and spwd
+modules are deprecated since 3.11 and gone in 3.13; passlib is
+unmaintained; libxcrypt is the very code that passwd(1) and login(1)
+use on this system, so every hash they can make, this can check.
+getspnam(3) comes from libc through ctypes, for the same reason.  An
+unknown user costs a hash too (of a setting made by crypt_gensalt for
+the system's preferred method), so time does not tell which users exist.
+
+XXX no PAM: account rules beyond shadow's (pam_access, pam_nologin, ...)
+do not apply here.
+"""
+
+import ctypes
+import errno
+import hmac
+import os
+import pwd
+import sys
+import time
+
+MAXINPUT = 16384         # qmail-popup sends a line of at most 12288 bytes
+CRYPT_DATA = 32768       # sizeof(struct crypt_data) in libxcrypt
+CRYPT_OUTPUT = 384       # CRYPT_OUTPUT_SIZE
+DAY = 86400
+
+BAD = 1
+MISUSE = 2
+TEMP = 111
+
+
+class Trouble(Exception):
+    """Temporary trouble: exit 111."""
+
+
+# -- fd 3 ---------------------------------------------------------------------
+
+def read_input(fd: int = 3, limit: int = MAXINPUT) -> bytearray:
+    """Everything on fd, at most limit bytes; OSError if fd is unusable,
+    ValueError if there is more."""
+    data = bytearray()
+    while True:
+        chunk = os.read(fd, limit + 1 - len(data))
+        if not chunk:
+            return data
+        data += chunk
+        if len(data) > limit:
+            data[:] = bytes(len(data))
+            raise ValueError('input too long')
+
+
+def parse_input(data: bytes):
+    """(user, password) from "user\\0password\\0timestamp\\0"; ValueError
+    unless both are there and NUL-ended."""
+    end = data.find(b'\0')
+    if end < 0:
+        raise ValueError('no user')
+    end2 = data.find(b'\0', end + 1)
+    if end2 < 0:
+        raise ValueError('no password')
+    return bytes(data[:end]), bytearray(data[end + 1:end2])
+
+
+def wipe(buf):
+    if isinstance(buf, bytearray):
+        buf[:] = bytes(len(buf))
+    elif isinstance(buf, ctypes.Array):
+        ctypes.memset(buf, 0, ctypes.sizeof(buf))
+
+
+# -- libc and libxcrypt -------------------------------------------------------
+
+class Spwd(ctypes.Structure):
+    """struct spwd of shadow.h."""
+    _fields_ = [('sp_namp', ctypes.c_char_p), ('sp_pwdp', ctypes.c_char_p),
+                ('sp_lstchg', ctypes.c_long), ('sp_min', ctypes.c_long),
+                ('sp_max', ctypes.c_long), ('sp_warn', ctypes.c_long),
+                ('sp_inact', ctypes.c_long), ('sp_expire', ctypes.c_long),
+                ('sp_flag', ctypes.c_ulong)]
+
+
+def libcrypt():
+    """libxcrypt, or Trouble."""
+    try:
+        lib = ctypes.CDLL('libcrypt.so.1', use_errno=True)
+    except OSError:
+        from ctypes import util     # it runs ldconfig: only when needed
+        name = util.find_library('crypt')
+        try:
+            lib = ctypes.CDLL(name, use_errno=True) if name else None
+        except OSError:
+            lib = None
+        if lib is None:
+            raise Trouble('unable to load libcrypt') from None
+    lib.crypt_rn.restype = ctypes.c_char_p
+    lib.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def crypt(lib, password: bytes, setting: bytes):
+    """crypt_rn(): the hash of password under setting, or None when the
+    setting is no hash libxcrypt knows (a locked account's "!", say)."""
+    data = ctypes.create_string_buffer(CRYPT_DATA)
+    phrase = ctypes.create_string_buffer(bytes(password), len(password) + 1)
+    try:
+        out = lib.crypt_rn(phrase, setting, data, CRYPT_DATA)
+        if out is None or out[:1] == b'*':
+            return None
+        return bytes(out)
+    finally:
+        wipe(data)
+        wipe(phrase)
+
+
+def dummy_setting(lib) -> bytes:
+    """A setting of the system's preferred method, for unknown users."""
+    try:
+        lib.crypt_gensalt_rn.restype = ctypes.c_char_p
+        lib.crypt_gensalt_rn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
+                                         ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        out = ctypes.create_string_buffer(CRYPT_OUTPUT)
+        if lib.crypt_gensalt_rn(None, 0, None, 0, out, CRYPT_OUTPUT):
+            return out.value
+    except AttributeError:
+        pass
+    return b'$6$qmailcheckpassw'
+
+
+def getspnam(name: bytes):
+    """(hash, expire day or -1), None for no shadow entry; Trouble when
+    the shadow database cannot be read (EACCES: not root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.getspnam.restype = ctypes.POINTER(Spwd)
+    libc.getspnam.argtypes = [ctypes.c_char_p]
+    ctypes.set_errno(0)
+    sp = libc.getspnam(name)
+    if not sp:
+        err = ctypes.get_errno()
+        if err in (0, errno.ENOENT, errno.ESRCH):
+            return None
+        raise Trouble('unable to read shadow: %s' % os.strerror(err))
+    entry = sp.contents
+    return (entry.sp_pwdp or b''), entry.sp_expire
+
+
+# -- the decision -------------------------------------------------------------
+
+def stored_hash(pw_passwd: bytes, shadow):
+    """The hash to check against: shadow's when there is an entry, else
+    the passwd field's ("x" and "*" are no hash)."""
+    if shadow is not None:
+        return shadow[0]
+    return pw_passwd
+
+
+def usable(stored: bytes, expire: int, today: int) -> bool:
+    """Can this account log in at all?  Not with an empty or locked hash,
+    nor after its expire day (shadow(5): the account is expired on that
+    day; -1 or 0... none)."""
+    if not stored or stored[:1] in (b'!', b'*') or stored == b'x':
+        return False
+    if expire is not None and expire > 0 and today >= expire:
+        return False
+    return True
+
+
+def verify(lib, password: bytes, stored: bytes) -> bool:
+    computed = crypt(lib, password, stored)
+    return computed is not None and hmac.compare_digest(computed, stored)
+
+
+def check(user: bytes, password: bytes, lib, now: float):
+    """The passwd entry if user may log in with password, else None;
+    Trouble for temporary trouble."""
+    try:
+        pw = pwd.getpwnam(os.fsdecode(user)) if user and b'/' not in user else None
+    except KeyError:
+        pw = None
+    except (OSError, UnicodeError, ValueError) as err:
+        raise Trouble('unable to read passwd: %s' % err) from None
+    if pw is None:
+        verify(lib, password, dummy_setting(lib))       # the same time
+        return None
+    shadow = getspnam(user)
+    stored = stored_hash(os.fsencode(pw.pw_passwd), shadow)
+    expire = shadow[1] if shadow is not None else -1
+    if not usable(stored, expire, int(now // DAY)):
+        verify(lib, password, dummy_setting(lib))
+        return None
+    if not verify(lib, password, stored) or pw.pw_uid == 0:
+        return None
+    return pw
+
+
+# -- becoming the user --------------------------------------------------------
+
+def become(name: str, uid: int, gid: int, home: str, shell: str, groups=None):
+    """Drop to the user (supplementary groups, then gid, then uid, then
+    check no root id is left), chdir home, set HOME, USER and SHELL.
+    groups None: the user's groups from the group database (initgroups);
+    else that list.  Raises Trouble."""
+    try:
+        if groups is None:
+            os.initgroups(name, gid)
+        else:
+            os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        raise Trouble('unable to become %s: %s' % (name, err.strerror)) from None
+    if uid != 0 and 0 in (os.getuid(), os.geteuid()) or os.getegid() != gid:
+        raise Trouble('unable to drop root')
+    try:
+        os.chdir(home)
+    except OSError as err:
+        raise Trouble('unable to chdir to %s: %s' % (home, err.strerror)) from None
+    os.environ['HOME'] = home
+    os.environ['USER'] = name
+    os.environ['SHELL'] = shell
+
+
+def execute(argv):
+    """exec argv; Trouble if it cannot be."""
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        raise Trouble('unable to run %s: %s' % (os.fsdecode(argv[0]), err.strerror)) from None
+
+
+def log(prog: str, text: str):
+    try:
+        os.write(2, ('%s: %s\n' % (prog, text)).encode('utf-8', 'replace'))
+    except OSError:
+        pass
+
+
+def take_input():
+    """(user, password) from fd 3, which is then closed; None for misuse."""
+    try:
+        data = read_input(3)
+    except (OSError, ValueError):
+        return None
+    finally:
+        try:
+            os.close(3)
+        except OSError:
+            pass
+    try:
+        return parse_input(data)
+    except ValueError:
+        return None
+    finally:
+        wipe(data)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    password = None
+    try:
+        if not argv:
+            log('checkpassword', 'usage: checkpassword program [arg ...]')
+            return MISUSE
+        got = take_input()
+        if got is None:
+            return MISUSE
+        user, password = got
+        pw = check(user, password, libcrypt(), time.time())
+        wipe(password)
+        if pw is None:
+            return BAD
+        become(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
+        execute([os.fsencode(a) for a in argv])
+        return TEMP             # not reached
+    except Trouble as err:
+        log('checkpassword', 'temporary trouble: %s' % err)
+        return TEMP
+    except MemoryError:
+        return TEMP
+    except Exception as err:    # last resort: temporary, never a traceback
+        log('checkpassword', 'internal error: %s' % type(err).__name__)
+        return TEMP
+    finally:
+        if password is not None:
+            wipe(password)
+
+
+def run():
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    run()

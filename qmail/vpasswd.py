@@ -1,0 +1,371 @@
+"""qmail-vpasswd: add, change, delete and list virtual POP3 users.
+
+Usage:    qmail-vpasswd add [-m] name uid gid home
+          qmail-vpasswd passwd name
+          qmail-vpasswd del name
+          qmail-vpasswd list
+Runs as:  root.  The password of add and passwd is read from the
+          terminal (twice) when stdin is one, else as the first line of
+          stdin (for scripts: printf '%s\\n' "$pw" | qmail-vpasswd ...).
+Reads:    HOME/users/vpasswd (auto.QMAIL, never the environment).
+Writes:   HOME/users/vpasswd, replaced whole and durably: the new text
+          goes to users/vpasswd.tmp (created exclusively, fsynced), is
+          renamed over the old file, and users/ is fsynced; concurrent
+          runs wait for users/vpasswd.lock.  Owner root, mode 0600.  With
+          -m, add also makes home and home/Maildir (tmp, new, cur) owned
+          by uid:gid, mode 0700, where they are missing.
+Exits:    0 done; 100 usage, a bad name, uid 0, a user that exists (add)
+          or does not (passwd, del), passwords that differ, not root;
+          111 the file could not be read or written.
+See:      vcheckpassword (which reads the file), qmail-popup(8).
+
+The file, one user a line, '#' lines and empty lines ignored:
+    name:hash:uid:gid:home
+  name   the login name, folded to lower case, 1 to 255 of
+         [a-z0-9._@+=-], not starting with '-'; "alice@example.org" is
+         a fine name.
+  hash   an Argon2id hash in PHC form ($argon2id$v=19$m=...,t=...,p=...
+         $salt$hash) made by argon2-cffi's PasswordHasher with its
+         defaults (RFC 9106's low-memory profile: 64 MiB, 3 passes, 4
+         lanes), salted per user.  The parameters travel in each hash,
+         so changing them later leaves old hashes valid.
+  uid, gid  the ids the user's mail belongs to, numbers (add takes
+         names too); never 0.
+  home   the directory the user's program runs in, absolute; as for a
+         system user, its Maildir is whatever the program is told
+         (qmail-pop3d Maildir: home/Maildir).  The last field, so it may
+         hold ':'.
+
+Why Argon2id and argon2-cffi: Argon2id won the Password Hashing
+Competition and is RFC 9106's and OWASP's first choice; it is
+memory-hard, so guessing on GPUs costs much more than with bcrypt or
+SHA-512 crypt; argon2-cffi is the maintained binding of the reference
+implementation, and verify() compares in constant time.  bcrypt would
+cut passwords at 72 bytes.  The cost is memory: each check takes 64 MiB
+for ~50 ms, so N logins at once take N x 64 MiB (tcpserver -c bounds N).
+"""
+
+import fcntl
+import getpass
+import grp
+import os
+import pwd
+import re
+import stat
+import sys
+
+from qmail.lib import auto, durable
+
+FILE = 'users/vpasswd'
+LOCK = 'users/vpasswd.lock'
+TMP = 'users/vpasswd.tmp'
+MAXFILE = 1 << 26        # a users file bigger than this is a mistake
+MAXPASSWORD = 4096       # bytes; qmail-popup takes lines of 12288 at most
+NAME = re.compile(rb'^[a-z0-9._@+=][a-z0-9._@+=-]{0,254}$')
+HEADER = b'# qmail-vpasswd: name:hash:uid:gid:home; edit with qmail-vpasswd\n'
+
+
+class Usage(Exception):
+    """A permanent mistake of the caller's: exit 100."""
+
+
+class Entry:
+    __slots__ = ('name', 'hash', 'uid', 'gid', 'home')
+
+    def __init__(self, name: bytes, hash_: bytes, uid: int, gid: int, home: bytes):
+        self.name = name
+        self.hash = hash_
+        self.uid = uid
+        self.gid = gid
+        self.home = home
+
+    def __repr__(self):         # not the hash
+        return '<Entry %r uid=%d gid=%d home=%r>' % (self.name, self.uid, self.gid, self.home)
+
+
+# -- the format -----------------------------------------------------------------
+
+def fold(name: bytes) -> bytes:
+    return name.lower()
+
+
+def check_name(name: bytes) -> bytes:
+    name = fold(name)
+    if not NAME.match(name):
+        raise Usage('bad name %r: 1 to 255 of a-z 0-9 . _ @ + = -' % name.decode('latin-1'))
+    return name
+
+
+def check_home(home: bytes) -> bytes:
+    if not home.startswith(b'/') or b'\n' in home or b'\0' in home:
+        raise Usage('home must be an absolute path')
+    return home
+
+
+def parse_line(line: bytes):
+    """An Entry, or None for a comment, an empty or a malformed line."""
+    if not line or line.startswith(b'#'):
+        return None
+    parts = line.split(b':', 4)
+    if len(parts) != 5:
+        return None
+    name, hash_, uid, gid, home = parts
+    if not NAME.match(name) or not uid.isdigit() or not gid.isdigit() or not home.startswith(b'/'):
+        return None
+    return Entry(name, hash_, int(uid), int(gid), home)
+
+
+def format_entry(e: Entry) -> bytes:
+    return b'%s:%s:%d:%d:%s\n' % (e.name, e.hash, e.uid, e.gid, e.home)
+
+
+def parse(data: bytes) -> list:
+    return [e for e in (parse_line(line) for line in data.split(b'\n')) if e is not None]
+
+
+def lookup(data: bytes, name: bytes):
+    """The Entry for name (folded), or None."""
+    name = fold(name)
+    for line in data.split(b'\n'):
+        if line.startswith(name + b':'):
+            e = parse_line(line)
+            if e is not None and e.name == name:
+                return e
+    return None
+
+
+def render(entries) -> bytes:
+    return HEADER + b''.join(format_entry(e) for e in entries)
+
+
+def trusted_read(path: str) -> bytes:
+    """The file's bytes, if root owns it and nobody else may write it;
+    None if it does not exist; OSError (EPERM) otherwise.  The check is
+    on the open descriptor, so no rename between check and read fools it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise PermissionError(1, 'not a regular file owned by root, writable by root alone')
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAXFILE:
+                raise OSError(27, 'file too large')
+            chunks.append(chunk)
+        return b''.join(chunks)
+    finally:
+        os.close(fd)
+
+
+# -- hashing ----------------------------------------------------------------------
+
+def hasher():
+    from argon2 import PasswordHasher      # only where passwords are hashed
+    return PasswordHasher()
+
+
+def make_hash(password: bytes) -> bytes:
+    return hasher().hash(password).encode('ascii')
+
+
+# -- changing the file -------------------------------------------------------------
+
+def rewrite(home: str, change) -> None:
+    """Under the lock: read the users, let change(entries) edit the list
+    (it raises Usage to refuse), write it back durably.  OSError for
+    trouble; the old file stays whole whatever fails."""
+    lockfd = os.open(os.path.join(home, LOCK), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(lockfd, fcntl.LOCK_EX)
+        path = os.path.join(home, FILE)
+        data = trusted_read(path)
+        entries = parse(data) if data is not None else []
+        change(entries)
+        write_file(path, os.path.join(home, TMP), render(entries))
+    finally:
+        os.close(lockfd)
+
+
+def write_file(path: str, tmp: str, data: bytes) -> None:
+    """tmp, written and fsynced, renamed to path; the directory fsynced."""
+    try:
+        os.unlink(tmp)          # a crashed run's; we hold the lock
+    except FileNotFoundError:
+        pass
+    fd = durable.create_excl(tmp, 0o600)
+    try:
+        try:
+            durable.write_all(fd, data)
+            durable.fsync(fd)
+        finally:
+            os.close(fd)
+        durable.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    durable.fsync_dir(os.path.dirname(path))
+
+
+def find(entries, name: bytes):
+    for i, e in enumerate(entries):
+        if e.name == name:
+            return i
+    return None
+
+
+def add(home: str, name: bytes, hash_: bytes, uid: int, gid: int, userhome: bytes):
+    def change(entries):
+        if find(entries, name) is not None:
+            raise Usage('%s exists' % name.decode('latin-1'))
+        entries.append(Entry(name, hash_, uid, gid, userhome))
+    rewrite(home, change)
+
+
+def set_password(home: str, name: bytes, hash_: bytes):
+    def change(entries):
+        i = find(entries, name)
+        if i is None:
+            raise Usage('no user %s' % name.decode('latin-1'))
+        entries[i].hash = hash_
+    rewrite(home, change)
+
+
+def delete(home: str, name: bytes):
+    def change(entries):
+        i = find(entries, name)
+        if i is None:
+            raise Usage('no user %s' % name.decode('latin-1'))
+        del entries[i]
+    rewrite(home, change)
+
+
+def make_home(userhome: bytes, uid: int, gid: int):
+    """-m: home and home/Maildir/{tmp,new,cur}, where missing."""
+    parent = os.path.dirname(userhome.rstrip(b'/'))
+    os.makedirs(parent, 0o755, exist_ok=True)
+    for path in (userhome, os.path.join(userhome, b'Maildir'),
+                 os.path.join(userhome, b'Maildir', b'tmp'),
+                 os.path.join(userhome, b'Maildir', b'new'),
+                 os.path.join(userhome, b'Maildir', b'cur')):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o700)
+
+
+# -- the command line ------------------------------------------------------------
+
+def to_id(text: str, database) -> int:
+    if text.isdigit():
+        value = int(text)
+    else:
+        try:
+            value = database(text)
+        except KeyError:
+            raise Usage('unknown user or group %s' % text) from None
+    if value == 0:
+        raise Usage('uid and gid 0 are not allowed')
+    return value
+
+
+def read_password(stdin=None) -> bytes:
+    """From the terminal, twice; else stdin's first line."""
+    stdin = sys.stdin if stdin is None else stdin
+    if stdin.isatty():
+        first = getpass.getpass('password: ').encode('utf-8')
+        if getpass.getpass('again: ').encode('utf-8') != first:
+            raise Usage('the passwords differ')
+        password = first
+    else:
+        line = stdin.buffer.readline(MAXPASSWORD + 2)
+        password = line.rstrip(b'\n').rstrip(b'\r')
+    if not password or b'\0' in password or len(password) > MAXPASSWORD:
+        raise Usage('a password is 1 to %d bytes, no NUL' % MAXPASSWORD)
+    return password
+
+
+USAGE = '''usage: qmail-vpasswd add [-m] name uid gid home
+       qmail-vpasswd passwd name
+       qmail-vpasswd del name
+       qmail-vpasswd list'''
+
+
+def command(argv, home: str, stdin=None) -> int:
+    """Run one command; raises Usage or OSError."""
+    if not argv:
+        raise Usage(USAGE)
+    verb, args = argv[0], argv[1:]
+    if verb == 'list' and not args:
+        data = trusted_read(os.path.join(home, FILE)) or b''
+        for e in parse(data):
+            sys.stdout.buffer.write(b'%s %d %d %s\n' % (e.name, e.uid, e.gid, e.home))
+        sys.stdout.flush()
+        return 0
+    if verb == 'add':
+        flagmake = args[:1] == ['-m']
+        if flagmake:
+            args = args[1:]
+        if len(args) != 4:
+            raise Usage(USAGE)
+        name = check_name(os.fsencode(args[0]))
+        uid = to_id(args[1], lambda n: pwd.getpwnam(n).pw_uid)
+        gid = to_id(args[2], lambda n: grp.getgrnam(n).gr_gid)
+        userhome = check_home(os.fsencode(args[3]))
+        hash_ = make_hash(read_password(stdin))
+        add(home, name, hash_, uid, gid, userhome)
+        if flagmake:
+            make_home(userhome, uid, gid)
+        return 0
+    if verb == 'passwd' and len(args) == 1:
+        name = check_name(os.fsencode(args[0]))
+        set_password(home, name, make_hash(read_password(stdin)))
+        return 0
+    if verb == 'del' and len(args) == 1:
+        delete(home, check_name(os.fsencode(args[0])))
+        return 0
+    raise Usage(USAGE)
+
+
+def main(argv=None, home=None, stdin=None) -> int:
+    """home is for tests: otherwise always auto.QMAIL."""
+    argv = sys.argv[1:] if argv is None else argv
+    home = auto.QMAIL if home is None else home
+    try:
+        if os.geteuid() != 0:
+            raise Usage('must be run as root')
+        return command(argv, home, stdin)
+    except Usage as err:
+        sys.stderr.write('qmail-vpasswd: %s\n' % err)
+        return 100
+    except OSError as err:
+        sys.stderr.write('qmail-vpasswd: fatal: %s\n' % (err.strerror or err))
+        return 111
+    except ImportError:
+        sys.stderr.write('qmail-vpasswd: fatal: argon2-cffi is not installed\n')
+        return 111
+    except KeyboardInterrupt:
+        return 100
+    except Exception as err:    # last resort: never a traceback
+        sys.stderr.write('qmail-vpasswd: fatal: internal error: %s\n' % type(err).__name__)
+        return 111
+
+
+def run():
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    run()

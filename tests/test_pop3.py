@@ -1,0 +1,1253 @@
+"""qmail-pop3d, qmail-popup, checkpassword, vcheckpassword, qmail-vpasswd.
+
+Session tests feed bytes to pop3d.Session (over a maildir in a tmp dir,
+messages in new/ and cur/) and popup.Session, and read the replies.
+The program tests run qmail-popup in a subprocess on an accepted TCP
+socket (fds 0 and 1, as tcpserver gives them), with a fake checker (a
+Python script speaking the checkpassword interface) and a fake POP3
+server behind it, poplib as the client, a certificate made by openssl
+for STLS.  The checkers run as root (CI does) in subprocesses with fd 3.
+"""
+
+import base64
+import os
+import poplib
+import pwd
+import re
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from qmail import checkpassword, pop3d, pop3d_io, popup, vcheckpassword, vpasswd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 60
+NOW = 812090814                 # 26 Sep 1995 04:46:54 -0000
+OLD = NOW - 3600
+HOST = b'pop.example.org'
+
+
+def check(got, want):
+    assert got == want, 'got %r\nwant %r' % (got, want)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+
+
+# == pop3d: the pure parts ====================================================
+
+@pytest.mark.parametrize('line,want', [
+    (b'STAT', (b'stat', b'')),
+    (b'stat\r', (b'stat', b'')),
+    (b'LIST 1\r', (b'list', b'1')),
+    (b'TOP   1  5', (b'top', b'1  5')),
+    (b'PASS  two words  ', (b'pass', b'two words  ')),
+    (b'', (b'', b'')),
+    (b'\r', (b'', b'')),
+    (b'UsEr Alice', (b'user', b'Alice')),
+])
+def test_parse_command(line, want):
+    check(pop3d_io.parse_command(line), want)
+
+
+def test_lines_split_anywhere_and_too_long():
+    stream = b'STAT\r\n' + b'x' * 5000 + b'\r\nLIST\n'
+    for step in (1, 2, 7, 1000, len(stream)):
+        lines = pop3d_io.Lines()
+        got = []
+        for i in range(0, len(stream), step):
+            chunk, pos = stream[i:i + step], 0
+            while pos < len(chunk):
+                line, pos = lines.take(chunk, pos, 1000)
+                if line is not None:
+                    got.append(line)
+        check(got, [b'STAT\r', pop3d_io.TOOLONG, b'LIST'])
+
+
+@pytest.mark.parametrize('s,want', [
+    (b'12', (12, 2)), (b'12abc', (12, 2)), (b'', (0, 0)), (b'x1', (0, 0)),
+    (b'-1', (0, 0)), (b'007', (7, 3)),
+])
+def test_scan_ulong(s, want):
+    check(pop3d.scan_ulong(s), want)
+
+
+BLAST = [
+    # message, TOP lines (None: RETR), what is sent after "+OK "
+    (b'', None, b'\r\n.\r\n'),
+    (b'Subject: a\n\nbody\n', None, b'Subject: a\r\n\r\nbody\r\n\r\n.\r\n'),
+    (b'Subject: a\n\nno newline', None, b'Subject: a\r\n\r\nno newline\r\n\r\n.\r\n'),
+    (b'A: b\n\n.\n..x\n.\n', None, b'A: b\r\n\r\n..\r\n...x\r\n..\r\n\r\n.\r\n'),
+    (b'.starts\n', None, b'..starts\r\n\r\n.\r\n'),
+    (b'A: b\r\n\r\ncrlf\r\n', None, b'A: b\r\n\r\ncrlf\r\n\r\n.\r\n'),
+    (b'A: b\n\nlone\rcr\n', None, b'A: b\r\n\r\nlone\rcr\r\n\r\n.\r\n'),
+    (b'A: b\n\ncrcr\r\r\n', None, b'A: b\r\n\r\ncrcr\r\r\n\r\n.\r\n'),
+    (b'A: b\n\n1\n2\n3\n', 0, b'A: b\r\n\r\n\r\n.\r\n'),
+    (b'A: b\n\n1\n2\n3\n', 2, b'A: b\r\n\r\n1\r\n2\r\n\r\n.\r\n'),
+    (b'A: b\n\n1\n2\n3\n', 99, b'A: b\r\n\r\n1\r\n2\r\n3\r\n\r\n.\r\n'),
+    (b'A: b\r\n\r\n.1\r\n2\r\n', 1, b'A: b\r\n\r\n..1\r\n\r\n.\r\n'),
+    (b'A: b\nC: d\n', 0, b'A: b\r\nC: d\r\n\r\n.\r\n'),
+    (b'A: b\n\nlast', 5, b'A: b\r\n\r\nlast\r\n\r\n.\r\n'),
+]
+
+
+def blast_all(message, body, step):
+    b = pop3d.Blast(body)
+    out = b''
+    for i in range(0, len(message), step):
+        out += b.feed(message[i:i + step])
+        if b.done:
+            break
+    return out + b.finish()
+
+
+@pytest.mark.parametrize('message,body,want', BLAST)
+def test_blast(message, body, want):
+    for step in (1, 2, 3, 5, max(1, len(message))):
+        check(blast_all(message, body, step), want)
+
+
+@pytest.mark.parametrize('message,body,want', [b for b in BLAST if b[1] is None])
+def test_top_with_every_line_is_retr(message, body, want):
+    check(blast_all(message, 10 ** 9, 1), want)
+
+
+def test_blast_long_lines_are_bounded():
+    line = b'.' + b'y' * (3 * pop3d.CARRYMAX) + b'\r\n'
+    message = b'H: v\n\n' + line + b'next\n'
+    want = b'H: v\r\n\r\n.' + line + b'next\r\n\r\n.\r\n'
+    check(blast_all(message, None, 4096), want)
+    check(blast_all(message, 5, 4096), want)
+    b = pop3d.Blast(5)
+    b.feed(b'H: v\n\n' + b'z' * (4 * pop3d.CARRYMAX))
+    assert len(b.carry) <= pop3d.CARRYMAX
+
+
+@pytest.mark.parametrize('name,want', [
+    ('new/1700000000.123.host', b'1700000000.123.host'),
+    ('cur/1700000000.123.host:2,S', b'1700000000.123.host'),
+    ('cur/1700000000.123.host:2,', b'1700000000.123.host'),
+    ('cur/' + 'a' * 70 + ':2,', b'a' * 70),
+])
+def test_uidl(name, want):
+    check(pop3d.uidl(name), want)
+
+
+@pytest.mark.parametrize('name', ['new/' + 'a' * 71, 'new/with space', 'cur/tab\there:2,'])
+def test_uidl_hashed_when_unfit(name):
+    got = pop3d.uidl(name)
+    assert re.fullmatch(rb'[0-9a-f]{40}', got), got
+    check(pop3d.uidl(name), got)
+
+
+# == pop3d: a maildir in a tmp dir ============================================
+
+class Box:
+    """A maildir with messages whose mtimes are set."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        for sub in ('tmp', 'new', 'cur'):
+            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
+        self.count = 0
+
+    def add(self, data: bytes, sub='new', info='', mtime=None):
+        self.count += 1
+        name = '%d.%d_%d.host.example' % (OLD + self.count, 4242, self.count)
+        if sub == 'cur':
+            name += info or ':2,'
+        path = os.path.join(self.path, sub, name)
+        with open(path, 'wb') as f:
+            f.write(data)
+        t = OLD + self.count if mtime is None else mtime
+        os.utime(path, (t, t))
+        return sub + '/' + name
+
+    def names(self):
+        return sorted('%s/%s' % (sub, n) for sub in ('new', 'cur')
+                      for n in os.listdir(os.path.join(self.path, sub)))
+
+    def exists(self, name):
+        return os.path.exists(os.path.join(self.path, name))
+
+
+M1 = b'Subject: one\n\nfirst\n'
+M2 = b'Subject: two\n\nsecond\nline\n'
+M3 = b'Subject: three\n\n.dotted\n'
+
+
+@pytest.fixture
+def box(tmp_path):
+    b = Box(tmp_path / 'Maildir')
+    b.m1 = b.add(M1, 'new')
+    b.m2 = b.add(M2, 'cur', ':2,S')
+    b.m3 = b.add(M3, 'new')
+    return b
+
+
+class Pop:
+    """pop3d.Session over a Box, playing the shell's part."""
+
+    def __init__(self, box, now=NOW, **config):
+        self.maildir = pop3d.Maildir(box.path)
+        self.session = pop3d.Session(pop3d.Config(**config), self.maildir,
+                                     self.maildir.scan(now), now)
+
+    def feed(self, data, now=NOW):
+        out = self.session.feed(data, now)
+        while True:
+            while self.session.transfer is not None:
+                out += self.session.more()
+            if not self.session.held or self.session.flagclosed:
+                return out
+            out += self.session.feed(b'', now)
+
+
+def test_scan_order_and_what_is_listed(box, tmp_path):
+    box.add(b'now\n', 'new', mtime=NOW)             # this very second: later
+    box.add(b'future\n', 'new', mtime=NOW + 5)
+    os.mkdir(os.path.join(box.path, 'cur', 'adir'))
+    os.mkfifo(os.path.join(box.path, 'new', 'afifo'))
+    with open(os.path.join(box.path, 'new', '.hidden'), 'wb') as f:
+        f.write(b'x')
+    got = [(m.name, m.size) for m in pop3d.Maildir(box.path).scan(NOW)]
+    check(got, [(box.m1, len(M1)), (box.m2, len(M2)), (box.m3, len(M3))])
+
+
+def test_scan_limit_keeps_the_oldest(tmp_path):
+    b = Box(tmp_path / 'M')
+    names = [b.add(b'%d\n' % i, 'new', mtime=OLD + 100 - i) for i in range(30)]
+    got = [m.name for m in pop3d.Maildir(b.path).scan(NOW, limit=4)]
+    check(got, names[::-1][:4])
+
+
+def test_scan_unreadable_maildir(tmp_path):
+    with pytest.raises(OSError):
+        pop3d.Maildir(str(tmp_path / 'nothere')).scan(NOW)
+
+
+def test_clean_removes_old_tmp_files(box):
+    old = os.path.join(box.path, 'tmp', 'old')
+    young = os.path.join(box.path, 'tmp', 'young')
+    for path, age in ((old, pop3d.TMPAGE + 10), (young, 60)):
+        with open(path, 'wb') as f:
+            f.write(b'x')
+        os.utime(path, (NOW - age, NOW - age))
+    pop3d.Maildir(box.path).clean(NOW)
+    check(sorted(os.listdir(os.path.join(box.path, 'tmp'))), ['young'])
+
+
+def retr(data):
+    return b'+OK \r\n' + blast_all(data, None, 1 << 20)
+
+
+SESSION = [
+    (b'STAT\r\n', b'+OK 3 %d\r\n' % (len(M1) + len(M2) + len(M3))),
+    (b'stat\n', b'+OK 3 %d\r\n' % (len(M1) + len(M2) + len(M3))),
+    (b'LIST\r\n', b'+OK \r\n1 %d\r\n2 %d\r\n3 %d\r\n.\r\n' % (len(M1), len(M2), len(M3))),
+    (b'LIST 2\r\n', b'+OK 2 %d\r\n' % len(M2)),
+    (b'LIST 4\r\n', b'-ERR not that many messages\r\n'),
+    (b'LIST 0\r\n', b'-ERR messages are counted from 1\r\n'),
+    (b'LIST x\r\n', b'-ERR syntax error\r\n'),
+    (b'LIST 99999999999999999999999\r\n', b'-ERR not that many messages\r\n'),
+    (b'UIDL 1\r\n', b'+OK 1 %d.4242_1.host.example\r\n' % (OLD + 1)),
+    (b'RETR 1\r\n', retr(M1)),
+    (b'RETR 3\r\n', b'+OK \r\nSubject: three\r\n\r\n..dotted\r\n\r\n.\r\n'),
+    (b'RETR 1 0\r\n', retr(M1)),
+    (b'RETR\r\n', b'-ERR syntax error\r\n'),
+    (b'TOP 2 0\r\n', b'+OK \r\nSubject: two\r\n\r\n\r\n.\r\n'),
+    (b'TOP 2 1\r\n', b'+OK \r\nSubject: two\r\n\r\nsecond\r\n\r\n.\r\n'),
+    (b'TOP 2\r\n', retr(M2)),
+    (b'NOOP\r\n', b'+OK \r\n'),
+    (b'LAST\r\n', b'+OK 0\r\n'),
+    (b'CAPA\r\n', b'+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\n.\r\n'),
+    (b'RSET\r\n', b'+OK \r\n'),
+    (b'USER x\r\n', b'-ERR unimplemented\r\n'),
+    (b'APOP x y\r\n', b'-ERR unimplemented\r\n'),
+    (b'XYZZY\r\n', b'-ERR unimplemented\r\n'),
+    (b'\r\n', b'-ERR unimplemented\r\n'),
+    (b'ST\0AT\r\n', b'-ERR NUL in command\r\n'),
+    (b'STAT ' + b'x' * 102400 + b'\r\n', b'-ERR line too long\r\n'),
+    (b'QUIT\r\n', b'+OK \r\n'),
+]
+
+
+@pytest.mark.parametrize('command,want', SESSION)
+def test_session_commands(box, command, want):
+    p = Pop(box)
+    check(p.session.greet(), b'+OK \r\n')
+    check(p.feed(command), want)
+
+
+def test_session_commands_split_anywhere(box):
+    steps = [(c, w) for c, w in SESSION if c != b'LAST\r\n']    # LAST moves
+    stream = b''.join(c for c, _ in steps)
+    want = b''.join(w for _, w in steps)
+    for step in (1, 3, 64, 4096):
+        b2 = Box(box.path)
+        p = Pop(b2)
+        out = b''
+        for i in range(0, len(stream), step):
+            out += p.feed(stream[i:i + step])
+        check(out, want)
+        assert p.session.flagclosed and p.session.exitcode == 0
+
+
+def test_uidl_listing(box):
+    p = Pop(box)
+    want = b'+OK \r\n' + b''.join(b'%d %s\r\n' % (i + 1, pop3d.uidl(n))
+                                  for i, n in enumerate([box.m1, box.m2, box.m3])) + b'.\r\n'
+    check(p.feed(b'UIDL\r\n'), want)
+
+
+def test_dele_then_rset_removes_nothing(box):
+    p = Pop(box)
+    check(p.feed(b'DELE 1\r\nDELE 2\r\nSTAT\r\nLIST\r\nRETR 1\r\nDELE 1\r\nLAST\r\n'),
+          b'+OK \r\n+OK \r\n+OK 1 %d\r\n+OK \r\n3 %d\r\n.\r\n'
+          b'-ERR already deleted\r\n-ERR already deleted\r\n+OK 2\r\n' % (len(M3), len(M3)))
+    check(p.feed(b'RSET\r\nSTAT\r\nLAST\r\nQUIT\r\n'),
+          b'+OK \r\n+OK 3 %d\r\n+OK 0\r\n+OK \r\n' % (len(M1) + len(M2) + len(M3)))
+    # nothing deleted; what was new is now seen, in cur/ with ":2,"
+    check(box.names(), sorted([box.m2, 'cur/' + box.m1[4:] + ':2,',
+                               'cur/' + box.m3[4:] + ':2,']))
+
+
+def test_dele_then_quit_removes_the_files(box):
+    p = Pop(box)
+    check(p.feed(b'DELE 1\r\nDELE 2\r\nQUIT\r\n'), b'+OK \r\n+OK \r\n+OK \r\n')
+    check(box.names(), ['cur/' + box.m3[4:] + ':2,'])
+    assert p.session.flagclosed and p.session.exitcode == 0
+
+
+def test_last_counts_retr_and_dele(box):
+    p = Pop(box)
+    check(p.feed(b'LAST\r\nTOP 3 0\r\n'), b'+OK 0\r\n+OK \r\nSubject: three\r\n\r\n\r\n.\r\n')
+    check(p.feed(b'LAST\r\n'), b'+OK 0\r\n')
+    p.feed(b'RETR 2\r\n')
+    check(p.feed(b'LAST\r\n'), b'+OK 2\r\n')
+    p.feed(b'DELE 1\r\n')
+    check(p.feed(b'LAST\r\n'), b'+OK 2\r\n')
+    p.feed(b'DELE 3\r\n')
+    check(p.feed(b'LAST\r\n'), b'+OK 3\r\n')
+
+
+def test_uidl_stable_across_sessions(box):
+    first = Pop(box).feed(b'UIDL\r\nQUIT\r\n')
+    assert not os.listdir(os.path.join(box.path, 'new'))     # all moved to cur/
+    second = Pop(box).feed(b'UIDL\r\nQUIT\r\n')
+    check(second, first)
+
+
+def test_client_vanishing_mid_retr_changes_nothing(box):
+    before = box.names()
+    p = Pop(box)
+    p.feed(b'DELE 2\r\n')
+    out = p.session.feed(b'RETR 1\r\nQUIT\r\n', NOW)
+    check(out, b'+OK \r\n')
+    assert p.session.transfer is not None
+    p.session.abort()           # the shell's write failed
+    assert p.session.flagclosed and p.session.transfer is None
+    check(box.names(), before)
+
+
+def test_eof_and_timeout_change_nothing(box):
+    before = box.names()
+    p = Pop(box)
+    p.feed(b'DELE 1\r\n')
+    p.session.eof()
+    check(box.names(), before)
+    p = Pop(box, lifetime=10)
+    p.feed(b'DELE 1\r\n')
+    check(p.session.feed(b'QUIT\r\n', NOW + 11), b'-ERR timeout\r\n')
+    check(box.names(), before)
+
+
+def test_delivery_during_session_is_not_seen(box):
+    p = Pop(box)
+    late = box.add(b'Subject: late\n\nlate\n', 'new', mtime=NOW - 1)
+    check(p.feed(b'STAT\r\n'), b'+OK 3 %d\r\n' % (len(M1) + len(M2) + len(M3)))
+    check(p.feed(b'DELE 1\r\nDELE 2\r\nDELE 3\r\nQUIT\r\n'), b'+OK \r\n' * 4)
+    check(box.names(), [late])
+
+
+def test_two_sessions_on_one_maildir(box):
+    a, b = Pop(box), Pop(box)
+    check(a.feed(b'DELE 2\r\nQUIT\r\n'), b'+OK \r\n+OK \r\n')
+    # b's message 2 is gone; 1 and 3 moved from new/ to cur/ under it
+    check(b.feed(b'RETR 2\r\n'), b'-ERR unable to open that message\r\n')
+    check(b.feed(b'RETR 1\r\n'), retr(M1))
+    check(b.feed(b'TOP 3 0\r\n'), b'+OK \r\nSubject: three\r\n\r\n\r\n.\r\n')
+    check(b.feed(b'DELE 1\r\nDELE 2\r\nQUIT\r\n'), b'+OK \r\n+OK \r\n+OK \r\n')
+    check(box.names(), ['cur/' + box.m3[4:] + ':2,'])
+
+
+def test_unlink_failure_answers_once(box):
+    p = Pop(box)
+    p.feed(b'DELE 1\r\n')
+    p.maildir.remove = lambda name: False
+    check(p.feed(b'QUIT\r\n'), b'-ERR unable to unlink all deleted messages\r\n')
+
+
+def test_message_replaced_by_a_fifo_is_not_opened(box):
+    p = Pop(box)
+    os.unlink(os.path.join(box.path, box.m1))
+    os.mkfifo(os.path.join(box.path, box.m1))
+    check(p.feed(b'RETR 1\r\n'), b'-ERR unable to open that message\r\n')
+
+
+def test_too_many_errors(box):
+    p = Pop(box)
+    out = p.feed(b'BAD\r\n' * 25)
+    check(out, b'-ERR unimplemented\r\n' * 20 + b'-ERR too many errors\r\n')
+    assert p.session.flagclosed
+
+
+def test_pipelined_commands_behind_retr(box):
+    p = Pop(box)
+    check(p.feed(b'RETR 1\r\nRETR 3\r\nSTAT\r\n'),
+          retr(M1) + b'+OK \r\nSubject: three\r\n\r\n..dotted\r\n\r\n.\r\n'
+          + b'+OK 3 %d\r\n' % (len(M1) + len(M2) + len(M3)))
+
+
+def test_big_message(tmp_path):
+    b = Box(tmp_path / 'M')
+    lines = [b'.line %d' % i for i in range(100000)]
+    b.add(b'Subject: big\n\n' + b''.join(line + b'\n' for line in lines), 'new')
+    p = Pop(b)
+    want = (b'+OK \r\nSubject: big\r\n\r\n'
+            + b''.join(b'.' + line + b'\r\n' for line in lines) + b'\r\n.\r\n')
+    check(p.feed(b'RETR 1\r\n'), want)
+    check(Pop(b).feed(b'TOP 1 2\r\n'),
+          b'+OK \r\nSubject: big\r\n\r\n..line 0\r\n..line 1\r\n\r\n.\r\n')
+
+
+# == pop3d: the program ========================================================
+
+def run_pop3d(box, user, commands, home=None, maildir=None):
+    """qmail-pop3d as user (pipes for fds 0 and 1), in box's parent dir."""
+    code = ('import sys; from qmail import pop3d; '
+            'sys.exit(pop3d.main(sys.argv[1:], home=%r))' % str(home or box.path))
+    return subprocess.run([sys.executable, '-c', code, maildir or os.path.basename(box.path)],
+                          input=commands, capture_output=True, timeout=TIMEOUT,
+                          cwd=os.path.dirname(box.path), user=user,
+                          env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory everyone may pass through (pytest's are root's alone)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix='qmailpop3.', dir='/tmp')
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_root
+def test_program_refuses_root(box):
+    r = run_pop3d(box, 0, b'STAT\r\n')
+    check((r.returncode, r.stdout), (1, b''))
+    check(r.stderr, b'qmail-pop3d: invoked as uid 0, terminating\n')
+
+
+@needs_root
+def test_program_as_a_user(open_tmp):
+    nobody = pwd.getpwnam('nobody')
+    b = Box(os.path.join(open_tmp, 'Maildir'))
+    b.add(M1, 'new')
+    b.add(M2, 'new')
+    for dirpath, dirs, files in os.walk(b.path):
+        for name in dirs + files + ['']:
+            os.chown(os.path.join(dirpath, name), nobody.pw_uid, nobody.pw_gid)
+    r = run_pop3d(b, nobody.pw_uid, b'STAT\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n', home=open_tmp)
+    check(r.stderr, b'')
+    check(r.returncode, 0)
+    check(r.stdout, b'+OK \r\n+OK 2 %d\r\n' % (len(M1) + len(M2)) + retr(M2)
+          + b'+OK \r\n+OK \r\n')
+    check(len(b.names()), 1)
+    assert b.names()[0].startswith('cur/') and b.names()[0].endswith(':2,')
+
+
+@needs_root
+def test_program_without_maildir(open_tmp):
+    nobody = pwd.getpwnam('nobody')
+    r = run_pop3d(Box(os.path.join(open_tmp, 'x')), nobody.pw_uid, b'STAT\r\n',
+                  home=open_tmp, maildir='NoMaildir')
+    check((r.returncode, r.stdout, r.stderr),
+          (0, b'-ERR this user has no $HOME/Maildir\r\n', b''))
+
+
+# == popup: the session ========================================================
+
+def session(**config):
+    config.setdefault('authdelay', 0)
+    return popup.Session(popup.Config(**config), HOST, 4242, NOW, b'192.0.2.7')
+
+
+def feed(s, data):
+    """Feed and play the shell: no login is ever run."""
+    out = s.feed(data, NOW)
+    while s.held and not s.flagclosed and s.login is None and not s.flagstarttls:
+        out += s.feed(b'', NOW)
+    return out
+
+
+def test_greeting_and_timestamp():
+    s = session()
+    check(s.greet(), b'+OK <4242.812090814@pop.example.org>\r\n')
+    check(s.timestamp, b'<4242.812090814@pop.example.org>')
+
+
+@pytest.mark.parametrize('data,want', [
+    (b'NOOP\r\n', b'+OK \r\n'),
+    (b'USER alice\r\n', b'+OK \r\n'),
+    (b'USER\r\n', b'-ERR syntax error\r\n'),
+    (b'PASS x\r\n', b'-ERR USER first\r\n'),
+    (b'USER alice\r\nPASS\r\n', b'+OK \r\n-ERR syntax error\r\n'),
+    (b'APOP alice\r\n', b'-ERR syntax error\r\n'),
+    (b'APOP\r\n', b'-ERR syntax error\r\n'),
+    (b'STAT\r\n', b'-ERR authorization first\r\n'),
+    (b'RETR 1\r\n', b'-ERR authorization first\r\n'),
+    (b'STLS\r\n', b'-ERR authorization first\r\n'),     # not offered
+    (b'XYZZY\r\n', b'-ERR authorization first\r\n'),
+    (b'US\0ER a\r\n', b'-ERR NUL in command\r\n'),
+    (b'USER ' + b'a' * 102400 + b'\r\n', b'-ERR line too long\r\n'),
+    (b'CAPA\r\n', b'+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\n'
+                  b'SASL PLAIN\r\n.\r\n'),
+    (b'AUTH\r\n', b'+OK\r\nPLAIN\r\n.\r\n'),
+    (b'AUTH CRAM-MD5\r\n', b'-ERR unrecognized authentication type\r\n'),
+    (b'AUTH PLAIN\r\n', b'+ \r\n'),
+    (b'AUTH PLAIN\r\n*\r\n', b'+ \r\n-ERR auth exchange cancelled\r\n'),
+    (b'AUTH PLAIN !!!\r\n', b'-ERR malformed auth input\r\n'),
+    (b'AUTH PLAIN ' + base64.b64encode(b'\0alice\0') + b'\r\n',
+     b'-ERR malformed auth input\r\n'),
+    (b'AUTH PLAIN ' + base64.b64encode(b'alice\0pw') + b'\r\n',
+     b'-ERR malformed auth input\r\n'),
+    (b'AUTH PLAIN =\r\n', b'-ERR malformed auth input\r\n'),
+    (b'AUTH PLAIN a b\r\n', b'-ERR syntax error\r\n'),
+    (b'AUTH PLAIN ' + base64.b64encode(b'bob\0alice\0pw') + b'\r\n',
+     b'-ERR authorization failed\r\n'),
+])
+def test_popup_commands(data, want):
+    s = session()
+    check(feed(s, data), want)
+    assert s.login is None
+    assert not s.flagclosed
+
+
+@pytest.mark.parametrize('data,user,secret,how,held', [
+    (b'USER alice\r\nPASS s3cret\r\n', b'alice', b's3cret', 'pass', b''),
+    (b'user alice\npass  two words \nSTAT\r\n', b'alice', b'two words ', 'pass', b'STAT\r\n'),
+    (b'APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n', b'alice',
+     b'c4c9334bac560ecc979e58001b3e22fb', 'apop', b''),
+    (b'AUTH PLAIN ' + base64.b64encode(b'\0alice\0s3cret') + b'\r\nSTAT\r\n',
+     b'alice', b's3cret', 'auth', b'STAT\r\n'),
+    (b'AUTH PLAIN\r\n' + base64.b64encode(b'alice\0alice\0s3cret') + b'\r\n',
+     b'alice', b's3cret', 'auth', b''),
+])
+def test_popup_login_requests(data, user, secret, how, held):
+    s = session()
+    feed(s, data)
+    login = s.login
+    assert login is not None
+    check((login.user, bytes(login.secret), login.how), (user, secret, how))
+    check(s.held, held)
+    check(login.payload(s.timestamp),
+          bytearray(user + b'\0' + secret + b'\0<4242.812090814@pop.example.org>\0'))
+    assert b'secret' not in repr(login).encode() and secret not in repr(login).encode()
+    check(s.feed(b'NOOP\r\n', NOW), b'')         # nothing until the login is done
+    login.wipe()
+    check(bytes(login.secret), bytes(len(secret)))
+
+
+def test_popup_failed_logins_and_the_limit():
+    s = session(maxauth=3, authdelay=2)
+    feed(s, b'USER a\r\nPASS x\r\nNOOP\r\n')
+    check(s.login_failed(popup.LOGIN_BAD, b'checker exit 1'), b'-ERR authorization failed\r\n')
+    check(s.pause, 2)
+    check(s.logs, [b'qmail-popup: login failed: user a from 192.0.2.7 by pass: checker exit 1\n'])
+    check(s.feed(b'', NOW), b'+OK \r\n')        # held NOOP, after the pause
+    check(feed(s, b'PASS x\r\n'), b'-ERR USER first\r\n')   # USER again
+    feed(s, b'USER a\r\nPASS x\r\n')
+    check(s.login_failed(popup.LOGIN_TEMP, b'checker exit 111'),
+          b'-ERR temporary authorization failure\r\n')
+    assert not s.flagclosed
+    feed(s, b'USER a\r\nPASS x\r\n')
+    check(s.login_failed(popup.LOGIN_BAD), b'-ERR authorization failed\r\n')
+    assert s.flagclosed and s.exitcode == 1
+
+
+def test_popup_crash_ends_the_connection():
+    s = session()
+    feed(s, b'USER a\r\nPASS x\r\n')
+    check(s.login_failed(popup.LOGIN_CRASHED), b'-ERR aack, child crashed\r\n')
+    assert s.flagclosed
+
+
+def test_popup_auth_failures_count():
+    s = session(maxauth=2)
+    check(feed(s, b'AUTH PLAIN\r\n*\r\n'), b'+ \r\n-ERR auth exchange cancelled\r\n')
+    check(feed(s, b'AUTH PLAIN %%%\r\n'), b'-ERR malformed auth input\r\n')
+    assert s.flagclosed
+
+
+def test_popup_auth_line_limit():
+    s = session()
+    check(feed(s, b'AUTH PLAIN\r\n' + b'A' * 20000 + b'\r\nNOOP\r\n'),
+          b'+ \r\n-ERR line too long\r\n+OK \r\n')
+
+
+def test_popup_too_many_errors():
+    s = session()
+    check(feed(s, b'X\r\n' * 30), b'-ERR authorization first\r\n' * 20 + b'-ERR too many errors\r\n')
+    assert s.flagclosed
+
+
+def test_popup_quit():
+    s = session()
+    check(feed(s, b'QUIT\r\nNOOP\r\n'), b'+OK \r\n')
+    assert s.flagclosed and s.exitcode == 0
+
+
+def test_popup_lifetime_and_timeout():
+    s = session(lifetime=10)
+    check(s.feed(b'NOOP\r\n', NOW + 11), b'-ERR timeout\r\n')
+    assert s.flagclosed
+    check(session().timeout(NOW), b'-ERR timeout\r\n')
+
+
+def test_popup_stls_forgets_and_drops_pipelined_input():
+    s = session(flagtls=True)
+    check(feed(s, b'CAPA\r\n'), b'+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\n'
+          b'SASL PLAIN\r\nSTLS\r\n.\r\n')
+    check(feed(s, b'STLS x\r\n'), b'-ERR syntax error\r\n')
+    check(feed(s, b'USER evil\r\nSTLS\r\nPASS injected\r\n'), b'+OK \r\n')
+    assert s.flagstarttls and s.login is None
+    check(s.held, b'')
+    s.tls_started()
+    check(feed(s, b'PASS x\r\n'), b'-ERR USER first\r\n')
+    check(feed(s, b'STLS\r\n'), b'-ERR TLS already active\r\n')
+    assert b'STLS' not in feed(s, b'CAPA\r\n')
+
+
+def test_popup_stls_refused():
+    s = session(flagtls=True)
+    feed(s, b'STLS\r\n')
+    check(s.starttls_refused(), b'-ERR TLS not available due to temporary reason\r\n')
+    check(feed(s, b'NOOP\r\n'), b'+OK \r\n')
+
+
+@pytest.mark.parametrize('user,want', [
+    (b'alice', b'alice'),
+    (b'al ice\r\n\x1b[31m', b'al?ice???[31m'),
+    (b'x' * 100, b'x' * 64 + b'...'),
+])
+def test_log_line(user, want):
+    check(popup.log_line(user, 'pass', b'192.0.2.7', b'checker exit 1'),
+          b'qmail-popup: login failed: user ' + want + b' from 192.0.2.7 by pass: checker exit 1\n')
+
+
+@pytest.mark.parametrize('wstat,want', [
+    (0, None), (1 << 8, popup.LOGIN_BAD), (2 << 8, popup.LOGIN_BAD),
+    (111 << 8, popup.LOGIN_TEMP), (9, popup.LOGIN_CRASHED),
+])
+def test_verdict(wstat, want):
+    check(popup.verdict(wstat), want)
+
+
+# == popup: the program on a TCP socket =======================================
+
+FAKECHECK = r'''#!{python}
+import os, sys
+data = b''
+while True:
+    chunk = os.read(3, 65536)
+    if not chunk:
+        break
+    data += chunk
+user, password, stamp = data.split(b'\0')[:3]
+with open({log!r}, 'ab') as f:
+    f.write(b'%s %s %r\n' % (user, stamp, os.path.exists('/proc/self/fd/3')))
+if password == b'temp':
+    sys.exit(111)
+if password == b'crash':
+    os.kill(os.getpid(), 9)
+if user != b'alice' or password != b's3cret':
+    sys.exit(1)
+os.execvp(sys.argv[1], sys.argv[1:])
+'''
+
+FAKEPOP = r'''#!{python}
+import os, sys
+os.write(1, b'+OK logged in\r\n')
+buf = b''
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        sys.exit(0)
+    buf += chunk
+    while b'\n' in buf:
+        line, buf = buf.split(b'\n', 1)
+        line = line.rstrip(b'\r')
+        if line.upper() == b'QUIT':
+            os.write(1, b'+OK bye\r\n')
+            sys.exit(0)
+        if line.upper() == b'BIG':
+            os.write(1, b'+OK big\r\n' + (b'x' * 1000 + b'\r\n') * 1000 + b'.\r\n')
+            continue
+        if line.upper() == b'FAIL':
+            os.write(1, b'-ERR failing\r\n')
+            sys.exit(1)
+        os.write(1, b'+OK got ' + line + b'\r\n')
+'''
+
+
+@pytest.fixture(scope='session')
+def certificate(tmp_path_factory):
+    if shutil.which('openssl') is None:
+        pytest.skip('no openssl command')
+    d = tmp_path_factory.mktemp('cert')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
+                    '-keyout', str(d / 'k'), '-out', str(d / 'c'),
+                    '-subj', '/CN=localhost', '-days', '1'],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    pem = d / 'servercert.pem'
+    pem.write_bytes((d / 'c').read_bytes() + (d / 'k').read_bytes())
+    return pem
+
+
+class Home:
+    def __init__(self, path, log, argv):
+        self.path = path
+        self.log = log
+        self.argv = argv
+
+    def control(self, name, data):
+        (self.path / 'control' / name).write_bytes(data)
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / 'home'
+    (h / 'control').mkdir(parents=True)
+    (h / 'control' / 'authdelaypop3').write_bytes(b'0\n')
+    log = tmp_path / 'check.log'
+    for name, text in (('fakecheck', FAKECHECK), ('fakepop', FAKEPOP)):
+        (tmp_path / name).write_text(text.format(python=sys.executable, log=str(log)))
+        (tmp_path / name).chmod(0o755)
+    return Home(h, log, ['pop.example.org', str(tmp_path / 'fakecheck'),
+                         str(tmp_path / 'fakepop')])
+
+
+class Server:
+    """Accepts one connection on 127.0.0.1 and runs qmail-popup on it,
+    fds 0 and 1 the accepted socket, as tcpserver would."""
+
+    def __init__(self, home, argv=None):
+        self.listener = socket.socket()
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(1)
+        self.listener.settimeout(TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.home = home
+        self.argv = home.argv if argv is None else argv
+        self.returncode = None
+        self.stderr = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        try:
+            conn, peer = self.listener.accept()
+        except OSError:
+            return
+        env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'TCPREMOTEIP': peer[0]}
+        code = ('import sys; from qmail import popup; '
+                'sys.exit(popup.main(%r, home=%r))' % (self.argv, str(self.home.path)))
+        with conn:
+            proc = subprocess.Popen([sys.executable, '-c', code], stdin=conn,
+                                    stdout=conn, stderr=subprocess.PIPE, env=env)
+        try:
+            self.stderr = proc.communicate(timeout=TIMEOUT)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.stderr = proc.communicate()[1]
+        self.returncode = proc.returncode
+
+    def wait(self):
+        self.thread.join(TIMEOUT)
+        self.listener.close()
+        assert not self.thread.is_alive(), 'qmail-popup did not finish'
+        return self.returncode
+
+
+def connect(server):
+    return poplib.POP3('127.0.0.1', server.port, timeout=TIMEOUT)
+
+
+def raw_talk(server, data, wait_close=True):
+    s = socket.create_connection(('127.0.0.1', server.port), timeout=TIMEOUT)
+    try:
+        s.sendall(data)
+        out = b''
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+    finally:
+        s.close()
+
+
+def test_program_login_and_session(home):
+    server = Server(home)
+    pop = connect(server)
+    assert re.fullmatch(rb'\+OK <\d+\.\d+@pop\.example\.org>', pop.getwelcome())
+    stamp = pop.getwelcome()[4:]
+    check(pop.user('alice'), b'+OK ')
+    check(pop.pass_('s3cret'), b'+OK logged in')
+    check(pop._shortcmd('STAT'), b'+OK got STAT')
+    check(pop.quit(), b'+OK bye')
+    check(server.wait(), 0)
+    check(server.stderr, b'')
+    check(home.log.read_bytes(), b'alice ' + stamp + b' True\n')
+
+
+def test_program_wrong_password_then_right(home):
+    home.control('authdelaypop3', b'1\n')
+    server = Server(home)
+    pop = connect(server)
+    pop.user('alice')
+    start = time.monotonic()
+    with pytest.raises(poplib.error_proto) as e:
+        pop.pass_('wrong password')
+    check(e.value.args[0], b'-ERR authorization failed')
+    assert time.monotonic() - start >= 0.9
+    pop.user('alice')
+    check(pop.pass_('s3cret'), b'+OK logged in')
+    pop.quit()
+    check(server.wait(), 0)
+    check(server.stderr, b'qmail-popup: login failed: user alice from 127.0.0.1 by pass:'
+          b' checker exit 1\n')
+    assert b'wrong' not in server.stderr
+
+
+def test_program_failure_limit(home):
+    home.control('maxauthpop3', b'2\n')
+    server = Server(home)
+    out = raw_talk(server, b'USER bob\r\nPASS a\r\nUSER bob\r\nPASS b\r\nNOOP\r\n')
+    check(out.split(b'\r\n')[1:], [b'+OK ', b'-ERR authorization failed', b'+OK ',
+                                   b'-ERR authorization failed', b''])
+    check(server.wait(), 1)
+    check(server.stderr.count(b'login failed: user bob'), 2)
+
+
+@pytest.mark.parametrize('password,want', [
+    (b'temp', b'-ERR temporary authorization failure'),
+    (b'crash', b'-ERR aack, child crashed'),
+])
+def test_program_checker_trouble(home, password, want):
+    server = Server(home)
+    out = raw_talk(server, b'USER alice\r\nPASS ' + password + b'\r\nQUIT\r\n')
+    lines = out.split(b'\r\n')
+    check(lines[1:3], [b'+OK ', want])
+    server.wait()
+
+
+def test_program_pipelined_after_pass_reaches_the_subprogram(home):
+    server = Server(home)
+    out = raw_talk(server, b'USER alice\r\nPASS s3cret\r\nSTAT\r\nLIST\r\nQUIT\r\n')
+    check(out.split(b'\r\n')[1:], [b'+OK ', b'+OK logged in', b'+OK got STAT',
+                                   b'+OK got LIST', b'+OK bye', b''])
+    check(server.wait(), 0)
+
+
+def test_program_pipelined_after_a_failure(home):
+    server = Server(home)
+    out = raw_talk(server, b'USER alice\r\nPASS bad\r\nUSER alice\r\nPASS s3cret\r\nQUIT\r\n')
+    check(out.split(b'\r\n')[1:], [b'+OK ', b'-ERR authorization failed', b'+OK ',
+                                   b'+OK logged in', b'+OK bye', b''])
+    server.wait()
+
+
+def test_program_auth_plain(home):
+    server = Server(home)
+    out = raw_talk(server, b'AUTH PLAIN\r\n' + base64.b64encode(b'\0alice\0s3cret')
+                   + b'\r\nQUIT\r\n')
+    check(out.split(b'\r\n')[1:], [b'+ ', b'+OK logged in', b'+OK bye', b''])
+    server.wait()
+
+
+def test_program_garbage(home):
+    server = Server(home)
+    out = raw_talk(server, b'USER ' + b'a' * 102400 + b'\r\n\0\0\0\r\n'
+                   + bytes(range(256)) * 4 + b'\r\nQUIT\r\n')
+    lines = out.split(b'\r\n')
+    check(lines[1:3], [b'-ERR line too long', b'-ERR NUL in command'])
+    check(lines[-2], b'+OK ')
+    check(server.wait(), 0)
+    check(server.stderr, b'')
+
+
+def test_program_usage(home):
+    server = Server(home, argv=['pop.example.org'])
+    check(raw_talk(server, b''), b'-ERR usage: popup hostname subprogram\r\n')
+    check(server.wait(), 1)
+
+
+def test_program_on_pipes_relays(home):
+    """On pipes (no socket to peek at), what came behind PASS was read
+    by qmail-popup: the relay gives it to the subprogram, or keeps it
+    when the checker says no."""
+    code = ('import sys; from qmail import popup; '
+            'sys.exit(popup.main(%r, home=%r))' % (home.argv, str(home.path)))
+    r = subprocess.run([sys.executable, '-c', code],
+                       input=b'CAPA\r\nUSER bob\r\nPASS wrong\r\nUSER alice\r\n'
+                             b'PASS s3cret\r\nSTAT\r\nQUIT\r\n',
+                       capture_output=True, timeout=TIMEOUT,
+                       env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+    check(r.stdout.split(b'\r\n')[1:], [
+        b'+OK capability list follows', b'TOP', b'UIDL', b'USER', b'SASL PLAIN', b'.',
+        b'+OK ', b'-ERR authorization failed', b'+OK ', b'+OK logged in',
+        b'+OK got STAT', b'+OK bye', b''])
+    check((r.returncode, r.stderr),
+          (0, b'qmail-popup: login failed: user bob from unknown by pass: checker exit 1\n'))
+
+
+def client_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_program_stls(home, certificate):
+    home.control('servercert.pem', certificate.read_bytes())
+    server = Server(home)
+    pop = connect(server)
+    assert 'STLS' in pop.capa()
+    check(pop.stls(client_context()), b'+OK begin TLS negotiation')
+    assert 'STLS' not in pop.capa()
+    pop.user('alice')
+    with pytest.raises(poplib.error_proto):
+        pop.pass_('wrong')
+    pop.user('alice')
+    check(pop.pass_('s3cret'), b'+OK logged in')
+    check(pop._shortcmd('NOOP'), b'+OK got NOOP')
+    resp = pop._shortcmd('BIG')
+    check(resp, b'+OK big')
+    for _ in range(1000):
+        check(pop._getline()[0], b'x' * 1000)
+    check(pop._getline()[0], b'.')
+    check(pop.quit(), b'+OK bye')
+    check(server.wait(), 0)
+    assert b'login failed: user alice' in server.stderr
+
+
+def test_program_stls_subprogram_speaking_then_failing(home, certificate):
+    home.control('servercert.pem', certificate.read_bytes())
+    server = Server(home)
+    pop = connect(server)
+    pop.stls(client_context())
+    pop.user('alice')
+    pop.pass_('s3cret')
+    with pytest.raises(poplib.error_proto) as e:
+        pop._shortcmd('FAIL')
+    check(e.value.args[0], b'-ERR failing')
+    # the subprogram spoke: no "-ERR authorization failed" after its words
+    check(pop.sock.recv(100), b'')
+    check(server.wait(), 1)
+    check(server.stderr, b'')
+
+
+def test_program_stls_pipelined_plaintext_is_not_taken(home, certificate):
+    home.control('servercert.pem', certificate.read_bytes())
+    server = Server(home)
+    s = socket.create_connection(('127.0.0.1', server.port), timeout=TIMEOUT)
+    s.recv(1000)
+    s.sendall(b'STLS\r\nUSER alice\r\nPASS s3cret\r\n')
+    check(s.recv(1000), b'+OK begin TLS negotiation\r\n')
+    # the plaintext behind STLS went to OpenSSL, which gave up on it
+    with pytest.raises((ssl.SSLError, OSError)):
+        tls = client_context().wrap_socket(s)
+        tls.sendall(b'NOOP\r\n')
+        if not tls.recv(1000):
+            raise OSError('closed')
+    s.close()
+    check(server.wait(), 1)
+    check(home.log.exists(), False)
+
+
+def test_program_stls_without_certificate(home):
+    server = Server(home)
+    out = raw_talk(server, b'CAPA\r\nSTLS\r\nQUIT\r\n')
+    assert b'STLS\r\n' not in out
+    assert b'-ERR authorization first\r\n+OK \r\n' in out
+    server.wait()
+
+
+def test_program_stls_with_a_bad_certificate(home):
+    home.control('servercert.pem', b'not a certificate\n')
+    server = Server(home)
+    out = raw_talk(server, b'STLS\r\nQUIT\r\n')
+    check(out.split(b'\r\n')[1:], [b'-ERR TLS not available due to temporary reason',
+                                   b'+OK ', b''])
+    server.wait()
+
+
+def test_program_client_gone_while_relaying(home, certificate):
+    home.control('servercert.pem', certificate.read_bytes())
+    server = Server(home)
+    pop = connect(server)
+    pop.stls(client_context())
+    pop.user('alice')
+    pop.pass_('s3cret')
+    pop.sock.shutdown(socket.SHUT_RDWR)
+    pop.close()
+    check(server.wait(), 0)         # the subprogram saw its input end
+
+
+# == checkpassword and vcheckpassword ============================================
+
+@pytest.mark.parametrize('data,want', [
+    (b'alice\0s3cret\0<1.2@h>\0', (b'alice', bytearray(b's3cret'))),
+    (b'alice\0s3cret\0', (b'alice', bytearray(b's3cret'))),
+    (b'\0\0\0', (b'', bytearray())),
+])
+def test_parse_input(data, want):
+    check(checkpassword.parse_input(data), want)
+
+
+@pytest.mark.parametrize('data', [b'', b'alice', b'alice\0s3cret'])
+def test_parse_input_misuse(data):
+    with pytest.raises(ValueError):
+        checkpassword.parse_input(data)
+
+
+@pytest.mark.parametrize('stored,expire,today,want', [
+    (b'$y$j9T$salt$hash', -1, 20000, True),
+    (b'$6$salt$hash', 0, 20000, True),
+    (b'$6$salt$hash', 20001, 20000, True),
+    (b'$6$salt$hash', 20000, 20000, False),
+    (b'', -1, 20000, False),
+    (b'!$6$salt$hash', -1, 20000, False),
+    (b'*', -1, 20000, False),
+    (b'x', -1, 20000, False),
+])
+def test_usable(stored, expire, today, want):
+    check(checkpassword.usable(stored, expire, today), want)
+
+
+def test_crypt_verify():
+    lib = checkpassword.libcrypt()
+    setting = checkpassword.dummy_setting(lib)
+    stored = checkpassword.crypt(lib, b's3cret', setting)
+    assert stored.startswith(setting[:3])
+    assert checkpassword.verify(lib, b's3cret', stored)
+    assert not checkpassword.verify(lib, b's3cret ', stored)
+    assert not checkpassword.verify(lib, b's3cret', b'!' + stored)
+    sha = checkpassword.crypt(lib, b'pw', b'$6$abcdefgh')
+    assert checkpassword.verify(lib, b'pw', sha)
+
+
+def run_checker(module, argv, fd3: bytes, home=None):
+    """A checker as a subprocess with fd 3 reading fd3; it runs argv."""
+    r, w = os.pipe()
+    os.write(w, fd3)
+    os.close(w)
+    extra = ', home=%r' % home if home else ''
+    code = ('import os, sys; os.dup2(%d, 3); os.close(%d)\n'
+            'from qmail import %s as m; sys.exit(m.main(sys.argv[1:]%s))'
+            % (r, r, module, extra))
+    try:
+        return subprocess.run(
+            [sys.executable, '-c', code] + argv, pass_fds=(r,),
+            capture_output=True, timeout=TIMEOUT,
+            env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+    finally:
+        os.close(r)
+
+
+@needs_root
+def test_checkpassword_unknown_user_and_misuse():
+    r = run_checker('checkpassword', ['true'], b'no-such-user-qmt\0pw\0<1@h>\0')
+    check((r.returncode, r.stderr), (1, b''))
+    r = run_checker('checkpassword', ['true'], b'root\0pw\0<1@h>\0')
+    check(r.returncode, 1)
+    r = run_checker('checkpassword', ['true'], b'no terminator')
+    check(r.returncode, 2)
+    r = run_checker('checkpassword', [], b'a\0b\0\0')
+    check(r.returncode, 2)
+
+
+# -- the virtual users' file ------------------------------------------------------
+
+@pytest.fixture
+def vhome(tmp_path):
+    h = tmp_path / 'qmail'
+    (h / 'users').mkdir(parents=True)
+    return str(h)
+
+
+class Stdin:
+    def __init__(self, data):
+        import io
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self):
+        return False
+
+
+def vpw(vhome, argv, password=b''):
+    return vpasswd.main(argv, home=vhome, stdin=Stdin(password + b'\n'))
+
+
+@pytest.mark.parametrize('line,want', [
+    (b'alice:$argon2id$x:1000:1000:/home/a', (b'alice', b'$argon2id$x', 1000, 1000, b'/home/a')),
+    (b'a@b.example:h:5:6:/v/a:b', (b'a@b.example', b'h', 5, 6, b'/v/a:b')),
+    (b'# comment', None),
+    (b'', None),
+    (b'alice:h:x:1:/h', None),
+    (b'alice:h:1:1:relative', None),
+    (b'Alice:h:1:1:/h', None),
+    (b'alice:h:1:1', None),
+])
+def test_vpasswd_parse_line(line, want):
+    e = vpasswd.parse_line(line)
+    check(None if e is None else (e.name, e.hash, e.uid, e.gid, e.home), want)
+
+
+@pytest.mark.parametrize('name,ok', [
+    (b'alice', True), (b'ALICE@Example.ORG', True), (b'a.b+c=d_e-f', True),
+    (b'-x', False), (b'', False), (b'a:b', False), (b'a b', False), (b'a/b', False),
+    (b'x' * 256, False),
+])
+def test_vpasswd_names(name, ok):
+    if ok:
+        check(vpasswd.check_name(name), name.lower())
+    else:
+        with pytest.raises(vpasswd.Usage):
+            vpasswd.check_name(name)
+
+
+@needs_root
+def test_vpasswd_add_passwd_del_list(vhome, capsys):
+    check(vpw(vhome, ['add', 'Alice@Example.org', '1234', '1234', '/v/alice'], b's3cret'), 0)
+    check(vpw(vhome, ['add', 'bob', '1235', '1235', '/v/bob'], b'pw'), 0)
+    check(vpw(vhome, ['add', 'bob', '1235', '1235', '/v/bob'], b'pw'), 100)
+    check(vpw(vhome, ['add', 'root2', '0', '0', '/v/r'], b'pw'), 100)
+    check(vpw(vhome, ['add', 'carol', '5', '5', 'relative'], b'pw'), 100)
+    check(vpw(vhome, ['add', 'carol', '5', '5', '/v/c'], b''), 100)
+    path = os.path.join(vhome, 'users', 'vpasswd')
+    st = os.stat(path)
+    check((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600))
+    data = open(path, 'rb').read()
+    assert data.startswith(b'#')
+    alice = vpasswd.lookup(data, b'ALICE@example.ORG')
+    check((alice.name, alice.uid, alice.gid, alice.home), (b'alice@example.org', 1234, 1234, b'/v/alice'))
+    assert alice.hash.startswith(b'$argon2id$')
+    assert b's3cret' not in data
+    old = alice.hash
+    check(vpw(vhome, ['passwd', 'alice@example.org'], b'new'), 0)
+    check(vpw(vhome, ['passwd', 'nobody-here'], b'new'), 100)
+    data = open(path, 'rb').read()
+    assert vpasswd.lookup(data, b'alice@example.org').hash != old
+    capsys.readouterr()
+    check(vpw(vhome, ['list']), 0)
+    check(capsys.readouterr().out, 'alice@example.org 1234 1234 /v/alice\nbob 1235 1235 /v/bob\n')
+    check(vpw(vhome, ['del', 'bob']), 0)
+    check(vpw(vhome, ['del', 'bob']), 100)
+    check([e.name for e in vpasswd.parse(open(path, 'rb').read())], [b'alice@example.org'])
+    check(sorted(os.listdir(os.path.join(vhome, 'users'))), ['vpasswd', 'vpasswd.lock'])
+    check(vpw(vhome, []), 100)
+    check(vpw(vhome, ['frobnicate']), 100)
+
+
+@needs_root
+def test_vpasswd_add_makes_home(vhome, tmp_path):
+    userhome = tmp_path / 'v' / 'example.org' / 'alice'
+    check(vpw(vhome, ['add', '-m', 'alice', '4321', '4322', str(userhome)], b'pw'), 0)
+    for sub in ('', 'Maildir', 'Maildir/tmp', 'Maildir/new', 'Maildir/cur'):
+        st = os.stat(userhome / sub)
+        check((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (4321, 4322, 0o700))
+
+
+@needs_root
+def test_vpasswd_crash_leaves_the_old_file(vhome, monkeypatch):
+    check(vpw(vhome, ['add', 'alice', '1234', '1234', '/v/alice'], b'pw'), 0)
+    path = os.path.join(vhome, 'users', 'vpasswd')
+    before = open(path, 'rb').read()
+
+    def hook(step, where):
+        if step == 'rename':
+            raise OSError(5, 'simulated crash')
+    monkeypatch.setattr('qmail.lib.durable.hook', hook)
+    check(vpw(vhome, ['add', 'bob', '1235', '1235', '/v/bob'], b'pw'), 111)
+    check(open(path, 'rb').read(), before)
+    check(sorted(os.listdir(os.path.join(vhome, 'users'))), ['vpasswd', 'vpasswd.lock'])
+
+
+@needs_root
+def test_trusted_read(tmp_path):
+    path = str(tmp_path / 'f')
+    check(vpasswd.trusted_read(path), None)
+    with open(path, 'wb') as f:
+        f.write(b'data')
+    os.chmod(path, 0o600)
+    check(vpasswd.trusted_read(path), b'data')
+    os.chmod(path, 0o620)
+    with pytest.raises(OSError):
+        vpasswd.trusted_read(path)
+    os.chmod(path, 0o600)
+    os.chown(path, 65534, 0)
+    with pytest.raises(OSError):
+        vpasswd.trusted_read(path)
+    os.unlink(path)
+    os.symlink('/etc/passwd', path)
+    with pytest.raises(OSError):
+        vpasswd.trusted_read(path)
+
+
+def test_vcheckpassword_check():
+    from argon2 import PasswordHasher
+    h = PasswordHasher().hash('s3cret').encode()
+    data = b'# x\nalice:%s:1000:1000:/v/alice\nroot2:%s:0:0:/root\n' % (h, h)
+    e = vcheckpassword.check(data, b'Alice', b's3cret')
+    check((e.name, e.uid), (b'alice', 1000))
+    check(vcheckpassword.check(data, b'alice', b'wrong'), None)
+    check(vcheckpassword.check(data, b'bob', b's3cret'), None)
+    check(vcheckpassword.check(data, b'root2', b's3cret'), None)
+    check(vcheckpassword.check(b'alice:garbage:1:1:/h\n', b'alice', b's3cret'), None)
+
+
+@needs_root
+def test_vcheckpassword_program(vhome, open_tmp):
+    userhome = os.path.join(open_tmp, 'alice')
+    check(vpw(vhome, ['add', '-m', 'alice@example.org', '54321', '54322', str(userhome)],
+              b's3cret'), 0)
+    show = ['sh', '-c', 'echo "$(id -u) $(id -g) $(id -G) $(pwd) $HOME $USER $SHELL"; '
+            'test -e /proc/self/fd/3 && echo fd3 open; exit 0']
+    r = run_checker('vcheckpassword', show, b'ALICE@example.org\0s3cret\0<1.2@h>\0', vhome)
+    check(r.stderr, b'')
+    check(r.returncode, 0)
+    check(r.stdout.decode(), '54321 54322 54322 %s %s alice@example.org /usr/sbin/nologin\n'
+          % (userhome, userhome))
+    for fd3, code in ((b'alice@example.org\0wrong\0<1.2@h>\0', 1),
+                      (b'nobody@example.org\0s3cret\0<1.2@h>\0', 1),
+                      (b'garbage', 2)):
+        r = run_checker('vcheckpassword', show, fd3, vhome)
+        check((r.returncode, r.stdout), (code, b''))
+    os.chmod(os.path.join(vhome, 'users', 'vpasswd'), 0o666)
+    r = run_checker('vcheckpassword', show, b'alice@example.org\0s3cret\0<1.2@h>\0', vhome)
+    check(r.returncode, 111)
+    assert b'vcheckpassword: temporary trouble' in r.stderr
+    os.unlink(os.path.join(vhome, 'users', 'vpasswd'))
+    r = run_checker('vcheckpassword', show, b'alice@example.org\0s3cret\0<1.2@h>\0', vhome)
+    check(r.returncode, 111)
