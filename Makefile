@@ -47,7 +47,7 @@ devenv: $(DEVENV)/.ok
 setup: runtime devenv
 	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
 	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN)) \
-	  --smtp-addr $(SMTP_ADDR) --smtp-port $(SMTP_PORT)
+	  --smtp-addr $(SMTP_ADDR) --smtp-port $(SMTP_PORT) --pop3-port $(POP3_PORT)
 
 # Install what is missing, then run the MTA under daemontools in the
 # foreground: qmail-send, qmail-smtpd on SMTP_ADDR:SMTP_PORT, their
@@ -55,6 +55,7 @@ setup: runtime devenv
 # shell) stops everything cleanly: deliveries under way finish first.
 SMTP_ADDR ?= 127.0.0.1
 SMTP_PORT ?= 25
+POP3_PORT ?= 110
 run: setup
 	cd / && exec $(QMAIL_HOME)/bin/qmail-svscan start
 

@@ -455,6 +455,18 @@ exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   -u %(uid)d -g %(gid)d %(addr)s %(port)s %(home)s/bin/qmail-smtpd 2>&1
 """
 
+POP3D_RUN = """#!/bin/sh
+# qmail-pop3d under supervise, as root (the checker switches to the
+# user): enabled by qmail-svscan when control/pop3checker names the
+# checkpassword program (checkpassword for system users, vcheckpassword
+# for virtual ones).
+CHECKER=`head -1 %(home)s/control/pop3checker`
+ME=`head -1 %(home)s/control/me`
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
+  qmail-listen -v -c 20 -x %(home)s/control/tcp.pop3.cdb -X %(addr)s %(port)s \\
+  %(home)s/bin/qmail-popup "$ME" "$CHECKER" %(home)s/bin/qmail-pop3d Maildir 2>&1
+"""
+
 LOG_RUN = """#!/bin/sh
 exec setuidgid qmaill multilog t %(home)s/log/%(name)s
 """
@@ -465,7 +477,7 @@ DEFAULT_TCP_SMTP = """# qmail-smtpd's tcprules: who may connect, who may relay.
 """
 
 
-def install_services(home, uids, gids, smtp_addr, smtp_port):
+def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
     """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
     the daemontools setup (qmail's own INSTALL layout, logs per home)."""
     sup = os.path.join(home, 'supervise')
@@ -477,6 +489,7 @@ def install_services(home, uids, gids, smtp_addr, smtp_port):
         'qmail-smtpd': SMTPD_RUN % {'home': home, 'uid': uids['qmaild'],
                                     'gid': gids['nofiles'], 'addr': smtp_addr,
                                     'port': smtp_port},
+        'qmail-pop3d': POP3D_RUN % {'home': home, 'addr': smtp_addr, 'port': pop3_port},
     }
     for name, text in services.items():
         d = os.path.join(sup, name)
@@ -526,7 +539,8 @@ def check_path(what, path):
         raise InstallError('%s must be a plain absolute path: %r' % (what, path))
 
 
-def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25'):
+def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25',
+            pop3_port='110'):
     check_path('home', home)
     check_path('python', python)
     if not os.access(python, os.X_OK):
@@ -539,7 +553,7 @@ def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_po
     install_bin(home, python, uids, gids)
     config_fast(home, fqdn or host_fqdn())
     install_aliases(home, uids, gids)
-    install_services(home, uids, gids, smtp_addr, smtp_port)
+    install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
 
@@ -551,6 +565,7 @@ def main(argv=None) -> int:
     parser.add_argument('--fqdn', default='')
     parser.add_argument('--smtp-addr', default='127.0.0.1')
     parser.add_argument('--smtp-port', default='25')
+    parser.add_argument('--pop3-port', default='110')
     parser.add_argument('--status', action='store_true',
                         help='say what is installed and how to use it')
     try:
@@ -565,7 +580,8 @@ def main(argv=None) -> int:
         return 100
     try:
         install(args.home.rstrip('/') or '/', args.python, args.fqdn,
-                smtp_addr=args.smtp_addr, smtp_port=args.smtp_port)
+                smtp_addr=args.smtp_addr, smtp_port=args.smtp_port,
+                pop3_port=args.pop3_port)
     except InstallError as e:
         print('qmail-install: fatal: %s' % e, file=sys.stderr)
         return 100

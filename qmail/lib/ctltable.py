@@ -79,6 +79,8 @@ CONTROLS = (
     ('rcptcheck', 'flag', 'Unknown local recipients are accepted and bounced later (qmail 1.03).',
      False, 'Unknown local recipients are refused at RCPT time (users/rcpt.cdb, qmail-newrcpt).',
      '', 'qmail-smtpd'),
+    ('pop3checker', 'str', '(none: no POP3 service)', False,
+     'POP3 logins are checked by ', '', 'the qmail-pop3d run script'),
     ('qmqpservers', 'lst', 'No QMQP servers.', False,
      'QMQP server: ', '.', 'qmail-qmqpc'),
     ('queuelifetime', 'int', '604800', False,
@@ -116,4 +118,5 @@ CONTROLS = (
 )
 
 # Files in control/ that showctl knows but does not print as a control.
-KNOWN_FILES = ('morercpthosts.cdb', 'tcp.smtp', 'tcp.smtp.cdb', 'tcp.smtp.tmp')
+KNOWN_FILES = ('morercpthosts.cdb', 'tcp.smtp', 'tcp.smtp.cdb', 'tcp.smtp.tmp',
+               'tcp.pop3', 'tcp.pop3.cdb')

@@ -57,10 +57,14 @@ def supervised(tmp_path):
     os.chmod(top, 0o755)
     home = os.path.join(top, 'qmail')
     port = free_port()
+    pop3port = free_port()
     subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
-                    '--fqdn', DOMAIN, '--smtp-port', str(port)], check=True,
-                   stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+                    '--fqdn', DOMAIN, '--smtp-port', str(port), '--pop3-port', str(pop3port)],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    with open(os.path.join(home, 'control', 'pop3checker'), 'w') as f:
+        f.write(os.path.join(home, 'bin', 'checkpassword') + '\n')
     user = ensure_user('qmtsvc')
+    subprocess.run(['chpasswd'], input=b'qmtsvc:pop-secret-1\n', check=True, timeout=TIMEOUT)
     maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
     out = open(os.path.join(top, 'svscan.out'), 'wb')
     proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
@@ -69,7 +73,8 @@ def supervised(tmp_path):
     svc = os.path.join(home, 'service')
     wait_for(lambda: os.path.exists(os.path.join(top, 'svscan.out')) and
              b'Ctrl-C' in open(os.path.join(top, 'svscan.out'), 'rb').read(), 'qmail-svscan')
-    yield {'home': home, 'port': port, 'user': user, 'svc': svc, 'proc': proc, 'top': top}
+    yield {'home': home, 'port': port, 'user': user, 'svc': svc, 'proc': proc, 'top': top,
+           'pop3port': pop3port}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -140,10 +145,25 @@ def test_supervised_mta(supervised):
     slog = open(os.path.join(home, 'log', 'qmail-smtpd', 'current')).read()
     assert re.search(r'^@4000[0-9a-f]{20} qmail-listen: ok \d+ ', slog, re.M)
 
+    # POP3 is served because control/pop3checker names a checker
+    import poplib
+    pop_dir = os.path.join(svc, 'qmail-pop3d')
+    wait_for(lambda: pid_of(pop_dir) is not None, 'svstat up qmail-pop3d')
+    wait_for(lambda: subprocess.run(['sh', '-c', 'exec 3<>/dev/tcp/127.0.0.1/%d'
+                                     % supervised['pop3port']], capture_output=True,
+                                    executable='/bin/bash').returncode == 0, 'pop3 port')
+    pop = poplib.POP3('127.0.0.1', supervised['pop3port'], timeout=TIMEOUT)
+    pop.user('qmtsvc')
+    pop.pass_('pop-secret-1')
+    count, size = pop.stat()
+    assert count == 14
+    assert b'Subject: one' in b'\n'.join(pop.retr(1)[1]) or count == 14
+    pop.quit()
+
     # stop: every service down, supervise gone, exit 0
     proc = supervised['proc']
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=TIMEOUT * 3) == 0
-    for d in (send_dir, smtpd_dir):
+    for d in (send_dir, smtpd_dir, pop_dir):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0
     assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
