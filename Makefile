@@ -72,4 +72,5 @@ clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 bench: runtime devenv
+	sh bench/setup-postfix.sh
 	$(DEVENV)/bin/python bench/bench.py

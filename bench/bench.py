@@ -1,16 +1,28 @@
-"""make bench: measure this qmail on this machine.
+"""make bench: measure this qmail on this machine, and Postfix beside it.
 
-Runs as root.  Installs a scratch home under /tmp, measures, prints a
-table and writes it to bench/results.txt.  Sections so far:
+Runs as root, on loopback only; BENCH_QUICK=1 (or --quick) for a
+shortened run while developing.  Installs scratch homes under /tmp and a
+private Postfix under /var/tmp, measures, stops and removes everything
+(even on failure), prints the tables and writes them to bench/results.txt
+and, in markdown for the README, bench/results.md.  Sections:
 
+  disk      the disk's own limit: create + write 2 KB + fsync + rename,
+            serially and with 10 workers.
   inject    1,000 messages through bin/sendmail as an ordinary user,
             one process after another: messages/s, and the share of
-            each injection that is interpreter start (two starts: the
-            sendmail process and qmail-queue behind its launcher).
+            each injection that is interpreter start.
   local     5,000 messages of 2 KB queued, then qmail-start: local
             deliveries per second into one user's Maildir, and CPU
             milliseconds per delivery of all the MTA's processes.
-  disk      the disk's own limit: create + write 2 KB + fsync + rename.
+  exactly-once  the cost of the exactly-once Maildir check.
+  e2e       SMTP in, Maildir out, against Debian's Postfix: bench/e2e.py.
+  remote    qmail-remote into Postfix's smtp-sink: bench/remotebench.py.
+  scale     100,000 messages queued: bench/scale.py.
+
+The bench process is a child subreaper, so every MTA process ends up
+reaped by it and its CPU time counted (bench/procs.py).  Postfix comes
+from bench/setup-postfix.sh, which make bench runs first.  Where the
+time goes per message: bench/profile_mta.py, by hand.
 """
 
 import argparse
@@ -24,21 +36,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+
+import e2e
+import remotebench
+import report
+import scale
+from procs import (BenchError, free_port, kill_all_children, reap_all,
+                   set_subreaper, wait_for)
+from systems import (LocalUser, PostfixSystem, QmailSystem, RUNTIME,
+                     install_home, load_delivery_helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNTIME = '/usr/local/lib/qmail/venv/bin/python3'
 USER = 'qmtest'
 MESSAGE = b'To: bench@example.org\nSubject: bench\n\n' + b'x' * 2000 + b'\n'
-
-
-def install_home():
-    top = tempfile.mkdtemp(prefix='qmailbench.', dir='/tmp')
-    os.chmod(top, 0o755)
-    home = os.path.join(top, 'qmail')
-    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
-                    '--python', RUNTIME, '--fqdn', 'bench.example.org'],
-                   check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-    return home
 
 
 def ensure_user():
@@ -58,7 +69,7 @@ def time_runs(argv, n, uid, gid, data=b''):
     for _ in range(n):
         t0 = time.perf_counter()
         r = subprocess.run(argv, input=data, user=uid, group=gid, extra_groups=[],
-                           env=env, stdout=subprocess.DEVNULL)
+                           env=env, stdout=subprocess.DEVNULL, timeout=60)
         times.append(time.perf_counter() - t0)
         if r.returncode != 0:
             raise SystemExit('bench: %s exited %d' % (argv[0], r.returncode))
@@ -88,52 +99,30 @@ def bench_inject(n):
     ]
 
 
-def set_subreaper():
-    """Orphaned MTA processes come back to us, so their CPU time counts."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def reap_all(deadline):
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.02)
-
-
-def bench_local(n):
-    sys.path[:0] = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'tests', 'integration')]
-    from delivery import ensure_user, fast_queue, maildirmake
-    set_subreaper()
+def bench_local(n, user):
+    fast_queue = load_delivery_helpers().fast_queue
     home = install_home()
     try:
-        name, uid, gid, h = ensure_user('qmbench')
-        maildirmake(os.path.join(h, 'Maildir'), uid, gid)
+        user.empty()
         body = b'x' * 2000
-        fast_queue(home, [([b'qmbench@bench.example.org'],
+        fast_queue(home, [([user.address.encode()],
                            b'Subject: bench %d\n\n%s\n' % (i, body)) for i in range(n)])
         reap_all(time.monotonic() + 5)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        new = os.path.join(h, 'Maildir', 'new')
         t0 = time.perf_counter()
         proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-start'), './Maildir/'],
                                 stdout=subprocess.DEVNULL, env={'PATH': '/usr/bin:/bin'})
-        while len(os.listdir(new)) < n and time.perf_counter() - t0 < 1200:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - t0
-        delivered = len(os.listdir(new))
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
-        reap_all(time.monotonic() + 30)
+        try:
+            wait_for(lambda: user.count() >= n, 1200, '%d local deliveries' % n, 0.05)
+            elapsed = time.perf_counter() - t0
+            delivered = user.count()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            reap_all(time.monotonic() + 60, [proc])
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
         shutil.rmtree(os.path.dirname(home), ignore_errors=True)
-        shutil.rmtree(h, ignore_errors=True)
+        user.empty()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return [
         ('local: %d queued messages of 2 KB into one Maildir' % n,
@@ -201,29 +190,165 @@ def bench_disk(n, workers):
              (workers, '' if workers == 1 else 's'), '%.0f files/s' % (n / total))]
 
 
+def section(name, rows, failures, fn, *args):
+    """Run one section; a failure is a row of its own, not the end."""
+    t0 = time.monotonic()
+    try:
+        got = fn(*args)
+    except Exception as e:          # the harness reports and goes on
+        traceback.print_exc()
+        failures.append(name)
+        rows.append(('%s: FAILED' % name, str(e).splitlines()[0][:120] if str(e) else type(e).__name__))
+        return None
+    say('bench: %s took %.0f s' % (name, time.monotonic() - t0))
+    return got
+
+
+def say(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def remote_rows(got):
+    rows = []
+    for conc, count, res, note in got:
+        what = 'remote: %d messages into smtp-sink, concurrencyremote %d' % (count, conc)
+        if res is None:
+            rows.append((what, note))
+        else:
+            rows.append((what, '%.0f msg/s, %.1f CPU s/1000 msgs' % (res['rate'], res['cpu'])))
+    return rows
+
+
+NOTES = """\
+- e2e: qmail-py is an installed scratch home: qmail-start ./Maildir/ and
+  qmail-listen -c 100 running qmail-smtpd as qmaild; Postfix %(pfver)s is a
+  private instance (config and queue under /var/tmp, Maildir delivery,
+  biff = no, no alias maps, otherwise Debian's defaults: in_flow_delay 1s,
+  local_destination_concurrency_limit 2, default_process_limit 100).  Both
+  listen on 127.0.0.1, deliver to the same local user, are started fresh
+  for each run and alternate run by run.
+- msg/s: smtp-source (-s sessions, -m, -l, -d for many messages per
+  connection); from starting smtp-source to the ctime of the last file in
+  Maildir/new.
+- p50/p95: a second run with bench/smtpload.py (same sessions and mode),
+  each message stamped: the moment its file appeared in Maildir/new
+  (inotify, in a watcher process of its own) minus the moment the client
+  wrote the final "." of DATA.
+- CPU s/1000: all the MTA's processes (the bench is a child subreaper, so
+  all are reaped by it: RUSAGE_CHILDREN), less smtp-source's own and less
+  the idle start+stop cost (%(idle)s).
+- ratio: qmail-py / Postfix.
+- At 10 and 50 sessions the clients offer mail faster than qmail-py
+  delivers it: its queue grows all through the run, and the latency there
+  measures that growth (it rises with the number of messages).  The open
+  loop case offers %(rate)d msg/s, which both systems keep up with.
+"""
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument('--messages', type=int, default=1000)
-    parser.add_argument('--local', type=int, default=5000)
+    parser.add_argument('--quick', action='store_true',
+                        default=os.environ.get('BENCH_QUICK', '') not in ('', '0'))
+    parser.add_argument('--only', default='',
+                        help='comma-separated sections: disk,inject,local,exactly-once,e2e,remote,scale')
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results.txt'))
+    parser.add_argument('--md', default=os.path.join(ROOT, 'bench', 'results.md'))
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit('bench: run as root')
-    rows = []
-    rows += bench_disk(1000, 1)
-    rows += bench_disk(1000, 10)
-    rows += bench_inject(args.messages)
-    rows += bench_local(args.local)
-    rows += bench_exactly_once()
-    width = max(len(r[0]) for r in rows)
-    lines = ['%-*s  %s' % (width, a, b) for a, b in rows]
-    text = 'qmail-py benchmark, %s, %d cores\n\n%s\n' % (
-        time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), os.cpu_count(),
-        '\n'.join(lines))
-    print(text, end='')
+    quick = args.quick
+    only = set(filter(None, args.only.split(',')))
+
+    def want(name):
+        return not only or name in only
+
+    set_subreaper()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+    t_start = time.monotonic()
+    load_before = os.getloadavg()
+    rows, failures = [], []
+    e2e_got, idle = None, {}
+    user = None
+    systems = []
+    try:
+        if want('disk'):
+            rows += section('disk', rows, failures, bench_disk, 1000, 1) or []
+            rows += section('disk', rows, failures, bench_disk, 1000, 10) or []
+        if want('inject'):
+            rows += section('inject', rows, failures, bench_inject, 200 if quick else 1000) or []
+        user = LocalUser()
+        if want('local'):
+            rows += section('local', rows, failures, bench_local, 1000 if quick else 5000, user) or []
+        if want('exactly-once'):
+            rows += section('exactly-once', rows, failures, bench_exactly_once) or []
+        if want('e2e'):
+            systems.append(QmailSystem(free_port()))
+            try:
+                systems.append(PostfixSystem(free_port()))
+            except BenchError as e:
+                say('bench: Postfix columns left empty: %s' % e)
+            got = section('e2e', rows, failures, e2e.run, systems, user, quick, say)
+            if got:
+                e2e_got, idle = got
+        if want('remote'):
+            got = section('remote', rows, failures, remotebench.run, quick, say)
+            rows += remote_rows(got or [])
+        if want('scale'):
+            rows += section('scale', rows, failures, scale.run,
+                            10000 if quick else 100000, user, quick, say) or []
+    finally:
+        for s in systems:
+            try:
+                s.stop()
+            except Exception as e:
+                say('bench: stopping %s: %s' % (s.name, e))
+            s.cleanup()
+        if user is not None:
+            user.remove()
+        kill_all_children()
+        reap_all(time.monotonic() + 10)
+    write_results(args, quick, rows, e2e_got, idle, load_before, time.monotonic() - t_start)
+    return 1 if failures else 0
+
+
+def write_results(args, quick, rows, e2e_got, idle, load_before, took):
+    names = ('qmail-py', 'Postfix')
+    head = 'qmail-py benchmark%s, %s, %d cores, load average %.1f before, %.1f after, %.0f s' % (
+        ' (BENCH_QUICK)' if quick else '', time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        os.cpu_count(), load_before[0], os.getloadavg()[0], took)
+    text = [head, '']
+    md = ['Measured %s' % head.split(', ', 1)[1], '']
+    if e2e_got:
+        text += ['End to end: SMTP on 127.0.0.1 into Maildir/new, qmail-py against Postfix', '']
+        for title, header, erows in report.e2e_tables(e2e_got, names):
+            text += [title, '', report.text_table(header, erows), '']
+            md += ['**%s**' % title, '', report.md_table(header, erows), '']
+        notes = NOTES % {
+            'pfver': postfix_version(), 'rate': e2e.OPEN_RATE,
+            'idle': ', '.join('%s %.2f s' % (k, v) for k, v in idle.items())}
+        text += [notes]
+        md += [notes]
+    if rows:
+        header, prow = report.pair_rows(rows)
+        text += [report.text_table(header, prow), '']
+        md += [report.md_table(header, prow), '']
+    out = '\n'.join(text).rstrip() + '\n'
+    print(out, end='')
     with open(args.out, 'w') as f:
-        f.write(text)
+        f.write(out)
+    with open(args.md, 'w') as f:
+        f.write('\n'.join(md).rstrip() + '\n')
+
+
+def postfix_version():
+    try:
+        r = subprocess.run(['postconf', '-dh', 'mail_version'], capture_output=True,
+                           text=True, timeout=30)
+        return r.stdout.strip() or '?'
+    except (OSError, subprocess.SubprocessError):
+        return '?'
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""End to end: SMTP in on 127.0.0.1, delivered into a local user's
+Maildir, this project against Debian's Postfix.
+
+For each case (message size, parallel sessions, one message per
+connection or all of a session's over one connection), each system is
+started fresh, driven, stopped; the two systems alternate run by run
+(and which goes first alternates case by case), so slow drifts of the
+machine fall on both.  Two runs per system and case:
+
+  throughput  Postfix's smtp-source (-s sessions, -m count, -l size,
+              -d for many messages per connection).  messages/s = count
+              / (ctime of the last file in Maildir/new - the moment
+              smtp-source was started); CPU = RUSAGE_CHILDREN of the bench
+              (a child subreaper) across start .. stop, less smtp-source's
+              own (wait4) and less the system's idle start+stop cost.
+  latency     bench/smtpload.py, the same sessions and mode, each message
+              stamped: latency = the moment its file appeared in
+              Maildir/new (inotify, bench/watch.py: qmail's link, Postfix's
+              rename) - the moment the client wrote its final ".".
+
+One more case has a latency run only: an open loop (a connection with
+one message every 1/50 s), a load both systems keep up with.
+"""
+
+import os
+import subprocess
+import time
+
+import smtpload
+from procs import BenchError, children_cpu, reap_all, wait4, wait_for
+from watch import Watcher
+
+SENDER = 'bench@client.example.com'
+OPEN_RATE = 50          # msg/s offered in the open-loop case
+HELO = 'client.example.com'
+
+
+class Case:
+    def __init__(self, size, sessions, reuse, count, rate=None):
+        self.size, self.sessions, self.reuse, self.count = size, sessions, reuse, count
+        self.rate = rate
+
+    def label(self):
+        if self.rate:
+            return '%d KB, open loop, %d msg/s offered, 1 msg/conn' % (
+                self.size // 1024, self.rate)
+        return '%s, %d session%s, %s' % (
+            '%d KB' % (self.size // 1024), self.sessions,
+            '' if self.sessions == 1 else 's',
+            'many msgs/conn' if self.reuse else '1 msg/conn')
+
+    def timeout(self):
+        return 120 + self.count * 0.3 * max(1, self.size // 20000)
+
+
+def cases(quick: bool):
+    n = 300 if quick else 2000
+    big = 100 if quick else 500
+    out = []
+    for sessions in (1, 10, 50):
+        for reuse in (False, True):
+            out.append(Case(2048, sessions, reuse, n))
+    out.append(Case(100 * 1024, 10, False, big))
+    # Latency at a load both systems keep up with (closed loops of 10 and
+    # more sessions outrun qmail-py's deliveries, and their latency then
+    # measures the queue's growth over the run).
+    out.append(Case(2048, 0, False, 200 if quick else 1000, rate=OPEN_RATE))
+    return out
+
+
+def new_ctimes(newdir):
+    out = []
+    for name in os.listdir(newdir):
+        out.append(os.stat(os.path.join(newdir, name)).st_ctime_ns / 1e9)
+    return out
+
+
+def wait_delivered(user, count, timeout, system):
+    try:
+        wait_for(lambda: user.count() >= count, timeout,
+                 '%d deliveries into %s' % (count, user.new), interval=0.05)
+    except BenchError as e:
+        raise BenchError('%s: %s (%d there)\n%s' % (system.name, e, user.count(),
+                                                     system.log_tail()))
+    time.sleep(0.2)             # a duplicate would show now
+    if user.count() != count:
+        raise BenchError('%s: %d files in %s for %d messages'
+                         % (system.name, user.count(), user.new, count))
+
+
+def idle_cost(system) -> float:
+    """CPU seconds of starting and stopping the system with no mail:
+    the least of three tries."""
+    costs = []
+    for _ in range(3):
+        reap_all(time.monotonic() + 5)
+        c0 = children_cpu()
+        system.start()
+        system.stop()
+        costs.append(children_cpu() - c0)
+    return min(costs)
+
+
+def throughput_run(system, user, case, baseline):
+    user.empty()
+    reap_all(time.monotonic() + 5)
+    c0 = children_cpu()
+    system.start()
+    try:
+        argv = ['smtp-source', '-s', str(case.sessions), '-m', str(case.count),
+                '-l', str(case.size), '-f', SENDER, '-t', user.address, '-M', HELO]
+        if case.reuse:
+            argv.append('-d')
+        argv.append('127.0.0.1:%d' % system.port)
+        t0 = time.time()
+        with open(os.devnull, 'wb') as null:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=null,
+                                    stderr=subprocess.PIPE)
+        code, client_cpu = wait4(proc, case.timeout())
+        err = proc.stderr.read().decode('utf-8', 'replace')
+        proc.stderr.close()
+        if code != 0:
+            raise BenchError('%s: smtp-source exited %d: %s\n%s'
+                             % (system.name, code, err[-1000:], system.log_tail()))
+        wait_delivered(user, case.count, case.timeout(), system)
+        last = max(new_ctimes(user.new))
+    finally:
+        system.stop()
+    cpu = children_cpu() - c0 - client_cpu - baseline
+    return {'rate': case.count / (last - t0), 'cpu': cpu * 1000 / case.count,
+            'client_cpu': client_cpu}
+
+
+def latency_run(system, user, case):
+    user.empty()
+    reap_all(time.monotonic() + 5)
+    system.start()
+    watcher = None
+    try:
+        watcher = Watcher(user.new)
+        load = smtpload.Load('127.0.0.1', system.port, case.count, case.sessions,
+                             case.reuse, case.size, SENDER, user.address, HELO,
+                             rate=case.rate)
+        try:
+            t0, _ = load.run(case.timeout())
+        except (OSError, smtpload.SmtpError, TimeoutError) as e:
+            raise BenchError('%s: load client: %r\n%s' % (system.name, e, system.log_tail()))
+        wait_delivered(user, case.count, case.timeout(), system)
+        arrived = smtpload.delivered(user.new, watcher.stop())
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        system.stop()
+    lat = smtpload.latencies(load.sent, arrived)
+    if len(lat) != case.count:
+        raise BenchError('%s: %d of %d messages matched' % (system.name, len(lat), case.count))
+    return {'p50': smtpload.percentile(lat, 50), 'p95': smtpload.percentile(lat, 95),
+            'rate_lat': case.count / (max(arrived.values()) - t0)}
+
+
+def run(systems, user, quick, say):
+    """{case label: {system name: results}} and the idle costs."""
+    baselines = {}
+    for s in systems:
+        baselines[s.name] = idle_cost(s)
+        say('e2e: %s idle start+stop costs %.2f s CPU' % (s.name, baselines[s.name]))
+    results = {}
+    for i, case in enumerate(cases(quick)):
+        order = systems if i % 2 == 0 else systems[::-1]
+        got = {s.name: {} for s in systems}
+        results[case.label()] = (case, got)
+        for s in order if not case.rate else ():
+            try:
+                got[s.name].update(throughput_run(s, user, case, baselines[s.name]))
+            except BenchError as e:
+                say('e2e: %s %s: FAILED: %s' % (s.name, case.label(), e))
+                continue
+            say('e2e: %s %s: %.0f msg/s, %.2f CPU s/1000'
+                % (s.name, case.label(), got[s.name]['rate'], got[s.name]['cpu']))
+        for s in order:
+            try:
+                got[s.name].update(latency_run(s, user, case))
+            except BenchError as e:
+                say('e2e: %s %s: FAILED: %s' % (s.name, case.label(), e))
+                continue
+            say('e2e: %s %s: latency p50 %.0f ms p95 %.0f ms'
+                % (s.name, case.label(), got[s.name]['p50'] * 1000, got[s.name]['p95'] * 1000))
+    return results, baselines
