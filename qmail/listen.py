@@ -166,7 +166,9 @@ class Listener:
                 self.status()
 
     def serve(self, wakeup_r: int):
+        import gc
         import select
+        gc.freeze()         # children share the loaded code's pages
         self.sock.setblocking(False)
         self.status()
         while not self.flagexit:
@@ -207,6 +209,8 @@ class Listener:
     def child(self, conn, remote):
         code = 111
         try:
+            import gc
+            gc.disable()    # one session: no collection copying shared pages
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)

@@ -52,6 +52,8 @@ def getpw_as_qmailp(local: bytes) -> users.Nughde:
     if pid == 0:
         code = QLX_USAGE
         try:
+            import gc
+            gc.disable()
             os.close(r)
             os.setgroups([auto.gid(auto.GROUP_NOFILES)])
             os.setgid(auto.gid(auto.GROUP_NOFILES))
@@ -152,6 +154,7 @@ def main(argv=None) -> int:
     except OSError:
         return 111
     import qmail.local          # loaded once here, used by every child  # noqa: F401
+    import qmail.getpw          # likewise for the qmailp lookup child  # noqa: F401
     spawner = spawn.Spawner(make_start(aliasempty), report,
                             auto.uid(auto.USER_QUEUE), truncreport=3000)
     return spawner.loop()

@@ -68,6 +68,8 @@ def peer_uid(conn: socket.socket) -> int:
 
 def writer(conn: socket.socket, listener: socket.socket, uids: dict) -> int:
     """In the forked child: one injection, answered on conn."""
+    import gc
+    gc.disable()
     listener.close()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -106,7 +108,9 @@ def serve(listener: socket.socket, uids: dict):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGCHLD, reap)
+    import gc
     import select
+    gc.freeze()             # writers share the loaded code's pages
     watch_parent = watch_fd0()
     while not flagexit:
         if len(children) >= MAX_WRITERS:

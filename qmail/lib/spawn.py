@@ -16,6 +16,7 @@ The parent holds the write end of each delivery's pipe until the child
 has been reaped, so end-of-file on the pipe means the status is known.
 """
 
+import gc
 import os
 import select
 import signal
@@ -201,6 +202,10 @@ class Spawner:
         signal.signal(signal.SIGCHLD, lambda s, f: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.put(bytes((SPAWN,)))
+        # Everything loaded so far stays put: forked children then share
+        # these pages instead of copying them when a collection runs
+        # (make bench: a fork with a collection cost 3.1 ms, 0.56 ms frozen).
+        gc.freeze()
         while True:
             self.reap()
             active = [i for i, s in enumerate(self.slots) if s is not None]
@@ -249,6 +254,7 @@ class Spawner:
 def child_setup(fdmess: int, fdout: int):
     """In a delivery child: fd 0 the message, fds 1 and 2 the report pipe,
     and the signal state of a fresh process."""
+    gc.disable()     # short-lived: a collection would copy the parent's pages
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
                 signal.SIGALRM, signal.SIGINT):
