@@ -155,6 +155,82 @@ def bench_exactly_once():
     return rows
 
 
+def children_of(ppid):
+    out = []
+    for p in os.listdir('/proc'):
+        if not p.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % p) as f:
+                if f.read().rsplit(')', 1)[1].split()[1] == str(ppid):
+                    out.append(int(p))
+        except OSError:
+            continue
+    return out
+
+
+def pss_kb(pid):
+    """Proportional set size of a process, kB (shared pages split)."""
+    try:
+        with open('/proc/%d/smaps_rollup' % pid) as f:
+            for line in f:
+                if line.startswith('Pss:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_idle_memory(n=50):
+    """Memory per idle SMTP connection under qmail-listen (PSS of each
+    connection's qmail-smtpd, so the pages shared with the listener
+    count in shares), and under tcpserver (a whole interpreter each)."""
+    import socket as socketmod
+    home = install_home()
+    uid, gid = pwd.getpwnam('qmaild').pw_uid, pwd.getpwnam('qmaild').pw_gid
+    rows = []
+    try:
+        for kind in ('qmail-listen', 'tcpserver'):
+            s = socketmod.socket()
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+            s.close()
+            smtpd = os.path.join(home, 'bin', 'qmail-smtpd')
+            if kind == 'tcpserver':
+                argv = ['tcpserver', '-H', '-R', '-l', 'x', '-c', str(n + 10),
+                        '-u', str(uid), '-g', str(gid), '127.0.0.1', str(port), smtpd]
+            else:
+                argv = [os.path.join(home, 'bin', 'qmail-listen'), '-q', '-c', str(n + 10),
+                        '-u', str(uid), '-g', str(gid), '127.0.0.1', str(port), smtpd]
+            server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            conns = []
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        socketmod.create_connection(('127.0.0.1', port), timeout=1).close()
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                for _ in range(n):
+                    c = socketmod.create_connection(('127.0.0.1', port), timeout=30)
+                    c.recv(1000)                 # the greeting: the session is up
+                    conns.append(c)
+                time.sleep(0.5)
+                kids = [p for p in children_of(server.pid)]
+                total = sum(pss_kb(k) for k in kids)
+                rows.append(('SMTP: memory per idle connection, %s (PSS, %d connections)'
+                             % (kind, len(kids)), '%.1f MB' % (total / max(1, len(kids)) / 1024)))
+            finally:
+                for c in conns:
+                    c.close()
+                server.terminate()
+                server.wait(timeout=30)
+    finally:
+        shutil.rmtree(os.path.dirname(home), ignore_errors=True)
+    return rows
+
+
 def bench_disk(n, workers):
     d = tempfile.mkdtemp(prefix='qmailbench.disk.', dir='/var/tmp')
     data = b'x' * 2048
@@ -282,6 +358,8 @@ def main():
             rows += section('local', rows, failures, bench_local, 1000 if quick else 5000, user) or []
         if want('exactly-once'):
             rows += section('exactly-once', rows, failures, bench_exactly_once) or []
+        if want('idle'):
+            rows += section('idle', rows, failures, bench_idle_memory, 50) or []
         if want('e2e'):
             systems.append(QmailSystem(free_port()))
             try:
