@@ -13,7 +13,7 @@ APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps
 
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime devenv setup run stop test check clean bench
+.PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix
 
 all: setup
 
@@ -62,7 +62,12 @@ run: setup
 stop:
 	$(QMAIL_HOME)/bin/qmail-svscan stop
 
-test: runtime devenv
+# Postfix's smtp-source and smtp-sink, for the soak and the benchmark,
+# installed so that Postfix never takes over the machine.
+postfix:
+	test -x /usr/sbin/smtp-sink || sh bench/setup-postfix.sh
+
+test: runtime devenv postfix
 	QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 $(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check: test
@@ -74,3 +79,12 @@ clean:
 bench: runtime devenv
 	sh bench/setup-postfix.sh
 	$(DEVENV)/bin/python bench/bench.py
+
+# The long crash soak: 10,000 messages over SMTP to a Maildir and to
+# Postfix's smtp-sink, 200 SIGKILLs across every qmail process, the MTA
+# under daemontools (tests/integration/soak_driver.py; make test runs a
+# short one).
+SOAK_ARGS ?= --messages 10000 --kills 200
+soak: runtime devenv postfix
+	QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 $(DEVENV)/bin/python \
+	  tests/integration/soak_driver.py $(SOAK_ARGS)
