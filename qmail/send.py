@@ -302,6 +302,10 @@ class Send:
             fn = self.fn(CHANDIR[job.channel], job.id)
             try:
                 durable.unlink(fn)
+                # Durable before info/ goes (messdone): else a crash could
+                # bring back a recipient list whose message is forgotten
+                # (qmail-crashtest, "bounce" with a power cut).
+                durable.fsync_dir(os.path.dirname(fn))
             except OSError:
                 log('warning: unable to unlink %s; will try again later\n' % fn)
                 dt = int(time.time()) + SLEEP_SYSFAIL
@@ -586,6 +590,11 @@ class Send:
         heapq.heappush(self.pqchan[c], (self.recent + SLEEP_SYSFAIL, messid))
 
     def messdone(self, messid):
+        if not self.flagcleanalive:
+            # Without qmail-clean the mess/ file would outlive info/ (a
+            # leftover for the 36-hour cleanup): leave the message whole
+            # for the next qmail-send to finish.
+            return self.messdone_fail(messid)
         try:
             for fn in (self.fn('local', messid), self.fn('remote', messid),
                        self.fn('todo', messid)):
