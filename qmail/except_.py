@@ -12,29 +12,20 @@ See:      except(1), bouncesaying(1), condredirect(1), qmail-command(8).
 The module also holds what except.c shares with its siblings: starting
 a program as fork+execvp would (spawn), reading its exit code as
 qmail's wait_exitcode does (wait_exitcode), and the errno split of
-qmail's error_temp (is_temporary).  bouncesaying, condredirect,
+qmail's error_temp (is_temporary, from qmail.lib.error).  bouncesaying, condredirect,
 preline and predate import them from here.
 """
 
-import errno
 import os
 import sys
 
 import _signal    # not `signal`: its enum import costs start-up time
 
+from qmail.lib.error import is_temporary
+
 USAGE = b'except: usage: except program [ arg ... ]'
 FATAL = b'except: fatal: '
 
-# qmail's error_temp(): the errnos that mean "try again later".
-TEMPORARY_ERRNOS = frozenset(
-    getattr(errno, name) for name in (
-        'EINTR', 'ENOMEM', 'ETXTBSY', 'EIO', 'ETIMEDOUT', 'EWOULDBLOCK',
-        'EAGAIN', 'EDEADLK', 'EBUSY', 'ENFILE', 'EMFILE', 'EFBIG',
-        'ENOSPC', 'ENETDOWN', 'ENETUNREACH', 'ENETRESET', 'ECONNABORTED',
-        'ECONNRESET', 'ENOBUFS', 'ETOOMANYREFS', 'ECONNREFUSED',
-        'EHOSTDOWN', 'EHOSTUNREACH', 'EPROCLIM', 'EUSERS', 'EDQUOT',
-        'ESTALE', 'ENOLCK')
-    if hasattr(errno, name))
 
 # Python ignores these at start-up; a C child would see the defaults.
 DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
@@ -42,11 +33,6 @@ DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 class ChildCrashed(Exception):
     """The child was killed by a signal: qmail's wait_crashed."""
-
-
-def is_temporary(err: OSError) -> bool:
-    """qmail's error_temp: a temporary failure, worth retrying."""
-    return err.errno in TEMPORARY_ERRNOS
 
 
 def errstr(err: OSError) -> bytes:

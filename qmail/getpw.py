@@ -22,12 +22,12 @@ user takes the address, with no checks, dash '-' and ext all of local.
 ext keeps local's case; only the user name is lowercased.
 """
 
-import errno
 import os
 import pwd
 import sys
 
 from qmail.lib import auto
+from qmail.lib.error import is_temporary
 from qmail.lib.qlx import Qlx, QLX_NFS, QLX_NOALIAS, QLX_SYS
 from qmail.lib.users import Nughde, format_nughde
 
@@ -36,17 +36,7 @@ BREAK = getattr(auto, 'BREAK', '-').encode()
 # qmail-getpw's username buffer: names must be shorter than this.
 GETPW_USERLEN = 32
 
-# qmail's error_temp(): errnos meaning "try again later".
-TEMP_ERRNOS = frozenset(getattr(errno, name) for name in (
-    'EINTR', 'ENOMEM', 'ETXTBSY', 'EIO', 'ETIMEDOUT', 'EWOULDBLOCK',
-    'EAGAIN', 'EDEADLK', 'EBUSY', 'ENFILE', 'EMFILE', 'EFBIG', 'ENOSPC',
-    'ENETDOWN', 'ENETUNREACH', 'ENETRESET', 'ECONNABORTED', 'ECONNRESET',
-    'ENOBUFS', 'ETOOMANYREFS', 'ECONNREFUSED', 'EHOSTDOWN', 'EHOSTUNREACH',
-    'EPROCLIM', 'EUSERS', 'EDQUOT', 'ESTALE', 'ENOLCK') if hasattr(errno, name))
-
-
-def error_temp(err: OSError) -> bool:
-    return err.errno in TEMP_ERRNOS
+error_temp = is_temporary      # qmail's name for it
 
 
 def _b(s) -> bytes:

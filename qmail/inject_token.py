@@ -25,6 +25,8 @@ See:      qmail-header(5), addresses(5), qmail-inject(8).
 
 import re
 
+from qmail.lib.quote import quote, quote2, quote_need  # noqa: F401  (inject's names)
+
 # Token kinds, token822's numbering.
 ATOM = 1
 QUOTE = 2
@@ -234,37 +236,7 @@ def unquote(tokens) -> bytes:
 
 # ---------------------------------------------------------------- quoting
 
-# Bytes a box may hold unquoted (quote.c's table): printable ASCII except
-# space and "(),:;<>@[\].
-_QUOTE_OK = frozenset(
-    c for c in range(33, 127) if c not in b'"(),:;<>@[\\]')
-
-
-def quote_need(box: bytes) -> bool:
-    """Whether a box must be quoted in a header or an SMTP command."""
-    if not box:
-        return True
-    for c in box:
-        if c not in _QUOTE_OK:
-            return True
-    return box.startswith(b'.') or box.endswith(b'.') or b'..' in box
-
-
-def quote(box: bytes) -> bytes:
-    if not quote_need(box):
-        return box
-    return b'"' + re.sub(rb'([\r\n"\\])', rb'\\\1', box) + b'"'
-
-
-def quote2(address: bytes) -> bytes:
-    """An envelope address in RFC 822 form: the box (before the last @)
-    quoted if it needs to be, the domain as it is."""
-    if not address:
-        return address
-    at = address.rfind(b'@')
-    if at < 0:
-        return quote(address)
-    return quote(address[:at]) + address[at:]
+# quote_need, quote and quote2 are qmail.lib.quote's (imported above).
 
 
 # ---------------------------------------------------------------- address lists

@@ -35,6 +35,7 @@ import sys
 import time
 
 from qmail.lib import auto
+from qmail.lib.quote import quote2
 from qmail.lib.date822 import MONTHS
 from qmail.local_deliver import (
     Failure, PermFail, TempFail, check_loop, deliver_maildir, deliver_mbox,
@@ -91,36 +92,6 @@ def parse_args(argv):
     if len(args) != 8 or not args[1].startswith(b'/'):
         return None
     return flagdoit, args
-
-
-def quote_need(box: bytes) -> bool:
-    """Whether a local part must be quoted (RFC 821/822, as qmail sees it)."""
-    if not box:
-        return True
-    for ch in box:
-        if ch >= 128 or ch not in _ATOM:
-            return True
-    return box.startswith(b'.') or box.endswith(b'.') or b'..' in box
-
-
-_ATOM = frozenset(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
-                  b"0123456789!#$%&'*+-./=?^_`{|}~")
-
-
-def quote2(addr: bytes) -> bytes:
-    """An address with its local part (before the last @) quoted if need be."""
-    if not addr:
-        return addr
-    at = addr.rfind(b'@')
-    box, domain = (addr, b'') if at < 0 else (addr[:at], addr[at:])
-    if quote_need(box):
-        out = bytearray(b'"')
-        for ch in box:
-            if ch in b'\r\n"\\':
-                out += b'\\'
-            out.append(ch)
-        box = bytes(out + b'"')
-    return box + domain
 
 
 def make_dtline(local: bytes, host: bytes) -> bytes:

@@ -22,6 +22,7 @@ import time
 import _signal    # not `signal`: its enum import costs start-up time
 
 from qmail.lib import auto, durable
+from qmail.lib.error import is_temporary  # noqa: F401  (used here and by newrcpt)
 from qmail.lib.qqtalk import QueueClient
 
 BUFSIZE = 65536
@@ -107,16 +108,6 @@ _ERROR_STR = {
     errno.ENOSYS: 'system call not available',
 }
 
-# qmail's error_temp: the errors worth retrying.
-_TEMPORARY = frozenset((
-    errno.EINTR, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ETIMEDOUT,
-    errno.EAGAIN, errno.EDEADLK, errno.EBUSY, errno.ENFILE, errno.EMFILE,
-    errno.EFBIG, errno.ENOSPC, errno.ENETDOWN, errno.ENETUNREACH,
-    errno.ENETRESET, errno.ECONNABORTED, errno.ECONNRESET, errno.ENOBUFS,
-    errno.ETOOMANYREFS, errno.ECONNREFUSED, errno.EHOSTDOWN,
-    errno.EHOSTUNREACH, errno.EUSERS, errno.EDQUOT, errno.ESTALE,
-    errno.ENOLCK,
-))
 
 
 def error_str(err) -> bytes:
@@ -126,12 +117,6 @@ def error_str(err) -> bytes:
     if text is None:
         text = os.strerror(code).lower() if code else 'unknown error'
     return text.encode()
-
-
-def is_temporary(err) -> bool:
-    """Whether an OSError (or an errno) is worth retrying (error_temp)."""
-    code = err if isinstance(err, int) else err.errno
-    return code in _TEMPORARY
 
 
 # ---- pure parts ----------------------------------------------------------

@@ -52,6 +52,7 @@ import sys
 import time
 
 from qmail.lib import auto, control, tcpto
+from qmail.lib.quote import quote
 from qmail.lib import dns as qdns
 from qmail import remote_ipme, remote_smtp
 
@@ -150,25 +151,13 @@ def parse_relay(value: bytes):
     return relay, port
 
 
-def quote_need(box: bytes) -> bool:
-    """qmail's quote_need: must this local part be quoted?"""
-    if not box:
-        return True
-    for ch in box:
-        if ch >= 127 or ch < 33 or ch in b'"(),:;<>@[\\]':
-            return True
-    return box.startswith(b'.') or box.endswith(b'.') or b'..' in box
-
-
 def addrmangle(addr: bytes) -> bytes:
     """The address for MAIL FROM or RCPT TO: the box quoted if need be."""
     j = addr.rfind(b'@')
     if j == -1:
         return addr
     box = addr[:j]
-    if quote_need(box):
-        box = b'"' + (box.replace(b'\\', b'\\\\').replace(b'"', b'\\"')) + b'"'
-    return box + addr[j:]
+    return quote(box) + addr[j:]
 
 
 def has_break(addr: bytes) -> bool:

@@ -4,6 +4,8 @@ Routing (rewrite), the VERP sender (senderadd), the retry schedule
 (nextretry), and the text of bounces (bounce_entry, bounce_message).
 """
 
+from qmail.lib.quote import quote, quote2
+
 CHANNELS = 2                  # 0 local, 1 remote
 CHANSKIP = (10, 20)           # per-channel retry skip: local retries sooner
 
@@ -132,35 +134,6 @@ def bounce_entry(recip: bytes, report: bytes) -> bytes:
     return bytes(text) + b'\n'
 
 
-def quote_local(local: bytes) -> bytes:
-    """qmail's quote(): quote a local part that needs it for RFC 822."""
-    if not local:
-        return b'""'
-    special = b'()<>@,;:\\".[] \t\r\n'
-    needs = (local.startswith(b'.') or local.endswith(b'.') or b'..' in local
-             or any(c in special and c != 0x2e for c in local)
-             or any(c < 32 or c > 126 for c in local))
-    if not needs:
-        return local
-    out = bytearray(b'"')
-    for c in local:
-        if c in b'"\\\r\n':
-            out += b'\\'
-        out.append(c)
-    out += b'"'
-    return bytes(out)
-
-
-def quote_addr(addr: bytes) -> bytes:
-    """qmail's quote2(): an address with its local part quoted as needed."""
-    if not addr:
-        return addr
-    at = addr.rfind(b'@')
-    if at == -1:
-        return quote_local(addr)
-    return quote_local(addr[:at]) + addr[at:]
-
-
 def bounce_envelope(sender: bytes, doublebounceto: bytes):
     """(bounce sender, bounce recipient), or None for a triple bounce.
     A bounce of a bounce (sender empty) goes to doublebounceto with the
@@ -178,8 +151,8 @@ def bounce_head(date: bytes, bouncefrom: bytes, bouncehost: bytes,
                 recip: bytes, single: bool) -> bytes:
     """The top of a bounce message, up to the failure paragraphs."""
     text = (b'Date: ' + date + b'\n'
-            b'From: ' + quote_local(bouncefrom) + b'@' + bouncehost + b'\n'
-            b'To: ' + quote_addr(recip) + b'\n'
+            b'From: ' + quote(bouncefrom) + b'@' + bouncehost + b'\n'
+            b'To: ' + quote2(recip) + b'\n'
             b'Subject: failure notice\n'
             b'\n'
             b'Hi. This is the qmail-send program at ' + bouncehost + b'.\n')
@@ -197,4 +170,4 @@ def bounce_separator(sender: bytes, single: bool) -> bytes:
         line = b'--- Below this line is a copy of the message.\n\n'
     else:
         line = b'--- Below this line is the original bounce.\n\n'
-    return line + b'Return-Path: <' + quote_addr(sender) + b'>\n'
+    return line + b'Return-Path: <' + quote2(sender) + b'>\n'
