@@ -119,9 +119,9 @@ import time
 import select
 
 import _signal    # not `signal`: its enum import costs start-up time
-import _socket    # not `socket`, for the same reason: inet_pton only
 
 from qmail.lib import auto, control
+from qmail.lib.control import scan_ulong
 from qmail.lib.cdb import Cdb, CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.qqtalk import QueueClient
@@ -255,14 +255,6 @@ def peer_env(environ) -> Peer:
 
 def _default(value, default):
     return default if value is None else value
-
-
-def scan_ulong(s: bytes) -> int:
-    """qmail's scan_ulong: the leading digits, 0 if none."""
-    n = 0
-    while n < len(s) and 48 <= s[n] <= 57:
-        n += 1
-    return int(s[:n]) if n else 0
 
 
 # -- the Received line ------------------------------------------------------

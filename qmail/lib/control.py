@@ -50,6 +50,14 @@ def parse_lines(data: bytes) -> list:
     return out
 
 
+def scan_ulong(s: bytes) -> int:
+    """qmail's scan_ulong: the value of the leading digits, 0 if none."""
+    n = 0
+    while n < len(s) and 48 <= s[n] <= 57:
+        n += 1
+    return int(s[:n]) if n else 0
+
+
 def parse_int(data: bytes):
     """qmail's scan_ulong on the first line: leading digits, or None."""
     line = parse_line(data)

@@ -28,6 +28,7 @@ import os
 from typing import NamedTuple
 
 from qmail.lib import cdb
+from qmail.lib.control import scan_ulong  # noqa: F401  (pw2u takes it from here)
 from qmail.lib.qlx import Qlx, QLX_CDB, QLX_USAGE
 
 
@@ -38,16 +39,6 @@ class Nughde(NamedTuple):
     home: bytes
     dash: bytes
     ext: bytes
-
-
-def scan_ulong(s: bytes) -> int:
-    """qmail's scan_ulong: the value of the leading digits, 0 if none."""
-    n = 0
-    for c in s:
-        if not 48 <= c <= 57:
-            break
-        n = n * 10 + c - 48
-    return n
 
 
 def parse_nughde(record: bytes) -> Nughde:
