@@ -1,25 +1,33 @@
-"""qmail-listen: accept TCP connections and fork a server for each, with
-the server's code already loaded.
+"""qmail-listen: serve TCP connections with the server's code already
+loaded: tcpserver without an interpreter start per connection.
 
 Usage:    qmail-listen [-c limit] [-x rules.cdb] [-X] [-u uid] [-g gid]
           [-l localname] [-b backlog] [-vqQ] host port program [arg ...]
 Runs as:  root to bind the port, then the -u/-g user (qmaild for SMTP)
           before the first connection is accepted.
-Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd and
-          qmail-qmqpd, minus the interpreter start: for each connection
-          it forks a child that consults the rules (-x: the cdb written by
-          tcprules(1), read at every connection, so edits apply at once),
-          drops or sets the environment of tcp-environ(5) (PROTO,
+Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
+          qmail-qmqpd and qmail-popup, minus the interpreter start.  Their
+          code is loaded here and run by pre-forked workers (the -u user),
+          each serving up to MAX_USE connections one after another, with
+          SPARE of them kept idle (qmail.lib.prefork); any other program
+          gets a forked child per connection that execs it.  For each
+          connection the worker or child consults the rules (-x: the cdb
+          written by tcprules(1), read at every connection, so edits apply
+          at once), drops or sets the environment of tcp-environ(5) (PROTO,
           TCPLOCALIP, TCPLOCALPORT, TCPLOCALHOST, TCPREMOTEIP,
           TCPREMOTEPORT, plus the rule's variables such as RELAYCLIENT),
           puts the socket on fds 0 and 1 and calls the program's main().
+          A worker then restores its environment, signals and fds 0 and 1,
+          so nothing of one connection (RELAYCLIENT least of all) reaches
+          the next; one that finds a descriptor left open retires.
           A program this listener does not know (rblsmtpd, for one) is
           exec'd as tcpserver would.  At most -c connections (default 40)
           are served at once; beyond that, connections wait in the
           kernel's backlog.  host 0 is every IPv4 address, :: every
           IPv6 and IPv4 address; IPv4-mapped peers are shown as IPv4.
-Writes:   with -v (default), tcpserver's log lines on fd 2: status, pid
-          ... from, ok, deny, end; -q only errors, -Q nothing.
+Writes:   with -v (default), tcpserver's log lines on fd 2: status
+          (busy workers / limit), pid ... from, ok, deny, end; -q only
+          errors, -Q nothing.  A pid repeats: a worker serves many.
 Exits:    111 when it cannot start (bad usage 100); runs until TERM.
 Differs:  no DNS or ident lookups (tcpserver -H -R): TCPREMOTEHOST and
           TCPREMOTEINFO stay unset; TCPLOCALHOST is -l, else control/me.
@@ -33,7 +41,7 @@ import signal
 import socket
 import sys
 
-from qmail.lib import auto, control, tcprules
+from qmail.lib import auto, control, prefork, tcprules
 
 # The programs whose code this listener loads and runs in-process.
 BUILTIN = {
@@ -44,6 +52,8 @@ BUILTIN = {
 }
 DEFAULT_LIMIT = 40           # tcpserver's default -c
 DEFAULT_BACKLOG = 20         # tcpserver's default -b
+SPARE = 4                    # idle workers kept ready for a built-in program
+MAX_USE = 100                # connections a worker serves before it retires
 TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
            'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO')
 
@@ -144,6 +154,7 @@ class Listener:
         self.children = set()
         self.flagexit = False
         self.module = None
+        self.pool = None
         name = builtin_module(o.program[0])
         if name:
             self.module = __import__('qmail.' + name, fromlist=['main'])
@@ -166,6 +177,7 @@ class Listener:
                 self.status()
 
     def serve(self, wakeup_r: int):
+        """The program is exec'd: a fork per connection, as tcpserver."""
         import gc
         import select
         gc.freeze()         # children share the loaded code's pages
@@ -206,6 +218,99 @@ class Listener:
             self.status()
         return 0
 
+    def serve_pool(self):
+        """The program is built in: pre-forked workers, each serving up
+        to MAX_USE connections in turn (qmail.lib.prefork)."""
+        self.pool = prefork.Pool(
+            self.sock, self.handle, self.o.limit, spare=SPARE, max_use=MAX_USE,
+            child_init=self.worker_init,
+            status=lambda busy, limit: self.log(1, 'status: %d/%d' % (busy, limit)),
+            log=self.log)
+        self.pool.serve()
+        return 0
+
+    def worker_init(self):
+        self.base_env = {k: v for k, v in os.environ.items() if k not in TCP_ENV}
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.baseline_fds = prefork.open_fds()
+
+    def handle(self, conn, remote) -> bool:
+        """One connection in a pool worker; False retires the worker."""
+        pid = os.getpid()
+        self.log(1, 'pid %d from %s' % (pid, unmap(remote[0])))
+        keep = True
+        code = 111
+        try:
+            code = self.connection(conn, remote)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 111
+            keep = False
+        except BaseException as e:
+            self.log(0, 'warning: %s in child' % type(e).__name__)
+            keep = False
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+            os.dup2(self.devnull, 0)        # the peer sees the close
+            os.dup2(self.devnull, 1)
+            try:
+                conn.close()
+            except OSError:
+                pass
+            os.environ.clear()
+            os.environ.update(self.base_env)
+        self.log(1, 'end %d status %s' % (pid, code if isinstance(code, int) else 111))
+        if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
+            import gc
+            gc.collect()                    # a forgotten file object's close
+            if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
+                self.log(0, 'warning: worker %d retired: descriptor left open (%s)'
+                         % (pid, prefork.describe_fds()))
+                keep = False
+        return keep
+
+    def connection(self, conn, remote):
+        """Rules, environment, fds 0 and 1, then the program: its exit
+        code.  In a fork-per-connection child, or in a pool worker."""
+        local = conn.getsockname()
+        ip = unmap(remote[0])
+        rule_env = {}
+        if self.o.rules:
+            try:
+                allowed, rule_env, _ = tcprules.lookup(self.o.rules, ip)
+            except FileNotFoundError:
+                if not self.o.rules_optional:
+                    self.log(0, 'fatal: unable to read %s' % self.o.rules)
+                    return 111
+                allowed = True
+            except Exception as e:
+                self.log(0, 'fatal: unable to read %s: %s' % (self.o.rules, e))
+                return 111
+            if not allowed:
+                self.log(1, 'deny %d %s:%s:%d :%s::%d' % (
+                    os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+                return 100
+        env = connection_env(os.environ, local, remote, self.localname, rule_env)
+        self.log(1, 'ok %d %s:%s:%d :%s::%d' % (
+            os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+        os.dup2(conn.fileno(), 0)
+        os.dup2(conn.fileno(), 1)
+        conn.close()
+        os.environ.clear()
+        os.environ.update(env)
+        if self.module is None:
+            os.execvp(self.o.program[0], self.o.program)
+        code = self.module.main(self.o.program[1:])
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        return code
+
     def child(self, conn, remote):
         code = 111
         try:
@@ -215,41 +320,7 @@ class Listener:
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             self.sock.close()
-            local = conn.getsockname()
-            ip = unmap(remote[0])
-            rule_env = {}
-            if self.o.rules:
-                try:
-                    allowed, rule_env, _ = tcprules.lookup(self.o.rules, ip)
-                except FileNotFoundError:
-                    if not self.o.rules_optional:
-                        self.log(0, 'fatal: unable to read %s' % self.o.rules)
-                        os._exit(111)
-                    allowed = True
-                except Exception as e:
-                    self.log(0, 'fatal: unable to read %s: %s' % (self.o.rules, e))
-                    os._exit(111)
-                if not allowed:
-                    self.log(1, 'deny %d %s:%s:%d :%s::%d' % (
-                        os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
-                    os._exit(100)
-            env = connection_env(os.environ, local, remote, self.localname, rule_env)
-            self.log(1, 'ok %d %s:%s:%d :%s::%d' % (
-                os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
-            fd = conn.detach()
-            os.dup2(fd, 0)
-            os.dup2(fd, 1)
-            if fd > 1:
-                os.close(fd)
-            os.environ.clear()
-            os.environ.update(env)
-            if self.module is None:
-                os.execvp(self.o.program[0], self.o.program)
-            code = self.module.main(self.o.program[1:])
-            try:
-                sys.stdout.flush()
-            except Exception:
-                pass
+            code = self.connection(conn, remote)
         except BaseException as e:
             try:
                 self.log(0, 'warning: %s in child' % type(e).__name__)
@@ -261,6 +332,8 @@ class Listener:
     def on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.flagexit = True
+            if self.pool is not None:
+                self.pool.stop()
 
 
 def make_log(verbosity):
@@ -322,6 +395,8 @@ def main(argv=None) -> int:
         setproctitle('qmail-listen %s %s %s' % (o.host, o.port, ' '.join(o.program)))
     except ImportError:
         pass
+    if listener.module is not None:
+        return listener.serve_pool()
     return listener.serve(r)
 
 

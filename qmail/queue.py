@@ -135,7 +135,18 @@ class Writer:
             try:
                 durable.unlink(fn)
             except OSError:
-                return
+                break
+        self.close()
+
+    def close(self):
+        """Let go of the files (qmail-queued's writers live on)."""
+        for fd in (self.messfd, self.intdfd):
+            if fd != -1:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.messfd = self.intdfd = -1
 
     def pidopen(self, pid: int, starttime: int) -> str:
         for seq in range(1, PIDTRIES + 1):
@@ -238,8 +249,7 @@ class Writer:
             except OSError:
                 pass
             raise QueueExit(53) from None
-        for fd in (self.messfd, self.intdfd):
-            os.close(fd)
+        self.close()
         triggerpull()
         return 0
 

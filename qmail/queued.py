@@ -7,9 +7,13 @@ Reads:    connections on the socket HOME/run/qmail-queue.sock (mode 0666:
           client sends one byte with two descriptors attached (SCM_RIGHTS):
           the read ends of its message and envelope, exactly what it
           would give qmail-queue on fds 0 and 1.
-Writes:   per connection, a forked writer runs qmail-queue's own code,
+Writes:   per connection, a writer runs qmail-queue's own code,
           qmail.queue.inject(), and answers on the connection: its pid
           as "<pid>\\n" at once, then one byte, qmail-queue's exit code.
+          Writers are pre-forked workers (qmail.lib.prefork), SPARE kept
+          idle, each serving up to MAX_USE injections one after another,
+          at most MAX_WRITERS at once; so the qp of qmail-send's log
+          repeats within a writer's life, as it would across pid reuse.
 Trusts:   nothing the client says: the uid recorded in the envelope and
           the Received line is the one the kernel reports for the
           connection (SO_PEERCRED), as the setuid launcher records the
@@ -30,11 +34,13 @@ import socket
 import sys
 import time
 
-from qmail.lib import auto
+from qmail.lib import auto, prefork
 from qmail import queue
 
 SOCKET = 'run/qmail-queue.sock'      # under HOME
 MAX_WRITERS = 100                     # concurrent injections; more wait
+SPARE = 4                             # idle writers kept ready
+MAX_USE = 100                         # injections a writer serves, then retires
 
 
 def socket_path(home: str) -> str:
@@ -66,85 +72,60 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-def writer(conn: socket.socket, listener: socket.socket, uids: dict) -> int:
-    """In the forked child: one injection, answered on conn."""
-    import gc
-    gc.disable()
-    listener.close()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def writer(conn: socket.socket, uids: dict) -> int:
+    """One injection, answered on conn; in a pool worker."""
     signal.signal(signal.SIGALRM, queue.die_timeout)
     signal.alarm(queue.DEATH)
-    uid = peer_uid(conn)
-    fds = recv_fds(conn)
-    if fds is None:
-        return 54
-    conn.sendall(b'%d\n' % os.getpid())
-    code = queue.inject(fds[0], fds[1], uid, os.getpid(), time.time(), uids, auto.SPLIT)
     try:
-        conn.sendall(bytes((code,)))
-    except OSError:
-        pass
-    return code
+        uid = peer_uid(conn)
+        fds = recv_fds(conn)
+        if fds is None:
+            return 54
+        try:
+            conn.sendall(b'%d\n' % os.getpid())
+            code = queue.inject(fds[0], fds[1], uid, os.getpid(), time.time(),
+                                uids, auto.SPLIT)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            conn.sendall(bytes((code,)))
+        except OSError:
+            pass
+        return code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def make_handler(uids: dict):
+    baseline = []
+
+    def handle(conn: socket.socket, addr) -> bool:
+        """False retires the worker: after an internal error, or when a
+        descriptor was left open."""
+        if not baseline:
+            baseline.append(prefork.open_fds() - 1)     # less conn
+        try:
+            code = writer(conn, uids)
+        except OSError:
+            code = 54           # the client went away
+        except BaseException:
+            code = 81
+        finally:
+            conn.close()
+        return code != 81 and prefork.open_fds() == baseline[0]
+    return handle
 
 
 def serve(listener: socket.socket, uids: dict):
-    children = set()
-    flagexit = []
-
-    def on_term(signum, frame):
-        flagexit.append(signum)
-        listener.close()
-
-    def reap(signum=None, frame=None):
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            children.discard(pid)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGCHLD, reap)
-    import gc
-    import select
-    gc.freeze()             # writers share the loaded code's pages
-    watch_parent = watch_fd0()
-    while not flagexit:
-        if len(children) >= MAX_WRITERS:
-            signal.sigtimedwait([signal.SIGCHLD], 1)
-            reap()
-            continue
-        poller = select.poll()
-        poller.register(listener.fileno(), select.POLLIN)
-        if watch_parent:
-            poller.register(0, select.POLLIN)
-        try:
-            ready = dict(poller.poll())
-        except (InterruptedError, ValueError):
-            continue
-        if watch_parent and ready.get(0):
-            break                       # qmail-send is gone
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            if flagexit:
-                break
-            time.sleep(0.1)
-            continue
-        pid = os.fork()
-        if pid == 0:
-            code = 81
-            try:
-                code = writer(conn, listener, uids)
-            except BaseException:
-                code = 81
-            finally:
-                os._exit(code)
-        children.add(pid)
-        conn.close()
+    pool = prefork.Pool(listener, make_handler(uids), MAX_WRITERS, spare=SPARE,
+                        max_use=MAX_USE)
+    signal.signal(signal.SIGTERM, lambda s, f: pool.stop())
+    watch = {}
+    if watch_fd0():
+        watch[0] = lambda: True         # readable: qmail-send is gone
+    pool.serve(watch)
     return 0
 
 

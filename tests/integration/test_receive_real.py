@@ -424,3 +424,107 @@ def test_unknown_local_recipients_refused_at_rcpt_time():
     finally:
         servers.stop()
         remove_home(home)
+
+
+def test_listen_worker_reuse_keeps_connections_apart(site):
+    """With -c 1 one pre-forked worker serves every connection in turn
+    (the log shows one pid).  What the rules gave one client stays with
+    it: RELAYCLIENT for 127.0.0.2 never reaches 127.0.0.1 after it, nor
+    TCPREMOTEIP; a client that vanishes mid-DATA or mid-command leaves the
+    worker fit for the next.  A worker killed mid-session is replaced."""
+    home = site['home']
+    p = free_port()
+    pw = pwd.getpwnam('qmaild')
+    err = os.path.join(os.path.dirname(home), 'listen-reuse.log')
+    with open(err, 'wb') as errf:
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-c', '1',
+                                 '-x', site['servers'].cdb,
+                                 '-u', str(pw.pw_uid), '-g', str(pw.pw_gid), '0', str(p),
+                                 os.path.join(home, 'bin', 'qmail-smtpd')],
+                                env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                                stderr=errf)
+    try:
+        wait_port(p)
+        relay = [b'HELO x', b'MAIL FROM:<a@example.com>', b'RCPT TO:<far@elsewhere.example>',
+                 b'QUIT']
+        for _ in range(3):
+            assert codes(talk(p, relay, source='127.0.0.2')) == [b'220', b'250', b'250', b'250', b'221']
+            assert codes(talk(p, relay, source='127.0.0.1')) == [b'220', b'250', b'250', b'553', b'221']
+        # a client gone mid-DATA, another mid-line
+        s = socket.create_connection(('127.0.0.1', p), timeout=10, source_address=('127.0.0.2', 0))
+        s.sendall(b'HELO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<qmtrecv@%s>\r\nDATA\r\n'
+                  b'Subject: half\r\n' % DOMAIN.encode())
+        time.sleep(0.3)
+        s.close()
+        s = socket.create_connection(('127.0.0.1', p), timeout=10)
+        s.sendall(b'HELO half-a-comm')
+        s.close()
+        assert codes(talk(p, relay, source='127.0.0.1')) == [b'220', b'250', b'250', b'553', b'221']
+        with smtplib.SMTP('127.0.0.1', p, timeout=TIMEOUT) as c:     # a whole message
+            c.sendmail('a@example.com', ['qmtrecv@' + DOMAIN], b'Subject: reuse\r\n\r\nx\r\n')
+        log = open(err).read()
+        assert 'warning' not in log, log
+        pids = set(re.findall(r'^qmail-listen: pid (\d+) from ', log, re.M))
+        assert len(pids) == 1, log
+        assert 'status: 1/1' in log and 'status: 0/1' in log, log
+        # kill the worker in a session: a new one takes the next client
+        s = socket.create_connection(('127.0.0.1', p), timeout=10)
+        assert s.recv(100).startswith(b'220')
+        os.kill(int(pids.pop()), 9)
+        s.close()
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                got = codes(talk(p, relay, source='127.0.0.2'))
+                if got:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, 'no worker after a kill'
+            time.sleep(0.1)
+        assert got == [b'220', b'250', b'250', b'250', b'221']
+        log = open(err).read()
+        assert len(set(re.findall(r'^qmail-listen: pid (\d+) from ', log, re.M))) == 2, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+
+
+def test_listen_killed_mid_session_frees_the_port(site):
+    """kill -9 of qmail-listen while a worker holds a session: the worker
+    lets go of the port at once (a restarted qmail-listen binds it, as
+    supervise would start it) and finishes its session; idle workers go."""
+    home = site['home']
+    p = free_port()
+    pw = pwd.getpwnam('qmaild')
+    argv = [os.path.join(home, 'bin', 'qmail-listen'), '-u', str(pw.pw_uid),
+            '-g', str(pw.pw_gid), '0', str(p), os.path.join(home, 'bin', 'qmail-smtpd')]
+    first = subprocess.Popen(argv, env={'PATH': '/usr/bin:/bin'},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    try:
+        wait_port(p)
+        s = socket.create_connection(('127.0.0.1', p), timeout=10)
+        assert s.recv(100).startswith(b'220')
+        first.kill()
+        first.wait(timeout=TIMEOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            second = subprocess.Popen(argv, env={'PATH': '/usr/bin:/bin'},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            if second.poll() is None:
+                break
+            assert time.monotonic() < deadline, 'the port stayed taken'
+        with smtplib.SMTP('127.0.0.1', p, timeout=TIMEOUT) as c:
+            assert c.noop()[0] == 250
+        s.sendall(b'NOOP\r\n')                  # the old session goes on
+        assert s.recv(100).startswith(b'250')
+        s.sendall(b'QUIT\r\n')
+        assert s.recv(100).startswith(b'221')
+        s.close()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=TIMEOUT)

@@ -1,0 +1,284 @@
+"""A pool of pre-forked workers taking turns on one listening socket.
+
+Used by qmail-listen (SMTP, QMTP, QMQP, POP3 sessions, as qmaild or the
+-u user) and qmail-queued (qmail-queue writers, as qmailq).  A fork of a
+loaded Python process is cheap, but the copies its first minutes of work
+make of the parent's pages are not (make bench: 1 to 2 ms of CPU per
+fork); a worker that serves many connections pays that once.  This is
+Postfix's process reuse and Apache's prefork, kept within qmail's trust
+partition: every worker is a child of one server running as one user,
+and serves only that server's kind of connection.
+
+The parent never accepts.  It forks workers, keeps at least `spare` of
+them idle (never more than `limit` in all), reaps them, and learns their
+state from a pipe every worker writes to: a 5-byte record, the pid and
+B (took a connection) or I (idle again).  Writes of a few bytes to a pipe
+are atomic, so records never interleave.
+
+A worker polls the socket and a second pipe whose write end only the
+parent holds: end of file there means the parent is stopping (or gone),
+and an idle worker exits.  A busy one learns of its parent's death by a
+signal (PR_SET_PDEATHSIG) and closes its copy of the listening socket at
+once, so that a restarted server can bind the port while the old
+connection goes on; it exits when that connection ends.  A worker also exits after `max_use`
+connections, after `idle_exit` seconds without one, or when its handler
+raises; the parent replaces it.  So a long-lived process never
+accumulates what one connection left behind for long.
+
+The handler, handle(conn, addr), runs in the worker and must leave the
+process as it found it (descriptors, signals, environment, alarm): the
+servers built on this check their own state after each connection and
+retire a worker that did not.
+"""
+
+import ctypes
+import errno
+import gc
+import os
+import select
+import signal
+import struct
+import time
+
+RECORD = struct.Struct('<iB')      # pid, state
+PR_SET_PDEATHSIG = 1
+ORPHAN_SIGNAL = signal.SIGUSR2
+BUSY, IDLE = ord('B'), ord('I')
+
+
+class Pool:
+    """pool = Pool(sock, handle, limit); pool.serve(watch) -> None.
+
+    child_init() runs once in each new worker, before its first
+    connection.  status(busy, total) is called in the parent whenever the
+    number of busy workers changes.  watch: extra descriptors for the
+    parent's poll; watch[fd]() is called when one is readable and returns
+    True to stop the pool."""
+
+    def __init__(self, sock, handle, limit, spare=4, max_use=100, idle_exit=60.0,
+                 child_init=None, status=None, log=None):
+        self.sock = sock
+        self.handle = handle
+        self.limit = max(1, limit)
+        self.spare = max(1, min(spare, self.limit))
+        self.max_use = max_use
+        self.idle_exit = idle_exit
+        self.child_init = child_init
+        self.status = status
+        self.log = log
+        self.workers = {}        # pid -> BUSY or IDLE
+        self.stopping = False
+        self.status_r = self.status_w = None
+        self.death_r = self.death_w = None
+        self.wakeup_r = None
+        self.buf = b''
+        self.last_busy = -1
+
+    # -- parent ----------------------------------------------------------
+
+    def busy(self) -> int:
+        return sum(1 for s in self.workers.values() if s == BUSY)
+
+    def stop(self):
+        """Idle workers exit now, busy ones after their connection."""
+        self.stopping = True
+        if self.death_w is not None:
+            os.close(self.death_w)
+            self.death_w = None
+
+    def serve(self, watch=None):
+        watch = dict(watch or {})
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
+        self.death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.status_r, False)
+        self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        old_chld = signal.signal(signal.SIGCHLD, lambda s, f: None)
+        self.sock.setblocking(False)
+        gc.freeze()         # workers share the loaded code's pages
+        self.parent = os.getpid()
+        try:
+            while not self.stopping:
+                self.reap()
+                self.grow()
+                self.report()
+                poller = select.poll()
+                poller.register(self.wakeup_r, select.POLLIN)
+                poller.register(self.status_r, select.POLLIN)
+                for fd in watch:
+                    poller.register(fd, select.POLLIN)
+                try:
+                    ready = poller.poll()
+                except InterruptedError:
+                    continue
+                for fd, _ in ready:
+                    if fd == self.wakeup_r:
+                        try:
+                            os.read(self.wakeup_r, 512)
+                        except OSError:
+                            pass
+                    elif fd == self.status_r:
+                        self.read_status()
+                    elif fd in watch and watch[fd]():
+                        self.stop()
+        finally:
+            self.stop()
+            signal.set_wakeup_fd(old_wakeup)
+            signal.signal(signal.SIGCHLD, old_chld)
+            for fd in (self.status_r, self.status_w, self.wakeup_r, wakeup_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def grow(self):
+        while (not self.stopping and len(self.workers) < self.limit
+               and len(self.workers) - self.busy() < self.spare):
+            try:
+                pid = os.fork()
+            except OSError as e:
+                if self.log:
+                    self.log(0, 'warning: unable to fork: %s' % e.strerror)
+                time.sleep(1)
+                return
+            if pid == 0:
+                self.worker()           # never returns
+            self.workers[pid] = IDLE
+
+    def reap(self):
+        while True:
+            try:
+                pid, wstat = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.workers.pop(pid, None) is not None and os.WIFSIGNALED(wstat) and self.log:
+                self.log(1, 'end %d signal %d' % (pid, os.WTERMSIG(wstat)))
+
+    def read_status(self):
+        try:
+            data = os.read(self.status_r, RECORD.size * 800)
+        except (BlockingIOError, InterruptedError):
+            return
+        self.buf += data
+        whole = len(self.buf) - len(self.buf) % RECORD.size
+        for pid, state in RECORD.iter_unpack(self.buf[:whole]):
+            if pid in self.workers and state in (BUSY, IDLE):
+                self.workers[pid] = state
+        self.buf = self.buf[whole:]
+
+    def report(self):
+        busy = self.busy()
+        if busy != self.last_busy:
+            self.last_busy = busy
+            if self.status:
+                self.status(busy, self.limit)
+
+    # -- worker ----------------------------------------------------------
+
+    def tell(self, state):
+        try:
+            os.write(self.status_w, RECORD.pack(os.getpid(), state))
+        except OSError:
+            pass
+
+    def worker(self):
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self.status_r)
+            os.close(self.wakeup_r)
+            os.close(self.death_w)
+            self.orphan = False
+            signal.signal(ORPHAN_SIGNAL, self.on_orphan)
+            parent_death_signal(ORPHAN_SIGNAL)
+            if os.getppid() != self.parent:
+                return                  # the parent died before that
+            if self.child_init:
+                self.child_init()
+            code = self.work()
+        except BaseException:
+            code = 111
+        finally:
+            os._exit(code)
+
+    def on_orphan(self, signum, frame):
+        """The parent is gone: let go of the port now (a restarted server
+        binds it), finish the connection in hand, then exit."""
+        self.orphan = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def work(self) -> int:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.death_r, select.POLLIN)
+        uses = 0
+        idle_since = time.monotonic()
+        while uses < self.max_use and not self.orphan:
+            try:
+                ready = dict(poller.poll(1000))
+            except InterruptedError:
+                continue
+            if self.death_r in ready:
+                return 0
+            if not ready:
+                if time.monotonic() - idle_since > self.idle_exit:
+                    return 0
+                continue
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue                # another worker took it
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self.log:
+                        self.log(0, 'warning: unable to accept: %s' % e.strerror)
+                    return 111
+                continue
+            self.tell(BUSY)
+            uses += 1
+            conn.setblocking(True)
+            if not self.handle(conn, addr):
+                return 0                # the handler wants this worker gone
+            self.tell(IDLE)
+            idle_since = time.monotonic()
+        return 0
+
+
+def parent_death_signal(signum: int):
+    """prctl(PR_SET_PDEATHSIG): signum when the parent dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def open_fds() -> int:
+    """How many descriptors this process has open (to spot a leak)."""
+    try:
+        return len(os.listdir('/proc/self/fd')) - 1     # less listdir's own
+    except OSError:
+        return -1
+
+
+def describe_fds(skip=(0, 1, 2)) -> str:
+    """The open descriptors above skip and what they are, for a log line."""
+    out = []
+    try:
+        for name in sorted(os.listdir('/proc/self/fd'), key=int):
+            fd = int(name)
+            if fd in skip:
+                continue
+            try:
+                out.append('%d=%s' % (fd, os.readlink('/proc/self/fd/' + name)))
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return ' '.join(out)

@@ -1,0 +1,133 @@
+"""qmail.lib.prefork: workers take turns on one socket, retire after
+max_use connections or when the handler says so, are replaced when they
+die, never exceed the limit, and go when the pool stops."""
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from qmail.lib import prefork
+
+TIMEOUT = 20
+
+
+def start_pool(tmp_path, limit, spare, max_use, hold=0.0):
+    """A pool in a forked child: each connection gets 'pid\\n'.  A
+    connection sending 'x' retires its worker; 'k' kills it."""
+    path = str(tmp_path / 'sock')
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(50)
+    statuses = str(tmp_path / 'status')
+
+    def handle(conn, addr):
+        conn.sendall(b'%d\n' % os.getpid())
+        what = conn.recv(1)
+        time.sleep(hold)
+        conn.close()
+        if what == b'k':
+            os.kill(os.getpid(), signal.SIGKILL)
+        return what != b'x'
+
+    def status(busy, total):
+        with open(statuses, 'a') as f:
+            f.write('%d/%d\n' % (busy, total))
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            pool = prefork.Pool(s, handle, limit, spare=spare, max_use=max_use, status=status)
+            signal.signal(signal.SIGTERM, lambda *a: pool.stop())
+            pool.serve()
+            code = 0
+        finally:
+            os._exit(code)
+    s.close()
+    return pid, path, statuses
+
+
+def ask(path, what=b'.'):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(TIMEOUT)
+    c.connect(path)
+    pid = int(c.makefile('rb').readline())
+    c.sendall(what)
+    c.recv(1)
+    c.close()
+    return pid
+
+
+def stop(pid):
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail('pool did not stop')
+
+
+def workers_of(pid):
+    out = []
+    for p in os.listdir('/proc'):
+        if p.isdigit():
+            try:
+                with open('/proc/%s/stat' % p) as f:
+                    if int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                        out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
+def test_reuse_and_retirement(tmp_path):
+    pid, path, _ = start_pool(tmp_path, limit=1, spare=1, max_use=3)
+    try:
+        got = [ask(path) for _ in range(7)]
+        # one worker at a time, each serving 3 connections
+        assert got[0] == got[1] == got[2] != got[3] == got[4] == got[5] != got[6]
+        first = ask(path, b'x')           # the handler retires its worker
+        assert ask(path) != first
+        victim = ask(path, b'k')          # killed: replaced
+        assert ask(path) != victim
+    finally:
+        stop(pid)
+
+
+def test_spare_workers_and_limit(tmp_path):
+    pid, path, statuses = start_pool(tmp_path, limit=3, spare=2, max_use=100, hold=0.5)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(workers_of(pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert len(workers_of(pid)) == 2          # spare, no more
+        conns = []
+        for _ in range(5):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.settimeout(TIMEOUT)
+            c.connect(path)
+            conns.append(c)
+        time.sleep(1.0)
+        assert len(workers_of(pid)) == 3          # the limit
+        for c in conns:
+            assert int(c.makefile('rb').readline()) > 0
+            c.sendall(b'.')
+        for c in conns:
+            c.close()
+        assert '3/3' in open(statuses).read()
+        idle = workers_of(pid)
+    finally:
+        stop(pid)
+    # stopping ends the idle workers too
+    deadline = time.monotonic() + TIMEOUT
+    while any(os.path.exists('/proc/%d' % w) for w in idle) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in idle if os.path.exists('/proc/%d' % w)]
