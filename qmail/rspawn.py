@@ -72,7 +72,7 @@ def deliver(sender: bytes, recip: bytes, at: int) -> int:
     return remote.main(args)
 
 
-def start(fdmess, fdout, sender, recip, at):
+def start(fdmess, fdout, sender, recip, at, delnum=None):
     pid = os.fork()
     if pid == 0:
         code = 111

@@ -6,14 +6,17 @@ Reads:    fd 0, from qmail-send, one command per delivery: a slot number
 Writes:   fd 1: first one byte, the number of slots (SPAWN); then per
           finished delivery the slot byte, the report (K, Z or D and its
           text) and a NUL.
-Runs:     each delivery in a forked child of this process, so the code is
-          already loaded: no interpreter start per delivery.  The child
-          gets the message on fd 0 and a pipe on fds 1 and 2; whatever it
-          writes there, with its exit status, becomes the report.
+Runs:     each delivery through the program's start(): qmail-rspawn
+          forks a child of this process (the code already loaded: no
+          interpreter start), qmail-lspawn hands it to a delivery worker.
+          The delivery gets the message on fd 0 and a pipe on fds 1 and 2;
+          whatever it writes there, with its exit status, becomes the
+          report.
 Exits:    0 when qmail-send closes fd 0 and every delivery has finished.
 
 The parent holds the write end of each delivery's pipe until the child
-has been reaped, so end-of-file on the pipe means the status is known.
+has been reaped (or the worker has answered), so end-of-file on the pipe
+means the status is known.
 """
 
 import gc
@@ -85,9 +88,24 @@ def truncate(output: bytearray, limit: int):
         output += note
 
 
+class Done:
+    """start() finished the delivery at once (wstat as from waitpid)."""
+    __slots__ = ('wstat',)
+
+    def __init__(self, wstat: int):
+        self.wstat = wstat
+
+
 class Spawner:
-    """The loop.  start(fdmess, fdout, sender, recip, at) forks one
-    delivery and returns its pid; report(wstat, output) -> bytes."""
+    """The loop.  start(fdmess, fdout, sender, recip, at, delnum) runs one
+    delivery and returns the pid of the child it forked, or Done(wstat)
+    if it finished at once, or None if it handed the delivery to a
+    process that is not our child: then whoever has it calls
+    finish(delnum, wstat) later, from a watch callback or tick().
+    report(wstat, output) -> bytes.
+
+    watch: {fd: callback()} polled along with the rest; tick(), if set,
+    runs at least every `tick_seconds` and after each event."""
 
     def __init__(self, start, report, uid_queue, truncreport=0):
         self.start = start
@@ -99,6 +117,9 @@ class Spawner:
         self.flagwriting = True
         self.parser = CommandParser()
         self.byslot = {}
+        self.watch = {}
+        self.tick = None
+        self.tick_seconds = 10.0
 
     def put(self, data: bytes):
         if not self.flagwriting:
@@ -146,18 +167,35 @@ class Spawner:
             except OSError:
                 return self.err(delnum, b'Zqmail-spawn unable to create pipe. (#4.3.0)\n')
             os.set_inheritable(fdin, False)
+            os.set_blocking(fdin, False)
+            os.set_inheritable(fdout, False)
+            slot = Slot(None, fdin, fdout)
+            self.slots[delnum] = slot
             try:
-                pid = self.start(fdmess, fdout, sender, recip, at)
+                pid = self.start(fdmess, fdout, sender, recip, at, delnum)
             except OSError:
+                self.slots[delnum] = None
                 os.close(fdin)
                 os.close(fdout)
                 return self.err(delnum, b'Zqmail-spawn unable to fork. (#4.3.0)\n')
         finally:
             os.close(fdmess)
-        os.set_inheritable(fdout, False)
-        slot = Slot(pid, fdin, fdout)
-        self.slots[delnum] = slot
-        self.byslot[pid] = delnum
+        if isinstance(pid, Done):
+            self.finish(delnum, pid.wstat)
+        elif pid is not None:
+            slot.pid = pid
+            self.byslot[pid] = delnum
+
+    def finish(self, delnum: int, wstat: int):
+        """The delivery in slot delnum is over: once its pipe reaches end
+        of file, its report goes to qmail-send."""
+        slot = self.slots[delnum]
+        if slot is None or slot.wstat is not None:
+            return
+        slot.wstat = wstat
+        if slot.fdout != -1:
+            os.close(slot.fdout)
+            slot.fdout = -1
 
     def reap(self):
         while True:
@@ -170,11 +208,7 @@ class Spawner:
             delnum = self.byslot.pop(pid, None)
             if delnum is None:
                 continue
-            slot = self.slots[delnum]
-            slot.wstat = wstat
-            if slot.fdout != -1:
-                os.close(slot.fdout)
-                slot.fdout = -1
+            self.finish(delnum, wstat)
 
     def readslot(self, delnum):
         slot = self.slots[delnum]
@@ -208,6 +242,8 @@ class Spawner:
         gc.freeze()
         while True:
             self.reap()
+            if self.tick is not None:
+                self.tick()
             active = [i for i, s in enumerate(self.slots) if s is not None]
             if not self.flagreading and not active:
                 return 0
@@ -219,11 +255,16 @@ class Spawner:
             for i in active:
                 poller.register(self.slots[i].fdin, select.POLLIN)
                 byfd[self.slots[i].fdin] = i
+            for fd in self.watch:
+                poller.register(fd, select.POLLIN)
             try:
-                ready = poller.poll()
+                ready = poller.poll(None if self.tick is None else self.tick_seconds * 1000)
             except InterruptedError:
                 continue
             for fd, ev in ready:
+                if fd in self.watch:
+                    self.watch[fd]()
+                    continue
                 if fd == wakeup_r:
                     try:
                         os.read(wakeup_r, 512)

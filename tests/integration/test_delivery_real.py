@@ -439,3 +439,73 @@ def test_invalid_control_values_fall_back_to_defaults(tmp_path, name, value):
     finally:
         mta.stop()
         remove_home(home)
+
+
+def wait_lines(path, count, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            lines = open(path).read().splitlines()
+            if len(lines) >= count:
+                return lines
+        time.sleep(0.05)
+    raise AssertionError('%s: fewer than %d lines' % (path, count))
+
+
+def test_delivery_workers_one_user_each_fresh_environment(world):
+    """qmail-lspawn's delivery workers: deliveries for one user, one
+    after another, run in the same worker (the program's parent), each
+    with its own environment (no EXT left over from the delivery before);
+    another user's delivery never runs in that worker."""
+    home, u1, u2 = world['home'], world['u1'], world['u2']
+    out2 = os.path.join(u2[3], 'worker.out')
+    out1 = os.path.join(u1[3], 'worker.out')
+    line = '|echo "$PPID $(id -u) default=${DEFAULT-unset}" >> %s\n'
+    write_qmail(u2, 'wk-default', line % out2)
+    write_qmail(u2, 'wkx', line % out2)
+    write_qmail(u1, 'wk-default', line % out1)
+    for i, (user, ext) in enumerate([(u2, 'wk-a'), (u2, 'wkx'), (u1, 'wk-c'), (u2, 'wk-d')]):
+        queue_raw(home, 's@example.com', ['%s-%s@%s' % (user[0], ext, DOMAIN)],
+                  b'Subject: w%d\n\nb\n' % i)
+        wait_lines(out2 if user is u2 else out1, 3 if i == 3 else (1 if i == 2 else i + 1))
+    lines2 = [ln.split() for ln in open(out2).read().splitlines()]
+    lines1 = [ln.split() for ln in open(out1).read().splitlines()]
+    assert [ln[2] for ln in lines2] == ['default=a', 'default=unset', 'default=d']
+    assert lines1[0][2] == 'default=c'
+    assert len({ln[0] for ln in lines2}) == 1, lines2          # one worker for qmtu2
+    assert lines1[0][0] != lines2[0][0]                        # another for qmtu1
+    assert {ln[1] for ln in lines2} == {str(u2[1])} and lines1[0][1] == str(u1[1])
+
+
+def test_delivery_worker_killed_mid_delivery_is_retried(world):
+    """kill -9 of the worker while qmail-local runs: the delivery is
+    reported as a crash (deferral), a new worker delivers it on retry,
+    once; a killed qmail-getpw helper is replaced."""
+    home, u2, mta = world['home'], world['u2'], world['mta']
+    flag = os.path.join(u2[3], 'wkill.flag')
+    pidf = os.path.join(u2[3], 'wkill.pid')
+    write_qmail(u2, 'wkill', '|echo $PPID > %s; while ! test -f %s; do sleep 0.05; done\n'
+                './Maildir/\n' % (pidf, flag))
+    before = listing(u2)
+    queue_raw(home, 's@example.com', ['qmtu2-wkill@' + DOMAIN], b'Subject: wkill\n\nb\n')
+    worker = int(wait_lines(pidf, 1)[0])
+    assert open('/proc/%d/cmdline' % worker).read().startswith('qmail-local qmtu2')
+    os.kill(worker, signal.SIGKILL)
+    open(flag, 'w').close()         # the program, orphaned, ends: the pipe closes
+    mta.wait_log('deferral: qmail-local_crashed./')
+    helper = subprocess.run(['pgrep', '-x', '-u', 'qmailp', 'qmail-getpw'],
+                            capture_output=True, text=True, timeout=TIMEOUT).stdout.split()
+    assert helper
+    for pid in helper:
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(1.1)
+    mta.signal(signal.SIGALRM)
+    path, = wait_new(u2, before)
+    assert b'Subject: wkill' in open(path, 'rb').read()
+    assert int(open(pidf).read()) != worker
+    # a user found through qmail-getpw after its helper was killed
+    before = listing(u2)
+    queue_raw(home, 's@example.com', ['qmtu2@' + DOMAIN], b'Subject: after helper\n\nb\n')
+    path, = wait_new(u2, before)
+    time.sleep(0.3)
+    assert len(new_mail(u2, before)) == 1
