@@ -18,7 +18,9 @@ todo/ is made durable (the directory fsynced) before the answer: if a
 crash could bring todo/ back, qmail-send would preprocess the message
 again and forget which recipients were done.  A mess/ file that comes
 back after a crash is harmless (state S2, cleaned once OSSIFIED), so
-finishing a message costs no fsync.
+finishing a message costs no fsync.  Requests that arrive together
+(qmail-send preprocesses in batches) are answered together, after one
+fsync of each todo/ directory they changed.
 """
 
 import os
@@ -53,6 +55,17 @@ def files_for(kind: str, messid: int, split: int):
 
 
 def remove(paths, flagsync: bool) -> bytes:
+    answer, dirty = remove_nosync(paths, flagsync)
+    if dirty is not None:
+        try:
+            durable.fsync_dir(dirty)
+        except OSError:
+            return b'!'
+    return answer
+
+
+def remove_nosync(paths, flagsync: bool):
+    """Unlink paths in order: (answer, directory still to fsync or None)."""
     removed = False
     for path in paths:
         try:
@@ -61,13 +74,33 @@ def remove(paths, flagsync: bool) -> bytes:
         except FileNotFoundError:
             continue
         except OSError:
-            return b'!'
+            return b'!', None
     if flagsync and removed:
+        return b'+', os.path.dirname(paths[-1])
+    return b'+', None
+
+
+def answer_all(requests, split: int) -> bytes:
+    """The answers to several requests, in order; a directory that more
+    than one of them changed is fsynced once, before any is answered."""
+    answers = bytearray()
+    dirty = {}
+    for req in requests:
+        parsed = parse_request(req)
+        if parsed is None:
+            answers += b'x'
+            continue
+        answer, d = remove_nosync(files_for(*parsed, split), parsed[0] == 'todo')
+        if d is not None:
+            dirty.setdefault(d, []).append(len(answers))
+        answers += answer
+    for d, which in dirty.items():
         try:
-            durable.fsync_dir(os.path.dirname(paths[-1]))
+            durable.fsync_dir(d)
         except OSError:
-            return b'!'
-    return b'+'
+            for i in which:
+                answers[i] = ord('!')
+    return bytes(answers)
 
 
 def sweep_pid(now: float):
@@ -110,14 +143,9 @@ def serve(infd: int, outfd: int, split: int) -> int:
             buf += chunk
             if len(buf) > 4 * REQUEST_MAX and b'\0' not in buf:
                 buf = b'\0'            # garbage: answer x and resynchronise
-        req, buf = buf.split(b'\0', 1)
-        parsed = parse_request(req)
-        if parsed is None:
-            answer = b'x'
-        else:
-            answer = remove(files_for(*parsed, split), parsed[0] == 'todo')
+        *requests, buf = buf.split(b'\0')
         try:
-            os.write(outfd, answer)
+            os.write(outfd, answer_all(requests, split))
         except OSError:
             return 100
 

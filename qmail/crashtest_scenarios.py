@@ -174,10 +174,9 @@ class InProcessQueue:
 class ScratchSend(send.Send):
     """qmail-send with qmail-clean's work done in this process."""
 
-    def clean(self, request: str) -> bool:
-        kind, messid = clean.parse_request(request.encode())
-        return clean.remove(clean.files_for(kind, messid, self.split),
-                            kind == 'todo') == b'+'
+    def clean_many(self, requests) -> list:
+        answers = clean.answer_all([r.encode() for r in requests], self.split)
+        return [a == ord('+') for a in answers]
 
     def pausedir(self, d):
         raise OSError('unable to opendir %s' % d)
@@ -224,10 +223,8 @@ def drain(s, spawn) -> bool:
     until nothing is left to do.  False if it never gets there."""
     for _ in range(ROUNDS):
         s.recent = int(time.time()) + AHEAD
-        for name in sorted(os.listdir('todo')):
-            messid = parse_messid(name)
-            if messid is not None:
-                s.preprocess(messid)
+        batch = [parse_messid(name) for name in sorted(os.listdir('todo'))]
+        s.preprocess_batch([m for m in batch if m is not None])
         s.pass_do()
         for c in (0, 1):
             buf = s.comm_buf[c]
@@ -460,13 +457,16 @@ class InjectScenario(QueueScenario):
 
 class PreprocessScenario(QueueScenario):
     name = 'preprocess'
-    about = 'qmail-send preprocesses todo/ (local and remote recipients)'
+    about = ('qmail-send preprocesses todo/ (local and remote recipients), '
+             'three messages in one batch')
     msgs = (Msg(b'pre', b'alice@' + FAR,
-                [b'one@' + DOMAIN, b'two@' + DOMAIN, b'x@' + FAR]),)
+                [b'one@' + DOMAIN, b'two@' + DOMAIN, b'x@' + FAR]),
+            Msg(b'pre2', b'bob@' + FAR, [b'two@' + DOMAIN]),
+            Msg(b'pre3', b'carol@' + FAR, [b'y@' + FAR]))
 
     def run(self, box, state):
         s = new_send(box)
-        s.preprocess(state[0])
+        s.preprocess_batch(state)
         return not os.listdir('todo')
 
 

@@ -39,6 +39,8 @@ from qmail.lib.qqtalk import QueueClient
 from qmail import send_rules as rules
 
 SLEEP_TODO = 1500         # scan todo/ every 25 minutes even if not triggered
+TODO_BATCH = 32           # todo/ entries preprocessed with one round of syncing
+PASS_STEPS = 200          # steps of a channel's pass per turn of the loop
 SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
 SLEEP_FOREVER = 86400     # longest wait in poll()
 SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
@@ -172,25 +174,36 @@ class Send:
     # -- clean ------------------------------------------------------------------
     def clean(self, request: str) -> bool:
         """Ask qmail-clean; True when it removed the files."""
+        return self.clean_many([request])[0]
+
+    def clean_many(self, requests) -> list:
+        """Ask qmail-clean for several removals at once, the requests
+        written together and the answers read together (qmail-clean
+        makes one directory fsync serve them all); [True if removed]."""
         if not self.flagcleanalive:
-            return False
+            return [False] * len(requests)
+        answers = b''
         try:
-            os.write(FDCLEAN_OUT, request.encode() + b'\0')
-            while True:
+            os.write(FDCLEAN_OUT, b''.join(r.encode() + b'\0' for r in requests))
+            while len(answers) < len(requests):
                 try:
-                    ch = os.read(FDCLEAN_IN, 1)
-                    break
+                    chunk = os.read(FDCLEAN_IN, len(requests) - len(answers))
                 except InterruptedError:
                     continue
+                if not chunk:
+                    break
+                answers += chunk
         except OSError:
-            ch = b''
-        if not ch:
+            pass
+        if len(answers) < len(requests):
             self.cleandied()
-            return False
-        if ch != b'+':
-            log('warning: qmail-clean unable to clean up %s\n' % request)
-            return False
-        return True
+        out = []
+        for i, request in enumerate(requests):
+            ok = answers[i:i + 1] == b'+'
+            if i < len(answers) and not ok:
+                log('warning: qmail-clean unable to clean up %s\n' % request)
+            out.append(ok)
+        return out
 
     def cleandied(self):
         log('alert: oh no! lost qmail-clean connection! dying...\n')
@@ -542,25 +555,28 @@ class Send:
         return wakeup
 
     def pass_dochan(self, c):
+        """One step of channel c's pass; True if it made progress."""
         if self.flagexitasap:
-            return
+            return False
         p = self.passes[c]
         if p is None:
             if not self.job_avail() or not self.pqchan[c]:
-                return
+                return False
             dt, messid = self.pqchan[c][0]
             if dt > self.recent:
-                return
+                return False
             heapq.heappop(self.pqchan[c])
             fn = self.fn(CHANDIR[c], messid)
             try:
                 with open(fn, 'rb') as f:
                     data = f.read()
             except OSError:
-                return self.pass_trouble(c, fn, messid)
+                self.pass_trouble(c, fn, messid)
+                return True
             info = self.getinfo(messid)
             if info is None:
-                return self.pass_trouble(c, fn, messid)
+                self.pass_trouble(c, fn, messid)
+                return True
             sender, birth = info
             job = self.job_open(messid, c)
             job.retry = rules.nextretry(birth, self.recent, c)
@@ -568,12 +584,12 @@ class Send:
             job.sender = sender
             p = self.passes[c] = Pass(job, chan_records(data))
         if not self.del_avail(c):
-            return
+            return False
         if p.index >= len(p.records):
             p.job.flaghiteof = True
             self.job_close(p.job)
             self.passes[c] = None
-            return
+            return True
         pos, record = p.records[p.index]
         p.index += 1
         tag = record[:1]
@@ -584,6 +600,7 @@ class Send:
             log('warning: unknown record type in %s!\n' % self.fn(CHANDIR[c], p.job.id))
             self.job_close(p.job)
             self.passes[c] = None
+        return True
 
     def pass_trouble(self, c, fn, messid):
         log('warning: trouble opening %s; will try again later\n' % fn)
@@ -625,8 +642,13 @@ class Send:
         heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
 
     def pass_do(self):
+        # qmail takes one step per channel per turn of the loop; a turn
+        # here may preprocess a whole batch, so take every step there is
+        # (up to PASS_STEPS) rather than start one delivery per batch.
         for c in (0, 1):
-            self.pass_dochan(c)
+            for _ in range(PASS_STEPS):
+                if not self.pass_dochan(c):
+                    break
         if self.pqfail and self.pqfail[0][0] <= self.recent:
             _, messid = heapq.heappop(self.pqfail)
             self.pqadd(messid)
@@ -681,29 +703,80 @@ class Send:
                 self.pausedir('todo')
                 return
             self.nexttodorun = self.recent + SLEEP_TODO
-        name = next(self.tododir, None)
-        if name is None:
-            self.tododir = None
-            return
-        messid = parse_messid(name)
-        if messid is not None:
-            self.preprocess(messid)
+        batch = []
+        while len(batch) < TODO_BATCH:
+            name = next(self.tododir, None)
+            if name is None:
+                self.tododir = None
+                break
+            messid = parse_messid(name)
+            if messid is not None:
+                batch.append(messid)
+        if batch:
+            self.preprocess_batch(batch)
 
     def preprocess(self, messid):
         """todo/ -> info/, local/, remote/ (INTERNALS section 4)."""
+        self.preprocess_batch([messid])
+
+    def preprocess_batch(self, messids):
+        """Preprocess several messages with one round of syncing: every
+        message's new files written, then all fsynced, then each
+        directory fsynced once, then todo/ cleaned for all at once.  Each
+        message still has info/ and its channel files durable before its
+        todo/ entry goes; one whose step fails keeps todo/ for the next
+        scan, as alone."""
+        made = [got for got in map(self.preprocess_write, messids) if got is not None]
+        synced = []
+        for messid, chans, files in made:
+            ok = True
+            for fn, fd in files:
+                if ok:
+                    try:
+                        durable.fsync(fd)
+                    except OSError:
+                        log('warning: trouble fsyncing %s\n' % fn)
+                        ok = False
+                os.close(fd)
+            if ok:
+                synced.append((messid, chans, [fn for fn, _ in files]))
+        bad = set()
+        for d in sorted({os.path.dirname(fn) for _, _, fns in synced for fn in fns}):
+            try:
+                durable.fsync_dir(d)
+            except OSError:
+                log('warning: trouble fsyncing %s\n' % d)
+                bad.add(d)
+        synced = [m for m in synced if not any(os.path.dirname(fn) in bad for fn in m[2])]
+        cleaned = self.clean_many(['todo/%d' % messid for messid, _, _ in synced])
+        now = int(time.time())
+        for (messid, chans, _), ok in zip(synced, cleaned):
+            if not ok:
+                continue
+            flagchan = False
+            for c in (0, 1):
+                if chans[c]:
+                    heapq.heappush(self.pqchan[c], (now, messid))
+                    flagchan = True
+            if not flagchan:
+                heapq.heappush(self.pqdone, (now, messid))
+
+    def preprocess_write(self, messid):
+        """One message's info/ and channel files, written, not yet synced:
+        (messid, chans, [(path, fd)]), or None after a warning."""
         fn = self.fn('todo', messid)
         try:
             with open(fn, 'rb') as f:
                 envelope = f.read()
         except OSError:
             log('warning: unable to open %s\n' % fn)
-            return
+            return None
         fn = self.fn('mess', messid)
         try:
             size = os.stat(fn).st_size
         except OSError:
             log('warning: unable to stat %s\n' % fn)
-            return
+            return None
         for d in ('local', 'remote', 'info'):
             fn = self.fn(d, messid)
             try:
@@ -712,7 +785,7 @@ class Send:
                 pass
             except OSError:
                 log('warning: unable to unlink %s\n' % fn)
-                return
+                return None
         info = []
         chans = [bytearray(), bytearray()]
         uid = pid = 0
@@ -732,11 +805,11 @@ class Send:
                 chans[c] += b'T' + addr + b'\0'
             else:
                 log('warning: unknown record type in %s\n' % self.fn('todo', messid))
-                return
+                return None
         if not info:
             log('warning: unknown record type in %s\n' % self.fn('todo', messid))
-            return
-        made = []
+            return None
+        files = []
         for d, data in (('info', b''.join(info)), ('local', chans[0]), ('remote', chans[1])):
             if d != 'info' and not data:
                 continue
@@ -745,37 +818,18 @@ class Send:
                 fd = durable.create_excl(fn, 0o600)
             except OSError:
                 log('warning: unable to create %s\n' % fn)
-                return
+                break
+            files.append((fn, fd))
             try:
-                try:
-                    durable.write_all(fd, data)
-                except OSError:
-                    log('warning: trouble writing to %s\n' % fn)
-                    return
-                try:
-                    durable.fsync(fd)
-                except OSError:
-                    log('warning: trouble fsyncing %s\n' % fn)
-                    return
-            finally:
-                os.close(fd)
-            made.append(fn)
-        for fn in made:
-            try:
-                durable.fsync_dir(os.path.dirname(fn))
+                durable.write_all(fd, data)
             except OSError:
-                log('warning: trouble fsyncing %s\n' % os.path.dirname(fn))
-                return
-        if not self.clean('todo/%d' % messid):
-            return
-        now = int(time.time())
-        flagchan = False
-        for c in (0, 1):
-            if chans[c]:
-                heapq.heappush(self.pqchan[c], (now, messid))
-                flagchan = True
-        if not flagchan:
-            heapq.heappush(self.pqdone, (now, messid))
+                log('warning: trouble writing to %s\n' % fn)
+                break
+        else:
+            return messid, chans, files
+        for _, fd in files:
+            os.close(fd)
+        return None
 
     # -- cleanups -----------------------------------------------------------------
     def cleanup_do(self):
