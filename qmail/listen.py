@@ -128,6 +128,16 @@ def connection_env(base: dict, local, remote, localname: str, rule_env: dict) ->
     return env
 
 
+def set_environ(env: dict):
+    """Make os.environ exactly env, touching only what differs (each
+    change is a putenv or unsetenv)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def builtin_module(program: str):
     return BUILTIN.get(os.path.basename(program))
 
@@ -261,8 +271,7 @@ class Listener:
                 conn.close()
             except OSError:
                 pass
-            os.environ.clear()
-            os.environ.update(self.base_env)
+            set_environ(self.base_env)
         self.log(1, 'end %d status %s' % (pid, code if isinstance(code, int) else 111))
         if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
             import gc
@@ -300,8 +309,7 @@ class Listener:
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()
-        os.environ.clear()
-        os.environ.update(env)
+        set_environ(env)
         if self.module is None:
             os.execvp(self.o.program[0], self.o.program)
         code = self.module.main(self.o.program[1:])

@@ -972,6 +972,19 @@ def queue_starter(program: str, environ, session_of):
     return newqueue
 
 
+IPME_TTL = 10           # seconds a pre-forked worker keeps its list of
+_ipme = [0.0, None]     # this host's addresses (qmail reads it per session)
+
+
+def ipme_now() -> frozenset:
+    """This host's addresses, looked up again after IPME_TTL seconds."""
+    now = time.monotonic()
+    if _ipme[1] is None or now - _ipme[0] > IPME_TTL:
+        _ipme[1] = local_ips() | local_ips6()
+        _ipme[0] = now
+    return _ipme[1]
+
+
 def main(argv=None, home=None) -> int:
     """qmail-smtpd [hostname checkprogram subprogram ...].  home is for
     tests: qmail-smtpd itself always runs in auto.QMAIL."""
@@ -987,7 +1000,7 @@ def main(argv=None, home=None) -> int:
             say(1, R_CONTROL)
             return 1
         try:
-            config.ipme = local_ips() | local_ips6()
+            config.ipme = ipme_now()
         except OSError:
             say(1, R_IPME)
             return 1

@@ -13,6 +13,7 @@ Every control file and its default is listed in control/README.
 
 import errno
 import os
+import time
 
 # A control file is written by the admin; reading more than this from one
 # line is a mistake, not configuration.
@@ -28,6 +29,35 @@ def _read(path):
         return None
     except NotADirectoryError:
         return None
+
+
+# Parsed controls, for processes that read them again and again (the
+# pre-forked qmail-smtpd workers read theirs at every session, as
+# qmail-smtpd does at its start): path and parser -> (the file's identity
+# and times, the value).  A stat() per read tells whether the file
+# changed; an edit, a replacement by rename or a removal shows at once.
+# A file changed in the last RACY seconds is always read again: two
+# writes within one tick of the filesystem's clock can leave the same
+# times and size behind (git's "racy" entries).
+_cache = {}
+RACY = 2
+
+
+def _cached(path, parse):
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        _cache.pop((path, parse), None)
+        return None
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _cache.get((path, parse))
+    if hit is not None and hit[0] == stamp and time.time() - st.st_ctime > RACY:
+        return hit[1]
+    data = _read(path)
+    value = None if data is None else parse(data)
+    if value is not None or data is None:
+        _cache[(path, parse)] = (stamp, value)
+    return value
 
 
 def strip_line(line: bytes) -> bytes:
@@ -72,20 +102,18 @@ def parse_int(data: bytes):
 
 def readline(path):
     """A one-line control as bytes, or None if the file is missing."""
-    data = _read(path)
-    return None if data is None else parse_line(data)
+    return _cached(path, parse_line)
 
 
 def readfile(path):
     """A list control as a list of bytes, or None if the file is missing."""
-    data = _read(path)
-    return None if data is None else parse_lines(data)
+    value = _cached(path, parse_lines)
+    return None if value is None else list(value)
 
 
 def readint(path):
     """A numeric control, or None if missing or not a number."""
-    data = _read(path)
-    return None if data is None else parse_int(data)
+    return _cached(path, parse_int)
 
 
 class Controls:
