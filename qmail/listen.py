@@ -253,7 +253,7 @@ class Listener:
         try:
             code = self.connection(conn, remote)
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 111
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
             keep = False
         except BaseException as e:
             self.log(0, 'warning: %s in child' % type(e).__name__)

@@ -152,12 +152,24 @@ class Getpw:
         self.pid = None
         self.rfd = self.wfd = -1
         self.pending = collections.deque()    # (asked at, then)
+        self.progress = 0.0                   # last answer, or first question
         self.buf = b''
 
     def start(self):
+        """Fork the helper; raises OSError (nothing left open)."""
         to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        pid = os.fork()
+        try:
+            from_r, from_w = os.pipe()
+        except OSError:
+            os.close(to_r)
+            os.close(to_w)
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (to_r, to_w, from_r, from_w):
+                os.close(fd)
+            raise
         if pid == 0:
             code = QLX_USAGE
             try:
@@ -179,7 +191,11 @@ class Getpw:
 
     def ask(self, local: bytes, then):
         if self.pid is None:
-            self.start()
+            try:
+                self.start()
+            except OSError:
+                then(Qlx(QLX_SYS, 'unable to start the qmail-getpw helper'))
+                return
         try:
             request = local.split(b'\0', 1)[0] + b'\0'
             if os.write(self.wfd, request) != len(request):
@@ -188,6 +204,8 @@ class Getpw:
             self.fail('qmail-getpw helper not answering')
             then(Qlx(QLX_SYS, 'qmail-getpw helper not answering'))
             return
+        if not self.pending:
+            self.progress = time.monotonic()
         self.pending.append((time.monotonic(), then))
 
     def readable(self):
@@ -209,6 +227,7 @@ class Getpw:
             record = self.buf[GETPW_ANSWER.size:GETPW_ANSWER.size + length]
             self.buf = self.buf[GETPW_ANSWER.size + length:]
             _, then = self.pending.popleft()
+            self.progress = time.monotonic()
             if code:
                 then(Qlx(code, 'qmail-getpw failed'))
                 continue
@@ -218,13 +237,18 @@ class Getpw:
                 then(e)
 
     def tick(self):
-        if self.pending and time.monotonic() - self.pending[0][0] > GETPW_TIMEOUT:
+        """A helper that answered nothing for GETPW_TIMEOUT seconds while
+        asked (one lookup that long, not a long queue) is given up."""
+        if self.pending and time.monotonic() - self.progress > GETPW_TIMEOUT:
             self.fail('qmail-getpw timed out')
 
     def fail(self, why: str):
         if self.pid is not None:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                # Not reaped yet (alive, or a zombie whose pid cannot have
+                # been reused): only then is the pid still the helper's.
+                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                    os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
             self.spawner.watch.pop(self.rfd, None)
@@ -244,9 +268,20 @@ def worker_main(sock: socket.socket, n: users.Nughde) -> int:
     """In a worker child: become the user, then run deliveries."""
     from qmail import local as qmail_local
     from qmail.lib import prefork
-    become(n)
-    if os.getuid() == 0 or os.geteuid() == 0:
-        return QLX_ROOT
+    try:
+        become(n)
+        failed = QLX_ROOT if os.getuid() == 0 or os.geteuid() == 0 else 0
+    except (OSError, ValueError, OverflowError):
+        failed = QLX_USAGE
+    if failed:
+        # qmail-lspawn's report for its first delivery, as a child would
+        # have exited: "Internal qmail-lspawn bug." or the root refusal.
+        try:
+            sock.recv(JOB_MAX)
+            sock.sendall(ANSWER.pack(failed, 0))
+        except OSError:
+            pass
+        return failed
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     os.chdir('/')
     baseline = prefork.open_fds()
@@ -322,7 +357,10 @@ class Deliveries:
                 os.close(held)
                 self.spawner.finish(delnum, answer.code << 8)
                 return
-            got = self.dispatch(answer, held, job, now=False)
+            try:
+                got = self.dispatch(answer, held, job, now=False)
+            except OSError:                  # no fork, no socketpair: later
+                got = spawn.Done(QLX_SYS << 8)
             if isinstance(got, spawn.Done):
                 self.spawner.finish(delnum, got.wstat)
         self.getpw.ask(local, then)
@@ -368,7 +406,12 @@ class Deliveries:
 
     def fork_worker(self, n: users.Nughde) -> Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             code = QLX_USAGE
             try:
@@ -379,6 +422,7 @@ class Deliveries:
             finally:
                 os._exit(code)
         theirs.close()
+        ours.setblocking(False)     # a stale poll result must not block us
         return Worker(pid, ours, (n.uid, n.gid, n.user))
 
     def answered(self, worker: Worker):

@@ -194,9 +194,17 @@ class Login:
         return '<Login user=%r>' % (self.user,)
 
 
-def timestamp(pid: int, now: float, hostname: bytes) -> bytes:
-    """qmail-popup's APOP timestamp, <pid.time@hostname>."""
+def timestamp(pid: int, now: float, hostname: bytes, seq: int = 0) -> bytes:
+    """qmail-popup's APOP timestamp, <pid.time@hostname>.  A process that
+    serves several sessions (a qmail-listen worker) numbers the later
+    ones, <pid.seq.time@hostname>: RFC 1939 wants every greeting's
+    timestamp different, and two sessions may share a pid and a second."""
+    if seq:
+        return b'<%d.%d.%d@%s>' % (pid, seq, int(now), hostname)
     return b'<%d.%d@%s>' % (pid, int(now), hostname)
+
+
+_sessions = [0]         # sessions this process has served
 
 
 # -- the session ------------------------------------------------------------
@@ -231,11 +239,11 @@ class Session:
                     else send login_failed(verdict)."""
 
     def __init__(self, config: Config, hostname: bytes, pid: int, now: float,
-                 remoteip: bytes = b'unknown'):
+                 remoteip: bytes = b'unknown', seq: int = 0):
         self.config = config
         self.remoteip = remoteip
         self.logs = []              # lines for fd 2, taken by the shell
-        self.timestamp = timestamp(pid, now, hostname)
+        self.timestamp = timestamp(pid, now, hostname, seq)
         self.deadline = now + config.lifetime if config.lifetime else None
         self.lines = Lines()
         self.replies = []
@@ -663,7 +671,8 @@ def main(argv=None, home=None) -> int:
         config.flagtls = (config.flagtls and conn.sockin is not None
                           and is_socket(1) and same_file(0, 1))
         session = Session(config, args[0], os.getpid(), time.time(),
-                          os.environb.get(b'TCPREMOTEIP', b'unknown'))
+                          os.environb.get(b'TCPREMOTEIP', b'unknown'), _sessions[0])
+        _sessions[0] += 1
         return serve(session, conn, args[1:], os.path.join(home, CERTFILE))
     except Gone:
         return 1

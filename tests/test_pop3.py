@@ -505,6 +505,14 @@ def test_greeting_and_timestamp():
     check(s.timestamp, b'<4242.812090814@pop.example.org>')
 
 
+def test_timestamps_differ_within_one_process_and_second():
+    """A qmail-listen worker serves many sessions: same pid, maybe the
+    same second; APOP needs a new timestamp each time (RFC 1939 7)."""
+    stamps = {popup.timestamp(4242, 812090814.5, b'h', seq) for seq in range(3)}
+    assert stamps == {b'<4242.812090814@h>', b'<4242.1.812090814@h>',
+                      b'<4242.2.812090814@h>'}
+
+
 @pytest.mark.parametrize('data,want', [
     (b'NOOP\r\n', b'+OK \r\n'),
     (b'USER alice\r\n', b'+OK \r\n'),

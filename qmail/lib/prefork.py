@@ -154,7 +154,7 @@ class Pool:
             if pid == 0:
                 return
             if self.workers.pop(pid, None) is not None and os.WIFSIGNALED(wstat) and self.log:
-                self.log(1, 'end %d signal %d' % (pid, os.WTERMSIG(wstat)))
+                self.log(1, 'end %d status signal %d' % (pid, os.WTERMSIG(wstat)))
 
     def read_status(self):
         try:
@@ -239,6 +239,7 @@ class Pool:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if self.log:
                         self.log(0, 'warning: unable to accept: %s' % e.strerror)
+                    time.sleep(1)       # no storm of replacements
                     return 111
                 continue
             self.tell(BUSY)

@@ -27,6 +27,9 @@ BUFSIZE = 65536
 ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
 
 
+DAEMON_WAIT = 5         # seconds for qmail-queued to take a message
+
+
 def daemon_socket():
     return os.path.join(auto.QMAIL, 'run', 'qmail-queue.sock')
 
@@ -39,6 +42,9 @@ def connect_daemon(pim, pie):
     import array
     import socket
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # qmail-queued answers at once unless all its writers are busy (a
+    # local user could keep them so): then bin/qmail-queue, not a wait.
+    s.settimeout(DAEMON_WAIT)
     try:
         s.connect(path)
         s.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -49,6 +55,7 @@ def connect_daemon(pim, pie):
             if not chunk:
                 raise OSError('qmail-queued went away')
             line += chunk
+        s.settimeout(None)
         return s, int(line)
     except (OSError, ValueError):
         s.close()

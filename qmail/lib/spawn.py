@@ -255,15 +255,19 @@ class Spawner:
             for i in active:
                 poller.register(self.slots[i].fdin, select.POLLIN)
                 byfd[self.slots[i].fdin] = i
-            for fd in self.watch:
+            watched = dict(self.watch)
+            for fd in watched:
                 poller.register(fd, select.POLLIN)
             try:
                 ready = poller.poll(None if self.tick is None else self.tick_seconds * 1000)
             except InterruptedError:
                 continue
             for fd, ev in ready:
-                if fd in self.watch:
-                    self.watch[fd]()
+                if fd in watched:
+                    # Only if it is still the same watch: a callback may
+                    # have closed this fd and another opened it again.
+                    if self.watch.get(fd) is watched[fd]:
+                        watched[fd]()
                     continue
                 if fd == wakeup_r:
                     try:
