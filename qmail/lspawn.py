@@ -14,7 +14,7 @@ Runs:     each delivery as the user in charge of the address (nughde),
           MAX_USE deliveries for that same user, one at a time.  A worker
           gets each delivery's message and report pipe as descriptors
           over its socket and answers with qmail-local's exit code; it
-          never serves another user, and it retires after IDLE_EXIT
+          never serves another user, and it retires after spawn.IDLE_EXIT
           seconds unused, after leaving anything open, or when told.  A
           worker that dies mid-delivery is reported as a crash (Z, so
           the delivery is retried), as a crashed qmail-local would be.
@@ -26,11 +26,9 @@ Trusts:   qmail-send for the command framing; the message file only if
 See:      qmail-lspawn(8), qmail-getpw(8), qmail-users(5), qlx.h.
 """
 
-import array
 import collections
 import os
 import signal
-import socket
 import struct
 import sys
 import time
@@ -41,12 +39,6 @@ from qmail.lib.qlx import QLX_SYS, QLX_ROOT, QLX_USAGE, REPORTS, Qlx
 TEMPORARY_CODES = (111, 71, 74, 75)
 GETPW_MAX = 4096          # a nughde record longer than this is garbage
 GETPW_TIMEOUT = 60        # seconds the qmailp helper may take to answer
-MAX_USE = 100             # deliveries a worker runs before it retires
-IDLE_EXIT = 30            # seconds an idle worker is kept
-MAX_IDLE = 20             # idle workers kept, all users together
-JOB_MAX = 65536           # a delivery's argv, as the worker receives it
-ANSWER = struct.Struct('<iB')      # qmail-local's exit code, keep-me flag
-CRASHED = signal.SIGKILL           # a wstat saying "killed by a signal"
 
 
 def report(wstat: int, output: bytes) -> bytes:
@@ -64,35 +56,6 @@ def report(wstat: int, output: bytes) -> bytes:
     else:
         letter = b'D'
     return letter + output.split(b'\0', 1)[0]
-
-
-def fresh_child(title: str, keep=()):
-    """In a child forked from this loop: its own process title, a fresh
-    process's signals, and no descriptor of the parent's but those in
-    keep (moved to 3, 4, ..., returned in that order); fds 0-2 on
-    /dev/null."""
-    import gc
-    gc.freeze()         # the parent's objects are never ours to collect
-    try:
-        from setproctitle import setproctitle
-        setproctitle(title)
-    except ImportError:
-        pass
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
-                signal.SIGALRM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    # Above every fd we may hold, then down to 3, 4, ...: no clobbering.
-    top = max(list(keep) + [2]) + 1
-    moved = [os.dup2(fd, top + i, inheritable=False) for i, fd in enumerate(keep)]
-    out = [os.dup2(fd, 3 + i, inheritable=False) for i, fd in enumerate(moved)]
-    os.closerange(3 + len(out), 1 << 16)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-    return out
 
 
 def become(n: users.Nughde):
@@ -173,7 +136,7 @@ class Getpw:
         if pid == 0:
             code = QLX_USAGE
             try:
-                rfd, wfd = fresh_child('qmail-getpw', (to_r, from_w))
+                rfd, wfd = spawn.fresh_child('qmail-getpw', (to_r, from_w))
                 os.setgroups([auto.gid(auto.GROUP_NOFILES)])
                 os.setgid(auto.gid(auto.GROUP_NOFILES))
                 os.setuid(auto.uid(auto.USER_PASSWD))
@@ -264,67 +227,21 @@ class Getpw:
 
 # ---- delivery workers ----------------------------------------------------
 
-def worker_main(sock: socket.socket, n: users.Nughde) -> int:
-    """In a worker child: become the user, then run deliveries."""
-    from qmail import local as qmail_local
-    from qmail.lib import prefork
+def worker_setup(n: users.Nughde) -> int:
+    """In a new worker: become the user; 0, or the code of the failure."""
     try:
         become(n)
-        failed = QLX_ROOT if os.getuid() == 0 or os.geteuid() == 0 else 0
     except (OSError, ValueError, OverflowError):
-        failed = QLX_USAGE
-    if failed:
-        # qmail-lspawn's report for its first delivery, as a child would
-        # have exited: "Internal qmail-lspawn bug." or the root refusal.
-        try:
-            sock.recv(JOB_MAX)
-            sock.sendall(ANSWER.pack(failed, 0))
-        except OSError:
-            pass
-        return failed
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    os.chdir('/')
-    baseline = prefork.open_fds()
-    fdsize = array.array('i').itemsize
-    while True:
-        try:
-            msg, ancdata, _, _ = sock.recvmsg(JOB_MAX, socket.CMSG_SPACE(2 * fdsize))
-        except InterruptedError:
-            continue
-        fds = array.array('i')
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[:len(data) - len(data) % fdsize])
-        if not msg:
-            return 0                    # told to go
-        if len(fds) != 2:
-            return QLX_USAGE
-        os.dup2(fds[0], 0)
-        os.dup2(fds[1], 1)
-        os.dup2(fds[1], 2)
-        os.close(fds[0])
-        os.close(fds[1])
-        argv = [os.fsdecode(a) for a in msg.split(b'\0')]
-        code = qmail_local.main(argv)
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)           # the report pipe's end of file
-        os.chdir('/')
-        keep = prefork.open_fds() == baseline
-        sock.sendall(ANSWER.pack(code, keep))
-        if not keep:
-            return 0
+        return QLX_USAGE
+    if os.getuid() == 0 or os.geteuid() == 0:
+        return QLX_ROOT
+    return 0
 
 
-class Worker:
-    __slots__ = ('pid', 'sock', 'key', 'uses', 'idle_since', 'delnum')
-
-    def __init__(self, pid, sock, key):
-        self.pid, self.sock, self.key = pid, sock, key
-        self.uses = 0
-        self.idle_since = time.monotonic()
-        self.delnum = None
+def worker_deliver(fields) -> int:
+    """One delivery in a worker: qmail-local with these arguments."""
+    from qmail import local as qmail_local
+    return qmail_local.main([os.fsdecode(a) for a in fields])
 
 
 class Deliveries:
@@ -335,9 +252,12 @@ class Deliveries:
         self.spawner = spawner
         self.aliasempty = aliasempty
         self.getpw = Getpw(spawner)
-        self.idle = collections.OrderedDict()     # key -> [Worker], oldest first
-        self.nidle = 0
+        self.workers = spawn.Workers(spawner, worker_setup, worker_deliver)
         spawner.tick = self.tick
+
+    def tick(self):
+        self.getpw.tick()
+        self.workers.tick()
 
     def start(self, fdmess, fdout, sender, recip, at, delnum):
         local = recip[:at].split(b'\0', 1)[0]
@@ -349,7 +269,7 @@ class Deliveries:
             return spawn.Done(e.code << 8)
         job = (sender, recip, at, delnum, local)
         if n is not None:
-            return self.dispatch(n, os.dup(fdmess), job, now=True)
+            return self.dispatch(n, os.dup(fdmess), job)
         held = os.dup(fdmess)                    # until the helper answers
 
         def then(answer):
@@ -358,7 +278,7 @@ class Deliveries:
                 self.spawner.finish(delnum, answer.code << 8)
                 return
             try:
-                got = self.dispatch(answer, held, job, now=False)
+                got = self.dispatch(answer, held, job)
             except OSError:                  # no fork, no socketpair: later
                 got = spawn.Done(QLX_SYS << 8)
             if isinstance(got, spawn.Done):
@@ -366,106 +286,19 @@ class Deliveries:
         self.getpw.ask(local, then)
         return None
 
-    def dispatch(self, n: users.Nughde, fdmess: int, job, now: bool):
-        """Hand the delivery to a worker; fdmess is ours to close."""
+    def dispatch(self, n: users.Nughde, fdmess: int, job):
+        """Hand the delivery to a worker of user n; fdmess is ours to close."""
         sender, recip, at, delnum, local = job
         try:
             if n.uid == 0:
                 return spawn.Done(QLX_ROOT << 8)
-            slot = self.spawner.slots[delnum]
             argv = ['--', n.user, n.home, local, n.dash, n.ext, recip[at + 1:],
                     sender, self.aliasempty]
-            msg = b'\0'.join(a if isinstance(a, bytes) else os.fsencode(a) for a in argv)
-            if len(msg) > JOB_MAX:
-                return spawn.Done(QLX_USAGE << 8)
-            for attempt in (1, 2):
-                worker = self.take((n.uid, n.gid, n.user)) or self.fork_worker(n)
-                try:
-                    worker.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                 array.array('i', [fdmess, slot.fdout]))])
-                    break
-                except OSError:
-                    self.retire(worker)          # gone while idle: another
-                    if attempt == 2:
-                        return spawn.Done(CRASHED)
-            worker.delnum = delnum
-            self.spawner.watch[worker.sock.fileno()] = lambda: self.answered(worker)
-            return None
+            return self.workers.run((n.uid, n.gid, n.user), n,
+                                    'qmail-local ' + os.fsdecode(n.user),
+                                    argv, fdmess, delnum)
         finally:
             os.close(fdmess)
-
-    def take(self, key):
-        workers = self.idle.get(key)
-        if not workers:
-            return None
-        worker = workers.pop()
-        if not workers:
-            del self.idle[key]
-        self.nidle -= 1
-        return worker
-
-    def fork_worker(self, n: users.Nughde) -> Worker:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            raise
-        if pid == 0:
-            code = QLX_USAGE
-            try:
-                fd, = fresh_child('qmail-local ' + os.fsdecode(n.user), (theirs.fileno(),))
-                code = worker_main(socket.socket(fileno=fd), n)
-            except BaseException:
-                code = QLX_USAGE
-            finally:
-                os._exit(code)
-        theirs.close()
-        ours.setblocking(False)     # a stale poll result must not block us
-        return Worker(pid, ours, (n.uid, n.gid, n.user))
-
-    def answered(self, worker: Worker):
-        try:
-            data = worker.sock.recv(ANSWER.size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b''
-        delnum, worker.delnum = worker.delnum, None
-        self.spawner.watch.pop(worker.sock.fileno(), None)
-        if len(data) != ANSWER.size:
-            self.retire(worker)
-            self.spawner.finish(delnum, CRASHED)
-            return
-        code, keep = ANSWER.unpack(data)
-        self.spawner.finish(delnum, (code & 0xff) << 8)
-        worker.uses += 1
-        if not keep or worker.uses >= MAX_USE:
-            self.retire(worker)
-            return
-        worker.idle_since = time.monotonic()
-        self.idle.setdefault(worker.key, []).append(worker)
-        self.idle.move_to_end(worker.key)
-        self.nidle += 1
-        while self.nidle > MAX_IDLE:
-            oldest = next(iter(self.idle))
-            self.retire(self.take(oldest))
-
-    def retire(self, worker: Worker):
-        """Closing its socket tells the worker to exit; the loop reaps it."""
-        worker.sock.close()
-
-    def tick(self):
-        self.getpw.tick()
-        now = time.monotonic()
-        for key in list(self.idle):
-            workers = self.idle[key]
-            while workers and now - workers[0].idle_since > IDLE_EXIT:
-                self.retire(workers.pop(0))
-                self.nidle -= 1
-            if not workers:
-                del self.idle[key]
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,10 @@ Reads:    fd 0, qmail-send's delivery commands (see qmail.lib.spawn).
 Writes:   fd 1, one report per delivery, made from qmail-remote's
           per-recipient r/h/s lines and its final K/Z/D line.
 Runs:     each delivery as qmail-remote host sender recipient in a
-          forked child (no interpreter start), or the program named by
-          QMAILREMOTE, exec'd.
+          delivery worker (qmail.lib.spawn.Workers): a child of this
+          process, the code loaded, that runs up to spawn.MAX_USE
+          deliveries one after another; or, when QMAILREMOTE names a
+          program, in a forked child that execs it.
 Exits:    0 when qmail-send is gone and deliveries are done.
 See:      qmail-rspawn(8), qmail-remote(8).
 """
@@ -72,6 +74,25 @@ def deliver(sender: bytes, recip: bytes, at: int) -> int:
     return remote.main(args)
 
 
+def worker_deliver(fields) -> int:
+    """One delivery in a worker: qmail-remote host sender recipient."""
+    from qmail import remote
+    return remote.main([os.fsdecode(a) for a in fields])
+
+
+def make_start(spawner):
+    """start() for the spawn loop: workers, unless QMAILREMOTE is set."""
+    if os.environ.get('QMAILREMOTE'):
+        return start
+    workers = spawn.Workers(spawner, None, worker_deliver)
+    spawner.tick = workers.tick
+
+    def start_in_worker(fdmess, fdout, sender, recip, at, delnum):
+        return workers.run('qmailr', None, 'qmail-remote', (recip[at + 1:], sender, recip),
+                           fdmess, delnum)
+    return start_in_worker
+
+
 def start(fdmess, fdout, sender, recip, at, delnum=None):
     pid = os.fork()
     if pid == 0:
@@ -98,7 +119,9 @@ def main(argv=None) -> int:
         import qmail.remote     # loaded once here, used by every child  # noqa: F401
     except ImportError:
         pass
-    return spawn.Spawner(start, report, auto.uid(auto.USER_QUEUE)).loop()
+    spawner = spawn.Spawner(None, report, auto.uid(auto.USER_QUEUE))
+    spawner.start = make_start(spawner)
+    return spawner.loop()
 
 
 def run():

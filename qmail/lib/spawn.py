@@ -19,14 +19,24 @@ has been reaped (or the worker has answered), so end-of-file on the pipe
 means the status is known.
 """
 
+import array
 import gc
 import os
 import select
 import signal
+import socket
 import stat
+import struct
+import time
 
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
+MAX_USE = 100        # deliveries a worker runs before it retires
+IDLE_EXIT = 30       # seconds an idle worker is kept
+MAX_IDLE = 20        # idle workers kept, all keys together
+JOB_MAX = 65536      # a delivery's arguments, as the worker receives them
+ANSWER = struct.Struct('<iB')      # the delivery's exit code, keep-me flag
+CRASHED = signal.SIGKILL           # a wstat saying "killed by a signal"
 
 
 class Slot:
@@ -310,3 +320,209 @@ def child_setup(fdmess: int, fdout: int):
     # A fork keeps every descriptor of the parent, close-on-exec or not:
     # another delivery's pipe held here would delay its end-of-file.
     os.closerange(3, 1 << 16)
+
+
+# ---- delivery workers: a fork per worker, not per delivery ------------------
+
+class Worker:
+    __slots__ = ('pid', 'sock', 'key', 'uses', 'idle_since', 'delnum')
+
+    def __init__(self, pid, sock, key):
+        self.pid, self.sock, self.key = pid, sock, key
+        self.uses = 0
+        self.idle_since = time.monotonic()
+        self.delnum = None
+
+
+class Workers:
+    """Deliveries run by long-lived children of the spawner, each set up
+    once for one key (qmail-lspawn: a user, whose groups, gid and uid the
+    worker takes; qmail-rspawn: one key, nothing to take) and then given
+    deliveries of that key only, one at a time, up to MAX_USE.
+
+    run(key, arg, title, fields, fdmess, delnum) hands a delivery to an
+    idle worker of key, or forks one that calls setup(arg) first (0, or
+    the exit code to report for its first delivery before it exits).
+    The worker gets the message and the slot's report pipe as
+    descriptors (SCM_RIGHTS) with the fields NUL-joined, puts them on
+    fds 0, 1 and 2, calls deliver(fields) -> exit code, and answers with
+    that code; the spawner then calls finish().  A worker that dies
+    mid-delivery makes the delivery's wstat "killed" (a crash report).
+    A worker that left a descriptor open after a delivery retires."""
+
+    def __init__(self, spawner, setup, deliver):
+        self.spawner = spawner
+        self.setup = setup
+        self.deliver = deliver
+        self.idle = {}           # key -> [Worker], oldest first
+        self.nidle = 0
+
+    def run(self, key, arg, title, fields, fdmess, delnum):
+        """None (the worker has it), or Done(wstat); fdmess stays ours."""
+        msg = b'\0'.join(a if isinstance(a, bytes) else os.fsencode(a) for a in fields)
+        if len(msg) > JOB_MAX:
+            return Done(111 << 8)
+        fdout = self.spawner.slots[delnum].fdout
+        for attempt in (1, 2):
+            worker = self.take(key) or self.fork(key, arg, title)
+            try:
+                worker.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             array.array('i', [fdmess, fdout]))])
+                break
+            except OSError:
+                self.retire(worker)          # gone while idle: another
+                if attempt == 2:
+                    return Done(CRASHED)
+        worker.delnum = delnum
+        self.spawner.watch[worker.sock.fileno()] = lambda: self.answered(worker)
+        return None
+
+    def take(self, key):
+        workers = self.idle.get(key)
+        if not workers:
+            return None
+        worker = workers.pop()
+        if not workers:
+            del self.idle[key]
+        self.nidle -= 1
+        return worker
+
+    def fork(self, key, arg, title) -> Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            code = 111
+            try:
+                fd, = fresh_child(title, (theirs.fileno(),))
+                code = worker_main(socket.socket(fileno=fd), self.setup, self.deliver, arg)
+            except BaseException:
+                code = 111
+            finally:
+                os._exit(code)
+        theirs.close()
+        ours.setblocking(False)     # a stale poll result must not block us
+        return Worker(pid, ours, key)
+
+    def answered(self, worker: Worker):
+        try:
+            data = worker.sock.recv(ANSWER.size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b''
+        delnum, worker.delnum = worker.delnum, None
+        self.spawner.watch.pop(worker.sock.fileno(), None)
+        if len(data) != ANSWER.size:
+            self.retire(worker)
+            self.spawner.finish(delnum, CRASHED)
+            return
+        code, keep = ANSWER.unpack(data)
+        self.spawner.finish(delnum, (code & 0xff) << 8)
+        worker.uses += 1
+        if not keep or worker.uses >= MAX_USE:
+            self.retire(worker)
+            return
+        worker.idle_since = time.monotonic()
+        self.idle.setdefault(worker.key, []).append(worker)
+        self.nidle += 1
+        while self.nidle > MAX_IDLE:
+            oldest = min(self.idle, key=lambda k: self.idle[k][0].idle_since)
+            workers = self.idle[oldest]
+            self.retire(workers.pop(0))
+            if not workers:
+                del self.idle[oldest]
+            self.nidle -= 1
+
+    def retire(self, worker: Worker):
+        """Closing its socket tells the worker to exit; the loop reaps it."""
+        worker.sock.close()
+
+    def tick(self):
+        now = time.monotonic()
+        for key in list(self.idle):
+            workers = self.idle[key]
+            while workers and now - workers[0].idle_since > IDLE_EXIT:
+                self.retire(workers.pop(0))
+                self.nidle -= 1
+            if not workers:
+                del self.idle[key]
+
+
+def worker_main(sock: socket.socket, setup, deliver, arg) -> int:
+    """In a worker child: setup(arg), then deliveries until told to go."""
+    from qmail.lib import prefork
+    failed = setup(arg) if setup is not None else 0
+    if failed:
+        # The report for its first delivery, as a child would have exited.
+        try:
+            sock.recv(JOB_MAX)
+            sock.sendall(ANSWER.pack(failed, 0))
+        except OSError:
+            pass
+        return failed
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.chdir('/')
+    baseline = prefork.open_fds()
+    fdsize = array.array('i').itemsize
+    while True:
+        try:
+            msg, ancdata, _, _ = sock.recvmsg(JOB_MAX, socket.CMSG_SPACE(2 * fdsize))
+        except InterruptedError:
+            continue
+        fds = array.array('i')
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - len(data) % fdsize])
+        if not msg:
+            return 0                    # told to go
+        if len(fds) != 2:
+            return 111
+        os.dup2(fds[0], 0)
+        os.dup2(fds[1], 1)
+        os.dup2(fds[1], 2)
+        os.close(fds[0])
+        os.close(fds[1])
+        code = deliver(msg.split(b'\0'))
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)           # the report pipe's end of file
+        os.chdir('/')
+        keep = prefork.open_fds() == baseline
+        sock.sendall(ANSWER.pack(code, keep))
+        if not keep:
+            return 0
+
+
+def fresh_child(title: str, keep=()):
+    """In a child forked from this loop: its own process title, a fresh
+    process's signals, and no descriptor of the parent's but those in
+    keep (moved to 3, 4, ..., returned in that order); fds 0-2 on
+    /dev/null."""
+    import gc
+    gc.freeze()         # the parent's objects are never ours to collect
+    try:
+        from setproctitle import setproctitle
+        setproctitle(title)
+    except ImportError:
+        pass
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
+                signal.SIGALRM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    # Above every fd we may hold, then down to 3, 4, ...: no clobbering.
+    top = max(list(keep) + [2]) + 1
+    moved = [os.dup2(fd, top + i, inheritable=False) for i, fd in enumerate(keep)]
+    out = [os.dup2(fd, 3 + i, inheritable=False) for i, fd in enumerate(moved)]
+    os.closerange(3 + len(out), 1 << 16)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    return out

@@ -93,10 +93,10 @@ KINDS = ('qmail-smtpd', 'qmail-local', 'qmail-queue', 'qmail-remote', 'qmail-que
          'qmail-queue', 'qmail-send', 'qmail-lspawn', 'qmail-listen', 'qmail-rspawn',
          'qmail-clean')
 # Processes that mean work is still under way (the drain waits for none).
-# qmail-smtpd, qmail-queue and qmail-local run in pre-forked workers that
-# stay after their work: with the load over and the queue empty, they
-# have nothing left in hand.
-BUSY = ('qmail-remote', 'straggler')
+# qmail-smtpd, qmail-queue, qmail-local and qmail-remote run in workers
+# that stay after their work: with the load over and the queue empty,
+# they have nothing left in hand.
+BUSY = ('straggler',)
 DAEMON_CHILDREN = ('qmail-lspawn', 'qmail-rspawn', 'qmail-clean', 'qmail-queued')
 
 FIND_TIMEOUT = 5        # seconds to look for a victim of one kind before giving up
@@ -161,10 +161,11 @@ def kind_of(p: Proc, procs: dict):
         return 'qmail-smtpd' if pt.startswith('qmail-listen') else 'straggler'
     if t == 'qmail-send':
         return 'qmail-send' if pt.startswith('supervise') else 'straggler'
-    if t.startswith('qmail-local'):         # a delivery worker of qmail-lspawn
-        if pt.split(' ', 1)[0] == 'qmail-lspawn' and gt == 'qmail-send':
-            return 'qmail-local'
-        return 'straggler'
+    for worker, daemon in (('qmail-local', 'qmail-lspawn'), ('qmail-remote', 'qmail-rspawn')):
+        if t.startswith(worker):            # a delivery worker
+            if pt.split(' ', 1)[0] == daemon and gt == 'qmail-send':
+                return worker
+            return 'straggler'
     for daemon, child in (('qmail-lspawn', 'qmail-local'), ('qmail-rspawn', 'qmail-remote'),
                           ('qmail-queued', 'qmail-queue'), ('qmail-clean', None)):
         if t.split(' ', 1)[0] != daemon:
