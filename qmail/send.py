@@ -180,11 +180,25 @@ class Send:
         """Ask qmail-clean for several removals at once, the requests
         written together and the answers read together (qmail-clean
         makes one directory fsync serve them all); [True if removed]."""
-        if not self.flagcleanalive:
+        if not self.clean_send(requests):
             return [False] * len(requests)
-        answers = b''
+        return self.clean_answers(requests)
+
+    def clean_send(self, requests) -> bool:
+        """Write requests to qmail-clean (answers to be read later)."""
+        if not self.flagcleanalive:
+            return False
         try:
             os.write(FDCLEAN_OUT, b''.join(r.encode() + b'\0' for r in requests))
+        except OSError:
+            self.cleandied()
+            return False
+        return True
+
+    def clean_answers(self, requests) -> list:
+        """qmail-clean's answers to requests sent: [True if removed]."""
+        answers = b''
+        try:
             while len(answers) < len(requests):
                 try:
                     chunk = os.read(FDCLEAN_IN, len(requests) - len(answers))
@@ -606,7 +620,11 @@ class Send:
         log('warning: trouble opening %s; will try again later\n' % fn)
         heapq.heappush(self.pqchan[c], (self.recent + SLEEP_SYSFAIL, messid))
 
-    def messdone(self, messid):
+    def messdone(self, messid, foops=None):
+        """The message is finished: bounce what failed, then remove it.
+        With foops, the request to qmail-clean goes at once but its
+        answer is left for the caller to read with others' (listed in
+        foops); else the answer is awaited here."""
         if not self.flagcleanalive:
             # Without qmail-clean the mess/ file would outlive info/ (a
             # leftover for the 36-hour cleanup): leave the message whole
@@ -636,7 +654,10 @@ class Send:
         except OSError:
             log('warning: unable to unlink %s; will try again later\n' % fn)
             return self.messdone_fail(messid)
-        self.clean('foop/%d' % messid)
+        if foops is None:
+            self.clean('foop/%d' % messid)
+        elif self.clean_send(['foop/%d' % messid]):
+            foops.append('foop/%d' % messid)        # its answer read later
 
     def messdone_fail(self, messid):
         heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
@@ -649,12 +670,19 @@ class Send:
             for _ in range(PASS_STEPS):
                 if not self.pass_dochan(c):
                     break
+                if self.comm_buf[c]:
+                    self.comm_do(c)     # the spawn takes it now: next one
         if self.pqfail and self.pqfail[0][0] <= self.recent:
             _, messid = heapq.heappop(self.pqfail)
             self.pqadd(messid)
-        if self.pqdone and self.pqdone[0][0] <= self.recent:
+        foops = []
+        for _ in range(PASS_STEPS):
+            if not self.pqdone or self.pqdone[0][0] > self.recent:
+                break
             _, messid = heapq.heappop(self.pqdone)
-            self.messdone(messid)
+            self.messdone(messid, foops)
+        if foops:
+            self.clean_answers(foops)
 
     # -- todo ---------------------------------------------------------------------
     def trigger_set(self):
@@ -727,11 +755,16 @@ class Send:
         todo/ entry goes; one whose step fails keeps todo/ for the next
         scan, as alone."""
         made = [got for got in map(self.preprocess_write, messids) if got is not None]
+        try:
+            durable.fsync_many(fd for _, _, files in made for _, fd in files)
+            failed = False
+        except OSError:
+            failed = True           # which one: ask each again
         synced = []
         for messid, chans, files in made:
             ok = True
             for fn, fd in files:
-                if ok:
+                if ok and failed:
                     try:
                         durable.fsync(fd)
                     except OSError:
@@ -740,13 +773,17 @@ class Send:
                 os.close(fd)
             if ok:
                 synced.append((messid, chans, [fn for fn, _ in files]))
+        dirs = sorted({os.path.dirname(fn) for _, _, fns in synced for fn in fns})
         bad = set()
-        for d in sorted({os.path.dirname(fn) for _, _, fns in synced for fn in fns}):
-            try:
-                durable.fsync_dir(d)
-            except OSError:
-                log('warning: trouble fsyncing %s\n' % d)
-                bad.add(d)
+        try:
+            durable.fsync_dirs(dirs)
+        except OSError:
+            for d in dirs:
+                try:
+                    durable.fsync_dir(d)
+                except OSError:
+                    log('warning: trouble fsyncing %s\n' % d)
+                    bad.add(d)
         synced = [m for m in synced if not any(os.path.dirname(fn) in bad for fn in m[2])]
         cleaned = self.clean_many(['todo/%d' % messid for messid, _, _ in synced])
         now = int(time.time())
