@@ -476,16 +476,41 @@ class Send:
 
     def markdone(self, c, messid, pos):
         """Mark a recipient DONE, durably: never deliver it again."""
+        self.marks_sync([self.mark_write(c, messid, pos)])
+
+    def mark_write(self, c, messid, pos):
+        """The D mark written, not yet synced: (path, fd), or None after
+        the warning."""
         fn = self.fn(CHANDIR[c], messid)
         try:
             fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                durable.pwrite(fd, b'D', pos)
-                durable.fsync(fd)
-            finally:
-                os.close(fd)
         except OSError:
             log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            return None
+        try:
+            durable.pwrite(fd, b'D', pos)
+        except OSError:
+            os.close(fd)
+            log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            return None
+        return fn, fd
+
+    def marks_sync(self, marks):
+        """fsync the D marks written, together, and close them."""
+        marks = [m for m in marks if m is not None]
+        try:
+            durable.fsync_many(fd for _, fd in marks)
+            failed = False
+        except OSError:
+            failed = True
+        for fn, fd in marks:
+            try:
+                if failed:
+                    durable.fsync(fd)
+            except OSError:
+                log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            finally:
+                os.close(fd)
 
     def del_dochan(self, c):
         try:
@@ -497,6 +522,7 @@ class Send:
         if not data:
             self.spawndied(c)
             return
+        lines = []
         for byte in data:
             dline = self.dline[c]
             if len(dline) < REPORTMAX:
@@ -507,37 +533,51 @@ class Send:
                 dline[-1] = 0
             # The first byte is the slot number and may itself be 0.
             if byte == 0 and len(dline) > 1:
-                self.del_report(c, bytes(dline[:-1]))
+                lines.append(bytes(dline[:-1]))
                 dline.clear()
+        if lines:
+            self.del_reports(c, lines)
 
     def del_report(self, c, line: bytes):
-        delnum = line[0]
+        self.del_reports(c, [line])
+
+    def del_reports(self, c, lines):
+        """Reports that came together: each logged, every D mark written,
+        the marks fsynced together, then each delivery closed (a job may
+        finish only once its marks are durable)."""
         slots = self.dels[c]
-        if delnum >= len(slots) or slots[delnum] is None:
-            log('warning: internal error: delivery report out of range\n')
-            return
-        d = slots[delnum]
-        kind, report = line[1:2], line[2:]
-        if kind == b'Z' and d.job.flagdying:
-            kind = b'D'
-            report = report + b"I'm not going to try again; this message has been in the queue too long.\n"
-        if kind == b'K':
-            log('delivery %d: success: %s\n' % (d.delid, rules.logsafe(report)))
-            self.markdone(c, d.job.id, d.mpos)
-            d.job.numtodo -= 1
-        elif kind == b'Z':
-            log('delivery %d: deferral: %s\n' % (d.delid, rules.logsafe(report)))
-        elif kind == b'D':
-            log('delivery %d: failure: %s\n' % (d.delid, rules.logsafe(report)))
-            self.addbounce(d.job.id, d.recip, report)
-            self.markdone(c, d.job.id, d.mpos)
-            d.job.numtodo -= 1
-        else:
-            log('delivery %d: report mangled, will defer\n' % d.delid)
-        self.job_close(d.job)
-        slots[delnum] = None
-        self.concurrencyused[c] -= 1
-        self.del_status()
+        closing = []
+        marks = []
+        for line in lines:
+            delnum = line[0]
+            if delnum >= len(slots) or slots[delnum] is None:
+                log('warning: internal error: delivery report out of range\n')
+                continue
+            d = slots[delnum]
+            kind, report = line[1:2], line[2:]
+            if kind == b'Z' and d.job.flagdying:
+                kind = b'D'
+                report = report + b"I'm not going to try again; this message has been in the queue too long.\n"
+            if kind == b'K':
+                log('delivery %d: success: %s\n' % (d.delid, rules.logsafe(report)))
+                marks.append(self.mark_write(c, d.job.id, d.mpos))
+            elif kind == b'Z':
+                log('delivery %d: deferral: %s\n' % (d.delid, rules.logsafe(report)))
+            elif kind == b'D':
+                log('delivery %d: failure: %s\n' % (d.delid, rules.logsafe(report)))
+                self.addbounce(d.job.id, d.recip, report)
+                marks.append(self.mark_write(c, d.job.id, d.mpos))
+            else:
+                log('delivery %d: report mangled, will defer\n' % d.delid)
+            closing.append((delnum, d, kind in (b'K', b'D')))
+        self.marks_sync(marks)
+        for delnum, d, done in closing:
+            if done:
+                d.job.numtodo -= 1
+            self.job_close(d.job)
+            slots[delnum] = None
+            self.concurrencyused[c] -= 1
+            self.del_status()
 
     def comm_do(self, c):
         buf = self.comm_buf[c]

@@ -130,12 +130,13 @@ def fsync_dir(path) -> None:
 
 _pool = None
 POOL_THREADS = 16
+THREADS_FROM = 4        # fewer are done one after another: a thread costs too
 
 
 def _map(fn, items):
     global _pool
     items = list(items)
-    if hook is not None or after is not None or len(items) < 2:
+    if hook is not None or after is not None or len(items) < THREADS_FROM:
         for item in items:
             fn(item)
         return
