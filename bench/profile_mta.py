@@ -49,15 +49,15 @@ def role(rec) -> str:
     names = {
         ('qmail-send',): 'qmail-send',
         ('qmail-listen',): 'qmail-listen (parent)',
-        ('qmail-listen', 'qmail-listen'): 'qmail-smtpd (listen child, one per session)',
+        ('qmail-listen', 'qmail-listen'): 'qmail-smtpd (qmail-listen workers)',
         ('qmail-start', 'qmail-lspawn'): 'qmail-lspawn (parent)',
-        ('qmail-start', 'qmail-lspawn', 'qmail-lspawn'): 'qmail-local (lspawn child, one per delivery)',
-        ('qmail-start', 'qmail-lspawn', 'qmail-lspawn', 'qmail-lspawn'):
-            'qmail-getpw (lspawn grandchild, one per delivery)',
+        ('qmail-start', 'qmail-lspawn', 'qmail-local'): 'qmail-local (qmail-lspawn workers)',
+        ('qmail-start', 'qmail-lspawn', 'qmail-getpw'): 'qmail-getpw (qmail-lspawn helper)',
         ('qmail-start', 'qmail-queued'): 'qmail-queued (parent)',
-        ('qmail-start', 'qmail-queued', 'qmail-queued'): 'qmail-queue writer (queued child, one per message)',
+        ('qmail-start', 'qmail-queued', 'qmail-queued'): 'qmail-queue writer (qmail-queued workers)',
         ('qmail-start', 'qmail-clean'): 'qmail-clean',
         ('qmail-start', 'qmail-rspawn'): 'qmail-rspawn',
+        ('qmail-start', 'qmail-rspawn', 'qmail-remote'): 'qmail-remote (qmail-rspawn workers)',
     }
     return names.get(tuple(chain), ' > '.join(chain))
 
