@@ -319,35 +319,65 @@ class Send:
         self.jobs_open += 1
         return Job(messid, c)
 
-    def job_close(self, job):
+    def job_close(self, job, finishing=None):
+        """One reference to job gone; the last closes it.  A job whose
+        recipients are all done is finished (jobs_finish) at once, or,
+        with finishing, appended there for the caller to finish with
+        others."""
         job.refs -= 1
         if job.refs > 0:
             return
         self.jobs_open -= 1
-        dt = job.retry
         if job.flaghiteof and not job.numtodo:
+            if finishing is None:
+                self.jobs_finish([job])
+            else:
+                finishing.append(job)
+            return
+        heapq.heappush(self.pqchan[job.channel], (job.retry, job.id))
+
+    def jobs_finish(self, jobs):
+        """Jobs with every recipient done: their channel files removed,
+        the directories fsynced together, then each message goes on to
+        messdone unless its other channel is still going."""
+        removed = []
+        for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
             try:
                 durable.unlink(fn)
-                # Durable before info/ goes (messdone): else a crash could
-                # bring back a recipient list whose message is forgotten
-                # (qmail-crashtest, "bounce" with a power cut).
-                durable.fsync_dir(os.path.dirname(fn))
+                removed.append((job, fn))
             except OSError:
                 log('warning: unable to unlink %s; will try again later\n' % fn)
-                dt = int(time.time()) + SLEEP_SYSFAIL
-            else:
-                other = self.fn(CHANDIR[1 - job.channel], job.id)
+                heapq.heappush(self.pqchan[job.channel],
+                               (int(time.time()) + SLEEP_SYSFAIL, job.id))
+        # Durable before info/ goes (messdone): else a crash could bring
+        # back a recipient list whose message is forgotten (qmail-crashtest,
+        # "bounce" with a power cut).
+        dirs = sorted({os.path.dirname(fn) for _, fn in removed})
+        bad = set()
+        try:
+            durable.fsync_dirs(dirs)
+        except OSError:
+            for d in dirs:
                 try:
-                    os.stat(other)
-                    return              # the other channel is still going
-                except FileNotFoundError:
-                    pass
+                    durable.fsync_dir(d)
                 except OSError:
-                    log('warning: unable to stat %s\n' % other)
-                heapq.heappush(self.pqdone, (int(time.time()), job.id))
-                return
-        heapq.heappush(self.pqchan[job.channel], (dt, job.id))
+                    bad.add(d)
+        for job, fn in removed:
+            if os.path.dirname(fn) in bad:
+                log('warning: unable to unlink %s; will try again later\n' % fn)
+                heapq.heappush(self.pqchan[job.channel],
+                               (int(time.time()) + SLEEP_SYSFAIL, job.id))
+                continue
+            other = self.fn(CHANDIR[1 - job.channel], job.id)
+            try:
+                os.stat(other)
+                continue                # the other channel is still going
+            except FileNotFoundError:
+                pass
+            except OSError:
+                log('warning: unable to stat %s\n' % other)
+            heapq.heappush(self.pqdone, (int(time.time()), job.id))
 
     # -- bounces ----------------------------------------------------------------
     def addbounce(self, messid, recip, report):
@@ -571,13 +601,16 @@ class Send:
                 log('delivery %d: report mangled, will defer\n' % d.delid)
             closing.append((delnum, d, kind in (b'K', b'D')))
         self.marks_sync(marks)
+        finishing = []
         for delnum, d, done in closing:
             if done:
                 d.job.numtodo -= 1
-            self.job_close(d.job)
+            self.job_close(d.job, finishing)
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
+        if finishing:
+            self.jobs_finish(finishing)
 
     def comm_do(self, c):
         buf = self.comm_buf[c]
