@@ -54,16 +54,6 @@ def files_for(kind: str, messid: int, split: int):
     return [qfn('intd', messid, split), qfn('todo', messid, split)]
 
 
-def remove(paths, flagsync: bool) -> bytes:
-    answer, dirty = remove_nosync(paths, flagsync)
-    if dirty is not None:
-        try:
-            durable.fsync_dir(dirty)
-        except OSError:
-            return b'!'
-    return answer
-
-
 def remove_nosync(paths, flagsync: bool):
     """Unlink paths in order: (answer, directory still to fsync or None)."""
     removed = False

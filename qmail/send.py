@@ -353,16 +353,7 @@ class Send:
         # Durable before info/ goes (messdone): else a crash could bring
         # back a recipient list whose message is forgotten (qmail-crashtest,
         # "bounce" with a power cut).
-        dirs = sorted({os.path.dirname(fn) for _, fn in removed})
-        bad = set()
-        try:
-            durable.fsync_dirs(dirs)
-        except OSError:
-            for d in dirs:
-                try:
-                    durable.fsync_dir(d)
-                except OSError:
-                    bad.add(d)
+        bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
         for job, fn in removed:
             if os.path.dirname(fn) in bad:
                 log('warning: unable to unlink %s; will try again later\n' % fn)
@@ -504,10 +495,6 @@ class Send:
                                                      rules.logsafe(recip)))
         self.del_status()
 
-    def markdone(self, c, messid, pos):
-        """Mark a recipient DONE, durably: never deliver it again."""
-        self.marks_sync([self.mark_write(c, messid, pos)])
-
     def mark_write(self, c, messid, pos):
         """The D mark written, not yet synced: (path, fd), or None after
         the warning."""
@@ -528,19 +515,11 @@ class Send:
     def marks_sync(self, marks):
         """fsync the D marks written, together, and close them."""
         marks = [m for m in marks if m is not None]
-        try:
-            durable.fsync_many(fd for _, fd in marks)
-            failed = False
-        except OSError:
-            failed = True
+        bad = set(durable.fsync_many(fd for _, fd in marks))
         for fn, fd in marks:
-            try:
-                if failed:
-                    durable.fsync(fd)
-            except OSError:
+            if fd in bad:
                 log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
-            finally:
-                os.close(fd)
+            os.close(fd)
 
     def del_dochan(self, c):
         try:
@@ -693,11 +672,10 @@ class Send:
         log('warning: trouble opening %s; will try again later\n' % fn)
         heapq.heappush(self.pqchan[c], (self.recent + SLEEP_SYSFAIL, messid))
 
-    def messdone(self, messid, foops=None):
+    def messdone(self, messid, foops):
         """The message is finished: bounce what failed, then remove it.
-        With foops, the request to qmail-clean goes at once but its
-        answer is left for the caller to read with others' (listed in
-        foops); else the answer is awaited here."""
+        The request to qmail-clean goes at once; its answer is left for
+        the caller to read with others' (the requests listed in foops)."""
         if not self.flagcleanalive:
             # Without qmail-clean the mess/ file would outlive info/ (a
             # leftover for the 36-hour cleanup): leave the message whole
@@ -727,9 +705,7 @@ class Send:
         except OSError:
             log('warning: unable to unlink %s; will try again later\n' % fn)
             return self.messdone_fail(messid)
-        if foops is None:
-            self.clean('foop/%d' % messid)
-        elif self.clean_send(['foop/%d' % messid]):
+        if self.clean_send(['foop/%d' % messid]):
             foops.append('foop/%d' % messid)        # its answer read later
 
     def messdone_fail(self, messid):
@@ -828,35 +804,20 @@ class Send:
         todo/ entry goes; one whose step fails keeps todo/ for the next
         scan, as alone."""
         made = [got for got in map(self.preprocess_write, messids) if got is not None]
-        try:
-            durable.fsync_many(fd for _, _, files in made for _, fd in files)
-            failed = False
-        except OSError:
-            failed = True           # which one: ask each again
+        bad = set(durable.fsync_many(fd for _, _, files in made for _, fd in files))
         synced = []
         for messid, chans, files in made:
-            ok = True
-            for fn, fd in files:
-                if ok and failed:
-                    try:
-                        durable.fsync(fd)
-                    except OSError:
-                        log('warning: trouble fsyncing %s\n' % fn)
-                        ok = False
+            failed = [fn for fn, fd in files if fd in bad]
+            if failed:
+                log('warning: trouble fsyncing %s\n' % failed[0])
+            for _, fd in files:
                 os.close(fd)
-            if ok:
+            if not failed:
                 synced.append((messid, chans, [fn for fn, _ in files]))
-        dirs = sorted({os.path.dirname(fn) for _, _, fns in synced for fn in fns})
-        bad = set()
-        try:
-            durable.fsync_dirs(dirs)
-        except OSError:
-            for d in dirs:
-                try:
-                    durable.fsync_dir(d)
-                except OSError:
-                    log('warning: trouble fsyncing %s\n' % d)
-                    bad.add(d)
+        bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn)
+                                              for _, _, fns in synced for fn in fns})))
+        for d in sorted(bad):
+            log('warning: trouble fsyncing %s\n' % d)
         synced = [m for m in synced if not any(os.path.dirname(fn) in bad for fn in m[2])]
         cleaned = self.clean_many(['todo/%d' % messid for messid, _, _ in synced])
         now = int(time.time())

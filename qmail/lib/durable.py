@@ -133,27 +133,38 @@ POOL_THREADS = 16
 THREADS_FROM = 4        # fewer are done one after another: a thread costs too
 
 
-def _map(fn, items):
+def _each(fn, items) -> list:
+    """fn(item) for every item, together; the items whose fn raised
+    OSError (each is tried once: a second fsync after a failed one may
+    report success for data that was lost)."""
     global _pool
     items = list(items)
+    failed = []
     if hook is not None or after is not None or len(items) < THREADS_FROM:
         for item in items:
-            fn(item)
-        return
+            try:
+                fn(item)
+            except OSError:
+                failed.append(item)
+        return failed
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
         _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix='fsync')
-    errors = [f.exception() for f in [_pool.submit(fn, item) for item in items]]
-    for err in errors:
-        if err is not None:
+    futures = [_pool.submit(fn, item) for item in items]
+    for item, future in zip(items, futures):
+        err = future.exception()
+        if isinstance(err, OSError):
+            failed.append(item)
+        elif err is not None:
             raise err
+    return failed
 
 
-def fsync_many(fds) -> None:
-    """fsync() each descriptor, together; raises the first OSError."""
-    _map(fsync, fds)
+def fsync_many(fds) -> list:
+    """fsync() each descriptor, together; those that failed."""
+    return _each(fsync, fds)
 
 
-def fsync_dirs(paths) -> None:
-    """fsync_dir() each directory, together; raises the first OSError."""
-    _map(fsync_dir, paths)
+def fsync_dirs(paths) -> list:
+    """fsync_dir() each directory, together; those that failed."""
+    return _each(fsync_dir, paths)
