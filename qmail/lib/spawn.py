@@ -306,14 +306,19 @@ class Spawner:
             self.docmd(*cmd)
 
 
-def child_setup(fdmess: int, fdout: int):
-    """In a delivery child: fd 0 the message, fds 1 and 2 the report pipe,
-    and the signal state of a fresh process."""
-    gc.disable()     # short-lived: a collection would copy the parent's pages
+def fresh_signals():
+    """In a child of the spawn loop: the signal state of a fresh process."""
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
                 signal.SIGALRM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+
+
+def child_setup(fdmess: int, fdout: int):
+    """In a delivery child: fd 0 the message, fds 1 and 2 the report pipe,
+    and the signal state of a fresh process."""
+    gc.disable()     # short-lived: a collection would copy the parent's pages
+    fresh_signals()
     os.dup2(fdmess, 0)
     os.dup2(fdout, 1)
     os.dup2(fdout, 2)
@@ -504,17 +509,13 @@ def fresh_child(title: str, keep=()):
     process's signals, and no descriptor of the parent's but those in
     keep (moved to 3, 4, ..., returned in that order); fds 0-2 on
     /dev/null."""
-    import gc
     gc.freeze()         # the parent's objects are never ours to collect
     try:
         from setproctitle import setproctitle
         setproctitle(title)
     except ImportError:
         pass
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP,
-                signal.SIGALRM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
+    fresh_signals()
     # Above every fd we may hold, then down to 3, 4, ...: no clobbering.
     top = max(list(keep) + [2]) + 1
     moved = [os.dup2(fd, top + i, inheritable=False) for i, fd in enumerate(keep)]
