@@ -174,16 +174,12 @@ class InProcessQueue:
 class ScratchSend(send.Send):
     """qmail-send with qmail-clean's work done in this process."""
 
-    answers = ()
+    inline = True
 
-    def clean_send(self, requests) -> bool:
+    def clean_request(self, requests, then=None):
         got = clean.answer_all([r.encode() for r in requests], self.split)
-        self.answers = list(self.answers) + [a == ord('+') for a in got]
-        return True
-
-    def clean_answers(self, requests) -> list:
-        out, self.answers = self.answers[:len(requests)], self.answers[len(requests):]
-        return out
+        if then is not None:
+            then([a == ord('+') for a in got])
 
     def pausedir(self, d):
         raise OSError('unable to opendir %s' % d)

@@ -19,11 +19,18 @@ See:      qmail-send(8), qmail-log(5), INTERNALS.md.
 
 Durability beyond qmail 1.03: Linux needs directories fsynced.  Before
 todo/ is removed the new info/, local/ and remote/ entries are made
-durable; a recipient's D mark is fsynced before the next delivery
-report is read, and a bounce paragraph before its D mark, so a crash
-never repeats a finished delivery nor forgets a failure.
+durable; a recipient's D mark is fsynced before its job can finish
+(and its recipient list go), and a bounce paragraph before its D mark,
+so a crash never forgets a delivery's outcome once the job moved on,
+nor a failure.
+
+The loop does not wait for the disk: preprocessing, D marks, removing
+finished jobs' files and messages' info/ are done by threads
+(qmail.lib.background), each step's sequel back in the loop once the
+step is durable; qmail-clean's answers are read as they come.
 """
 
+import collections
 import errno
 import heapq
 import os
@@ -32,7 +39,7 @@ import signal
 import sys
 import time
 
-from qmail.lib import auto, control, durable
+from qmail.lib import auto, background, control, durable
 from qmail.lib.date822 import date822
 from qmail.lib.qfile import parse_messid, qfn
 from qmail.lib.qqtalk import QueueClient
@@ -137,6 +144,8 @@ def chan_records(data: bytes):
 
 
 class Send:
+    inline = False              # crash tests: disk work done at once, in order
+
     def __init__(self, ctl: control.Controls, controls: Controls, split: int):
         self.ctl = ctl
         self.c = controls
@@ -166,58 +175,65 @@ class Send:
         self.cleanuptime = self.recent
         self.notifier = None
         self.inotifyfd = -1
+        self.bg = background.Background(self.inline)
+        self.clean_waiting = collections.deque()    # (requests, then)
+        self.clean_buf = b''
+        self.preprocessing = False      # a batch of todo/ on its way to disk
+        self.cleaning_todo = set()      # preprocessed, todo/ removal asked
+        self.ending = set()             # messdone under way
 
     # -- names ----------------------------------------------------------------
     def fn(self, d, messid):
         return qfn(d, messid, self.split)
 
     # -- clean ------------------------------------------------------------------
-    def clean(self, request: str) -> bool:
-        """Ask qmail-clean; True when it removed the files."""
-        return self.clean_many([request])[0]
-
-    def clean_many(self, requests) -> list:
-        """Ask qmail-clean for several removals at once, the requests
-        written together and the answers read together (qmail-clean
-        makes one directory fsync serve them all); [True if removed]."""
-        if not self.clean_send(requests):
-            return [False] * len(requests)
-        return self.clean_answers(requests)
-
-    def clean_send(self, requests) -> bool:
-        """Write requests to qmail-clean (answers to be read later)."""
+    def clean_request(self, requests, then=None):
+        """Ask qmail-clean to remove files (todo/N: todo/ and intd/ of a
+        preprocessed message; foop/N: all of a finished one).  Its answers,
+        one byte per request and in order, are read in the loop
+        (clean_read); then([True if removed]) runs once all of these are in."""
         if not self.flagcleanalive:
-            return False
+            if then is not None:
+                then([False] * len(requests))
+            return
+        data = b''.join(r.encode() + b'\0' for r in requests)
         try:
-            os.write(FDCLEAN_OUT, b''.join(r.encode() + b'\0' for r in requests))
+            while data:
+                data = data[os.write(FDCLEAN_OUT, data):]
         except OSError:
             self.cleandied()
-            return False
-        return True
+            if then is not None:
+                then([False] * len(requests))
+            return
+        self.clean_waiting.append((requests, then))
 
-    def clean_answers(self, requests) -> list:
-        """qmail-clean's answers to requests sent: [True if removed]."""
-        answers = b''
+    def clean_read(self):
+        """qmail-clean's answers that have come: each request's then()."""
         try:
-            while len(answers) < len(requests):
-                try:
-                    chunk = os.read(FDCLEAN_IN, len(requests) - len(answers))
-                except InterruptedError:
-                    continue
-                if not chunk:
-                    break
-                answers += chunk
+            data = os.read(FDCLEAN_IN, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            pass
-        if len(answers) < len(requests):
+            data = b''
+        if not data:
             self.cleandied()
-        out = []
-        for i, request in enumerate(requests):
-            ok = answers[i:i + 1] == b'+'
-            if i < len(answers) and not ok:
-                log('warning: qmail-clean unable to clean up %s\n' % request)
-            out.append(ok)
-        return out
+            waiting, self.clean_waiting = self.clean_waiting, collections.deque()
+            for requests, then in waiting:
+                if then is not None:
+                    then([False] * len(requests))
+            return
+        self.clean_buf += data
+        while self.clean_waiting and len(self.clean_buf) >= len(self.clean_waiting[0][0]):
+            requests, then = self.clean_waiting.popleft()
+            answers = self.clean_buf[:len(requests)]
+            self.clean_buf = self.clean_buf[len(requests):]
+            oks = []
+            for request, answer in zip(requests, answers):
+                if answer != ord('+'):
+                    log('warning: qmail-clean unable to clean up %s\n' % request)
+                oks.append(answer == ord('+'))
+            if then is not None:
+                then(oks)
 
     def cleandied(self):
         log('alert: oh no! lost qmail-clean connection! dying...\n')
@@ -337,29 +353,40 @@ class Send:
         heapq.heappush(self.pqchan[job.channel], (job.retry, job.id))
 
     def jobs_finish(self, jobs):
-        """Jobs with every recipient done: their channel files removed,
-        the directories fsynced together, then each message goes on to
-        messdone unless its other channel is still going."""
-        removed = []
+        """Jobs with every recipient done: their channel files removed
+        and the directories fsynced together (in the background), then
+        each message goes on to messdone unless its other channel is
+        still going."""
+        self.bg.submit(lambda: self.jobs_unlink(jobs), self.jobs_unlinked)
+
+    def jobs_unlink(self, jobs):
+        """Background: ([jobs whose file is gone, durably], [the others])."""
+        removed, failed = [], []
         for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
             try:
                 durable.unlink(fn)
                 removed.append((job, fn))
             except OSError:
-                log('warning: unable to unlink %s; will try again later\n' % fn)
-                heapq.heappush(self.pqchan[job.channel],
-                               (int(time.time()) + SLEEP_SYSFAIL, job.id))
+                failed.append(job)
         # Durable before info/ goes (messdone): else a crash could bring
         # back a recipient list whose message is forgotten (qmail-crashtest,
         # "bounce" with a power cut).
         bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
-        for job, fn in removed:
-            if os.path.dirname(fn) in bad:
-                log('warning: unable to unlink %s; will try again later\n' % fn)
-                heapq.heappush(self.pqchan[job.channel],
-                               (int(time.time()) + SLEEP_SYSFAIL, job.id))
-                continue
+        failed += [job for job, fn in removed if os.path.dirname(fn) in bad]
+        return [job for job, fn in removed if os.path.dirname(fn) not in bad], failed
+
+    def jobs_unlinked(self, result):
+        gone, failed = result
+        for job in failed:
+            log('warning: unable to unlink %s; will try again later\n'
+                % self.fn(CHANDIR[job.channel], job.id))
+            heapq.heappush(self.pqchan[job.channel],
+                           (int(time.time()) + SLEEP_SYSFAIL, job.id))
+        for job in gone:
+            # After the unlink: of two channels finishing at once, one at
+            # least sees the other gone (a message done twice is harmless:
+            # messdone finds info/ gone, or under way).
             other = self.fn(CHANDIR[1 - job.channel], job.id)
             try:
                 os.stat(other)
@@ -513,7 +540,8 @@ class Send:
         return fn, fd
 
     def marks_sync(self, marks):
-        """fsync the D marks written, together, and close them."""
+        """fsync the D marks written, together, and close them
+        (background: the warnings are log lines of their own)."""
         marks = [m for m in marks if m is not None]
         bad = set(durable.fsync_many(fd for _, fd in marks))
         for fn, fd in marks:
@@ -551,9 +579,10 @@ class Send:
         self.del_reports(c, [line])
 
     def del_reports(self, c, lines):
-        """Reports that came together: each logged, every D mark written,
-        the marks fsynced together, then each delivery closed (a job may
-        finish only once its marks are durable)."""
+        """Reports that came together: each logged, its slot freed, every
+        D mark written and the marks fsynced together in the background,
+        then (marks_synced) each delivery's job closed: a job may finish
+        only once its marks are durable."""
         slots = self.dels[c]
         closing = []
         marks = []
@@ -569,25 +598,30 @@ class Send:
                 report = report + b"I'm not going to try again; this message has been in the queue too long.\n"
             if kind == b'K':
                 log('delivery %d: success: %s\n' % (d.delid, rules.logsafe(report)))
-                marks.append(self.mark_write(c, d.job.id, d.mpos))
+                marks.append((c, d.job.id, d.mpos))
             elif kind == b'Z':
                 log('delivery %d: deferral: %s\n' % (d.delid, rules.logsafe(report)))
             elif kind == b'D':
                 log('delivery %d: failure: %s\n' % (d.delid, rules.logsafe(report)))
                 self.addbounce(d.job.id, d.recip, report)
-                marks.append(self.mark_write(c, d.job.id, d.mpos))
+                marks.append((c, d.job.id, d.mpos))
             else:
                 log('delivery %d: report mangled, will defer\n' % d.delid)
-            closing.append((delnum, d, kind in (b'K', b'D')))
-        self.marks_sync(marks)
-        finishing = []
-        for delnum, d, done in closing:
-            if done:
-                d.job.numtodo -= 1
-            self.job_close(d.job, finishing)
+            closing.append((d, kind in (b'K', b'D')))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
+        if not marks:
+            return self.marks_synced(closing)
+        self.bg.submit(lambda: self.marks_sync([self.mark_write(*m) for m in marks]),
+                       lambda _: self.marks_synced(closing))
+
+    def marks_synced(self, closing):
+        finishing = []
+        for d, done in closing:
+            if done:
+                d.job.numtodo -= 1
+            self.job_close(d.job, finishing)
         if finishing:
             self.jobs_finish(finishing)
 
@@ -672,10 +706,12 @@ class Send:
         log('warning: trouble opening %s; will try again later\n' % fn)
         heapq.heappush(self.pqchan[c], (self.recent + SLEEP_SYSFAIL, messid))
 
-    def messdone(self, messid, foops):
-        """The message is finished: bounce what failed, then remove it.
-        The request to qmail-clean goes at once; its answer is left for
-        the caller to read with others' (the requests listed in foops)."""
+    def messdone(self, messid, ending):
+        """The message is finished: bounce what failed, then remove it:
+        info/ (appended to ending, for the caller to remove with others',
+        messes_remove), then the rest through qmail-clean."""
+        if messid in self.ending:
+            return                      # under way
         if not self.flagcleanalive:
             # Without qmail-clean the mess/ file would outlive info/ (a
             # leftover for the 36-hour cleanup): leave the message whole
@@ -700,16 +736,33 @@ class Send:
         if not self.injectbounce(messid):
             return self.messdone_fail(messid)
         log('end msg %d\n' % messid)
-        try:
-            durable.unlink(fn)
-        except OSError:
-            log('warning: unable to unlink %s; will try again later\n' % fn)
-            return self.messdone_fail(messid)
-        if self.clean_send(['foop/%d' % messid]):
-            foops.append('foop/%d' % messid)        # its answer read later
+        self.ending.add(messid)
+        ending.append(messid)
 
-    def messdone_fail(self, messid):
-        heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
+    def messes_remove(self, messids):
+        """info/ of finished messages removed in the background (each
+        before its mess/: info/ without mess/ would be a message that
+        cannot be delivered), then qmail-clean asked for the rest."""
+        def work():
+            failed = []
+            for messid in messids:
+                try:
+                    durable.unlink(self.fn('info', messid))
+                except OSError:
+                    failed.append(messid)
+            return failed
+
+        def then(failed):
+            for messid in failed:
+                log('warning: unable to unlink %s; will try again later\n'
+                    % self.fn('info', messid))
+                self.ending.discard(messid)
+                self.messdone_fail(messid)
+            gone = [m for m in messids if m not in failed]
+            if gone:
+                self.clean_request(['foop/%d' % m for m in gone],
+                                   lambda oks: self.ending.difference_update(gone))
+        self.bg.submit(work, then)
 
     def pass_do(self):
         # qmail takes one step per channel per turn of the loop; a turn
@@ -724,14 +777,14 @@ class Send:
         if self.pqfail and self.pqfail[0][0] <= self.recent:
             _, messid = heapq.heappop(self.pqfail)
             self.pqadd(messid)
-        foops = []
+        ending = []
         for _ in range(PASS_STEPS):
             if not self.pqdone or self.pqdone[0][0] > self.recent:
                 break
             _, messid = heapq.heappop(self.pqdone)
-            self.messdone(messid, foops)
-        if foops:
-            self.clean_answers(foops)
+            self.messdone(messid, ending)
+        if ending:
+            self.messes_remove(ending)
 
     # -- todo ---------------------------------------------------------------------
     def trigger_set(self):
@@ -745,30 +798,37 @@ class Send:
     def watch_todo(self):
         """Beyond the trigger: an inotify watch on todo/, so a message
         whose trigger pull was lost (a missing or broken lock/trigger)
-        is still noticed at once, not at the next 25-minute scan."""
+        is still noticed at once, not at the next 25-minute scan.  Only
+        the readiness matters (todo/ is listed anyway): the events are
+        read raw and dropped, not parsed."""
         try:
             import pyinotify
             wm = pyinotify.WatchManager()
             wm.add_watch('todo', pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO,
                          quiet=False)
-            self.notifier = pyinotify.Notifier(wm, default_proc_fun=lambda e: None,
-                                               timeout=0)
+            self.notifier = wm          # keeps the descriptor open
             self.inotifyfd = wm.get_fd()
+            os.set_blocking(self.inotifyfd, False)
         except Exception:              # no inotify: the trigger and the scan remain
             self.notifier, self.inotifyfd = None, -1
 
     def inotify_read(self) -> bool:
-        try:
-            if self.notifier.check_events(timeout=0):
-                self.notifier.read_events()
-                self.notifier.process_events()
-                return True
-        except Exception:
-            self.notifier, self.inotifyfd = None, -1
-        return False
+        """Drain the inotify descriptor; True if anything was there."""
+        got = False
+        while True:
+            try:
+                if not os.read(self.inotifyfd, 65536):
+                    break
+                got = True
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.notifier, self.inotifyfd = None, -1
+                break
+        return got
 
     def todo_do(self, triggered):
-        if self.flagexitasap:
+        if self.flagexitasap or self.preprocessing:
             return
         if self.tododir is None:
             if not triggered and self.recent < self.nexttodorun:
@@ -787,7 +847,7 @@ class Send:
                 self.tododir = None
                 break
             messid = parse_messid(name)
-            if messid is not None:
+            if messid is not None and messid not in self.cleaning_todo:
                 batch.append(messid)
         if batch:
             self.preprocess_batch(batch)
@@ -797,12 +857,19 @@ class Send:
         self.preprocess_batch([messid])
 
     def preprocess_batch(self, messids):
-        """Preprocess several messages with one round of syncing: every
-        message's new files written, then all fsynced, then each
-        directory fsynced once, then todo/ cleaned for all at once.  Each
+        """Preprocess several messages with one round of syncing, in the
+        background (preprocess_disk), then todo/ cleaned for all at once
+        (preprocess_synced), then each queued (preprocess_cleaned).  Each
         message still has info/ and its channel files durable before its
         todo/ entry goes; one whose step fails keeps todo/ for the next
-        scan, as alone."""
+        scan, as alone.  One batch at a time: todo_do waits for it."""
+        self.preprocessing = True
+        self.bg.submit(lambda: self.preprocess_disk(messids), self.preprocess_synced)
+
+    def preprocess_disk(self, messids):
+        """Background: every message's new files written, then all
+        fsynced, then each directory fsynced once; [(messid, chans)] of
+        the messages whose files are durable (the others are logged)."""
         made = [got for got in map(self.preprocess_write, messids) if got is not None]
         bad = set(durable.fsync_many(fd for _, _, files in made for _, fd in files))
         synced = []
@@ -818,10 +885,21 @@ class Send:
                                               for _, _, fns in synced for fn in fns})))
         for d in sorted(bad):
             log('warning: trouble fsyncing %s\n' % d)
-        synced = [m for m in synced if not any(os.path.dirname(fn) in bad for fn in m[2])]
-        cleaned = self.clean_many(['todo/%d' % messid for messid, _, _ in synced])
+        return [(messid, chans) for messid, chans, fns in synced
+                if not any(os.path.dirname(fn) in bad for fn in fns)]
+
+    def preprocess_synced(self, synced):
+        self.preprocessing = False
+        if not synced:
+            return
+        self.cleaning_todo.update(messid for messid, _ in synced)
+        self.clean_request(['todo/%d' % messid for messid, _ in synced],
+                           lambda oks: self.preprocess_cleaned(synced, oks))
+
+    def preprocess_cleaned(self, synced, oks):
         now = int(time.time())
-        for (messid, chans, _), ok in zip(synced, cleaned):
+        for (messid, chans), ok in zip(synced, oks):
+            self.cleaning_todo.discard(messid)
             if not ok:
                 continue
             flagchan = False
@@ -935,7 +1013,7 @@ class Send:
                 pass
             except OSError:
                 return
-        self.clean('foop/%d' % messid)
+        self.clean_request(['foop/%d' % messid])
 
     # -- signals and controls -------------------------------------------------------
     def reread(self):
@@ -991,6 +1069,7 @@ class Send:
             self.dels[c] = [None] * self.concurrency[c]
         for fd in CHANFDOUT:
             os.set_blocking(fd, False)
+        os.set_blocking(FDCLEAN_IN, False)     # answers read as they come
         return True
 
     def loop(self, wakeup_r):
@@ -999,7 +1078,8 @@ class Send:
         self.trigger_set()
         self.watch_todo()
         poller = select.poll()
-        while not self.flagexitasap or not self.del_canexit():
+        while (not self.flagexitasap or not self.del_canexit()
+               or self.bg.pending or self.clean_waiting):
             self.recent = int(time.time())
             if self.flagrunasap:
                 self.flagrunasap = False
@@ -1014,7 +1094,13 @@ class Send:
                     fds[CHANFDIN[c]] = select.POLLIN
                     if self.comm_buf[c]:
                         fds[CHANFDOUT[c]] = select.POLLOUT
-            if not self.flagexitasap:
+            if self.bg.fd != -1:
+                fds[self.bg.fd] = select.POLLIN
+            if self.clean_waiting:
+                fds[FDCLEAN_IN] = select.POLLIN
+            if not self.flagexitasap and not self.preprocessing:
+                # (while a batch is on its way to disk, a pulled trigger
+                # waits: its descriptor stays readable)
                 if self.triggerfd != -1:
                     fds[self.triggerfd] = fds.get(self.triggerfd, 0) | select.POLLIN
                 if self.inotifyfd != -1:
@@ -1040,6 +1126,10 @@ class Send:
                     os.read(wakeup_r, 512)
                 except OSError:
                     pass
+            if self.bg.fd != -1 and ready.get(self.bg.fd, 0):
+                self.bg.finish()
+            if ready.get(FDCLEAN_IN, 0) and self.clean_waiting:
+                self.clean_read()
             for c in (0, 1):
                 if self.flagspawnalive[c] and self.comm_buf[c] and \
                         ready.get(CHANFDOUT[c], 0) & (select.POLLOUT | select.POLLERR):

@@ -1,0 +1,75 @@
+"""Disk work done beside an event loop, its results handed back to the loop.
+
+qmail-send's loop must not wait for the disk: while one batch of new
+messages is being fsynced it should be starting deliveries and reading
+reports.  Background.submit(work, then) runs work() in a thread and,
+once it is done, the loop (having seen readiness on self.fd) calls
+finish(), which runs then(result) in the loop's own thread, in the order
+the work finished.  Work does file steps only (qmail.lib.durable) on
+files nothing else touches meanwhile; every decision, every change of
+the program's state, stays in then(), so the loop's state never needs a
+lock.  A step that must follow another is chained: the first's then()
+submits the second.
+
+An exception inside work() is raised again by finish(), in the loop, as
+if the work had been done there.
+
+Inline (crash tests, where each durable step must be a numbered crash
+point, and with durable's hooks set): work() and then() run at once, in
+submit(), one after another: the same steps in the same order, without
+the overlap.
+"""
+
+import collections
+import os
+
+from qmail.lib import durable
+
+THREADS = 4
+
+
+class Background:
+    def __init__(self, inline: bool = False):
+        self.inline = inline
+        self.pending = 0                     # submitted, then() not yet run
+        self._done = collections.deque()     # (then, result, exception)
+        self._pool = None
+        self.fd = -1                         # readable when finish() has work
+        self._wake = -1
+
+    def submit(self, work, then):
+        if self.inline or durable.hook is not None or durable.after is not None:
+            then(work())
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix='disk')
+        self.pending += 1
+        self._pool.submit(self._run, work, then)
+
+    def _run(self, work, then):
+        try:
+            self._done.append((then, work(), None))
+        except BaseException as e:          # raised again in the loop
+            self._done.append((then, None, e))
+        try:
+            os.write(self._wake, b'.')
+        except OSError:                     # full: the loop is woken already
+            pass
+
+    def finish(self):
+        """Run then() of every finished work, in the loop's thread."""
+        if self.fd == -1:
+            return
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except OSError:
+            pass
+        while self._done:
+            then, result, exc = self._done.popleft()
+            self.pending -= 1
+            if exc is not None:
+                raise exc
+            then(result)
