@@ -226,6 +226,12 @@ class Config:
         self.maxauth = maxauth
         self.authdelay = authdelay
 
+    def copy(self) -> 'Config':
+        """Another Config with the same values (a session changes its own)."""
+        other = object.__new__(Config)
+        other.__dict__.update(self.__dict__)
+        return other
+
 
 class Peer:
     """The connection, as tcp-environ(5) describes it, plus RELAYCLIENT.
@@ -772,12 +778,43 @@ class Session:
 
 # -- reading the world ------------------------------------------------------
 
+# Every control file load_config() reads (rcptcheck's maps aside).
+CONFIG_FILES = ('smtpgreeting', 'me', 'rcpthosts', 'morercpthosts.cdb',
+                'badmailfrom', 'databytes', 'localiphost', 'timeoutsmtpd',
+                'maxrcptsmtpd', 'maxerrorssmtpd', 'lifetimesmtpd',
+                'servercert.pem', 'smtpauthplaintext', 'smtpauthcram',
+                'maxauthsmtpd', 'authdelaysmtpd', 'logsmtpd', 'rcptcheck')
+_last_config = None         # (key, Config): a pool worker's previous session
+
+
 def load_config(ctl: control.Controls, environ) -> Config:
-    """setup(): the controls, with DATABYTES from environ over databytes.
+    """setup(): the controls, with DATABYTES from environ over databytes;
+    a copy of the session's own to change.
+
+    A pool worker (qmail-listen) serves many sessions: the previous
+    session's Config is used again while no control file it came from
+    changed (control.stamps), DATABYTES is the same and no rcptcheck
+    maps are in play; else everything is read as at a process start.
 
     Raises OSError or CdbError (a control is unreadable: 421) and
     LookupError when neither smtpgreeting nor me exists, as qmail
     refuses to run then."""
+    global _last_config
+    key = control.stamps(ctl.directory, CONFIG_FILES)
+    if key is not None:
+        key = (ctl.directory, key, environ.get(b'DATABYTES'))
+        if _last_config is not None and _last_config[0] == key:
+            return _last_config[1].copy()
+    config = read_config(ctl, environ)
+    _last_config = None
+    if key is not None and config.rcptmap is None and (
+            config.morercpthosts is None or config.morercpthosts.in_memory):
+        _last_config = (key, config)
+    return config.copy()
+
+
+def read_config(ctl: control.Controls, environ) -> Config:
+    """The controls as read now (load_config)."""
     greeting = ctl.line('smtpgreeting', flagme=True)
     if greeting is None:
         raise LookupError('no control/smtpgreeting and no control/me')

@@ -48,3 +48,37 @@ def test_unreadable_is_an_error(tmp_path):
     os.chmod(path, 0)
     with pytest.raises(OSError):
         control.readline(path)
+
+
+def test_smtpd_config_reused_until_a_control_changes(tmp_path, monkeypatch):
+    """A pool worker's qmail-smtpd reads its controls again only when one
+    changed; each session gets its own copy to change."""
+    from qmail import smtpd
+    d = tmp_path / 'control'
+    d.mkdir()
+    (d / 'me').write_text('mx.example\n')
+    (d / 'rcpthosts').write_text('a.example\n')
+    monkeypatch.setattr(smtpd, '_last_config', None)
+    reads = []
+    real = smtpd.read_config
+    monkeypatch.setattr(smtpd, 'read_config',
+                        lambda ctl, env: reads.append(1) or real(ctl, env))
+    ctl = control.Controls(str(d))
+    smtpd.load_config(ctl, {})
+    assert len(reads) == 1                  # files just written: racy, not kept
+    smtpd.load_config(ctl, {})
+    assert len(reads) == 2
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    first = smtpd.load_config(ctl, {})
+    second = smtpd.load_config(ctl, {})
+    assert len(reads) == 3                  # the second from the first's
+    assert second is not first and second.rcpthosts == frozenset([b'a.example'])
+    first.ipme = frozenset([b'x'])
+    assert smtpd.load_config(ctl, {}).ipme != first.ipme
+    (d / 'rcpthosts').write_text('a.example\nb.example\n')
+    assert b'b.example' in smtpd.load_config(ctl, {}).rcpthosts
+    assert len(reads) == 4
+    (d / 'databytes').write_text('1000\n')  # a file appearing counts too
+    assert smtpd.load_config(ctl, {}).databytes == 1000
+    assert smtpd.load_config(ctl, {b'DATABYTES': b'7'}).databytes == 7
+    assert len(reads) == 6

@@ -46,3 +46,32 @@ def test_same_answer_as_tcprulescheck(tmp_path, ip, host, info, want):
     out = subprocess.run(['tcprulescheck', path], env=check_env, capture_output=True,
                          text=True, timeout=30).stdout
     assert out.startswith('rule %s:\n' % rule), (out, rule)
+
+
+def test_rules_kept_while_unchanged_and_reread_when_changed(tmp_path, monkeypatch):
+    """qmail-listen's workers look rules up per connection: the file is
+    read again only once it changed (replaced by tcprules' rename)."""
+    from qmail.lib import cdb, control, tcprules
+    path = str(tmp_path / 'tcp.smtp.cdb')
+
+    def compile_rules(data):
+        with open(path + '.tmp', 'wb') as f:
+            w = cdb.Writer(f)
+            for k, v in data.items():
+                w.add(k, v)
+            w.finish()
+        os.rename(path + '.tmp', path)
+    compile_rules({b'127.0.0.1': b'+RELAYCLIENT=\0'})
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    opened = []
+    real = cdb.Cdb
+    monkeypatch.setattr(cdb, 'Cdb', lambda p: opened.append(p) or real(p))
+    assert tcprules.lookup(path, '127.0.0.1')[1] == {'RELAYCLIENT': ''}
+    assert tcprules.lookup(path, '127.0.0.1')[1] == {'RELAYCLIENT': ''}
+    assert len(opened) == 1
+    compile_rules({b'127.0.0.1': b'D'})
+    assert tcprules.lookup(path, '127.0.0.1')[0] is False
+    assert len(opened) == 2
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        tcprules.lookup(path, '127.0.0.1')

@@ -112,6 +112,11 @@ class Cdb:
                 os.close(fd)
             raise
 
+    @property
+    def in_memory(self) -> bool:
+        """Read whole (no descriptor held open)."""
+        return self._fd is None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

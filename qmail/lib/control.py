@@ -60,6 +60,28 @@ def _cached(path, parse):
     return value
 
 
+def stamps(directory: str, names) -> tuple:
+    """For a value derived from several control files (qmail-smtpd's
+    whole configuration): a key that stays equal while none of them
+    changes (each file's identity and times, or None if missing), or
+    None when it cannot be trusted: a file changed in the last RACY
+    seconds, or one that cannot be stat()ed (the reading will say why)."""
+    out = []
+    now = time.time()
+    for name in names:
+        try:
+            st = os.stat(os.path.join(directory, name))
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(None)
+            continue
+        except OSError:
+            return None
+        if now - st.st_ctime <= RACY:
+            return None
+        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
 def strip_line(line: bytes) -> bytes:
     """Remove trailing newline, spaces and tabs, as qmail does."""
     return line.rstrip(b' \t\n')

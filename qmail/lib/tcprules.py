@@ -8,7 +8,10 @@ Same rules, same file, as Debian's tcpserver, so one tcp.smtp.cdb
 serves both ways of running qmail-smtpd.
 """
 
-from qmail.lib import cdb
+import os
+import time
+
+from qmail.lib import cdb, control
 
 
 def candidates(ip: str, host: str = None, info: str = None):
@@ -44,13 +47,38 @@ def parse(data: bytes):
     return True, env
 
 
+# A pre-forked qmail-listen worker looks rules up at every connection: the
+# file read whole is kept while a stat() shows it unchanged (as
+# qmail.lib.control keeps controls, racy changes included).
+_kept = {}          # path -> (stamp, Cdb)
+
+
+def _rules(path: str):
+    """(the rules' Cdb, whether the caller must close it)."""
+    st = os.stat(path)
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _kept.get(path)
+    if hit is not None and hit[0] == stamp and time.time() - st.st_ctime > control.RACY:
+        return hit[1], False
+    _kept.pop(path, None)
+    db = cdb.Cdb(path)
+    if not db.in_memory:
+        return db, True
+    _kept[path] = (stamp, db)
+    return db, False
+
+
 def lookup(path: str, ip: str, host: str = None, info: str = None):
     """(allowed, env, rule name) for a connection; no rule: allowed.
     Raises cdb.CdbError or OSError if the file cannot be read."""
-    with cdb.Cdb(path) as db:
+    db, owned = _rules(path)
+    try:
         for name in candidates(ip, host, info):
             data = db.get(name.encode('latin-1'))
             if data is not None:
                 allowed, env = parse(data)
                 return allowed, env, name
+    finally:
+        if owned:
+            db.close()
     return True, {}, None
