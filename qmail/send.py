@@ -176,6 +176,9 @@ class Send:
         self.notifier = None
         self.inotifyfd = -1
         self.bg = background.Background(self.inline)
+        self.marking = background.Lane(self.bg, self.marks_disk, self.marks_synced)
+        self.finishing = background.Lane(self.bg, self.jobs_unlink, self.jobs_unlinked)
+        self.removing = background.Lane(self.bg, self.infos_unlink, self.infos_unlinked)
         self.clean_waiting = collections.deque()    # (requests, then)
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ on its way to disk
@@ -357,7 +360,7 @@ class Send:
         and the directories fsynced together (in the background), then
         each message goes on to messdone unless its other channel is
         still going."""
-        self.bg.submit(lambda: self.jobs_unlink(jobs), self.jobs_unlinked)
+        self.finishing.add(jobs)
 
     def jobs_unlink(self, jobs):
         """Background: ([jobs whose file is gone, durably], [the others])."""
@@ -376,7 +379,7 @@ class Send:
         failed += [job for job, fn in removed if os.path.dirname(fn) in bad]
         return [job for job, fn in removed if os.path.dirname(fn) not in bad], failed
 
-    def jobs_unlinked(self, result):
+    def jobs_unlinked(self, jobs, result):
         gone, failed = result
         for job in failed:
             log('warning: unable to unlink %s; will try again later\n'
@@ -579,13 +582,13 @@ class Send:
         self.del_reports(c, [line])
 
     def del_reports(self, c, lines):
-        """Reports that came together: each logged, its slot freed, every
-        D mark written and the marks fsynced together in the background,
+        """Reports that came together: each logged and its slot freed;
+        every D mark written and the marks fsynced together in the
+        background (with those of other reports that come meanwhile),
         then (marks_synced) each delivery's job closed: a job may finish
         only once its marks are durable."""
         slots = self.dels[c]
-        closing = []
-        marks = []
+        items = []
         for line in lines:
             delnum = line[0]
             if delnum >= len(slots) or slots[delnum] is None:
@@ -596,30 +599,36 @@ class Send:
             if kind == b'Z' and d.job.flagdying:
                 kind = b'D'
                 report = report + b"I'm not going to try again; this message has been in the queue too long.\n"
+            mark = None
             if kind == b'K':
                 log('delivery %d: success: %s\n' % (d.delid, rules.logsafe(report)))
-                marks.append((c, d.job.id, d.mpos))
+                mark = (c, d.job.id, d.mpos)
             elif kind == b'Z':
                 log('delivery %d: deferral: %s\n' % (d.delid, rules.logsafe(report)))
             elif kind == b'D':
                 log('delivery %d: failure: %s\n' % (d.delid, rules.logsafe(report)))
                 self.addbounce(d.job.id, d.recip, report)
-                marks.append((c, d.job.id, d.mpos))
+                mark = (c, d.job.id, d.mpos)
             else:
                 log('delivery %d: report mangled, will defer\n' % d.delid)
-            closing.append((d, kind in (b'K', b'D')))
+            items.append((mark, d))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
-        if not marks:
-            return self.marks_synced(closing)
-        self.bg.submit(lambda: self.marks_sync([self.mark_write(*m) for m in marks]),
-                       lambda _: self.marks_synced(closing))
+        if any(mark for mark, _ in items):
+            self.marking.add(items)
+        else:                           # deferrals only: nothing to wait for
+            self.marks_synced(items, None)
 
-    def marks_synced(self, closing):
+    def marks_disk(self, items):
+        """Background: the D marks written, then fsynced together."""
+        self.marks_sync([self.mark_write(*mark) for mark, _ in items if mark is not None])
+
+    def marks_synced(self, items, result):
+        """The marks durable: each delivery's job closed."""
         finishing = []
-        for d, done in closing:
-            if done:
+        for mark, d in items:
+            if mark is not None:
                 d.job.numtodo -= 1
             self.job_close(d.job, finishing)
         if finishing:
@@ -708,8 +717,9 @@ class Send:
 
     def messdone(self, messid, ending):
         """The message is finished: bounce what failed, then remove it:
-        info/ (appended to ending, for the caller to remove with others',
-        messes_remove), then the rest through qmail-clean."""
+        info/ (appended to ending, for the caller to remove with others'
+        in the background, infos_unlink), then the rest through
+        qmail-clean."""
         if messid in self.ending:
             return                      # under way
         if not self.flagcleanalive:
@@ -739,30 +749,32 @@ class Send:
         self.ending.add(messid)
         ending.append(messid)
 
-    def messes_remove(self, messids):
-        """info/ of finished messages removed in the background (each
-        before its mess/: info/ without mess/ would be a message that
-        cannot be delivered), then qmail-clean asked for the rest."""
-        def work():
-            failed = []
-            for messid in messids:
-                try:
-                    durable.unlink(self.fn('info', messid))
-                except OSError:
-                    failed.append(messid)
-            return failed
+    def messdone_fail(self, messid):
+        heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
 
-        def then(failed):
-            for messid in failed:
-                log('warning: unable to unlink %s; will try again later\n'
-                    % self.fn('info', messid))
-                self.ending.discard(messid)
-                self.messdone_fail(messid)
-            gone = [m for m in messids if m not in failed]
-            if gone:
-                self.clean_request(['foop/%d' % m for m in gone],
-                                   lambda oks: self.ending.difference_update(gone))
-        self.bg.submit(work, then)
+    def infos_unlink(self, messids):
+        """Background: info/ of finished messages removed (each before
+        its mess/: info/ without mess/ would be a message that cannot be
+        delivered); the messids whose unlink failed."""
+        failed = []
+        for messid in messids:
+            try:
+                durable.unlink(self.fn('info', messid))
+            except OSError:
+                failed.append(messid)
+        return failed
+
+    def infos_unlinked(self, messids, failed):
+        """Then qmail-clean is asked for the rest of each message."""
+        for messid in failed:
+            log('warning: unable to unlink %s; will try again later\n'
+                % self.fn('info', messid))
+            self.ending.discard(messid)
+            self.messdone_fail(messid)
+        gone = [m for m in messids if m not in failed]
+        if gone:
+            self.clean_request(['foop/%d' % m for m in gone],
+                               lambda oks: self.ending.difference_update(gone))
 
     def pass_do(self):
         # qmail takes one step per channel per turn of the loop; a turn
@@ -784,7 +796,7 @@ class Send:
             _, messid = heapq.heappop(self.pqdone)
             self.messdone(messid, ending)
         if ending:
-            self.messes_remove(ending)
+            self.removing.add(ending)
 
     # -- todo ---------------------------------------------------------------------
     def trigger_set(self):

@@ -11,6 +11,11 @@ the program's state, stays in then(), so the loop's state never needs a
 lock.  A step that must follow another is chained: the first's then()
 submits the second.
 
+A Lane batches work of one kind: items added while its batch is on its
+way to disk wait, and go together in the next batch (one journal commit
+for what arrived during the last one, as group commit does), so a busy
+loop makes few large batches and an idle one acts on each item at once.
+
 An exception inside work() is raised again by finish(), in the loop, as
 if the work had been done there.
 
@@ -22,10 +27,12 @@ the overlap.
 
 import collections
 import os
+import queue
+import threading
 
 from qmail.lib import durable
 
-THREADS = 4
+THREADS = 2         # a batch of new messages and a batch of D marks at once
 
 
 class Background:
@@ -33,7 +40,7 @@ class Background:
         self.inline = inline
         self.pending = 0                     # submitted, then() not yet run
         self._done = collections.deque()     # (then, result, exception)
-        self._pool = None
+        self._work = None                    # queue.SimpleQueue, once started
         self.fd = -1                         # readable when finish() has work
         self._wake = -1
 
@@ -41,22 +48,25 @@ class Background:
         if self.inline or durable.hook is not None or durable.after is not None:
             then(work())
             return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
+        if self._work is None:
             self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix='disk')
+            self._work = queue.SimpleQueue()
+            for _ in range(THREADS):
+                threading.Thread(target=self._thread, name='disk', daemon=True).start()
         self.pending += 1
-        self._pool.submit(self._run, work, then)
+        self._work.put((work, then))
 
-    def _run(self, work, then):
-        try:
-            self._done.append((then, work(), None))
-        except BaseException as e:          # raised again in the loop
-            self._done.append((then, None, e))
-        try:
-            os.write(self._wake, b'.')
-        except OSError:                     # full: the loop is woken already
-            pass
+    def _thread(self):
+        while True:
+            work, then = self._work.get()
+            try:
+                self._done.append((then, work(), None))
+            except BaseException as e:       # raised again in the loop
+                self._done.append((then, None, e))
+            try:
+                os.write(self._wake, b'.')
+            except OSError:                  # full: the loop is woken already
+                pass
 
     def finish(self):
         """Run then() of every finished work, in the loop's thread."""
@@ -73,3 +83,30 @@ class Background:
             if exc is not None:
                 raise exc
             then(result)
+
+
+class Lane:
+    """add(items): work(batch) -> result in the background, then
+    then(batch, result) in the loop; one batch at a time, the items
+    added meanwhile making the next."""
+
+    def __init__(self, bg: Background, work, then):
+        self.bg, self.work, self.then = bg, work, then
+        self.waiting = []
+        self.busy = False
+
+    def add(self, items):
+        self.waiting.extend(items)
+        if not self.busy:
+            self._go()
+
+    def _go(self):
+        batch, self.waiting = self.waiting, []
+        self.busy = True
+        self.bg.submit(lambda: self.work(batch), lambda result: self._done(batch, result))
+
+    def _done(self, batch, result):
+        self.busy = False
+        self.then(batch, result)
+        if self.waiting and not self.busy:
+            self._go()

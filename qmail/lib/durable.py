@@ -148,16 +148,54 @@ def _each(fn, items) -> list:
                 failed.append(item)
         return failed
     if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix='fsync')
-    futures = [_pool.submit(fn, item) for item in items]
-    for item, future in zip(items, futures):
-        err = future.exception()
-        if isinstance(err, OSError):
-            failed.append(item)
-        elif err is not None:
-            raise err
-    return failed
+        _pool = _Pool(POOL_THREADS)
+    return _pool.each(fn, items)
+
+
+class _Pool:
+    """Threads taking (fn, item, batch) from one queue; a batch's caller
+    waits until its last item is done (cheaper per item than futures)."""
+
+    def __init__(self, n: int):
+        import queue
+        import threading
+        self._lock = threading.Lock
+        self.work = queue.SimpleQueue()
+        for _ in range(n):
+            threading.Thread(target=self._thread, name='fsync', daemon=True).start()
+
+    def each(self, fn, items) -> list:
+        batch = _Batch(len(items), self._lock)
+        for item in items:
+            self.work.put((fn, item, batch))
+        batch.done.acquire()            # released by the last item's thread
+        if batch.error is not None:
+            raise batch.error
+        return [item for item in items if item in batch.failed]
+
+    def _thread(self):
+        while True:
+            fn, item, batch = self.work.get()
+            try:
+                fn(item)
+            except OSError:
+                batch.failed.append(item)
+            except BaseException as e:
+                batch.error = e
+            with batch.count:
+                batch.left -= 1
+                if batch.left == 0:
+                    batch.done.release()
+
+
+class _Batch:
+    def __init__(self, n: int, lock):
+        self.left = n
+        self.failed = []
+        self.error = None
+        self.count = lock()
+        self.done = lock()
+        self.done.acquire()
 
 
 def fsync_many(fds) -> list:

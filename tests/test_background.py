@@ -1,0 +1,181 @@
+"""qmail.lib.background: disk work in threads, sequels in the loop, and
+qmail-send's use of it (a job finishes only after its marks are durable;
+a message is finished once even when both channels end together)."""
+
+import os
+import select
+import threading
+import time
+
+import pytest
+
+from qmail import send
+from qmail.lib import background, control
+from qmail.lib.qfile import qfn
+
+
+def wait_finish(bg, timeout=10):
+    """The loop's part: wait for readiness, run the sequels."""
+    deadline = time.monotonic() + timeout
+    while bg.pending:
+        assert time.monotonic() < deadline, 'background work never finished'
+        if bg.fd != -1:
+            select.select([bg.fd], [], [], 0.5)
+        bg.finish()
+
+
+def test_sequel_runs_in_the_loop_thread_not_at_submit():
+    bg = background.Background()
+    seen = []
+    bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
+    assert bg.pending == 1 and seen == []       # nothing runs the sequel but finish()
+    wait_finish(bg)
+    (worker, loop), = seen
+    assert worker != loop == threading.get_ident()
+    assert bg.pending == 0
+
+
+def test_an_exception_in_the_work_is_raised_in_the_loop():
+    bg = background.Background()
+
+    def work():
+        raise OSError('disk on fire')
+    bg.submit(work, lambda r: None)
+    with pytest.raises(OSError, match='disk on fire'):
+        wait_finish(bg)
+
+
+def test_inline_runs_at_once_in_order():
+    bg = background.Background(inline=True)
+    seen = []
+    bg.submit(lambda: seen.append('work') or 7, lambda r: seen.append(('then', r)))
+    assert seen == ['work', ('then', 7)] and bg.pending == 0 and bg.fd == -1
+
+
+def test_lane_batches_what_comes_while_busy():
+    bg = background.Background()
+    gate = threading.Event()
+    batches, sequels = [], []
+
+    def work(batch):
+        gate.wait(10)
+        batches.append(list(batch))
+        return len(batch)
+    lane = background.Lane(bg, work, lambda batch, n: sequels.append((list(batch), n)))
+    lane.add([1])
+    lane.add([2, 3])            # the first batch is still on its way
+    lane.add([4])
+    assert lane.busy and lane.waiting == [2, 3, 4]
+    gate.set()
+    wait_finish(bg)
+    assert batches == [[1], [2, 3, 4]]
+    assert sequels == [([1], 1), ([2, 3, 4], 3)]
+    assert not lane.busy and lane.waiting == []
+
+
+# ---- qmail-send's state, with real threads -----------------------------------
+
+@pytest.fixture
+def queue_home(tmp_path, monkeypatch):
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'me').write_text('here.example\n')
+    q = tmp_path / 'queue'
+    for d in ('info', 'local', 'remote', 'mess', 'todo', 'bounce'):
+        for i in range(3):
+            (q / d / str(i)).mkdir(parents=True)
+    monkeypatch.chdir(q)
+    ctl = control.Controls(str(tmp_path / 'control'))
+    s = send.Send(ctl, send.Controls(ctl), 3)
+    s.dels = [[None] * 4, [None] * 4]
+    s.numjobs = 8
+    s.concurrency = [4, 4]
+    log = []
+    monkeypatch.setattr(send, 'log', log.append)
+    return s, log
+
+
+def put(path, data: bytes):
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch):
+    s, log = queue_home
+    messid = 7
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    put(qfn('local', messid, 3), b'Tu@here.example\0')
+    job = s.job_open(messid, 0)
+    job.flaghiteof = True
+    job.numtodo = 1
+    job.refs = 2                # the pass's reference is gone below
+    s.dels[0][0] = send.Delivery(job, 1, 0, b'u@here.example')
+    s.concurrencyused[0] = 1
+    s.job_close(job)
+    gate = threading.Event()
+    real = s.marks_sync
+    monkeypatch.setattr(s, 'marks_sync', lambda marks: gate.wait(10) and real(marks))
+    s.del_reports(0, [b'\0Kdid 1+0+0\n'])
+    assert s.concurrencyused[0] == 0 and s.dels[0][0] is None   # the slot is free now
+    assert job.refs == 1 and os.path.exists(qfn('local', messid, 3))   # not finished
+    gate.set()
+    wait_finish(s.bg)
+    assert not os.path.exists(qfn('local', messid, 3))     # finished, then removed
+    assert [m for _, m in s.pqdone] == [messid]
+    assert 'delivery 1: success: did_1+0+0/\n' in log
+
+
+def test_both_channels_ending_together_finish_the_message_once(queue_home):
+    s, log = queue_home
+    messid = 9
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    jobs = []
+    for c, d in ((0, 'local'), (1, 'remote')):
+        put(qfn(d, messid, 3), b'DTx@y\0')
+        job = s.job_open(messid, c)
+        job.flaghiteof = True
+        jobs.append(job)
+    s.jobs_finish(jobs[:1])
+    s.jobs_finish(jobs[1:])
+    wait_finish(s.bg)
+    assert [m for _, m in s.pqdone] == [messid]
+    s.pqdone.append((0, messid))        # as if each channel's end had seen the other gone
+    s.flagcleanalive = True
+    requests = []
+    s.clean_request = lambda reqs, then=None: requests.extend(reqs)
+    s.recent = int(time.time()) + 10
+    s.pass_do()
+    wait_finish(s.bg)
+    assert requests == ['foop/%d' % messid]                 # one end, one removal
+    assert log.count('end msg %d\n' % messid) == 1
+    assert not os.path.exists(qfn('info', messid, 3))
+
+
+def test_without_qmail_clean_a_finished_message_waits(queue_home):
+    s, log = queue_home
+    messid = 11
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    s.flagcleanalive = False
+    ending = []
+    s.messdone(messid, ending)
+    assert ending == [] and os.path.exists(qfn('info', messid, 3))
+    (when, m), = s.pqdone
+    assert m == messid and when >= int(time.time()) + send.SLEEP_SYSFAIL - 1
+
+
+def test_fsync_many_together_reports_each_failure(tmp_path):
+    """durable.fsync_many from its threads: every descriptor synced, the
+    ones that fail returned (a closed descriptor: EBADF), in order."""
+    from qmail.lib import durable
+    fds = []
+    for i in range(8):
+        fds.append(os.open(str(tmp_path / str(i)), os.O_WRONLY | os.O_CREAT, 0o600))
+        os.write(fds[-1], b'x')
+    bad = [fds[2], fds[5]]
+    for fd in bad:
+        os.close(fd)
+    assert durable.fsync_many(fds) == bad
+    assert durable.fsync_dirs([str(tmp_path), str(tmp_path / 'missing'), str(tmp_path)] * 2) \
+        == [str(tmp_path / 'missing')] * 2
+    for fd in fds:
+        if fd not in bad:
+            os.close(fd)
