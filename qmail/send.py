@@ -24,6 +24,12 @@ durable; a recipient's D mark is fsynced before its job can finish
 so a crash never forgets a delivery's outcome once the job moved on,
 nor a failure.
 
+A new message's deliveries start as soon as its preprocessed files are
+written, before they are durable; its jobs finish (and its recipient
+lists go) only once they are and todo/ is gone.  A crash in between
+leaves todo/: the next start preprocesses and delivers again, at worst
+a second time (as a crash between a delivery and its D mark does).
+
 The loop does not wait for the disk: preprocessing, D marks, removing
 finished jobs' files and messages' info/ are done by threads
 (qmail.lib.background), each step's sequel back in the loop once the
@@ -181,8 +187,8 @@ class Send:
         self.removing = background.Lane(self.bg, self.infos_unlink, self.infos_unlinked)
         self.clean_waiting = collections.deque()    # (requests, then)
         self.clean_buf = b''
-        self.preprocessing = False      # a batch of todo/ on its way to disk
-        self.cleaning_todo = set()      # preprocessed, todo/ removal asked
+        self.preprocessing = False      # a batch of todo/ being written
+        self.unsettled = {}             # messid -> jobs waiting to finish
         self.ending = set()             # messdone under way
 
     # -- names ----------------------------------------------------------------
@@ -359,8 +365,17 @@ class Send:
         """Jobs with every recipient done: their channel files removed
         and the directories fsynced together (in the background), then
         each message goes on to messdone unless its other channel is
-        still going."""
-        self.finishing.add(jobs)
+        still going.  A job of a message not yet settled (its todo/ not
+        yet gone: preprocess_batch) waits for it."""
+        ready = []
+        for job in jobs:
+            parked = self.unsettled.get(job.id)
+            if parked is None:
+                ready.append(job)
+            else:
+                parked.append(job)      # until its message is settled
+        if ready:
+            self.finishing.add(ready)
 
     def jobs_unlink(self, jobs):
         """Background: ([jobs whose file is gone, durably], [the others])."""
@@ -859,7 +874,7 @@ class Send:
                 self.tododir = None
                 break
             messid = parse_messid(name)
-            if messid is not None and messid not in self.cleaning_todo:
+            if messid is not None and messid not in self.unsettled:
                 batch.append(messid)
         if batch:
             self.preprocess_batch(batch)
@@ -869,20 +884,40 @@ class Send:
         self.preprocess_batch([messid])
 
     def preprocess_batch(self, messids):
-        """Preprocess several messages with one round of syncing, in the
-        background (preprocess_disk), then todo/ cleaned for all at once
-        (preprocess_synced), then each queued (preprocess_cleaned).  Each
-        message still has info/ and its channel files durable before its
-        todo/ entry goes; one whose step fails keeps todo/ for the next
-        scan, as alone.  One batch at a time: todo_do waits for it."""
+        """Preprocess several messages with one round of syncing.  In the
+        background, every message's info/ and channel files are written
+        (preprocess_write); then each is queued at once, its deliveries
+        free to start, while in the background the files are fsynced
+        together and each directory once (preprocess_sync); then todo/ is
+        cleaned for all (preprocess_synced); then each message is settled
+        (preprocess_cleaned).  Until it is settled a message's jobs may
+        deliver but not finish: a crash before then leaves its todo/, and
+        the next start preprocesses and delivers it again (at worst twice,
+        never lost, as a crash between a delivery and its D mark).  A
+        message whose files cannot be written keeps todo/ for the next
+        scan; one whose files cannot be synced, or whose todo/ cannot be
+        removed, stays unsettled until the next start.  One batch is
+        written at a time: todo_do waits for it."""
         self.preprocessing = True
-        self.bg.submit(lambda: self.preprocess_disk(messids), self.preprocess_synced)
+        self.bg.submit(lambda: [got for got in map(self.preprocess_write, messids)
+                                if got is not None],
+                       self.preprocess_written)
 
-    def preprocess_disk(self, messids):
-        """Background: every message's new files written, then all
-        fsynced, then each directory fsynced once; [(messid, chans)] of
-        the messages whose files are durable (the others are logged)."""
-        made = [got for got in map(self.preprocess_write, messids) if got is not None]
+    def preprocess_written(self, made):
+        self.preprocessing = False
+        now = int(time.time())
+        for messid, chans, _ in made:
+            self.unsettled[messid] = []
+            for c in (0, 1):
+                if chans[c]:
+                    heapq.heappush(self.pqchan[c], (now, messid))
+        if made:
+            self.bg.submit(lambda: self.preprocess_sync(made), self.preprocess_synced)
+
+    def preprocess_sync(self, made):
+        """Background: the written files fsynced together, then each
+        directory once; [(messid, chans)] of the messages whose files are
+        durable (the others are logged)."""
         bad = set(durable.fsync_many(fd for _, _, files in made for _, fd in files))
         synced = []
         for messid, chans, files in made:
@@ -901,26 +936,21 @@ class Send:
                 if not any(os.path.dirname(fn) in bad for fn in fns)]
 
     def preprocess_synced(self, synced):
-        self.preprocessing = False
-        if not synced:
-            return
-        self.cleaning_todo.update(messid for messid, _ in synced)
-        self.clean_request(['todo/%d' % messid for messid, _ in synced],
-                           lambda oks: self.preprocess_cleaned(synced, oks))
+        if synced:
+            self.clean_request(['todo/%d' % messid for messid, _ in synced],
+                               lambda oks: self.preprocess_cleaned(synced, oks))
 
     def preprocess_cleaned(self, synced, oks):
+        """todo/ gone: the messages are settled, their waiting jobs finish."""
         now = int(time.time())
         for (messid, chans), ok in zip(synced, oks):
-            self.cleaning_todo.discard(messid)
             if not ok:
-                continue
-            flagchan = False
-            for c in (0, 1):
-                if chans[c]:
-                    heapq.heappush(self.pqchan[c], (now, messid))
-                    flagchan = True
-            if not flagchan:
+                continue                # unsettled until the next start
+            parked = self.unsettled.pop(messid)
+            if not chans[0] and not chans[1]:
                 heapq.heappush(self.pqdone, (now, messid))
+            if parked:
+                self.jobs_finish(parked)
 
     def preprocess_write(self, messid):
         """One message's info/ and channel files, written, not yet synced:
@@ -938,7 +968,10 @@ class Send:
         except OSError:
             log('warning: unable to stat %s\n' % fn)
             return None
-        for d in ('local', 'remote', 'info'):
+        # bounce/ too: a failure reported before a crash interrupted the
+        # last preprocessing (deliveries start before todo/ goes) is
+        # reported again when the delivery is tried again.
+        for d in ('local', 'remote', 'info', 'bounce'):
             fn = self.fn(d, messid)
             try:
                 durable.unlink(fn)

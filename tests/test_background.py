@@ -4,6 +4,7 @@ a message is finished once even when both channels end together)."""
 
 import os
 import select
+import signal
 import threading
 import time
 
@@ -179,3 +180,53 @@ def test_fsync_many_together_reports_each_failure(tmp_path):
     for fd in fds:
         if fd not in bad:
             os.close(fd)
+
+
+def test_fsync_many_in_a_forked_child_of_a_process_that_used_it(tmp_path):
+    """A child has none of its parent's threads: its fsync_many must not
+    wait for them (qmail-crashtest's children, forked by a test process)."""
+    from qmail.lib import durable
+    paths = [str(tmp_path / str(i)) for i in range(6)]
+    fds = [os.open(p, os.O_WRONLY | os.O_CREAT, 0o600) for p in paths]
+    assert durable.fsync_many(fds) == []           # the pool exists now
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)                            # a hang fails, not blocks
+        os._exit(0 if durable.fsync_many(fds) == [] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    for fd in fds:
+        os.close(fd)
+
+
+def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queue_home, monkeypatch):
+    """A new message is queued once its files are written; its job, done
+    before the files are durable and todo/ is gone, waits to finish."""
+    s, log = queue_home
+    messid = 13
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0')
+    put(qfn('bounce', messid, 3), b'stale failure of an interrupted run\n')
+    gate = threading.Event()
+    real = s.preprocess_sync
+    monkeypatch.setattr(s, 'preprocess_sync', lambda made: gate.wait(10) and real(made))
+    cleaned = []
+    s.clean_request = lambda reqs, then=None: cleaned.extend(reqs) or then([True] * len(reqs))
+    s.preprocess_batch([messid])
+    deadline = time.monotonic() + 10
+    while not s.pqchan[0]:
+        assert time.monotonic() < deadline
+        select.select([s.bg.fd], [], [], 0.5)
+        s.bg.finish()
+    assert [m for _, m in s.pqchan[0]] == [messid] and messid in s.unsettled
+    assert not os.path.exists(qfn('bounce', messid, 3))     # the old run's report
+    job = s.job_open(messid, 0)                 # its delivery done already
+    job.flaghiteof = True
+    s.job_close(job)
+    assert s.unsettled[messid] == [job] and os.path.exists(qfn('local', messid, 3))
+    assert cleaned == []                        # todo/ stays until durable
+    gate.set()
+    wait_finish(s.bg)
+    assert cleaned == ['todo/%d' % messid] and messid not in s.unsettled
+    assert not os.path.exists(qfn('local', messid, 3))
+    assert [m for _, m in s.pqdone] == [messid]

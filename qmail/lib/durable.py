@@ -152,6 +152,15 @@ def _each(fn, items) -> list:
     return _pool.each(fn, items)
 
 
+def _forget_pool():
+    global _pool
+    _pool = None
+
+
+# A forked child has none of the parent's threads: it starts its own pool.
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 class _Pool:
     """Threads taking (fn, item, batch) from one queue; a batch's caller
     waits until its last item is done (cheaper per item than futures)."""

@@ -37,7 +37,8 @@ Checks:   (the promises; each broken one is a line of the report)
             a crash window, an attempt of that delivery during which its
             qmail-remote, qmail-rspawn or qmail-send was killed (or a kill
             of qmail-send just after its success was logged, before the
-            done mark);
+            done mark, or of qmail-clean before the new message's todo/
+            was removed: deliveries start before that);
           - no bounce; no qmail-send alert but those a kill explains;
             no warning from qmail-listen or qmail-smtpd; nothing left to
             deliver at the end (todo/ and info/ empty), qmail-fsck clean;

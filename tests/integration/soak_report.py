@@ -31,6 +31,11 @@ RESTARTS_MTA = ('qmail-send', 'qmail-lspawn', 'qmail-rspawn', 'qmail-clean')
 # qmail-send hearing of it: the INTERNALS "Cleanups" window.
 WINDOW_KINDS = {'local': ('qmail-local', 'qmail-lspawn', 'qmail-send'),
                 'remote': ('qmail-remote', 'qmail-rspawn', 'qmail-send')}
+# A success attempted again: its mark, or its message's todo/ removal,
+# never reached the disk.  qmail-send starts a new message's deliveries
+# before its todo/ goes (qmail-clean's job); with qmail-clean killed
+# first, qmail-send exits leaving todo/, and the next start delivers again.
+AGAIN_KINDS = ('qmail-send', 'qmail-clean')
 
 # multilog stamps a line when it reads it, after qmail-send wrote it: a
 # kill may precede the stamp of the line it followed by this much (a
@@ -139,13 +144,14 @@ def windows(tries, kills):
     that may have delivered without the done mark: unreported or
     deferred, with a kill of the delivering process, its spawn or
     qmail-send under way; or reported success, yet attempted again (the
-    mark never reached the disk), with qmail-send killed in between."""
+    mark never reached the disk), with qmail-send or qmail-clean killed
+    in between (AGAIN_KINDS)."""
     out = []
     for i, a in enumerate(tries):
         if a.outcome != 'success':
             found = kills_between(kills, WINDOW_KINDS[a.channel], a.start, a.end)
         elif i + 1 < len(tries):
-            found = kills_between(kills, ('qmail-send',), a.end, tries[i + 1].start)
+            found = kills_between(kills, AGAIN_KINDS, a.end, tries[i + 1].start)
         else:
             found = []
         if found:
@@ -154,11 +160,12 @@ def windows(tries, kills):
 
 
 def lost_marks(tries, kills):
-    """Attempts made again after a logged success with no qmail-send
-    kill in between: a done mark lost without a crash."""
+    """Attempts made again after a logged success with no kill of
+    qmail-send or qmail-clean in between: a done mark lost without a
+    crash."""
     return [later for a, later in zip(tries, tries[1:])
             if a.outcome == 'success'
-            and not kills_between(kills, ('qmail-send',), a.end, later.start)]
+            and not kills_between(kills, AGAIN_KINDS, a.end, later.start)]
 
 
 def local_copies(maildir: str):
@@ -277,7 +284,8 @@ def analyse(acked: dict, issued: int, kills, maildir: str, sink_copies, log, smt
     for rcpt, its in sorted(by_recip.items()):
         for later in lost_marks(its, kills):
             broken.append('%s attempted again at %.2f s after a success, no qmail-send '
-                          'kill in between: a done mark lost' % (rcpt, later.start - t0))
+                          'or qmail-clean kill in between: a done mark lost'
+                          % (rcpt, later.start - t0))
 
     unreported = [a for a in tries if a.outcome is None]
     r['unreported'] = len(unreported)
