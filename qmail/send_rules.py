@@ -107,18 +107,14 @@ def nextretry(birth: int, recent: int, channel: int) -> int:
     return birth + n * n
 
 
+_LOGSAFE = bytes(47 if c == 10 else 95 if c == 37 or c < 33 or c > 126 else c
+                 for c in range(256))
+
+
 def logsafe(text: bytes) -> str:
     """A peer-controlled string made safe for one log line: newlines
     become '/', spaces, controls, 8-bit bytes and '%' become '_'."""
-    out = []
-    for c in text:
-        if c == 10:
-            out.append('/')
-        elif c == 37 or c < 33 or c > 126:
-            out.append('_')
-        else:
-            out.append(chr(c))
-    return ''.join(out)
+    return text.translate(_LOGSAFE).decode('ascii')
 
 
 def bounce_entry(recip: bytes, report: bytes) -> bytes:

@@ -183,9 +183,13 @@ R_TLSARG = b'501 syntax error (no parameters allowed) (#5.5.4)\r\n'
 LOGRCPTS = 20            # recipients named in a log line; then a count
 
 
+_LOGSAFE = bytes(c if 33 <= c <= 126 else 95 for c in range(256))
+
+
 def logsafe(s: bytes) -> bytes:
-    """Peer-controlled bytes made safe for one log line."""
-    return bytes(c if 33 <= c <= 126 else 95 for c in s[:200])
+    """Peer-controlled bytes made safe for one log line: at most 200,
+    each space, control or 8-bit byte an underscore."""
+    return s[:200].translate(_LOGSAFE)
 
 
 class Config:

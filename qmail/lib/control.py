@@ -60,17 +60,23 @@ def _cached(path, parse):
     return value
 
 
-def stamps(directory: str, names) -> tuple:
+_joined = {}        # (directory, names) -> paths, for stamps()
+
+
+def stamps(directory: str, names: tuple) -> tuple:
     """For a value derived from several control files (qmail-smtpd's
     whole configuration): a key that stays equal while none of them
     changes (each file's identity and times, or None if missing), or
     None when it cannot be trusted: a file changed in the last RACY
     seconds, or one that cannot be stat()ed (the reading will say why)."""
+    paths = _joined.get((directory, names))
+    if paths is None:
+        paths = _joined[directory, names] = [os.path.join(directory, n) for n in names]
     out = []
     now = time.time()
-    for name in names:
+    for path in paths:
         try:
-            st = os.stat(os.path.join(directory, name))
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             out.append(None)
             continue
