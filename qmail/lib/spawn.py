@@ -59,19 +59,24 @@ class CommandParser:
 
     def feed(self, data: bytes):
         out = []
-        for byte in data:
-            if self.stage == 0:
-                self.delnum = byte
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.stage == 0:         # the slot number: one byte, maybe 0
+                self.delnum = data[pos]
                 self.fields = []
                 self.buf = bytearray()
                 self.stage = 1
+                pos += 1
                 continue
-            if byte:
-                self.buf.append(byte)
-                continue
+            nul = data.find(b'\0', pos)
+            if nul == -1:
+                self.buf += data[pos:]
+                break
+            self.buf += data[pos:nul]
             self.fields.append(bytes(self.buf))
             self.buf = bytearray()
             self.stage += 1
+            pos = nul + 1
             if self.stage == 4:
                 out.append((self.delnum, *self.fields))
                 self.stage = 0
