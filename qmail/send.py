@@ -189,6 +189,7 @@ class Send:
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
         self.unsettled = {}             # messid -> jobs waiting to finish
+        self.pqsettle = []              # (when, messid, chans): todo/ removal again
         self.ending = set()             # messdone under way
 
     # -- names ----------------------------------------------------------------
@@ -378,7 +379,8 @@ class Send:
             self.finishing.add(ready)
 
     def jobs_unlink(self, jobs):
-        """Background: ([jobs whose file is gone, durably], [the others])."""
+        """Background: ([jobs whose file is gone, durably], [jobs whose
+        file is still there], [jobs whose file is gone, not durably])."""
         removed, failed = [], []
         for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
@@ -387,20 +389,26 @@ class Send:
                 removed.append((job, fn))
             except OSError:
                 failed.append(job)
-        # Durable before info/ goes (messdone): else a crash could bring
-        # back a recipient list whose message is forgotten (qmail-crashtest,
-        # "bounce" with a power cut).
+        # Durable before info/ goes (messdone): else a power cut could
+        # bring back a recipient list whose message is forgotten.
         bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
-        failed += [job for job, fn in removed if os.path.dirname(fn) in bad]
-        return [job for job, fn in removed if os.path.dirname(fn) not in bad], failed
+        return ([job for job, fn in removed if os.path.dirname(fn) not in bad], failed,
+                [job for job, fn in removed if os.path.dirname(fn) in bad])
 
     def jobs_unlinked(self, jobs, result):
-        gone, failed = result
+        gone, failed, unsure = result
         for job in failed:
             log('warning: unable to unlink %s; will try again later\n'
                 % self.fn(CHANDIR[job.channel], job.id))
             heapq.heappush(self.pqchan[job.channel],
                            (int(time.time()) + SLEEP_SYSFAIL, job.id))
+        for job in unsure:
+            # Gone, but a crash may bring it back (with its D marks): the
+            # message must not be finished before.  A second fsync after a
+            # failed one proves nothing; the next start sees the truth.
+            log('alert: unable to fsync %s: message %d waits for the next start\n'
+                % (os.path.dirname(self.fn(CHANDIR[job.channel], job.id)), job.id))
+            self.unsettled.setdefault(job.id, [])
         for job in gone:
             # After the unlink: of two channels finishing at once, one at
             # least sees the other gone (a message done twice is harmless:
@@ -540,31 +548,30 @@ class Send:
                                                      rules.logsafe(recip)))
         self.del_status()
 
-    def mark_write(self, c, messid, pos):
+    def mark_write(self, c, messid, pos, out):
         """The D mark written, not yet synced: (path, fd), or None after
-        the warning."""
+        the warning (appended to out, for the loop to log)."""
         fn = self.fn(CHANDIR[c], messid)
         try:
             fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC)
         except OSError:
-            log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
             return None
         try:
             durable.pwrite(fd, b'D', pos)
         except OSError:
             os.close(fd)
-            log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
             return None
         return fn, fd
 
-    def marks_sync(self, marks):
-        """fsync the D marks written, together, and close them
-        (background: the warnings are log lines of their own)."""
+    def marks_sync(self, marks, out):
+        """fsync the D marks written, together, and close them."""
         marks = [m for m in marks if m is not None]
         bad = set(durable.fsync_many(fd for _, fd in marks))
         for fn, fd in marks:
             if fd in bad:
-                log('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+                out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
             os.close(fd)
 
     def del_dochan(self, c):
@@ -636,11 +643,17 @@ class Send:
             self.marks_synced(items, None)
 
     def marks_disk(self, items):
-        """Background: the D marks written, then fsynced together."""
-        self.marks_sync([self.mark_write(*mark) for mark, _ in items if mark is not None])
+        """Background: the D marks written, then fsynced together; the
+        log lines of their troubles."""
+        out = []
+        self.marks_sync([self.mark_write(*mark, out) for mark, _ in items
+                         if mark is not None], out)
+        return out
 
-    def marks_synced(self, items, result):
+    def marks_synced(self, items, out):
         """The marks durable: each delivery's job closed."""
+        for line in out or ():
+            log(line)
         finishing = []
         for mark, d in items:
             if mark is not None:
@@ -673,7 +686,7 @@ class Send:
             for c in (0, 1):
                 if self.passes[c] is None and self.pqchan[c]:
                     wakeup = min(wakeup, self.pqchan[c][0][0])
-        for pq in (self.pqfail, self.pqdone):
+        for pq in (self.pqfail, self.pqdone, self.pqsettle):
             if pq:
                 wakeup = min(wakeup, pq[0][0])
         return wakeup
@@ -804,6 +817,12 @@ class Send:
         if self.pqfail and self.pqfail[0][0] <= self.recent:
             _, messid = heapq.heappop(self.pqfail)
             self.pqadd(messid)
+        settle = []
+        while self.pqsettle and self.pqsettle[0][0] <= self.recent:
+            _, messid, chans = heapq.heappop(self.pqsettle)
+            settle.append((messid, chans))
+        if settle:
+            self.preprocess_synced(settle)
         ending = []
         for _ in range(PASS_STEPS):
             if not self.pqdone or self.pqdone[0][0] > self.recent:
@@ -895,47 +914,66 @@ class Send:
         the next start preprocesses and delivers it again (at worst twice,
         never lost, as a crash between a delivery and its D mark).  A
         message whose files cannot be written keeps todo/ for the next
-        scan; one whose files cannot be synced, or whose todo/ cannot be
-        removed, stays unsettled until the next start.  One batch is
-        written at a time: todo_do waits for it."""
+        scan; qmail-clean is asked again, after SLEEP_SYSFAIL, for a todo/
+        it could not remove; a message whose files cannot be fsynced stays
+        unsettled until the next start, with an alert (a second fsync
+        proves nothing).  One batch is written at a time: todo_do waits
+        for it."""
         self.preprocessing = True
-        self.bg.submit(lambda: [got for got in map(self.preprocess_write, messids)
-                                if got is not None],
-                       self.preprocess_written)
+        routing = self.c.routing        # one batch, one set of rules
+        out = []
 
-    def preprocess_written(self, made):
+        def work():
+            return [got for got in (self.preprocess_write(m, routing, out) for m in messids)
+                    if got is not None]
+        self.bg.submit(work, lambda made: self.preprocess_written(made, out))
+
+    def preprocess_written(self, made, out):
+        for line in out:
+            log(line)
         self.preprocessing = False
         now = int(time.time())
-        for messid, chans, _ in made:
+        for messid, chans, _, _ in made:
             self.unsettled[messid] = []
             for c in (0, 1):
                 if chans[c]:
                     heapq.heappush(self.pqchan[c], (now, messid))
         if made:
-            self.bg.submit(lambda: self.preprocess_sync(made), self.preprocess_synced)
+            out = []
+            self.bg.submit(lambda: self.preprocess_sync(made, out),
+                           lambda synced: self.preprocess_synced(synced, out))
 
-    def preprocess_sync(self, made):
+    def preprocess_sync(self, made, out):
         """Background: the written files fsynced together, then each
-        directory once; [(messid, chans)] of the messages whose files are
-        durable (the others are logged)."""
-        bad = set(durable.fsync_many(fd for _, _, files in made for _, fd in files))
+        directory once (those of files a past run left and this one
+        removed too); [(messid, chans)] of the messages whose files are
+        durable (the others' troubles are appended to out)."""
+        bad = set(durable.fsync_many(fd for _, _, files, _ in made for _, fd in files))
         synced = []
-        for messid, chans, files in made:
+        for messid, chans, files, stale in made:
             failed = [fn for fn, fd in files if fd in bad]
-            if failed:
-                log('warning: trouble fsyncing %s\n' % failed[0])
             for _, fd in files:
                 os.close(fd)
-            if not failed:
-                synced.append((messid, chans, [fn for fn, _ in files]))
+            if failed:
+                out.append('alert: unable to fsync %s: message %d waits for the next '
+                           'start\n' % (failed[0], messid))
+            else:
+                synced.append((messid, chans, [fn for fn, _ in files] + stale))
         bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn)
                                               for _, _, fns in synced for fn in fns})))
-        for d in sorted(bad):
-            log('warning: trouble fsyncing %s\n' % d)
-        return [(messid, chans) for messid, chans, fns in synced
-                if not any(os.path.dirname(fn) in bad for fn in fns)]
+        good = []
+        for messid, chans, fns in synced:
+            failed = sorted({os.path.dirname(fn) for fn in fns} & bad)
+            if failed:
+                out.append('alert: unable to fsync %s: message %d waits for the next '
+                           'start\n' % (failed[0], messid))
+            else:
+                good.append((messid, chans))
+        return good
 
-    def preprocess_synced(self, synced):
+    def preprocess_synced(self, synced, out=()):
+        for line in out:
+            log(line)
         if synced:
             self.clean_request(['todo/%d' % messid for messid, _ in synced],
                                lambda oks: self.preprocess_cleaned(synced, oks))
@@ -944,41 +982,48 @@ class Send:
         """todo/ gone: the messages are settled, their waiting jobs finish."""
         now = int(time.time())
         for (messid, chans), ok in zip(synced, oks):
-            if not ok:
-                continue                # unsettled until the next start
+            if not ok:                  # qmail-clean could not: ask again later
+                heapq.heappush(self.pqsettle, (now + SLEEP_SYSFAIL, messid, chans))
+                continue
             parked = self.unsettled.pop(messid)
             if not chans[0] and not chans[1]:
                 heapq.heappush(self.pqdone, (now, messid))
             if parked:
                 self.jobs_finish(parked)
 
-    def preprocess_write(self, messid):
-        """One message's info/ and channel files, written, not yet synced:
-        (messid, chans, [(path, fd)]), or None after a warning."""
+    def preprocess_write(self, messid, routing, out):
+        """Background: one message's info/ and channel files, written,
+        not yet synced: (messid, chans, [(path, fd)], [stale paths it
+        removed]), or None after a warning.  Its log lines are appended
+        to out."""
         fn = self.fn('todo', messid)
         try:
             with open(fn, 'rb') as f:
                 envelope = f.read()
+        except FileNotFoundError:
+            return None                 # done since the listing
         except OSError:
-            log('warning: unable to open %s\n' % fn)
+            out.append('warning: unable to open %s\n' % fn)
             return None
         fn = self.fn('mess', messid)
         try:
             size = os.stat(fn).st_size
         except OSError:
-            log('warning: unable to stat %s\n' % fn)
+            out.append('warning: unable to stat %s\n' % fn)
             return None
         # bounce/ too: a failure reported before a crash interrupted the
         # last preprocessing (deliveries start before todo/ goes) is
         # reported again when the delivery is tried again.
+        stale = []
         for d in ('local', 'remote', 'info', 'bounce'):
             fn = self.fn(d, messid)
             try:
                 durable.unlink(fn)
+                stale.append(fn)
             except FileNotFoundError:
                 pass
             except OSError:
-                log('warning: unable to unlink %s\n' % fn)
+                out.append('warning: unable to unlink %s\n' % fn)
                 return None
         info = []
         chans = [bytearray(), bytearray()]
@@ -991,17 +1036,17 @@ class Send:
                 pid = int(record[1:]) if record[1:].isdigit() else 0
             elif tag == b'F':
                 info.append(record + b'\0')
-                log('new msg %d\n' % messid)
-                log('info msg %d: bytes %d from <%s> qp %d uid %d\n' % (
+                out.append('new msg %d\n' % messid)
+                out.append('info msg %d: bytes %d from <%s> qp %d uid %d\n' % (
                     messid, size, rules.logsafe(record[1:]), pid, uid))
             elif tag == b'T':
-                c, addr = rules.rewrite(record[1:], self.c.routing)
+                c, addr = rules.rewrite(record[1:], routing)
                 chans[c] += b'T' + addr + b'\0'
             else:
-                log('warning: unknown record type in %s\n' % self.fn('todo', messid))
+                out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
                 return None
         if not info:
-            log('warning: unknown record type in %s\n' % self.fn('todo', messid))
+            out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
             return None
         files = []
         for d, data in (('info', b''.join(info)), ('local', chans[0]), ('remote', chans[1])):
@@ -1011,16 +1056,16 @@ class Send:
             try:
                 fd = durable.create_excl(fn, 0o600)
             except OSError:
-                log('warning: unable to create %s\n' % fn)
+                out.append('warning: unable to create %s\n' % fn)
                 break
             files.append((fn, fd))
             try:
                 durable.write_all(fd, data)
             except OSError:
-                log('warning: trouble writing to %s\n' % fn)
+                out.append('warning: trouble writing to %s\n' % fn)
                 break
         else:
-            return messid, chans, files
+            return messid, chans, files, stale
         for _, fd in files:
             os.close(fd)
         return None
@@ -1062,28 +1107,19 @@ class Send:
 
     # -- signals and controls -------------------------------------------------------
     def reread(self):
-        try:
-            os.chdir(auto.QMAIL)
-        except OSError:
-            log('alert: unable to reread controls: unable to switch to home directory\n')
-            return
+        """The controls again (SIGHUP).  control/ is named by its full
+        path: the working directory stays queue/, which the disk threads'
+        relative paths need at every moment."""
         try:
             ctl = control.Controls(self.ctl.directory)
             new = Controls(ctl)
         except (OSError, ValueError):
             log('alert: unable to reread controls\n')
-        else:
-            # Concurrency and slots stay as they were at start: the spawns'
-            # slot tables were sized then.
-            new.concurrency = self.c.concurrency
-            self.c = new
-        while True:
-            try:
-                os.chdir('queue')
-                return
-            except OSError:
-                log('alert: unable to switch back to queue directory; HELP! sleeping...\n')
-                time.sleep(10)
+            return
+        # Concurrency and slots stay as they were at start: the spawns'
+        # slot tables were sized then.
+        new.concurrency = self.c.concurrency
+        self.c = new
 
     def on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):

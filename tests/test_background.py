@@ -11,7 +11,7 @@ import time
 import pytest
 
 from qmail import send
-from qmail.lib import background, control
+from qmail.lib import background, control, durable
 from qmail.lib.qfile import qfn
 
 
@@ -114,7 +114,7 @@ def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch
     s.job_close(job)
     gate = threading.Event()
     real = s.marks_sync
-    monkeypatch.setattr(s, 'marks_sync', lambda marks: gate.wait(10) and real(marks))
+    monkeypatch.setattr(s, 'marks_sync', lambda marks, out: gate.wait(10) and real(marks, out))
     s.del_reports(0, [b'\0Kdid 1+0+0\n'])
     assert s.concurrencyused[0] == 0 and s.dels[0][0] is None   # the slot is free now
     assert job.refs == 1 and os.path.exists(qfn('local', messid, 3))   # not finished
@@ -209,9 +209,13 @@ def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queu
     put(qfn('bounce', messid, 3), b'stale failure of an interrupted run\n')
     gate = threading.Event()
     real = s.preprocess_sync
-    monkeypatch.setattr(s, 'preprocess_sync', lambda made: gate.wait(10) and real(made))
+    monkeypatch.setattr(s, 'preprocess_sync', lambda made, out: gate.wait(10) and real(made, out))
     cleaned = []
     s.clean_request = lambda reqs, then=None: cleaned.extend(reqs) or then([True] * len(reqs))
+    synced_dirs = []
+    real_dirs = durable.fsync_dirs
+    monkeypatch.setattr(durable, 'fsync_dirs',
+                        lambda paths: synced_dirs.extend(paths) or real_dirs(paths))
     s.preprocess_batch([messid])
     deadline = time.monotonic() + 10
     while not s.pqchan[0]:
@@ -228,5 +232,62 @@ def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queu
     gate.set()
     wait_finish(s.bg)
     assert cleaned == ['todo/%d' % messid] and messid not in s.unsettled
+    # the stale bounce/'s removal durable before todo/ goes
+    assert os.path.dirname(qfn('bounce', messid, 3)) in synced_dirs
     assert not os.path.exists(qfn('local', messid, 3))
     assert [m for _, m in s.pqdone] == [messid]
+
+
+def test_qmail_clean_unable_then_asked_again_later(queue_home):
+    """qmail-clean answering '!' for todo/ leaves the message unsettled,
+    and it is asked again after SLEEP_SYSFAIL (not left to a restart)."""
+    s, log = queue_home
+    s.bg.inline = True
+    messid = 15
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0')
+    answers = [False]
+    asked = []
+
+    def clean_request(reqs, then=None):
+        asked.extend(reqs)
+        then([answers.pop(0) if answers else True for _ in reqs])
+    s.clean_request = clean_request
+    s.preprocess_batch([messid])
+    assert asked == ['todo/%d' % messid] and messid in s.unsettled
+    (when, m, _), = s.pqsettle
+    assert m == messid and when >= int(time.time()) + send.SLEEP_SYSFAIL - 1
+    s.recent = when - 1
+    s.pass_do()
+    assert len(asked) == 1                      # not yet
+    s.recent = when
+    s.pass_do()
+    assert asked == ['todo/%d' % messid] * 2 and messid not in s.unsettled
+
+
+def test_log_lines_are_written_by_the_loop_thread_only(queue_home, monkeypatch):
+    """Background work hands its log lines to its sequel: a long line
+    from the loop can never be cut by a thread's."""
+    s, log = queue_home
+    writers = []
+    monkeypatch.setattr(send, 'log', lambda text: writers.append((threading.get_ident(), text)))
+    messid = 17
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0')
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    s.preprocess_batch([messid])
+    wait_finish(s.bg)
+    assert any(text.startswith('new msg %d' % messid) for _, text in writers)
+    assert {ident for ident, _ in writers} == {threading.get_ident()}
+
+
+def test_sighup_rereads_controls_without_moving_the_working_directory(queue_home, tmp_path):
+    """The disk threads use paths relative to queue/: a reread must not
+    change directory, even for a moment."""
+    s, log = queue_home
+    here = os.getcwd()
+    s.ctl.directory = str(tmp_path / 'control')
+    (tmp_path / 'control' / 'bouncefrom').write_text('postmaster\n')
+    s.reread()
+    assert os.getcwd() == here
+    assert s.c.bouncefrom == b'postmaster'

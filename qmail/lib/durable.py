@@ -16,6 +16,7 @@ truncate, fsync, link, rename, unlink, fsync_dir.  A file step names
 its target by descriptor, a directory step by path.
 """
 
+import _thread     # the C module: no import cost for qmail-queue's start
 import os
 
 # Hooks for tests of crash safety (qmail.lib.crashsim): hook(name, target)
@@ -129,6 +130,7 @@ def fsync_dir(path) -> None:
 # one after another, in order, so each step stays a crash point.
 
 _pool = None
+_pool_lock = _thread.allocate_lock()
 POOL_THREADS = 16
 THREADS_FROM = 4        # fewer are done one after another: a thread costs too
 
@@ -147,14 +149,16 @@ def _each(fn, items) -> list:
             except OSError:
                 failed.append(item)
         return failed
-    if _pool is None:
-        _pool = _Pool(POOL_THREADS)
+    with _pool_lock:                   # qmail-send's two disk threads share it
+        if _pool is None:
+            _pool = _Pool(POOL_THREADS)
     return _pool.each(fn, items)
 
 
 def _forget_pool():
-    global _pool
+    global _pool, _pool_lock
     _pool = None
+    _pool_lock = _thread.allocate_lock()
 
 
 # A forked child has none of the parent's threads: it starts its own pool.
