@@ -7,7 +7,9 @@ Reads:    fd 0, NUL-terminated requests: foop/<messid> (the message is
 Writes:   fd 1, one byte per request: + done, ! try again later,
           x malformed request.
 Removes:  those files, and every pid/ file older than OSSIFIED, swept
-          every 30 requests (qmail-queue leaves one behind when killed).
+          every 30 requests (qmail-queue leaves one behind when killed),
+          and every intd/ file as old whose mess/ is gone (a crash can
+          leave one).
 Exits:    0 at end of input; 111 queue unreachable; 100 qmail-send gone.
 Trusts:   qmail-send only for the number, which must be digits.
 See:      qmail-clean(8); INTERNALS.md "Cleanups".
@@ -112,6 +114,35 @@ def sweep_pid(now: float):
                 pass
 
 
+def sweep_intd(now: float, split: int):
+    """Remove intd/ files whose message is gone, OSSIFIED old.  A crash
+    can leave one: the removal of intd/ is never fsynced (while mess/
+    stays, a returning intd/ is harmless), but a later fsync of mess/ for
+    another message can make the message's own removal durable first.
+    qmail-send cannot do this cleanup: intd/ is qmailq's alone."""
+    try:
+        names = os.listdir('intd')
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit():
+            continue
+        path = 'intd/' + name
+        try:
+            if now < os.stat(path).st_mtime + OSSIFIED:
+                continue
+            os.stat(qfn('mess', int(name), split))
+            continue                    # its message lives: not ours
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        try:
+            durable.unlink(path)
+        except OSError:
+            pass
+
+
 def serve(infd: int, outfd: int, split: int) -> int:
     buf = b''
     sweep = 0
@@ -120,6 +151,7 @@ def serve(infd: int, outfd: int, split: int) -> int:
             sweep -= 1
         else:
             sweep_pid(time.time())
+            sweep_intd(time.time(), split)
             sweep = SWEEP_EVERY
         while b'\0' not in buf:
             try:

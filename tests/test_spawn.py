@@ -93,3 +93,24 @@ def test_clean_serve(tmp_path, monkeypatch):
     assert os.read(rout, 10) == b'++x+'
     assert sorted(os.listdir('intd') + os.listdir('todo') + os.listdir('mess/3')) == []
     assert os.listdir('pid') == []
+
+
+def test_clean_sweeps_an_intd_whose_message_is_gone(tmp_path, monkeypatch):
+    """A crash can leave intd/N after mess/N's removal became durable:
+    qmail-clean (intd/ is qmailq's) removes it once OSSIFIED old, and
+    leaves a young one, and one whose message lives."""
+    import time
+    from qmail.lib.qfile import qfn
+    monkeypatch.chdir(tmp_path)
+    os.mkdir('intd')
+    for i in range(3):
+        os.makedirs('mess/%d' % i)
+    old = time.time() - clean.OSSIFIED - 100
+    for messid in (21, 22, 23):
+        with open('intd/%d' % messid, 'wb') as f:
+            f.write(b'u0\0p1\0Fa@b\0Tx@y\0')
+    os.utime('intd/21', (old, old))     # orphan, old: removed
+    os.utime('intd/23', (old, old))     # old, but its message lives
+    open(qfn('mess', 23, 3), 'wb').close()
+    clean.sweep_intd(time.time(), 3)
+    assert sorted(os.listdir('intd')) == ['22', '23']

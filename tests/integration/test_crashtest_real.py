@@ -102,6 +102,40 @@ def test_bounce_entry_must_be_durable_before_the_d_mark(monkeypatch, capsys):
     assert 'failure of fails to nobody@crash.example never bounced' in out
 
 
+def test_deliveries_before_durability_need_their_safeguards(monkeypatch, capsys):
+    """The overlap scenario (a new message delivered before its
+    preprocessing is durable) breaks when qmail-send forgets either
+    safeguard: a stale bounce/ of an interrupted run kept (its old
+    failure is mailed), or a job finished before its message is settled
+    (the message is stranded until a restart)."""
+    from qmail import send
+    real_write = send.Send.preprocess_write
+
+    def keeps_bounce(self, messid, routing, out):
+        saved = send.Send.fn(self, 'bounce', messid)
+        try:
+            with open(saved, 'rb') as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = None
+        got = real_write(self, messid, routing, out)
+        if data is not None:
+            with open(saved, 'wb') as f:
+                f.write(data)
+        return got
+    monkeypatch.setattr(send.Send, 'preprocess_write', keeps_bounce)
+    assert crashtest.main(['-v', 'overlap']) == 1
+    out = capsys.readouterr().out
+    assert 'a broken bounce delivered' in out or 'reports one@crash.example' in out, out
+    monkeypatch.undo()
+
+    def no_parking(self, jobs):
+        self.finishing.add(jobs)
+    monkeypatch.setattr(send.Send, 'jobs_finish', no_parking)
+    assert crashtest.main(['-v', 'overlap']) != 0
+    assert 'overlap does not run without a crash' in capsys.readouterr().out
+
+
 def test_fsck_on_a_live_queue_reports_nothing():
     """Messages injected, preprocessed, delivered, bounced and cleaned
     while qmail-fsck scans again and again: no scan reports a problem."""
