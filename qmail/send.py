@@ -1158,7 +1158,7 @@ class Send:
         self.del_status()
         self.trigger_set()
         self.watch_todo()
-        poller = select.poll()
+        poller, polled = None, None
         while (not self.flagexitasap or not self.del_canexit()
                or self.bg.pending or self.clean_waiting):
             self.recent = int(time.time())
@@ -1194,9 +1194,11 @@ class Send:
                 wakeup = 0
             wakeup = min(wakeup, self.cleanuptime)
             timeout = 0 if wakeup <= self.recent else (wakeup - self.recent + SLEEP_FUZZ) * 1000
-            poller = select.poll()
-            for fd, ev in fds.items():
-                poller.register(fd, ev)
+            if fds != polled:           # poll() itself takes the whole set
+                poller = select.poll()
+                for fd, ev in fds.items():
+                    poller.register(fd, ev)
+                polled = fds
             try:
                 ready = dict(poller.poll(timeout))
             except InterruptedError:

@@ -73,8 +73,7 @@ class Background:
         if self.fd == -1:
             return
         try:
-            while os.read(self.fd, 4096):
-                pass
+            os.read(self.fd, 4096)      # a wake-up byte per work done, at most
         except OSError:
             pass
         while self._done:
