@@ -173,13 +173,7 @@ class Listener:
         self.log(1, 'status: %d/%d' % (len(self.children), self.o.limit))
 
     def reap(self):
-        while True:
-            try:
-                pid, wstat = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, wstat in prefork.reaped():
             if pid in self.children:
                 self.children.discard(pid)
                 code = os.WEXITSTATUS(wstat) if os.WIFEXITED(wstat) else 'signal %d' % os.WTERMSIG(wstat)

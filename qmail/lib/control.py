@@ -43,20 +43,31 @@ _cache = {}
 RACY = 2
 
 
+def stamp(st) -> tuple:
+    """A file's identity and times, from its stat(): equal while the file
+    is unchanged, if it is settled()."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def settled(st, now: float) -> bool:
+    """Changed more than RACY seconds before now: its stamp can be trusted."""
+    return now - st.st_ctime > RACY
+
+
 def _cached(path, parse):
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         _cache.pop((path, parse), None)
         return None
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    current = stamp(st)
     hit = _cache.get((path, parse))
-    if hit is not None and hit[0] == stamp and time.time() - st.st_ctime > RACY:
+    if hit is not None and hit[0] == current and settled(st, time.time()):
         return hit[1]
     data = _read(path)
     value = None if data is None else parse(data)
     if value is not None or data is None:
-        _cache[(path, parse)] = (stamp, value)
+        _cache[(path, parse)] = (current, value)
     return value
 
 
@@ -82,9 +93,9 @@ def stamps(directory: str, names: tuple) -> tuple:
             continue
         except OSError:
             return None
-        if now - st.st_ctime <= RACY:
+        if not settled(st, now):
             return None
-        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        out.append(stamp(st))
     return tuple(out)
 
 

@@ -46,6 +46,19 @@ ORPHAN_SIGNAL = signal.SIGUSR2
 BUSY, IDLE = ord('B'), ord('I')
 
 
+def reaped():
+    """(pid, wait status) of each child that has ended, without waiting
+    for any (the reaping loops of qmail-listen, its pool and the spawns)."""
+    while True:
+        try:
+            pid, wstat = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, wstat
+
+
 class Pool:
     """pool = Pool(sock, handle, limit); pool.serve(watch) -> None.
 
@@ -146,13 +159,7 @@ class Pool:
             self.workers[pid] = IDLE
 
     def reap(self):
-        while True:
-            try:
-                pid, wstat = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, wstat in reaped():
             if self.workers.pop(pid, None) is not None and os.WIFSIGNALED(wstat) and self.log:
                 self.log(1, 'end %d status signal %d' % (pid, os.WTERMSIG(wstat)))
 

@@ -29,6 +29,8 @@ import stat
 import struct
 import time
 
+from qmail.lib import prefork
+
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
 MAX_USE = 100        # deliveries a worker runs before it retires
@@ -213,17 +215,10 @@ class Spawner:
             slot.fdout = -1
 
     def reap(self):
-        while True:
-            try:
-                pid, wstat = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, wstat in prefork.reaped():
             delnum = self.byslot.pop(pid, None)
-            if delnum is None:
-                continue
-            self.finish(delnum, wstat)
+            if delnum is not None:
+                self.finish(delnum, wstat)
 
     def readslot(self, delnum):
         slot = self.slots[delnum]
@@ -465,7 +460,6 @@ class Workers:
 
 def worker_main(sock: socket.socket, setup, deliver, arg) -> int:
     """In a worker child: setup(arg), then deliveries until told to go."""
-    from qmail.lib import prefork
     failed = setup(arg) if setup is not None else 0
     if failed:
         # The report for its first delivery, as a child would have exited.

@@ -56,15 +56,15 @@ _kept = {}          # path -> (stamp, Cdb)
 def _rules(path: str):
     """(the rules' Cdb, whether the caller must close it)."""
     st = os.stat(path)
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    current = control.stamp(st)
     hit = _kept.get(path)
-    if hit is not None and hit[0] == stamp and time.time() - st.st_ctime > control.RACY:
+    if hit is not None and hit[0] == current and control.settled(st, time.time()):
         return hit[1], False
     _kept.pop(path, None)
     db = cdb.Cdb(path)
     if not db.in_memory:
         return db, True
-    _kept[path] = (stamp, db)
+    _kept[path] = (current, db)
     return db, False
 
 
