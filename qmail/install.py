@@ -20,6 +20,7 @@ either the old or the new copy, never half of one.
 import argparse
 import compileall
 import errno
+import fcntl
 import grp
 import os
 import pwd
@@ -27,6 +28,7 @@ import re
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -187,6 +189,33 @@ def make_dir(path, uid, gid, mode):
     fix(path, uid, gid, mode)
 
 
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subdirs(path):
+    """Ask the filesystem to place path's new subdirectories, and so the
+    files made in them, in block groups apart (chattr +T, ext2/3/4's
+    Orlov hint; elsewhere nothing happens).  The queue's directories
+    each take files at the message rate, and ext4 (without a journal)
+    scans past every inode freed in the last minutes of a group at each
+    file it creates there: kept apart, each group sees a share of that.
+    Only subdirectories made afterwards move."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        flags = struct.unpack('i', fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack('i', 0)))[0]
+        if not flags & FS_TOPDIR_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack('i', flags | FS_TOPDIR_FL))
+    except OSError:         # not ext2/3/4, or it refuses: placement is only a hint
+        pass
+    finally:
+        os.close(fd)
+
+
 def make_zero_file(path, size, uid, gid, mode):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -223,8 +252,11 @@ def install_tree(home, uids, gids, split):
             make_fifo(path, uid, gid, mode)
         elif kind == 'd':
             make_dir(path, uid, gid, mode)
+            if what == 'queue':
+                spread_subdirs(path)
         elif kind == 's':
             make_dir(path, uid, gid, mode)
+            spread_subdirs(path)
             for i in range(split):
                 make_dir(os.path.join(path, str(i)), uid, gid, mode)
 

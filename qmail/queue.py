@@ -4,10 +4,12 @@ Runs as:  qmailq (setuid, through the launcher bin/qmail-queue), with the
           caller's real uid; cwd HOME/queue.
 Reads:    fd 0, the message; then fd 1, the envelope: F sender NUL,
           T recipient NUL for each recipient, then one more NUL.
-Writes:   pid/<pid>.<time>.<seq>, renamed by link to mess/<split>/<messid>
-          (messid is the file's inode); intd/<messid> holding u<uid>,
-          p<pid> and the envelope; todo/<messid> as a link to it; then
-          pulls lock/trigger to wake qmail-send.
+Writes:   mess/<split>/<messid>, the message (messid is the file's
+          inode), first made nameless (Linux O_TMPFILE) or, where the
+          system cannot, as pid/<pid>.<time>.<seq> renamed by link;
+          intd/<messid> holding u<uid>, p<pid> and the envelope, named
+          once written (or made at once, the same way); todo/<messid> as
+          a link to it; then pulls lock/trigger to wake qmail-send.
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
@@ -23,7 +25,8 @@ message (no interpreter start per message).
 
 Every failure after the mess file exists truncates and removes what this
 process made, so a failed injection leaves no file in mess/, intd/ or
-todo/; a pid/ file left by a crash is qmail-send's to clean.  The
+todo/; a pid/ file left by a crash is qmail-clean's to sweep (a
+nameless file goes with the process).  The
 timeout (DEATH) exits without cleaning: a stuck qmail-queue must not
 race qmail-send, which cleans such files once they are OSSIFIED.
 """
@@ -148,6 +151,23 @@ class Writer:
                     pass
         self.messfd = self.intdfd = -1
 
+    def anon_dir(self, pid: int, which: int) -> str:
+        """Where a nameless file takes its inode: a mess/ subdirectory
+        picked by pid (which: 0 the message, 1 the envelope), so that
+        writers' files spread over the filesystem's block groups as the
+        split subdirectories do (see qmail-install's spread_subdirs)."""
+        return 'mess/%d' % ((pid + which * (self.split // 2 + 1)) % self.split)
+
+    def create(self, pid: int, which: int, fallback):
+        """A new file for the message (which 0) or envelope (1): nameless
+        where the system has such files, else fallback()'s."""
+        if anon_usable():
+            try:
+                return durable.create_anon(self.anon_dir(pid, which))
+            except OSError:
+                pass
+        return fallback()
+
     def pidopen(self, pid: int, starttime: int) -> str:
         for seq in range(1, PIDTRIES + 1):
             fn = pidfn(pid, starttime, seq)
@@ -180,8 +200,12 @@ class Writer:
                 now: float, uids: dict) -> int:
         received = received_line(pid, uid, now, uids)
 
-        # S1: pid/ file; its inode names the message.
-        tmpfn = self.pidopen(pid, int(now))
+        # S1: the message's file, nameless or pid/; its inode names the
+        # message.
+        tmpfn = None
+        self.messfd = self.create(pid, 0, lambda: -1)
+        if self.messfd == -1:
+            tmpfn = self.pidopen(pid, int(now))
         try:
             messid = os.fstat(self.messfd).st_ino
         except OSError:
@@ -190,14 +214,18 @@ class Writer:
         intdfn = qfn('intd', messid, self.split)
         todofn = qfn('todo', messid, self.split)
         try:
-            durable.link(tmpfn, messfn)
+            if tmpfn is None:
+                durable.link_anon(self.messfd, messfn)
+            else:
+                durable.link(tmpfn, messfn)
         except OSError:
             raise QueueExit(64) from None
         self.messfn = messfn          # S2: from here on, failures clean up
-        try:
-            durable.unlink(tmpfn)
-        except OSError:
-            raise QueueExit(63) from None
+        if tmpfn is not None:
+            try:
+                durable.unlink(tmpfn)
+            except OSError:
+                raise QueueExit(63) from None
 
         # The message: Received line, then fd 0 byte for byte.
         buf = bytearray(received)
@@ -214,12 +242,16 @@ class Writer:
         # The link in mess/ must be durable before todo/ names the message.
         self.syncdir(os.path.dirname(messfn))
 
-        # S3: intd/ receives the envelope.
-        try:
-            self.intdfd = durable.create_excl(intdfn)
-        except OSError:
-            raise QueueExit(65) from None
-        self.intdfn = intdfn
+        # S3: intd/ receives the envelope: named once written when its
+        # file could be made nameless, else at once.
+        def named():
+            try:
+                fd = durable.create_excl(intdfn)
+            except OSError:
+                raise QueueExit(65) from None
+            self.intdfn = intdfn
+            return fd
+        self.intdfd = self.create(pid, 1, named)
         parser = EnvelopeParser()
         out = bytearray(b'u%d\0p%d\0' % (uid, pid))
         while not parser.done:
@@ -232,6 +264,12 @@ class Writer:
                 out.clear()
         self.write(self.intdfd, out)
         self.sync(self.intdfd)
+        if self.intdfn is None:
+            try:
+                durable.link_anon(self.intdfd, intdfn)
+            except OSError:
+                raise QueueExit(65) from None
+            self.intdfn = intdfn
 
         # S4: the link in todo/ is the moment of acceptance.
         try:
@@ -252,6 +290,23 @@ class Writer:
         self.close()
         triggerpull()
         return 0
+
+
+_anon = None
+
+
+def anon_usable() -> bool:
+    """Can a nameless file be named here, through /proc/self/fd?  Not in
+    a set-uid process (the setuid command): the kernel makes its
+    /proc/self/fd root's."""
+    global _anon
+    if _anon is None:
+        try:
+            os.stat('/proc/self/fd/0')
+            _anon = hasattr(os, 'O_TMPFILE')
+        except OSError:
+            _anon = False
+    return _anon
 
 
 def triggerpull():

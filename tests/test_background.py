@@ -101,28 +101,68 @@ def put(path, data: bytes):
 
 
 def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch):
+    """A delivery that does not end its job gets a D mark, durable before
+    anything goes on; the one that ends it writes none: the job's file
+    is removed instead."""
     s, log = queue_home
     messid = 7
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    put(qfn('local', messid, 3), b'Tu@here.example\0Tv@here.example\0')
+    job = s.job_open(messid, 0)
+    job.flaghiteof = True
+    job.numtodo = 2
+    job.refs = 3                # the pass's reference is gone below
+    s.dels[0][0] = send.Delivery(job, 1, 0, b'u@here.example')
+    s.dels[0][1] = send.Delivery(job, 2, 16, b'v@here.example')
+    s.concurrencyused[0] = 2
+    s.job_close(job)
+    pwrites = []
+    real_pwrite = durable.pwrite
+    monkeypatch.setattr(durable, 'pwrite', lambda fd, data, pos: pwrites.append(pos) or real_pwrite(fd, data, pos))
+    gate = threading.Event()
+    real = s.marks_sync
+    monkeypatch.setattr(s, 'marks_sync', lambda marks, out: gate.wait(10) and real(marks, out))
+    s.del_reports(0, [b'\0Kdid 1+0+0\n'])
+    assert s.concurrencyused[0] == 1 and s.dels[0][0] is None   # the slot is free now
+    assert job.refs == 2 and job.numtodo == 2                   # its mark is not durable yet
+    gate.set()
+    wait_finish(s.bg)
+    assert job.refs == 1 and job.numtodo == 1
+    assert open(qfn('local', messid, 3), 'rb').read() == b'Du@here.example\0Tv@here.example\0'
+    s.del_reports(0, [b'\1Kdid 1+0+0\n'])
+    wait_finish(s.bg)
+    assert not os.path.exists(qfn('local', messid, 3))     # finished, then removed
+    assert pwrites == [0]                                   # no mark for the last one
+    assert [m for _, m in s.pqdone] == [messid]
+    assert 'delivery 1: success: did_1+0+0/\n' in log
+    assert 'delivery 2: success: did_1+0+0/\n' in log
+
+
+def test_a_job_that_cannot_remove_its_file_writes_the_marks_it_skipped(queue_home, monkeypatch):
+    """The job's last delivery skipped its D mark; if the file then
+    cannot go, the mark is written, so the retry does not repeat it."""
+    s, log = queue_home
+    messid = 8
     put(qfn('info', messid, 3), b'Fa@b.example\0')
     put(qfn('local', messid, 3), b'Tu@here.example\0')
     job = s.job_open(messid, 0)
     job.flaghiteof = True
     job.numtodo = 1
-    job.refs = 2                # the pass's reference is gone below
     s.dels[0][0] = send.Delivery(job, 1, 0, b'u@here.example')
     s.concurrencyused[0] = 1
-    s.job_close(job)
-    gate = threading.Event()
-    real = s.marks_sync
-    monkeypatch.setattr(s, 'marks_sync', lambda marks, out: gate.wait(10) and real(marks, out))
+    real_unlink = durable.unlink
+
+    def unlink(path):
+        if path == qfn('local', messid, 3):
+            raise PermissionError(13, 'no')
+        return real_unlink(path)
+    monkeypatch.setattr(durable, 'unlink', unlink)
     s.del_reports(0, [b'\0Kdid 1+0+0\n'])
-    assert s.concurrencyused[0] == 0 and s.dels[0][0] is None   # the slot is free now
-    assert job.refs == 1 and os.path.exists(qfn('local', messid, 3))   # not finished
-    gate.set()
     wait_finish(s.bg)
-    assert not os.path.exists(qfn('local', messid, 3))     # finished, then removed
-    assert [m for _, m in s.pqdone] == [messid]
-    assert 'delivery 1: success: did_1+0+0/\n' in log
+    assert open(qfn('local', messid, 3), 'rb').read() == b'Du@here.example\0'
+    assert [m for _, m in s.pqchan[0]] == [messid]          # tried again later
+    assert s.pqdone == []
+    assert any(line.startswith('warning: unable to unlink local/') for line in log)
 
 
 def test_both_channels_ending_together_finish_the_message_once(queue_home):
@@ -164,7 +204,7 @@ def test_without_qmail_clean_a_finished_message_waits(queue_home):
 
 
 def test_fsync_many_together_reports_each_failure(tmp_path):
-    """durable.fsync_many from its threads: every descriptor synced, the
+    """durable.fsync_many: every descriptor synced, the
     ones that fail returned (a closed descriptor: EBADF), in order."""
     from qmail.lib import durable
     fds = []
@@ -182,19 +222,24 @@ def test_fsync_many_together_reports_each_failure(tmp_path):
             os.close(fd)
 
 
-def test_fsync_many_in_a_forked_child_of_a_process_that_used_it(tmp_path):
-    """A child has none of its parent's threads: its fsync_many must not
-    wait for them (qmail-crashtest's children, forked by a test process)."""
+def test_fsync_many_starts_every_writeback_before_the_first_fsync(tmp_path, monkeypatch):
+    """The writeback of every file is started (sync_file_range) before
+    the first fsync waits, so one commit carries them all; not under
+    the crash hooks, where each fsync must stay its own crash point."""
     from qmail.lib import durable
-    paths = [str(tmp_path / str(i)) for i in range(6)]
-    fds = [os.open(p, os.O_WRONLY | os.O_CREAT, 0o600) for p in paths]
-    assert durable.fsync_many(fds) == []           # the pool exists now
-    pid = os.fork()
-    if pid == 0:
-        signal.alarm(10)                            # a hang fails, not blocks
-        os._exit(0 if durable.fsync_many(fds) == [] else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    fds = [os.open(str(tmp_path / str(i)), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(3)]
+    durable._writeback(fds[0])
+    assert durable._sync_file_range            # found in libc on Linux
+    steps = []
+    monkeypatch.setattr(durable, '_sync_file_range', lambda fd, a, b, c: steps.append(('start', fd)))
+    real_fsync = os.fsync
+    monkeypatch.setattr(durable.os, 'fsync', lambda fd: steps.append(('fsync', fd)) or real_fsync(fd))
+    assert durable.fsync_many(fds) == []
+    assert steps == [('start', fd) for fd in fds] + [('fsync', fd) for fd in fds]
+    steps.clear()
+    monkeypatch.setattr(durable, 'after', lambda name, target: None)
+    assert durable.fsync_many(fds) == []
+    assert steps == [('fsync', fd) for fd in fds]
     for fd in fds:
         os.close(fd)
 

@@ -87,3 +87,28 @@ def test_queue_names():
     assert parse_messid('457') == 457
     for bad in ('', '45a', '-1', '4.5', '\u0664'):
         assert parse_messid(bad) is None, bad
+
+
+def test_inject_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    """qmail-queued's writers live on and retire on a descriptor left
+    open: an injection, nameless files and all, must close each one."""
+    import os
+    from qmail import queue
+    from qmail.lib import prefork
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(23)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+    before = prefork.open_fds()
+    for n in range(2):
+        msg_r, msg_w = os.pipe()
+        env_r, env_w = os.pipe()
+        os.write(msg_w, b'Subject: x\n\nbody\n')
+        os.write(env_w, b'Fa@b\0Tc@d\0\0')
+        os.close(msg_w)
+        os.close(env_w)
+        assert queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23) == 0
+        os.close(msg_r)
+        os.close(env_r)
+    assert prefork.open_fds() == before
+    assert len(os.listdir('todo')) == 2 and os.listdir('pid') == []

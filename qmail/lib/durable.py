@@ -11,12 +11,12 @@ fsynced too, which fsync_dir() does.  Nor is a file's content durable
 before fsync(): writes (write_all, pwrite, truncate) stay in memory
 until then, and a power cut takes them back.
 
-The steps, as the hooks name them: create, open_append, write, pwrite,
-truncate, fsync, link, rename, unlink, fsync_dir.  A file step names
-its target by descriptor, a directory step by path.
+The steps, as the hooks name them: create, create_anon, open_append,
+write, pwrite, truncate, fsync, link, rename, unlink, fsync_dir.  A file
+step names its target by descriptor, a directory step (and create_anon,
+before its file exists) by path.
 """
 
-import _thread     # the C module: no import cost for qmail-queue's start
 import os
 
 # Hooks for tests of crash safety (qmail.lib.crashsim): hook(name, target)
@@ -44,6 +44,28 @@ def create_excl(path, mode: int = 0o644) -> int:
                  os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     _done('create', path)
     return fd
+
+
+def create_anon(dirpath, mode: int = 0o644) -> int:
+    """Create a file with no name yet (O_TMPFILE), its inode taken where
+    dirpath's are; return a descriptor for writing.  link_anon() names
+    it; if the process dies first, nothing is left behind.  Raises
+    OSError where the filesystem or kernel has no such files."""
+    _step('create_anon', dirpath)
+    fd = os.open(dirpath, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    _done('create_anon', fd)
+    return fd
+
+
+def link_anon(fd: int, dst) -> None:
+    """Give the file of create_anon() its first name (it must not exist)."""
+    _step('link', dst)
+    # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the file itself;
+    # Python calls plain link() (which would link the /proc link) unless
+    # a directory descriptor is given: the path is absolute, so the
+    # kernel never looks at it, and fd itself will do.
+    os.link('/proc/self/fd/%d' % fd, dst, src_dir_fd=fd, follow_symlinks=True)
+    _done('link', dst)
 
 
 def open_append(path, mode: int = 0o600, flags: int = 0) -> int:
@@ -122,100 +144,60 @@ def fsync_dir(path) -> None:
 
 # ---- many at once ---------------------------------------------------------
 #
-# fsync() waits for a journal commit; a program that has many files to make
-# durable (qmail-send preprocessing a batch) gets them all into one commit
-# by asking for them together, from threads: the filesystem serves
-# concurrent fsyncs with the same commit (group commit), where one after
-# another each waits for its own.  Under crash tests (hook set) they run
-# one after another, in order, so each step stays a crash point.
+# fsync() waits for the data's writeback and a journal commit.  A program
+# with many files to make durable (qmail-send preprocessing a batch) first
+# starts the writeback of every one (sync_file_range, which does not
+# wait), then fsyncs them one after another: the first fsync's commit
+# carries every file's metadata, so the later ones mostly find their work
+# done.  Measured here: a third of the time of one plain fsync after
+# another, less than from threads (which also fight over the interpreter
+# lock), and nothing to start or share.  Under crash tests (hook set) the
+# writeback is not started early, so each fsync stays the crash point.
 
-_pool = None
-_pool_lock = _thread.allocate_lock()
-POOL_THREADS = 16
-THREADS_FROM = 4        # fewer are done one after another: a thread costs too
+_sync_file_range = None     # libc's, once looked up; False: there is none
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback(fd: int) -> None:
+    """Start writing fd's dirty pages out, without waiting (a hint: an
+    error is left for the fsync to report)."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
+                           ctypes.c_uint]
+            _sync_file_range = fn
+        except (ImportError, OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _each(fn, items) -> list:
-    """fn(item) for every item, together; the items whose fn raised
+    """fn(item) for every item, in order; the items whose fn raised
     OSError (each is tried once: a second fsync after a failed one may
     report success for data that was lost)."""
-    global _pool
-    items = list(items)
     failed = []
-    if hook is not None or after is not None or len(items) < THREADS_FROM:
-        for item in items:
-            try:
-                fn(item)
-            except OSError:
-                failed.append(item)
-        return failed
-    with _pool_lock:                   # qmail-send's two disk threads share it
-        if _pool is None:
-            _pool = _Pool(POOL_THREADS)
-    return _pool.each(fn, items)
-
-
-def _forget_pool():
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = _thread.allocate_lock()
-
-
-# A forked child has none of the parent's threads: it starts its own pool.
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-class _Pool:
-    """Threads taking (fn, item, batch) from one queue; a batch's caller
-    waits until its last item is done (cheaper per item than futures)."""
-
-    def __init__(self, n: int):
-        import queue
-        import threading
-        self._lock = threading.Lock
-        self.work = queue.SimpleQueue()
-        for _ in range(n):
-            threading.Thread(target=self._thread, name='fsync', daemon=True).start()
-
-    def each(self, fn, items) -> list:
-        batch = _Batch(len(items), self._lock)
-        for item in items:
-            self.work.put((fn, item, batch))
-        batch.done.acquire()            # released by the last item's thread
-        if batch.error is not None:
-            raise batch.error
-        return [item for item in items if item in batch.failed]
-
-    def _thread(self):
-        while True:
-            fn, item, batch = self.work.get()
-            try:
-                fn(item)
-            except OSError:
-                batch.failed.append(item)
-            except BaseException as e:
-                batch.error = e
-            with batch.count:
-                batch.left -= 1
-                if batch.left == 0:
-                    batch.done.release()
-
-
-class _Batch:
-    def __init__(self, n: int, lock):
-        self.left = n
-        self.failed = []
-        self.error = None
-        self.count = lock()
-        self.done = lock()
-        self.done.acquire()
+    for item in items:
+        try:
+            fn(item)
+        except OSError:
+            failed.append(item)
+    return failed
 
 
 def fsync_many(fds) -> list:
-    """fsync() each descriptor, together; those that failed."""
+    """fsync() each descriptor, their writeback started together first;
+    those that failed."""
+    fds = list(fds)
+    if hook is None and after is None and len(fds) > 1:
+        for fd in fds:
+            _writeback(fd)
     return _each(fsync, fds)
 
 
 def fsync_dirs(paths) -> list:
-    """fsync_dir() each directory, together; those that failed."""
+    """fsync_dir() each directory; those that failed."""
     return _each(fsync_dir, paths)

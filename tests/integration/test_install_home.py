@@ -176,3 +176,26 @@ def test_host_fqdn_never_dotless(monkeypatch, name, want):
     from qmail import install
     monkeypatch.setattr(socket, 'getfqdn', lambda: name)
     assert install.host_fqdn() == want
+
+
+def test_queue_directories_spread_over_block_groups(home):
+    """queue/ and the split directories carry ext4's Orlov hint (chattr
+    +T), so the directories made in them are placed apart, where the
+    filesystem has the hint at all."""
+    from qmail.install import FS_IOC_GETFLAGS, FS_TOPDIR_FL
+    import fcntl
+    import struct
+
+    def flags(path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return struct.unpack('i', fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack('i', 0)))[0]
+        finally:
+            os.close(fd)
+    try:
+        flags(home)
+    except OSError:
+        pytest.skip('no inode flags on this filesystem')
+    for d in ('queue', 'queue/mess', 'queue/info', 'queue/local', 'queue/remote'):
+        assert flags(os.path.join(home, d)) & FS_TOPDIR_FL, d
+    assert not flags(os.path.join(home, 'queue/todo')) & FS_TOPDIR_FL

@@ -113,19 +113,35 @@ def test_write_error_is_53_and_cleans_up(home, test_user):
     assert new_files(home, before) == []
 
 
-@pytest.mark.parametrize('path, mode, code', [
-    ('queue/pid', 0o000, 63),
-    ('queue/mess/*', 0o550, 64),
-    ('queue/intd', 0o500, 65),
-    ('queue/todo', 0o550, 66),
+@pytest.mark.parametrize('paths, mode, code', [
+    # mess/ unwritable: no nameless file there, and pid/ is tried
+    (['queue/pid', 'queue/mess/*'], 0o550, 63),
+    (['queue/mess/*'], 0o550, 64),
+    (['queue/intd'], 0o500, 65),
+    (['queue/todo'], 0o550, 66),
 ])
-def test_broken_queue_directories(fresh_home, test_user, path, mode, code):
+def test_broken_queue_directories(fresh_home, test_user, paths, mode, code):
     import glob
-    for p in glob.glob(os.path.join(fresh_home, path)):
-        os.chmod(p, mode)
+    for path in paths:
+        for p in glob.glob(os.path.join(fresh_home, path)):
+            os.chmod(p, mode)
     r = qq(fresh_home, test_user, b'Subject: x\n\nbody\n', b'Fa@b\0Tc@d\0\0')
     assert r.returncode == code, 'got %d want %d' % (r.returncode, code)
     assert queue_files(fresh_home, *DIRS) == []
+
+
+def test_files_made_nameless_need_no_pid_directory(fresh_home, test_user):
+    """The message's and the envelope's files are made nameless (inodes
+    taken in mess/ subdirectories apart), so pid/ is not used: a broken
+    one stops nothing, and a failure leaves no file anywhere."""
+    os.chmod(os.path.join(fresh_home, 'queue/pid'), 0)
+    r = qq(fresh_home, test_user, b'Subject: x\n\nbody\n', b'Fa@b\0Tc@d\0\0')
+    assert r.returncode == 0
+    made = queue_files(fresh_home, *DIRS)
+    assert len(made) == 3 and not any(f.startswith('pid/') for f in made), made
+    r = qq(fresh_home, test_user, b'Subject: x\n\nbody\n', b'Fa@b\0Tc@d\0')  # no final NUL
+    assert r.returncode == 54
+    assert queue_files(fresh_home, *DIRS) == made
 
 
 def test_unreachable_queue_is_62(fresh_home, test_user):
