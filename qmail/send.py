@@ -22,7 +22,9 @@ todo/ is removed the new info/, local/ and remote/ entries are made
 durable; a recipient's D mark is fsynced before its job can finish
 (and its recipient list go), and a bounce paragraph before its D mark,
 so a crash never forgets a delivery's outcome once the job moved on,
-nor a failure.
+nor a failure.  The delivery that ends a job writes no D mark: the
+removal of the job's file, durable before info/ goes, records it (a
+crash before that delivers it again, as one before a D mark would).
 
 A new message's deliveries start as soon as its preprocessed files are
 written, before they are durable; its jobs finish (and its recipient
@@ -110,9 +112,10 @@ def routing(ctl: control.Controls) -> rules.Routing:
 class Job:
     """One pass of one message through one channel."""
     __slots__ = ('refs', 'id', 'channel', 'retry', 'sender', 'numtodo',
-                 'flaghiteof', 'flagdying')
+                 'flaghiteof', 'flagdying', 'unmarked')
 
     def __init__(self, messid, channel):
+        self.unmarked = None    # D marks skipped: the file goes (del_reports)
         self.refs = 1
         self.id = messid
         self.channel = channel
@@ -380,8 +383,10 @@ class Send:
 
     def jobs_unlink(self, jobs):
         """Background: ([jobs whose file is gone, durably], [jobs whose
-        file is still there], [jobs whose file is gone, not durably])."""
-        removed, failed = [], []
+        file is still there], [jobs whose file is gone, not durably],
+        [log lines]).  A file that stays gets the D marks its job
+        skipped, so the retry does not deliver them again."""
+        removed, failed, out = [], [], []
         for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
             try:
@@ -389,21 +394,26 @@ class Send:
                 removed.append((job, fn))
             except OSError:
                 failed.append(job)
+                if job.unmarked:
+                    self.marks_sync([self.mark_write(*m, out) for m in job.unmarked], out)
         # Durable before info/ goes (messdone): else a power cut could
         # bring back a recipient list whose message is forgotten.
         bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
         return ([job for job, fn in removed if os.path.dirname(fn) not in bad], failed,
-                [job for job, fn in removed if os.path.dirname(fn) in bad])
+                [job for job, fn in removed if os.path.dirname(fn) in bad], out)
 
     def jobs_unlinked(self, jobs, result):
-        gone, failed, unsure = result
+        gone, failed, unsure, out = result
+        for line in out:
+            log(line)
         for job in failed:
             log('warning: unable to unlink %s; will try again later\n'
                 % self.fn(CHANDIR[job.channel], job.id))
             heapq.heappush(self.pqchan[job.channel],
                            (int(time.time()) + SLEEP_SYSFAIL, job.id))
         for job in unsure:
-            # Gone, but a crash may bring it back (with its D marks): the
+            # Gone, but a crash may bring it back (with its D marks, or
+            # without the one it skipped: delivered again then): the
             # message must not be finished before.  A second fsync after a
             # failed one proves nothing; the next start sees the truth.
             log('alert: unable to fsync %s: message %d waits for the next start\n'
@@ -633,13 +643,23 @@ class Send:
                 mark = (c, d.job.id, d.mpos)
             else:
                 log('delivery %d: report mangled, will defer\n' % d.delid)
-            items.append((mark, d))
+            if mark is not None and d.job.flaghiteof and d.job.refs == 1 \
+                    and d.job.numtodo == 1:
+                # The job's last recipient, its last delivery: the job
+                # ends now and its file goes (jobs_finish), which records
+                # the outcome as well as a D mark would.  The mark is
+                # written only if the file cannot be removed.
+                d.job.unmarked = [mark]
+                self.marks_synced([(mark, d)], None)
+                mark = d = None
+            else:
+                items.append((mark, d))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
         if any(mark for mark, _ in items):
             self.marking.add(items)
-        else:                           # deferrals only: nothing to wait for
+        elif items:                     # deferrals only: nothing to wait for
             self.marks_synced(items, None)
 
     def marks_disk(self, items):
@@ -720,16 +740,18 @@ class Send:
             job.flagdying = self.recent > birth + self.c.lifetime
             job.sender = sender
             p = self.passes[c] = Pass(job, chan_records(data))
-        if not self.del_avail(c):
-            return False
         if p.index >= len(p.records):
+            # At once, slot or none: a job whose pass is over can end with
+            # its last report (del_reports).
             p.job.flaghiteof = True
             self.job_close(p.job)
             self.passes[c] = None
             return True
         pos, record = p.records[p.index]
-        p.index += 1
         tag = record[:1]
+        if tag == b'T' and not self.del_avail(c):
+            return False
+        p.index += 1
         if tag == b'T':
             p.job.numtodo += 1
             self.del_start(p.job, pos, record[1:])

@@ -49,9 +49,11 @@ def connect_daemon(pim, pie):
         s.connect(path)
         s.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                             array.array('i', [pim[0], pie[0]]))])
+        # The pid line comes whole, in one send, and nothing follows it
+        # before the message is written: read it in one go.
         line = b''
         while not line.endswith(b'\n') and len(line) < 32:
-            chunk = s.recv(1)
+            chunk = s.recv(32 - len(line))
             if not chunk:
                 raise OSError('qmail-queued went away')
             line += chunk
