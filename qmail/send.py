@@ -1222,7 +1222,20 @@ class Send:
                     poller.register(fd, ev)
                 polled = fds
             try:
-                ready = dict(poller.poll(timeout))
+                if self.bg.held:
+                    # Disk work came: done here if nothing else waits
+                    # (qmail.lib.background); if something does, that
+                    # first, once, then the threads take it.
+                    ready = dict(poller.poll(0))
+                    if not ready:
+                        self.bg.run_held()
+                        continue
+                    if self.bg.passed_over:
+                        self.bg.release()
+                    else:
+                        self.bg.passed_over = True
+                else:
+                    ready = dict(poller.poll(timeout))
             except InterruptedError:
                 continue
             self.recent = int(time.time())

@@ -20,6 +20,7 @@ def wait_finish(bg, timeout=10):
     deadline = time.monotonic() + timeout
     while bg.pending:
         assert time.monotonic() < deadline, 'background work never finished'
+        bg.release()            # as the loop does when it is busy
         if bg.fd != -1:
             select.select([bg.fd], [], [], 0.5)
         bg.finish()
@@ -44,6 +45,35 @@ def test_an_exception_in_the_work_is_raised_in_the_loop():
     bg.submit(work, lambda r: None)
     with pytest.raises(OSError, match='disk on fire'):
         wait_finish(bg)
+
+
+def test_held_work_runs_in_the_loop_when_it_is_idle_in_order():
+    """run_held: each work then its sequel, in the calling thread; what a
+    sequel submits waits for the loop's next decision; an exception
+    leaves the rest held."""
+    bg = background.Background()
+    seen = []
+    bg.submit(lambda: seen.append(('work', 1, threading.get_ident())) or 1,
+              lambda r: seen.append(('then', r)) or bg.submit(lambda: 3, seen.append))
+    bg.submit(lambda: seen.append(('work', 2, threading.get_ident())) or 2,
+              lambda r: seen.append(('then', r)))
+    assert bg.pending == 2 and seen == []
+    bg.run_held()
+    me = threading.get_ident()
+    assert seen == [('work', 1, me), ('then', 1), ('work', 2, me), ('then', 2)]
+    assert bg.pending == 1 and len(bg.held) == 1 and bg.fd == -1    # no thread started
+    bg.run_held()
+    assert seen[-1] == 3 and bg.pending == 0 and bg.held == []
+
+    def fails():
+        raise OSError('disk on fire')
+    bg.submit(fails, seen.append)
+    bg.submit(lambda: 4, seen.append)
+    with pytest.raises(OSError, match='disk on fire'):
+        bg.run_held()
+    assert bg.pending == 1 and len(bg.held) == 1
+    bg.run_held()
+    assert seen[-1] == 4 and bg.pending == 0
 
 
 def test_inline_runs_at_once_in_order():
@@ -265,6 +295,7 @@ def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queu
     deadline = time.monotonic() + 10
     while not s.pqchan[0]:
         assert time.monotonic() < deadline
+        s.bg.release()
         select.select([s.bg.fd], [], [], 0.5)
         s.bg.finish()
     assert [m for _, m in s.pqchan[0]] == [messid] and messid in s.unsettled
