@@ -72,9 +72,32 @@ FDCLEAN_OUT, FDCLEAN_IN = 5, 6
 LOGFD = 0
 
 
+_logheld = None         # while the loop runs: this turn's lines, not yet written
+PIPE_BUF = 4096         # a write up to this size reaches a pipe whole
+
+
 def log(text: str):
-    """One write per line, straight to fd 0, as qmail's log1 flushes."""
+    """A line to fd 0.  While the loop runs, a turn's lines go out
+    together before it sleeps (log_flush), whole lines in writes of at
+    most PIPE_BUF bytes, so none is cut by another writer of the same
+    pipe; else at once, a write per line, as qmail's log1 flushes."""
     data = text.encode('utf-8', 'replace')
+    if _logheld is None:
+        _log_write(data)
+        return
+    if _logheld and sum(map(len, _logheld)) + len(data) > PIPE_BUF:
+        log_flush()
+    _logheld.append(data)
+
+
+def log_flush():
+    if _logheld:
+        data = b''.join(_logheld)
+        _logheld.clear()
+        _log_write(data)
+
+
+def _log_write(data: bytes):
     while data:
         try:
             n = os.write(LOGFD, data)
@@ -83,6 +106,26 @@ def log(text: str):
         except OSError:
             return
         data = data[n:]
+
+
+def slurp(fn, limit: int = 0, want_stat: bool = False):
+    """A queue file's bytes (the first limit of them, if limit), with
+    its stat() if want_stat; OSError as open() would raise it.  Without
+    open()'s buffered object (three system calls fewer per file)."""
+    fd = os.open(fn, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        size = 0
+        while not limit or size < limit:
+            chunk = os.read(fd, limit - size if limit else 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b''.join(chunks)
+        return (data, os.fstat(fd)) if want_stat else data
+    finally:
+        os.close(fd)
 
 
 class Controls:
@@ -262,9 +305,7 @@ class Send:
     def getinfo(self, messid):
         """(sender, birth) from info/, or None."""
         try:
-            with open(self.fn('info', messid), 'rb') as f:
-                data = f.read(2048)
-                st = os.fstat(f.fileno())
+            data, st = slurp(self.fn('info', messid), 2048, want_stat=True)
         except OSError:
             return None
         end = data.find(b'\0')
@@ -725,8 +766,7 @@ class Send:
             heapq.heappop(self.pqchan[c])
             fn = self.fn(CHANDIR[c], messid)
             try:
-                with open(fn, 'rb') as f:
-                    data = f.read()
+                data = slurp(fn)
             except OSError:
                 self.pass_trouble(c, fn, messid)
                 return True
@@ -1020,8 +1060,7 @@ class Send:
         to out."""
         fn = self.fn('todo', messid)
         try:
-            with open(fn, 'rb') as f:
-                envelope = f.read()
+            envelope = slurp(fn)
         except FileNotFoundError:
             return None                 # done since the listing
         except OSError:
@@ -1176,6 +1215,15 @@ class Send:
         return True
 
     def loop(self, wakeup_r):
+        global _logheld
+        _logheld = []
+        try:
+            self.turns(wakeup_r)
+        finally:
+            log_flush()
+            _logheld = None
+
+    def turns(self, wakeup_r):
         self.pqstart()
         self.del_status()
         self.trigger_set()
@@ -1221,6 +1269,7 @@ class Send:
                 for fd, ev in fds.items():
                     poller.register(fd, ev)
                 polled = fds
+            log_flush()                 # before the loop may sleep
             try:
                 if self.bg.held:
                     # Disk work came: done here if nothing else waits
