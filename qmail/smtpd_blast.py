@@ -36,6 +36,8 @@ STRAYLF = 'straylf'      # a bare LF: refuse the message, drop the client
 class Blast:
     """One message's DATA, from after "354" up to and including "."."""
 
+    BULK = True     # the body's whole lines at once (_bulk); False: line by line
+
     def __init__(self):
         self.flagatstart = True     # next byte starts a line
         self.carry = b''            # undecided: "." or ".\r" at line start, or a final "\r"
@@ -56,6 +58,14 @@ class Blast:
         p = 0
         n = len(buf)
         while p < n:
+            if self.flagatstart and not self.flaginheader and self.BULK:
+                done = self._bulk(buf, p, out, carried)
+                if done is not None:
+                    if isinstance(done, tuple):
+                        return done
+                    p = done            # the last line, unfinished, goes on below
+                    if p >= n:
+                        break
             if self.flagatstart:
                 if buf[p] == DOT:
                     if p + 1 >= n:
@@ -92,6 +102,36 @@ class Blast:
             self.flagatstart = True
             p = i + 1
         return b''.join(out), len(data), MORE
+
+    def _bulk(self, buf: bytes, p: int, out: list, carried: int):
+        """The body from a line start at p, its whole lines at once
+        (replace and count run at C speed, where a loop per line costs
+        a Python turn per line: 1,500 of them for 100 KB).  Appends the
+        message bytes to out; returns feed()'s answer at the ".", else
+        the position of the unfinished last line, for the loop to take
+        on; None (nothing done) where the loop must look line by line:
+        a bare LF, a line starting ".\r" not followed by LF (qmail keeps
+        its dot), or no whole line."""
+        rest = buf[p:] if p else buf
+        if rest.startswith(b'.\r\n'):
+            return b''.join(out), p + 3 - carried, END
+        k = rest.find(b'\r\n.\r\n')
+        if k >= 0:
+            part = rest[:k + 2]
+        else:
+            j = rest.rfind(b'\r\n')
+            if j < 0:
+                return None
+            part = rest[:j + 2]
+        if part.count(b'\n') != part.count(b'\r\n') or b'\n.\r' in part \
+                or part.startswith(b'.\r'):
+            return None
+        if part.startswith(b'.'):
+            part = part[1:]
+        out.append(part.replace(b'\r\n.', b'\r\n').replace(b'\r\n', b'\n'))
+        if k >= 0:
+            return b''.join(out), p + k + 5 - carried, END
+        return p + j + 2
 
     def _header_bytes(self, segment: bytes):
         if self.flaginheader and len(self.hdr) < HOPPREFIX:

@@ -896,3 +896,33 @@ def test_program_as_module_never_tracebacks(tmp_path):
                        timeout=60)
     assert all(line.startswith(b'qmail-smtpd: pid ') for line in r.stderr.splitlines()), r.stderr
     assert r.stdout[:4] in (b'220 ', b'421 '), r.stdout
+
+
+def test_blast_bulk_body_same_as_line_by_line():
+    """The body's bulk path (Blast._bulk) gives exactly what the loop
+    line by line gives: random DATA streams, random cuts."""
+    import random
+    rnd = random.Random(4242)
+
+    class LineByLine(Blast):
+        BULK = False
+    tokens = [b'a', b'xyz', b'.', b'..', b'\r', b'\n', b'\r\n', b'\r\n.', b'.\r',
+              b'Received: x', b'\r\n\r\n', b'\r\n.\r\n', b'\r\n..\r\n', b'\r\r\n']
+    for _ in range(3000):
+        data = b'Subject: s\r\n\r\n' * rnd.randrange(2) + b''.join(
+            rnd.choice(tokens) for _ in range(rnd.randrange(1, 30)))
+        results = []
+        for cls in (Blast, LineByLine):
+            r2 = random.Random(data)            # the same cuts for both
+            b = cls()
+            out, pos, state, used = b'', 0, MORE, None
+            while pos < len(data) and state == MORE:
+                size = r2.randrange(1, 12)
+                o, u, state = b.feed(data[pos:pos + size])
+                out += o
+                if state == END:
+                    used = pos + u
+                pos += size
+            results.append((out if state != STRAYLF else None, state, used, b.hops,
+                            b.carry, b.flagatstart if state == MORE else None))
+        assert results[0] == results[1], data
