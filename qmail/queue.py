@@ -184,12 +184,6 @@ class Writer:
         except OSError:
             raise QueueExit(53) from None
 
-    def sync(self, fd: int):
-        try:
-            durable.fsync(fd)
-        except OSError:
-            raise QueueExit(53) from None
-
     def syncdir(self, path: str):
         try:
             durable.fsync_dir(path)
@@ -238,9 +232,6 @@ class Writer:
                 self.write(self.messfd, buf)
                 buf.clear()
         self.write(self.messfd, buf)
-        self.sync(self.messfd)
-        # The link in mess/ must be durable before todo/ names the message.
-        self.syncdir(os.path.dirname(messfn))
 
         # S3: intd/ receives the envelope: named once written when its
         # file could be made nameless, else at once.
@@ -263,7 +254,12 @@ class Writer:
                 self.write(self.intdfd, out)
                 out.clear()
         self.write(self.intdfd, out)
-        self.sync(self.intdfd)
+        # Both files, and the message's link in mess/, durable before
+        # todo/ names the message; the two files' writeback is started
+        # together, so the second fsync finds its work done.
+        if durable.fsync_many([self.messfd, self.intdfd]):
+            raise QueueExit(53)
+        self.syncdir(os.path.dirname(messfn))
         if self.intdfn is None:
             try:
                 durable.link_anon(self.intdfd, intdfn)
