@@ -82,3 +82,20 @@ def test_smtpd_config_reused_until_a_control_changes(tmp_path, monkeypatch):
     assert smtpd.load_config(ctl, {}).databytes == 1000
     assert smtpd.load_config(ctl, {b'DATABYTES': b'7'}).databytes == 7
     assert len(reads) == 6
+
+
+def test_settled_after_a_tick_where_times_have_fractions():
+    """ext4's times have nanoseconds from a clock ticking in milliseconds:
+    a file changed 0.2 s ago is settled; where times are whole seconds
+    (the change may still share its second with the next), not yet."""
+    import types
+    now = 1_800_000_000.0
+
+    def st(ctime_ns):
+        return types.SimpleNamespace(st_ctime_ns=ctime_ns, st_ctime=ctime_ns / 1e9)
+    fine = int((now - 0.2) * 1e9)
+    assert fine % 1_000_000_000
+    assert control.settled(st(fine), now)
+    assert not control.settled(st(int((now - 0.05) * 1e9)), now)
+    assert not control.settled(st(int(now - 1) * 1_000_000_000), now)
+    assert control.settled(st(int(now - 3) * 1_000_000_000), now)

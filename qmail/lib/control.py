@@ -38,9 +38,13 @@ def _read(path):
 # changed; an edit, a replacement by rename or a removal shows at once.
 # A file changed in the last RACY seconds is always read again: two
 # writes within one tick of the filesystem's clock can leave the same
-# times and size behind (git's "racy" entries).
+# times and size behind (git's "racy" entries).  A filesystem whose
+# times have fractions of a second (ext4, xfs, btrfs) ticks with the
+# kernel's clock, milliseconds: RACY_FINE is ample there; RACY covers
+# whole seconds (ext3) and FAT's two.
 _cache = {}
 RACY = 2
+RACY_FINE = 0.1
 
 
 def stamp(st) -> tuple:
@@ -50,8 +54,10 @@ def stamp(st) -> tuple:
 
 
 def settled(st, now: float) -> bool:
-    """Changed more than RACY seconds before now: its stamp can be trusted."""
-    return now - st.st_ctime > RACY
+    """Changed long enough before now (RACY, or RACY_FINE where the
+    times have fractions) that its stamp can be trusted."""
+    fine = st.st_ctime_ns % 1_000_000_000 and RACY > RACY_FINE
+    return now - st.st_ctime > (RACY_FINE if fine else RACY)
 
 
 def _cached(path, parse):
