@@ -86,8 +86,9 @@ def start_profiled(q: QmailSystem, outdir: str):
     wait_for(lambda: file_has(listenlog, b'status: 0/'), 60, 'qmail-listen start')
 
 
-def drive(q, user, n, sessions):
-    argv = ['smtp-source', '-s', str(sessions), '-m', str(n), '-l', '2048',
+def drive(q, user, n, sessions, many=False):
+    argv = ['smtp-source'] + (['-d'] if many else []) + [
+            '-s', str(sessions), '-m', str(n), '-l', '2048',
             '-f', 'bench@client.example.com', '-t', user.address, '-M', 'client.example.com',
             '127.0.0.1:%d' % q.port]
     t0 = time.monotonic()
@@ -316,6 +317,8 @@ def main():
     parser.add_argument('--sort', default='tottime')
     parser.add_argument('--timeline', type=int, metavar='RATE', default=0,
                         help='only the per-step wall times at RATE msg/s offered')
+    parser.add_argument('--many', action='store_true',
+                        help='many messages per connection (smtp-source -d)')
     parser.add_argument('--rusage-only', action='store_true',
                         help='no profiler: only each process role\'s CPU time')
     args = parser.parse_args()
@@ -335,7 +338,7 @@ def main():
             return 0
         start_profiled(q, outdir)
         try:
-            took = drive(q, user, args.n, args.sessions)
+            took = drive(q, user, args.n, args.sessions, args.many)
         finally:
             q.stop()
         reap_all(time.monotonic() + 10)

@@ -75,3 +75,33 @@ def test_rules_kept_while_unchanged_and_reread_when_changed(tmp_path, monkeypatc
     os.unlink(path)
     with pytest.raises(FileNotFoundError):
         tcprules.lookup(path, '127.0.0.1')
+
+
+def test_answers_kept_per_client_while_the_rules_are_unchanged(tmp_path, monkeypatch):
+    """A client seen before gets its kept answer (a copy: the caller's
+    changes stay its own); a changed file forgets every answer."""
+    from qmail.lib import cdb, control, tcprules
+    path = str(tmp_path / 'tcp.smtp.cdb')
+
+    def compile_rules(data):
+        with open(path + '.tmp', 'wb') as f:
+            w = cdb.Writer(f)
+            for k, v in data.items():
+                w.add(k, v)
+            w.finish()
+        os.rename(path + '.tmp', path)
+    compile_rules({b'10.': b'+RELAYCLIENT=\0', b'': b'D'})
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    gets = []
+    real_get = cdb.Cdb.get
+    monkeypatch.setattr(cdb.Cdb, 'get', lambda self, k: gets.append(k) or real_get(self, k))
+    first = tcprules.lookup(path, '10.1.2.3')
+    assert first == (True, {'RELAYCLIENT': ''}, '10.')
+    first[1]['MINE'] = 'x'
+    n = len(gets)
+    assert tcprules.lookup(path, '10.1.2.3') == (True, {'RELAYCLIENT': ''}, '10.')
+    assert len(gets) == n                              # from the kept answer
+    assert tcprules.lookup(path, '192.0.2.1') == (False, {}, '')
+    assert tcprules.lookup(path, '10.1.2.3', info='bob')[2] == '10.'   # another key
+    compile_rules({b'10.1.2.3': b'D'})
+    assert tcprules.lookup(path, '10.1.2.3') == (False, {}, '10.1.2.3')

@@ -50,35 +50,56 @@ def parse(data: bytes):
 # A pre-forked qmail-listen worker looks rules up at every connection: the
 # file read whole is kept while a stat() shows it unchanged (as
 # qmail.lib.control keeps controls, racy changes included).
-_kept = {}          # path -> (stamp, Cdb)
+# So are its answers, per client, while it is: most connections come
+# from clients seen before, and each lookup tries several keys.
+_kept = {}          # path -> (stamp, Cdb, {(ip, host, info): answer})
+ANSWERS_KEPT = 4096
 
 
 def _rules(path: str):
-    """(the rules' Cdb, whether the caller must close it)."""
+    """(the rules' Cdb, whether the caller must close it, the answers
+    kept for it or None)."""
     st = os.stat(path)
     current = control.stamp(st)
+    settled = control.settled(st, time.time())
     hit = _kept.get(path)
-    if hit is not None and hit[0] == current and control.settled(st, time.time()):
-        return hit[1], False
+    if hit is not None and hit[0] == current and settled:
+        if hit[2] is None:          # read while racy, settled since
+            hit = _kept[path] = (hit[0], hit[1], {})
+        return hit[1], False, hit[2]
     _kept.pop(path, None)
     db = cdb.Cdb(path)
     if not db.in_memory:
-        return db, True
-    _kept[path] = (current, db)
-    return db, False
+        return db, True, None
+    answers = {} if settled else None
+    _kept[path] = (current, db, answers)
+    return db, False, answers
 
 
 def lookup(path: str, ip: str, host: str = None, info: str = None):
     """(allowed, env, rule name) for a connection; no rule: allowed.
     Raises cdb.CdbError or OSError if the file cannot be read."""
-    db, owned = _rules(path)
+    db, owned, answers = _rules(path)
+    key = (ip, host, info)
+    if answers is not None:
+        got = answers.get(key)
+        if got is not None:
+            allowed, env, name = got
+            return allowed, dict(env), name
     try:
+        got = True, {}, None
         for name in candidates(ip, host, info):
             data = db.get(name.encode('latin-1'))
             if data is not None:
                 allowed, env = parse(data)
-                return allowed, env, name
+                got = allowed, env, name
+                break
     finally:
         if owned:
             db.close()
-    return True, {}, None
+    if answers is not None:
+        if len(answers) >= ANSWERS_KEPT:
+            answers.clear()
+        answers[key] = got
+        got = got[0], dict(got[1]), got[2]
+    return got
