@@ -8,7 +8,8 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           inode), first made nameless (Linux O_TMPFILE) or, where the
           system cannot, as pid/<pid>.<time>.<seq> renamed by link;
           intd/<messid> holding u<uid>, p<pid> and the envelope, named
-          once written (or made at once, the same way); todo/<messid> as
+          once written, before its fsync (or made at once, the same
+          way); todo/<messid> as
           a link to it; then pulls lock/trigger to wake qmail-send.
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
@@ -254,18 +255,22 @@ class Writer:
                 self.write(self.intdfd, out)
                 out.clear()
         self.write(self.intdfd, out)
-        # Both files, and the message's link in mess/, durable before
-        # todo/ names the message; the two files' writeback is started
-        # together, so the second fsync finds its work done.
-        if durable.fsync_many([self.messfd, self.intdfd]):
-            raise QueueExit(53)
-        self.syncdir(os.path.dirname(messfn))
+        # Named before its fsync: a nameless file's fsync writes its
+        # inode with no link, and a link made afterwards reaches the disk
+        # only with the directory (ext4 without a journal: fsck then
+        # clears the entry, and the accepted message is gone).
         if self.intdfn is None:
             try:
                 durable.link_anon(self.intdfd, intdfn)
             except OSError:
                 raise QueueExit(65) from None
             self.intdfn = intdfn
+        # Both files, and the message's link in mess/, durable before
+        # todo/ names the message; the two files' writeback is started
+        # together, so the second fsync finds its work done.
+        if durable.fsync_many([self.messfd, self.intdfd]):
+            raise QueueExit(53)
+        self.syncdir(os.path.dirname(messfn))
 
         # S4: the link in todo/ is the moment of acceptance.
         try:
@@ -292,16 +297,11 @@ _anon = None
 
 
 def anon_usable() -> bool:
-    """Can a nameless file be named here, through /proc/self/fd?  Not in
-    a set-uid process (the setuid command): the kernel makes its
-    /proc/self/fd root's."""
+    """Can a nameless file be named here, through /proc/self/fd (a
+    process may always use its own, set-uid or not)?"""
     global _anon
     if _anon is None:
-        try:
-            os.stat('/proc/self/fd/0')
-            _anon = hasattr(os, 'O_TMPFILE')
-        except OSError:
-            _anon = False
+        _anon = hasattr(os, 'O_TMPFILE') and os.path.isdir('/proc/self/fd')
     return _anon
 
 

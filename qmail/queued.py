@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 
-from qmail.lib import auto, prefork
+from qmail.lib import auto, durable, prefork
 from qmail import queue
 
 SOCKET = 'run/qmail-queue.sock'      # under HOME
@@ -119,6 +119,7 @@ def make_handler(uids: dict):
 
 
 def serve(listener: socket.socket, uids: dict):
+    durable.load_writeback()            # once, before the writers fork
     pool = prefork.Pool(listener, make_handler(uids), MAX_WRITERS, spare=SPARE,
                         max_use=MAX_USE)
     signal.signal(signal.SIGTERM, lambda s, f: pool.stop())

@@ -72,29 +72,12 @@ FDCLEAN_OUT, FDCLEAN_IN = 5, 6
 LOGFD = 0
 
 
-_logheld = None         # while the loop runs: this turn's lines, not yet written
-PIPE_BUF = 4096         # a write up to this size reaches a pipe whole
-
-
 def log(text: str):
-    """A line to fd 0.  While the loop runs, a turn's lines go out
-    together before it sleeps (log_flush), whole lines in writes of at
-    most PIPE_BUF bytes, so none is cut by another writer of the same
-    pipe; else at once, a write per line, as qmail's log1 flushes."""
+    """One write per line, straight to fd 0, as qmail's log1 flushes (a
+    line held back would be lost with a killed qmail-send, and the lines
+    are how an admin follows each message)."""
     data = text.encode('utf-8', 'replace')
-    if _logheld is None:
-        _log_write(data)
-        return
-    if _logheld and sum(map(len, _logheld)) + len(data) > PIPE_BUF:
-        log_flush()
-    _logheld.append(data)
-
-
-def log_flush():
-    if _logheld:
-        data = b''.join(_logheld)
-        _logheld.clear()
-        _log_write(data)
+    _log_write(data)
 
 
 def _log_write(data: bytes):
@@ -1215,15 +1198,6 @@ class Send:
         return True
 
     def loop(self, wakeup_r):
-        global _logheld
-        _logheld = []
-        try:
-            self.turns(wakeup_r)
-        finally:
-            log_flush()
-            _logheld = None
-
-    def turns(self, wakeup_r):
         self.pqstart()
         self.del_status()
         self.trigger_set()
@@ -1269,17 +1243,17 @@ class Send:
                 for fd, ev in fds.items():
                     poller.register(fd, ev)
                 polled = fds
-            log_flush()                 # before the loop may sleep
             try:
                 if self.bg.held:
                     # Disk work came: done here if nothing else waits
                     # (qmail.lib.background); if something does, that
                     # first, once, then the threads take it.
                     ready = dict(poller.poll(0))
-                    if not ready:
+                    inline = self.bg.inline_ok()
+                    if not ready and inline:
                         self.bg.run_held()
                         continue
-                    if self.bg.passed_over:
+                    if self.bg.passed_over or not inline:
                         self.bg.release()
                     else:
                         self.bg.passed_over = True
@@ -1369,6 +1343,7 @@ def main(argv=None) -> int:
     except OSError:
         log('alert: cannot start: qmail-send is already running\n')
         return 111
+    durable.load_writeback()
     send = Send(ctl, controls, auto.SPLIT)
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_w, False)

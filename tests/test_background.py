@@ -76,6 +76,26 @@ def test_held_work_runs_in_the_loop_when_it_is_idle_in_order():
     assert seen[-1] == 4 and bg.pending == 0
 
 
+def test_slow_held_work_sends_what_follows_to_the_threads(monkeypatch):
+    """Held work that took long in the loop (a slow disk) keeps the loop
+    from doing the next second's itself."""
+    bg = background.Background()
+    clock = [100.0]
+    monkeypatch.setattr(background.time, 'monotonic', lambda: clock[0])
+    assert bg.inline_ok()
+
+    def slow():
+        clock[0] += 0.05
+    bg.submit(slow, lambda r: None)
+    bg.run_held()
+    assert not bg.inline_ok()
+    clock[0] += background.INLINE_PAUSE
+    assert bg.inline_ok()
+    bg.submit(lambda: None, lambda r: None)     # quick: inline stays fine
+    bg.run_held()
+    assert bg.inline_ok()
+
+
 def test_inline_runs_at_once_in_order():
     bg = background.Background(inline=True)
     seen = []
@@ -258,8 +278,7 @@ def test_fsync_many_starts_every_writeback_before_the_first_fsync(tmp_path, monk
     the crash hooks, where each fsync must stay its own crash point."""
     from qmail.lib import durable
     fds = [os.open(str(tmp_path / str(i)), os.O_WRONLY | os.O_CREAT, 0o600) for i in range(3)]
-    durable._writeback(fds[0])
-    assert durable._sync_file_range            # found in libc on Linux
+    assert durable.load_writeback()             # found in libc on Linux
     steps = []
     monkeypatch.setattr(durable, '_sync_file_range', lambda fd, a, b, c: steps.append(('start', fd)))
     real_fsync = os.fsync

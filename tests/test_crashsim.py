@@ -33,6 +33,31 @@ def test_no_hook_unless_code_installs_one():
     assert durable.hook is None and durable.after is None
 
 
+@pytest.mark.parametrize('link_first', [True, False])
+def test_a_nameless_file_fsynced_before_its_link_loses_its_names(box, link_first):
+    """create_anon, then fsync and link: an fsync before the link leaves
+    "no link" in the inode on disk, and a power cut takes its names even
+    from a directory fsynced since (qmail-queue's envelope: named, then
+    fsynced)."""
+    with recorder(box) as rec:
+        fd = durable.create_anon(str(box / 'd'))
+        durable.write_all(fd, b'envelope')
+        if link_first:
+            durable.link_anon(fd, str(box / 'd' / 'intd'))
+        durable.fsync(fd)
+        if not link_first:
+            durable.link_anon(fd, str(box / 'd' / 'intd'))
+        durable.link(str(box / 'd' / 'intd'), str(box / 'd' / 'todo'))
+        durable.fsync_dir(str(box / 'd'))
+        os.close(fd)
+        rec.powercut()
+    if link_first:
+        assert names(box) == ['intd', 'todo']
+        assert (box / 'd' / 'todo').read_bytes() == b'envelope'
+    else:
+        assert names(box) == []
+
+
 def test_create_and_write_without_fsync_vanish(box):
     with recorder(box) as rec:
         os.close(make(box / 'd' / 'a', b'hello'))

@@ -23,7 +23,9 @@ right there, each then() after its work(), and costs no thread switch,
 no lock handed between threads and no extra turn (at one message at a
 time, that was a third of qmail-send's CPU).  If something is ready,
 the loop sees to it first (once: passed_over), and if something is
-ready again, release() gives the held work to the threads.
+ready again, release() gives the held work to the threads.  Work that
+took longer than INLINE_SLOW in the loop (a slow or failing disk) sends
+what comes in the next INLINE_PAUSE seconds to the threads.
 
 An exception inside work() is raised again by finish() (or run_held()),
 in the loop, as if the work had been done there.
@@ -38,9 +40,12 @@ import collections
 import os
 import queue
 import threading
+import time
 
 from qmail.lib import durable
 
+INLINE_SLOW = 0.005  # held work that took longer in the loop (a slow disk) ...
+INLINE_PAUSE = 1.0   # ... sends the next second's to the threads
 THREADS = 2         # a batch of new messages and a batch of D marks at once
 
 
@@ -54,6 +59,7 @@ class Background:
         self._wake = -1
         self.held = []                       # (work, then): submitted, not yet begun
         self.passed_over = False             # the loop chose other work over it once
+        self.threads_until = 0.0             # monotonic: inline not before then
 
     def submit(self, work, then):
         if self.inline or durable.hook is not None or durable.after is not None:
@@ -70,12 +76,21 @@ class Background:
         self.passed_over = False
         for i, (work, then) in enumerate(batch):
             self.pending -= 1
+            start = time.monotonic()
             try:
                 result = work()
             except BaseException:
                 self.held[:0] = batch[i + 1:]
                 raise
+            took = time.monotonic() - start
+            if took > INLINE_SLOW:
+                self.threads_until = start + took + INLINE_PAUSE
             then(result)
+
+    def inline_ok(self) -> bool:
+        """May the loop do held work itself?  Not for a while after some
+        took long (a slow or failing disk): the loop must stay free."""
+        return not self.threads_until or time.monotonic() >= self.threads_until
 
     def release(self):
         """The loop is busy: the threads take the held work."""

@@ -19,6 +19,9 @@ linked, renamed or unlinked in it since then go back to what they named
 then (an entry about to be unlinked or replaced is first stashed by a
 hard link in the stash directory, so it can be restored).  Every
 directory goes back on its own, all of it: the worst case for each.  A
+file made without a name (create_anon) and fsynced before it was linked
+has "no link" in its inode on disk until an fsync after the link: its
+names go (as ext4 without a journal, and its fsck, would have it).  A
 real disk may also keep some of what was not yet durable (ext4 commits
 its journal in order, every few seconds), so states between "all kept"
 (stop) and "none kept" (powercut) exist too; they are not tried.
@@ -101,6 +104,10 @@ class Recorder:
         self.entries = {}
         self.nstash = 0
         self.names = {}         # inode -> the last path a step gave it
+        # (dev, ino) -> [paths linked since]: files fsynced while they had
+        # no name (create_anon), their inode on disk saying "no link"
+        # until an fsync of theirs after the link (see powercut).
+        self.nameless = {}
         self._old = None
 
     # -- installing -----------------------------------------------------------
@@ -144,6 +151,15 @@ class Recorder:
             self._synced(target)
         elif name == 'fsync_dir':
             self._dir_synced(target)
+        elif name == 'link':
+            try:
+                st = os.lstat(target)
+            except OSError:
+                pass
+            else:
+                linked = self.nameless.get((st.st_dev, st.st_ino))
+                if linked is not None:
+                    linked.append(os.path.abspath(_str(target)))
         self.steps.append(self._describe(len(self.steps) + 1, name, target))
         if self.crash_at is not None and len(self.steps) == self.crash_at:
             self.crash()
@@ -203,9 +219,14 @@ class Recorder:
 
     def _synced(self, fd):
         st = os.fstat(fd)
-        entry = self.dirty.pop((st.st_dev, st.st_ino), None)
+        key = (st.st_dev, st.st_ino)
+        entry = self.dirty.pop(key, None)
         if entry is not None:
             os.close(entry[0])
+        if st.st_nlink == 0:
+            self.nameless[key] = []
+        else:
+            self.nameless.pop(key, None)
 
     # -- directory entries --------------------------------------------------------
     def _where(self, path):
@@ -254,6 +275,17 @@ class Recorder:
                 os.pwrite(rw, data, 0)
             os.close(rw)
         self.dirty = {}
+        # A file last fsynced without a name has "no link" in its inode
+        # on disk (ext4 without a journal keeps that; a directory's fsync
+        # writes the entry, not the inode): fsck clears the entries that
+        # name it, and the file is gone.
+        for linked in self.nameless.values():
+            for path in linked:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self.nameless = {}
         for d, changed in self.entries.items():
             for name, kept in changed.items():
                 full = os.path.join(d, name)

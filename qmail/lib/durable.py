@@ -154,13 +154,14 @@ def fsync_dir(path) -> None:
 # lock), and nothing to start or share.  Under crash tests (hook set) the
 # writeback is not started early, so each fsync stays the crash point.
 
-_sync_file_range = None     # libc's, once looked up; False: there is none
+_sync_file_range = None     # libc's, once load_writeback() found it
 SYNC_FILE_RANGE_WRITE = 2
 
 
-def _writeback(fd: int) -> None:
-    """Start writing fd's dirty pages out, without waiting (a hint: an
-    error is left for the fsync to report)."""
+def load_writeback() -> bool:
+    """Look sync_file_range up (ctypes: 1.5 ms, so only the long-lived
+    programs do, at their start: qmail-send, qmail-queued before its
+    writers fork; the set-uid qmail-queue goes without)."""
     global _sync_file_range
     if _sync_file_range is None:
         try:
@@ -171,6 +172,12 @@ def _writeback(fd: int) -> None:
             _sync_file_range = fn
         except (ImportError, OSError, AttributeError):
             _sync_file_range = False
+    return bool(_sync_file_range)
+
+
+def _writeback(fd: int) -> None:
+    """Start writing fd's dirty pages out, without waiting (a hint: an
+    error is left for the fsync to report)."""
     if _sync_file_range:
         _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
