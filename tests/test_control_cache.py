@@ -3,6 +3,7 @@ content whatever happened to it in between (edited in place twice in one
 clock tick, replaced by rename, removed, made unreadable)."""
 
 import os
+import time
 
 import pytest
 
@@ -99,3 +100,28 @@ def test_settled_after_a_tick_where_times_have_fractions():
     assert not control.settled(st(int((now - 0.05) * 1e9)), now)
     assert not control.settled(st(int(now - 1) * 1_000_000_000), now)
     assert control.settled(st(int(now - 3) * 1_000_000_000), now)
+
+
+def test_stamps_look_for_missing_files_again_only_when_the_directory_changed(tmp_path, monkeypatch):
+    d = tmp_path / 'control'
+    d.mkdir()
+    (d / 'me').write_text('mx.example\n')
+    os.symlink(str(tmp_path / 'elsewhere'), str(d / 'rcpthosts'))     # dangling
+    names = ('me', 'rcpthosts', 'badmailfrom', 'databytes')
+    old = time.time() - 100
+    os.utime(str(d), (old, old))    # a new entry below changes mtime for sure
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    monkeypatch.setattr(control, '_missing', {})
+    first = control.stamps(str(d), names)
+    assert first[0] is not None and first[1:] == (None, None, None)
+    looked = []
+    real_stat = os.stat
+    monkeypatch.setattr(control.os, 'stat', lambda p, *a, **k: looked.append(os.path.basename(p)) or real_stat(p, *a, **k))
+    assert control.stamps(str(d), names) == first
+    assert sorted(looked) == ['control', 'me', 'rcpthosts']   # not the missing ones
+    (tmp_path / 'elsewhere').write_text('a.example\n')     # the link's target appears
+    second = control.stamps(str(d), names)
+    assert second[1] is not None and second != first
+    (d / 'databytes').write_text('1000\n')                  # a new entry in the directory
+    third = control.stamps(str(d), names)
+    assert third[3] is not None and third != second

@@ -78,6 +78,10 @@ def _cached(path, parse):
 
 
 _joined = {}        # (directory, names) -> paths, for stamps()
+# (directory, names) -> (the directory's stamp, the names it had no entry
+# for then): while the directory is unchanged (no entry made, removed or
+# renamed in it), those are still missing and need no stat() each.
+_missing = {}
 
 
 def stamps(directory: str, names: tuple) -> tuple:
@@ -85,23 +89,45 @@ def stamps(directory: str, names: tuple) -> tuple:
     whole configuration): a key that stays equal while none of them
     changes (each file's identity and times, or None if missing), or
     None when it cannot be trusted: a file changed in the last RACY
-    seconds, or one that cannot be stat()ed (the reading will say why)."""
-    paths = _joined.get((directory, names))
+    seconds, or one that cannot be stat()ed (the reading will say why).
+    Most of the files are usually missing: they are looked for again
+    only once the directory itself changed (a dangling symlink, whose
+    target may appear elsewhere, is looked at every time)."""
+    key = (directory, names)
+    paths = _joined.get(key)
     if paths is None:
-        paths = _joined[directory, names] = [os.path.join(directory, n) for n in names]
-    out = []
+        paths = _joined[key] = [os.path.join(directory, n) for n in names]
     now = time.time()
-    for path in paths:
+    try:
+        dst = os.stat(directory)
+    except OSError:
+        return None
+    dstamp = stamp(dst) if settled(dst, now) else None
+    known = _missing.get(key)
+    missing = known[1] if known is not None and dstamp is not None \
+        and known[0] == dstamp else None
+    found_missing = []
+    out = []
+    for name, path in zip(names, paths):
+        if missing is not None and name in missing:
+            out.append(None)
+            continue
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             out.append(None)
+            try:
+                os.lstat(path)
+            except OSError:
+                found_missing.append(name)
             continue
         except OSError:
             return None
         if not settled(st, now):
             return None
         out.append(stamp(st))
+    if missing is None and dstamp is not None:
+        _missing[key] = (dstamp, frozenset(found_missing))
     return tuple(out)
 
 

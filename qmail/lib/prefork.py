@@ -204,9 +204,10 @@ class Pool:
             parent_death_signal(ORPHAN_SIGNAL)
             if os.getppid() != self.parent:
                 return                  # the parent died before that
+            wait = self.waiter()            # before child_init's fd baseline
             if self.child_init:
                 self.child_init()
-            code = self.work()
+            code = self.work(wait)
         except BaseException:
             code = 111
         finally:
@@ -221,15 +222,35 @@ class Pool:
         except OSError:
             pass
 
-    def work(self) -> int:
+    def waiter(self):
+        """wait(seconds) -> {fd: events}: for a connection on the listening
+        socket or the parent's death.  With epoll the socket is exclusive
+        (EPOLLEXCLUSIVE): a connection wakes one idle worker, not every
+        one of them to find all but one accept() empty."""
+        try:
+            ep = select.epoll()
+        except (AttributeError, OSError):
+            ep = None
+        if ep is not None:
+            try:
+                ep.register(self.sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+                ep.register(self.death_r, select.EPOLLIN)
+                return lambda seconds: dict(ep.poll(seconds))
+            except (AttributeError, OSError):
+                ep.close()
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.death_r, select.POLLIN)
+        return lambda seconds: dict(poller.poll(seconds * 1000))
+
+    def work(self, wait=None) -> int:
+        if wait is None:
+            wait = self.waiter()
         uses = 0
         idle_since = time.monotonic()
         while uses < self.max_use and not self.orphan:
             try:
-                ready = dict(poller.poll(1000))
+                ready = wait(1)
             except InterruptedError:
                 continue
             if self.death_r in ready:
