@@ -261,7 +261,14 @@ class Writer:
         # clears the entry, and the accepted message is gone).
         if self.intdfn is None:
             try:
-                durable.link_anon(self.intdfd, intdfn)
+                try:
+                    durable.link_anon(self.intdfd, intdfn)
+                except FileExistsError:
+                    # Stale: this message's inode is ours, so an envelope
+                    # named by it is of a message gone (a power cut can
+                    # keep intd/ and lose mess/).  It goes; ours takes it.
+                    durable.unlink(intdfn)
+                    durable.link_anon(self.intdfd, intdfn)
             except OSError:
                 raise QueueExit(65) from None
             self.intdfn = intdfn

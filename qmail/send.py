@@ -1244,23 +1244,21 @@ class Send:
                     poller.register(fd, ev)
                 polled = fds
             try:
-                if self.bg.held:
-                    # Disk work came: done here if nothing else waits
-                    # (qmail.lib.background); if something does, that
-                    # first, once, then the threads take it.
-                    ready = dict(poller.poll(0))
-                    inline = self.bg.inline_ok()
-                    if not ready and inline:
-                        self.bg.run_held()
-                        continue
-                    if self.bg.passed_over or not inline:
-                        self.bg.release()
-                    else:
-                        self.bg.passed_over = True
-                else:
-                    ready = dict(poller.poll(timeout))
+                ready = dict(poller.poll(0 if self.bg.held else timeout))
             except InterruptedError:
                 continue
+            if self.bg.held:
+                # Disk work came: done here if nothing else waits
+                # (qmail.lib.background); if something does, that first,
+                # once, then the threads take it.
+                inline = self.bg.inline_ok()
+                if not ready and inline:
+                    self.bg.run_held()
+                    continue
+                if self.bg.passed_over or not inline:
+                    self.bg.release()
+                else:
+                    self.bg.passed_over = True
             self.recent = int(time.time())
             if wakeup_r in ready:
                 try:

@@ -86,11 +86,22 @@ def test_slow_held_work_sends_what_follows_to_the_threads(monkeypatch):
 
     def slow():
         clock[0] += 0.05
-    bg.submit(slow, lambda r: None)
+    done = []
+    bg.submit(slow, lambda r: done.append('slow'))
+    bg.submit(lambda: None, lambda r: done.append('next'))
     bg.run_held()
+    assert done == ['slow'] and len(bg.held) == 1     # the rest: for the threads
     assert not bg.inline_ok()
     clock[0] += background.INLINE_PAUSE
     assert bg.inline_ok()
+    bg.run_held()
+    assert done == ['slow', 'next']
+    clock[0] += 100
+    bg.submit(lambda: clock.__setitem__(0, clock[0] + 1), lambda r: None)   # 1 s
+    bg.run_held()
+    clock[0] += 5
+    assert not bg.inline_ok()                   # ten times as long as it took
+    clock[0] += 5
     bg.submit(lambda: None, lambda r: None)     # quick: inline stays fine
     bg.run_held()
     assert bg.inline_ok()

@@ -58,6 +58,21 @@ def test_a_nameless_file_fsynced_before_its_link_loses_its_names(box, link_first
         assert names(box) == []
 
 
+def test_a_nameless_file_fsynced_before_its_link_stays_gone_after_an_unlink(box):
+    """The directory's rollback brings back a name removed since its
+    fsync; the inode still says "no link": the name goes again."""
+    with recorder(box) as rec:
+        fd = durable.create_anon(str(box / 'd'))
+        durable.write_all(fd, b'envelope')
+        durable.fsync(fd)
+        durable.link_anon(fd, str(box / 'd' / 'intd'))
+        durable.fsync_dir(str(box / 'd'))
+        durable.unlink(str(box / 'd' / 'intd'))
+        os.close(fd)
+        rec.powercut()
+    assert names(box) == []
+
+
 def test_create_and_write_without_fsync_vanish(box):
     with recorder(box) as rec:
         os.close(make(box / 'd' / 'a', b'hello'))

@@ -112,3 +112,36 @@ def test_inject_leaves_no_descriptor_open(tmp_path, monkeypatch):
         os.close(env_r)
     assert prefork.open_fds() == before
     assert len(os.listdir('todo')) == 2 and os.listdir('pid') == []
+
+
+def test_a_stale_envelope_named_by_the_new_message_is_replaced(tmp_path, monkeypatch):
+    """A power cut can keep intd/<n> and lose mess/<n>; inode n is then
+    used again by a new message, whose envelope must take the name."""
+    import os
+    from qmail import queue
+    from qmail.lib import qfile
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(23)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+    real_fstat = os.fstat
+    made = []
+
+    def fstat(fd):
+        st = real_fstat(fd)
+        if not made:                    # the message's inode: plant a stale envelope
+            made.append(st.st_ino)
+            with open(qfile.qfn('intd', st.st_ino, 23), 'wb') as f:
+                f.write(b'u0\0p1\0Fstale@x\0Tstale@y\0\0')
+        return st
+    monkeypatch.setattr(queue.os, 'fstat', fstat)
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    os.write(msg_w, b'Subject: x\n\nbody\n')
+    os.write(env_w, b'Fa@b\0Tc@d\0\0')
+    os.close(msg_w)
+    os.close(env_w)
+    assert queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23) == 0
+    messid = made[0]
+    assert open(qfile.qfn('todo', messid, 23), 'rb').read() == b'u0\0p99\0Fa@b\0Tc@d\0'
+    assert os.stat(qfile.qfn('todo', messid, 23)).st_ino == os.stat(qfile.qfn('intd', messid, 23)).st_ino

@@ -24,8 +24,9 @@ no lock handed between threads and no extra turn (at one message at a
 time, that was a third of qmail-send's CPU).  If something is ready,
 the loop sees to it first (once: passed_over), and if something is
 ready again, release() gives the held work to the threads.  Work that
-took longer than INLINE_SLOW in the loop (a slow or failing disk) sends
-what comes in the next INLINE_PAUSE seconds to the threads.
+took longer than INLINE_SLOW, in the loop or a thread (a slow or failing
+disk), sends what comes in the next INLINE_PAUSE seconds (or ten times
+as long as it took) to the threads.
 
 An exception inside work() is raised again by finish() (or run_held()),
 in the loop, as if the work had been done there.
@@ -82,10 +83,23 @@ class Background:
             except BaseException:
                 self.held[:0] = batch[i + 1:]
                 raise
-            took = time.monotonic() - start
-            if took > INLINE_SLOW:
-                self.threads_until = start + took + INLINE_PAUSE
+            slow = self._timed(start)
+            if slow:
+                self.held[:0] = batch[i + 1:]   # to the threads, next turn
             then(result)
+            if slow:
+                return
+
+    def _timed(self, start: float) -> bool:
+        """Work that began at start is done: if it took long, the loop
+        leaves the held work to the threads for a while (longer, the
+        slower the disk).  True if it took long."""
+        now = time.monotonic()
+        took = now - start
+        if took <= INLINE_SLOW:
+            return False
+        self.threads_until = max(self.threads_until, now + max(INLINE_PAUSE, 10 * took))
+        return True
 
     def inline_ok(self) -> bool:
         """May the loop do held work itself?  Not for a while after some
@@ -109,8 +123,10 @@ class Background:
     def _thread(self):
         while True:
             work, then = self._work.get()
+            start = time.monotonic()
             try:
                 self._done.append((then, work(), None))
+                self._timed(start)      # a float stored: the loop reads it
             except BaseException as e:       # raised again in the loop
                 self._done.append((then, None, e))
             try:

@@ -147,6 +147,12 @@ class Recorder:
     def done(self, name, target):
         """After a step: count it, make durable what it made durable,
         and crash if this was step crash_at."""
+        if name in ('create', 'create_anon'):
+            try:                        # an inode number used again: a new file
+                st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+                self.nameless.pop((st.st_dev, st.st_ino), None)
+            except OSError:
+                pass
         if name == 'fsync':
             self._synced(target)
         elif name == 'fsync_dir':
@@ -275,17 +281,6 @@ class Recorder:
                 os.pwrite(rw, data, 0)
             os.close(rw)
         self.dirty = {}
-        # A file last fsynced without a name has "no link" in its inode
-        # on disk (ext4 without a journal keeps that; a directory's fsync
-        # writes the entry, not the inode): fsck clears the entries that
-        # name it, and the file is gone.
-        for linked in self.nameless.values():
-            for path in linked:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-        self.nameless = {}
         for d, changed in self.entries.items():
             for name, kept in changed.items():
                 full = os.path.join(d, name)
@@ -299,3 +294,14 @@ class Recorder:
                     os.link(kept, full, follow_symlinks=False)
                     os.unlink(kept)
         self.entries = {}
+        # A file last fsynced without a name has "no link" in its inode
+        # on disk (ext4 without a journal keeps that; a directory's fsync
+        # writes the entry, not the inode): fsck clears the entries that
+        # name it, the ones just brought back too, and the file is gone.
+        for linked in self.nameless.values():
+            for path in linked:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self.nameless = {}

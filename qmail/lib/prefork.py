@@ -255,10 +255,11 @@ class Pool:
                 continue
             if self.death_r in ready:
                 return 0
-            if not ready:
-                if time.monotonic() - idle_since > self.idle_exit:
-                    return 0
-                continue
+            if not ready and time.monotonic() - idle_since > self.idle_exit:
+                return 0
+            # Nothing ready: look anyway, once a second.  epoll's exclusive
+            # wakeup may have gone to a worker that did not take the
+            # connection (it died, or took another), and is not given again.
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
