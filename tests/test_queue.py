@@ -89,6 +89,22 @@ def test_queue_names():
         assert parse_messid(bad) is None, bad
 
 
+def inject_once(queue) -> int:
+    """One small message through queue.inject (cwd: a scratch queue)."""
+    import os
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    os.write(msg_w, b'Subject: x\n\nbody\n')
+    os.write(env_w, b'Fa@b\0Tc@d\0\0')
+    os.close(msg_w)
+    os.close(env_w)
+    try:
+        return queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23)
+    finally:
+        os.close(msg_r)
+        os.close(env_r)
+
+
 def test_inject_leaves_no_descriptor_open(tmp_path, monkeypatch):
     """qmail-queued's writers live on and retire on a descriptor left
     open: an injection, nameless files and all, must close each one."""
@@ -101,15 +117,7 @@ def test_inject_leaves_no_descriptor_open(tmp_path, monkeypatch):
     monkeypatch.setattr(queue, 'triggerpull', lambda: None)
     before = prefork.open_fds()
     for n in range(2):
-        msg_r, msg_w = os.pipe()
-        env_r, env_w = os.pipe()
-        os.write(msg_w, b'Subject: x\n\nbody\n')
-        os.write(env_w, b'Fa@b\0Tc@d\0\0')
-        os.close(msg_w)
-        os.close(env_w)
-        assert queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23) == 0
-        os.close(msg_r)
-        os.close(env_r)
+        assert inject_once(queue) == 0
     assert prefork.open_fds() == before
     assert len(os.listdir('todo')) == 2 and os.listdir('pid') == []
 
@@ -135,13 +143,7 @@ def test_a_stale_envelope_named_by_the_new_message_is_replaced(tmp_path, monkeyp
                 f.write(b'u0\0p1\0Fstale@x\0Tstale@y\0\0')
         return st
     monkeypatch.setattr(queue.os, 'fstat', fstat)
-    msg_r, msg_w = os.pipe()
-    env_r, env_w = os.pipe()
-    os.write(msg_w, b'Subject: x\n\nbody\n')
-    os.write(env_w, b'Fa@b\0Tc@d\0\0')
-    os.close(msg_w)
-    os.close(env_w)
-    assert queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23) == 0
+    assert inject_once(queue) == 0
     messid = made[0]
     assert open(qfile.qfn('todo', messid, 23), 'rb').read() == b'u0\0p99\0Fa@b\0Tc@d\0'
     assert os.stat(qfile.qfn('todo', messid, 23)).st_ino == os.stat(qfile.qfn('intd', messid, 23)).st_ino

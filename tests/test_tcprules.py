@@ -48,20 +48,24 @@ def test_same_answer_as_tcprulescheck(tmp_path, ip, host, info, want):
     assert out.startswith('rule %s:\n' % rule), (out, rule)
 
 
+def compile_rules(path, data):
+    """What tcprules does: a new cdb, renamed over the old one."""
+    from qmail.lib import cdb
+    with open(path + '.tmp', 'wb') as f:
+        w = cdb.Writer(f)
+        for k, v in data.items():
+            w.add(k, v)
+        w.finish()
+    os.rename(path + '.tmp', path)
+
+
 def test_rules_kept_while_unchanged_and_reread_when_changed(tmp_path, monkeypatch):
     """qmail-listen's workers look rules up per connection: the file is
     read again only once it changed (replaced by tcprules' rename)."""
     from qmail.lib import cdb, control, tcprules
     path = str(tmp_path / 'tcp.smtp.cdb')
 
-    def compile_rules(data):
-        with open(path + '.tmp', 'wb') as f:
-            w = cdb.Writer(f)
-            for k, v in data.items():
-                w.add(k, v)
-            w.finish()
-        os.rename(path + '.tmp', path)
-    compile_rules({b'127.0.0.1': b'+RELAYCLIENT=\0'})
+    compile_rules(path, {b'127.0.0.1': b'+RELAYCLIENT=\0'})
     monkeypatch.setattr(control, 'RACY', -1e9)
     opened = []
     real = cdb.Cdb
@@ -69,7 +73,7 @@ def test_rules_kept_while_unchanged_and_reread_when_changed(tmp_path, monkeypatc
     assert tcprules.lookup(path, '127.0.0.1')[1] == {'RELAYCLIENT': ''}
     assert tcprules.lookup(path, '127.0.0.1')[1] == {'RELAYCLIENT': ''}
     assert len(opened) == 1
-    compile_rules({b'127.0.0.1': b'D'})
+    compile_rules(path, {b'127.0.0.1': b'D'})
     assert tcprules.lookup(path, '127.0.0.1')[0] is False
     assert len(opened) == 2
     os.unlink(path)
@@ -83,14 +87,7 @@ def test_answers_kept_per_client_while_the_rules_are_unchanged(tmp_path, monkeyp
     from qmail.lib import cdb, control, tcprules
     path = str(tmp_path / 'tcp.smtp.cdb')
 
-    def compile_rules(data):
-        with open(path + '.tmp', 'wb') as f:
-            w = cdb.Writer(f)
-            for k, v in data.items():
-                w.add(k, v)
-            w.finish()
-        os.rename(path + '.tmp', path)
-    compile_rules({b'10.': b'+RELAYCLIENT=\0', b'': b'D'})
+    compile_rules(path, {b'10.': b'+RELAYCLIENT=\0', b'': b'D'})
     monkeypatch.setattr(control, 'RACY', -1e9)
     gets = []
     real_get = cdb.Cdb.get
@@ -103,5 +100,5 @@ def test_answers_kept_per_client_while_the_rules_are_unchanged(tmp_path, monkeyp
     assert len(gets) == n                              # from the kept answer
     assert tcprules.lookup(path, '192.0.2.1') == (False, {}, '')
     assert tcprules.lookup(path, '10.1.2.3', info='bob')[2] == '10.'   # another key
-    compile_rules({b'10.1.2.3': b'D'})
+    compile_rules(path, {b'10.1.2.3': b'D'})
     assert tcprules.lookup(path, '10.1.2.3') == (False, {}, '10.1.2.3')
