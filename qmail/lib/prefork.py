@@ -186,7 +186,7 @@ class Pool:
 
     def tell(self, state):
         try:
-            os.write(self.status_w, RECORD.pack(os.getpid(), state))
+            os.write(self.status_w, RECORD.pack(self.me, state))
         except OSError:
             pass
 
@@ -199,6 +199,7 @@ class Pool:
             os.close(self.status_r)
             os.close(self.wakeup_r)
             os.close(self.death_w)
+            self.me = os.getpid()           # for tell(), twice a connection
             self.orphan = False
             signal.signal(ORPHAN_SIGNAL, self.on_orphan)
             parent_death_signal(ORPHAN_SIGNAL)

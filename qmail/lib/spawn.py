@@ -250,6 +250,7 @@ class Spawner:
         # these pages instead of copying them when a collection runs
         # (make bench: a fork with a collection cost 3.1 ms, 0.56 ms frozen).
         gc.freeze()
+        poller, polled = None, None
         while True:
             self.reap()
             if self.tick is not None:
@@ -257,17 +258,16 @@ class Spawner:
             active = [i for i, s in enumerate(self.slots) if s is not None]
             if not self.flagreading and not active:
                 return 0
-            poller = select.poll()
-            poller.register(wakeup_r, select.POLLIN)
-            if self.flagreading:
-                poller.register(0, select.POLLIN)
             byfd = {}
             for i in active:
-                poller.register(self.slots[i].fdin, select.POLLIN)
                 byfd[self.slots[i].fdin] = i
             watched = dict(self.watch)
-            for fd in watched:
-                poller.register(fd, select.POLLIN)
+            fds = (wakeup_r,) + ((0,) if self.flagreading else ()) + tuple(byfd) + tuple(watched)
+            if fds != polled:           # the set changed: poll() takes it whole
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                polled = fds
             try:
                 ready = poller.poll(None if self.tick is None else self.tick_seconds * 1000)
             except InterruptedError:
