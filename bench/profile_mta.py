@@ -254,16 +254,16 @@ def timeline(q, user, n, rate):
         log = collect()
         q.stop()
     # A messid is an inode number, used again once its message is gone:
-    # follow the log in order, one record per "new msg".
-    cur, by_qp, by_delivery = {}, {}, {}
+    # follow the log in order, one record per "new msg".  The records are
+    # matched to the client's messages by order (an open loop well below
+    # capacity takes them one at a time), not by qp: a qmail-queued
+    # writer's pid serves many messages.
+    cur, records, by_delivery = {}, [], {}
     for t, text in log:
         m = re.match(rb'new msg (\d+)$', text)
         if m:
             cur[int(m.group(1))] = {'new': t}
-            continue
-        m = re.match(rb'info msg (\d+): .* qp (\d+) ', text)
-        if m and int(m.group(1)) in cur:
-            by_qp[int(m.group(2))] = cur[int(m.group(1))]
+            records.append(cur[int(m.group(1))])
             continue
         m = re.match(rb'starting delivery (\d+): msg (\d+) ', text)
         if m and int(m.group(2)) in cur:
@@ -278,14 +278,15 @@ def timeline(q, user, n, rate):
         if m and int(m.group(1)) in cur:
             cur.pop(int(m.group(1)))['end'] = t
     steps = collections.defaultdict(list)
+    by_num = dict(zip(sorted(load.accepted, key=load.accepted.get), records))
     for name in os.listdir(user.new):
         with open(os.path.join(user.new, name), 'rb') as f:
             head = f.read(4096)
         bid = re.search(rb'X-Bench-Id: (\d+)', head)
-        qp = re.search(rb'Received: \(qmail (\d+) invoked from network\)', head)
-        if not bid or not qp or name not in appeared:
+        if not bid or name not in appeared:
             continue
-        num, e = int(bid.group(1)), by_qp.get(int(qp.group(1)), {})
+        num = int(bid.group(1))
+        e = by_num.get(num, {})
         if not all(k in e for k in ('new', 'start', 'success', 'end')):
             continue
         chain = [('"." written -> 250 received (qmail-queue writer)', load.sent[num], load.accepted[num]),

@@ -1253,9 +1253,11 @@ class Send:
                 # once, then the threads take it.
                 inline = self.bg.inline_ok()
                 if not ready and inline:
+                    # The turn goes on after: what the sequels made
+                    # possible (a new message's deliveries) starts before
+                    # the next held work (its fsyncs) is done here.
                     self.bg.run_held()
-                    continue
-                if self.bg.passed_over or not inline:
+                elif self.bg.passed_over or not inline:
                     self.bg.release()
                 else:
                     self.bg.passed_over = True
