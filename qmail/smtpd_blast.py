@@ -57,12 +57,19 @@ class Blast:
         out = []
         p = 0
         n = len(buf)
+        bulk = self.BULK
         while p < n:
-            if self.flagatstart and not self.flaginheader and self.BULK:
+            if bulk and self.flagatstart and not self.flaginheader:
                 done = self._bulk(buf, p, out, carried)
-                if done is not None:
-                    if isinstance(done, tuple):
-                        return done
+                if done is None:
+                    # Line by line for the rest of this piece: tried again
+                    # at each line, the scan of all that is left would
+                    # cost the square of the piece (a peer could send a
+                    # ".\r" line at the end of every piece).
+                    bulk = False
+                elif isinstance(done, tuple):
+                    return done
+                else:
                     p = done            # the last line, unfinished, goes on below
                     if p >= n:
                         break

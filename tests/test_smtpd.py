@@ -926,3 +926,17 @@ def test_blast_bulk_body_same_as_line_by_line():
             results.append((out if state != STRAYLF else None, state, used, b.hops,
                             b.carry, b.flagatstart if state == MORE else None))
         assert results[0] == results[1], data
+
+
+def test_blast_bulk_declined_is_not_tried_again_in_the_same_piece(monkeypatch):
+    """A piece the bulk path declines (a ".\\r" line at its end) goes line
+    by line from there: trying the bulk path at every line would scan
+    the rest of the piece each time, the square of its size."""
+    calls = []
+    real = Blast._bulk
+    monkeypatch.setattr(Blast, '_bulk', lambda self, *a: calls.append(1) or real(self, *a))
+    b = Blast()
+    b.feed(b'Subject: x\r\n\r\n')
+    out, used, state = b.feed(b'a\r\n' * 1000 + b'.\rx\r\n')
+    assert state == MORE and out == b'a\n' * 1000 + b'.\rx\n'
+    assert len(calls) == 1
