@@ -9,8 +9,8 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           system cannot, as pid/<pid>.<time>.<seq> renamed by link;
           intd/<messid> holding u<uid>, p<pid> and the envelope, named
           once written, before its fsync (or made at once, the same
-          way); todo/<messid> as
-          a link to it; then pulls lock/trigger to wake qmail-send.
+          way); todo/<messid> as a link to it; then pulls lock/trigger
+          to wake qmail-send.
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
@@ -27,9 +27,9 @@ message (no interpreter start per message).
 Every failure after the mess file exists truncates and removes what this
 process made, so a failed injection leaves no file in mess/, intd/ or
 todo/; a pid/ file left by a crash is qmail-clean's to sweep (a
-nameless file goes with the process).  The
-timeout (DEATH) exits without cleaning: a stuck qmail-queue must not
-race qmail-send, which cleans such files once they are OSSIFIED.
+nameless file goes with the process).  The timeout (DEATH) exits
+without cleaning: a stuck qmail-queue must not race qmail-send, which
+cleans such files once they are OSSIFIED.
 """
 
 import os
@@ -159,15 +159,15 @@ class Writer:
         split subdirectories do (see qmail-install's spread_subdirs)."""
         return 'mess/%d' % ((pid + which * (self.split // 2 + 1)) % self.split)
 
-    def create(self, pid: int, which: int, fallback):
-        """A new file for the message (which 0) or envelope (1): nameless
-        where the system has such files, else fallback()'s."""
+    def create_anon(self, pid: int, which: int):
+        """A nameless file for the message (which 0) or envelope (1), or
+        None where the system has no such files (qmail's way, then)."""
         if anon_usable():
             try:
                 return durable.create_anon(self.anon_dir(pid, which))
             except OSError:
                 pass
-        return fallback()
+        return None
 
     def pidopen(self, pid: int, starttime: int) -> str:
         for seq in range(1, PIDTRIES + 1):
@@ -198,9 +198,11 @@ class Writer:
         # S1: the message's file, nameless or pid/; its inode names the
         # message.
         tmpfn = None
-        self.messfd = self.create(pid, 0, lambda: -1)
-        if self.messfd == -1:
+        fd = self.create_anon(pid, 0)
+        if fd is None:
             tmpfn = self.pidopen(pid, int(now))
+        else:
+            self.messfd = fd
         try:
             messid = os.fstat(self.messfd).st_ino
         except OSError:
@@ -236,14 +238,14 @@ class Writer:
 
         # S3: intd/ receives the envelope: named once written when its
         # file could be made nameless, else at once.
-        def named():
+        fd = self.create_anon(pid, 1)
+        if fd is None:
             try:
                 fd = durable.create_excl(intdfn)
             except OSError:
                 raise QueueExit(65) from None
             self.intdfn = intdfn
-            return fd
-        self.intdfd = self.create(pid, 1, named)
+        self.intdfd = fd
         parser = EnvelopeParser()
         out = bytearray(b'u%d\0p%d\0' % (uid, pid))
         while not parser.done:

@@ -77,10 +77,6 @@ def log(text: str):
     line held back would be lost with a killed qmail-send, and the lines
     are how an admin follows each message)."""
     data = text.encode('utf-8', 'replace')
-    _log_write(data)
-
-
-def _log_write(data: bytes):
     while data:
         try:
             n = os.write(LOGFD, data)
@@ -141,7 +137,7 @@ class Job:
                  'flaghiteof', 'flagdying', 'unmarked')
 
     def __init__(self, messid, channel):
-        self.unmarked = None    # D marks skipped: the file goes (del_reports)
+        self.unmarked = None    # the D mark skipped: the file goes (del_reports)
         self.refs = 1
         self.id = messid
         self.channel = channel
@@ -408,8 +404,8 @@ class Send:
     def jobs_unlink(self, jobs):
         """Background: ([jobs whose file is gone, durably], [jobs whose
         file is still there], [jobs whose file is gone, not durably],
-        [log lines]).  A file that stays gets the D marks its job
-        skipped, so the retry does not deliver them again."""
+        [log lines]).  A file that stays gets the D mark its job
+        skipped, so the retry does not deliver that recipient again."""
         removed, failed, out = [], [], []
         for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
@@ -418,8 +414,8 @@ class Send:
                 removed.append((job, fn))
             except OSError:
                 failed.append(job)
-                if job.unmarked:
-                    self.marks_sync([self.mark_write(*m, out) for m in job.unmarked], out)
+                if job.unmarked is not None:
+                    self.marks_sync([self.mark_write(*job.unmarked, out)], out)
         # Durable before info/ goes (messdone): else a power cut could
         # bring back a recipient list whose message is forgotten.
         bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
@@ -644,7 +640,7 @@ class Send:
         then (marks_synced) each delivery's job closed: a job may finish
         only once its marks are durable."""
         slots = self.dels[c]
-        items = []
+        items, ending = [], []
         for line in lines:
             delnum = line[0]
             if delnum >= len(slots) or slots[delnum] is None:
@@ -673,14 +669,15 @@ class Send:
                 # ends now and its file goes (jobs_finish), which records
                 # the outcome as well as a D mark would.  The mark is
                 # written only if the file cannot be removed.
-                d.job.unmarked = [mark]
-                self.marks_synced([(mark, d)], None)
-                mark = d = None
+                d.job.unmarked = mark
+                ending.append((mark, d))
             else:
                 items.append((mark, d))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
+        if ending:
+            self.marks_synced(ending, None)
         if any(mark for mark, _ in items):
             self.marking.add(items)
         elif items:                     # deferrals only: nothing to wait for

@@ -161,22 +161,31 @@ def put(path, data: bytes):
         f.write(data)
 
 
+def delivering(s, messid, recips):
+    """A local job of messid whose pass is over, a delivery to each of
+    recips under way (slots 0, 1, ...; delivery numbers 1, 2, ...)."""
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    put(qfn('local', messid, 3), b''.join(b'T' + r + b'\0' for r in recips))
+    job = s.job_open(messid, 0)
+    job.flaghiteof = True
+    job.numtodo = len(recips)
+    job.refs = 1 + len(recips)
+    pos = 0
+    for i, r in enumerate(recips):
+        s.dels[0][i] = send.Delivery(job, i + 1, pos, r)
+        pos += len(r) + 2
+    s.concurrencyused[0] = len(recips)
+    s.job_close(job)            # the pass's reference
+    return job
+
+
 def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch):
     """A delivery that does not end its job gets a D mark, durable before
     anything goes on; the one that ends it writes none: the job's file
     is removed instead."""
     s, log = queue_home
     messid = 7
-    put(qfn('info', messid, 3), b'Fa@b.example\0')
-    put(qfn('local', messid, 3), b'Tu@here.example\0Tv@here.example\0')
-    job = s.job_open(messid, 0)
-    job.flaghiteof = True
-    job.numtodo = 2
-    job.refs = 3                # the pass's reference is gone below
-    s.dels[0][0] = send.Delivery(job, 1, 0, b'u@here.example')
-    s.dels[0][1] = send.Delivery(job, 2, 16, b'v@here.example')
-    s.concurrencyused[0] = 2
-    s.job_close(job)
+    job = delivering(s, messid, [b'u@here.example', b'v@here.example'])
     pwrites = []
     real_pwrite = durable.pwrite
     monkeypatch.setattr(durable, 'pwrite', lambda fd, data, pos: pwrites.append(pos) or real_pwrite(fd, data, pos))
@@ -204,13 +213,7 @@ def test_a_job_that_cannot_remove_its_file_writes_the_marks_it_skipped(queue_hom
     cannot go, the mark is written, so the retry does not repeat it."""
     s, log = queue_home
     messid = 8
-    put(qfn('info', messid, 3), b'Fa@b.example\0')
-    put(qfn('local', messid, 3), b'Tu@here.example\0')
-    job = s.job_open(messid, 0)
-    job.flaghiteof = True
-    job.numtodo = 1
-    s.dels[0][0] = send.Delivery(job, 1, 0, b'u@here.example')
-    s.concurrencyused[0] = 1
+    delivering(s, messid, [b'u@here.example'])
     real_unlink = durable.unlink
 
     def unlink(path):

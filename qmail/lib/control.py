@@ -56,8 +56,8 @@ def stamp(st) -> tuple:
 def settled(st, now: float) -> bool:
     """Changed long enough before now (RACY, or RACY_FINE where the
     times have fractions) that its stamp can be trusted."""
-    fine = st.st_ctime_ns % 1_000_000_000 and RACY > RACY_FINE
-    return now - st.st_ctime > (RACY_FINE if fine else RACY)
+    fine = st.st_ctime_ns % 1_000_000_000
+    return now - st.st_ctime > (min(RACY, RACY_FINE) if fine else RACY)
 
 
 def _cached(path, parse):

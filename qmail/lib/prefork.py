@@ -244,9 +244,7 @@ class Pool:
         poller.register(self.death_r, select.POLLIN)
         return lambda seconds: dict(poller.poll(seconds * 1000))
 
-    def work(self, wait=None) -> int:
-        if wait is None:
-            wait = self.waiter()
+    def work(self, wait) -> int:
         uses = 0
         idle_since = time.monotonic()
         while uses < self.max_use and not self.orphan:
