@@ -104,7 +104,13 @@ def test_maildir_delivery_exact_bytes(world):
     st = os.stat(path)
     assert (st.st_uid, st.st_gid) == (u2[1], u2[2])
     assert stat.S_IMODE(st.st_mode) == 0o600
-    assert os.listdir(os.path.join(u2[3], 'Maildir', 'tmp')) == []
+    # The file shows in new/ at the link; the same delivery then fsyncs
+    # new/ and only then removes tmp/'s name: wait for the delivery's end.
+    tmp = os.path.join(u2[3], 'Maildir', 'tmp')
+    deadline = time.monotonic() + TIMEOUT
+    while os.listdir(tmp) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.listdir(tmp) == []
 
 
 def test_sendmail_user_to_user(world):
