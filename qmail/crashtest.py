@@ -3,7 +3,7 @@ ways, and check that no mail is lost.
 
 Runs as:  root, on scratch homes of its own: never the installed queue.
 Usage:    qmail-crashtest [-nv] [-d dir] [scenario ...]
-          scenarios (default: all): queue preprocess markdone bounce
+          scenarios (default: all): queue queued preprocess markdone bounce
           overlap maildir mbox (qmail/crashtest_scenarios.py says what
           each does).
           -n: list each scenario's steps, crash nothing.

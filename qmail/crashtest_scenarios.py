@@ -16,7 +16,7 @@ import os
 import re
 import time
 
-from qmail.lib import auto, background, control, qqtalk
+from qmail.lib import auto, background, control, durable, qqtalk
 from qmail.lib.qfile import parse_messid, qfn
 from qmail import clean, fsck, local, local_deliver, queue, send, send_rules
 
@@ -367,6 +367,10 @@ class QueueScenario(Scenario):
     msgs = ()               # acknowledged before the scenario runs
     runmsg = None           # injected by the scenario (acked at its end)
     preprocessed = False    # setup also preprocesses msgs (S5)
+    syncfs = False          # the whole filesystem synced at once where the
+                            # code can (qmail-queued, qmail-send), else
+                            # file by file (the set-uid qmail-queue; any
+                            # program when much is dirty)
 
     def enter(self, box):
         os.chdir(box.queue)
@@ -374,6 +378,13 @@ class QueueScenario(Scenario):
         os.dup2(fd, 0)
         os.close(fd)
         send.QueueClient = InProcessQueue
+        durable.load_writeback()
+        if not self.syncfs:
+            durable._syncfs = False
+        elif not durable._syncfs:
+            raise RuntimeError('syncfs: none that reports errors on this kernel')
+        else:
+            durable._little_dirty = lambda: True    # whatever else is dirty
 
     def spawn(self, box):
         fail = set()
@@ -519,6 +530,13 @@ class InjectScenario(QueueScenario):
         return inject(m.body, m.envelope(), 0) == 0
 
 
+class QueuedScenario(InjectScenario):
+    name = 'queued'
+    about = ('a qmail-queued writer injects: its files and mess/ made '
+             'durable by one syncfs of the filesystem')
+    syncfs = True
+
+
 class PreprocessScenario(QueueScenario):
     name = 'preprocess'
     about = ('qmail-send preprocesses todo/ (local and remote recipients), '
@@ -559,13 +577,15 @@ class BounceScenario(MarkdoneScenario):
 class OverlapScenario(QueueScenario):
     name = 'overlap'
     about = ('qmail-send delivers new messages (one failure: a bounce) '
-             'before their preprocessing is durable, then settles them')
+             'before their preprocessing is durable, then settles them '
+             '(syncing the filesystem whole)')
     msgs = (Msg(b'soon', b'bob@' + FAR,
                 [b'nobody@' + DOMAIN, b'one@' + DOMAIN, b'x@' + FAR],
                 fail=[b'nobody@' + DOMAIN]),
             Msg(b'soon2', b'carol@' + FAR, [b'two@' + DOMAIN]))
 
     stale = {b'soon': b'one@' + DOMAIN, b'soon2': b'two@' + DOMAIN}
+    syncfs = True
 
     def setup(self, box):
         """As if a crash had interrupted a run that had seen soon to one@
@@ -735,5 +755,5 @@ class MboxScenario(LocalScenario):
         return self.check(box, 1, 2)
 
 
-SCENARIOS = [InjectScenario(), PreprocessScenario(), MarkdoneScenario(),
+SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
              BounceScenario(), OverlapScenario(), MaildirScenario(), MboxScenario()]

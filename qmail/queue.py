@@ -10,7 +10,9 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           intd/<messid> holding u<uid>, p<pid> and the envelope, named
           once written, before its fsync (or made at once, the same
           way); todo/<messid> as a link to it; then pulls lock/trigger
-          to wake qmail-send.
+          to wake qmail-send.  Durable before the todo/ link: both files
+          and mess/ (fsync of each, or one syncfs of the filesystem in
+          qmail-queued's writers); todo/ fsynced before exit 0.
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
@@ -275,11 +277,18 @@ class Writer:
                 raise QueueExit(65) from None
             self.intdfn = intdfn
         # Both files, and the message's link in mess/, durable before
-        # todo/ names the message; the two files' writeback is started
-        # together, so the second fsync finds its work done.
-        if durable.fsync_many([self.messfd, self.intdfd]):
-            raise QueueExit(53)
-        self.syncdir(os.path.dirname(messfn))
+        # todo/ names the message: all at once where the filesystem can
+        # be synced whole (one cache flush), else each file (their
+        # writeback started together, so the second fsync finds its work
+        # done) and then mess/'s directory.
+        try:
+            whole = durable.syncfs(self.messfd)
+        except OSError:
+            raise QueueExit(53) from None
+        if not whole:
+            if durable.fsync_many([self.messfd, self.intdfd]):
+                raise QueueExit(53)
+            self.syncdir(os.path.dirname(messfn))
 
         # S4: the link in todo/ is the moment of acceptance.
         try:

@@ -418,7 +418,11 @@ class Send:
                     self.marks_sync([self.mark_write(*job.unmarked, out)], out)
         # Durable before info/ goes (messdone): else a power cut could
         # bring back a recipient list whose message is forgotten.
-        bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
+        dirs = sorted({os.path.dirname(fn) for _, fn in removed})
+        try:
+            bad = set() if dirs and durable.syncfs_dir(dirs[0]) else set(durable.fsync_dirs(dirs))
+        except OSError:
+            bad = set(dirs)
         return ([job for job, fn in removed if os.path.dirname(fn) not in bad], failed,
                 [job for job, fn in removed if os.path.dirname(fn) in bad], out)
 
@@ -598,7 +602,11 @@ class Send:
     def marks_sync(self, marks, out):
         """fsync the D marks written, together, and close them."""
         marks = [m for m in marks if m is not None]
-        bad = set(durable.fsync_many(fd for _, fd in marks))
+        fds = [fd for _, fd in marks]
+        try:
+            bad = set() if fds and durable.syncfs(fds[0]) else set(durable.fsync_many(fds))
+        except OSError:
+            bad = set(fds)
         for fn, fd in marks:
             if fd in bad:
                 out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
@@ -990,7 +998,14 @@ class Send:
         directory once (those of files a past run left and this one
         removed too); [(messid, chans)] of the messages whose files are
         durable (the others' troubles are appended to out)."""
-        bad = set(durable.fsync_many(fd for _, _, files, _ in made for _, fd in files))
+        fds = [fd for _, _, files, _ in made for _, fd in files]
+        whole = False
+        try:
+            whole = bool(fds) and durable.syncfs(fds[0])
+        except OSError:
+            bad = set(fds)              # nothing is known to be durable
+        else:
+            bad = set() if whole else set(durable.fsync_many(fds))
         synced = []
         for messid, chans, files, stale in made:
             failed = [fn for fn, fd in files if fd in bad]
@@ -1001,8 +1016,8 @@ class Send:
                            'start\n' % (failed[0], messid))
             else:
                 synced.append((messid, chans, [fn for fn, _ in files] + stale))
-        bad = set(durable.fsync_dirs(sorted({os.path.dirname(fn)
-                                              for _, _, fns in synced for fn in fns})))
+        bad = set() if whole else set(durable.fsync_dirs(
+            sorted({os.path.dirname(fn) for _, _, fns in synced for fn in fns})))
         good = []
         for messid, chans, fns in synced:
             failed = sorted({os.path.dirname(fn) for fn in fns} & bad)

@@ -278,3 +278,101 @@ def test_too_big_to_snapshot(box, monkeypatch):
         with pytest.raises(crashsim.CrashSimError):
             durable.write_all(fd, b'6')
         os.close(fd)
+
+
+@pytest.fixture
+def with_syncfs(monkeypatch):
+    """durable.syncfs as the long-lived programs have it, whatever else
+    is dirty on this machine."""
+    durable.load_writeback()
+    if not durable._syncfs:
+        pytest.skip('no syncfs that reports errors on this kernel')
+    monkeypatch.setattr(durable, '_little_dirty', lambda: True)
+
+
+def test_syncfs_makes_every_file_and_entry_durable(box, with_syncfs):
+    """One syncfs: files written and directories changed before it stay;
+    what changed after it goes back."""
+    (box / 'd' / 'sub').mkdir()
+    with recorder(box) as rec:
+        a = make(box / 'd' / 'a', b'one')
+        b = make(box / 'd' / 'sub' / 'b', b'two')
+        assert durable.syncfs(a) is True
+        durable.write_all(b, b'-more')
+        c = make(box / 'd' / 'c', b'three')
+        durable.unlink(str(box / 'd' / 'a'))
+        rec.powercut()
+    for fd in (a, b, c):
+        os.close(fd)
+    assert names(box) == ['a', 'sub']
+    assert (box / 'd' / 'a').read_bytes() == b'one'
+    assert (box / 'd' / 'sub' / 'b').read_bytes() == b'two'
+    assert [s.name for s in rec.steps][:5] == ['create', 'write', 'create', 'write', 'syncfs']
+
+
+@pytest.mark.parametrize('link_first', [True, False])
+def test_syncfs_of_a_nameless_file(box, with_syncfs, link_first):
+    """syncfs writes a nameless file's inode as it is: linked first, it
+    stays; synced before its link, the link (even fsynced) goes."""
+    with recorder(box) as rec:
+        fd = durable.create_anon(str(box / 'd'))
+        durable.write_all(fd, b'envelope')
+        if link_first:
+            durable.link_anon(fd, str(box / 'd' / 'intd'))
+        durable.syncfs(fd)
+        if not link_first:
+            durable.link_anon(fd, str(box / 'd' / 'intd'))
+            durable.fsync_dir(str(box / 'd'))
+        os.close(fd)
+        rec.powercut()
+    assert names(box) == (['intd'] if link_first else [])
+
+
+def test_syncfs_declines_where_unknown_or_too_much_is_dirty(box, monkeypatch):
+    """False (the caller fsyncs each file) without a syncfs that reports
+    errors, or with more dirty data machine-wide than it should wait
+    for; no step is counted then."""
+    fd = make(box / 'd' / 'a', b'x')
+    with recorder(box) as rec:
+        monkeypatch.setattr(durable, '_syncfs', False)
+        assert durable.syncfs(fd) is False
+        monkeypatch.setattr(durable, '_syncfs', lambda fd: 0)
+        monkeypatch.setattr(durable, 'SYNCFS_DIRTY_MAX', -1)
+        assert durable.syncfs(fd) is False
+        monkeypatch.setattr(durable, 'SYNCFS_DIRTY_MAX', 1 << 62)
+        assert durable.syncfs(fd) is True
+    os.close(fd)
+    assert [s.name for s in rec.steps] == ['syncfs']
+
+
+def test_syncfs_failure_raises(box, monkeypatch):
+    import ctypes
+    fd = make(box / 'd' / 'a', b'x')
+
+    def failing(fd):
+        ctypes.set_errno(5)
+        return -1
+    monkeypatch.setattr(durable, '_syncfs', failing)
+    monkeypatch.setattr(durable, '_little_dirty', lambda: True)
+    with pytest.raises(OSError) as e:
+        durable.syncfs(fd)
+    os.close(fd)
+    assert e.value.errno == 5
+
+
+@pytest.mark.parametrize('release, ok', [
+    ('6.1.0-18-amd64', True), ('5.8.0', True), ('5.10.0-28-cloud-amd64', True),
+    ('5.7.19', False), ('4.19.0-26-amd64', False), ('3.10.0-1160.el7.x86_64', False),
+    ('6.18.44-fc-v669', True), ('10.0', True), ('garbage', False), ('', False)])
+def test_syncfs_reports_errors_from_linux_5_8(release, ok):
+    assert durable.syncfs_reports_errors(release) is ok
+
+
+def test_dirty_bytes_of_meminfo():
+    text = (b'MemTotal:        8123456 kB\nDirty:              1234 kB\n'
+            b'Writeback:            16 kB\nWritebackTmp:       99 kB\n')
+    assert durable.dirty_bytes(text) == (1234 + 16) * 1024
+    assert durable.dirty_bytes(b'MemTotal: 1 kB\nDirty: 5 kB\n') >= 1 << 62
+    assert durable.dirty_bytes(b'Dirty: x kB\nWriteback: 0 kB\n') >= 1 << 62
+    with open('/proc/meminfo', 'rb') as f:
+        assert durable.dirty_bytes(f.read()) < 1 << 62

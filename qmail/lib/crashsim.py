@@ -21,7 +21,8 @@ hard link in the stash directory, so it can be restored).  Every
 directory goes back on its own, all of it: the worst case for each.  A
 file made without a name (create_anon) and fsynced before it was linked
 has "no link" in its inode on disk until an fsync after the link: its
-names go (as ext4 without a journal, and its fsck, would have it).  A
+names go (as ext4 without a journal, and its fsck, would have it).
+syncfs makes all of a filesystem durable, every file and directory.  A
 real disk may also keep some of what was not yet durable (ext4 commits
 its journal in order, every few seconds), so states between "all kept"
 (stop) and "none kept" (powercut) exist too; they are not tried.
@@ -157,6 +158,8 @@ class Recorder:
             self._synced(target)
         elif name == 'fsync_dir':
             self._dir_synced(target)
+        elif name == 'syncfs':
+            self._fs_synced(target)
         elif name == 'link':
             try:
                 st = os.lstat(target)
@@ -263,6 +266,27 @@ class Recorder:
                     os.unlink(kept)
                 except OSError:
                     pass
+
+    # -- the whole filesystem ------------------------------------------------------
+    def _fs_synced(self, fd):
+        """syncfs: every file and directory on fd's filesystem durable.  A
+        file with no name yet has its inode written so ("no link")."""
+        dev = os.fstat(fd).st_dev
+        for key in [k for k in self.dirty if k[0] == dev]:
+            rw, _ = self.dirty.pop(key)
+            nlink = os.fstat(rw).st_nlink
+            os.close(rw)
+            if nlink == 0:
+                self.nameless[key] = []
+        for key in [k for k, linked in self.nameless.items() if k[0] == dev and linked]:
+            del self.nameless[key]      # linked since: its inode now says so
+        for d in list(self.entries):
+            try:
+                if os.stat(d).st_dev != dev:
+                    continue
+            except OSError:
+                pass
+            self._dir_synced(d)
 
     # -- the crash ----------------------------------------------------------------
     def crash(self):

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import install_home, needs_root, remove_home
 from delivery import Mta, ensure_user, fast_queue, maildirmake
 
@@ -75,6 +77,37 @@ def test_a_queue_that_links_todo_before_its_message_is_durable(monkeypatch, caps
     assert re.search(r'todo-without-mess|todo-empty-mess|'
                      r'mess/ is not the whole message', out), out
     assert 'acknowledged message new lost' in out, out
+
+
+def test_a_writer_that_links_todo_before_its_syncfs(monkeypatch, capsys):
+    """A qmail-queued writer whose syncfs says done without doing it:
+    stopping is harmless, a power cut loses the acknowledged message."""
+    from qmail.lib import durable
+    durable.load_writeback()
+    if not durable._syncfs:
+        pytest.skip('no syncfs that reports errors on this kernel')
+    monkeypatch.setattr(queue.durable, 'syncfs', lambda fd: True)
+    assert crashtest.main(['-v', 'queued']) == 1
+    out = capsys.readouterr().out
+    got = summary(out)
+    assert got['queued', 'stop'][1] == 0, out
+    assert got['queued', 'powercut'][1] > 0, out
+    assert 'acknowledged message new lost' in out, out
+
+
+def test_a_send_whose_syncfs_does_nothing(monkeypatch, capsys):
+    """qmail-send settling messages on a syncfs that syncs nothing: a
+    power cut after todo/ is gone takes their info/ and local/ too."""
+    from qmail.lib import durable
+    durable.load_writeback()
+    if not durable._syncfs:
+        pytest.skip('no syncfs that reports errors on this kernel')
+    monkeypatch.setattr(durable, 'syncfs', lambda fd: True)
+    assert crashtest.main(['-v', 'overlap']) == 1
+    out = capsys.readouterr().out
+    got = summary(out)
+    assert got['overlap', 'stop'][1] == 0, out
+    assert got['overlap', 'powercut'][1] > 0, out
 
 
 def test_a_maildir_delivery_that_links_before_fsync(monkeypatch, capsys):
