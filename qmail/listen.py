@@ -37,6 +37,7 @@ See:      tcpserver(1), tcprules(1), tcp-environ(5); README "Receiving".
 import errno
 import getopt
 import os
+import _signal
 import signal
 import socket
 import sys
@@ -268,8 +269,8 @@ class Listener:
             self.log(0, 'warning: %s in child' % type(e).__name__)
             keep = False
         finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            _signal.alarm(0)
+            _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)     # no enums: 30 us less
             try:
                 sys.stdout.flush()
             except Exception:

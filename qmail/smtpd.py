@@ -119,6 +119,7 @@ import time
 import select
 
 import _signal    # not `signal`: its enum import costs start-up time
+import _socket    # not `socket`: only its C type is needed here
 
 from qmail.lib import auto, control
 from qmail.lib.control import scan_ulong
@@ -861,12 +862,28 @@ class Gone(Exception):
     """The client cannot be written to (timeout or error)."""
 
 
-def write_all(fd: int, data: bytes, timeout: int):
-    """Write data, waiting at most timeout seconds for each piece."""
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
+SEND_NOW = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
+
+
+def write_all(fd: int, data: bytes, timeout: int, sock=None):
+    """Write data, waiting at most timeout seconds for each piece.  With
+    sock (a socket object over fd) each piece is first tried without
+    waiting, which saves a poll() per reply; only a full socket buffer
+    makes it wait."""
+    poller = None
     view = memoryview(data)
     while view:
+        if sock is not None:
+            try:
+                view = view[sock.send(view[:WRITESIZE], SEND_NOW):]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as err:
+                raise Gone(err.strerror) from err
+        if poller is None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
         if not poller.poll(timeout * 1000):
             raise Gone('write timeout')
         try:
@@ -874,6 +891,17 @@ def write_all(fd: int, data: bytes, timeout: int):
         except OSError as err:
             raise Gone(err.strerror) from err
         view = view[n:]
+
+
+def socket_over(fd: int):
+    """A socket object over fd (not owning it: detach() before it goes),
+    or None where fd is no socket (sendmail -bs: pipes)."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        return _socket.socket(fileno=fd)
+    except OSError:
+        return None
 
 
 def is_socket(fdin: int, fdout: int) -> bool:
@@ -896,6 +924,13 @@ class FdChannel:
         self.fdout = fdout
         self.poller = select.poll()
         self.poller.register(fdin, select.POLLIN)
+        self.sock = socket_over(fdout)
+
+    def close(self):
+        """Let go of the socket object; the descriptors stay open."""
+        if self.sock is not None:
+            self.sock.detach()
+            self.sock = None
 
     def read(self, wait: float):
         """Up to READSIZE bytes; b'' at the end or on an error; None
@@ -908,7 +943,7 @@ class FdChannel:
             return b''
 
     def write(self, data: bytes, timeout: float):
-        write_all(self.fdout, data, timeout)
+        write_all(self.fdout, data, timeout, self.sock)
 
 
 def serve(session: Session, fdin: int = 0, fdout: int = 1,
@@ -923,6 +958,7 @@ def serve(session: Session, fdin: int = 0, fdout: int = 1,
     try:
         return serve_session(session, channel, fdin, certfile, timeout)
     finally:
+        channel.close()
         session.note_end(b'client gone' if not session.exitcode == 0 else b'QUIT')
         write_logs(session)
 

@@ -940,3 +940,73 @@ def test_blast_bulk_declined_is_not_tried_again_in_the_same_piece(monkeypatch):
     out, used, state = b.feed(b'a\r\n' * 1000 + b'.\rx\r\n')
     assert state == MORE and out == b'a\n' * 1000 + b'.\rx\n'
     assert len(calls) == 1
+
+
+# -- writing to the client ------------------------------------------------------
+
+def test_replies_to_a_socket_go_without_a_poll_until_its_buffer_is_full():
+    """FdChannel over a socket sends at once (MSG_DONTWAIT); once the
+    peer's buffer is full it waits for room; everything arrives, in
+    order, and the descriptor is left open and blocking."""
+    import socket
+    import threading
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    channel = smtpd.FdChannel(a.fileno(), a.fileno())
+    assert channel.sock is not None
+    data = bytes(range(256)) * 4096                 # 1 MB, far past the buffer
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(data):
+            chunk = b.recv(65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+            time.sleep(0.001)
+    t = threading.Thread(target=reader)
+    t.start()
+    channel.write(b'250 ok\r\n', 5)
+    channel.write(data[8:], 5)
+    t.join(30)
+    channel.close()
+    assert bytes(got[:8]) == b'250 ok\r\n' and bytes(got[8:]) == data[8:]
+    assert channel.sock is None and a.getblocking()
+    a.sendall(b'x')                                 # still open
+    assert b.recv(1) == b'x'
+    a.close()
+    b.close()
+
+
+def test_a_socket_whose_peer_never_reads_times_out():
+    import socket
+    a, b = socket.socketpair()
+    channel = smtpd.FdChannel(a.fileno(), a.fileno())
+    with pytest.raises(smtpd.Gone, match='timeout'):
+        channel.write(b'x' * (8 << 20), 1)
+    channel.close()
+    a.close()
+    b.close()
+
+
+def test_a_socket_whose_peer_is_gone_is_gone_without_sigpipe():
+    import socket
+    a, b = socket.socketpair()
+    b.close()
+    channel = smtpd.FdChannel(a.fileno(), a.fileno())
+    with pytest.raises(smtpd.Gone):
+        channel.write(b'250 ok\r\n', 5)
+    channel.close()
+    a.close()
+
+
+def test_replies_to_a_pipe_are_written_as_before():
+    """sendmail -bs: fd 1 a pipe, no socket object."""
+    r, w = os.pipe()
+    channel = smtpd.FdChannel(r, w)
+    assert channel.sock is None
+    channel.write(b'220 hi\r\n', 5)
+    assert os.read(r, 100) == b'220 hi\r\n'
+    channel.close()
+    os.close(r)
+    os.close(w)

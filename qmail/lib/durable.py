@@ -247,16 +247,16 @@ def dirty_bytes(meminfo: bytes) -> int:
     """Dirty plus Writeback of a /proc/meminfo text, in bytes (a huge
     number where the text does not say)."""
     total = 0
-    seen = 0
-    for line in meminfo.split(b'\n'):
-        if line.startswith((b'Dirty:', b'Writeback:')):
-            fields = line.split()
-            try:
-                total += int(fields[1]) * 1024
-            except (IndexError, ValueError):
-                return 1 << 62
-            seen += 1
-    return total if seen == 2 else 1 << 62
+    for key in (b'\nDirty:', b'\nWriteback:'):
+        start = meminfo.find(key)
+        if start < 0:
+            return 1 << 62
+        end = meminfo.find(b'kB', start)
+        try:
+            total += int(meminfo[start + len(key):end if end >= 0 else None]) * 1024
+        except ValueError:
+            return 1 << 62
+    return total
 
 
 def _little_dirty() -> bool:
