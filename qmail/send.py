@@ -63,6 +63,7 @@ SLEEP_SYSFAIL = 123       # retry after a system failure
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
+FRESH_MAX = 10000       # new messages whose first pass needs no reading back
 
 CHANFDOUT = (1, 3)
 CHANFDIN = (2, 4)
@@ -214,6 +215,9 @@ class Send:
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
         self.unsettled = {}             # messid -> jobs waiting to finish
+        self.fresh = {}                 # (channel, messid) -> (records,
+                                        # sender, birth) of a new message
+                                        # until its first pass reads them
         self.pqsettle = []              # (when, messid, chans): todo/ removal again
         self.ending = set()             # messdone under way
 
@@ -480,10 +484,6 @@ class Send:
 
     def injectbounce(self, messid) -> bool:
         """Turn bounce/<messid> into a bounce message; True when done."""
-        info = self.getinfo(messid)
-        if info is None:
-            return False
-        sender, birth = info
         bfn = self.fn('bounce', messid)
         try:
             os.stat(bfn)
@@ -492,6 +492,10 @@ class Send:
         except OSError:
             log('warning: unable to stat %s\n' % bfn)
             return False
+        info = self.getinfo(messid)
+        if info is None:
+            return False
+        sender, birth = info
         env = rules.bounce_envelope(sender, self.c.doublebounceto)
         if env is None:
             log('triple bounce: discarding %s\n' % bfn)
@@ -752,17 +756,21 @@ class Send:
             if dt > self.recent:
                 return False
             heapq.heappop(self.pqchan[c])
-            fn = self.fn(CHANDIR[c], messid)
-            try:
-                data = slurp(fn)
-            except OSError:
-                self.pass_trouble(c, fn, messid)
-                return True
-            info = self.getinfo(messid)
-            if info is None:
-                self.pass_trouble(c, fn, messid)
-                return True
-            sender, birth = info
+            fresh = self.fresh.pop((c, messid), None)
+            if fresh is not None:
+                data, sender, birth = fresh
+            else:
+                fn = self.fn(CHANDIR[c], messid)
+                try:
+                    data = slurp(fn)
+                except OSError:
+                    self.pass_trouble(c, fn, messid)
+                    return True
+                info = self.getinfo(messid)
+                if info is None:
+                    self.pass_trouble(c, fn, messid)
+                    return True
+                sender, birth = info
             job = self.job_open(messid, c)
             job.retry = rules.nextretry(birth, self.recent, c)
             job.flagdying = self.recent > birth + self.c.lifetime
@@ -983,11 +991,15 @@ class Send:
             log(line)
         self.preprocessing = False
         now = int(time.time())
-        for messid, chans, _, _ in made:
+        for messid, chans, _, _, sender in made:
             self.unsettled[messid] = []
             for c in (0, 1):
                 if chans[c]:
                     heapq.heappush(self.pqchan[c], (now, messid))
+                    # What its first pass would read back: the file as
+                    # written (no D mark yet), and info/'s sender and time.
+                    if len(self.fresh) < FRESH_MAX:
+                        self.fresh[c, messid] = (bytes(chans[c]), sender, now)
         if made:
             out = []
             self.bg.submit(lambda: self.preprocess_sync(made, out),
@@ -998,7 +1010,7 @@ class Send:
         directory once (those of files a past run left and this one
         removed too); [(messid, chans)] of the messages whose files are
         durable (the others' troubles are appended to out)."""
-        fds = [fd for _, _, files, _ in made for _, fd in files]
+        fds = [fd for _, _, files, _, _ in made for _, fd in files]
         whole = False
         try:
             whole = bool(fds) and durable.syncfs(fds[0])
@@ -1007,7 +1019,7 @@ class Send:
         else:
             bad = set() if whole else set(durable.fsync_many(fds))
         synced = []
-        for messid, chans, files, stale in made:
+        for messid, chans, files, stale, _ in made:
             failed = [fn for fn, fd in files if fd in bad]
             for _, fd in files:
                 os.close(fd)
@@ -1121,7 +1133,7 @@ class Send:
                 out.append('warning: trouble writing to %s\n' % fn)
                 break
         else:
-            return messid, chans, files, stale
+            return messid, chans, files, stale, info[0][1:-1]
         for _, fd in files:
             os.close(fd)
         return None

@@ -2,6 +2,7 @@
 qmail-send's use of it (a job finishes only after its marks are durable;
 a message is finished once even when both channels end together)."""
 
+import heapq
 import os
 import select
 import signal
@@ -420,3 +421,42 @@ def test_sighup_rereads_controls_without_moving_the_working_directory(queue_home
     s.reread()
     assert os.getcwd() == here
     assert s.c.bouncefrom == b'postmaster'
+
+
+@pytest.mark.parametrize('fresh_max', [send.FRESH_MAX, 0])
+def test_a_new_messages_first_pass_reads_nothing_back(queue_home, monkeypatch, fresh_max):
+    """The first pass over a message just preprocessed takes its records,
+    sender and time from memory, as written; a later pass (or one past
+    FRESH_MAX new messages) reads local/ and info/ as qmail does."""
+    s, log = queue_home
+    s.bg.inline = True
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    monkeypatch.setattr(send, 'FRESH_MAX', fresh_max)
+    messid = 21
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0Tv@here.example\0')
+    s.preprocess_batch([messid])
+    wait_finish(s.bg)
+    assert bool(s.fresh) == bool(fresh_max)
+    read = []
+    real_slurp = send.slurp
+    monkeypatch.setattr(send, 'slurp', lambda fn, *a, **k: read.append(fn) or real_slurp(fn, *a, **k))
+    s.recent = time.time() + 1
+    while s.pass_dochan(0):
+        s.comm_buf[0] = b''             # the command gone to qmail-lspawn
+    started = [d for d in s.dels[0] if d is not None]
+    assert [d.recip for d in started] == [b'u@here.example', b'v@here.example']
+    assert started[0].job.sender == b'a@b.example'
+    assert s.fresh == {}
+    if fresh_max:
+        assert read == []
+    else:
+        assert sorted(read) == [qfn('info', messid, 3), qfn('local', messid, 3)]
+    # A second pass over the same message reads the file (its D marks).
+    read.clear()
+    heapq.heappush(s.pqchan[0], (0, messid))
+    s.passes[0] = None
+    s.dels = [[None] * 4, [None] * 4]
+    s.concurrencyused = [0, 0]
+    s.pass_dochan(0)
+    assert qfn('local', messid, 3) in read
