@@ -256,10 +256,6 @@ class Send:
             data = b''
         if not data:
             self.cleandied()
-            waiting, self.clean_waiting = self.clean_waiting, collections.deque()
-            for requests, then in waiting:
-                if then is not None:
-                    then([False] * len(requests))
             return
         self.clean_buf += data
         while self.clean_waiting and len(self.clean_buf) >= len(self.clean_waiting[0][0]):
@@ -275,12 +271,20 @@ class Send:
                 then(oks)
 
     def cleandied(self):
-        log('alert: oh no! lost qmail-clean connection! dying...\n')
+        """qmail-clean is gone (a failed write, or end of file): said once,
+        however many ways it shows; its unanswered requests fail."""
+        if self.flagcleanalive:
+            log('alert: oh no! lost qmail-clean connection! dying...\n')
         self.flagcleanalive = False
         self.flagexitasap = True
+        waiting, self.clean_waiting = self.clean_waiting, collections.deque()
+        for requests, then in waiting:
+            if then is not None:
+                then([False] * len(requests))
 
     def spawndied(self, c):
-        log('alert: oh no! lost spawn connection! dying...\n')
+        if self.flagspawnalive[c]:
+            log('alert: oh no! lost spawn connection! dying...\n')
         self.flagspawnalive[c] = False
         self.flagexitasap = True
 

@@ -460,3 +460,28 @@ def test_a_new_messages_first_pass_reads_nothing_back(queue_home, monkeypatch, f
     s.concurrencyused = [0, 0]
     s.pass_dochan(0)
     assert qfn('local', messid, 3) in read
+
+
+def test_qmail_clean_lost_is_said_once_and_fails_every_request(queue_home, monkeypatch):
+    """qmail-clean gone: the write of a new request fails, then its end of
+    file shows too; one alert (make soak counts one per kill), and every
+    request unanswered fails (a message done twice is harmless)."""
+    s, log = queue_home
+    r_req, w_req = os.pipe()            # qmail-send -> qmail-clean
+    r_ans, w_ans = os.pipe()            # qmail-clean -> qmail-send
+    os.set_blocking(r_ans, False)
+    monkeypatch.setattr(send, 'FDCLEAN_OUT', w_req)
+    monkeypatch.setattr(send, 'FDCLEAN_IN', r_ans)
+    answers = []
+    s.clean_request(['todo/1'], lambda oks: answers.append(('todo/1', oks)))
+    os.close(r_req)                     # qmail-clean killed
+    os.close(w_ans)
+    s.clean_request(['foop/2'], lambda oks: answers.append(('foop/2', oks)))
+    s.clean_read()
+    s.clean_request(['foop/3'], lambda oks: answers.append(('foop/3', oks)))
+    assert answers == [('todo/1', [False]), ('foop/2', [False]), ('foop/3', [False])]
+    assert [line for line in log if 'qmail-clean' in line] == [
+        'alert: oh no! lost qmail-clean connection! dying...\n']
+    assert s.flagexitasap and not s.clean_waiting
+    os.close(w_req)
+    os.close(r_ans)
