@@ -244,7 +244,10 @@ class Listener:
         self.pool = prefork.Pool(
             self.sock, self.handle, self.o.limit, spare=SPARE, max_use=MAX_USE,
             child_init=self.worker_init,
-            status=lambda busy, limit: self.log(1, 'status: %d/%d' % (busy, limit)),
+            # (no status lines under -q: then a connection does not wake
+            # the pool's parent at all)
+            status=(lambda busy, limit: self.log(1, 'status: %d/%d' % (busy, limit)))
+            if self.o.verbosity >= 1 else None,
             log=self.log)
         self.pool.serve()
         return 0

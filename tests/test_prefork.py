@@ -14,7 +14,7 @@ from qmail.lib import prefork
 TIMEOUT = 20
 
 
-def start_pool(tmp_path, limit, spare, max_use, hold=0.0):
+def start_pool(tmp_path, limit, spare, max_use, hold=0.0, report=True):
     """A pool in a forked child: each connection gets 'pid\\n'.  A
     connection sending 'x' retires its worker; 'k' kills it."""
     path = str(tmp_path / 'sock')
@@ -40,7 +40,8 @@ def start_pool(tmp_path, limit, spare, max_use, hold=0.0):
     if pid == 0:
         code = 1
         try:
-            pool = prefork.Pool(s, handle, limit, spare=spare, max_use=max_use, status=status)
+            pool = prefork.Pool(s, handle, limit, spare=spare, max_use=max_use,
+                                status=status if report else None)
             signal.signal(signal.SIGTERM, lambda *a: pool.stop())
             pool.serve()
             code = 0
@@ -87,8 +88,11 @@ def workers_of(pid):
     return out
 
 
-def test_reuse_and_retirement(tmp_path):
-    pid, path, _ = start_pool(tmp_path, limit=1, spare=1, max_use=3)
+@pytest.mark.parametrize('report', [True, False])
+def test_reuse_and_retirement(tmp_path, report):
+    """A retired or killed worker's slot is free again for its
+    replacement (limit 1: one slot in all)."""
+    pid, path, _ = start_pool(tmp_path, limit=1, spare=1, max_use=3, report=report)
     try:
         got = [ask(path) for _ in range(7)]
         # one worker at a time, each serving 3 connections
@@ -101,8 +105,13 @@ def test_reuse_and_retirement(tmp_path):
         stop(pid)
 
 
-def test_spare_workers_and_limit(tmp_path):
-    pid, path, statuses = start_pool(tmp_path, limit=3, spare=2, max_use=100, hold=0.5)
+@pytest.mark.parametrize('report', [True, False])
+def test_spare_workers_and_limit(tmp_path, report):
+    """With status reports the parent hears of every start and end of a
+    connection; without, only from a worker that leaves fewer than
+    spare idle (the scoreboard tells the rest): the same workers."""
+    pid, path, statuses = start_pool(tmp_path, limit=3, spare=2, max_use=100, hold=0.5,
+                                     report=report)
     try:
         deadline = time.monotonic() + TIMEOUT
         while len(workers_of(pid)) < 2 and time.monotonic() < deadline:
@@ -122,7 +131,10 @@ def test_spare_workers_and_limit(tmp_path):
             c.sendall(b'.')
         for c in conns:
             c.close()
-        assert '3/3' in open(statuses).read()
+        if report:
+            assert '3/3' in open(statuses).read()
+        else:
+            assert not os.path.exists(statuses)
         idle = workers_of(pid)
     finally:
         stop(pid)

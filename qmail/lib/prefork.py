@@ -10,10 +10,17 @@ partition: every worker is a child of one server running as one user,
 and serves only that server's kind of connection.
 
 The parent never accepts.  It forks workers, keeps at least `spare` of
-them idle (never more than `limit` in all), reaps them, and learns their
-state from a pipe every worker writes to: a 5-byte record, the pid and
-B (took a connection) or I (idle again).  Writes of a few bytes to a pipe
-are atomic, so records never interleave.
+them idle (never more than `limit` in all) and reaps them.  Each worker
+has a byte of a shared scoreboard (anonymous shared memory, one slot per
+possible worker, given by the parent at the fork and freed at the reap)
+that says I (idle) or B (busy), set by the worker itself at no cost.
+The parent is woken through a pipe every worker writes to, a 5-byte
+record (the pid and B or I; writes of a few bytes to a pipe are atomic,
+so records never interleave), only when it must act: a worker taking a
+connection finds fewer than `spare` idle, or the parent reports every
+change of the busy count (status given: qmail-listen's status lines).
+Otherwise a connection costs the parent nothing, where a wake-up of it
+for each start and end of one was 3% of all CPU under load.
 
 A worker polls the socket and a second pipe whose write end only the
 parent holds: end of file there means the parent is stopping (or gone),
@@ -34,6 +41,7 @@ retire a worker that did not.
 import ctypes
 import errno
 import gc
+import mmap
 import os
 import select
 import signal
@@ -43,7 +51,7 @@ import time
 RECORD = struct.Struct('<iB')      # pid, state
 PR_SET_PDEATHSIG = 1
 ORPHAN_SIGNAL = signal.SIGUSR2
-BUSY, IDLE = ord('B'), ord('I')
+BUSY, IDLE, FREE = ord('B'), ord('I'), 0
 
 
 def reaped():
@@ -79,18 +87,20 @@ class Pool:
         self.child_init = child_init
         self.status = status
         self.log = log
-        self.workers = {}        # pid -> BUSY or IDLE
+        self.workers = {}        # pid -> its slot on the scoreboard
+        self.board = None        # the scoreboard: a byte per slot
+        self.free = []           # slots no worker has
+        self.slot = None         # (a worker's own)
         self.stopping = False
         self.status_r = self.status_w = None
         self.death_r = self.death_w = None
         self.wakeup_r = None
-        self.buf = b''
         self.last_busy = -1
 
     # -- parent ----------------------------------------------------------
 
     def busy(self) -> int:
-        return sum(1 for s in self.workers.values() if s == BUSY)
+        return self.board[:].count(BUSY) if self.board is not None else 0
 
     def stop(self):
         """Idle workers exit now, busy ones after their connection."""
@@ -105,6 +115,8 @@ class Pool:
         self.death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.status_r, False)
         self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.board = mmap.mmap(-1, self.limit)      # shared, all FREE
+        self.free = list(range(self.limit - 1, -1, -1))
         old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         old_chld = signal.signal(signal.SIGCHLD, lambda s, f: None)
         self.sock.setblocking(False)
@@ -147,33 +159,40 @@ class Pool:
     def grow(self):
         while (not self.stopping and len(self.workers) < self.limit
                and len(self.workers) - self.busy() < self.spare):
+            slot = self.slot = self.free.pop()
+            self.board[slot] = IDLE
             try:
                 pid = os.fork()
             except OSError as e:
+                self.board[slot] = FREE
+                self.free.append(slot)
                 if self.log:
                     self.log(0, 'warning: unable to fork: %s' % e.strerror)
                 time.sleep(1)
                 return
             if pid == 0:
                 self.worker()           # never returns
-            self.workers[pid] = IDLE
+            self.workers[pid] = slot
 
     def reap(self):
         for pid, wstat in reaped():
-            if self.workers.pop(pid, None) is not None and os.WIFSIGNALED(wstat) and self.log:
+            slot = self.workers.pop(pid, None)
+            if slot is None:
+                continue
+            self.board[slot] = FREE     # busy or not when it ended
+            self.free.append(slot)
+            if os.WIFSIGNALED(wstat) and self.log:
                 self.log(1, 'end %d status signal %d' % (pid, os.WTERMSIG(wstat)))
 
     def read_status(self):
-        try:
-            data = os.read(self.status_r, RECORD.size * 800)
-        except (BlockingIOError, InterruptedError):
-            return
-        self.buf += data
-        whole = len(self.buf) - len(self.buf) % RECORD.size
-        for pid, state in RECORD.iter_unpack(self.buf[:whole]):
-            if pid in self.workers and state in (BUSY, IDLE):
-                self.workers[pid] = state
-        self.buf = self.buf[whole:]
+        """The records only wake the parent: the scoreboard says who is
+        busy."""
+        while True:
+            try:
+                if len(os.read(self.status_r, RECORD.size * 800)) < RECORD.size * 800:
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
 
     def report(self):
         busy = self.busy()
@@ -185,6 +204,11 @@ class Pool:
     # -- worker ----------------------------------------------------------
 
     def tell(self, state):
+        """Set this worker's slot; wake the parent if it must act."""
+        self.board[self.slot] = state
+        if self.status is None and (state == IDLE or
+                                    self.board[:].count(IDLE) >= self.spare):
+            return
         try:
             os.write(self.status_w, RECORD.pack(self.me, state))
         except OSError:
