@@ -282,7 +282,7 @@ class Writer:
         # writeback started together, so the second fsync finds its work
         # done) and then mess/'s directory.
         try:
-            whole = durable.syncfs(self.messfd)
+            whole = durable.syncfs([self.messfd, self.intdfd])
         except OSError:
             raise QueueExit(53) from None
         if not whole:

@@ -428,7 +428,7 @@ class Send:
         # bring back a recipient list whose message is forgotten.
         dirs = sorted({os.path.dirname(fn) for _, fn in removed})
         try:
-            bad = set() if dirs and durable.syncfs_dir(dirs[0]) else set(durable.fsync_dirs(dirs))
+            bad = set() if durable.syncfs_dirs(dirs) else set(durable.fsync_dirs(dirs))
         except OSError:
             bad = set(dirs)
         return ([job for job, fn in removed if os.path.dirname(fn) not in bad], failed,
@@ -612,7 +612,7 @@ class Send:
         marks = [m for m in marks if m is not None]
         fds = [fd for _, fd in marks]
         try:
-            bad = set() if fds and durable.syncfs(fds[0]) else set(durable.fsync_many(fds))
+            bad = set() if durable.syncfs(fds) else set(durable.fsync_many(fds))
         except OSError:
             bad = set(fds)
         for fn, fd in marks:
@@ -1017,7 +1017,7 @@ class Send:
         fds = [fd for _, _, files, _, _ in made for _, fd in files]
         whole = False
         try:
-            whole = bool(fds) and durable.syncfs(fds[0])
+            whole = durable.syncfs(fds)
         except OSError:
             bad = set(fds)              # nothing is known to be durable
         else:

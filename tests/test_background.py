@@ -335,8 +335,8 @@ def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queu
                         lambda paths: synced_dirs.extend(paths) or real_dirs(paths))
     real_syncfs = durable.syncfs
 
-    def syncfs(fd):
-        done = real_syncfs(fd)
+    def syncfs(fds):
+        done = real_syncfs(fds)
         if done:
             synced_dirs.append('(all)')
         return done

@@ -297,7 +297,7 @@ def test_syncfs_makes_every_file_and_entry_durable(box, with_syncfs):
     with recorder(box) as rec:
         a = make(box / 'd' / 'a', b'one')
         b = make(box / 'd' / 'sub' / 'b', b'two')
-        assert durable.syncfs(a) is True
+        assert durable.syncfs([a, b]) is True
         durable.write_all(b, b'-more')
         c = make(box / 'd' / 'c', b'three')
         durable.unlink(str(box / 'd' / 'a'))
@@ -319,7 +319,7 @@ def test_syncfs_of_a_nameless_file(box, with_syncfs, link_first):
         durable.write_all(fd, b'envelope')
         if link_first:
             durable.link_anon(fd, str(box / 'd' / 'intd'))
-        durable.syncfs(fd)
+        durable.syncfs([fd])
         if not link_first:
             durable.link_anon(fd, str(box / 'd' / 'intd'))
             durable.fsync_dir(str(box / 'd'))
@@ -328,21 +328,49 @@ def test_syncfs_of_a_nameless_file(box, with_syncfs, link_first):
     assert names(box) == (['intd'] if link_first else [])
 
 
-def test_syncfs_declines_where_unknown_or_too_much_is_dirty(box, monkeypatch):
+def test_syncfs_declines_where_unknown_untrusted_or_too_much_is_dirty(box, monkeypatch):
     """False (the caller fsyncs each file) without a syncfs that reports
-    errors, or with more dirty data machine-wide than it should wait
-    for; no step is counted then."""
+    errors, with more dirty data machine-wide than it should wait for,
+    on a filesystem of a kind not trusted, or with the descriptors on
+    two filesystems; no step is counted then."""
     fd = make(box / 'd' / 'a', b'x')
+    ext4 = 0xEF53
     with recorder(box) as rec:
         monkeypatch.setattr(durable, '_syncfs', False)
-        assert durable.syncfs(fd) is False
-        monkeypatch.setattr(durable, '_syncfs', lambda fd: 0)
+        assert durable.syncfs([fd]) is False
+        monkeypatch.setattr(durable, '_syncfs', (lambda fd: 0, lambda fd: ext4))
         monkeypatch.setattr(durable, 'SYNCFS_DIRTY_MAX', -1)
-        assert durable.syncfs(fd) is False
+        assert durable.syncfs([fd]) is False
         monkeypatch.setattr(durable, 'SYNCFS_DIRTY_MAX', 1 << 62)
-        assert durable.syncfs(fd) is True
+        assert durable.syncfs([]) is False
+        monkeypatch.setattr(durable, '_syncfs', (lambda fd: 0, lambda fd: 0x65735546))  # FUSE
+        assert durable.syncfs([fd]) is False
+        monkeypatch.setattr(durable, '_syncfs', (lambda fd: 0, lambda fd: ext4))
+        proc = os.open('/proc/self/status', os.O_RDONLY)       # another filesystem
+        assert durable.syncfs([fd, proc]) is False
+        os.close(proc)
+        assert durable.syncfs([fd, fd]) is True
+        assert durable.syncfs_dirs([str(box / 'd'), str(box / 'nosuch')]) is False
+        assert durable.syncfs_dirs([str(box / 'd'), str(box)]) is True
     os.close(fd)
-    assert [s.name for s in rec.steps] == ['syncfs']
+    assert [s.name for s in rec.steps] == ['syncfs', 'syncfs']
+
+
+def test_syncfs_knows_this_filesystem(box):
+    """The kind statfs reports for the test's own directory (ext4 or
+    tmpfs on the machines this runs on) is one syncfs is trusted on."""
+    durable.load_writeback()
+    if not durable._syncfs:
+        pytest.skip('no syncfs that reports errors on this kernel')
+    fd = os.open(str(box / 'd'), os.O_RDONLY)
+    kind = durable._syncfs[1](fd)
+    proc = os.open('/proc/self/status', os.O_RDONLY)
+    try:
+        assert kind in durable.SYNCFS_KINDS, hex(kind)
+        assert durable._syncfs[1](proc) == 0x9FA0                # procfs
+    finally:
+        os.close(fd)
+        os.close(proc)
 
 
 def test_syncfs_failure_raises(box, monkeypatch):
@@ -352,19 +380,21 @@ def test_syncfs_failure_raises(box, monkeypatch):
     def failing(fd):
         ctypes.set_errno(5)
         return -1
-    monkeypatch.setattr(durable, '_syncfs', failing)
+    monkeypatch.setattr(durable, '_syncfs', (failing, lambda fd: 0xEF53))
     monkeypatch.setattr(durable, '_little_dirty', lambda: True)
     with pytest.raises(OSError) as e:
-        durable.syncfs(fd)
+        durable.syncfs([fd])
     os.close(fd)
     assert e.value.errno == 5
 
 
 @pytest.mark.parametrize('release, ok', [
-    ('6.1.0-18-amd64', True), ('5.8.0', True), ('5.10.0-28-cloud-amd64', True),
-    ('5.7.19', False), ('4.19.0-26-amd64', False), ('3.10.0-1160.el7.x86_64', False),
-    ('6.18.44-fc-v669', True), ('10.0', True), ('garbage', False), ('', False)])
-def test_syncfs_reports_errors_from_linux_5_8(release, ok):
+    ('6.1.0-18-amd64', True), ('5.17.0', True), ('5.18-rc1', True),
+    ('5.16.20', False), ('5.15.0-91-generic', False), ('5.8.0', False),
+    ('5.10.0-28-cloud-amd64', False), ('5.4-rc7', False), ('4.19.0-26-amd64', False),
+    ('3.10.0-1160.el7.x86_64', False), ('6.18.44-fc-v669', True), ('10.0', True),
+    ('garbage', False), ('', False)])
+def test_syncfs_reports_errors_from_linux_5_17(release, ok):
     assert durable.syncfs_reports_errors(release) is ok
 
 

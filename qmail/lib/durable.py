@@ -177,11 +177,18 @@ def load_writeback() -> bool:
             _sync_file_range = False
         else:
             _syncfs = False
-            if syncfs_reports_errors(os.uname().release):
-                fn = getattr(libc, 'syncfs', None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    _syncfs = fn
+            fn = getattr(libc, 'syncfs', None)
+            statfs = getattr(libc, 'fstatfs', None)
+            if (syncfs_reports_errors(os.uname().release)
+                    and fn is not None and statfs is not None):
+                fn.argtypes = [ctypes.c_int]
+                statfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+                buf = ctypes.create_string_buffer(STATFS_SIZE)
+                kind = ctypes.c_long.from_buffer(buf)   # f_type comes first
+
+                def fs_kind(fd):
+                    return kind.value if statfs(fd, buf) == 0 else None
+                _syncfs = (fn, fs_kind)
     return bool(_sync_file_range)
 
 
@@ -228,17 +235,29 @@ def fsync_dirs(paths) -> list:
 # against 0.45 for syncfs and one directory).  It also waits for every
 # other process's dirty data on that filesystem, which may be a great
 # deal: it is used only while the machine's dirty and writeback pages
-# stay under SYNCFS_DIRTY_MAX, and never where the kernel does not report
-# writeback errors through it (before Linux 5.8 it returned 0 always).
+# stay under SYNCFS_DIRTY_MAX.  It is trusted only where it reports
+# failures: Linux 5.17 and later (5.8 began returning writeback errors,
+# 5.17 the filesystem's own, a failed journal commit or cache flush),
+# and filesystems known to write everything it is asked to (FUSE, for
+# one, answers syncfs without asking its server; fsync does ask), with
+# every file or directory concerned on that one filesystem.
 
 SYNCFS_DIRTY_MAX = 16 << 20     # bytes waiting to be written, machine-wide
+SYNCFS_KINDS = {                # statfs f_type of the filesystems trusted
+    0xEF53: 'ext2/ext3/ext4',
+    0x58465342: 'xfs',
+    0x9123683E: 'btrfs',
+    0x01021994: 'tmpfs',        # nothing durable, with fsync neither
+}
+STATFS_SIZE = 256               # bytes, more than any struct statfs
 
 
 def syncfs_reports_errors(release: str) -> bool:
     """Does a kernel of this uname release report errors from syncfs?"""
     try:
         major, minor = release.split('.')[:2]
-        return (int(major), int(''.join(c for c in minor if c.isdigit()) or 0)) >= (5, 8)
+        digits = len(minor) - len(minor.lstrip('0123456789'))
+        return (int(major), int(minor[:digits])) >= (5, 17)
     except ValueError:
         return False
 
@@ -271,30 +290,50 @@ def _little_dirty() -> bool:
     return dirty_bytes(text) <= SYNCFS_DIRTY_MAX
 
 
-def syncfs(fd: int) -> bool:
-    """Make everything on fd's filesystem durable at once: True.  False
-    where it is not done (syncfs unknown here, or too much dirty data
-    machine-wide): the caller fsyncs file by file.  Raises OSError if
-    the filesystem had a writeback error since fd was opened; then
-    nothing is known to be durable."""
-    if not _syncfs or not _little_dirty():
+def _one_trusted_fs(fds) -> bool:
+    """Are all of fds on one filesystem, of a kind syncfs is trusted on?"""
+    try:
+        dev = os.fstat(fds[0]).st_dev
+        if any(os.fstat(fd).st_dev != dev for fd in fds[1:]):
+            return False
+    except OSError:
         return False
-    _step('syncfs', fd)
-    if _syncfs(fd) != 0:
+    return _syncfs[1](fds[0]) in SYNCFS_KINDS
+
+
+def syncfs(fds) -> bool:
+    """Make everything written to the files (or directories) of fds, and
+    everything else on their filesystem, durable at once: True.  False
+    where it is not done (see above: the caller fsyncs each one).
+    Raises OSError if the filesystem had a writeback error since fds[0]
+    was opened (give the earliest opened first); then nothing is known
+    to be durable."""
+    fds = list(fds)
+    if not fds or not _syncfs or not _little_dirty() or not _one_trusted_fs(fds):
+        return False
+    _step('syncfs', fds[0])
+    if _syncfs[0](fds[0]) != 0:
         import ctypes
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    _done('syncfs', fd)
+    _done('syncfs', fds[0])
     return True
 
 
-def syncfs_dir(path) -> bool:
-    """syncfs() of the filesystem holding directory path (its changes
-    are made durable as fsync_dir's are, and everything else there)."""
-    if not _syncfs:
+def syncfs_dirs(paths) -> bool:
+    """syncfs() for the entries changed in directories paths, as
+    fsync_dirs() would make them durable; False where it is not done
+    (a directory that cannot be opened among them too)."""
+    if not paths or not _syncfs:
         return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds = []
     try:
-        return syncfs(fd)
+        try:
+            for path in paths:
+                fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError:
+            return False
+        return syncfs(fds)
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)

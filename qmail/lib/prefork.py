@@ -133,7 +133,11 @@ class Pool:
                 for fd in watch:
                     poller.register(fd, select.POLLIN)
                 try:
-                    ready = poller.poll()
+                    # A second at most: two workers taking connections at
+                    # the same instant may each miss the other's byte and
+                    # neither wake the parent; a fork that failed is tried
+                    # again too.
+                    ready = poller.poll(1000)
                 except InterruptedError:
                     continue
                 for fd, _ in ready:
