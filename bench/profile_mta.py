@@ -25,6 +25,7 @@ import os
 import pstats
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -308,6 +309,10 @@ def timeline(q, user, n, rate):
 
 
 def main():
+    # Killed (timeout, ^C in a pipeline): the finally clauses still stop
+    # the MTA, which would go on running under init.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
     parser = argparse.ArgumentParser()
     parser.add_argument('-n', type=int, default=1000)
     parser.add_argument('-s', '--sessions', type=int, default=10)
