@@ -608,7 +608,7 @@ class OverlapScenario(QueueScenario):
         """Ends with every message finished, nothing left for a restart."""
         s = new_send(box)
         s.bg = Deferred()
-        for lane in (s.marking, s.finishing, s.removing):
+        for lane in s.lanes:
             lane.bg = s.bg
         return (drain_overlapped(s, self.spawn(box))
                 and not [f for f in queue_files('.') if not f.startswith('mess/')])

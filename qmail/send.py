@@ -41,6 +41,7 @@ step is durable; qmail-clean's answers are read as they come.
 import collections
 import errno
 import heapq
+import math
 import os
 import select
 import signal
@@ -64,6 +65,7 @@ OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
+SYNC_WINDOW = 0.01      # seconds a batch of syncs waits for more (background.Lane)
 
 CHANFDOUT = (1, 3)
 CHANFDIN = (2, 4)
@@ -209,8 +211,12 @@ class Send:
         self.inotifyfd = -1
         self.bg = background.Background(self.inline)
         self.marking = background.Lane(self.bg, self.marks_disk, self.marks_synced)
-        self.finishing = background.Lane(self.bg, self.jobs_unlink, self.jobs_unlinked)
+        self.finishing = background.Lane(self.bg, self.jobs_unlink, self.jobs_unlinked,
+                                         window=SYNC_WINDOW)
         self.removing = background.Lane(self.bg, self.infos_unlink, self.infos_unlinked)
+        self.settling = background.Lane(self.bg, self.settle_sync, self.settle_synced,
+                                        window=SYNC_WINDOW)
+        self.lanes = (self.marking, self.finishing, self.removing, self.settling)
         self.clean_waiting = collections.deque()    # (requests, then)
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
@@ -1005,9 +1011,16 @@ class Send:
                     if len(self.fresh) < FRESH_MAX:
                         self.fresh[c, messid] = (bytes(chans[c]), sender, now)
         if made:
-            out = []
-            self.bg.submit(lambda: self.preprocess_sync(made, out),
-                           lambda synced: self.preprocess_synced(synced, out))
+            self.settling.add(made)
+
+    def settle_sync(self, made):
+        """Background, a batch of the settling lane: preprocess_sync."""
+        out = []
+        return self.preprocess_sync(made, out), out
+
+    def settle_synced(self, made, result):
+        synced, out = result
+        self.preprocess_synced(synced, out)
 
     def preprocess_sync(self, made, out):
         """Background: the written files fsynced together, then each
@@ -1232,8 +1245,14 @@ class Send:
         self.watch_todo()
         poller, polled = None, None
         while (not self.flagexitasap or not self.del_canexit()
-               or self.bg.pending or self.clean_waiting):
+               or self.bg.pending or self.clean_waiting
+               or any(lane.waiting for lane in self.lanes)):
             self.recent = int(time.time())
+            now = time.monotonic()
+            for lane in self.lanes:
+                if self.flagexitasap:
+                    lane.flush()
+                lane.tick(now)
             if self.flagrunasap:
                 self.flagrunasap = False
                 self.pqrun()
@@ -1266,6 +1285,9 @@ class Send:
                 wakeup = 0
             wakeup = min(wakeup, self.cleanuptime)
             timeout = 0 if wakeup <= self.recent else (wakeup - self.recent + SLEEP_FUZZ) * 1000
+            dues = [lane.due for lane in self.lanes if lane.due is not None]
+            if dues:
+                timeout = min(timeout, max(0, math.ceil((min(dues) - now) * 1000)))
             if fds != polled:           # poll() itself takes the whole set
                 poller = select.poll()
                 for fd, ev in fds.items():

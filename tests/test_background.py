@@ -149,6 +149,8 @@ def queue_home(tmp_path, monkeypatch):
     monkeypatch.chdir(q)
     ctl = control.Controls(str(tmp_path / 'control'))
     s = send.Send(ctl, send.Controls(ctl), 3)
+    for lane in s.lanes:                # no loop here to tick the windows
+        lane.window = 0.0
     s.dels = [[None] * 4, [None] * 4]
     s.numjobs = 8
     s.concurrency = [4, 4]
@@ -485,3 +487,64 @@ def test_qmail_clean_lost_is_said_once_and_fails_every_request(queue_home, monke
     assert s.flagexitasap and not s.clean_waiting
     os.close(w_req)
     os.close(r_ans)
+
+
+def test_a_lane_with_a_window_makes_one_batch_of_what_comes_within_it(monkeypatch):
+    """The first item of an idle lane waits window seconds for others;
+    tick() before then starts nothing, after it one batch of all; items
+    added while that batch is on its way go right after it; flush() ends
+    the windows.  Under crash tests (durable's hooks) no window."""
+    bg = background.Background()
+    batches = []
+    lane = background.Lane(bg, lambda batch: len(batch),
+                           lambda batch, n: batches.append(list(batch)), window=0.05)
+    lane.add([1])
+    lane.add([2, 3])
+    t0 = lane.due
+    assert t0 is not None and not bg.held
+    lane.tick(t0 - 0.01)
+    assert not bg.held
+    lane.tick(t0)
+    assert len(bg.held) == 1 and lane.due is None
+    lane.add([4])                       # while the batch is on its way
+    assert lane.due is None
+    bg.run_held()
+    assert batches == [[1, 2, 3]]
+    bg.run_held()                       # the one that waited went at once
+    assert batches == [[1, 2, 3], [4]]
+    lane.add([5])
+    assert lane.due is not None
+    lane.flush()
+    bg.run_held()
+    assert batches[-1] == [5] and lane.due is None
+    lane.add([6])                       # flushed: no window any more
+    assert lane.due is None and len(bg.held) == 1
+    bg.run_held()
+    hooked = background.Lane(bg, lambda batch: 0, lambda batch, n: batches.append(batch),
+                             window=10)
+    monkeypatch.setattr(background.durable, 'hook', lambda name, target: None)
+    hooked.add([7])
+    assert batches[-1] == [7]           # inline: done at once
+
+
+def test_qmail_send_settles_messages_of_one_window_with_one_sync(queue_home, monkeypatch):
+    """New messages one after another in a quiet queue (each its own
+    preprocessing batch) are made durable by one sync, once the
+    settling lane's window is over; then todo/ goes for all of them."""
+    s, log = queue_home
+    s.bg.inline = False
+    s.settling.window = send.SYNC_WINDOW
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    syncs = []
+    monkeypatch.setattr(durable, 'syncfs', lambda fds: syncs.append(len(fds)) or False)
+    for messid in (31, 32, 33):
+        put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+        put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0')
+        s.preprocess_batch([messid])
+        s.bg.run_held()                 # the files written, at once
+    assert syncs == [] and s.settling.due is not None
+    assert sorted(s.unsettled) == [31, 32, 33]
+    s.settling.tick(s.settling.due)
+    wait_finish(s.bg)
+    assert syncs == [6]                 # info/ and local/ of three messages
+    assert s.unsettled == {}
