@@ -4,7 +4,9 @@ Runs as:  root (the only long-running root process), started by
           qmail-start; cwd HOME/queue/mess.
 Reads:    fd 0, qmail-send's delivery commands (see qmail.lib.spawn);
           HOME/users/cdb; the passwd database through qmail-getpw's rules,
-          asked of a long-lived helper running as qmailp:nofiles.
+          asked of a long-lived helper running as qmailp:nofiles (an
+          answer serves the same address again for up to PW_TTL, 1 s,
+          while /etc/passwd is unchanged: PwAnswers).
 Writes:   fd 1, one report per delivery: K, Z or D, qmail-local's text.
 Runs:     each delivery as the user in charge of the address (nughde),
           with that user's groups, gid and uid (never root: QLX_ROOT),
@@ -244,14 +246,75 @@ def worker_deliver(fields) -> int:
     return qmail_local.main([os.fsdecode(a) for a in fields])
 
 
+PW_TTL = 1.0            # seconds a helper's answer may serve again
+PW_MAX = 4096           # answers kept at most
+PASSWD = '/etc/passwd'
+
+
+def file_stamp(path):
+    """What changes when path is written or replaced (None: missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class PwAnswers:
+    """The qmailp helper's answers, each used again for its local part
+    for up to PW_TTL seconds while /etc/passwd is the same file, unchanged
+    since before the question, and the home still belongs to the user: a
+    delivery after another to the same address then wakes no helper (at
+    one message at a time, 0.5 ms of latency).  What else an answer rests
+    on (a passwd source other than files, a home made for a longer user
+    name, the alias fallback) is seen again within PW_TTL, as nscd's
+    cache would have it much later.  Failures are never kept."""
+
+    def __init__(self, passwd: str = PASSWD, ttl: float = PW_TTL, clock=time.monotonic):
+        self.passwd, self.ttl, self.clock = passwd, ttl, clock
+        self.answers = {}       # local -> (Nughde, time asked, passwd stamp)
+
+    def get(self, local: bytes):
+        got = self.answers.get(local)
+        if got is None:
+            return None
+        n, asked, stamp = got
+        if self.clock() - asked > self.ttl or file_stamp(self.passwd) != stamp \
+                or not self.owns_home(n):
+            del self.answers[local]
+            return None
+        return n
+
+    def asking(self):
+        """(time, passwd stamp) before a question: an answer is trusted
+        only as of then."""
+        return self.clock(), file_stamp(self.passwd)
+
+    def put(self, local: bytes, n, asked):
+        if asked[1] is None or not self.owns_home(n):
+            return
+        if len(self.answers) >= PW_MAX:
+            self.answers.clear()
+        self.answers[local] = (n, asked[0], asked[1])
+
+    @staticmethod
+    def owns_home(n) -> bool:
+        try:
+            return os.stat(n.home).st_uid == n.uid
+        except OSError:
+            return False
+
+
 class Deliveries:
     """qmail-lspawn's start(): users/cdb here, the passwd rules in the
-    qmailp helper, the delivery in a worker of the user in charge."""
+    qmailp helper (its answers kept briefly: PwAnswers), the delivery in
+    a worker of the user in charge."""
 
     def __init__(self, spawner, aliasempty: str):
         self.spawner = spawner
         self.aliasempty = aliasempty
         self.getpw = Getpw(spawner)
+        self.pw_answers = PwAnswers()
         self.workers = spawn.Workers(spawner, worker_setup, worker_deliver)
         spawner.tick = self.tick
 
@@ -268,15 +331,19 @@ class Deliveries:
         except Qlx as e:
             return spawn.Done(e.code << 8)
         job = (sender, recip, at, delnum, local)
+        if n is None:
+            n = self.pw_answers.get(local)
         if n is not None:
             return self.dispatch(n, os.dup(fdmess), job)
         held = os.dup(fdmess)                    # until the helper answers
+        asked = self.pw_answers.asking()
 
         def then(answer):
             if isinstance(answer, Qlx):
                 os.close(held)
                 self.spawner.finish(delnum, answer.code << 8)
                 return
+            self.pw_answers.put(local, answer, asked)
             try:
                 got = self.dispatch(answer, held, job)
             except OSError:                  # no fork, no socketpair: later

@@ -519,3 +519,61 @@ def test_pw2u_newu_lookup(tmp_path):
                                          b'-', b'postmaster')
     assert look(b'alias-x') == Nughde(b'alias', 7790, 2108, b'/var/qmail/alias',
                                       b'-', b'x')
+
+
+# ---- qmail-lspawn's kept answers of the qmailp helper -------------------------
+
+def _kept(tmp_path):
+    from qmail import lspawn
+    passwd = tmp_path / 'passwd'
+    passwd.write_text('bob:x:1234:1234::/home/bob:/bin/sh\n')
+    home = tmp_path / 'home'
+    home.mkdir()
+    now = [100.0]
+    answers = lspawn.PwAnswers(str(passwd), ttl=1.0, clock=lambda: now[0])
+    n = users.Nughde(b'bob', os.stat(home).st_uid, 1234, os.fsencode(str(home)), b'', b'')
+    return lspawn, answers, passwd, home, now, n
+
+
+def test_a_helper_answer_serves_again_for_a_second(tmp_path):
+    lspawn, answers, passwd, home, now, n = _kept(tmp_path)
+    assert answers.get(b'bob') is None
+    asked = answers.asking()
+    answers.put(b'bob', n, asked)
+    now[0] += 0.5
+    assert answers.get(b'bob') == n
+    assert answers.get(b'alice') is None
+    now[0] += 0.6                               # 1.1 s after the question
+    assert answers.get(b'bob') is None
+    assert answers.answers == {}
+
+
+def test_a_helper_answer_goes_when_passwd_changes_even_during_the_question(tmp_path):
+    lspawn, answers, passwd, home, now, n = _kept(tmp_path)
+    asked = answers.asking()
+    with open(passwd, 'a') as f:                # while the helper reads it
+        f.write('carol:x:1235:1235::/home/carol:/bin/sh\n')
+    answers.put(b'bob', n, asked)
+    assert answers.get(b'bob') is None          # the stamp of before
+    asked = answers.asking()
+    answers.put(b'bob', n, asked)
+    assert answers.get(b'bob') == n
+    os.replace(str(passwd), str(passwd) + '.old')   # vipw: a new file
+    with open(passwd, 'w') as f:
+        f.write('bob:x:1234:1234::/home/bob:/bin/sh\n')
+    assert answers.get(b'bob') is None
+
+
+def test_a_helper_answer_is_kept_only_while_the_home_is_the_users(tmp_path):
+    lspawn, answers, passwd, home, now, n = _kept(tmp_path)
+    other = n._replace(uid=n.uid + 1)           # a home someone else owns
+    answers.put(b'bob', other, answers.asking())
+    assert answers.get(b'bob') is None
+    answers.put(b'bob', n, answers.asking())
+    assert answers.get(b'bob') == n
+    os.rmdir(home)                              # gone since: asked again
+    assert answers.get(b'bob') is None
+    missing = lspawn.PwAnswers(str(tmp_path / 'nosuch'), clock=lambda: now[0])
+    home.mkdir()
+    missing.put(b'bob', n, missing.asking())    # no passwd file to stamp
+    assert missing.get(b'bob') is None
