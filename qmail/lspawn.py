@@ -35,7 +35,7 @@ import struct
 import sys
 import time
 
-from qmail.lib import auto, spawn, users
+from qmail.lib import auto, control, spawn, users
 from qmail.lib.qlx import QLX_SYS, QLX_ROOT, QLX_USAGE, REPORTS, Qlx
 
 TEMPORARY_CODES = (111, 71, 74, 75)
@@ -254,10 +254,9 @@ PASSWD = '/etc/passwd'
 def file_stamp(path):
     """What changes when path is written or replaced (None: missing)."""
     try:
-        st = os.stat(path)
+        return control.stamp(os.stat(path))
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class PwAnswers:

@@ -281,13 +281,10 @@ class Writer:
         # be synced whole (one cache flush), else each file (their
         # writeback started together, so the second fsync finds its work
         # done) and then mess/'s directory.
-        try:
-            whole = durable.syncfs([self.messfd, self.intdfd])
-        except OSError:
-            raise QueueExit(53) from None
+        failed, whole = durable.sync_files([self.messfd, self.intdfd])
+        if failed:
+            raise QueueExit(53)
         if not whole:
-            if durable.fsync_many([self.messfd, self.intdfd]):
-                raise QueueExit(53)
             self.syncdir(os.path.dirname(messfn))
 
         # S4: the link in todo/ is the moment of acceptance.

@@ -432,11 +432,7 @@ class Send:
                     self.marks_sync([self.mark_write(*job.unmarked, out)], out)
         # Durable before info/ goes (messdone): else a power cut could
         # bring back a recipient list whose message is forgotten.
-        dirs = sorted({os.path.dirname(fn) for _, fn in removed})
-        try:
-            bad = set() if durable.syncfs_dirs(dirs) else set(durable.fsync_dirs(dirs))
-        except OSError:
-            bad = set(dirs)
+        bad = set(durable.sync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
         return ([job for job, fn in removed if os.path.dirname(fn) not in bad], failed,
                 [job for job, fn in removed if os.path.dirname(fn) in bad], out)
 
@@ -616,11 +612,7 @@ class Send:
     def marks_sync(self, marks, out):
         """fsync the D marks written, together, and close them."""
         marks = [m for m in marks if m is not None]
-        fds = [fd for _, fd in marks]
-        try:
-            bad = set() if durable.syncfs(fds) else set(durable.fsync_many(fds))
-        except OSError:
-            bad = set(fds)
+        bad = set(durable.sync_files(fd for _, fd in marks)[0])
         for fn, fd in marks:
             if fd in bad:
                 out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
@@ -1027,14 +1019,8 @@ class Send:
         directory once (those of files a past run left and this one
         removed too); [(messid, chans)] of the messages whose files are
         durable (the others' troubles are appended to out)."""
-        fds = [fd for _, _, files, _, _ in made for _, fd in files]
-        whole = False
-        try:
-            whole = durable.syncfs(fds)
-        except OSError:
-            bad = set(fds)              # nothing is known to be durable
-        else:
-            bad = set() if whole else set(durable.fsync_many(fds))
+        failed, whole = durable.sync_files(fd for _, _, files, _, _ in made for _, fd in files)
+        bad = set(failed)
         synced = []
         for messid, chans, files, stale, _ in made:
             failed = [fn for fn, fd in files if fd in bad]

@@ -337,3 +337,30 @@ def syncfs_dirs(paths) -> bool:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def sync_files(fds) -> tuple:
+    """Make what was written to the files of fds durable: one syncfs()
+    where it can (their directory entries, and all else on their
+    filesystem, then durable too: whole), else fsync_many().  Returns
+    (the descriptors that failed, whole); a failed syncfs fails them
+    all."""
+    fds = list(fds)
+    try:
+        if syncfs(fds):
+            return [], True
+    except OSError:
+        return fds, False
+    return fsync_many(fds), False
+
+
+def sync_dirs(paths) -> list:
+    """fsync_dirs(), by one syncfs() where it can; the paths that failed
+    (all of them if syncfs did)."""
+    paths = list(paths)
+    try:
+        if syncfs_dirs(paths):
+            return []
+    except OSError:
+        return paths
+    return fsync_dirs(paths)

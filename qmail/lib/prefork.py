@@ -90,7 +90,7 @@ class Pool:
         self.workers = {}        # pid -> its slot on the scoreboard
         self.board = None        # the scoreboard: a byte per slot
         self.free = []           # slots no worker has
-        self.slot = None         # (a worker's own)
+        self.slot = None         # a worker's own
         self.stopping = False
         self.status_r = self.status_w = None
         self.death_r = self.death_w = None
@@ -163,7 +163,7 @@ class Pool:
     def grow(self):
         while (not self.stopping and len(self.workers) < self.limit
                and len(self.workers) - self.busy() < self.spare):
-            slot = self.slot = self.free.pop()
+            slot = self.free.pop()
             self.board[slot] = IDLE
             try:
                 pid = os.fork()
@@ -175,7 +175,7 @@ class Pool:
                 time.sleep(1)
                 return
             if pid == 0:
-                self.worker()           # never returns
+                self.worker(slot)       # never returns
             self.workers[pid] = slot
 
     def reap(self):
@@ -218,8 +218,9 @@ class Pool:
         except OSError:
             pass
 
-    def worker(self):
+    def worker(self, slot: int):
         code = 0
+        self.slot = slot
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
