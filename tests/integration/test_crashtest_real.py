@@ -57,6 +57,18 @@ def test_usage_and_unknown_scenario():
     assert crashtest.main(['-x']) == 100
 
 
+def test_a_crash_point_no_run_reaches_is_a_failure(monkeypatch, capsys):
+    """A run may take fewer steps than the counted one (its split
+    directories depend on inode numbers): a fresh home is tried again.
+    A point that no run reaches stays a failure."""
+    real = crashtest.count_steps
+    monkeypatch.setattr(crashtest, 'count_steps',
+                        lambda scenario, box: real(scenario, box) + ['a step never taken'])
+    assert crashtest.main(['-v', 'queue']) == 1
+    out = capsys.readouterr().out
+    assert re.search(r'ended before step \d+, %d times' % crashtest.NOT_REACHED_TRIES, out), out
+
+
 def test_a_queue_that_links_todo_before_its_message_is_durable(monkeypatch, capsys):
     """qmail-queue without the fsync of mess/ (and of its directory): todo/
     can name a message a power cut empties.  Stopping the process breaks
