@@ -614,6 +614,27 @@ class OverlapScenario(QueueScenario):
                 and not [f for f in queue_files('.') if not f.startswith('mess/')])
 
 
+class DirectScenario(OverlapScenario):
+    name = 'direct'
+    about = ('qmail-send delivers new local messages straight from todo/, '
+             'writing no info/ nor local/; one failure spills its message '
+             'to info/ (then a bounce)')
+    msgs = (Msg(b'direct', b'alice@' + FAR, [b'one@' + DOMAIN, b'two@' + DOMAIN]),
+            Msg(b'direct2', b'bob@' + FAR, [b'nobody@' + DOMAIN, b'one@' + DOMAIN],
+                fail=[b'nobody@' + DOMAIN]))
+    stale = {}
+    syncfs = False
+
+    def run(self, box, state):
+        s = new_send(box)
+        s.direct_max = send.DIRECT_MAX
+        s.bg = Deferred()
+        for lane in s.lanes:
+            lane.bg = s.bg
+        return (drain_overlapped(s, self.spawn(box))
+                and not [f for f in queue_files('.') if not f.startswith('mess/')])
+
+
 class LocalScenario(Scenario):
     """qmail-local delivering a queued message (a regular file on fd 0)."""
 
@@ -756,4 +777,5 @@ class MboxScenario(LocalScenario):
 
 
 SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
-             BounceScenario(), OverlapScenario(), MaildirScenario(), MboxScenario()]
+             BounceScenario(), OverlapScenario(), DirectScenario(), MaildirScenario(),
+             MboxScenario()]

@@ -32,6 +32,18 @@ lists go) only once they are and todo/ is gone.  A crash in between
 leaves todo/: the next start preprocesses and delivers again, at worst
 a second time (as a crash between a delivery and its D mark does).
 
+Direct delivery, beyond qmail: a new message for local recipients only
+(at most DIRECT_RCPT of them) is delivered straight from todo/, its
+recipient list kept in memory: no info/ nor local/ is written, nor any
+D mark.  Delivered to all, it is removed (todo/ durably first, then
+mess/).  A deferral or a failure (or qmail-send stopping) spills it: its
+info/ and local/ are written then, with the D marks of what was done,
+and it goes on as any message.  Until then todo/ stays, so a crash
+delivers it again from the start (at worst twice, as above; a maildir
+delivery finds its file there and is not repeated).  At most
+DIRECT_MAX such messages at once, and twice concurrencylocal: those
+past that are preprocessed as usual, so qmail-qread sees what waits.
+
 The loop does not wait for the disk: preprocessing, D marks, removing
 finished jobs' files and messages' info/ are done by threads
 (qmail.lib.background), each step's sequel back in the loop once the
@@ -65,6 +77,9 @@ OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
+DIRECT_RCPT = 8         # most local recipients of a message delivered direct
+DIRECT_MAX = 64         # most messages delivered direct at once (and at most
+                        # twice concurrencylocal)
 SYNC_WINDOW = 0.01      # seconds a batch of syncs waits for more (background.Lane)
 
 CHANFDOUT = (1, 3)
@@ -137,10 +152,11 @@ def routing(ctl: control.Controls) -> rules.Routing:
 class Job:
     """One pass of one message through one channel."""
     __slots__ = ('refs', 'id', 'channel', 'retry', 'sender', 'numtodo',
-                 'flaghiteof', 'flagdying', 'unmarked')
+                 'flaghiteof', 'flagdying', 'unmarked', 'direct')
 
     def __init__(self, messid, channel):
         self.unmarked = None    # the D mark skipped: the file goes (del_reports)
+        self.direct = None      # a Direct: the message has no info/ nor local/
         self.refs = 1
         self.id = messid
         self.channel = channel
@@ -166,6 +182,19 @@ class Pass:
         self.job, self.records, self.index = job, records, 0
 
 
+class Direct:
+    """A new message delivered straight from todo/ (Send.direct_max):
+    its local/ recipient list (as preprocessing would have written it)
+    and what became of each, in memory only."""
+    __slots__ = ('data', 'sender', 'birth', 'marked', 'failed', 'job')
+
+    def __init__(self, data, sender, birth):
+        self.data, self.sender, self.birth = data, sender, birth
+        self.marked = set()     # offsets of the records done (success or bounce)
+        self.failed = False     # a failure: bounce/ has its paragraph
+        self.job = None
+
+
 def chan_records(data: bytes):
     """[(offset, record)] of a local/ or remote/ file (T or D records)."""
     out, pos = [], 0
@@ -179,6 +208,7 @@ def chan_records(data: bytes):
 
 class Send:
     inline = False              # crash tests: disk work done at once, in order
+    direct_max = 0              # messages delivered direct at once (main: DIRECT_MAX)
 
     def __init__(self, ctl: control.Controls, controls: Controls, split: int):
         self.ctl = ctl
@@ -216,7 +246,9 @@ class Send:
         self.removing = background.Lane(self.bg, self.infos_unlink, self.infos_unlinked)
         self.settling = background.Lane(self.bg, self.settle_sync, self.settle_synced,
                                         window=SYNC_WINDOW)
-        self.lanes = (self.marking, self.finishing, self.removing, self.settling)
+        self.tidying = background.Lane(self.bg, self.tidy_sync, lambda items, result: None,
+                                       window=SYNC_WINDOW)
+        self.lanes = (self.marking, self.finishing, self.removing, self.settling, self.tidying)
         self.clean_waiting = collections.deque()    # (requests, then)
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
@@ -226,6 +258,10 @@ class Send:
                                         # until its first pass reads them
         self.pqsettle = []              # (when, messid, chans): todo/ removal again
         self.ending = set()             # messdone under way
+        self.directs = {}               # messid -> Direct, delivered from todo/
+        self.direct_room = 0            # how many more the batch written may take
+        self.spilled = {}               # messid -> retry time, or None (all done):
+                                        # a Direct's files on their way to disk
 
     # -- names ----------------------------------------------------------------
     def fn(self, d, messid):
@@ -391,6 +427,8 @@ class Send:
         if job.refs > 0:
             return
         self.jobs_open -= 1
+        if job.direct is not None:
+            return self.direct_end(job)
         if job.flaghiteof and not job.numtodo:
             if finishing is None:
                 self.jobs_finish([job])
@@ -654,7 +692,7 @@ class Send:
         then (marks_synced) each delivery's job closed: a job may finish
         only once its marks are durable."""
         slots = self.dels[c]
-        items, ending = [], []
+        items, ending, direct = [], [], []
         for line in lines:
             delnum = line[0]
             if delnum >= len(slots) or slots[delnum] is None:
@@ -677,7 +715,14 @@ class Send:
                 mark = (c, d.job.id, d.mpos)
             else:
                 log('delivery %d: report mangled, will defer\n' % d.delid)
-            if mark is not None and d.job.flaghiteof and d.job.refs == 1 \
+            if d.job.direct is not None:
+                # No file to mark: the outcome is kept in memory, and the
+                # job goes on at once (direct_end).
+                if mark is not None:
+                    d.job.direct.marked.add(d.mpos)
+                    d.job.direct.failed |= kind == b'D'
+                direct.append((mark, d))
+            elif mark is not None and d.job.flaghiteof and d.job.refs == 1 \
                     and d.job.numtodo == 1:
                 # The job's last recipient, its last delivery: the job
                 # ends now and its file goes (jobs_finish), which records
@@ -692,6 +737,8 @@ class Send:
             self.del_status()
         if ending:
             self.marks_synced(ending, None)
+        if direct:
+            self.marks_synced(direct, None)
         if any(mark for mark, _ in items):
             self.marking.add(items)
         elif items:                     # deferrals only: nothing to wait for
@@ -758,8 +805,11 @@ class Send:
             if dt > self.recent:
                 return False
             heapq.heappop(self.pqchan[c])
+            direct = self.directs.get(messid) if c == 0 else None
             fresh = self.fresh.pop((c, messid), None)
-            if fresh is not None:
+            if direct is not None:
+                data, sender, birth = direct.data, direct.sender, direct.birth
+            elif fresh is not None:
                 data, sender, birth = fresh
             else:
                 fn = self.fn(CHANDIR[c], messid)
@@ -777,6 +827,9 @@ class Send:
             job.retry = rules.nextretry(birth, self.recent, c)
             job.flagdying = self.recent > birth + self.c.lifetime
             job.sender = sender
+            if direct is not None:
+                job.direct = direct
+                direct.job = job
             p = self.passes[c] = Pass(job, chan_records(data))
         if p.index >= len(p.records):
             # At once, slot or none: a job whose pass is over can end with
@@ -892,6 +945,93 @@ class Send:
         if ending:
             self.removing.add(ending)
 
+    # -- direct delivery ------------------------------------------------------------
+    def direct_end(self, job):
+        """A direct message's job is over (every delivery reported, or
+        its pass given up).  Delivered to all: log its end and have
+        qmail-clean remove todo/ (durably, with intd/), then mess/
+        (preprocess_cleaned).  Else spill it."""
+        d, messid = job.direct, job.id
+        if not d.failed and len(d.marked) == len(chan_records(d.data)):
+            log('end msg %d\n' % messid)
+            self.preprocess_synced([(messid, None)])
+        else:
+            self.spill(job)
+
+    def spill(self, job):
+        """A direct message not delivered to all (a deferral, a failure,
+        qmail-send stopping): its info/ and local/ written now as
+        preprocessing would have, with a D mark for each recipient done,
+        and settled as a new message's are (its bounce/ paragraphs are
+        durable already: addbounce); then it goes on as any message, to
+        its retry or its bounce (preprocess_cleaned).  Files that cannot
+        be written: the message is left in todo/ for the next scan,
+        which preprocesses it again (its deliveries made are made again;
+        a maildir's are found there, local_deliver.already_delivered)."""
+        d, messid = job.direct, job.id
+        self.directs.pop(messid, None)
+        data = bytearray(d.data)
+        for pos in d.marked:
+            data[pos] = ord('D')
+        left = len(chan_records(d.data)) > len(d.marked)
+        files = []
+        # No recipient left: no local/ (messdone would wait for it to go).
+        for name, content in (('info', b'F' + d.sender + b'\0'),
+                              ('local', bytes(data) if left else b'')):
+            if not content:
+                continue
+            fn = self.fn(name, messid)
+            try:
+                fd = durable.create_excl(fn, 0o600)
+            except OSError:
+                log('warning: unable to create %s\n' % fn)
+                break
+            files.append((fn, fd))
+            try:
+                durable.write_all(fd, content)
+            except OSError:
+                log('warning: trouble writing to %s\n' % fn)
+                break
+        else:
+            self.spilled[messid] = job.retry if left else None
+            self.settling.add([(messid, (bytes(data) if left else b'', b''), files, [],
+                                d.sender)])
+            return
+        for fn, fd in files:
+            os.close(fd)
+            try:
+                durable.unlink(fn)
+            except OSError:
+                pass
+        self.unsettled.pop(messid, None)
+        self.nexttodorun = min(self.nexttodorun, self.recent + SLEEP_SYSFAIL)
+
+    def tidy_sync(self, messids):
+        """Background, a batch of the tidying lane: the mess/ directories
+        of messages delivered direct and removed, fsynced (one syncfs
+        where it can).  Nothing waits for it (a mess/ file back after a
+        crash is the 36-hour cleanup's), but what the removals left dirty
+        is flushed here, not by the next message's qmail-queue, in the
+        time its client waits: the work the settling of info/ and
+        local/ used to do by the way."""
+        return durable.sync_dirs(sorted({os.path.dirname(self.fn('mess', m)) for m in messids}))
+
+    def direct_stop(self):
+        """Exiting: a direct message not started is forgotten (its
+        todo/ stays for the next start); one whose pass is under way is
+        given up, to be spilled once its deliveries under way report."""
+        p = self.passes[0]
+        if p is not None and p.job.direct is not None:
+            self.passes[0] = None
+            self.job_close(p.job)
+        idle = {m for m, d in self.directs.items() if d.job is None}
+        if idle:
+            for messid in idle:
+                del self.directs[messid]
+                self.unsettled.pop(messid, None)
+            self.pqchan[0] = [(t, m) for t, m in self.pqchan[0] if m not in idle]
+            heapq.heapify(self.pqchan[0])
+
     # -- todo ---------------------------------------------------------------------
     def trigger_set(self):
         if self.triggerfd != -1:
@@ -982,6 +1122,8 @@ class Send:
         self.preprocessing = True
         routing = self.c.routing        # one batch, one set of rules
         out = []
+        self.direct_room = 0 if self.flagexitasap else max(
+            0, min(self.direct_max, 2 * self.concurrency[0]) - len(self.directs))
 
         def work():
             return [got for got in (self.preprocess_write(m, routing, out) for m in messids)
@@ -993,7 +1135,13 @@ class Send:
             log(line)
         self.preprocessing = False
         now = int(time.time())
-        for messid, chans, _, _, sender in made:
+        for messid, chans, files, _, sender in made:
+            if files is None:           # to be delivered direct
+                if not self.flagexitasap:   # (else todo/ stays for the next start)
+                    self.unsettled[messid] = []
+                    self.directs[messid] = Direct(bytes(chans[0]), sender, now)
+                    heapq.heappush(self.pqchan[0], (now, messid))
+                continue
             self.unsettled[messid] = []
             for c in (0, 1):
                 if chans[c]:
@@ -1002,6 +1150,7 @@ class Send:
                     # written (no D mark yet), and info/'s sender and time.
                     if len(self.fresh) < FRESH_MAX:
                         self.fresh[c, messid] = (bytes(chans[c]), sender, now)
+        made = [m for m in made if m[2] is not None]
         if made:
             self.settling.add(made)
 
@@ -1051,13 +1200,27 @@ class Send:
                                lambda oks: self.preprocess_cleaned(synced, oks))
 
     def preprocess_cleaned(self, synced, oks):
-        """todo/ gone: the messages are settled, their waiting jobs finish."""
+        """todo/ gone: the messages are settled, their waiting jobs finish.
+        A message delivered direct (chans None) is finished: the rest of
+        it goes.  A spilled one goes on as any message."""
         now = int(time.time())
         for (messid, chans), ok in zip(synced, oks):
             if not ok:                  # qmail-clean could not: ask again later
                 heapq.heappush(self.pqsettle, (now + SLEEP_SYSFAIL, messid, chans))
                 continue
             parked = self.unsettled.pop(messid)
+            if chans is None:
+                self.directs.pop(messid, None)
+                self.clean_request(['foop/%d' % messid],
+                                   lambda oks, m=messid: self.tidying.add([m]))
+                continue
+            if messid in self.spilled:
+                when = self.spilled.pop(messid)
+                if when is None:
+                    heapq.heappush(self.pqdone, (now, messid))
+                else:
+                    heapq.heappush(self.pqchan[0], (when, messid))
+                continue
             if not chans[0] and not chans[1]:
                 heapq.heappush(self.pqdone, (now, messid))
             if parked:
@@ -1066,8 +1229,10 @@ class Send:
     def preprocess_write(self, messid, routing, out):
         """Background: one message's info/ and channel files, written,
         not yet synced: (messid, chans, [(path, fd)], [stale paths it
-        removed]), or None after a warning.  Its log lines are appended
-        to out."""
+        removed], sender), or None after a warning; files None and
+        nothing written for a message to deliver direct (direct_room
+        left, local recipients only, at most DIRECT_RCPT, and no stale
+        file of an earlier try).  Its log lines are appended to out."""
         fn = self.fn('todo', messid)
         try:
             envelope = slurp(fn)
@@ -1119,6 +1284,10 @@ class Send:
         if not info:
             out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
             return None
+        if (self.direct_room > 0 and not stale and not chans[1]
+                and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
+            self.direct_room -= 1
+            return messid, chans, None, stale, info[0][1:-1]
         files = []
         for d, data in (('info', b''.join(info)), ('local', chans[0]), ('remote', chans[1])):
             if d != 'info' and not data:
@@ -1235,6 +1404,8 @@ class Send:
                or any(lane.waiting for lane in self.lanes)):
             self.recent = int(time.time())
             now = time.monotonic()
+            if self.flagexitasap and self.directs:
+                self.direct_stop()
             for lane in self.lanes:
                 if self.flagexitasap:
                     lane.flush()
@@ -1381,6 +1552,7 @@ def main(argv=None) -> int:
         return 111
     durable.load_writeback()
     send = Send(ctl, controls, auto.SPLIT)
+    send.direct_max = DIRECT_MAX
     wakeup_r, wakeup_w = os.pipe()
     os.set_blocking(wakeup_w, False)
     os.set_blocking(wakeup_r, False)

@@ -181,6 +181,20 @@ def test_deliveries_before_durability_need_their_safeguards(monkeypatch, capsys)
     assert 'overlap does not run without a crash' in capsys.readouterr().out
 
 
+def test_direct_delivery_needs_its_spill(monkeypatch, capsys):
+    """The direct scenario breaks when a message delivered direct is
+    finished though a recipient failed: its bounce forgotten."""
+    from qmail import send
+
+    def finish_anyway(self, job):
+        self.preprocess_synced([(job.id, None)])
+    monkeypatch.setattr(send.Send, 'spill', finish_anyway)
+    assert crashtest.main(['-v', 'direct']) != 0
+    out = capsys.readouterr().out
+    # (the run itself ends with bounce/ left behind)
+    assert 'never bounced' in out or 'direct does not run without a crash' in out, out
+
+
 def test_fsck_on_a_live_queue_reports_nothing():
     """Messages injected, preprocessed, delivered, bounced and cleaned
     while qmail-fsck scans again and again: no scan reports a problem."""

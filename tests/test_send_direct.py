@@ -1,0 +1,216 @@
+"""qmail-send's direct delivery: a new message for local recipients only
+is delivered from todo/ with its recipient list in memory; info/ and
+local/ are written only when it is not delivered to all (a deferral, a
+failure, qmail-send stopping)."""
+
+import heapq
+import os
+import time
+
+import pytest
+
+from qmail import send
+from qmail.lib import control, durable
+from qmail.lib.qfile import qfn
+
+SPLIT = 3
+
+
+@pytest.fixture
+def s(tmp_path, monkeypatch):
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'me').write_text('here.example\n')
+    q = tmp_path / 'queue'
+    for d in ('info', 'local', 'remote', 'mess', 'todo', 'bounce'):
+        for i in range(SPLIT):
+            (q / d / str(i)).mkdir(parents=True)
+    for d in ('intd',):
+        (q / d).mkdir()
+    monkeypatch.chdir(q)
+    ctl = control.Controls(str(tmp_path / 'control'))
+    s = send.Send(ctl, send.Controls(ctl), SPLIT)
+    s.direct_max = send.DIRECT_MAX
+    s.bg.inline = True
+    for lane in s.lanes:
+        lane.window = 0.0
+    s.dels = [[None] * 4, [None] * 4]
+    s.numjobs = 8
+    s.concurrency = [4, 4]
+    s.log = []
+    monkeypatch.setattr(send, 'log', s.log.append)
+    s.asked = []
+
+    def clean_request(reqs, then=None):
+        """qmail-clean, as far as the files go."""
+        for r in reqs:
+            kind, messid = r.split('/')
+            names = ['intd/' + messid] + ([qfn('todo', int(messid), SPLIT)] if kind == 'todo'
+                                          else [qfn('mess', int(messid), SPLIT)])
+            for name in names:
+                try:
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass
+        s.asked.extend(reqs)
+        if then is not None:
+            then([True] * len(reqs))
+    s.clean_request = clean_request
+    s.created = []
+    real_create = durable.create_excl
+    monkeypatch.setattr(durable, 'create_excl',
+                        lambda fn, mode=0o644: s.created.append(fn) or real_create(fn, mode))
+    return s
+
+
+def put(path, data: bytes):
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def queue(s, messid, recips, sender=b'a@b.example'):
+    put(qfn('mess', messid, SPLIT), b'Subject: x\n\nbody\n')
+    put('intd/%d' % messid, b'')
+    put(qfn('todo', messid, SPLIT), b'u0\0p1\0F' + sender + b'\0'
+        + b''.join(b'T' + r + b'\0' for r in recips))
+
+
+def start(s, recent=None):
+    """The passes, every delivery they can start taken by qmail-lspawn."""
+    s.recent = recent or int(time.time()) + 1
+    for _ in range(100):
+        if not s.pass_dochan(0):
+            break
+        s.comm_buf[0] = b''
+    return {d.recip: i for i, d in enumerate(s.dels[0]) if d is not None}
+
+
+def report(s, slot, text):
+    s.del_reports(0, [bytes((slot,)) + text])
+
+
+def test_delivered_to_all_no_info_nor_local_nor_marks(s):
+    queue(s, 31, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([31])
+    assert 31 in s.directs and 31 in s.unsettled
+    assert s.created == [] and s.asked == []
+    assert 'new msg 31\n' in s.log
+    slots = start(s)
+    assert sorted(slots) == [b'u@here.example', b'v@here.example']
+    report(s, slots[b'u@here.example'], b'Kdid 1+0+0\n')
+    assert s.asked == []                        # one recipient to go: todo/ stays
+    assert os.path.exists(qfn('todo', 31, SPLIT))
+    report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
+    assert s.asked == ['todo/31', 'foop/31']    # todo/ first, then the rest
+    assert s.created == []                      # never an info/ nor a local/
+    assert 'end msg 31\n' in s.log
+    assert s.directs == {} and s.unsettled == {} and s.jobs_open == 0
+    assert not os.path.exists(qfn('mess', 31, SPLIT))
+    assert s.pqchan == [[], []] and s.pqdone == []
+
+
+def test_a_failure_spills_info_and_the_message_goes_to_its_bounce(s):
+    queue(s, 32, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([32])
+    slots = start(s)
+    report(s, slots[b'u@here.example'], b'DSorry, no mailbox here by that name. (#5.1.1)\n')
+    report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
+    assert open(qfn('bounce', 32, SPLIT), 'rb').read().startswith(b'<u@here.example>:\n')
+    assert open(qfn('info', 32, SPLIT), 'rb').read() == b'Fa@b.example\0'
+    # Nobody left to deliver to: no local/ (messdone would wait for it).
+    assert not os.path.exists(qfn('local', 32, SPLIT))
+    assert s.asked == ['todo/32'] and not os.path.exists(qfn('todo', 32, SPLIT))
+    assert [m for _, m in s.pqdone] == [32] and s.pqchan[0] == []
+    assert 'end msg 32\n' not in s.log          # messdone's, after the bounce
+    assert s.directs == {} and s.unsettled == {} and s.spilled == {}
+
+
+def test_a_deferral_spills_local_with_the_marks_of_what_was_done(s):
+    queue(s, 33, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([33])
+    slots = start(s)
+    report(s, slots[b'u@here.example'], b'ZUnable to chdir to maildir. (#4.2.1)\n')
+    report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
+    assert open(qfn('local', 33, SPLIT), 'rb').read() == b'Tu@here.example\0Dv@here.example\0'
+    assert open(qfn('info', 33, SPLIT), 'rb').read() == b'Fa@b.example\0'
+    assert s.asked == ['todo/33']
+    (when, messid), = s.pqchan[0]
+    assert messid == 33 and when > time.time()  # the retry, as any deferral's
+    assert s.directs == {} and s.unsettled == {}
+    # The retry reads the file: v@ is not delivered again.
+    s.dels = [[None] * 4, [None] * 4]
+    s.concurrencyused = [0, 0]
+    assert list(start(s, when)) == [b'u@here.example']
+
+
+def test_a_remote_recipient_or_too_many_is_preprocessed_as_usual(s):
+    queue(s, 34, [b'u@here.example', b'x@far.example'])
+    queue(s, 35, [b'r%d@here.example' % i for i in range(send.DIRECT_RCPT + 1)])
+    queue(s, 36, [b'u@here.example'])
+    s.preprocess_batch([34, 35, 36])
+    assert list(s.directs) == [36]
+    assert os.path.exists(qfn('remote', 34, SPLIT)) and os.path.exists(qfn('local', 35, SPLIT))
+    assert not os.path.exists(qfn('info', 36, SPLIT))
+
+
+def test_stale_files_of_an_interrupted_run_mean_the_usual_way(s):
+    """Their removal must be durable before todo/ goes: preprocessing syncs it."""
+    queue(s, 37, [b'u@here.example'])
+    put(qfn('bounce', 37, SPLIT), b'stale\n')
+    s.preprocess_batch([37])
+    assert s.directs == {} and os.path.exists(qfn('local', 37, SPLIT))
+    assert not os.path.exists(qfn('bounce', 37, SPLIT))
+
+
+def test_at_most_twice_concurrencylocal_at_once(s):
+    ids = list(range(40, 40 + 2 * s.concurrency[0] + 2))
+    for m in ids:
+        queue(s, m, [b'u@here.example'])
+    s.preprocess_batch(ids)
+    assert sorted(s.directs) == ids[:2 * s.concurrency[0]]
+    for m in ids[2 * s.concurrency[0]:]:
+        assert os.path.exists(qfn('info', m, SPLIT))
+    s.direct_max = 0                            # off: all the usual way
+    queue(s, 60, [b'u@here.example'])
+    s.preprocess_batch([60])
+    assert 60 not in s.directs and os.path.exists(qfn('info', 60, SPLIT))
+
+
+def test_stopping_forgets_what_did_not_start_and_spills_what_did(s):
+    queue(s, 61, [b'u@here.example', b'v@here.example'])
+    queue(s, 62, [b'w@here.example'])
+    s.preprocess_batch([61, 62])
+    s.concurrency[0] = 1                        # one slot: 61's pass waits after u@
+    slots = start(s)
+    assert list(slots) == [b'u@here.example'] and s.passes[0] is not None
+    s.flagexitasap = True
+    s.direct_stop()
+    assert s.passes[0] is None
+    assert list(s.directs) == [61]              # 62: nothing done, todo/ stays
+    assert 62 not in s.unsettled and all(m != 62 for _, m in s.pqchan[0])
+    assert os.path.exists(qfn('todo', 62, SPLIT)) and not os.path.exists(qfn('info', 62, SPLIT))
+    report(s, slots[b'u@here.example'], b'Kdid 1+0+0\n')
+    assert open(qfn('local', 61, SPLIT), 'rb').read() == b'Du@here.example\0Tv@here.example\0'
+    assert s.asked == ['todo/61'] and s.directs == {}
+    # A batch written while stopping leaves todo/ alone.
+    queue(s, 63, [b'u@here.example'])
+    s.flagexitasap = False
+    s.preprocess_batch([63])
+    assert 63 in s.directs
+
+
+def test_the_loop_exits_only_once_a_stopped_direct_message_is_spilled(s, monkeypatch):
+    """direct_stop runs in the loop's turn; the spill's settling and
+    qmail-clean's answer are waited for."""
+    queue(s, 64, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([64])
+    s.concurrency[0] = 1
+    slots = start(s)
+    s.flagexitasap = True
+    s.direct_stop()
+    report(s, slots[b'u@here.example'], b'Kdid 1+0+0\n')
+    assert not s.bg.pending and not any(lane.waiting for lane in s.lanes)
+    assert s.del_canexit() and s.unsettled == {}
+    heapq.heapify(s.pqchan[0])
+    assert [m for _, m in s.pqchan[0]] == [64]
+    s.pqfinish()                                # local/ is there to be stamped
+    assert not any(line.startswith('warning') for line in s.log), s.log
