@@ -58,16 +58,16 @@ def files_for(kind: str, messid: int, split: int):
 
 def remove_nosync(paths, flagsync: bool):
     """Unlink paths in order: (answer, directory still to fsync or None)."""
-    removed = False
     for path in paths:
         try:
             durable.unlink(path)
-            removed = True
         except FileNotFoundError:
             continue
         except OSError:
             return b'!', None
-    if flagsync and removed:
+    if flagsync:
+        # Even with nothing left to remove: a request asked again after
+        # the directory's fsync failed finds the file gone, not durably.
         return b'+', os.path.dirname(paths[-1])
     return b'+', None
 

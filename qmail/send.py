@@ -965,7 +965,8 @@ class Send:
         and settled as a new message's are (its bounce/ paragraphs are
         durable already: addbounce); then it goes on as any message, to
         its retry or its bounce (preprocess_cleaned).  Files that cannot
-        be written: the message is left in todo/ for the next scan,
+        be written (here in the loop: two small files, their sync in
+        the background): the message is left in todo/ for the next scan,
         which preprocesses it again (its deliveries made are made again;
         a maildir's are found there, local_deliver.already_delivered)."""
         d, messid = job.direct, job.id
@@ -989,6 +990,8 @@ class Send:
             files.append((fn, fd))
             try:
                 durable.write_all(fd, content)
+                if name == 'info':      # its time is the message's age
+                    os.utime(fd, (d.birth, d.birth))
             except OSError:
                 log('warning: trouble writing to %s\n' % fn)
                 break
@@ -1010,16 +1013,18 @@ class Send:
         """Background, a batch of the tidying lane: the mess/ directories
         of messages delivered direct and removed, fsynced (one syncfs
         where it can).  Nothing waits for it (a mess/ file back after a
-        crash is the 36-hour cleanup's), but what the removals left dirty
+        crash is the 36-hour cleanup's; qmail-send stopping waits for it
+        as for any lane), but what the removals left dirty
         is flushed here, not by the next message's qmail-queue, in the
         time its client waits: the work the settling of info/ and
         local/ used to do by the way."""
         return durable.sync_dirs(sorted({os.path.dirname(self.fn('mess', m)) for m in messids}))
 
     def direct_stop(self):
-        """Exiting: a direct message not started is forgotten (its
-        todo/ stays for the next start); one whose pass is under way is
-        given up, to be spilled once its deliveries under way report."""
+        """Exiting: a direct message whose pass has not begun is
+        forgotten (its todo/ stays for the next start); one whose pass
+        has begun is given up and spilled, at once or once its
+        deliveries under way report."""
         p = self.passes[0]
         if p is not None and p.job.direct is not None:
             self.passes[0] = None
@@ -1399,13 +1404,15 @@ class Send:
         self.trigger_set()
         self.watch_todo()
         poller, polled = None, None
-        while (not self.flagexitasap or not self.del_canexit()
-               or self.bg.pending or self.clean_waiting
-               or any(lane.waiting for lane in self.lanes)):
+        while True:
+            if self.flagexitasap and self.directs:
+                self.direct_stop()      # (its spills are then waited for)
+            if (self.flagexitasap and self.del_canexit() and not self.bg.pending
+                    and not self.clean_waiting
+                    and not any(lane.waiting for lane in self.lanes)):
+                break
             self.recent = int(time.time())
             now = time.monotonic()
-            if self.flagexitasap and self.directs:
-                self.direct_stop()
             for lane in self.lanes:
                 if self.flagexitasap:
                     lane.flush()

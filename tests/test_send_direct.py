@@ -214,3 +214,21 @@ def test_the_loop_exits_only_once_a_stopped_direct_message_is_spilled(s, monkeyp
     assert [m for _, m in s.pqchan[0]] == [64]
     s.pqfinish()                                # local/ is there to be stamped
     assert not any(line.startswith('warning') for line in s.log), s.log
+
+
+def test_stopped_before_its_pass_began_the_loop_exits_without_a_warning(s):
+    """TERM after the batch, before the pass: the loop forgets the
+    message before its exit test, so pqfinish has no local/ to stamp."""
+    queue(s, 65, [b'u@here.example'])
+    s.preprocess_batch([65])
+    assert [m for _, m in s.pqchan[0]] == [65]
+    s.flagexitasap = True
+    r, w = os.pipe()
+    try:
+        s.loop(r)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert s.directs == {} and s.pqchan[0] == []
+    assert os.path.exists(qfn('todo', 65, SPLIT))
+    assert not any(line.startswith('warning') for line in s.log), s.log
