@@ -952,13 +952,14 @@ class Send:
         qmail-clean remove todo/ (durably, with intd/), then mess/
         (preprocess_cleaned).  Else spill it."""
         d, messid = job.direct, job.id
-        if not d.failed and len(d.marked) == len(chan_records(d.data)):
+        left = len(chan_records(d.data)) > len(d.marked)
+        if not d.failed and not left:
             log('end msg %d\n' % messid)
             self.preprocess_synced([(messid, None)])
         else:
-            self.spill(job)
+            self.spill(job, left)
 
-    def spill(self, job):
+    def spill(self, job, left):
         """A direct message not delivered to all (a deferral, a failure,
         qmail-send stopping): its info/ and local/ written now as
         preprocessing would have, with a D mark for each recipient done,
@@ -974,34 +975,26 @@ class Send:
         data = bytearray(d.data)
         for pos in d.marked:
             data[pos] = ord('D')
-        left = len(chan_records(d.data)) > len(d.marked)
-        files = []
         # No recipient left: no local/ (messdone would wait for it to go).
-        for name, content in (('info', b'F' + d.sender + b'\0'),
-                              ('local', bytes(data) if left else b'')):
-            if not content:
-                continue
-            fn = self.fn(name, messid)
+        local = bytes(data) if left else b''
+        out = []
+        files, ok = self.write_files(messid, (('info', b'F' + d.sender + b'\0'),
+                                              ('local', local)), out)
+        if ok:
             try:
-                fd = durable.create_excl(fn, 0o600)
+                os.utime(files[0][1], (d.birth, d.birth))   # info/: the message's age
             except OSError:
-                log('warning: unable to create %s\n' % fn)
-                break
-            files.append((fn, fd))
-            try:
-                durable.write_all(fd, content)
-                if name == 'info':      # its time is the message's age
-                    os.utime(fd, (d.birth, d.birth))
-            except OSError:
-                log('warning: trouble writing to %s\n' % fn)
-                break
-        else:
+                out.append('warning: trouble writing to %s\n' % files[0][0])
+                ok = False
+                for _, fd in files:
+                    os.close(fd)
+        for line in out:
+            log(line)
+        if ok:
             self.spilled[messid] = job.retry if left else None
-            self.settling.add([(messid, (bytes(data) if left else b'', b''), files, [],
-                                d.sender)])
+            self.settling.add([(messid, (local, b''), files, [], d.sender)])
             return
-        for fn, fd in files:
-            os.close(fd)
+        for fn, _ in files:
             try:
                 durable.unlink(fn)
             except OSError:
@@ -1293,9 +1286,18 @@ class Send:
                 and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
             self.direct_room -= 1
             return messid, chans, None, stale, info[0][1:-1]
+        files, ok = self.write_files(messid, (('info', b''.join(info)), ('local', chans[0]),
+                                              ('remote', chans[1])), out)
+        return (messid, chans, files, stale, info[0][1:-1]) if ok else None
+
+    def write_files(self, messid, contents, out):
+        """Each (directory, data) of contents with data made the
+        message's new file there, written, not synced: ([(path, fd)],
+        True); or, after a warning appended to out, (those made, False),
+        their descriptors closed."""
         files = []
-        for d, data in (('info', b''.join(info)), ('local', chans[0]), ('remote', chans[1])):
-            if d != 'info' and not data:
+        for d, data in contents:
+            if not data:
                 continue
             fn = self.fn(d, messid)
             try:
@@ -1310,10 +1312,10 @@ class Send:
                 out.append('warning: trouble writing to %s\n' % fn)
                 break
         else:
-            return messid, chans, files, stale, info[0][1:-1]
+            return files, True
         for _, fd in files:
             os.close(fd)
-        return None
+        return files, False
 
     # -- cleanups -----------------------------------------------------------------
     def cleanup_do(self):

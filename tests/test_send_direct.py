@@ -232,3 +232,25 @@ def test_stopped_before_its_pass_began_the_loop_exits_without_a_warning(s):
     assert s.directs == {} and s.pqchan[0] == []
     assert os.path.exists(qfn('todo', 65, SPLIT))
     assert not any(line.startswith('warning') for line in s.log), s.log
+
+
+def test_a_spill_that_cannot_write_leaves_todo_for_the_next_scan(s, monkeypatch):
+    """No half-written spill: what was made goes, todo/ stays, the next
+    scan comes sooner and preprocesses the message the usual way."""
+    queue(s, 66, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([66])
+    slots = start(s)
+    real_create = durable.create_excl
+
+    def create_excl(fn, mode=0o644):
+        if fn == qfn('local', 66, SPLIT):
+            raise OSError(28, 'No space left on device')
+        return real_create(fn, mode)
+    monkeypatch.setattr(durable, 'create_excl', create_excl)
+    report(s, slots[b'u@here.example'], b'ZUnable to chdir to maildir. (#4.2.1)\n')
+    report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
+    assert 'warning: unable to create %s\n' % qfn('local', 66, SPLIT) in s.log
+    assert not os.path.exists(qfn('info', 66, SPLIT))
+    assert os.path.exists(qfn('todo', 66, SPLIT)) and s.asked == []
+    assert s.directs == {} and s.unsettled == {} and s.spilled == {}
+    assert s.nexttodorun <= s.recent + send.SLEEP_SYSFAIL
