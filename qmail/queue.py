@@ -12,7 +12,8 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           way); todo/<messid> as a link to it; then pulls lock/trigger
           to wake qmail-send.  Durable before the todo/ link: both files
           and mess/ (fsync of each, or one syncfs of the filesystem in
-          qmail-queued's writers); todo/ fsynced before exit 0.
+          qmail-queued's writers); todo/ fsynced before exit 0 (after
+          the trigger: qmail-send may start on the message meanwhile).
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
@@ -26,9 +27,11 @@ The same writer, enqueue(), serves the setuid command and any process
 already running as qmailq with the code loaded that forks one writer per
 message (no interpreter start per message).
 
-Every failure after the mess file exists truncates and removes what this
-process made, so a failed injection leaves no file in mess/, intd/ or
-todo/; a pid/ file left by a crash is qmail-clean's to sweep (a
+Every failure after the mess file exists and before the todo/ link
+truncates and removes what this process made, so a failed injection
+leaves no file in mess/, intd/ or todo/.  A failure to flush todo/ after
+the link (exit 53) leaves the message queued: qmail-send delivers it, and
+a sender that retries makes a duplicate, never a loss.  A pid/ file left by a crash is qmail-clean's to sweep (a
 nameless file goes with the process).  The timeout (DEATH) exits
 without cleaning: a stuck qmail-queue must not race qmail-send, which
 cleans such files once they are OSSIFIED.
@@ -287,24 +290,25 @@ class Writer:
         if not whole:
             self.syncdir(os.path.dirname(messfn))
 
-        # S4: the link in todo/ is the moment of acceptance.
+        # S4: the link in todo/ is the moment of acceptance.  From here
+        # on the files are qmail-send's, which may be delivering them
+        # already: no failure removes or truncates them.  The trigger is
+        # pulled before todo/'s flush, so qmail-send's work overlaps it
+        # (qmail pulls it right after the link and syncs nothing).
         try:
             durable.link(intdfn, todofn)
         except OSError:
             raise QueueExit(66) from None
+        self.messfn = self.intdfn = None
+        triggerpull()
         try:
             durable.fsync_dir('todo')
         except OSError:
-            # Not known to be durable: report failure.  qmail-send may
-            # already have seen it; then it is delivered, and the sender
+            # Not known to be durable: report failure.  The message is in
+            # the queue all the same and will be delivered: the sender
             # retrying makes a duplicate, never a loss.
-            try:
-                durable.unlink(todofn)
-            except OSError:
-                pass
             raise QueueExit(53) from None
         self.close()
-        triggerpull()
         return 0
 
 

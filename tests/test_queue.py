@@ -147,3 +147,35 @@ def test_a_stale_envelope_named_by_the_new_message_is_replaced(tmp_path, monkeyp
     messid = made[0]
     assert open(qfile.qfn('todo', messid, 23), 'rb').read() == b'u0\0p99\0Fa@b\0Tc@d\0'
     assert os.stat(qfile.qfn('todo', messid, 23)).st_ino == os.stat(qfile.qfn('intd', messid, 23)).st_ino
+
+
+def test_todo_flush_failure_leaves_the_message_queued(tmp_path, monkeypatch):
+    """Once todo/ names the message, qmail-send may be delivering it (the
+    trigger is pulled before todo/'s flush): a failed flush answers 53
+    and leaves every file whole; before, the writer truncated the
+    message under the delivery."""
+    import os
+    from qmail import queue
+    from qmail.lib import durable, prefork
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(23)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    order = []
+    monkeypatch.setattr(queue, 'triggerpull', lambda: order.append('trigger'))
+    real = durable.fsync_dir
+
+    def fsync_dir(path):
+        if path == 'todo':
+            order.append('flush')
+            raise OSError(5, 'Input/output error')
+        return real(path)
+    monkeypatch.setattr(durable, 'fsync_dir', fsync_dir)
+    before = prefork.open_fds()
+    assert inject_once(queue) == 53
+    assert order == ['trigger', 'flush']
+    assert prefork.open_fds() == before
+    [messid] = os.listdir('todo')
+    assert open('intd/' + messid, 'rb').read() == b'u0\0p99\0Fa@b\0Tc@d\0'
+    [mess] = [os.path.join(r, f) for r, _, fs in os.walk('mess') for f in fs]
+    assert os.path.basename(mess) == messid
+    assert open(mess, 'rb').read().endswith(b'Subject: x\n\nbody\n')
