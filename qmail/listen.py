@@ -284,7 +284,9 @@ class Listener:
                 conn.close()
             except OSError:
                 pass
-            set_environ(self.base_env)
+            # The environment stays as the connection left it: the next
+            # one's set_environ() makes it exactly that one's, changing
+            # only what differs (most often TCPREMOTEPORT alone).
         self.log(1, 'end %d status %s' % (pid, code if isinstance(code, int) else 111))
         if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
             import gc

@@ -32,6 +32,7 @@ import array
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -66,10 +67,12 @@ def recv_fds(conn: socket.socket):
     return got
 
 
+UCRED = struct.Struct('3i')             # pid, uid, gid
+
+
 def peer_uid(conn: socket.socket) -> int:
-    import struct
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
-    pid, uid, gid = struct.unpack('3i', creds)
+    pid, uid, gid = UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 UCRED.size))
     return uid
 
 

@@ -19,6 +19,7 @@ by path; syncfs by a descriptor of any file on the filesystem.
 """
 
 import os
+import time
 
 # Hooks for tests of crash safety (qmail.lib.crashsim): hook(name, target)
 # is called before each step, after(name, target) once it has succeeded.
@@ -278,27 +279,48 @@ def dirty_bytes(meminfo: bytes) -> int:
     return total
 
 
+DIRTY_TTL = 0.05       # seconds a reading of /proc/meminfo is used again
+_dirty = [-1.0, 1 << 62]        # when read (monotonic), the bytes it said
+
+
 def _little_dirty() -> bool:
-    try:
-        fd = os.open('/proc/meminfo', os.O_RDONLY | os.O_CLOEXEC)
+    """Few enough bytes dirty machine-wide for a syncfs?  Read at most
+    every DIRTY_TTL (the kernel writes all of /proc/meminfo out for each
+    read: a tenth of a qmail-queue writer's system time): the answer
+    only weighs a syncfs's wait, never what it makes durable."""
+    now = time.monotonic()
+    if not 0 <= now - _dirty[0] < DIRTY_TTL:
         try:
-            text = os.read(fd, 16384)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    return dirty_bytes(text) <= SYNCFS_DIRTY_MAX
+            fd = os.open('/proc/meminfo', os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 16384)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        _dirty[:] = [now, dirty_bytes(text)]
+    return _dirty[1] <= SYNCFS_DIRTY_MAX
+
+
+_kinds = {}             # (the statfs function, st_dev) -> its f_type
 
 
 def _one_trusted_fs(fds) -> bool:
-    """Are all of fds on one filesystem, of a kind syncfs is trusted on?"""
+    """Are all of fds on one filesystem, of a kind syncfs is trusted on?
+    (A filesystem's kind is asked once per process.)"""
     try:
         dev = os.fstat(fds[0]).st_dev
         if any(os.fstat(fd).st_dev != dev for fd in fds[1:]):
             return False
     except OSError:
         return False
-    return _syncfs[1](fds[0]) in SYNCFS_KINDS
+    key = (_syncfs[1], dev)
+    kind = _kinds.get(key)
+    if kind is None:
+        kind = _syncfs[1](fds[0])
+        if kind is not None:
+            _kinds[key] = kind
+    return kind in SYNCFS_KINDS
 
 
 def syncfs(fds) -> bool:

@@ -45,6 +45,7 @@ import mmap
 import os
 import select
 import signal
+import socket
 import struct
 import time
 
@@ -276,6 +277,12 @@ class Pool:
     def work(self, wait) -> int:
         uses = 0
         idle_since = time.monotonic()
+        # socket.accept() asks the listening socket its family and type
+        # as enums for each connection: the same socket object from the
+        # raw accept and plain ints, and blocking as accept4 made it (no
+        # setblocking call: 10% of a qmail-queue writer's Python).
+        accept = self.sock._accept
+        kind = (int(self.sock.family), int(self.sock.type), self.sock.proto)
         while uses < self.max_use and not self.orphan:
             try:
                 ready = wait(1)
@@ -289,7 +296,7 @@ class Pool:
             # wakeup may have gone to a worker that did not take the
             # connection (it died, or took another), and is not given again.
             try:
-                conn, addr = self.sock.accept()
+                fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 continue                # another worker took it
             except OSError as e:
@@ -299,9 +306,11 @@ class Pool:
                     time.sleep(1)       # no storm of replacements
                     return 111
                 continue
+            conn = socket.socket(*kind, fileno=fd)
+            if conn.gettimeout() is not None:
+                conn.setblocking(True)
             self.tell(BUSY)
             uses += 1
-            conn.setblocking(True)
             if not self.handle(conn, addr):
                 return 0                # the handler wants this worker gone
             self.tell(IDLE)
