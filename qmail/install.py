@@ -75,6 +75,7 @@ HIER = (
     ('d', 'queue/lock', 'qmailq', 'qmail', 0o750),
     ('z', ('queue/lock/tcpto', 1024), 'qmailr', 'qmail', 0o644),
     ('z', ('queue/lock/sendmutex', 0), 'qmails', 'qmail', 0o600),
+    ('z', ('queue/lock/syncfs', 0), 'qmailq', 'qmail', 0o600),
     ('p', 'queue/lock/trigger', 'qmails', 'qmail', 0o622),
 )
 

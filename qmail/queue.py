@@ -11,8 +11,9 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           once written, before its fsync (or made at once, the same
           way); todo/<messid> as a link to it; then pulls lock/trigger
           to wake qmail-send.  Durable before the todo/ link: both files
-          and mess/ (fsync of each, or one syncfs of the filesystem in
-          qmail-queued's writers); todo/ fsynced before exit 0 (after
+          and mess/ (fsync of each, or one syncfs of the filesystem,
+          shared by writers that wait at once: a group commit on
+          lock/syncfs); todo/ fsynced before exit 0 (after
           the trigger: qmail-send may start on the message meanwhile).
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
@@ -53,6 +54,7 @@ DEATH = 86400        # 24 hours; must stay below qmail-send's OSSIFIED (36 h)
 ADDR = 1003          # an address with its NUL must fit in this many bytes
 BUFSIZE = 65536
 PIDTRIES = 9         # pid/ names tried before giving up (63)
+SYNC_GROUP = 'lock/syncfs'  # writers share their syncfs (durable's group commit)
 
 
 class QueueExit(Exception):
@@ -284,7 +286,7 @@ class Writer:
         # be synced whole (one cache flush), else each file (their
         # writeback started together, so the second fsync finds its work
         # done) and then mess/'s directory.
-        failed, whole = durable.sync_files([self.messfd, self.intdfd])
+        failed, whole = durable.sync_files([self.messfd, self.intdfd], SYNC_GROUP)
         if failed:
             raise QueueExit(53)
         if not whole:

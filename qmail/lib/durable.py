@@ -18,7 +18,9 @@ descriptor, a directory step (and create_anon, before its file exists)
 by path; syncfs by a descriptor of any file on the filesystem.
 """
 
+import fcntl
 import os
+import struct
 import time
 
 # Hooks for tests of crash safety (qmail.lib.crashsim): hook(name, target)
@@ -323,18 +325,71 @@ def _one_trusted_fs(fds) -> bool:
     return kind in SYNCFS_KINDS
 
 
-def syncfs(fds) -> bool:
+# ---- a group commit -----------------------------------------------------------
+#
+# Processes that syncfs one filesystem often, and many at a time
+# (qmail-queue's writers under load), can share the work: each takes a
+# lock file in turn, and one whose writing was done before a syncfs that
+# has since succeeded began needs none of its own.  The file holds the
+# start of the last syncfs that succeeded (CLOCK_MONOTONIC, nanoseconds)
+# and the boot it was in: the clock starts again at each boot.  A syncfs
+# that failed publishes nothing, so each process then runs its own and
+# learns of the failure itself.
+
+GROUP_STAMP = struct.Struct('<Q')
+_boot = []
+
+
+def _boot_id() -> bytes:
+    if not _boot:
+        try:
+            with open('/proc/sys/kernel/random/boot_id', 'rb') as f:
+                _boot.append(f.read(64).strip())
+        except OSError:
+            _boot.append(b'')
+    return _boot[0]
+
+
+def _group_syncfs(fd: int, group: str, written: int) -> int:
+    """syncfs(fd), unless a syncfs that began after written (monotonic
+    ns) has succeeded meanwhile: 0, or the call's -1 (errno set)."""
+    boot = _boot_id()
+    try:
+        gfd = os.open(group, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return _syncfs[0](fd)
+    try:
+        fcntl.flock(gfd, fcntl.LOCK_EX)
+        data = os.pread(gfd, GROUP_STAMP.size + 64, 0)
+        if (boot and len(data) > GROUP_STAMP.size and data[GROUP_STAMP.size:] == boot
+                and GROUP_STAMP.unpack_from(data)[0] > written):
+            return 0
+        start = time.monotonic_ns()
+        rc = _syncfs[0](fd)
+        if rc == 0 and boot:
+            os.pwrite(gfd, GROUP_STAMP.pack(start) + boot, 0)
+        return rc
+    except OSError:
+        return _syncfs[0](fd)
+    finally:
+        os.close(gfd)
+
+
+def syncfs(fds, group: str = None) -> bool:
     """Make everything written to the files (or directories) of fds, and
     everything else on their filesystem, durable at once: True.  False
     where it is not done (see above: the caller fsyncs each one).
     Raises OSError if the filesystem had a writeback error since fds[0]
     was opened (give the earliest opened first); then nothing is known
-    to be durable."""
+    to be durable.  group: the lock file of a group commit (above),
+    shared by the processes that sync this filesystem."""
+    written = time.monotonic_ns()
     fds = list(fds)
     if not fds or not _syncfs or not _little_dirty() or not _one_trusted_fs(fds):
         return False
     _step('syncfs', fds[0])
-    if _syncfs[0](fds[0]) != 0:
+    rc = _syncfs[0](fds[0]) if group is None else _group_syncfs(fds[0], group, written)
+    if rc != 0:
         import ctypes
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -361,15 +416,15 @@ def syncfs_dirs(paths) -> bool:
             os.close(fd)
 
 
-def sync_files(fds) -> tuple:
+def sync_files(fds, group: str = None) -> tuple:
     """Make what was written to the files of fds durable: one syncfs()
     where it can (their directory entries, and all else on their
     filesystem, then durable too: whole), else fsync_many().  Returns
     (the descriptors that failed, whole); a failed syncfs fails them
-    all."""
+    all.  group: see syncfs()."""
     fds = list(fds)
     try:
-        if syncfs(fds):
+        if syncfs(fds, group):
             return [], True
     except OSError:
         return fds, False

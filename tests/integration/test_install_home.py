@@ -50,6 +50,7 @@ WANT = [
     ('queue/lock', 'd', 'qmailq', 'qmail', 0o750),
     ('queue/lock/tcpto', 'f', 'qmailr', 'qmail', 0o644),
     ('queue/lock/sendmutex', 'f', 'qmails', 'qmail', 0o600),
+    ('queue/lock/syncfs', 'f', 'qmailq', 'qmail', 0o600),
     ('queue/lock/trigger', 'p', 'qmails', 'qmail', 0o622),
     ('bin/qmail-queue', 'f', 'qmailq', 'qmail', 0o4711),
     ('bin/qmail-inject', 'f', 'root', 'qmail', 0o755),

@@ -1,0 +1,110 @@
+"""durable's group commit: processes that syncfs one filesystem share a
+syncfs through a lock file holding the start of the last one that
+succeeded (qmail-queue's writers, lock/syncfs)."""
+
+import fcntl
+import os
+import time
+
+import pytest
+
+from qmail.lib import durable
+
+
+@pytest.fixture
+def counted(tmp_path, monkeypatch):
+    """A stand-in syncfs that appends a line to a file per call (so
+    children's calls count too) and answers what `answer` holds."""
+    log = tmp_path / 'calls'
+    log.write_bytes(b'')
+    answer = [0]
+
+    def fake(fd):
+        with open(log, 'ab') as f:
+            f.write(b'%d\n' % os.getpid())
+        return answer[0]
+    monkeypatch.setattr(durable, '_syncfs', (fake, lambda fd: 0xEF53))
+    monkeypatch.setattr(durable, '_little_dirty', lambda: True)
+    calls = lambda: len(log.read_bytes().splitlines())     # noqa: E731
+    return calls, answer
+
+
+def test_a_syncfs_begun_after_the_writing_covers_it(tmp_path, counted):
+    calls, answer = counted
+    group = str(tmp_path / 'syncfs')
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        before = time.monotonic_ns()
+        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
+        assert calls() == 1
+        # Written before that syncfs began: covered, no call.
+        assert durable._group_syncfs(fd, group, before) == 0
+        assert calls() == 1
+        # Written after it began: a syncfs of its own.
+        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
+        assert calls() == 2
+        # A failed syncfs publishes nothing: the next caller syncs itself.
+        answer[0] = -1
+        written = time.monotonic_ns()
+        assert durable._group_syncfs(fd, group, written) == -1
+        answer[0] = 0
+        assert durable._group_syncfs(fd, group, written) == 0
+        assert calls() == 4
+        # A stamp of another boot covers nothing (the clock began again).
+        stamp = durable.GROUP_STAMP.pack(time.monotonic_ns() + 10**12) + b'another-boot'
+        with open(group, 'wb') as f:
+            f.write(stamp)
+        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
+        assert calls() == 5
+    finally:
+        os.close(fd)
+
+
+def test_syncfs_with_a_group(tmp_path, counted):
+    """The public call: True, the step counted for crashsim, the stamp
+    file made when missing."""
+    calls, _ = counted
+    group = str(tmp_path / 'syncfs')
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert durable.syncfs([fd], group) is True
+        assert calls() == 1 and os.path.getsize(group) > durable.GROUP_STAMP.size
+        assert durable.sync_files([fd], group) == ([], True)
+        assert calls() == 2
+    finally:
+        os.close(fd)
+
+
+def test_writers_waiting_together_share_one_syncfs(tmp_path, counted):
+    """Three processes done writing wait on the lock while another
+    holds it: the first to get it syncs, and its syncfs, begun after the
+    others finished writing, covers them."""
+    calls, _ = counted
+    group = str(tmp_path / 'syncfs')
+    holder = os.open(group, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    pids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fd = os.open(tmp_path, os.O_RDONLY)
+                code = durable._group_syncfs(fd, group, time.monotonic_ns())
+            finally:
+                os._exit(code & 0xff)
+        pids.append(pid)
+    time.sleep(0.3)                 # all three blocked on the lock
+    assert calls() == 0
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    deadline = time.monotonic() + 30
+    for pid in pids:
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                break
+            assert time.monotonic() < deadline, 'a child did not finish'
+            time.sleep(0.01)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert calls() == 1
