@@ -13,8 +13,7 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           to wake qmail-send.  Durable before the todo/ link: both files
           and mess/ (fsync of each, or one syncfs of the filesystem,
           shared by writers that wait at once: a group commit on
-          lock/syncfs); todo/ fsynced before exit 0 (after
-          the trigger: qmail-send may start on the message meanwhile).
+          lock/syncfs); todo/ fsynced before exit 0.
 Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
@@ -294,23 +293,26 @@ class Writer:
 
         # S4: the link in todo/ is the moment of acceptance.  From here
         # on the files are qmail-send's, which may be delivering them
-        # already: no failure removes or truncates them.  The trigger is
-        # pulled before todo/'s flush, so qmail-send's work overlaps it
-        # (qmail pulls it right after the link and syncs nothing).
+        # already (a scan of todo/ may find the link at once): no failure
+        # removes or truncates them.  The trigger is pulled after todo/'s
+        # flush: pulled before, qmail-send's delivery flushed the Maildir
+        # file while that flush was under way, and the one-session
+        # latency rose from 1.74 to 2.22 ms.
         try:
             durable.link(intdfn, todofn)
         except OSError:
             raise QueueExit(66) from None
         self.messfn = self.intdfn = None
-        triggerpull()
         try:
             durable.fsync_dir('todo')
         except OSError:
             # Not known to be durable: report failure.  The message is in
             # the queue all the same and will be delivered: the sender
             # retrying makes a duplicate, never a loss.
+            triggerpull()
             raise QueueExit(53) from None
         self.close()
+        triggerpull()
         return 0
 
 

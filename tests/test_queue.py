@@ -150,10 +150,10 @@ def test_a_stale_envelope_named_by_the_new_message_is_replaced(tmp_path, monkeyp
 
 
 def test_todo_flush_failure_leaves_the_message_queued(tmp_path, monkeypatch):
-    """Once todo/ names the message, qmail-send may be delivering it (the
-    trigger is pulled before todo/'s flush): a failed flush answers 53
-    and leaves every file whole; before, the writer truncated the
-    message under the delivery."""
+    """Once todo/ names the message, qmail-send may be delivering it (a
+    scan of todo/ finds it at once): a failed flush of todo/ answers 53
+    and leaves every file whole, and pulls the trigger; before, the
+    writer truncated the message, maybe under the delivery."""
     import os
     from qmail import queue
     from qmail.lib import durable, prefork
@@ -172,7 +172,7 @@ def test_todo_flush_failure_leaves_the_message_queued(tmp_path, monkeypatch):
     monkeypatch.setattr(durable, 'fsync_dir', fsync_dir)
     before = prefork.open_fds()
     assert inject_once(queue) == 53
-    assert order == ['trigger', 'flush']
+    assert order == ['flush', 'trigger']
     assert prefork.open_fds() == before
     [messid] = os.listdir('todo')
     assert open('intd/' + messid, 'rb').read() == b'u0\0p99\0Fa@b\0Tc@d\0'
