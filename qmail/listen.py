@@ -253,18 +253,19 @@ class Listener:
         return 0
 
     def worker_init(self):
+        self.pid = os.getpid()          # (a syscall each time: glibc keeps none)
         self.base_env = base_environ()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self.baseline_fds = prefork.open_fds()
 
     def handle(self, conn, remote) -> bool:
         """One connection in a pool worker; False retires the worker."""
-        pid = os.getpid()
+        pid = self.pid
         self.log(1, 'pid %d from %s' % (pid, unmap(remote[0])))
         keep = True
         code = 111
         try:
-            code = self.connection(conn, remote)
+            code = self.connection(conn, remote, pid)
         except SystemExit as e:
             code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
             keep = False
@@ -297,9 +298,10 @@ class Listener:
                 keep = False
         return keep
 
-    def connection(self, conn, remote):
+    def connection(self, conn, remote, pid: int):
         """Rules, environment, fds 0 and 1, then the program: its exit
-        code.  In a fork-per-connection child, or in a pool worker."""
+        code.  In a fork-per-connection child, or in a pool worker (pid:
+        this process's)."""
         local = conn.getsockname()
         ip = unmap(remote[0])
         rule_env = {}
@@ -316,12 +318,12 @@ class Listener:
                 return 111
             if not allowed:
                 self.log(1, 'deny %d %s:%s:%d :%s::%d' % (
-                    os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+                    pid, self.localname, unmap(local[0]), local[1], ip, remote[1]))
                 return 100
         base = self.base_env if self.pool is not None else base_environ()
         env = connection_env(base, local, remote, self.localname, rule_env)
         self.log(1, 'ok %d %s:%s:%d :%s::%d' % (
-            os.getpid(), self.localname, unmap(local[0]), local[1], ip, remote[1]))
+            pid, self.localname, unmap(local[0]), local[1], ip, remote[1]))
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()
@@ -344,7 +346,7 @@ class Listener:
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             self.sock.close()
-            code = self.connection(conn, remote)
+            code = self.connection(conn, remote, os.getpid())
         except BaseException as e:
             try:
                 self.log(0, 'warning: %s in child' % type(e).__name__)

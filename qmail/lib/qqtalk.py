@@ -36,9 +36,7 @@ def daemon_socket():
 
 def connect_daemon(pim, pie):
     """Hand the read ends to qmail-queued; (socket, pid) or None."""
-    path = daemon_socket()
-    if not os.path.exists(path):
-        return None
+    path = daemon_socket()       # (absent: connect() fails, no stat() first)
     import array
     import socket
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
