@@ -33,29 +33,37 @@ def test_a_syncfs_begun_after_the_writing_covers_it(tmp_path, counted):
     calls, answer = counted
     group = str(tmp_path / 'syncfs')
     fd = os.open(tmp_path, os.O_RDONLY)
+    dev = os.fstat(fd).st_dev
     try:
         before = time.monotonic_ns()
-        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
         assert calls() == 1
         # Written before that syncfs began: covered, no call.
-        assert durable._group_syncfs(fd, group, before) == 0
+        assert durable._group_syncfs(fd, dev, group, before) == 0
         assert calls() == 1
         # Written after it began: a syncfs of its own.
-        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
         assert calls() == 2
         # A failed syncfs publishes nothing: the next caller syncs itself.
         answer[0] = -1
         written = time.monotonic_ns()
-        assert durable._group_syncfs(fd, group, written) == -1
+        assert durable._group_syncfs(fd, dev, group, written) == -1
         answer[0] = 0
-        assert durable._group_syncfs(fd, group, written) == 0
+        assert durable._group_syncfs(fd, dev, group, written) == 0
         assert calls() == 4
-        # A stamp of another boot covers nothing (the clock began again).
-        stamp = durable.GROUP_STAMP.pack(time.monotonic_ns() + 10**12) + b'another-boot'
+        # A stamp of another boot covers nothing (the clock began again),
+        # nor one of another filesystem.
+        later = time.monotonic_ns() + 10**12
+        for stamp in (durable.GROUP_STAMP.pack(dev, later) + b'another-boot',
+                      durable.GROUP_STAMP.pack(dev + 1, later) + durable._boot_id()):
+            with open(group, 'wb') as f:
+                f.write(stamp)
+            assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+        assert calls() == 6
         with open(group, 'wb') as f:
-            f.write(stamp)
-        assert durable._group_syncfs(fd, group, time.monotonic_ns()) == 0
-        assert calls() == 5
+            f.write(durable.GROUP_STAMP.pack(dev, later) + durable._boot_id())
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+        assert calls() == 6
     finally:
         os.close(fd)
 
@@ -90,7 +98,8 @@ def test_writers_waiting_together_share_one_syncfs(tmp_path, counted):
             code = 1
             try:
                 fd = os.open(tmp_path, os.O_RDONLY)
-                code = durable._group_syncfs(fd, group, time.monotonic_ns())
+                code = durable._group_syncfs(fd, os.fstat(fd).st_dev, group,
+                                             time.monotonic_ns())
             finally:
                 os._exit(code & 0xff)
         pids.append(pid)

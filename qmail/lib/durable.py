@@ -307,22 +307,23 @@ def _little_dirty() -> bool:
 _kinds = {}             # (the statfs function, st_dev) -> its f_type
 
 
-def _one_trusted_fs(fds) -> bool:
-    """Are all of fds on one filesystem, of a kind syncfs is trusted on?
-    (A filesystem's kind is asked once per process.)"""
+def _one_trusted_fs(fds):
+    """The filesystem (st_dev) all of fds are on, if it is of a kind
+    syncfs is trusted on; else None.  (A filesystem's kind is asked once
+    per process.)"""
     try:
         dev = os.fstat(fds[0]).st_dev
         if any(os.fstat(fd).st_dev != dev for fd in fds[1:]):
-            return False
+            return None
     except OSError:
-        return False
+        return None
     key = (_syncfs[1], dev)
     kind = _kinds.get(key)
     if kind is None:
         kind = _syncfs[1](fds[0])
         if kind is not None:
             _kinds[key] = kind
-    return kind in SYNCFS_KINDS
+    return dev if kind in SYNCFS_KINDS else None
 
 
 # ---- a group commit -----------------------------------------------------------
@@ -331,12 +332,13 @@ def _one_trusted_fs(fds) -> bool:
 # (qmail-queue's writers under load), can share the work: each takes a
 # lock file in turn, and one whose writing was done before a syncfs that
 # has since succeeded began needs none of its own.  The file holds the
-# start of the last syncfs that succeeded (CLOCK_MONOTONIC, nanoseconds)
-# and the boot it was in: the clock starts again at each boot.  A syncfs
+# start of the last syncfs that succeeded (CLOCK_MONOTONIC, nanoseconds),
+# the filesystem it synced and the boot it was in: the clock starts again
+# at each boot.  A syncfs
 # that failed publishes nothing, so each process then runs its own and
 # learns of the failure itself.
 
-GROUP_STAMP = struct.Struct('<Q')
+GROUP_STAMP = struct.Struct('<QQ')     # st_dev, start
 _boot = []
 
 
@@ -350,9 +352,10 @@ def _boot_id() -> bytes:
     return _boot[0]
 
 
-def _group_syncfs(fd: int, group: str, written: int) -> int:
-    """syncfs(fd), unless a syncfs that began after written (monotonic
-    ns) has succeeded meanwhile: 0, or the call's -1 (errno set)."""
+def _group_syncfs(fd: int, dev: int, group: str, written: int) -> int:
+    """syncfs(fd) (of filesystem dev), unless a syncfs of it that began
+    after written (monotonic ns) has succeeded meanwhile: 0, or the
+    call's -1 (errno set)."""
     boot = _boot_id()
     try:
         gfd = os.open(group, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -361,13 +364,14 @@ def _group_syncfs(fd: int, group: str, written: int) -> int:
     try:
         fcntl.flock(gfd, fcntl.LOCK_EX)
         data = os.pread(gfd, GROUP_STAMP.size + 64, 0)
-        if (boot and len(data) > GROUP_STAMP.size and data[GROUP_STAMP.size:] == boot
-                and GROUP_STAMP.unpack_from(data)[0] > written):
-            return 0
+        if boot and len(data) > GROUP_STAMP.size and data[GROUP_STAMP.size:] == boot:
+            synced, start = GROUP_STAMP.unpack_from(data)
+            if synced == dev and start > written:
+                return 0
         start = time.monotonic_ns()
         rc = _syncfs[0](fd)
         if rc == 0 and boot:
-            os.pwrite(gfd, GROUP_STAMP.pack(start) + boot, 0)
+            os.pwrite(gfd, GROUP_STAMP.pack(dev, start) + boot, 0)
         return rc
     except OSError:
         return _syncfs[0](fd)
@@ -385,10 +389,13 @@ def syncfs(fds, group: str = None) -> bool:
     shared by the processes that sync this filesystem."""
     written = time.monotonic_ns()
     fds = list(fds)
-    if not fds or not _syncfs or not _little_dirty() or not _one_trusted_fs(fds):
+    if not fds or not _syncfs or not _little_dirty():
+        return False
+    dev = _one_trusted_fs(fds)
+    if dev is None:
         return False
     _step('syncfs', fds[0])
-    rc = _syncfs[0](fds[0]) if group is None else _group_syncfs(fds[0], group, written)
+    rc = _syncfs[0](fds[0]) if group is None else _group_syncfs(fds[0], dev, group, written)
     if rc != 0:
         import ctypes
         err = ctypes.get_errno()
