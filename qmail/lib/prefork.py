@@ -123,16 +123,16 @@ class Pool:
         self.sock.setblocking(False)
         gc.freeze()         # workers share the loaded code's pages
         self.parent = os.getpid()
+        poller = select.poll()          # the same descriptors every turn
+        poller.register(self.wakeup_r, select.POLLIN)
+        poller.register(self.status_r, select.POLLIN)
+        for fd in watch:
+            poller.register(fd, select.POLLIN)
         try:
             while not self.stopping:
                 self.reap()
                 self.grow()
                 self.report()
-                poller = select.poll()
-                poller.register(self.wakeup_r, select.POLLIN)
-                poller.register(self.status_r, select.POLLIN)
-                for fd in watch:
-                    poller.register(fd, select.POLLIN)
                 try:
                     # A second at most: two workers taking connections at
                     # the same instant may each miss the other's byte and
