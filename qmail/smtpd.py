@@ -1032,19 +1032,22 @@ def authenticator(argv):
     return Checkpassword(argv[0], argv[1:])
 
 
-def queue_starter(program: str, environ, session_of):
+def queue_starter(program: str, environ, session_of, seen=None):
     """newqueue for the session: qmail-queue, with TCPREMOTEINFO the AUTH
     user's name once there is one (the AUTH patch's way of telling a
-    QMAILQUEUE filter), else what tcpserver said."""
-    remoteinfo = environ.get(b'TCPREMOTEINFO')
+    QMAILQUEUE filter), else what tcpserver said.  seen: a faster
+    read-only view of environ."""
+    seen = environ if seen is None else seen
+    remoteinfo = seen.get(b'TCPREMOTEINFO')
 
     def newqueue():
         session = session_of()
         info = remoteinfo if session.authuser is None else session.authuser
-        if info is None:
-            environ.pop(b'TCPREMOTEINFO', None)
-        else:
-            environ[b'TCPREMOTEINFO'] = info
+        if seen.get(b'TCPREMOTEINFO') != info:
+            if info is None:
+                environ.pop(b'TCPREMOTEINFO', None)
+            else:
+                environ[b'TCPREMOTEINFO'] = info
         return QueueClient(program)
     return newqueue
 
@@ -1068,11 +1071,16 @@ def main(argv=None, home=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     home = auto.QMAIL if home is None else home
     environ = os.environb
+    # Reads from CPython's own bytes dict where there is one (the same
+    # data os.environb changes through putenv): environb's get() costs a
+    # KeyError for each variable absent, a dozen per session.
+    seen = getattr(environ, '_data', None)
+    seen = seen if isinstance(seen, dict) else environ
     session = None
     try:
         try:
             os.chdir(home)
-            config = load_config(control.Controls('control'), environ)
+            config = load_config(control.Controls('control'), seen)
         except (OSError, CdbError, LookupError):
             say(1, R_CONTROL)
             return 1
@@ -1085,13 +1093,13 @@ def main(argv=None, home=None) -> int:
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             os.write(2, b'qmail-smtpd: warning: %s\n'
                      % config.rcptmap.warning.encode('utf-8', 'replace'))
-        program = environ.get(b'QMAILQUEUE')
+        program = seen.get(b'QMAILQUEUE')
         program = (os.path.join(home, 'bin/qmail-queue') if program is None
                    else os.fsdecode(program))
         if config.lifetime:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
-        session = Session(config, peer_env(environ),
-                          queue_starter(program, environ, lambda: session),
+        session = Session(config, peer_env(seen),
+                          queue_starter(program, environ, lambda: session, seen),
                           time.time(), checker=authenticator(argv))
         session.pid = os.getpid()
         return serve(session, 0, 1)
