@@ -117,3 +117,46 @@ def test_writers_waiting_together_share_one_syncfs(tmp_path, counted):
             time.sleep(0.01)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert calls() == 1
+
+
+@pytest.mark.parametrize('kind, journal, flushed', [
+    (0xEF53, False, True),          # ext2, or ext3/4 without a journal
+    (0xEF53, True, False),          # the journal's commit is durable
+    (0x58465342, False, False),     # xfs: its log's
+])
+def test_a_flush_follows_syncfs_where_its_metadata_may_be_left_in_the_cache(
+        tmp_path, monkeypatch, kind, journal, flushed):
+    """ext2/3/4 without a journal write the block device's metadata after
+    syncfs's own cache flush: an fsync of a synced file flushes again."""
+    monkeypatch.setattr(durable, '_syncfs', (lambda fd: 0, lambda fd: kind))
+    monkeypatch.setattr(durable, '_little_dirty', lambda: True)
+    monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
+    fsyncs = []
+    real = os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: fsyncs.append(fd) or real(fd))
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert durable.syncfs([fd]) is True
+        assert durable.syncfs([fd], str(tmp_path / 'syncfs')) is True
+        assert fsyncs == ([fd, fd] if flushed else [])
+        if flushed:
+            def failing(fd):
+                raise OSError(5, 'Input/output error')
+            monkeypatch.setattr(os, 'fsync', failing)
+            with pytest.raises(OSError):
+                durable.syncfs([fd])
+            with pytest.raises(OSError):
+                durable.syncfs([fd], str(tmp_path / 'syncfs2'))
+    finally:
+        os.close(fd)
+
+
+def test_has_journal_of_this_filesystem(tmp_path):
+    """Whatever this machine's filesystem is, the answer is a bool and
+    agrees with /proc/fs/jbd2."""
+    import glob
+    dev = os.stat(tmp_path).st_dev
+    got = durable.has_journal(dev)
+    assert isinstance(got, bool)
+    if not glob.glob('/proc/fs/jbd2/*'):
+        assert got is False
