@@ -230,6 +230,13 @@ class Writer:
             except OSError:
                 raise QueueExit(63) from None
 
+        # The envelope's nameless file, made now where it can be: its
+        # inode is allocated while the client is still sending, not after
+        # the final "." (S3 begins only once it is named).
+        early = self.create_anon(pid, 1) if tmpfn is None else None
+        if early is not None:
+            self.intdfd = early         # (closed with the rest on a failure)
+
         # The message: Received line, then fd 0 byte for byte.
         buf = bytearray(received)
         while True:
@@ -244,7 +251,7 @@ class Writer:
 
         # S3: intd/ receives the envelope: named once written when its
         # file could be made nameless, else at once.
-        fd = self.create_anon(pid, 1)
+        fd = early if early is not None else self.create_anon(pid, 1)
         if fd is None:
             try:
                 fd = durable.create_excl(intdfn)

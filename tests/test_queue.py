@@ -179,3 +179,31 @@ def test_todo_flush_failure_leaves_the_message_queued(tmp_path, monkeypatch):
     [mess] = [os.path.join(r, f) for r, _, fs in os.walk('mess') for f in fs]
     assert os.path.basename(mess) == messid
     assert open(mess, 'rb').read().endswith(b'Subject: x\n\nbody\n')
+
+
+def test_a_failed_injection_leaves_no_descriptor_and_no_file(tmp_path, monkeypatch):
+    """The envelope's nameless file is made before the message is read:
+    an injection that fails after it (here the envelope ends early, 54)
+    closes it with the rest and leaves nothing in the queue."""
+    import os
+    from qmail import queue
+    from qmail.lib import prefork
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(23)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+    before = prefork.open_fds()
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    os.write(msg_w, b'Subject: x\n\nbody\n')
+    os.write(env_w, b'Fa@b\0Tc@d\0')            # no final NUL
+    os.close(msg_w)
+    os.close(env_w)
+    try:
+        code = queue.inject(msg_r, env_r, 0, 99, 1e9, {'alias': -1, 'daemon': -1, 'send': -1}, 23)
+    finally:
+        os.close(msg_r)
+        os.close(env_r)
+    assert code == 54
+    assert prefork.open_fds() == before
+    assert [f for _, _, fs in os.walk(tmp_path) for f in fs] == []
