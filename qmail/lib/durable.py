@@ -246,7 +246,8 @@ def fsync_dirs(paths) -> list:
 # every file or directory concerned on that one filesystem.
 #
 # On ext2, and ext3/ext4 without a journal, syncfs flushes the disk's
-# cache before its last step, the write of the filesystem's metadata
+# cache (if at all: not the native ext2 driver) before its last step
+# (sync_filesystem's sync_blockdev), the write of the filesystem's metadata
 # (inodes, directory blocks) held in the block device's cache: that
 # metadata may still sit in a volatile disk cache when it returns, and
 # the next flush (the todo/ fsync that follows qmail-queue's syncfs)
