@@ -243,7 +243,7 @@ def worker_setup(n: users.Nughde) -> int:
 def worker_deliver(fields) -> int:
     """One delivery in a worker: qmail-local with these arguments."""
     from qmail import local as qmail_local
-    return qmail_local.main([os.fsdecode(a) for a in fields])
+    return qmail_local.main(list(fields))      # bytes, as parse_args wants them
 
 
 PW_TTL = 1.0            # seconds a helper's answer may serve again

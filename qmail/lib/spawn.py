@@ -23,6 +23,7 @@ import array
 import gc
 import os
 import select
+import _signal
 import signal
 import socket
 import stat
@@ -492,8 +493,8 @@ def worker_main(sock: socket.socket, setup, deliver, arg) -> int:
         os.close(fds[0])
         os.close(fds[1])
         code = deliver(msg.split(b'\0'))
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        _signal.alarm(0)
+        _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)    # (no enums: 30 us less)
         for fd in (0, 1, 2):
             os.dup2(null, fd)           # the report pipe's end of file
         os.chdir('/')
