@@ -1577,18 +1577,29 @@ def main(argv=None) -> int:
     return 0
 
 
+def main_logged(argv=None) -> int:
+    """main(), with a bug logged as an alert (where it happened: file,
+    line, function) before the exit 111, whoever started qmail-send."""
+    try:
+        return main(argv)
+    except Exception as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = '?' if tb is None else '%s:%d %s' % (
+            os.path.basename(tb.tb_frame.f_code.co_filename), tb.tb_lineno,
+            tb.tb_frame.f_code.co_name)
+        log('alert: internal error: %s at %s; exiting\n' % (type(e).__name__, where))
+        return 111
+
+
 def run():
     try:
         from setproctitle import setproctitle
         setproctitle('qmail-send')
     except ImportError:
         pass
-    try:
-        code = main()
-    except Exception as e:
-        log('alert: internal error: %s\n' % type(e).__name__)
-        code = 111
-    sys.exit(code)
+    sys.exit(main_logged())
 
 
 if __name__ == '__main__':

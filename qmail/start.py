@@ -162,7 +162,7 @@ def main(argv=None) -> int:
             os.close(fd)
     os.closerange(8, 1 << 16)
     setproctitle('qmail-send')
-    return send.main([])
+    return send.main_logged([])
 
 
 def run():

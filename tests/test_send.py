@@ -149,3 +149,23 @@ def test_chan_records():
     data = b'Ta@b\0Dc@d\0Te@f\0'
     assert chan_records(data) == [(0, b'Ta@b'), (5, b'Dc@d'), (10, b'Te@f')]
     assert chan_records(b'Ta@b\0Tpartial') == [(0, b'Ta@b')]
+
+
+def test_a_bug_is_logged_as_an_alert_before_the_exit(monkeypatch):
+    """qmail-start runs qmail-send's main_logged: an exception out of the
+    loop is an alert naming where it happened, then exit 111 (it was
+    silent under qmail-start)."""
+    from qmail import send as send_mod
+    lines = []
+    monkeypatch.setattr(send_mod, 'log', lines.append)
+
+    def broken(argv=None):
+        {}['missing']
+    monkeypatch.setattr(send_mod, 'main', broken)
+    assert send_mod.main_logged([]) == 111
+    assert len(lines) == 1
+    assert lines[0].startswith('alert: internal error: KeyError at test_send.py:')
+    assert lines[0].endswith(' broken; exiting\n')
+    import inspect
+    from qmail import start
+    assert 'send.main_logged(' in inspect.getsource(start)
