@@ -202,13 +202,15 @@ class Writer:
         received = received_line(pid, uid, now, uids)
 
         # S1: the message's file, nameless or pid/; its inode names the
-        # message.
+        # message.  (When it was opened matters to the group commit.)
         tmpfn = None
+        before = time.monotonic_ns()
         fd = self.create_anon(pid, 0)
         if fd is None:
             tmpfn = self.pidopen(pid, int(now))
         else:
             self.messfd = fd
+        opened = (before, time.monotonic_ns())
         try:
             messid = os.fstat(self.messfd).st_ino
         except OSError:
@@ -292,7 +294,7 @@ class Writer:
         # be synced whole (one cache flush), else each file (their
         # writeback started together, so the second fsync finds its work
         # done) and then mess/'s directory.
-        failed, whole = durable.sync_files([self.messfd, self.intdfd], SYNC_GROUP)
+        failed, whole = durable.sync_files([self.messfd, self.intdfd], SYNC_GROUP, opened)
         if failed:
             raise QueueExit(53)
         if not whole:

@@ -337,8 +337,8 @@ def test_deliveries_start_before_preprocessing_is_durable_jobs_finish_after(queu
                         lambda paths: synced_dirs.extend(paths) or real_dirs(paths))
     real_syncfs = durable.syncfs
 
-    def syncfs(fds, group=None):
-        done = real_syncfs(fds, group)
+    def syncfs(fds, group=None, opened=None):
+        done = real_syncfs(fds, group, opened)
         if done:
             synced_dirs.append('(all)')
         return done
@@ -536,7 +536,7 @@ def test_qmail_send_settles_messages_of_one_window_with_one_sync(queue_home, mon
     s.settling.window = send.SYNC_WINDOW
     s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
     syncs = []
-    monkeypatch.setattr(durable, 'syncfs', lambda fds, group=None: syncs.append(len(fds)) or False)
+    monkeypatch.setattr(durable, 'syncfs', lambda fds, group=None, opened=None: syncs.append(len(fds)) or False)
     for messid in (31, 32, 33):
         put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
         put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0')

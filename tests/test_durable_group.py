@@ -11,6 +11,9 @@ import pytest
 from qmail.lib import durable
 
 
+OPENED = (1000, 1000)       # when "our" file was opened: before all else here
+
+
 @pytest.fixture
 def counted(tmp_path, monkeypatch):
     """A stand-in syncfs that appends a line to a file per call (so
@@ -36,34 +39,40 @@ def test_a_syncfs_begun_after_the_writing_covers_it(tmp_path, counted):
     dev = os.fstat(fd).st_dev
     try:
         before = time.monotonic_ns()
-        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns(), OPENED) == 0
         assert calls() == 1
         # Written before that syncfs began: covered, no call.
-        assert durable._group_syncfs(fd, dev, group, before) == 0
+        assert durable._group_syncfs(fd, dev, group, before, OPENED) == 0
         assert calls() == 1
         # Written after it began: a syncfs of its own.
-        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns(), OPENED) == 0
         assert calls() == 2
         # A failed syncfs publishes nothing: the next caller syncs itself.
         answer[0] = -1
         written = time.monotonic_ns()
-        assert durable._group_syncfs(fd, dev, group, written) == -1
+        assert durable._group_syncfs(fd, dev, group, written, OPENED) == -1
         answer[0] = 0
-        assert durable._group_syncfs(fd, dev, group, written) == 0
+        assert durable._group_syncfs(fd, dev, group, written, OPENED) == 0
         assert calls() == 4
         # A stamp of another boot covers nothing (the clock began again),
         # nor one of another filesystem.
         later = time.monotonic_ns() + 10**12
-        for stamp in (durable.GROUP_STAMP.pack(dev, later) + b'another-boot',
-                      durable.GROUP_STAMP.pack(dev + 1, later) + durable._boot_id()):
+        for stamp in (durable.GROUP_STAMP.pack(dev, later, 0) + b'another-boot',
+                      durable.GROUP_STAMP.pack(dev + 1, later, 0) + durable._boot_id()):
             with open(group, 'wb') as f:
                 f.write(stamp)
-            assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+            assert durable._group_syncfs(fd, dev, group, time.monotonic_ns(), OPENED) == 0
         assert calls() == 6
         with open(group, 'wb') as f:
-            f.write(durable.GROUP_STAMP.pack(dev, later) + durable._boot_id())
-        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns()) == 0
+            f.write(durable.GROUP_STAMP.pack(dev, later, 0) + durable._boot_id())
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns(), OPENED) == 0
         assert calls() == 6
+        # A syncfs on a file opened after ours does not stand for ours: an
+        # error reported before that opening is not reported to it.
+        with open(group, 'wb') as f:
+            f.write(durable.GROUP_STAMP.pack(dev, later, OPENED[0] + 1) + durable._boot_id())
+        assert durable._group_syncfs(fd, dev, group, time.monotonic_ns(), OPENED) == 0
+        assert calls() == 7
     finally:
         os.close(fd)
 
@@ -75,10 +84,13 @@ def test_syncfs_with_a_group(tmp_path, counted):
     group = str(tmp_path / 'syncfs')
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        assert durable.syncfs([fd], group) is True
+        assert durable.syncfs([fd], group, OPENED) is True
         assert calls() == 1 and os.path.getsize(group) > durable.GROUP_STAMP.size
-        assert durable.sync_files([fd], group) == ([], True)
+        assert durable.sync_files([fd], group, OPENED) == ([], True)
         assert calls() == 2
+        # Without the time of the opening, no group: a syncfs of its own.
+        assert durable.syncfs([fd], group) is True
+        assert calls() == 3
     finally:
         os.close(fd)
 
@@ -99,7 +111,7 @@ def test_writers_waiting_together_share_one_syncfs(tmp_path, counted):
             try:
                 fd = os.open(tmp_path, os.O_RDONLY)
                 code = durable._group_syncfs(fd, os.fstat(fd).st_dev, group,
-                                             time.monotonic_ns())
+                                             time.monotonic_ns(), (1, 1))
             finally:
                 os._exit(code & 0xff)
         pids.append(pid)
@@ -137,7 +149,7 @@ def test_a_flush_follows_syncfs_where_its_metadata_may_be_left_in_the_cache(
     fd = os.open(tmp_path, os.O_RDONLY)
     try:
         assert durable.syncfs([fd]) is True
-        assert durable.syncfs([fd], str(tmp_path / 'syncfs')) is True
+        assert durable.syncfs([fd], str(tmp_path / 'syncfs'), OPENED) is True
         assert fsyncs == ([fd, fd] if flushed else [])
         if flushed:
             def failing(fd):
@@ -146,7 +158,7 @@ def test_a_flush_follows_syncfs_where_its_metadata_may_be_left_in_the_cache(
             with pytest.raises(OSError):
                 durable.syncfs([fd])
             with pytest.raises(OSError):
-                durable.syncfs([fd], str(tmp_path / 'syncfs2'))
+                durable.syncfs([fd], str(tmp_path / 'syncfs2'), OPENED)
     finally:
         os.close(fd)
 

@@ -377,12 +377,16 @@ def _flush_after(fd: int, dev: int) -> int:
 # lock file in turn, and one whose writing was done before a syncfs that
 # has since succeeded began needs none of its own.  The file holds the
 # start of the last syncfs that succeeded (CLOCK_MONOTONIC, nanoseconds),
-# the filesystem it synced and the boot it was in: the clock starts again
-# at each boot.  A syncfs
-# that failed publishes nothing, so each process then runs its own and
-# learns of the failure itself.
+# the filesystem it synced, the boot it was in (the clock starts again
+# at each boot) and when the file it was called on was opened.  A
+# syncfs that failed publishes nothing, so each process then runs its
+# own and learns of the failure itself.  That is why the opening counts
+# too: syncfs reports a write error only to a file opened before the
+# error was first reported, so another process's syncfs stands for ours
+# only if its file was opened no later than ours (an error after our
+# opening is then one it would have reported too).
 
-GROUP_STAMP = struct.Struct('<QQ')     # st_dev, start
+GROUP_STAMP = struct.Struct('<QQQ')    # st_dev, start, opened
 _boot = []
 
 
@@ -396,10 +400,12 @@ def _boot_id() -> bytes:
     return _boot[0]
 
 
-def _group_syncfs(fd: int, dev: int, group: str, written: int) -> int:
+def _group_syncfs(fd: int, dev: int, group: str, written: int, opened) -> int:
     """syncfs(fd) (of filesystem dev), unless a syncfs of it that began
-    after written (monotonic ns) has succeeded meanwhile: 0, or the
-    call's -1 (errno set)."""
+    after written, on a file opened no later than fd, has succeeded
+    meanwhile: 0, or the call's -1 (errno set).  opened: (before, after)
+    fd was opened, monotonic ns: another's "after" no later than our
+    "before" puts its opening first; ours published is our "after"."""
     boot = _boot_id()
     try:
         gfd = os.open(group, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -409,13 +415,13 @@ def _group_syncfs(fd: int, dev: int, group: str, written: int) -> int:
         fcntl.flock(gfd, fcntl.LOCK_EX)
         data = os.pread(gfd, GROUP_STAMP.size + 64, 0)
         if boot and len(data) > GROUP_STAMP.size and data[GROUP_STAMP.size:] == boot:
-            synced, start = GROUP_STAMP.unpack_from(data)
-            if synced == dev and start > written:
+            synced, start, its_opened = GROUP_STAMP.unpack_from(data)
+            if synced == dev and start > written and its_opened <= opened[0]:
                 return 0
         start = time.monotonic_ns()
         rc = _syncfs[0](fd) or _flush_after(fd, dev)
         if rc == 0 and boot:
-            os.pwrite(gfd, GROUP_STAMP.pack(dev, start) + boot, 0)
+            os.pwrite(gfd, GROUP_STAMP.pack(dev, start, opened[1]) + boot, 0)
         return rc
     except OSError:
         return _syncfs[0](fd) or _flush_after(fd, dev)
@@ -423,14 +429,16 @@ def _group_syncfs(fd: int, dev: int, group: str, written: int) -> int:
         os.close(gfd)
 
 
-def syncfs(fds, group: str = None) -> bool:
+def syncfs(fds, group: str = None, opened: int = None) -> bool:
     """Make everything written to the files (or directories) of fds, and
     everything else on their filesystem, durable at once: True.  False
     where it is not done (see above: the caller fsyncs each one).
     Raises OSError if the filesystem had a writeback error since fds[0]
     was opened (give the earliest opened first); then nothing is known
     to be durable.  group: the lock file of a group commit (above),
-    shared by the processes that sync this filesystem."""
+    shared by the processes that sync this filesystem, and opened: when
+    fds[0] was opened, (time.monotonic_ns() read just before, and just
+    after); without it no group."""
     written = time.monotonic_ns()
     fds = list(fds)
     if not fds or not _syncfs or not _little_dirty():
@@ -439,8 +447,8 @@ def syncfs(fds, group: str = None) -> bool:
     if dev is None:
         return False
     _step('syncfs', fds[0])
-    rc = (_syncfs[0](fds[0]) or _flush_after(fds[0], dev) if group is None
-          else _group_syncfs(fds[0], dev, group, written))
+    rc = (_syncfs[0](fds[0]) or _flush_after(fds[0], dev) if group is None or opened is None
+          else _group_syncfs(fds[0], dev, group, written, opened))
     if rc != 0:
         import ctypes
         err = ctypes.get_errno()
@@ -468,15 +476,15 @@ def syncfs_dirs(paths) -> bool:
             os.close(fd)
 
 
-def sync_files(fds, group: str = None) -> tuple:
+def sync_files(fds, group: str = None, opened: int = None) -> tuple:
     """Make what was written to the files of fds durable: one syncfs()
     where it can (their directory entries, and all else on their
     filesystem, then durable too: whole), else fsync_many().  Returns
     (the descriptors that failed, whole); a failed syncfs fails them
-    all.  group: see syncfs()."""
+    all.  group, opened: see syncfs()."""
     fds = list(fds)
     try:
-        if syncfs(fds, group):
+        if syncfs(fds, group, opened):
             return [], True
     except OSError:
         return fds, False

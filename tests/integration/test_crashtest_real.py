@@ -98,7 +98,7 @@ def test_a_writer_that_links_todo_before_its_syncfs(monkeypatch, capsys):
     durable.load_writeback()
     if not durable._syncfs:
         pytest.skip('no syncfs that reports errors on this kernel')
-    monkeypatch.setattr(queue.durable, 'syncfs', lambda fds, group=None: True)
+    monkeypatch.setattr(queue.durable, 'syncfs', lambda fds, group=None, opened=None: True)
     assert crashtest.main(['-v', 'queued']) == 1
     out = capsys.readouterr().out
     got = summary(out)
@@ -114,7 +114,7 @@ def test_a_send_whose_syncfs_does_nothing(monkeypatch, capsys):
     durable.load_writeback()
     if not durable._syncfs:
         pytest.skip('no syncfs that reports errors on this kernel')
-    monkeypatch.setattr(durable, 'syncfs', lambda fds, group=None: True)
+    monkeypatch.setattr(durable, 'syncfs', lambda fds, group=None, opened=None: True)
     assert crashtest.main(['-v', 'overlap']) == 1
     out = capsys.readouterr().out
     got = summary(out)
