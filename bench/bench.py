@@ -314,10 +314,11 @@ NOTES = """\
   all are reaped by it: RUSAGE_CHILDREN), less smtp-source's own and less
   the idle start+stop cost (%(idle)s).
 - ratio: qmail-py / Postfix.
-- At 10 and 50 sessions the clients offer mail faster than qmail-py
-  delivers it: its queue grows all through the run, and the latency there
-  measures that growth (it rises with the number of messages).  The open
-  loop case offers %(rate)d msg/s, which both systems keep up with.
+- At 10 and 50 sessions the clients offer mail faster than a system
+  may deliver it: where its queue grows all through the run (Postfix's,
+  whose local deliveries run two at a time), the latency there measures
+  that growth and rises with the number of messages.  The open loop case
+  offers %(rate)d msg/s, which both systems keep up with.
 """
 
 
