@@ -356,9 +356,11 @@ def _fs_kind(fd: int, dev: int):
     return kind
 
 
-def _flush_after(fd: int, dev: int) -> int:
-    """After a syncfs of dev: 0, or -1 with errno set where the flush
-    that ext2/3/4 without a journal leave out (above) failed."""
+def _sync_dev(fd: int, dev: int) -> int:
+    """syncfs(fd) of filesystem dev, then, on ext2/3/4 without a journal,
+    the flush it leaves out (above): 0, or -1 with errno set."""
+    if _syncfs[0](fd) != 0:
+        return -1
     if _fs_kind(fd, dev) != EXT_MAGIC or has_journal(dev):
         return 0
     try:
@@ -410,7 +412,7 @@ def _group_syncfs(fd: int, dev: int, group: str, written: int, opened) -> int:
     try:
         gfd = os.open(group, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
-        return _syncfs[0](fd) or _flush_after(fd, dev)
+        return _sync_dev(fd, dev)
     try:
         fcntl.flock(gfd, fcntl.LOCK_EX)
         data = os.pread(gfd, GROUP_STAMP.size + 64, 0)
@@ -419,17 +421,17 @@ def _group_syncfs(fd: int, dev: int, group: str, written: int, opened) -> int:
             if synced == dev and start > written and its_opened <= opened[0]:
                 return 0
         start = time.monotonic_ns()
-        rc = _syncfs[0](fd) or _flush_after(fd, dev)
+        rc = _sync_dev(fd, dev)
         if rc == 0 and boot:
             os.pwrite(gfd, GROUP_STAMP.pack(dev, start, opened[1]) + boot, 0)
         return rc
     except OSError:
-        return _syncfs[0](fd) or _flush_after(fd, dev)
+        return _sync_dev(fd, dev)
     finally:
         os.close(gfd)
 
 
-def syncfs(fds, group: str = None, opened: int = None) -> bool:
+def syncfs(fds, group: str = None, opened: tuple = None) -> bool:
     """Make everything written to the files (or directories) of fds, and
     everything else on their filesystem, durable at once: True.  False
     where it is not done (see above: the caller fsyncs each one).
@@ -447,7 +449,7 @@ def syncfs(fds, group: str = None, opened: int = None) -> bool:
     if dev is None:
         return False
     _step('syncfs', fds[0])
-    rc = (_syncfs[0](fds[0]) or _flush_after(fds[0], dev) if group is None or opened is None
+    rc = (_sync_dev(fds[0], dev) if group is None or opened is None
           else _group_syncfs(fds[0], dev, group, written, opened))
     if rc != 0:
         import ctypes
@@ -476,7 +478,7 @@ def syncfs_dirs(paths) -> bool:
             os.close(fd)
 
 
-def sync_files(fds, group: str = None, opened: int = None) -> tuple:
+def sync_files(fds, group: str = None, opened: tuple = None) -> tuple:
     """Make what was written to the files of fds durable: one syncfs()
     where it can (their directory entries, and all else on their
     filesystem, then durable too: whole), else fsync_many().  Returns
