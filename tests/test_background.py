@@ -5,15 +5,15 @@ a message is finished once even when both channels end together)."""
 import heapq
 import os
 import select
-import signal
 import threading
 import time
 
 import pytest
 
 from qmail import send
-from qmail.lib import background, control, durable
+from qmail.lib import background, durable
 from qmail.lib.qfile import qfn
+from scratch_send import put, scratch_send
 
 
 def wait_finish(bg, timeout=10):
@@ -140,28 +140,7 @@ def test_lane_batches_what_comes_while_busy():
 
 @pytest.fixture
 def queue_home(tmp_path, monkeypatch):
-    (tmp_path / 'control').mkdir()
-    (tmp_path / 'control' / 'me').write_text('here.example\n')
-    q = tmp_path / 'queue'
-    for d in ('info', 'local', 'remote', 'mess', 'todo', 'bounce'):
-        for i in range(3):
-            (q / d / str(i)).mkdir(parents=True)
-    monkeypatch.chdir(q)
-    ctl = control.Controls(str(tmp_path / 'control'))
-    s = send.Send(ctl, send.Controls(ctl), 3)
-    for lane in s.lanes:                # no loop here to tick the windows
-        lane.window = 0.0
-    s.dels = [[None] * 4, [None] * 4]
-    s.numjobs = 8
-    s.concurrency = [4, 4]
-    log = []
-    monkeypatch.setattr(send, 'log', log.append)
-    return s, log
-
-
-def put(path, data: bytes):
-    with open(path, 'wb') as f:
-        f.write(data)
+    return scratch_send(tmp_path, monkeypatch, 3)
 
 
 def delivering(s, messid, recips):

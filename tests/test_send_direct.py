@@ -10,34 +10,18 @@ import time
 import pytest
 
 from qmail import send
-from qmail.lib import control, durable
+from qmail.lib import durable
 from qmail.lib.qfile import qfn
+from scratch_send import put, scratch_send
 
 SPLIT = 3
 
 
 @pytest.fixture
 def s(tmp_path, monkeypatch):
-    (tmp_path / 'control').mkdir()
-    (tmp_path / 'control' / 'me').write_text('here.example\n')
-    q = tmp_path / 'queue'
-    for d in ('info', 'local', 'remote', 'mess', 'todo', 'bounce'):
-        for i in range(SPLIT):
-            (q / d / str(i)).mkdir(parents=True)
-    for d in ('intd',):
-        (q / d).mkdir()
-    monkeypatch.chdir(q)
-    ctl = control.Controls(str(tmp_path / 'control'))
-    s = send.Send(ctl, send.Controls(ctl), SPLIT)
+    s, s.log = scratch_send(tmp_path, monkeypatch, SPLIT)
     s.direct_max = send.DIRECT_MAX
     s.bg.inline = True
-    for lane in s.lanes:
-        lane.window = 0.0
-    s.dels = [[None] * 4, [None] * 4]
-    s.numjobs = 8
-    s.concurrency = [4, 4]
-    s.log = []
-    monkeypatch.setattr(send, 'log', s.log.append)
     s.asked = []
 
     def clean_request(reqs, then=None):
@@ -60,11 +44,6 @@ def s(tmp_path, monkeypatch):
     monkeypatch.setattr(durable, 'create_excl',
                         lambda fn, mode=0o644: s.created.append(fn) or real_create(fn, mode))
     return s
-
-
-def put(path, data: bytes):
-    with open(path, 'wb') as f:
-        f.write(data)
 
 
 def queue(s, messid, recips, sender=b'a@b.example'):
