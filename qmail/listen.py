@@ -54,7 +54,7 @@ BUILTIN = {
 DEFAULT_LIMIT = 40           # tcpserver's default -c
 DEFAULT_BACKLOG = 20         # tcpserver's default -b
 SPARE = 4                    # idle workers kept ready for a built-in program
-MAX_USE = 100                # connections a worker serves before it retires
+MAX_USE = 1000               # connections a worker serves before it retires
 TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
            'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO')
 TCP_ENVB = tuple(os.fsencode(k) for k in TCP_ENV)

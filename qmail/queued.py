@@ -42,7 +42,7 @@ from qmail import queue
 SOCKET = 'run/qmail-queue.sock'      # under HOME
 MAX_WRITERS = 100                     # concurrent injections; more wait
 SPARE = 4                             # idle writers kept ready
-MAX_USE = 100                         # injections a writer serves, then retires
+MAX_USE = 1000                        # injections a writer serves, then retires
 
 
 def socket_path(home: str) -> str:

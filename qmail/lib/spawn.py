@@ -34,7 +34,7 @@ from qmail.lib import prefork
 
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
-MAX_USE = 100        # deliveries a worker runs before it retires
+MAX_USE = 1000       # deliveries a worker runs before it retires
 IDLE_EXIT = 30       # seconds an idle worker is kept
 MAX_IDLE = 20        # idle workers kept, all keys together
 JOB_MAX = 65536      # a delivery's arguments, as the worker receives them
