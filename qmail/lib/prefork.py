@@ -17,10 +17,12 @@ that says I (idle) or B (busy), set by the worker itself at no cost.
 The parent is woken through a pipe every worker writes to, a 5-byte
 record (the pid and B or I; writes of a few bytes to a pipe are atomic,
 so records never interleave), only when it must act: a worker taking a
-connection finds fewer than `spare` idle, or the parent reports every
-change of the busy count (status given: qmail-listen's status lines).
-Otherwise a connection costs the parent nothing, where a wake-up of it
-for each start and end of one was 3% of all CPU under load.
+connection finds fewer than `spare` idle.  Otherwise a connection costs
+the parent nothing, where a wake-up of it for each start and end of one
+was 3% of all CPU under load.  The busy count's changes (status given:
+qmail-listen's status lines) are reported by the worker that made them,
+from the scoreboard; the parent reports only the first count and those
+its reaping changes (a worker that died busy).
 
 A worker polls the socket and a second pipe whose write end only the
 parent holds: end of file there means the parent is stopping (or gone),
@@ -72,8 +74,9 @@ class Pool:
     """pool = Pool(sock, handle, limit); pool.serve(watch) -> None.
 
     child_init() runs once in each new worker, before its first
-    connection.  status(busy, total) is called in the parent whenever the
-    number of busy workers changes.  watch: extra descriptors for the
+    connection.  status(busy, total) is called whenever the number of
+    busy workers changes: in the worker that took or ended a connection,
+    in the parent at the start and when a worker died busy.  watch: extra descriptors for the
     parent's poll; watch[fd]() is called when one is readable and returns
     True to stop the pool."""
 
@@ -96,7 +99,7 @@ class Pool:
         self.status_r = self.status_w = None
         self.death_r = self.death_w = None
         self.wakeup_r = None
-        self.last_busy = -1
+        self.unreported = True   # the first count, then a worker's death
 
     # -- parent ----------------------------------------------------------
 
@@ -184,6 +187,8 @@ class Pool:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
+            if self.board[slot] == BUSY:
+                self.unreported = True  # its end is the parent's to report
             self.board[slot] = FREE     # busy or not when it ended
             self.free.append(slot)
             if os.WIFSIGNALED(wstat) and self.log:
@@ -200,19 +205,22 @@ class Pool:
                 return
 
     def report(self):
-        busy = self.busy()
-        if busy != self.last_busy:
-            self.last_busy = busy
+        """The busy count, when the parent changed it (workers report
+        their own changes)."""
+        if self.unreported:
+            self.unreported = False
             if self.status:
-                self.status(busy, self.limit)
+                self.status(self.busy(), self.limit)
 
     # -- worker ----------------------------------------------------------
 
     def tell(self, state):
-        """Set this worker's slot; wake the parent if it must act."""
+        """Set this worker's slot, report the new busy count; wake the
+        parent if it must act."""
         self.board[self.slot] = state
-        if self.status is None and (state == IDLE or
-                                    self.board[:].count(IDLE) >= self.spare):
+        if self.status is not None:
+            self.status(self.board[:].count(BUSY), self.limit)
+        if state == IDLE or self.board[:].count(IDLE) >= self.spare:
             return
         try:
             os.write(self.status_w, RECORD.pack(self.me, state))
