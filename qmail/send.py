@@ -492,6 +492,8 @@ class Send:
                 % (os.path.dirname(self.fn(CHANDIR[job.channel], job.id)), job.id))
             self.unsettled.setdefault(job.id, [])
         for job in gone:
+            if job.id in self.unsettled:
+                continue                # the other channel's removal is unsure
             # After the unlink: of two channels finishing at once, one at
             # least sees the other gone (a message done twice is harmless:
             # messdone finds info/ gone, or under way).

@@ -7,6 +7,7 @@ import os
 import select
 import threading
 import time
+import types
 
 import pytest
 
@@ -527,3 +528,19 @@ def test_qmail_send_settles_messages_of_one_window_with_one_sync(queue_home, mon
     wait_finish(s.bg)
     assert syncs == [6]                 # info/ and local/ of three messages
     assert s.unsettled == {}
+
+
+def test_a_channel_unsure_of_its_removal_keeps_the_message_from_finishing(queue_home):
+    """Of a message's two jobs, the remote one's file is gone but its
+    directory's fsync failed, the local one's is gone durably: the
+    message must wait for the next start (a crash could bring back the
+    remote list, whose info/ must then still be there), not finish
+    because the local job found the remote file gone."""
+    s, log = queue_home
+    messid = 21
+    remote = types.SimpleNamespace(id=messid, channel=1)
+    local = types.SimpleNamespace(id=messid, channel=0)
+    s.jobs_unlinked([remote, local], ([local], [], [remote], []))
+    assert s.pqdone == []
+    assert messid in s.unsettled
+    assert any(line.startswith('alert: unable to fsync remote/') for line in log), log
