@@ -22,8 +22,10 @@ Trusts:   nothing the client says: the uid recorded in the envelope and
 Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           pipe whose other end only qmail-send holds, so it ends with
           qmail-send (a parent-death signal cannot cross from qmails to
-          qmailq); 111 if it cannot start.  Clients fall back to bin/qmail-queue whenever the
-          socket is absent or refuses, so mail never depends on it.
+          qmailq); 111 if it cannot start.  Clients fall back to
+          bin/qmail-queue whenever the socket is absent or refuses, so
+          mail never depends on it; an internal error in the pool's
+          parent restarts the pool a second later.
 See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 """
 
@@ -123,16 +125,35 @@ def make_handler(uids: dict):
     return handle
 
 
+RESTART_PAUSE = 1.0     # seconds between a failed pool and the next
+
+
 def serve(listener: socket.socket, uids: dict):
+    """Run the writers' pool until TERM or qmail-send's end.  A bug in
+    the pool's parent costs a pause, not the daemon (nothing restarts
+    it before qmail-send does): the pool starts again, the old one's
+    idle writers gone, its busy ones finishing; clients use
+    bin/qmail-queue meanwhile."""
     durable.load_writeback()            # once, before the writers fork
-    pool = prefork.Pool(listener, make_handler(uids), MAX_WRITERS, spare=SPARE,
-                        max_use=MAX_USE)
-    signal.signal(signal.SIGTERM, lambda s, f: pool.stop())
+    stopping = []
     watch = {}
     if watch_fd0():
         watch[0] = lambda: True         # readable: qmail-send is gone
-    pool.serve(watch)
-    return 0
+    while True:
+        pool = prefork.Pool(listener, make_handler(uids), MAX_WRITERS, spare=SPARE,
+                            max_use=MAX_USE)
+
+        def stop(signum, frame, pool=pool):
+            stopping.append(signum)
+            pool.stop()
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            pool.serve(watch)
+            return 0
+        except Exception:
+            if stopping:
+                raise
+        time.sleep(RESTART_PAUSE)
 
 
 def watch_fd0() -> bool:
