@@ -12,8 +12,12 @@ Writes:   per connection, a writer runs qmail-queue's own code,
           as "<pid>\\n" at once, then one byte, qmail-queue's exit code.
           Writers are pre-forked workers (qmail.lib.prefork), SPARE kept
           idle, each serving up to MAX_USE injections one after another,
-          at most MAX_WRITERS at once; so the qp of qmail-send's log
-          repeats within a writer's life, as it would across pid reuse.
+          at most MAX_WRITERS at once.  The "pid" stands for qmail-queue's
+          pid wherever qmail shows one (the qp of the 250 reply and of
+          qmail-send's log, the Received line, the envelope's p): the
+          writer's pid for its first injection, then pid + n * 2^22 for
+          its n-th (Linux pids stay below 2^22), so that a qp still names
+          one injection, as a fresh qmail-queue's pid did.
 Trusts:   nothing the client says: the uid recorded in the envelope and
           the Received line is the one the kernel reports for the
           connection (SO_PEERCRED), as the setuid launcher records the
@@ -78,8 +82,17 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-def writer(conn: socket.socket, uids: dict) -> int:
-    """One injection, answered on conn; in a pool worker."""
+QP_STRIDE = 1 << 22         # above any Linux pid (PID_MAX_LIMIT)
+
+
+def qp_for(pid: int, served: int) -> int:
+    """The qp of a writer's injection after `served` others."""
+    return pid + served * QP_STRIDE
+
+
+def writer(conn: socket.socket, uids: dict, qp: int = None) -> int:
+    """One injection, answered on conn; in a pool worker.  qp: what
+    stands for qmail-queue's pid (qp_for), else this process's."""
     # _signal's: signal.signal() converts to and from enums, 30 us a call.
     _signal.signal(_signal.SIGALRM, queue.die_timeout)
     _signal.alarm(queue.DEATH)
@@ -88,9 +101,11 @@ def writer(conn: socket.socket, uids: dict) -> int:
         fds = recv_fds(conn)
         if fds is None:
             return 54
+        if qp is None:
+            qp = os.getpid()
         try:
-            conn.sendall(b'%d\n' % os.getpid())
-            code = queue.inject(fds[0], fds[1], uid, os.getpid(), time.time(),
+            conn.sendall(b'%d\n' % qp)
+            code = queue.inject(fds[0], fds[1], uid, qp, time.time(),
                                 uids, auto.SPLIT)
         finally:
             for fd in fds:
@@ -106,22 +121,24 @@ def writer(conn: socket.socket, uids: dict) -> int:
 
 
 def make_handler(uids: dict):
-    baseline = []
+    worker = []     # in each worker: its descriptors' count, its pid, injections
 
     def handle(conn: socket.socket, addr) -> bool:
         """False retires the worker: after an internal error, or when a
         descriptor was left open."""
-        if not baseline:
-            baseline.append(prefork.open_fds() - 1)     # less conn
+        if not worker:
+            worker[:] = [prefork.open_fds() - 1, os.getpid(), 0]   # (less conn)
+        qp = qp_for(worker[1], worker[2])
+        worker[2] += 1
         try:
-            code = writer(conn, uids)
+            code = writer(conn, uids, qp)
         except OSError:
             code = 54           # the client went away
         except BaseException:
             code = 81
         finally:
             conn.close()
-        return code != 81 and prefork.open_fds() == baseline[0]
+        return code != 81 and prefork.open_fds() == worker[0]
     return handle
 
 

@@ -58,3 +58,48 @@ def test_a_pool_failing_while_stopping_is_not_restarted(monkeypatch):
     with pytest.raises(TypeError):
         queued.serve(None, {})
     assert len(FakePool.runs) == 1 and FakePool.runs[0].stopped
+
+
+def test_each_injection_of_a_writer_has_its_own_qp(tmp_path, monkeypatch):
+    """A writer serves many injections: the first gets its pid as qp (in
+    the answer, the envelope's p and the Received line), the n-th
+    pid + n * 2^22, so a qp names one injection as a pid did."""
+    import array
+    import os
+    import socket
+    from qmail import queue
+    from qmail.lib import auto, qfile
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(auto.SPLIT)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+    handle = queued.make_handler({'alias': -1, 'daemon': -1, 'send': -1})
+    qps = []
+    for n in range(3):
+        ours, theirs = socket.socketpair()
+        msg_r, msg_w = os.pipe()
+        env_r, env_w = os.pipe()
+        os.write(msg_w, b'Subject: %d\n\nbody\n' % n)
+        os.write(env_w, b'Fa@b\0Tc@d\0\0')
+        os.close(msg_w)
+        os.close(env_w)
+        ours.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               array.array('i', [msg_r, env_r]))])
+        os.close(msg_r)
+        os.close(env_r)
+        assert handle(theirs, None) is True
+        answer = ours.recv(64)
+        ours.close()
+        line, code = answer.split(b'\n')
+        assert code == b'\0'
+        qps.append(int(line))
+    pid = os.getpid()
+    assert qps == [pid, pid + (1 << 22), pid + (2 << 22)]
+    seen = set()
+    for name in os.listdir('todo'):
+        env = open(os.path.join('todo', name), 'rb').read()
+        p = int(env.split(b'\0')[1][1:])
+        body = open(qfile.qfn('mess', int(name), auto.SPLIT), 'rb').read()
+        assert body.startswith(b'Received: (qmail %d invoked ' % p), body
+        seen.add(p)
+    assert seen == set(qps)
