@@ -244,8 +244,8 @@ class Listener:
         self.pool = prefork.Pool(
             self.sock, self.handle, self.o.limit, spare=SPARE, max_use=MAX_USE,
             child_init=self.worker_init,
-            # (no status lines under -q: then a connection does not wake
-            # the pool's parent at all)
+            # (the worker that takes or ends a connection writes the
+            # status line: the pool's parent is not woken for it)
             status=(lambda busy, limit: self.log(1, 'status: %d/%d' % (busy, limit)))
             if self.o.verbosity >= 1 else None,
             log=self.log)

@@ -22,7 +22,9 @@ the parent nothing, where a wake-up of it for each start and end of one
 was 3% of all CPU under load.  The busy count's changes (status given:
 qmail-listen's status lines) are reported by the worker that made them,
 from the scoreboard; the parent reports only the first count and those
-its reaping changes (a worker that died busy).
+its reaping changes (a worker that died busy).  Two workers changing
+at the same instant may report in either order: a line may be one off
+until the next change.
 
 A worker polls the socket and a second pipe whose write end only the
 parent holds: end of file there means the parent is stopping (or gone),
@@ -115,23 +117,29 @@ class Pool:
 
     def serve(self, watch=None):
         watch = dict(watch or {})
-        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
-        self.death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self.status_r, False)
-        self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.board = mmap.mmap(-1, self.limit)      # shared, all FREE
-        self.free = list(range(self.limit - 1, -1, -1))
-        old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        old_chld = signal.signal(signal.SIGCHLD, lambda s, f: None)
-        self.sock.setblocking(False)
-        gc.freeze()         # workers share the loaded code's pages
-        self.parent = os.getpid()
-        poller = select.poll()          # the same descriptors every turn
-        poller.register(self.wakeup_r, select.POLLIN)
-        poller.register(self.status_r, select.POLLIN)
-        for fd in watch:
-            poller.register(fd, select.POLLIN)
+        fds = []
+        old_wakeup = old_chld = None
         try:
+            self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
+            fds += [self.status_r, self.status_w]
+            self.death_r, self.death_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(self.death_r)            # (death_w: stop() closes it)
+            os.set_blocking(self.status_r, False)
+            self.wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            fds += [self.wakeup_r, wakeup_w]
+            self.board = mmap.mmap(-1, self.limit)      # shared, all FREE
+            self.free = list(range(self.limit - 1, -1, -1))
+            old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+            old_chld = signal.signal(signal.SIGCHLD, lambda s, f: None)
+            self.sock.setblocking(False)
+            gc.freeze()         # workers share the loaded code's pages
+            self.parent = os.getpid()
+            poller = select.poll()          # the same descriptors every turn
+            poller.register(self.wakeup_r, select.POLLIN)
+            poller.register(self.status_r, select.POLLIN)
+            for fd in watch:
+                poller.register(fd, select.POLLIN)
+            self.report()                   # the first count, before any worker's
             while not self.stopping:
                 self.reap()
                 self.grow()
@@ -156,9 +164,11 @@ class Pool:
                         self.stop()
         finally:
             self.stop()
-            signal.set_wakeup_fd(old_wakeup)
-            signal.signal(signal.SIGCHLD, old_chld)
-            for fd in (self.status_r, self.status_w, self.wakeup_r, wakeup_w):
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
+            if old_chld is not None:
+                signal.signal(signal.SIGCHLD, old_chld)
+            for fd in fds:
                 try:
                     os.close(fd)
                 except OSError:
@@ -219,7 +229,10 @@ class Pool:
         parent if it must act."""
         self.board[self.slot] = state
         if self.status is not None:
-            self.status(self.board[:].count(BUSY), self.limit)
+            try:
+                self.status(self.board[:].count(BUSY), self.limit)
+            except Exception:
+                pass                    # a report lost, not the connection
         if state == IDLE or self.board[:].count(IDLE) >= self.spare:
             return
         try:
