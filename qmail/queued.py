@@ -29,7 +29,8 @@ Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           qmailq); 111 if it cannot start.  Clients fall back to
           bin/qmail-queue whenever the socket is absent or refuses, so
           mail never depends on it; an internal error in the pool's
-          parent restarts the pool a second later.
+          parent restarts the pool a second later (the fifth within a
+          minute: exit 111).
 See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 """
 
@@ -48,7 +49,8 @@ from qmail import queue
 SOCKET = 'run/qmail-queue.sock'      # under HOME
 MAX_WRITERS = 100                     # concurrent injections; more wait
 SPARE = 4                             # idle writers kept ready
-MAX_USE = 1000                        # injections a writer serves, then retires
+MAX_USE = 500                         # injections a writer serves, then retires
+                                      # (its qp stays below 2^31: qp_for)
 
 
 def socket_path(home: str) -> str:
@@ -86,7 +88,9 @@ QP_STRIDE = 1 << 22         # above any Linux pid (PID_MAX_LIMIT)
 
 
 def qp_for(pid: int, served: int) -> int:
-    """The qp of a writer's injection after `served` others."""
+    """The qp of a writer's injection after `served` others: below
+    MAX_USE * QP_STRIDE = 2^31 less a little, so a qp fits the signed
+    32-bit number a log tool may read it into."""
     return pid + served * QP_STRIDE
 
 
@@ -143,6 +147,8 @@ def make_handler(uids: dict):
 
 
 RESTART_PAUSE = 1.0     # seconds between a failed pool and the next
+RESTARTS = 5            # failures within RESTART_WINDOW seconds: give up
+RESTART_WINDOW = 60.0
 
 
 def serve(listener: socket.socket, uids: dict):
@@ -150,27 +156,39 @@ def serve(listener: socket.socket, uids: dict):
     the pool's parent costs a pause, not the daemon (nothing restarts
     it before qmail-send does): the pool starts again, the old one's
     idle writers gone, its busy ones finishing; clients use
-    bin/qmail-queue meanwhile."""
+    bin/qmail-queue meanwhile.  A pool that keeps failing (RESTARTS
+    within RESTART_WINDOW) ends the daemon: exit 111, and clients fall
+    back at once, finding nobody at the socket."""
     durable.load_writeback()            # once, before the writers fork
     stopping = []
+    pools = []
+    failures = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        if pools:
+            pools[-1].stop()
+    signal.signal(signal.SIGTERM, stop)
     watch = {}
     if watch_fd0():
         watch[0] = lambda: True         # readable: qmail-send is gone
-    while True:
-        pool = prefork.Pool(listener, make_handler(uids), MAX_WRITERS, spare=SPARE,
-                            max_use=MAX_USE)
-
-        def stop(signum, frame, pool=pool):
-            stopping.append(signum)
-            pool.stop()
-        signal.signal(signal.SIGTERM, stop)
+    while not stopping:
+        pools[:] = [prefork.Pool(listener, make_handler(uids), MAX_WRITERS,
+                                 spare=SPARE, max_use=MAX_USE)]
+        if stopping:
+            break                       # TERM came as the pool was made
         try:
-            pool.serve(watch)
+            pools[0].serve(watch)
             return 0
         except Exception:
             if stopping:
                 raise
+        now = time.monotonic()
+        failures[:] = [t for t in failures if now - t < RESTART_WINDOW] + [now]
+        if len(failures) >= RESTARTS:
+            return 111
         time.sleep(RESTART_PAUSE)
+    return 0
 
 
 def watch_fd0() -> bool:

@@ -44,6 +44,39 @@ def test_a_failed_pool_is_started_again(monkeypatch):
     assert pauses == [queued.RESTART_PAUSE]
 
 
+def test_term_in_the_pause_ends_the_daemon(monkeypatch):
+    """TERM between a failed pool and the next: no next."""
+    FakePool.runs = []
+    monkeypatch.setattr(queued.prefork, 'Pool', FakePool)
+    monkeypatch.setattr(queued, 'watch_fd0', lambda: False)
+    monkeypatch.setattr(queued.durable, 'load_writeback', lambda: None)
+    monkeypatch.setattr(queued.time, 'sleep',
+                        lambda s: signal.getsignal(signal.SIGTERM)(15, None))
+    assert queued.serve(None, {}) == 0
+    assert len(FakePool.runs) == 1
+
+
+def test_a_pool_failing_again_and_again_ends_the_daemon(monkeypatch):
+    """Clients then find nobody at the socket and fall back at once,
+    rather than wait on a socket no writer serves."""
+    FakePool.runs = []
+    monkeypatch.setattr(queued.prefork, 'Pool', FakePool)
+    monkeypatch.setattr(queued, 'watch_fd0', lambda: False)
+    monkeypatch.setattr(queued.durable, 'load_writeback', lambda: None)
+    monkeypatch.setattr(queued.time, 'sleep', lambda s: None)
+
+    def serve(self, watch):
+        FakePool.runs.append(self)
+        raise TypeError('a bug')
+    monkeypatch.setattr(FakePool, 'serve', serve)
+    assert queued.serve(None, {}) == 111
+    assert len(FakePool.runs) == queued.RESTARTS
+
+
+def test_a_qp_fits_a_signed_32_bit_number():
+    assert queued.qp_for((1 << 22) - 1, queued.MAX_USE - 1) < 1 << 31
+
+
 def test_a_pool_failing_while_stopping_is_not_restarted(monkeypatch):
     FakePool.runs = []
     monkeypatch.setattr(queued.prefork, 'Pool', FakePool)
