@@ -114,3 +114,31 @@ def test_clean_sweeps_an_intd_whose_message_is_gone(tmp_path, monkeypatch):
     open(qfn('mess', 23, 3), 'wb').close()
     clean.sweep_intd(time.time(), 3)
     assert sorted(os.listdir('intd')) == ['22', '23']
+
+
+@pytest.mark.parametrize('age, kept', [(10, True), (spawn.MAX_AGE + 1, False)])
+def test_a_delivery_worker_past_its_age_retires(age, kept):
+    """A worker set up once (a user's groups, gid and uid) is kept for
+    the next delivery of its key only until MAX_AGE: then a new one
+    takes the user's groups as they are now."""
+    import socket
+    import time
+
+    class Spawner:
+        watch = {}
+        done = []
+
+        def finish(self, delnum, wstat):
+            self.done.append((delnum, wstat))
+    workers = spawn.Workers(Spawner(), None, None)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    worker = spawn.Worker(12345, ours, ('user', 1000, 1000))
+    worker.born = time.monotonic() - age
+    worker.delnum = 3
+    theirs.send(spawn.ANSWER.pack(0, 1))
+    workers.answered(worker)
+    assert Spawner.done == [(3, 0)]
+    assert (workers.take(('user', 1000, 1000)) is worker) == kept
+    assert (ours.fileno() != -1) == kept       # retiring closes its socket
+    theirs.close()
+    ours.close()

@@ -35,6 +35,8 @@ from qmail.lib import prefork
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
 MAX_USE = 1000       # deliveries a worker runs before it retires
+MAX_AGE = 300        # seconds after which a worker takes no more (a user's
+                     # groups, taken once, are then read again)
 IDLE_EXIT = 30       # seconds an idle worker is kept
 MAX_IDLE = 20        # idle workers kept, all keys together
 JOB_MAX = 65536      # a delivery's arguments, as the worker receives them
@@ -331,12 +333,12 @@ def child_setup(fdmess: int, fdout: int):
 # ---- delivery workers: a fork per worker, not per delivery ------------------
 
 class Worker:
-    __slots__ = ('pid', 'sock', 'key', 'uses', 'idle_since', 'delnum')
+    __slots__ = ('pid', 'sock', 'key', 'uses', 'born', 'idle_since', 'delnum')
 
     def __init__(self, pid, sock, key):
         self.pid, self.sock, self.key = pid, sock, key
         self.uses = 0
-        self.idle_since = time.monotonic()
+        self.born = self.idle_since = time.monotonic()
         self.delnum = None
 
 
@@ -344,7 +346,8 @@ class Workers:
     """Deliveries run by long-lived children of the spawner, each set up
     once for one key (qmail-lspawn: a user, whose groups, gid and uid the
     worker takes; qmail-rspawn: one key, nothing to take) and then given
-    deliveries of that key only, one at a time, up to MAX_USE.
+    deliveries of that key only, one at a time, up to MAX_USE and for
+    MAX_AGE seconds at most.
 
     run(key, arg, title, fields, fdmess, delnum) hands a delivery to an
     idle worker of key, or forks one that calls setup(arg) first (0, or
@@ -430,10 +433,11 @@ class Workers:
         code, keep = ANSWER.unpack(data)
         self.spawner.finish(delnum, (code & 0xff) << 8)
         worker.uses += 1
-        if not keep or worker.uses >= MAX_USE:
+        now = time.monotonic()
+        if not keep or worker.uses >= MAX_USE or now - worker.born > MAX_AGE:
             self.retire(worker)
             return
-        worker.idle_since = time.monotonic()
+        worker.idle_since = now
         self.idle.setdefault(worker.key, []).append(worker)
         self.nidle += 1
         while self.nidle > MAX_IDLE:
