@@ -312,7 +312,8 @@ NOTES = """\
   wrote the final "." of DATA.
 - CPU s/1000: all the MTA's processes (the bench is a child subreaper, so
   all are reaped by it: RUSAGE_CHILDREN), less smtp-source's own and less
-  the idle start+stop cost (%(idle)s).
+  the idle start+stop cost (%(idle)s);
+  by kind: ru_utime and ru_stime, each less its part of the same.
 - ratio: qmail-py / Postfix.
 - At 10 and 50 sessions the clients offer mail faster than a system
   may deliver it: where its queue grows all through the run (Postfix's,

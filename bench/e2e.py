@@ -12,7 +12,8 @@ machine fall on both.  Two runs per system and case:
               / (ctime of the last file in Maildir/new - the moment
               smtp-source was started); CPU = RUSAGE_CHILDREN of the bench
               (a child subreaper) across start .. stop, less smtp-source's
-              own (wait4) and less the system's idle start+stop cost.
+              own (wait4) and less the system's idle start+stop cost; also
+              split into user and kernel time.
   latency     bench/smtpload.py, the same sessions and mode, each message
               stamped: latency = the moment its file appeared in
               Maildir/new (inotify, bench/watch.py: qmail's link, Postfix's
@@ -27,7 +28,7 @@ import subprocess
 import time
 
 import smtpload
-from procs import BenchError, children_cpu, reap_all, wait4, wait_for
+from procs import BenchError, children_times, reap_all, wait4_times, wait_for
 from watch import Watcher
 
 SENDER = 'bench@client.example.com'
@@ -88,23 +89,24 @@ def wait_delivered(user, count, timeout, system):
                          % (system.name, user.count(), user.new, count))
 
 
-def idle_cost(system) -> float:
-    """CPU seconds of starting and stopping the system with no mail:
-    the least of three tries."""
+def idle_cost(system) -> tuple:
+    """(user, kernel) CPU seconds of starting and stopping the system
+    with no mail: the try of three that cost least."""
     costs = []
     for _ in range(3):
         reap_all(time.monotonic() + 5)
-        c0 = children_cpu()
+        u0, k0 = children_times()
         system.start()
         system.stop()
-        costs.append(children_cpu() - c0)
-    return min(costs)
+        u1, k1 = children_times()
+        costs.append((u1 - u0, k1 - k0))
+    return min(costs, key=sum)
 
 
 def throughput_run(system, user, case, baseline):
     user.empty()
     reap_all(time.monotonic() + 5)
-    c0 = children_cpu()
+    u0, k0 = children_times()
     system.start()
     try:
         argv = ['smtp-source', '-s', str(case.sessions), '-m', str(case.count),
@@ -116,7 +118,7 @@ def throughput_run(system, user, case, baseline):
         with open(os.devnull, 'wb') as null:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=null,
                                     stderr=subprocess.PIPE)
-        code, client_cpu = wait4(proc, case.timeout())
+        code, (client_user, client_kernel) = wait4_times(proc, case.timeout())
         err = proc.stderr.read().decode('utf-8', 'replace')
         proc.stderr.close()
         if code != 0:
@@ -126,9 +128,13 @@ def throughput_run(system, user, case, baseline):
         last = max(new_ctimes(user.new))
     finally:
         system.stop()
-    cpu = children_cpu() - c0 - client_cpu - baseline
-    return {'rate': case.count / (last - t0), 'cpu': cpu * 1000 / case.count,
-            'client_cpu': client_cpu}
+    u1, k1 = children_times()
+    user_s = u1 - u0 - client_user - baseline[0]
+    kernel_s = k1 - k0 - client_kernel - baseline[1]
+    per = 1000 / case.count
+    return {'rate': case.count / (last - t0), 'cpu': (user_s + kernel_s) * per,
+            'user': user_s * per, 'kernel': kernel_s * per,
+            'client_cpu': client_user + client_kernel}
 
 
 def latency_run(system, user, case):
@@ -159,11 +165,12 @@ def latency_run(system, user, case):
 
 
 def run(systems, user, quick, say):
-    """{case label: {system name: results}} and the idle costs."""
+    """{case label: {system name: results}} and the idle costs (CPU
+    seconds)."""
     baselines = {}
     for s in systems:
         baselines[s.name] = idle_cost(s)
-        say('e2e: %s idle start+stop costs %.2f s CPU' % (s.name, baselines[s.name]))
+        say('e2e: %s idle start+stop costs %.2f s CPU' % (s.name, sum(baselines[s.name])))
     results = {}
     for i, case in enumerate(cases(quick)):
         order = systems if i % 2 == 0 else systems[::-1]
@@ -185,4 +192,4 @@ def run(systems, user, quick, say):
                 continue
             say('e2e: %s %s: latency p50 %.0f ms p95 %.0f ms'
                 % (s.name, case.label(), got[s.name]['p50'] * 1000, got[s.name]['p95'] * 1000))
-    return results, baselines
+    return results, {name: sum(cost) for name, cost in baselines.items()}

@@ -38,6 +38,12 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def children_times() -> tuple:
+    """(user, kernel) CPU seconds of the reaped children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime, r.ru_stime
+
+
 def reap_all(deadline: float, procs=()) -> bool:
     """Wait for every child until none is left or the monotonic deadline
     passes; True if none is left.  Popen objects in procs get their
@@ -87,12 +93,18 @@ def kill_all_children():
 def wait4(proc: subprocess.Popen, timeout: float):
     """(exit code, CPU seconds) of one child, waited for with a timeout;
     the child is killed if it overstays."""
+    code, (user, kernel) = wait4_times(proc, timeout)
+    return code, user + kernel
+
+
+def wait4_times(proc: subprocess.Popen, timeout: float):
+    """wait4(), the CPU seconds as (user, kernel)."""
     deadline = time.monotonic() + timeout
     while True:
         pid, wstat, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(wstat)
-            return proc.returncode, ru.ru_utime + ru.ru_stime
+            return proc.returncode, (ru.ru_utime, ru.ru_stime)
         if time.monotonic() >= deadline:
             proc.kill()
             pid, wstat, ru = os.wait4(proc.pid, 0)

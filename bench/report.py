@@ -28,6 +28,9 @@ METRICS = (
     ('CPU seconds per 1,000 messages, all the MTA\'s processes '
      '(ratio above 1: qmail-py costlier)',
      [('CPU s', 'cpu', 1, '%.2f')]),
+    ('The same CPU seconds by kind: user (the programs\' own code) and '
+     'kernel (system calls: the disk, the network, processes)',
+     [('user s', 'user', 1, '%.2f'), ('kernel s', 'kernel', 1, '%.2f')]),
 )
 
 
