@@ -185,6 +185,7 @@ LOGRCPTS = 20            # recipients named in a log line; then a count
 
 
 _LOGSAFE = bytes(c if 33 <= c <= 126 else 95 for c in range(256))
+_LOGRESULT = bytes(c if 32 <= c <= 126 else 95 for c in range(256))   # a reply's: spaces kept
 
 
 def logsafe(s: bytes) -> bytes:
@@ -466,7 +467,7 @@ class Session:
             line += b' auth %s' % logsafe(self.authuser)
         if self.tls:
             line += b' tls'
-        result = bytes(c if 32 <= c <= 126 else 95 for c in result.rstrip(b'\r\n')[:200])
+        result = result.rstrip(b'\r\n')[:200].translate(_LOGRESULT)
         self.logs.append(line + b': ' + result + b'\n')
         self.flaglogged = True
         self.flagtxlogged = True

@@ -1010,3 +1010,14 @@ def test_replies_to_a_pipe_are_written_as_before():
     channel.close()
     os.close(r)
     os.close(w)
+
+
+def test_log_line_keeps_a_reply_readable_and_safe():
+    """The transaction's log line ends with the reply, at most 200 bytes
+    of it: spaces kept, control and 8-bit bytes (a QMAILQUEUE filter's
+    text) each an underscore, and no CR LF."""
+    h = Harness(status='Dbad\x01 bytes \xe9 here (#5.3.0)')
+    h.session.pid = 1
+    h.feed(b'HELO x\r\n', ENVELOPE, b'DATA\r\n', BODY)
+    logs = h.session.take_logs()
+    assert logs.endswith(b': 554 bad_ bytes __ here (#5.3.0)\n'), logs
