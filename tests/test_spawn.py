@@ -142,3 +142,33 @@ def test_a_delivery_worker_past_its_age_retires(age, kept):
     assert (ours.fileno() != -1) == kept       # retiring closes its socket
     theirs.close()
     ours.close()
+
+
+def test_an_idle_worker_past_its_age_is_not_taken():
+    """A worker that went idle just before MAX_AGE is not given another
+    delivery after it: take() retires it and gives a younger one, or
+    none."""
+    import socket
+    import time
+
+    class Spawner:
+        watch = {}
+    workers = spawn.Workers(Spawner(), None, None)
+    key = ('user', 1000, 1000)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    young = spawn.Worker(1, pairs[0][0], key)
+    old = spawn.Worker(2, pairs[1][0], key)
+    old.born = time.monotonic() - spawn.MAX_AGE - 1
+    workers.idle[key] = [young, old]          # old is the one take() pops first
+    workers.nidle = 2
+    assert workers.take(key) is young
+    assert pairs[1][0].fileno() == -1          # retired: its socket closed
+    assert workers.take(key) is None and key not in workers.idle
+    assert workers.nidle == 0
+    old.born = time.monotonic() - spawn.MAX_AGE - 1
+    workers.idle[key] = [old]
+    workers.nidle = 1
+    assert workers.take(key) is None and key not in workers.idle and workers.nidle == 0
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()

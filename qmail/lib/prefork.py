@@ -111,14 +111,18 @@ class Pool:
     def stop(self):
         """Idle workers exit now, busy ones after their connection."""
         self.stopping = True
-        if self.death_w is not None:
-            os.close(self.death_w)
-            self.death_w = None
+        fd, self.death_w = self.death_w, None   # (a TERM may call this mid-way)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def serve(self, watch=None):
         watch = dict(watch or {})
         fds = []
-        old_wakeup = old_chld = None
+        unset = object()
+        old_wakeup = old_chld = unset
         try:
             self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
             fds += [self.status_r, self.status_w]
@@ -164,10 +168,15 @@ class Pool:
                         self.stop()
         finally:
             self.stop()
-            if old_wakeup is not None:
-                signal.set_wakeup_fd(old_wakeup)
-            if old_chld is not None:
-                signal.signal(signal.SIGCHLD, old_chld)
+            try:
+                if old_wakeup is not unset:
+                    signal.set_wakeup_fd(old_wakeup)
+                if old_chld is not unset:
+                    # (None: a handler not set from Python; the default then)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL if old_chld is None
+                                  else old_chld)
+            except (OSError, ValueError):
+                pass
             for fd in fds:
                 try:
                     os.close(fd)

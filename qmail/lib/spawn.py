@@ -35,8 +35,8 @@ from qmail.lib import prefork
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
 MAX_USE = 1000       # deliveries a worker runs before it retires
-MAX_AGE = 300        # seconds after which a worker takes no more (a user's
-                     # groups, taken once, are then read again)
+MAX_AGE = 300        # seconds after which a worker takes no more: a
+                     # qmail-lspawn worker took its user's groups once
 IDLE_EXIT = 30       # seconds an idle worker is kept
 MAX_IDLE = 20        # idle workers kept, all keys together
 JOB_MAX = 65536      # a delivery's arguments, as the worker receives them
@@ -387,13 +387,19 @@ class Workers:
         return None
 
     def take(self, key):
+        """An idle worker of key, none past MAX_AGE (those retire)."""
         workers = self.idle.get(key)
-        if not workers:
-            return None
-        worker = workers.pop()
-        if not workers:
+        now = time.monotonic()
+        while workers:
+            worker = workers.pop()
+            self.nidle -= 1
+            if now - worker.born <= MAX_AGE:
+                break
+            self.retire(worker)
+        else:
+            worker = None
+        if key in self.idle and not workers:
             del self.idle[key]
-        self.nidle -= 1
         return worker
 
     def fork(self, key, arg, title) -> Worker:
