@@ -94,9 +94,9 @@ def qp_for(pid: int, served: int) -> int:
     return pid + served * QP_STRIDE
 
 
-def writer(conn: socket.socket, uids: dict, qp: int = None) -> int:
+def writer(conn: socket.socket, uids: dict, qp: int) -> int:
     """One injection, answered on conn; in a pool worker.  qp: what
-    stands for qmail-queue's pid (qp_for), else this process's."""
+    stands for qmail-queue's pid (qp_for)."""
     # _signal's: signal.signal() converts to and from enums, 30 us a call.
     _signal.signal(_signal.SIGALRM, queue.die_timeout)
     _signal.alarm(queue.DEATH)
@@ -105,8 +105,6 @@ def writer(conn: socket.socket, uids: dict, qp: int = None) -> int:
         fds = recv_fds(conn)
         if fds is None:
             return 54
-        if qp is None:
-            qp = os.getpid()
         try:
             conn.sendall(b'%d\n' % qp)
             code = queue.inject(fds[0], fds[1], uid, qp, time.time(),
@@ -125,15 +123,20 @@ def writer(conn: socket.socket, uids: dict, qp: int = None) -> int:
 
 
 def make_handler(uids: dict):
-    worker = []     # in each worker: its descriptors' count, its pid, injections
+    # In each worker, from its first injection: its descriptors' count,
+    # its pid, the injections it served.
+    baseline = pid = None
+    served = 0
 
     def handle(conn: socket.socket, addr) -> bool:
         """False retires the worker: after an internal error, or when a
         descriptor was left open."""
-        if not worker:
-            worker[:] = [prefork.open_fds() - 1, os.getpid(), 0]   # (less conn)
-        qp = qp_for(worker[1], worker[2])
-        worker[2] += 1
+        nonlocal baseline, pid, served
+        if pid is None:
+            baseline = prefork.open_fds() - 1       # less conn
+            pid = os.getpid()
+        qp = qp_for(pid, served)
+        served += 1
         try:
             code = writer(conn, uids, qp)
         except OSError:
@@ -142,7 +145,7 @@ def make_handler(uids: dict):
             code = 81
         finally:
             conn.close()
-        return code != 81 and prefork.open_fds() == worker[0]
+        return code != 81 and prefork.open_fds() == baseline
     return handle
 
 
@@ -162,7 +165,7 @@ def serve(listener: socket.socket, uids: dict):
     durable.load_writeback()            # once, before the writers fork
     stopping = []
     pools = []
-    failures = []
+    failures = []                       # when pools failed, the last minute's
 
     def stop(signum, frame):
         stopping.append(signum)
@@ -184,7 +187,7 @@ def serve(listener: socket.socket, uids: dict):
             if stopping:
                 raise
         now = time.monotonic()
-        failures[:] = [t for t in failures if now - t < RESTART_WINDOW] + [now]
+        failures = [t for t in failures if now - t < RESTART_WINDOW] + [now]
         if len(failures) >= RESTARTS:
             return 111
         time.sleep(RESTART_PAUSE)

@@ -78,9 +78,9 @@ class Pool:
     child_init() runs once in each new worker, before its first
     connection.  status(busy, total) is called whenever the number of
     busy workers changes: in the worker that took or ended a connection,
-    in the parent at the start and when a worker died busy.  watch: extra descriptors for the
-    parent's poll; watch[fd]() is called when one is readable and returns
-    True to stop the pool."""
+    in the parent at the start and when a worker died busy.  watch:
+    extra descriptors for the parent's poll; watch[fd]() is called when
+    one is readable and returns True to stop the pool."""
 
     def __init__(self, sock, handle, limit, spare=4, max_use=100, idle_exit=60.0,
                  child_init=None, status=None, log=None):
@@ -239,7 +239,7 @@ class Pool:
         self.board[self.slot] = state
         if self.status is not None:
             try:
-                self.status(self.board[:].count(BUSY), self.limit)
+                self.status(self.busy(), self.limit)
             except Exception:
                 pass                    # a report lost, not the connection
         if state == IDLE or self.board[:].count(IDLE) >= self.spare:
