@@ -175,6 +175,26 @@ def usable(addrs, is_me, relay: bool):
     return [mx for mx in addrs if mx.pref < prefme]
 
 
+ADDR_PER_HOST = 8      # addresses tried of one MX host (or relay)
+ADDR_MAX = 32          # addresses tried in all, each up to timeoutconnect
+
+
+def capped(addrs):
+    """addrs in order, at most ADDR_PER_HOST of each host and ADDR_MAX
+    in all: a domain's owner fills its DNS, and each address that does
+    not answer holds this delivery for timeoutconnect."""
+    seen = {}
+    out = []
+    for mx in addrs:
+        n = seen.get(mx.name, 0)
+        if n < ADDR_PER_HOST:
+            seen[mx.name] = n + 1
+            out.append(mx)
+            if len(out) == ADDR_MAX:
+                break
+    return out
+
+
 # --- the shell ------------------------------------------------------------
 
 class Settings:
@@ -241,7 +261,7 @@ def resolve(host: bytes, relay, resolver, rand):
         raise perm(b'Sorry, ' + shown + b' does not accept mail (null MX). (#5.1.10)\n') from None
     if not addrs:
         raise temp(T_DNS) if flagsoft else perm(P_NOMX)
-    return addrs
+    return addrs, flagsoft
 
 
 def tls_policy(host: bytes, tlsdest: dict):
@@ -303,7 +323,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             resolver = qdns.make_resolver(settings.nameservers)
         except qdns.DnsSoft:
             raise temp(b'Unable to read /etc/resolv.conf. (#4.3.0)\n') from None
-    addrs = resolve(host, relay, resolver, rand or random.Random())
+    addrs, flagsoft = resolve(host, relay, resolver, rand or random.Random())
     if is_me is None:
         try:
             me = remote_ipme.ipme()
@@ -312,7 +332,10 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
         is_me = lambda ip: remote_ipme.is_me(ip, me)   # noqa: E731
     addrs = usable(addrs, is_me, relay is not None)
     if not addrs:
-        raise perm(P_AMBIGMX)
+        # Listed as the best MX we could look up; a better one whose
+        # addresses did not answer may be back later: then it is theirs.
+        raise temp(T_DNS) if flagsoft else perm(P_AMBIGMX)
+    addrs = capped(addrs)
 
     memory = memory or tcpto.Memory()
     for mx in addrs:

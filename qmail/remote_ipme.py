@@ -106,4 +106,10 @@ def ipme() -> frozenset:
 
 
 def is_me(ip: str, me) -> bool:
-    return ipaddress.ip_address(ip) in me
+    """Is ip one of me?  An IPv4-mapped IPv6 address (::ffff:a.b.c.d, as
+    an AAAA record may hold) is the IPv4 address it maps: a connection
+    to it reaches that address."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr in me

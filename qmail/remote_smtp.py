@@ -92,6 +92,21 @@ def tls_context(verify: bool, cafile=None) -> ssl.SSLContext:
 
 # --- pure -----------------------------------------------------------------
 
+class BadTlsName(Exception):
+    """A host name that cannot be sent in TLS (SNI) nor checked."""
+
+
+def sni_ok(name: str) -> bool:
+    """Can ssl take name as server_hostname (what its IDNA encoding
+    accepts: labels of 1 to 63 characters)?  An MX name from DNS may hold
+    anything a label can, escaped."""
+    try:
+        name.encode('idna')
+    except UnicodeError:
+        return False
+    return True
+
+
 def stuff(block: bytes) -> bytes:
     """Complete lines, starting at a line's start and ending with its
     end, in SMTP's form: CR LF ends each line, a leading dot is doubled."""
@@ -217,9 +232,16 @@ class Conn:
         return self.reply()
 
     def starttls(self, tls: Tls):
-        """The handshake; raises what ssl raises."""
+        """The handshake; raises what ssl raises, and BadTlsName (before
+        anything is sent) for a name ssl cannot carry."""
         self.buf.clear()
-        self.sock = tls.ctx.wrap_socket(self.sock, server_hostname=tls.hostname or None)
+        name = tls.hostname or None
+        if name is not None and not sni_ok(name):
+            # (wrap_socket would fail only after taking the socket over)
+            if tls.verify:
+                raise BadTlsName()
+            name = None                 # opportunistic: no SNI, no check
+        self.sock = tls.ctx.wrap_socket(self.sock, server_hostname=name)
 
     def tls_state(self, verified: bool) -> bytes:
         cipher = self.sock.cipher()
@@ -301,6 +323,10 @@ class Session:
             return self.required_fails(
                 tls, b'its certificate could not be verified for ' + safe(tls.hostname)
                 + b' (' + safe(err.verify_message or str(err)) + b')', b'4.7.5')
+        except BadTlsName:
+            return self.required_fails(
+                tls, b'its name ' + safe(tls.hostname) + b' cannot be checked against a '
+                b'certificate', b'4.7.5')
         except TimeoutError:
             raise Dropped() from None
         except OSError as err:      # ssl.SSLError, a reset in the handshake

@@ -169,6 +169,33 @@ def test_usable_drops_me_and_worse():
     assert remote.usable(mxs, lambda ip: False, False) == mxs
 
 
+def test_capped_per_host_and_in_all():
+    many = [qdns.Mx(10, 'big', '192.0.2.%d' % i) for i in range(20)]
+    other = [qdns.Mx(20, 'h%d' % i, '198.51.100.%d' % i) for i in range(40)]
+    got = remote.capped(many + other)
+    assert got[:remote.ADDR_PER_HOST] == many[:remote.ADDR_PER_HOST]
+    assert got[remote.ADDR_PER_HOST:] == other[:remote.ADDR_MAX - remote.ADDR_PER_HOST]
+    assert len(got) == remote.ADDR_MAX
+    assert remote.capped(other[:3]) == other[:3]
+
+
+def test_is_me_ipv4_mapped():
+    import ipaddress
+    me = frozenset({ipaddress.ip_address('192.0.2.7'), ipaddress.ip_address('::1')})
+    assert remote_ipme.is_me('::ffff:192.0.2.7', me)
+    assert remote_ipme.is_me('192.0.2.7', me) and remote_ipme.is_me('::1', me)
+    assert not remote_ipme.is_me('::ffff:192.0.2.8', me)
+    assert not remote_ipme.is_me('2001:db8::c000:207', me)
+
+
+@pytest.mark.parametrize('name, ok', [
+    ('mx.example.com', True), ('b\\252cher.example', True),
+    ('x' * 64 + '.example.com', False), ('a..b', False),
+])
+def test_sni_ok(name, ok):
+    assert smtp.sni_ok(name) is ok
+
+
 def test_ipme_parse_dump():
     # one RTM_NEWADDR for 192.0.2.7 (IFA_LOCAL) then NLMSG_DONE
     attr = remote_ipme.RTATTR.pack(8, remote_ipme.IFA_LOCAL) + bytes([192, 0, 2, 7])

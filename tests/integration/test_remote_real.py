@@ -22,7 +22,7 @@ import pytest
 from conftest import RUNTIME, TIMEOUT, install_home, needs_root, remove_home
 from delivery import Mta
 
-from qmail import remote, rspawn
+from qmail import remote, remote_smtp, rspawn
 from qmail.lib import control, tcpto
 
 pytestmark = [needs_root,
@@ -61,6 +61,10 @@ mx-host=tlsbad.qmt.test,other.tls.qmt.test,10
 host-record=other.tls.qmt.test,127.55.1.7
 mx-host=notls.qmt.test,mx.notls.qmt.test,10
 host-record=mx.notls.qmt.test,127.55.1.8
+mx-host=backup.qmt.test,primary.soft.test,10
+mx-host=backup.qmt.test,loop.qmt.test,20
+host-record=mapped.qmt.test,::ffff:127.0.0.1
+mx-host=v4mapped.qmt.test,mapped.qmt.test,10
 """
 BULK = 5
 for _i in range(1, BULK + 1):
@@ -425,6 +429,11 @@ def test_no_mx_means_the_address_record(home, sinks, host):
                        b"it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n"),
     (b'[127.0.0.1]', b"DSorry. Although I'm listed as a best-preference MX or A for that host,\n"
                      b"it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n"),
+    # an AAAA record holding one of our IPv4 addresses, IPv4-mapped
+    (b'v4mapped.qmt.test', b"DSorry. Although I'm listed as a best-preference MX or A for that host,\n"
+                           b"it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n"),
+    # a backup MX whose better MX's addresses did not answer: later
+    (b'backup.qmt.test', b"ZSorry, I couldn't find any host by that name. (#4.1.2)\n"),
     (b'null.qmt.test', b'DSorry, null.qmt.test does not accept mail (null MX). (#5.1.10)\n'),
     (b'noaddr.qmt.test', b"DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n"),
     (b'bad..name', b"DSorry, I couldn't find any host named bad..name. (#5.1.2)\n"),
@@ -672,6 +681,33 @@ def test_opportunistic_handshake_failure_falls_back_to_plain(home, sinks):
     _, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
     assert final.startswith(b'K127.55.1.6 accepted message.\nRemote host said: '), final
     assert s.connections == 2 and s.messages[0]['tls'] is None
+
+
+@pytest.mark.parametrize('required', [False, True])
+def test_tls_name_ssl_cannot_carry(sinks, cert, required):
+    """An MX name with a label longer than 63 characters (DNS text may
+    escape one so): opportunistic TLS goes on without SNI; required TLS
+    defers, as for a name the certificate does not match."""
+    s = sinks('127.55.1.6', 25, tls=server_context(cert))
+    name = 'x' * 64 + '.tls.qmt.test'
+    tls = remote_smtp.Tls(remote_smtp.tls_context(required, cert[0] if required else None),
+                          name, required, required, b'tls.qmt.test')
+    out = []
+    session = remote_smtp.Session(remote_smtp.Conn(remote.connect('127.55.1.6', 25, WAIT), WAIT),
+                                  b'127.55.1.6', b'remote.qmt.example', out)
+    with tempfile.TemporaryFile() as f:
+        f.write(b'Subject: t\n\nhi\n')
+        f.seek(0)
+        final = session.run(b'a@src.example', [b'u@tls.qmt.test'], f.fileno(), None, tls)
+    session.conn.close()
+    if required:
+        assert final == (b'ZConnected to 127.55.1.6 but its name ' + name.encode()
+                         + b' cannot be checked against a certificate; my control/'
+                         b'tlsdestinations requires TLS for tls.qmt.test. (#4.7.5)\n')
+        assert not s.messages
+    else:
+        assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+        assert s.messages[0]['tls'] == 'TLSv1.3' and s.connections == 1
 
 
 # --- timeouts and tcpto -----------------------------------------------------------------
