@@ -228,11 +228,13 @@ def read_servers() -> list:
 # -- talking to a server ------------------------------------------------------
 
 def connect(family: int, address: str, port: int):
-    """A connected socket, or an exit code (72, 73) to remember."""
+    """A connected socket, or an exit code (56, 72, 73) to remember: no
+    socket of this family (IPv6 off in the kernel, say) is no reason not
+    to try the next server, which may be IPv4."""
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError:
-        raise QmqpExit(56) from None
+        return 56
     sock.settimeout(CONNECT_TIMEOUT)
     try:
         sock.connect((address, port))

@@ -1063,6 +1063,29 @@ def test_qmqpc_falls_back_to_the_next_server(qmqpchome):
     check(len(server.packets), 1)
 
 
+def test_qmqpc_family_unavailable_tries_the_next_server(monkeypatch):
+    """No IPv6 sockets (a kernel with IPv6 off): the IPv4 server after
+    the IPv6 one gets the message; with only the IPv6 one, 56."""
+    server = QmqpServer(answering(b'2:Kx,'))
+    real = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *args, **kw):
+        if family == socket.AF_INET6:
+            raise OSError(97, 'Address family not supported by protocol')
+        return real(family, *args, **kw)
+    monkeypatch.setattr(qmqpc.socket, 'socket', no_ipv6)
+    spool = qmqpc.Spool()
+    spool.write(b'hi\n')
+    after = qmqpc.envelope_netstrings(b'a@b', [b'u@v'])
+    v6, v4 = qmqpc.parse_server(b'2001:db8::1'), qmqpc.parse_server(b'127.0.0.1')
+    try:
+        check(qmqpc.deliver([v6, v4], spool, after, server.port), 0)
+        check(qmqpc.deliver([v6], spool, after, server.port), 56)
+    finally:
+        server.close()
+    check(len(server.packets), 1)
+
+
 def test_qmqpc_no_server_after_connect_failure(qmqpchome):
     """Once a server took the connection, no other is tried: it may
     have the message."""
