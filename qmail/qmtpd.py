@@ -7,8 +7,8 @@ Reads:    fd 0, QMTP packages, one after another: three netstrings
           (each itself a netstring).  The environment of tcp-environ(5):
           TCPREMOTEIP, TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST,
           TCPLOCALIP; and RELAYCLIENT, DATABYTES, QMAILQUEUE.
-          control/rcpthosts, morercpthosts.cdb, databytes, and the
-          limits below.
+          control/rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
+          rcptcheck (with users/rcpt.cdb), and the limits below.
 Writes:   fd 1, after each whole package, one response netstring per
           recipient, in the client's order: "K..." queued, "Z..." try
           again later, "D..." refused.  Each message, behind a Received
@@ -57,7 +57,14 @@ Added for today's network, each with its own response:
     and every recipient gets "Zqqt failure (#4.3.0)" (qmail closed the
     connection);
   * a client silent for timeoutqmtpd seconds is cut off (qmail had only
-    its one-hour alarm, which is lifetimeqmtpd here).
+    its one-hour alarm, which is lifetimeqmtpd here);
+  * the sender checks qmail-smtpd makes, so that an admin's refusal
+    holds on port 209 too: a sender in control/badmailfrom has every
+    recipient refused, "Dsorry, your envelope sender is in my
+    badmailfrom list (#5.7.1)"; and where control/rcptcheck turns the
+    recipient map on (qmail.lib.rcptmap), an unknown local recipient
+    gets "Dsorry, no mailbox here by that name (#5.1.1)" instead of a
+    bounce later.
 
 Limits (control file, default; 0 in the file means no limit):
   maxrcptqmtpd   1000  accepted recipients per package; later ones get Z.
@@ -98,7 +105,8 @@ from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
 from qmail.smtpd import Gone, MAXHOPS, Peer, peer_env, safe, scan_ulong, write_all
-from qmail.smtpd_addr import addrallowed
+from qmail.lib import rcptmap
+from qmail.smtpd_addr import addrallowed, bmfcheck
 
 MAXMESSAGE = 2000000000
 MAXENVELOPE = 1 << 20
@@ -126,16 +134,22 @@ R_SIZE = b'Dsorry, that message size exceeds my databytes limit (#5.3.4)'
 R_HOPS = b'Dtoo many hops, this message is looping (#5.4.6)'
 R_MAXRCPT = b'Zsorry, too many recipients (#4.5.3)'
 R_QQT = b'Zqqt failure (#4.3.0)'
+R_BMF = b'Dsorry, your envelope sender is in my badmailfrom list (#5.7.1)'
+R_UNKNOWN = b'Dsorry, no mailbox here by that name (#5.1.1)'
 
 # A recipient's fate, one byte each in Package.results.
 RCPT_OK = 0              # shares qmail-queue's answer
 RCPT_NOGATEWAY = 1
 RCPT_CANTHANDLE = 2
 RCPT_MAXRCPT = 3
+RCPT_BMF = 4
+RCPT_UNKNOWN = 5
 FIXED_RESPONSE = {
     RCPT_NOGATEWAY: encode(R_NOGATEWAY),
     RCPT_CANTHANDLE: encode(R_CANTHANDLE),
     RCPT_MAXRCPT: encode(R_MAXRCPT),
+    RCPT_BMF: encode(R_BMF),
+    RCPT_UNKNOWN: encode(R_UNKNOWN),
 }
 
 # Where a Session is in a package.
@@ -153,7 +167,9 @@ class Config:
 
     def __init__(self, rcpthosts=None, morercpthosts=None, databytes=0,
                  timeout=DEFAULT_TIMEOUT, lifetime=DEFAULT_LIFETIME,
-                 maxrcpt=DEFAULT_MAXRCPT):
+                 maxrcpt=DEFAULT_MAXRCPT, badmailfrom=frozenset(), rcptmap=None):
+        self.badmailfrom = badmailfrom      # lowercased, as qmail-smtpd's
+        self.rcptmap = rcptmap              # None: rcptcheck is off
         self.rcpthosts = rcpthosts
         self.morercpthosts = morercpthosts
         self.databytes = databytes
@@ -233,6 +249,7 @@ class Package:
         self.flaghops = False
         self.sender = bytearray()
         self.flagsenderok = True
+        self.flagbarf = False       # the sender is in badmailfrom
         self.rcpt = None            # Reader of the recipient being read
         self.addr = bytearray()
         self.flagaddrlong = False
@@ -409,6 +426,7 @@ class Session:
         if b'\0' in pkg.sender:
             pkg.flagsenderok = False
         sender = bytes(pkg.sender) if pkg.flagsenderok else b''
+        pkg.flagbarf = bmfcheck(sender, self.config.badmailfrom)
         pkg.sender = None
         self.qq_call('from_', sender)
         if not pkg.flagsenderok:
@@ -442,9 +460,14 @@ class Session:
         pkg = self.pkg
         if flaglong or b'\0' in addr:
             fate = RCPT_CANTHANDLE
+        elif pkg.flagbarf:
+            fate = RCPT_BMF
         elif self.peer.relayclient is None and not addrallowed(
                 addr, self.config.rcpthosts, self.config.morercpthosts):
             fate = RCPT_NOGATEWAY
+        elif self.config.rcptmap is not None and \
+                self.config.rcptmap.check(addr) == rcptmap.REJECT:
+            fate = RCPT_UNKNOWN
         elif self.config.maxrcpt and pkg.accepted >= self.config.maxrcpt:
             fate = RCPT_MAXRCPT
         else:
@@ -551,6 +574,9 @@ def load_config(ctl: control.Controls, environ) -> Config:
         timeout=max(ctl.int('timeoutqmtpd', DEFAULT_TIMEOUT), 1),
         lifetime=ctl.int('lifetimeqmtpd', DEFAULT_LIFETIME),
         maxrcpt=ctl.int('maxrcptqmtpd', DEFAULT_MAXRCPT),
+        badmailfrom=frozenset(a.lower() for a in ctl.lines('badmailfrom')),
+        rcptmap=(rcptmap.load(os.path.dirname(ctl.directory) or '.')
+                 if ctl.exists('rcptcheck') else None),
     )
 
 
@@ -624,6 +650,9 @@ def main(argv=None, home=None) -> int:
             config = load_config(control.Controls('control'), environ)
         except (OSError, CdbError):
             return EXIT_TEMP        # no response is possible before a package
+        if config.rcptmap is not None and config.rcptmap.warning:
+            os.write(2, b'qmail-qmtpd: warning: %s\n'
+                     % config.rcptmap.warning.encode('utf-8', 'replace'))
         program = queue_program(home, environ)
         if config.lifetime:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from qmail import qmqpc, qmqpd, qmtpd, smtpd
-from qmail.lib import netstring
+from qmail.lib import netstring, rcptmap
 from qmail.lib.cdb import CdbError
 from qmail.lib.netstring import Incomplete, NetstringError, TooLong
 
@@ -387,6 +387,59 @@ def test_relayclient(relayclient, recipients, want, envelope):
 def test_rcpthosts(rcpthosts, more, recipient, want):
     h = Harness(rcpthosts=rcpthosts, morercpthosts=more)
     check(responses(h.feed(package(b'hi\n', b'a@b', [recipient]))), [want])
+
+
+R_BMF = b'Dsorry, your envelope sender is in my badmailfrom list (#5.7.1)'
+R_UNKNOWN = b'Dsorry, no mailbox here by that name (#5.1.1)'
+
+
+@pytest.mark.parametrize('sender,want', [
+    (b'spam@bad.example', R_BMF),
+    (b'Spam@BAD.example', R_BMF),           # any case, as qmail-smtpd
+    (b'joe@EVIL.example', R_BMF),           # @domain
+    (b'joe@good.example', K_OK),
+    (b'', K_OK),                            # a bounce
+])
+def test_badmailfrom(sender, want):
+    """A sender in badmailfrom has every recipient refused, whatever else
+    each would get; nothing is queued."""
+    h = Harness(badmailfrom=frozenset([b'spam@bad.example', b'@evil.example']))
+    got = responses(h.feed(package(b'hi\n', sender, [b'u@example.org', b'v@example.org'])))
+    check(got, [want, want])
+    check(h.q.queued, want == K_OK)
+
+
+class FakeRcptMap:
+    """Knows u@example.org; refuses the rest of example.org."""
+
+    def __init__(self):
+        self.asked = []
+
+    def check(self, addr):
+        self.asked.append(addr)
+        if addr.lower().endswith(b'@example.org'):
+            return rcptmap.ACCEPT if addr == b'u@example.org' else rcptmap.REJECT
+        return rcptmap.UNKNOWN
+
+
+def test_rcptcheck_refuses_unknown_local_recipients():
+    rmap = FakeRcptMap()
+    h = Harness(rcptmap=rmap)
+    got = h.feed(package(b'hi\n', b'a@b', [b'u@example.org', b'nobody@example.org',
+                                            b'x@elsewhere', b'u@example.org']))
+    check(responses(got), [K_OK, R_UNKNOWN, R_NOGATEWAY, K_OK])
+    check(h.q.envelope, [b'Fa@b', b'Tu@example.org', b'Tu@example.org'])
+    check(rmap.asked, [b'u@example.org', b'nobody@example.org', b'u@example.org'])
+
+
+def test_rcptcheck_with_relayclient_asks_before_appending():
+    """As qmail-smtpd: the map is asked for the address the client gave."""
+    rmap = FakeRcptMap()
+    h = Harness(rcptmap=rmap, peer=smtpd.Peer(relayclient=b'@relay'))
+    got = h.feed(package(b'hi\n', b'a@b', [b'nobody@example.org', b'u@far.example']))
+    check(responses(got), [R_UNKNOWN, K_OK])
+    check(h.q.envelope, [b'Fa@b', b'Tu@far.example@relay'])
+    check(rmap.asked, [b'nobody@example.org', b'u@far.example'])
 
 
 def test_maxrcpt():
@@ -821,6 +874,23 @@ def test_qmtpd_program_relayclient_and_databytes(qmailhome):
     assert re.fullmatch(rb'Kok \d+ qp \d+', got[0]), got
     check(got[1], R_SIZE)
     check(queued(out, got[0].split()[-1])[1], b'Fa@b\0Tu@far.example\0\0')
+
+
+def test_qmtpd_program_badmailfrom_and_rcptcheck(qmailhome):
+    """control/badmailfrom is read; control/rcptcheck without
+    users/rcpt.cdb (qmail-newrcpt never run) refuses nobody and says so."""
+    home, fakeq, out = qmailhome
+    (home / 'control' / 'badmailfrom').write_bytes(b'@evil.example\n')
+    (home / 'control' / 'rcptcheck').write_bytes(b'')
+    r = run_server('qmtpd', home, fakeq,
+                   package(b'hi\n', b'x@evil.example', [b'u@example.org'])
+                   + package(b'hi\n', b'x@good.example', [b'u@example.org']))
+    check(r.returncode, 0)
+    got = responses(r.stdout)
+    check(got[0], R_BMF)
+    assert re.fullmatch(rb'Kok \d+ qp \d+', got[1]), got
+    assert r.stderr.startswith(b'qmail-qmtpd: warning: control/rcptcheck exists but '), r.stderr
+    assert b'qmail-newrcpt' in r.stderr
 
 
 @pytest.mark.parametrize('stdin,code', [
