@@ -13,8 +13,9 @@ Writes:   fd 1, after each whole package, one response netstring per
           recipient, in the client's order: "K..." queued, "Z..." try
           again later, "D..." refused.  Each message, behind a Received
           line "with QMTP", and its envelope into qmail-queue
-          ($QMAILQUEUE, else HOME/bin/qmail-queue), which starts when the
-          message's length has arrived and is fed the message as it does.
+          ($QMAILQUEUE, else HOME/bin/qmail-queue), which starts at the
+          first recipient accepted, or once HOLD bytes of the message
+          have arrived, and is then fed the message as it comes.
 Exits:    0 when the client closes the connection, or cannot be written
           to; 100 when it breaks the protocol (a malformed netstring, a
           length above the limits, an empty message, a message not
@@ -84,11 +85,16 @@ Limits (control file, default; 0 in the file means no limit):
                        the connection, so it must stay far above any
                        real client's batch: the client would retry it.
   ADDRMAX     999      bytes in an address (qmail's buf[1000]).
+  HOLD        65536    bytes of a message (its Received line included)
+                       held in memory before qmail-queue starts: a client
+                       whose every recipient is refused (a relay attempt,
+                       ten bytes a package) starts no qmail-queue unless
+                       it sends that much.  qmail started one for each.
 
 The design: Session is the protocol and every policy decision, fed
 bytes and the time, answering bytes; Package holds one package's state.
 The netstrings are qmail/lib/netstring.py's Reader, streaming, so a
-message of any size costs no memory.  serve() is the shell, shared with
+message of any size costs no more memory than HOLD.  serve() is the shell, shared with
 qmail-qmqpd: fd 0 and fd 1 with poll() timeouts.
 """
 
@@ -111,6 +117,7 @@ from qmail.smtpd_addr import addrallowed, bmfcheck
 MAXMESSAGE = 2000000000
 MAXENVELOPE = 1 << 20
 ADDRMAX = 999
+HOLD = 65536
 HOPPREFIX = 9            # len(b'delivered'): all a header line needs
 READSIZE = 65536
 ALARM_SLACK = 60
@@ -240,6 +247,10 @@ class Package:
     def __init__(self):
         self.qq = None
         self.qp = 0
+        self.held = bytearray()     # the message so far, until qq starts
+        self.started = False        # qmail-queue started (or tried)
+        self.doomed = False         # not to be queued: qq never starts
+        self.envsender = None       # the sender, once known
         self.flagqqt = False        # qmail-queue could not be started or fed
         self.flagcr = None          # None until the message's first byte
         self.flagpendingcr = False
@@ -365,18 +376,29 @@ class Session:
         return pos
 
     def begin(self, length: int):
-        """The message's length has arrived: start qmail-queue."""
+        """The message's length has arrived: its Received line is made
+        (the time of its arrival), held until qmail-queue starts."""
         if length == 0:             # not even the line-end byte
             self.close(EXIT_PROTO)
             return
         pkg = self.pkg = Package()
+        pkg.held += received(self.peer, self.protocol, self.now)
+
+    def start_queue(self):
+        """Start qmail-queue and give it what was held: the message so
+        far, and the sender if it came."""
+        pkg = self.pkg
+        pkg.started = True
+        held, pkg.held = pkg.held, None
         try:
             pkg.qq = self.newqueue()
         except OSError:
             pkg.flagqqt = True
             return
         pkg.qp = getattr(pkg.qq, 'pid', None) or 0
-        pkg.qq.put(received(self.peer, self.protocol, self.now))
+        self.qq_call('put', bytes(held))
+        if pkg.envsender is not None:
+            self.qq_call('from_', pkg.envsender)
 
     def message(self, chunk: bytes):
         pkg = self.pkg
@@ -409,6 +431,10 @@ class Session:
             return
         if pkg.qq is not None:
             pkg.qq.put(data)
+        elif not pkg.started and not pkg.doomed:
+            pkg.held += data
+            if len(pkg.held) > HOLD:
+                self.start_queue()
 
     def end_message(self):
         pkg = self.pkg
@@ -428,6 +454,7 @@ class Session:
         sender = bytes(pkg.sender) if pkg.flagsenderok else b''
         pkg.flagbarf = bmfcheck(sender, self.config.badmailfrom)
         pkg.sender = None
+        pkg.envsender = sender
         self.qq_call('from_', sender)
         if not pkg.flagsenderok:
             self.qq_fail()
@@ -474,6 +501,8 @@ class Session:
             fate = RCPT_OK
             if self.peer.relayclient is not None:
                 addr += self.peer.relayclient
+            if not pkg.started and not pkg.doomed:
+                self.start_queue()
             self.qq_call('to', addr)
             pkg.accepted += 1
         pkg.results.append(fate)
@@ -527,10 +556,14 @@ class Session:
             pkg.qq.fail()
 
     def qq_fail(self, pkg=None):
-        """The message must not be queued; qmail-queue will say so."""
+        """The message must not be queued; qmail-queue, if started, will
+        say so; if not, it never starts (finish() says why)."""
         pkg = self.pkg if pkg is None else pkg
         if pkg.qq is not None:
             pkg.qq.fail()
+        elif not pkg.started:
+            pkg.doomed = True
+            pkg.held = None
 
     def abort_queue(self):
         """Make sure qmail-queue queues nothing: fail, then close."""

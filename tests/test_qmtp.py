@@ -133,6 +133,15 @@ class Harness:
         assert len(self.queues) == 1, 'got %d queues, want 1' % len(self.queues)
         return self.queues[0]
 
+    def check_queued(self, envelope):
+        """envelope: one qmail-queue started, which queued the message
+        with this envelope; None: none was started."""
+        if envelope is None:
+            check(self.queues, [])
+        else:
+            check(self.q.envelope, envelope)
+            check(self.q.queued, True)
+
     def nothing_queued(self):
         for q in self.queues:
             assert not q.queued, 'queued %r' % bytes(q.message)
@@ -357,8 +366,7 @@ def test_recipients_each_get_a_response(recipients, want, envelope):
     h = Harness()
     got = responses(h.feed(package(b'hi\n', b'a@b', recipients)))
     check(got, want)
-    check(h.q.envelope, [b'Fa@b'] + envelope)
-    check(h.q.queued, bool(envelope))
+    h.check_queued([b'Fa@b'] + envelope if envelope else None)
 
 
 @pytest.mark.parametrize('relayclient,recipients,want,envelope', [
@@ -373,7 +381,7 @@ def test_recipients_each_get_a_response(recipients, want, envelope):
 def test_relayclient(relayclient, recipients, want, envelope):
     h = Harness(peer=smtpd.Peer(relayclient=relayclient))
     check(responses(h.feed(package(b'hi\n', b'a@b', recipients))), want)
-    check(h.q.envelope, [b'Fa@b'] + envelope)
+    h.check_queued([b'Fa@b'] + envelope if envelope else None)
 
 
 @pytest.mark.parametrize('rcpthosts,more,recipient,want', [
@@ -406,7 +414,8 @@ def test_badmailfrom(sender, want):
     h = Harness(badmailfrom=frozenset([b'spam@bad.example', b'@evil.example']))
     got = responses(h.feed(package(b'hi\n', sender, [b'u@example.org', b'v@example.org'])))
     check(got, [want, want])
-    check(h.q.queued, want == K_OK)
+    h.check_queued([b'F' + sender, b'Tu@example.org', b'Tv@example.org']
+                   if want == K_OK else None)
 
 
 class FakeRcptMap:
@@ -466,9 +475,18 @@ def test_databytes(databytes, mode, message, want):
     h = Harness(databytes=databytes)
     data = package(message, b'a@b', [b'u@example.org', b'x@elsewhere'], mode)
     check(responses(h.feed(*pieces(data, 7))), [want, R_NOGATEWAY])
-    check(h.q.queued, want == K_OK)
-    if want == R_SIZE:
-        assert len(h.q.message) <= len(received()) + databytes, h.q.message
+    h.check_queued([b'Fa@b', b'Tu@example.org'] if want == K_OK else None)
+
+
+def test_databytes_after_qmail_queue_started():
+    """Past HOLD bytes qmail-queue has started: an overflow after that
+    fails it, and it was fed no more than databytes."""
+    databytes = 2 * qmtpd.HOLD
+    h = Harness(databytes=databytes)
+    data = package(b'x' * (3 * qmtpd.HOLD), b'a@b', [b'u@example.org'])
+    check(responses(h.feed(*pieces(data, 4096))), [R_SIZE])
+    h.nothing_queued()
+    assert len(h.q.message) <= len(received()) + databytes, len(h.q.message)
 
 
 @pytest.mark.parametrize('sender,databytes,want', [
@@ -482,10 +500,17 @@ def test_sender(sender, databytes, want):
     h = Harness(databytes=databytes)
     got = h.feed(package(b'hi\n', sender, [b'u@example.org', b'x@elsewhere']))
     check(responses(got), [want, R_NOGATEWAY])
-    check(h.q.queued, want == K_OK)
-    if want != K_OK:
-        check(h.q.envelope[0], b'F' if len(sender) >= 1000 or b'\0' in sender
-              else b'F' + sender)
+    h.check_queued([b'F' + sender, b'Tu@example.org'] if want == K_OK else None)
+
+
+def test_bad_sender_after_qmail_queue_started():
+    """A message past HOLD has started qmail-queue before its sender
+    came: a bad sender then reaches it empty, and it is failed."""
+    h = Harness()
+    got = h.feed(package(b'x' * (qmtpd.HOLD + 10), b'a\0b', [b'u@example.org']))
+    check(responses(got), [R_SENDER])
+    h.nothing_queued()
+    check(h.q.envelope[0], b'F')
 
 
 @pytest.mark.parametrize('hops,want', [(99, K_OK), (100, R_HOPS)])
@@ -494,7 +519,34 @@ def test_hops(hops, want):
     message = b'Received: x\n' * (hops - 1) + b'Delivered-To: y\n\nbody\n'
     got = h.feed(package(message, b'a@b', [b'u@example.org']))
     check(responses(got), [want])
-    check(h.q.queued, want == K_OK)
+    h.check_queued([b'Fa@b', b'Tu@example.org'] if want == K_OK else None)
+
+
+def test_refused_packages_start_no_qmail_queue():
+    """A relay attempt costs no qmail-queue per package (qmail started
+    one for each), unless its message passes HOLD bytes; then the one
+    started queues nothing."""
+    h = Harness()
+    got = h.feed(*[package(b'hi\n', b'a@b', [b'x@elsewhere'])] * 50,
+                 package(b'\n', b'', []))
+    check(responses(got), [R_NOGATEWAY] * 50)
+    check(h.queues, [])
+    got = h.feed(package(b'y' * (qmtpd.HOLD + 1), b'a@b', [b'x@elsewhere']))
+    check(responses(got), [R_NOGATEWAY])
+    check(len(h.queues), 1)
+    h.nothing_queued()
+
+
+def test_held_message_reaches_qmail_queue_whole():
+    """Started at the first accepted recipient, qmail-queue gets the
+    Received line, the message held so far, the sender, then the
+    recipients, in that order (FakeQueue checks it)."""
+    h = Harness()
+    message = b'Subject: x\n\n' + b'z' * 1000 + b'\n'
+    got = h.feed(*pieces(package(message, b'a@b', [b'x@elsewhere', b'u@example.org']), 13))
+    check(responses(got), [R_NOGATEWAY, K_OK])
+    check(bytes(h.q.message), received() + message)
+    h.check_queued([b'Fa@b', b'Tu@example.org'])
 
 
 @pytest.mark.parametrize('status,want', [
