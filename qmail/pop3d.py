@@ -98,10 +98,12 @@ import time
 import _signal    # not `signal`: its enum import costs start-up time
 
 from qmail.lib import auto, control, durable
-from qmail.pop3d_io import TOOLONG, Conn, Gone, Lines, parse_command, read_wait
+from qmail.pop3d_io import (TOOLONG, Conn, Gone, Lines, parse_command, read_wait,
+                            silence_limit)
 
 MAXCMDLINE = 1000        # as qmail-smtpd's; a POP3 client sends at most 255
 MAXERRORS = 20
+REPLY_HOLD = 65536      # bytes of replies pending before commands wait
 MAXMESSAGES = 100000     # a Message costs ~200 bytes: 20 MB at most
 READSIZE = 65536
 CARRYMAX = 65536         # bytes of a line TOP holds before sending them
@@ -441,6 +443,8 @@ class Session:
         self.exitcode = 0
         self.transfer = None
         self.held = b''
+        self.pending = 0            # bytes in self.replies
+        self.alive = [len(messages), sum(m.size for m in messages)]   # STAT's
 
     # -- the interface to the shell --
 
@@ -459,7 +463,11 @@ class Session:
         if self.deadline is not None and now >= self.deadline:
             return self.timeout(now)
         pos = 0
-        while pos < len(data) and not self.flagclosed and self.transfer is None:
+        # Commands wait while REPLY_HOLD of replies is unsent: a client
+        # that pipelines LIST or UIDL without reading would otherwise
+        # have each listing built, in memory, for every 6 bytes it sends.
+        while (pos < len(data) and not self.flagclosed and self.transfer is None
+               and self.pending < REPLY_HOLD):
             line, pos = self.lines.take(data, pos, MAXCMDLINE)
             if line is None:
                 break
@@ -470,7 +478,7 @@ class Session:
             if (not self.flagclosed and self.config.maxerrors
                     and self.errors >= self.config.maxerrors):
                 self.close(R_ERRORS)
-        if self.transfer is not None and not self.flagclosed:
+        if (self.transfer is not None or self.pending >= REPLY_HOLD) and not self.flagclosed:
             self.held = data[pos:]
         return self.take_replies()
 
@@ -519,10 +527,12 @@ class Session:
 
     def out(self, reply: bytes):
         self.replies.append(reply)
+        self.pending += len(reply)
 
     def take_replies(self) -> bytes:
         out = b''.join(self.replies)
         self.replies = []
+        self.pending = 0
         return out
 
     def close(self, reply: bytes, exitcode: int = 0):
@@ -571,12 +581,12 @@ class Session:
         self.out(R_CAPA)
 
     def pop3_stat(self, arg):
-        alive = [m for m in self.messages if not m.flagdeleted]
-        self.out(b'+OK %d %d\r\n' % (len(alive), sum(m.size for m in alive)))
+        self.out(b'+OK %d %d\r\n' % tuple(self.alive))
 
     def pop3_rset(self, arg):
         for m in self.messages:
             m.flagdeleted = False
+        self.alive = [len(self.messages), sum(m.size for m in self.messages)]
         self.last = 0
         self.out(R_OK)
 
@@ -588,6 +598,8 @@ class Session:
         if i is None:
             return
         self.messages[i].flagdeleted = True
+        self.alive[0] -= 1
+        self.alive[1] -= self.messages[i].size
         self.last = max(self.last, i + 1)
         self.out(R_OK)
 
@@ -652,7 +664,7 @@ class Session:
 
 def load_config(ctl: control.Controls) -> Config:
     """Raises OSError when a control file cannot be read."""
-    return Config(timeout=max(ctl.int('timeoutpop3', DEFAULT_TIMEOUT), 1),
+    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)),
                   lifetime=ctl.int('lifetimepop3', DEFAULT_LIFETIME))
 
 

@@ -173,6 +173,14 @@ class Conn:
                 sock.close()
 
 
+NO_LIMIT = 2000000      # seconds (23 days): "no limit", yet a poll() timeout
+
+
+def silence_limit(seconds: int) -> int:
+    """control/timeoutpop3 as a timeout: 0 (or less) means no limit."""
+    return NO_LIMIT if seconds <= 0 else seconds
+
+
 def read_wait(timeout: float, deadline, now: float) -> float:
     """timeout, or less when the deadline comes sooner."""
     if deadline is None:

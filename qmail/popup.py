@@ -114,7 +114,7 @@ import _socket    # not `socket`: its enum import costs start-up time
 from qmail.lib import auto, control
 from qmail.pop3d import DEFAULT_LIFETIME, DEFAULT_TIMEOUT, MAXCMDLINE, MAXERRORS
 from qmail.pop3d_io import (TOOLONG, Conn, Gone, Lines, is_socket,
-                            parse_command, read_wait)
+                            parse_command, read_wait, silence_limit)
 from qmail.popup_relay import (Tls, TlsConn, TlsError, relay, server_context,
                                spawn, wait_child)
 from qmail.smtpd_auth import MAXAUTHLINE, Malformed, b64decode, field
@@ -520,7 +520,18 @@ def run_login(session: Session, conn, argv, flagdirect: bool):
                 pid = spawn(argv, payload)
             except OSError:
                 return 111 << 8, False
-            return wait_child(pid, deadline), False
+            wstat = wait_child(pid, deadline)
+            if killed_at(wstat, deadline):
+                # It had the connection for lifetimepop3 and more: a
+                # session (qmail-pop3d's own lifetime is checked between
+                # commands, not within a RETR), not a failed login.  The
+                # client may be mid-message: no -ERR into it.
+                log(b'qmail-popup: session of user %s from %s cut at the end of '
+                    b'lifetimepop3\n' % (login.user[:USERLOG].translate(_PRINTABLE),
+                                         (session.remoteip or b'unknown')[:64]
+                                         .translate(_PRINTABLE)))
+                return wstat, True
+            return wstat, False
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             try:
@@ -539,6 +550,12 @@ def run_login(session: Session, conn, argv, flagdirect: bool):
     finally:
         payload[:] = bytes(len(payload))
         login.wipe()
+
+
+def killed_at(wstat: int, deadline) -> bool:
+    """Did wait_child kill the subprogram at deadline (monotonic)?"""
+    return (deadline is not None and time.monotonic() >= deadline
+            and os.WIFSIGNALED(wstat) and os.WTERMSIG(wstat) == 9)
 
 
 def verdict(wstat: int):
@@ -587,7 +604,7 @@ def log(line: bytes):
 
 def load_config(ctl: control.Controls) -> Config:
     """Raises OSError when a control file cannot be read."""
-    return Config(timeout=max(ctl.int('timeoutpop3', DEFAULT_TIMEOUT), 1),
+    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)),
                   lifetime=ctl.int('lifetimepop3', DEFAULT_LIFETIME),
                   maxauth=ctl.int('maxauthpop3', DEFAULT_MAXAUTH),
                   authdelay=ctl.int('authdelaypop3', DEFAULT_AUTHDELAY),

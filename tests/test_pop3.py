@@ -26,6 +26,7 @@ import time
 import pytest
 
 from qmail import checkpassword, pop3d, pop3d_io, popup, vcheckpassword, vpasswd
+from qmail.lib import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 60
@@ -416,6 +417,49 @@ def test_pipelined_commands_behind_retr(box):
           + b'+OK 3 %d\r\n' % (len(M1) + len(M2) + len(M3)))
 
 
+def test_pipelined_listings_wait_for_the_client(tmp_path):
+    """UIDL after UIDL without reading: commands stop once REPLY_HOLD
+    of replies is unsent, the rest of the input held until the shell
+    has written them (it reads no more meanwhile); every listing still
+    comes, in order."""
+    b = Box(tmp_path / 'M')
+    for i in range(2000):
+        b.add(b'Subject: %d\n\nx\n' % i, 'cur', ':2,S')
+    p = Pop(b)
+    listing = p.feed(b'UIDL\r\n')
+    assert len(listing) > 2000 * 20
+    n = -(-pop3d.REPLY_HOLD // len(listing))    # listings to pass REPLY_HOLD
+    first = p.session.feed(b'UIDL\r\n' * 200, NOW)
+    assert first == listing * n, (len(first), len(listing), n)
+    assert p.session.held == b'UIDL\r\n' * (200 - n)
+    rest = p.feed(b'')
+    assert rest == listing * (200 - n), (len(rest), len(listing))
+    assert not p.session.held
+
+
+def test_stat_after_dele_and_rset(box):
+    p = Pop(box)
+    sizes = [len(M1), len(M2), len(M3)]
+    check(p.feed(b'DELE 2\r\nSTAT\r\nDELE 2\r\nSTAT\r\nRSET\r\nSTAT\r\n'),
+          b'+OK \r\n+OK 2 %d\r\n-ERR already deleted\r\n+OK 2 %d\r\n+OK \r\n+OK 3 %d\r\n'
+          % (sizes[0] + sizes[2], sizes[0] + sizes[2], sum(sizes)))
+
+
+@pytest.mark.parametrize('text, want', [
+    (b'0\n', pop3d_io.NO_LIMIT), (b'1\n', 1),
+    (b'30\n', 30), (None, pop3d.DEFAULT_TIMEOUT),
+])
+def test_timeoutpop3_zero_is_no_limit(tmp_path, text, want):
+    """As the Limits table says, for qmail-pop3d and qmail-popup alike
+    (it was taken as 1 second)."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    if text is not None:
+        (ctl / 'timeoutpop3').write_bytes(text)
+    check(pop3d.load_config(control.Controls(str(ctl))).timeout, want)
+    check(popup.load_config(control.Controls(str(ctl))).timeout, want)
+
+
 def test_big_message(tmp_path):
     b = Box(tmp_path / 'M')
     lines = [b'.line %d' % i for i in range(100000)]
@@ -629,6 +673,25 @@ def test_popup_lifetime_and_timeout():
     check(s.feed(b'NOOP\r\n', NOW + 11), b'-ERR timeout\r\n')
     assert s.flagclosed
     check(session().timeout(NOW), b'-ERR timeout\r\n')
+
+
+def test_popup_cuts_a_direct_session_at_lifetime(monkeypatch, capfd):
+    """A subprogram that had the connection past lifetimepop3 (and the
+    slack) is killed as a session over, not logged as a failed login
+    with "-ERR aack, child crashed" written into it; a checker saying no
+    is still a failed login."""
+    monkeypatch.setattr(popup, 'KILL_SLACK', 0)
+    s = session(lifetime=1)
+    feed(s, b'USER alice\r\nPASS pw\r\n')
+    assert s.login is not None
+    t0 = time.monotonic()
+    wstat, spoke = popup.run_login(s, None, ['sleep', '30'], True)
+    assert time.monotonic() - t0 < 10
+    assert spoke and os.WIFSIGNALED(wstat) and os.WTERMSIG(wstat) == 9
+    err = capfd.readouterr().err
+    assert 'qmail-popup: session of user alice from ' in err and 'lifetimepop3' in err, err
+    feed(s, b'USER alice\r\nPASS pw\r\n')
+    check(popup.run_login(s, None, ['false'], True), (1 << 8, False))
 
 
 def test_popup_stls_forgets_and_drops_pipelined_input():
