@@ -205,6 +205,25 @@ def test_rwgeneric(address, want):
     assert got == want, f'rwgeneric({address!r}): got {got!r}, want {want!r}'
 
 
+def test_rwgeneric_long_source_route():
+    """A route of 300,000 hops is cut in one step (the token-by-token
+    removal took the square of its length: minutes here).  An alarm
+    fails the test long before that, with a margin no machine needs."""
+    import signal
+
+    def too_slow(signum, frame):
+        raise AssertionError('source route removal too slow: quadratic?')
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)
+    try:
+        route = parse(b'@r,' * 300000 + b'@r:x@y.z')
+        got = unquote(rwgeneric(route, RULES))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert got == b'x@y.z', got[:80]
+
+
 def test_rwgeneric_defaulthost_rules():
     rules = Rules(b'host+', b'dom.ain', b'plus.dom')
     got = unquote(rwgeneric(parse(b'u'), rules))
