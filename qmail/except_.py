@@ -21,6 +21,7 @@ import sys
 
 import _signal    # not `signal`: its enum import costs start-up time
 
+from qmail.lib import execvp
 from qmail.lib.error import is_temporary
 
 USAGE = b'except: usage: except program [ arg ... ]'
@@ -75,15 +76,15 @@ def spawn(args, stdin_fd=None) -> int:
 
     The pid, or OSError if it could not be started (posix_spawnp reports
     the exec failure here, where fork+execvp would report it in the
-    child's exit code).  Our own descriptors are close-on-exec, so the
+    child's exit code); a script without #! runs under /bin/sh, as
+    execvp would run it.  Our own descriptors are close-on-exec, so the
     child sees only fds 0, 1, 2 and whatever the caller passed down.
     """
     actions = []
     if stdin_fd is not None:
         actions.append((os.POSIX_SPAWN_DUP2, stdin_fd, 0))
-    return os.posix_spawnp(args[0], args, os.environ,
-                           file_actions=actions,
-                           setsigdef=DEFAULT_SIGNALS)
+    return execvp.spawnp(args, os.environ, file_actions=actions,
+                         setsigdef=DEFAULT_SIGNALS)
 
 
 def wait_exitcode(pid: int) -> int:

@@ -22,6 +22,7 @@ import _signal    # not `signal`: its enum import costs start-up time
 import _socket    # not `socket`, for the same reason
 
 from qmail.pop3d_io import PIPEWRITE, READSIZE, WRITESIZE, Gone
+from qmail.lib import execvp
 
 RELAY_BUFFER = 262144    # bytes held for one side before reading pauses
 
@@ -171,8 +172,8 @@ def spawn(argv, payload: bytearray, fd01=None) -> int:
         if fd01 is not None:
             actions += [(os.POSIX_SPAWN_DUP2, fd01, 0), (os.POSIX_SPAWN_DUP2, fd01, 1)]
         actions.append((os.POSIX_SPAWN_DUP2, r4, 3))
-        return os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions,
-                               setsigdef=(_signal.SIGPIPE,))
+        return execvp.spawnp(argv, os.environ, file_actions=actions,
+                             setsigdef=(_signal.SIGPIPE,))
     finally:
         for fd in (r, w, r4):
             if fd >= 0:

@@ -112,6 +112,12 @@ def preline(args) -> int:
 
     try:
         copy_with_prefix(prelines(flags, ufline, rpline, dtline), 0, pi[1])
+    except BrokenPipeError:
+        # The command stopped reading (it may have exited already: a
+        # message small enough for one write then failed at random).
+        # Its exit code is the answer, as preline(1) says; preline.c
+        # never checked its last flush.
+        pass
     except OSError as err:
         # As in preline.c: die at once, and let the command find EOF.
         say(FATAL + b'unable to copy input: ' + errstr(err))

@@ -63,6 +63,8 @@ import time
 
 import _signal    # not `signal`: its enum import costs start-up time
 
+from qmail.lib import execvp
+
 # What a checkpassword program answers (its exit code), and what
 # Checkpassword.check() returns: 0 yes, 1 no, 111 cannot tell now.
 AUTH_OK = 0
@@ -350,8 +352,8 @@ class Checkpassword:
             r4 = fcntl.fcntl(r, fcntl.F_DUPFD_CLOEXEC, 4)
             os.close(r)
             r = r4
-            pid = os.posix_spawnp(
-                self.argv[0], self.argv, os.environ,
+            pid = execvp.spawnp(
+                self.argv, os.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, r, 3),
                     (os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0),

@@ -361,6 +361,67 @@ def test_preline_exits(argv, unset, want, message, stdin, monkeypatch, capfd):
         'got %r want %r' % (lines, message)
 
 
+def test_preline_command_that_stops_reading(stdin, monkeypatch, capfd):
+    """A command that closes its input early: its exit code is the
+    answer, not 111 from the write that found the pipe closed (which,
+    for a small message, happened or not by chance)."""
+    for name, value in (('UFLINE', UFLINE), ('RPLINE', RPLINE), ('DTLINE', DTLINE)):
+        monkeypatch.setenv(name, value.decode())
+    stdin(MESSAGE * 20000)      # more than a pipe holds: the write waits
+    got = preline.main(['sh', '-c', 'exec 0<&-; sleep 0.2; exit 7'])
+    assert (got, err_lines(capfd)) == (7, [])
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    """Two scripts without a #! line, 'yes' (exit 0) and 'no' (exit 1),
+    each reading its input first."""
+    for name, code in (('yes', 0), ('no', 1)):
+        path = tmp_path / name
+        path.write_text('cat >/dev/null\nexit %d\n' % code)
+        path.chmod(0o755)
+    return tmp_path
+
+
+def test_scripts_without_hashbang_run_under_sh(scripts, stdin, monkeypatch, capfd):
+    """As execvp runs them (qmail's programs use it): glibc's
+    posix_spawnp alone refuses them (ENOEXEC), and the checker of a
+    .qmail line counted as missing."""
+    yes, no = str(scripts / 'yes'), str(scripts / 'no')
+    assert except_.main([yes]) == 100 and except_.main([no]) == 0
+    stdin(MESSAGE)
+    assert bouncesaying.main(['gone', yes]) == 100
+    stdin(MESSAGE)
+    assert bouncesaying.main(['gone', no]) == 0
+    for name, value in (('UFLINE', UFLINE), ('RPLINE', RPLINE), ('DTLINE', DTLINE)):
+        monkeypatch.setenv(name, value.decode())
+    stdin(MESSAGE)
+    assert preline.main([no]) == 1
+    monkeypatch.setenv('PATH', str(scripts) + ':/usr/bin:/bin')
+    assert except_.main(['yes']) == 100       # found on PATH, then run by sh
+    lines = err_lines(capfd)
+    assert lines == ['gone'], lines
+
+
+def test_execvp_spawnp(scripts, monkeypatch):
+    """qmail.lib.execvp, which qmail-popup and qmail-smtpd's AUTH use for
+    checkpassword too: bytes or str, a path or a PATH search (our PATH,
+    as posix_spawnp's; the child's environment is another matter)."""
+    from qmail.lib import execvp
+    monkeypatch.setenv('PATH', str(scripts) + ':/usr/bin:/bin')
+    env = {'PATH': '/nonexistent'}
+    quiet = [(os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0),
+             (os.POSIX_SPAWN_OPEN, 1, '/dev/null', os.O_WRONLY, 0)]
+    for args, code in (([str(scripts / 'no')], 1), ([b'yes', b'an arg'], 0),
+                       (['sh', '-c', 'exit 3'], 3)):
+        pid = execvp.spawnp(args, env, file_actions=quiet)
+        assert os.waitpid(pid, 0)[1] >> 8 == code, args
+    with pytest.raises(FileNotFoundError):
+        execvp.spawnp(['no-such-program'], env)
+    assert execvp.find(b'yes') == os.fsencode(scripts / 'yes')
+    assert execvp.find('no-such-program') is None
+
+
 # ---------------------------------------------------------------- maildirmake
 
 def test_maildirmake_tree(tmp_path):
