@@ -34,6 +34,8 @@ import stat
 import sys
 import time
 
+import _signal    # not `signal`: its enum import costs start-up time
+
 from qmail.lib import auto
 from qmail.lib.quote import quote2
 from qmail.lib.date822 import MONTHS
@@ -484,6 +486,10 @@ def main(argv=None) -> int:
         argv = sys.argv[1:]
     try:
         os.umask(0o077)
+        # As qmail-local.c: a qmail-queue that stops reading a forwarded
+        # message (a filter refusing it early) is an error to report,
+        # not a signal to die of.  Programs it runs get the default back.
+        _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
         return deliver(argv, say_fd1, time.time())
     except Failure as fail:
         if fail.text:

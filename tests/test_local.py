@@ -640,6 +640,23 @@ def test_forward_refused(home, status, want):
     expect(home.run(env=env), want)
 
 
+def test_forward_refused_unread_in_a_worker(home):
+    """A qmail-queue (a QMAILQUEUE filter) that refuses before reading a
+    big message, in a delivery worker whose SIGPIPE is the default (a
+    fresh process's, spawn.fresh_signals): the refusal is reported, as
+    qmail-local.c does; the worker died of SIGPIPE, and a permanent
+    refusal became a retry for the whole queue lifetime."""
+    import signal
+    script = home.tmp / 'refuse'
+    script.write_bytes(b'#!/bin/sh\nexit 31\n')
+    os.chmod(script, 0o755)
+    home.write('.qmail', b'a@b.c\n')
+    got = home.run(env={'QMAILQUEUE': str(script)}, message=MESSAGE * 40000,
+                   setup=lambda: signal.signal(signal.SIGPIPE, signal.SIG_DFL))
+    expect(got, (100, b'Unable to forward message: mail server permanently '
+                      b'rejected message (#5.3.0).\n'))
+
+
 def test_forward_without_qmail_home(home):
     env, out = fake_queue(home)
     home.write('.qmail', b'a@b.c\n')
