@@ -266,18 +266,20 @@ def message_identity():
     return st.st_ino, st.st_mtime_ns
 
 
-def maildir_name(ident, head: bytes, seq: int, host: bytes) -> bytes:
+def maildir_name(ident, head: bytes, seq: int, host: bytes, content: bytes = b'') -> bytes:
     """The exactly-once file name of one maildir delivery.
 
-    Derived from the message (ident), its recipient and sender (head: the
-    Return-Path and Delivered-To lines) and the instruction's number in
-    the .qmail file, so a repeated delivery of the same message to the
-    same place finds the same name; still maildir(5)'s time.unique.host,
-    unique on this host.
+    Derived from the message (ident, and content: the digest of its
+    bytes, which tells two messages apart that a filesystem with
+    1-second times gave one inode within a second), its recipient and
+    sender (head: the Return-Path and Delivered-To lines) and the
+    instruction's number in the .qmail file, so a repeated delivery of
+    the same message to the same place finds the same name; still
+    maildir(5)'s time.unique.host, unique on this host.
     """
     ino, mtime_ns = ident
     sec, nsec = divmod(mtime_ns, 1000000000)
-    digest = hashlib.sha256(head + b'\0%d' % seq).hexdigest()[:20].encode()
+    digest = hashlib.sha256(head + b'\0%d\0' % seq + content).hexdigest()[:20].encode()
     host = host.replace(b'/', b'\\057').replace(b':', b'\\072')
     return b'%d.M%dI%dX%s.%s' % (sec, nsec // 1000, ino, digest, host)
 
@@ -330,17 +332,6 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
     return False
 
 
-def _maildir_open_named(dirname: bytes, name: bytes):
-    """Create tmp/<name>, replacing what an interrupted attempt of this
-    very delivery left there."""
-    tmpname = os.path.join(dirname, b'tmp', name)
-    try:
-        return durable.create_excl(tmpname, 0o644)
-    except FileExistsError:
-        _try_unlink(tmpname)
-        return durable.create_excl(tmpname, 0o644)
-
-
 def _maildir_open(dirname: bytes, host: bytes, seq: int):
     """Create tmp/<unique>; return (fd, unique).  maildir(5) steps 2-4."""
     for loop in range(MAILDIR_TRIES):
@@ -379,15 +370,19 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
 
     Every failure is temporary, as in qmail: mail waits in the queue
     until the maildir is repaired.  The tmp/ file is removed on every
-    path.  Crash windows: before the link, a file in tmp/ (the retry
-    replaces it; else the reader cleans it, maildir(5)) and the message
-    still undelivered in the queue; after the fsync of new/, a delivered
-    message that qmail-send has not heard of and delivers again.
-    Beyond qmail, that repeat is harmless: when the message is a queue
-    file, the name comes from the message, the recipient and the
-    instruction (maildir_name), so the retry finds the file in new/ or
-    cur/ and counts it delivered: exactly once, unless the reader has
-    already deleted it.
+    path.  Crash windows: before the link, a file in tmp/ (the reader
+    cleans it, maildir(5)) and the message still undelivered in the
+    queue; after the fsync of new/, a delivered message that qmail-send
+    has not heard of and delivers again.  Beyond qmail, that repeat is
+    harmless: when the message is a queue file, its name in new/ comes
+    from the message, the recipient and the instruction (maildir_name),
+    so the retry finds the file in new/ or cur/ and counts it delivered:
+    exactly once, unless the reader has already deleted it.  (So a
+    recipient listed twice in one envelope gets one copy here, where
+    qmail made two.)  The name in tmp/ is each attempt's own: two
+    deliveries of one message to one place at once (that recipient
+    twice, handled by two workers) never touch each other's file, and
+    the second to link finds the first's, whole, in new/.
     """
     rewind()
     try:
@@ -403,15 +398,9 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
     ident = message_identity()
     try:
         with _alarm(MAILDIR_TIMEOUT):
-            if ident is not None:
-                unique = maildir_name(ident, head, seq, host)
-                if already_delivered(dirname, unique):
-                    return                  # an earlier attempt got here
-                fd = _maildir_open_named(dirname, unique)
-            else:
-                fd, unique = _maildir_open(dirname, host, seq)
+            fd, unique = _maildir_open(dirname, host, seq)
             tmpname = os.path.join(dirname, b'tmp', unique)
-            newname = os.path.join(dirname, b'new', unique)
+            content = hashlib.sha256() if ident is not None else None
             durable.write_all(fd, head)
             while True:
                 try:
@@ -422,21 +411,31 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
                 if not data:
                     break
                 durable.write_all(fd, data)
+                if content is not None:
+                    content.update(data)
             durable.fsync(fd)
             os.close(fd)    # NFS reports write errors here (maildir(5))
             fd = -1
+            if content is not None:
+                unique = maildir_name(ident, head, seq, host, content.digest())
+                if already_delivered(dirname, unique):
+                    return                  # an earlier attempt got here
+            newname = os.path.join(dirname, b'new', unique)
+            linked = False
             try:
                 _maildir_link(tmpname, newname)
+                linked = True
             except FileExistsError:
                 if ident is None:
                     raise
-                # The same delivery, made meanwhile: it is there.
+                # The same delivery, made meanwhile: it is there, whole.
             try:
                 durable.fsync_dir(os.path.join(dirname, b'new'))
             except OSError:
-                # Not durable, so not delivered: take it back; the retry
-                # delivers it again.
-                _try_unlink(newname)
+                # Not durable, so not delivered: take ours back (never
+                # another attempt's); the retry delivers it again.
+                if linked:
+                    _try_unlink(newname)
                 raise
     except _Alarm:
         raise TempFail(b'Timeout on maildir delivery. (#4.3.0)') from None

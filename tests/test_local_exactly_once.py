@@ -43,7 +43,10 @@ def test_repeat_after_the_reader_moved_it_to_cur(home, tmp_path):
     assert os.listdir(md / 'cur') == [name + ':2,S']
 
 
-def test_stale_tmp_file_of_an_interrupted_attempt_is_replaced(home, tmp_path):
+def test_another_attempts_tmp_file_is_left_alone(home, tmp_path):
+    """A half-written file in tmp/ (an attempt cut short, or one under
+    way: the same recipient twice in an envelope, two workers) is
+    neither linked nor removed; the delivery writes its own."""
     md = home.maildir()
     home.write('.qmail', b'./Maildir/\n')
     mess = tmp_path / 'queued'
@@ -56,7 +59,8 @@ def test_stale_tmp_file_of_an_interrupted_attempt_is_replaced(home, tmp_path):
         f.truncate(5)                                    # and the write was cut short
     assert home.run(stdin=fd)[0] == 0
     os.close(fd)
-    assert os.listdir(md / 'tmp') == []
+    assert os.listdir(md / 'tmp') == [name]
+    assert (md / 'tmp' / name).read_bytes() == b'Retur'
     data = (md / 'new' / name).read_bytes()
     assert data.endswith(b'Subject: half\n\nbody\n')
 
@@ -83,6 +87,27 @@ def test_a_different_message_in_the_same_inode_is_delivered(home, tmp_path):
     os.close(fd)
     st = os.stat(mess)
     os.utime(mess, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))   # a new message instance
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    assert len(os.listdir(md / 'new')) == 2
+
+
+def test_another_message_in_the_same_inode_and_second(home, tmp_path):
+    """Same inode, same mtime (a filesystem with 1-second times reusing
+    an inode within a second), other bytes: another message, delivered."""
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: first\n\nbody\n')
+    st = os.stat(mess)
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    with open(mess, 'r+b') as f:
+        f.write(b'Subject: other')
+    os.utime(mess, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(mess).st_ino == st.st_ino
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     os.close(fd)
