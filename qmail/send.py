@@ -512,10 +512,19 @@ class Send:
         """Append a failure paragraph to bounce/<messid>, durably."""
         text = rules.bounce_entry(rules.stripvdomprepend(recip, self.c.routing), report)
         fn = self.fn('bounce', messid)
+        size = None                     # the file's length before ours
         while True:
             try:
                 fd = durable.open_append(fn, 0o600)
                 try:
+                    # A failed try may have left part of the paragraph, or
+                    # all of it unsynced: it goes, so that the retry does
+                    # not add it twice (or after a fragment).
+                    length = os.fstat(fd).st_size
+                    if size is None:
+                        size = length
+                    elif length > size:
+                        durable.truncate(fd, size)
                     durable.write_all(fd, text)
                     durable.fsync(fd)
                 finally:

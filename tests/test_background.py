@@ -544,3 +544,47 @@ def test_a_channel_unsure_of_its_removal_keeps_the_message_from_finishing(queue_
     assert s.pqdone == []
     assert messid in s.unsettled
     assert any(line.startswith('alert: unable to fsync remote/') for line in log), log
+
+
+@pytest.mark.parametrize('failure', ['short write', 'fsync', 'fsync_dir'])
+def test_a_bounce_paragraph_retried_is_written_once(queue_home, monkeypatch, failure):
+    """A paragraph whose append failed (a short write then ENOSPC, or an
+    fsync of the file or its directory) is written again whole, after
+    what came before it, never twice nor after a fragment of itself."""
+    s, log = queue_home
+    messid = 33
+    monkeypatch.setattr(send.time, 'sleep', lambda seconds: None)
+    s.addbounce(messid, b'first@x.example', b'Sorry, first. (#5.1.1)\n')
+    path = os.path.abspath(s.fn('bounce', messid))
+    before = open(path, 'rb').read()
+    failed = []
+    real_write, real_fsync, real_fsync_dir = os.write, send.durable.fsync, send.durable.fsync_dir
+
+    def write(fd, data):
+        if failure == 'short write' and not failed:
+            failed.append(1)
+            real_write(fd, bytes(data[:7]))
+            raise OSError(28, 'No space left on device')
+        return real_write(fd, data)
+
+    def fsync(fd):
+        if failure == 'fsync' and not failed:
+            failed.append(1)
+            raise OSError(5, 'Input/output error')
+        return real_fsync(fd)
+
+    def fsync_dir(path):
+        if failure == 'fsync_dir' and len(failed) < 2:
+            failed.append(1)
+            raise OSError(5, 'Input/output error')
+        return real_fsync_dir(path)
+    monkeypatch.setattr(send.durable.os, 'write', write)
+    monkeypatch.setattr(send.durable, 'fsync', fsync)
+    monkeypatch.setattr(send.durable, 'fsync_dir', fsync_dir)
+    s.addbounce(messid, b'second@x.example', b'Sorry, second. (#5.1.1)\n')
+    monkeypatch.setattr(send.durable.os, 'write', real_write)
+    after = open(path, 'rb').read()
+    assert failed and any(line.startswith('alert: unable to append to bounce') for line in log)
+    assert after.startswith(before)
+    assert after[len(before):].count(b'second@x.example') == 1, after
+    assert after[len(before):].startswith(b'<second@x.example>:'), after
