@@ -897,8 +897,7 @@ class Send:
             return self.messdone_fail(messid)
         if not self.injectbounce(messid):
             return self.messdone_fail(messid)
-        log('end msg %d\n' % messid)
-        self.ending.add(messid)
+        self.ending.add(messid)         # "end msg" once info/ is gone
         ending.append(messid)
 
     def messdone_fail(self, messid):
@@ -924,6 +923,10 @@ class Send:
             self.ending.discard(messid)
             self.messdone_fail(messid)
         gone = [m for m in messids if m not in failed]
+        for messid in gone:
+            # qmail-log(5): about to remove the message; logged once,
+            # after info/ went (a failed unlink is retried, as in qmail).
+            log('end msg %d\n' % messid)
         if gone:
             self.clean_request(['foop/%d' % m for m in gone],
                                lambda oks: self.ending.difference_update(gone))

@@ -238,6 +238,28 @@ def test_both_channels_ending_together_finish_the_message_once(queue_home):
     assert not os.path.exists(qfn('info', messid, 3))
 
 
+def test_end_msg_is_logged_once_after_info_goes(queue_home):
+    """qmail-log(5)'s "end msg": once, when info/ is gone and the rest
+    is about to go; not before a failed unlink of info/ and again after
+    its retry."""
+    s, log = queue_home
+    messid = 12
+    put(qfn('info', messid, 3), b'Fa@b.example\0')
+    s.flagcleanalive = True
+    requests = []
+    s.clean_request = lambda reqs, then=None: requests.extend(reqs)
+    ending = []
+    s.messdone(messid, ending)
+    assert ending == [messid] and log.count('end msg %d\n' % messid) == 0
+    s.infos_unlinked(ending, [messid])          # the unlink failed
+    assert log.count('end msg %d\n' % messid) == 0 and requests == []
+    ending = []
+    s.messdone(messid, ending)                  # its retry
+    s.infos_unlinked(ending, s.infos_unlink(ending))
+    assert log.count('end msg %d\n' % messid) == 1
+    assert requests == ['foop/%d' % messid]
+
+
 def test_without_qmail_clean_a_finished_message_waits(queue_home):
     s, log = queue_home
     messid = 11
