@@ -15,42 +15,22 @@ starting with '#'.  Leading white space is kept.  A host listed twice
 gets two records, which qmail-smtpd cannot tell from one.
 """
 
-import errno
 import os
 import sys
 
-from qmail.lib import auto
+from qmail.lib import auto, error
 from qmail.lib.cdb import InstallError, install
 
 FATAL = 'qmail-newmrh: fatal: '
-
-# qmail's error_str() for the errors a file can meet.
-ERROR_STR = {getattr(errno, k): v for k, v in (
-    ('EINTR', 'interrupted system call'), ('ENOMEM', 'out of memory'),
-    ('ENOENT', 'file does not exist'), ('ETXTBSY', 'text busy'),
-    ('EIO', 'input/output error'), ('EEXIST', 'file already exists'),
-    ('EAGAIN', 'temporary failure'), ('EPERM', 'permission denied'),
-    ('EACCES', 'access denied'), ('EBADF', 'file descriptor not open'),
-    ('EBUSY', 'device busy'), ('EXDEV', 'cross-device link'),
-    ('ENOTDIR', 'not a directory'), ('EISDIR', 'is a directory'),
-    ('EINVAL', 'invalid argument'), ('ENFILE', 'system cannot open more files'),
-    ('EMFILE', 'process cannot open more files'), ('EFBIG', 'file too big'),
-    ('ENOSPC', 'out of disk space'), ('EROFS', 'read-only file system'),
-    ('EMLINK', 'too many links'), ('ELOOP', 'symbolic link loop'),
-    ('ENAMETOOLONG', 'file name too long'), ('EDQUOT', 'disk quota exceeded'),
-    ('ESTALE', 'stale NFS file handle'), ('ENOLCK', 'no locks available'),
-) if hasattr(errno, k)}
-
 
 class Fatal(Exception):
     """Stop with exit 111 and this message after FATAL."""
 
 
 def error_str(err: Exception) -> str:
-    code = getattr(err, 'errno', None)
-    if code is None:
+    if getattr(err, 'errno', None) is None:
         return str(err)
-    return ERROR_STR.get(code) or os.strerror(code).lower()
+    return error.error_str(err).decode()
 
 
 def host_records(lines):

@@ -21,6 +21,7 @@ import sys
 
 from qmail.lib import auto
 from qmail.lib.date822 import date822
+from qmail.lib.error import error_str
 from qmail.lib.qfile import parse_messid, qfn
 
 
@@ -90,8 +91,16 @@ def show_info(messid: int, split: int) -> str:
             data, _ = read_file(qfn(channel, messid, split))
         except FileNotFoundError:
             continue
+        except OSError as err:          # the other channel still shown
+            out.append(trouble(messid, err))
+            continue
         out.append(recipient_lines(channel, data))
     return ''.join(out)
+
+
+def trouble(messid: int, err: OSError) -> str:
+    """qmail-qread's warning for a message it cannot show, with why."""
+    return 'warning: trouble with #%d: %s\n' % (messid, error_str(err).decode())
 
 
 def show_todo(messid: int, split: int) -> str:
@@ -104,25 +113,36 @@ def show_todo(messid: int, split: int) -> str:
 
 
 def scan(split: int, write) -> None:
-    """Write the listing; cwd is HOME/queue."""
-    todo = {}
-    for messid in list_dir('todo'):
-        try:
-            todo[messid] = show_todo(messid, split)
-        except FileNotFoundError:
-            pass                       # preprocessed meanwhile: see info/
-        except OSError:
-            todo[messid] = 'warning: trouble with #%d\n' % messid
+    """Write the listing, each message as it is read; cwd is HOME/queue.
+    todo/ is listed first (numbers only: a backlog of a million costs
+    no more than its list), and what is there is shown after info/,
+    unless info/ showed it; one preprocessed in between is then looked
+    for in info/ again, so that no message is left out."""
+    todo = list_dir('todo')
+    shown = set()
     for i in range(split):
         for messid in list_dir('info/%d' % i):
             try:
                 text = show_info(messid, split)
-            except OSError:
-                text = 'warning: trouble with #%d\n' % messid
-            todo.pop(messid, None)
+            except OSError as err:      # as qmail's, gone meanwhile too
+                text = trouble(messid, err)
+            shown.add(messid)
             write(text)
-    for messid in sorted(todo):
-        write(todo[messid])
+    for messid in todo:
+        if messid in shown:
+            continue
+        try:
+            text = show_todo(messid, split)
+        except FileNotFoundError:
+            try:
+                text = show_info(messid, split)     # preprocessed meanwhile
+            except FileNotFoundError:
+                continue                            # or done already
+            except OSError as err:
+                text = trouble(messid, err)
+        except OSError as err:
+            text = trouble(messid, err)
+        write(text)
 
 
 def main(argv=None) -> int:

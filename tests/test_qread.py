@@ -48,6 +48,20 @@ def make_queue(root, split=23):
     put('info/1/junk', b'')
 
 
+def test_qread_unreadable_channel_keeps_the_rest(tmp_path, monkeypatch):
+    """A local/ list that cannot be read: its warning, with the reason,
+    between the message's date line and its remote/ list."""
+    make_queue(str(tmp_path))
+    os.makedirs(tmp_path / 'local' / '8' / '100')
+    monkeypatch.chdir(tmp_path)
+    out = []
+    qread.scan(23, out.append)
+    got = ''.join(out)
+    assert ('30 Jul 1996 04:30:00 GMT  #100  1  <a@b> \n'
+            'warning: trouble with #100: is a directory\n'
+            '\tremote\tc@d\n') in got, got
+
+
 def test_qread_listing(tmp_path, monkeypatch):
     make_queue(str(tmp_path))
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,5 @@
-"""Temporary or permanent: qmail's error_temp, in one place.
+"""Temporary or permanent: qmail's error_temp, in one place; and
+qmail's error_str, the text of an errno in reports and warnings.
 
 An OSError whose errno is in TEMPORARY is worth retrying (the disk may
 free up, the network come back); any other is taken as permanent by the
@@ -6,6 +7,7 @@ programs that must choose (qmail-local, qmail-getpw, except, ...).
 """
 
 import errno
+import os
 
 TEMPORARY = frozenset(getattr(errno, name) for name in (
     'EINTR', 'ENOMEM', 'ETXTBSY', 'EIO', 'ETIMEDOUT', 'EWOULDBLOCK',
@@ -19,3 +21,61 @@ def is_temporary(err) -> bool:
     """Whether an OSError (or an errno) is worth retrying."""
     code = err if isinstance(err, int) else err.errno
     return code in TEMPORARY
+
+
+# qmail's error_str texts: they appear in reports, so they are qmail's.
+ERROR_STR = {
+    0: 'no error',
+    errno.EINTR: 'interrupted system call',
+    errno.ENOMEM: 'out of memory',
+    errno.ENOENT: 'file does not exist',
+    errno.ETXTBSY: 'text busy',
+    errno.EIO: 'input/output error',
+    errno.EEXIST: 'file already exists',
+    errno.ETIMEDOUT: 'timed out',
+    errno.EINPROGRESS: 'operation in progress',
+    errno.EAGAIN: 'temporary failure',
+    errno.EPIPE: 'broken pipe',
+    errno.EPERM: 'permission denied',
+    errno.EACCES: 'access denied',
+    errno.ESRCH: 'no such process',
+    errno.ENXIO: 'device not configured',
+    errno.E2BIG: 'argument list too long',
+    errno.ENOEXEC: 'exec format error',
+    errno.EBADF: 'file descriptor not open',
+    errno.ECHILD: 'no child processes',
+    errno.EDEADLK: 'operation would cause deadlock',
+    errno.EFAULT: 'bad address',
+    errno.EBUSY: 'device busy',
+    errno.EXDEV: 'cross-device link',
+    errno.ENODEV: 'device does not support operation',
+    errno.ENOTDIR: 'not a directory',
+    errno.EISDIR: 'is a directory',
+    errno.EINVAL: 'invalid argument',
+    errno.ENFILE: 'system cannot open more files',
+    errno.EMFILE: 'process cannot open more files',
+    errno.ENOTTY: 'not a tty',
+    errno.EFBIG: 'file too big',
+    errno.ENOSPC: 'out of disk space',
+    errno.ESPIPE: 'unseekable descriptor',
+    errno.EROFS: 'read-only file system',
+    errno.EMLINK: 'too many links',
+    errno.EOPNOTSUPP: 'operation not supported',
+    errno.ELOOP: 'symbolic link loop',
+    errno.ENAMETOOLONG: 'file name too long',
+    errno.ENOTEMPTY: 'directory not empty',
+    errno.EUSERS: 'too many users',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.ESTALE: 'stale NFS file handle',
+    errno.ENOLCK: 'no locks available',
+    errno.ENOSYS: 'system call not available',
+}
+
+
+def error_str(err) -> bytes:
+    """qmail's text for an OSError (or an errno)."""
+    code = err if isinstance(err, int) else err.errno
+    text = ERROR_STR.get(code)
+    if text is None:
+        text = os.strerror(code).lower() if code else 'unknown error'
+    return text.encode()
