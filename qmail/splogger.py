@@ -7,7 +7,9 @@ Reads:    stdin, one message per line.
 Writes:   syslog: "<seconds>.<microseconds> message" with priority alert,
           warning or info by the message's first word; unprintable bytes
           become '?'; blank lines are skipped; a message is folded every
-          799 characters, the continuation marked by '+' after the stamp.
+          799 characters, the continuation marked by '+' after the stamp,
+          each piece sent as it fills; a last line without a newline is
+          sent at the end of input.
 Exits:    0 at end of input.
 See:      splogger(8).
 """
@@ -33,17 +35,48 @@ def priority(message: str) -> int:
     return syslog.LOG_INFO
 
 
+_SAFE = bytes(c if 32 <= c <= 126 else 0x3F for c in range(256))
+
+
 def entries(line: bytes, now: float):
-    """(priority, text) for each syslog entry of one input line."""
-    text = ''.join(chr(c) if 32 <= c <= 126 else '?' for c in line)
-    if not text:
-        return []
-    pieces = [text[i:i + FOLD] for i in range(0, len(text), FOLD)]
-    st = stamp(now)
-    prio = priority(pieces[0])
-    out = [(prio, '%s %s' % (st, pieces[0]))]
-    out.extend((prio, '%s+%s' % (st, p)) for p in pieces[1:])
-    return out
+    """(priority, text) for each syslog entry of one whole input line."""
+    folder = Folder()
+    return folder.feed(line + b'\n', now)
+
+
+class Folder:
+    """Input in pieces of any size to syslog entries: a line is cut every
+    FOLD characters as they arrive, so a line of any length costs FOLD
+    bytes of memory and one pass (splogger.c's 800-byte buffer)."""
+
+    def __init__(self):
+        self.cur = b''          # this line's characters not yet sent
+        self.first = None       # (priority, stamp) once its first went
+
+    def feed(self, chunk: bytes, now: float) -> list:
+        out = []
+        lines = chunk.split(b'\n')
+        for i, part in enumerate(lines):
+            self.cur += part.translate(_SAFE)
+            while len(self.cur) >= FOLD:
+                out.append(self.piece(self.cur[:FOLD], now))
+                self.cur = self.cur[FOLD:]
+            if i < len(lines) - 1:          # a newline ends the line
+                out.extend(self.end(now))
+        return out
+
+    def end(self, now: float) -> list:
+        """The rest of the line, at its newline or at the end of input."""
+        out = [self.piece(self.cur, now)] if self.cur else []
+        self.cur, self.first = b'', None
+        return out
+
+    def piece(self, text: bytes, now: float):
+        text = text.decode('ascii')
+        if self.first is None:
+            self.first = (priority(text), stamp(now))
+            return self.first[0], '%s %s' % (self.first[1], text)
+        return self.first[0], '%s+%s' % (self.first[1], text)
 
 
 def main(argv=None) -> int:
@@ -54,17 +87,14 @@ def main(argv=None) -> int:
         digits = ''.join(c for c in argv[1] if c.isdigit())
         facility = int(digits or 0) << 3
     syslog.openlog(tag, 0, facility)
-    buf = b''
+    folder = Folder()
     while True:
         chunk = os.read(0, 4096)
+        entries = folder.feed(chunk, time.time()) if chunk else folder.end(time.time())
+        for prio, text in entries:
+            syslog.syslog(prio, text)
         if not chunk:
-            break
-        buf += chunk
-        *lines, buf = buf.split(b'\n')
-        for line in lines:
-            for prio, text in entries(line, time.time()):
-                syslog.syslog(prio, text)
-    return 0
+            return 0
 
 
 def run():

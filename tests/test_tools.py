@@ -846,3 +846,34 @@ def test_datemail_sends(fakeqq, stdin, monkeypatch):
         fakeqq.envelope
     # fd 0 is ours again.
     assert os.lseek(0, 0, os.SEEK_CUR) >= 0
+
+
+# ---------------------------------------------------------------- splogger
+
+def test_splogger_entries():
+    from qmail import splogger
+    assert splogger.entries(b'warning: a\x01b', 1.5) == [(splogger.syslog.LOG_WARNING,
+                                                         '1.500000 warning: a?b')]
+    assert splogger.entries(b'', 1.5) == []
+    long = splogger.entries(b'alert: ' + b'x' * 1600, 2.0)
+    assert [t[:9] for _, t in long] == ['2.000000 ', '2.000000+', '2.000000+']
+    assert [len(t) - 9 for _, t in long] == [799, 799, 9]
+    assert {p for p, _ in long} == {splogger.syslog.LOG_ALERT}
+
+
+def test_splogger_folds_as_it_reads():
+    """Pieces of any size give the entries a whole line would, each sent
+    as soon as it is full: a line of any length is held FOLD bytes at a
+    time (it was held whole, and split again at each 4 KB read); a last
+    line without a newline is sent at the end."""
+    from qmail import splogger
+    data = b'x' * 5000 + b'\nwarning: w\n\ntail'
+    for size in (1, 7, 4096, len(data)):
+        f = splogger.Folder()
+        got = []
+        for i in range(0, len(data), size):
+            got += f.feed(data[i:i + size], 1.0)
+            assert len(f.cur) < splogger.FOLD
+        got += f.end(1.0)
+        assert got == (splogger.entries(b'x' * 5000, 1.0) + splogger.entries(b'warning: w', 1.0)
+                       + splogger.entries(b'tail', 1.0)), size
