@@ -1,8 +1,9 @@
 """qmail-listen: serve TCP connections with the server's code already
 loaded: tcpserver without an interpreter start per connection.
 
-Usage:    qmail-listen [-c limit] [-x rules.cdb] [-X] [-u uid] [-g gid]
-          [-l localname] [-b backlog] [-vqQ] host port program [arg ...]
+Usage:    qmail-listen [-c limit] [-x rules.cdb] [-X] [-u uid] [-g gid] [-U]
+          [-l localname] [-b backlog] [-B banner] [-vqQ] [-dD] [-1]
+          [-hHpPrRoO46] [-t timeout] host port program [arg ...]
 Runs as:  root to bind the port, then the -u/-g user (qmaild for SMTP)
           before the first connection is accepted.
 Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
@@ -25,12 +26,20 @@ Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
           are served at once; beyond that, connections wait in the
           kernel's backlog.  host 0 is every IPv4 address, :: every
           IPv6 and IPv4 address; IPv4-mapped peers are shown as IPv4.
-Writes:   with -v (default), tcpserver's log lines on fd 2: status
-          (busy workers / limit), pid ... from, ok, deny, end; -q only
-          errors, -Q nothing.  A pid repeats: a worker serves many.
+Writes:   as tcpserver(1): with -v its log lines on fd 2: status (busy
+          workers / limit), pid ... from, ok, deny, end; -Q (the
+          default) only errors, -q nothing.  A pid repeats: a worker
+          serves many.  -1 prints the local port on fd 1 once bound.
 Exits:    111 when it cannot start (bad usage 100); runs until TERM.
+Options:  tcpserver's, so that a run script moves over as it is: -U
+          takes the uid and gid from $UID and $GID; -B writes a banner
+          to the client first; -D sets TCP_NODELAY (-d: not).  A relative
+          -x path is the one the listener started in, whatever a program
+          does to its working directory.
 Differs:  no DNS or ident lookups (tcpserver -H -R): TCPREMOTEHOST and
-          TCPREMOTEINFO stay unset; TCPLOCALHOST is -l, else control/me.
+          TCPREMOTEINFO stay unset, so -h -H -p -P -r -R -t and the IP
+          options -o -O are accepted and change nothing, as are -4 -6
+          (host decides); TCPLOCALHOST is -l, else control/me.
 See:      tcpserver(1), tcprules(1), tcp-environ(5); README "Receiving".
 """
 
@@ -69,7 +78,10 @@ class Options:
         self.gid = None
         self.localname = None
         self.backlog = DEFAULT_BACKLOG
-        self.verbosity = 1
+        self.banner = b''
+        self.nodelay = False
+        self.printport = False
+        self.verbosity = 0          # tcpserver's -Q: errors only
         self.host = self.port = None
         self.program = []
 
@@ -78,29 +90,39 @@ def parse_args(argv):
     """Options from argv (without the program name); raises ValueError."""
     o = Options()
     try:
-        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:l:b:vqQ')
+        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:Ul:b:B:vqQdD1hHpPrRoO46t:')
     except getopt.GetoptError as e:
         raise ValueError(str(e)) from None
     for flag, value in opts:
         if flag == '-c':
             o.limit = int(value)
         elif flag == '-x':
-            o.rules = value
+            # Now: the program's working directory is not ours to keep.
+            o.rules = os.path.abspath(value)
         elif flag == '-X':
             o.rules_optional = True
         elif flag == '-u':
             o.uid = int(value)
         elif flag == '-g':
             o.gid = int(value)
+        elif flag == '-U':
+            o.uid = int(os.environ['UID']) if 'UID' in os.environ else None
+            o.gid = int(os.environ['GID']) if 'GID' in os.environ else None
+        elif flag == '-B':
+            o.banner = os.fsencode(value)
+        elif flag in ('-d', '-D'):
+            o.nodelay = flag == '-D'
+        elif flag == '-1':
+            o.printport = True
         elif flag == '-l':
             o.localname = value
         elif flag == '-b':
             o.backlog = int(value)
         elif flag == '-v':
             o.verbosity = 1
-        elif flag == '-q':
-            o.verbosity = 0
         elif flag == '-Q':
+            o.verbosity = 0
+        elif flag == '-q':
             o.verbosity = -1
     if len(rest) < 3 or o.limit < 1:
         raise ValueError('need host port program')
@@ -109,10 +131,38 @@ def parse_args(argv):
 
 
 def unmap(ip: str) -> str:
-    """An IPv4-mapped IPv6 address as IPv4, as tcpserver shows it."""
-    if ip.startswith('::ffff:') and '.' in ip:
-        return ip[7:]
-    return ip.split('%', 1)[0]
+    """An address as tcpserver writes it (Debian's, with the IPv6 patch:
+    ip6_fmt), so that its rules files match the same keys: an
+    IPv4-mapped address as IPv4; an IPv6 one with its longest run of
+    zero groups, even a single one, written "::" (the first of equal
+    runs), hex digits lowercase.  (glibc's inet_ntop leaves a single
+    zero group as "0".)"""
+    ip = ip.split('%', 1)[0]
+    if ':' not in ip:
+        return ip
+    try:
+        b = socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        return ip
+    if b[:10] == bytes(10) and b[10:12] == b'\xff\xff':
+        return socket.inet_ntop(socket.AF_INET, b[12:])
+    groups = [b[i] << 8 | b[i + 1] for i in range(0, 16, 2)]
+    best, bestlen, i = -1, 0, 0
+    while i < 8:
+        if groups[i] == 0:
+            j = i
+            while j < 8 and groups[j] == 0:
+                j += 1
+            if j - i > bestlen:
+                best, bestlen = i, j - i
+            i = j
+        else:
+            i += 1
+    if bestlen == 0:
+        return ':'.join('%x' % g for g in groups)
+    head = ':'.join('%x' % g for g in groups[:best])
+    tail = ':'.join('%x' % g for g in groups[best + bestlen:])
+    return head + '::' + tail
 
 
 def base_environ() -> dict:
@@ -133,7 +183,9 @@ def connection_env(base: dict, local, remote, localname: str, rule_env: dict) ->
         b'TCPREMOTEPORT': b'%d' % remote[1],
     })
     for key, value in rule_env.items():
-        env[os.fsencode(key)] = os.fsencode(value)
+        # The rule's bytes, as tcpserver passes them (tcprules.parse
+        # reads them as latin-1, one char a byte).
+        env[key.encode('latin-1')] = value.encode('latin-1')
     return env
 
 
@@ -256,6 +308,9 @@ class Listener:
         self.pid = os.getpid()          # (a syscall each time: glibc keeps none)
         self.base_env = base_environ()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # The programs chdir (qmail-smtpd to its home): each connection
+        # starts where the listener did, as a tcpserver child would.
+        self.cwd = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.baseline_fds = prefork.open_fds()
 
     def handle(self, conn, remote) -> bool:
@@ -281,6 +336,10 @@ class Listener:
                 pass
             os.dup2(self.devnull, 0)        # the peer sees the close
             os.dup2(self.devnull, 1)
+            try:
+                os.fchdir(self.cwd)
+            except OSError:
+                keep = False
             try:
                 conn.close()
             except OSError:
@@ -324,11 +383,25 @@ class Listener:
         env = connection_env(base, local, remote, self.localname, rule_env)
         self.log(1, 'ok %d %s:%s:%d :%s::%d' % (
             pid, self.localname, unmap(local[0]), local[1], ip, remote[1]))
+        if self.o.nodelay:
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.o.banner:
+            try:
+                conn.sendall(self.o.banner)
+            except OSError:
+                return 0                    # the client is gone already
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()
         set_environ(env)
         if self.module is None:
+            # A fresh program's signals, as tcpserver leaves them (ours
+            # ignores SIGPIPE; Python, SIGXFSZ).
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
             os.execvp(self.o.program[0], self.o.program)
         code = self.module.main(self.o.program[1:])
         try:
@@ -386,8 +459,9 @@ def main(argv=None) -> int:
         o = parse_args(argv)
     except ValueError as e:
         sys.stderr.write('qmail-listen: usage: qmail-listen [-c limit] [-x rules.cdb] '
-                         '[-X] [-u uid] [-g gid] [-l localname] [-vqQ] host port '
-                         'program [arg ...] (%s)\n' % e)
+                         '[-X] [-u uid] [-g gid] [-U] [-l localname] [-b backlog] '
+                         '[-B banner] [-vqQ] [-dD] [-1] host port program [arg ...] '
+                         '(%s)\n' % e)
         return 100
     log = make_log(o.verbosity)
     localname = o.localname
@@ -402,6 +476,11 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         log(0, 'fatal: unable to bind: %s' % e)
         return 111
+    if o.printport:
+        try:
+            os.write(1, b'%d\n' % sock.getsockname()[1])
+        except OSError:
+            pass
     try:
         drop(o)
     except OSError as e:

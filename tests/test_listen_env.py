@@ -32,3 +32,50 @@ def test_connection_environment_set_and_taken_back(monkeypatch):
     getenv = ctypes.CDLL(None).getenv
     getenv.restype = ctypes.c_char_p
     assert getenv(b'RELAYCLIENT') is None and getenv(b'KEEP') == b'kept'
+
+
+import pytest
+
+
+@pytest.mark.parametrize('ip, want', [
+    ('2001:db8:0:1:1:1:1:1', '2001:db8::1:1:1:1:1'),    # one zero group: "::", as ip6_fmt
+    ('2001:db8:1::2:0:5', '2001:db8:1::2:0:5'),
+    ('1:0:0:2:0:0:3:4', '1::2:0:0:3:4'),                # the first of equal runs
+    ('1:0:0:2:0:0:0:3', '1:0:0:2::3'),                  # the longest run
+    ('::', '::'), ('::1', '::1'), ('2001:db8::', '2001:db8::'),
+    ('2001:DB8::A', '2001:db8::a'),
+    ('::ffff:192.0.2.7', '192.0.2.7'), ('fe80::1%eth0', 'fe80::1'),
+    ('192.0.2.7', '192.0.2.7'),
+])
+def test_addresses_written_as_tcpserver_writes_them(ip, want):
+    """So that one rules file (keys such as 2001:db8::1:1:1:1:1 or its
+    prefixes) means the same to Debian's tcpserver and to qmail-listen."""
+    assert listen.unmap(ip) == want
+
+
+def test_rule_values_pass_as_bytes():
+    """A rule's value reaches the program byte for byte, as tcpserver
+    passes it (it was encoded twice: UTF-8 of its latin-1 reading)."""
+    env = listen.connection_env({}, ('127.0.0.1', 25), ('10.0.0.9', 1), 'mx',
+                                {'X': b'gr\xc3\xbc\xc3\x9fe'.decode('latin-1')})
+    assert env[b'X'] == b'gr\xc3\xbc\xc3\x9fe'
+
+
+def test_tcpserver_options(monkeypatch, tmp_path):
+    """A tcpserver run script's options are taken: -q nothing, -Q (the
+    default) errors, -v all; -U from $UID and $GID; the lookups' options
+    accepted; a relative -x made absolute against where it started."""
+    monkeypatch.chdir(tmp_path)
+    o = listen.parse_args(['0', '25', 'qmail-smtpd'])
+    assert o.verbosity == 0
+    assert listen.parse_args(['-q', '0', '25', 'x']).verbosity == -1
+    assert listen.parse_args(['-Q', '0', '25', 'x']).verbosity == 0
+    assert listen.parse_args(['-v', '0', '25', 'x']).verbosity == 1
+    monkeypatch.setenv('UID', '71')
+    monkeypatch.setenv('GID', '72')
+    o = listen.parse_args(['-vRHhpPoO46D1', '-t', '26', '-B', 'hi\r\n', '-U', '-x', 'tcp.cdb',
+                           '-l', 'mx.example', '0', '25', 'qmail-smtpd'])
+    assert (o.uid, o.gid, o.nodelay, o.printport, o.banner) == (71, 72, True, True, b'hi\r\n')
+    assert o.rules == str(tmp_path / 'tcp.cdb') and o.localname == 'mx.example'
+    with pytest.raises(ValueError):
+        listen.parse_args(['-Z', '0', '25', 'x'])

@@ -63,9 +63,10 @@ class Servers:
         ids = ['-u', str(pw.pw_uid), '-g', str(pw.pw_gid)]
         smtpd = os.path.join(home, 'bin', 'qmail-smtpd')
         env = {'PATH': '/usr/bin:/bin'}
+        same = ['-H', '-R', '-l', DOMAIN, '-x', self.cdb] + ids     # one run script's options
         for kind, argv in (
-                ('tcpserver', ['tcpserver', '-H', '-R', '-l', DOMAIN, '-x', self.cdb] + ids),
-                ('listen', [os.path.join(home, 'bin', 'qmail-listen'), '-x', self.cdb] + ids)):
+                ('tcpserver', ['tcpserver'] + same),
+                ('listen', [os.path.join(home, 'bin', 'qmail-listen')] + same)):
             for rbl in (False, True):
                 port = free_port()
                 prog = (['rblsmtpd', smtpd] if rbl else [smtpd])
@@ -436,13 +437,16 @@ def test_listen_worker_reuse_keeps_connections_apart(site):
     p = free_port()
     pw = pwd.getpwnam('qmaild')
     err = os.path.join(os.path.dirname(home), 'listen-reuse.log')
+    cdb = site['servers'].cdb
     with open(err, 'wb') as errf:
-        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-c', '1',
-                                 '-x', site['servers'].cdb,
+        # -x relative, as djb's run scripts give it: qmail-smtpd's chdir
+        # to its home in one session must not move it for the next.
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-v', '-c', '1',
+                                 '-x', os.path.basename(cdb),
                                  '-u', str(pw.pw_uid), '-g', str(pw.pw_gid), '0', str(p),
                                  os.path.join(home, 'bin', 'qmail-smtpd')],
                                 env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
-                                stderr=errf)
+                                stderr=errf, cwd=os.path.dirname(cdb))
     try:
         wait_port(p)
         relay = [b'HELO x', b'MAIL FROM:<a@example.com>', b'RCPT TO:<far@elsewhere.example>',
