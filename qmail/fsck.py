@@ -517,9 +517,17 @@ class Repairer:
             return False
         self.quarantined.add(messid)
         base = os.path.join(self.qdir, QUARANTINE)
-        if not os.path.isdir(base):
+        try:
+            st = os.lstat(base)
+        except FileNotFoundError:
             os.mkdir(base, 0o700)
             durable.fsync_dir(self.qdir)
+        else:
+            # queue/ is qmailq's: a link planted there must not have root
+            # make directories and put mail where it points.
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+                import errno
+                raise OSError(errno.ENOTDIR, '%s is not root\'s directory' % base)
         dest = os.path.join(base, '%d.%d' % (messid, self.now))
         os.mkdir(dest, 0o700)
         durable.fsync_dir(base)

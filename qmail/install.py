@@ -175,19 +175,38 @@ def lookup_ids():
 
 # --- the tree -----------------------------------------------------------
 
-def fix(path, uid, gid, mode):
-    """Set owner, then mode (chown clears set-id bits)."""
-    os.lchown(path, uid, gid)
-    os.chmod(path, mode)
+def fix(path, uid, gid, mode, kind=None):
+    """Set owner, then mode (chown clears set-id bits), on path itself:
+    never through a symlink.  The installer runs as root in directories
+    qmail's users own (queue/lock is qmailq's, alias/ the alias user's):
+    a link planted there must not hand them a file of root's.  A symlink
+    root made (HOME/queue on another disk) is followed.  kind: the
+    stat.S_IS* test the file must pass."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        if os.lstat(path).st_uid != 0:
+            flags |= os.O_NOFOLLOW
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InstallError('%s is a symlink not made by root: refused' % path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if kind is not None and not kind(st.st_mode):
+            raise InstallError('%s is not what it should be (mode %o)' % (path, st.st_mode))
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def make_dir(path, uid, gid, mode):
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise InstallError('%s exists and is not a directory' % path)
-    fix(path, uid, gid, mode)
+        pass
+    fix(path, uid, gid, mode, stat.S_ISDIR)
 
 
 FS_IOC_GETFLAGS = 0x80086601
@@ -219,14 +238,14 @@ def spread_subdirs(path):
 
 def make_zero_file(path, size, uid, gid, mode):
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         pass
     else:
         os.write(fd, b'\0' * size)
         os.fsync(fd)
         os.close(fd)
-    fix(path, uid, gid, mode)
+    fix(path, uid, gid, mode, stat.S_ISREG)
 
 
 def make_fifo(path, uid, gid, mode):
@@ -238,7 +257,7 @@ def make_fifo(path, uid, gid, mode):
         if not stat.S_ISFIFO(st.st_mode):
             os.unlink(path)
             os.mkfifo(path, 0o600)
-    fix(path, uid, gid, mode)
+    fix(path, uid, gid, mode, stat.S_ISFIFO)
 
 
 def install_tree(home, uids, gids, split):
@@ -337,12 +356,23 @@ def program_script(home, python, module, needs_site):
 
 
 def write_file(path, text, mode, uid=0, gid=0):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.chown(tmp, uid, gid)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    """path made anew with text: written under a fresh name of its own
+    (never a name someone may have planted a link at), then renamed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.',
+                               prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), mode)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def build_launcher(home, python, uids, gids):
@@ -539,13 +569,18 @@ def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
 
 
 def compile_rules(rules):
-    """control/tcp.smtp -> control/tcp.smtp.cdb, with tcprules(1) if it is
-    installed, else with our own cdb writer in tcprules' format."""
+    """control/tcp.smtp -> control/tcp.smtp.cdb, with tcprules(1) (Debian's
+    ucspi-tcp, which make installs).  Without it nothing is built, and
+    says so: qmail-listen -X then serves every client with no rule (no
+    RELAYCLIENT: nobody relays), until tcprules compiles the file."""
     cdbfile = rules + '.cdb'
     if shutil.which('tcprules'):
         with open(rules, 'rb') as f:
             subprocess.run(['tcprules', cdbfile, rules + '.tmp'], stdin=f, check=True)
         os.chmod(cdbfile, 0o644)
+    elif not os.path.exists(cdbfile):
+        sys.stderr.write('qmail-install: warning: tcprules(1) not found (ucspi-tcp): %s '
+                         'not built; until it is, no client may relay\n' % cdbfile)
 
 
 def status_text(home):

@@ -290,6 +290,18 @@ def test_quarantine_keeps_the_files_and_says_why(q):
     assert any('moved message 4242' in line for line in said)
 
 
+def test_quarantine_into_a_planted_link_is_refused(q, tmp_path):
+    """queue/ is qmailq's: a queue/fsck it made a symlink must not have
+    root make directories and move mail where the link points."""
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), os.path.join(q.qdir, fsck.QUARANTINE))
+    q.put('todo', 4242, ENVELOPE)
+    q.fsck(repair=True)
+    assert os.listdir(elsewhere) == []
+    assert os.path.exists(q.path('todo', 4242))
+
+
 def test_a_message_moving_during_the_scan_is_no_problem(q, monkeypatch):
     messid = q.preprocessed()
     real = fsck.look_at

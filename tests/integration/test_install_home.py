@@ -149,6 +149,40 @@ def test_reinstall_is_idempotent_and_repairs(fresh_home):
     assert len(libs) == 1, 'old code copies left: %s' % libs
 
 
+def test_reinstall_follows_no_link_planted_by_a_qmail_user(fresh_home, tmp_path):
+    """qmailq owns queue/lock and the alias user alias/: a symlink one of
+    them plants where the installer (root) fixes a file or writes one
+    must not make it chmod, chown or write root's files."""
+    secret = tmp_path / 'secret'
+    secret.write_text('root:$6$secret\n')
+    os.chmod(secret, 0o600)
+    victim = tmp_path / 'victim'
+    victim.write_text('keep\n')
+    os.chmod(victim, 0o600)
+    qmailq, alias = pwd.getpwnam('qmailq').pw_uid, pwd.getpwnam('alias').pw_uid
+    tcpto = os.path.join(fresh_home, 'queue', 'lock', 'tcpto')
+    os.unlink(tcpto)
+    os.symlink(str(secret), tcpto)
+    os.lchown(tcpto, qmailq, -1)                    # as qmailq would have made it
+    root_qmail = os.path.join(fresh_home, 'alias', '.qmail-root')
+    os.unlink(root_qmail)
+    planted = root_qmail + '.tmp'
+    os.symlink(str(victim), planted)
+    os.lchown(planted, alias, -1)
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0 and 'symlink not made by root' in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert victim.read_text() == 'keep\n' and stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    os.unlink(tcpto)                                # the admin removes it: repaired
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    check_tree(fresh_home)
+    assert os.path.isfile(root_qmail) and not os.path.islink(root_qmail)
+    assert victim.read_text() == 'keep\n'
+
+
 def test_install_refuses_bad_home(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home',
                         'relative/path'], capture_output=True, text=True,
