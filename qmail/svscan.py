@@ -14,7 +14,11 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           way; nothing queued is lost) and waits for each supervise to
           exit.
           status: svstat for every service.
-Writes:   HOME/service/.svscan.pid while running.
+Writes:   HOME/service/.svscan.pid while running: this process's pid and
+          svscan's.  stop believes it only while both processes are
+          still those (a pid from before a reboot or a kill may be
+          anyone's by now), and waits for this one to exit, after its
+          services; start refuses to run a second time on one home.
 Exits:    0 after a clean stop; 111 if svscan cannot start or services do
           not stop in time (their names on stderr).
 See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
@@ -104,14 +108,51 @@ def intro(home: str) -> str:
             % {'home': home, 'me': me})
 
 
+def cmdline(pid: int):
+    """pid's arguments, or None when there is no such process."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().split(b'\0')[:-1]
+    except OSError:
+        return None
+
+
+def parent_of(pid: int):
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            return int(f.read().rsplit(b')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running_here(home: str):
+    """The pid of the foreground qmail-svscan of this home, if the
+    pidfile names one still running (it and its svscan); else None."""
+    svdir = os.path.join(home, 'service')
+    try:
+        with open(os.path.join(svdir, '.svscan.pid')) as f:
+            fg, scan = (int(w) for w in f.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    args = cmdline(fg) or []
+    if not any(a.endswith(b'qmail-svscan') for a in args[:3]):
+        return None
+    if cmdline(scan) != [b'svscan', os.fsencode(svdir)] or parent_of(scan) != fg:
+        return None
+    return fg
+
+
 def start(home: str) -> int:
+    if running_here(home) is not None:
+        sys.stderr.write('qmail-svscan: already running for %s (make stop first)\n' % home)
+        return 111
     names = services(home)
     svdir = link_services(home, names)
     proc = subprocess.Popen(['svscan', svdir], stdin=subprocess.DEVNULL,
                             start_new_session=True)
     pidfile = os.path.join(svdir, '.svscan.pid')
     with open(pidfile, 'w') as f:
-        f.write('%d\n' % proc.pid)
+        f.write('%d %d\n' % (os.getpid(), proc.pid))
     flag = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, f: flag.append(s))
@@ -144,25 +185,18 @@ def start(home: str) -> int:
 
 
 def stop(home: str) -> int:
-    pidfile = os.path.join(home, 'service', '.svscan.pid')
-    try:
-        pid = int(open(pidfile).read())
-    except (OSError, ValueError):
+    fg = running_here(home)
+    if fg is None:
+        # Nobody in the foreground (or a stale pidfile): stop what runs.
         stuck = stop_services(home)
         return 111 if stuck else 0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        stuck = stop_services(home)
-        return 111 if stuck else 0
-    # Ask the foreground qmail-svscan (svscan's parent) to stop, and wait.
-    ppid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])
-    os.kill(ppid, signal.SIGTERM)
+    # Ask the foreground qmail-svscan to stop, and wait for it: it exits
+    # once every service has (qmail-send after its deliveries).
+    args = cmdline(fg)
+    os.kill(fg, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT + 30
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if cmdline(fg) != args:
             return 0
         time.sleep(0.2)
     return 111

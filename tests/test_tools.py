@@ -877,3 +877,35 @@ def test_splogger_folds_as_it_reads():
         got += f.end(1.0)
         assert got == (splogger.entries(b'x' * 5000, 1.0) + splogger.entries(b'warning: w', 1.0)
                        + splogger.entries(b'tail', 1.0)), size
+
+
+# ---------------------------------------------------------------- qmail-svscan
+
+def test_svscan_stop_believes_no_stale_pidfile(tmp_path):
+    """A pidfile from before a reboot or a kill names some other process
+    now: stop must signal neither it nor its parent (it sent TERM to the
+    parent of whatever had svscan's old pid)."""
+    import subprocess
+    import sys
+    from qmail import svscan
+    svdir = tmp_path / 'service'
+    svdir.mkdir()
+    parent = subprocess.Popen([sys.executable, '-c',
+                               'import subprocess, sys; p = subprocess.Popen(["sleep", "30"]); '
+                               'print(p.pid, flush=True); p.wait()'],
+                              stdout=subprocess.PIPE)
+    try:
+        child = int(parent.stdout.readline())
+        for text in ('%d\n' % child, '%d %d\n' % (parent.pid, child)):
+            (svdir / '.svscan.pid').write_text(text)
+            assert svscan.running_here(str(tmp_path)) is None
+            assert svscan.stop(str(tmp_path)) == 0
+            assert parent.poll() is None
+            os.kill(child, 0)                       # both alive still
+    finally:
+        parent.kill()
+        parent.wait()
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass

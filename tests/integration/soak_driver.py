@@ -285,8 +285,8 @@ class Supervised:
         svscan = None
         while svscan is None and time.monotonic() < deadline:
             try:
-                svscan = int(open(pidfile).read())
-            except (OSError, ValueError):
+                svscan = int(open(pidfile).read().split()[1])   # "<qmail-svscan> <svscan>"
+            except (OSError, ValueError, IndexError):
                 time.sleep(0.05)
         if svscan is None:
             raise RuntimeError('qmail-svscan did not start svscan')

@@ -165,10 +165,16 @@ def test_supervised_mta(supervised):
     assert subjects_seen == set(subjects)
     pop.quit()
 
-    # stop: every service down, supervise gone, exit 0
+    # make stop (qmail-svscan stop): it returns once the foreground
+    # qmail-svscan has exited, after every service; both exit 0
     proc = supervised['proc']
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=TIMEOUT * 3) == 0
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'],
+                       timeout=TIMEOUT * 3, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert proc.poll() == 0, 'qmail-svscan stop returned before the services stopped'
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'],
+                       timeout=TIMEOUT * 3, capture_output=True)
+    assert r.returncode == 0, r.stderr              # a second stop: nothing to do
     for d in (send_dir, smtpd_dir, pop_dir):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0
     assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()

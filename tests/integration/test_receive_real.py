@@ -52,6 +52,13 @@ class Servers:
         self.home = home
         self.procs = []
         self.ports = {}
+        try:
+            self.start(home)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, home):
         rules = os.path.join(os.path.dirname(home), 'tcp.smtp')
         with open(rules, 'w') as f:
             f.write(RULES)
@@ -92,7 +99,12 @@ def site():
     user = ensure_user('qmtrecv')
     maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
     mta = Mta(home, './Maildir/')
-    servers = Servers(home)
+    try:
+        servers = Servers(home)
+    except BaseException:           # nothing left running when set-up fails
+        mta.stop()
+        remove_home(home)
+        raise
     yield {'home': home, 'user': user, 'mta': mta, 'servers': servers}
     servers.stop()
     mta.stop()
