@@ -651,6 +651,10 @@ class Session:
         addr, rest = parsed
         size = mail_size(rest)
         if self.config.databytes and size is not None and size > self.config.databytes:
+            # The client meant a new transaction: an earlier one it left
+            # open must not take the recipients that follow.
+            self.note_abandoned(b'new MAIL before DATA')
+            self.seenmail = False
             self.out(R_SIZE)
             return
         self.note_abandoned(b'new MAIL before DATA')

@@ -269,3 +269,19 @@ def test_we_read_tinycdbs_and_bytes_match(tmp_path):
     assert db.get_all(b'k3') == [b'vvv', b'again']
     db.close()
     assert cdb.make(pairs) == theirs
+
+
+def test_a_dropped_cdb_closes_its_descriptor(tmp_path, monkeypatch):
+    """A file too big to read whole keeps a descriptor; dropping the Cdb
+    (a qmail-smtpd session's morercpthosts.cdb, at the session's end)
+    closes it, or a qmail-listen worker would find it open and retire
+    after every connection."""
+    monkeypatch.setattr(cdb, 'READ_ALL_LIMIT', 0)
+    path = tmp_path / 'big.cdb'
+    path.write_bytes(cdb.make([(b'k', b'v')]))
+    before = len(os.listdir('/proc/self/fd'))
+    db = cdb.Cdb(str(path))
+    assert not db.in_memory and db.get(b'k') == b'v'
+    assert len(os.listdir('/proc/self/fd')) == before + 1
+    del db
+    assert len(os.listdir('/proc/self/fd')) == before

@@ -516,6 +516,20 @@ def test_mail_size_parameter(mail, want):
     check(got[1], b'250 ok' if want == b'250 ok' else b'503 MAIL first (#5.5.1)')
 
 
+def test_mail_refused_for_size_ends_the_open_transaction():
+    """A second MAIL refused for its SIZE: the recipients after it must
+    not join the transaction the client left open (they were queued with
+    the old sender and the old recipients)."""
+    h = Harness(databytes=100)
+    got = replies(h.feed(b'MAIL FROM:<old@x>\r\nRCPT TO:<u@example.org>\r\n'
+                         b'MAIL FROM:<new@x> SIZE=999999\r\nRCPT TO:<v@example.org>\r\n'
+                         b'DATA\r\n'))
+    check(got, [b'250 ok', b'250 ok',
+                b'552 sorry, that message size exceeds my databytes limit (#5.3.4)',
+                b'503 MAIL first (#5.5.1)', b'503 MAIL first (#5.5.1)'])
+    assert not any(q.queued for q in h.queues)
+
+
 def test_size_parameter_ignored_without_databytes():
     h = Harness()
     check(replies(h.feed(b'MAIL FROM:<a@b> SIZE=999999999999\r\n')), [b'250 ok'])

@@ -123,6 +123,15 @@ class Cdb:
             self._fd = None
         self._data = None
 
+    def __del__(self):
+        # A file over READ_ALL_LIMIT keeps its descriptor: one a session
+        # opened (qmail-smtpd's morercpthosts.cdb, users/rcpt.cdb) goes
+        # with it, or a qmail-listen worker finds it left open and retires.
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def __enter__(self):
         return self
 
