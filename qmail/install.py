@@ -607,12 +607,46 @@ def check_path(what, path):
         raise InstallError('%s must be a plain absolute path: %r' % (what, path))
 
 
+def root_only(path) -> str:
+    """None if path, and every directory above it, is root's and
+    writable by nobody else (a sticky directory, as /tmp, may be
+    world-writable: others cannot replace root's names there); else
+    the first that is not."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return path
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky
+                              and not stat.S_ISLNK(st.st_mode)):
+            return path
+        if path == '/':
+            return None
+        path = os.path.dirname(path)
+
+
+def check_runtime(python):
+    """The interpreter runs as root (qmail-start, qmail-lspawn) and as
+    qmailq (the setuid qmail-queue): it, what it links to and its
+    environment's directory must be root's alone, or their owner would
+    become root."""
+    for path in (python, os.path.realpath(python),
+                 os.path.join(os.path.dirname(os.path.dirname(python)), 'lib')):
+        bad = root_only(path)
+        if bad is not None:
+            raise InstallError('the runtime %s is not root\'s alone: %s may be changed by '
+                               'someone else (see make setup)' % (python, bad))
+
+
 def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25',
             pop3_port='110'):
     check_path('home', home)
     check_path('python', python)
     if not os.access(python, os.X_OK):
         raise InstallError('no interpreter at %s (run make setup)' % python)
+    check_runtime(python)
     ensure_ids()
     uids, gids = lookup_ids()
     os.makedirs(os.path.dirname(home), exist_ok=True)

@@ -183,6 +183,22 @@ def test_reinstall_follows_no_link_planted_by_a_qmail_user(fresh_home, tmp_path)
     assert victim.read_text() == 'keep\n'
 
 
+def test_install_refuses_a_runtime_another_user_may_change(tmp_path):
+    """The interpreter runs as root and as qmailq (setuid qmail-queue): in
+    a directory some user owns, that user would become root."""
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'lib').mkdir()
+    os.symlink(sys.executable, venv / 'bin' / 'python3')
+    nobody = pwd.getpwnam('nobody')
+    os.chown(venv, nobody.pw_uid, nobody.pw_gid)
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', str(tmp_path / 'home'),
+                        '--python', str(venv / 'bin' / 'python3')],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
+    assert not (tmp_path / 'home').exists()
+
+
 def test_install_refuses_bad_home(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home',
                         'relative/path'], capture_output=True, text=True,
