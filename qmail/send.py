@@ -257,6 +257,8 @@ class Send:
                                         # sender, birth) of a new message
                                         # until its first pass reads them
         self.pqsettle = []              # (when, messid, chans): todo/ removal again
+        self.pqrespill = []             # (when, messid): a spill to write again
+        self.respills = {}              # messid -> (job, left) of a failed spill
         self.ending = set()             # messdone under way
         self.directs = {}               # messid -> Direct, delivered from todo/
         self.direct_room = 0            # how many more the batch written may take
@@ -799,7 +801,7 @@ class Send:
             for c in (0, 1):
                 if self.passes[c] is None and self.pqchan[c]:
                     wakeup = min(wakeup, self.pqchan[c][0][0])
-        for pq in (self.pqfail, self.pqdone, self.pqsettle):
+        for pq in (self.pqfail, self.pqdone, self.pqsettle, self.pqrespill):
             if pq:
                 wakeup = min(wakeup, pq[0][0])
         return wakeup
@@ -950,6 +952,9 @@ class Send:
             settle.append((messid, chans))
         if settle:
             self.preprocess_synced(settle)
+        while self.pqrespill and self.pqrespill[0][0] <= self.recent and not self.flagexitasap:
+            _, messid = heapq.heappop(self.pqrespill)
+            self.spill(*self.respills.pop(messid))
         ending = []
         for _ in range(PASS_STEPS):
             if not self.pqdone or self.pqdone[0][0] > self.recent:
@@ -981,9 +986,11 @@ class Send:
         durable already: addbounce); then it goes on as any message, to
         its retry or its bounce (preprocess_cleaned).  Files that cannot
         be written (here in the loop: two small files, their sync in
-        the background): the message is left in todo/ for the next scan,
-        which preprocesses it again (its deliveries made are made again;
-        a maildir's are found there, local_deliver.already_delivered)."""
+        the background; a full or failing disk): the spill is tried
+        again SLEEP_SYSFAIL later, its marks kept in memory and todo/
+        left alone (a todo/ scan would deliver it direct again, every
+        delivery made once more, an mbox or program line's copy too);
+        only a restart meanwhile starts it over from todo/."""
         d, messid = job.direct, job.id
         self.directs.pop(messid, None)
         data = bytearray(d.data)
@@ -1013,8 +1020,8 @@ class Send:
                 durable.unlink(fn)
             except OSError:
                 pass
-        self.unsettled.pop(messid, None)
-        self.nexttodorun = min(self.nexttodorun, self.recent + SLEEP_SYSFAIL)
+        self.respills[messid] = (job, left)     # (still unsettled: no todo/ scan takes it)
+        heapq.heappush(self.pqrespill, (self.recent + SLEEP_SYSFAIL, messid))
 
     def tidy_sync(self, messids):
         """Background, a batch of the tidying lane: the mess/ directories

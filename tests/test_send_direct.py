@@ -213,16 +213,20 @@ def test_stopped_before_its_pass_began_the_loop_exits_without_a_warning(s):
     assert not any(line.startswith('warning') for line in s.log), s.log
 
 
-def test_a_spill_that_cannot_write_leaves_todo_for_the_next_scan(s, monkeypatch):
-    """No half-written spill: what was made goes, todo/ stays, the next
-    scan comes sooner and preprocesses the message the usual way."""
+def test_a_spill_that_cannot_write_is_tried_again_not_delivered_again(s, monkeypatch):
+    """No half-written spill: what was made goes and todo/ stays, but the
+    message is not delivered direct again by a todo/ scan (every delivery
+    made once more, each SLEEP_SYSFAIL while the disk is full: an mbox or
+    a program line's copy too): the spill itself is tried again, with the
+    marks of what was done, until it is written."""
     queue(s, 66, [b'u@here.example', b'v@here.example'])
     s.preprocess_batch([66])
     slots = start(s)
     real_create = durable.create_excl
+    full = [True]
 
     def create_excl(fn, mode=0o644):
-        if fn == qfn('local', 66, SPLIT):
+        if full[0] and fn == qfn('local', 66, SPLIT):
             raise OSError(28, 'No space left on device')
         return real_create(fn, mode)
     monkeypatch.setattr(durable, 'create_excl', create_excl)
@@ -231,5 +235,16 @@ def test_a_spill_that_cannot_write_leaves_todo_for_the_next_scan(s, monkeypatch)
     assert 'warning: unable to create %s\n' % qfn('local', 66, SPLIT) in s.log
     assert not os.path.exists(qfn('info', 66, SPLIT))
     assert os.path.exists(qfn('todo', 66, SPLIT)) and s.asked == []
-    assert s.directs == {} and s.unsettled == {} and s.spilled == {}
-    assert s.nexttodorun <= s.recent + send.SLEEP_SYSFAIL
+    assert s.directs == {} and s.spilled == {} and 66 in s.unsettled
+    s.todo_do(True)                             # a scan meanwhile: not taken again
+    assert s.directs == {} and s.pqchan[0] == []
+    when, messid = s.pqrespill[0]
+    assert messid == 66 and when <= s.recent + send.SLEEP_SYSFAIL
+    s.pass_do()                                 # not yet: still full
+    assert 66 in s.respills
+    full[0] = False
+    s.recent = when
+    s.pass_do()
+    assert s.respills == {} and s.pqrespill == []
+    assert open(qfn('local', 66, SPLIT), 'rb').read() == b'Tu@here.example\0Dv@here.example\0'
+    assert os.path.exists(qfn('info', 66, SPLIT))
