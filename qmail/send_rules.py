@@ -20,10 +20,12 @@ class Routing:
         self.vdoms = {}
         for line in vdoms:
             # "domain:prepend" or "user@domain:prepend"; the key may contain
-            # no colon, the prepend may.  The first entry for a key wins.
+            # no colon, the prepend may.  The last entry for a key wins,
+            # as in qmail's constmap (each line goes in front of those
+            # before it): an override appended to the file takes effect.
             key, sep, prepend = line.partition(b':')
             if sep:
-                self.vdoms.setdefault(key.lower(), prepend)
+                self.vdoms[key.lower()] = prepend
 
 
 def rewrite(recip: bytes, r: Routing):

@@ -35,6 +35,15 @@ def test_rewrite(recip, want):
     assert got == want, 'got %r want %r' % (got, want)
 
 
+def test_virtualdomains_last_line_wins():
+    """As qmail's constmap: a line appended for a domain already listed
+    overrides it (it delivered to the first line's user)."""
+    routing = r.Routing([b'example.org'], [b'example.net:alice', b'Example.NET:bob'],
+                        [], b'example.org')
+    assert r.rewrite(b'u@example.net', routing) == (0, b'bob-u@example.net')
+    assert r.stripvdomprepend(b'bob-u@example.net', routing) == b'u@example.net'
+
+
 def test_rewrite_catchall():
     routing = r.Routing([b'example.org'], [b':alias-catchall'], [], b'example.org')
     assert r.rewrite(b'x@anywhere.com', routing) == (0, b'alias-catchall-x@anywhere.com')
