@@ -77,6 +77,7 @@ OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
+FRESH_BYTES = 8 << 20   # and the bytes of their recipient lists, in all
 DIRECT_RCPT = 8         # most local recipients of a message delivered direct
 DIRECT_MAX = 64         # most messages delivered direct at once (and at most
                         # twice concurrencylocal)
@@ -253,6 +254,7 @@ class Send:
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
         self.unsettled = {}             # messid -> jobs waiting to finish
+        self.freshbytes = 0             # the records' bytes in self.fresh
         self.fresh = {}                 # (channel, messid) -> (records,
                                         # sender, birth) of a new message
                                         # until its first pass reads them
@@ -820,6 +822,8 @@ class Send:
             heapq.heappop(self.pqchan[c])
             direct = self.directs.get(messid) if c == 0 else None
             fresh = self.fresh.pop((c, messid), None)
+            if fresh is not None:
+                self.freshbytes -= len(fresh[0])
             if direct is not None:
                 data, sender, birth = direct.data, direct.sender, direct.birth
             elif fresh is not None:
@@ -1167,8 +1171,12 @@ class Send:
                     heapq.heappush(self.pqchan[c], (now, messid))
                     # What its first pass would read back: the file as
                     # written (no D mark yet), and info/'s sender and time.
-                    if len(self.fresh) < FRESH_MAX:
+                    # (bounded in number and in bytes: passes may lag far
+                    # behind, list posts of thousands of recipients queued)
+                    if (len(self.fresh) < FRESH_MAX
+                            and self.freshbytes + len(chans[c]) <= FRESH_BYTES):
                         self.fresh[c, messid] = (bytes(chans[c]), sender, now)
+                        self.freshbytes += len(chans[c])
         made = [m for m in made if m[2] is not None]
         if made:
             self.settling.add(made)

@@ -427,15 +427,22 @@ def test_sighup_rereads_controls_without_moving_the_working_directory(queue_home
     assert s.c.bouncefrom == b'postmaster'
 
 
-@pytest.mark.parametrize('fresh_max', [send.FRESH_MAX, 0])
-def test_a_new_messages_first_pass_reads_nothing_back(queue_home, monkeypatch, fresh_max):
+@pytest.mark.parametrize('fresh_max, fresh_bytes', [(send.FRESH_MAX, send.FRESH_BYTES),
+                                                     (0, send.FRESH_BYTES),
+                                                     (send.FRESH_MAX, 10)])
+def test_a_new_messages_first_pass_reads_nothing_back(queue_home, monkeypatch, fresh_max,
+                                                      fresh_bytes):
     """The first pass over a message just preprocessed takes its records,
     sender and time from memory, as written; a later pass (or one past
-    FRESH_MAX new messages) reads local/ and info/ as qmail does."""
+    FRESH_MAX new messages, or FRESH_BYTES of their lists: passes may lag
+    behind list posts of thousands of recipients) reads local/ and info/
+    as qmail does."""
     s, log = queue_home
     s.bg.inline = True
     s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
     monkeypatch.setattr(send, 'FRESH_MAX', fresh_max)
+    monkeypatch.setattr(send, 'FRESH_BYTES', fresh_bytes)
+    fresh_max = fresh_max and fresh_bytes > 10
     messid = 21
     put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
     put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0Tv@here.example\0')
@@ -451,7 +458,7 @@ def test_a_new_messages_first_pass_reads_nothing_back(queue_home, monkeypatch, f
     started = [d for d in s.dels[0] if d is not None]
     assert [d.recip for d in started] == [b'u@here.example', b'v@here.example']
     assert started[0].job.sender == b'a@b.example'
-    assert s.fresh == {}
+    assert s.fresh == {} and s.freshbytes == 0
     if fresh_max:
         assert read == []
     else:
