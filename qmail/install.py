@@ -13,8 +13,12 @@ Exits:    0 installed; 100 usage or not root; 111 a step failed.
 
 Idempotent: running it again repairs owners and modes, replaces the code
 and keeps the queue and every control file.  The code is switched in
-one rename (lib/python is a symlink), so programs starting meanwhile see
-either the old or the new copy, never half of one.
+one rename (lib/python is a symlink), and each program resolves the link
+once, as it starts: all its modules, those it imports late too (say
+qmail-smtpd's TLS at the first STARTTLS), come from the one copy it
+began with.  The copy before is kept for the programs still running on
+it, and removed by the next install: restart the services after an
+upgrade (make run does).
 """
 
 import argparse
@@ -337,8 +341,14 @@ def install_lib(home, python, split, uids, gids):
     if os.path.isdir(link) and not os.path.islink(link):
         shutil.rmtree(link)
     os.rename(tmp, link)
-    if old and old != new and os.path.dirname(old) == lib:
-        shutil.rmtree(old, ignore_errors=True)
+    # The copy just replaced stays, for the programs running on it; any
+    # older goes (their programs were restarted by the last upgrade).
+    keep = {os.path.basename(new)}
+    if old and os.path.dirname(old) == lib:
+        keep.add(os.path.basename(old))
+    for name in os.listdir(lib):
+        if name.startswith('python.') and name not in keep:
+            shutil.rmtree(os.path.join(lib, name), ignore_errors=True)
     # The fixed script the setuid launcher runs.
     write_file(os.path.join(lib, 'qmail-queue.py'),
                program_script(home, python, 'queue', False), 0o644)
@@ -348,8 +358,8 @@ def program_script(home, python, module, needs_site):
     flags = '-I' if needs_site else '-IS'
     return ('#!%s %s\n'
             '# qmail program for the home %s; written by qmail-install.\n'
-            'import sys\n'
-            'sys.path.insert(0, %r)\n'
+            'import os, sys\n'
+            'sys.path.insert(0, os.path.realpath(%r))   # one copy, whatever comes\n'
             'from qmail.%s import run\n'
             'run()\n') % (python, flags, home,
                           os.path.join(home, 'lib', 'python'), module)

@@ -144,9 +144,21 @@ def test_reinstall_is_idempotent_and_repairs(fresh_home):
     assert open(os.path.join(ctl, 'me')).read() == 'test.example.org\n'
     assert open(os.path.join(ctl, 'locals')).read() == \
         'test.example.org\nother.example.org\n'
-    libs = [n for n in os.listdir(os.path.join(fresh_home, 'lib'))
-            if n.startswith('python.')]
-    assert len(libs) == 1, 'old code copies left: %s' % libs
+    lib = os.path.join(fresh_home, 'lib')
+
+    def copies():
+        return {n for n in os.listdir(lib) if n.startswith('python.')}
+    current = os.path.basename(os.path.realpath(os.path.join(lib, 'python')))
+    first = copies()
+    assert len(first) == 2 and current in first, first   # and the one before, still running
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    second = copies()
+    newest = os.path.basename(os.path.realpath(os.path.join(lib, 'python')))
+    assert second == {current, newest}, (first, second)  # the oldest gone
+    # each program resolves the link once: one copy, whatever an upgrade does
+    script = open(os.path.join(fresh_home, 'bin', 'qmail-send')).read()
+    assert 'os.path.realpath(' in script
 
 
 def test_reinstall_follows_no_link_planted_by_a_qmail_user(fresh_home, tmp_path):
