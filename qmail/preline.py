@@ -48,7 +48,7 @@ def parse_options(args):
             elif c in 'FRD':
                 flags[c.lower()] = True
             else:
-                raise Usage()
+                raise Usage(c)          # getopt's complaint names it
     command = args[i:]
     if not command:
         raise Usage()
@@ -92,7 +92,9 @@ def preline(args) -> int:
         if ufline is None or rpline is None or dtline is None:
             raise Usage()
         flags, command = parse_options(args)
-    except Usage:
+    except Usage as u:
+        if u.args:
+            say(b'preline: illegal option -- ' + u.args[0].encode('latin-1'))
         say(USAGE)
         return 100
 

@@ -338,7 +338,8 @@ def test_preline_lines(options, want, tmp_path, stdin, monkeypatch):
     (['sh', '-c', 'cat >/dev/null; exit 111'], None, 111, None),
     ([], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
     (['-f'], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
-    (['-x', 'cat'], None, 100, 'preline: usage: preline cmd [ arg ... ]'),
+    (['-x', 'cat'], None, 100, ['preline: illegal option -- x',
+                                'preline: usage: preline cmd [ arg ... ]']),
     (['cat'], 'UFLINE', 100, 'preline: usage: preline cmd [ arg ... ]'),
     (['cat'], 'DTLINE', 100, 'preline: usage: preline cmd [ arg ... ]'),
     (['/nonexistent/program'], None, 100,
@@ -357,8 +358,8 @@ def test_preline_exits(argv, unset, want, message, stdin, monkeypatch, capfd):
     got = preline.main(argv)
     lines = err_lines(capfd)
     assert got == want, 'preline %r: got %d want %d' % (argv, got, want)
-    assert lines == ([message] if message else []), \
-        'got %r want %r' % (lines, message)
+    message = message if isinstance(message, list) else [message] if message else []
+    assert lines == message, 'got %r want %r' % (lines, message)
 
 
 def test_preline_command_that_stops_reading(stdin, monkeypatch, capfd):
