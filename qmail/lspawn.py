@@ -61,13 +61,11 @@ def report(wstat: int, output: bytes) -> bytes:
 
 
 def become(n: users.Nughde):
-    """The user's supplementary groups, gid, then uid."""
-    name = os.fsdecode(n.user)
-    try:
-        groups = os.getgrouplist(name, n.gid)
-    except OSError:
-        groups = [n.gid]
-    os.setgroups(groups)
+    """The user's gid, then uid; no supplementary group but the gid, as
+    qmail-lspawn(8) says (and qmail's prot_gid does): users/assign's
+    user field is free text, and a name's groups in /etc/group are not
+    the uid's to have."""
+    os.setgroups([n.gid])
     os.setgid(n.gid)
     os.setuid(n.uid)
 

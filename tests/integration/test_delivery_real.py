@@ -239,18 +239,28 @@ def test_forward_keeps_sender_and_adds_delivered_to(world):
 
 
 def test_deliveries_run_as_the_recipient_never_root(world):
+    """The recipient's uid and gid, and no supplementary group but the
+    gid (qmail-lspawn(8)), though /etc/group lists the user in another."""
     home, u2 = world['home'], world['u2']
     out = os.path.join(u2[3], 'ids.out')
-    write_qmail(u2, 'ids', '|id -u > %s; id -g >> %s; id -G >> %s\n' % (out, out, out))
-    queue_raw(home, 'x@example.com', ['qmtu2-ids@' + DOMAIN], b'\n')
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if os.path.exists(out) and open(out).read().count('\n') == 3:
-            break
-        time.sleep(0.05)
+    subprocess.run(['groupadd', '-f', 'qmtextra'], check=True, timeout=TIMEOUT)
+    subprocess.run(['gpasswd', '-a', 'qmtu2', 'qmtextra'], check=True, timeout=TIMEOUT,
+                   stdout=subprocess.DEVNULL)
+    try:
+        assert len(os.getgrouplist('qmtu2', u2[2])) > 1
+        write_qmail(u2, 'ids', '|id -u > %s; id -g >> %s; id -G >> %s\n' % (out, out, out))
+        queue_raw(home, 'x@example.com', ['qmtu2-ids@' + DOMAIN], b'\n')
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if os.path.exists(out) and open(out).read().count('\n') == 3:
+                break
+            time.sleep(0.05)
+    finally:
+        subprocess.run(['gpasswd', '-d', 'qmtu2', 'qmtextra'], timeout=TIMEOUT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uid, gid, groups = open(out).read().split('\n')[:3]
     assert (int(uid), int(gid)) == (u2[1], u2[2])
-    assert set(map(int, groups.split())) == set(os.getgrouplist('qmtu2', u2[2]))
+    assert list(map(int, groups.split())) == [u2[2]]
 
 
 def test_the_processes_and_their_users(world):
