@@ -35,8 +35,9 @@ from qmail.lib import prefork
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
 MAX_USE = 1000       # deliveries a worker runs before it retires
-MAX_AGE = 300        # seconds after which a worker takes no more: a
-                     # qmail-lspawn worker took its user's groups once
+MAX_AGE = 300        # seconds after which a worker takes no more: it
+                     # took its identity once (qmailr's groups; a local
+                     # user's uid and gid, which users/cdb may change)
 IDLE_EXIT = 30       # seconds an idle worker is kept
 MAX_IDLE = 20        # idle workers kept, all keys together
 JOB_MAX = 65536      # a delivery's arguments, as the worker receives them
