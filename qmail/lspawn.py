@@ -39,7 +39,9 @@ from qmail.lib import auto, control, spawn, users
 from qmail.lib.qlx import QLX_SYS, QLX_ROOT, QLX_USAGE, REPORTS, Qlx
 
 TEMPORARY_CODES = (111, 71, 74, 75)
-GETPW_MAX = 4096          # a nughde record longer than this is garbage
+GETPW_MAX = 1 << 17       # a question or record longer than this is garbage:
+                          # above a delivery's arguments (spawn.JOB_MAX), as
+                          # the alias user's record holds the local part whole
 GETPW_TIMEOUT = 60        # seconds the qmailp helper may take to answer
 
 
@@ -260,12 +262,14 @@ def file_stamp(path):
 class PwAnswers:
     """The qmailp helper's answers, each used again for its local part
     for up to PW_TTL seconds while /etc/passwd is the same file, unchanged
-    since before the question, and the home still belongs to the user: a
-    delivery after another to the same address then wakes no helper (at
-    one message at a time, 0.5 ms of latency).  What else an answer rests
-    on (a passwd source other than files, a home made for a longer user
-    name, the alias fallback) is seen again within PW_TTL, as nscd's
-    cache would have it much later.  Failures are never kept."""
+    since before the question: a delivery after another to the same
+    address then wakes no helper (at one message at a time, 0.5 ms of
+    latency).  What else an answer rests on (the home's owner, which the
+    helper checked; a passwd source other than files, a home made for a
+    longer user name, the alias fallback) is seen again within PW_TTL,
+    as nscd's cache would have it much later.  Users' homes are never
+    looked at here (root's loop, serving every user: one home on a hung
+    NFS server would stop all local delivery).  Failures are never kept."""
 
     def __init__(self, passwd: str = PASSWD, ttl: float = PW_TTL, clock=time.monotonic):
         self.passwd, self.ttl, self.clock = passwd, ttl, clock
@@ -276,8 +280,7 @@ class PwAnswers:
         if got is None:
             return None
         n, asked, stamp = got
-        if self.clock() - asked > self.ttl or file_stamp(self.passwd) != stamp \
-                or not self.owns_home(n):
+        if self.clock() - asked > self.ttl or file_stamp(self.passwd) != stamp:
             del self.answers[local]
             return None
         return n
@@ -288,18 +291,11 @@ class PwAnswers:
         return self.clock(), file_stamp(self.passwd)
 
     def put(self, local: bytes, n, asked):
-        if asked[1] is None or not self.owns_home(n):
+        if asked[1] is None:
             return
         if len(self.answers) >= PW_MAX:
             self.answers.clear()
         self.answers[local] = (n, asked[0], asked[1])
-
-    @staticmethod
-    def owns_home(n) -> bool:
-        try:
-            return os.stat(n.home).st_uid == n.uid
-        except OSError:
-            return False
 
 
 class Deliveries:

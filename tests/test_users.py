@@ -564,16 +564,84 @@ def test_a_helper_answer_goes_when_passwd_changes_even_during_the_question(tmp_p
     assert answers.get(b'bob') is None
 
 
-def test_a_helper_answer_is_kept_only_while_the_home_is_the_users(tmp_path):
+def test_kept_answers_never_look_at_a_users_home(tmp_path, monkeypatch):
+    """qmail-lspawn's loop (root, every user's) stats no home: one on a
+    hung NFS server stopped all local delivery.  The helper checked the
+    owner when it answered; within PW_TTL that answer stands."""
     lspawn, answers, passwd, home, now, n = _kept(tmp_path)
-    other = n._replace(uid=n.uid + 1)           # a home someone else owns
-    answers.put(b'bob', other, answers.asking())
-    assert answers.get(b'bob') is None
+    looked = []
+    real_stat = os.stat
+    monkeypatch.setattr(lspawn.os, 'stat', lambda p, *a, **k: looked.append(os.fsencode(p))
+                        or real_stat(p, *a, **k))
     answers.put(b'bob', n, answers.asking())
     assert answers.get(b'bob') == n
-    os.rmdir(home)                              # gone since: asked again
-    assert answers.get(b'bob') is None
+    assert os.fsencode(str(home)) not in looked and looked, looked
+    monkeypatch.setattr(lspawn.os, 'stat', real_stat)
     missing = lspawn.PwAnswers(str(tmp_path / 'nosuch'), clock=lambda: now[0])
-    home.mkdir()
     missing.put(b'bob', n, missing.asking())    # no passwd file to stamp
     assert missing.get(b'bob') is None
+
+
+def test_getpw_helper_answers_a_long_local_part(tmp_path):
+    """A local part of 5000 bytes (a local user may send one; it falls to
+    the alias user, whose record holds it whole) gets its answer, and the
+    helper goes on: it took it as garbage and quit, failing every
+    question behind it."""
+    import threading
+    from qmail import lspawn
+    q_r, q_w = os.pipe()
+    a_r, a_w = os.pipe()
+    done = []
+    t = threading.Thread(target=lambda: done.append(lspawn.getpw_helper(q_r, a_w)), daemon=True)
+    t.start()
+    try:
+        os.write(q_w, b'x' * 5000 + b'\0' + b'nosuchuserhere\0')
+        answers = []
+        buf = b''
+        while len(answers) < 2:
+            buf += os.read(a_r, 65536)
+            while len(buf) >= lspawn.GETPW_ANSWER.size:
+                code, length = lspawn.GETPW_ANSWER.unpack_from(buf)
+                if len(buf) < lspawn.GETPW_ANSWER.size + length:
+                    break
+                answers.append((code, buf[lspawn.GETPW_ANSWER.size:][:length]))
+                buf = buf[lspawn.GETPW_ANSWER.size + length:]
+        assert answers[0][0] == answers[1][0], answers     # the same fate: the alias's
+        if answers[0][0] == 0:
+            assert answers[0][1].rstrip(b'\0').endswith(b'x' * 5000)
+    finally:
+        os.close(q_w)
+        t.join(10)
+        for fd in (q_r, a_r, a_w):
+            os.close(fd)
+    assert done == [0]
+
+
+def test_getpw_long_answer_is_read_not_taken_for_garbage():
+    """qmail-lspawn's side: an answer holding a 5000-byte local part is
+    read as the record it is (it was 'out of step': the helper killed and
+    every question behind it failed, the other users' too)."""
+    import collections
+    from qmail import lspawn
+    g = lspawn.Getpw.__new__(lspawn.Getpw)
+    g.spawner, g.pid, g.buf, g.progress = None, None, b'', 0.0
+    g.pending = collections.deque()
+    got = []
+    for _ in range(2):
+        g.pending.append((0.0, got.append))
+    failed = []
+    g.fail = lambda why: failed.append(why)
+    r, w = os.pipe()
+    g.rfd = r
+    record = b'alias\x00999\x00994\x00/var/qmail/alias\x00-\x00' + b'x' * 5000 + b'\x00'
+    short = b'bob\x001234\x001234\x00/home/bob\x00\x00\x00'
+    try:
+        for rec in (record, short):
+            os.write(w, lspawn.GETPW_ANSWER.pack(0, len(rec)) + rec)
+        g.readable()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert failed == []
+    assert [n.home for n in got] == [b'/var/qmail/alias', b'/home/bob'], got
+    assert got[0].ext == b'x' * 5000
