@@ -22,7 +22,12 @@ Trusts:   nothing the client says: the uid recorded in the envelope and
           the Received line is the one the kernel reports for the
           connection (SO_PEERCRED), as the setuid launcher records the
           caller's real uid.  The descriptors are only read from, under
-          qmail-queue's DEATH timer.
+          qmail-queue's DEATH timer.  Nor does it let one user hold the
+          writers: the byte and descriptors must come within HELLO
+          seconds, and a user other than root and the MTA's own (qmaild,
+          qmails, alias) has at most PER_UID injections at once; one
+          more is closed unanswered, and the client uses bin/qmail-queue
+          at once (its own process, as with qmail).
 Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           pipe whose other end only qmail-send holds, so it ends with
           qmail-send (a parent-death signal cannot cross from qmails to
@@ -51,6 +56,8 @@ MAX_WRITERS = 100                     # concurrent injections; more wait
 SPARE = 4                             # idle writers kept ready
 MAX_USE = 500                         # injections a writer serves, then retires
                                       # (its qp stays below 2^31: qp_for)
+HELLO = 10                            # seconds for the client's byte and descriptors
+PER_UID = MAX_WRITERS // 4            # injections at once of one user (not the MTA's)
 
 
 def socket_path(home: str) -> str:
@@ -84,6 +91,73 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
+class UidCap:
+    """Which user each busy writer serves, shared by the writers (memory
+    the pool's parent maps before they fork, a record lock around each
+    change): take() a place for an injection of uid, or None when the
+    user has PER_UID already; give() it back.  A place whose writer died
+    is taken back when it counts.  The exempt (root, the MTA's users)
+    are not counted: their own limits hold (qmail-listen's -c)."""
+
+    SLOT = struct.Struct('2i')          # writer's pid, uid + 1 (0: free)
+
+    def __init__(self, exempt, places: int = MAX_WRITERS, per_uid: int = PER_UID):
+        import mmap
+        import tempfile
+        self.exempt = frozenset(exempt)
+        self.places, self.per_uid = places, per_uid
+        self.mem = mmap.mmap(-1, self.SLOT.size * places)
+        try:
+            self.lockfile = tempfile.TemporaryFile(dir='lock')   # nameless, ours only
+        except OSError:
+            self.lockfile = tempfile.TemporaryFile()
+
+    def _locked(self, fn):
+        import fcntl
+        fcntl.lockf(self.lockfile, fcntl.LOCK_EX)
+        try:
+            return fn()
+        finally:
+            fcntl.lockf(self.lockfile, fcntl.LOCK_UN)
+
+    def take(self, uid: int):
+        if uid in self.exempt:
+            return -1
+        me = os.getpid()
+
+        def claim():
+            mine, free = [], None
+            for i in range(self.places):
+                pid, who = self.SLOT.unpack_from(self.mem, i * self.SLOT.size)
+                if who == uid + 1:
+                    if pid != me and not alive(pid):
+                        who = 0             # its writer died: free again
+                        self.SLOT.pack_into(self.mem, i * self.SLOT.size, 0, 0)
+                    else:
+                        mine.append(i)
+                if who == 0 and free is None:
+                    free = i
+            if len(mine) >= self.per_uid or free is None:
+                return None
+            self.SLOT.pack_into(self.mem, free * self.SLOT.size, me, uid + 1)
+            return free
+        return self._locked(claim)
+
+    def give(self, place):
+        if place is not None and place >= 0:
+            self._locked(lambda: self.SLOT.pack_into(self.mem, place * self.SLOT.size, 0, 0))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass                            # someone else's: alive
+    return True
+
+
 QP_STRIDE = 1 << 22         # above any Linux pid (PID_MAX_LIMIT)
 
 
@@ -94,15 +168,22 @@ def qp_for(pid: int, served: int) -> int:
     return pid + served * QP_STRIDE
 
 
-def writer(conn: socket.socket, uids: dict, qp: int) -> int:
+def writer(conn: socket.socket, uids: dict, qp: int, cap: UidCap = None) -> int:
     """One injection, answered on conn; in a pool worker.  qp: what
-    stands for qmail-queue's pid (qp_for)."""
+    stands for qmail-queue's pid (qp_for); cap: the places per user."""
     # _signal's: signal.signal() converts to and from enums, 30 us a call.
     _signal.signal(_signal.SIGALRM, queue.die_timeout)
     _signal.alarm(queue.DEATH)
+    place = None
     try:
         uid = peer_uid(conn)
+        if cap is not None:
+            place = cap.take(uid)
+            if place is None:
+                return 54       # closed unanswered: bin/qmail-queue at once
+        conn.settimeout(HELLO)
         fds = recv_fds(conn)
+        conn.settimeout(None)
         if fds is None:
             return 54
         try:
@@ -118,11 +199,13 @@ def writer(conn: socket.socket, uids: dict, qp: int) -> int:
             pass
         return code
     finally:
+        if cap is not None:
+            cap.give(place)
         _signal.alarm(0)
         _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
 
 
-def make_handler(uids: dict):
+def make_handler(uids: dict, cap: UidCap = None):
     # In each worker, from its first injection: its descriptors' count,
     # its pid, the injections it served.
     baseline = pid = None
@@ -138,7 +221,7 @@ def make_handler(uids: dict):
         qp = qp_for(pid, served)
         served += 1
         try:
-            code = writer(conn, uids, qp)
+            code = writer(conn, uids, qp, cap)
         except OSError:
             code = 54           # the client went away
         except BaseException:
@@ -175,8 +258,9 @@ def serve(listener: socket.socket, uids: dict):
     watch = {}
     if watch_fd0():
         watch[0] = lambda: True         # readable: qmail-send is gone
+    cap = UidCap({0} | {uids[k] for k in ('alias', 'daemon', 'send') if k in uids})
     while not stopping:
-        pools[:] = [prefork.Pool(listener, make_handler(uids), MAX_WRITERS,
+        pools[:] = [prefork.Pool(listener, make_handler(uids, cap), MAX_WRITERS,
                                  spare=SPARE, max_use=MAX_USE)]
         if stopping:
             break                       # TERM came as the pool was made

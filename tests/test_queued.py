@@ -136,3 +136,43 @@ def test_each_injection_of_a_writer_has_its_own_qp(tmp_path, monkeypatch):
         assert body.startswith(b'Received: (qmail %d invoked ' % p), body
         seen.add(p)
     assert seen == set(qps)
+
+
+def test_a_user_holds_at_most_per_uid_writers(tmp_path, monkeypatch):
+    """One user's injections at once are capped (a local user could hold
+    every writer, each waiting for its descriptors or its message, and
+    every injection then waited 5 s before bin/qmail-queue); root and
+    the MTA's users are not counted; a place whose writer died is taken
+    back."""
+    import os
+    monkeypatch.chdir(tmp_path)
+    cap = queued.UidCap({0, 71}, places=8, per_uid=3)
+    assert [cap.take(1001) for _ in range(3)] == [0, 1, 2]
+    assert cap.take(1001) is None                     # a fourth: refused
+    assert cap.take(1002) == 3                        # another user: room
+    assert cap.take(0) == -1 and cap.take(71) == -1   # never counted
+    cap.give(1)
+    assert cap.take(1001) == 1
+    # a place held by a writer that died is free again when it counts
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if cap.take(1003) is not None else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert [cap.take(1003) for _ in range(3)] == [4, 5, 6]
+
+
+def test_a_client_silent_after_connecting_frees_its_writer(tmp_path, monkeypatch):
+    """The byte and the descriptors must come within HELLO seconds: a
+    client that connects and sends nothing held a writer for 24 hours."""
+    import socket
+    import time
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queued, 'HELLO', 0.2)
+    ours, theirs = socket.socketpair()
+    try:
+        t0 = time.monotonic()
+        assert queued.writer(theirs, {}, 1, None) == 54
+        assert time.monotonic() - t0 < 5
+    finally:
+        ours.close()
+        theirs.close()

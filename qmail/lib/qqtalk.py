@@ -40,8 +40,10 @@ def connect_daemon(pim, pie):
     import array
     import socket
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # qmail-queued answers at once unless all its writers are busy (a
-    # local user could keep them so): then bin/qmail-queue, not a wait.
+    # qmail-queued answers at once unless all its writers are busy: then,
+    # after DAEMON_WAIT, bin/qmail-queue.  (No one user can keep them
+    # all: qmail-queued's PER_UID; one past it is closed unanswered, and
+    # bin/qmail-queue follows at once.)
     s.settimeout(DAEMON_WAIT)
     try:
         s.connect(path)
