@@ -26,8 +26,10 @@ int main(void)
   struct stat st;
   int fd;
 
-  if (fstat(0, &st) == -1) _exit(54);   /* no message to read */
-  if (fstat(1, &st) == -1) _exit(54);   /* no envelope to read */
+  /* No message or envelope to read: a read error, 54.  (A directory
+     would make the interpreter abort, exit 1, before qmail-queue runs.) */
+  if (fstat(0, &st) == -1 || S_ISDIR(st.st_mode)) _exit(54);
+  if (fstat(1, &st) == -1 || S_ISDIR(st.st_mode)) _exit(54);
   fd = open("/dev/null", O_WRONLY);
   if (fd == -1) _exit(81);
   if (fd != 2) {

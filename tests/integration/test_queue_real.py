@@ -144,6 +144,25 @@ def test_files_made_nameless_need_no_pid_directory(fresh_home, test_user):
     assert queue_files(fresh_home, *DIRS) == made
 
 
+@pytest.mark.parametrize('which', [0, 1])
+def test_a_directory_for_message_or_envelope_is_54(fresh_home, test_user, which):
+    """qmail-queue(8)'s read error, not the interpreter's exit 1."""
+    name, uid, gid = test_user
+    with tempfile.TemporaryFile() as f:
+        f.write(b'Fa@b\0Tc@d\0\0' if which == 0 else b'Subject: x\n\nbody\n')
+        f.seek(0)
+        d = os.open('/', os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fds = {'stdin': d, 'stdout': f} if which == 0 else {'stdin': f, 'stdout': d}
+            r = subprocess.run([os.path.join(fresh_home, 'bin/qmail-queue')],
+                               stderr=subprocess.PIPE, user=uid, group=gid, extra_groups=[],
+                               env={'PATH': '/usr/bin:/bin'}, timeout=TIMEOUT, **fds)
+        finally:
+            os.close(d)
+    assert r.returncode == 54, (r.returncode, r.stderr)
+    assert queue_files(fresh_home, *DIRS) == []
+
+
 def test_unreachable_queue_is_62(fresh_home, test_user):
     os.chown(os.path.join(fresh_home, 'queue'), 0, 0)
     os.chmod(os.path.join(fresh_home, 'queue'), 0o700)
