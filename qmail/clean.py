@@ -145,6 +145,7 @@ def sweep_intd(now: float, split: int):
 
 def serve(infd: int, outfd: int, split: int) -> int:
     buf = b''
+    skipping = False            # inside an overlong request, before its NUL
     sweep = 0
     while True:
         if sweep:
@@ -164,8 +165,12 @@ def serve(infd: int, outfd: int, split: int) -> int:
                 return 0
             buf += chunk
             if len(buf) > 4 * REQUEST_MAX and b'\0' not in buf:
-                buf = b'\0'            # garbage: answer x and resynchronise
+                buf = b''               # garbage: dropped as it comes, up
+                skipping = True         # to its NUL, then answered x once
         *requests, buf = buf.split(b'\0')
+        if skipping:
+            requests[0] = b''           # the garbage's tail: its one answer
+            skipping = False
         try:
             os.write(outfd, answer_all(requests, split))
         except OSError:

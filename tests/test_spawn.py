@@ -95,6 +95,31 @@ def test_clean_serve(tmp_path, monkeypatch):
     assert os.listdir('pid') == []
 
 
+def test_clean_answers_an_overlong_request_once(tmp_path, monkeypatch):
+    """A request longer than its buffer holds, arriving in several reads:
+    one answer, x, then the next request's; qmail-send pairs answers
+    with requests in order (its tail was taken as more requests)."""
+    import threading
+    monkeypatch.chdir(tmp_path)
+    for d in ('intd', 'todo', 'pid'):
+        os.makedirs(d)
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    t = threading.Thread(target=lambda: (os.write(win, b'A' * 2148 + b'\0todo/1\0'),
+                                         os.close(win)))
+    t.start()
+    assert clean.serve(rin, wout, 23) == 0
+    t.join(10)
+    os.close(wout)
+    got = b''
+    while True:
+        chunk = os.read(rout, 64)
+        if not chunk:
+            break
+        got += chunk
+    assert got == b'x+'
+
+
 def test_clean_sweeps_an_intd_whose_message_is_gone(tmp_path, monkeypatch):
     """A crash can leave intd/N after mess/N's removal became durable:
     qmail-clean (intd/ is qmailq's) removes it once OSSIFIED old, and
