@@ -430,6 +430,59 @@ class Repairer:
             self.say('unable to repair %s: %s' % (problem.path, err.strerror))
             return False
 
+    def _at(self, rel):
+        """(descriptor of rel's directory, rel's last name): each directory
+        below the home opened without following a link (qmail's users own
+        queue/ and what is in it: a link they plant must not take root
+        elsewhere), but for HOME/queue itself when root made it a link
+        (the queue on another disk).  The caller closes the descriptor."""
+        parts = rel.split('/')
+        fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                if not (i == 0 and root_link(os.path.join(self.home, part))):
+                    flags |= os.O_NOFOLLOW
+                nfd = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    def _fix(self, rel, uid, gid, mode):
+        """chown (uid or gid -1: kept) and chmod (None: kept) of rel itself,
+        through a descriptor opened without following a link."""
+        dfd, name = self._at(rel)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            os.fchown(fd, uid, gid)
+            if mode is not None:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def _unlink(self, rel):
+        dfd, name = self._at(rel)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _link(self, src_rel, dst_dir_fd, dst_name):
+        """Link queue file src_rel (the link itself, never what it names)."""
+        dfd, name = self._at(src_rel)
+        try:
+            os.link(name, dst_name, src_dir_fd=dfd, dst_dir_fd=dst_dir_fd,
+                    follow_symlinks=False)
+        finally:
+            os.close(dfd)
+
     def _tree_entry(self, rel):
         entry = self.hier.get(rel)
         if entry is None:               # a split subdirectory
@@ -437,19 +490,17 @@ class Repairer:
         return entry
 
     def do_chown(self, problem, problems):
-        full = os.path.join(self.home, problem.path)
         if problem.kind == 'file-owner':
             d = problem.path.split('/')[1]
-            os.lchown(full, self.uids[QUEUE_FILE_OWNER[d]], -1)
+            self._fix(problem.path, self.uids[QUEUE_FILE_OWNER[d]], -1, None)
             return True
         _, _, owner, group, mode = self._tree_entry(problem.path)
-        os.lchown(full, self.uids[owner], self.gids[group])
-        os.chmod(full, mode)            # chown may clear set-id bits
+        # (the mode after: chown may clear set-id bits)
+        self._fix(problem.path, self.uids[owner], self.gids[group], mode)
         return True
 
     def do_chmod(self, problem, problems):
-        mode = self._tree_entry(problem.path)[4]
-        os.chmod(os.path.join(self.home, problem.path), mode)
+        self._fix(problem.path, -1, -1, self._tree_entry(problem.path)[4])
         return True
 
     def do_create(self, problem, problems):
@@ -473,9 +524,13 @@ class Repairer:
         if os.path.lexists(dst):
             self.say('unable to repair %s: %s exists' % (problem.path, dst))
             return False
-        durable.link(src, dst)
+        ddfd, dname = self._at(os.path.relpath(dst, self.home))
+        try:
+            self._link(problem.path, ddfd, dname)
+        finally:
+            os.close(ddfd)
         durable.fsync_dir(os.path.dirname(dst))
-        durable.unlink(src)
+        self._unlink(problem.path)
         durable.fsync_dir(os.path.dirname(src))
         return True
 
@@ -492,7 +547,7 @@ class Repairer:
             st = _lstat(full)
             if st is None or self.now < st[1] + OSSIFIED:
                 return False
-            durable.unlink(full)
+            self._unlink(problem.path)
             return True
         if not self.still(problem):
             return False
@@ -501,8 +556,7 @@ class Repairer:
             if problem.kind == 'intd-without-mess' and d == 'mess':
                 break
             try:
-                durable.unlink(os.path.join(self.qdir,
-                                            qfn(d, problem.messid, self.split)))
+                self._unlink('queue/' + qfn(d, problem.messid, self.split))
             except FileNotFoundError:
                 pass
         return True
@@ -533,17 +587,23 @@ class Repairer:
         durable.fsync_dir(base)
         moved = []
         envelope = b''
-        for d in ('todo', 'intd', 'info', 'local', 'remote', 'bounce', 'mess'):
-            src = os.path.join(self.qdir, qfn(d, messid, self.split))
-            if not os.path.lexists(src):
-                continue
-            if d in ('todo', 'intd') and not envelope:
-                envelope = _read(src, os.lstat(src).st_ino) or b''
-            durable.link(src, os.path.join(dest, d))
-            moved.append((d, src))
+        destfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for d in ('todo', 'intd', 'info', 'local', 'remote', 'bounce', 'mess'):
+                src = os.path.join(self.qdir, qfn(d, messid, self.split))
+                st = os.lstat(src) if os.path.lexists(src) else None
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    continue
+                rel = os.path.relpath(src, self.home)
+                self._link(rel, destfd, d)
+                if d in ('todo', 'intd') and not envelope:
+                    envelope = _read(os.path.join(dest, d), st.st_ino) or b''
+                moved.append((d, src))
+        finally:
+            os.close(destfd)
         durable.fsync_dir(dest)
         for d, src in moved:
-            durable.unlink(src)
+            self._unlink(os.path.relpath(src, self.home))
             durable.fsync_dir(os.path.dirname(src))
         mine = [p for p in problems if p.messid == messid]
         report = ['qmail-fsck moved message %d here at %s.' % (
@@ -568,11 +628,49 @@ class Repairer:
 
 # ---- main ---------------------------------------------------------------------
 
+def root_link(path) -> bool:
+    """Is path a symlink root made (to a directory: HOME/queue elsewhere)?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISLNK(st.st_mode) and st.st_uid == 0
+
+
+def planted(qdir: str, split: int) -> list:
+    """The queue's directories (and split subdirectories) that are there
+    but not directories of their own: links qmail's users may have made,
+    through which a check would read, and a repair change, files of
+    root's anywhere."""
+    bad = []
+    for d in sorted(set(SPLITDIRS) | set(FLATDIRS) | {'pid', 'lock', QUARANTINE}):
+        path = os.path.join(qdir, d)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            bad.append('queue/' + d)
+            continue
+        if d in SPLITDIRS:
+            for sub in os.listdir(path):
+                if not stat.S_ISDIR(os.lstat(os.path.join(path, sub)).st_mode) \
+                        and parse_messid(sub) is not None and int(sub) < split:
+                    bad.append('queue/%s/%s' % (d, sub))
+    return bad
+
+
 def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
     """Check (and repair) one home; returns the exit code."""
     qdir = os.path.join(home, 'queue')
-    if not os.path.isdir(qdir):
+    if not os.path.isdir(qdir) or (os.path.islink(qdir) and not root_link(qdir)):
         say('fatal: no queue at %s' % qdir)
+        return 111
+    bad = planted(qdir, split)
+    if bad:
+        for rel in bad:
+            say('fatal: %s is not a directory of its own (a link?): '
+                'nothing checked or repaired' % rel)
         return 111
     problems = check_tree(home, hier, split, uids, gids)
     problems += check_queue(qdir, split, now, uids)
@@ -656,8 +754,15 @@ def main(argv=None) -> int:
     return code
 
 
+_SAFE = {c: '?' for c in list(range(32)) + [127]}
+
+
 def say_line(text: str) -> None:
-    sys.stdout.write('qmail-fsck: %s\n' % text)
+    """One line of output: a name qmailq made in the queue cannot forge
+    lines nor send escape sequences to root's terminal (controls become
+    '?'; bytes that are not UTF-8 come out escaped, never raise)."""
+    text = text.translate(_SAFE).encode('utf-8', 'backslashreplace')
+    sys.stdout.buffer.write(b'qmail-fsck: %s\n' % text)
     sys.stdout.flush()
 
 

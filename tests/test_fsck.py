@@ -2,6 +2,7 @@
 is found, and the repair never deletes mail."""
 
 import os
+import shutil
 import stat
 import time
 
@@ -414,3 +415,59 @@ def test_main_exit_codes(tmp_path, capsys):
     assert fsck.main([str(tmp_path / 'nothing')]) == 111
     assert fsck.main(['-x']) == 111
     assert fsck.main(['a', 'b']) == 111
+
+
+@pytest.mark.parametrize('where', ['pid', 'mess/1', 'todo', 'lock'])
+def test_a_directory_link_planted_in_the_queue_stops_fsck(q, tmp_path, where):
+    """queue/ is qmailq's: a link it makes in place of one of the queue's
+    directories would have root read, chown, move or delete, through it,
+    files anywhere (pid/ -> /etc removed every file not read for 36
+    hours).  Nothing is checked through it nor repaired: exit 111."""
+    victims = tmp_path / 'victims'
+    victims.mkdir()
+    for name in ('28', 'passwd'):
+        (victims / name).write_text('root only\n')
+        os.chmod(victims / name, 0o600)
+        os.utime(victims / name, (1000, 1000))
+    path = os.path.join(q.qdir, where)
+    shutil.rmtree(path)
+    os.symlink(str(victims), path)
+    code, said = q.fsck(repair=True)
+    assert code == 111
+    assert any('%s is not a directory of its own' % ('queue/' + where) in line
+               for line in said), said
+    assert sorted(os.listdir(victims)) == ['28', 'passwd']
+    for name in ('28', 'passwd'):
+        st = os.stat(victims / name)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+
+
+def test_a_repair_follows_no_link_swapped_in_after_the_check(q, tmp_path, monkeypatch):
+    """A queue file reported as qmailq's to chown, then replaced by a
+    link before the repair: the link is not followed (it made a root
+    file 0644 through lock/tcpto)."""
+    victim = tmp_path / 'victim'
+    victim.write_text('secret\n')
+    os.chmod(victim, 0o600)
+    tcpto = os.path.join(q.qdir, 'lock', 'tcpto')
+    os.chown(tcpto, 4321, 4321)                     # an owner problem: chown+chmod
+    real = fsck.Repairer.repair
+
+    def swapped(self, problem, problems):
+        if problem.path == 'queue/lock/tcpto' and os.path.isfile(tcpto):
+            os.unlink(tcpto)
+            os.symlink(str(victim), tcpto)
+        return real(self, problem, problems)
+    monkeypatch.setattr(fsck.Repairer, 'repair', swapped)
+    code, said = q.fsck(repair=True)
+    assert code == 1
+    assert any(line.startswith('unable to repair queue/lock/tcpto') for line in said), said
+    st = os.stat(victim)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+
+
+def test_output_lines_cannot_be_forged_by_a_file_name(capfdbinary):
+    fsck.say_line('stray queue/todo/x\x1b[2K\rqmail-fsck: fake\nline \udcff')
+    out = capfdbinary.readouterr().out
+    assert out.count(b'\n') == 1 and b'\x1b' not in out and b'\r' not in out, out
+    assert out.startswith(b'qmail-fsck: stray queue/todo/x?[2K?qmail-fsck: fake?line ')
