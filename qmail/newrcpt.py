@@ -286,15 +286,25 @@ class Survey:
             return self._give_up(homedir, who, 'unable to read home: %s'
                                  % err.strerror)
         found = set()
-        for name in map(_b, names):
+        for name in names:
+            name = _b(name)
             if name.startswith(b'.qmail') and self._exists(homedir, name, who):
                 found.add(name)
         return frozenset(found)
 
     def _exists(self, homedir: bytes, name: bytes, who: bytes) -> bool:
-        """qmail-local's probe: a regular file (symlinks followed); trouble
-        it would defer on counts as existing, so nothing is refused."""
+        """qmail-local's probe: a regular file; trouble it would defer on
+        counts as existing, so nothing is refused.  A symlink counts as
+        existing without being followed: root resolving it would say, in
+        a map everyone reads (and at RCPT), whether the file a user named
+        exists where only root may look; qmail-local, as the user,
+        follows it itself."""
         path = os.path.join(homedir, name)
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return True
+        except OSError:
+            pass
         try:
             st = self.stat_fn(path)
         except OSError as err:
@@ -389,17 +399,28 @@ def newer(a, b, stat_fn) -> bool:
         return True
 
 
+def qmail_names(path) -> list:
+    """The names in directory path that start with ".qmail"."""
+    prefix = b'.qmail' if isinstance(path, bytes) else '.qmail'
+    with os.scandir(path) as it:
+        return [e.name for e in it if e.name.startswith(prefix)]
+
+
 def build(home, *, list_users=pwd.getpwall, lookup_user=getpw.system_lookup,
-          stat_fn=os.stat, listdir_fn=os.listdir, stamp_paths=None,
+          stat_fn=os.stat, listdir_fn=None, stamp_paths=None,
           brk: bytes = getpw.BREAK, alias: bytes = None, patrn: int = None,
           warn=None) -> list:
     """The records of users/rcpt.cdb for the qmail home `home`.
 
     list_users() -> passwd entries (pw_name, pw_uid, pw_gid, pw_dir);
     lookup_user(name) -> one, or None (qmail-getpw's getpwnam); stat_fn
-    and listdir_fn as os.stat and os.listdir.  stamp_paths: the sources
-    to stamp (default users/cdb, HOME/alias, /etc/passwd).  Raises Fatal.
+    as os.stat, listdir_fn(home) the names there (default: those
+    starting with ".qmail", read as they come, so a home of millions of
+    entries is not held).  stamp_paths: the sources to stamp (default
+    users/cdb, HOME/alias, /etc/passwd).  Raises Fatal.
     """
+    if listdir_fn is None:
+        listdir_fn = qmail_names
     if warn is None:
         def warn(text):
             sys.stderr.write(WARNING + text + '\n')
@@ -442,6 +463,22 @@ def newrcpt(home, recs) -> None:
             from err
 
 
+NSSWITCH = '/etc/nsswitch.conf'
+NSS_LISTED = {'files', 'compat', 'systemd'}     # what getpwall lists whole
+
+
+def nss_unlisted(text: str) -> list:
+    """The passwd sources of an nsswitch.conf text whose users getpwall
+    may not list (LDAP, SSSD, ... with enumeration off), which
+    qmail-getpw's getpwnam still finds."""
+    for line in text.splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line.startswith('passwd:'):
+            return [w for w in line[7:].split()
+                    if not w.startswith('[') and w not in NSS_LISTED]
+    return []
+
+
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -455,6 +492,16 @@ def main(argv=None) -> int:
     if not os.path.isdir(home):
         sys.stderr.write(FATAL + 'unable to chdir\n')
         return 111
+    try:
+        with open(NSSWITCH) as f:
+            others = nss_unlisted(f.read())
+    except OSError:
+        others = []
+    if others:
+        sys.stderr.write(WARNING + 'passwd comes also from %s (%s): users there '
+                         'that this host does not list are refused by the map, and '
+                         'adding one changes no file it watches\n'
+                         % (' '.join(others), NSSWITCH))
     try:
         recs = build(home)
         if flagdoit:

@@ -188,7 +188,8 @@ CASES = [
     (b'joe', A),                              # @envnoathost added
     (b'joe-list@example.org', A), (b'Joe-LIST@example.org', A),
     (b'joe-link@example.org', A),             # symlink to a file
-    (b'joe-dangling@example.org', R),         # dangling symlink
+    (b'joe-dangling@example.org', A),         # any symlink: never followed by root
+    (b'joe-sub/x@example.org', U),            # a .qmail file in a subdirectory
     (b'joe-dir@example.org', R),              # a directory is no .qmail file
     (b'joe-nolist@example.org', R), (b'joe-@example.org', R),
     (b'joe-a.b@example.org', A), (b'joe-a:b@example.org', A), (b'joe-A.B@example.org', A),
@@ -450,3 +451,15 @@ def test_load_follows_control(tmp_path):
 def test_show_record():
     got = newrcpt.show_record(b'efoo\0a b\\', b'+ user x')
     assert got == b'efoo\\x00a b\\x5c\t+ user x\n', got
+
+
+@pytest.mark.parametrize('text, want', [
+    ('passwd: files\n', []),
+    ('passwd:         files systemd\ngroup: files\n', []),
+    ('passwd: files sss [NOTFOUND=return] ldap  # comment\n', ['sss', 'ldap']),
+    ('# passwd: ldap\npasswd: compat\n', []),
+    ('', []),
+])
+def test_nss_sources_newrcpt_cannot_list(text, want):
+    from qmail import newrcpt
+    assert newrcpt.nss_unlisted(text) == want

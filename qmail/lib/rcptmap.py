@@ -128,8 +128,11 @@ def verdict(data: bytes) -> bool:
 
 def decide(local: bytes, get, famchars: bytes):
     """(deliverable, note) for a lowercased local part; get(key) is the
-    map's first record for key, or None.  MapError for a map that does
-    not answer (no family at all)."""
+    map's first record for key, or None; deliverable None when the map
+    cannot tell (a '/' in the part a .qmail file is named by: qmail-local
+    then opens a file in a subdirectory of the home, which qmail-newrcpt
+    does not look into).  MapError for a map that does not answer (no
+    family at all)."""
     data = get(b'=' + local)
     if data is not None:
         return verdict(data), data[2:]
@@ -143,6 +146,8 @@ def decide(local: bytes, get, famchars: bytes):
         if verdict(data):
             return True, data[2:]
         rest = safe_rest(local[i:])
+        if b'/' in rest:
+            return None, data[2:] + b' (a .qmail file in a subdirectory)'
         if get(b'e' + family + b'\0' + rest) is not None:
             return True, data[2:] + b' .qmail-' + rest
         for j in range(len(rest), 0, -1):
@@ -243,6 +248,8 @@ class RcptMap:
             return UNKNOWN, b'corrupt map'
         if ok:
             return ACCEPT, note
+        if ok is None:
+            return UNKNOWN, note
         if self.state == 'stale':
             return UNKNOWN, note + b' (stale map)'
         return REJECT, note
