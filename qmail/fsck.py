@@ -386,7 +386,9 @@ def check_tree(home: str, hier, split: int, uids: dict, gids: dict) -> list:
             full = os.path.join(home, rel) if rel else home
             label = rel or '.'
             try:
-                st = os.lstat(full)
+                # (HOME/queue may be root's link to another disk: what it
+                # names is checked; any other link is a wrong type)
+                st = os.stat(full) if rel == 'queue' and root_link(full) else os.lstat(full)
             except FileNotFoundError:
                 out.append(Problem('missing', label, 'not there', 'create'))
                 continue
@@ -455,9 +457,11 @@ class Repairer:
         """chown (uid or gid -1: kept) and chmod (None: kept) of rel itself,
         through a descriptor opened without following a link."""
         dfd, name = self._at(rel)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        if not (rel == 'queue' and root_link(os.path.join(self.home, rel))):
+            flags |= os.O_NOFOLLOW      # (HOME/queue may be root's link elsewhere)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=dfd)
+            fd = os.open(name, flags, dir_fd=dfd)
         finally:
             os.close(dfd)
         try:

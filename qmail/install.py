@@ -179,6 +179,20 @@ def lookup_ids():
 
 # --- the tree -----------------------------------------------------------
 
+def root_made_link(path) -> bool:
+    """A symlink that only root could have made or put there: root's, in
+    a directory root owns and nobody else may write (HOME's own entries,
+    as HOME/queue moved to another disk), so no user can swap it between
+    this look and the open that follows."""
+    try:
+        st = os.lstat(path)
+        parent = os.lstat(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return (stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and parent.st_uid == 0
+            and not parent.st_mode & 0o022)
+
+
 def fix(path, uid, gid, mode, kind=None):
     """Set owner, then mode (chown clears set-id bits), on path itself:
     never through a symlink.  The installer runs as root in directories
@@ -188,7 +202,7 @@ def fix(path, uid, gid, mode, kind=None):
     stat.S_IS* test the file must pass."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        if os.lstat(path).st_uid != 0:
+        if not root_made_link(path):
             flags |= os.O_NOFOLLOW
         fd = os.open(path, flags)
     except OSError as e:

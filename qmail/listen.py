@@ -105,9 +105,11 @@ def parse_args(argv):
             o.uid = int(value)
         elif flag == '-g':
             o.gid = int(value)
-        elif flag == '-U':
-            o.uid = int(os.environ['UID']) if 'UID' in os.environ else None
-            o.gid = int(os.environ['GID']) if 'GID' in os.environ else None
+        elif flag == '-U':              # as tcpserver: each only if set
+            if 'UID' in os.environ:
+                o.uid = int(os.environ['UID'])
+            if 'GID' in os.environ:
+                o.gid = int(os.environ['GID'])
         elif flag == '-B':
             o.banner = os.fsencode(value)
         elif flag in ('-d', '-D'):
@@ -309,8 +311,13 @@ class Listener:
         self.base_env = base_environ()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         # The programs chdir (qmail-smtpd to its home): each connection
-        # starts where the listener did, as a tcpserver child would.
-        self.cwd = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # starts where the listener did, as a tcpserver child would.  A
+        # directory the -u user may not read is not kept (-x is absolute
+        # already): the worker serves on from wherever it is.
+        try:
+            self.cwd = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self.cwd = None
         self.baseline_fds = prefork.open_fds()
 
     def handle(self, conn, remote) -> bool:
@@ -336,10 +343,11 @@ class Listener:
                 pass
             os.dup2(self.devnull, 0)        # the peer sees the close
             os.dup2(self.devnull, 1)
-            try:
-                os.fchdir(self.cwd)
-            except OSError:
-                keep = False
+            if self.cwd is not None:
+                try:
+                    os.fchdir(self.cwd)
+                except OSError:
+                    keep = False
             try:
                 conn.close()
             except OSError:

@@ -471,3 +471,17 @@ def test_output_lines_cannot_be_forged_by_a_file_name(capfdbinary):
     out = capfdbinary.readouterr().out
     assert out.count(b'\n') == 1 and b'\x1b' not in out and b'\r' not in out, out
     assert out.startswith(b'qmail-fsck: stray queue/todo/x?[2K?qmail-fsck: fake?line ')
+
+
+def test_a_queue_root_moved_elsewhere_is_repaired_through_its_link(tmp_path):
+    """HOME/queue as root's link to another disk: its own owner and mode
+    are repaired through it (a link refused everywhere else)."""
+    q = Queue(tmp_path)
+    elsewhere = tmp_path / 'disk2' / 'queue'
+    os.makedirs(elsewhere.parent)
+    shutil.move(q.qdir, str(elsewhere))
+    os.symlink(str(elsewhere), q.qdir)
+    os.chmod(elsewhere, 0o777)
+    code, said = q.fsck(repair=True)
+    assert stat.S_IMODE(os.stat(elsewhere).st_mode) == 0o750, said
+    assert not any(line.startswith('unable to repair queue:') for line in said), said

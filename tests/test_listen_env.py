@@ -79,3 +79,38 @@ def test_tcpserver_options(monkeypatch, tmp_path):
     assert o.rules == str(tmp_path / 'tcp.cdb') and o.localname == 'mx.example'
     with pytest.raises(ValueError):
         listen.parse_args(['-Z', '0', '25', 'x'])
+
+
+def test_dash_u_without_uid_keeps_the_user_given(monkeypatch):
+    """tcpserver's -U changes the uid or gid only where $UID or $GID is
+    set: unset, an earlier -u -g stands (it was cancelled: root)."""
+    monkeypatch.delenv('UID', raising=False)
+    monkeypatch.delenv('GID', raising=False)
+    o = listen.parse_args(['-u', '1000', '-g', '1001', '-U', '0', '25', 'qmail-smtpd'])
+    assert (o.uid, o.gid) == (1000, 1001)
+    monkeypatch.setenv('UID', '7')
+    o = listen.parse_args(['-u', '1000', '-g', '1001', '-U', '0', '25', 'qmail-smtpd'])
+    assert (o.uid, o.gid) == (7, 1001)
+
+
+def test_a_worker_in_a_directory_it_may_not_read_still_serves(tmp_path):
+    """Started in a directory the -u user cannot open, a worker serves on
+    (its set-up failed, and every worker died before its first client)."""
+    import pwd
+    d = tmp_path / 'private'
+    d.mkdir(mode=0o700)
+    nobody = pwd.getpwnam('nobody')
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(d)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            w = listen.Listener.__new__(listen.Listener)
+            w.worker_init()
+            code = 0 if w.cwd is None else 2
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0

@@ -262,3 +262,25 @@ def test_queue_directories_spread_over_block_groups(home):
     for d in ('queue', 'queue/mess', 'queue/info', 'queue/local', 'queue/remote'):
         assert flags(os.path.join(home, d)) & FS_TOPDIR_FL, d
     assert not flags(os.path.join(home, 'queue/todo')) & FS_TOPDIR_FL
+
+
+def test_only_a_link_root_alone_could_place_is_followed(tmp_path):
+    """fix() follows a symlink only where nobody but root could have put
+    it (a root-owned, not group- or world-writable directory): a
+    directory root made in qmailq's queue could be swapped for a link."""
+    from qmail import install
+    root_dir = tmp_path / 'root'
+    root_dir.mkdir(mode=0o755)
+    target = tmp_path / 'target'
+    target.mkdir()
+    link = root_dir / 'queue'
+    os.symlink(str(target), link)
+    assert install.root_made_link(str(link))
+    open_dir = tmp_path / 'users'
+    open_dir.mkdir()
+    os.chown(open_dir, pwd.getpwnam('nobody').pw_uid, -1)   # another user's directory
+    link2 = open_dir / 'mess'
+    os.symlink(str(target), link2)
+    assert not install.root_made_link(str(link2))
+    os.chmod(root_dir, 0o777)
+    assert not install.root_made_link(str(link))
