@@ -40,6 +40,7 @@ import stat
 import sys
 import time
 
+from qmail.install import root_made_link
 from qmail.lib import auto, durable
 from qmail.lib.qfile import FLATDIRS, SPLITDIRS, parse_messid, qfn
 
@@ -388,7 +389,7 @@ def check_tree(home: str, hier, split: int, uids: dict, gids: dict) -> list:
             try:
                 # (HOME/queue may be root's link to another disk: what it
                 # names is checked; any other link is a wrong type)
-                st = os.stat(full) if rel == 'queue' and root_link(full) else os.lstat(full)
+                st = os.stat(full) if rel == 'queue' and root_made_link(full) else os.lstat(full)
             except FileNotFoundError:
                 out.append(Problem('missing', label, 'not there', 'create'))
                 continue
@@ -443,7 +444,7 @@ class Repairer:
         try:
             for i, part in enumerate(parts[:-1]):
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-                if not (i == 0 and root_link(os.path.join(self.home, part))):
+                if not (i == 0 and root_made_link(os.path.join(self.home, part))):
                     flags |= os.O_NOFOLLOW
                 nfd = os.open(part, flags, dir_fd=fd)
                 os.close(fd)
@@ -458,7 +459,7 @@ class Repairer:
         through a descriptor opened without following a link."""
         dfd, name = self._at(rel)
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        if not (rel == 'queue' and root_link(os.path.join(self.home, rel))):
+        if not (rel == 'queue' and root_made_link(os.path.join(self.home, rel))):
             flags |= os.O_NOFOLLOW      # (HOME/queue may be root's link elsewhere)
         try:
             fd = os.open(name, flags, dir_fd=dfd)
@@ -632,15 +633,6 @@ class Repairer:
 
 # ---- main ---------------------------------------------------------------------
 
-def root_link(path) -> bool:
-    """Is path a symlink root made (to a directory: HOME/queue elsewhere)?"""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISLNK(st.st_mode) and st.st_uid == 0
-
-
 def planted(qdir: str, split: int) -> list:
     """The queue's directories (and split subdirectories) that are there
     but not directories of their own: links qmail's users may have made,
@@ -667,7 +659,7 @@ def planted(qdir: str, split: int) -> list:
 def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
     """Check (and repair) one home; returns the exit code."""
     qdir = os.path.join(home, 'queue')
-    if not os.path.isdir(qdir) or (os.path.islink(qdir) and not root_link(qdir)):
+    if not os.path.isdir(qdir) or (os.path.islink(qdir) and not root_made_link(qdir)):
         say('fatal: no queue at %s' % qdir)
         return 111
     bad = planted(qdir, split)

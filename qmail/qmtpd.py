@@ -247,9 +247,8 @@ class Package:
     def __init__(self):
         self.qq = None
         self.qp = 0
-        self.held = bytearray()     # the message so far, until qq starts
-        self.started = False        # qmail-queue started (or tried)
-        self.doomed = False         # not to be queued: qq never starts
+        self.held = bytearray()     # the message so far; None once qmail-queue
+                                    # started (or was tried), or never will
         self.envsender = None       # the sender, once known
         self.flagqqt = False        # qmail-queue could not be started or fed
         self.flagcr = None          # None until the message's first byte
@@ -388,7 +387,6 @@ class Session:
         """Start qmail-queue and give it what was held: the message so
         far, and the sender if it came."""
         pkg = self.pkg
-        pkg.started = True
         held, pkg.held = pkg.held, None
         try:
             pkg.qq = self.newqueue()
@@ -431,7 +429,7 @@ class Session:
             return
         if pkg.qq is not None:
             pkg.qq.put(data)
-        elif not pkg.started and not pkg.doomed:
+        elif pkg.held is not None:
             pkg.held += data
             if len(pkg.held) > HOLD:
                 self.start_queue()
@@ -501,7 +499,7 @@ class Session:
             fate = RCPT_OK
             if self.peer.relayclient is not None:
                 addr += self.peer.relayclient
-            if not pkg.started and not pkg.doomed:
+            if pkg.held is not None:
                 self.start_queue()
             self.qq_call('to', addr)
             pkg.accepted += 1
@@ -561,9 +559,8 @@ class Session:
         pkg = self.pkg if pkg is None else pkg
         if pkg.qq is not None:
             pkg.qq.fail()
-        elif not pkg.started:
-            pkg.doomed = True
-            pkg.held = None
+        else:
+            pkg.held = None             # not started: it never will be
 
     def abort_queue(self):
         """Make sure qmail-queue queues nothing: fail, then close."""
@@ -608,8 +605,7 @@ def load_config(ctl: control.Controls, environ) -> Config:
         lifetime=ctl.int('lifetimeqmtpd', DEFAULT_LIFETIME),
         maxrcpt=ctl.int('maxrcptqmtpd', DEFAULT_MAXRCPT),
         badmailfrom=frozenset(a.lower() for a in ctl.lines('badmailfrom')),
-        rcptmap=(rcptmap.load(os.path.dirname(ctl.directory) or '.')
-                 if ctl.exists('rcptcheck') else None),
+        rcptmap=rcptmap.load(os.path.dirname(ctl.directory) or '.'),  # None: no rcptcheck
     )
 
 

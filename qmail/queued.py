@@ -41,11 +41,14 @@ See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 
 import _signal
 import array
+import fcntl
+import mmap
 import os
 import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 
 from qmail.lib import auto, durable, prefork
@@ -102,8 +105,6 @@ class UidCap:
     SLOT = struct.Struct('2i')          # writer's pid, uid + 1 (0: free)
 
     def __init__(self, exempt, places: int = MAX_WRITERS, per_uid: int = PER_UID):
-        import mmap
-        import tempfile
         self.exempt = frozenset(exempt)
         self.places, self.per_uid = places, per_uid
         self.mem = mmap.mmap(-1, self.SLOT.size * places)
@@ -113,7 +114,6 @@ class UidCap:
             self.lockfile = tempfile.TemporaryFile()
 
     def _locked(self, fn):
-        import fcntl
         fcntl.lockf(self.lockfile, fcntl.LOCK_EX)
         try:
             return fn()

@@ -110,14 +110,7 @@ def test_clean_answers_an_overlong_request_once(tmp_path, monkeypatch):
     t.start()
     assert clean.serve(rin, wout, 23) == 0
     t.join(10)
-    os.close(wout)
-    got = b''
-    while True:
-        chunk = os.read(rout, 64)
-        if not chunk:
-            break
-        got += chunk
-    assert got == b'x+'
+    assert os.read(rout, 64) == b'x+'
 
 
 def test_clean_sweeps_an_intd_whose_message_is_gone(tmp_path, monkeypatch):
