@@ -41,8 +41,9 @@ info/ and local/ are written then, with the D marks of what was done,
 and it goes on as any message.  Until then todo/ stays, so a crash
 delivers it again from the start (at worst twice, as above; a maildir
 delivery finds its file there and is not repeated).  At most
-DIRECT_MAX such messages at once, and twice concurrencylocal: those
-past that are preprocessed as usual, so qmail-qread sees what waits.
+DIRECT_MAX such messages at once (waiting for a delivery slot too: a
+spill costs more files and syncs than the wait): those past that are
+preprocessed as usual, so a backlog is queued as qmail queues it.
 
 The loop does not wait for the disk: preprocessing, D marks, removing
 finished jobs' files and messages' info/ are done by threads
@@ -79,8 +80,7 @@ SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
 FRESH_BYTES = 8 << 20   # and the bytes of their recipient lists, in all
 DIRECT_RCPT = 8         # most local recipients of a message delivered direct
-DIRECT_MAX = 64         # most messages delivered direct at once (and at most
-                        # twice concurrencylocal)
+DIRECT_MAX = 64         # most messages delivered direct at once
 SYNC_WINDOW = 0.01      # seconds a batch of syncs waits for more (background.Lane)
 
 CHANFDOUT = (1, 3)
@@ -1146,7 +1146,7 @@ class Send:
         routing = self.c.routing        # one batch, one set of rules
         out = []
         self.direct_room = 0 if self.flagexitasap else max(
-            0, min(self.direct_max, 2 * self.concurrency[0]) - len(self.directs))
+            0, self.direct_max - len(self.directs))
 
         def work():
             return [got for got in (self.preprocess_write(m, routing, out) for m in messids)
