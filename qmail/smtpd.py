@@ -794,6 +794,8 @@ CONFIG_FILES = ('smtpgreeting', 'me', 'rcpthosts', 'morercpthosts.cdb',
                 'maxrcptsmtpd', 'maxerrorssmtpd', 'lifetimesmtpd',
                 'servercert.pem', 'smtpauthplaintext', 'smtpauthcram',
                 'maxauthsmtpd', 'authdelaysmtpd', 'logsmtpd', 'rcptcheck')
+# And those the recipient map's routing is read from, with rcptcheck.
+ROUTING_FILES = ('locals', 'virtualdomains', 'percenthack', 'envnoathost')
 _last_config = None         # (key, Config): a pool worker's previous session
 
 
@@ -803,21 +805,27 @@ def load_config(ctl: control.Controls, environ) -> Config:
 
     A pool worker (qmail-listen) serves many sessions: the previous
     session's Config is used again while no control file it came from
-    changed (control.stamps), DATABYTES is the same and no rcptcheck
-    maps are in play; else everything is read as at a process start.
+    changed (control.stamps), DATABYTES is the same, and the recipient
+    map, if rcptcheck is on, is the same file with the same sources
+    (RcptMap.fresh); else everything is read as at a process start.
 
     Raises OSError or CdbError (a control is unreadable: 421) and
     LookupError when neither smtpgreeting nor me exists, as qmail
     refuses to run then."""
     global _last_config
     key = control.stamps(ctl.directory, CONFIG_FILES)
+    if key is not None and key[-1] is not None:         # rcptcheck
+        routing = control.stamps(ctl.directory, ROUTING_FILES)
+        key = None if routing is None else key + routing
     if key is not None:
         key = (ctl.directory, key, environ.get(b'DATABYTES'))
         if _last_config is not None and _last_config[0] == key:
-            return _last_config[1].copy()
+            config = _last_config[1]
+            if config.rcptmap is None or config.rcptmap.fresh():
+                return config.copy()
     config = read_config(ctl, environ)
     _last_config = None
-    if key is not None and config.rcptmap is None and (
+    if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
             config.morercpthosts is None or config.morercpthosts.in_memory):
         _last_config = (key, config)
     return config.copy()

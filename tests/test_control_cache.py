@@ -125,3 +125,51 @@ def test_stamps_look_for_missing_files_again_only_when_the_directory_changed(tmp
     (d / 'databytes').write_text('1000\n')                  # a new entry in the directory
     third = control.stamps(str(d), names)
     assert third[3] is not None and third != second
+
+
+def test_smtpd_config_with_a_recipient_map_reused_until_map_source_or_routing_changes(
+        tmp_path, monkeypatch):
+    """With control/rcptcheck, a pool worker's sessions share the map
+    read once (a map under cdb's READ_ALL_LIMIT is read whole: once per
+    session was up to 16 MB a connection), while users/rcpt.cdb is the
+    same file, its sources as stamped and the routing controls as read."""
+    from qmail import smtpd
+    from qmail.lib import rcptmap
+    from test_rcptmap import ASSIGN, FakeWorld
+    w = FakeWorld(str(tmp_path))
+    source = os.path.join(w.qhome, 'users', 'cdb')
+    w.install(stamp_paths=[source])
+    ctl_dir = os.path.join(w.qhome, 'control')
+    for name, text in (('me', 'mx.example.org\n'), ('locals', 'example.org\n'),
+                       ('rcptcheck', '')):
+        with open(os.path.join(ctl_dir, name), 'w') as f:
+            f.write(text)
+    monkeypatch.chdir(w.qhome)
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    monkeypatch.setattr(smtpd, '_last_config', None)
+    reads = []
+    real = smtpd.read_config
+    monkeypatch.setattr(smtpd, 'read_config',
+                        lambda ctl, env: reads.append(1) or real(ctl, env))
+    ctl = control.Controls(ctl_dir)
+
+    def check(addr):
+        return smtpd.load_config(ctl, {}).rcptmap.check(addr)
+    assert check(b'nosuch@example.org') == rcptmap.REJECT
+    assert check(b'nosuch@example.org') == rcptmap.REJECT
+    assert len(reads) == 1
+    w.write_assign(ASSIGN)                  # qmail-newu ran, qmail-newrcpt not
+    assert check(b'nosuch@example.org') == rcptmap.UNKNOWN      # stale
+    assert check(b'nosuch@example.org') == rcptmap.UNKNOWN
+    assert len(reads) == 2                  # (a stale map stays so: kept)
+    w.install(stamp_paths=[source])         # qmail-newrcpt: a new file
+    assert check(b'nosuch@example.org') == rcptmap.REJECT
+    assert len(reads) == 3
+    with open(os.path.join(ctl_dir, 'locals'), 'w') as f:
+        f.write('other.example\n')          # the routing changed
+    assert check(b'nosuch@example.org') == rcptmap.UNKNOWN      # not local now
+    assert len(reads) == 4
+    os.unlink(rcptmap.map_path(w.qhome))    # the map removed: off
+    assert check(b'nosuch@other.example') == rcptmap.UNKNOWN
+    assert smtpd.load_config(ctl, {}).rcptmap.state == 'off'
+    assert len(reads) == 5

@@ -463,3 +463,14 @@ def test_show_record():
 def test_nss_sources_newrcpt_cannot_list(text, want):
     from qmail import newrcpt
     assert newrcpt.nss_unlisted(text) == want
+
+
+def test_reused_only_when_read_whole(world, monkeypatch):
+    """A map read in pieces holds a descriptor: a qmail-listen worker
+    keeps none between sessions, so such a map is opened again."""
+    path = world.install()
+    with RcptMap(path, routing=routing()) as m:
+        assert m.reusable()
+    monkeypatch.setattr(cdb, 'READ_ALL_LIMIT', 0)
+    with RcptMap(path, routing=routing()) as m:
+        assert m.state == 'on' and not m.reusable() and not m.fresh()

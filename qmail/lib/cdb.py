@@ -71,6 +71,7 @@ class Cdb:
     def __init__(self, path=None, *, _data=None):
         self._fd = None
         self._data = None
+        self.stat = None        # the file's fstat() when it was opened
         if path is None:
             self._data = bytes(_data)
             self._size = len(self._data)
@@ -99,7 +100,8 @@ class Cdb:
         """Open path; OSError (including ENOENT) goes to the caller."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            size = os.fstat(fd).st_size
+            self.stat = os.fstat(fd)
+            size = self.stat.st_size
             if size <= READ_ALL_LIMIT:
                 self._data = _read_whole(fd, size)
                 self._size = len(self._data)

@@ -55,6 +55,7 @@ address and says so in .warning; it never raises.
 """
 
 import os
+import time
 
 from qmail.lib import cdb, control
 from qmail.send_rules import Routing, rewrite
@@ -188,6 +189,8 @@ class RcptMap:
         self.warning = None
         self._db = None
         self._famchars = b''
+        self._stamps = []
+        self._opened = None     # the file's control.stamp(), if settled when read
         try:
             db = cdb.Cdb(path)
         except FileNotFoundError:
@@ -205,6 +208,9 @@ class RcptMap:
             self._broken('%s is corrupt: %s' % (path, err))
             return
         self._db = db
+        self._stamps = stamps
+        if control.settled(db.stat, time.time()):
+            self._opened = control.stamp(db.stat)
         self.state = 'on'
         changed = stale_source(stamps, stat_fn)
         if changed is not None:
@@ -212,6 +218,32 @@ class RcptMap:
             self.warning = ('%s is older than %s: run qmail-newrcpt; '
                             'refusing no recipient until then'
                             % (path, os.fsdecode(changed)))
+
+    def reusable(self) -> bool:
+        """May a later session use this map again, after fresh() says
+        so?  Not a broken one, nor one read in pieces through a descriptor
+        it holds (over cdb's READ_ALL_LIMIT: opening it again costs
+        little, and a qmail-listen worker keeps no descriptor between
+        sessions)."""
+        return self.state != 'broken' and (self._db is None or self._db.in_memory)
+
+    def fresh(self, stat_fn=os.stat) -> bool:
+        """Would RcptMap(path) now answer as this one does?  The same
+        file, unchanged (settled when read and since), and, for a map in
+        use, its sources still as stamped: a few stat()s, where opening
+        the map reads all of it."""
+        if not self.reusable():
+            return False
+        try:
+            st = stat_fn(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return self.state == 'off'
+        except OSError:
+            return False
+        if self.state == 'off' or self._opened is None or self._opened != control.stamp(st):
+            return False
+        # A stale map stays stale: only a new build (a new file) helps.
+        return self.state == 'stale' or stale_source(self._stamps, stat_fn) is None
 
     def _broken(self, why: str) -> None:
         self.state = 'broken'
