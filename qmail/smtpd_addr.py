@@ -31,6 +31,11 @@ def addrparse(arg: bytes):
     if arg[:1] == b'@':
         i = arg.find(b':')
         arg = arg[i + 1:] if i >= 0 else b''
+    end = arg.find(terminator)
+    plain = arg if end < 0 else arg[:end]
+    if b'\\' not in plain and b'"' not in plain:
+        # No quote nor backslash before the end: the loop's answer at once.
+        return plain, (b'' if end < 0 else arg[end + 1:])
     addr = bytearray()
     flagesc = flagquoted = False
     rest = b''

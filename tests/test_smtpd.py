@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from qmail import smtpd, smtpd_addr
 from qmail.lib import cdb, control
@@ -194,6 +195,43 @@ def test_commands_split_anywhere():
 ])
 def test_addrparse(arg, addr, rest):
     check(smtpd_addr.addrparse(arg), (addr, rest))
+
+
+def addrparse_bytewise(arg: bytes):
+    """qmail's addrparse as its loop reads it, byte by byte: what the
+    shortcut for addresses without quotes or backslashes must equal."""
+    terminator = b'>'[0]
+    i = arg.find(b'<')
+    if i >= 0:
+        arg = arg[i + 1:]
+    else:
+        terminator = b' '[0]
+        i = arg.find(b':')
+        arg = (arg[i + 1:] if i >= 0 else b'').lstrip(b' ')
+    if arg[:1] == b'@':
+        i = arg.find(b':')
+        arg = arg[i + 1:] if i >= 0 else b''
+    addr, esc, quoted = bytearray(), False, False
+    for i, ch in enumerate(arg):
+        if esc:
+            addr.append(ch)
+            esc = False
+        elif ch == terminator and not quoted:
+            return bytes(addr), arg[i + 1:]
+        elif ch == 0x5C:
+            esc = True
+        elif ch == 0x22:
+            quoted = not quoted
+        else:
+            addr.append(ch)
+    return bytes(addr), b''
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([b'<', b'>', b' ', b':', b'@', b',', b'"', b'\\', b'a', b'b.c',
+                                 b'\xc3', b'\0']), max_size=14).map(b''.join))
+def test_addrparse_equals_the_bytewise_loop(arg):
+    check(smtpd_addr.addrparse(arg), addrparse_bytewise(arg))
 
 
 IPME = frozenset([b'\0\0\0\0', b'\x7f\0\0\x01', b'\xc0\0\x02\x01'])
