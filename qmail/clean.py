@@ -29,7 +29,7 @@ import os
 import sys
 import time
 
-from qmail.lib import auto, durable
+from qmail.lib import auto, durable, proctitle
 from qmail.lib.qfile import qfn
 
 OSSIFIED = 129600     # 36 hours, as qmail-send: must exceed qmail-queue's DEATH
@@ -189,11 +189,7 @@ def main(argv=None) -> int:
 def run():
     import signal
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-clean')
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-clean')
     try:
         code = main()
     except Exception:

@@ -51,7 +51,7 @@ import signal
 import socket
 import sys
 
-from qmail.lib import auto, control, prefork, tcprules
+from qmail.lib import auto, control, prefork, proctitle, tcprules
 
 # The programs whose code this listener loads and runs in-process.
 BUILTIN = {
@@ -503,11 +503,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, listener.on_signal)
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-listen %s %s %s' % (o.host, o.port, ' '.join(o.program)))
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-listen %s %s %s' % (o.host, o.port, ' '.join(o.program)))
     if listener.module is not None:
         return listener.serve_pool()
     return listener.serve(r)

@@ -35,7 +35,7 @@ import struct
 import sys
 import time
 
-from qmail.lib import auto, control, spawn, users
+from qmail.lib import auto, control, proctitle, spawn, users
 from qmail.lib.qlx import QLX_SYS, QLX_ROOT, QLX_USAGE, REPORTS, Qlx
 
 TEMPORARY_CODES = (111, 71, 74, 75)
@@ -380,11 +380,7 @@ def main(argv=None) -> int:
 
 
 def run():
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-lspawn ' + ' '.join(sys.argv[1:2]))
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-lspawn ' + ' '.join(sys.argv[1:2]))
     try:
         code = main()
     except Exception:

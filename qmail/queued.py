@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 
-from qmail.lib import auto, durable, prefork
+from qmail.lib import auto, durable, prefork, proctitle
 from qmail import queue
 
 SOCKET = 'run/qmail-queue.sock'      # under HOME
@@ -317,11 +317,7 @@ def main(argv=None) -> int:
 
 
 def run():
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-queued')
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-queued')
     try:
         code = main()
     except Exception:

@@ -16,7 +16,7 @@ See:      qmail-rspawn(8), qmail-remote(8).
 import os
 import sys
 
-from qmail.lib import auto, spawn
+from qmail.lib import auto, proctitle, spawn
 
 
 def report(wstat: int, output: bytes) -> bytes:
@@ -125,11 +125,7 @@ def main(argv=None) -> int:
 
 
 def run():
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-rspawn')
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-rspawn')
     try:
         code = main()
     except Exception:

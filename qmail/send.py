@@ -61,7 +61,7 @@ import signal
 import sys
 import time
 
-from qmail.lib import auto, background, control, durable
+from qmail.lib import auto, background, control, durable, proctitle
 from qmail.lib.date822 import date822
 from qmail.lib.qfile import parse_messid, qfn
 from qmail.lib.qqtalk import QueueClient
@@ -1623,11 +1623,7 @@ def main_logged(argv=None) -> int:
 
 
 def run():
-    try:
-        from setproctitle import setproctitle
-        setproctitle('qmail-send')
-    except ImportError:
-        pass
+    proctitle.set_title('qmail-send')
     sys.exit(main_logged())
 
 

@@ -25,7 +25,7 @@ programs it runs: start it with a clean one (env - PATH=...).
 import os
 import sys
 
-from qmail.lib import auto
+from qmail.lib import auto, proctitle
 
 
 def die():
@@ -89,11 +89,6 @@ def main(argv=None) -> int:
 
     # Import every daemon now, as root, while the code is readable.
     from qmail import clean, lspawn, queued, rspawn, send
-    try:
-        from setproctitle import setproctitle
-    except ImportError:
-        def setproctitle(title):
-            pass
 
     if logger:
         r, w = os.pipe()
@@ -117,15 +112,15 @@ def main(argv=None) -> int:
     pipes = [fd for p in pi for fd in p]
 
     def as_lspawn():
-        setproctitle('qmail-lspawn ' + defaultdelivery)
+        proctitle.set_title('qmail-lspawn ' + defaultdelivery)
         return lspawn.main([defaultdelivery])
 
     def as_rspawn():
-        setproctitle('qmail-rspawn')
+        proctitle.set_title('qmail-rspawn')
         return rspawn.main([])
 
     def as_clean():
-        setproctitle('qmail-clean')
+        proctitle.set_title('qmail-clean')
         return clean.main([])
 
     def setup_rspawn():
@@ -137,7 +132,7 @@ def main(argv=None) -> int:
     child(pi[4][0], pi[5][1], pipes, lambda: os.setuid(uidq), as_clean)
 
     def as_queued():
-        setproctitle('qmail-queued')
+        proctitle.set_title('qmail-queued')
         return queued.main([])
 
     def setup_queued():
@@ -161,7 +156,7 @@ def main(argv=None) -> int:
         if fd > 7:
             os.close(fd)
     os.closerange(8, 1 << 16)
-    setproctitle('qmail-send')
+    proctitle.set_title('qmail-send')
     return send.main_logged([])
 
 

@@ -190,3 +190,74 @@ def test_an_idle_worker_past_its_age_is_not_taken():
     for ours, theirs in pairs:
         ours.close()
         theirs.close()
+
+
+def test_a_title_from_bytes_that_are_not_utf8_is_shown_escaped():
+    from qmail.lib import proctitle
+    title = 'qmail-local ' + os.fsdecode(b'j\xf6rg')
+    assert proctitle.printable(title) == 'qmail-local j\\xf6rg'
+    proctitle.set_title(title)              # never raises
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='workers become the user')
+def test_a_user_name_that_is_not_utf8_is_delivered_as_any_other(tmp_path):
+    """The worker's process title is made from the user's name: a name in
+    Latin-1 (legal in users/assign) once killed every worker at birth,
+    'qmail-local crashed' at each retry until the message bounced."""
+    import pwd
+    import select
+    import time
+    from qmail.lib import users
+    nobody = pwd.getpwnam('nobody')
+
+    class Slot:
+        def __init__(self, fdout):
+            self.fdout = fdout
+
+    class Spawner:
+        def __init__(self):
+            self.watch, self.slots, self.done = {}, {}, {}
+
+        def finish(self, delnum, wstat):
+            self.done[delnum] = wstat
+    sp = Spawner()
+    d = lspawn.Deliveries(sp, './Mailbox\n')
+    msg = tmp_path / 'msg'
+    msg.write_bytes(b'Subject: x\n\nbody\n')
+    fd = os.open(str(msg), os.O_RDONLY)
+    pipes = {}
+    try:
+        for delnum, user in ((0, b'joe'), (1, b'j\xf6rg')):
+            r, w = os.pipe()
+            sp.slots[delnum] = Slot(w)
+            n = users.Nughde(user, nobody.pw_uid, nobody.pw_gid,
+                             str(tmp_path / 'nosuchhome').encode(), b'-', b'x')
+            d.dispatch(n, os.dup(fd), (b'a@b.example', b'joe-x@here.example', 16, delnum, b'joe-x'))
+            pipes[delnum] = r
+        deadline = time.monotonic() + 20
+        while len(sp.done) < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(sp.watch), [], [], 0.5)
+            for r in ready:
+                sp.watch[r]()
+        reports = []
+        for delnum in (0, 1):
+            os.set_blocking(pipes[delnum], False)
+            try:
+                out = os.read(pipes[delnum], 4096)
+            except BlockingIOError:
+                out = b''
+            reports.append(lspawn.report(sp.done[delnum], out))
+        assert reports[0] == reports[1] and b'crashed' not in reports[1], reports
+    finally:
+        os.close(fd)
+        for delnum in list(sp.slots):
+            os.close(sp.slots[delnum].fdout)
+        for r in pipes.values():
+            os.close(r)
+        pids = []
+        for workers in d.workers.idle.values():
+            for worker in workers:
+                pids.append(worker.pid)
+                d.workers.retire(worker)        # its socket closed: it exits
+        for pid in pids:
+            os.waitpid(pid, 0)

@@ -30,7 +30,7 @@ import stat
 import struct
 import time
 
-from qmail.lib import prefork
+from qmail.lib import prefork, proctitle
 
 SPAWN = 120          # conf-spawn: slots, also qmail-send's concurrency ceiling
 MESSID_MAX = 100
@@ -521,11 +521,7 @@ def fresh_child(title: str, keep=()):
     keep (moved to 3, 4, ..., returned in that order); fds 0-2 on
     /dev/null."""
     gc.freeze()         # the parent's objects are never ours to collect
-    try:
-        from setproctitle import setproctitle
-        setproctitle(title)
-    except ImportError:
-        pass
+    proctitle.set_title(title)
     fresh_signals()
     # Above every fd we may hold, then down to 3, 4, ...: no clobbering.
     top = max(list(keep) + [2]) + 1
