@@ -19,7 +19,10 @@ first character is the address; a first character of '+' makes a
 wildcard, and ANY other first character a simple assignment ('=' by
 convention).  After the address come exactly six ':'-terminated fields;
 anything after the sixth ':' is ignored.  A line must end in a newline
-and contain no NUL.  Keys are lowercased; wildchars keep their case.
+and contain no NUL.  Keys are lowercased, and wildchars too: qmail-newu.c
+keeps a wildchar's case, so that a wildcard written '+JOE:' never
+matched (lookups lowercase the address, as qmail-users(5) promises), and
+its mail went to the catch-all instead.
 """
 
 import os
@@ -49,7 +52,7 @@ def parse_assign_line(line: bytes):
     address = line[1:i].lower()
     if line[0:1] == b'+':
         key = b'!' + address
-        wildchar = line[i - 1:i] if i >= 2 else b''
+        wildchar = line[i - 1:i].lower() if i >= 2 else b''
     else:
         key = b'!' + address + b'\0'
         wildchar = b''

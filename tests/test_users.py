@@ -45,7 +45,7 @@ def test_newu_records_of_man_example():
     (b'=Joe.Shmoe:joe:503:78:/home/joe:::\n',
      (b'!joe.shmoe\x00', b'joe\x00503\x0078\x00/home/joe\x00\x00', b'')),
     # the wildchar keeps its case; the key is lowercased
-    (b'+Sales.X:s:1:2:/h:-:pre:\n', (b'!sales.x', b's\x001\x002\x00/h\x00-\x00pre', b'X')),
+    (b'+Sales.X:s:1:2:/h:-:pre:\n', (b'!sales.x', b's\x001\x002\x00/h\x00-\x00pre', b'x')),
     (b'+:a:1:2:/h:-::\n', (b'!', b'a\x001\x002\x00/h\x00-\x00', b'')),
     # anything after the sixth colon is ignored
     (b'=x:u:1:2:/h:d:e:junk:more\n', (b'!x\x00', b'u\x001\x002\x00/h\x00d\x00e', b'')),
@@ -174,10 +174,12 @@ def test_wildcard_only_at_wildchars():
     db = compile_assign(b'+ab:u:1:1:/h:-:x:\n.\n')
     assert users.cdb_lookup(db, b'abc') == b'u\x001\x001\x00/h\x00-\x00xc\x00'
     assert users.cdb_lookup(db, b'xabc') is None
-    # Wildchars keep the case they were written in, as qmail-newu stores
-    # them, while lookups lowercase: '+aB' never matches.
+    # A wildcard's case does not matter, as for any local part: '+aB'
+    # matches as '+ab' does (qmail-newu.c kept the wildchar 'B', which
+    # no lowercased address ends a prefix in: it never matched).
     db = compile_assign(b'+aB:u:1:1:/h:-:x:\n.\n')
-    assert users.cdb_lookup(db, b'abc') is None
+    assert users.cdb_lookup(db, b'abc') == b'u\x001\x001\x00/h\x00-\x00xc\x00'
+    assert users.cdb_lookup(db, b'ABX') == b'u\x001\x001\x00/h\x00-\x00xX\x00'  # ext as written
 
 
 def test_nughde_get_falls_back_to_getpw(tmp_path):
