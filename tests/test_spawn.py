@@ -261,3 +261,30 @@ def test_a_user_name_that_is_not_utf8_is_delivered_as_any_other(tmp_path):
                 d.workers.retire(worker)        # its socket closed: it exits
         for pid in pids:
             os.waitpid(pid, 0)
+
+
+def test_scan_ulong_of_thousands_of_digits():
+    """Python's int() refuses over 4300 digits: a users/assign uid that
+    long made qmail-lspawn exit at each delivery to that user."""
+    from qmail.lib import control, users
+    from qmail.lib.qlx import Qlx, QLX_USAGE
+    assert control.scan_ulong(b'9' * 5000) == control.ULONG_HUGE
+    assert control.scan_ulong(b'0' * 5000 + b'17:x') == 17
+    assert control.scan_ulong(b'x') == 0
+    with pytest.raises(Qlx) as e:
+        users.parse_nughde(b'joe\0' + b'9' * 5000 + b'\0100\0/home/joe\0-\0\0')
+    assert e.value.code == QLX_USAGE
+
+
+def test_a_delivery_start_that_raises_defers_that_delivery_only(tmp_path, monkeypatch):
+    """An exception from start() (a record no one foresaw) is that
+    delivery's deferral, not the end of qmail-lspawn's loop."""
+    (tmp_path / '0').mkdir()
+    (tmp_path / '0' / '123').write_bytes(b'x\n')
+    monkeypatch.chdir(tmp_path)
+    sent = []
+    sp = spawn.Spawner(lambda *a: int('9' * 5000), lambda w, o: b'', os.getuid())
+    monkeypatch.setattr(sp, 'put', sent.append)
+    sp.docmd(3, b'0/123', b'a@b', b'c@d.example')
+    assert sent == [b'\x03ZInternal qmail-spawn bug: ValueError. (#4.3.5)\n\0']
+    assert sp.slots[3] is None

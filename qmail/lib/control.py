@@ -151,12 +151,20 @@ def parse_lines(data: bytes) -> list:
     return out
 
 
+ULONG_HUGE = 10 ** 40      # what scan_ulong gives for more significant digits
+
+
 def scan_ulong(s: bytes) -> int:
-    """qmail's scan_ulong: the value of the leading digits, 0 if none."""
+    """qmail's scan_ulong: the value of the leading digits, 0 if none.
+    More than 40 significant digits give ULONG_HUGE, beyond every limit
+    a caller checks (Python's int() refuses over 4300 digits)."""
     n = 0
     while n < len(s) and 48 <= s[n] <= 57:
         n += 1
-    return int(s[:n]) if n else 0
+    digits = s[:n].lstrip(b'0')
+    if len(digits) > 40:
+        return ULONG_HUGE
+    return int(digits) if digits else 0
 
 
 def parse_int(data: bytes):

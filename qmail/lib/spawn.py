@@ -194,11 +194,16 @@ class Spawner:
             self.slots[delnum] = slot
             try:
                 pid = self.start(fdmess, fdout, sender, recip, at, delnum)
-            except OSError:
+            except Exception as e:
+                # One delivery's trouble, not the daemon's end (exiting,
+                # it would meet the same record at each restart).
                 self.slots[delnum] = None
                 os.close(fdin)
                 os.close(fdout)
-                return self.err(delnum, b'Zqmail-spawn unable to fork. (#4.3.0)\n')
+                if isinstance(e, OSError):
+                    return self.err(delnum, b'Zqmail-spawn unable to fork. (#4.3.0)\n')
+                return self.err(delnum, b'ZInternal qmail-spawn bug: %s. (#4.3.5)\n'
+                                % type(e).__name__.encode())
         finally:
             os.close(fdmess)
         if isinstance(pid, Done):
