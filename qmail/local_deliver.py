@@ -412,21 +412,54 @@ def _lock(fd: int) -> bool:
     return True
 
 
+MBOX_REOPEN = 5         # opens of an mbox replaced while its lock was awaited
+
+
+def _open_locked(fn: bytes):
+    """(fd, locked): the mbox now at fn, opened for appending and locked
+    (or not, where it cannot be: locked False).  One replaced while the
+    lock was awaited (maildir2mbox writes a new mbox and renames it over
+    the old one, which it holds locked meanwhile) is let go and the new
+    one opened: appended to, the old one's copy would be lost with it."""
+    for _ in range(MBOX_REOPEN):
+        try:
+            fd = durable.open_append(fn, 0o600, os.O_NONBLOCK)
+        except OSError as err:
+            raise TempFail(b'Unable to open %s: %s. (#4.2.1)'
+                           % (fn, error_str(err))) from None
+        try:
+            locked = _lock(fd)
+            if not locked or _still_named(fd, fn):
+                return fd, locked
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise TempFail(b'Unable to lock %s: it is replaced again and again. (#4.3.0)' % fn)
+
+
+def _still_named(fd: int, fn: bytes) -> bool:
+    """Is the file open on fd still the one fn names?  (Yes where that
+    cannot be told: the append goes on as before.)"""
+    try:
+        st = os.stat(fn)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
+
+
 def deliver_mbox(fn: bytes, head: bytes):
     """Append the message to an mbox file (mbox(5)), after head (From_,
     Return-Path, Delivered-To).  On trouble the file is truncated back to
     its old length, if it could be locked; a crash can still leave half
     a message (dot-qmail(5) warns of it)."""
     reader = message_reader()
-    try:
-        fd = durable.open_append(fn, 0o600, os.O_NONBLOCK)
-    except OSError as err:
-        raise TempFail(b'Unable to open %s: %s. (#4.2.1)'
-                       % (fn, error_str(err))) from None
-    flaglocked = False
+    fd, flaglocked = _open_locked(fn)
     pos = 0
     try:
-        flaglocked = _lock(fd)
         pos = os.lseek(fd, 0, os.SEEK_END)
         buf = bytearray(head)
         lines = message_lines(reader)

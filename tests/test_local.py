@@ -8,6 +8,7 @@ qmail-lspawn runs it, in a home directory under tmp_path.
 import os
 import re
 import stat
+import sys
 import time
 
 import pytest
@@ -471,6 +472,41 @@ def test_mbox_locked(home):
                                  b'straight. (#4.3.0)\n'))
     expect(box.read_bytes(), b'')
 
+
+
+def test_mbox_replaced_while_locked_gets_the_message(home):
+    """maildir2mbox holds the old mbox locked while it writes a new one,
+    then renames that over it: a delivery waiting for the lock used to
+    append to the old file, gone with the rename, and report success."""
+    import subprocess
+    import threading
+    box = home.write('Mailbox', b'', 0o600)
+    # The lock is held by a process of its own: qmail-local's fork would
+    # inherit a lock taken here, and wait for itself.
+    locker = subprocess.Popen(
+        [sys.executable, '-c', 'import fcntl, sys; f = open(sys.argv[1], "ab"); '
+         'fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); sys.stdin.read()', str(box)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)      # (qmail-local's fork keeps stdin open)
+    try:
+        assert locker.stdout.readline() == b'1\n'
+
+        def replace():
+            time.sleep(0.5)                     # qmail-local waits for the lock
+            new = box.parent / 'Mailbox.tmp'
+            new.write_bytes(b'From x Thu Jan 01 00:00:00 1970\nmoved\n\n')
+            os.chmod(new, 0o600)
+            os.rename(new, box)
+            locker.kill()                       # its lock on the old file goes
+        t = threading.Thread(target=replace)
+        t.start()
+        expect(home.run(), (0, b'did 1+0+0\n'))
+        t.join(30)
+    finally:
+        locker.kill()
+        locker.wait()
+    data = box.read_bytes()
+    assert data.startswith(b'From x Thu Jan 01 00:00:00 1970\nmoved\n\n') \
+        and data.endswith(HEAD + MESSAGE + b'\n'), data
 
 ENV_NAMES = (b'SENDER', b'NEWSENDER', b'RECIPIENT', b'USER', b'HOME',
              b'HOST', b'HOST2', b'HOST3', b'HOST4', b'LOCAL', b'EXT',
