@@ -20,6 +20,7 @@ See:      maildir2mbox(1), maildir(5), mbox(5).
 
 import fcntl
 import os
+import stat
 import sys
 import time
 
@@ -144,11 +145,13 @@ def maildir_scan(subdirs, now: int) -> list:
                 continue
             path = sub + b'/' + name
             try:
-                mtime = int(os.stat(path).st_mtime)
+                st = os.stat(path)
             except OSError:
                 continue
-            if mtime < now:
-                found.append((mtime, path))
+            # Only files: opening a FIFO someone left there would wait
+            # for a writer for ever (with MAIL locked).
+            if stat.S_ISREG(st.st_mode) and int(st.st_mtime) < now:
+                found.append((int(st.st_mtime), path))
     found.sort()
     return found
 
@@ -156,19 +159,33 @@ def maildir_scan(subdirs, now: int) -> list:
 # ---------------------------------------------------------------- moving
 
 def copy_fd(infd: int, out, name: bytes) -> None:
+    """The old mbox, whole; ended by a newline if it lacked one (else the
+    first message's From_ line would join its last line, and readers
+    would take that message as part of the one before)."""
+    last = b'\n'
     while True:
         try:
             chunk = os.read(infd, BUFSIZE)
         except OSError as err:
             raise Fatal(b'unable to read ' + name + b': ' + errstr(err))
         if not chunk:
+            if last != b'\n':
+                out(b'\n')
             return
         out(chunk)
+        last = chunk[-1:]
+
+
+def open_message(path: bytes):
+    """A message file of the scan, read-only, never waiting (a FIFO
+    put there since the scan: reading it then gives end of file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    return os.fdopen(fd, 'rb', buffering=BUFSIZE)
 
 
 def append_message(path: bytes, when: int, out) -> None:
     try:
-        f = open(path, 'rb', buffering=BUFSIZE)
+        f = open_message(path)
     except OSError as err:
         raise Fatal(b'unable to read $MAILDIR/' + path + b': ' + errstr(err))
     with f:
@@ -237,11 +254,23 @@ def move(mbox: bytes, mboxtmp: bytes, messages) -> int:
     except OSError as err:
         raise Fatal(b'unable to read ' + mbox + b': ' + errstr(err))
     try:
-        fdnew = os.open(mboxtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                        os.O_CLOEXEC, 0o644)
+        fdnew = os.open(mboxtmp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as err:
         os.close(fdold)
         raise Fatal(b'unable to create ' + mboxtmp + b': ' + errstr(err))
+    # Emptied only once known not to be MAIL itself (the same name, a
+    # link to it): truncated first, the old mail would be gone.
+    try:
+        old, new = os.fstat(fdold), os.fstat(fdnew)
+        if (old.st_dev, old.st_ino) == (new.st_dev, new.st_ino):
+            raise Fatal(b'MAILTMP is the same file as MAIL')
+        os.ftruncate(fdnew, 0)
+    except BaseException as err:
+        os.close(fdold)
+        os.close(fdnew)
+        if isinstance(err, OSError):
+            raise Fatal(b'unable to create ' + mboxtmp + b': ' + errstr(err)) from None
+        raise
 
     out = Output(fdnew, mboxtmp)
     try:

@@ -21,7 +21,7 @@ import time
 
 from qmail.except_ import internal_bug, say
 from qmail.inject import hfield_known, read_header
-from qmail.maildir2mbox import Fatal, maildir_chdir, maildir_clean, maildir_scan
+from qmail.maildir2mbox import Fatal, maildir_chdir, maildir_clean, maildir_scan, open_message
 
 FATAL = b'maildirwatch: fatal: '
 INTERVAL = 30           # "twice per minute"
@@ -81,7 +81,7 @@ def scan_once(now: int) -> bytes:
     out = [CLEAR]
     for _, path in maildir_scan((b'new',), now):
         try:
-            f = open(path, 'rb')
+            f = open_message(path)
         except OSError:
             continue        # delivered elsewhere since the scan
         with f:

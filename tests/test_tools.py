@@ -10,6 +10,7 @@ on fd 0 (the message) and fd 1 (the envelope).
 import io
 import os
 import re
+import signal
 import stat
 import struct
 import time
@@ -184,6 +185,16 @@ def test_forward_needs_environment(unset, message, fakeqq, stdin,
     lines = err_lines(capfd)
     assert (got, lines) == (100, [message]), \
         'got %r want %r' % ((got, lines), (100, [message]))
+    assert fakeqq.mess is None, 'qmail-queue ran'
+
+
+def test_forward_without_an_address_is_refused(fakeqq, stdin, monkeypatch, capfd):
+    """"|forward $UNSET": qmail's forward queued the message to nobody."""
+    monkeypatch.setenv('NEWSENDER', 's@example.org')
+    monkeypatch.setenv('DTLINE', DTLINE.decode())
+    stdin(MESSAGE)
+    got = forward.main([])
+    assert (got, err_lines(capfd)) == (100, ['forward: usage: forward address [ address ... ]'])
     assert fakeqq.mess is None, 'qmail-queue ran'
 
 
@@ -607,6 +618,59 @@ def test_maildir2mbox_unwritable_tmp_keeps_messages(tmp_path, monkeypatch,
     assert got == 111, 'got %d want 111' % got
     assert lines[0].startswith('maildir2mbox: fatal: unable to create '), lines
     assert os.listdir(md / 'new') == ['1'], 'a message was lost'
+
+
+@pytest.mark.parametrize('how', ['same name', 'hard link'])
+def test_maildir2mbox_refuses_a_maildirtmp_that_is_mail(how, tmp_path, monkeypatch, capfd):
+    """MAILTMP naming MAIL itself once emptied the mbox before copying it,
+    and exited 0."""
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    put(md / 'new' / '1', b'x\n', 838699494)
+    mbox = tmp_path / 'mbox'
+    old = b'From old@example.org Mon Jan 01 00:00:00 1996\nold\n\n'
+    mbox.write_bytes(old)
+    tmp = mbox if how == 'same name' else tmp_path / 'mbox.tmp'
+    if how == 'hard link':
+        os.link(str(mbox), str(tmp))
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(mbox))
+    monkeypatch.setenv('MAILTMP', str(tmp))
+    monkeypatch.chdir(tmp_path)
+    got = maildir2mbox.main([])
+    lines = err_lines(capfd)
+    assert (got, lines) == (111, ['maildir2mbox: fatal: MAILTMP is the same file as MAIL'])
+    assert mbox.read_bytes() == old and os.listdir(md / 'new') == ['1']
+
+
+def test_maildir2mbox_ends_an_unended_mbox_and_skips_fifos(tmp_path, monkeypatch):
+    """An old mbox without a final newline gets one before the first From_
+    line; a FIFO in new/ is left alone (opening it waited for ever, with
+    MAIL locked)."""
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    put(md / 'new' / '1', b'Return-Path: <a@b>\n\nx\n', 838699494)
+    os.mkfifo(str(md / 'new' / '2'))
+    os.utime(str(md / 'new' / '2'), (838699494, 838699494))
+    mbox = tmp_path / 'mbox'
+    mbox.write_bytes(b'From old@example.org Mon Jan 01 00:00:00 1996\nold')
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(mbox))
+    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
+    monkeypatch.chdir(tmp_path)
+
+    def hung(signum, frame):
+        raise AssertionError('maildir2mbox waits on the FIFO')
+    old_handler = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        assert maildir2mbox.main([]) == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+    assert mbox.read_bytes() == (b'From old@example.org Mon Jan 01 00:00:00 1996\nold\n'
+                                 b'From a@b Tue Jul 30 04:04:54 1996\nReturn-Path: <a@b>\n\nx\n\n')
+    assert os.listdir(md / 'new') == ['2']
 
 
 # ---------------------------------------------------------------- maildirwatch
