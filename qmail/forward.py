@@ -8,7 +8,7 @@ Writes:   DTLINE and the message to qmail-queue ($QMAILQUEUE, else
           HOME/bin/qmail-queue, started in HOME), with the envelope
           F<NEWSENDER> and one T<address> per argument; fd 2,
           "forward: qp <pid>" (qmail-queue's pid) on success.
-Exits:    0 queued; 100 NEWSENDER or DTLINE not set, or qmail-queue's
+Exits:    0 queued; 100 no address, NEWSENDER or DTLINE not set, or qmail-queue's
           permanent failure; 111 qmail-queue's temporary failure or a
           read error on fd 0.
 See:      forward(1), qmail-command(8), dot-qmail(5), qmail-queue(8).
@@ -88,6 +88,12 @@ def exit_for(status: str) -> int:
 
 
 def forward(args) -> int:
+    if not args:
+        # qmail's forward queued the message to nobody and exited 0: mail
+        # for "|forward $UNSET" was gone.  Refused as condredirect
+        # refuses a missing address.
+        say(b'forward: usage: forward address [ address ... ]')
+        return 100
     env = os.environb
     sender = env.get(b'NEWSENDER')
     if sender is None:
