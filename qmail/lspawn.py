@@ -42,7 +42,8 @@ TEMPORARY_CODES = (111, 71, 74, 75)
 GETPW_MAX = 1 << 17       # a question or record longer than this is garbage:
                           # above a delivery's arguments (spawn.JOB_MAX), as
                           # the alias user's record holds the local part whole
-GETPW_TIMEOUT = 60        # seconds the qmailp helper may take to answer
+GETPW_TIMEOUT = 60        # seconds a qmailp helper may take to answer
+GETPW_HELPERS = 4         # helpers answering at once (each one question)
 
 
 def report(wstat: int, output: bytes) -> bytes:
@@ -106,22 +107,34 @@ def getpw_helper(rfd: int, wfd: int):
             return QLX_USAGE
 
 
+class Helper:
+    """One qmailp helper process, answering one question at a time."""
+    __slots__ = ('pid', 'rfd', 'wfd', 'buf', 'then', 'since')
+
+    def __init__(self, pid, rfd, wfd):
+        self.pid, self.rfd, self.wfd = pid, rfd, wfd
+        self.buf = b''
+        self.then = None        # the question's then(), while it has one
+        self.since = 0.0        # when it was asked
+
+
 class Getpw:
-    """The helper, seen from qmail-lspawn: ask(local, then) queues a
-    question; then(nughde or Qlx) runs when the answer comes, in order.
-    A helper that dies or takes over GETPW_TIMEOUT fails its questions
-    (QLX_SYS, temporary) and is replaced at the next question."""
+    """The helpers, seen from qmail-lspawn: ask(local, then) queues a
+    question; then(nughde or Qlx) runs when its answer comes.  Up to
+    GETPW_HELPERS helpers answer at once, each one question at a time,
+    started as questions wait: a lookup that hangs (a home on an NFS
+    server that is down) holds its own helper only, not every lookup
+    behind it.  A helper that dies or takes over GETPW_TIMEOUT fails its
+    question (QLX_SYS, temporary) and goes; the others go on."""
 
     def __init__(self, spawner):
         self.spawner = spawner
-        self.pid = None
-        self.rfd = self.wfd = -1
-        self.pending = collections.deque()    # (asked at, then)
-        self.progress = 0.0                   # last answer, or first question
-        self.buf = b''
+        self.idle = []                        # Helpers without a question
+        self.busy = {}                        # rfd -> Helper with one
+        self.waiting = collections.deque()    # (local, then) for the next free
 
-    def start(self):
-        """Fork the helper; raises OSError (nothing left open)."""
+    def start(self) -> Helper:
+        """Fork a helper; raises OSError (nothing left open)."""
         to_r, to_w = os.pipe()
         try:
             from_r, from_w = os.pipe()
@@ -151,79 +164,103 @@ class Getpw:
         os.close(from_w)
         os.set_blocking(to_w, False)
         os.set_blocking(from_r, False)
-        self.pid, self.wfd, self.rfd = pid, to_w, from_r
-        self.spawner.watch[from_r] = self.readable
+        helper = Helper(pid, from_r, to_w)
+        self.spawner.watch[from_r] = lambda: self.readable(helper)
+        return helper
 
     def ask(self, local: bytes, then):
-        if self.pid is None:
-            try:
-                self.start()
-            except OSError:
-                then(Qlx(QLX_SYS, 'unable to start the qmail-getpw helper'))
-                return
-        try:
-            request = local.split(b'\0', 1)[0] + b'\0'
-            if os.write(self.wfd, request) != len(request):
-                raise BlockingIOError
-        except OSError:
-            self.fail('qmail-getpw helper not answering')
-            then(Qlx(QLX_SYS, 'qmail-getpw helper not answering'))
-            return
-        if not self.pending:
-            self.progress = time.monotonic()
-        self.pending.append((time.monotonic(), then))
+        self.waiting.append((local.split(b'\0', 1)[0], then))
+        self.dispatch()
 
-    def readable(self):
+    def dispatch(self):
+        """Questions that wait, to helpers that are free (or new)."""
+        while self.waiting:
+            if self.idle:
+                helper = self.idle.pop()
+            elif len(self.busy) < GETPW_HELPERS:
+                try:
+                    helper = self.start()
+                except OSError:
+                    if self.busy:
+                        return          # asked again when one is free
+                    self.fail_waiting('unable to start the qmail-getpw helper')
+                    return
+            else:
+                return
+            local, then = self.waiting.popleft()
+            request = local + b'\0'
+            try:
+                if os.write(helper.wfd, request) != len(request):
+                    raise BlockingIOError
+            except OSError:
+                self.drop(helper)
+                then(Qlx(QLX_SYS, 'qmail-getpw helper not answering'))
+                continue
+            helper.then, helper.since = then, time.monotonic()
+            self.busy[helper.rfd] = helper
+
+    def readable(self, helper: Helper):
         try:
-            chunk = os.read(self.rfd, 65536)
+            chunk = os.read(helper.rfd, 65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             chunk = b''
         if not chunk:
-            return self.fail('qmail-getpw crashed')
-        self.buf += chunk
-        while len(self.buf) >= GETPW_ANSWER.size:
-            code, length = GETPW_ANSWER.unpack_from(self.buf)
-            if length > GETPW_MAX or not self.pending:
-                return self.fail('qmail-getpw helper out of step')
-            if len(self.buf) < GETPW_ANSWER.size + length:
-                return
-            record = self.buf[GETPW_ANSWER.size:GETPW_ANSWER.size + length]
-            self.buf = self.buf[GETPW_ANSWER.size + length:]
-            _, then = self.pending.popleft()
-            self.progress = time.monotonic()
-            if code:
-                then(Qlx(code, 'qmail-getpw failed'))
-                continue
+            return self.drop(helper, 'qmail-getpw crashed')
+        helper.buf += chunk
+        if len(helper.buf) < GETPW_ANSWER.size:
+            return
+        code, length = GETPW_ANSWER.unpack_from(helper.buf)
+        if length > GETPW_MAX or helper.then is None \
+                or len(helper.buf) > GETPW_ANSWER.size + length:
+            return self.drop(helper, 'qmail-getpw helper out of step')
+        if len(helper.buf) < GETPW_ANSWER.size + length:
+            return
+        record = helper.buf[GETPW_ANSWER.size:]
+        then, helper.then, helper.buf = helper.then, None, b''
+        del self.busy[helper.rfd]
+        self.idle.append(helper)
+        if code:
+            then(Qlx(code, 'qmail-getpw failed'))
+        else:
             try:
                 then(users.parse_nughde(record))
             except Qlx as e:
                 then(e)
+        self.dispatch()
 
     def tick(self):
-        """A helper that answered nothing for GETPW_TIMEOUT seconds while
-        asked (one lookup that long, not a long queue) is given up."""
-        if self.pending and time.monotonic() - self.progress > GETPW_TIMEOUT:
-            self.fail('qmail-getpw timed out')
+        """A helper asked GETPW_TIMEOUT seconds ago and still silent is
+        given up, its question failed; the others' go on."""
+        now = time.monotonic()
+        for helper in list(self.busy.values()):
+            if now - helper.since > GETPW_TIMEOUT:
+                self.drop(helper, 'qmail-getpw timed out')
 
-    def fail(self, why: str):
-        if self.pid is not None:
-            try:
-                # Not reaped yet (alive, or a zombie whose pid cannot have
-                # been reused): only then is the pid still the helper's.
-                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
-                    os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            self.spawner.watch.pop(self.rfd, None)
-            os.close(self.rfd)
-            os.close(self.wfd)
-            self.pid = None
-            self.rfd = self.wfd = -1
-            self.buf = b''
-        pending, self.pending = self.pending, collections.deque()
-        for _, then in pending:
+    def drop(self, helper: Helper, why: str = None):
+        """The helper goes (killed if alive); its question, if any, fails."""
+        try:
+            # Not reaped yet (alive, or a zombie whose pid cannot have
+            # been reused): only then is the pid still the helper's.
+            if os.waitpid(helper.pid, os.WNOHANG)[0] == 0:
+                os.kill(helper.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.spawner.watch.pop(helper.rfd, None)
+        self.busy.pop(helper.rfd, None)
+        if helper in self.idle:
+            self.idle.remove(helper)
+        os.close(helper.rfd)
+        os.close(helper.wfd)
+        then, helper.then = helper.then, None
+        if then is not None:
+            then(Qlx(QLX_SYS, why or 'qmail-getpw helper gone'))
+        self.dispatch()
+
+    def fail_waiting(self, why: str):
+        waiting, self.waiting = self.waiting, collections.deque()
+        for _, then in waiting:
             then(Qlx(QLX_SYS, why))
 
 

@@ -623,27 +623,79 @@ def test_getpw_long_answer_is_read_not_taken_for_garbage():
     """qmail-lspawn's side: an answer holding a 5000-byte local part is
     read as the record it is (it was 'out of step': the helper killed and
     every question behind it failed, the other users' too)."""
-    import collections
     from qmail import lspawn
-    g = lspawn.Getpw.__new__(lspawn.Getpw)
-    g.spawner, g.pid, g.buf, g.progress = None, None, b'', 0.0
-    g.pending = collections.deque()
-    got = []
-    for _ in range(2):
-        g.pending.append((0.0, got.append))
-    failed = []
-    g.fail = lambda why: failed.append(why)
+
+    class Spawner:
+        watch = {}
+    g = lspawn.Getpw(Spawner())
     r, w = os.pipe()
-    g.rfd = r
+    helper = lspawn.Helper(-1, r, -1)
+    got = []
+    helper.then = got.append
+    g.busy[r] = helper
+    dropped = []
+    g.drop = lambda h, why=None: dropped.append(why)
     record = b'alias\x00999\x00994\x00/var/qmail/alias\x00-\x00' + b'x' * 5000 + b'\x00'
-    short = b'bob\x001234\x001234\x00/home/bob\x00\x00\x00'
     try:
-        for rec in (record, short):
-            os.write(w, lspawn.GETPW_ANSWER.pack(0, len(rec)) + rec)
-        g.readable()
+        os.write(w, lspawn.GETPW_ANSWER.pack(0, len(record)) + record[:3000])
+        g.readable(helper)                  # half of it: waits for the rest
+        assert got == [] and dropped == []
+        os.write(w, record[3000:])
+        g.readable(helper)
     finally:
         os.close(r)
         os.close(w)
-    assert failed == []
-    assert [n.home for n in got] == [b'/var/qmail/alias', b'/home/bob'], got
-    assert got[0].ext == b'x' * 5000
+    assert dropped == []
+    assert [n.home for n in got] == [b'/var/qmail/alias'] and got[0].ext == b'x' * 5000
+    assert g.idle == [helper] and g.busy == {}
+
+
+def test_a_hung_lookup_holds_up_no_other(monkeypatch):
+    """One home on a hung NFS server: its lookup times out alone, while
+    the questions asked after it are answered by other helpers (they
+    all waited behind it, and failed with it)."""
+    import select
+    import time
+    from qmail import getpw, lspawn
+    from qmail.lib.qlx import QLX_SYS
+    real = getpw.getpw
+
+    def lookup(local, *args):
+        if local == b'slowhome':
+            time.sleep(30)
+        return real(local, *args)
+    monkeypatch.setattr(getpw, 'getpw', lookup)
+    monkeypatch.setattr(lspawn, 'GETPW_TIMEOUT', 1)
+    monkeypatch.setattr(lspawn.auto, 'uid', lambda name: os.getuid())   # no qmailp needed
+    monkeypatch.setattr(lspawn.auto, 'gid', lambda name: os.getgid())
+
+    class Spawner:
+        watch = {}
+    g = lspawn.Getpw(Spawner())
+    answers = {}
+    t0 = time.monotonic()
+    for local in (b'slowhome', b'nosuch-one', b'nosuch-two'):
+        g.ask(local, lambda a, local=local: answers.setdefault(local, (time.monotonic() - t0, a)))
+    try:
+        while len(answers) < 3 and time.monotonic() - t0 < 20:
+            ready, _, _ = select.select(list(Spawner.watch), [], [], 0.2)
+            for fd in ready:
+                if fd in Spawner.watch:
+                    Spawner.watch[fd]()
+            g.tick()
+    finally:
+        helpers = list(g.idle) + list(g.busy.values())
+        for helper in helpers:
+            g.drop(helper)
+        for helper in helpers:
+            try:
+                os.waitpid(helper.pid, 0)
+            except ChildProcessError:
+                pass
+    assert len(answers) == 3, answers
+    took, slow = answers[b'slowhome']
+    assert isinstance(slow, Qlx) and slow.code == QLX_SYS and took >= 1
+    for local in (b'nosuch-one', b'nosuch-two'):
+        took, answer = answers[local]
+        assert took < 1 and not (isinstance(answer, Qlx) and answer.code == QLX_SYS), \
+            (local, took, answer)
