@@ -33,6 +33,7 @@ import sys
 import time
 
 from qmail.lib import auto
+from qmail.lib import blockread
 from qmail.lib import control
 from qmail.lib.qqtalk import QueueClient
 from qmail.inject_token import (
@@ -637,7 +638,7 @@ def inject(argv, stdin=None, stdout=None) -> int:
 
     try:
         if stdin is None:
-            stdin = open(0, 'rb', buffering=BUFSIZE, closefd=False)
+            stdin = blockread.reader(0, BUFSIZE)
         fields, body = read_header(stdin.readline)
     except OSError:
         raise Fatal(111, b'read error') from None

@@ -16,10 +16,10 @@ See:      mailsubj(1), qmail-inject(8), qmail-header(5).
 """
 
 import io
-import os
 import sys
 
 from qmail.except_ import byteargs, internal_bug, say
+from qmail.lib import blockread
 
 USAGE = b'mailsubj: usage: mailsubj subject recip ...'
 BUFSIZE = 65536
@@ -49,7 +49,7 @@ class PrefixReader(io.RawIOBase):
             b[:n] = self.prefix[:n]
             self.prefix = self.prefix[n:]
             return n
-        data = os.read(self.fd, len(b))
+        data = blockread.read(self.fd, len(b))
         b[:len(data)] = data
         return len(data)
 

@@ -20,6 +20,7 @@ import sys
 
 from qmail.except_ import (ChildCrashed, byteargs, errstr, internal_bug,
                            is_temporary, say, spawn, wait_exitcode)
+from qmail.lib import blockread
 
 USAGE = b'preline: usage: preline cmd [ arg ... ]'
 FATAL = b'preline: fatal: '
@@ -73,7 +74,7 @@ def copy_with_prefix(prefix: bytes, infd: int, outfd: int) -> None:
     """prefix, then infd to its end, into outfd.  OSError on failure."""
     buf = prefix
     while True:
-        chunk = os.read(infd, BUFSIZE)
+        chunk = blockread.read(infd, BUFSIZE)
         if not chunk:
             break
         buf += chunk

@@ -7,6 +7,7 @@ deliberate differences are marked "not qmail".
 import io
 import os
 import stat
+import time
 
 import pytest
 
@@ -620,6 +621,36 @@ def test_queue(home, tmp_path, capsys, monkeypatch):
     assert sender == b'joe@mail.example.org', f'sender: got {sender!r}'
     want_recips = [b'x@y.z', b'fred@mail.example.org', b'b@mail.example.org']
     assert recips == want_recips, f'recipients: got {recips!r}'
+
+
+def test_queue_reads_a_non_blocking_stdin_to_its_end(home, tmp_path, capsys, monkeypatch):
+    """fd 0 left non-blocking by a parent that shares the pipe: a read
+    that found no data yet was taken for the end of the input, and the
+    message was queued cut short, exit 0."""
+    import threading
+    fake_queue(tmp_path, monkeypatch)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    saved = os.dup(0)
+
+    def writer():
+        for part in (b'To: x@y.z\nSubject: one', b' two\n\nbody 1\n', b'body 2\n'):
+            os.write(w, part)
+            time.sleep(0.2)
+        os.close(w)
+    t = threading.Thread(target=writer)
+    try:
+        os.dup2(r, 0)
+        t.start()
+        code = inject.main([])
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(r)
+        t.join(10)
+    assert code == 0, capsys.readouterr().err
+    msg, _, recips = queued(tmp_path)
+    assert msg.endswith(b'Subject: one two\n\nbody 1\nbody 2\n') and recips == [b'x@y.z'], msg
 
 
 @pytest.mark.parametrize('args, env, sender, recips', [
