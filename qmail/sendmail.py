@@ -7,10 +7,13 @@ Does:     sendmail [-t] [-fsender] [-Fname] [arg ...]: runs qmail-inject
           qmail-inject -a|-H [-f sender] -- arg ...; -t means -H, the
           default is -a.  -f also sets QMAILUSER and QMAILHOST from the
           sender, dropping QMAILNAME MAILNAME NAME QMAILHOST MAILHOST;
-          -F sets MAILNAME.  -bp (or the name mailq) runs qmail-qread;
-          -bs runs qmail-smtpd on fds 0 and 1, with a local client's
-          environment unless PROTO is set; -bm is the default.
-          -B -p -v -i -x -m -e -o* -E -J are accepted and ignored.
+          -F name is qmail-inject's -F (over any name variable).  -bp (or
+          the name mailq) runs qmail-qread; -bs runs qmail-smtpd on fds
+          0 and 1, with a local client's environment unless PROTO is
+          set; -bm is the default.  -B -p -v -i -x -m -e -o* -E -J are
+          accepted and ignored, as sendmail.c does; beyond it, -r is -f
+          (mail -r passes it), and -N -R -V -L (DSN and syslog options
+          of other MTAs' sendmail) are accepted and ignored.
 Exits:    qmail-inject's, qmail-qread's or qmail-smtpd's code; 100 for a
           bad option or as newaliases; 111 if the qmail home or a
           program is unreachable.
@@ -26,7 +29,7 @@ from qmail import inject
 
 USAGE = (b'sendmail: usage: sendmail [ -t ] [ -fsender ] [ -Fname ]'
          b' [ -bp ] [ -bs ] [ arg ... ]')
-OPTIONS = 'vimte:f:p:o:B:F:EJxb:'
+OPTIONS = 'vimte:f:p:o:B:F:EJxb:r:N:R:V:L:'
 
 # What qmail-smtpd sees from "sendmail -bs" when no tcpserver set PROTO:
 # a trusted local client (RELAYCLIENT) with no size limit.
@@ -85,7 +88,7 @@ def translate(args, progname: str = 'sendmail', environ=None) -> Plan:
             break
         if opt == 't':
             flagh = True
-        elif opt == 'f':
+        elif opt in 'fr':
             sender = opts.arg
         elif opt == 'F':
             name = opts.arg
@@ -106,7 +109,8 @@ def translate(args, progname: str = 'sendmail', environ=None) -> Plan:
             # first; one line of diagnostics is the rule here.
             return Plan('usage')
         # B p v i x m e o: qmail has one error mode and one delivery
-        # mode, and no use for the rest.
+        # mode, and no use for the rest; N R V L: DSN and syslog
+        # options, likewise.
 
     if progname == 'mailq':
         return Plan('qread')
@@ -119,9 +123,9 @@ def translate(args, progname: str = 'sendmail', environ=None) -> Plan:
         iargs += [b'-f', sender]
         env += sender_env(sender)
     if name is not None:
-        # After the sender's changes: sendmail.c sets MAILNAME first and
-        # then loses it to -f; "sendmail -F name -f addr" keeps it here.
-        env.append((b'MAILNAME', name))
+        # The name asked for, over QMAILNAME too (sendmail.c sets
+        # MAILNAME, which QMAILNAME outranks and -f clears).
+        iargs += [b'-F', name]
     iargs.append(b'--')
     iargs += opts.rest()
     return Plan('inject', iargs, env)

@@ -36,12 +36,16 @@ UNSET_FROM = [(b'QMAILNAME', None), (b'MAILNAME', None), (b'NAME', None),
      UNSET_FROM + [(b'QMAILUSER', b'two')]),
     ([b'-tf', b'x@y'], 'inject', [b'-H', b'-f', b'x@y', b'--'],
      UNSET_FROM + [(b'QMAILHOST', b'y'), (b'QMAILUSER', b'x')]),
-    ([b'-F', b'Joe Doe'], 'inject', [b'-a', b'--'],
-     [(b'MAILNAME', b'Joe Doe')]),
-    # not qmail: sendmail.c loses -F to -f's clean-up
-    ([b'-FJoe', b'-fj@x', b'r'], 'inject', [b'-a', b'-f', b'j@x', b'--', b'r'],
-     UNSET_FROM + [(b'QMAILHOST', b'x'), (b'QMAILUSER', b'j'),
-                   (b'MAILNAME', b'Joe')]),
+    # not qmail: -F is qmail-inject's, over QMAILNAME (sendmail.c's
+    # MAILNAME lost to QMAILNAME, and to -f's clean-up)
+    ([b'-F', b'Joe Doe'], 'inject', [b'-a', b'-F', b'Joe Doe', b'--'], []),
+    ([b'-FJoe', b'-fj@x', b'r'], 'inject', [b'-a', b'-f', b'j@x', b'-F', b'Joe', b'--', b'r'],
+     UNSET_FROM + [(b'QMAILHOST', b'x'), (b'QMAILUSER', b'j')]),
+    # not qmail: -r is -f (mail -r); DSN and syslog options ignored
+    ([b'-r', b'a@b', b'x'], 'inject', [b'-a', b'-f', b'a@b', b'--', b'x'],
+     UNSET_FROM + [(b'QMAILHOST', b'b'), (b'QMAILUSER', b'a')]),
+    ([b'-N', b'never', b'-R', b'hdrs', b'-V', b'id1', b'-L', b'tag', b'x'], 'inject',
+     [b'-a', b'--', b'x'], []),
     # ignored flags
     ([b'-oi', b'-oem', b'-odb', b'-i', b'x'], 'inject', [b'-a', b'--', b'x'],
      []),
@@ -66,7 +70,7 @@ UNSET_FROM = [(b'QMAILNAME', None), (b'MAILNAME', None), (b'NAME', None),
     ([b'-q'], 'usage', [], []),
     ([b'-f'], 'usage', [], []),
     ([b'-b'], 'usage', [], []),
-    ([b'-r', b'x'], 'usage', [], []),
+    ([b'-r'], 'usage', [], []),
 ])
 def test_translate(args, action, iargs, env):
     got = translate(args)
@@ -137,7 +141,7 @@ def test_main_runs_inject_in_process(home, monkeypatch, capsys):
     code = sendmail.main(['-oi', '-F', 'Joe', '-f', 'joe@x.y', 'r@s'],
                          progname='sendmail')
     assert code == 42, f'got {code}'
-    want = [([b'-a', b'-f', b'joe@x.y', b'--', b'r@s'], 'joe', 'x.y', 'Joe',
+    want = [([b'-a', b'-f', b'joe@x.y', b'-F', b'Joe', b'--', b'r@s'], 'joe', 'x.y', None,
              str(home))]
     assert calls == want, f'got {calls!r}, want {want!r}'
     assert 'NAME' not in os.environ
