@@ -921,3 +921,22 @@ def test_main_reads_fd0_and_writes_fd1(home, tmp_path, capfd):
     out = capfd.readouterr().out
     assert code == 0, f'got {code}'
     assert out.endswith('To: a@b.c\n\nbody\n'), out
+
+
+@pytest.mark.parametrize('euid, daemon', [(0, True), (1, False)])
+def test_a_set_uid_caller_is_queued_by_qmail_queue_not_the_daemon(tmp_path, monkeypatch,
+                                                                   euid, daemon):
+    """qmail-queued knows its client by the effective uid; qmail-queue
+    records the real one, as qmail does: a set-uid program's mail says
+    who ran it."""
+    from qmail.lib import qqtalk
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    asked = []
+    monkeypatch.setattr(qqtalk, 'connect_daemon', lambda *a: asked.append(1))
+    monkeypatch.setattr(qqtalk.os, 'getuid', lambda: 0)
+    monkeypatch.setattr(qqtalk.os, 'geteuid', lambda: euid)
+    try:
+        qqtalk.QueueClient(os.path.join(str(tmp_path), 'bin', 'qmail-queue'))
+    except OSError:
+        pass                        # no qmail-queue here to run
+    assert bool(asked) == daemon

@@ -73,7 +73,10 @@ class QueueClient:
         self.pid = None
         self.spawn_error = None
         self.sock = None
-        if program == os.path.join(auto.QMAIL, 'bin', 'qmail-queue'):
+        # qmail-queued knows its client by the effective uid (SO_PEERCRED);
+        # qmail-queue records the real one: a set-uid caller goes there.
+        if program == os.path.join(auto.QMAIL, 'bin', 'qmail-queue') \
+                and os.geteuid() == os.getuid():
             pim = os.pipe()
             pie = os.pipe()
             got = connect_daemon(pim, pie)
