@@ -141,6 +141,15 @@ def env_first(env, *names):
     return None
 
 
+def refuse_line_break(value, what: bytes):
+    """Beyond qmail: a name, user or host that goes into a header field
+    the program makes (From, Message-ID) or into the envelope must not
+    break its line: "sendmail -f" with a line break in it (a web form's
+    input, say) added header fields of the sender's choosing."""
+    if value is not None and (b'\n' in value or b'\r' in value):
+        raise Fatal(100, b'line break in the ' + what)
+
+
 def settings_from(env, ctl: dict, mft=None) -> Settings:
     """Settings from an environment (bytes to bytes) and control values.
 
@@ -182,6 +191,10 @@ def settings_from(env, ctl: dict, mft=None) -> Settings:
         ctl['defaultdomain'] if defaultdomain is None else defaultdomain,
         ctl['plusdomain'] if plusdomain is None else plusdomain)
     s.idhost = ctl['idhost'] if idhost is None else idhost
+    for what, value in ((b'name', s.fullname), (b'user', s.mailuser),
+                        (b'user', s.mailruser), (b'host', s.mailhost),
+                        (b'host', s.mailrhost), (b'host', s.idhost)):
+        refuse_line_break(value, what)
     if mft is not None:
         s.mft = frozenset(line.lower() for line in mft)
     return s
@@ -627,8 +640,10 @@ def inject(argv, stdin=None, stdout=None) -> int:
         elif opt == 'r':
             settings.flaghackrecip = True
         elif opt == 'F':
+            refuse_line_break(opts.arg, b'name')
             settings.fullname = opts.arg
         elif opt == 'f':
+            refuse_line_break(opts.arg, b'sender')
             try:
                 sender = rewrite_address(opts.arg, settings.rules)
             except ParseError as err:

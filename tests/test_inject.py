@@ -940,3 +940,22 @@ def test_a_set_uid_caller_is_queued_by_qmail_queue_not_the_daemon(tmp_path, monk
     except OSError:
         pass                        # no qmail-queue here to run
     assert bool(asked) == daemon
+
+
+@pytest.mark.parametrize('args, env', [
+    (['-f', 'x\nSubject: injected@evil.example', 'a@b.c'], {}),
+    (['-F', 'Joe\r\nBcc: c@d.e', 'a@b.c'], {}),
+    (['a@b.c'], {'NAME': 'Joe\nX-Injected: 1'}),
+    (['a@b.c'], {'QMAILHOST': 'h\n.example'}),
+])
+def test_a_line_break_in_sender_name_user_or_host_is_refused(home, tmp_path, capsys,
+                                                             monkeypatch, args, env):
+    """Beyond qmail: they went into From:, Message-ID: or the envelope as
+    they were, so "sendmail -f" with a web form's input added header
+    fields of its writer's choosing."""
+    fake_queue(tmp_path, monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run(capsys, args, b'Subject: x\n\nbody\n')
+    assert code == 100 and 'line break in the' in err, (code, err)
+    assert not (tmp_path / 'msg').exists()
