@@ -111,8 +111,12 @@ def maildir_chdir(env) -> None:
 
 
 def maildir_clean(now: int) -> None:
-    """Remove tmp/ files untouched for TMP_STALE seconds; errors ignored."""
+    """Remove tmp/ files untouched for TMP_STALE seconds; errors ignored.
+    A tmp that is a symbolic link is left alone: its old files are not
+    this maildir's (root running the tool for a user would remove them)."""
     try:
+        if not stat.S_ISDIR(os.lstat(b'tmp').st_mode):
+            return
         names = os.listdir(b'tmp')
     except OSError:
         return
@@ -121,7 +125,8 @@ def maildir_clean(now: int) -> None:
             continue
         path = b'tmp/' + name
         try:
-            if now > os.stat(path).st_atime + TMP_STALE:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and now > st.st_atime + TMP_STALE:
                 os.unlink(path)
         except OSError:
             pass

@@ -974,3 +974,23 @@ def test_svscan_stop_believes_no_stale_pidfile(tmp_path):
             os.kill(child, 9)
         except ProcessLookupError:
             pass
+
+
+def test_maildir_clean_leaves_a_linked_tmp_alone(tmp_path, monkeypatch):
+    """tmp/ as a symbolic link to another directory: its old files are
+    not the maildir's to remove."""
+    md = tmp_path / 'Maildir'
+    (md / 'new').mkdir(parents=True)
+    (md / 'cur').mkdir()
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    put(elsewhere / 'precious', b'x', 838699494)
+    os.symlink(str(elsewhere), str(md / 'tmp'))
+    monkeypatch.chdir(md)
+    maildir2mbox.maildir_clean(int(time.time()))
+    assert (elsewhere / 'precious').exists()
+    os.unlink(str(md / 'tmp'))
+    (md / 'tmp').mkdir()
+    put(md / 'tmp' / 'stale', b'x', 838699494)
+    maildir2mbox.maildir_clean(int(time.time()))
+    assert not (md / 'tmp' / 'stale').exists()
