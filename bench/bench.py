@@ -305,7 +305,8 @@ NOTES = """\
   for each run and alternate run by run.
 - msg/s: smtp-source (-s sessions, -m, -l, -d for many messages per
   connection); from starting smtp-source to the ctime of the last file in
-  Maildir/new.
+  Maildir/new.  Throughput and CPU are the medians of %(rounds)s runs per
+  system, the systems alternating.
 - p50/p95: a second run with bench/smtpload.py (same sessions and mode),
   each message stamped: the moment its file appeared in Maildir/new
   (inotify, in a watcher process of its own) minus the moment the client
@@ -406,6 +407,7 @@ def write_results(args, quick, rows, e2e_got, idle, load_before, took):
             md += ['**%s**' % title, '', report.md_table(header, erows), '']
         notes = NOTES % {
             'pfver': postfix_version(), 'rate': e2e.OPEN_RATE,
+            'rounds': 1 if quick else e2e.ROUNDS,
             'idle': ', '.join('%s %.2f s' % (k, v) for k, v in idle.items())}
         text += [notes]
         md += [notes]

@@ -4,8 +4,11 @@ Maildir, this project against Debian's Postfix.
 For each case (message size, parallel sessions, one message per
 connection or all of a session's over one connection), each system is
 started fresh, driven, stopped; the two systems alternate run by run
-(and which goes first alternates case by case), so slow drifts of the
-machine fall on both.  Two runs per system and case:
+(and which goes first alternates case by case and round by round), so
+slow drifts of the machine fall on both.  Two kinds of run per system
+and case, the throughput run ROUNDS times (the median of each figure is
+reported: one run's ratio moved by a third on the development VM), the
+latency run once (2000 stamped messages are their own median):
 
   throughput  Postfix's smtp-source (-s sessions, -m count, -l size,
               -d for many messages per connection).  messages/s = count
@@ -31,6 +34,7 @@ import smtpload
 from procs import BenchError, children_times, reap_all, wait4_times, wait_for
 from watch import Watcher
 
+ROUNDS = 3              # throughput runs per system and case (BENCH_QUICK: 1)
 SENDER = 'bench@client.example.com'
 OPEN_RATE = 50          # msg/s offered in the open-loop case
 HELO = 'client.example.com'
@@ -164,6 +168,16 @@ def latency_run(system, user, case):
             'rate_lat': case.count / (max(arrived.values()) - t0)}
 
 
+def medians(runs):
+    """{figure: its median over runs} (each run a dict of figures)."""
+    out = {}
+    for key in runs[0]:
+        values = sorted(r[key] for r in runs)
+        n = len(values)
+        out[key] = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return out
+
+
 def run(systems, user, quick, say):
     """{case label: {system name: results}} and the idle costs (CPU
     seconds)."""
@@ -176,14 +190,20 @@ def run(systems, user, quick, say):
         order = systems if i % 2 == 0 else systems[::-1]
         got = {s.name: {} for s in systems}
         results[case.label()] = (case, got)
-        for s in order if not case.rate else ():
-            try:
-                got[s.name].update(throughput_run(s, user, case, baselines[s.name]))
-            except BenchError as e:
-                say('e2e: %s %s: FAILED: %s' % (s.name, case.label(), e))
-                continue
-            say('e2e: %s %s: %.0f msg/s, %.2f CPU s/1000'
-                % (s.name, case.label(), got[s.name]['rate'], got[s.name]['cpu']))
+        runs = {s.name: [] for s in systems}
+        for r in range(0 if case.rate else 1 if quick else ROUNDS):
+            for s in order if r % 2 == 0 else order[::-1]:
+                try:
+                    one = throughput_run(s, user, case, baselines[s.name])
+                except BenchError as e:
+                    say('e2e: %s %s: FAILED: %s' % (s.name, case.label(), e))
+                    continue
+                runs[s.name].append(one)
+                say('e2e: %s %s: %.0f msg/s, %.2f CPU s/1000'
+                    % (s.name, case.label(), one['rate'], one['cpu']))
+        for name, got_runs in runs.items():
+            if got_runs:
+                got[name].update(medians(got_runs))
         for s in order:
             try:
                 got[s.name].update(latency_run(s, user, case))

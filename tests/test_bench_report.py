@@ -31,3 +31,11 @@ def test_cpu_by_kind_table():
                       'kernel s qmail-py', 'kernel s Postfix', 'ratio']
     assert rows == [['2 KB, 10 sessions, 1 msg/conn (2000 msgs)',
                      '1.20', '0.60', '2.00', '1.30', '1.40', '0.93']]
+
+
+def test_throughput_figures_are_the_median_of_the_rounds():
+    import e2e
+    runs = [{'rate': 500.0, 'cpu': 2.9}, {'rate': 700.0, 'cpu': 2.1}, {'rate': 610.0, 'cpu': 2.5}]
+    assert e2e.medians(runs) == {'rate': 610.0, 'cpu': 2.5}
+    assert e2e.medians(runs[:2]) == {'rate': 600.0, 'cpu': 2.5}
+    assert e2e.medians(runs[:1]) == runs[0]
