@@ -162,9 +162,17 @@ def dummy_setting(lib) -> bytes:
     return b'$6$qmailcheckpassw'
 
 
+SHADOW = '/etc/shadow'
+
+
 def getspnam(name: bytes):
     """(hash, expire day or -1), None for no shadow entry; Trouble when
-    the shadow database cannot be read (EACCES: not root)."""
+    the shadow database cannot be read (EACCES: not root).  An unreadable
+    /etc/shadow is Trouble before NSS is asked: NSS goes on to its next
+    source (systemd's says "no entry", or makes one up for root) and the
+    errno is lost, so every login failed as a wrong password."""
+    if os.path.exists(SHADOW) and not os.access(SHADOW, os.R_OK, effective_ids=True):
+        raise Trouble('unable to read shadow: %s' % os.strerror(errno.EACCES))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.getspnam.restype = ctypes.POINTER(Spwd)
     libc.getspnam.argtypes = [ctypes.c_char_p]

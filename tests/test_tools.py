@@ -994,3 +994,20 @@ def test_maildir_clean_leaves_a_linked_tmp_alone(tmp_path, monkeypatch):
     put(md / 'tmp' / 'stale', b'x', 838699494)
     maildir2mbox.maildir_clean(int(time.time()))
     assert not (md / 'tmp' / 'stale').exists()
+
+
+def test_checkpassword_without_shadow_access_is_temporary_trouble():
+    """Not root (qmail-smtpd's AUTH as qmaild): NSS moved on past the
+    unreadable /etc/shadow and said "no entry", so every login failed as
+    a wrong password (exit 1, a 535) instead of saying why (111)."""
+    import subprocess
+    import sys
+    code = ('import sys; from qmail import checkpassword as c\n'
+            'try:\n    c.getspnam(b"root")\nexcept c.Trouble as e:\n'
+            '    print("trouble", e); sys.exit(0)\nsys.exit(3)\n')
+    argv = [sys.executable, '-c', code]
+    if os.geteuid() == 0:
+        argv = ['setpriv', '--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups'] + argv
+    r = subprocess.run(argv, capture_output=True, timeout=30,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0 and b'unable to read shadow' in r.stdout, (r.returncode, r.stdout, r.stderr)
