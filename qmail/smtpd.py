@@ -617,6 +617,13 @@ class Session:
                                                self.seenmail))
 
     def auth_reply(self, reply: bytes, what):
+        refused, self.auth.refused_user = self.auth.refused_user, None
+        if refused is not None:
+            # Each refusal logged (the user tried, never the password):
+            # guessing shows, and a tool such as fail2ban can act on it.
+            self.logs.append(b'qmail-smtpd: pid %d from %s helo %s auth %s refused: %s\n' % (
+                self.pid, logsafe(self.peer.remoteip), logsafe(self.helo or b'-'),
+                logsafe(refused), reply.rstrip(b'\r\n')[:200].translate(_LOGRESULT)))
         if what == CLOSE:
             self.abort_queue()
             self.close(reply)

@@ -229,6 +229,7 @@ class Auth:
         self.user = None
         self.sasl = None
         self.failures = 0
+        self.refused_user = None    # whom the checker just turned down (for the log)
 
     def keyword(self, flagtls: bool):
         """EHLO's AUTH line, or None when AUTH is not offered."""
@@ -287,6 +288,7 @@ class Auth:
         if result == AUTH_OK:
             self.user = step.user
             return R_AUTHOK, SEND
+        self.refused_user = step.user
         if result == AUTH_TEMP:
             return self.fail(R_AUTHTEMP)
         return self.fail(R_AUTHBAD, PAUSE)

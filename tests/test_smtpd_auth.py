@@ -459,6 +459,23 @@ def test_auth_never_echoes_the_password():
     assert PASSWORD not in repr(smtpd_auth.Credentials(USER, PASSWORD)).encode()
 
 
+def test_auth_refusals_are_logged_with_the_user_never_the_password():
+    """Each refusal by the checker is a log line naming the client and
+    the user tried: guessing shows (it left no trace at all)."""
+    h = Harness(tls=TLSINFO, maxauth=0)
+    h.feed(b'EHLO c.example\r\nAUTH PLAIN ' + BADPLAIN + b'\r\n'
+           b'AUTH LOGIN ' + b64(b'mallory') + b'\r\n' + b64(b'guess') + b'\r\n')
+    logs = b''.join(h.session.logs)
+    check(logs.count(b' refused: 535'), 2)
+    assert b'from 192.0.2.7 helo c.example auth ' + USER + b' refused: 535' in logs, logs
+    assert b'auth mallory refused' in logs, logs
+    for secret in (b'wrong', b'guess', b64(b'guess')):
+        assert secret not in logs
+    h = Harness(checker=FakeAuth(smtpd_auth.AUTH_TEMP), tls=TLSINFO)
+    h.feed(b'AUTH PLAIN ' + PLAIN + b'\r\n')
+    assert b'auth ' + USER + b' refused: 454' in b''.join(h.session.logs)
+
+
 def test_sasl_line_limit():
     """RFC 4954 4: SASL lines of 12288 bytes; commands stay at 1000."""
     h = Harness(tls=TLSINFO)
