@@ -58,7 +58,7 @@ def check(data: bytes, user: bytes, password: bytes):
         raise Trouble('argon2-cffi is not installed') from None
     hasher = PasswordHasher()
     entry = lookup(data, user) if user else None
-    if entry is None or entry.uid == 0:
+    if entry is None or entry.uid == 0 or entry.gid == 0:     # no root id, gid either
         # as long as a real check: hash a password with the same parameters
         hasher.hash(DUMMY_PASSWORD)
         return None

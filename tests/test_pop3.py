@@ -1289,12 +1289,14 @@ def test_trusted_read(tmp_path):
 def test_vcheckpassword_check():
     from argon2 import PasswordHasher
     h = PasswordHasher().hash('s3cret').encode()
-    data = b'# x\nalice:%s:1000:1000:/v/alice\nroot2:%s:0:0:/root\n' % (h, h)
+    data = (b'# x\nalice:%s:1000:1000:/v/alice\nroot2:%s:0:0:/root\n'
+            b'wheel:%s:1001:0:/v/wheel\n' % (h, h, h))
     e = vcheckpassword.check(data, b'Alice', b's3cret')
     check((e.name, e.uid), (b'alice', 1000))
     check(vcheckpassword.check(data, b'alice', b'wrong'), None)
     check(vcheckpassword.check(data, b'bob', b's3cret'), None)
     check(vcheckpassword.check(data, b'root2', b's3cret'), None)
+    check(vcheckpassword.check(data, b'wheel', b's3cret'), None)     # gid 0: refused too
     check(vcheckpassword.check(b'alice:garbage:1:1:/h\n', b'alice', b's3cret'), None)
 
 
