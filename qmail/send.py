@@ -136,7 +136,9 @@ class Controls:
         self.bouncefrom = ctl.line('bouncefrom', b'MAILER-DAEMON')
         self.bouncehost = ctl.line('bouncehost', b'bouncehost', flagme=True)
         dbhost = ctl.line('doublebouncehost', b'doublebouncehost', flagme=True)
-        self.doublebounceto = ctl.line('doublebounceto', b'postmaster') + b'@' + dbhost
+        dbto = ctl.line('doublebounceto', b'postmaster')
+        # An empty line: double bounces are thrown away (control/README).
+        self.doublebounceto = dbto + b'@' + dbhost if dbto else None
         self.bouncemaxbytes = ctl.int('bouncemaxbytes', 0)
         self.routing = routing(ctl)
 
@@ -558,6 +560,8 @@ class Send:
         env = rules.bounce_envelope(sender, self.c.doublebounceto)
         if env is None:
             log('triple bounce: discarding %s\n' % bfn)
+        elif env[1] is None:
+            log('double bounce: discarding %s\n' % bfn)
         else:
             bsender, brecip = env
             single = bool(bsender == b'')

@@ -135,7 +135,8 @@ def bounce_entry(recip: bytes, report: bytes) -> bytes:
 def bounce_envelope(sender: bytes, doublebounceto: bytes):
     """(bounce sender, bounce recipient), or None for a triple bounce.
     A bounce of a bounce (sender empty) goes to doublebounceto with the
-    sender #@[]; a bounce of that is thrown away."""
+    sender #@[] (recipient None: doublebounceto None, thrown away); a
+    bounce of that is thrown away."""
     if sender.endswith(b'-@[]') and len(sender) >= 4:
         sender = sender[:-4]               # owner-@host-@[] -> owner-@host
     if sender == b'#@[]':

@@ -46,6 +46,11 @@ def s(tmp_path, monkeypatch):
     return s
 
 
+def read(path) -> bytes:
+    with open(path, 'rb') as f:
+        return f.read()
+
+
 def queue(s, messid, recips, sender=b'a@b.example'):
     put(qfn('mess', messid, SPLIT), b'Subject: x\n\nbody\n')
     put('intd/%d' % messid, b'')
@@ -93,8 +98,8 @@ def test_a_failure_spills_info_and_the_message_goes_to_its_bounce(s):
     slots = start(s)
     report(s, slots[b'u@here.example'], b'DSorry, no mailbox here by that name. (#5.1.1)\n')
     report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
-    assert open(qfn('bounce', 32, SPLIT), 'rb').read().startswith(b'<u@here.example>:\n')
-    assert open(qfn('info', 32, SPLIT), 'rb').read() == b'Fa@b.example\0'
+    assert read(qfn('bounce', 32, SPLIT)).startswith(b'<u@here.example>:\n')
+    assert read(qfn('info', 32, SPLIT)) == b'Fa@b.example\0'
     # Nobody left to deliver to: no local/ (messdone would wait for it).
     assert not os.path.exists(qfn('local', 32, SPLIT))
     assert s.asked == ['todo/32'] and not os.path.exists(qfn('todo', 32, SPLIT))
@@ -109,8 +114,8 @@ def test_a_deferral_spills_local_with_the_marks_of_what_was_done(s):
     slots = start(s)
     report(s, slots[b'u@here.example'], b'ZUnable to chdir to maildir. (#4.2.1)\n')
     report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
-    assert open(qfn('local', 33, SPLIT), 'rb').read() == b'Tu@here.example\0Dv@here.example\0'
-    assert open(qfn('info', 33, SPLIT), 'rb').read() == b'Fa@b.example\0'
+    assert read(qfn('local', 33, SPLIT)) == b'Tu@here.example\0Dv@here.example\0'
+    assert read(qfn('info', 33, SPLIT)) == b'Fa@b.example\0'
     assert s.asked == ['todo/33']
     (when, messid), = s.pqchan[0]
     assert messid == 33 and when > time.time()  # the retry, as any deferral's
@@ -172,7 +177,7 @@ def test_stopping_forgets_what_did_not_start_and_spills_what_did(s):
     assert 62 not in s.unsettled and all(m != 62 for _, m in s.pqchan[0])
     assert os.path.exists(qfn('todo', 62, SPLIT)) and not os.path.exists(qfn('info', 62, SPLIT))
     report(s, slots[b'u@here.example'], b'Kdid 1+0+0\n')
-    assert open(qfn('local', 61, SPLIT), 'rb').read() == b'Du@here.example\0Tv@here.example\0'
+    assert read(qfn('local', 61, SPLIT)) == b'Du@here.example\0Tv@here.example\0'
     assert s.asked == ['todo/61'] and s.directs == {}
     # A batch written while stopping leaves todo/ alone.
     queue(s, 63, [b'u@here.example'])
@@ -250,5 +255,25 @@ def test_a_spill_that_cannot_write_is_tried_again_not_delivered_again(s, monkeyp
     s.recent = when
     s.pass_do()
     assert s.respills == {} and s.pqrespill == []
-    assert open(qfn('local', 66, SPLIT), 'rb').read() == b'Tu@here.example\0Dv@here.example\0'
+    assert read(qfn('local', 66, SPLIT)) == b'Tu@here.example\0Dv@here.example\0'
     assert os.path.exists(qfn('info', 66, SPLIT))
+
+
+def test_an_empty_doublebounceto_throws_double_bounces_away(s, tmp_path, monkeypatch):
+    """control/README promises it; the double bounce went to "@host",
+    bounced in its turn and ended as a triple bounce."""
+    from qmail.lib import control
+    (tmp_path / 'control' / 'doublebounceto').write_text('\n')
+    c = send.Controls(control.Controls(str(tmp_path / 'control')))
+    assert c.doublebounceto is None
+    (tmp_path / 'control' / 'doublebounceto').write_text('admin\n')
+    assert send.Controls(control.Controls(str(tmp_path / 'control'))).doublebounceto \
+        == b'admin@here.example'
+    s.c.doublebounceto = None
+    monkeypatch.setenv('QMAILQUEUE', str(tmp_path / 'no-qmail-queue'))     # never to run
+    put(qfn('mess', 70, SPLIT), b'Subject: failure notice\n\nx\n')
+    put(qfn('info', 70, SPLIT), b'F\0')                 # a bounce that bounced
+    put(qfn('bounce', 70, SPLIT), b'<postmaster@here.example>:\nSorry.\n\n')
+    assert s.injectbounce(70) is True
+    assert 'double bounce: discarding %s\n' % qfn('bounce', 70, SPLIT) in s.log
+    assert not os.path.exists(qfn('bounce', 70, SPLIT))
