@@ -1011,3 +1011,26 @@ def test_checkpassword_without_shadow_access_is_temporary_trouble():
     r = subprocess.run(argv, capture_output=True, timeout=30,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0 and b'unable to read shadow' in r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
+def test_qmail_queue_runs_in_the_qmail_home(fakeqq, tmp_path, monkeypatch):
+    """As qmail's qmail_open does: a QMAILQUEUE program given relative to
+    HOME starts wherever its caller works (qmail-send in HOME/queue: its
+    bounces waited for ever), and runs in HOME."""
+    from qmail.lib.qqtalk import QueueClient
+    home = tmp_path / 'home'
+    (home / 'bin').mkdir()
+    script = home / 'bin' / 'filter'
+    script.write_text('#!/bin/sh\nexec "$QQ"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv('QQ', os.environ['QMAILQUEUE'])
+    (tmp_path / 'queue').mkdir()
+    monkeypatch.chdir(tmp_path / 'queue')
+    qq = QueueClient('bin/filter')
+    assert qq.spawn_error is None
+    qq.put(b'Subject: x\n\nbody\n')
+    qq.from_(b'a@b.example')
+    qq.to(b'c@d.example')
+    assert qq.close() == ''
+    assert fakeqq.mess == b'Subject: x\n\nbody\n'
+    assert fakeqq.cwd.rstrip(b'\n') == os.fsencode(str(home))

@@ -64,6 +64,13 @@ def connect_daemon(pim, pie):
         return None
 
 
+def in_home() -> bool:
+    try:
+        return os.path.samefile('.', auto.QMAIL)
+    except OSError:
+        return False
+
+
 class QueueClient:
     """One message on its way into the queue."""
 
@@ -89,12 +96,19 @@ class QueueClient:
                 return
             for fd in pim + pie:
                 os.close(fd)
+        path, argv = program, [program]
+        if not in_home():
+            # qmail starts qmail-queue (or QMAILQUEUE's program, by its
+            # path as given) in HOME; qmail-send works in HOME/queue.
+            path = '/bin/sh'
+            argv = [path, '-c', 'cd "$1" || exit 61; shift; exec "$@"', 'qmail-queue',
+                    auto.QMAIL, program if '/' in program else './' + program]
         pim = os.pipe()
         pie = os.pipe()
         pierr = os.pipe()
         try:
             self.pid = os.posix_spawn(
-                program, [program], os.environ,
+                path, argv, os.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, pim[0], 0),
                     (os.POSIX_SPAWN_DUP2, pie[0], 1),
