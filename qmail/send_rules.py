@@ -43,6 +43,7 @@ def rewrite(recip: bytes, r: Routing):
             break
         addr = addr[:pct] + b'@' + addr[pct + 1:at]
         at = pct
+    at = addr.rfind(b'@')       # the domain follows the last '@', whichever made it
     domain = addr[at + 1:].lower()
     if domain in r.locals:
         return 0, addr
