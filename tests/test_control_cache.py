@@ -173,3 +173,11 @@ def test_smtpd_config_with_a_recipient_map_reused_until_map_source_or_routing_ch
     assert check(b'nosuch@other.example') == rcptmap.UNKNOWN
     assert smtpd.load_config(ctl, {}).rcptmap.state == 'off'
     assert len(reads) == 5
+
+
+def test_parse_int_of_thousands_of_digits():
+    """Python's int() refuses over 4300 digits: qmail-send did not start
+    (or its HUP failed) on a control file that long."""
+    assert control.parse_int(b'9' * 5000 + b'\n') == control.ULONG_HUGE
+    assert control.parse_int(b'0042x\n') == 42
+    assert control.parse_int(b'x\n') is None and control.parse_int(b'') is None

@@ -168,15 +168,12 @@ def scan_ulong(s: bytes) -> int:
 
 
 def parse_int(data: bytes):
-    """qmail's scan_ulong on the first line: leading digits, or None."""
+    """qmail's scan_ulong on the first line: leading digits (their value
+    as scan_ulong gives it), or None."""
     line = parse_line(data)
-    digits = b''
-    for ch in line:
-        if 48 <= ch <= 57:
-            digits += bytes((ch,))
-        else:
-            break
-    return int(digits) if digits else None
+    if not line[:1].isdigit():
+        return None
+    return scan_ulong(line)
 
 
 def readline(path):
