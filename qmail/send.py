@@ -1541,16 +1541,18 @@ CONTROL_RETRY = 10      # seconds between attempts to read unreadable controls
 
 
 def wait_or_term(seconds: int) -> bool:
-    """Sleep; True if TERM or INT arrived meanwhile."""
+    """Sleep; True if TERM or INT arrived meanwhile.  HUP or ALRM ends
+    the sleep early (the admin says: read the controls again now); by
+    their default action they killed qmail-send without a word."""
     got = []
     old = {sig: signal.signal(sig, lambda s, f: got.append(s))
-           for sig in (signal.SIGTERM, signal.SIGINT)}
+           for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)}
     deadline = time.monotonic() + seconds
     while not got and time.monotonic() < deadline:
         time.sleep(0.2)
     for sig, handler in old.items():
         signal.signal(sig, handler)
-    return bool(got)
+    return signal.SIGTERM in got or signal.SIGINT in got
 
 
 def main(argv=None) -> int:

@@ -277,3 +277,19 @@ def test_an_empty_doublebounceto_throws_double_bounces_away(s, tmp_path, monkeyp
     assert s.injectbounce(70) is True
     assert 'double bounce: discarding %s\n' % qfn('bounce', 70, SPLIT) in s.log
     assert not os.path.exists(qfn('bounce', 70, SPLIT))
+
+
+@pytest.mark.parametrize('sig, stops', [('SIGHUP', False), ('SIGALRM', False), ('SIGTERM', True)])
+def test_waiting_for_readable_controls_survives_hup_and_alrm(sig, stops):
+    """qmail-send waits for an unreadable control file instead of exiting;
+    a HUP or an ALRM meanwhile killed it (their default action)."""
+    import signal
+    import threading
+    t = threading.Timer(0.3, lambda: os.kill(os.getpid(), getattr(signal, sig)))
+    t.start()
+    start = time.monotonic()
+    try:
+        assert send.wait_or_term(5) is stops
+    finally:
+        t.cancel()
+    assert time.monotonic() - start < 4          # the signal ended the wait
