@@ -101,7 +101,8 @@ class QueueClient:
             # qmail starts qmail-queue (or QMAILQUEUE's program, by its
             # path as given) in HOME; qmail-send works in HOME/queue.
             path = '/bin/sh'
-            argv = [path, '-c', 'cd "$1" || exit 61; shift; exec "$@"', 'qmail-queue',
+            argv = [path, '-c', 'cd "$1" 2>/dev/null || exit 61; shift; '
+                    '[ -f "$1" ] && [ -x "$1" ] || exit 120; exec "$@"', 'qmail-queue',
                     auto.QMAIL, program if '/' in program else './' + program]
         pim = os.pipe()
         pie = os.pipe()
