@@ -914,25 +914,37 @@ class Send:
         heapq.heappush(self.pqdone, (int(time.time()) + SLEEP_SYSFAIL, messid))
 
     def infos_unlink(self, messids):
-        """Background: info/ of finished messages removed (each before
-        its mess/: info/ without mess/ would be a message that cannot be
-        delivered); the messids whose unlink failed."""
-        failed = []
+        """Background: info/ of finished messages removed, durably, each
+        before its mess/ (info/ without mess/ after a power cut: the next
+        start would finish that number again, and qmail-clean remove the
+        mess/ file of a new message given the same inode); (the messids
+        whose unlink failed, those whose directory could not be synced)."""
+        failed, removed = [], []
         for messid in messids:
+            fn = self.fn('info', messid)
             try:
-                durable.unlink(self.fn('info', messid))
+                durable.unlink(fn)
+                removed.append((messid, fn))
             except OSError:
                 failed.append(messid)
-        return failed
+        bad = set(durable.sync_dirs(sorted({os.path.dirname(fn) for _, fn in removed})))
+        return failed, [m for m, fn in removed if os.path.dirname(fn) in bad]
 
-    def infos_unlinked(self, messids, failed):
+    def infos_unlinked(self, messids, result):
         """Then qmail-clean is asked for the rest of each message."""
+        failed, unsure = result
         for messid in failed:
             log('warning: unable to unlink %s; will try again later\n'
                 % self.fn('info', messid))
             self.ending.discard(messid)
             self.messdone_fail(messid)
-        gone = [m for m in messids if m not in failed]
+        for messid in unsure:
+            # Its mess/ stays (a leftover for the 36-hour cleanup): a
+            # second fsync after a failed one proves nothing.
+            log('alert: unable to fsync %s: message %d left to the cleanup\n'
+                % (os.path.dirname(self.fn('info', messid)), messid))
+            self.ending.discard(messid)
+        gone = [m for m in messids if m not in failed and m not in unsure]
         for messid in gone:
             # qmail-log(5): about to remove the message; logged once,
             # after info/ went (a failed unlink is retried, as in qmail).

@@ -251,13 +251,41 @@ def test_end_msg_is_logged_once_after_info_goes(queue_home):
     ending = []
     s.messdone(messid, ending)
     assert ending == [messid] and log.count('end msg %d\n' % messid) == 0
-    s.infos_unlinked(ending, [messid])          # the unlink failed
+    s.infos_unlinked(ending, ([messid], []))    # the unlink failed
     assert log.count('end msg %d\n' % messid) == 0 and requests == []
     ending = []
     s.messdone(messid, ending)                  # its retry
     s.infos_unlinked(ending, s.infos_unlink(ending))
     assert log.count('end msg %d\n' % messid) == 1
     assert requests == ['foop/%d' % messid]
+
+
+def test_info_removal_is_durable_before_qmail_clean_removes_the_message(queue_home, monkeypatch):
+    """info/ gone for good first: else a power cut could keep info/ and
+    lose mess/, and the next start's foop of that number remove the mess/
+    file of a new message given the same inode.  A directory that cannot
+    be synced leaves the message to the cleanup, never asked to remove."""
+    from qmail.lib import durable
+    s, log = queue_home
+    s.flagcleanalive = True
+    requests = []
+    s.clean_request = lambda reqs, then=None: requests.append(list(reqs))
+    synced = []
+    monkeypatch.setattr(durable, 'sync_dirs', lambda dirs: synced.append(list(dirs)) or [])
+    for messid in (21, 22):
+        put(qfn('info', messid, 3), b'Fa@b.example\0')
+    ending = []
+    s.messdone(21, ending)
+    s.messdone(22, ending)
+    s.infos_unlinked(ending, s.infos_unlink(ending))
+    assert synced == [sorted({'info/0', 'info/1'})] and requests == [['foop/21', 'foop/22']]
+    put(qfn('info', 23, 3), b'Fa@b.example\0')
+    monkeypatch.setattr(durable, 'sync_dirs', lambda dirs: list(dirs))     # all failed
+    ending = []
+    s.messdone(23, ending)
+    s.infos_unlinked(ending, s.infos_unlink(ending))
+    assert requests == [['foop/21', 'foop/22']]     # no foop for 23
+    assert any('unable to fsync info/2: message 23 left to the cleanup' in line for line in log)
 
 
 def test_without_qmail_clean_a_finished_message_waits(queue_home):
