@@ -360,7 +360,11 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
             if content is not None:
                 unique = maildir_name(ident, head, seq, host, content.digest())
                 if already_delivered(dirname, unique):
-                    return                  # an earlier attempt got here
+                    # An earlier attempt got here, perhaps killed before
+                    # its fsync of new/: durable now, before it counts.
+                    for sub in (b'new', b'cur'):
+                        durable.fsync_dir(os.path.join(dirname, sub))
+                    return
             newname = os.path.join(dirname, b'new', unique)
             linked = False
             try:
@@ -373,9 +377,13 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
             try:
                 durable.fsync_dir(os.path.join(dirname, b'new'))
             except OSError:
-                # Not durable, so not delivered: take ours back (never
-                # another attempt's); the retry delivers it again.
-                if linked:
+                # Not durable, so not delivered.  With the exactly-once
+                # name the file stays (whole: fsynced before its link):
+                # the retry finds it and syncs new/ again; taken back here,
+                # it could vanish under an attempt that had just counted
+                # it delivered.  Any other name is taken back, or the
+                # retry would make a second copy.
+                if linked and ident is None:
                     _try_unlink(newname)
                 raise
     except _Alarm:
@@ -470,10 +478,10 @@ def deliver_mbox(fn: bytes, head: bytes):
                 buf.clear()
         durable.write_all(fd, buf)
         durable.fsync(fd)
-        if pos == 0:
-            # Perhaps created just now: Linux makes the new name durable
-            # only with an fsync of its directory.
-            durable.fsync_dir(os.path.dirname(fn) or b'.')
+        # Its name, perhaps new (made now, or by an attempt killed before
+        # this fsync, whose mbox this one found already there): Linux
+        # makes it durable only with an fsync of the directory.
+        durable.fsync_dir(os.path.dirname(fn) or b'.')
     except _ReadError as err:
         _truncate(fd, pos, flaglocked)
         raise TempFail(b'Unable to read message: %s. (#4.3.0)'

@@ -437,6 +437,26 @@ def test_mbox_appends(home):
            + MESSAGE + b'\n')
 
 
+def test_mbox_name_is_synced_even_when_the_file_was_there(home, tmp_path):
+    """An attempt killed after creating the mbox, before its fsync of the
+    directory: the next delivery found a file there and synced only the
+    file, so a power cut could take the whole mbox away."""
+    home.write('Mailbox', b'From x Thu Jan 01 00:00:00 1970\nold\n\n', 0o600)
+    synced = tmp_path / 'synced'
+
+    def record():
+        from qmail.lib import durable
+        real = durable.fsync_dir
+
+        def fsync_dir(path):
+            with open(synced, 'ab') as f:
+                f.write(os.fsencode(path) + b'\n')
+            return real(path)
+        durable.fsync_dir = fsync_dir
+    expect(home.run(setup=record), (0, b'did 1+0+0\n'))
+    assert synced.read_bytes() == b'.\n'
+
+
 def test_mbox_unopenable(home):
     (home.path / 'Mailbox').mkdir()
     code, report = home.run()

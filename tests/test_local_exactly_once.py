@@ -135,3 +135,54 @@ def test_already_delivered_in_cur(tmp_path, monkeypatch, big, suffix, found):
     (tmp_path / 'cur' / (name + suffix).decode()).write_bytes(b'')
     want = found or (not big and suffix.startswith(b':'))
     assert ld.already_delivered(os.fsencode(tmp_path), name) == want
+
+
+def test_a_repeat_syncs_new_before_it_counts(home, tmp_path):
+    """An attempt killed between its link into new/ and the fsync of
+    new/ leaves a name that a power cut can take away: the retry that
+    finds it syncs the directory before reporting the delivery done."""
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: synced\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd)[0] == 0
+    synced = tmp_path / 'synced'
+
+    def record():
+        from qmail.lib import durable
+        real = durable.fsync_dir
+
+        def fsync_dir(path):
+            with open(synced, 'ab') as f:
+                f.write(os.fsencode(path) + b'\n')
+            return real(path)
+        durable.fsync_dir = fsync_dir
+    assert home.run(stdin=fd, setup=record)[0] == 0
+    os.close(fd)
+    assert b'./Maildir/new' in synced.read_bytes().split(b'\n')
+    assert len(os.listdir(md / 'new')) == 1
+
+
+def test_a_failed_sync_of_new_leaves_the_file_for_the_retry(home, tmp_path):
+    """The fsync of new/ failing: not delivered (111), but the file, whole,
+    stays; taken back, it could vanish under an attempt that had just
+    counted it delivered.  The retry finds it, syncs, and is done."""
+    md = home.maildir()
+    home.write('.qmail', b'./Maildir/\n')
+    mess = tmp_path / 'queued'
+    mess.write_bytes(b'Subject: eio\n\nbody\n')
+
+    def failing():
+        from qmail.lib import durable
+
+        def fsync_dir(path):
+            raise OSError(5, 'Input/output error')
+        durable.fsync_dir = fsync_dir
+    fd = os.open(mess, os.O_RDONLY)
+    assert home.run(stdin=fd, setup=failing)[0] == 111
+    assert len(os.listdir(md / 'new')) == 1
+    assert home.run(stdin=fd)[0] == 0
+    os.close(fd)
+    name, = os.listdir(md / 'new')
+    assert (md / 'new' / name).read_bytes().endswith(b'Subject: eio\n\nbody\n')
