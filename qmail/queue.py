@@ -256,7 +256,12 @@ class Writer:
         fd = early if early is not None else self.create_anon(pid, 1)
         if fd is None:
             try:
-                fd = durable.create_excl(intdfn)
+                try:
+                    fd = durable.create_excl(intdfn)
+                except FileExistsError:
+                    # Stale, as below: the inode naming it is our message's.
+                    durable.unlink(intdfn)
+                    fd = durable.create_excl(intdfn)
             except OSError:
                 raise QueueExit(65) from None
             self.intdfn = intdfn
