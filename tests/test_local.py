@@ -443,18 +443,23 @@ def test_mbox_name_is_synced_even_when_the_file_was_there(home, tmp_path):
     file, so a power cut could take the whole mbox away."""
     home.write('Mailbox', b'From x Thu Jan 01 00:00:00 1970\nold\n\n', 0o600)
     synced = tmp_path / 'synced'
+    expect(home.run(setup=recording_dir_syncs(synced)), (0, b'did 1+0+0\n'))
+    assert synced.read_bytes() == b'.\n'
 
-    def record():
+
+def recording_dir_syncs(record):
+    """A setup for Home.run: each directory qmail-local fsyncs is
+    appended to the file record, a line each (the run is a child)."""
+    def setup():
         from qmail.lib import durable
         real = durable.fsync_dir
 
         def fsync_dir(path):
-            with open(synced, 'ab') as f:
+            with open(record, 'ab') as f:
                 f.write(os.fsencode(path) + b'\n')
             return real(path)
         durable.fsync_dir = fsync_dir
-    expect(home.run(setup=record), (0, b'did 1+0+0\n'))
-    assert synced.read_bytes() == b'.\n'
+    return setup
 
 
 def test_mbox_unopenable(home):

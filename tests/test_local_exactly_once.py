@@ -4,7 +4,7 @@ delivery of the same queued message to the same place is recognised."""
 import os
 
 from qmail import local_deliver as ld
-from test_local import Home  # noqa: F401  (the fixture's class)
+from test_local import Home, recording_dir_syncs  # noqa: F401  (the fixture's class)
 
 import pytest
 
@@ -148,17 +148,7 @@ def test_a_repeat_syncs_new_before_it_counts(home, tmp_path):
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     synced = tmp_path / 'synced'
-
-    def record():
-        from qmail.lib import durable
-        real = durable.fsync_dir
-
-        def fsync_dir(path):
-            with open(synced, 'ab') as f:
-                f.write(os.fsencode(path) + b'\n')
-            return real(path)
-        durable.fsync_dir = fsync_dir
-    assert home.run(stdin=fd, setup=record)[0] == 0
+    assert home.run(stdin=fd, setup=recording_dir_syncs(synced))[0] == 0
     os.close(fd)
     assert b'./Maildir/new' in synced.read_bytes().split(b'\n')
     assert len(os.listdir(md / 'new')) == 1
