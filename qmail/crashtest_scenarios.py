@@ -281,12 +281,15 @@ class Deferred(background.Background):
         return True
 
 
-def drain_overlapped(s, spawn) -> bool:
+def drain_overlapped(s, spawn, alrm=False) -> bool:
     """drain(), with every delivery that can start made before the next
     piece of disk work: a new message's deliveries go out before its
-    preprocessed files are durable, D marks wait behind them."""
+    preprocessed files are durable, D marks wait behind them.  alrm: an
+    ALRM each round (every retry due now)."""
     for _ in range(ROUNDS):
         s.recent = int(time.time()) + AHEAD
+        if alrm:
+            s.pqrun()
         if not s.preprocessing:
             batch = [parse_messid(name) for name in sorted(os.listdir('todo'))]
             batch = [m for m in batch if m is not None and m not in s.unsettled]
@@ -587,6 +590,7 @@ class OverlapScenario(QueueScenario):
     stale = {b'soon': b'one@' + DOMAIN, b'soon2': b'two@' + DOMAIN}
     syncfs = True
     direct_max = 0          # new messages delivered direct (send.Send.direct_max)
+    alrm = False            # retries made at once (drain_overlapped)
 
     def setup(self, box):
         """As if a crash had interrupted a run that had seen soon to one@
@@ -612,7 +616,7 @@ class OverlapScenario(QueueScenario):
         s.bg = Deferred()
         for lane in s.lanes:
             lane.bg = s.bg
-        return (drain_overlapped(s, self.spawn(box))
+        return (drain_overlapped(s, self.spawn(box), self.alrm)
                 and not [f for f in queue_files('.') if not f.startswith('mess/')])
 
 
@@ -627,6 +631,34 @@ class DirectScenario(OverlapScenario):
     stale = {}
     syncfs = False
     direct_max = send.DIRECT_MAX
+
+
+class DeferOnce(Spawn):
+    """Spawn, with each recipient in `defer` deferred at its first try."""
+
+    def __init__(self, box, fail, defer):
+        super().__init__(box, fail)
+        self.defer = set(defer)
+
+    def __call__(self, c, messid, recip):
+        flag = os.path.join(self.box.root, 'deferred-' + recip.decode('latin-1'))
+        if recip in self.defer and not os.path.exists(flag):
+            open(flag, 'w').close()
+            return b'Zmailbox busy, try later.\n'
+        return super().__call__(c, messid, recip)
+
+
+class DirectDeferScenario(DirectScenario):
+    name = 'direct-defer'
+    about = ('a message delivered direct, one recipient deferred once: '
+             'it spills to info/ and local/ with the D marks of the others, '
+             'and the retry delivers the rest')
+    msgs = (Msg(b'deferred', b'alice@' + FAR,
+                [b'one@' + DOMAIN, b'two@' + DOMAIN, b'three@' + DOMAIN]),)
+    alrm = True
+
+    def spawn(self, box):
+        return DeferOnce(box, set(), [b'two@' + DOMAIN])
 
 
 class LocalScenario(Scenario):
@@ -771,5 +803,6 @@ class MboxScenario(LocalScenario):
 
 
 SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
-             BounceScenario(), OverlapScenario(), DirectScenario(), MaildirScenario(),
+             BounceScenario(), OverlapScenario(), DirectScenario(), DirectDeferScenario(),
+             MaildirScenario(),
              MboxScenario()]
