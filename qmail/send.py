@@ -1405,8 +1405,12 @@ class Send:
         try:
             ctl = control.Controls(self.ctl.directory)
             new = Controls(ctl)
-        except (OSError, ValueError):
-            log('alert: unable to reread controls\n')
+        except (OSError, ValueError) as e:
+            # Which file, and why: the admin must know what to repair.
+            name = getattr(e, 'filename', None)
+            why = getattr(e, 'strerror', None) or str(e)
+            log('alert: unable to reread controls: %s%s\n'
+                % (os.fsdecode(name) + ': ' if name else '', why))
             return
         # Concurrency and slots stay as they were at start: the spawns'
         # slot tables were sized then.

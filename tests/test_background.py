@@ -455,6 +455,19 @@ def test_sighup_rereads_controls_without_moving_the_working_directory(queue_home
     assert s.c.bouncefrom == b'postmaster'
 
 
+def test_a_reread_that_fails_names_the_file_and_keeps_the_controls(queue_home, tmp_path):
+    """The alert says which control file and why (it said only "unable to
+    reread controls"), and the controls in force stay."""
+    s, log = queue_home
+    s.ctl.directory = str(tmp_path / 'control')
+    before = s.c
+    (tmp_path / 'control' / 'locals').mkdir()       # not a file: EISDIR
+    s.reread()
+    assert s.c is before
+    assert any(line.startswith('alert: unable to reread controls: ')
+               and 'control/locals: ' in line for line in log), log
+
+
 @pytest.mark.parametrize('fresh_max, fresh_bytes', [(send.FRESH_MAX, send.FRESH_BYTES),
                                                      (0, send.FRESH_BYTES),
                                                      (send.FRESH_MAX, 10)])
