@@ -555,6 +555,8 @@ class Send:
             return False
         info = self.getinfo(messid)
         if info is None:
+            log('warning: trouble reading %s, will try the bounce again later\n'
+                % self.fn('info', messid))
             return False
         sender, birth = info
         env = rules.bounce_envelope(sender, self.c.doublebounceto)

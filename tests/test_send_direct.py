@@ -293,3 +293,14 @@ def test_waiting_for_readable_controls_survives_hup_and_alrm(sig, stops):
     finally:
         t.cancel()
     assert time.monotonic() - start < 4          # the signal ended the wait
+
+
+def test_a_bounce_whose_info_cannot_be_read_says_so(s):
+    """It was tried again every 123 s for ever without a word."""
+    put(qfn('mess', 71, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('info', 71, SPLIT), b'garbage')
+    put(qfn('bounce', 71, SPLIT), b'<u@here.example>:\nSorry.\n\n')
+    assert s.injectbounce(71) is False
+    assert 'warning: trouble reading %s, will try the bounce again later\n' \
+        % qfn('info', 71, SPLIT) in s.log
+    assert os.path.exists(qfn('bounce', 71, SPLIT))
