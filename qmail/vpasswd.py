@@ -262,8 +262,15 @@ def make_home(userhome: bytes, uid: int, gid: int):
             os.mkdir(path, 0o700)
         except FileExistsError:
             continue
-        os.chown(path, uid, gid)
-        os.chmod(path, 0o700)
+        # The directory just made, through a descriptor that follows no
+        # link: by name, a link swapped in meanwhile (the user owns the
+        # home above) would have root chown its target.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
 
 
 # -- the command line ------------------------------------------------------------

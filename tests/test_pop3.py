@@ -1324,3 +1324,25 @@ def test_vcheckpassword_program(vhome, open_tmp):
     os.unlink(os.path.join(vhome, 'users', 'vpasswd'))
     r = run_checker('vcheckpassword', show, b'alice@example.org\0s3cret\0<1.2@h>\0', vhome)
     check(r.returncode, 111)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='chown needs root')
+def test_vpasswd_make_home_never_chowns_through_a_link(tmp_path, monkeypatch):
+    """qmail-vpasswd add -m, as root: a directory swapped for a link just
+    after its mkdir (the user owns the home above) once had root chown
+    the link's target."""
+    victim = tmp_path / 'victim'
+    victim.write_bytes(b'root only\n')
+    os.chmod(victim, 0o600)
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path, mode=0o777):
+        real_mkdir(path, mode)
+        if path.endswith(b'/Maildir'):
+            os.rmdir(path)
+            os.symlink(str(victim), path)
+    monkeypatch.setattr(vpasswd.os, 'mkdir', mkdir_then_swap)
+    with pytest.raises(OSError):
+        vpasswd.make_home(os.fsencode(str(tmp_path / 'u')), 4321, 4321)
+    st = os.stat(victim)
+    check((st.st_uid, oct(st.st_mode & 0o777)), (0, oct(0o600)))
