@@ -18,7 +18,8 @@ Does:     when the password is right: initgroups, setgid, setuid (and
           closed.
 Exits:    1 the password is wrong, or the user unknown, locked ("!" or
           "*" in shadow, an empty password too), expired (shadow's
-          expire date), or root (uid 0 never logs in here: root has no
+          expire date), its password to be changed first (last changed
+          on day 0, or older than its maximum age), or root (uid 0 never logs in here: root has no
           maildir, and a checker for the network should not tell
           whether root's password was guessed);
           2 misuse: no program, fd 3 unreadable or not two NUL-ended
@@ -166,7 +167,8 @@ SHADOW = '/etc/shadow'
 
 
 def getspnam(name: bytes):
-    """(hash, expire day or -1), None for no shadow entry; Trouble when
+    """(hash, expire day, last change day, maximum age; -1 where none),
+    None for no shadow entry; Trouble when
     the shadow database cannot be read (EACCES: not root).  An unreadable
     /etc/shadow is Trouble before NSS is asked: NSS goes on to its next
     source (systemd's says "no entry", or makes one up for root) and the
@@ -184,7 +186,7 @@ def getspnam(name: bytes):
             return None
         raise Trouble('unable to read shadow: %s' % os.strerror(err))
     entry = sp.contents
-    return (entry.sp_pwdp or b''), entry.sp_expire
+    return (entry.sp_pwdp or b''), entry.sp_expire, entry.sp_lstchg, entry.sp_max
 
 
 # -- the decision -------------------------------------------------------------
@@ -197,13 +199,21 @@ def stored_hash(pw_passwd: bytes, shadow):
     return pw_passwd
 
 
-def usable(stored: bytes, expire: int, today: int) -> bool:
+def usable(stored: bytes, expire: int, today: int, lstchg: int = -1,
+           maxdays: int = -1) -> bool:
     """Can this account log in at all?  Not with an empty or locked hash,
     nor after its expire day (shadow(5): the account is expired on that
-    day; -1 or 0... none)."""
+    day; -1 or 0... none), nor with a password that must be changed
+    first: last changed on day 0 (the admin's "change it at the next
+    login"), or older than its maximum age.  login(1) would ask for a
+    new one; a mail client cannot, so pam_unix's verdict stands: no."""
     if not stored or stored[:1] in (b'!', b'*') or stored == b'x':
         return False
     if expire is not None and expire > 0 and today >= expire:
+        return False
+    if lstchg == 0:
+        return False
+    if lstchg > 0 and maxdays >= 0 and today - lstchg > maxdays:
         return False
     return True
 
@@ -227,8 +237,8 @@ def check(user: bytes, password: bytes, lib, now: float):
         return None
     shadow = getspnam(user)
     stored = stored_hash(os.fsencode(pw.pw_passwd), shadow)
-    expire = shadow[1] if shadow is not None else -1
-    if not usable(stored, expire, int(now // DAY)):
+    expire, lstchg, maxdays = shadow[1:] if shadow is not None else (-1, -1, -1)
+    if not usable(stored, expire, int(now // DAY), lstchg, maxdays):
         verify(lib, password, dummy_setting(lib))
         return None
     if not verify(lib, password, stored) or pw.pw_uid == 0:

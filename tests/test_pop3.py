@@ -1116,6 +1116,20 @@ def test_usable(stored, expire, today, want):
     check(checkpassword.usable(stored, expire, today), want)
 
 
+@pytest.mark.parametrize('lstchg, maxdays, want', [
+    (19990, 99999, True),           # the usual: no maximum in practice
+    (19990, -1, True),
+    (19990, 10, True),              # changed 10 days ago, 10 allowed
+    (19989, 10, False),             # a day older than its maximum age
+    (0, 99999, False),              # "change it at the next login"
+    (-1, 10, True),                 # no ageing information
+])
+def test_a_password_to_be_changed_first_is_not_usable(lstchg, maxdays, want):
+    """shadow's ageing, as pam_unix reads it for a service that cannot
+    ask for a new password: it was ignored."""
+    check(checkpassword.usable(b'$6$salt$hash', -1, 20000, lstchg, maxdays), want)
+
+
 def test_crypt_verify():
     lib = checkpassword.libcrypt()
     setting = checkpassword.dummy_setting(lib)
