@@ -19,9 +19,10 @@ Does:     when the password is right: initgroups, setgid, setuid (and
 Exits:    1 the password is wrong, or the user unknown, locked ("!" or
           "*" in shadow, an empty password too), expired (shadow's
           expire date), its password to be changed first (last changed
-          on day 0, or older than its maximum age), or root (uid 0 never logs in here: root has no
-          maildir, and a checker for the network should not tell
-          whether root's password was guessed);
+          on day 0, or older than its maximum age), or root (uid 0
+          never logs in here: root has no maildir, and a checker for
+          the network should not tell whether root's password was
+          guessed);
           2 misuse: no program, fd 3 unreadable or not two NUL-ended
           fields;
           111 temporary trouble: the shadow entry cannot be read (not
@@ -168,8 +169,8 @@ SHADOW = '/etc/shadow'
 
 def getspnam(name: bytes):
     """(hash, expire day, last change day, maximum age; -1 where none),
-    None for no shadow entry; Trouble when
-    the shadow database cannot be read (EACCES: not root).  An unreadable
+    None for no shadow entry; Trouble when the shadow database cannot be
+    read (EACCES: not root).  An unreadable
     /etc/shadow is Trouble before NSS is asked: NSS goes on to its next
     source (systemd's says "no entry", or makes one up for root) and the
     errno is lost, so every login failed as a wrong password."""

@@ -8,9 +8,9 @@ Writes:   DTLINE and the message to qmail-queue ($QMAILQUEUE, else
           HOME/bin/qmail-queue, started in HOME), with the envelope
           F<NEWSENDER> and one T<address> per argument; fd 2,
           "forward: qp <pid>" (qmail-queue's pid) on success.
-Exits:    0 queued; 100 no address, NEWSENDER or DTLINE not set, or qmail-queue's
-          permanent failure; 111 qmail-queue's temporary failure or a
-          read error on fd 0.
+Exits:    0 queued; 100 no address, NEWSENDER or DTLINE not set, or
+          qmail-queue's permanent failure; 111 qmail-queue's temporary
+          failure or a read error on fd 0.
 See:      forward(1), qmail-command(8), dot-qmail(5), qmail-queue(8).
 
 reinject() serves condredirect too; open_queue() serves qreceipt.

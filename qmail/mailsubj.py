@@ -32,16 +32,12 @@ def header(subject: bytes, recips) -> bytes:
             b'\n')
 
 
-class PrefixReader(io.RawIOBase):
+class PrefixReader(blockread.Raw):
     """prefix, then whatever fd holds: a pipe's two ends in one file."""
 
     def __init__(self, prefix: bytes, fd: int):
-        super().__init__()
+        super().__init__(fd)
         self.prefix = memoryview(prefix)
-        self.fd = fd
-
-    def readable(self):
-        return True
 
     def readinto(self, b):
         if self.prefix:
@@ -49,9 +45,7 @@ class PrefixReader(io.RawIOBase):
             b[:n] = self.prefix[:n]
             self.prefix = self.prefix[n:]
             return n
-        data = blockread.read(self.fd, len(b))
-        b[:len(data)] = data
-        return len(data)
+        return super().readinto(b)
 
 
 def prefixed_stdin(prefix: bytes):

@@ -452,23 +452,27 @@ class Session:
 
     # -- the log: one line per transaction, at least one per session --
 
+    def log(self, what: bytes, result: bytes):
+        """A log line: the client and its helo, what happened, the result."""
+        self.logs.append(b'qmail-smtpd: pid %d from %s helo %s %s: %s\n' % (
+            self.pid, logsafe(self.peer.remoteip), logsafe(self.helo or b'-'), what,
+            result.rstrip(b'\r\n')[:200].translate(_LOGRESULT)))
+
     def note(self, result: bytes):
-        """A log line: client, helo, sender, recipients and the result."""
+        """A transaction's line: sender, recipients and the result."""
         rcpts = b' '.join(logsafe(r) for r in self.rcptto[:LOGRCPTS])
         if len(self.rcptto) > LOGRCPTS:
             rcpts += b' (+%d more)' % (len(self.rcptto) - LOGRCPTS)
-        line = b'qmail-smtpd: pid %d from %s helo %s mail <%s> rcpt %s' % (
-            self.pid, logsafe(self.peer.remoteip), logsafe(self.helo or b'-'),
+        what = b'mail <%s> rcpt %s' % (
             logsafe(self.mailfrom) if self.seenmail or self.rcptto else b'-',
             rcpts or b'-')
         if self.refused:
-            line += b' refused %d' % self.refused
+            what += b' refused %d' % self.refused
         if self.authuser:
-            line += b' auth %s' % logsafe(self.authuser)
+            what += b' auth %s' % logsafe(self.authuser)
         if self.tls:
-            line += b' tls'
-        result = result.rstrip(b'\r\n')[:200].translate(_LOGRESULT)
-        self.logs.append(line + b': ' + result + b'\n')
+            what += b' tls'
+        self.log(what, result)
         self.flaglogged = True
         self.flagtxlogged = True
 
@@ -621,9 +625,7 @@ class Session:
         if refused is not None:
             # Each refusal logged (the user tried, never the password):
             # guessing shows, and a tool such as fail2ban can act on it.
-            self.logs.append(b'qmail-smtpd: pid %d from %s helo %s auth %s refused: %s\n' % (
-                self.pid, logsafe(self.peer.remoteip), logsafe(self.helo or b'-'),
-                logsafe(refused), reply.rstrip(b'\r\n')[:200].translate(_LOGRESULT)))
+            self.log(b'auth %s refused' % logsafe(refused), reply)
         if what == CLOSE:
             self.abort_queue()
             self.close(reply)
