@@ -283,6 +283,12 @@ def worker_deliver(fields) -> int:
     return qmail_local.main(list(fields))      # bytes, as parse_args wants them
 
 
+def worker_spare():
+    """The tmp/ file a worker makes ahead for its next maildir delivery."""
+    from qmail import local_deliver
+    return local_deliver.SPARE
+
+
 PW_TTL = 1.0            # seconds a helper's answer may serve again
 PW_MAX = 4096           # answers kept at most
 PASSWD = '/etc/passwd'
@@ -345,7 +351,7 @@ class Deliveries:
         self.aliasempty = aliasempty
         self.getpw = Getpw(spawner)
         self.pw_answers = PwAnswers()
-        self.workers = spawn.Workers(spawner, worker_setup, worker_deliver)
+        self.workers = spawn.Workers(spawner, worker_setup, worker_deliver, worker_spare)
         spawner.tick = self.tick
 
     def tick(self):

@@ -365,10 +365,11 @@ class Workers:
     mid-delivery makes the delivery's wstat "killed" (a crash report).
     A worker that left a descriptor open after a delivery retires."""
 
-    def __init__(self, spawner, setup, deliver):
+    def __init__(self, spawner, setup, deliver, spare=None):
         self.spawner = spawner
         self.setup = setup
         self.deliver = deliver
+        self.spare = spare       # a function: the worker's Spare, or None
         self.idle = {}           # key -> [Worker], oldest first
         self.nidle = 0
 
@@ -420,7 +421,8 @@ class Workers:
             code = 111
             try:
                 fd, = fresh_child(title, (theirs.fileno(),))
-                code = worker_main(socket.socket(fileno=fd), self.setup, self.deliver, arg)
+                code = worker_main(socket.socket(fileno=fd), self.setup, self.deliver, arg,
+                                   self.spare() if self.spare is not None else None)
             except BaseException:
                 code = 111
             finally:
@@ -475,8 +477,22 @@ class Workers:
                 del self.idle[key]
 
 
-def worker_main(sock: socket.socket, setup, deliver, arg) -> int:
-    """In a worker child: setup(arg), then deliveries until told to go."""
+def worker_main(sock: socket.socket, setup, deliver, arg, spare=None) -> int:
+    """In a worker child: setup(arg), then deliveries until told to go.
+    spare: what the deliveries make ahead of time (local_deliver.Spare:
+    prepare() after each answer, count() of descriptors it holds,
+    release() when the worker goes), or None."""
+    try:
+        return _worker_loop(sock, setup, deliver, arg, spare)
+    finally:
+        if spare is not None:
+            try:
+                spare.release()
+            except Exception:
+                pass
+
+
+def _worker_loop(sock: socket.socket, setup, deliver, arg, spare) -> int:
     failed = setup(arg) if setup is not None else 0
     if failed:
         # The report for its first delivery, as a child would have exited.
@@ -514,10 +530,16 @@ def worker_main(sock: socket.socket, setup, deliver, arg) -> int:
         for fd in (0, 1, 2):
             os.dup2(null, fd)           # the report pipe's end of file
         os.chdir('/')
-        keep = prefork.open_fds() == baseline
+        held = spare.count() if spare is not None else 0
+        keep = prefork.open_fds() - held == baseline
         sock.sendall(ANSWER.pack(code, keep))
         if not keep:
             return 0
+        if spare is not None:
+            try:
+                spare.prepare()
+            except Exception:
+                return 0                # (the next delivery gets a new worker)
 
 
 def fresh_child(title: str, keep=()):
