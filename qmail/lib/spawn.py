@@ -480,8 +480,8 @@ class Workers:
 def worker_main(sock: socket.socket, setup, deliver, arg, spare=None) -> int:
     """In a worker child: setup(arg), then deliveries until told to go.
     spare: what the deliveries make ahead of time (local_deliver.Spare:
-    prepare() after each answer, count() of descriptors it holds,
-    release() when the worker goes), or None."""
+    prepare() after each answer, never raising; count() of descriptors
+    it holds; release() when the worker goes), or None."""
     try:
         return _worker_loop(sock, setup, deliver, arg, spare)
     finally:
@@ -506,11 +506,26 @@ def _worker_loop(sock: socket.socket, setup, deliver, arg, spare) -> int:
     os.chdir('/')
     baseline = prefork.open_fds()
     fdsize = array.array('i').itemsize
+    waiting = [False]
+    if spare is not None:
+        # Stopped while it waits (a service manager's TERM to the whole
+        # group, ^C), the worker lets its spare go first; in a delivery
+        # the signal ends it as it always did.
+        def stop(signum, frame):
+            if waiting[0]:
+                raise SystemExit(0)
+            _signal.signal(signum, _signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        for sig in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
+            _signal.signal(sig, stop)
     while True:
+        waiting[0] = True
         try:
             msg, ancdata, _, _ = sock.recvmsg(JOB_MAX, socket.CMSG_SPACE(2 * fdsize))
         except InterruptedError:
             continue
+        finally:
+            waiting[0] = False
         fds = array.array('i')
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -530,16 +545,15 @@ def _worker_loop(sock: socket.socket, setup, deliver, arg, spare) -> int:
         for fd in (0, 1, 2):
             os.dup2(null, fd)           # the report pipe's end of file
         os.chdir('/')
-        held = spare.count() if spare is not None else 0
-        keep = prefork.open_fds() - held == baseline
+        fds = prefork.open_fds()
+        if fds >= 0 and spare is not None:
+            fds -= spare.count()
+        keep = fds == baseline
         sock.sendall(ANSWER.pack(code, keep))
         if not keep:
             return 0
         if spare is not None:
-            try:
-                spare.prepare()
-            except Exception:
-                return 0                # (the next delivery gets a new worker)
+            spare.prepare()             # (never raises)
 
 
 def fresh_child(title: str, keep=()):
