@@ -746,6 +746,26 @@ class MaildirScenario(LocalScenario):
         return fails, notes
 
 
+class MaildirSpareScenario(MaildirScenario):
+    name = 'maildir-spare'
+    about = ('qmail-local in a worker that made its next tmp/ file ahead: '
+             'made, then used by the delivery, exactly once')
+
+    def run(self, box, state):
+        # As a qmail-lspawn worker after two deliveries to ./Maildir/:
+        # the spare is made (a crash point of its own), then delivered into.
+        os.chdir(box.user)
+        where = b'./Maildir/'
+        for _ in range(2):
+            local_deliver.SPARE.delivered(where, os.stat(where),
+                                          os.uname().nodename.encode()[:64])
+        local_deliver.SPARE.prepare()
+        assert local_deliver.SPARE.count() == 1
+        ok = local.main(self.argv(box)) == 0
+        assert local_deliver.SPARE.count() == 0     # the delivery took it
+        return ok
+
+
 class MboxScenario(LocalScenario):
     name = 'mbox'
     about = 'qmail-local appends to an mbox with mail in it, and to a new one'
@@ -805,4 +825,5 @@ class MboxScenario(LocalScenario):
 SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
              BounceScenario(), OverlapScenario(), DirectScenario(), DirectDeferScenario(),
              MaildirScenario(),
+             MaildirSpareScenario(),
              MboxScenario()]

@@ -132,6 +132,17 @@ def test_a_maildir_delivery_that_links_before_fsync(monkeypatch, capsys):
     assert 'half-written' in out
 
 
+def test_a_delivery_into_the_spare_that_links_before_fsync(monkeypatch, capsys):
+    """The same with the tmp/ file a worker made ahead (maildir-spare):
+    the scenario delivers into the spare, and a power cut finds it
+    empty in new/."""
+    monkeypatch.setattr(local_deliver.durable, 'fsync', lambda fd: None)
+    assert crashtest.main(['-v', 'maildir-spare']) == 1
+    out = capsys.readouterr().out
+    assert summary(out)['maildir-spare', 'powercut'][1] > 0, out
+    assert 'half-written' in out
+
+
 def test_bounce_entry_must_be_durable_before_the_d_mark(monkeypatch, capsys):
     """The bug qmail-crashtest found in qmail-send's addbounce: bounce/<id>
     fsynced but not its directory, then the recipient marked D: a power
