@@ -604,7 +604,7 @@ class Send:
                     if not chunk:
                         return
                     if limit and copied + len(chunk) > limit:
-                        qq.put(chunk[:limit - copied])
+                        qq.put(cut_copy(chunk[:limit - copied]))
                         qq.put(b'\n--- Rest of message truncated: over %d bytes '
                                b'(control/bouncemaxbytes).\n' % limit)
                         return
@@ -1556,6 +1556,14 @@ class Send:
 
 
 CONTROL_RETRY = 10      # seconds between attempts to read unreadable controls
+
+
+def cut_copy(part: bytes) -> bytes:
+    """The last piece of a bounce's copy cut at bouncemaxbytes: up to its
+    last whole line, so no header line is left half (a piece with no
+    end of line in it is cut where the limit falls)."""
+    end = part.rfind(b'\n')
+    return part[:end + 1] if end >= 0 else part
 
 
 def wait_or_term(seconds: int) -> bool:

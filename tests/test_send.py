@@ -181,3 +181,35 @@ def test_a_bug_is_logged_as_an_alert_before_the_exit(monkeypatch):
     import inspect
     from qmail import start
     assert 'send.main_logged(' in inspect.getsource(start)
+
+
+class _Collect:
+    def __init__(self):
+        self.data = b''
+
+    def put(self, data):
+        self.data += data
+
+
+@pytest.mark.parametrize('message, limit, want', [
+    # cut inside the header: back to the last whole line
+    (b'Received: from a\nSubject: long subject line\n\nbody\n', 30,
+     b'Received: from a\n'),
+    # a limit on a line's end keeps that line
+    (b'Subject: x\n\nbody\n', 11, b'Subject: x\n'),
+    # no end of line within the limit: cut where it falls
+    (b'y' * 100 + b'\n', 10, b'y' * 10),
+    # under the limit: all of it, no note
+    (b'Subject: x\n\nbody\n', 1000, None),
+])
+def test_bouncemaxbytes_cuts_the_copy_at_a_line_end(tmp_path, message, limit, want):
+    from qmail.send import Send
+    path = tmp_path / 'mess'
+    path.write_bytes(message)
+    qq = _Collect()
+    Send.copy_into(None, qq, str(path), limit)
+    if want is None:
+        assert qq.data == message
+    else:
+        assert qq.data == want + (b'\n--- Rest of message truncated: over %d bytes '
+                                  b'(control/bouncemaxbytes).\n' % limit)
