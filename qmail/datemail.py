@@ -5,7 +5,7 @@ Reads:    fd 0, the message; the clock and the local time zone.
 Does:     what qmail's datemail.sh does with "predate sendmail ...":
           sendmail (qmail.sendmail.main, in this same process) reads
           predate's Date line and then fd 0.
-Exits:    sendmail's exit code; 111 if fd 0 cannot be replaced.
+Exits:    sendmail's exit code; 111 if fd 0 cannot be replaced or read.
 See:      qmail 1.03 datemail.sh, predate.c; sendmail's docstring.
 
 qmail-inject would add a Date in GMT; mail readers that show the
@@ -24,16 +24,22 @@ import time
 
 from qmail.except_ import byteargs, errstr, internal_bug, say
 from qmail.predate import date_now
-from qmail.preline import copy_with_prefix
+from qmail.preline import InputError, copy_with_prefix
 
 FATAL = b'datemail: fatal: '
 
 
 def feeder(prefix: bytes, src: int, dst: int) -> None:
     """Thread body: prefix and src into dst, until EOF or the reader
-    goes away; owns and closes both fds."""
+    goes away; owns and closes both fds.  Where src cannot be read, the
+    whole process ends (111) before sendmail sees an end of input: it
+    would queue the message cut short (its qmail-queue, left with an
+    unfinished envelope, queues nothing)."""
     try:
         copy_with_prefix(prefix, src, dst)
+    except InputError as err:
+        say(FATAL + b'unable to read input: ' + errstr(err))
+        os._exit(111)
     except OSError:
         pass
     finally:

@@ -5,21 +5,25 @@ Reads:    fd 0, the message; the clock and the local time zone.
 Writes:   to child's fd 0 through a pipe: "Date: " with the local time
           and its numeric offset from GMT (RFC 822, four-digit year),
           then fd 0 as it is.  child keeps our fds 1 and 2.
-Exits:    child's exit code; 111 if child crashes or cannot be started;
+Exits:    child's exit code; 111 if child crashes or cannot be started,
+          or fd 0 cannot be read;
           100 usage.
 See:      qmail 1.03 predate.c; qmail-header(5).
 
-A write error (the child stopped reading) or a read error just ends the
-copy: child's exit code decides, as in predate.c.
+A write error (the child stopped reading) just ends the copy: child's
+exit code decides, as in predate.c.  Beyond predate.c, a read error
+kills child before it sees the end of its input (a sendmail would
+queue the message cut short) and exits 111.
 """
 
 import os
+import signal
 import sys
 import time
 
 from qmail.except_ import (ChildCrashed, byteargs, errstr, internal_bug,
                            say, spawn, wait_exitcode)
-from qmail.preline import copy_with_prefix
+from qmail.preline import InputError, copy_with_prefix
 
 USAGE = b'predate: usage: predate child'
 FATAL = b'predate: fatal: '
@@ -63,12 +67,26 @@ def predate(args) -> int:
         say(FATAL + b'unable to run ' + args[0] + b': ' + errstr(err))
         return 111
     os.close(pi[0])
+    cut = None
     try:
         copy_with_prefix(date_now(time.time()), 0, pi[1])
+    except InputError as err:
+        cut = err
+        try:
+            os.kill(pid, signal.SIGKILL)    # before it reads the end
+        except OSError:
+            pass
     except OSError:
         pass        # predate.c leaves substdio_copy's result unchecked
     finally:
         os.close(pi[1])
+    if cut is not None:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        say(FATAL + b'unable to read input: ' + errstr(cut))
+        return 111
     try:
         return wait_exitcode(pid)
     except ChildCrashed:

@@ -70,11 +70,19 @@ def write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+class InputError(OSError):
+    """Reading the input failed (not writing the output)."""
+
+
 def copy_with_prefix(prefix: bytes, infd: int, outfd: int) -> None:
-    """prefix, then infd to its end, into outfd.  OSError on failure."""
+    """prefix, then infd to its end, into outfd.  OSError on failure:
+    InputError where reading infd failed."""
     buf = prefix
     while True:
-        chunk = blockread.read(infd, BUFSIZE)
+        try:
+            chunk = blockread.read(infd, BUFSIZE)
+        except OSError as err:
+            raise InputError(err.errno, err.strerror) from None
         if not chunk:
             break
         buf += chunk

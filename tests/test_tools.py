@@ -861,6 +861,43 @@ def test_predate_failures(argv, want, message, stdin, capfd):
         'got %r want %r' % ((got, lines), (want, [message]))
 
 
+def test_predate_read_error_kills_the_child_before_its_end_of_input(tmp_path, capfd):
+    """A sendmail fed the message cut short would queue it: the child
+    is killed first, and predate says why (111)."""
+    done = tmp_path / 'done'
+    saved = os.dup(0)
+    fd = os.open(tmp_path, os.O_RDONLY)        # read(): EISDIR
+    os.dup2(fd, 0)
+    os.close(fd)
+    try:
+        got = predate.main(['sh', '-c', 'cat > /dev/null; echo queued > "%s"' % done])
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    assert got == 111
+    assert err_lines(capfd) == ['predate: fatal: unable to read input: Is a directory']
+    assert not done.exists()
+
+
+def test_datemail_read_error_queues_nothing(tmp_path, fakeqq):
+    """datemail's feeder ends the process before sendmail reads an end
+    of input; the fake qmail-queue gets no finished envelope."""
+    import subprocess
+    import sys
+    env = dict(os.environ, USER='joe', PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    code = ('import os, sys\n'
+            'os.dup2(os.open(%r, os.O_RDONLY), 0)   # read(): EISDIR\n'
+            'from qmail.lib import auto; auto.QMAIL = %r\n'
+            'from qmail import datemail; sys.exit(datemail.main(["a@example.com"]))'
+            % (str(tmp_path), str(tmp_path / 'home')))
+    proc = subprocess.run([sys.executable, '-c', code], stdin=subprocess.DEVNULL, env=env,
+                          capture_output=True, timeout=60, cwd=str(tmp_path))
+    assert proc.returncode == 111, proc.stderr
+    assert b'datemail: fatal: unable to read input: Is a directory' in proc.stderr
+    assert not (fakeqq.envelope or b'').endswith(b'\0\0')
+
+
 # ---------------------------------------------------------------- mailsubj, datemail
 
 @pytest.mark.parametrize('subject, recips, want', [
