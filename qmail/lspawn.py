@@ -20,6 +20,9 @@ Runs:     each delivery as the user in charge of the address (nughde),
           seconds unused, after leaving anything open, or when told.  A
           worker that dies mid-delivery is reported as a crash (Z, so
           the delivery is retried), as a crashed qmail-local would be.
+          While it waits, a worker whose last two deliveries went to one
+          maildir holds the next one's file in its tmp/, made ahead
+          (local_deliver.Spare), and removes it when it goes.
 Args:     qmail-lspawn defaultdelivery (passed to qmail-local).
 Exits:    0 when qmail-send is gone and deliveries are done; 100 usage.
 Trusts:   qmail-send for the command framing; the message file only if
