@@ -311,10 +311,29 @@ class Spare:
         """The descriptors held (for a worker's leak check)."""
         return 0 if self.held is None else 1
 
+    @staticmethod
+    def key(dirname: bytes, st, host: bytes):
+        """What a spare is made for: maildir dirname (stat st, seen from
+        the cwd) and the host name in the file's name.  OSError if the
+        cwd cannot be named."""
+        return (os.path.join(os.getcwdb(), dirname), (st.st_dev, st.st_ino), host)
+
+    @staticmethod
+    def ours(path: bytes, fd: int, ident):
+        """(lstat of path, fstat of fd) while both are still the spare's
+        inode ident, else None."""
+        try:
+            here, mine = os.lstat(path), os.fstat(fd)
+        except OSError:
+            return None
+        if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino) == ident:
+            return here, mine
+        return None
+
     def delivered(self, dirname: bytes, st, host: bytes):
         """A delivery to maildir dirname (stat st) went through."""
         try:
-            key = (os.path.join(os.getcwdb(), dirname), (st.st_dev, st.st_ino), host)
+            key = self.key(dirname, st, host)
         except OSError:
             key = None
         self.want = key if key is not None and key == self.last else None
@@ -347,23 +366,17 @@ class Spare:
         (stat st), or None; a spare that does not fit is removed."""
         if self.held is None:
             return None
-        (where, key, its_host), path, fd, ident = self.held
+        made_for, path, fd, ident = self.held
         self.held = None
+        found = self.ours(path, fd, ident)
         try:
-            here = os.lstat(path)
-            mine = os.fstat(fd)
-            ours = (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino) == ident
-        except OSError:
-            ours = False
-        try:
-            if (ours and here.st_nlink == 1 and mine.st_size == 0
-                    and key == (st.st_dev, st.st_ino) and its_host == host
-                    and os.path.join(os.getcwdb(), dirname) == where):
+            if (found is not None and found[0].st_nlink == 1 and found[1].st_size == 0
+                    and self.key(dirname, st, host) == made_for):
                 return fd, os.path.basename(path)
         except OSError:
             pass
         os.close(fd)
-        if ours:
+        if found is not None:
             _try_unlink(path)
         return None
 
@@ -373,14 +386,9 @@ class Spare:
             return
         _, path, fd, ident = self.held
         self.held = None
-        try:
-            mine = os.fstat(fd)
-            here = os.lstat(path)
-        except OSError:
-            return
-        finally:
-            os.close(fd)
-        if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino) == ident:
+        found = self.ours(path, fd, ident)
+        os.close(fd)
+        if found is not None:
             _try_unlink(path)
 
 
