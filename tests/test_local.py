@@ -292,6 +292,21 @@ def test_error_str(err, want):
 
 # ---- deliveries in a forked child ------------------------------------------
 
+def wait_child(pid: int, why: str) -> int:
+    """Child pid's wait status; killed, and the test failed with why, if
+    it takes more than WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        got, wstat = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return wstat
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(why)
+        time.sleep(0.01)
+
+
 class Home:
     """A recipient's home under tmp_path, and a way to deliver to it."""
 
@@ -343,16 +358,7 @@ class Home:
                 code = local.main(argv)
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + WAIT
-        while True:
-            got, wstat = os.waitpid(pid, os.WNOHANG)
-            if got:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                pytest.fail('qmail-local took more than %d seconds' % WAIT)
-            time.sleep(0.01)
+        wstat = wait_child(pid, 'qmail-local took more than %d seconds' % WAIT)
         assert os.WIFEXITED(wstat), 'qmail-local died: wstat %d' % wstat
         return os.WEXITSTATUS(wstat), report.read_bytes()
 

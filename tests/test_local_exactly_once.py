@@ -14,11 +14,18 @@ def home(tmp_path):
     return Home(tmp_path)
 
 
-def test_repeat_of_the_same_queue_file_is_one_file(home, tmp_path):
+def queued(home, tmp_path, body: bytes, dotqmail: bytes = b'./Maildir/\n'):
+    """A maildir, a .qmail delivering to it and a queued message holding
+    body: (the maildir, the message's path)."""
     md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
+    home.write('.qmail', dotqmail)
     mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: once\n\nbody\n')
+    mess.write_bytes(body)
+    return md, mess
+
+
+def test_repeat_of_the_same_queue_file_is_one_file(home, tmp_path):
+    md, mess = queued(home, tmp_path, b'Subject: once\n\nbody\n')
     for attempt in range(3):
         fd = os.open(mess, os.O_RDONLY)
         code, report = home.run(stdin=fd)
@@ -29,10 +36,7 @@ def test_repeat_of_the_same_queue_file_is_one_file(home, tmp_path):
 
 
 def test_repeat_after_the_reader_moved_it_to_cur(home, tmp_path):
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: read\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: read\n\nbody\n')
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     name, = os.listdir(md / 'new')
@@ -47,10 +51,7 @@ def test_another_attempts_tmp_file_is_left_alone(home, tmp_path):
     """A half-written file in tmp/ (an attempt cut short, or one under
     way: the same recipient twice in an envelope, two workers) is
     neither linked nor removed; the delivery writes its own."""
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: half\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: half\n\nbody\n')
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     name, = os.listdir(md / 'new')
@@ -66,10 +67,7 @@ def test_another_attempts_tmp_file_is_left_alone(home, tmp_path):
 
 
 def test_two_instructions_to_one_maildir_make_two_files(home, tmp_path):
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: twice\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: twice\n\nbody\n', b'./Maildir/\n./Maildir/\n')
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     assert home.run(stdin=fd)[0] == 0
@@ -78,10 +76,7 @@ def test_two_instructions_to_one_maildir_make_two_files(home, tmp_path):
 
 
 def test_a_different_message_in_the_same_inode_is_delivered(home, tmp_path):
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: first\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: first\n\nbody\n')
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     os.close(fd)
@@ -96,10 +91,7 @@ def test_a_different_message_in_the_same_inode_is_delivered(home, tmp_path):
 def test_another_message_in_the_same_inode_and_second(home, tmp_path):
     """Same inode, same mtime (a filesystem with 1-second times reusing
     an inode within a second), other bytes: another message, delivered."""
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: first\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: first\n\nbody\n')
     st = os.stat(mess)
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
@@ -141,10 +133,7 @@ def test_a_repeat_syncs_new_before_it_counts(home, tmp_path):
     """An attempt killed between its link into new/ and the fsync of
     new/ leaves a name that a power cut can take away: the retry that
     finds it syncs the directory before reporting the delivery done."""
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: synced\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: synced\n\nbody\n')
     fd = os.open(mess, os.O_RDONLY)
     assert home.run(stdin=fd)[0] == 0
     synced = tmp_path / 'synced'
@@ -158,10 +147,7 @@ def test_a_failed_sync_of_new_leaves_the_file_for_the_retry(home, tmp_path):
     """The fsync of new/ failing: not delivered (111), but the file, whole,
     stays; taken back, it could vanish under an attempt that had just
     counted it delivered.  The retry finds it, syncs, and is done."""
-    md = home.maildir()
-    home.write('.qmail', b'./Maildir/\n')
-    mess = tmp_path / 'queued'
-    mess.write_bytes(b'Subject: eio\n\nbody\n')
+    md, mess = queued(home, tmp_path, b'Subject: eio\n\nbody\n')
 
     def failing():
         from qmail.lib import durable

@@ -16,7 +16,7 @@ import pytest
 from qmail import local
 from qmail import local_deliver as ld
 from qmail.lib import auto, prefork, spawn
-from test_local import HOST, SENDER, USER, Home
+from test_local import HOST, SENDER, USER, Home, wait_child
 
 WAIT = 10
 
@@ -154,7 +154,8 @@ def start_worker(home, no_proc=False):
     return pid, ours
 
 
-def deliver(sock, home, body: bytes):
+def send_job(sock, home, body: bytes):
+    """A delivery of body to the worker, as qmail-lspawn sends one."""
     mess = home.tmp / 'mess'
     mess.write_bytes(body)
     fdm = os.open(mess, os.O_RDONLY)
@@ -164,6 +165,11 @@ def deliver(sock, home, body: bytes):
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fdm, fdr]))])
     os.close(fdm)
     os.close(fdr)
+
+
+def deliver(sock, home, body: bytes):
+    """send_job(), then the worker's answer: (code, keep)."""
+    send_job(sock, home, body)
     assert select.select([sock], [], [], WAIT)[0], 'no answer from the worker'
     return spawn.ANSWER.unpack(sock.recv(spawn.ANSWER.size))
 
@@ -185,18 +191,10 @@ def wait_until(what, check):
 
 
 def reap(pid):
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return                          # reaped already
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail('the worker did not go')
-        time.sleep(0.01)
+    try:
+        wait_child(pid, 'the worker did not go')
+    except ChildProcessError:
+        pass                                # reaped already
 
 
 @pytest.mark.parametrize('end', ['told to go', 'TERM while it waits'])
@@ -237,25 +235,10 @@ def test_a_worker_stopped_in_a_delivery_dies_of_the_signal(home):
     home.write('.qmail', b'|sleep 5\n')
     pid, sock = start_worker(home)
     try:
-        fdm = os.open(home.write('mess', b'Subject: x\n\nbody\n'), os.O_RDONLY)
-        fdr = os.open(home.tmp / 'report', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        fields = [USER, os.fsencode(home.path), USER, b'', b'', HOST, SENDER, b'./Mailbox']
-        sock.sendmsg([b'\0'.join(fields)],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fdm, fdr]))])
-        os.close(fdm)
-        os.close(fdr)
+        send_job(sock, home, b'Subject: x\n\nbody\n')
         time.sleep(0.5)                     # in the delivery, waiting for sleep
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + WAIT
-        while True:
-            got, wstat = os.waitpid(pid, os.WNOHANG)
-            if got:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail('the worker did not die')
-            time.sleep(0.01)
+        wstat = wait_child(pid, 'the worker did not die')
         assert os.WIFSIGNALED(wstat) and os.WTERMSIG(wstat) == signal.SIGTERM
     finally:
         sock.close()
