@@ -7,8 +7,9 @@ Runs as:  root (so that checkpassword may become the user), under
 Reads:    fd 0, POP3 commands of the AUTHORIZATION state: USER, PASS,
           APOP, QUIT, NOOP (qmail-popup's), CAPA, STLS, AUTH PLAIN (see
           below).  In the qmail home (auto.QMAIL, never the environment):
-          control/servercert.pem, timeoutpop3, lifetimepop3, maxauthpop3,
-          authdelaypop3.  TCPREMOTEIP, for the log.
+          control/servercert.pem, pop3authplaintext, timeoutpop3,
+          lifetimepop3, maxauthpop3, authdelaypop3.  TCPREMOTEIP, for
+          the log, and with TCPLOCALIP to know a client on this host.
 Writes:   fd 1, replies; the greeting "+OK <pid.time@hostname>", whose
           timestamp is APOP's (RFC 1939 7).  fd 2, one line per failed
           login: the user (made printable), TCPREMOTEIP and why; never
@@ -54,6 +55,17 @@ Differences from qmail-popup, each for a reason:
     temporary authorization failure"; a subprogram that cannot be
     started counts the same.
   * CAPA (RFC 2449): TOP, UIDL, USER, SASL PLAIN, and STLS when offered.
+  * Where STLS is offered, a password is not taken in the clear: before
+    the handshake, USER and AUTH PLAIN get "-ERR login in the clear
+    refused: STLS first" (a refused command, not a failed login), and
+    CAPA lists neither USER nor SASL PLAIN; APOP, whose digest is no
+    password, is taken.  control/pop3authplaintext lets the clear in
+    again (RFC 2595 lets a server refuse it; qmail-smtpd's AUTH does so
+    unless control/smtpauthplaintext exists).  A client on this host
+    (TCPREMOTEIP a loopback address, or TCPLOCALIP itself) crosses no
+    network, so it may: a webmail on the host, a TLS front end such as
+    stunnel on port 995.  Without a certificate, or on pipes, nothing
+    changes: POP3 in the clear is qmail-popup's.
   * STLS (RFC 2595) when control/servercert.pem exists and fds 0 and 1
     are one socket: "+OK begin TLS negotiation", then the handshake
     (TLS 1.2 at least, qmail-smtpd's server context) within 60 seconds;
@@ -153,23 +165,27 @@ R_AUTHTYPE = b'-ERR unrecognized authentication type\r\n'
 R_AUTHINPUT = b'-ERR malformed auth input\r\n'
 R_AUTHCANCEL = b'-ERR auth exchange cancelled\r\n'
 R_AUTHLIST = b'+OK\r\nPLAIN\r\n.\r\n'
+R_AUTHNONE = b'+OK\r\n.\r\n'
+R_CLEAR = b'-ERR login in the clear refused: STLS first\r\n'
 PROMPT = b'+ \r\n'
 
 
 # -- values -----------------------------------------------------------------
 
 class Config:
-    """flagtls: STLS may be offered (a certificate, on a socket)."""
+    """flagtls: STLS may be offered (a certificate, on a socket);
+    flagauthplain: a password may come in the clear even so."""
 
     def __init__(self, timeout=DEFAULT_TIMEOUT, lifetime=DEFAULT_LIFETIME,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
-                 maxerrors=MAXERRORS, flagtls=False):
+                 maxerrors=MAXERRORS, flagtls=False, flagauthplain=False):
         self.timeout = timeout
         self.lifetime = lifetime
         self.maxauth = maxauth
         self.authdelay = authdelay
         self.maxerrors = maxerrors
         self.flagtls = flagtls
+        self.flagauthplain = flagauthplain
 
 
 class Login:
@@ -389,12 +405,20 @@ class Session:
     def pop3_quit(self, arg):
         self.close(R_OK, exitcode=0)
 
+    def clear_refused(self) -> bool:
+        """Would a password sent now cross the network in the clear,
+        where TLS is offered and the admin wants it used?"""
+        return (self.config.flagtls and not self.flagtls
+                and not self.config.flagauthplain)
+
     def pop3_user(self, arg):
-        if not arg:
+        if self.clear_refused():
+            self.bad(R_CLEAR)
+        elif not arg:
             self.bad(R_SYNTAX)
-            return
-        self.user = arg
-        self.out(R_OK)
+        else:
+            self.user = arg
+            self.out(R_OK)
 
     def pop3_pass(self, arg):
         if self.user is None:
@@ -412,8 +436,9 @@ class Session:
             self.login = Login(user, digest, 'apop')
 
     def pop3_capa(self, arg):
-        lines = [b'+OK capability list follows', b'TOP', b'UIDL', b'USER',
-                 b'SASL PLAIN']
+        lines = [b'+OK capability list follows', b'TOP', b'UIDL']
+        if not self.clear_refused():
+            lines += [b'USER', b'SASL PLAIN']
         if self.config.flagtls and not self.flagtls:
             lines.append(b'STLS')
         lines.append(b'.')
@@ -430,11 +455,13 @@ class Session:
     def pop3_auth(self, arg):
         words = arg.split()
         if not words:
-            self.out(R_AUTHLIST)
+            self.out(R_AUTHNONE if self.clear_refused() else R_AUTHLIST)
         elif words[0].upper() != b'PLAIN':
             self.bad(R_AUTHTYPE)
         elif len(words) > 2:
             self.bad(R_SYNTAX)
+        elif self.clear_refused():
+            self.bad(R_CLEAR)       # an initial response is not looked at
         elif len(words) == 2:
             self.auth_response(words[1])
         else:
@@ -608,7 +635,8 @@ def load_config(ctl: control.Controls) -> Config:
                   lifetime=ctl.int('lifetimepop3', DEFAULT_LIFETIME),
                   maxauth=ctl.int('maxauthpop3', DEFAULT_MAXAUTH),
                   authdelay=ctl.int('authdelaypop3', DEFAULT_AUTHDELAY),
-                  flagtls=ctl.exists('servercert.pem'))
+                  flagtls=ctl.exists('servercert.pem'),
+                  flagauthplain=ctl.exists('pop3authplaintext'))
 
 
 def write_logs(session: Session):
@@ -687,6 +715,8 @@ def main(argv=None, home=None) -> int:
             return 1
         config.flagtls = (config.flagtls and conn.sockin is not None
                           and is_socket(1) and same_file(0, 1))
+        config.flagauthplain = config.flagauthplain or this_host(
+            os.environb.get(b'TCPREMOTEIP', b''), os.environb.get(b'TCPLOCALIP', b''))
         session = Session(config, args[0], os.getpid(), time.time(),
                           os.environb.get(b'TCPREMOTEIP', b'unknown'), _sessions[0])
         _sessions[0] += 1
@@ -706,6 +736,15 @@ def main(argv=None, home=None) -> int:
         if session is None or not session.flagtls:
             say(conn, R_INTERNAL)
         return 1
+
+
+def this_host(remoteip: bytes, localip: bytes) -> bool:
+    """Is the client on this host: what it sends crosses no network?"""
+    if remoteip.startswith(b'::ffff:'):
+        remoteip = remoteip[7:]
+    if remoteip.startswith(b'127.') or remoteip == b'::1':
+        return True
+    return bool(remoteip) and remoteip == localip and remoteip != b'unknown'
 
 
 def same_file(a: int, b: int) -> bool:

@@ -695,7 +695,7 @@ def test_popup_cuts_a_direct_session_at_lifetime(monkeypatch, capfd):
 
 
 def test_popup_stls_forgets_and_drops_pipelined_input():
-    s = session(flagtls=True)
+    s = session(flagtls=True, flagauthplain=True)
     check(feed(s, b'CAPA\r\n'), b'+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\n'
           b'SASL PLAIN\r\nSTLS\r\n.\r\n')
     check(feed(s, b'STLS x\r\n'), b'-ERR syntax error\r\n')
@@ -706,6 +706,67 @@ def test_popup_stls_forgets_and_drops_pipelined_input():
     check(feed(s, b'PASS x\r\n'), b'-ERR USER first\r\n')
     check(feed(s, b'STLS\r\n'), b'-ERR TLS already active\r\n')
     assert b'STLS' not in feed(s, b'CAPA\r\n')
+
+
+CAPA_CLEAR = (b'+OK capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\n.\r\n')
+
+
+def test_popup_takes_no_password_in_the_clear_where_stls_is_offered():
+    """USER and AUTH PLAIN wait for STLS (refused commands, not failed
+    logins); CAPA and AUTH say so; APOP, no password, is taken."""
+    s = session(flagtls=True)
+    check(feed(s, b'CAPA\r\n'), CAPA_CLEAR)
+    check(feed(s, b'USER alice\r\nPASS s3cret\r\n'),
+          b'-ERR login in the clear refused: STLS first\r\n-ERR USER first\r\n')
+    check(feed(s, b'AUTH\r\n'), b'+OK\r\n.\r\n')
+    check(feed(s, b'AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN\r\n'),
+          b'-ERR login in the clear refused: STLS first\r\n' * 2)
+    check((s.login, s.flagsasl, s.failures, s.errors), (None, False, 0, 4))
+    check(s.logs, [])
+    check(feed(s, b'AUTH X\r\n'), b'-ERR unrecognized authentication type\r\n')
+    feed(s, b'APOP alice 0123456789abcdef\r\n')
+    check((s.login.user, s.login.how), (b'alice', 'apop'))
+
+
+def test_popup_takes_passwords_under_tls():
+    s = session(flagtls=True)
+    feed(s, b'STLS\r\n')
+    s.tls_started()
+    check(feed(s, b'CAPA\r\n'), b'+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\n'
+          b'SASL PLAIN\r\n.\r\n')
+    check(feed(s, b'AUTH\r\n'), b'+OK\r\nPLAIN\r\n.\r\n')
+    check(feed(s, b'USER alice\r\nPASS s3cret\r\n'), b'+OK \r\n')
+    check((s.login.user, bytes(s.login.secret)), (b'alice', b's3cret'))
+
+
+@pytest.mark.parametrize('config', [dict(flagtls=False), dict(flagtls=True, flagauthplain=True)])
+def test_popup_takes_passwords_in_the_clear_without_stls_or_by_the_admins_word(config):
+    s = session(**config)
+    assert b'\r\nUSER\r\nSASL PLAIN\r\n' in feed(s, b'CAPA\r\n')
+    check(feed(s, b'USER alice\r\nPASS s3cret\r\n'), b'+OK \r\n')
+    assert s.login is not None
+    s = session(**config)
+    feed(s, b'AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n')
+    check((s.login.user, bytes(s.login.secret)), (b'alice', b's3cret'))
+
+
+@pytest.mark.parametrize('remote,local,want', [
+    (b'127.0.0.1', b'127.0.0.1', True), (b'127.5.6.7', b'192.0.2.2', True),
+    (b'::1', b'::1', True), (b'::ffff:127.0.0.1', b'::ffff:127.0.0.1', True),
+    (b'192.0.2.2', b'192.0.2.2', True), (b'192.0.2.9', b'192.0.2.2', False),
+    (b'2001:db8::9', b'2001:db8::2', False), (b'', b'', False),
+    (b'unknown', b'unknown', False), (b'128.0.0.1', b'192.0.2.2', False),
+])
+def test_popup_this_host(remote, local, want):
+    check(popup.this_host(remote, local), want)
+
+
+def test_popup_pop3authplaintext(tmp_path):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    check(popup.load_config(control.Controls(str(ctl))).flagauthplain, False)
+    (ctl / 'pop3authplaintext').write_bytes(b'')
+    check(popup.load_config(control.Controls(str(ctl))).flagauthplain, True)
 
 
 def test_popup_stls_refused():

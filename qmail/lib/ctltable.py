@@ -79,6 +79,8 @@ CONTROLS = (
     ('rcptcheck', 'flag', 'Unknown local recipients are accepted and bounced later (qmail 1.03).',
      False, 'Unknown local recipients are refused at RCPT time (users/rcpt.cdb, qmail-newrcpt).',
      '', 'qmail-smtpd, qmail-qmtpd'),
+    ('pop3authplaintext', 'flag', 'POP3 passwords only after STLS, where it is offered.', False,
+     'POP3 passwords are taken without TLS too.', '', 'qmail-popup'),
     ('pop3checker', 'str', '(none: no POP3 service)', False,
      'POP3 logins are checked by ', '', 'the qmail-pop3d run script'),
     ('qmqpservers', 'lst', 'No QMQP servers.', False,

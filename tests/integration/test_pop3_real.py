@@ -370,6 +370,52 @@ def test_stls(site, kind):
     assert names(site['maildir']) == {'new': [], 'cur': []}
 
 
+def test_a_password_waits_for_stls_where_the_network_could_read_it(site):
+    """Over tcpserver, a client elsewhere (tcprules gives its connections
+    another TCPREMOTEIP) is refused USER until STLS, then logs in; with
+    control/pop3authplaintext it may log in in the clear.  Clients on
+    this host (every other test here) may at once."""
+    home = site['home']
+    rules = os.path.join(str(site['tmp'].mktemp('rules')), 'tcp.pop3')
+    with open(rules, 'w') as f:
+        f.write('127.0.0.1:allow,TCPREMOTEIP="192.0.2.9"\n')
+    subprocess.run(['tcprules', rules + '.cdb', rules + '.tmp'], stdin=open(rules),
+                   check=True, timeout=TIMEOUT)
+    server = Server(home, 'elsewhere', ['tcpserver', '-H', '-R', '-l', DOMAIN,
+                                        '-x', rules + '.cdb'],
+                    popup_argv(home, 'checkpassword'))
+    plaintext = os.path.join(home, 'control', 'pop3authplaintext')
+    try:
+        empty(site['maildir'])
+        deliver(site, USER + '@' + DOMAIN, 'after stls')
+        p = poplib.POP3('127.0.0.1', server.port, timeout=TIMEOUT)
+        capa = p.capa()
+        assert 'STLS' in capa and 'USER' not in capa and 'SASL' not in capa, capa
+        with pytest.raises(poplib.error_proto) as e:
+            p.user(USER)
+        assert e.value.args[0] == b'-ERR login in the clear refused: STLS first'
+        check_ok(p.stls(stls_context()))
+        assert 'USER' in p.capa()
+        p.user(USER)
+        check_ok(p.pass_(PASSWORD))
+        _, lines, _ = p.retr(1)
+        assert subject_of(lines) == 'after stls'
+        check_ok(p.quit())
+
+        open(plaintext, 'w').close()
+        p = poplib.POP3('127.0.0.1', server.port, timeout=TIMEOUT)
+        p.user(USER)
+        check_ok(p.pass_(PASSWORD))
+        assert p.stat()[0] == 1
+        check_ok(p.quit())
+        log = server.log()
+        assert b'192.0.2.9' not in log and PASSWORD.encode() not in log, log
+    finally:
+        server.stop()
+        if os.path.exists(plaintext):
+            os.unlink(plaintext)
+
+
 def test_delivery_racing_a_session(site):
     """A message delivered while a session is open is neither shown in
     it nor lost: the next session has it."""
