@@ -309,7 +309,9 @@ class Injection:
         self.flagrh = recipstrategy != RECIP_ARGS
         self.sender = sender
         self.seen = set()
-        self.savedh = []
+        # The fields passed on, as one buffer: a header of a million
+        # small fields costs its own size, not an object per field.
+        self.savedh = bytearray()
         self.hrlist = []        # To Cc Bcc Apparently-To
         self.tocclist = []      # To Cc, for Mail-Followup-To
         self.hrrlist = []       # Resent-To Resent-Cc Resent-Bcc
@@ -364,7 +366,7 @@ class Injection:
 
         if htype in DELETED_FIELDS:
             return
-        self.savedh.append(h)
+        self.savedh += h
 
     def finishheader(self, now: int, pid: int, flagqueue=True) -> bytes:
         """The header as it leaves qmail-inject; settles the sender."""
@@ -396,7 +398,7 @@ class Injection:
             if b'to' not in seen and b'cc' not in seen:
                 out.append(b'Cc: recipient list not shown: ;\n')
             out.append(self.followup())
-        out.extend(self.savedh)
+        out.append(self.savedh)
         return b''.join(out)
 
     def followup(self) -> bytes:
@@ -440,30 +442,40 @@ def read_header(readline):
     A "From " line becomes an MBOX-Line field.  A last line without a
     newline gets one.
     """
-    fields = []
+    end = []
+    fields = list(header_fields(readline, end))
+    return fields, end[0]
+
+
+def header_fields(readline, end: list):
+    """read_header() one field at a time, as they are read; once the
+    header is over, end gets what starts the body (read_header's body)."""
     current = None
     while True:
         line = readline()
         if not line:
             if current is not None:
-                fields.append(b''.join(current))
-            return fields, None
+                yield b''.join(current)
+            end.append(None)
+            return
         if not line.endswith(b'\n'):
             line += b'\n'
         if current is not None:
             if line[0] in (0x20, 0x09):
                 current.append(line)
                 continue
-            fields.append(b''.join(current))
+            yield b''.join(current)
             current = None
         if line == b'\n':
-            return fields, b'\n'
+            end.append(b'\n')
+            return
         if line.startswith(b'From '):
             current = [b'MBOX-Line: ', line]
         elif hfield_valid(line):
             current = [line]
         else:
-            return fields, b'\n' + line
+            end.append(b'\n' + line)
+            return
 
 
 # ---------------------------------------------------------------- options
@@ -651,14 +663,15 @@ def inject(argv, stdin=None, stdout=None) -> int:
 
     inj = Injection(settings, recipstrategy, opts.rest(), sender)
 
+    end = []
     try:
         if stdin is None:
             stdin = blockread.reader(0, BUFSIZE)
-        fields, body = read_header(stdin.readline)
+        for h in header_fields(stdin.readline, end):
+            inj.doheaderfield(h)
     except OSError:
         raise Fatal(111, b'read error') from None
-    for h in fields:
-        inj.doheaderfield(h)
+    body = end[0]
     header = inj.finishheader(starttime, pid, flagqueue)
 
     if not flagqueue:
