@@ -41,8 +41,9 @@ password keeps its inner and trailing spaces.
 
 Differences from qmail-popup, each for a reason:
   * A failed login does not end the connection: "-ERR authorization
-    failed" comes after authdelaypop3 seconds (nothing else the client
-    sent is read meanwhile), and the client may try again, up to
+    failed" comes authdelaypop3 seconds after the checker started, its
+    own time included, so that the reply's time tells nothing of the
+    user (nothing else the client sent is read meanwhile), and the client may try again, up to
     maxauthpop3 failures; the last one's reply is followed by the end of
     the connection.  The subprogram's exit code tells: 0, the session
     took place; non-zero (checkpassword's 1 no, 2 misuse, 111 trouble,
@@ -660,11 +661,16 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
             if not data:
                 session.eof()
                 break
-            replies = session.feed(data, time.time())
+            since = time.time()
+            replies = session.feed(data, since)
             while True:
                 if session.pause:
-                    time.sleep(max(0, min(session.pause, read_wait(
-                        timeout, session.deadline, time.time()))))
+                    # From the login's start: the checker's own time is
+                    # inside the pause, so how long a refusal takes does
+                    # not tell one user's password hash from another's.
+                    now = time.time()
+                    time.sleep(max(0, min(since + session.pause - now, read_wait(
+                        timeout, session.deadline, now))))
                 if replies:
                     conn.write(replies, timeout)
                 if session.flagstarttls:
@@ -674,6 +680,7 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
                         return 1
                     flagdirect = not isinstance(conn, TlsConn)
                 if session.login is not None:
+                    since = time.time()
                     wstat, spoke = run_login(session, conn, argv, flagdirect)
                     what = verdict(wstat)
                     if what is None or spoke:
@@ -685,7 +692,8 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
                 write_logs(session)
                 if not session.held or session.flagclosed:
                     break
-                replies = session.feed(b'', time.time())
+                since = time.time()
+                replies = session.feed(b'', since)
     except Gone:
         return 1
     if isinstance(conn, TlsConn):

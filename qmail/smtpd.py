@@ -95,7 +95,10 @@ Limits (control file, default; 0 in the file means no limit):
                         "421 too many authentication failures (#4.7.0)"
                         and the connection is dropped.
   authdelaysmtpd  2     seconds before a 535 reply, and before anything
-                        the client sent after the failed AUTH is read.
+                        the client sent after the failed AUTH is read,
+                        counted from the AUTH's last line: the check
+                        takes part of them, so the reply's time does
+                        not tell which user or hash was tried.
   MAXCMDLINE      1000  bytes in a command line with its CR LF (fixed).
   MAXAUTHLINE     12288 bytes in a SASL response line (RFC 4954 4; fixed).
 
@@ -1005,12 +1008,18 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
             if not data:
                 session.eof()
                 break
-            replies = session.feed(data, time.time())
+            fed = time.time()
+            replies = session.feed(data, fed)
             write_logs(session)
             while True:
                 if session.pause:
-                    time.sleep(max(0, min(session.pause,
-                                          read_wait(session, time.time()))))
+                    # From the input, not from the reply: the check's own
+                    # time is inside the pause, so how long a 535 takes
+                    # does not tell one user's password hash from
+                    # another's, nor from an unknown user's.
+                    now = time.time()
+                    time.sleep(max(0, min(fed + session.pause - now,
+                                          read_wait(session, now))))
                 if replies:
                     channel.write(replies, timeout)
                 if session.flagstarttls:
@@ -1022,7 +1031,8 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                         return 1
                 if not session.held or session.flagclosed:
                     break
-                replies = session.feed(b'', time.time())
+                fed = time.time()
+                replies = session.feed(b'', fed)
     except Gone:
         session.abort()
         return 1

@@ -18,8 +18,8 @@ Policy:
     requested authentication mechanism (#5.7.11)".
   * "235 ok, go ahead (#2.0.0)": the Session then relays for the client
     as with RELAYCLIENT='' and names the user in the Received line.
-  * "535 authentication failed (#5.7.8)", sent after authdelaysmtpd
-    seconds (PAUSE); "454 temporary authentication failure (#4.7.0)"
+  * "535 authentication failed (#5.7.8)", sent authdelaysmtpd seconds
+    after the credentials came, the check's time included (PAUSE); "454 temporary authentication failure (#4.7.0)"
     when checkpassword exits 111, dies, cannot start or takes
     CHECKTIMEOUT seconds.
   * Refused commands (they count towards maxerrorssmtpd): "504 auth type

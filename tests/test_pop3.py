@@ -1053,6 +1053,26 @@ def test_program_on_pipes_relays(home):
           (0, b'qmail-popup: login failed: user bob from unknown by pass: checker exit 1\n'))
 
 
+def test_program_refusal_delay_includes_the_check(home, tmp_path):
+    """authdelaypop3 counts from the checker's start: 1.5 s of checking
+    in a 2 s delay gives the -ERR after 2 s, not 3.5."""
+    home.control('authdelaypop3', b'2\n')
+    slow = tmp_path / 'slowcheck'
+    slow.write_text('#!/bin/sh\nsleep 1.5\nexit 1\n')
+    slow.chmod(0o755)
+    server = Server(home, argv=['pop.example.org', str(slow), 'true'])
+    pop = connect(server)
+    pop.user('alice')
+    start = time.monotonic()
+    with pytest.raises(poplib.error_proto) as e:
+        pop.pass_('wrong')
+    took = time.monotonic() - start
+    check(e.value.args[0], b'-ERR authorization failed')
+    assert 1.9 <= took < 3.0, took
+    pop.quit()
+    server.wait()
+
+
 def client_context():
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

@@ -959,6 +959,27 @@ def test_program_bad_password(home):
     check(server.wait(), 0)
 
 
+def test_program_bad_password_delay_includes_the_check(home, tmp_path):
+    """authdelaysmtpd counts from the credentials: a checker that takes
+    1.5 s of a 2 s delay makes the 535 come after 2 s, not 3.5, so the
+    time does not tell which user (or hash method) was tried."""
+    home.control('authdelaysmtpd', b'2\n')
+    slow = tmp_path / 'slowcheck'
+    slow.write_text('#!/bin/sh\nsleep 1.5\nexit 1\n')
+    slow.chmod(0o755)
+    server = Server(home, argv=['mx.example.org', str(slow), '/bin/true'])
+    with connect(server) as smtp:
+        smtp.starttls(context=client_context(home.cafile))
+        smtp.ehlo('client.example')
+        start = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            login(smtp, 'PLAIN', password='wrong')
+        took = time.monotonic() - start
+        assert 1.9 <= took < 3.0, took
+        smtp.quit()
+    check(server.wait(), 0)
+
+
 def test_program_cram_md5(home, tmp_path):
     home.control('smtpauthcram')
     checker = tmp_path / 'cramcheck'
