@@ -9,7 +9,12 @@
  * environment.  The caller passes nothing but fds 0 and 1 and its real
  * uid, which qmail-queue records.  Every other descriptor is closed, so
  * a file qmail-queue opens can never take the number of one the caller
- * expects to be its stderr.  qmail-install substitutes the two paths.
+ * expects to be its stderr.  The interpreter's argv[0] is its own
+ * absolute path, and the cwd is /: CPython finds its prefix from
+ * argv[0], and from a name with no directory it looks in the cwd for
+ * pyvenv.cfg (and python3X._pth), which would give the caller's files
+ * the stdlib's place (its encodings package runs at every start).
+ * qmail-install substitutes the two paths.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -21,7 +26,7 @@
 
 int main(void)
 {
-  static char *const args[] = { "qmail-queue", "-I", "-S", "-B", SCRIPT, 0 };
+  static char *const args[] = { PYTHON, "-I", "-S", "-B", SCRIPT, 0 };
   static char *const env[] = { 0 };
   struct stat st;
   int fd;
@@ -38,6 +43,7 @@ int main(void)
   }
   if (close_range(3, ~0U, 0) == -1)
     for (fd = 3; fd < 65536; ++fd) close(fd);
+  if (chdir("/") == -1) _exit(81);
   execve(PYTHON, args, env);
   _exit(81);
 }

@@ -5,8 +5,10 @@ import pwd
 import random
 import re
 import resource
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -192,6 +194,46 @@ def test_environment_cannot_redirect(home, test_user, tmp_path):
     assert r.returncode == 0, r
     assert len(new_files(home, before)) == 3
     assert not os.path.exists(marker), 'caller-supplied code ran'
+
+
+def fake_stdlib(marker):
+    """A directory that, as a caller's cwd, would give CPython's start
+    a stdlib of the caller's (pyvenv.cfg naming a home beside it, whose
+    lib/python3.X holds the os.py landmark and an encodings package):
+    each file creates marker when run."""
+    evil = tempfile.mkdtemp(prefix='evil.', dir='/tmp')
+    lib = os.path.join(evil, 'lib', 'python%d.%d' % sys.version_info[:2])
+    os.makedirs(os.path.join(lib, 'encodings'))
+    os.makedirs(os.path.join(evil, 'fakehome'))
+    payload = 'import posix\nposix.open(%r, posix.O_CREAT | posix.O_WRONLY, 0o666)\n' % marker
+    for rel in ('os.py', 'encodings/__init__.py'):
+        with open(os.path.join(lib, rel), 'w') as f:
+            f.write(payload)
+    with open(os.path.join(evil, 'pyvenv.cfg'), 'w') as f:
+        f.write('home = %s\n' % os.path.join(evil, 'fakehome'))
+    for d, dirs, files in os.walk(evil):
+        os.chmod(d, 0o755)
+        for name in files:
+            os.chmod(os.path.join(d, name), 0o644)
+    return evil
+
+
+def test_callers_directory_cannot_supply_the_stdlib(home, test_user):
+    """The launcher gives the interpreter its own path as argv[0] and /
+    as its cwd: from a bare name CPython looked for pyvenv.cfg in the
+    cwd, and the caller's code ran as qmailq."""
+    marker = tempfile.mktemp(prefix='ran.', dir='/tmp')
+    evil = fake_stdlib(marker)
+    try:
+        before = queue_files(home, *DIRS)
+        r = qq(home, test_user, b'x\n', b'Fa@b\0Tc@d\0\0', preexec=lambda: os.chdir(evil))
+        assert not os.path.exists(marker), 'the caller\'s code ran as qmailq'
+        assert r.returncode == 0, r
+        assert len(new_files(home, before)) == 3
+    finally:
+        shutil.rmtree(evil, ignore_errors=True)
+        if os.path.exists(marker):
+            os.unlink(marker)
 
 
 def test_kill_at_random_points_leaves_no_partial_todo(fresh_home, test_user):
