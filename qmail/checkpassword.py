@@ -167,6 +167,12 @@ def dummy_setting(lib) -> bytes:
 SHADOW = '/etc/shadow'
 
 
+def shadow_readable():
+    """Trouble if /etc/shadow is there and this process may not read it."""
+    if os.path.exists(SHADOW) and not os.access(SHADOW, os.R_OK, effective_ids=True):
+        raise Trouble('unable to read shadow: %s' % os.strerror(errno.EACCES))
+
+
 def getspnam(name: bytes):
     """(hash, expire day, last change day, maximum age; -1 where none),
     None for no shadow entry; Trouble when the shadow database cannot be
@@ -174,8 +180,7 @@ def getspnam(name: bytes):
     /etc/shadow is Trouble before NSS is asked: NSS goes on to its next
     source (systemd's says "no entry", or makes one up for root) and the
     errno is lost, so every login failed as a wrong password."""
-    if os.path.exists(SHADOW) and not os.access(SHADOW, os.R_OK, effective_ids=True):
-        raise Trouble('unable to read shadow: %s' % os.strerror(errno.EACCES))
+    shadow_readable()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.getspnam.restype = ctypes.POINTER(Spwd)
     libc.getspnam.argtypes = [ctypes.c_char_p]
@@ -226,7 +231,10 @@ def verify(lib, password: bytes, stored: bytes) -> bool:
 
 def check(user: bytes, password: bytes, lib, now: float):
     """The passwd entry if user may log in with password, else None;
-    Trouble for temporary trouble."""
+    Trouble for temporary trouble.  An unreadable shadow is Trouble for
+    every user, unknown ones too: were it found out only for users that
+    exist, its 111 would tell a network client which names do."""
+    shadow_readable()
     try:
         pw = pwd.getpwnam(os.fsdecode(user)) if user and b'/' not in user else None
     except KeyError:

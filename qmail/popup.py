@@ -59,8 +59,9 @@ Differences from qmail-popup, each for a reason:
   * Where STLS is offered, a password is not taken in the clear: before
     the handshake, USER and AUTH PLAIN get "-ERR login in the clear
     refused: STLS first" (a refused command, not a failed login), and
-    CAPA lists neither USER nor SASL PLAIN; APOP, whose digest is no
-    password, is taken.  control/pop3authplaintext lets the clear in
+    CAPA lists neither USER nor SASL PLAIN; so does APOP, since the
+    shipped checkers, which keep hashes, take its "digest" for the
+    password itself.  control/pop3authplaintext lets the clear in
     again (RFC 2595 lets a server refuse it; qmail-smtpd's AUTH does so
     unless control/smtpauthplaintext exists).  A client on this host
     (TCPREMOTEIP a loopback address, or TCPLOCALIP itself) crosses no
@@ -431,7 +432,11 @@ class Session:
 
     def pop3_apop(self, arg):
         user, space, digest = arg.partition(b' ')
-        if not space or not user or not digest:
+        if self.clear_refused():
+            # The shipped checkers store hashes, so they read the
+            # "digest" as the password itself: in the clear as PASS.
+            self.bad(R_CLEAR)
+        elif not space or not user or not digest:
             self.bad(R_SYNTAX)
         else:
             self.login = Login(user, digest, 'apop')

@@ -19,9 +19,12 @@ Policy:
   * "235 ok, go ahead (#2.0.0)": the Session then relays for the client
     as with RELAYCLIENT='' and names the user in the Received line.
   * "535 authentication failed (#5.7.8)", sent authdelaysmtpd seconds
-    after the credentials came, the check's time included (PAUSE); "454 temporary authentication failure (#4.7.0)"
-    when checkpassword exits 111, dies, cannot start or takes
-    CHECKTIMEOUT seconds.
+    after the credentials came, the check's time included (PAUSE);
+    "454 temporary authentication failure (#4.7.0)", after the same
+    delay, when checkpassword exits 111, dies, cannot start or takes
+    CHECKTIMEOUT seconds (at once, it would tell a right password
+    whose user could not be set up, or a user the checker looked up
+    before it found it could not read the passwords, from the rest).
   * Refused commands (they count towards maxerrorssmtpd): "504 auth type
     unimplemented (#5.5.4)", "503 you're already authenticated
     (#5.5.1)", "503 no auth during mail transaction (#5.5.1)", the 538
@@ -289,8 +292,10 @@ class Auth:
             self.user = step.user
             return R_AUTHOK, SEND
         self.refused_user = step.user
+        # A 454 waits as a 535 does: at once, it would tell a wrong
+        # password from a right one whose user could not be set up.
         if result == AUTH_TEMP:
-            return self.fail(R_AUTHTEMP)
+            return self.fail(R_AUTHTEMP, PAUSE)
         return self.fail(R_AUTHBAD, PAUSE)
 
     def fail(self, reply: bytes, what=SEND):

@@ -712,8 +712,9 @@ CAPA_CLEAR = (b'+OK capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\n.\r\n')
 
 
 def test_popup_takes_no_password_in_the_clear_where_stls_is_offered():
-    """USER and AUTH PLAIN wait for STLS (refused commands, not failed
-    logins); CAPA and AUTH say so; APOP, no password, is taken."""
+    """USER, AUTH PLAIN and APOP (whose "digest" the shipped checkers
+    take for the password) wait for STLS: refused commands, not failed
+    logins; CAPA and AUTH say so."""
     s = session(flagtls=True)
     check(feed(s, b'CAPA\r\n'), CAPA_CLEAR)
     check(feed(s, b'USER alice\r\nPASS s3cret\r\n'),
@@ -724,6 +725,9 @@ def test_popup_takes_no_password_in_the_clear_where_stls_is_offered():
     check((s.login, s.flagsasl, s.failures, s.errors), (None, False, 0, 4))
     check(s.logs, [])
     check(feed(s, b'AUTH X\r\n'), b'-ERR unrecognized authentication type\r\n')
+    check(feed(s, b'APOP alice hunter2\r\n'), b'-ERR login in the clear refused: STLS first\r\n')
+    check((s.login, s.failures, s.errors), (None, 0, 6))
+    s.tls_started()
     feed(s, b'APOP alice 0123456789abcdef\r\n')
     check((s.login.user, s.login.how), (b'alice', 'apop'))
 
@@ -1223,8 +1227,9 @@ def test_crypt_verify():
     assert checkpassword.verify(lib, b'pw', sha)
 
 
-def run_checker(module, argv, fd3: bytes, home=None):
-    """A checker as a subprocess with fd 3 reading fd3; it runs argv."""
+def run_checker(module, argv, fd3: bytes, home=None, user=None):
+    """A checker as a subprocess with fd 3 reading fd3; it runs argv
+    (as user, if given)."""
     r, w = os.pipe()
     os.write(w, fd3)
     os.close(w)
@@ -1235,7 +1240,7 @@ def run_checker(module, argv, fd3: bytes, home=None):
     try:
         return subprocess.run(
             [sys.executable, '-c', code] + argv, pass_fds=(r,),
-            capture_output=True, timeout=TIMEOUT,
+            capture_output=True, timeout=TIMEOUT, user=user,
             env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
     finally:
         os.close(r)
@@ -1251,6 +1256,17 @@ def test_checkpassword_unknown_user_and_misuse():
     check(r.returncode, 2)
     r = run_checker('checkpassword', [], b'a\0b\0\0')
     check(r.returncode, 2)
+
+
+@needs_root
+def test_checkpassword_unable_to_read_shadow_is_the_same_for_every_user():
+    """Not root (qmail-smtpd as qmaild): 111 for a user that exists and
+    for one that does not, so the answer tells no names."""
+    for user in (b'root', b'nobody', b'no-such-user-qmt'):
+        r = run_checker('checkpassword', ['true'], user + b'\0pw\0<1@h>\0', user='nobody')
+        check((r.returncode, r.stderr),
+              (111, b'checkpassword: temporary trouble: unable to read shadow: '
+                    b'Permission denied\n'))
 
 
 # -- the virtual users' file ------------------------------------------------------

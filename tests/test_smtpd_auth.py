@@ -425,11 +425,14 @@ def test_auth_pause_holds_a_pipelined_retry():
     check(len(h.checker.asked), 2)
 
 
-def test_auth_temporary_trouble():
+def test_auth_temporary_trouble_waits_as_a_refusal_does():
+    """A 454 takes authdelay as a 535 does: at once, it would tell a
+    right password (whose user could not be set up) from a wrong one."""
     h = Harness(checker=FakeAuth(smtpd_auth.AUTH_TEMP), tls=TLSINFO, authdelay=5)
     got = replies(h.session.feed(b'AUTH PLAIN ' + PLAIN + b'\r\nNOOP\r\n', NOW))
-    check(got, [b'454 temporary authentication failure (#4.7.0)', b'250 ok'])
-    check(h.session.pause, 0)
+    check(got, [b'454 temporary authentication failure (#4.7.0)'])
+    check(h.session.pause, 5)
+    check(replies(h.session.feed(b'', NOW)), [b'250 ok'])
     check(h.session.authuser, None)
 
 
