@@ -40,6 +40,7 @@ which protocol and cipher carried the message, and whether verified.
 
 import os
 import ssl
+import time
 
 HUGESMTPTEXT = 5000     # bytes of a reply kept for the report (qmail's)
 REPLYMAX = 1 << 16      # bytes of one reply read at most: the peer's to fill
@@ -179,11 +180,14 @@ def is_ok(code: int) -> bool:
 # --- the connection -----------------------------------------------------------
 
 class Conn:
-    """One SMTP connection: bounded replies, a timeout on every read and
-    write, every socket failure a Dropped."""
+    """One SMTP connection: bounded replies, a timeout on every write and
+    on each whole reply (not each read: a server dripping a byte now and
+    then would hold the delivery for REPLYMAX timeouts), every socket
+    failure a Dropped."""
 
     def __init__(self, sock, timeout: float):
         self.sock = sock
+        self.timeout = timeout
         self.sock.settimeout(timeout)
         self.buf = bytearray()
         self.text = b''         # the last reply, CRs removed (qmail's smtptext)
@@ -194,7 +198,7 @@ class Conn:
         except OSError:
             raise Dropped() from None
 
-    def _line(self, limit: int) -> bytes:
+    def _line(self, limit: int, deadline: float) -> bytes:
         while True:
             i = self.buf.find(b'\n')
             if i != -1:
@@ -203,10 +207,16 @@ class Conn:
                 return line
             if len(self.buf) > limit:
                 raise Dropped(b'its reply was too long')
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Dropped()
             try:
+                self.sock.settimeout(left)
                 data = self.sock.recv(READSIZE)
             except OSError:
                 raise Dropped() from None
+            finally:
+                self.sock.settimeout(self.timeout)
             if not data:
                 raise Dropped()
             self.buf += data
@@ -215,8 +225,9 @@ class Conn:
         """Read one reply: its code; the text is kept in self.text."""
         text = bytearray()
         code = None
+        deadline = time.monotonic() + self.timeout
         while True:
-            line = self._line(REPLYMAX - len(text))
+            line = self._line(REPLYMAX - len(text), deadline)
             if code is None:
                 code = parse_code(line)
             text += line.replace(b'\r', b'')

@@ -682,3 +682,32 @@ def test_settings_bad_dnsservers_defer(tmp_path):
     with pytest.raises(remote.Report) as e:
         settings_from(tmp_path, me='x\n', dnsservers='ns.example.com\n')
     assert e.value.record == b'ZUnable to parse control/dnsservers. (#4.3.0)\n'
+
+
+def test_a_reply_dripped_a_byte_at_a_time_times_out_as_a_whole():
+    """timeoutremote bounds a whole reply, not each read: a server that
+    sends a byte every 0.2 s, never waiting a whole timeout (1 s) between
+    two, used to hold the connection for as many timeouts as the reply
+    had bytes (here 3 s, and up to REPLYMAX of them)."""
+    import socket
+    import threading
+    import time
+    ours, theirs = socket.socketpair()
+
+    def drip():
+        try:
+            for byte in b'250 a dripped reply\r\n':
+                time.sleep(0.2)
+                theirs.send(bytes((byte,)))
+        except OSError:
+            pass
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    conn = smtp.Conn(ours, 1)
+    start = time.monotonic()
+    with pytest.raises(smtp.Dropped):
+        conn.reply()
+    assert time.monotonic() - start < 1.5
+    ours.close()
+    theirs.close()
+    t.join(10)
