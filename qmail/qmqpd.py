@@ -31,7 +31,7 @@ See:      qmail-qmqpd(8), qmail-qmqpc(8), tcp-environ(5);
 
 Behaviour is qmail 1.03's: the message is stored as it comes (QMQP
 carries LF line ends); a sender or recipient of 1000 bytes or more, or
-holding a NUL, refuses the whole message ("Dsorry, I can't accept
+holding a NUL (or, not qmail, a CR or LF), refuses the whole message ("Dsorry, I can't accept
 addresses like that (#5.1.3)"); bytes after the packet are ignored.
 Added: when qmail-queue cannot be started the packet is read to its end
 and answered "Zqqt failure (#4.3.0)" (qmail closed the connection); a
@@ -61,7 +61,8 @@ from qmail.lib import auto
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
 from qmail.qmtpd import (ALARM_SLACK, EXIT_GONE, EXIT_PROTO, EXIT_TEMP,
-                         R_QQT, complain, queue_program, received, serve)
+                         R_QQT, complain, has_unsafe, queue_program, received,
+                         serve)
 from qmail.smtpd import Peer, peer_env
 
 MAXPACKET = 2000000000
@@ -191,7 +192,7 @@ class Session:
             self.field = SENDER
             return
         addr = bytes(self.addr)
-        flagok = not self.flagaddrlong and b'\0' not in addr
+        flagok = not self.flagaddrlong and not has_unsafe(addr)
         self.addr = bytearray()
         self.flagaddrlong = False
         if not flagok:

@@ -37,11 +37,12 @@ Behaviour is qmail 1.03's, response texts included:
     is stored as it comes; CR, and every CR LF becomes LF (any other CR
     is kept).  Bytes are 8-bit clean either way;
   * a recipient of 1000 bytes or more (counting RELAYCLIENT, appended to
-    every recipient when set) or holding a NUL gets "Dsorry, I can't
+    every recipient when set) or holding a NUL, CR or LF gets "Dsorry, I can't
     handle that recipient (#5.1.3)"; without RELAYCLIENT, one whose
     domain is not in rcpthosts or morercpthosts gets qmail-smtpd's
     rcpthosts refusal, as a D;
-  * a sender of 1000 bytes or more, or holding a NUL, refuses the whole
+  * a sender of 1000 bytes or more, or holding a NUL, CR or LF (not
+    qmail: a line break would reach a bounce's header), refuses the whole
     message: "Dunacceptable sender (#5.1.7)"; a message longer than
     databytes (counted as stored, without the Received line) gets
     "Dsorry, that message size exceeds my databytes limit (#5.3.4)";
@@ -164,6 +165,12 @@ MESSAGE, SENDER, RECIPIENTS = 'message', 'sender', 'recipients'
 
 
 # -- values -----------------------------------------------------------------
+
+
+def has_unsafe(addr) -> bool:
+    """A NUL (qmail's envelope separator), or a CR or LF, which would
+    end a header line of the bounce that quotes the address."""
+    return b'\0' in addr or b'\n' in addr or b'\r' in addr
 
 class Config:
     """What the control files (and DATABYTES) say, as values.
@@ -447,7 +454,7 @@ class Session:
 
     def end_sender(self):
         pkg = self.pkg
-        if b'\0' in pkg.sender:
+        if has_unsafe(pkg.sender):
             pkg.flagsenderok = False
         sender = bytes(pkg.sender) if pkg.flagsenderok else b''
         pkg.flagbarf = bmfcheck(sender, self.config.badmailfrom)
@@ -483,7 +490,7 @@ class Session:
         refusals come before maxrcptqmtpd's Z, so that a client does not
         retry an address it could never send."""
         pkg = self.pkg
-        if flaglong or b'\0' in addr:
+        if flaglong or has_unsafe(addr):
             fate = RCPT_CANTHANDLE
         elif pkg.flagbarf:
             fate = RCPT_BMF

@@ -147,12 +147,19 @@ def bounce_envelope(sender: bytes, doublebounceto: bytes):
     return b'#@[]', doublebounceto
 
 
+def one_line(text: bytes) -> bytes:
+    """A header field's text with no line end in it (not qmail): an
+    address with a CR or LF, which qmail-queue takes from anyone, would
+    otherwise start header lines of its own in the bounce."""
+    return text.replace(b'\r', b'_').replace(b'\n', b'_')
+
+
 def bounce_head(date: bytes, bouncefrom: bytes, bouncehost: bytes,
                 recip: bytes, single: bool) -> bytes:
     """The top of a bounce message, up to the failure paragraphs."""
     text = (b'Date: ' + date + b'\n'
             b'From: ' + quote(bouncefrom) + b'@' + bouncehost + b'\n'
-            b'To: ' + quote2(recip) + b'\n'
+            b'To: ' + one_line(quote2(recip)) + b'\n'
             b'Subject: failure notice\n'
             b'\n'
             b'Hi. This is the qmail-send program at ' + bouncehost + b'.\n')
@@ -170,4 +177,4 @@ def bounce_separator(sender: bytes, single: bool) -> bytes:
         line = b'--- Below this line is a copy of the message.\n\n'
     else:
         line = b'--- Below this line is the original bounce.\n\n'
-    return line + b'Return-Path: <' + quote2(sender) + b'>\n'
+    return line + b'Return-Path: <' + one_line(quote2(sender)) + b'>\n'

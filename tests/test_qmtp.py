@@ -356,6 +356,8 @@ LONG = b'x' * 990 + b'@example.org'       # 1002 bytes
      [R_NOGATEWAY, K_OK, R_NOGATEWAY], [b'Tu@example.org']),
     ([b'u\0x@example.org', b'v@example.org'], [R_CANTHANDLE, K_OK],
      [b'Tv@example.org']),
+    ([b'u\nBcc: x@example.org', b'u\r@example.org', b'v@example.org'],
+     [R_CANTHANDLE, R_CANTHANDLE, K_OK], [b'Tv@example.org']),     # not qmail
     ([LONG, b'v@example.org'], [R_CANTHANDLE, K_OK], [b'Tv@example.org']),
     ([b'x' * 987 + b'@example.org'], [K_OK], [b'T' + b'x' * 987 + b'@example.org']),
     ([b'x' * 988 + b'@example.org'], [R_CANTHANDLE], []),
@@ -494,6 +496,8 @@ def test_databytes_after_qmail_queue_started():
     (b'x' * 1000, 0, R_SENDER),
     (b'x' * 100000, 0, R_SENDER),
     (b'a\0b', 0, R_SENDER),
+    (b'a@b\nBcc: c@d', 0, R_SENDER),      # not qmail: a bounce's header
+    (b'a\r@b', 0, R_SENDER),
     (b'x' * 1000, 1, R_SIZE),            # databytes wins, as qmail's order
 ])
 def test_sender(sender, databytes, want):
@@ -699,6 +703,8 @@ def test_qmqp_one_packet():
     (b'a\0b', [b'u@v']),
     (b'a@b', [b'u@v', b'x' * 1000]),
     (b'a@b', [b'u\0v', b'w@x']),
+    (b'a@b\nBcc: c@d', [b'u@v']),
+    (b'a@b', [b'u@v', b'w\r@x']),
 ])
 def test_qmqp_bad_addresses(sender, recipients):
     h = Harness(qmqpd)

@@ -136,6 +136,16 @@ def test_bounce_head_single_and_double():
         b'--- Below this line is the original bounce.\n\nReturn-Path: <>\n')
 
 
+def test_bounce_header_lines_hold_no_line_end_of_the_address():
+    """Not qmail: a sender with a line end (qmail-queue takes any from a
+    local user) starts no header line of its own in its bounce."""
+    head = r.bounce_head(b'd', b'MAILER-DAEMON', b'h', b'a\nBcc: x@y\r@b', True)
+    assert b'\nBcc:' not in head and b'\r' not in head
+    assert b'\nTo: "a\\_Bcc: x@y\\_"@b\nSubject: failure notice\n' in head, head
+    sep = r.bounce_separator(b'a\nX-Evil: 1@b', True)
+    assert sep.count(b'\n') == 3 and b'\nX-Evil' not in sep, sep
+
+
 @pytest.mark.parametrize('addr, want', [
     (b'joe@example.com', b'joe@example.com'),
     (b'joe smith@example.com', b'"joe smith"@example.com'),
