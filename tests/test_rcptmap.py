@@ -229,6 +229,9 @@ CASES = [
     # not local
     (b'joe@remote.example', U), (b'x@sub.virt.example', U),
     (b'joe%remote.example@example.org', U),
+    # too long to look up (a lookup per '-'): qmail-local decides
+    (b'nosuch' + b'-' * 250 + b'@example.org', R),
+    (b'nosuch' + b'-' * 251 + b'@example.org', U),
 ]
 
 

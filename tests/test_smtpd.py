@@ -273,6 +273,10 @@ MORERH = cdb.Cdb.from_bytes(cdb.make([(b'more.example', b''),
     (b'u@x.sub.more.example', {b'example.org'}, True),
     (b'u@x.more.example', {b'example.org'}, False),
     (b'u@evil.example', set(), False),          # empty rcpthosts: nothing
+    # not qmail: no domain is longer than 255 octets (each suffix a lookup)
+    (b'u@' + b'a.' * 118 + b'x.sub.more.example', {b'example.org'}, True),
+    (b'u@' + b'a.' * 119 + b'x.sub.more.example', {b'example.org'}, False),
+    (b'u@' + b'a.' * 123 + b'example.org', {b'.example.org'}, False),
 ])
 def test_addrallowed(addr, rcpthosts, want):
     got = smtpd_addr.addrallowed(addr, rcpthosts,
