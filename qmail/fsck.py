@@ -576,23 +576,36 @@ class Repairer:
             return False
         self.quarantined.add(messid)
         base = os.path.join(self.qdir, QUARANTINE)
+        # queue/ is qmailq's: a link planted there, or swapped in between
+        # two steps, must not have root make directories and put mail
+        # where it points.  Each step is relative to a directory opened
+        # without following a link.
+        qfd, name = self._at(os.path.relpath(base, self.home))
         try:
-            st = os.lstat(base)
-        except FileNotFoundError:
-            os.mkdir(base, 0o700)
-            durable.fsync_dir(self.qdir)
-        else:
-            # queue/ is qmailq's: a link planted there must not have root
-            # make directories and put mail where it points.
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            try:
+                os.mkdir(name, 0o700, dir_fd=qfd)
+            except FileExistsError:
+                pass
+            else:
+                os.fsync(qfd)
+            basefd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, dir_fd=qfd)
+        finally:
+            os.close(qfd)
+        try:
+            if os.fstat(basefd).st_uid != 0:
                 import errno
                 raise OSError(errno.ENOTDIR, '%s is not root\'s directory' % base)
-        dest = os.path.join(base, '%d.%d' % (messid, self.now))
-        os.mkdir(dest, 0o700)
-        durable.fsync_dir(base)
+            dname = '%d.%d' % (messid, self.now)
+            dest = os.path.join(base, dname)
+            os.mkdir(dname, 0o700, dir_fd=basefd)
+            os.fsync(basefd)
+            destfd = os.open(dname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, dir_fd=basefd)
+        finally:
+            os.close(basefd)
         moved = []
         envelope = b''
-        destfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             for d in ('todo', 'intd', 'info', 'local', 'remote', 'bounce', 'mess'):
                 src = os.path.join(self.qdir, qfn(d, messid, self.split))
@@ -604,28 +617,29 @@ class Repairer:
                 if d in ('todo', 'intd') and not envelope:
                     envelope = _read(os.path.join(dest, d), st.st_ino) or b''
                 moved.append((d, src))
+            os.fsync(destfd)
+            for d, src in moved:
+                self._unlink(os.path.relpath(src, self.home))
+                durable.fsync_dir(os.path.dirname(src))
+            mine = [p for p in problems if p.messid == messid]
+            report = ['qmail-fsck moved message %d here at %s.' % (
+                messid, time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(self.now))),
+                'Problems:'] + ['  ' + str(p) for p in mine] + ['Files:'] + [
+                '  %s <- queue/%s' % (d, os.path.relpath(src, self.qdir))
+                for d, src in moved]
+            if envelope:
+                report += ['Envelope:'] + ['  ' + line for line in
+                                           envelope_text(envelope).split('\n')]
+            fd = os.open('REPORT', os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=destfd)
+            try:
+                durable.write_all(fd, ('\n'.join(report) + '\n').encode())
+                durable.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(destfd)
         finally:
             os.close(destfd)
-        durable.fsync_dir(dest)
-        for d, src in moved:
-            self._unlink(os.path.relpath(src, self.home))
-            durable.fsync_dir(os.path.dirname(src))
-        mine = [p for p in problems if p.messid == messid]
-        report = ['qmail-fsck moved message %d here at %s.' % (
-            messid, time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(self.now))),
-            'Problems:'] + ['  ' + str(p) for p in mine] + ['Files:'] + [
-            '  %s <- queue/%s' % (d, os.path.relpath(src, self.qdir))
-            for d, src in moved]
-        if envelope:
-            report += ['Envelope:'] + ['  ' + line for line in
-                                       envelope_text(envelope).split('\n')]
-        fd = durable.create_excl(os.path.join(dest, 'REPORT'), 0o600)
-        try:
-            durable.write_all(fd, ('\n'.join(report) + '\n').encode())
-            durable.fsync(fd)
-        finally:
-            os.close(fd)
-        durable.fsync_dir(dest)
         self.say('moved message %d to queue/%s/%s' % (
             messid, QUARANTINE, os.path.basename(dest)))
         return True

@@ -193,18 +193,70 @@ def root_made_link(path) -> bool:
             and not parent.st_mode & 0o022)
 
 
+def root_made_link_at(dirfd: int, name: str) -> bool:
+    """root_made_link() for name in the directory open as dirfd."""
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        parent = os.fstat(dirfd)
+    except OSError:
+        return False
+    return (stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and parent.st_uid == 0
+            and not parent.st_mode & 0o022)
+
+
+def open_parent(path):
+    """(descriptor of path's directory, path's last name), the directory
+    reached from / one name at a time, never through a symlink but one
+    root made (root_made_link).  The installer runs as root in
+    directories qmail's users own (queue/ and all in it are qmailq's,
+    alias/ the alias user's): a link one of them swaps in for
+    queue/lock between two steps must not take root's mkdir, create or
+    chown elsewhere, as a full path given to the kernel would.  The
+    caller closes the descriptor."""
+    parts = [p for p in os.path.abspath(path).split('/') if p]
+    if not parts:
+        raise InstallError('%s has no parent' % path)
+    fd = os.open('/', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            if not root_made_link_at(fd, name):
+                flags |= os.O_NOFOLLOW
+            try:
+                nfd = os.open(name, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise InstallError('%s: %s is a symlink not made by root, or no '
+                                       'directory: refused' % (path, name)) from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
 def fix(path, uid, gid, mode, kind=None):
     """Set owner, then mode (chown clears set-id bits), on path itself:
-    never through a symlink.  The installer runs as root in directories
-    qmail's users own (queue/lock is qmailq's, alias/ the alias user's):
-    a link planted there must not hand them a file of root's.  A symlink
-    root made (HOME/queue on another disk) is followed.  kind: the
-    stat.S_IS* test the file must pass."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    never through a symlink, in path or at its end (open_parent).  A
+    symlink root made (HOME/queue on another disk) is followed.  kind:
+    the stat.S_IS* test the file must pass.  A file that is not a
+    directory must have one link: one a user made to a file of root's
+    (/etc/shadow, say, on the same disk) must not become the user's."""
+    dfd, name = open_parent(path)
     try:
-        if not root_made_link(path):
-            flags |= os.O_NOFOLLOW
-        fd = os.open(path, flags)
+        _fix_at(dfd, name, path, uid, gid, mode, kind)
+    finally:
+        os.close(dfd)
+
+
+def _fix_at(dfd, name, path, uid, gid, mode, kind):
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not root_made_link_at(dfd, name):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, dir_fd=dfd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise InstallError('%s is a symlink not made by root: refused' % path) from None
@@ -213,6 +265,8 @@ def fix(path, uid, gid, mode, kind=None):
         st = os.fstat(fd)
         if kind is not None and not kind(st.st_mode):
             raise InstallError('%s is not what it should be (mode %o)' % (path, st.st_mode))
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink != 1:
+            raise InstallError('%s has %d links: refused' % (path, st.st_nlink))
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
     finally:
@@ -220,11 +274,15 @@ def fix(path, uid, gid, mode, kind=None):
 
 
 def make_dir(path, uid, gid, mode):
+    dfd, name = open_parent(path)
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    fix(path, uid, gid, mode, stat.S_ISDIR)
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        except FileExistsError:
+            pass
+        _fix_at(dfd, name, path, uid, gid, mode, stat.S_ISDIR)
+    finally:
+        os.close(dfd)
 
 
 FS_IOC_GETFLAGS = 0x80086601
@@ -255,27 +313,38 @@ def spread_subdirs(path):
 
 
 def make_zero_file(path, size, uid, gid, mode):
+    dfd, name = open_parent(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        os.write(fd, b'\0' * size)
-        os.fsync(fd)
-        os.close(fd)
-    fix(path, uid, gid, mode, stat.S_ISREG)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.write(fd, b'\0' * size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fix_at(dfd, name, path, uid, gid, mode, stat.S_ISREG)
+    finally:
+        os.close(dfd)
 
 
 def make_fifo(path, uid, gid, mode):
+    dfd, name = open_parent(path)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        os.mkfifo(path, 0o600)
-    else:
-        if not stat.S_ISFIFO(st.st_mode):
-            os.unlink(path)
-            os.mkfifo(path, 0o600)
-    fix(path, uid, gid, mode, stat.S_ISFIFO)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.mkfifo(name, 0o600, dir_fd=dfd)
+        else:
+            if not stat.S_ISFIFO(st.st_mode):
+                os.unlink(name, dir_fd=dfd)
+                os.mkfifo(name, 0o600, dir_fd=dfd)
+        _fix_at(dfd, name, path, uid, gid, mode, stat.S_ISFIFO)
+    finally:
+        os.close(dfd)
 
 
 def install_tree(home, uids, gids, split):

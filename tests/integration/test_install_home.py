@@ -284,3 +284,46 @@ def test_only_a_link_root_alone_could_place_is_followed(tmp_path):
     assert not install.root_made_link(str(link2))
     os.chmod(root_dir, 0o777)
     assert not install.root_made_link(str(link))
+
+
+def test_no_link_in_the_middle_of_a_path_is_followed(tmp_path):
+    """qmailq may swap queue/lock for a symlink between two of the
+    installer's (or qmail-fsck -r's) steps: the helpers reach each
+    directory a name at a time and refuse the link, where a full path
+    given to the kernel went through it (root then made qmail-owned
+    files in any directory, /etc/cron.daily for one)."""
+    from qmail import install
+    qmailq = pwd.getpwnam('qmailq').pw_uid
+    queue = tmp_path / 'queue'
+    queue.mkdir()
+    os.chown(queue, qmailq, -1)
+    elsewhere = tmp_path / 'cron.daily'
+    elsewhere.mkdir(mode=0o755)
+    lock = queue / 'lock'
+    os.symlink(str(elsewhere), lock)
+    os.lchown(lock, qmailq, -1)
+    for make in (lambda p: install.make_zero_file(p, 4, qmailq, 0, 0o600),
+                 lambda p: install.make_fifo(p, qmailq, 0, 0o600),
+                 lambda p: install.make_dir(p, qmailq, 0, 0o700),
+                 lambda p: install.fix(p, qmailq, 0, 0o600)):
+        with pytest.raises(install.InstallError) as e:
+            make(str(lock / 'syncfs'))
+        assert 'symlink not made by root' in str(e.value), e.value
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_file_with_another_link_is_not_given_away(tmp_path):
+    """A user who can write a queue directory could hard-link a file of
+    root's there (same disk, where the kernel lets them): fix() must not
+    chown it to qmail's user."""
+    from qmail import install
+    precious = tmp_path / 'shadow'
+    precious.write_text('root:$6$secret\n')
+    os.chmod(precious, 0o600)
+    planted = tmp_path / 'syncfs'
+    os.link(precious, planted)
+    with pytest.raises(install.InstallError) as e:
+        install.fix(str(planted), pwd.getpwnam('qmailq').pw_uid, 0, 0o644)
+    assert 'links' in str(e.value)
+    st = os.stat(precious)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
