@@ -14,7 +14,10 @@ Writes:   mess/<split>/<messid>, the message (messid is the file's
           and mess/ (fsync of each, or one syncfs of the filesystem,
           shared by writers that wait at once: a group commit on
           lock/syncfs); todo/ fsynced before exit 0.
-Exits:    0 queued; 11 address too long; 51 out of memory; 52 timeout;
+Exits:    0 queued; 11 address too long; 31 envelope over ENVELOPEMAX
+          bytes (not qmail, which has no limit: qmail-send holds a new
+          message's envelope whole, at some 26 times its size, and any
+          local user may queue one); 51 out of memory; 52 timeout;
           53 write error; 54 read error; 61 home; 62 queue; 63 pid/;
           64 mess/; 65 intd/; 66 todo/; 81 internal bug; 91 bad envelope.
           Prints nothing: the exit code is the whole answer.
@@ -51,6 +54,7 @@ from qmail.lib.qfile import pidfn, qfn
 
 DEATH = 86400        # 24 hours; must stay below qmail-send's OSSIFIED (36 h)
 ADDR = 1003          # an address with its NUL must fit in this many bytes
+ENVELOPEMAX = 8 << 20  # bytes of envelope: some 200,000 recipients
 BUFSIZE = 65536
 PIDTRIES = 9         # pid/ names tried before giving up (63)
 SYNC_GROUP = 'lock/syncfs'  # writers share their syncfs (durable's group commit)
@@ -82,15 +86,20 @@ class EnvelopeParser:
 
     feed() takes raw bytes and returns the bytes to append to intd; done
     is set once the terminating NUL has been seen.  Raises QueueExit(91)
-    for a bad tag and QueueExit(11) for an address of ADDR bytes or more.
+    for a bad tag, QueueExit(11) for an address of ADDR bytes or more
+    and QueueExit(31) past ENVELOPEMAX bytes.
     """
 
-    def __init__(self):
+    def __init__(self, limit: int = ENVELOPEMAX):
         self.pending = bytearray()
         self.flagsender = True     # the next record must be F
         self.done = False
+        self.left = limit
 
     def feed(self, data: bytes) -> bytes:
+        self.left -= len(data)
+        if self.left < 0:
+            raise QueueExit(31)
         pending = self.pending
         pending += data
         out = bytearray()

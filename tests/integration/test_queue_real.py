@@ -79,6 +79,20 @@ def test_queue_files_byte_for_byte(home, test_user):
     os.close(trigger)
 
 
+def test_envelope_just_under_the_limit(home, test_user):
+    from qmail import queue
+    n = (queue.ENVELOPEMAX - 3) // 18
+    env = b'F\0' + b'Tuser@example.org\0' * n + b'\0'
+    assert len(env) <= queue.ENVELOPEMAX
+    before = queue_files(home, *DIRS)
+    r = qq(home, test_user, b'\n', env)
+    assert r.returncode == 0, r
+    made = new_files(home, before)
+    assert sorted(f.split('/')[0] for f in made) == ['intd', 'mess', 'todo']
+    for f in made:
+        os.unlink(os.path.join(home, 'queue', f))     # not for delivery here
+
+
 def test_ten_thousand_recipients(home, test_user):
     before = queue_files(home, *DIRS)
     env = b'F\0' + b''.join(b'Tuser%d@example.org\0' % i for i in range(10000)) + b'\0'
@@ -96,6 +110,8 @@ def test_ten_thousand_recipients(home, test_user):
     (b'', 54),
     (b'Fa@b\0T' + b'x' * 102400 + b'\0\0', 11),  # a 100 KB address
     (b'F' + b'x' * 2000 + b'\0Tc@d\0\0', 11),
+    # not qmail: over 8 MB (qmail-send would hold it at 26 times that)
+    (b'F\0' + b'Tuser@example.org\0' * ((8 << 20) // 18 + 1) + b'\0', 31),
 ])
 def test_bad_envelope_leaves_nothing(home, test_user, envelope, code):
     before = queue_files(home, *DIRS)
