@@ -43,10 +43,13 @@ import time
 from qmail.install import root_made_link
 from qmail.lib import auto, durable
 from qmail.lib.qfile import FLATDIRS, SPLITDIRS, parse_messid, qfn
+from qmail.queue import ENVELOPEMAX
 
 OSSIFIED = 129600        # 36 hours, qmail-send's and qmail-clean's: an older
                          # file has no live qmail-queue (DEATH, 24 hours)
-READ_MAX = 1 << 20       # an envelope longer than this is not one
+READ_MAX = 2 * ENVELOPEMAX  # an envelope longer than this is not one (qmail-queue
+                            # takes up to ENVELOPEMAX; intd adds u and p, local/
+                            # and remote/ a byte per recipient)
 QUARANTINE = 'fsck'      # HOME/queue/fsck: what -r takes out of the queue
 QUEUE_FILE_OWNER = {     # who writes the files in each queue directory
     'mess': 'qmailq', 'intd': 'qmailq', 'todo': 'qmailq', 'pid': 'qmailq',

@@ -119,6 +119,20 @@ def test_a_healthy_queue_is_clean(q):
     assert (code, said) == (0, [])
 
 
+def test_a_big_envelope_is_judged_whole(q):
+    """A message with the largest envelope qmail-queue takes (8 MB) is
+    healthy, not "malformed" because only its first megabyte was read
+    (which had qmail-fsck -r pull a live mailing-list post out)."""
+    from qmail import queue
+    head = b'u0\0p1\0Fa@far.example\0'
+    rcpt = b'Tbob@here.example.org\0'
+    env = head + rcpt * ((queue.ENVELOPEMAX - 1) // len(rcpt))
+    assert (1 << 20) < len(env) <= queue.ENVELOPEMAX + len(head)
+    m = q.mess()
+    q.put('todo', m, env)
+    assert q.check() == []
+
+
 def make_todo_without_mess(q):
     q.put('todo', 4242, ENVELOPE)
 
