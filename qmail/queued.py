@@ -99,7 +99,7 @@ class UidCap:
     the pool's parent maps before they fork, a record lock around each
     change): take() a place for an injection of uid, or None when the
     user has PER_UID already; give() it back.  A place whose writer died
-    is taken back when it counts.  The exempt (root, the MTA's users)
+    is taken back at the next take(), whoever's it was.  The exempt (root, the MTA's users)
     are not counted: their own limits hold (qmail-listen's -c)."""
 
     SLOT = struct.Struct('2i')          # writer's pid, uid + 1 (0: free)
@@ -129,12 +129,14 @@ class UidCap:
             mine, free = [], None
             for i in range(self.places):
                 pid, who = self.SLOT.unpack_from(self.mem, i * self.SLOT.size)
+                if who and pid != me and not alive(pid):
+                    # Its writer died (killed, or its DEATH timer's exit
+                    # skipped give()): free again, whoever's it was, so
+                    # that dead places do not add up for any user.
+                    who = 0
+                    self.SLOT.pack_into(self.mem, i * self.SLOT.size, 0, 0)
                 if who == uid + 1:
-                    if pid != me and not alive(pid):
-                        who = 0             # its writer died: free again
-                        self.SLOT.pack_into(self.mem, i * self.SLOT.size, 0, 0)
-                    else:
-                        mine.append(i)
+                    mine.append(i)
                 if who == 0 and free is None:
                     free = i
             if len(mine) >= self.per_uid or free is None:

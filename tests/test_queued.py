@@ -161,6 +161,24 @@ def test_a_user_holds_at_most_per_uid_writers(tmp_path, monkeypatch):
     assert [cap.take(1003) for _ in range(3)] == [4, 5, 6]
 
 
+
+def test_dead_writers_places_come_back_for_every_user(tmp_path, monkeypatch):
+    """Writers that died holding places (DEATH's exit skips give()) do
+    not add up: the next take(), by anyone, frees them; they were freed
+    only when their own user came back."""
+    import os
+    monkeypatch.chdir(tmp_path)
+    cap = queued.UidCap(set(), places=6, per_uid=3)
+    for uid in (2001, 2002):
+        pid = os.fork()
+        if pid == 0:
+            got = [cap.take(uid) for _ in range(3)]
+            os._exit(0 if None not in got else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+    # every place is a dead writer's; a third user still gets in
+    assert [cap.take(2003) for _ in range(3)] == [0, 1, 2]
+
+
 def test_a_client_silent_after_connecting_frees_its_writer(tmp_path, monkeypatch):
     """The byte and the descriptors must come within HELLO seconds: a
     client that connects and sends nothing held a writer for 24 hours."""
