@@ -3,8 +3,10 @@ that user.
 
 Usage:    checkpassword program [arg ...]
           e.g. qmail-popup pop.example.org checkpassword qmail-pop3d Maildir
-Runs as:  root, started by qmail-popup (or qmail-smtpd's AUTH) under
-          tcpserver run as root.
+Runs as:  root: started by qmail-popup (as root), or by qmail-smtpd's
+          AUTH as qmaild through bin/checkpassword, a set-uid root
+          launcher only root and the nofiles group may run
+          (qmail/check-launcher.c); the real uid is then qmaild's.
 Reads:    fd 3, "user\\0password\\0timestamp\\0" (the checkpassword
           interface, cr.yp.to/checkpwd/interface.html), at most MAXINPUT
           bytes; the timestamp is not used (no APOP: the password is

@@ -119,8 +119,6 @@ PROGRAMS = (
     ('qmail-analog', 'analog', 0o755, False),
     ('qmail-popup', 'popup', 0o755, False),
     ('qmail-pop3d', 'pop3d', 0o755, False),
-    ('checkpassword', 'checkpassword', 0o755, False),
-    ('vcheckpassword', 'vcheckpassword', 0o755, True),
     ('qmail-vpasswd', 'vpasswd', 0o700, True),
     ('qmail-pw2u', 'pw2u', 0o755, False),
     ('splogger', 'splogger', 0o755, False),
@@ -138,6 +136,15 @@ PROGRAMS = (
     ('datemail', 'datemail', 0o755, False),
     ('mailsubj', 'mailsubj', 0o755, False),
 )
+
+# The password checkers, each run by a set-uid root launcher
+# (check-launcher.c) so that qmail-smtpd's AUTH works as qmaild: bin/name
+# runs HOME/lib/name.py; name, module, whether it needs site-packages.
+CHECKERS = (
+    ('checkpassword', 'checkpassword', False),
+    ('vcheckpassword', 'vcheckpassword', True),
+)
+CHECKER_MODE = 0o4710       # root's, set-uid; group nofiles (qmaild's) may run it
 
 SAFE_PATH = re.compile(r'^/[A-Za-z0-9._/+-]*$')
 
@@ -432,9 +439,12 @@ def install_lib(home, python, split, uids, gids):
     for name in os.listdir(lib):
         if name.startswith('python.') and name not in keep:
             shutil.rmtree(os.path.join(lib, name), ignore_errors=True)
-    # The fixed script the setuid launcher runs.
+    # The fixed scripts the set-uid launchers run.
     write_file(os.path.join(lib, 'qmail-queue.py'),
                program_script(home, python, 'queue', False), 0o644)
+    for name, module, needs_site in CHECKERS:
+        write_file(os.path.join(lib, name + '.py'),
+                   program_script(home, python, module, needs_site), 0o644)
 
 
 def program_script(home, python, module, needs_site):
@@ -468,26 +478,46 @@ def write_file(path, text, mode, uid=0, gid=0):
         raise
 
 
-def build_launcher(home, python, uids, gids):
-    """Compile bin/qmail-queue: setuid qmailq, 04711."""
-    src = os.path.join(os.path.dirname(os.path.abspath(auto.__file__)),
-                       '..', 'queue-launcher.c')
-    text = open(src).read().replace('@PYTHON@', python).replace('@QMAIL@', home)
+def compile_launcher(home, source, name, strings, uid, gid, mode):
+    """Compile qmail/<source> into bin/<name> with @KEY@ replaced by
+    strings[KEY], owned uid:gid, mode (set-uid)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(auto.__file__)), '..', source)
+    text = open(src).read()
+    for key, value in strings.items():
+        text = text.replace('@%s@' % key, value)
     bindir = os.path.join(home, 'bin')
     with tempfile.TemporaryDirectory() as tmpdir:
-        csrc = os.path.join(tmpdir, 'qmail-queue.c')
+        csrc = os.path.join(tmpdir, name + '.c')
         with open(csrc, 'w') as f:
             f.write(text)
-        out = os.path.join(bindir, '.qmail-queue.new')
+        out = os.path.join(bindir, '.%s.new' % name)
         subprocess.run(['cc', '-O2', '-Wall', '-Werror', '-o', out, csrc],
                        check=True)
-    os.chown(out, uids['qmailq'], gids['qmail'])
-    os.chmod(out, 0o4711)
-    os.rename(out, os.path.join(bindir, 'qmail-queue'))
+    os.chown(out, uid, gid)
+    os.chmod(out, mode)
+    os.rename(out, os.path.join(bindir, name))
+
+
+def build_launcher(home, python, uids, gids):
+    """Compile bin/qmail-queue: setuid qmailq, 04711."""
+    compile_launcher(home, 'queue-launcher.c', 'qmail-queue',
+                     {'PYTHON': python, 'QMAIL': home}, uids['qmailq'], gids['qmail'],
+                     0o4711)
+
+
+def build_checkers(home, python, gids):
+    """Compile bin/checkpassword and bin/vcheckpassword: set-uid root,
+    run by root and the nofiles group alone (CHECKER_MODE)."""
+    for name, module, needs_site in CHECKERS:
+        compile_launcher(home, 'check-launcher.c', name,
+                         {'PYTHON': python, 'FLAGS': '-I' if needs_site else '-IS',
+                          'SCRIPT': os.path.join(home, 'lib', name + '.py')},
+                         0, gids['nofiles'], CHECKER_MODE)
 
 
 def install_bin(home, python, uids, gids):
     build_launcher(home, python, uids, gids)
+    build_checkers(home, python, gids)
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     for name, module, mode, needs_site in PROGRAMS:
         if not os.path.exists(os.path.join(pkg, module + '.py')):

@@ -2,7 +2,8 @@
  * bin/qmail-queue: the setuid launcher for qmail-queue.
  *
  * Installed owned by qmailq, mode 04711.  Linux ignores the setuid bit
- * on scripts, so this is the only compiled code in the project: it
+ * on scripts, so this and check-launcher.c are the project's only
+ * compiled code: it
  * starts a fixed interpreter on a fixed, root-owned script in isolated
  * mode (-I: no PYTHON* variables, no user site, no script directory on
  * sys.path; -S: no site-packages; -B: no bytecode writes) with an empty

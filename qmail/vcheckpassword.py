@@ -3,7 +3,10 @@ the ids that user's mail belongs to.
 
 Usage:    vcheckpassword program [arg ...]
           e.g. qmail-popup pop.example.org vcheckpassword qmail-pop3d Maildir
-Runs as:  root, started by qmail-popup under tcpserver run as root.
+Runs as:  root: started by qmail-popup (as root), or by qmail-smtpd's
+          AUTH as qmaild through bin/vcheckpassword, a set-uid root
+          launcher only root and the nofiles group may run
+          (qmail/check-launcher.c).
 Reads:    fd 3, "user\\0password\\0timestamp\\0" (the checkpassword
           interface, cr.yp.to/checkpwd/interface.html), at most
           checkpassword.MAXINPUT bytes; the timestamp is not used.

@@ -1,11 +1,14 @@
 """SMTP AUTH in qmail-smtpd with the same checkers as POP3: the system
-users' checkpassword and the virtual users' vcheckpassword, as shipped."""
+users' checkpassword and the virtual users' vcheckpassword, as shipped
+(set-uid root, for the nofiles group), with qmail-smtpd as qmaild."""
 
+import grp
 import os
 import pwd
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -41,9 +44,12 @@ def site():
     procs, ports = [], {}
     for name in ('checkpassword', 'vcheckpassword'):
         port = free_port()
-        # As root, no -u: the checker reads /etc/shadow or users/vpasswd.
+        # qmail-smtpd as qmaild, as installed: the set-uid checker reads
+        # /etc/shadow or users/vpasswd, which qmaild cannot.
         procs.append(subprocess.Popen(
-            [os.path.join(home, 'bin', 'qmail-listen'), '127.0.0.1', str(port),
+            [os.path.join(home, 'bin', 'qmail-listen'),
+             '-u', str(pwd.getpwnam('qmaild').pw_uid), '-g', str(grp.getgrnam('nofiles').gr_gid),
+             '127.0.0.1', str(port),
              os.path.join(home, 'bin', 'qmail-smtpd'), DOMAIN,
              os.path.join(home, 'bin', name), '/bin/true'],
             env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
@@ -86,3 +92,80 @@ def test_auth_then_relay(site, checker, user, password):
     todo = os.path.join(site['home'], 'queue', 'todo')
     envs = [open(os.path.join(todo, n), 'rb').read() for n in os.listdir(todo)]
     assert any(b'Tfar@elsewhere.example\0' in e for e in envs)
+
+
+# -- the set-uid launcher ---------------------------------------------------------
+
+def as_user(site, user, group, data, argv=('/usr/bin/id', '-u'), cwd='/', env=None,
+            checker='checkpassword'):
+    """bin/<checker> run as user:group (no other groups, no capabilities
+    left), fd 3 reading data, its argv[0] the bare name (a caller picks
+    it: CPython looked for pyvenv.cfg in the cwd from such a name)."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    try:
+        return subprocess.run(
+            [checker] + list(argv), executable=os.path.join(site['home'], 'bin', checker),
+            pass_fds=(r, 3),
+            preexec_fn=lambda: os.dup2(r, 3), user=pwd.getpwnam(user).pw_uid,
+            group=grp.getgrnam(group).gr_gid, extra_groups=[], cwd=cwd,
+            env=env if env is not None else {'PATH': '/usr/bin:/bin'},
+            capture_output=True, timeout=TIMEOUT)
+    finally:
+        os.close(r)
+
+
+def test_launcher_runs_the_program_as_the_user_for_qmaild(site):
+    uid = pwd.getpwnam('qmtauth').pw_uid
+    r = as_user(site, 'qmaild', 'nofiles', b'qmtauth\0sys-secret-2\0<1@h>\0',
+                ('/bin/sh', '-c', 'id -u; id -ru; pwd; echo "$HOME"'))
+    assert r.returncode == 0, r
+    lines = r.stdout.decode().split('\n')
+    assert lines[:2] == [str(uid), str(uid)]
+    assert lines[2] == lines[3] == pwd.getpwnam('qmtauth').pw_dir
+    assert as_user(site, 'qmaild', 'nofiles', b'qmtauth\0wrong\0<1@h>\0').returncode == 1
+    assert as_user(site, 'qmaild', 'nofiles', b'root\0x\0<1@h>\0').returncode == 1
+    r = as_user(site, 'qmaild', 'nofiles', b'virtuser\0virt-secret-3\0<1@h>\0',
+                checker='vcheckpassword')
+    assert (r.returncode, r.stdout) == (0, b'%d\n' % uid), r
+
+
+def test_launcher_is_for_root_and_nofiles_alone(site):
+    with pytest.raises(PermissionError):
+        as_user(site, 'nobody', 'nogroup', b'qmtauth\0sys-secret-2\0<1@h>\0')
+    st = os.stat(os.path.join(site['home'], 'bin', 'checkpassword'))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+        0, grp.getgrnam('nofiles').gr_gid, 0o4710)
+
+
+def test_launcher_takes_no_code_from_the_caller(site, tmp_path):
+    """Neither the environment nor the cwd (pyvenv.cfg naming a stdlib of
+    the caller's, as bin/qmail-queue once let through) nor a closed fd
+    3 gets the caller anything as root."""
+    marker = str(tmp_path / 'ran')
+    evil = tmp_path / 'evil'
+    lib = evil / 'lib' / ('python%d.%d' % sys.version_info[:2])
+    (lib / 'encodings').mkdir(parents=True)
+    (evil / 'fakehome').mkdir()
+    payload = 'import posix\nposix.open(%r, posix.O_CREAT | posix.O_WRONLY, 0o666)\n' % marker
+    for rel in ('os.py', 'encodings/__init__.py', 'sitecustomize.py', 'startup.py'):
+        (lib / rel).write_text(payload)
+    (evil / 'pyvenv.cfg').write_text('home = %s\n' % (evil / 'fakehome'))
+    os.chmod(tmp_path, 0o755)
+    for d, _, files in os.walk(evil):
+        os.chmod(d, 0o755)
+        for name in files:
+            os.chmod(os.path.join(d, name), 0o644)
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(lib), 'PYTHONHOME': str(evil),
+           'PYTHONSTARTUP': str(lib / 'startup.py'), 'PYTHONINSPECT': '1',
+           'LD_PRELOAD': str(evil / 'x.so')}
+    r = as_user(site, 'qmaild', 'nofiles', b'qmtauth\0sys-secret-2\0<1@h>\0',
+                cwd=str(evil), env=env)
+    assert (r.returncode, r.stdout) == (0, b'%d\n' % pwd.getpwnam('qmtauth').pw_uid), r
+    assert not os.path.exists(marker), "the caller's code ran as root"
+    r = subprocess.run([os.path.join(site['home'], 'bin', 'checkpassword'), '/bin/true'],
+                       user=pwd.getpwnam('qmaild').pw_uid, group=grp.getgrnam('nofiles').gr_gid,
+                       extra_groups=[], capture_output=True, timeout=TIMEOUT,
+                       env={'PATH': '/usr/bin:/bin'})
+    assert r.returncode == 2, r                   # no fd 3: misuse, as checkpassword says

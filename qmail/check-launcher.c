@@ -1,0 +1,57 @@
+/*
+ * bin/checkpassword and bin/vcheckpassword: the set-uid launcher of a
+ * password checker, so that qmail-smtpd's AUTH works as qmaild.
+ *
+ * Installed owned by root, group nofiles (qmaild's), mode 04710: only
+ * root (qmail-popup) and the nofiles users (qmail-smtpd as qmaild) may
+ * run it.  As bin/qmail-queue does, it starts a fixed interpreter, with
+ * its own absolute path as argv[0] and / as its cwd (CPython looks for
+ * pyvenv.cfg near argv[0], in the cwd for a bare name), on a fixed,
+ * root-owned script in isolated mode: -I (no PYTHON* variables, no user
+ * site, no script directory on sys.path), -B (no bytecode writes), and
+ * -S unless the checker needs the runtime's site-packages.  Unlike it,
+ * the checkpassword interface passes the caller's arguments (the
+ * program to run once the password is right), environment (that
+ * program's) and fds 0 to 3 (fd 3: the user and password), so those go
+ * through; the real uid stays the caller's, which keeps the dynamic
+ * loader's secure mode (no LD_* variables) for the interpreter too.  A
+ * closed fd among 0 to 3 is opened on /dev/null first, so that nothing
+ * the checker opens as root takes a number the caller gave a meaning;
+ * fds from 4 on are closed.  qmail-install substitutes the strings.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define PYTHON "@PYTHON@"
+#define FLAGS "@FLAGS@"
+#define SCRIPT "@SCRIPT@"
+
+extern char **environ;
+
+int main(int argc, char **argv)
+{
+  char **args;
+  int fd;
+  int i;
+
+  for (fd = 0; fd <= 3; ++fd)
+    if (fcntl(fd, F_GETFD) == -1)
+      if (open("/dev/null", (fd == 0 || fd == 3) ? O_RDONLY : O_WRONLY) != fd)
+        _exit(111);
+  if (close_range(4, ~0U, 0) == -1)
+    for (fd = 4; fd < 65536; ++fd) close(fd);
+  if (chdir("/") == -1) _exit(111);
+  if (argc < 1) _exit(2);
+  args = calloc((size_t) argc + 4, sizeof *args);
+  if (!args) _exit(111);
+  args[0] = PYTHON;
+  args[1] = FLAGS;
+  args[2] = "-B";
+  args[3] = SCRIPT;
+  for (i = 1; i < argc; ++i) args[i + 3] = argv[i];
+  args[argc + 3] = 0;
+  execve(PYTHON, args, environ);
+  _exit(111);
+}
