@@ -3,8 +3,10 @@
  * password checker, so that qmail-smtpd's AUTH works as qmaild.
  *
  * Installed owned by root, group nofiles (qmaild's), mode 04710: only
- * root (qmail-popup) and the nofiles users (qmail-smtpd as qmaild) may
- * run it.  As bin/qmail-queue does, it starts a fixed interpreter, with
+ * root and the nofiles users may run it, and it goes on only for root
+ * (qmail-popup) and qmaild (qmail-smtpd): the other nofiles users
+ * (alias, qmaill, qmailp) have no passwords to check, and should not
+ * get to try them.  Others exit 111.  As bin/qmail-queue does, it starts a fixed interpreter, with
  * its own absolute path as argv[0] and / as its cwd (CPython looks for
  * pyvenv.cfg near argv[0], in the cwd for a bare name), on a fixed,
  * root-owned script in isolated mode: -I (no PYTHON* variables, no user
@@ -17,7 +19,8 @@
  * loader's secure mode (no LD_* variables) for the interpreter too.  A
  * closed fd among 0 to 3 is opened on /dev/null first, so that nothing
  * the checker opens as root takes a number the caller gave a meaning;
- * fds from 4 on are closed.  qmail-install substitutes the strings.
+ * fds from 4 on are closed.  qmail-install substitutes the strings
+ * and qmaild's uid.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -27,6 +30,7 @@
 #define PYTHON "@PYTHON@"
 #define FLAGS "@FLAGS@"
 #define SCRIPT "@SCRIPT@"
+#define QMAILD @QMAILD@
 
 extern char **environ;
 
@@ -35,7 +39,9 @@ int main(int argc, char **argv)
   char **args;
   int fd;
   int i;
+  uid_t caller = getuid();
 
+  if (caller != 0 && caller != QMAILD) _exit(111);
   for (fd = 0; fd <= 3; ++fd)
     if (fcntl(fd, F_GETFD) == -1)
       if (open("/dev/null", (fd == 0 || fd == 3) ? O_RDONLY : O_WRONLY) != fd)

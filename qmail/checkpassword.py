@@ -21,9 +21,10 @@ Does:     when the password is right: initgroups, setgid, setuid (and
 Exits:    1 the password is wrong, or the user unknown, locked ("!" or
           "*" in shadow, an empty password too), expired (shadow's
           expire date), its password to be changed first (last changed
-          on day 0, or older than its maximum age), or root (uid 0
-          never logs in here: root has no maildir, and a checker for
-          the network should not tell whether root's password was
+          on day 0, or older than its maximum age), or root or of
+          root's group (uid 0, gid 0 or group 0 among its groups never
+          log in here: root has no maildir, and a checker for the
+          network should not tell whether root's password was
           guessed);
           2 misuse: no program, fd 3 unreadable or not two NUL-ended
           fields;
@@ -121,17 +122,13 @@ class Spwd(ctypes.Structure):
 
 def libcrypt():
     """libxcrypt, or Trouble."""
+    # The ABI's name only: ctypes.util.find_library would run ldconfig,
+    # and failing that cc and objdump found on the caller's PATH, as root
+    # (set-uid, for qmail-smtpd).
     try:
         lib = ctypes.CDLL('libcrypt.so.1', use_errno=True)
     except OSError:
-        from ctypes import util     # it runs ldconfig: only when needed
-        name = util.find_library('crypt')
-        try:
-            lib = ctypes.CDLL(name, use_errno=True) if name else None
-        except OSError:
-            lib = None
-        if lib is None:
-            raise Trouble('unable to load libcrypt') from None
+        raise Trouble('unable to load libcrypt') from None
     lib.crypt_rn.restype = ctypes.c_char_p
     lib.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
     return lib
@@ -252,8 +249,13 @@ def check(user: bytes, password: bytes, lib, now: float):
     if not usable(stored, expire, int(now // DAY), lstchg, maxdays):
         verify(lib, password, dummy_setting(lib))
         return None
-    if not verify(lib, password, stored) or pw.pw_uid == 0:
-        return None
+    if not verify(lib, password, stored) or pw.pw_uid == 0 or pw.pw_gid == 0:
+        return None                 # no root id, group either
+    try:
+        if 0 in os.getgrouplist(pw.pw_name, pw.pw_gid):
+            return None
+    except OSError as err:
+        raise Trouble('unable to read groups: %s' % err) from None
     return pw
 
 
@@ -275,6 +277,8 @@ def become(name: str, uid: int, gid: int, home: str, shell: str, groups=None):
         raise Trouble('unable to become %s: %s' % (name, err.strerror)) from None
     if uid != 0 and 0 in (os.getuid(), os.geteuid()) or os.getegid() != gid:
         raise Trouble('unable to drop root')
+    if gid != 0 and 0 in os.getgroups():
+        raise Trouble('refused: %s is in the root group' % name)
     try:
         os.chdir(home)
     except OSError as err:
@@ -285,7 +289,11 @@ def become(name: str, uid: int, gid: int, home: str, shell: str, groups=None):
 
 
 def execute(argv):
-    """exec argv; Trouble if it cannot be."""
+    """exec argv (SIGPIPE and SIGXFSZ back to their defaults, which
+    Python had set to ignore); Trouble if it cannot be."""
+    import signal
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         os.execvp(argv[0], argv)
     except OSError as err:
@@ -339,7 +347,7 @@ def main(argv=None) -> int:
     except Trouble as err:
         log('checkpassword', 'temporary trouble: %s' % err)
         return TEMP
-    except MemoryError:
+    except (MemoryError, KeyboardInterrupt):
         return TEMP
     except Exception as err:    # last resort: temporary, never a traceback
         log('checkpassword', 'internal error: %s' % type(err).__name__)

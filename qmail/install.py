@@ -505,19 +505,21 @@ def build_launcher(home, python, uids, gids):
                      0o4711)
 
 
-def build_checkers(home, python, gids):
+def build_checkers(home, python, uids, gids):
     """Compile bin/checkpassword and bin/vcheckpassword: set-uid root,
-    run by root and the nofiles group alone (CHECKER_MODE)."""
+    run by root and the nofiles group alone (CHECKER_MODE), going on
+    for root and qmaild alone."""
     for name, module, needs_site in CHECKERS:
         compile_launcher(home, 'check-launcher.c', name,
                          {'PYTHON': python, 'FLAGS': '-I' if needs_site else '-IS',
-                          'SCRIPT': os.path.join(home, 'lib', name + '.py')},
+                          'SCRIPT': os.path.join(home, 'lib', name + '.py'),
+                          'QMAILD': '%d' % uids['qmaild']},
                          0, gids['nofiles'], CHECKER_MODE)
 
 
 def install_bin(home, python, uids, gids):
     build_launcher(home, python, uids, gids)
-    build_checkers(home, python, gids)
+    build_checkers(home, python, uids, gids)
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     for name, module, mode, needs_site in PROGRAMS:
         if not os.path.exists(os.path.join(pkg, module + '.py')):
@@ -763,6 +765,19 @@ def check_runtime(python):
                                'someone else (see make setup)' % (python, bad))
 
 
+def check_home(home):
+    """HOME and the directories above it must be root's alone: the
+    set-uid launchers run HOME/lib's scripts as root (and qmailq), and
+    whoever may rename HOME, or a directory above it, may put their own
+    there."""
+    bad = root_only(os.path.dirname(home))
+    if bad is None and os.path.lexists(home):
+        bad = root_only(home)
+    if bad is not None:
+        raise InstallError('the home %s is not root\'s alone: %s may be changed by '
+                           'someone else' % (home, bad))
+
+
 def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25',
             pop3_port='110'):
     check_path('home', home)
@@ -773,6 +788,7 @@ def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_po
     ensure_ids()
     uids, gids = lookup_ids()
     os.makedirs(os.path.dirname(home), exist_ok=True)
+    check_home(home)
     install_tree(home, uids, gids, split)
     install_lib(home, python, split, uids, gids)
     install_bin(home, python, uids, gids)

@@ -98,7 +98,7 @@ def main(argv=None, home=None) -> int:
     except Trouble as err:
         log('vcheckpassword', 'temporary trouble: %s' % err)
         return TEMP
-    except MemoryError:
+    except (MemoryError, KeyboardInterrupt):
         return TEMP
     except Exception as err:    # last resort: temporary, never a traceback
         log('vcheckpassword', 'internal error: %s' % type(err).__name__)

@@ -169,3 +169,31 @@ def test_launcher_takes_no_code_from_the_caller(site, tmp_path):
                        extra_groups=[], capture_output=True, timeout=TIMEOUT,
                        env={'PATH': '/usr/bin:/bin'})
     assert r.returncode == 2, r                   # no fd 3: misuse, as checkpassword says
+
+
+def test_launcher_goes_on_for_root_and_qmaild_alone(site, tmp_path):
+    """alias, qmaill and qmailp are in nofiles too, but have no password
+    to check: the launcher stops them (111) before the interpreter."""
+    marker = tmp_path / 'ran'
+    os.chmod(tmp_path, 0o777)
+    for user in ('alias', 'qmaill', 'qmailp'):
+        r = as_user(site, user, 'nofiles', b'qmtauth\0sys-secret-2\0<1@h>\0',
+                    ('/bin/sh', '-c', 'touch %s' % marker))
+        assert (r.returncode, r.stdout, r.stderr) == (111, b'', b''), (user, r)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('useradd', [['-g', '0'], ['-G', 'root']])
+def test_no_login_for_the_root_group(site, useradd):
+    """A user whose group, or one of whose groups, is root's gets no
+    session, as root does not (vcheckpassword refuses gid 0 alike)."""
+    name = 'qmtgid0'
+    subprocess.run(['userdel', '-r', name], capture_output=True, timeout=TIMEOUT)
+    subprocess.run(['useradd', '-m'] + useradd + [name], check=True, timeout=TIMEOUT)
+    try:
+        subprocess.run(['chpasswd'], input=b'%s:gid0-secret\n' % name.encode(),
+                       check=True, timeout=TIMEOUT)
+        r = as_user(site, 'qmaild', 'nofiles', b'%s\0gid0-secret\0<1@h>\0' % name.encode())
+        assert (r.returncode, r.stdout) == (1, b''), r
+    finally:
+        subprocess.run(['userdel', '-r', name], capture_output=True, timeout=TIMEOUT)

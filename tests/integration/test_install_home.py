@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TIMEOUT, needs_root
+from conftest import RUNTIME, TIMEOUT, needs_root
 from qmail.install import HIER, derive_defaultdomain, derive_plusdomain
 
 pytestmark = needs_root
@@ -330,3 +330,19 @@ def test_a_file_with_another_link_is_not_given_away(tmp_path):
     assert 'links' in str(e.value)
     st = os.stat(precious)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+
+
+def test_install_refuses_a_home_another_user_may_rename(tmp_path):
+    """The set-uid launchers run HOME/lib's scripts as root and qmailq:
+    a user who may rename HOME (owning a directory above it) could put
+    their own there."""
+    parent = tmp_path / 'bob'
+    parent.mkdir()
+    os.chown(parent, pwd.getpwnam('qmaild').pw_uid, -1)
+    os.chmod(tmp_path, 0o755)
+    home = str(parent / 'qmail')
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
+                        '--python', RUNTIME, '--fqdn', 'x.example.org'],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
+    assert not os.path.exists(home)
