@@ -711,3 +711,41 @@ def test_a_reply_dripped_a_byte_at_a_time_times_out_as_a_whole():
     ours.close()
     theirs.close()
     t.join(10)
+
+
+class FakeResolver:
+    """answers: {(name, type): [addresses] or an exception to raise}."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def resolve(self, name, rdtype, search=False, raise_on_no_answer=False):
+        import dns.rdatatype
+
+        class Answer:
+            pass
+        got = self.answers[(name.to_text(omit_final_dot=True), dns.rdatatype.to_text(rdtype))]
+        if isinstance(got, Exception):
+            raise got
+        answer = Answer()
+
+        class R:
+            def __init__(self, address):
+                self.address = address
+        answer.rrset = [R(a) for a in got] if got else None
+        return answer
+
+
+def test_an_nxdomain_for_aaaa_after_a_records_keeps_them():
+    """Some broken servers answer NXDOMAIN for AAAA when A exists: the A
+    records are kept (qmail asks for A alone); the name was bounced as
+    "couldn't find any host" before."""
+    import dns.resolver
+    nx = dns.resolver.NXDOMAIN()
+    res = FakeResolver({('a.example', 'A'): ['192.0.2.1'], ('a.example', 'AAAA'): nx,
+                        ('b.example', 'A'): nx, ('b.example', 'AAAA'): nx,
+                        ('c.example', 'A'): [], ('c.example', 'AAAA'): nx})
+    assert qdns.addresses(res, 'a.example') == (['192.0.2.1'], False)
+    for name in ('b.example', 'c.example'):
+        with pytest.raises(qdns.DnsHard):
+            qdns.addresses(res, name)

@@ -199,6 +199,12 @@ def addresses(res, host: str):
             out.extend(r.address for r in query(res, name, rdtype))
         except DnsSoft:
             flagsoft = True
+        except DnsHard:
+            # NXDOMAIN for AAAA after A records (some broken servers
+            # answer so): the name has the A records, as qmail, which
+            # asks for A alone, would deliver to them.
+            if rdtype == dns.rdatatype.A or not out:
+                raise
     return out, flagsoft
 
 
