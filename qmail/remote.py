@@ -36,8 +36,10 @@ Beyond qmail 1.03:
   control/tlsdestinations: domains that require TLS with a verified
       certificate, one a line, "domain" (the system's CAs) or
       "domain:/path/cafile.pem"; ".domain" for its subdomains and
-      ":cafile" or ":" for every domain, matched like smtproutes.  The
-      certificate must name the MX host (or the smtproutes relay).
+      ":cafile" or ":" for every domain, matched like smtproutes, both
+      against the recipient's domain as DNS looks it up (policy_name: a
+      final dot, escapes or an international spelling change nothing).
+      The certificate must name the MX host (or the smtproutes relay).
       Other domains get opportunistic STARTTLS, without verification.
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
@@ -111,9 +113,40 @@ def parse_tlsmap(lines) -> dict:
     colon is a domain with the system's CAs."""
     out = {}
     for line in lines:
-        key, _, value = line.partition(b':')
-        out[key.lower()] = value
+        if line.startswith(b'['):            # [IPv6:...]: its colons are its own
+            end = line.find(b']')
+            key, value = (line[:end + 1], line[end + 2:]) if end > 0 else (line, b'')
+        else:
+            key, _, value = line.partition(b':')
+        out[policy_key(key)] = value.strip()
     return out
+
+
+def policy_name(host: bytes) -> bytes:
+    """host as DNS will look it up, for control/smtproutes and
+    control/tlsdestinations: lower case, no final dot, escapes such as
+    "\\116" undone, an international name in its ASCII (IDNA) form; an
+    address literal, or what DNS could not take, as it is.  Without this,
+    "example.org." or "bücher.test" reached the same hosts as the
+    spellings listed, without their TLS requirement or route."""
+    if host.startswith(b'['):
+        return host.lower()
+    try:
+        return os.fsencode(qdns.to_name(os.fsdecode(host)).to_text(
+            omit_final_dot=True)).lower()
+    except (qdns.DnsHard, UnicodeError, ValueError):
+        return host.lower()
+
+
+def policy_key(key: bytes) -> bytes:
+    """A control file's domain as policy_name() spells a host ("." and
+    the empty key stay what they are)."""
+    key = key.strip().lower()
+    if len(key) > 1 and key.endswith(b'.'):
+        key = key[:-1]
+    if key.startswith(b'.'):
+        return b'.' + policy_name(key[1:]) if len(key) > 1 else key
+    return policy_name(key) if key else key
 
 
 def lookup_map(host: bytes, table: dict):
@@ -310,13 +343,14 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
     mangled = [None if has_break(r) else addrmangle(r) for r in recips]
 
     relay, port = None, PORT_SMTP
-    route = lookup_map(host, settings.routes)
+    key = policy_name(host)
+    route = lookup_map(key, settings.routes)
     if route:
         try:
             relay, port = parse_relay(route)
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
-    ctx, required = tls_policy(host, settings.tlsdest)
+    ctx, required = tls_policy(key, settings.tlsdest)
 
     if resolver is None:
         try:

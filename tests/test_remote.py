@@ -749,3 +749,33 @@ def test_an_nxdomain_for_aaaa_after_a_records_keeps_them():
     for name in ('b.example', 'c.example'):
         with pytest.raises(qdns.DnsHard):
             qdns.addresses(res, name)
+
+
+@pytest.mark.parametrize('host, want', [
+    (b'example.org', b'example.org'),
+    (b'Example.ORG.', b'example.org'),
+    (b'example.or\\g', b'example.org'),
+    (b'example.\\111rg', b'example.org'),
+    ('bücher.test'.encode(), b'xn--bcher-kva.test'),
+    (b'[192.0.2.1]', b'[192.0.2.1]'),
+    (b'[IPv6:2001:DB8::1]', b'[ipv6:2001:db8::1]'),
+    (b'a..b', b'a..b'),                     # no DNS name: as it is
+])
+def test_policy_name(host, want):
+    assert remote.policy_name(host) == want
+
+
+def test_every_spelling_of_a_listed_domain_needs_tls():
+    """The TLS requirement and the route go with the name DNS looks up,
+    not with its spelling: "plain.example." reached the same MX in the
+    clear (a helper's review)."""
+    table = remote.parse_tlsmap([b'plain.example', b'xn--bcher-kva.test', b'.sub.example.',
+                                 b'Upper.Example.\r', b'[IPv6:2001:db8::1]:/etc/ssl/x.pem'])
+    assert set(table) == {b'plain.example', b'xn--bcher-kva.test', b'.sub.example',
+                          b'upper.example', b'[ipv6:2001:db8::1]'}
+    assert table[b'[ipv6:2001:db8::1]'] == b'/etc/ssl/x.pem'
+    for host in (b'plain.example', b'PLAIN.example.', b'plain.exampl\\e',
+                 b'plain.\\101xample', 'bücher.test'.encode(), b'a.Sub.Example.',
+                 b'upper.example'):
+        assert remote.lookup_map(remote.policy_name(host), table) is not None, host
+    assert remote.lookup_map(remote.policy_name(b'other.example.'), table) is None
