@@ -39,7 +39,13 @@ Beyond qmail 1.03:
       ":cafile" or ":" for every domain, matched like smtproutes, both
       against the recipient's domain as DNS looks it up (policy_name: a
       final dot, escapes or an international spelling change nothing).
-      The certificate must name the MX host (or the smtproutes relay).
+      A third field lists what an MX host's certificate may name:
+      "domain:cafile:.mail.example mx2.example" ("d" itself, ".d" any
+      name under d, "mx" the MX host's own name as DNS gave it); without
+      it, the domain or a name under it (Postfix's "secure"), so that a
+      forged MX record cannot send the mail to a host that merely holds
+      a good certificate for its own name.  An smtproutes relay's
+      certificate must name the relay, a literal's its address.
       Other domains get opportunistic STARTTLS, without verification.
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
@@ -297,24 +303,53 @@ def resolve(host: bytes, relay, resolver, rand):
     return addrs, flagsoft
 
 
-def tls_policy(host: bytes, tlsdest: dict):
-    """(ctx, required) for host: required (and verified) if
-    control/tlsdestinations names it, else opportunistic."""
-    cafile = lookup_map(host, tlsdest)
+class TlsPolicy:
+    """control/tlsdestinations' word on one domain: required, the context
+    that checks host names (for an smtproutes relay, an address literal,
+    or "mx"), the one that checks the chain alone, and match: the names
+    a certificate from an MX host must hold one of (None: the MX host's
+    own name, "mx")."""
+
+    def __init__(self, required, ctx, ctx_names=None, match=None):
+        self.required, self.ctx, self.ctx_names, self.match = required, ctx, ctx_names, match
+
+
+def tls_policy(host: bytes, tlsdest: dict) -> TlsPolicy:
+    """The TlsPolicy for host (as policy_name spells it): required (and
+    verified) if control/tlsdestinations names it, else opportunistic.
+    A line "domain:cafile:names" lists what an MX host's certificate may
+    name ("d" itself, ".d" any name under d, "mx" the MX host's own name
+    from DNS); without names, the domain or a name under it (Postfix's
+    "secure"): a forged MX record cannot send the mail to a host that
+    merely holds a certificate for its own name."""
+    value = lookup_map(host, tlsdest)
     try:
-        if cafile is None:
-            return remote_smtp.tls_context(False), False
-        return remote_smtp.tls_context(True, os.fsdecode(cafile) or None), True
+        if value is None:
+            return TlsPolicy(False, remote_smtp.tls_context(False))
+        cafile, _, names = value.partition(b':')
+        cafile = os.fsdecode(cafile) or None
+        match = [os.fsdecode(n.lower()) for n in names.replace(b',', b' ').split()]
+        if not match:
+            h = os.fsdecode(host)
+            match = [h, '.' + h]
+        if 'mx' in match:
+            match = None
+        return TlsPolicy(True, remote_smtp.tls_context(True, cafile),
+                         remote_smtp.tls_context(True, cafile, hostnames=False), match)
     except OSError:
         raise temp(b'Unable to load the CA file that control/tlsdestinations names for '
                    + outsafe(host) + b'. (#4.3.0)\n') from None
 
 
-def tls_for(host: bytes, mx, ctx, required: bool):
-    """The Tls of one address: the name to verify is the name the address
-    came from (MX host or relay), the address itself for a literal."""
+def tls_for(host: bytes, mx, policy: TlsPolicy, relay=None):
+    """The Tls of one address: SNI is the name the address came from (MX
+    host or relay), the address itself for a literal; a required one is
+    verified against the relay's name, the literal, or policy.match."""
     hostname = mx.name if qdns.literal(mx.name) is None else mx.ip
-    return remote_smtp.Tls(ctx, hostname, required, required, host)
+    if policy.required and policy.match is not None and relay is None \
+            and qdns.literal(mx.name) is None:
+        return remote_smtp.Tls(policy.ctx_names, hostname, True, True, host, policy.match)
+    return remote_smtp.Tls(policy.ctx, hostname, policy.required, policy.required, host)
 
 
 def connect(ip: str, port: int, timeout: float):
@@ -350,7 +385,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             relay, port = parse_relay(route)
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
-    ctx, required = tls_policy(key, settings.tlsdest)
+    policy = tls_policy(key, settings.tlsdest)
 
     if resolver is None:
         try:
@@ -377,7 +412,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             continue
         # Opportunistic TLS that fails in the handshake gets a second,
         # plain connection to the same address.
-        for tls in (tls_for(host, mx, ctx, required), None):
+        for tls in (tls_for(host, mx, policy, relay), None):
             try:
                 sock = connect(mx.ip, port, settings.timeoutconnect)
             except TimeoutError:

@@ -70,21 +70,57 @@ class ReadError(Exception):
 
 
 class Tls:
-    """What TLS to do with one host: ctx, the name to verify (and send as
-    SNI), required (defer without it) and verify (ctx checks the
-    certificate), the destination domain for the texts."""
+    """What TLS to do with one host: ctx, the name to send as SNI (and to
+    verify, when ctx checks host names), required (defer without it) and
+    verify (ctx checks the certificate), the destination domain for the
+    texts; match, when not None: the names the certificate must hold one
+    of (name_matches), checked here, as ctx then checks the chain alone."""
 
-    def __init__(self, ctx, hostname, required, verify, domain=b''):
+    def __init__(self, ctx, hostname, required, verify, domain=b'', match=None):
         self.ctx, self.hostname = ctx, hostname
         self.required, self.verify, self.domain = required, verify, domain
+        self.match = match
 
 
-def tls_context(verify: bool, cafile=None) -> ssl.SSLContext:
+def cert_names(cert: dict) -> list:
+    """The DNS names a peer's certificate (ssl's getpeercert()) is for:
+    its subjectAltName entries, else its subject's commonName."""
+    names = [v for k, v in cert.get('subjectAltName', ()) if k == 'DNS']
+    if names:
+        return names
+    return [v for rdn in cert.get('subject', ()) for k, v in rdn if k == 'commonName']
+
+
+def name_matches(name: str, patterns) -> bool:
+    """Is a certificate's name (perhaps "*.x.y") one that patterns allow:
+    "d", d itself; ".d", any name under d (a wildcard only if every name
+    it covers is under d)?"""
+    name = name.lower().rstrip('.')
+    wild = name.startswith('*.')
+    base = name[2:] if wild else name
+    if wild and '.' not in base:
+        return False                # "*.org": no CA may say so (nor OpenSSL take it)
+    for p in patterns:
+        p = p.lower()
+        if p.startswith('.'):
+            if base.endswith(p) or (wild and base == p[1:]):
+                return True
+        elif not wild and name == p:
+            return True
+        elif wild and p.partition('.')[2] == base and p.partition('.')[0] not in ('', '*'):
+            return True
+    return False
+
+
+def tls_context(verify: bool, cafile=None, hostnames=True) -> ssl.SSLContext:
     """A client context: OpenSSL's defaults; with verify, the peer's
-    certificate must chain to cafile (or the system's CAs) and name the
-    host.  OSError (ssl.SSLError among them) if cafile cannot be loaded."""
+    certificate must chain to cafile (or the system's CAs) and, with
+    hostnames, name the host (else Tls.match says what it must name).
+    OSError (ssl.SSLError among them) if cafile cannot be loaded."""
     if verify:
-        return ssl.create_default_context(cafile=cafile)
+        ctx = ssl.create_default_context(cafile=cafile)
+        ctx.check_hostname = hostnames
+        return ctx
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -253,6 +289,13 @@ class Conn:
                 raise BadTlsName()
             name = None                 # opportunistic: no SNI, no check
         self.sock = tls.ctx.wrap_socket(self.sock, server_hostname=name)
+        if tls.verify and tls.match is not None:
+            names = cert_names(self.sock.getpeercert() or {})
+            if not any(name_matches(n, tls.match) for n in names):
+                err = ssl.SSLCertVerificationError('certificate names no allowed host')
+                err.verify_message = 'it names %s, not %s' % (
+                    ', '.join(names[:5]) or 'nothing', ' or '.join(tls.match))
+                raise err
 
     def tls_state(self, verified: bool) -> bytes:
         cipher = self.sock.cipher()

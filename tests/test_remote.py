@@ -779,3 +779,42 @@ def test_every_spelling_of_a_listed_domain_needs_tls():
                  b'upper.example'):
         assert remote.lookup_map(remote.policy_name(host), table) is not None, host
     assert remote.lookup_map(remote.policy_name(b'other.example.'), table) is None
+
+
+@pytest.mark.parametrize('name, patterns, want', [
+    ('example.org', ['example.org', '.example.org'], True),
+    ('mx.example.org', ['example.org', '.example.org'], True),
+    ('MX.Example.Org.', ['example.org', '.example.org'], True),
+    ('*.example.org', ['example.org', '.example.org'], True),     # all under it
+    ('*.mx.example.org', ['.example.org'], True),
+    ('mx.attacker.example', ['example.org', '.example.org'], False),
+    ('evilexample.org', ['example.org', '.example.org'], False),
+    ('*.org', ['example.org', '.example.org'], False),            # covers other names
+    ('*', ['example.org', '.example.org'], False),
+    ('example.org.evil', ['example.org', '.example.org'], False),
+    ('*.google.com', ['mx.google.com'], True),                    # names it
+    ('*.google.com', ['google.com'], False),
+    ('mx.google.com', ['.google.com'], True),
+])
+def test_name_matches(name, patterns, want):
+    assert smtp.name_matches(name, patterns) == want
+
+
+def test_cert_names():
+    cert = {'subject': ((('commonName', 'cn.example'),),),
+            'subjectAltName': (('DNS', 'a.example'), ('IP Address', '192.0.2.1'),
+                               ('DNS', '*.b.example'))}
+    assert smtp.cert_names(cert) == ['a.example', '*.b.example']
+    assert smtp.cert_names({'subject': ((('commonName', 'cn.example'),),)}) == ['cn.example']
+    assert smtp.cert_names({}) == []
+
+
+def test_tls_policy_names():
+    table = remote.parse_tlsmap([b'plain.example', b'hosted.example::.mail.example mx2.example',
+                                 b'loose.example::mx'])
+    p = remote.tls_policy(b'plain.example', table)
+    assert (p.required, p.match) == (True, ['plain.example', '.plain.example'])
+    assert not p.ctx_names.check_hostname and p.ctx.check_hostname
+    assert remote.tls_policy(b'hosted.example', table).match == ['.mail.example', 'mx2.example']
+    assert remote.tls_policy(b'loose.example', table).match is None
+    assert remote.tls_policy(b'other.example', table).required is False

@@ -58,6 +58,7 @@ mx-host=v6mx.qmt.test,v6host.qmt.test,10
 mx-host=tls.qmt.test,mx.tls.qmt.test,10
 host-record=mx.tls.qmt.test,127.55.1.6
 mx-host=tlsbad.qmt.test,other.tls.qmt.test,10
+mx-host=forged.qmt.test,mx.tls.qmt.test,10
 host-record=other.tls.qmt.test,127.55.1.7
 mx-host=notls.qmt.test,mx.notls.qmt.test,10
 host-record=mx.notls.qmt.test,127.55.1.8
@@ -636,6 +637,20 @@ def test_required_tls_verified(home, sinks, cert):
     assert s.messages[0]['tls'] == 'TLSv1.3'
 
 
+@pytest.mark.parametrize('table', ['forged.qmt.test:CERT:mx', 'forged.qmt.test:CERT:.tls.qmt.test',
+                                   'forged.qmt.test:CERT:mx.tls.qmt.test'])
+def test_required_tls_to_an_mx_elsewhere_as_the_admin_says(home, sinks, cert, table):
+    """A domain whose MX lies under another (a hosted domain) is listed
+    with the names its MX hosts' certificates hold, or "mx" for the MX
+    host's own (which a forged MX record defeats)."""
+    s = sinks('127.55.1.6', 25, tls=server_context(cert))
+    setctl(home, tlsdestinations=table.replace('CERT', cert[0]))
+    _, final = send(home, b'forged.qmt.test', [b'u@forged.qmt.test'])
+    assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+    assert b' verified.\n' in final
+    assert len(s.messages) == 1
+
+
 def test_required_tls_suffix_and_default(home, sinks, cert):
     s = sinks('127.55.1.6', 25, tls=server_context(cert))
     for table in ('.qmt.test:%s' % cert[0], ':%s' % cert[0]):
@@ -654,8 +669,20 @@ def test_required_tls_suffix_and_default(home, sinks, cert):
      b'TLS for tls.qmt.test. (#4.7.5)\n'),
     (b'tlsbad.qmt.test', 'tlsbad.qmt.test:CERT',  # the certificate names another host
      b"ZConnected to 127.55.1.7 but its certificate could not be verified for "
+     b"other.tls.qmt.test (it names mx.tls.qmt.test, not tlsbad.qmt.test or "
+     b".tlsbad.qmt.test); my control/tlsdestinations requires TLS for tlsbad.qmt.test."
+     b" (#4.7.5)\n"),
+    (b'tlsbad.qmt.test', 'tlsbad.qmt.test:CERT:mx',   # checked against the MX name
+     b"ZConnected to 127.55.1.7 but its certificate could not be verified for "
      b"other.tls.qmt.test (Hostname mismatch, certificate is not valid for "
      b"'other.tls.qmt.test'.); my control/tlsdestinations requires TLS for tlsbad.qmt.test."
+     b" (#4.7.5)\n"),
+    # A forged MX record names a host that holds a good certificate for
+    # its own name: not one of the domain's, so the mail waits.
+    (b'forged.qmt.test', 'forged.qmt.test:CERT',
+     b"ZConnected to 127.55.1.6 but its certificate could not be verified for "
+     b"mx.tls.qmt.test (it names mx.tls.qmt.test, not forged.qmt.test or "
+     b".forged.qmt.test); my control/tlsdestinations requires TLS for forged.qmt.test."
      b" (#4.7.5)\n"),
 ])
 def test_required_tls_defers(home, sinks, cert, host, table, want):
