@@ -818,3 +818,23 @@ def test_tls_policy_names():
     assert remote.tls_policy(b'hosted.example', table).match == ['.mail.example', 'mx2.example']
     assert remote.tls_policy(b'loose.example', table).match is None
     assert remote.tls_policy(b'other.example', table).required is False
+
+
+def test_mx_address_lookups_stop_at_the_budget(monkeypatch):
+    """MX hosts whose DNS never answers cost 64 s each (A and AAAA, 30 s
+    lifetime and a little): 32 of them took half an hour before any
+    connection.  After MX_BUDGET the rest are not asked (flagsoft)."""
+    now = [0.0]
+    asked = []
+    monkeypatch.setattr(qdns, 'mx', lambda res, host: [(10, 'mx%d.example' % i)
+                                                       for i in range(32)])
+
+    def slow(res, name):
+        asked.append(name)
+        now[0] += 64
+        raise qdns.DnsSoft('timeout')
+    monkeypatch.setattr(qdns, 'addresses', slow)
+    out, flagsoft = qdns.dns_mxip(None, 'slow.example', random.Random(1),
+                                  clock=lambda: now[0])
+    assert (out, flagsoft) == ([], True)
+    assert len(asked) == 2 and now[0] <= qdns.MX_BUDGET + 64

@@ -26,6 +26,7 @@ lookup redirected elsewhere would redirect mail.
 """
 
 import ipaddress
+import time
 
 import dns.exception
 import dns.name
@@ -36,6 +37,8 @@ import dns.resolver
 DNS_TIMEOUT = 5.0       # seconds per server and try (resolv.conf's default)
 DNS_LIFETIME = 30.0     # seconds per lookup at most; then the delivery is deferred
 MX_MAX = 32             # MX hosts tried at most: a domain's DNS is its owner's to fill
+MX_BUDGET = 120.0       # seconds for all of one delivery's address lookups: MX_MAX
+                        # hosts whose servers never answer would take half an hour
 PORT_DNS = 53
 
 
@@ -222,9 +225,11 @@ def dns_ip(res, host: str):
     return [Mx(0, host.rstrip('.'), ip) for ip in ips]
 
 
-def dns_mxip(res, host: str, rand):
+def dns_mxip(res, host: str, rand, budget: float = MX_BUDGET, clock=None):
     """qmail's dns_mxip: (addresses to try in order, flagsoft).  Raises
-    DnsSoft, DnsHard (host does not exist), NullMx."""
+    DnsSoft, DnsHard (host does not exist), NullMx.  The MX hosts' address
+    lookups stop after budget seconds (flagsoft: the rest were not
+    asked)."""
     lit = literal(host)
     if lit is not None:
         return [Mx(0, lit, lit)], False
@@ -235,9 +240,14 @@ def dns_mxip(res, host: str, rand):
         raise NullMx(host)
     out = []
     flagsoft = False
+    clock = clock or time.monotonic
+    deadline = clock() + budget
     for pref, name in order_mx(mxs, rand)[:MX_MAX]:
         if not name:
             continue
+        if clock() >= deadline:
+            flagsoft = True             # not asked: a later try may get them
+            break
         lit = literal(name)
         if lit is not None:             # broken DNS, but qmail takes it
             out.append(Mx(pref, lit, lit))
