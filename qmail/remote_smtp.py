@@ -29,10 +29,11 @@ line has no end cannot be sent: D (#5.6.2).
 
 TLS: with a Tls policy and STARTTLS offered, the conversation goes on
 encrypted, after a new EHLO.  Opportunistic (no certificate check): a
-refused STARTTLS means plain text, a failed handshake raises
+refused STARTTLS means plain text; a failed or stalled handshake, or a
+connection that dies under TLS before MAIL FROM is answered, raises
 TlsFallback so the caller reconnects in plain text.  Required (from
-control/tlsdestinations): the certificate must verify for the host name
-the address came from (the MX name), else Z (#4.7.5); a peer without
+control/tlsdestinations): the certificate must verify (Tls.match, or
+the name the address came from), else Z (#4.7.5); a peer without
 STARTTLS is Z (#4.7.10).  Whatever the peer sent before the handshake
 is discarded (CVE-2011-0411, command injection).  The K report says
 which protocol and cipher carried the message, and whether verified.
@@ -342,6 +343,22 @@ class Session:
         except Dropped as err:
             return self.dropped(err)
 
+    def fall_back(self, tls):
+        """The connection died under opportunistic TLS before the message
+        began (a peer that wants a client certificate says so only then):
+        TlsFallback, to try again in the clear, as after a failed
+        handshake.  Mail that must have TLS is not let go in clear."""
+        if tls is not None and self.tlsinfo and not tls.required:
+            raise TlsFallback() from None
+
+    def hello_under(self, tls) -> dict:
+        """hello() again, once encrypted."""
+        try:
+            return self.hello()
+        except Dropped:
+            self.fall_back(tls)
+            raise
+
     def hello(self) -> dict:
         """EHLO, else HELO: the extensions, or None if both failed."""
         if self.conn.command(b'EHLO ' + self.helohost) == 250:
@@ -382,6 +399,8 @@ class Session:
                 tls, b'its name ' + safe(tls.hostname) + b' cannot be checked against a '
                 b'certificate', b'4.7.5')
         except TimeoutError:
+            if not tls.required:    # a handshake that stalls: as one that fails
+                raise TlsFallback() from None
             raise Dropped() from None
         except OSError as err:      # ssl.SSLError, a reset in the handshake
             if not tls.required:
@@ -403,14 +422,18 @@ class Session:
             if failed is not None:
                 return failed
             if self.tlsinfo:
-                ext = self.hello()
+                ext = self.hello_under(tls)
                 if ext is None:
                     return self.quit(b'ZConnected to ', b' but my name was rejected')
 
         mail = b'MAIL FROM:<' + sender + b'>'
         if b'SIZE' in ext and size is not None:
             mail += b' SIZE=%d' % size
-        code = conn.command(mail)
+        try:
+            code = conn.command(mail)
+        except Dropped:
+            self.fall_back(tls)
+            raise
         if is_perm(code):
             return self.quit(b'DConnected to ', b' but sender was rejected')
         if not is_ok(code):

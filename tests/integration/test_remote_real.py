@@ -628,6 +628,21 @@ def test_opportunistic_starttls(home, sinks, cert):
     assert s.messages[0]['helo'] == b'remote.qmt.example'      # EHLO again after TLS
 
 
+def test_opportunistic_tls_dying_after_the_handshake_falls_back(home, sinks, cert):
+    """A peer that wants a client certificate says so (TLS 1.3) only
+    after the handshake, at the first read: the connection dies under
+    TLS, and the mail goes again in the clear, as after a failed
+    handshake; it waited for queuelifetime before (a helper's review)."""
+    ctx = server_context(cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cert[0])
+    s = sinks('127.55.1.6', 25, tls=ctx)
+    out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+    assert out == [b'r'] and final.startswith(b'K127.55.1.6 accepted message.\n'), final
+    assert b'TLS' not in final.split(b'\n')[1]
+    assert s.connections == 2 and len(s.messages) == 1
+
+
 def test_required_tls_verified(home, sinks, cert):
     s = sinks('127.55.1.6', 25, tls=server_context(cert))
     setctl(home, tlsdestinations='tls.qmt.test:%s' % cert[0])
