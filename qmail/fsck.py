@@ -35,6 +35,7 @@ message on its normal way (see look_at), and a problem is reported only
 if both looks show it.
 """
 
+import errno
 import os
 import stat
 import sys
@@ -469,6 +470,14 @@ class Repairer:
         finally:
             os.close(dfd)
         try:
+            # A file with a link elsewhere (one a qmail user made to a file
+            # of root's, where the kernel lets them) is not given away;
+            # todo/ and intd/ share theirs, as qmail-queue makes them.
+            st = os.fstat(fd)
+            shared = 2 if rel.split('/')[1:2] in (['todo'], ['intd']) else 1
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > shared:
+                raise OSError(errno.EMLINK, '%s has %d links: not changed'
+                              % (rel, st.st_nlink))
             os.fchown(fd, uid, gid)
             if mode is not None:
                 os.fchmod(fd, mode)

@@ -770,9 +770,10 @@ def check_home(home):
     set-uid launchers run HOME/lib's scripts as root (and qmailq), and
     whoever may rename HOME, or a directory above it, may put their own
     there."""
-    bad = root_only(os.path.dirname(home))
+    bad = root_only(os.path.dirname(home)) or root_only(
+        os.path.dirname(os.path.realpath(home)))
     if bad is None and os.path.lexists(home):
-        bad = root_only(home)
+        bad = root_only(home) or root_only(os.path.realpath(home))
     if bad is not None:
         raise InstallError('the home %s is not root\'s alone: %s may be changed by '
                            'someone else' % (home, bad))

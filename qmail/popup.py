@@ -755,6 +755,8 @@ def this_host(remoteip: bytes, localip: bytes) -> bool:
     """Is the client on this host: what it sends crosses no network?"""
     if remoteip.startswith(b'::ffff:'):
         remoteip = remoteip[7:]
+    if localip.startswith(b'::ffff:'):
+        localip = localip[7:]
     if remoteip.startswith(b'127.') or remoteip == b'::1':
         return True
     return bool(remoteip) and remoteip == localip and remoteip != b'unknown'

@@ -110,7 +110,7 @@ def parse_map(lines) -> dict:
     for line in lines:
         key, sep, value = line.partition(b':')
         if sep:
-            out[key.lower()] = value
+            out[policy_key(key)] = value      # as policy_name spells hosts
     return out
 
 
@@ -328,12 +328,12 @@ def tls_policy(host: bytes, tlsdest: dict) -> TlsPolicy:
             return TlsPolicy(False, remote_smtp.tls_context(False))
         cafile, _, names = value.partition(b':')
         cafile = os.fsdecode(cafile) or None
-        match = [os.fsdecode(n.lower()) for n in names.replace(b',', b' ').split()]
+        match = [os.fsdecode(policy_key(n)) for n in names.replace(b',', b' ').split()]
         if not match:
             h = os.fsdecode(host)
             match = [h, '.' + h]
-        if 'mx' in match:
-            match = None
+        if match == ['mx']:
+            match = None                # the MX host's own name, by ctx
         return TlsPolicy(True, remote_smtp.tls_context(True, cafile),
                          remote_smtp.tls_context(True, cafile, hostnames=False), match)
     except OSError:
@@ -346,9 +346,12 @@ def tls_for(host: bytes, mx, policy: TlsPolicy, relay=None):
     host or relay), the address itself for a literal; a required one is
     verified against the relay's name, the literal, or policy.match."""
     hostname = mx.name if qdns.literal(mx.name) is None else mx.ip
+    # The address literal's own check only for a literal recipient: an MX
+    # record that is a bare address is DNS's word, as forgeable as a name.
     if policy.required and policy.match is not None and relay is None \
-            and qdns.literal(mx.name) is None:
-        return remote_smtp.Tls(policy.ctx_names, hostname, True, True, host, policy.match)
+            and qdns.literal(os.fsdecode(host)) is None:
+        match = [hostname.lower() if p == 'mx' else p for p in policy.match]
+        return remote_smtp.Tls(policy.ctx_names, hostname, True, True, host, match)
     return remote_smtp.Tls(policy.ctx, hostname, policy.required, policy.required, host)
 
 

@@ -415,6 +415,28 @@ def test_file_owners(q):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+def test_a_file_with_a_link_elsewhere_is_not_given_away(q, tmp_path):
+    """A qmail user who links a file of root's into the queue (where the
+    kernel lets them) must not have qmail-fsck -r chown it to them."""
+    m = q.preprocessed()
+    precious = tmp_path / 'shadow'
+    precious.write_text('root:$6$secret\n')
+    os.chmod(precious, 0o600)
+    os.unlink(q.path('info', m))
+    os.link(precious, q.path('info', m))
+    uids = dict(q.uids, qmails=q.uids['qmails'] + 4321)
+    problems = [p for p in fsck.check_queue(q.qdir, SPLIT, time.time(), uids)
+                if p.kind == 'file-owner' and p.path.startswith('queue/info/')]
+    assert problems
+    said = []
+    fixer = fsck.Repairer(q.home, install.HIER, SPLIT, uids, q.gids, time.time(), said.append)
+    for p in problems:
+        assert not fixer.repair(p, problems)
+    assert os.stat(precious).st_uid == 0
+    assert any('links' in line for line in said), said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
 def test_main_exit_codes(tmp_path, capsys):
     home = str(tmp_path / 'qmail')
     uids, gids = install.lookup_ids()

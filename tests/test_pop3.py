@@ -758,6 +758,7 @@ def test_popup_takes_passwords_in_the_clear_without_stls_or_by_the_admins_word(c
     (b'127.0.0.1', b'127.0.0.1', True), (b'127.5.6.7', b'192.0.2.2', True),
     (b'::1', b'::1', True), (b'::ffff:127.0.0.1', b'::ffff:127.0.0.1', True),
     (b'192.0.2.2', b'192.0.2.2', True), (b'192.0.2.9', b'192.0.2.2', False),
+    (b'::ffff:192.0.2.2', b'::ffff:192.0.2.2', True),
     (b'2001:db8::9', b'2001:db8::2', False), (b'', b'', False),
     (b'unknown', b'unknown', False), (b'128.0.0.1', b'192.0.2.2', False),
 ])

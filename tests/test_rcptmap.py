@@ -229,9 +229,11 @@ CASES = [
     # not local
     (b'joe@remote.example', U), (b'x@sub.virt.example', U),
     (b'joe%remote.example@example.org', U),
-    # too long to look up (a lookup per '-'): qmail-local decides
+    # too long to look up (a lookup per '-'): refused, so that padding
+    # gets no unknown name past the map
     (b'nosuch' + b'-' * 250 + b'@example.org', R),
-    (b'nosuch' + b'-' * 251 + b'@example.org', U),
+    (b'nosuch' + b'-' * 251 + b'@example.org', R),
+    (b'bob-' + b'x' * 253 + b'@example.org', R),      # bob's catch-all, but too long
 ]
 
 

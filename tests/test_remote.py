@@ -838,3 +838,35 @@ def test_mx_address_lookups_stop_at_the_budget(monkeypatch):
                                   clock=lambda: now[0])
     assert (out, flagsoft) == ([], True)
     assert len(asked) == 2 and now[0] <= qdns.MX_BUDGET + 64
+
+
+def test_an_mx_that_is_an_address_is_checked_against_the_domain():
+    """An MX record holding a bare address is DNS's word, as forgeable as
+    a name: its certificate must name the domain, not the address."""
+    table = remote.parse_tlsmap([b'ipmx.example', b'hosted.example::mx .mail.example'])
+    p = remote.tls_policy(b'ipmx.example', table)
+    tls = remote.tls_for(b'ipmx.example', qdns.Mx(10, '192.0.2.5', '192.0.2.5'), p)
+    assert tls.match == ['ipmx.example', '.ipmx.example'] and tls.ctx is p.ctx_names
+    lit = remote.tls_for(b'[192.0.2.5]', qdns.Mx(0, '192.0.2.5', '192.0.2.5'),
+                         remote.tls_policy(b'[192.0.2.5]', remote.parse_tlsmap([b':'])))
+    assert lit.match is None and lit.hostname == '192.0.2.5'
+    # "mx" among other names: the MX host's own name is one more
+    h = remote.tls_for(b'hosted.example', qdns.Mx(10, 'MX1.Other.example', '192.0.2.6'),
+                       remote.tls_policy(b'hosted.example', table))
+    assert h.match == ['mx1.other.example', '.mail.example']
+
+
+def test_route_and_name_keys_are_spelled_as_dns_looks_up():
+    routes = remote.parse_map(['bücher.test:relay.test'.encode(), b'Final.Example.:r2:26'])
+    assert remote.lookup_map(remote.policy_name('bücher.test'.encode()), routes) == b'relay.test'
+    assert remote.lookup_map(remote.policy_name(b'final.example'), routes) == b'r2:26'
+    table = remote.parse_tlsmap([b'h.example::mx2.example. B\xc3\xbccher.test'])
+    assert remote.tls_policy(b'h.example', table).match == ['mx2.example', 'xn--bcher-kva.test']
+
+
+def test_a_timed_out_a_and_an_nxdomain_aaaa_is_temporary():
+    import dns.exception
+    import dns.resolver
+    res = FakeResolver({('t.example', 'A'): dns.exception.Timeout(),
+                        ('t.example', 'AAAA'): dns.resolver.NXDOMAIN()})
+    assert qdns.addresses(res, 't.example') == ([], True)

@@ -206,7 +206,7 @@ def addresses(res, host: str):
             # NXDOMAIN for AAAA after A records (some broken servers
             # answer so): the name has the A records, as qmail, which
             # asks for A alone, would deliver to them.
-            if rdtype == dns.rdatatype.A or not out:
+            if rdtype == dns.rdatatype.A or not (out or flagsoft):
                 raise
     return out, flagsoft
 

@@ -279,8 +279,10 @@ class RcptMap:
         if len(local) > LOOKUPMAX:
             # Each '-' is a lookup of the part before it: a local part of
             # hundreds would cost a client's RCPT milliseconds of CPU.
-            # qmail-local decides (as qmail 1.03 does for every address).
-            return UNKNOWN, b'local part too long to look up'
+            # Refused, not left to qmail-local: padding an unknown name
+            # with dashes must not get it past the map (RFC 5321 allows
+            # 64 bytes; VERP addresses stay well under this).
+            return REJECT, b'local part too long to look up'
         try:
             ok, note = decide(local, self._db.get, self._famchars)
         except (cdb.CdbError, MapError) as err:

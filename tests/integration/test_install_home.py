@@ -346,3 +346,21 @@ def test_install_refuses_a_home_another_user_may_rename(tmp_path):
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
     assert not os.path.exists(home)
+
+
+
+def test_install_refuses_a_home_reached_through_a_link_to_another_users_directory(tmp_path):
+    """root_only() exempts links it walks through: the directory a link
+    leads to must be root's alone too."""
+    real = tmp_path / 'real'
+    real.mkdir()
+    os.chown(real, pwd.getpwnam('qmaild').pw_uid, -1)
+    os.chmod(tmp_path, 0o755)
+    link = tmp_path / 'lnk'
+    os.symlink(str(real), link)
+    home = str(link / 'qmail')
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
+                        '--python', RUNTIME, '--fqdn', 'x.example.org'],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
+    assert not os.path.exists(home)
