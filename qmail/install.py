@@ -196,8 +196,7 @@ def root_made_link(path) -> bool:
         parent = os.lstat(os.path.dirname(os.path.abspath(path)))
     except OSError:
         return False
-    return (stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and parent.st_uid == 0
-            and not parent.st_mode & 0o022)
+    return _root_link(st, parent)
 
 
 def root_made_link_at(dirfd: int, name: str) -> bool:
@@ -207,8 +206,21 @@ def root_made_link_at(dirfd: int, name: str) -> bool:
         parent = os.fstat(dirfd)
     except OSError:
         return False
+    return _root_link(st, parent)
+
+
+def _root_link(st, parent) -> bool:
+    """st a link of root's in parent, root's and writable by root alone."""
     return (stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and parent.st_uid == 0
             and not parent.st_mode & 0o022)
+
+
+def open_at(dirfd: int, name: str, flags: int) -> int:
+    """name in the directory open as dirfd, opened with flags and without
+    following a symlink, but one root made (root_made_link_at)."""
+    if not root_made_link_at(dirfd, name):
+        flags |= os.O_NOFOLLOW
+    return os.open(name, flags | os.O_CLOEXEC, dir_fd=dirfd)
 
 
 def open_parent(path):
@@ -226,11 +238,8 @@ def open_parent(path):
     fd = os.open('/', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in parts[:-1]:
-            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-            if not root_made_link_at(fd, name):
-                flags |= os.O_NOFOLLOW
             try:
-                nfd = os.open(name, flags, dir_fd=fd)
+                nfd = open_at(fd, name, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise InstallError('%s: %s is a symlink not made by root, or no '
@@ -259,11 +268,8 @@ def fix(path, uid, gid, mode, kind=None):
 
 
 def _fix_at(dfd, name, path, uid, gid, mode, kind):
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not root_made_link_at(dfd, name):
-        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(name, flags, dir_fd=dfd)
+        fd = open_at(dfd, name, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise InstallError('%s is a symlink not made by root: refused' % path) from None
