@@ -93,3 +93,32 @@ def run_as(user, argv, **kw):
         base.update(env)
     return subprocess.run(argv, user=uid, group=gid, extra_groups=[],
                           env=base, **kw)
+
+
+def fake_stdlib(marker, top='/tmp'):
+    """A new directory under top that, as a caller's cwd, would give
+    CPython's start a stdlib of the caller's (pyvenv.cfg naming a home
+    beside it, whose lib/python3.X holds the os.py landmark and an
+    encodings package; sitecustomize.py and startup.py there too, for
+    PYTHONPATH and PYTHONSTARTUP): each file creates marker when run.
+    The caller removes it."""
+    evil = tempfile.mkdtemp(prefix='evil.', dir=top)
+    lib = stdlib_of(evil)
+    os.makedirs(os.path.join(lib, 'encodings'))
+    os.makedirs(os.path.join(evil, 'fakehome'))
+    payload = 'import posix\nposix.open(%r, posix.O_CREAT | posix.O_WRONLY, 0o666)\n' % marker
+    for rel in ('os.py', 'encodings/__init__.py', 'sitecustomize.py', 'startup.py'):
+        with open(os.path.join(lib, rel), 'w') as f:
+            f.write(payload)
+    with open(os.path.join(evil, 'pyvenv.cfg'), 'w') as f:
+        f.write('home = %s\n' % os.path.join(evil, 'fakehome'))
+    for d, dirs, files in os.walk(evil):
+        os.chmod(d, 0o755)
+        for name in files:
+            os.chmod(os.path.join(d, name), 0o644)
+    return evil
+
+
+def stdlib_of(evil):
+    """fake_stdlib's lib/python3.X."""
+    return os.path.join(evil, 'lib', 'python%d.%d' % sys.version_info[:2])

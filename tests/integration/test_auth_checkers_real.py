@@ -8,12 +8,11 @@ import pwd
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import TIMEOUT, install_home, needs_root, remove_home
+from conftest import TIMEOUT, fake_stdlib, install_home, needs_root, remove_home, stdlib_of
 from delivery import ensure_user
 
 pytestmark = needs_root
@@ -144,24 +143,14 @@ def test_launcher_takes_no_code_from_the_caller(site, tmp_path):
     the caller's, as bin/qmail-queue once let through) nor a closed fd
     3 gets the caller anything as root."""
     marker = str(tmp_path / 'ran')
-    evil = tmp_path / 'evil'
-    lib = evil / 'lib' / ('python%d.%d' % sys.version_info[:2])
-    (lib / 'encodings').mkdir(parents=True)
-    (evil / 'fakehome').mkdir()
-    payload = 'import posix\nposix.open(%r, posix.O_CREAT | posix.O_WRONLY, 0o666)\n' % marker
-    for rel in ('os.py', 'encodings/__init__.py', 'sitecustomize.py', 'startup.py'):
-        (lib / rel).write_text(payload)
-    (evil / 'pyvenv.cfg').write_text('home = %s\n' % (evil / 'fakehome'))
     os.chmod(tmp_path, 0o755)
-    for d, _, files in os.walk(evil):
-        os.chmod(d, 0o755)
-        for name in files:
-            os.chmod(os.path.join(d, name), 0o644)
-    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(lib), 'PYTHONHOME': str(evil),
-           'PYTHONSTARTUP': str(lib / 'startup.py'), 'PYTHONINSPECT': '1',
-           'LD_PRELOAD': str(evil / 'x.so')}
+    evil = fake_stdlib(marker, str(tmp_path))
+    lib = stdlib_of(evil)
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': lib, 'PYTHONHOME': evil,
+           'PYTHONSTARTUP': os.path.join(lib, 'startup.py'), 'PYTHONINSPECT': '1',
+           'LD_PRELOAD': os.path.join(evil, 'x.so')}
     r = as_user(site, 'qmaild', 'nofiles', b'qmtauth\0sys-secret-2\0<1@h>\0',
-                cwd=str(evil), env=env)
+                cwd=evil, env=env)
     assert (r.returncode, r.stdout) == (0, b'%d\n' % pwd.getpwnam('qmtauth').pw_uid), r
     assert not os.path.exists(marker), "the caller's code ran as root"
     r = subprocess.run([os.path.join(site['home'], 'bin', 'checkpassword'), '/bin/true'],

@@ -332,35 +332,33 @@ def test_a_file_with_another_link_is_not_given_away(tmp_path):
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
 
 
-def test_install_refuses_a_home_another_user_may_rename(tmp_path):
-    """The set-uid launchers run HOME/lib's scripts as root and qmailq:
-    a user who may rename HOME (owning a directory above it) could put
-    their own there."""
-    parent = tmp_path / 'bob'
-    parent.mkdir()
-    os.chown(parent, pwd.getpwnam('qmaild').pw_uid, -1)
+def qmaild_dir(tmp_path, name):
+    """tmp_path/name, a directory of qmaild's."""
+    d = tmp_path / name
+    d.mkdir()
+    os.chown(d, pwd.getpwnam('qmaild').pw_uid, -1)
     os.chmod(tmp_path, 0o755)
-    home = str(parent / 'qmail')
+    return d
+
+
+def check_home_refused(home):
     r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
                         '--python', RUNTIME, '--fqdn', 'x.example.org'],
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
     assert not os.path.exists(home)
 
+
+def test_install_refuses_a_home_another_user_may_rename(tmp_path):
+    """The set-uid launchers run HOME/lib's scripts as root and qmailq:
+    a user who may rename HOME (owning a directory above it) could put
+    their own there."""
+    check_home_refused(str(qmaild_dir(tmp_path, 'bob') / 'qmail'))
 
 
 def test_install_refuses_a_home_reached_through_a_link_to_another_users_directory(tmp_path):
     """root_only() exempts links it walks through: the directory a link
     leads to must be root's alone too."""
-    real = tmp_path / 'real'
-    real.mkdir()
-    os.chown(real, pwd.getpwnam('qmaild').pw_uid, -1)
-    os.chmod(tmp_path, 0o755)
     link = tmp_path / 'lnk'
-    os.symlink(str(real), link)
-    home = str(link / 'qmail')
-    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home,
-                        '--python', RUNTIME, '--fqdn', 'x.example.org'],
-                       capture_output=True, text=True, timeout=TIMEOUT)
-    assert r.returncode != 0 and "is not root's alone" in r.stderr, r.stderr
-    assert not os.path.exists(home)
+    os.symlink(str(qmaild_dir(tmp_path, 'real')), link)
+    check_home_refused(str(link / 'qmail'))

@@ -8,13 +8,12 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
-from conftest import TIMEOUT, needs_root, queue_files
+from conftest import TIMEOUT, fake_stdlib, needs_root, queue_files
 
 pytestmark = needs_root
 
@@ -210,28 +209,6 @@ def test_environment_cannot_redirect(home, test_user, tmp_path):
     assert r.returncode == 0, r
     assert len(new_files(home, before)) == 3
     assert not os.path.exists(marker), 'caller-supplied code ran'
-
-
-def fake_stdlib(marker):
-    """A directory that, as a caller's cwd, would give CPython's start
-    a stdlib of the caller's (pyvenv.cfg naming a home beside it, whose
-    lib/python3.X holds the os.py landmark and an encodings package):
-    each file creates marker when run."""
-    evil = tempfile.mkdtemp(prefix='evil.', dir='/tmp')
-    lib = os.path.join(evil, 'lib', 'python%d.%d' % sys.version_info[:2])
-    os.makedirs(os.path.join(lib, 'encodings'))
-    os.makedirs(os.path.join(evil, 'fakehome'))
-    payload = 'import posix\nposix.open(%r, posix.O_CREAT | posix.O_WRONLY, 0o666)\n' % marker
-    for rel in ('os.py', 'encodings/__init__.py'):
-        with open(os.path.join(lib, rel), 'w') as f:
-            f.write(payload)
-    with open(os.path.join(evil, 'pyvenv.cfg'), 'w') as f:
-        f.write('home = %s\n' % os.path.join(evil, 'fakehome'))
-    for d, dirs, files in os.walk(evil):
-        os.chmod(d, 0o755)
-        for name in files:
-            os.chmod(os.path.join(d, name), 0o644)
-    return evil
 
 
 def test_callers_directory_cannot_supply_the_stdlib(home, test_user):
