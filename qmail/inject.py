@@ -145,7 +145,9 @@ def refuse_line_break(value, what: bytes):
     """Beyond qmail: a name, user or host that goes into a header field
     the program makes (From, Message-ID) or into the envelope must not
     break its line: "sendmail -f" with a line break in it (a web form's
-    input, say) added header fields of the sender's choosing."""
+    input, say) added header fields of the sender's choosing.  Checked
+    where the value is used, so one the message makes no use of (NAME,
+    when it brings its own From) stops nothing, as with qmail."""
     if value is not None and (b'\n' in value or b'\r' in value):
         raise Fatal(100, b'line break in the ' + what)
 
@@ -191,10 +193,6 @@ def settings_from(env, ctl: dict, mft=None) -> Settings:
         ctl['defaultdomain'] if defaultdomain is None else defaultdomain,
         ctl['plusdomain'] if plusdomain is None else plusdomain)
     s.idhost = ctl['idhost'] if idhost is None else idhost
-    for what, value in ((b'name', s.fullname), (b'user', s.mailuser),
-                        (b'user', s.mailruser), (b'host', s.mailhost),
-                        (b'host', s.mailrhost), (b'host', s.idhost)):
-        refuse_line_break(value, what)
     if mft is not None:
         s.mft = frozenset(line.lower() for line in mft)
     return s
@@ -233,6 +231,7 @@ def date_field(now: int) -> bytes:
 
 def msgid_field(now: int, pid: int, idhost: bytes) -> bytes:
     """"Message-ID: <19950926044653.12345.qmail@idhost>\\n" (newfield.c)."""
+    refuse_line_break(idhost, b'host')
     t = time.gmtime(now)
     return b'Message-ID: <%d%02d%02d%02d%02d%02d.%d.qmail@%s>\n' % (
         t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
@@ -241,6 +240,9 @@ def msgid_field(now: int, pid: int, idhost: bytes) -> bytes:
 
 def default_from(s: Settings) -> bytes:
     """The From field qmail-inject makes for the user (without "Resent-")."""
+    for what, value in ((b'name', s.fullname), (b'user', s.mailuser),
+                        (b'host', s.mailhost)):
+        refuse_line_break(value, what)
     named = s.fullname is not None
     tokens = [(ATOM, b'From'), (COLON, b'')]
     if named and not s.flagnamecomment:
@@ -266,6 +268,8 @@ def default_sender(s: Settings, now: int, pid: int) -> bytes:
     """The envelope sender when neither -f nor Return-Path gives one:
     QMAILSUSER@QMAILSHOST (else the From user and host), with the m
     and r VERP tails."""
+    refuse_line_break(s.mailruser, b'user')
+    refuse_line_break(s.mailrhost, b'host')
     box = s.mailruser
     if s.flaghackmess:
         box += b'-%d.%d' % (now, pid)

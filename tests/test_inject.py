@@ -961,6 +961,26 @@ def test_a_line_break_in_sender_name_user_or_host_is_refused(home, tmp_path, cap
     assert not (tmp_path / 'msg').exists()
 
 
+@pytest.mark.parametrize('env, header', [
+    ({'NAME': 'Joe\nX-Injected: 1'}, b'From: joe@example.org\n'),
+    ({'QMAILHOST': 'h\n.example'},
+     b'From: joe@example.org\nMessage-ID: <1@example.org>\n'),
+])
+def test_a_line_break_in_a_value_the_message_does_not_use_stops_nothing(
+        home, tmp_path, capsys, monkeypatch, env, header):
+    """As with qmail: NAME or the host matter only to the From: (and
+    sender, Message-ID) qmail-inject makes, so a message bringing its own
+    is queued, with none of that text in it."""
+    fake_queue(tmp_path, monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv('QMAILSHOST', 'example.org')
+    code, out, err = run(capsys, ['a@b.c'], header + b'Subject: x\n\nbody\n')
+    assert code == 0, err
+    msg = (tmp_path / 'msg').read_bytes()
+    assert b'Injected' not in msg and b'h\n' not in msg
+
+
 def test_a_header_of_many_small_fields_costs_about_its_size():
     """1.5 million fields, 10.5 MB: the fields are passed on as they are
     read, into one buffer, not kept as an object each (which took 244 MB
