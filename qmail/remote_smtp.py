@@ -323,7 +323,9 @@ class Session:
         self.tlsinfo = b''
 
     def said(self) -> bytes:
-        text = self.conn.text
+        """The last reply's text, once (qmail's outsmtptext empties it):
+        "Giving up" after refused recipients repeats none of it."""
+        text, self.conn.text = self.conn.text, b''
         return b'Remote host said: ' + text if text else b''
 
     def quit(self, prepend: bytes, append: bytes, said=True) -> bytes:
