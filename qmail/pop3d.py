@@ -97,7 +97,7 @@ import time
 
 import _signal    # not `signal`: its enum import costs start-up time
 
-from qmail.lib import auto, control, durable
+from qmail.lib import auto, control, durable, stderr
 from qmail.pop3d_io import (TOOLONG, Conn, Gone, Lines, parse_command, read_wait,
                             silence_limit)
 
@@ -699,10 +699,7 @@ def serve(session: Session, conn: Conn) -> int:
 
 
 def log(text: str):
-    try:
-        os.write(2, ('qmail-pop3d: %s\n' % text).encode('utf-8', 'replace'))
-    except OSError:
-        pass
+    stderr.log(('qmail-pop3d: %s\n' % text).encode('utf-8', 'replace'))
 
 
 def say(reply: bytes):

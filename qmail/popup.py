@@ -125,7 +125,7 @@ import time
 
 import _socket    # not `socket`: its enum import costs start-up time
 
-from qmail.lib import auto, control
+from qmail.lib import auto, control, stderr
 from qmail.pop3d import DEFAULT_LIFETIME, DEFAULT_TIMEOUT, MAXCMDLINE, MAXERRORS
 from qmail.pop3d_io import (TOOLONG, Conn, Gone, Lines, is_socket,
                             parse_command, read_wait, silence_limit)
@@ -627,10 +627,7 @@ def describe(wstat: int) -> bytes:
 
 
 def log(line: bytes):
-    try:
-        os.write(2, line)
-    except OSError:
-        pass
+    stderr.log(line)
 
 
 # -- the shell ----------------------------------------------------------------

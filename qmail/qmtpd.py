@@ -106,7 +106,7 @@ import select
 
 import _signal    # not `signal`: its enum import costs start-up time
 
-from qmail.lib import auto, control
+from qmail.lib import auto, control, stderr
 from qmail.lib.cdb import Cdb, CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
@@ -667,11 +667,8 @@ def complain(program: str, err: BaseException):
         tb = tb.tb_next
     where = ('%s:%d' % (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
              if tb is not None else '?')
-    try:
-        os.write(2, ('%s: internal error: %s at %s\n'
-                     % (program, type(err).__name__, where)).encode())
-    except OSError:
-        pass
+    stderr.log(('%s: internal error: %s at %s\n'
+                % (program, type(err).__name__, where)).encode())
 
 
 def main(argv=None, home=None) -> int:
@@ -687,8 +684,8 @@ def main(argv=None, home=None) -> int:
         except (OSError, CdbError):
             return EXIT_TEMP        # no response is possible before a package
         if config.rcptmap is not None and config.rcptmap.warning:
-            os.write(2, b'qmail-qmtpd: warning: %s\n'
-                     % config.rcptmap.warning.encode('utf-8', 'replace'))
+            stderr.log(b'qmail-qmtpd: warning: %s\n'
+                       % config.rcptmap.warning.encode('utf-8', 'replace'))
         program = queue_program(home, environ)
         if config.lifetime:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)

@@ -124,7 +124,7 @@ import select
 import _signal    # not `signal`: its enum import costs start-up time
 import _socket    # not `socket`: only its C type is needed here
 
-from qmail.lib import auto, control
+from qmail.lib import auto, control, stderr
 from qmail.lib.control import scan_ulong
 from qmail.lib.cdb import Cdb, CdbError
 from qmail.lib.date822 import date822
@@ -991,10 +991,7 @@ def serve(session: Session, fdin: int = 0, fdout: int = 1,
 def write_logs(session: Session, fd: int = 2):
     logs = session.take_logs()
     if logs and session.config.flaglog:
-        try:
-            os.write(fd, logs)
-        except OSError:
-            pass
+        stderr.log(logs, fd)        # (never into the client's stream)
 
 
 def serve_session(session, channel, fdin, certfile, timeout) -> int:
@@ -1123,8 +1120,8 @@ def main(argv=None, home=None) -> int:
             return 1
         config.flagtls = config.flagtls and is_socket(0, 1)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
-            os.write(2, b'qmail-smtpd: warning: %s\n'
-                     % config.rcptmap.warning.encode('utf-8', 'replace'))
+            stderr.log(b'qmail-smtpd: warning: %s\n'
+                       % config.rcptmap.warning.encode('utf-8', 'replace'))
         program = seen.get(b'QMAILQUEUE')
         program = (os.path.join(home, 'bin/qmail-queue') if program is None
                    else os.fsdecode(program))
@@ -1153,11 +1150,8 @@ def main(argv=None, home=None) -> int:
             tb = tb.tb_next
         where = ('%s:%d' % (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
                  if tb is not None else '?')
-        try:
-            os.write(2, ('qmail-smtpd: internal error: %s at %s\n'
-                         % (type(err).__name__, where)).encode())
-        except OSError:
-            pass
+        stderr.log(('qmail-smtpd: internal error: %s at %s\n'
+                    % (type(err).__name__, where)).encode())
         if session is None or session.tls is None:  # not in the clear under TLS
             say(1, R_INTERNAL)
         return 1

@@ -914,6 +914,46 @@ def test_program_receives_a_message(qmailhome):
     check((out / 'envelope').read_bytes(), b'Fa@b.example\0Tu@example.org\0\0')
 
 
+@pytest.mark.parametrize('how', ['inetd', 'stderr_to_stdout'])
+def test_no_log_line_reaches_the_client(qmailhome, how):
+    """Under inetd fds 0, 1 and 2 are the connection, and "sendmail -bs
+    2>&1" gives one pipe: qmail's qmail-smtpd says nothing but replies
+    there, and the log line (control/logsmtpd) would reach the client as
+    a bogus reply, before the real 250 of a message it had queued."""
+    import socket
+    home, fakeq, out = qmailhome
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'QMAILQUEUE': str(fakeq),
+           'TCPREMOTEIP': '192.0.2.7', 'TCPLOCALHOST': 'mx.example.org'}
+    code = ('import sys; from qmail import smtpd; '
+            'sys.exit(smtpd.main([], home=%r))' % str(home))
+    dialogue = (b'HELO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@example.org>\r\n'
+                b'DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n')
+    if how == 'inetd':
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            proc = subprocess.Popen([sys.executable, '-c', code], stdin=theirs,
+                                    stdout=theirs, stderr=theirs, env=env)
+            theirs.close()
+            ours.sendall(dialogue)
+            ours.settimeout(60)
+            got = b''
+            while True:
+                chunk = ours.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            proc.wait(timeout=60)
+    else:
+        proc = subprocess.run([sys.executable, '-c', code], input=dialogue,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env, timeout=60)
+        got = proc.stdout
+    assert proc.returncode == 0
+    assert (out / 'envelope').read_bytes() == b'Fa@b.example\0Tu@example.org\0\0'
+    assert b'qmail-smtpd:' not in got, got
+    assert all(re.match(rb'\d\d\d[ -]', line) for line in got.split(b'\r\n')[:-1]), got
+
+
 def test_program_as_sendmail_bs(qmailhome):
     """sendmail -bs: RELAYCLIENT='' and DATABYTES=0, any recipient."""
     home, fakeq, out = qmailhome
