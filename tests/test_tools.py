@@ -1071,3 +1071,23 @@ def test_qmail_queue_runs_in_the_qmail_home(fakeqq, tmp_path, monkeypatch):
     assert qq.close() == ''
     assert fakeqq.mess == b'Subject: x\n\nbody\n'
     assert fakeqq.cwd.rstrip(b'\n') == os.fsencode(str(home))
+
+
+@pytest.mark.parametrize('given, want', [
+    ({}, None),                                 # coerced: taken back
+    ({'LC_CTYPE': 'C.UTF-8'}, 'C.UTF-8'),       # the caller's own: kept
+])
+def test_programs_pass_on_no_lc_ctype_of_the_interpreters(home, tmp_path, given, want):
+    """Started in the C locale (qmail-start under "env -"), CPython sets
+    LC_CTYPE=C.UTF-8, which reached every program a .qmail file runs."""
+    import subprocess
+    env = {'UFLINE': 'From x\n', 'RPLINE': 'Return-Path: <x>\n',
+           'DTLINE': 'Delivered-To: y\n', 'PATH': '/usr/bin:/bin'}
+    env.update(given)
+    r = subprocess.run([os.path.join(str(home), 'bin', 'preline'), '/usr/bin/env'],
+                       input=b'body\n', capture_output=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    got = [line.split('=', 1)[1] for line in lines if line.startswith('LC_CTYPE=')]
+    assert got == ([] if want is None else [want]), lines
+    assert 'PATH=/usr/bin:/bin' in lines
