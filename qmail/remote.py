@@ -169,7 +169,9 @@ def lookup_map(host: bytes, table: dict):
 
 def parse_relay(value: bytes):
     """(relay host, port) of an smtproutes value "relay" or "relay:port";
-    [IPv6:...] literals keep their colons.  Raises ValueError."""
+    [IPv6:...] literals keep their colons.  As qmail reads the port, only
+    its leading digits count: "relay:587 user pass" (the form of the
+    SMTP AUTH patches' lines) is port 587.  Raises ValueError."""
     port = PORT_SMTP
     if value.startswith(b'['):
         end = value.find(b']')
@@ -182,9 +184,10 @@ def parse_relay(value: bytes):
     if not relay:
         raise ValueError('no relay')
     if rest:
-        if not rest.startswith(b':') or not rest[1:].isdigit():
+        digits = rest[1:len(rest) - len(rest[1:].lstrip(b'0123456789'))]
+        if not rest.startswith(b':') or not digits:
             raise ValueError('bad port')
-        port = int(rest[1:])
+        port = int(digits)
         if not 0 < port < 65536:
             raise ValueError('bad port')
     return relay, port

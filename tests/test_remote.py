@@ -117,6 +117,10 @@ def test_smtproutes_no_default():
     (b'[1.2.3.4]:2525', (b'[1.2.3.4]', 2525)),
     (b'[IPv6:2001:db8::25]:2525', (b'[IPv6:2001:db8::25]', 2525)),
     (b'[IPv6:2001:db8::25]', (b'[IPv6:2001:db8::25]', 25)),
+    # qmail's scan_ulong: the port's leading digits, the rest ignored (the
+    # SMTP AUTH patches' "relay:port user pass" deferred every message)
+    (b'smarthost.example:587 user secret', (b'smarthost.example', 587)),
+    (b'[1.2.3.4]:26:', (b'[1.2.3.4]', 26)),
 ])
 def test_parse_relay(value, want):
     assert remote.parse_relay(value) == want
