@@ -25,7 +25,12 @@ success; a reply longer than REPLYMAX bytes ends the conversation.
 The message: every line ends in CR LF (LF, CR LF and a lone CR in the
 file each end a line), a line starting with a dot gets another, and the
 end is dot CR LF.  8-bit data is sent as it is.  A message whose last
-line has no end cannot be sent: D (#5.6.2).
+line has no end cannot be sent: D (#5.6.2).  Not qmail, which put a CR
+before each LF and sent any other CR as it was (CR LF in the file went
+out as CR CR LF): a lone CR, or CR LF, followed by "." then reached the
+peer unstuffed, and a server that takes either as a line end read the
+end of DATA there and the rest as commands of the sender's choosing
+(SMTP smuggling, 2023).  Here no CR goes out but before its LF.
 
 TLS: with a Tls policy and STARTTLS offered, the conversation goes on
 encrypted, after a new EHLO.  Opportunistic (no certificate check): a
