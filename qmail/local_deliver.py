@@ -270,7 +270,35 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
                     return True
     except FileNotFoundError:
         pass
+    except PermissionError:
+        # cur/ searchable only (a drop box): the standard forms, by name.
+        base = os.path.join(cur, name)
+        return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
+            or os.path.lexists(base)
     return False
+
+
+def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
+    """Make dirpath's entries durable (durable.fsync_dir).  Where it may
+    be written and searched but not read (a drop box's new/, the 1733
+    directory of mboxes), it cannot be opened to be synced, and qmail,
+    which syncs no directory, delivers there: then the file's own fsync
+    (fd, or path opened) stands for it, which carries the new entry on
+    ext4 and xfs (their journal's commit; ext4 without one syncs a new
+    entry's directory with it)."""
+    try:
+        durable.fsync_dir(dirpath)
+    except PermissionError:
+        if fd == -1 and path is None:
+            return                      # nothing of ours to sync there
+        own = fd == -1
+        if own:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            durable.fsync(fd)
+        finally:
+            if own:
+                os.close(fd)
 
 
 class Spare:
@@ -489,8 +517,10 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
                 if already_delivered(dirname, unique):
                     # An earlier attempt got here, perhaps killed before
                     # its fsync of new/: durable now, before it counts.
-                    for sub in (b'new', b'cur'):
-                        durable.fsync_dir(os.path.join(dirname, sub))
+                    newname = os.path.join(dirname, b'new', unique)
+                    sync_dir(os.path.join(dirname, b'new'),
+                             path=newname if os.path.lexists(newname) else None)
+                    sync_dir(os.path.join(dirname, b'cur'))
                     return
             newname = os.path.join(dirname, b'new', unique)
             linked = False
@@ -502,7 +532,7 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
                     raise
                 # The same delivery, made meanwhile: it is there, whole.
             try:
-                durable.fsync_dir(os.path.join(dirname, b'new'))
+                sync_dir(os.path.join(dirname, b'new'), path=newname)
             except OSError:
                 # Not durable, so not delivered.  With the exactly-once
                 # name the file stays (whole: fsynced before its link):
@@ -609,7 +639,7 @@ def deliver_mbox(fn: bytes, head: bytes):
         # Its name, perhaps new (made now, or by an attempt killed before
         # this fsync, whose mbox this one found already there): Linux
         # makes it durable only with an fsync of the directory.
-        durable.fsync_dir(os.path.dirname(fn) or b'.')
+        sync_dir(os.path.dirname(fn) or b'.', fd=fd)
     except _ReadError as err:
         _truncate(fd, pos, flaglocked)
         raise TempFail(b'Unable to read message: %s. (#4.3.0)'

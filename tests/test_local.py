@@ -836,3 +836,59 @@ def test_unseekable_message(home):
     code, report = home.run(stdin=r)
     os.close(r)
     expect((code, report), (111, b'Unable to rewind message. (#4.3.0)\n'))
+
+
+@pytest.fixture
+def open_home():
+    """A Home others may reach (pytest's tmp_path is root's alone)."""
+    import shutil
+    import tempfile
+    import pathlib
+    if os.geteuid() != 0:
+        pytest.skip('needs root')
+    top = tempfile.mkdtemp(prefix='qmail-local-test.')
+    os.chmod(top, 0o755)
+    yield Home(pathlib.Path(top))
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def test_maildir_drop_box(open_home):
+    """new/ and tmp/ writable and searchable only, cur/ private: maildir(5)
+    delivery reads none of them, and qmail delivers there.  The fsync of
+    new/ (which must open it) failed, so every attempt was deferred with
+    the message already in new/, until it bounced."""
+    md = open_home.maildir('drop')
+    os.chmod(md, 0o711)
+    for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
+        os.chmod(md / sub, mode)
+    open_home.write('.qmail', b'./drop/\n')
+    mess = open_home.write('queued', MESSAGE)
+    fd = os.open(mess, os.O_RDONLY)
+    try:
+        for _ in range(2):          # the second finds the first, by name
+            code, report = open_home.run(setup=as_nobody, stdin=fd)
+            expect((code, report[:1]), (0, b'd'))
+    finally:
+        os.close(fd)
+    new = os.listdir(md / 'new')
+    assert len(new) == 1, new
+    assert (md / 'new' / new[0]).read_bytes().endswith(MESSAGE)
+    assert os.listdir(md / 'tmp') == []
+
+
+def test_mbox_in_a_directory_others_may_not_read(open_home):
+    """A spool directory of mode 1733: the mbox is made and appended to,
+    as by qmail (its name's durability is the file's own fsync there)."""
+    spool = open_home.path / 'spool'
+    spool.mkdir()
+    os.chmod(spool, 0o1733)
+    open_home.write('.qmail', b'./spool/Mbox\n')
+    code, report = open_home.run(setup=as_nobody)
+    expect((code, report[:1]), (0, b'd'))
+    assert (spool / 'Mbox').read_bytes().startswith(b'From god@heaven.af.mil ')
