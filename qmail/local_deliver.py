@@ -193,11 +193,20 @@ class _alarm:
 
 # ---- maildir --------------------------------------------------------------
 
+# Set by qmail-lspawn's delivery workers: fd 0 is a queue file, which a
+# retry gives again.  qmail-local run by hand (a saved message, delivered
+# once per run as with qmail) leaves it False.
+FROM_QUEUE = False
+
+
 def message_identity():
     """(inode, mtime in ns) of the message on fd 0 when it is a queue file:
     together they name this message instance (an inode is reused only
     after the file is gone, and a new file gets a new mtime).  None for
-    a pipe: then deliveries get the at-least-once names."""
+    anything else (a pipe, a file given by hand): then deliveries get
+    the at-least-once names."""
+    if not FROM_QUEUE:
+        return None
     try:
         st = os.fstat(0)
     except OSError:

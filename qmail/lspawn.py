@@ -282,7 +282,8 @@ def worker_setup(n: users.Nughde) -> int:
 
 def worker_deliver(fields) -> int:
     """One delivery in a worker: qmail-local with these arguments."""
-    from qmail import local as qmail_local
+    from qmail import local as qmail_local, local_deliver
+    local_deliver.FROM_QUEUE = True         # fd 0 is the queue's mess file
     return qmail_local.main(list(fields))      # bytes, as parse_args wants them
 
 

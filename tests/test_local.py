@@ -858,7 +858,7 @@ def as_nobody():
     os.setuid(65534)
 
 
-def test_maildir_drop_box(open_home):
+def test_maildir_drop_box(open_home, monkeypatch):
     """new/ and tmp/ writable and searchable only, cur/ private: maildir(5)
     delivery reads none of them, and qmail delivers there.  The fsync of
     new/ (which must open it) failed, so every attempt was deferred with
@@ -868,6 +868,7 @@ def test_maildir_drop_box(open_home):
     for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
         os.chmod(md / sub, mode)
     open_home.write('.qmail', b'./drop/\n')
+    monkeypatch.setattr(ld, 'FROM_QUEUE', True)     # as from qmail-lspawn
     mess = open_home.write('queued', MESSAGE)
     fd = os.open(mess, os.O_RDONLY)
     try:

@@ -10,8 +10,23 @@ import pytest
 
 
 @pytest.fixture
-def home(tmp_path):
+def home(tmp_path, monkeypatch):
+    # fd 0 a queue file, as qmail-lspawn's workers say
+    monkeypatch.setattr(ld, 'FROM_QUEUE', True)
     return Home(tmp_path)
+
+
+def test_a_message_given_by_hand_is_delivered_each_time(tmp_path):
+    """qmail-local run by hand (not by qmail-lspawn) on a saved message:
+    each run delivers it, as qmail's did, under a name of its own."""
+    home = Home(tmp_path)
+    md, mess = queued(home, tmp_path, b'Subject: by hand\n\nbody\n')
+    for attempt in range(3):
+        fd = os.open(mess, os.O_RDONLY)
+        code, report = home.run(stdin=fd)
+        os.close(fd)
+        assert code == 0, report
+    assert len(os.listdir(md / 'new')) == 3
 
 
 def queued(home, tmp_path, body: bytes, dotqmail: bytes = b'./Maildir/\n'):
