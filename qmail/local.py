@@ -271,7 +271,7 @@ def count_report(counts: list, qp: int) -> bytes:
 
 # ---- I/O: the home directory and the .qmail files --------------------------
 
-def check_home(homedir: bytes, patrn: int, flagdoit: bool, say) -> None:
+def check_home(homedir: bytes, patrn: int, flagdoit: bool) -> None:
     """chdir to the home directory and refuse one that is unsafe now."""
     try:
         os.chdir(homedir)
@@ -290,7 +290,7 @@ def check_home(homedir: bytes, patrn: int, flagdoit: bool, say) -> None:
         if flagdoit:
             raise TempFail(b'Home directory is sticky: '
                            b'user is editing his .qmail file. (#4.2.1)')
-        say(b'Warning: home directory is sticky.\n')
+        say_fd2(b'Warning: home directory is sticky.\n')
 
 
 def _open_error(name: bytes, err: OSError) -> TempFail:
@@ -370,12 +370,14 @@ def dotqmail_exists(name: bytes) -> bool:
 
 # ---- main ------------------------------------------------------------------
 
-def say_fd1(data: bytes) -> None:
-    """Write to the report (fd 1) now: programs write to it too."""
+def say_fd1(data: bytes, fd: int = 1) -> None:
+    """Write to the report (fd 1) now: programs write to it too.  Failure
+    texts and warnings go to fd 2, as qmail's (qmail-lspawn gives both
+    fds one pipe; run by hand, 2>/dev/null leaves "did" alone)."""
     view = memoryview(data)
     while view:
         try:
-            n = os.write(1, view)
+            n = os.write(fd, view)
         except InterruptedError:
             continue
         except OSError:
@@ -392,7 +394,7 @@ def deliver(argv, say, now: float) -> int:
     user, homedir, local, dash, ext, host, sender, aliasempty = args
     patrn = getattr(auto, 'PATRN', PATRN_DEFAULT)
 
-    check_home(homedir, patrn, flagdoit, say)
+    check_home(homedir, patrn, flagdoit)
     lines = {'dt': make_dtline(local, host), 'rp': make_rpline(sender),
              'uf': make_ufline(sender, now)}
     if flagdoit:
@@ -476,6 +478,10 @@ def where(err: BaseException) -> str:
                          code.co_name)
 
 
+def say_fd2(data: bytes) -> None:
+    say_fd1(data, 2)
+
+
 def main(argv=None) -> int:
     """qmail-local with argv (the arguments after the program name).
 
@@ -493,14 +499,14 @@ def main(argv=None) -> int:
         return deliver(argv, say_fd1, time.time())
     except Failure as fail:
         if fail.text:
-            say_fd1(fail.text + b'\n')
+            say_fd2(fail.text + b'\n')
         return fail.code
     except MemoryError:
-        say_fd1(b'Out of memory. (#4.3.0)\n')
+        say_fd2(b'Out of memory. (#4.3.0)\n')
         return 111
     except BaseException as err:   # last resort: never a traceback, never 1
         try:
-            say_fd1(b'Unexpected error in qmail-local: %s at %s. (#4.3.0)\n'
+            say_fd2(b'Unexpected error in qmail-local: %s at %s. (#4.3.0)\n'
                     % (type(err).__name__.encode(), where(err).encode()))
         except BaseException:
             pass

@@ -893,3 +893,24 @@ def test_mbox_in_a_directory_others_may_not_read(open_home):
     code, report = open_home.run(setup=as_nobody)
     expect((code, report[:1]), (0, b'd'))
     assert (spool / 'Mbox').read_bytes().startswith(b'From god@heaven.af.mil ')
+
+
+def test_failures_and_warnings_go_to_fd_2_reports_to_fd_1(home, tmp_path):
+    """As qmail's (strerr on fd 2, "did" and -n's listing on fd 1): run by
+    hand, 2>/dev/null leaves the report alone; under qmail-lspawn both
+    fds are one pipe."""
+    import subprocess
+    home.write('.qmail', b'./Mailbox\n')
+    os.chmod(home.path, 0o1755)                     # sticky: being edited
+    code = ('import sys; from qmail import local; sys.exit(local.main(sys.argv[1:]))')
+    argv = [sys.executable, '-c', code] + [os.fsdecode(a) for a in (
+        USER, os.fsencode(home.path), USER, b'', b'', HOST, SENDER, b'./Mailbox')]
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))}
+    r = subprocess.run(argv[:3] + ['-n'] + argv[3:], input=MESSAGE,
+                       capture_output=True, env=env, timeout=60)
+    expect((r.returncode, r.stdout, r.stderr),
+           (0, b'mbox ./Mailbox\ndid 1+0+0\n', b'Warning: home directory is sticky.\n'))
+    r = subprocess.run(argv, input=MESSAGE, capture_output=True, env=env, timeout=60)
+    expect((r.returncode, r.stdout, r.stderr), (111, b'', b'Home directory is sticky: '
+                                                 b'user is editing his .qmail file. (#4.2.1)\n'))
