@@ -8,10 +8,13 @@ Writes:   to command's fd 0 through a pipe: UFLINE (the From_ line),
           command keeps our fds 1 and 2.
 Options:  -f no From_ line, -r no Return-Path line, -d no Delivered-To
           line; -F -R -D put them back (the last letter wins).
-Exits:    command's exit code; 111 if command crashes, cannot be started
-          for a temporary reason, or stops reading before the end (the
-          write fails); 100 usage (also when UFLINE, RPLINE or DTLINE
-          is not set) or command cannot be started for good.
+Exits:    command's exit code, also when it stops reading before the end
+          (not quite qmail: preline.c exited 111 there for a message
+          longer than its buffer, and gave the command's code for a
+          shorter one, whose last write it never checked); 111 if command
+          crashes, cannot be started for a temporary reason, or a read or
+          another write fails; 100 usage (also when UFLINE, RPLINE or
+          DTLINE is not set) or command cannot be started for good.
 See:      preline(1), qmail-command(8), mbox(5).
 """
 
