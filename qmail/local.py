@@ -47,6 +47,8 @@ USAGE = (b'qmail-local: usage: qmail-local [ -nN ] user homedir local dash '
          b'ext domain sender aliasempty')
 # conf-patrn: mode bits forbidden on the home directory and the .qmail
 # file (other-writable); an installed auto.py may fix another value.
+# qmail's own default too, though dot-qmail(5) speaks of group-writable
+# ones as well (the user's private group is often the only member).
 PATRN_DEFAULT = 0o002
 # A .qmail file is typed by a person (or written by a list manager);
 # more than this is a mistake, and reading it all would hurt.
