@@ -106,6 +106,7 @@ PROGRAMS = (
     ('qmail-remote', 'remote', 0o755, True),
     ('qmail-tcpto', 'tcpto', 0o755, False),
     ('qmail-tcpok', 'tcpok', 0o755, False),
+    ('tcp-env', 'tcp_env', 0o755, True),
     ('qmail-clean', 'clean', 0o755, True),
     ('qmail-queued', 'queued', 0o755, True),
     ('qmail-svscan', 'svscan', 0o700, False),

@@ -1091,3 +1091,26 @@ def test_programs_pass_on_no_lc_ctype_of_the_interpreters(home, tmp_path, given,
     got = [line.split('=', 1)[1] for line in lines if line.startswith('LC_CTYPE=')]
     assert got == ([] if want is None else [want]), lines
     assert 'PATH=/usr/bin:/bin' in lines
+
+
+@pytest.mark.parametrize('argv, want', [
+    (['prog'], (True, 30, ['prog'])),
+    (['-R', 'prog', '-r'], (False, 30, ['prog', '-r'])),
+    (['-Rt5', 'prog'], (False, 5, ['prog'])),
+    (['-t', '7', '-r', '--', '-prog'], (True, 7, ['-prog'])),
+    (['-tx', 'prog'], (True, 0, ['prog'])),             # scan_ulong: 0
+    (['-R'], None), (['-t'], None), (['-x', 'prog'], None), ([], None),
+])
+def test_tcp_env_arguments(argv, want):
+    from qmail import tcp_env
+    assert tcp_env.parse_args(argv) == want
+
+
+@pytest.mark.parametrize('answer, want', [
+    (b'6193 , 23 : USERID : UNIX : stjohns\r\n', b'stjohns'),
+    (b'6193, 23 : USERID : UNIX,US-ASCII : joe smith\r\nmore', b'joesmith'),
+    (b'6195 , 23 : ERROR : NO-USER\r\n', b''),
+])
+def test_tcp_env_remoteinfo(answer, want):
+    from qmail import tcp_env
+    assert tcp_env.remoteinfo_of(answer) == want
