@@ -36,6 +36,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from qmail.lib import auto
 from qmail.listen import unmap
@@ -85,10 +86,11 @@ def parse_args(argv):
 
 def remoteinfo_of(answer: bytes) -> bytes:
     """What remoteinfo.c keeps of an ident answer: the bytes after its
-    third colon, blanks (space, tab, CR) dropped, up to the LF."""
+    third colon, blanks (space, tab, CR) dropped, up to the LF, at most
+    998 (a NUL ends it, as it ends qmail's C string)."""
     out = bytearray()
     colons = 0
-    for ch in answer.split(b'\n', 1)[0]:
+    for ch in answer.split(b'\n', 1)[0].split(b'\0', 1)[0]:
         if ch in b' \t\r':
             continue
         if colons < 3:
@@ -112,8 +114,10 @@ def ask_ident(local, remote, timeout: int):
         s.connect((remote[0], IDENT_PORT))
         s.sendall(b'%d , %d\r\n' % (remote[1], local[1]))
         got = b''
-        while b'\n' not in got and len(got) < IDENT_LINE:
-            if not select.select([s], [], [], timeout)[0]:
+        deadline = time.monotonic() + timeout     # the whole answer's
+        while b'\n' not in got and len(got) < 4 * IDENT_LINE:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([s], [], [], wait)[0]:
                 return None
             chunk = s.recv(IDENT_LINE)
             if not chunk:
@@ -142,7 +146,8 @@ def name_of(resolver, ip: str):
     if answer.rrset is None:
         return False, None
     for rr in answer.rrset:
-        return True, rr.target.to_text(omit_final_dot=True).lower()
+        name = rr.target.to_text(omit_final_dot=True).lower()
+        return True, '' if name == '.' else name
     return False, None
 
 
@@ -155,27 +160,30 @@ def host_of(resolver, ip: str):
 
 
 def make_resolver():
+    """A resolver as qmail-remote's (control/dnsservers, read the same
+    way, else /etc/resolv.conf); None when there is none to ask (that
+    file unreadable or unparsable: names are then "softdnserror")."""
+    from qmail.lib import control
     from qmail.lib import dns as qdns
-    nameservers = None
     try:
-        with open(os.path.join(auto.QMAIL, 'control', 'dnsservers'), 'rb') as f:
-            lines = [line.strip() for line in f.read(65536).splitlines()]
+        servers = control.Controls(os.path.join(auto.QMAIL, 'control')).lines('dnsservers')
         nameservers = [qdns.parse_nameserver(line.decode('ascii'))
-                       for line in lines if line and not line.startswith(b'#')] or None
-    except (OSError, ValueError, UnicodeError):
-        nameservers = None
-    try:
+                       for line in servers] or None
         return qdns.make_resolver(nameservers)
     except Exception:
         return None
 
 
 def set_env(name: str, value) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environb[name.encode()] = value if isinstance(value, bytes) \
-            else os.fsencode(value)
+    """Set (or, for None, unset) one variable; a value the environment
+    cannot hold leaves it unset."""
+    os.environ.pop(name, None)
+    if value is not None:
+        try:
+            os.environb[name.encode()] = value if isinstance(value, bytes) \
+                else os.fsencode(value)
+        except ValueError:
+            pass
 
 
 def describe_connection(flagremoteinfo: bool, timeout: int) -> bool:

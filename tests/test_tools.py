@@ -1110,6 +1110,8 @@ def test_tcp_env_arguments(argv, want):
     (b'6193 , 23 : USERID : UNIX : stjohns\r\n', b'stjohns'),
     (b'6193, 23 : USERID : UNIX,US-ASCII : joe smith\r\nmore', b'joesmith'),
     (b'6195 , 23 : ERROR : NO-USER\r\n', b''),
+    (b'1,2:USERID:UNIX:joe\0evil\r\n', b'joe'),     # C's string ends there
+    (b'1,2:USERID:UNIX:' + b'x' * 2000 + b'\r\n', b'x' * 998),
 ])
 def test_tcp_env_remoteinfo(answer, want):
     from qmail import tcp_env

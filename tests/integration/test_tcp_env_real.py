@@ -189,3 +189,21 @@ def test_no_connection_or_no_program_is_111_and_silent(home, args):
         assert (r.returncode, r.stdout, r.stderr) == (111, b'', b'')
         code, got, err = tcp_env(home, args, null)
     assert (code, got, err) == (111, {}, b'')
+
+
+def test_an_unparsable_dnsservers_makes_names_softdnserror(home):
+    """As qmail-remote defers on it, tcp-env asks no other resolver."""
+    path = os.path.join(home, 'control', 'dnsservers')
+    with open(path) as f:
+        good = f.read()
+    with open(path, 'w') as f:
+        f.write('not an address\n')
+    try:
+        server, client, sport, cport = connected()
+        with server, client:
+            code, got, err = tcp_env(home, ['-R'], server)
+    finally:
+        with open(path, 'w') as f:
+            f.write(good)
+    assert code == 0, err
+    assert (got['TCPLOCALHOST'], got['TCPREMOTEHOST']) == ('softdnserror',) * 2
