@@ -280,7 +280,8 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
     except FileNotFoundError:
         pass
     except PermissionError:
-        # cur/ searchable only (a drop box): the standard forms, by name.
+        # cur/ searchable only: the standard forms, by name (where it is
+        # not even that, nothing is seen, and a retry may deliver again).
         base = os.path.join(cur, name)
         return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
             or os.path.lexists(base)
@@ -292,9 +293,9 @@ def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
     be written and searched but not read (a drop box's new/, the 1733
     directory of mboxes), it cannot be opened to be synced, and qmail,
     which syncs no directory, delivers there: then the file's own fsync
-    (fd, or path opened) stands for it, which carries the new entry on
-    ext4 and xfs (their journal's commit; ext4 without one syncs a new
-    entry's directory with it)."""
+    (fd, or path opened) stands for it where that carries the new entry
+    (durable.file_fsync_carries_entry: ext3/4, xfs, btrfs); elsewhere
+    the PermissionError stands, and the delivery is deferred."""
     try:
         durable.fsync_dir(dirpath)
     except PermissionError:
@@ -304,6 +305,8 @@ def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
         if own:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
+            if not durable.file_fsync_carries_entry(fd):
+                raise
             durable.fsync(fd)
         finally:
             if own:

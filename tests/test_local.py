@@ -914,3 +914,16 @@ def test_failures_and_warnings_go_to_fd_2_reports_to_fd_1(home, tmp_path):
     r = subprocess.run(argv, input=MESSAGE, capture_output=True, env=env, timeout=60)
     expect((r.returncode, r.stdout, r.stderr), (111, b'', b'Home directory is sticky: '
                                                  b'user is editing his .qmail file. (#4.2.1)\n'))
+
+
+def test_drop_box_where_a_file_fsync_does_not_carry_its_name(open_home, monkeypatch):
+    """On ext2's own driver (and filesystems not known to) a file's fsync
+    leaves its new name in new/ to chance: deferred, as before."""
+    from qmail.lib import durable
+    md = open_home.maildir('drop')
+    for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
+        os.chmod(md / sub, mode)
+    open_home.write('.qmail', b'./drop/\n')
+    monkeypatch.setattr(durable, 'mount_type', lambda dev: 'ext2')
+    code, report = open_home.run(setup=as_nobody)
+    expect((code, report), (111, b'Temporary error on maildir delivery. (#4.3.0)\n'))

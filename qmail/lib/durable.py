@@ -146,6 +146,48 @@ def fsync_dir(path) -> None:
     _done('fsync_dir', path)
 
 
+# ---- a file's fsync for its directory's --------------------------------------
+#
+# A directory that may be written and searched but not read (a drop box)
+# cannot be opened, so not fsynced.  On some filesystems the fsync of a
+# file newly linked there carries its entry too: with a journal (ext3,
+# ext4, xfs, btrfs: the commit holds the link with the inode), and ext4
+# without one syncs a new entry's directory with the file
+# (ext4_sync_parent).  Not ext2's own driver, nor the others: there only
+# the directory's fsync will do.  Known by the mount's type, as
+# /proc/self/mountinfo gives it (ext2 and ext4 share statfs's magic).
+
+ENTRY_BY_FILE_FSYNC = ('ext3', 'ext4', 'xfs', 'btrfs', 'tmpfs')
+_fs_types = {}          # st_dev -> the mount's type ('' if not found)
+
+
+def mount_type(dev: int) -> str:
+    """The filesystem type of the mount of device dev ('' if unknown)."""
+    if dev not in _fs_types:
+        want = '%d:%d' % (os.major(dev), os.minor(dev))
+        found = ''
+        try:
+            with open('/proc/self/mountinfo', 'rb') as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 2 and fields[2].decode('ascii', 'replace') == want \
+                            and b'-' in fields[6:]:
+                        found = fields[fields.index(b'-', 6) + 1].decode('ascii', 'replace')
+                        break
+        except (OSError, ValueError, IndexError):
+            found = ''
+        _fs_types[dev] = found
+    return _fs_types[dev]
+
+
+def file_fsync_carries_entry(fd: int) -> bool:
+    """Does fd's fsync make its new name durable too (see above)?"""
+    try:
+        return mount_type(os.fstat(fd).st_dev) in ENTRY_BY_FILE_FSYNC
+    except OSError:
+        return False
+
+
 # ---- many at once ---------------------------------------------------------
 #
 # fsync() waits for the data's writeback and a journal commit.  A program
