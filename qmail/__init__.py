@@ -4,10 +4,11 @@ Imported first by every program, it takes back the one change the
 interpreter makes to the environment: started in the C locale, CPython
 sets LC_CTYPE=C.UTF-8 (PEP 538), and that would reach every program a
 .qmail file runs (qmail-start passes its environment on, and qmail's
-INSTALL starts it with "env -" and PATH alone).  The variable goes only
-if the environment the program was started with had none (the kernel
-keeps that one in /proc/self/environ); where that cannot be read (a
-set-uid program), it stays.
+INSTALL starts it with "env -" and PATH alone).  The variable is put back
+as it was in the environment the program was started with (the kernel
+keeps that one in /proc/self/environ): gone if it had none, C or POSIX
+if the caller said so; where that cannot be read (a set-uid program),
+it stays.
 """
 
 import os as _os
@@ -31,8 +32,12 @@ def _undo_locale_coercion():
             _os.close(fd)
     except OSError:
         return
-    if b'\0LC_CTYPE=' not in b'\0' + b''.join(chunks):
-        del _os.environb[b'LC_CTYPE']
+    for entry in b''.join(chunks).split(b'\0'):
+        if entry.startswith(b'LC_CTYPE='):
+            # The caller's (C or POSIX, coerced): back as it was.
+            _os.environb[b'LC_CTYPE'] = entry[len(b'LC_CTYPE='):]
+            return
+    del _os.environb[b'LC_CTYPE']
 
 
 _undo_locale_coercion()

@@ -1076,6 +1076,7 @@ def test_qmail_queue_runs_in_the_qmail_home(fakeqq, tmp_path, monkeypatch):
 @pytest.mark.parametrize('given, want', [
     ({}, None),                                 # coerced: taken back
     ({'LC_CTYPE': 'C.UTF-8'}, 'C.UTF-8'),       # the caller's own: kept
+    ({'LC_CTYPE': 'POSIX'}, 'POSIX'),           # coerced too: put back
 ])
 def test_programs_pass_on_no_lc_ctype_of_the_interpreters(home, tmp_path, given, want):
     """Started in the C locale (qmail-start under "env -"), CPython sets
