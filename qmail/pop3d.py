@@ -69,10 +69,13 @@ one maildir: each works on its own list, see above.
 Limits (control file, default; 0 in the file means no limit):
   timeoutpop3   1200  seconds a client may stay silent (qmail-pop3d's
                       20-minute idle timeout), and a write may wait.
-  lifetimepop3  3600  seconds a session may last, however busy; then
-                      "-ERR timeout" and the connection is dropped.
-                      SIGALRM at lifetime + timeout + ALARM_SLACK ends
-                      a process stuck elsewhere (a hung file system).
+  (none)              on a session's length, however long, as in qmail:
+                      a mailbox fetched over a slow link must reach
+                      QUIT, or its deletions never happen and the next
+                      session starts over.  (lifetimepop3 is the login
+                      phase's, in qmail-popup.)  SIGALRM after timeout +
+                      ALARM_SLACK without a step forward ends a process
+                      stuck elsewhere (a hung file system).
   MAXCMDLINE    1000  bytes in a command line with its LF (fixed; RFC
                       2449 4 lets a client send 255): "-ERR line too
                       long" once its LF arrives; never buffered.
@@ -663,9 +666,16 @@ class Session:
 # -- reading the world, and the shell ------------------------------------------
 
 def load_config(ctl: control.Controls) -> Config:
-    """Raises OSError when a control file cannot be read."""
+    """Raises OSError when a control file cannot be read.  No lifetime:
+    see the docstring."""
     return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)),
-                  lifetime=ctl.int('lifetimepop3', DEFAULT_LIFETIME))
+                  lifetime=0)
+
+
+def watchdog(timeout: int) -> None:
+    """(Re)arm the alarm that ends a process stuck outside the
+    connection's own timeouts; each step forward arms it again."""
+    _signal.alarm(timeout + ALARM_SLACK)
 
 
 def serve(session: Session, conn: Conn) -> int:
@@ -674,6 +684,7 @@ def serve(session: Session, conn: Conn) -> int:
     try:
         conn.write(session.greet(), timeout)
         while not session.flagclosed:
+            watchdog(timeout)
             data = conn.read(read_wait(timeout, session.deadline, time.time()))
             if data is None:
                 conn.write(session.timeout(time.time()), timeout)
@@ -686,6 +697,7 @@ def serve(session: Session, conn: Conn) -> int:
                 if replies:
                     conn.write(replies, timeout)
                 while session.transfer is not None:
+                    watchdog(timeout)
                     conn.write(session.more(), timeout)
                 if not session.held or session.flagclosed:
                     break
@@ -741,8 +753,6 @@ def main(argv=None, home=None) -> int:
         except OSError:
             say(R_SCAN)
             return 0
-        if config.lifetime:
-            _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
         session = Session(config, maildir, messages, now)
         return serve(session, Conn(0, 1))
     except MemoryError:

@@ -99,10 +99,12 @@ anyway (a pipe, or TLS), the subprogram gets it through the relay.
 Limits (control file, default; 0 in the file means no limit):
   timeoutpop3   1200  seconds a client may stay silent (qmail-popup(8)'s
                       20 minutes), and a write may wait.
-  lifetimepop3  3600  seconds the AUTHORIZATION state may last; also the
-                      subprogram's whole session, after which (plus
-                      KILL_SLACK) it is killed: qmail-pop3d ends its own
-                      sooner.
+  lifetimepop3  3600  seconds the AUTHORIZATION state may last.  Not the
+                      subprogram's session after a login, which lasts
+                      as long as it needs, as in qmail (a mailbox fetched
+                      over a slow link must reach QUIT, or its deletions
+                      never happen): qmail-pop3d's own timeoutpop3 ends
+                      a silent one.
   maxauthpop3   3     failed logins per connection (qmail-popup: 1).
   authdelaypop3 2     seconds before "-ERR authorization failed" (and
                       the temporary failure) is sent.
@@ -545,50 +547,34 @@ def run_login(session: Session, conn, argv, flagdirect: bool):
     payload = login.payload(session.timestamp)
     held = session.take_held()
     config = session.config
-    deadline = (time.monotonic() + config.lifetime + KILL_SLACK
-                if config.lifetime else None)
     try:
+        # No deadline: the session after a login is the subprogram's, as
+        # long as it needs (see lifetimepop3).
         if flagdirect and not held:
             try:
                 pid = spawn(argv, payload)
             except OSError:
                 return 111 << 8, False
-            wstat = wait_child(pid, deadline)
-            if killed_at(wstat, deadline):
-                # It had the connection for lifetimepop3 and more: a
-                # session (qmail-pop3d's own lifetime is checked between
-                # commands, not within a RETR), not a failed login.  The
-                # client may be mid-message: no -ERR into it.
-                log(b'qmail-popup: session of user %s from %s cut at the end of '
-                    b'lifetimepop3\n' % (login.user[:USERLOG].translate(_PRINTABLE),
-                                         (session.remoteip or b'unknown')[:64]
-                                         .translate(_PRINTABLE)))
-                return wstat, True
-            return wstat, False
+            return wait_child(pid, None), False
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             try:
                 pid = spawn(argv, payload, theirs.fileno())
             except OSError:
+                session.held = held     # the client's next commands, unanswered yet
                 return 111 << 8, False
             finally:
                 theirs.close()
             ok, spoke, unsent = relay(conn, ours, held,
-                                      config.timeout + KILL_SLACK, deadline)
+                                      config.timeout + KILL_SLACK, None)
             if not spoke:
                 session.held = unsent
-            return wait_child(pid, deadline if ok else time.monotonic()), spoke
+            return wait_child(pid, None if ok else time.monotonic()), spoke
         finally:
             ours.close()
     finally:
         payload[:] = bytes(len(payload))
         login.wipe()
-
-
-def killed_at(wstat: int, deadline) -> bool:
-    """Did wait_child kill the subprogram at deadline (monotonic)?"""
-    return (deadline is not None and time.monotonic() >= deadline
-            and os.WIFSIGNALED(wstat) and os.WTERMSIG(wstat) == 9)
 
 
 def verdict(wstat: int):
