@@ -232,7 +232,8 @@ class Blast:
         out = []
         if not self.done:
             if self.body is None:
-                if not self.flagstart:
+                # (a CR held back in case an LF came is a last line too)
+                if not self.flagstart or self.carry:
                     out.append(b'\r\n')
             elif self.carry or self.flagmid:
                 self.line(self.carry, out, True)

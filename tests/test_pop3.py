@@ -96,6 +96,9 @@ BLAST = [
     (b'A: b\r\n\r\n.1\r\n2\r\n', 1, b'A: b\r\n\r\n..1\r\n\r\n.\r\n'),
     (b'A: b\nC: d\n', 0, b'A: b\r\nC: d\r\n\r\n.\r\n'),
     (b'A: b\n\nlast', 5, b'A: b\r\n\r\nlast\r\n\r\n.\r\n'),
+    # a last line of one CR, no LF: a line still (RETR dropped it)
+    (b'S: x\n\na\n\r', None, b'S: x\r\n\r\na\r\n\r\n\r\n.\r\n'),
+    (b'S: x\n\nabc\r', None, b'S: x\r\n\r\nabc\r\n\r\n.\r\n'),
 ]
 
 
