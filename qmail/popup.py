@@ -515,7 +515,10 @@ def starttls(session: Session, conn, certfile: str, wait: float):
     timeout = session.config.timeout
     try:
         ctx = server_context(certfile)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        from qmail.smtpd_tls import cert_trouble
+        log(b'qmail-popup: unable to load control/servercert.pem: %s\n'
+            % cert_trouble(err)[:200].translate(_PRINTABLE_SP))
         conn.write(session.starttls_refused(), timeout)
         return conn
     conn.write(R_STLSGO, timeout)
@@ -590,6 +593,7 @@ def verdict(wstat: int):
 # -- logging ------------------------------------------------------------------
 
 _PRINTABLE = bytes(c if 0x21 <= c <= 0x7e else 0x3F for c in range(256))
+_PRINTABLE_SP = bytes(c if 0x20 <= c <= 0x7e else 0x3F for c in range(256))
 
 
 def log_line(user: bytes, how: str, remoteip: bytes, why: bytes) -> bytes:

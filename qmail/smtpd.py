@@ -416,9 +416,11 @@ class Session:
         # must not pass for what the client says under TLS (CVE-2011-0411).
         return self.take_replies()
 
-    def starttls_refused(self) -> bytes:
-        """The certificate could not be loaded: go on in the clear."""
+    def starttls_refused(self, why: bytes = b'') -> bytes:
+        """The certificate could not be loaded: go on in the clear; the
+        log says why (else the admin sees only the client's 454)."""
         self.flagstarttls = False
+        self.log(b'starttls', b'unable to load control/servercert.pem: ' + why)
         return R_TLSTEMP
 
     def tls_started(self, description: bytes):

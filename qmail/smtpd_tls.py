@@ -42,8 +42,8 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
     timeout = session.config.timeout
     try:
         ctx = server_context(certfile)
-    except (OSError, ValueError):       # ssl.SSLError is an OSError
-        channel.write(session.starttls_refused(), timeout)
+    except (OSError, ValueError) as err:    # ssl.SSLError is an OSError
+        channel.write(session.starttls_refused(cert_trouble(err)), timeout)
         return channel
     channel.write(R_TLSGO, timeout)
     try:
@@ -53,6 +53,17 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
         return None
     session.tls_started(tls.description)
     return tls
+
+
+def cert_trouble(err) -> bytes:
+    """Why the certificate could not be loaded, for the log."""
+    if isinstance(err, ssl.SSLError):
+        text = err.reason or err.strerror or str(err)
+    elif isinstance(err, OSError):
+        text = err.strerror or str(err)
+    else:
+        text = str(err)
+    return str(text).encode('utf-8', 'replace')
 
 
 def server_context(certfile: str = CERTFILE) -> ssl.SSLContext:

@@ -1168,6 +1168,8 @@ def test_program_stls_with_a_bad_certificate(home):
     check(out.split(b'\r\n')[1:], [b'-ERR TLS not available due to temporary reason',
                                    b'+OK ', b''])
     server.wait()
+    assert b'qmail-popup: unable to load control/servercert.pem: ' in server.stderr, \
+        server.stderr
 
 
 def test_program_client_gone_while_relaying(home, certificate):

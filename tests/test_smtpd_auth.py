@@ -1067,6 +1067,10 @@ def test_program_unreadable_certificate(home):
         check(smtp.noop()[0], 250)
         smtp.quit()
     check(server.wait(), 0)
+    # why, for the admin (the client sees only the 454)
+    assert re.search(rb'qmail-smtpd: pid \d+ from 127\.0\.0\.1 helo client\.example '
+                     rb'starttls: unable to load control/servercert\.pem: \S',
+                     server.stderr), server.stderr
 
 
 def test_program_auth_plaintext_control(home):
