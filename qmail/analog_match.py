@@ -66,7 +66,7 @@ HALF_YEAR = 183 * 86400 * NS
 RE_HEX24 = re.compile(r'[0-9a-fA-F]{24}', re.ASCII)
 RE_NUM = re.compile(r'(\d+)(?:\.(\d*))?(?:(\+)|[ \t]+)', re.ASCII)
 RE_SYSLOG = re.compile(r'([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)[ \t]+', re.ASCII)
-RE_ISO = re.compile(r'(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)'
+RE_ISO = re.compile(r'(\d{4})-(\d\d)-(\d\d)[T _](\d\d):(\d\d):(\d\d)'
                     r'(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)?[ \t]+', re.ASCII)
 RE_HOSTTAG = re.compile(r'\S+[ \t]+[^\s:]+:[ \t]*')
 RE_INFO = re.compile(r'info msg (\d+): bytes (\d+) from (<.*>) qp (\d+) uid (\d+)\s*$',

@@ -64,6 +64,8 @@ def match(lines) -> am.Matcher:
     ('2023-11-15T00:13:20+02:00 new msg 5', am.ISO, T0 * NS, 'new msg 5'),
     ('2023-11-14 22:13:20.123456789 delivery 5: success: did_1+0+0/', am.ISO,
      T0 * NS + 123_456_789, 'delivery 5: success: did_1+0+0/'),
+    # runit's svlogd -tt (boot/runit)
+    ('2023-11-14_22:13:20.25000 new msg 5', am.ISO, T0 * NS + 250_000_000, 'new msg 5'),
     # none
     ('new msg 5', am.NONE, None, 'new msg 5'),
     ('delivery 5: success: did_1+0+0/', am.NONE, None, 'delivery 5: success: did_1+0+0/'),
@@ -102,7 +104,9 @@ def test_fmt_stamp(ns, want):
     lambda s: 'Nov 14 22:13:20 mail qmail: %d.%06d ' % (int(s), round((s - int(s)) * 1e6)),
     lambda s: time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(int(s)))
     + '.%06dZ ' % round((s - int(s)) * 1e6),
-], ids=['tai64n', 'splogger', 'syslog+splogger', 'rfc3339'])
+    lambda s: time.strftime('%Y-%m-%d_%H:%M:%S', time.gmtime(int(s)))
+    + '.%05d ' % (round((s - int(s)) * 1e6) // 10),
+], ids=['tai64n', 'splogger', 'syslog+splogger', 'rfc3339', 'svlogd-tt'])
 def test_every_stamp_form_gives_the_same_report(stamp):
     lines = []
     for line in golden_lines():
