@@ -377,11 +377,13 @@ class Listener:
                 allowed, rule_env, _ = tcprules.lookup(self.o.rules, ip)
             except FileNotFoundError:
                 if not self.o.rules_optional:
-                    self.log(0, 'fatal: unable to read %s' % self.o.rules)
+                    self.log(0, 'warning: dropping connection, unable to read %s: '
+                             'file does not exist' % self.o.rules)
                     return 111
                 allowed = True
             except Exception as e:
-                self.log(0, 'fatal: unable to read %s: %s' % (self.o.rules, e))
+                self.log(0, 'warning: dropping connection, unable to read %s: %s'
+                         % (self.o.rules, getattr(e, 'strerror', None) or e))
                 return 111
             if not allowed:
                 self.log(1, 'deny %d %s:%s:%d :%s::%d' % (

@@ -544,3 +544,28 @@ def test_listen_killed_mid_session_frees_the_port(site):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=TIMEOUT)
+
+
+def test_listen_without_its_rules_drops_the_connection_and_says_why(site):
+    """As tcpserver: the connection is dropped, and the log says why
+    (the README once named /etc/tcp.smtp.cdb, which nothing makes)."""
+    home = site['home']
+    p = free_port()
+    pw = pwd.getpwnam('qmaild')
+    missing = os.path.join(os.path.dirname(home), 'no-such-rules.cdb')
+    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-v', '-c', '1',
+                             '-x', missing, '-u', str(pw.pw_uid), '-g', str(pw.pw_gid),
+                             '0', str(p), os.path.join(home, 'bin', 'qmail-smtpd')],
+                            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_port(p)
+        s = socket.create_connection(('127.0.0.1', p), timeout=10)
+        s.settimeout(10)
+        assert s.recv(100) == b''
+        s.close()
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=TIMEOUT)[1].decode()
+    assert ('qmail-listen: warning: dropping connection, unable to read %s: '
+            'file does not exist' % missing) in err, err
