@@ -37,12 +37,18 @@ def show_str(out, path, name, default, flagme, me, pre):
     out.append('\n%s: ' % name)
     try:
         value = control.readline(path)
+        # defaultdelivery may hold several instructions, as a .qmail file
+        more = control.readfile(path) if name == 'defaultdelivery' else None
     except OSError:
         out.append('Oops! Trouble reading this file.\n')
         return
     if value is None:
         out.append('(Default.) ')
         value = me if (flagme and me is not None) else default.encode()
+    if more is not None and len(more) > 1:
+        out.append('%sone instruction a line:\n' % pre)
+        out.extend('%s\n' % safe(line) for line in more)
+        return
     out.append('%s%s.\n' % (pre, safe(value)))
 
 

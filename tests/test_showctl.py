@@ -56,3 +56,17 @@ def test_shipped_defaults_match_code():
         assert kind != 'flag', 'control/%s: a presence flag has no default file' % name
         got = open(os.path.join(ROOT, 'control', name)).read()
         assert got == default + '\n', 'control/%s: got %r want %r' % (name, got, default)
+
+
+def test_a_defaultdelivery_of_several_lines_is_shown_whole(tmp_path, fixed_ids):
+    """Each line is an instruction (qmail-start gets the whole file), so
+    showing the first alone hid the others."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'defaultdelivery').write_text('|preline procmail\n./Maildir/\n')
+    got = showctl.describe('/var/qmail', str(ctl), ['defaultdelivery'], b'mail.example.org')
+    assert ('\ndefaultdelivery: Default delivery is one instruction a line:\n'
+            '|preline procmail\n./Maildir/\n') in got, got
+    (ctl / 'defaultdelivery').write_text('./Mailbox\n')
+    got = showctl.describe('/var/qmail', str(ctl), ['defaultdelivery'], b'mail.example.org')
+    assert '\ndefaultdelivery: Default delivery is ./Mailbox.\n' in got, got
