@@ -672,6 +672,46 @@ DEFAULT_TCP_SMTP = """# qmail-smtpd's tcprules: who may connect, who may relay.
 """
 
 
+BOOT_README = """qmail's boot/ scripts (home, proc, binm1 ... binm3, and the
+/var/qmail/rc made from one of them) are not used by this qmail.
+
+Their one setting, the delivery for users without a .qmail file, is
+%(home)s/control/defaultdelivery: one instruction a line, as in a
+.qmail file (./Maildir/, ./Mailbox, |preline procmail).  The run
+script %(home)s/supervise/qmail-send/run gives it to qmail-start;
+after a change, restart qmail-send (svc -t on its service directory,
+or systemctl restart qmail-send).  qmail-showctl prints it.
+
+qmail-start runs under a supervisor: daemontools (make run, or link
+%(home)s/supervise/* into svscan's directory), or the systemd units and
+runit scripts in the source's boot/ directory.  qmail-send's log goes to
+%(home)s/log/qmail-send (multilog) under daemontools.
+"""
+
+DOC_README = """The documentation of this qmail.
+
+The programs follow qmail's manual pages (notqmail keeps them current).
+Each program's own description (what it reads and writes, the user it
+runs as, its exit codes, and where it differs from qmail or adds to
+it) opens its module: %(home)s/lib/python/qmail/<module>.py, the module
+named as the program without its qmail- prefix (qmail-smtpd: smtpd.py,
+qmail-send: send.py, tcp-env: tcp_env.py).
+
+qmail-showctl prints every control file's value, or its default.  The
+control files, their defaults and their readers, and the setup, the
+service scripts and the differences from qmail, are in the source's
+control/README and README.md.
+"""
+
+
+def install_docs(home, gids):
+    """HOME/boot/README and HOME/doc/README: where an admin following
+    qmail's INSTALL looks for boot/proc and the manual pages."""
+    for sub, text in (('boot', BOOT_README), ('doc', DOC_README)):
+        write_file(os.path.join(home, sub, 'README'), text % {'home': home},
+                   0o644, 0, gids['qmail'])
+
+
 def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
     """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
     the daemontools setup (qmail's own INSTALL layout, logs per home)."""
@@ -803,6 +843,7 @@ def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_po
     config_fast(home, fqdn or host_fqdn())
     install_aliases(home, uids, gids)
     install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port)
+    install_docs(home, gids)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
 

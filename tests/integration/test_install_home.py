@@ -362,3 +362,20 @@ def test_install_refuses_a_home_reached_through_a_link_to_another_users_director
     link = tmp_path / 'lnk'
     os.symlink(str(qmaild_dir(tmp_path, 'real')), link)
     check_home_refused(str(link / 'qmail'))
+
+
+def test_boot_and_doc_say_where_qmails_rc_and_manuals_went(home):
+    """An admin following qmail's INSTALL looks for boot/proc and /var/qmail/rc,
+    and for the manual pages under doc/: each directory says what stands in."""
+    import grp
+    for sub, words in (('boot', ['control/defaultdelivery', 'supervise/qmail-send/run']),
+                       ('doc', ['lib/python/qmail/', 'qmail-showctl'])):
+        path = os.path.join(home, sub, 'README')
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+            0, grp.getgrnam('qmail').gr_gid, 0o644)
+        text = open(path).read()
+        for word in words:
+            assert home + '/' + word in text or word in text, (sub, word, text)
+    assert os.path.isfile(os.path.join(home, 'supervise', 'qmail-send', 'run'))
+    assert os.path.isdir(os.path.join(home, 'lib', 'python', 'qmail'))
