@@ -34,6 +34,7 @@ import os
 import sys
 
 from qmail.lib import auto, control
+from qmail.lib.error import error_str
 from qmail.lib.users import scan_ulong
 
 FATAL = b'qmail-pw2u: fatal: '
@@ -163,7 +164,7 @@ def wanted(user: bytes, uid: int, home: bytes, opts, rules, stat_fn) -> bool:
             st = stat_fn(home)
         except OSError as err:
             if err.errno != errno.ENOENT or opts.homestrategy == 1:
-                raise Fatal(b'unable to stat ' + home) from err
+                raise Fatal(b'unable to stat ' + home + b': ' + error_str(err)) from err
             return False
         if st.st_uid != uid:
             return False

@@ -435,7 +435,7 @@ def test_pw2u_bad_option():
 def test_pw2u_h_stops_on_missing_home():
     with pytest.raises(pw2u.Fatal) as info:
         run_pw2u([b'-h'])
-    assert info.value.message == b'unable to stat /home/gone'
+    assert info.value.message == b'unable to stat /home/gone: file does not exist'
 
 
 def test_pw2u_stat_trouble_stops():
@@ -444,7 +444,7 @@ def test_pw2u_stat_trouble_stops():
     with pytest.raises(pw2u.Fatal) as info:
         pw2u.pw2u(SAMPLE_PASSWD, pw2u.Options(), pw2u.Rules(), denied,
                   {}.get, alias=b'alias')
-    assert info.value.message == b'unable to stat /var/qmail/alias'
+    assert info.value.message == b'unable to stat /var/qmail/alias: access denied'
 
 
 def test_pw2u_no_alias():
