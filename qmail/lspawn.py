@@ -17,7 +17,12 @@ Runs:     each delivery as the user in charge of the address (nughde),
           gets each delivery's message and report pipe as descriptors
           over its socket and answers with qmail-local's exit code; it
           never serves another user, and it retires after spawn.IDLE_EXIT
-          seconds unused, after leaving anything open, or when told.  A
+          seconds unused, after leaving anything open, or when told.
+          So a user who just had mail has a process for a while ("qmail-local
+          USER", up to IDLE_EXIT, 30 s, idle), where qmail's ended with
+          each delivery: userdel and usermod refuse the user until it is
+          gone ("user is currently used by process"); wait, or kill it,
+          which costs nothing when it is idle and a retry when not.  A
           worker that dies mid-delivery is reported as a crash (Z, so
           the delivery is retried), as a crashed qmail-local would be.
           While it waits, a worker whose last two deliveries went to one
