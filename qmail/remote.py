@@ -167,11 +167,17 @@ def lookup_map(host: bytes, table: dict):
     return None
 
 
+class SmtpAuthRoute(ValueError):
+    """An smtproutes line with a user and password after the port."""
+
+
 def parse_relay(value: bytes):
     """(relay host, port) of an smtproutes value "relay" or "relay:port";
     [IPv6:...] literals keep their colons.  As qmail reads the port, only
-    its leading digits count: "relay:587 user pass" (the form of the
-    SMTP AUTH patches' lines) is port 587.  Raises ValueError."""
+    its leading digits count ("relay:26:" is port 26), but words after it
+    ("relay:587 user pass", the SMTP AUTH patches' form) raise
+    SmtpAuthRoute: this qmail-remote sends no password, and the relay's
+    530 to MAIL would bounce every message.  Raises ValueError."""
     port = PORT_SMTP
     if value.startswith(b'['):
         end = value.find(b']')
@@ -187,6 +193,9 @@ def parse_relay(value: bytes):
         digits = rest[1:len(rest) - len(rest[1:].lstrip(b'0123456789'))]
         if not rest.startswith(b':') or not digits:
             raise ValueError('bad port')
+        after = rest[1 + len(digits):]
+        if after[:1].isspace() and after.strip():
+            raise SmtpAuthRoute('words after the port')
         port = int(digits)
         if not 0 < port < 65536:
             raise ValueError('bad port')
@@ -389,6 +398,9 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
     if route:
         try:
             relay, port = parse_relay(route)
+        except SmtpAuthRoute:
+            raise temp(b'control/smtproutes gives a user and password for this route; '
+                       b'this qmail-remote does no SMTP AUTH. (#4.3.0)\n') from None
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
     policy = tls_policy(key, settings.tlsdest)

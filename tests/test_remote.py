@@ -117,10 +117,9 @@ def test_smtproutes_no_default():
     (b'[1.2.3.4]:2525', (b'[1.2.3.4]', 2525)),
     (b'[IPv6:2001:db8::25]:2525', (b'[IPv6:2001:db8::25]', 2525)),
     (b'[IPv6:2001:db8::25]', (b'[IPv6:2001:db8::25]', 25)),
-    # qmail's scan_ulong: the port's leading digits, the rest ignored (the
-    # SMTP AUTH patches' "relay:port user pass" deferred every message)
-    (b'smarthost.example:587 user secret', (b'smarthost.example', 587)),
+    # qmail's scan_ulong: the port's leading digits, the rest ignored
     (b'[1.2.3.4]:26:', (b'[1.2.3.4]', 26)),
+    (b'smarthost.example:587 ', (b'smarthost.example', 587)),
 ])
 def test_parse_relay(value, want):
     assert remote.parse_relay(value) == want
@@ -130,6 +129,14 @@ def test_parse_relay(value, want):
 def test_parse_relay_bad(value):
     with pytest.raises(ValueError):
         remote.parse_relay(value)
+
+
+def test_an_smtp_auth_route_is_told_apart():
+    """The SMTP AUTH patches' "relay:port user pass": no password is sent
+    here, and the relay's 530 to MAIL would bounce every message; a
+    deferral saying so leaves the admin time to fix it."""
+    with pytest.raises(remote.SmtpAuthRoute):
+        remote.parse_relay(b'smarthost.example:587 user secret')
 
 
 def test_tlsdestinations_lookup():

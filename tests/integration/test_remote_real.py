@@ -487,6 +487,15 @@ def test_smtproutes_bad_port_defers(home):
     assert final == b'ZUnable to parse control/smtproutes. (#4.3.0)\n'
 
 
+def test_smtproutes_with_a_password_defers_saying_why(home, sinks):
+    s = sinks('127.0.0.1')
+    setctl(home, smtproutes=':127.0.0.1:%d user secret' % s.port)
+    _, final = send(home, b'example.com', [b'u@example.com'])
+    assert final == (b'Zcontrol/smtproutes gives a user and password for this route; '
+                     b'this qmail-remote does no SMTP AUTH. (#4.3.0)\n')
+    assert not s.messages
+
+
 def test_ipv6_relay(home, sinks):
     s = sinks('::1')
     setctl(home, smtproutes='v6.example:v6host.qmt.test:%d\nlit.example:[IPv6:::1]:%d'
