@@ -52,6 +52,7 @@ import socket
 import sys
 
 from qmail.lib import auto, control, prefork, proctitle, tcprules
+from qmail.lib.error import error_str
 
 # The programs whose code this listener loads and runs in-process.
 BUILTIN = {
@@ -383,7 +384,8 @@ class Listener:
                 allowed = True
             except Exception as e:
                 self.log(0, 'warning: dropping connection, unable to read %s: %s'
-                         % (self.o.rules, getattr(e, 'strerror', None) or e))
+                         % (self.o.rules, error_str(e).decode()
+                            if isinstance(e, OSError) and e.errno else e))
                 return 111
             if not allowed:
                 self.log(1, 'deny %d %s:%s:%d :%s::%d' % (

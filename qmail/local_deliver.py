@@ -294,8 +294,9 @@ def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
     directory of mboxes), it cannot be opened to be synced, and qmail,
     which syncs no directory, delivers there: then the file's own fsync
     (fd, or path opened) stands for it where that carries the new entry
-    (durable.file_fsync_carries_entry: ext3/4, xfs, btrfs); elsewhere
-    the PermissionError stands, and the delivery is deferred."""
+    (durable.file_fsync_carries_entry: a journal's filesystem); elsewhere
+    (ext4 without a journal among them) the PermissionError stands, and
+    the delivery is deferred."""
     try:
         durable.fsync_dir(dirpath)
     except PermissionError:

@@ -8,8 +8,8 @@ Runs as:  the user whose mail it is, started by a checkpassword program
           fd 0 and fd 1 (under STLS, qmail-popup's relay).
 Reads:    fd 0, POP3 commands of the TRANSACTION state (RFC 1939).  The
           maildir maildirname, relative to the cwd: new/ and cur/ as they
-          are at login.  control/timeoutpop3 and control/lifetimepop3 in
-          the qmail home (auto.QMAIL, never the environment).
+          are at login.  control/timeoutpop3 in the qmail home
+          (auto.QMAIL, never the environment).
 Writes:   fd 1, replies and messages.  At QUIT and only then: deleted
           messages are unlinked, the others still in new/ renamed into
           cur/ with ":2," appended (maildir(5): seen by a reader), and
@@ -73,9 +73,12 @@ Limits (control file, default; 0 in the file means no limit):
                       a mailbox fetched over a slow link must reach
                       QUIT, or its deletions never happen and the next
                       session starts over.  (lifetimepop3 is the login
-                      phase's, in qmail-popup.)  SIGALRM after timeout +
-                      ALARM_SLACK without a step forward ends a process
-                      stuck elsewhere (a hung file system).
+                      phase's, in qmail-popup.)  The work on files (a
+                      message's next piece, the scan, QUIT's unlinks and
+                      renames) runs under an alarm of timeout +
+                      ALARM_SLACK, which ends a process stuck on a hung
+                      file system; waits on the client have their own
+                      timeouts, and no alarm.
   MAXCMDLINE    1000  bytes in a command line with its LF (fixed; RFC
                       2449 4 lets a client send 255): "-ERR line too
                       long" once its LF arrives; never buffered.
@@ -115,7 +118,7 @@ TMPAGE = 129600          # maildir(5): tmp/ files untouched for 36 hours go
 UIDMAX = 70              # RFC 1939 7: a unique-id is 1 to 70 characters
 
 DEFAULT_TIMEOUT = 1200   # qmail-popup(8) and qmail-pop3d(8): 20 minutes
-DEFAULT_LIFETIME = 3600
+DEFAULT_LIFETIME = 3600  # lifetimepop3: qmail-popup's login phase (none here)
 
 R_OK = b'+OK \r\n'
 R_SYNTAX = b'-ERR syntax error\r\n'
@@ -395,10 +398,8 @@ class Maildir:
 # -- the session -------------------------------------------------------------
 
 class Config:
-    def __init__(self, timeout=DEFAULT_TIMEOUT, lifetime=DEFAULT_LIFETIME,
-                 maxerrors=MAXERRORS):
+    def __init__(self, timeout=DEFAULT_TIMEOUT, maxerrors=MAXERRORS):
         self.timeout = timeout
-        self.lifetime = lifetime
         self.maxerrors = maxerrors
 
 
@@ -437,7 +438,6 @@ class Session:
         self.config = config
         self.maildir = maildir
         self.messages = messages
-        self.deadline = now + config.lifetime if config.lifetime else None
         self.last = 0
         self.lines = Lines()
         self.replies = []
@@ -464,8 +464,6 @@ class Session:
         if self.transfer is not None:   # the shell drains it first
             self.held = data
             return b''
-        if self.deadline is not None and now >= self.deadline:
-            return self.timeout(now)
         pos = 0
         # Commands wait while REPLY_HOLD of replies is unsent: a client
         # that pipelines LIST or UIDL without reading would otherwise
@@ -667,16 +665,20 @@ class Session:
 # -- reading the world, and the shell ------------------------------------------
 
 def load_config(ctl: control.Controls) -> Config:
-    """Raises OSError when a control file cannot be read.  No lifetime:
-    see the docstring."""
-    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)),
-                  lifetime=0)
+    """Raises OSError when a control file cannot be read.  (No
+    lifetime: see the docstring.)"""
+    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)))
 
 
-def watchdog(timeout: int) -> None:
-    """(Re)arm the alarm that ends a process stuck outside the
-    connection's own timeouts; each step forward arms it again."""
+def on_files(timeout: int, fn, *args):
+    """fn(*args), work on files, under the alarm that ends a process a
+    hung file system holds; the alarm is off again for the waits on the
+    client (which have their own timeouts, however slow it reads)."""
     _signal.alarm(timeout + ALARM_SLACK)
+    try:
+        return fn(*args)
+    finally:
+        _signal.alarm(0)
 
 
 def serve(session: Session, conn: Conn) -> int:
@@ -685,24 +687,22 @@ def serve(session: Session, conn: Conn) -> int:
     try:
         conn.write(session.greet(), timeout)
         while not session.flagclosed:
-            watchdog(timeout)
-            data = conn.read(read_wait(timeout, session.deadline, time.time()))
+            data = conn.read(read_wait(timeout, None, time.time()))
             if data is None:
                 conn.write(session.timeout(time.time()), timeout)
                 break
             if not data:
                 session.eof()
                 break
-            replies = session.feed(data, time.time())
+            replies = on_files(timeout, session.feed, data, time.time())
             while True:
                 if replies:
                     conn.write(replies, timeout)
                 while session.transfer is not None:
-                    watchdog(timeout)
-                    conn.write(session.more(), timeout)
+                    conn.write(on_files(timeout, session.more), timeout)
                 if not session.held or session.flagclosed:
                     break
-                replies = session.feed(b'', time.time())
+                replies = on_files(timeout, session.feed, b'', time.time())
     except Gone:
         session.abort()
         return session.exitcode
@@ -748,9 +748,9 @@ def main(argv=None, home=None) -> int:
             return 0
         now = time.time()
         maildir = Maildir('.')
-        maildir.clean(now)
+        on_files(config.timeout, maildir.clean, now)
         try:
-            messages = maildir.scan(now)
+            messages = on_files(config.timeout, maildir.scan, now)
         except OSError:
             say(R_SCAN)
             return 0

@@ -104,7 +104,9 @@ Limits (control file, default; 0 in the file means no limit):
                       as long as it needs, as in qmail (a mailbox fetched
                       over a slow link must reach QUIT, or its deletions
                       never happen): qmail-pop3d's own timeoutpop3 ends
-                      a silent one.
+                      a silent one.  Nor a checker that hangs (on its
+                      password backend, say): as with qmail, it holds
+                      its connection until it ends.
   maxauthpop3   3     failed logins per connection (qmail-popup: 1).
   authdelaypop3 2     seconds before "-ERR authorization failed" (and
                       the temporary failure) is sent.
@@ -139,7 +141,7 @@ DEFAULT_MAXAUTH = 3
 DEFAULT_AUTHDELAY = 2    # seconds; as qmail-smtpd's authdelaysmtpd
 CERTFILE = 'control/servercert.pem'     # qmail-smtpd's, with its key
 HANDSHAKE_TIMEOUT = 60
-KILL_SLACK = 60          # seconds: the subprogram's own lifetime ends first
+KILL_SLACK = 60          # seconds a relayed subprogram may stay silent past timeoutpop3
 USERLOG = 64             # bytes of a user name in a log line
 
 # What became of a login: the subprogram's verdict as the Session sees it.
@@ -265,6 +267,7 @@ class Session:
         self.logs = []              # lines for fd 2, taken by the shell
         self.timestamp = timestamp(pid, now, hostname, seq)
         self.deadline = now + config.lifetime if config.lifetime else None
+        self.flagtlswhy = False     # a refused STLS said why, in the log
         self.lines = Lines()
         self.replies = []
         self.errors = 0
@@ -516,9 +519,11 @@ def starttls(session: Session, conn, certfile: str, wait: float):
     try:
         ctx = server_context(certfile)
     except (OSError, ValueError) as err:
-        from qmail.smtpd_tls import cert_trouble
-        log(b'qmail-popup: unable to load control/servercert.pem: %s\n'
-            % cert_trouble(err)[:200].translate(_PRINTABLE_SP))
+        if not session.flagtlswhy:      # once a connection: a client may ask again and again
+            session.flagtlswhy = True
+            from qmail.smtpd_tls import cert_trouble
+            log(b'qmail-popup: unable to load control/servercert.pem: %s\n'
+                % cert_trouble(err)[:200].translate(_PRINTABLE_SP))
         conn.write(session.starttls_refused(), timeout)
         return conn
     conn.write(R_STLSGO, timeout)

@@ -42,13 +42,15 @@ def show_str(out, path, name, default, flagme, me, pre):
     except OSError:
         out.append('Oops! Trouble reading this file.\n')
         return
+    if more:                    # (its comment lines are no instructions)
+        if len(more) > 1:
+            out.append('%sone instruction a line:\n' % pre)
+            out.extend('%s\n' % safe(line) for line in more)
+            return
+        value = more[0]
     if value is None:
         out.append('(Default.) ')
         value = me if (flagme and me is not None) else default.encode()
-    if more is not None and len(more) > 1:
-        out.append('%sone instruction a line:\n' % pre)
-        out.extend('%s\n' % safe(line) for line in more)
-        return
     out.append('%s%s.\n' % (pre, safe(value)))
 
 

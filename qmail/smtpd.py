@@ -381,6 +381,7 @@ class Session:
         self.pid = 0                # set by the shell, for the log line
         self.logs = []              # log lines for the shell to write
         self.flaglogged = False     # a line was made for this session
+        self.flagtlswhy = False     # a refused STARTTLS said why
         self.flagtxlogged = True    # the current transaction has its line
         self.refused = 0            # refused RCPTs in this transaction
 
@@ -420,7 +421,9 @@ class Session:
         """The certificate could not be loaded: go on in the clear; the
         log says why (else the admin sees only the client's 454)."""
         self.flagstarttls = False
-        self.log(b'starttls', b'unable to load control/servercert.pem: ' + why)
+        if not self.flagtlswhy:     # once: the client may ask again and again
+            self.flagtlswhy = True
+            self.log(b'starttls', b'unable to load control/servercert.pem: ' + why)
         return R_TLSTEMP
 
     def tls_started(self, description: bytes):

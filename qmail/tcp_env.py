@@ -19,8 +19,8 @@ Writes:   nothing: it sets tcp-environ(5)'s PROTO=TCP, TCPLOCALIP,
           qmail-listen, made the whole environment), nothing is asked or
           changed: program runs at once.
 Options:  -r (the default) ask for TCPREMOTEINFO; -R do not; -t timeout:
-          seconds for the ident server's connection and each of its
-          reads and writes (default 30).
+          seconds for the ident server's connection, and again for its
+          whole answer (default 30).
 Exits:    program's own (it is exec'd), with SIGPIPE and SIGXFSZ back to
           their defaults; 111, saying nothing, as qmail's tcp-env, when
           no program is named, fd 0 is no TCP connection, or program

@@ -858,11 +858,19 @@ def as_nobody():
     os.setuid(65534)
 
 
+def journalled(monkeypatch, kind='xfs'):
+    """The drop box's filesystem: one whose file fsync carries a new
+    name (this machine's may be ext4 without a journal, which does not)."""
+    from qmail.lib import durable
+    monkeypatch.setattr(durable, 'mount_type', lambda dev: kind)
+
+
 def test_maildir_drop_box(open_home, monkeypatch):
     """new/ and tmp/ writable and searchable only, cur/ private: maildir(5)
     delivery reads none of them, and qmail delivers there.  The fsync of
     new/ (which must open it) failed, so every attempt was deferred with
     the message already in new/, until it bounced."""
+    journalled(monkeypatch)
     md = open_home.maildir('drop')
     os.chmod(md, 0o711)
     for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
@@ -883,9 +891,10 @@ def test_maildir_drop_box(open_home, monkeypatch):
     assert os.listdir(md / 'tmp') == []
 
 
-def test_mbox_in_a_directory_others_may_not_read(open_home):
+def test_mbox_in_a_directory_others_may_not_read(open_home, monkeypatch):
     """A spool directory of mode 1733: the mbox is made and appended to,
     as by qmail (its name's durability is the file's own fsync there)."""
+    journalled(monkeypatch)
     spool = open_home.path / 'spool'
     spool.mkdir()
     os.chmod(spool, 0o1733)
@@ -916,14 +925,27 @@ def test_failures_and_warnings_go_to_fd_2_reports_to_fd_1(home, tmp_path):
                                                  b'user is editing his .qmail file. (#4.2.1)\n'))
 
 
-def test_drop_box_where_a_file_fsync_does_not_carry_its_name(open_home, monkeypatch):
-    """On ext2's own driver (and filesystems not known to) a file's fsync
-    leaves its new name in new/ to chance: deferred, as before."""
+@pytest.mark.parametrize('kind, journal', [('ext2', False), ('ext4', False)])
+def test_drop_box_where_a_file_fsync_does_not_carry_its_name(open_home, monkeypatch,
+                                                            kind, journal):
+    """On ext2, and ext4 without a journal (which syncs a file's directory
+    only while the file is new, not after its link into new/), a file's
+    fsync leaves its name in new/ to chance: deferred, as before."""
     from qmail.lib import durable
     md = open_home.maildir('drop')
     for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
         os.chmod(md / sub, mode)
     open_home.write('.qmail', b'./drop/\n')
-    monkeypatch.setattr(durable, 'mount_type', lambda dev: 'ext2')
+    journalled(monkeypatch, kind)
+    monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
     code, report = open_home.run(setup=as_nobody)
     expect((code, report), (111, b'Temporary error on maildir delivery. (#4.3.0)\n'))
+
+
+def test_ext4_with_a_journal_carries_the_name(monkeypatch):
+    from qmail.lib import durable
+    monkeypatch.setattr(durable, 'mount_type', lambda dev: 'ext4')
+    for journal in (True, False):
+        monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
+        with open(__file__, 'rb') as f:
+            assert durable.file_fsync_carries_entry(f.fileno()) == journal

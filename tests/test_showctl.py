@@ -67,6 +67,6 @@ def test_a_defaultdelivery_of_several_lines_is_shown_whole(tmp_path, fixed_ids):
     got = showctl.describe('/var/qmail', str(ctl), ['defaultdelivery'], b'mail.example.org')
     assert ('\ndefaultdelivery: Default delivery is one instruction a line:\n'
             '|preline procmail\n./Maildir/\n') in got, got
-    (ctl / 'defaultdelivery').write_text('./Mailbox\n')
+    (ctl / 'defaultdelivery').write_text('# our default\n./Mailbox\n')
     got = showctl.describe('/var/qmail', str(ctl), ['defaultdelivery'], b'mail.example.org')
     assert '\ndefaultdelivery: Default delivery is ./Mailbox.\n' in got, got

@@ -59,7 +59,7 @@ CONTROLS = (
     ('maxrcptsmtpd', 'int', '1000', False,
      'An SMTP message may have at most (0: no limit) ', ' recipients', 'qmail-smtpd'),
     ('lifetimepop3', 'int', '3600', False,
-     'A POP3 session lasts at most ', ' seconds', 'qmail-popup, qmail-pop3d'),
+     'A POP3 login phase lasts at most ', ' seconds', 'qmail-popup'),
     ('lifetimeqmtpd', 'int', '3600', False,
      'A QMTP session lasts at most ', ' seconds', 'qmail-qmtpd'),
     ('maxrcptqmtpd', 'int', '1000', False,

@@ -149,15 +149,18 @@ def fsync_dir(path) -> None:
 # ---- a file's fsync for its directory's --------------------------------------
 #
 # A directory that may be written and searched but not read (a drop box)
-# cannot be opened, so not fsynced.  On some filesystems the fsync of a
-# file newly linked there carries its entry too: with a journal (ext3,
-# ext4, xfs, btrfs: the commit holds the link with the inode), and ext4
-# without one syncs a new entry's directory with the file
-# (ext4_sync_parent).  Not ext2's own driver, nor the others: there only
-# the directory's fsync will do.  Known by the mount's type, as
-# /proc/self/mountinfo gives it (ext2 and ext4 share statfs's magic).
+# cannot be opened, so not fsynced.  On filesystems with a journal or log
+# the fsync of a file newly linked there carries its entry too (ext3 and
+# ext4 with a journal, xfs, btrfs: the commit holds the link with the
+# inode's change of link count; tmpfs keeps nothing anyway).  Not ext4
+# without a journal: it syncs a new file's directory only while the file
+# is new (EXT4_STATE_NEWENTRY, set when it is made in tmp/ and cleared by
+# its first fsync), not after a link into new/; nor ext2, nor the others:
+# there only the directory's fsync will do.  Known by the mount's type in
+# /proc/self/mountinfo (ext2 and ext4 share statfs's magic) and, for
+# ext4, jbd2's list of journals (has_journal).
 
-ENTRY_BY_FILE_FSYNC = ('ext3', 'ext4', 'xfs', 'btrfs', 'tmpfs')
+ENTRY_BY_FILE_FSYNC = ('ext3', 'xfs', 'btrfs', 'tmpfs')
 _fs_types = {}          # st_dev -> the mount's type ('' if not found)
 
 
@@ -183,9 +186,11 @@ def mount_type(dev: int) -> str:
 def file_fsync_carries_entry(fd: int) -> bool:
     """Does fd's fsync make its new name durable too (see above)?"""
     try:
-        return mount_type(os.fstat(fd).st_dev) in ENTRY_BY_FILE_FSYNC
+        dev = os.fstat(fd).st_dev
     except OSError:
         return False
+    kind = mount_type(dev)
+    return kind in ENTRY_BY_FILE_FSYNC or (kind == 'ext4' and has_journal(dev))
 
 
 # ---- many at once ---------------------------------------------------------
