@@ -72,6 +72,7 @@ TODO_BATCH = 32           # todo/ entries preprocessed with one round of syncing
 PASS_STEPS = 200          # steps of a channel's pass per turn of the loop
 SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
 SLEEP_FOREVER = 86400     # longest wait in poll()
+QUEUED_PID = None         # qmail-queued's, when qmail-start forked it
 SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
 SLEEP_SYSFAIL = 123       # retry after a system failure
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
@@ -221,6 +222,7 @@ class Send:
         self.flagexitasap = False
         self.flagrunasap = False
         self.flagreadasap = False
+        self.flagchildasap = False      # a child ended: qmail-queued, perhaps
         self.flagspawnalive = [True, True]
         self.flagcleanalive = True
         self.concurrency = list(controls.concurrency)
@@ -1426,6 +1428,28 @@ class Send:
             self.flagrunasap = True
         elif signum == signal.SIGHUP:
             self.flagreadasap = True
+        elif signum == signal.SIGCHLD:
+            self.flagchildasap = True
+
+    def reap_queued(self):
+        """qmail-queued, forked by qmail-start and so this process's child,
+        has ended: reaped (no zombie till the restart) and told.  Only its
+        pid is waited for: a bounce's qmail-queue has its own waitpid.
+        Injections go on, through bin/qmail-queue, as when it is absent."""
+        if QUEUED_PID is None:
+            return
+        try:
+            pid, wstat = os.waitpid(QUEUED_PID, os.WNOHANG)
+        except ChildProcessError:
+            pid, wstat = QUEUED_PID, None
+        if pid != QUEUED_PID:
+            return
+        globals()['QUEUED_PID'] = None
+        how = ('unknown status' if wstat is None
+               else 'signal %d' % os.WTERMSIG(wstat) if os.WIFSIGNALED(wstat)
+               else 'exit %d' % os.WEXITSTATUS(wstat))
+        log('alert: qmail-queued ended (%s); injections go through bin/qmail-queue '
+            'until qmail-send restarts\n' % how)
 
     # -- the loop -------------------------------------------------------------------
     def hello_spawns(self):
@@ -1476,6 +1500,9 @@ class Send:
             if self.flagreadasap:
                 self.flagreadasap = False
                 self.reread()
+            if self.flagchildasap:
+                self.flagchildasap = False
+                self.reap_queued()
             wakeup = self.recent + SLEEP_FOREVER
             fds = {wakeup_r: select.POLLIN}
             for c in (0, 1):
@@ -1631,7 +1658,8 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, send.on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, send.on_signal if QUEUED_PID is not None
+                  else signal.SIG_DFL)
     if not send.hello_spawns():
         return 111
     send.loop(wakeup_r)

@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     # qmail-queued's fd 0 is a pipe whose write end only qmail-send keeps
     # (fd 7, close-on-exec): end of file there tells it to stop.
     pq = os.pipe()
-    child(pq[0], os.open('/dev/null', os.O_WRONLY), pipes, setup_queued, as_queued)
+    send.QUEUED_PID = child(pq[0], os.open('/dev/null', os.O_WRONLY), pipes,
+                            setup_queued, as_queued)
     os.close(pq[0])
 
     os.setuid(uids)

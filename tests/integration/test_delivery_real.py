@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home, run_as
-from delivery import Mta, ensure_user, maildirmake, wait_files
+from delivery import Mta, ensure_user, group_processes, maildirmake, wait_files
 
 pytestmark = needs_root
 
@@ -525,3 +525,35 @@ def test_delivery_worker_killed_mid_delivery_is_retried(world):
     path, = wait_new(u2, before)
     time.sleep(0.3)
     assert len(new_mail(u2, before)) == 1
+
+
+def test_a_dead_qmail_queued_is_reaped_and_mail_still_flows(world):
+    """qmail-queued is qmail-send's child (qmail-start forked it, then
+    became qmail-send): killed, it was a zombie till the next restart and
+    nothing said so.  Now it is reaped and told, and injections go on
+    through bin/qmail-queue."""
+    home = install_home(DOMAIN)
+    u2 = world['u2']
+    mta = Mta(home, './Maildir/')
+    try:
+        mta.wait_log('status: local 0/')
+        procs = group_processes(mta.proc.pid)
+        master = [p for p, (pp, t) in procs.items()
+                  if t.startswith('qmail-queued') and pp == mta.proc.pid]
+        assert len(master) == 1, procs
+        for p, (pp, t) in procs.items():
+            if t.startswith('qmail-queued'):
+                os.kill(p, signal.SIGKILL)
+        mta.wait_log('alert: qmail-queued ended (signal 9); injections go through '
+                     'bin/qmail-queue until qmail-send restarts')
+        deadline = time.monotonic() + TIMEOUT
+        while os.path.exists('/proc/%d' % master[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists('/proc/%d' % master[0]), 'qmail-queued left a zombie'
+        before = listing(u2)
+        queue_raw(home, 'someone@example.com', ['qmtu2@' + DOMAIN], b'Subject: after\n\nx\n')
+        wait_new(u2, before)
+        assert mta.proc.poll() is None
+    finally:
+        mta.stop()
+        remove_home(home)
