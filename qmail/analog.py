@@ -38,6 +38,7 @@ import sys
 from qmail import analog_match as match
 from qmail import analog_plot as plot
 from qmail import analog_report as report
+from qmail.lib.error import exit_flushed
 
 PROG = 'qmail-analog'
 LINEMAX = 65536           # qmail-send's lines are far shorter (REPORTMAX 10000)
@@ -214,7 +215,6 @@ def main(argv=None) -> int:
 def run():
     try:
         code = main()
-        sys.stdout.flush()
     except BrokenPipeError:
         # the reader went away (qmail-analog recipients | head): not our
         # failure; stdout goes to /dev/null so the exit flush stays quiet
@@ -228,7 +228,7 @@ def run():
     except Exception as e:
         sys.stderr.write('%s: fatal: internal bug: %s\n' % (PROG, type(e).__name__))
         code = 111
-    sys.exit(code)
+    exit_flushed(code, PROG)
 
 
 if __name__ == '__main__':

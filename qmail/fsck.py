@@ -21,7 +21,8 @@ Repairs:  (-r) owners and modes as qmail-install sets them; a missing
           HOME/queue/fsck/<messid>.<time>/ with a REPORT, out of
           qmail-send's way.
 Exits:    0 clean; 1 problems found (and, with -r, repaired as far as
-          safe: run it again to see what is left); 111 could not check.
+          safe: run it again to see what is left); 100 usage; 111 could
+          not check (or could not write its report).
 Trusts:   nothing in the queue: names are checked to be digits, files
           are read with a size limit.
 See:      INTERNALS.md (states S1-S5, "Cleanups"), qmail-install (HIER),
@@ -43,6 +44,7 @@ import time
 
 from qmail.install import root_made_link
 from qmail.lib import auto, durable
+from qmail.lib.error import error_str, exit_flushed
 from qmail.lib.qfile import FLATDIRS, SPLITDIRS, parse_messid, qfn
 from qmail.queue import ENVELOPEMAX
 
@@ -733,7 +735,7 @@ def repair_all(fixer, problems, say) -> set:
 
 def usage(say) -> int:
     say('usage: qmail-fsck [-r] [-q] [home]')
-    return 111
+    return 100
 
 
 def main(argv=None) -> int:
@@ -791,10 +793,19 @@ def say_line(text: str) -> None:
 def run():
     try:
         code = main()
-    except Exception as err:     # last resort: never a traceback, never 1
-        say_line('fatal: internal error: %s' % type(err).__name__)
+    except OSError as err:       # stdout itself, most likely (a full disk)
+        try:
+            os.write(2, b'qmail-fsck: fatal: unable to write: %s\n' % error_str(err))
+        except OSError:
+            pass
         code = 111
-    sys.exit(code)
+    except Exception as err:     # last resort: never a traceback, never 1
+        try:
+            say_line('fatal: internal error: %s' % type(err).__name__)
+        except OSError:
+            pass
+        code = 111
+    exit_flushed(code, 'qmail-fsck')
 
 
 if __name__ == '__main__':

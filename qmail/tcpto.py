@@ -14,6 +14,7 @@ import sys
 import time
 
 from qmail.lib import tcpto
+from qmail.lib.error import exit_flushed
 
 
 def format_records(records, now: int) -> bytes:
@@ -48,7 +49,7 @@ def run():
     except Exception as err:
         sys.stderr.write('qmail-tcpto: fatal: %s\n' % type(err).__name__)
         code = 111
-    sys.exit(code)
+    exit_flushed(code, 'qmail-tcpto')
 
 
 if __name__ == '__main__':

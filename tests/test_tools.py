@@ -1117,3 +1117,34 @@ def test_tcp_env_arguments(argv, want):
 def test_tcp_env_remoteinfo(answer, want):
     from qmail import tcp_env
     assert tcp_env.remoteinfo_of(answer) == want
+
+
+@pytest.mark.parametrize('program, args, stdin', [
+    ('qmail-fsck', [], b''),
+    ('qmail-analog', ['overall'], b'@400000006553f10a00000000 status: local 0/10 remote 0/20\n'),
+    ('qmail-tcpto', [], b''),
+])
+def test_a_report_that_cannot_be_written_is_111_and_one_line(home, program, args, stdin):
+    """stdout a full disk: one line on fd 2 and exit 111, as the docstrings
+    say, not CPython's 'Exception ignored' (or two tracebacks) and 120."""
+    import subprocess
+    from qmail.lib import tcpto
+    table = tcpto.path(str(home))
+    if program == 'qmail-tcpto':        # a record, so there is a line to write
+        place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
+                             True, int(time.time()), False)
+        with open(table, 'r+b') as f:
+            f.seek(place[0])
+            f.write(place[1])
+    try:
+        with open('/dev/full', 'wb') as full:
+            r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
+                               input=stdin, stdout=full, stderr=subprocess.PIPE,
+                               env={'PATH': '/usr/bin:/bin'}, timeout=60)
+    finally:
+        if program == 'qmail-tcpto':
+            tcpto.clear(table)
+    err = r.stderr.decode()
+    assert r.returncode == 111, (r.returncode, err)
+    assert 'Traceback' not in err and 'Exception ignored' not in err, err
+    assert err.count('\n') == 1 and 'fatal' in err, err

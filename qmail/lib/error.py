@@ -79,3 +79,28 @@ def error_str(err) -> bytes:
     if text is None:
         text = os.strerror(code).lower() if code else 'unknown error'
     return text.encode()
+
+
+def exit_flushed(code: int, prog: str) -> None:
+    """End the program with code, its stdout flushed first.  A flush that
+    fails (a full disk, /dev/full) is exit 111 with one line on fd 2, not
+    CPython's "Exception ignored" and exit 120 at its own last flush; a
+    reader gone away (| head) is no failure.  Never returns."""
+    import sys
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    except OSError as err:
+        if code == 0:
+            try:
+                os.write(2, b'%s: fatal: unable to write output: %s\n'
+                         % (prog.encode(), error_str(err)))
+            except OSError:
+                pass
+            code = 111
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)
