@@ -79,13 +79,17 @@ class Folder:
         return self.first[0], '%s+%s' % (self.first[1], text)
 
 
+def facility_of(arg: str) -> int:
+    """The syslog facility of splogger's fac argument, read as qmail's
+    scan_ulong reads it: the leading digits ("1x6" is 1), none is 0."""
+    digits = arg[:len(arg) - len(arg.lstrip('0123456789'))]
+    return int(digits or 0) << 3
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     tag = argv[0] if argv else 'splogger'
-    facility = syslog.LOG_MAIL
-    if len(argv) > 1:
-        digits = ''.join(c for c in argv[1] if c.isdigit())
-        facility = int(digits or 0) << 3
+    facility = facility_of(argv[1]) if len(argv) > 1 else syslog.LOG_MAIL
     syslog.openlog(tag, 0, facility)
     folder = Folder()
     while True:

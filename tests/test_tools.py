@@ -963,6 +963,12 @@ def test_splogger_entries():
     assert {p for p, _ in long} == {splogger.syslog.LOG_ALERT}
 
 
+@pytest.mark.parametrize('arg, want', [('16', 16), ('1x6', 1), ('x', 0), ('', 0), ('2', 2)])
+def test_splogger_facility_as_scan_ulong_reads_it(arg, want):
+    from qmail import splogger
+    assert splogger.facility_of(arg) == want << 3
+
+
 def test_splogger_folds_as_it_reads():
     """Pieces of any size give the entries a whole line would, each sent
     as soon as it is full: a line of any length is held FOLD bytes at a
