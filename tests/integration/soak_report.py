@@ -52,6 +52,8 @@ EXPECTED_ALERTS = (
      ('alert: oh no! lost spawn connection! dying...',
       'alert: cannot start: hath the daemon spawn no fire?')),
     (('qmail-clean',), ('alert: oh no! lost qmail-clean connection! dying...',)),
+    (('qmail-queued',), ('alert: qmail-queued ended (signal 9); injections go through '
+                         'bin/qmail-queue until qmail-send restarts',)),
 )
 
 
