@@ -197,6 +197,10 @@ def main(argv=None) -> int:
     except ReadError as e:
         name, reason = e.args
         return fatal('unable to read %s: %s' % ('stdin' if name == '-' else name, reason))
+    if m.lines and m.unknown == m.lines:
+        # (a report of nothing would look like a quiet log)
+        sys.stderr.write('%s: warning: no line of the log was understood: is it '
+                         "qmail-send's, with time stamps of a known form?\n" % PROG)
     try:
         if command == 'matchup':
             do_matchup(m, last, opts.get('pending'))

@@ -638,6 +638,17 @@ def test_command_reads_stdin(monkeypatch, capsysbinary, argv, report):
     assert (code, out, err) == (0, golden(report), '')
 
 
+def test_a_log_of_nothing_understood_is_warned_of(monkeypatch, capsysbinary):
+    """Stamps of an unknown form (svlogd -tt's were, once) made every line
+    unknown and the report empty, like a quiet log's; now it says so."""
+    log = b'2026/11/26 18:09:16 new msg 5\n2026/11/26 18:09:16 end msg 5\n'
+    code, out, err = run_main(monkeypatch, capsysbinary, ['overall'], log)
+    assert code == 0 and 'Completed messages: 0' in out, out
+    assert err.startswith('qmail-analog: warning: no line of the log was understood'), err
+    code, out, err = run_main(monkeypatch, capsysbinary, ['overall'], b'')
+    assert err == ''
+
+
 def test_command_reads_files_in_turn(monkeypatch, capsysbinary, tmp_path):
     import gzip
     lines = golden_lines()
