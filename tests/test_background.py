@@ -39,6 +39,27 @@ def test_sequel_runs_in_the_loop_thread_not_at_submit():
     assert bg.pending == 0
 
 
+def test_without_a_descriptor_for_the_threads_the_loop_does_the_work(monkeypatch):
+    """The descriptor table full (a todo/ backlog's files open, a low
+    ulimit -n): release() could not make the threads' wake-up pipe, and
+    the OSError ended qmail-send at every start.  Now the loop does the
+    held work itself, and the threads start when a pipe can be had."""
+    bg = background.Background()
+    seen = []
+    real = os.pipe2
+
+    def no_fd(flags):
+        raise OSError(24, 'Too many open files')
+    monkeypatch.setattr(background.os, 'pipe2', no_fd)
+    bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
+    bg.release()
+    assert seen == [(threading.get_ident(),) * 2] and bg.pending == 0
+    monkeypatch.setattr(background.os, 'pipe2', real)
+    bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
+    wait_finish(bg)
+    assert seen[1][0] != seen[1][1] == threading.get_ident()   # the threads, now
+
+
 def test_an_exception_in_the_work_is_raised_in_the_loop():
     bg = background.Background()
 

@@ -112,7 +112,15 @@ class Background:
         if not self.held:
             return
         if self._work is None:
-            self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                # No descriptor for the threads' wake-up (the table full,
+                # a backlog's files open): the loop does the work itself,
+                # now, and the threads start another time.  (Ending the
+                # program here made qmail-send exit at every start.)
+                self.run_held()
+                return
             self._work = queue.SimpleQueue()
             for _ in range(THREADS):
                 threading.Thread(target=self._thread, name='disk', daemon=True).start()
