@@ -69,6 +69,8 @@ from qmail import send_rules as rules
 
 SLEEP_TODO = 1500         # scan todo/ every 25 minutes even if not triggered
 TODO_BATCH = 32           # todo/ entries preprocessed with one round of syncing
+FD_RESERVE = 128          # descriptors left for all but files awaiting their sync
+FILES_PER_MESSAGE = 3     # info/ and channel files a message holds open till synced
 PASS_STEPS = 200          # steps of a channel's pass per turn of the loop
 SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
 SLEEP_FOREVER = 86400     # longest wait in poll()
@@ -254,6 +256,7 @@ class Send:
         self.tidying = background.Lane(self.bg, self.tidy_sync, lambda items, result: None,
                                        window=SYNC_WINDOW)
         self.lanes = (self.marking, self.finishing, self.removing, self.settling, self.tidying)
+        self.settle_cap = settle_cap()
         self.clean_waiting = collections.deque()    # (requests, then)
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
@@ -1116,8 +1119,13 @@ class Send:
                 break
         return got
 
+    def settling_full(self) -> bool:
+        """Are as many messages' files open, awaiting their sync, as the
+        descriptor limit allows (settle_cap)?  Then todo/ waits."""
+        return len(self.settling.waiting) + self.settling.inflight >= self.settle_cap
+
     def todo_do(self, triggered):
-        if self.flagexitasap or self.preprocessing:
+        if self.flagexitasap or self.preprocessing or self.settling_full():
             return
         if self.tododir is None:
             if not triggered and self.recent < self.nexttodorun:
@@ -1514,9 +1522,10 @@ class Send:
                 fds[self.bg.fd] = select.POLLIN
             if self.clean_waiting:
                 fds[FDCLEAN_IN] = select.POLLIN
-            if not self.flagexitasap and not self.preprocessing:
-                # (while a batch is on its way to disk, a pulled trigger
-                # waits: its descriptor stays readable)
+            if not self.flagexitasap and not self.preprocessing and not self.settling_full():
+                # (while a batch is on its way to disk, or too many wait
+                # for their sync, a pulled trigger waits: its descriptor
+                # stays readable)
                 if self.triggerfd != -1:
                     fds[self.triggerfd] = fds.get(self.triggerfd, 0) | select.POLLIN
                 if self.inotifyfd != -1:
@@ -1664,6 +1673,19 @@ def main(argv=None) -> int:
         return 111
     send.loop(wakeup_r)
     return 0
+
+
+def settle_cap() -> int:
+    """How many messages' files may wait open for their sync.  A todo/
+    backlog is preprocessed faster than a slow disk syncs it, and each
+    message holds its files open till then: without a bound, the
+    descriptors ran out (and "unable to create remote/..." for the rest).
+    What RLIMIT_NOFILE leaves after FD_RESERVE, at least one batch."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    return max(TODO_BATCH, (soft - FD_RESERVE) // FILES_PER_MESSAGE)
 
 
 def main_logged(argv=None) -> int:

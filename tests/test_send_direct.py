@@ -304,3 +304,28 @@ def test_a_bounce_whose_info_cannot_be_read_says_so(s):
     assert 'warning: trouble reading %s, will try the bounce again later\n' \
         % qfn('info', 71, SPLIT) in s.log
     assert os.path.exists(qfn('bounce', 71, SPLIT))
+
+
+def test_a_backlog_waits_while_too_many_files_await_their_sync(tmp_path, monkeypatch):
+    """Each preprocessed message holds its files open till their sync: a
+    todo/ backlog preprocessed faster than the disk syncs ran out of
+    descriptors.  todo/ now waits while settle_cap messages wait, a cap
+    from RLIMIT_NOFILE."""
+    import resource
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (256, 4096))
+    assert send.settle_cap() == (256 - send.FD_RESERVE) // send.FILES_PER_MESSAGE
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (100, 4096))
+    assert send.settle_cap() == send.TODO_BATCH
+    s, log = scratch_send(tmp_path, monkeypatch, 2)
+    s.settle_cap = 3
+    s.settling.waiting = [object()] * 2
+    s.settling.inflight = 1
+    assert s.settling_full()
+    called = []
+    monkeypatch.setattr(s, 'preprocess_batch', called.append)
+    put('todo/12345', b'u0\0p1\0Fa@b\0Tc@d\0\0')
+    s.todo_do(True)
+    assert called == [] and s.tododir is None      # not even scanned
+    s.settling.inflight = 0
+    s.todo_do(True)
+    assert len(called) == 1 and 12345 in called[0]

@@ -175,6 +175,7 @@ class Lane:
         self.window = window
         self.waiting = []
         self.busy = False
+        self.inflight = 0           # items in the batch under way
         self.due = None             # monotonic: when the waiting batch goes
 
     def add(self, items):
@@ -205,10 +206,12 @@ class Lane:
             return
         batch, self.waiting = self.waiting, []
         self.busy = True
+        self.inflight = len(batch)
         self.bg.submit(lambda: self.work(batch), lambda result: self._done(batch, result))
 
     def _done(self, batch, result):
         self.busy = False
+        self.inflight = 0
         self.then(batch, result)
         if self.waiting and not self.busy:
             self._go()
