@@ -268,9 +268,7 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
     except FileNotFoundError:
         return False
     if size > SCAN_CUR_MAX:
-        base = os.path.join(cur, name)
-        return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
-            or os.path.lexists(base)
+        return in_cur_by_name(cur, name)
     prefix = name + b':'
     try:
         with os.scandir(cur) as it:
@@ -282,10 +280,16 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
     except PermissionError:
         # cur/ searchable only: the standard forms, by name (where it is
         # not even that, nothing is seen, and a retry may deliver again).
-        base = os.path.join(cur, name)
-        return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
-            or os.path.lexists(base)
+        return in_cur_by_name(cur, name)
     return False
+
+
+def in_cur_by_name(cur: bytes, name: bytes) -> bool:
+    """name in cur/, bare or in one of the 64 standard ":2,flags" forms,
+    looked for by name (no reading of cur/)."""
+    base = os.path.join(cur, name)
+    return any(os.path.lexists(base + suffix) for suffix in FLAG_SUFFIXES) \
+        or os.path.lexists(base)
 
 
 def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:

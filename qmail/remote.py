@@ -260,14 +260,10 @@ class Settings:
         self.timeout = max(1, ctl.int('timeoutremote', 1200))
         self.routes = parse_map(ctl.lines('smtproutes'))
         self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
-        self.nameservers = None
-        servers = ctl.lines('dnsservers')
-        if servers:
-            try:
-                self.nameservers = [qdns.parse_nameserver(s.decode('ascii'))
-                                    for s in servers]
-            except (ValueError, UnicodeError):
-                raise temp(b'Unable to parse control/dnsservers. (#4.3.0)\n') from None
+        try:
+            self.nameservers = qdns.nameservers(ctl.lines('dnsservers'))
+        except (ValueError, UnicodeError):
+            raise temp(b'Unable to parse control/dnsservers. (#4.3.0)\n') from None
 
 
 def message_span(fd: int):

@@ -225,6 +225,7 @@ class Send:
         self.flagrunasap = False
         self.flagreadasap = False
         self.flagchildasap = False      # a child ended: qmail-queued, perhaps
+        self.queued_pid = QUEUED_PID    # until it is reaped
         self.flagspawnalive = [True, True]
         self.flagcleanalive = True
         self.concurrency = list(controls.concurrency)
@@ -1444,15 +1445,15 @@ class Send:
         has ended: reaped (no zombie till the restart) and told.  Only its
         pid is waited for: a bounce's qmail-queue has its own waitpid.
         Injections go on, through bin/qmail-queue, as when it is absent."""
-        if QUEUED_PID is None:
+        if self.queued_pid is None:
             return
         try:
-            pid, wstat = os.waitpid(QUEUED_PID, os.WNOHANG)
+            pid, wstat = os.waitpid(self.queued_pid, os.WNOHANG)
         except ChildProcessError:
-            pid, wstat = QUEUED_PID, None
-        if pid != QUEUED_PID:
+            pid, wstat = self.queued_pid, None
+        if pid != self.queued_pid:
             return
-        globals()['QUEUED_PID'] = None
+        self.queued_pid = None
         how = ('unknown status' if wstat is None
                else 'signal %d' % os.WTERMSIG(wstat) if os.WIFSIGNALED(wstat)
                else 'exit %d' % os.WEXITSTATUS(wstat))

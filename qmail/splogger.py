@@ -19,6 +19,8 @@ import sys
 import syslog
 import time
 
+from qmail.lib.control import scan_ulong
+
 FOLD = 799
 
 
@@ -82,8 +84,7 @@ class Folder:
 def facility_of(arg: str) -> int:
     """The syslog facility of splogger's fac argument, read as qmail's
     scan_ulong reads it: the leading digits ("1x6" is 1), none is 0."""
-    digits = arg[:len(arg) - len(arg.lstrip('0123456789'))]
-    return int(digits or 0) << 3
+    return scan_ulong(os.fsencode(arg)) << 3
 
 
 def main(argv=None) -> int:

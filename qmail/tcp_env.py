@@ -39,6 +39,7 @@ import sys
 import time
 
 from qmail.lib import auto
+from qmail.lib.control import Controls, scan_ulong
 from qmail.listen import unmap
 
 IDENT_PORT = 113
@@ -73,8 +74,7 @@ def parse_args(argv):
                     if i >= len(argv):
                         return None
                     value = argv[i]
-                digits = value[:len(value) - len(value.lstrip('0123456789'))]
-                timeout = int(digits) if digits else 0   # scan_ulong
+                timeout = scan_ulong(os.fsencode(value))
                 break
             else:
                 return None
@@ -163,13 +163,10 @@ def make_resolver():
     """A resolver as qmail-remote's (control/dnsservers, read the same
     way, else /etc/resolv.conf); None when there is none to ask (that
     file unreadable or unparsable: names are then "softdnserror")."""
-    from qmail.lib import control
     from qmail.lib import dns as qdns
     try:
-        servers = control.Controls(os.path.join(auto.QMAIL, 'control')).lines('dnsservers')
-        nameservers = [qdns.parse_nameserver(line.decode('ascii'))
-                       for line in servers] or None
-        return qdns.make_resolver(nameservers)
+        ctl = Controls(os.path.join(auto.QMAIL, 'control'))
+        return qdns.make_resolver(qdns.nameservers(ctl.lines('dnsservers')))
     except Exception:
         return None
 

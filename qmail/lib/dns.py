@@ -73,6 +73,12 @@ class Mx:
 
 # --- pure -----------------------------------------------------------------
 
+def nameservers(lines):
+    """[(address, port)] of control/dnsservers' lines (bytes), None for
+    none (then /etc/resolv.conf).  Raises ValueError or UnicodeError."""
+    return [parse_nameserver(line.decode('ascii')) for line in lines] or None
+
+
 def parse_nameserver(line: str):
     """(address, port) of a control/dnsservers line: 1.2.3.4, 1.2.3.4:5353,
     2001:db8::53 or [2001:db8::53]:5353.  Raises ValueError."""
