@@ -22,11 +22,18 @@ def test_a_message_given_by_hand_is_delivered_each_time(tmp_path):
     home = Home(tmp_path)
     md, mess = queued(home, tmp_path, b'Subject: by hand\n\nbody\n')
     for attempt in range(3):
-        fd = os.open(mess, os.O_RDONLY)
-        code, report = home.run(stdin=fd)
-        os.close(fd)
+        code, report = run_on(home, mess)
         assert code == 0, report
     assert len(os.listdir(md / 'new')) == 3
+
+
+def run_on(home, mess):
+    """qmail-local with the file mess on fd 0: (exit code, report)."""
+    fd = os.open(mess, os.O_RDONLY)
+    try:
+        return home.run(stdin=fd)
+    finally:
+        os.close(fd)
 
 
 def queued(home, tmp_path, body: bytes, dotqmail: bytes = b'./Maildir/\n'):
@@ -42,9 +49,7 @@ def queued(home, tmp_path, body: bytes, dotqmail: bytes = b'./Maildir/\n'):
 def test_repeat_of_the_same_queue_file_is_one_file(home, tmp_path):
     md, mess = queued(home, tmp_path, b'Subject: once\n\nbody\n')
     for attempt in range(3):
-        fd = os.open(mess, os.O_RDONLY)
-        code, report = home.run(stdin=fd)
-        os.close(fd)
+        code, report = run_on(home, mess)
         assert code == 0, report
     assert len(os.listdir(md / 'new')) == 1
     assert os.listdir(md / 'tmp') == []

@@ -1,11 +1,14 @@
 """Helpers for tests that run the delivery side: users with homes, a
 running qmail-start, waiting on the log and on mailboxes."""
 
+import contextlib
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 
 TIMEOUT = 60
@@ -178,3 +181,59 @@ def wait_files(path, count, timeout=TIMEOUT):
         time.sleep(0.05)
     raise AssertionError('%d files in %s after %ss, wanted %d'
                          % (len(names), path, timeout, count))
+
+
+def free_dns_port(host='127.0.0.1'):
+    """A port free for both UDP and TCP on host (dnsmasq wants both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError('no free port')
+
+
+@contextlib.contextmanager
+def dnsmasq(zone: str, probe):
+    """dnsmasq on 127.0.0.1 serving zone (its configuration's text), once
+    it answers probe, (name, rdtype): yields its port; stopped after."""
+    import dns.resolver
+    tmp = tempfile.mkdtemp(prefix='qmt-dns.')
+    conf = os.path.join(tmp, 'dnsmasq.conf')
+    with open(conf, 'w') as f:
+        f.write(zone)
+    port = free_dns_port()
+    proc = subprocess.Popen(
+        ['dnsmasq', '--keep-in-foreground', '--conf-file=' + conf,
+         '--listen-address=127.0.0.1', '--bind-interfaces', '--port=%d' % port,
+         '--pid-file=', '--user=nobody', '--log-facility=' + os.path.join(tmp, 'log')],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers = ['127.0.0.1']
+        res.port = port
+        res.lifetime = 1
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                res.resolve(*probe)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError('dnsmasq did not start: %r' % proc.stderr.read())
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+        shutil.rmtree(tmp, ignore_errors=True)

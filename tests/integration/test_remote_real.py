@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import RUNTIME, TIMEOUT, install_home, needs_root, remove_home
-from delivery import Mta
+from delivery import Mta, dnsmasq
 
 from qmail import remote, remote_smtp, rspawn
 from qmail.lib import control, tcpto
@@ -73,57 +73,11 @@ for _i in range(1, BULK + 1):
     ZONE += 'host-record=mx.d%d.bulk.qmt.test,127.55.2.%d\n' % (_i, _i)
 
 
-def free_port(host='127.0.0.1'):
-    """A port free for both UDP and TCP on host (dnsmasq wants both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError('no free port')
-
-
 @pytest.fixture(scope='module')
 def dns_server():
     """dnsmasq answering for qmt.test: (address, port)."""
-    import dns.resolver
-    tmp = tempfile.mkdtemp(prefix='qmt-dns.')
-    conf = os.path.join(tmp, 'dnsmasq.conf')
-    with open(conf, 'w') as f:
-        f.write(ZONE)
-    port = free_port()
-    proc = subprocess.Popen(
-        ['dnsmasq', '--keep-in-foreground', '--conf-file=' + conf,
-         '--listen-address=127.0.0.1', '--bind-interfaces', '--port=%d' % port,
-         '--pid-file=', '--user=nobody', '--log-facility=' + os.path.join(tmp, 'log')],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = ['127.0.0.1']
-    res.port = port
-    res.lifetime = 1
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            res.resolve('mx1.mx.qmt.test', 'A')
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError('dnsmasq did not start: %r' % proc.stderr.read())
-            time.sleep(0.1)
-    yield '127.0.0.1', port
-    proc.terminate()
-    try:
-        proc.wait(timeout=WAIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=WAIT)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with dnsmasq(ZONE, ('mx1.mx.qmt.test', 'A')) as port:
+        yield '127.0.0.1', port
 
 
 @pytest.fixture(scope='module')

@@ -6,13 +6,12 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
-import time
 
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home
+from delivery import dnsmasq
 
 pytestmark = [needs_root, pytest.mark.skipif(
     shutil.which('dnsmasq') is None, reason='dnsmasq not installed')]
@@ -24,59 +23,14 @@ ZONE = ('ptr-record=1.0.57.127.in-addr.arpa,Server.QMT.test\n'
         'no-resolv\nno-hosts\n')
 
 
-def free_port():
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(('127.0.0.1', 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(('127.0.0.1', port))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError('no free port')
-
-
 @pytest.fixture(scope='module')
 def home():
-    import dns.resolver
-    tmp = tempfile.mkdtemp(prefix='tcpenv-dns.')
-    conf = os.path.join(tmp, 'dnsmasq.conf')
-    with open(conf, 'w') as f:
-        f.write(ZONE)
-    port = free_port()
-    proc = subprocess.Popen(
-        ['dnsmasq', '--keep-in-foreground', '--conf-file=' + conf,
-         '--listen-address=127.0.0.1', '--bind-interfaces', '--port=%d' % port,
-         '--pid-file=', '--user=nobody', '--log-facility=' + os.path.join(tmp, 'log')],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = ['127.0.0.1']
-    res.port = port
-    res.lifetime = 1
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            res.resolve('2.0.57.127.in-addr.arpa', 'PTR')
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError('dnsmasq did not start: %r' % proc.stderr.read())
-            time.sleep(0.1)
-    path = install_home()
-    with open(os.path.join(path, 'control', 'dnsservers'), 'w') as f:
-        f.write('127.0.0.1:%d\n' % port)
-    yield path
-    remove_home(path)
-    proc.terminate()
-    try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=TIMEOUT)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with dnsmasq(ZONE, ('2.0.57.127.in-addr.arpa', 'PTR')) as port:
+        path = install_home()
+        with open(os.path.join(path, 'control', 'dnsservers'), 'w') as f:
+            f.write('127.0.0.1:%d\n' % port)
+        yield path
+        remove_home(path)
 
 
 class Ident:
