@@ -219,7 +219,7 @@ def stamper(fd: int):
     return collect
 
 
-def timeline(q, user, n, rate):
+def timeline(q, user, n, rate, many=False):
     """Per-message wall time of each step at a load far below capacity:
     the client's stamps, qmail-send's log lines stamped as they arrive
     (a stamping process on its stdout, as multilog would), and inotify."""
@@ -241,8 +241,9 @@ def timeline(q, user, n, rate):
     time.sleep(1)
     watcher = Watcher(user.new)
     try:
-        load = smtpload.Load('127.0.0.1', q.port, n, 1, False, 2048,
-                             'bench@client.example.com', user.address, rate=rate)
+        load = smtpload.Load('127.0.0.1', q.port, n, 1, many, 2048,
+                             'bench@client.example.com', user.address,
+                             rate=None if many else rate)
         load.run(600)
         wait_for(lambda: user.count() >= n, 300, '%d deliveries' % n, 0.05)
         time.sleep(0.5)
@@ -299,8 +300,10 @@ def timeline(q, user, n, rate):
                  ('"." written -> file in new/ (the latency)', load.sent[num], appeared[name])]
         for label, t0, t1 in chain:
             steps[label].append(t1 - t0)
-    out = ['Timeline, open loop %d msg/s, 1 message per connection, %d messages '
-           '(%d traced); wall ms per message, median / p95:' % (rate, n, len(steps.get(chain[0][0], [])))]
+    out = ['Timeline, %s, %d messages (%d traced); wall ms per message, median / p95:'
+           % ('1 session, many messages per connection' if many else
+              'open loop %d msg/s, 1 message per connection' % rate,
+              n, len(steps.get(chain[0][0], [])))]
     for label, values in steps.items():
         values.sort()
         out.append('  %-62s %6.2f / %6.2f' % (label, values[len(values) // 2] * 1000,
@@ -322,7 +325,8 @@ def main():
                         help='profile CPU time (time.process_time) instead of wall time')
     parser.add_argument('--sort', default='tottime')
     parser.add_argument('--timeline', type=int, metavar='RATE', default=0,
-                        help='only the per-step wall times at RATE msg/s offered')
+                        help='only the per-step wall times at RATE msg/s offered (with '
+                        '--many: one session, closed loop, RATE unused)')
     parser.add_argument('--many', action='store_true',
                         help='many messages per connection (smtp-source -d)')
     parser.add_argument('--rusage-only', action='store_true',
@@ -339,7 +343,7 @@ def main():
     os.chmod(outdir, 0o1777)
     try:
         if args.timeline:
-            text = timeline(q, user, args.n, args.timeline)
+            text = timeline(q, user, args.n, args.timeline, args.many)
             print(text)
             return 0
         start_profiled(q, outdir)
