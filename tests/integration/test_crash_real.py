@@ -7,8 +7,6 @@ import re
 import signal
 import time
 
-import pytest
-
 from conftest import install_home, needs_root, remove_home
 from delivery import (Mta, ensure_user, fast_queue, group_processes, maildirmake,
                       wait_group_gone)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home, run_as
-from delivery import Mta, ensure_user, group_processes, maildirmake, wait_files
+from delivery import Mta, ensure_user, group_processes, maildirmake
 
 pytestmark = needs_root
 

@@ -6,7 +6,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -134,7 +133,7 @@ def test_mail_crosses_from_one_host_to_the_other(network):
 
 
 def test_bounce_travels_back(network):
-    a, b = network['a'], network['b']
+    a = network['a']
     before = set(maildir(a['user']))
     r = run_as(a['user'][:3], [a['home'] + '/bin/sendmail', 'nosuchuser@hostb.net.test'],
                input=b'Subject: to nobody\n\nb\n')

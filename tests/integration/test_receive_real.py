@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home
-from delivery import Mta, ensure_user, maildirmake, wait_files
+from delivery import Mta, ensure_user, maildirmake
 
 pytestmark = needs_root
 

@@ -630,7 +630,7 @@ def test_required_tls_to_an_mx_elsewhere_as_the_admin_says(home, sinks, cert, ta
 
 
 def test_required_tls_suffix_and_default(home, sinks, cert):
-    s = sinks('127.55.1.6', 25, tls=server_context(cert))
+    sinks('127.55.1.6', 25, tls=server_context(cert))
     for table in ('.qmt.test:%s' % cert[0], ':%s' % cert[0]):
         setctl(home, tlsdestinations=table)
         _, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
