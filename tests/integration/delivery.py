@@ -183,6 +183,13 @@ def wait_files(path, count, timeout=TIMEOUT):
                          % (len(names), path, timeout, count))
 
 
+def free_port(host='127.0.0.1'):
+    """A TCP port free on host just now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def free_dns_port(host='127.0.0.1'):
     """A port free for both UDP and TCP on host (dnsmasq wants both)."""
     for _ in range(50):

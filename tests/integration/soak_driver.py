@@ -78,7 +78,7 @@ for _p in (os.path.dirname(HERE), HERE):          # conftest, delivery
         sys.path.insert(0, _p)
 
 from conftest import RUNTIME                       # noqa: E402
-from delivery import ensure_user, maildirmake      # noqa: E402
+from delivery import ensure_user, free_port, maildirmake      # noqa: E402
 from soak_report import (DOMAIN, RESTARTS_MTA, USER, analyse,  # noqa: E402
                          end_marker, read_log, recipients, sender, summary)
 
@@ -198,12 +198,6 @@ def mta_up(kinds: dict, old_send=None) -> bool:
 
 
 # ---- the pieces: sink, MTA -------------------------------------------------------
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
 
 def wait_port(host: str, port: int, timeout=START_TIMEOUT):
     deadline = time.monotonic() + timeout

@@ -13,19 +13,11 @@ import time
 import pytest
 
 from conftest import TIMEOUT, fake_stdlib, install_home, needs_root, remove_home, stdlib_of
-from delivery import ensure_user
+from delivery import ensure_user, free_port
 
 pytestmark = needs_root
 
 DOMAIN = 'auth.example.org'
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope='module')

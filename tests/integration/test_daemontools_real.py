@@ -13,22 +13,13 @@ import time
 import pytest
 
 from conftest import RUNTIME, TIMEOUT, needs_root, remove_home, run_as
-from delivery import ensure_user, maildirmake
+from delivery import ensure_user, free_port, maildirmake
 
 pytestmark = [needs_root, pytest.mark.skipif(
     subprocess.run(['which', 'svscan'], capture_output=True).returncode != 0,
     reason='daemontools not installed')]
 
 DOMAIN = 'svc.example.org'
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def svstat(d):

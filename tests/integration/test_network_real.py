@@ -8,13 +8,12 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home, run_as
-from delivery import Mta, ensure_user, maildirmake
+from delivery import Mta, dnsmasq, ensure_user, maildirmake
 
 pytestmark = [needs_root, pytest.mark.skipif(
     shutil.which('dnsmasq') is None, reason='dnsmasq not installed')]
@@ -22,20 +21,6 @@ pytestmark = [needs_root, pytest.mark.skipif(
 HOSTS = {'a': ('hosta.net.test', '127.56.0.1'), 'b': ('hostb.net.test', '127.56.0.2')}
 ZONE = ''.join('mx-host=%s,mx.%s,10\nhost-record=mx.%s,%s\n' % (d, d, d, ip)
                for d, ip in HOSTS.values())
-
-
-def free_port():
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(('127.0.0.1', 0))
-            port = u.getsockname()[1]
-            with socket.socket() as t:
-                try:
-                    t.bind(('127.0.0.1', port))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError('no free port')
 
 
 def wait_for(cond, what, timeout=TIMEOUT):
@@ -57,16 +42,12 @@ def listening(ip):
 
 @pytest.fixture(scope='module')
 def network():
-    tmp = tempfile.mkdtemp(prefix='qmt-net.')
-    conf = os.path.join(tmp, 'dnsmasq.conf')
-    with open(conf, 'w') as f:
-        f.write(ZONE)
-    dnsport = free_port()
-    dns = subprocess.Popen(['dnsmasq', '--keep-in-foreground', '--conf-file=' + conf,
-                            '--listen-address=127.0.0.1', '--bind-interfaces',
-                            '--port=%d' % dnsport, '--pid-file=', '--user=nobody'],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    first = next(iter(HOSTS.values()))[0]
+    with dnsmasq(ZONE, ('mx.' + first, 'A')) as dnsport:
+        yield from sites_up(dnsport)
+
+
+def sites_up(dnsport):
     sites, procs = {}, []
     try:
         qmaild = pwd.getpwnam('qmaild')
@@ -101,9 +82,6 @@ def network():
         for site in sites.values():
             site['mta'].stop()
             remove_home(site['home'])
-        dns.terminate()
-        dns.wait(timeout=TIMEOUT)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def maildir(user):

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import RUNTIME, TIMEOUT, install_home, needs_root, remove_home
-from delivery import Mta, ensure_user, maildirmake
+from delivery import Mta, ensure_user, free_port, maildirmake
 
 pytestmark = needs_root
 
@@ -40,14 +40,6 @@ PROGRAMS = (
     ('vcheckpassword', 'vcheckpassword', 0o700, True),
     ('qmail-vpasswd', 'vpasswd', 0o700, True),
 )
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port):

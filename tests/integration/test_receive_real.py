@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home
-from delivery import Mta, ensure_user, maildirmake
+from delivery import Mta, ensure_user, free_port, maildirmake
 
 pytestmark = needs_root
 
@@ -23,14 +23,6 @@ RULES = '''127.0.0.2:allow,RELAYCLIENT="",RBLSMTPD=""
 127.0.0.4:allow,RBLSMTPD="-go away, you are listed"
 :allow,RBLSMTPD=""
 '''
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, host='127.0.0.1'):
