@@ -30,7 +30,7 @@ deps:
 $(RUNTIME)/.ok: pyproject.toml | deps
 	test -x $(RUNTIME)/bin/python3 || $(SYSPYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/pip install -q --disable-pip-version-check \
-	  'dnspython>=2.3' 'pyinotify>=0.9.6' 'setproctitle>=1.3' 'argon2-cffi>=21.2'
+	  'dnspython>=2.3' 'idna>=3' 'pyinotify>=0.9.6' 'setproctitle>=1.3' 'argon2-cffi>=21.2'
 	chmod -R a+rX $(RUNTIME)
 	touch $@
 

@@ -768,6 +768,10 @@ def test_an_nxdomain_for_aaaa_after_a_records_keeps_them():
     (b'example.or\\g', b'example.org'),
     (b'example.\\111rg', b'example.org'),
     ('bücher.test'.encode(), b'xn--bcher-kva.test'),
+    # IDNA 2008 (UTS 46, not transitional), as browsers and registries:
+    # IDNA 2003 made this fass.de, another domain and another MX.
+    ('faß.de'.encode(), b'xn--fa-hia.de'),
+    ('Bücher.Test'.encode(), b'xn--bcher-kva.test'),
     (b'[192.0.2.1]', b'[192.0.2.1]'),
     (b'[IPv6:2001:DB8::1]', b'[ipv6:2001:db8::1]'),
     (b'a..b', b'a..b'),                     # no DNS name: as it is
