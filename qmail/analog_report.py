@@ -134,7 +134,9 @@ def seconds(ns: int) -> float:
 
 def name_key(name: str):
     """Names that are numbers (uids) in numeric order, before the rest."""
-    return (0, int(name), '') if name.isdigit() else (1, 0, name)
+    if name.isdigit() and name.isascii() and len(name) < 100:
+        return (0, int(name), '')
+    return (1, 0, name)
 
 
 # -- zoverall -------------------------------------------------------------------

@@ -30,7 +30,7 @@ import sys
 import time
 
 from qmail.lib import auto, durable, proctitle
-from qmail.lib.qfile import qfn
+from qmail.lib.qfile import parse_messid, qfn
 
 OSSIFIED = 129600     # 36 hours, as qmail-send: must exceed qmail-queue's DEATH
 SWEEP_EVERY = 30      # requests between sweeps of pid/
@@ -125,13 +125,14 @@ def sweep_intd(now: float, split: int):
     except OSError:
         return
     for name in names:
-        if not name.isdigit():
+        messid = parse_messid(name)
+        if messid is None:
             continue
         path = 'intd/' + name
         try:
             if now < os.stat(path).st_mtime + OSSIFIED:
                 continue
-            os.stat(qfn('mess', int(name), split))
+            os.stat(qfn('mess', messid, split))
             continue                    # its message lives: not ours
         except FileNotFoundError:
             pass

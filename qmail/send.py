@@ -1322,10 +1322,10 @@ class Send:
         uid = pid = 0
         for record in envelope.split(b'\0')[:-1]:
             tag = record[:1]
-            if tag == b'u':
-                uid = int(record[1:]) if record[1:].isdigit() else 0
+            if tag == b'u':             # (for the log line only)
+                uid = control.scan_ulong(record[1:])
             elif tag == b'p':
-                pid = int(record[1:]) if record[1:].isdigit() else 0
+                pid = control.scan_ulong(record[1:])
             elif tag == b'F':
                 info.append(record + b'\0')
                 out.append('new msg %d\n' % messid)

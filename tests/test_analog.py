@@ -704,3 +704,11 @@ def test_command_unwritable_outdir(monkeypatch, capsysbinary, tmp_path):
     code, out, err = run_main(monkeypatch, capsysbinary,
                               ['plot', '-o', str(blocker / 'sub'), GOLDEN_LOG])
     assert code == 111 and err.startswith('qmail-analog: fatal: unable to write')
+
+
+def test_names_sort_numbers_first_and_odd_digits_as_names():
+    """'²' is a digit to str.isdigit(), not to int(); nor are 5000 digits."""
+    from qmail import analog_report
+    names = ['b', '10', '\u00b2', '9', '7' * 5000, 'a']
+    assert sorted(names, key=analog_report.name_key) == \
+        ['9', '10', '7' * 5000, 'a', 'b', '\u00b2']

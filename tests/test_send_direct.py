@@ -329,3 +329,17 @@ def test_a_backlog_waits_while_too_many_files_await_their_sync(tmp_path, monkeyp
     s.settling.inflight = 0
     s.todo_do(True)
     assert len(called) == 1 and 12345 in called[0]
+
+
+def test_a_uid_or_pid_of_thousands_of_digits_is_logged_not_fatal(s):
+    """int() refuses over 4300 digits: qmail-send exited at each start on
+    such a todo/ file.  The numbers only go into the log line."""
+    put(qfn('mess', 70, SPLIT), b'Subject: x\n\nbody\n')
+    put('intd/70', b'')
+    put(qfn('todo', 70, SPLIT), b'u' + b'9' * 5000 + b'\0p' + b'7' * 5000
+        + b'\0Fa@b.example\0Tu@here.example\0')
+    s.preprocess_batch([70])
+    info = [line for line in s.log if line.startswith('info msg 70:')]
+    assert len(info) == 1, s.log
+    assert not [line for line in s.log if 'alert' in line or 'warning' in line], s.log
+    assert start(s)

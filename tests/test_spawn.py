@@ -134,6 +134,23 @@ def test_clean_sweeps_an_intd_whose_message_is_gone(tmp_path, monkeypatch):
     assert sorted(os.listdir('intd')) == ['22', '23']
 
 
+@pytest.mark.parametrize('name', ['\u00b2', '\u0663', '9' * 5000])
+def test_clean_sweep_passes_by_a_name_that_is_no_message_number(tmp_path, monkeypatch, name):
+    """str.isdigit() takes '²' and Arabic digits, which int() refuses, and
+    int() refuses over 4300 digits: such an old file in intd/ killed
+    qmail-clean at each start (and qmail-send with it).  Not ours: left."""
+    import time
+    monkeypatch.chdir(tmp_path)
+    os.mkdir('intd')
+    os.makedirs('mess/0')
+    old = time.time() - clean.OSSIFIED - 100
+    path = 'intd/' + name[:200]
+    open(path, 'wb').close()
+    os.utime(path, (old, old))
+    clean.sweep_intd(time.time(), 1)
+    assert os.listdir('intd') == [name[:200]]
+
+
 @pytest.mark.parametrize('age, kept', [(10, True), (spawn.MAX_AGE + 1, False)])
 def test_a_delivery_worker_past_its_age_retires(age, kept):
     """A worker set up once (a user's groups, gid and uid) is kept for
