@@ -181,3 +181,37 @@ def test_parse_int_of_thousands_of_digits():
     assert control.parse_int(b'9' * 5000 + b'\n') == control.ULONG_HUGE
     assert control.parse_int(b'0042x\n') == 42
     assert control.parse_int(b'x\n') is None and control.parse_int(b'') is None
+
+
+def _in_thread(fn, fifo):
+    """fn() in a thread; what it returned or raised, or 'hung' (the
+    thread is then let go by a writer opening the FIFO)."""
+    import threading
+    out = []
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        return 'hung'
+    return out[0]
+
+
+def test_a_fifo_reads_as_empty_not_hang(tmp_path):
+    """qmail opens controls with O_NDELAY: a FIFO put in a control's place
+    (nobody writing) is an empty file.  A plain open() waited for a
+    writer: qmail-send, qmail-smtpd and qmail-inject hung for good."""
+    from qmail.lib import cdb
+    fifo = str(tmp_path / 'rcpthosts')
+    os.mkfifo(fifo)
+    assert _in_thread(lambda: control.readfile(fifo), fifo) == []
+    assert _in_thread(lambda: control.readline(fifo), fifo) == b''
+    got = _in_thread(lambda: cdb.Cdb(fifo), fifo)
+    assert isinstance(got, cdb.CdbError), got       # a short cdb: temporary

@@ -98,7 +98,9 @@ class Cdb:
 
     def _open(self, path):
         """Open path; OSError (including ENOENT) goes to the caller."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # (without waiting, as qmail's open_read: a FIFO in its place
+        # reads as empty, no hang)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self.stat = os.fstat(fd)
             size = self.stat.st_size

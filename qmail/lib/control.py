@@ -20,15 +20,33 @@ import time
 MAX_CONTROL_BYTES = 1 << 26
 
 
+def open_read(path) -> int:
+    """qmail's open_read: a descriptor for reading path, opened without
+    waiting (a FIFO put there, with nobody writing, reads as empty
+    instead of hanging the reader: qmail-send, every qmail-smtpd)."""
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 def _read(path):
     """The file's bytes, or None if it does not exist."""
     try:
-        with open(path, 'rb') as f:
-            return f.read(MAX_CONTROL_BYTES)
-    except FileNotFoundError:
+        fd = open_read(path)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+    try:
+        chunks, total = [], 0
+        while total < MAX_CONTROL_BYTES:
+            try:
+                chunk = os.read(fd, min(1 << 20, MAX_CONTROL_BYTES - total))
+            except OSError as e:        # (a directory): the error names it
+                raise type(e)(e.errno, e.strerror, path) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b''.join(chunks)
+    finally:
+        os.close(fd)
 
 
 # Parsed controls, for processes that read them again and again (the
