@@ -667,7 +667,7 @@ class Session:
 def load_config(ctl: control.Controls) -> Config:
     """Raises OSError when a control file cannot be read.  (No
     lifetime: see the docstring.)"""
-    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)))
+    return Config(timeout=silence_limit(ctl.seconds('timeoutpop3', DEFAULT_TIMEOUT)))
 
 
 def on_files(timeout: int, fn, *args):

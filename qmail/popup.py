@@ -629,10 +629,10 @@ def log(line: bytes):
 
 def load_config(ctl: control.Controls) -> Config:
     """Raises OSError when a control file cannot be read."""
-    return Config(timeout=silence_limit(ctl.int('timeoutpop3', DEFAULT_TIMEOUT)),
-                  lifetime=ctl.int('lifetimepop3', DEFAULT_LIFETIME),
+    return Config(timeout=silence_limit(ctl.seconds('timeoutpop3', DEFAULT_TIMEOUT)),
+                  lifetime=ctl.seconds('lifetimepop3', DEFAULT_LIFETIME),
                   maxauth=ctl.int('maxauthpop3', DEFAULT_MAXAUTH),
-                  authdelay=ctl.int('authdelaypop3', DEFAULT_AUTHDELAY),
+                  authdelay=ctl.seconds('authdelaypop3', DEFAULT_AUTHDELAY),
                   flagtls=ctl.exists('servercert.pem'),
                   flagauthplain=ctl.exists('pop3authplaintext'))
 

@@ -608,8 +608,8 @@ def load_config(ctl: control.Controls, environ) -> Config:
         rcpthosts=rcpthosts,
         morercpthosts=morercpthosts,
         databytes=databytes,
-        timeout=max(ctl.int('timeoutqmtpd', DEFAULT_TIMEOUT), 1),
-        lifetime=ctl.int('lifetimeqmtpd', DEFAULT_LIFETIME),
+        timeout=max(ctl.seconds('timeoutqmtpd', DEFAULT_TIMEOUT), 1),
+        lifetime=ctl.seconds('lifetimeqmtpd', DEFAULT_LIFETIME),
         maxrcpt=ctl.int('maxrcptqmtpd', DEFAULT_MAXRCPT),
         badmailfrom=frozenset(a.lower() for a in ctl.lines('badmailfrom')),
         rcptmap=rcptmap.load(os.path.dirname(ctl.directory) or '.'),  # None: no rcptcheck

@@ -256,8 +256,8 @@ class Settings:
         if helohost is None:
             raise temp(T_CONTROL)
         self.helohost = helohost
-        self.timeoutconnect = max(1, ctl.int('timeoutconnect', 60))
-        self.timeout = max(1, ctl.int('timeoutremote', 1200))
+        self.timeoutconnect = max(1, ctl.seconds('timeoutconnect', 60))
+        self.timeout = max(1, ctl.seconds('timeoutremote', 1200))
         self.routes = parse_map(ctl.lines('smtproutes'))
         self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
         try:

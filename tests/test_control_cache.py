@@ -215,3 +215,30 @@ def test_a_fifo_reads_as_empty_not_hang(tmp_path):
     assert _in_thread(lambda: control.readline(fifo), fifo) == b''
     got = _in_thread(lambda: cdb.Cdb(fifo), fifo)
     assert isinstance(got, cdb.CdbError), got       # a short cdb: temporary
+
+
+@pytest.mark.parametrize('load, names', [
+    ('qmtpd', ('timeoutqmtpd', 'lifetimeqmtpd')),
+    ('popup', ('timeoutpop3', 'lifetimepop3', 'authdelaypop3')),
+    ('pop3d', ('timeoutpop3',)),
+    ('remote', ('timeoutconnect', 'timeoutremote')),
+])
+def test_a_timeout_of_forever_is_taken_as_the_longest_wait(tmp_path, load, names):
+    """qmail takes 2147483647 (or more: C truncates) for "never"; poll()
+    in ms, alarm() and socket timeouts overflowed on it, and every
+    session or delivery failed as an internal error."""
+    import importlib
+    mod = importlib.import_module('qmail.' + load)
+    ctl_dir = tmp_path / 'control'
+    ctl_dir.mkdir()
+    (ctl_dir / 'me').write_text('me.example\n')
+    for name in names:
+        (ctl_dir / name).write_text('9999999999\n')
+    ctl = control.Controls(str(ctl_dir))
+    got = mod.Settings(ctl) if load == 'remote' else mod.load_config(ctl, {}) \
+        if load == 'qmtpd' else mod.load_config(ctl)
+    attrs = {'timeoutconnect': 'timeoutconnect', 'timeoutremote': 'timeout',
+             'authdelaypop3': 'authdelay'}
+    for name in names:
+        attr = attrs.get(name, 'lifetime' if name.startswith('lifetime') else 'timeout')
+        assert getattr(got, attr) == control.SECONDS_MAX, name

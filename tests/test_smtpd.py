@@ -752,6 +752,8 @@ def write_controls(tmp_path, files):
     ({'me': b'm', 'maxerrorssmtpd': b'0'}, {}, 'maxerrors', 0),
     ({'me': b'm'}, {}, 'lifetime', 3600),
     ({'me': b'm', 'lifetimesmtpd': b'600'}, {}, 'lifetime', 600),
+    ({'me': b'm', 'timeoutsmtpd': b'9999999999'}, {}, 'timeout', control.SECONDS_MAX),
+    ({'me': b'm', 'lifetimesmtpd': b'2147483647'}, {}, 'lifetime', control.SECONDS_MAX),
 ])
 def test_load_config(tmp_path, files, env, attr, want):
     config = smtpd.load_config(write_controls(tmp_path, files), env)
@@ -912,6 +914,18 @@ def test_program_receives_a_message(qmailhome):
         rb'  by mx\.example\.org with SMTP; \d+ \w\w\w \d{4} '
         rb'\d\d:\d\d:\d\d -0000\nSubject: hi\n\n\.dot\n', message), message
     check((out / 'envelope').read_bytes(), b'Fa@b.example\0Tu@example.org\0\0')
+
+
+def test_program_takes_forever_as_a_timeout(qmailhome):
+    """2147483647 (qmail's "forever") as timeoutsmtpd and lifetimesmtpd:
+    poll() in milliseconds and alarm() overflowed, and every session
+    ended at its greeting with "421 internal error"."""
+    home, fakeq, out = qmailhome
+    for name in ('timeoutsmtpd', 'lifetimesmtpd'):
+        (home / 'control' / name).write_bytes(b'2147483647\n')
+    r = run_smtpd(home, fakeq, b'HELO x\r\nQUIT\r\n')
+    check((r.returncode, replies(r.stdout)),
+          (0, [b'220 mx.example.org ESMTP', b'250 mx.example.org', b'221 mx.example.org']))
 
 
 @pytest.mark.parametrize('how', ['inetd', 'stderr_to_stdout'])

@@ -169,6 +169,11 @@ def parse_lines(data: bytes) -> list:
     return out
 
 
+# The longest timeout or lifetime taken, about 24.8 days: poll() waits at
+# most 2**31 - 1 ms, and alarm() takes a timeout and a lifetime added.
+# More ("2147483647", qmail's "forever") means never all the same; taken
+# whole, it failed every session with "internal error".
+SECONDS_MAX = (2 ** 31 - 1) // 1000 - 1
 ULONG_HUGE = 10 ** 40      # what scan_ulong gives for more significant digits
 
 
@@ -248,6 +253,10 @@ class Controls:
     def int(self, name: str, default: int) -> int:
         value = readint(self.path(name))
         return default if value is None else value
+
+    def seconds(self, name: str, default: int) -> int:
+        """A timeout or lifetime: int(), at most SECONDS_MAX."""
+        return min(self.int(name, default), SECONDS_MAX)
 
     def exists(self, name: str) -> bool:
         try:
