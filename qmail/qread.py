@@ -12,14 +12,15 @@ Writes:   fd 1, per message a line
           where they go is decided at preprocessing.  Unprintable bytes
           become '_'.  Trouble with one message prints
           "warning: trouble with #<messid>" and the scan goes on.
-Exits:    0; 111 if the queue cannot be opened.
+Exits:    0; 111 if the queue cannot be opened, or the list cannot be
+          written (a full disk, fd 1 closed: one line on fd 2).
 See:      qmail-qread(8).
 """
 
 import os
 import sys
 
-from qmail.lib import auto
+from qmail.lib import auto, error
 from qmail.lib.date822 import date822
 from qmail.lib.error import error_str
 from qmail.lib.qfile import parse_messid, qfn
@@ -161,15 +162,15 @@ def main(argv=None) -> int:
 
 
 def run():
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
     try:
         code = main()
-        sys.stdout.flush()
     except BrokenPipeError:
-        code = 0
+        code = 0                    # the reader is gone (| head)
     except Exception as e:
         sys.stderr.write('qmail-qread: fatal: internal bug: %s\n' % type(e).__name__)
         code = 111
-    sys.exit(code)
+    error.exit_flushed(code, 'qmail-qread')
 
 
 if __name__ == '__main__':

@@ -3,14 +3,15 @@
 Runs as:  root, or a user in group qmail.
 Reads:    HOME/queue/mess/*/ and HOME/queue/todo/.
 Writes:   fd 1, two lines: messages in queue; not yet preprocessed.
-Exits:    0; 111 if the queue cannot be read (one line on stderr).
+Exits:    0; 111 if the queue cannot be read, or the counts cannot be
+          written (one line on stderr).
 See:      qmail-qstat(8).
 """
 
 import os
 import sys
 
-from qmail.lib import auto
+from qmail.lib import auto, error
 
 
 def count_files(path: str) -> int:
@@ -39,15 +40,15 @@ def main(argv=None) -> int:
 
 
 def run():
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
     try:
         code = main()
-        sys.stdout.flush()
     except BrokenPipeError:
-        code = 0
+        code = 0                    # the reader is gone (| head)
     except Exception as e:
         sys.stderr.write('qmail-qstat: fatal: internal bug: %s\n' % type(e).__name__)
         code = 111
-    sys.exit(code)
+    error.exit_flushed(code, 'qmail-qstat')
 
 
 if __name__ == '__main__':

@@ -148,10 +148,16 @@ def apply_env(env):
 def run_qread() -> int:
     try:
         from qmail import qread
+        from qmail.lib import error
     except ImportError:
         complain(b'sendmail: fatal: unable to run qmail-qread')
         return 111
-    return qread.main([])
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
+    try:
+        code = qread.main([])
+    except BrokenPipeError:
+        return 0                    # the reader is gone (| head)
+    return error.flushed_status(code, 'sendmail')
 
 
 def run_smtpd(env) -> int:

@@ -4,14 +4,15 @@ Runs as:  anyone.
 Reads:    HOME/control/*, and the install-time constants.
 Writes:   fd 1, each control file with its effective value, saying
           "(Default.)" where the file is missing; files it does not know.
-Exits:    0; 111 if the home or control/ cannot be read.
+Exits:    0; 111 if the home or control/ cannot be read, or the
+          report cannot be written (one line on fd 2).
 See:      qmail-showctl(8), qmail-control(5), control/README.
 """
 
 import os
 import sys
 
-from qmail.lib import auto, control
+from qmail.lib import auto, control, error
 from qmail.lib.ctltable import CONTROLS, KNOWN_FILES
 
 
@@ -152,15 +153,15 @@ def main(argv=None) -> int:
 
 
 def run():
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
     try:
         code = main()
-        sys.stdout.flush()
     except BrokenPipeError:
-        code = 0
+        code = 0                    # the reader is gone (| head)
     except Exception as e:
         sys.stderr.write('qmail-showctl: fatal: internal bug: %s\n' % type(e).__name__)
         code = 111
-    sys.exit(code)
+    error.exit_flushed(code, 'qmail-showctl')
 
 
 if __name__ == '__main__':

@@ -1129,6 +1129,10 @@ def test_tcp_env_remoteinfo(answer, want):
     ('qmail-fsck', [], b''),
     ('qmail-analog', ['overall'], b'@400000006553f10a00000000 status: local 0/10 remote 0/20\n'),
     ('qmail-tcpto', [], b''),
+    ('qmail-qread', [], b''),
+    ('qmail-qstat', [], b''),
+    ('qmail-showctl', [], b''),
+    ('sendmail', ['-bp'], b''),
 ])
 def test_a_report_that_cannot_be_written_is_111_and_one_line(home, program, args, stdin):
     """stdout a full disk: one line on fd 2 and exit 111, as the docstrings
@@ -1136,6 +1140,8 @@ def test_a_report_that_cannot_be_written_is_111_and_one_line(home, program, args
     import subprocess
     from qmail.lib import tcpto
     table = tcpto.path(str(home))
+    if program in ('qmail-qread', 'sendmail'):     # a message, so there is a line
+        queue_one(home)
     if program == 'qmail-tcpto':        # a record, so there is a line to write
         place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
                              True, int(time.time()), False)
@@ -1154,3 +1160,40 @@ def test_a_report_that_cannot_be_written_is_111_and_one_line(home, program, args
     assert r.returncode == 111, (r.returncode, err)
     assert 'Traceback' not in err and 'Exception ignored' not in err, err
     assert err.count('\n') == 1 and 'fatal' in err, err
+
+
+def queue_one(home):
+    """A message in todo/ (no qmail-send runs on this home)."""
+    import subprocess
+    r = subprocess.run([os.path.join(str(home), 'bin', 'qmail-inject'), '-fa@b.example',
+                        'x@y.example'], input=b'Subject: q\n\nq\n',
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize('program, args', [
+    ('qmail-qread', []), ('qmail-qstat', []), ('qmail-showctl', []), ('sendmail', ['-bp']),
+])
+def test_a_report_with_stdout_closed_is_111_and_one_line(home, program, args):
+    """fd 1 closed (CPython's sys.stdout is then None): one line on fd 2
+    and 111, not "internal bug (AttributeError)"."""
+    import subprocess
+    if program in ('qmail-qread', 'sendmail'):
+        queue_one(home)
+    r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, env={'PATH': '/usr/bin:/bin'}, timeout=60,
+                       preexec_fn=lambda: os.close(1))
+    err = r.stderr.decode()
+    assert r.returncode == 111, (r.returncode, err)
+    assert err.count('\n') == 1 and 'unable to write output' in err, err
+
+
+def test_a_report_into_a_pipe_closed_early_ends_quietly(home):
+    """qmail-showctl | head -1: the reader gone is no failure."""
+    import subprocess
+    r = subprocess.run('%s | head -1 >/dev/null; echo "${PIPESTATUS[0]}"'
+                       % os.path.join(str(home), 'bin', 'qmail-showctl'),
+                       shell=True, executable='/bin/bash', capture_output=True,
+                       env={'PATH': '/usr/bin:/bin'}, timeout=60)
+    assert r.stdout.strip() == b'0' and r.stderr == b'', (r.stdout, r.stderr)

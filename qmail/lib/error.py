@@ -7,6 +7,7 @@ programs that must choose (qmail-local, qmail-getpw, except, ...).
 """
 
 import errno
+import io
 import os
 
 TEMPORARY = frozenset(getattr(errno, name) for name in (
@@ -81,26 +82,78 @@ def error_str(err) -> bytes:
     return text.encode()
 
 
-def exit_flushed(code: int, prog: str) -> None:
-    """End the program with code, its stdout flushed first.  A flush that
-    fails (a full disk, /dev/full) is exit 111 with one line on fd 2, not
-    CPython's "Exception ignored" and exit 120 at its own last flush; a
-    reader gone away (| head) is no failure.  Never returns."""
-    import sys
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        pass
-    except OSError as err:
-        if code == 0:
+class _Output(io.RawIOBase):
+    """fd 1 for a report's sys.stdout: a write that fails is remembered,
+    not raised, and the rest of the report dropped, so the failure is
+    told once, at the end (flushed_status), whatever was writing."""
+
+    def __init__(self):
+        super().__init__()
+        self.error = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.error is None:
             try:
-                os.write(2, b'%s: fatal: unable to write output: %s\n'
-                         % (prog.encode(), error_str(err)))
-            except OSError:
-                pass
-            code = 111
+                return os.write(1, data)
+            except BrokenPipeError as err:
+                self.error = err
+                raise                   # the reader is gone: stop (| head)
+            except OSError as err:
+                self.error = err
+        return len(data)
+
+
+_output = []
+
+
+def guard_stdout() -> None:
+    """Make sys.stdout a report's (_Output): a full disk or a closed
+    fd 1 (where CPython gives sys.stdout None) becomes one line and exit
+    111 from flushed_status, not an exception wherever the buffer filled."""
+    import sys
+    old = sys.stdout
+    raw = _Output()
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw, 65536),
+        encoding=getattr(old, 'encoding', None) or 'utf-8',
+        errors=getattr(old, 'errors', None) or 'strict')
+    _output[:] = [raw]
+
+
+def flushed_status(code: int, prog: str) -> int:
+    """code, once stdout is flushed; 111 with one line on fd 2 if the
+    output could not be written (a full disk, /dev/full, fd 1 closed),
+    not CPython's "Exception ignored" and exit 120 at its own last
+    flush.  A reader gone away (| head) is no failure."""
+    import sys
+    err = None
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        sys.stdout.flush()
+    except OSError as e:
+        err = e
+    if err is None and _output:
+        err = _output[0].error
+    if err is not None and not isinstance(err, BrokenPipeError) and code == 0:
+        try:
+            os.write(2, b'%s: fatal: unable to write output: %s\n'
+                     % (prog.encode(), error_str(err)))
+        except OSError:
+            pass
+        code = 111
+    return code
+
+
+def exit_flushed(code: int, prog: str) -> None:
+    """End the program with flushed_status(code, prog).  Never returns."""
+    import sys
+    code = flushed_status(code, prog)
     try:
         sys.stderr.flush()
-    except OSError:
+    except (OSError, AttributeError):
         pass
     os._exit(code)
