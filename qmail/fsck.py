@@ -5,12 +5,15 @@ Runs as:  root, on a running or a stopped queue.
 Usage:    qmail-fsck [-r] [-q] [home]   (home: the installed one)
 Reads:    the home's tree, against qmail-install's table (HIER): types,
           owners, modes, the split subdirectories; every file in
-          HOME/queue: names, inodes, owners, ages, and the envelope
-          records of todo/, info/, local/, remote/.
+          HOME/queue: names, inodes, owners, modes (its owner must be
+          able to read and write it), ages, and the envelope records of
+          todo/, info/, local/, remote/.
 Writes:   fd 1, one line per problem, "qmail-fsck: <kind> <path>: <what>
           (-r: <repair>)": without -r, the plan; with -r, one more line
           per repair.  -q: no summary line.
-Repairs:  (-r) owners and modes as qmail-install sets them; a missing
+Repairs:  (-r) owners and modes as qmail-install sets them (a queue
+          file: its writer's user, group qmail, read and write for its
+          owner added to its mode); a missing
           directory, lock file or trigger; a queue file in the wrong
           split subdirectory (moved to its own); stale files that
           qmail-send and qmail-clean remove themselves: messages in S2/S3
@@ -330,6 +333,12 @@ def scan_names(qdir: str, split: int, uids=None):
                                     'owner %d, want %s' % (
                                         st.st_uid, QUEUE_FILE_OWNER[d]),
                                     'chown', messid))
+        if st.st_mode & 0o600 != 0o600:
+            # (its writer made it 0600 or 0644: one it cannot read or
+            # write is tried again and again, "trouble opening")
+            problems.append(Problem('file-mode', 'queue/%s/%s' % (d, rel),
+                                    'mode %04o, its owner cannot read and write it'
+                                    % stat.S_IMODE(st.st_mode), 'chmod', messid))
         if sub is not None and sub != str(messid % split):
             problems.append(Problem('misplaced', 'queue/%s/%s' % (d, rel),
                                     'belongs in %s/%d/' % (d, messid % split),
@@ -460,9 +469,10 @@ class Repairer:
             raise
         return fd, parts[-1]
 
-    def _fix(self, rel, uid, gid, mode):
-        """chown (uid or gid -1: kept) and chmod (None: kept) of rel itself,
-        through a descriptor opened without following a link."""
+    def _fix(self, rel, uid, gid, mode, add=False):
+        """chown (uid or gid -1: kept) and chmod (None: kept; add: these
+        bits added to its own) of rel itself, through a descriptor opened
+        without following a link."""
         dfd, name = self._at(rel)
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         if not (rel == 'queue' and root_made_link(os.path.join(self.home, rel))):
@@ -482,7 +492,7 @@ class Repairer:
                               % (rel, st.st_nlink))
             os.fchown(fd, uid, gid)
             if mode is not None:
-                os.fchmod(fd, mode)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | mode if add else mode)
         finally:
             os.close(fd)
 
@@ -510,8 +520,10 @@ class Repairer:
 
     def do_chown(self, problem, problems):
         if problem.kind == 'file-owner':
+            # (its group too: the writer's, qmail, as it made the file)
             d = problem.path.split('/')[1]
-            self._fix(problem.path, self.uids[QUEUE_FILE_OWNER[d]], -1, None)
+            self._fix(problem.path, self.uids[QUEUE_FILE_OWNER[d]],
+                      self.gids.get('qmail', -1), None)
             return True
         _, _, owner, group, mode = self._tree_entry(problem.path)
         # (the mode after: chown may clear set-id bits)
@@ -519,6 +531,9 @@ class Repairer:
         return True
 
     def do_chmod(self, problem, problems):
+        if problem.kind == 'file-mode':
+            self._fix(problem.path, -1, -1, 0o600, add=True)
+            return True
         self._fix(problem.path, -1, -1, self._tree_entry(problem.path)[4])
         return True
 
@@ -707,7 +722,7 @@ def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
         if moved:
             # Files back in their split subdirectory: judge their messages.
             again = [p for p in check_queue(qdir, split, now, uids)
-                     if p.messid in moved and p.kind != 'file-owner']
+                     if p.messid in moved and p.kind not in ('file-owner', 'file-mode')]
             for p in again:
                 say(shown(p))
             repair_all(fixer, again, say)

@@ -521,3 +521,29 @@ def test_a_queue_root_moved_elsewhere_is_repaired_through_its_link(tmp_path):
     code, said = q.fsck(repair=True)
     assert stat.S_IMODE(os.stat(elsewhere).st_mode) == 0o750, said
     assert not any(line.startswith('unable to repair queue:') for line in said), said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+def test_a_file_its_owner_cannot_read_is_found_and_repaired_with_its_group(q):
+    """root:root mode 000: -r gave the owner back but left the mode, and
+    qmail-send said 'trouble opening' forever; a second run saw nothing."""
+    m = q.preprocessed()
+    path = q.path('local', m)
+    # (the fixture's ids are all ours, root's: qmails and qmail made others)
+    uids = dict(q.uids, qmails=q.uids['qmails'] + 4321)
+    gids = dict(q.gids, qmail=q.gids['qmail'] + 4321)
+    for d in ('info', 'remote'):
+        os.chown(q.path(d, m), uids['qmails'], gids['qmail'])
+    os.chmod(path, 0)
+    problems = fsck.check_queue(q.qdir, SPLIT, time.time(), uids)
+    assert sorted((p.kind, p.path, p.repair) for p in problems) == [
+        ('file-mode', 'queue/' + qfn('local', m, SPLIT), 'chmod'),
+        ('file-owner', 'queue/' + qfn('local', m, SPLIT), 'chown')], problems
+    fixer = fsck.Repairer(q.home, install.HIER, SPLIT, uids, gids,
+                          time.time(), lambda text: None)
+    for p in problems:
+        assert fixer.repair(p, problems)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+        (uids['qmails'], gids['qmail'], 0o600)
+    assert fsck.check_queue(q.qdir, SPLIT, time.time(), uids) == []
