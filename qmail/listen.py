@@ -22,9 +22,9 @@ Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
           so nothing of one connection (RELAYCLIENT least of all) reaches
           the next; one that finds a descriptor left open retires.
           A program this listener does not know (rblsmtpd, for one) is
-          exec'd as tcpserver would.  At most -c connections (default 40)
-          are served at once; beyond that, connections wait in the
-          kernel's backlog.  host 0 is every IPv4 address, :: every
+          exec'd as tcpserver would.  At most -c connections (default 40;
+          more than LIMIT_MAX, 10000, is taken as that) are served at
+          once; beyond that, connections wait in the kernel's backlog.  host 0 is every IPv4 address, :: every
           IPv6 and IPv4 address; IPv4-mapped peers are shown as IPv4.
 Writes:   as tcpserver(1): with -v its log lines on fd 2: status (busy
           workers / limit), pid ... from, ok, deny, end; -Q (the
@@ -63,6 +63,8 @@ BUILTIN = {
 }
 DEFAULT_LIMIT = 40           # tcpserver's default -c
 DEFAULT_BACKLOG = 20         # tcpserver's default -b
+LIMIT_MAX = 10000            # -c above it is taken as it (a worker is 2 MB and more)
+BACKLOG_MAX = 65535          # -b above it is taken as it (the kernel's somaxconn caps it)
 SPARE = 4                    # idle workers kept ready for a built-in program
 MAX_USE = 1000               # connections a worker serves before it retires
 TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
@@ -87,6 +89,18 @@ class Options:
         self.program = []
 
 
+def _number(flag: str, value: str, least: int, most: int) -> int:
+    """The value of -c or -b: at least least, at most most (a greater
+    one, control/concurrencyincoming's "as many as you like", taken as
+    most).  ValueError naming the option otherwise."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 100:
+        raise ValueError('%s wants a number, not %r' % (flag, value[:40]))
+    n = int(value)
+    if n < least:
+        raise ValueError('%s wants a number of at least %d' % (flag, least))
+    return min(n, most)
+
+
 def parse_args(argv):
     """Options from argv (without the program name); raises ValueError."""
     o = Options()
@@ -96,7 +110,7 @@ def parse_args(argv):
         raise ValueError(str(e)) from None
     for flag, value in opts:
         if flag == '-c':
-            o.limit = int(value)
+            o.limit = _number('-c', value, 1, LIMIT_MAX)
         elif flag == '-x':
             # Now: the program's working directory is not ours to keep.
             o.rules = os.path.abspath(value)
@@ -120,7 +134,7 @@ def parse_args(argv):
         elif flag == '-l':
             o.localname = value
         elif flag == '-b':
-            o.backlog = int(value)
+            o.backlog = _number('-b', value, 0, BACKLOG_MAX)
         elif flag == '-v':
             o.verbosity = 1
         elif flag == '-Q':

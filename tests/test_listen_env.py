@@ -114,3 +114,16 @@ def test_a_worker_in_a_directory_it_may_not_read_still_serves(tmp_path):
         finally:
             os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_limit_and_backlog_numbers():
+    """-c from control/concurrencyincoming: a huge one was an OverflowError
+    (exit 111, so supervise restarted it for ever), and 0 or -5 said
+    "need host port program"; now taken as LIMIT_MAX, or named."""
+    big = '99999999999999999999'
+    o = listen.parse_args(['-c', big, '-b', big, '0', '25', 'x'])
+    assert (o.limit, o.backlog) == (listen.LIMIT_MAX, listen.BACKLOG_MAX)
+    assert listen.parse_args(['-c', '7', '-b', '0', '0', '25', 'x']).limit == 7
+    for bad in ('0', '-5', 'x', '\u00b2', '9' * 5000):
+        with pytest.raises(ValueError, match='-c wants'):
+            listen.parse_args(['-c', bad, '0', '25', 'x'])
