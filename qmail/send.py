@@ -1419,11 +1419,7 @@ class Send:
             ctl = control.Controls(self.ctl.directory)
             new = Controls(ctl)
         except (OSError, ValueError) as e:
-            # Which file, and why: the admin must know what to repair.
-            name = getattr(e, 'filename', None)
-            why = getattr(e, 'strerror', None) or str(e)
-            log('alert: unable to reread controls: %s%s\n'
-                % (os.fsdecode(name) + ': ' if name else '', why))
+            log('alert: unable to reread controls: %s\n' % controls_trouble(e))
             return
         # Concurrency and slots stay as they were at start: the spawns'
         # slot tables were sized then.
@@ -1603,6 +1599,13 @@ def cut_copy(part: bytes) -> bytes:
     return part[:end + 1] if end >= 0 else part
 
 
+def controls_trouble(e) -> str:
+    """Which control file, and why: what the admin must repair."""
+    name = getattr(e, 'filename', None)
+    why = getattr(e, 'strerror', None) or str(e)
+    return '%s%s' % (os.fsdecode(name) + ': ' if name else '', why)
+
+
 def wait_or_term(seconds: int) -> bool:
     """Sleep; True if TERM or INT arrived meanwhile.  HUP or ALRM ends
     the sleep early (the admin says: read the controls again now); by
@@ -1634,8 +1637,7 @@ def main(argv=None) -> int:
             # a crash loop.  Wait instead, saying why, until the admin
             # repairs the file; TERM still stops us.
             log('alert: cannot start: unable to read controls: %s; '
-                'trying again in %d seconds\n' % (getattr(e, 'strerror', None) or e,
-                                                 CONTROL_RETRY))
+                'trying again in %d seconds\n' % (controls_trouble(e), CONTROL_RETRY))
             if wait_or_term(CONTROL_RETRY):
                 return 111
             ctl = control.Controls('control')

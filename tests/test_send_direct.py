@@ -343,3 +343,17 @@ def test_a_uid_or_pid_of_thousands_of_digits_is_logged_not_fatal(s):
     assert len(info) == 1, s.log
     assert not [line for line in s.log if 'alert' in line or 'warning' in line], s.log
     assert start(s)
+
+
+def test_a_control_that_cannot_be_read_at_start_is_named(tmp_path, monkeypatch):
+    """The wait at start said only "Is a directory": which file?"""
+    from qmail.lib import auto
+    (tmp_path / 'control' / 'me').mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    said = []
+    monkeypatch.setattr(send, 'log', said.append)
+    monkeypatch.setattr(send, 'wait_or_term', lambda seconds: True)    # TERM at once
+    assert send.main([]) == 111
+    assert said == ['alert: cannot start: unable to read controls: control/me: '
+                    'Is a directory; trying again in %d seconds\n' % send.CONTROL_RETRY], said
