@@ -129,6 +129,7 @@ class Settings:
         self.mailruser = b'anonymous'
         self.fullname = None
         self.idhost = b'idhost'
+        self.idhost_control = False     # from control/idhost (or me), not QMAILIDHOST
         self.rules = Rules(b'defaulthost', b'defaultdomain', b'plusdomain')
         self.mft = None                 # lowercased addresses, or None
 
@@ -141,15 +142,17 @@ def env_first(env, *names):
     return None
 
 
-def refuse_line_break(value, what: bytes):
+def refuse_line_break(value, what: bytes, code: int = 100):
     """Beyond qmail: a name, user or host that goes into a header field
     the program makes (From, Message-ID) or into the envelope must not
     break its line: "sendmail -f" with a line break in it (a web form's
     input, say) added header fields of the sender's choosing.  Checked
     where the value is used, so one the message makes no use of (NAME,
-    when it brings its own From) stops nothing, as with qmail."""
+    when it brings its own From) stops nothing, as with qmail.  code:
+    111 where the value is the admin's (a control file saved with CR LF
+    ends its line in a CR), not the caller's."""
     if value is not None and (b'\n' in value or b'\r' in value):
-        raise Fatal(100, b'line break in the ' + what)
+        raise Fatal(code, b'line break in the ' + what)
 
 
 def settings_from(env, ctl: dict, mft=None) -> Settings:
@@ -193,6 +196,7 @@ def settings_from(env, ctl: dict, mft=None) -> Settings:
         ctl['defaultdomain'] if defaultdomain is None else defaultdomain,
         ctl['plusdomain'] if plusdomain is None else plusdomain)
     s.idhost = ctl['idhost'] if idhost is None else idhost
+    s.idhost_control = idhost is None
     if mft is not None:
         s.mft = frozenset(line.lower() for line in mft)
     return s
@@ -229,8 +233,11 @@ def date_field(now: int) -> bytes:
         t.tm_hour, t.tm_min, t.tm_sec)
 
 
-def msgid_field(now: int, pid: int, idhost: bytes) -> bytes:
-    """"Message-ID: <19950926044653.12345.qmail@idhost>\\n" (newfield.c)."""
+def msgid_field(now: int, pid: int, idhost: bytes, control: bool = False) -> bytes:
+    """"Message-ID: <19950926044653.12345.qmail@idhost>\\n" (newfield.c);
+    control: idhost is control/idhost's (or me's), not QMAILIDHOST."""
+    if control:
+        refuse_line_break(idhost, b'host of control/idhost (or me)', 111)
     refuse_line_break(idhost, b'host')
     t = time.gmtime(now)
     return b'Message-ID: <%d%02d%02d%02d%02d%02d.%d.qmail@%s>\n' % (
@@ -387,7 +394,7 @@ class Injection:
             if b'resent-date' not in seen:
                 out.append(b'Resent-' + date_field(now))
             if b'resent-message-id' not in seen:
-                out.append(b'Resent-' + msgid_field(now, pid, s.idhost))
+                out.append(b'Resent-' + msgid_field(now, pid, s.idhost, s.idhost_control))
             if b'resent-from' not in seen:
                 out.append(b'Resent-' + default_from(s))
             if b'resent-to' not in seen and b'resent-cc' not in seen:
@@ -396,7 +403,7 @@ class Injection:
             if b'date' not in seen:
                 out.append(date_field(now))
             if b'message-id' not in seen:
-                out.append(msgid_field(now, pid, s.idhost))
+                out.append(msgid_field(now, pid, s.idhost, s.idhost_control))
             if b'from' not in seen:
                 out.append(default_from(s))
             if b'to' not in seen and b'cc' not in seen:

@@ -1000,3 +1000,26 @@ def test_a_header_of_many_small_fields_costs_about_its_size():
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
     assert (r.returncode, r.stderr) == (0, b'')
     assert r.stdout.endswith(header + b'\nbody\n')
+
+
+@pytest.mark.parametrize('control, env, code', [
+    ('idhost', {}, 111),             # the admin's: try again once it is mended
+    ('me', {}, 111),                 # (idhost's default)
+    (None, {'QMAILIDHOST': 'h\r'}, 100),     # the caller's
+])
+def test_a_cr_in_the_message_id_host_is_the_admins_or_the_callers(
+        home, tmp_path, capsys, monkeypatch, control, env, code):
+    """A control file saved with CR LF ends its line in a CR: that is no
+    fault of the mail's, so 111, not the 100 of a caller's own value."""
+    fake_queue(tmp_path, monkeypatch)
+    ctl = tmp_path / 'qmail' / 'control'
+    if control == 'me':
+        (ctl / 'idhost').unlink()
+    if control is not None:
+        (ctl / control).write_bytes(b'id.example.org\r\n')
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    got, out, err = run(capsys, ['a@b.c'], b'Subject: x\n\nbody\n')
+    assert got == code and 'line break in the host' in err, (got, err)
+    if code == 111:
+        assert 'control/idhost' in err, err
