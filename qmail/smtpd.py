@@ -185,6 +185,7 @@ R_TLSARG = b'501 syntax error (no parameters allowed) (#5.5.4)\r\n'
 # -- values -----------------------------------------------------------------
 
 LOGRCPTS = 20            # recipients named in a log line; then a count
+LOGABANDONED = 20        # abandoned transactions logged a session; then a count
 
 
 _LOGSAFE = bytes(c if 33 <= c <= 126 else 95 for c in range(256))
@@ -384,6 +385,7 @@ class Session:
         self.flagtlswhy = False     # a refused STARTTLS said why
         self.flagtxlogged = True    # the current transaction has its line
         self.refused = 0            # refused RCPTs in this transaction
+        self.abandoned = 0          # transactions abandoned (RSET, new MAIL)
 
     # -- the interface to the shell --
 
@@ -485,12 +487,23 @@ class Session:
         self.flagtxlogged = True
 
     def note_abandoned(self, why: bytes):
+        """A transaction left before DATA: its line, for the first
+        LOGABANDONED a session, then only a count at its end (a client's
+        64 KB of MAIL and RCPT made a megabyte of log, enough to rotate
+        multilog's whole history away)."""
         if not self.flagtxlogged and (self.rcptto or self.refused):
-            self.note(why)
+            self.abandoned += 1
+            if self.abandoned <= LOGABANDONED:
+                self.note(why)
+            else:
+                self.flagtxlogged = True
 
     def note_end(self, why: bytes):
         """At the session's end: the open transaction, else the session."""
         self.note_abandoned(why)
+        if self.abandoned > LOGABANDONED:
+            self.log(b'mail - rcpt -', b'%d more transactions abandoned, not logged'
+                     % (self.abandoned - LOGABANDONED))
         if not self.flaglogged:
             self.rcptto = []
             self.note(why)

@@ -1131,3 +1131,28 @@ def test_log_line_keeps_a_reply_readable_and_safe():
     h.feed(b'HELO x\r\n', ENVELOPE, b'DATA\r\n', BODY)
     logs = h.session.take_logs()
     assert logs.endswith(b': 554 bad_ bytes __ here (#5.3.0)\n'), logs
+
+
+def test_abandoned_transactions_are_logged_up_to_a_count_then_counted():
+    """4000 MAIL/RCPT pairs (64 KB from the client) made 4000 log lines,
+    a megabyte: enough to rotate multilog's whole history away."""
+    h = Harness()
+    h.session.pid = 1
+    pairs = 4000
+    got = replies(h.feed(b'HELO x\r\n' + b'MAIL FROM:<>\r\nRCPT TO:<u@example.org>\r\n' * pairs))
+    assert got.count(b'250 ok') == 2 * pairs
+    h.session.note_end(b'QUIT')
+    lines = h.session.take_logs().splitlines()
+    assert len(lines) == smtpd.LOGABANDONED + 1, lines[-3:]
+    assert lines[0].endswith(b'mail <> rcpt u@example.org: new MAIL before DATA')
+    assert lines[-1].endswith(b': %d more transactions abandoned, not logged'
+                              % (pairs - smtpd.LOGABANDONED)), lines[-1]
+    # A message still gets its line after them.
+    h2 = Harness()
+    h2.feed(b'HELO x\r\n' + b'MAIL FROM:<>\r\nRCPT TO:<u@example.org>\r\nRSET\r\n' * 30,
+            ENVELOPE, b'DATA\r\n', BODY)
+    h2.session.note_end(b'QUIT')
+    lines = h2.session.take_logs().splitlines()
+    assert len(lines) == smtpd.LOGABANDONED + 2, lines[-3:]
+    assert b'rcpt u@example.org: 250 ok ' in lines[-2], lines[-2]
+    assert lines[-1].endswith(b': 10 more transactions abandoned, not logged'), lines[-1]
