@@ -302,6 +302,26 @@ def test_hopcount(header, hops):
         check((size, h.hops), (size, hops))
 
 
+def test_hopcount_any_cuts_same_as_counting_the_lines():
+    """Whole lines at once (the bulk path) or a byte at a time: the count
+    of the header's hop lines, up to its empty line."""
+    import random
+    rnd = random.Random(77)
+    tokens = [b'Received: x\n', b'delivered-to: y\n', b'X: r\n', b' received\n', b'\n',
+              b'RECEIVED', b'a', b'Delivered']
+    for _ in range(2000):
+        data = b''.join(rnd.choice(tokens) for _ in range(rnd.randrange(1, 40)))
+        head = data.split(b'\n\n', 1)[0] if not data.startswith(b'\n') else b''
+        lines = head.split(b'\n')
+        if not data.startswith(b'\n') and b'\n\n' not in data:
+            lines = lines[:-1]              # the last, unfinished, not yet counted
+        want = sum(1 for line in lines if line.lower().startswith((b'received', b'delivered')))
+        h = qmtpd.HopCount()
+        for piece in pieces(data, rnd.randrange(1, 50)):
+            h.feed(piece)
+        assert h.hops == want, data
+
+
 # -- qmail-qmtpd: the session ---------------------------------------------------
 
 def test_one_package():

@@ -1038,6 +1038,49 @@ def test_blast_bulk_body_same_as_line_by_line():
         assert results[0] == results[1], data
 
 
+def test_blast_bulk_header_same_as_line_by_line():
+    """The header's bulk path (Blast._bulk_header): the same message,
+    state and hop count as line by line, header-heavy streams cut into
+    pieces of up to 200 bytes."""
+    import random
+    rnd = random.Random(2424)
+
+    class LineByLine(Blast):
+        BULK = False
+    tokens = [b'Received: x\r\n', b'DELIVERED-To: y\r\n', b'received', b'X: y\r\n',
+              b' folded\r\n', b'.', b'..', b'\r', b'\n', b'\r\n', b'\r\n\r\n', b'\r\n.\r\n',
+              b'a', b'Delivered', b'\r\r\n', b'\r\n.Received: z\r\n']
+    for _ in range(3000):
+        data = b''.join(rnd.choice(tokens) for _ in range(rnd.randrange(1, 60)))
+        results = []
+        for cls in (Blast, LineByLine):
+            r2 = random.Random(data)
+            b = cls()
+            out, pos, state, used = b'', 0, MORE, None
+            while pos < len(data) and state == MORE:
+                size = r2.randrange(1, 200)
+                o, u, state = b.feed(data[pos:pos + size])
+                out += o
+                if state == END:
+                    used = pos + u
+                pos += size
+            results.append((out if state != STRAYLF else None, state, used, b.hops,
+                            b.flaginheader, b.carry, b.flagatstart if state == MORE else None))
+        assert results[0] == results[1], data
+
+
+def test_blast_header_that_never_ends_is_taken_in_bulk(monkeypatch):
+    """A message that never ends its header: its lines at C speed, not a
+    Python turn each (one call here for 20,000 lines)."""
+    calls = []
+    real = Blast._line_end
+    monkeypatch.setattr(Blast, '_line_end', lambda self: calls.append(1) or real(self))
+    b = Blast()
+    out, used, state = b.feed(b'Received: a\r\n' * 20000)
+    assert (state, b.hops, b.flaginheader) == (MORE, 20000, True)
+    assert out == b'Received: a\n' * 20000 and calls == []
+
+
 def test_blast_bulk_declined_is_not_tried_again_in_the_same_piece(monkeypatch):
     """A piece the bulk path declines (a ".\\r" line at its end) goes line
     by line from there: trying the bulk path at every line would scan
