@@ -634,17 +634,48 @@ def _still_named(fd: int, fn: bytes) -> bool:
     return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
 
 
+def mbox_gap(tail: bytes, size: int) -> bytes:
+    """What goes before a new message's From_ line in an mbox of size
+    bytes whose last bytes are tail: nothing where the last message
+    ended as ours do (an empty line), else the line end and empty line
+    it lacks.  An attempt killed mid-write leaves half a message; the
+    next one's From_ line would have gone on after it, mid-line where
+    the cut was mid-line, its copy then hidden from every reader."""
+    if size == 0 or tail.endswith(b'\n\n') or (size == 1 and tail == b'\n'):
+        return b''
+    return b'\n' if tail.endswith(b'\n') else b'\n\n'
+
+
+def _mbox_tail(fd: int, pos: int) -> bytes:
+    """The last two bytes before pos of the file open on fd (for
+    appending only: read through a second descriptor); b'\n\n' where
+    they cannot be read (nothing added then)."""
+    if pos == 0:
+        return b''
+    try:
+        rfd = os.open('/proc/self/fd/%d' % fd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b'\n\n'
+    try:
+        return os.pread(rfd, 2, max(0, pos - 2))
+    except OSError:
+        return b'\n\n'
+    finally:
+        os.close(rfd)
+
+
 def deliver_mbox(fn: bytes, head: bytes):
     """Append the message to an mbox file (mbox(5)), after head (From_,
     Return-Path, Delivered-To).  On trouble the file is truncated back to
     its old length, if it could be locked; a crash can still leave half
-    a message (dot-qmail(5) warns of it)."""
+    a message (dot-qmail(5) warns of it), which the next delivery ends
+    with an empty line before its own (mbox_gap)."""
     reader = message_reader()
     fd, flaglocked = _open_locked(fn)
     pos = 0
     try:
         pos = os.lseek(fd, 0, os.SEEK_END)
-        buf = bytearray(head)
+        buf = bytearray(mbox_gap(_mbox_tail(fd, pos), pos) + head)
         lines = message_lines(reader)
         for piece in mbox_quote(_reading(lines)):
             buf += piece

@@ -443,6 +443,28 @@ def test_mbox_appends(home):
            + MESSAGE + b'\n')
 
 
+@pytest.mark.parametrize('tail, size, gap', [
+    (b'', 0, b''), (b'\n', 1, b''), (b'\n\n', 40, b''),
+    (b'x\n', 40, b'\n'), (b'AA', 40, b'\n\n'), (b'A', 1, b'\n\n'),
+])
+def test_mbox_gap(tail, size, gap):
+    assert ld.mbox_gap(tail, size) == gap
+
+
+@pytest.mark.parametrize('torn', [b'Subject: half\n\nAAAA', b'Subject: half\n\nAAAA\n'])
+def test_mbox_after_half_a_message_starts_a_message_of_its_own(home, torn):
+    """An attempt killed mid-write leaves half a message: the retry's
+    From_ line went on after it, mid-line where the cut was, and mail
+    readers saw one message, the complete copy hidden in the torn one."""
+    old = b'From x Thu Jan 01 00:00:00 1970\nold\n\nFrom x Thu Jan 01 00:00:00 1970\n' + torn
+    home.write('Mailbox', old, 0o600)
+    expect(home.run(), (0, b'did 1+0+0\n'))
+    data = (home.path / 'Mailbox').read_bytes()
+    assert data.startswith(old + (b'\n' if torn.endswith(b'\n') else b'\n\n') + b'From god@'), data
+    import mailbox
+    assert len(mailbox.mbox(str(home.path / 'Mailbox'))) == 3
+
+
 def test_mbox_name_is_synced_even_when_the_file_was_there(home, tmp_path):
     """An attempt killed after creating the mbox, before its fsync of the
     directory: the next delivery found a file there and synced only the
