@@ -470,7 +470,7 @@ class Session:
 
     def note(self, result: bytes):
         """A transaction's line: sender, recipients and the result."""
-        rcpts = b' '.join(logsafe(r) for r in self.rcptto[:LOGRCPTS])
+        rcpts = b' '.join(logsafe(r) or b'<>' for r in self.rcptto[:LOGRCPTS])
         if len(self.rcptto) > LOGRCPTS:
             rcpts += b' (+%d more)' % (len(self.rcptto) - LOGRCPTS)
         what = b'mail <%s> rcpt %s' % (

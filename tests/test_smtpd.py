@@ -1199,3 +1199,14 @@ def test_abandoned_transactions_are_logged_up_to_a_count_then_counted():
     assert len(lines) == smtpd.LOGABANDONED + 2, lines[-3:]
     assert b'rcpt u@example.org: 250 ok ' in lines[-2], lines[-2]
     assert lines[-1].endswith(b': 10 more transactions abandoned, not logged'), lines[-1]
+
+
+def test_an_empty_recipient_is_logged_as_such_not_as_none():
+    """RCPT TO:<> is taken, as qmail takes it; its line said "rcpt -",
+    as if there were no recipient at all."""
+    h = Harness()
+    h.session.pid = 1
+    h.feed(b'HELO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<>\r\nRCPT TO:<u@example.org>\r\n'
+           b'DATA\r\n', BODY)
+    line = h.session.take_logs()
+    assert b' rcpt <> u@example.org: 250 ok ' in line, line
