@@ -136,23 +136,39 @@ class Controls:
         self.lifetime = ctl.int('queuelifetime', 604800)
         self.concurrency = [min(ctl.int('concurrencylocal', 10), SPAWN_MAX),
                             min(ctl.int('concurrencyremote', 20), SPAWN_MAX)]
-        self.bouncefrom = ctl.line('bouncefrom', b'MAILER-DAEMON')
-        self.bouncehost = ctl.line('bouncehost', b'bouncehost', flagme=True)
-        dbhost = ctl.line('doublebouncehost', b'doublebouncehost', flagme=True)
-        dbto = ctl.line('doublebounceto', b'postmaster')
+        self.bouncefrom = no_nul('bouncefrom', ctl.line('bouncefrom', b'MAILER-DAEMON'))
+        self.bouncehost = no_nul('bouncehost', ctl.line('bouncehost', b'bouncehost',
+                                                        flagme=True))
+        dbhost = no_nul('doublebouncehost', ctl.line('doublebouncehost', b'doublebouncehost',
+                                                     flagme=True))
+        dbto = no_nul('doublebounceto', ctl.line('doublebounceto', b'postmaster'))
         # An empty line: double bounces are thrown away (control/README).
         self.doublebounceto = dbto + b'@' + dbhost if dbto else None
         self.bouncemaxbytes = ctl.int('bouncemaxbytes', 0)
         self.routing = routing(ctl)
 
 
+def no_nul(name: str, value: bytes) -> bytes:
+    """value, a control's that goes into queue files and envelopes, whose
+    records a NUL ends: ValueError naming the file if it holds one (a
+    NUL in envnoathost split every recipient it completed, and the
+    message said "unknown record type" at each retry for good)."""
+    if value is not None and b'\0' in value:
+        raise ValueError('control/%s holds a NUL byte' % name)
+    return value
+
+
 def routing(ctl: control.Controls) -> rules.Routing:
     if ctl.me is None and not ctl.exists('locals'):
         raise OSError(errno.ENOENT, 'no control/locals and no control/me')
+    virtual = ctl.lines('virtualdomains')
+    for line in virtual:
+        no_nul('virtualdomains', line)
     return rules.Routing(ctl.lines('locals', flagme=True),
-                         ctl.lines('virtualdomains'),
+                         virtual,
                          ctl.lines('percenthack'),
-                         ctl.line('envnoathost', b'envnoathost', flagme=True))
+                         no_nul('envnoathost', ctl.line('envnoathost', b'envnoathost',
+                                                        flagme=True)))
 
 
 class Job:

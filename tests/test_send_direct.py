@@ -357,3 +357,19 @@ def test_a_control_that_cannot_be_read_at_start_is_named(tmp_path, monkeypatch):
     assert send.main([]) == 111
     assert said == ['alert: cannot start: unable to read controls: control/me: '
                     'Is a directory; trying again in %d seconds\n' % send.CONTROL_RETRY], said
+
+
+@pytest.mark.parametrize('name', ['envnoathost', 'virtualdomains', 'bouncefrom',
+                                  'doublebounceto'])
+def test_a_nul_in_a_control_that_goes_into_records_is_refused_by_name(tmp_path, name):
+    """Records in queue files end at a NUL: one in envnoathost split each
+    recipient it completed, and the message failed at every retry."""
+    from qmail.lib import control
+    d = tmp_path / 'control'
+    d.mkdir()
+    (d / 'me').write_bytes(b'here.example\n')
+    (d / name).write_bytes(b'a.example:al\0ias\n' if name == 'virtualdomains'
+                           else b'bad\0value\n')
+    with pytest.raises(ValueError, match='control/%s holds a NUL' % name) as e:
+        send.Controls(control.Controls(str(d)))
+    assert send.controls_trouble(e.value) == 'control/%s holds a NUL byte' % name
