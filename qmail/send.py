@@ -58,6 +58,7 @@ import math
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -259,6 +260,7 @@ class Send:
         self.tododir = None
         self.nexttodorun = self.recent
         self.triggerfd = -1
+        self.trigger_warned = False     # lock/trigger is no FIFO: said once
         self.cleanupdir = None
         self.cleanuptime = self.recent
         self.notifier = None
@@ -1103,6 +1105,22 @@ class Send:
             self.triggerfd = os.open('lock/trigger', os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             self.triggerfd = -1
+            return
+        # Anything but a named pipe is always readable: qmail-send spun
+        # at full CPU on a plain file there (as qmail's does).  Left
+        # unwatched, with a warning once: the watch on todo/ still sees
+        # new mail at once.
+        try:
+            fifo = stat.S_ISFIFO(os.fstat(self.triggerfd).st_mode)
+        except OSError:
+            fifo = False
+        if not fifo:
+            os.close(self.triggerfd)
+            self.triggerfd = -1
+            if not self.trigger_warned:
+                self.trigger_warned = True
+                log('warning: lock/trigger is not a named pipe, not watched '
+                    '(qmail-fsck -r makes it one)\n')
 
     def watch_todo(self):
         """Beyond the trigger: an inotify watch on todo/, so a message

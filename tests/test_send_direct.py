@@ -373,3 +373,22 @@ def test_a_nul_in_a_control_that_goes_into_records_is_refused_by_name(tmp_path, 
     with pytest.raises(ValueError, match='control/%s holds a NUL' % name) as e:
         send.Controls(control.Controls(str(d)))
     assert send.controls_trouble(e.value) == 'control/%s holds a NUL byte' % name
+
+
+def test_a_trigger_that_is_no_fifo_is_left_unwatched_with_one_warning(s):
+    """A plain file is always readable: qmail-send woke at once, again
+    and again, at full CPU.  (New mail is still seen: the todo/ watch.)"""
+    os.mkdir('lock')
+    put('lock/trigger', b'')
+    for _ in range(3):
+        s.trigger_set()
+        assert s.triggerfd == -1
+    assert [line for line in s.log if 'lock/trigger' in line] == [
+        'warning: lock/trigger is not a named pipe, not watched '
+        '(qmail-fsck -r makes it one)\n']
+    os.unlink('lock/trigger')
+    os.mkfifo('lock/trigger')
+    s.trigger_set()
+    assert s.triggerfd != -1
+    os.close(s.triggerfd)
+    s.triggerfd = -1
