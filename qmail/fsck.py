@@ -5,15 +5,15 @@ Runs as:  root, on a running or a stopped queue.
 Usage:    qmail-fsck [-r] [-q] [home]   (home: the installed one)
 Reads:    the home's tree, against qmail-install's table (HIER): types,
           owners, modes, the split subdirectories; every file in
-          HOME/queue: names, inodes, owners, modes (its owner must be
-          able to read and write it), ages, and the envelope records of
-          todo/, info/, local/, remote/.
+          HOME/queue: names, inodes, owners, modes (at least what its
+          writer gives it: 0644 for qmail-queue's, whose readers are
+          other users, 0600 for qmail-send's), ages, and the envelope
+          records of todo/, info/, local/, remote/.
 Writes:   fd 1, one line per problem, "qmail-fsck: <kind> <path>: <what>
           (-r: <repair>)": without -r, the plan; with -r, one more line
           per repair.  -q: no summary line.
 Repairs:  (-r) owners and modes as qmail-install sets them (a queue
-          file: its writer's user, group qmail, read and write for its
-          owner added to its mode); a missing
+          file: its writer's user, group qmail and mode); a missing
           directory, lock file or trigger; a queue file in the wrong
           split subdirectory (moved to its own); stale files that
           qmail-send and qmail-clean remove themselves: messages in S2/S3
@@ -61,6 +61,10 @@ QUEUE_FILE_OWNER = {     # who writes the files in each queue directory
     'mess': 'qmailq', 'intd': 'qmailq', 'todo': 'qmailq', 'pid': 'qmailq',
     'info': 'qmails', 'local': 'qmails', 'remote': 'qmails',
     'bounce': 'qmails',
+}
+QUEUE_FILE_MODE = {      # as its writer makes it: qmail-queue's under umask 033
+    'mess': 0o644, 'intd': 0o644, 'todo': 0o644, 'pid': 0o644,
+    'info': 0o600, 'local': 0o600, 'remote': 0o600, 'bounce': 0o600,
 }
 LOOK_ORDER1 = ('todo', 'intd', 'info', 'local', 'remote', 'bounce')
 LOOK_ORDER2 = ('intd', 'info', 'todo', 'local', 'remote', 'bounce')
@@ -333,12 +337,14 @@ def scan_names(qdir: str, split: int, uids=None):
                                     'owner %d, want %s' % (
                                         st.st_uid, QUEUE_FILE_OWNER[d]),
                                     'chown', messid))
-        if st.st_mode & 0o600 != 0o600:
-            # (its writer made it 0600 or 0644: one it cannot read or
-            # write is tried again and again, "trouble opening")
+        want = QUEUE_FILE_MODE[d]
+        if st.st_mode & want != want:
+            # Its readers cannot read it: qmail-send (todo/, the message
+            # for a bounce), qmail-rspawn as qmailr (mess/), and they try
+            # again and again ("trouble opening", "unable to open message").
             problems.append(Problem('file-mode', 'queue/%s/%s' % (d, rel),
-                                    'mode %04o, its owner cannot read and write it'
-                                    % stat.S_IMODE(st.st_mode), 'chmod', messid))
+                                    'mode %04o, want %04o' % (stat.S_IMODE(st.st_mode), want),
+                                    'chmod', messid))
         if sub is not None and sub != str(messid % split):
             problems.append(Problem('misplaced', 'queue/%s/%s' % (d, rel),
                                     'belongs in %s/%d/' % (d, messid % split),
@@ -469,10 +475,9 @@ class Repairer:
             raise
         return fd, parts[-1]
 
-    def _fix(self, rel, uid, gid, mode, add=False):
-        """chown (uid or gid -1: kept) and chmod (None: kept; add: these
-        bits added to its own) of rel itself, through a descriptor opened
-        without following a link."""
+    def _fix(self, rel, uid, gid, mode):
+        """chown (uid or gid -1: kept) and chmod (None: kept) of rel itself,
+        through a descriptor opened without following a link."""
         dfd, name = self._at(rel)
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         if not (rel == 'queue' and root_made_link(os.path.join(self.home, rel))):
@@ -492,7 +497,7 @@ class Repairer:
                               % (rel, st.st_nlink))
             os.fchown(fd, uid, gid)
             if mode is not None:
-                os.fchmod(fd, stat.S_IMODE(st.st_mode) | mode if add else mode)
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
 
@@ -532,7 +537,7 @@ class Repairer:
 
     def do_chmod(self, problem, problems):
         if problem.kind == 'file-mode':
-            self._fix(problem.path, -1, -1, 0o600, add=True)
+            self._fix(problem.path, -1, -1, QUEUE_FILE_MODE[problem.path.split('/')[1]])
             return True
         self._fix(problem.path, -1, -1, self._tree_entry(problem.path)[4])
         return True

@@ -528,22 +528,25 @@ def test_a_file_its_owner_cannot_read_is_found_and_repaired_with_its_group(q):
     """root:root mode 000: -r gave the owner back but left the mode, and
     qmail-send said 'trouble opening' forever; a second run saw nothing."""
     m = q.preprocessed()
-    path = q.path('local', m)
-    # (the fixture's ids are all ours, root's: qmails and qmail made others)
-    uids = dict(q.uids, qmails=q.uids['qmails'] + 4321)
+    # (the fixture's ids are all ours, root's: qmailq, qmails, qmail made others)
+    uids = dict(q.uids, qmails=q.uids['qmails'] + 4321, qmailq=q.uids['qmailq'] + 4322)
     gids = dict(q.gids, qmail=q.gids['qmail'] + 4321)
     for d in ('info', 'remote'):
         os.chown(q.path(d, m), uids['qmails'], gids['qmail'])
-    os.chmod(path, 0)
+    os.chown(q.path('mess', m), uids['qmailq'], gids['qmail'])
+    os.chmod(q.path('local', m), 0)
+    os.chmod(q.path('mess', m), 0o600)      # qmail-rspawn, as qmailr, reads it
     problems = fsck.check_queue(q.qdir, SPLIT, time.time(), uids)
     assert sorted((p.kind, p.path, p.repair) for p in problems) == [
         ('file-mode', 'queue/' + qfn('local', m, SPLIT), 'chmod'),
+        ('file-mode', 'queue/' + qfn('mess', m, SPLIT), 'chmod'),
         ('file-owner', 'queue/' + qfn('local', m, SPLIT), 'chown')], problems
     fixer = fsck.Repairer(q.home, install.HIER, SPLIT, uids, gids,
                           time.time(), lambda text: None)
     for p in problems:
         assert fixer.repair(p, problems)
-    st = os.stat(path)
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
-        (uids['qmails'], gids['qmail'], 0o600)
+    for d, user, mode in (('local', 'qmails', 0o600), ('mess', 'qmailq', 0o644)):
+        st = os.stat(q.path(d, m))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
+            (uids[user], gids['qmail'], mode), d
     assert fsck.check_queue(q.qdir, SPLIT, time.time(), uids) == []
