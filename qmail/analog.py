@@ -38,6 +38,7 @@ import sys
 from qmail import analog_match as match
 from qmail import analog_plot as plot
 from qmail import analog_report as report
+from qmail.lib import error
 from qmail.lib.error import exit_flushed
 
 PROG = 'qmail-analog'
@@ -217,6 +218,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
     try:
         code = main()
     except BrokenPipeError:

@@ -47,7 +47,7 @@ import time
 
 from qmail.install import root_made_link
 from qmail.lib import auto, durable
-from qmail.lib.error import error_str, exit_flushed
+from qmail.lib.error import error_str, exit_flushed, guard_stdout
 from qmail.lib.qfile import FLATDIRS, SPLITDIRS, parse_messid, qfn
 from qmail.queue import ENVELOPEMAX
 
@@ -811,6 +811,7 @@ def say_line(text: str) -> None:
 
 
 def run():
+    guard_stdout()               # a full disk or closed fd 1: one line, 111
     try:
         code = main()
     except OSError as err:       # stdout itself, most likely (a full disk)

@@ -34,7 +34,7 @@ import os
 import sys
 
 from qmail.lib import auto, control
-from qmail.lib.error import error_str
+from qmail.lib.error import error_str, flushed_status, guard_stdout
 from qmail.lib.users import scan_ulong
 
 FATAL = b'qmail-pw2u: fatal: '
@@ -348,6 +348,7 @@ def main(argv=None, stdin=None, stdout=None) -> int:
 
 
 def run():
+    guard_stdout()                  # a full disk or closed fd 1: one line, 111
     try:
         code = main()
     except MemoryError:
@@ -357,7 +358,7 @@ def run():
         sys.stderr.write('qmail-pw2u: fatal: internal bug: %s\n'
                          % type(e).__name__)
         code = 111
-    sys.exit(code)
+    sys.exit(flushed_status(code, 'qmail-pw2u'))
 
 
 if __name__ == '__main__':

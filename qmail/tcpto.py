@@ -14,6 +14,7 @@ import sys
 import time
 
 from qmail.lib import tcpto
+from qmail.lib import error
 from qmail.lib.error import exit_flushed
 
 
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    error.guard_stdout()            # a full disk or closed fd 1: one line, 111
     try:
         code = main()
     except Exception as err:

@@ -1173,6 +1173,7 @@ def queue_one(home):
 
 @pytest.mark.parametrize('program, args', [
     ('qmail-qread', []), ('qmail-qstat', []), ('qmail-showctl', []), ('sendmail', ['-bp']),
+    ('qmail-fsck', []), ('qmail-tcpto', []), ('qmail-analog', ['overall']), ('qmail-pw2u', []),
 ])
 def test_a_report_with_stdout_closed_is_111_and_one_line(home, program, args):
     """fd 1 closed (CPython's sys.stdout is then None): one line on fd 2
@@ -1180,10 +1181,27 @@ def test_a_report_with_stdout_closed_is_111_and_one_line(home, program, args):
     import subprocess
     if program in ('qmail-qread', 'sendmail'):
         queue_one(home)
-    r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, env={'PATH': '/usr/bin:/bin'}, timeout=60,
-                       preexec_fn=lambda: os.close(1))
+    import pwd
+    alias = pwd.getpwnam('alias')
+    stdin = {'qmail-analog': b'@400000006553f10a00000000 status: local 0/10 remote 0/20\n',
+             'qmail-pw2u': b'alias:x:%d:%d::%s:/bin/false\n'
+                           % (alias.pw_uid, alias.pw_gid, os.fsencode(alias.pw_dir))}.get(program, b'')
+    if program == 'qmail-tcpto':        # a record, so there is a line to write
+        from qmail.lib import tcpto
+        table = tcpto.path(str(home))
+        place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
+                             True, int(time.time()), False)
+        with open(table, 'r+b') as f:
+            f.seek(place[0])
+            f.write(place[1])
+    try:
+        r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
+                           input=stdin, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env={'PATH': '/usr/bin:/bin'}, timeout=60,
+                           preexec_fn=lambda: os.close(1))
+    finally:
+        if program == 'qmail-tcpto':
+            tcpto.clear(table)
     err = r.stderr.decode()
     assert r.returncode == 111, (r.returncode, err)
     assert err.count('\n') == 1 and 'unable to write output' in err, err

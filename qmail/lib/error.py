@@ -116,10 +116,15 @@ def guard_stdout() -> None:
     import sys
     old = sys.stdout
     raw = _Output()
+    try:
+        tty = os.isatty(1)
+    except OSError:
+        tty = False
     sys.stdout = io.TextIOWrapper(
         io.BufferedWriter(raw, 65536),
         encoding=getattr(old, 'encoding', None) or 'utf-8',
-        errors=getattr(old, 'errors', None) or 'strict')
+        errors=getattr(old, 'errors', None) or 'strict',
+        line_buffering=tty)         # an admin watching sees each line
     _output[:] = [raw]
 
 
