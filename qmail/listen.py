@@ -24,8 +24,9 @@ Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
           A program this listener does not know (rblsmtpd, for one) is
           exec'd as tcpserver would.  At most -c connections (default 40;
           more than LIMIT_MAX, 10000, is taken as that) are served at
-          once; beyond that, connections wait in the kernel's backlog.  host 0 is every IPv4 address, :: every
-          IPv6 and IPv4 address; IPv4-mapped peers are shown as IPv4.
+          once; beyond that, connections wait in the kernel's backlog.
+          host 0 is every IPv4 address, :: every IPv6 and IPv4 address;
+          IPv4-mapped peers are shown as IPv4.
 Writes:   as tcpserver(1): with -v its log lines on fd 2: status (busy
           workers / limit), pid ... from, ok, deny, end; -Q (the
           default) only errors, -q nothing.  A pid repeats: a worker
@@ -89,16 +90,25 @@ class Options:
         self.program = []
 
 
-def _number(flag: str, value: str, least: int, most: int) -> int:
-    """The value of -c or -b: at least least, at most most (a greater
-    one, control/concurrencyincoming's "as many as you like", taken as
-    most).  ValueError naming the option otherwise."""
-    if not (value.isascii() and value.isdigit()) or len(value) > 100:
+ID_MAX = 2 ** 32 - 2         # the largest uid or gid (-1 means none)
+
+
+def _number(flag: str, value: str, least: int, most: int, clamp: bool = True) -> int:
+    """The value of -c, -b, -u, -g or the port: at least least, at most
+    most; a greater one (control/concurrencyincoming's "as many as you
+    like") taken as most where clamp, refused where not (a uid).
+    ValueError naming the option otherwise."""
+    if not (value.isascii() and value.isdigit()):
         raise ValueError('%s wants a number, not %r' % (flag, value[:40]))
-    n = int(value)
+    digits = value.lstrip('0') or '0'
+    n = most + 1 if len(digits) > 20 else int(digits)
     if n < least:
         raise ValueError('%s wants a number of at least %d' % (flag, least))
-    return min(n, most)
+    if n > most:
+        if not clamp:
+            raise ValueError('%s wants a number of at most %d' % (flag, most))
+        n = most
+    return n
 
 
 def parse_args(argv):
@@ -117,14 +127,14 @@ def parse_args(argv):
         elif flag == '-X':
             o.rules_optional = True
         elif flag == '-u':
-            o.uid = int(value)
+            o.uid = _number('-u', value, 0, ID_MAX, clamp=False)
         elif flag == '-g':
-            o.gid = int(value)
+            o.gid = _number('-g', value, 0, ID_MAX, clamp=False)
         elif flag == '-U':              # as tcpserver: each only if set
             if 'UID' in os.environ:
-                o.uid = int(os.environ['UID'])
+                o.uid = _number('$UID', os.environ['UID'], 0, ID_MAX, clamp=False)
             if 'GID' in os.environ:
-                o.gid = int(os.environ['GID'])
+                o.gid = _number('$GID', os.environ['GID'], 0, ID_MAX, clamp=False)
         elif flag == '-B':
             o.banner = os.fsencode(value)
         elif flag in ('-d', '-D'):
@@ -144,6 +154,8 @@ def parse_args(argv):
     if len(rest) < 3 or o.limit < 1:
         raise ValueError('need host port program')
     o.host, o.port, o.program = rest[0], rest[1], rest[2:]
+    if o.port.isdigit():            # (else a service name, as tcpserver takes)
+        o.port = str(_number('port', o.port, 0, 65535, clamp=False))
     return o
 
 
@@ -235,7 +247,8 @@ def bind(host: str, port: str, backlog: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6 and host == '::':
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind((host, int(port) if port.isdigit() else socket.getservbyname(port, 'tcp')))
+    s.bind((host, int(port) if port.isascii() and port.isdigit()
+            else socket.getservbyname(port, 'tcp')))
     s.listen(backlog)
     return s
 

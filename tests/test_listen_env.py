@@ -124,6 +124,24 @@ def test_limit_and_backlog_numbers():
     o = listen.parse_args(['-c', big, '-b', big, '0', '25', 'x'])
     assert (o.limit, o.backlog) == (listen.LIMIT_MAX, listen.BACKLOG_MAX)
     assert listen.parse_args(['-c', '7', '-b', '0', '0', '25', 'x']).limit == 7
-    for bad in ('0', '-5', 'x', '\u00b2', '9' * 5000):
+    assert listen.parse_args(['-c', '9' * 5000, '0', '25', 'x']).limit == listen.LIMIT_MAX
+    for bad in ('0', '-5', 'x', '\u00b2'):
         with pytest.raises(ValueError, match='-c wants'):
             listen.parse_args(['-c', bad, '0', '25', 'x'])
+
+
+@pytest.mark.parametrize('args, what', [
+    (['0', '99999', 'x'], 'port wants'), (['0', '\u00b2', 'x'], 'port wants'),
+    (['-u', '99999999999999999999', '0', '25', 'x'], '-u wants'),
+    (['-g', 'x', '0', '25', 'x'], '-g wants'),
+])
+def test_a_port_uid_or_gid_out_of_range_is_named(args, what):
+    """They were an OverflowError ("internal bug", 111: a restart loop
+    under supervise) or int()'s text; a uid is never taken as another."""
+    with pytest.raises(ValueError, match=what):
+        listen.parse_args(args)
+
+
+def test_a_service_name_is_a_port():
+    assert listen.parse_args(['0', 'smtp', 'x']).port == 'smtp'
+    assert listen.parse_args(['0', '025', 'x']).port == '25'
