@@ -818,6 +818,30 @@ def test_server_context_refuses(tmp_path, pem):
         smtpd_tls.server_context(str(tmp_path / 'missing.pem'))
 
 
+def test_server_context_refuses_a_fifo_without_waiting(tmp_path):
+    """OpenSSL opens the file itself, blocking: a FIFO put in
+    servercert.pem's place hung every STARTTLS and STLS for good."""
+    import threading
+    from qmail import smtpd_tls
+    fifo = str(tmp_path / 'servercert.pem')
+    os.mkfifo(fifo)
+    got = []
+
+    def load():
+        try:
+            smtpd_tls.server_context(fifo)
+        except OSError as e:
+            got.append(e)
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():                    # let it go: a writer comes and goes
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+        pytest.fail('server_context waited on a FIFO')
+    assert got and 'not a regular file' in str(got[0]), got
+
+
 class Home:
     def __init__(self, path, fakeq, out, checkpassword, cafile):
         self.path = path
