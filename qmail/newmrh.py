@@ -18,7 +18,7 @@ gets two records, which qmail-smtpd cannot tell from one.
 import os
 import sys
 
-from qmail.lib import auto, error
+from qmail.lib import auto, control, error
 from qmail.lib.cdb import InstallError, install
 
 FATAL = 'qmail-newmrh: fatal: '
@@ -56,10 +56,11 @@ def read_lines(f):
 def newmrh(home: str) -> None:
     ctl = os.path.join(home, 'control')
     try:
-        f = open(os.path.join(ctl, 'morercpthosts'), 'rb')
+        f = control.open_regular(os.path.join(ctl, 'morercpthosts'))
     except OSError as err:
         raise Fatal('unable to read control/morercpthosts: %s'
-                    % error_str(err)) from err
+                    % (err.strerror if isinstance(err, control.NotRegular)
+                       else error_str(err))) from err
     with f:
         try:
             install(os.path.join(ctl, 'morercpthosts.tmp'),

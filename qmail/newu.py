@@ -28,7 +28,7 @@ its mail went to the catch-all instead.
 import os
 import sys
 
-from qmail.lib import auto
+from qmail.lib import auto, control
 from qmail.lib.cdb import InstallError, install
 
 FATAL = 'qmail-newu: fatal: '
@@ -97,7 +97,7 @@ def read_lines(f):
 def newu(home: str) -> None:
     users = os.path.join(home, 'users')
     try:
-        f = open(os.path.join(users, 'assign'), 'rb')
+        f = control.open_regular(os.path.join(users, 'assign'))
     except OSError as err:
         raise Fatal('unable to open users/assign') from err
     with f:

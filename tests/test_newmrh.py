@@ -1,5 +1,6 @@
 """qmail-newmrh: control/morercpthosts into morercpthosts.cdb."""
 
+import os
 import pytest
 
 from qmail import newmrh
@@ -68,3 +69,16 @@ def test_main_no_home(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == (
         'qmail-newmrh: fatal: unable to chdir to %s: file does not exist\n'
         % (tmp_path / 'none'))
+
+
+def test_main_a_fifo_is_refused_at_once(qhome, capsys):
+    """A FIFO as control/morercpthosts: a plain open() waited for a writer
+    for good; an empty read would have built an empty database."""
+    ctl = qhome / 'control'
+    os.mkfifo(str(ctl / 'morercpthosts'))
+    (ctl / 'morercpthosts.cdb').write_bytes(b'old')
+    assert newmrh.main([]) == 111
+    assert capsys.readouterr().err == (
+        'qmail-newmrh: fatal: unable to read control/morercpthosts: '
+        'not a regular file\n')
+    assert (ctl / 'morercpthosts.cdb').read_bytes() == b'old'

@@ -13,6 +13,7 @@ Every control file and its default is listed in control/README.
 
 import errno
 import os
+import stat
 import time
 
 # A control file is written by the admin; reading more than this from one
@@ -25,6 +26,29 @@ def open_read(path) -> int:
     waiting (a FIFO put there, with nobody writing, reads as empty
     instead of hanging the reader: qmail-send, every qmail-smtpd)."""
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+class NotRegular(OSError):
+    """What open_regular() raises for a FIFO, a device, a directory."""
+
+    def __init__(self, path):
+        super().__init__(errno.EINVAL, 'not a regular file', path)
+
+
+def open_regular(path):
+    """A binary file object for reading path, which must be a regular
+    file (OSError otherwise): for the admin's tools that build a
+    database from it, where a FIFO would hang them and an empty read
+    build an empty database."""
+    fd = open_read(path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read(path):
