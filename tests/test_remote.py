@@ -885,3 +885,17 @@ def test_a_timed_out_a_and_an_nxdomain_aaaa_is_temporary():
     res = FakeResolver({('t.example', 'A'): dns.exception.Timeout(),
                         ('t.example', 'AAAA'): dns.resolver.NXDOMAIN()})
     assert qdns.addresses(res, 't.example') == ([], True)
+
+
+def test_idna_2008_is_what_dns_names_use():
+    """dnspython takes IDNA 2008 only where the idna package is there
+    (a dependency: pyproject.toml, and the Makefile's runtime); without
+    it faß.de silently becomes fass.de again."""
+    import dns.name
+    assert dns.name.have_idna_2008
+    runtime = '/usr/local/lib/qmail/venv/bin/python3'
+    if os.path.exists(runtime):
+        import subprocess
+        r = subprocess.run([runtime, '-c', 'import dns.name; print(dns.name.have_idna_2008)'],
+                           capture_output=True, timeout=60)
+        assert r.stdout.strip() == b'True', (r.stdout, r.stderr)
