@@ -72,8 +72,10 @@ Differences from qmail-popup, each for a reason:
     are one socket: "+OK begin TLS negotiation", then the handshake
     (TLS 1.2 at least, qmail-smtpd's server context) within 60 seconds;
     a failed handshake ends the connection.  Bytes sent after STLS and
-    before the handshake are thrown away (as CVE-2011-0411 teaches),
-    and USER and AUTH start over; the failures stay counted.  "-ERR TLS
+    before the handshake are never taken as commands (CVE-2011-0411):
+    already read, they are thrown away; still in the kernel, they reach
+    the handshake, which fails on them.  USER and AUTH start over; the
+    failures stay counted.  "-ERR TLS
     not available due to temporary reason" if the certificate cannot be
     loaded, "-ERR TLS already active" under TLS; without the offer STLS
     is an unknown command.
@@ -360,10 +362,14 @@ class Session:
         self.pause = self.config.authdelay
 
     def login_done(self, code: int):
-        """The subprogram ran the session (or spoke, then failed)."""
+        """The subprogram ran the session (or spoke, then failed).  Its
+        last reply may have been followed by commands it never read
+        (qmail-pop3d without a maildir says why and exits): linger, or
+        the close sends a reset that destroys that reply."""
         self.login = None
         self.held = b''
         self.flagclosed = True
+        self.flaglinger = True
         self.exitcode = 0 if code == 0 else 1
 
     def eof(self):

@@ -828,6 +828,9 @@ if password == b'temp':
     sys.exit(111)
 if password == b'crash':
     os.kill(os.getpid(), 9)
+if password == b'nobox':            # as qmail-pop3d without a maildir: says why, exits 0
+    os.write(1, b'-ERR this user has no $HOME/Maildir\r\n')
+    sys.exit(0)
 if user != b'alice' or password != b's3cret':
     sys.exit(1)
 os.execvp(sys.argv[1], sys.argv[1:])
@@ -1016,6 +1019,16 @@ def test_program_pipelined_after_pass_reaches_the_subprogram(home):
     check(out.split(b'\r\n')[1:], [b'+OK ', b'+OK logged in', b'+OK got STAT',
                                    b'+OK got LIST', b'+OK bye', b''])
     check(server.wait(), 0)
+
+
+def test_program_a_subprogram_failing_at_once_is_heard_past_pipelined_commands(home):
+    """qmail-pop3d that cannot open the maildir says why and exits, with
+    the client's STAT unread: closing then sent a reset, which destroyed
+    the -ERR before the client read it.  qmail-popup lingers now."""
+    server = Server(home)
+    out = raw_talk(server, b'USER alice\r\nPASS nobox\r\nSTAT\r\n')
+    check(out.split(b'\r\n')[1:], [b'+OK ', b'-ERR this user has no $HOME/Maildir', b''])
+    server.wait()
 
 
 def test_program_pipelined_after_a_failure(home):
