@@ -16,12 +16,11 @@ STARTTLS is offered only when fd 0 and fd 1 are one socket, as under
 tcpserver (smtpd.is_socket); never on the pipes of sendmail -bs.
 """
 
-import errno
 import os
 import socket
 import ssl
-import stat
 
+from qmail.lib import control
 from qmail.smtpd import Gone
 
 CERTFILE = 'control/servercert.pem'
@@ -73,13 +72,7 @@ def server_context(certfile: str = CERTFILE) -> ssl.SSLContext:
     unreadable, not a regular file or not a certificate with its key."""
     # Looked at first without waiting: OpenSSL's own open of a FIFO put
     # there hung every STARTTLS (and STLS) session for good.
-    fd = os.open(certfile, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-    if not regular:
-        raise OSError(errno.EINVAL, 'not a regular file', certfile)
+    control.open_regular(certfile).close()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= (ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION

@@ -37,9 +37,10 @@ class NotRegular(OSError):
 
 def open_regular(path):
     """A binary file object for reading path, which must be a regular
-    file (OSError otherwise): for the admin's tools that build a
-    database from it, where a FIFO would hang them and an empty read
-    build an empty database."""
+    file (OSError otherwise), looked at without waiting: for the admin's
+    tools that build a database from it, where a FIFO would hang them
+    and an empty read build an empty database, and for the certificate
+    OpenSSL opens itself, blocking."""
     fd = open_read(path)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
