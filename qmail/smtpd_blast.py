@@ -36,6 +36,21 @@ END = 'end'              # the "." line was seen; used counts up to it
 STRAYLF = 'straylf'      # a bare LF: refuse the message, drop the client
 
 
+def whole_lines(rest: bytes, stop: bytes):
+    """(the lines of rest up to stop, which begins with a CR LF that
+    ends the last of them, stopped: True) or, without stop, (its whole
+    lines, False); None if it has no whole line.  For the bulk paths: a
+    line that may be the data's end (stop "\\r\\n.\\r\\n") or the header's
+    (stop "\\r\\n\\r\\n") goes no further."""
+    k = rest.find(stop)
+    if k >= 0:
+        return rest[:k + 2], True
+    j = rest.rfind(b'\r\n')
+    if j < 0:
+        return None
+    return rest[:j + 2], False
+
+
 class Blast:
     """One message's DATA, from after "354" up to and including "."."""
 
@@ -134,23 +149,18 @@ class Blast:
         rest = buf[p:] if p else buf
         if rest.startswith(b'.\r\n'):
             return b''.join(out), p + 3 - carried, END
-        k = rest.find(b'\r\n.\r\n')
-        if k >= 0:
-            part = rest[:k + 2]
-        else:
-            j = rest.rfind(b'\r\n')
-            if j < 0:
-                return None
-            part = rest[:j + 2]
-        if part.count(b'\n') != part.count(b'\r\n') or b'\n.\r' in part \
-                or part.startswith(b'.\r'):
+        got = whole_lines(rest, b'\r\n.\r\n')
+        if got is None:
             return None
-        if part.startswith(b'.'):
-            part = part[1:]
+        whole, stopped = got
+        if whole.count(b'\n') != whole.count(b'\r\n') or b'\n.\r' in whole \
+                or whole.startswith(b'.\r'):
+            return None
+        part = whole[1:] if whole.startswith(b'.') else whole
         out.append(part.replace(b'\r\n.', b'\r\n').replace(b'\r\n', b'\n'))
-        if k >= 0:
-            return b''.join(out), p + k + 5 - carried, END
-        return p + j + 2
+        if stopped:                     # the "." line after them: the end
+            return b''.join(out), p + len(whole) + 3 - carried, END
+        return p + len(whole)
 
     def _bulk_header(self, buf: bytes, p: int, out: list):
         """The header from a line start at p, its whole lines at once, as
@@ -163,25 +173,20 @@ class Blast:
         rest = buf[p:] if p else buf
         if rest.startswith(b'\r\n'):
             return None
-        k = rest.find(b'\r\n\r\n')
-        if k >= 0:
-            part = rest[:k + 2]
-        else:
-            k = rest.rfind(b'\r\n')
-            if k < 0:
-                return None
-            part = rest[:k + 2]
-            k = -1
+        got = whole_lines(rest, b'\r\n\r\n')
+        if got is None:
+            return None
+        part, stopped = got
         if part.startswith(b'.') or b'\n.' in part \
                 or part.count(b'\n') != part.count(b'\r\n'):
             return None
         self.hops += len(HOPLINE.findall(part))
         out.append(part.replace(b'\r\n', b'\n'))
-        if k < 0:
+        if not stopped:
             return p + len(part)
         out.append(b'\n')              # the empty line: the body follows
         self.flaginheader = False
-        return p + k + 4
+        return p + len(part) + 2
 
     def _header_bytes(self, segment: bytes):
         if self.flaginheader and len(self.hdr) < HOPPREFIX:
