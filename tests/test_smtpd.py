@@ -1008,34 +1008,41 @@ def test_program_as_module_never_tracebacks(tmp_path):
     assert r.stdout[:4] in (b'220 ', b'421 '), r.stdout
 
 
+class LineByLine(Blast):
+    BULK = False
+
+
+def fed_in_cuts(cls, data: bytes, most: int) -> tuple:
+    """What a cls() makes of data fed in pieces of 1 to most bytes (the
+    cuts drawn from data itself, so the same for every class): output
+    (None after a bare LF), state, bytes used at the end, hops, and the
+    state left (in header, carry, at line start)."""
+    import random
+    cuts = random.Random(data)
+    b = cls()
+    out, pos, state, used = b'', 0, MORE, None
+    while pos < len(data) and state == MORE:
+        size = cuts.randrange(1, most)
+        o, u, state = b.feed(data[pos:pos + size])
+        out += o
+        if state == END:
+            used = pos + u
+        pos += size
+    return (out if state != STRAYLF else None, state, used, b.hops,
+            b.flaginheader, b.carry, b.flagatstart if state == MORE else None)
+
+
 def test_blast_bulk_body_same_as_line_by_line():
     """The body's bulk path (Blast._bulk) gives exactly what the loop
     line by line gives: random DATA streams, random cuts."""
     import random
     rnd = random.Random(4242)
-
-    class LineByLine(Blast):
-        BULK = False
     tokens = [b'a', b'xyz', b'.', b'..', b'\r', b'\n', b'\r\n', b'\r\n.', b'.\r',
               b'Received: x', b'\r\n\r\n', b'\r\n.\r\n', b'\r\n..\r\n', b'\r\r\n']
     for _ in range(3000):
         data = b'Subject: s\r\n\r\n' * rnd.randrange(2) + b''.join(
             rnd.choice(tokens) for _ in range(rnd.randrange(1, 30)))
-        results = []
-        for cls in (Blast, LineByLine):
-            r2 = random.Random(data)            # the same cuts for both
-            b = cls()
-            out, pos, state, used = b'', 0, MORE, None
-            while pos < len(data) and state == MORE:
-                size = r2.randrange(1, 12)
-                o, u, state = b.feed(data[pos:pos + size])
-                out += o
-                if state == END:
-                    used = pos + u
-                pos += size
-            results.append((out if state != STRAYLF else None, state, used, b.hops,
-                            b.carry, b.flagatstart if state == MORE else None))
-        assert results[0] == results[1], data
+        assert fed_in_cuts(Blast, data, 12) == fed_in_cuts(LineByLine, data, 12), data
 
 
 def test_blast_bulk_header_same_as_line_by_line():
@@ -1044,29 +1051,12 @@ def test_blast_bulk_header_same_as_line_by_line():
     pieces of up to 200 bytes."""
     import random
     rnd = random.Random(2424)
-
-    class LineByLine(Blast):
-        BULK = False
     tokens = [b'Received: x\r\n', b'DELIVERED-To: y\r\n', b'received', b'X: y\r\n',
               b' folded\r\n', b'.', b'..', b'\r', b'\n', b'\r\n', b'\r\n\r\n', b'\r\n.\r\n',
               b'a', b'Delivered', b'\r\r\n', b'\r\n.Received: z\r\n']
     for _ in range(3000):
         data = b''.join(rnd.choice(tokens) for _ in range(rnd.randrange(1, 60)))
-        results = []
-        for cls in (Blast, LineByLine):
-            r2 = random.Random(data)
-            b = cls()
-            out, pos, state, used = b'', 0, MORE, None
-            while pos < len(data) and state == MORE:
-                size = r2.randrange(1, 200)
-                o, u, state = b.feed(data[pos:pos + size])
-                out += o
-                if state == END:
-                    used = pos + u
-                pos += size
-            results.append((out if state != STRAYLF else None, state, used, b.hops,
-                            b.flaginheader, b.carry, b.flagatstart if state == MORE else None))
-        assert results[0] == results[1], data
+        assert fed_in_cuts(Blast, data, 200) == fed_in_cuts(LineByLine, data, 200), data
 
 
 def test_blast_header_that_never_ends_is_taken_in_bulk(monkeypatch):
