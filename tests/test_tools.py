@@ -7,6 +7,7 @@ and QMAILQUEUE pointing at a small sh script that saves what it is given
 on fd 0 (the message) and fd 1 (the envelope).
 """
 
+import contextlib
 import io
 import os
 import re
@@ -1138,37 +1139,41 @@ def test_a_report_that_cannot_be_written_is_111_and_one_line(home, program, args
     """stdout a full disk: one line on fd 2 and exit 111, as the docstrings
     say, not CPython's 'Exception ignored' (or two tracebacks) and 120."""
     import subprocess
-    from qmail.lib import tcpto
-    table = tcpto.path(str(home))
-    if program in ('qmail-qread', 'sendmail'):     # a message, so there is a line
-        queue_one(home)
-    if program == 'qmail-tcpto':        # a record, so there is a line to write
-        place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
-                             True, int(time.time()), False)
-        with open(table, 'r+b') as f:
-            f.seek(place[0])
-            f.write(place[1])
-    try:
-        with open('/dev/full', 'wb') as full:
-            r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
-                               input=stdin, stdout=full, stderr=subprocess.PIPE,
-                               env={'PATH': '/usr/bin:/bin'}, timeout=60)
-    finally:
-        if program == 'qmail-tcpto':
-            tcpto.clear(table)
+    with something_to_report(home, program), open('/dev/full', 'wb') as full:
+        r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
+                           input=stdin, stdout=full, stderr=subprocess.PIPE,
+                           env={'PATH': '/usr/bin:/bin'}, timeout=60)
     err = r.stderr.decode()
     assert r.returncode == 111, (r.returncode, err)
     assert 'Traceback' not in err and 'Exception ignored' not in err, err
     assert err.count('\n') == 1 and 'fatal' in err, err
 
 
-def queue_one(home):
-    """A message in todo/ (no qmail-send runs on this home)."""
+@contextlib.contextmanager
+def something_to_report(home, program):
+    """So that program has a line to write: a message in todo/ for
+    qmail-qread and sendmail -bp (no qmail-send runs on this home), a
+    record in qmail-tcpto's table (cleared after)."""
     import subprocess
-    r = subprocess.run([os.path.join(str(home), 'bin', 'qmail-inject'), '-fa@b.example',
-                        'x@y.example'], input=b'Subject: q\n\nq\n',
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    from qmail.lib import tcpto
+    if program in ('qmail-qread', 'sendmail'):
+        r = subprocess.run([os.path.join(str(home), 'bin', 'qmail-inject'), '-fa@b.example',
+                            'x@y.example'], input=b'Subject: q\n\nq\n',
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    if program != 'qmail-tcpto':
+        yield
+        return
+    table = tcpto.path(str(home))
+    place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
+                         True, int(time.time()), False)
+    with open(table, 'r+b') as f:
+        f.seek(place[0])
+        f.write(place[1])
+    try:
+        yield
+    finally:
+        tcpto.clear(table)
 
 
 @pytest.mark.parametrize('program, args', [
@@ -1178,30 +1183,17 @@ def queue_one(home):
 def test_a_report_with_stdout_closed_is_111_and_one_line(home, program, args):
     """fd 1 closed (CPython's sys.stdout is then None): one line on fd 2
     and 111, not "internal bug (AttributeError)"."""
-    import subprocess
-    if program in ('qmail-qread', 'sendmail'):
-        queue_one(home)
     import pwd
+    import subprocess
     alias = pwd.getpwnam('alias')
     stdin = {'qmail-analog': b'@400000006553f10a00000000 status: local 0/10 remote 0/20\n',
              'qmail-pw2u': b'alias:x:%d:%d::%s:/bin/false\n'
                            % (alias.pw_uid, alias.pw_gid, os.fsencode(alias.pw_dir))}.get(program, b'')
-    if program == 'qmail-tcpto':        # a record, so there is a line to write
-        from qmail.lib import tcpto
-        table = tcpto.path(str(home))
-        place = tcpto.update(tcpto.read_table(table), tcpto.packed('192.0.2.1'),
-                             True, int(time.time()), False)
-        with open(table, 'r+b') as f:
-            f.seek(place[0])
-            f.write(place[1])
-    try:
+    with something_to_report(home, program):
         r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
                            input=stdin, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, env={'PATH': '/usr/bin:/bin'}, timeout=60,
                            preexec_fn=lambda: os.close(1))
-    finally:
-        if program == 'qmail-tcpto':
-            tcpto.clear(table)
     err = r.stderr.decode()
     assert r.returncode == 111, (r.returncode, err)
     assert err.count('\n') == 1 and 'unable to write output' in err, err
