@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 
-from qmail.lib import auto
+from qmail.lib import auto, control
 
 DEFAULT_HOME = '/var/qmail'
 DEFAULT_PYTHON = '/usr/local/lib/qmail/venv/bin/python3'
@@ -756,7 +756,7 @@ def compile_rules(rules):
 
 
 def status_text(home):
-    me = open(os.path.join(home, 'control', 'me')).read().strip()
+    me = control.me_text(home)
     return '''qmail home %(home)s is installed for %(me)s.
 Queue a first message (as any user):
     echo 'Subject: hello' | %(home)s/bin/sendmail root@%(me)s

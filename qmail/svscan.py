@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from qmail.lib import auto
+from qmail.lib import auto, control
 
 STOP_TIMEOUT = 120      # seconds for qmail-send to finish its deliveries
 
@@ -97,7 +97,7 @@ def stop_services(home: str) -> list:
 
 
 def intro(home: str) -> str:
-    me = open(os.path.join(home, 'control', 'me')).read().strip()
+    me = control.me_text(home)
     return ('qmail is running under daemontools (svscan %(home)s/service).\n'
             'Send a first message:\n'
             '    echo "Subject: hello" | %(home)s/bin/sendmail root@%(me)s\n'

@@ -217,6 +217,23 @@ def test_a_fifo_reads_as_empty_not_hang(tmp_path):
     assert isinstance(got, cdb.CdbError), got       # a short cdb: temporary
 
 
+def test_the_admin_greetings_read_me_without_hanging_on_a_fifo(tmp_path):
+    """qmail-install's and qmail-svscan's closing words name control/me;
+    they read it as a control (a FIFO there hung the admin's command)."""
+    from qmail import install, svscan
+    (tmp_path / 'control').mkdir()
+    me = str(tmp_path / 'control' / 'me')
+    os.mkfifo(me)
+    for greeting in (install.status_text, svscan.intro):
+        got = _in_thread(lambda: greeting(str(tmp_path)), me)
+        assert isinstance(got, str) and 'root@\n' in got, got
+    os.unlink(me)
+    with open(me, 'w') as f:
+        f.write('mx.example\r\n')
+    for greeting in (install.status_text, svscan.intro):
+        assert 'root@mx.example\n' in greeting(str(tmp_path))
+
+
 @pytest.mark.parametrize('load, names', [
     ('qmtpd', ('timeoutqmtpd', 'lifetimeqmtpd')),
     ('popup', ('timeoutpop3', 'lifetimepop3', 'authdelaypop3')),

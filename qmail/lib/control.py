@@ -235,6 +235,14 @@ def readfile(path):
     return None if value is None else list(value)
 
 
+def me_text(home) -> str:
+    """control/me's line under home as text, for the admin's own messages
+    (qmail-install's and qmail-svscan's greetings); '' if it is missing.
+    Read as any control is, so a FIFO put there does not hang them."""
+    line = readline(os.path.join(home, 'control', 'me'))
+    return '' if line is None else line.decode('utf-8', 'replace').strip()
+
+
 def readint(path):
     """A numeric control, or None if missing or not a number."""
     return _cached(path, parse_int)
