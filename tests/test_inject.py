@@ -687,6 +687,7 @@ def test_queue_envelope(home, tmp_path, capsys, monkeypatch, args, env,
      'qmail-inject: fatal: go away (#5.7.1)\n'),
     ('printf "Zlater (#4.3.0)" >&6; exit 82', 111,
      'qmail-inject: fatal: later (#4.3.0)\n'),
+    ('printf "Dno\\000more" >&6; exit 82', 100, 'qmail-inject: fatal: no\n'),
     ('kill -9 $$', 111, 'qmail-inject: fatal: qq crashed (#4.3.0)\n'),
 ])
 def test_queue_failure(home, tmp_path, capsys, monkeypatch, extra, code,
@@ -699,6 +700,15 @@ def test_queue_failure(home, tmp_path, capsys, monkeypatch, extra, code,
 
 def test_queue_unrunnable(home, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('QMAILQUEUE', str(tmp_path / 'nonexistent'))
+    got = run(capsys, [], b'To: a@b.c\n\nbody\n')
+    want = (111, b'', 'qmail-inject: fatal: unable to exec qq (#4.3.0)\n')
+    assert got == want, f'got {got!r}, want {want!r}'
+
+
+def test_queue_program_empty(home, tmp_path, capsys, monkeypatch):
+    """QMAILQUEUE set to nothing (a slip in a service script) is a program
+    that cannot be run, as for qmail: not an internal error."""
+    monkeypatch.setenv('QMAILQUEUE', '')
     got = run(capsys, [], b'To: a@b.c\n\nbody\n')
     want = (111, b'', 'qmail-inject: fatal: unable to exec qq (#4.3.0)\n')
     assert got == want, f'got {got!r}, want {want!r}'

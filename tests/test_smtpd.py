@@ -916,6 +916,26 @@ def test_program_receives_a_message(qmailhome):
     check((out / 'envelope').read_bytes(), b'Fa@b.example\0Tu@example.org\0\0')
 
 
+def test_program_with_an_empty_queue_program_defers_the_message(qmailhome):
+    """QMAILQUEUE set to nothing (a tcprules slip) cannot be run: 451, as
+    qmail says it, and the session goes on (it ended with 421 internal
+    error and a traceback's last line in the log)."""
+    home, fakeq, out = qmailhome
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'QMAILQUEUE': '',
+           'TCPREMOTEIP': '192.0.2.7', 'TCPLOCALHOST': 'mx.example.org'}
+    # home as the installed one (qmail-queue is then spawned directly)
+    code = ('import sys; from qmail.lib import auto; auto.QMAIL = %r; '
+            'from qmail import smtpd; sys.exit(smtpd.main([]))' % str(home))
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, env=env,
+                       timeout=60, input=b'HELO x\r\nMAIL FROM:<a@b.example>\r\n'
+                       b'RCPT TO:<u@example.org>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n'
+                       b'.\r\nNOOP\r\nQUIT\r\n')
+    check((r.returncode, replies(r.stdout)[4:]),
+          (0, [b'354 go ahead', b'451 unable to exec qq (#4.3.0)', b'250 ok',
+               b'221 mx.example.org']))
+    assert b'internal' not in r.stderr, r.stderr
+
+
 def test_program_takes_forever_as_a_timeout(qmailhome):
     """2147483647 (qmail's "forever") as timeoutsmtpd and lifetimesmtpd:
     poll() in milliseconds and alarm() overflowed, and every session

@@ -117,7 +117,9 @@ class QueueClient:
                 ],
                 setsigdef=(_signal.SIGPIPE,),
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:
+            # ValueError: an empty program (QMAILQUEUE set to nothing),
+            # which qmail's exec also fails on: "unable to exec qq".
             self.spawn_error = err
             self.flagerr = True
         for fd in (pim[0], pie[0], pierr[1]):
@@ -237,7 +239,7 @@ def status_text(code: int, errstr: str = '') -> str:
     if code in fixed:
         return fixed[code]
     if code == 82 and len(errstr) > 2 and errstr[0] in 'DZ':
-        return errstr.split('\n')[0]
+        return errstr.split('\n')[0].split('\0')[0]     # qmail's text ends at either
     if 11 <= code <= 40:
         return 'Dqq permanent problem (#5.3.0)'
     return 'Zqq temporary problem (#4.3.0)'
