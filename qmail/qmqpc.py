@@ -37,7 +37,7 @@ See:      qmail-qmqpc(8), qmail-qmqpd(8), qmail-queue(8), qmail-control(5);
 
 As qmail's: the message and envelope are read whole before the first
 connection (QMQP declares the packet's length first); a line of
-qmqpservers that is not an address is skipped; the answer is the first
+qmqpservers not starting with an address is skipped; the answer is the first
 byte of the response.  Beyond qmail: the message is kept in memory up
 to SPOOLMEM bytes, beyond that in an unlinked temporary file, so its
 size is bounded by the disk, not memory; qmqpservers may name IPv6
@@ -48,6 +48,7 @@ Short-lived and run for every message: it imports little.
 """
 
 import os
+import re
 import sys
 import time
 import socket
@@ -127,18 +128,27 @@ def envelope_netstrings(sender: bytes, recipients) -> bytes:
 
 
 def parse_server(line: bytes):
-    """A qmqpservers line as an address to connect to, or None to skip it."""
+    """A qmqpservers line as an address to connect to, or None to skip it.
+    As qmail reads it, a line starting with an IPv4 address in dotted
+    form names that address, whatever follows (a comment after a space)
+    and with leading zeros taken as decimal; beyond qmail, a part above
+    255 makes it no address (qmail kept its low byte), and an IPv6
+    address, the whole line, is one too."""
+    m = IPV4_START.match(line)
+    if m is not None:
+        parts = [int(p) for p in m.groups()]
+        if max(parts) > 255:
+            return None
+        return socket.AF_INET, '%d.%d.%d.%d' % tuple(parts)
     try:
         text = line.decode('ascii')
-    except UnicodeDecodeError:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (UnicodeDecodeError, OSError, ValueError):
         return None
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-        except (OSError, ValueError):
-            continue
-        return family, text
-    return None
+    return socket.AF_INET6, text
+
+
+IPV4_START = re.compile(rb'([0-9]{1,10})\.([0-9]{1,10})\.([0-9]{1,10})\.([0-9]{1,10})')
 
 
 def answer(first: int) -> int:

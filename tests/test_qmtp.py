@@ -832,6 +832,12 @@ def test_qmqpc_envelope_incomplete(envelope):
     (b'192.0.2', None),
     (b'192.0.2.256', None),
     (b'\xff', None),
+    # qmail's ip_scan: a leading address counts, leading zeros are decimal
+    (b'192.0.2.1 primary relay', (socket.AF_INET, '192.0.2.1')),
+    (b'127.000.000.001', (socket.AF_INET, '127.0.0.1')),
+    (b'010.0.0.1', (socket.AF_INET, '10.0.0.1')),
+    (b' 192.0.2.1', None),
+    (b'2001:db8::1 primary', None),
 ])
 def test_qmqpc_parse_server(line, want):
     check(qmqpc.parse_server(line), want)
