@@ -9,7 +9,9 @@ Writes:   fd 1, per message a line
           then one line per recipient, "\tlocal\t" or "\tremote\t" and
           the address, prefixed by "  done" once delivered or bounced.
           A message still in todo/ lists its recipients as "\ttodo\t":
-          where they go is decided at preprocessing.  Unprintable bytes
+          where they go is decided at preprocessing (or it is one of
+          the few qmail-send delivers straight from todo/, listed so
+          while that delivery lasts).  Unprintable bytes
           become '_'.  Trouble with one message prints
           "warning: trouble with #<messid>" and the scan goes on.
 Exits:    0; 111 if the queue cannot be opened, or the list cannot be

@@ -2,7 +2,10 @@
 
 Runs as:  root, or a user in group qmail.
 Reads:    HOME/queue/mess/*/ and HOME/queue/todo/.
-Writes:   fd 1, two lines: messages in queue; not yet preprocessed.
+Writes:   fd 1, two lines: messages in queue; not yet preprocessed
+          (in todo/: beyond qmail, that includes the few qmail-send is
+          delivering straight from todo/, for as long as that delivery
+          takes; see qmail-send's direct delivery).
 Exits:    0; 111 if the queue cannot be read, or the counts cannot be
           written (one line on stderr).
 See:      qmail-qstat(8).

@@ -43,7 +43,10 @@ delivers it again from the start (at worst twice, as above; a maildir
 delivery finds its file there and is not repeated).  At most
 DIRECT_MAX such messages at once (waiting for a delivery slot too: a
 spill costs more files and syncs than the wait): those past that are
-preprocessed as usual, so a backlog is queued as qmail queues it.
+preprocessed as usual, so a backlog is queued as qmail queues it; none
+while concurrencylocal is 0.  Until it is spilled or removed such a
+message is in todo/ only: qmail-qstat counts it as not yet preprocessed
+and qmail-qread lists its recipients as todo.
 
 The loop does not wait for the disk: preprocessing, D marks, removing
 finished jobs' files and messages' info/ are done by threads
@@ -1208,7 +1211,9 @@ class Send:
         self.preprocessing = True
         routing = self.c.routing        # one batch, one set of rules
         out = []
-        self.direct_room = 0 if self.flagexitasap else max(
+        # None while local deliveries are held (concurrencylocal 0): a
+        # direct message would wait in todo/, "not yet preprocessed".
+        self.direct_room = 0 if self.flagexitasap or not self.concurrency[0] else max(
             0, self.direct_max - len(self.directs))
 
         def work():

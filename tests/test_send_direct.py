@@ -163,6 +163,17 @@ def test_at_most_direct_max_at_once_whatever_the_concurrency(s):
     assert 60 not in s.directs and os.path.exists(qfn('info', 60, SPLIT))
 
 
+def test_none_while_local_deliveries_are_held(s):
+    """concurrencylocal 0 holds local mail: a message then goes to info/
+    and local/ as qmail's does, not left in todo/ (qmail-qstat's "not yet
+    preprocessed") till the limit is raised."""
+    s.concurrency[0] = 0
+    queue(s, 61, [b'u@here.example'])
+    s.preprocess_batch([61])
+    assert 61 not in s.directs and os.path.exists(qfn('local', 61, SPLIT))
+    assert not os.path.exists(qfn('todo', 61, SPLIT))
+
+
 def test_stopping_forgets_what_did_not_start_and_spills_what_did(s):
     queue(s, 61, [b'u@here.example', b'v@here.example'])
     queue(s, 62, [b'w@here.example'])
