@@ -623,20 +623,38 @@ class Send:
         return True
 
     def copy_into(self, qq, fn, limit):
+        """The file fn into qq; with a limit, its first limit bytes up to
+        the last whole line within them (cut_copy), then a line saying
+        so.  A chunk's unfinished last line is held back until the next
+        chunk shows whether it ends within the limit."""
         try:
             with open(fn, 'rb') as f:
-                copied = 0
+                copied, held, after_line = 0, b'', False
                 while True:
                     chunk = f.read(65536)
                     if not chunk:
+                        qq.put(held)
                         return
                     if limit and copied + len(chunk) > limit:
-                        qq.put(cut_copy(chunk[:limit - copied]))
+                        last = held + chunk[:limit - copied]
+                        if after_line and b'\n' not in last:
+                            last = b''      # the line before was the last whole one
+                        qq.put(cut_copy(last))
                         qq.put(b'\n--- Rest of message truncated: over %d bytes '
                                b'(control/bouncemaxbytes).\n' % limit)
                         return
                     copied += len(chunk)
-                    qq.put(chunk)
+                    if not limit:
+                        qq.put(chunk)
+                        continue
+                    data = held + chunk
+                    end = data.rfind(b'\n') + 1
+                    if end == 0 and len(data) >= 65536:
+                        end = len(data)     # a line that long: no whole line to keep
+                    qq.put(data[:end])
+                    held = data[end:]
+                    if end:
+                        after_line = data[end - 1] == 10
         except OSError:
             qq.fail()
 

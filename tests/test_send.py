@@ -211,6 +211,15 @@ class _Collect:
     (b'y' * 100 + b'\n', 10, b'y' * 10),
     # under the limit: all of it, no note
     (b'Subject: x\n\nbody\n', 1000, None),
+    # a line across the 64 KB read: back to the line before it
+    (b'l' * 65530 + b'\n' + b'B' * 1000 + b'\nend\n', 65600, b'l' * 65530 + b'\n'),
+    (b'l' * 65530 + b'\n' + b'B' * 1000 + b'\nend\n', 66534, b'l' * 65530 + b'\n'
+     + b'B' * 1000 + b'\n'),
+    (b'l' * 65530 + b'\n' + b'B' * 1000 + b'\nend\n', 66536, None),
+    # a line longer than a read (64 KB), no end within the limit: cut
+    # where it falls, as a line with no end within one read is
+    (b'y' * 200000 + b'\n', 150000, b'y' * 150000),
+    (b'a\n' + b'y' * 200000 + b'\n', 150000, b'a\n' + b'y' * 149998),
 ])
 def test_bouncemaxbytes_cuts_the_copy_at_a_line_end(tmp_path, message, limit, want):
     from qmail.send import Send
