@@ -22,7 +22,7 @@ import sys
 import _signal    # not `signal`: its enum import costs start-up time
 
 from qmail.lib import execvp
-from qmail.lib.error import is_temporary
+from qmail.lib.error import error_str, is_temporary
 
 USAGE = b'except: usage: except program [ arg ... ]'
 FATAL = b'except: fatal: '
@@ -37,10 +37,11 @@ class ChildCrashed(Exception):
 
 
 def errstr(err: OSError) -> bytes:
-    """The text strerr_die*sys puts after the colon."""
+    """The text strerr_die*sys puts after the colon: qmail's error_str
+    ("file does not exist", "access denied")."""
     if err.errno is None:
         return str(err).encode('utf-8', 'replace')
-    return os.strerror(err.errno).encode('utf-8', 'replace')
+    return error_str(err.errno)
 
 
 def byteargs(argv) -> list:

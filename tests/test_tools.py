@@ -110,6 +110,7 @@ def err_lines(capfd):
     (['sh', '-c', 'exit 111'], 111, 'except: fatal: temporary child error'),
     (['sh', '-c', 'kill -9 $$'], 111, 'except: fatal: child crashed'),
     (['/nonexistent/program'], 0, None),
+    ([''], 0, None),        # "$NOPE" in .qmail: execvp's ENOENT, not a crash
 ])
 def test_except(argv, want, message, capfd):
     got = except_.main(argv)
@@ -133,6 +134,7 @@ def test_except(argv, want, message, capfd):
     (['gone', 'sh', '-c', 'kill -9 $$'], 111,
      'bouncesaying: fatal: child crashed'),
     (['gone', '/nonexistent/program'], 0, None),
+    (['gone', ''], 0, None),
 ])
 def test_bouncesaying(argv, want, message, capfd, stdin):
     stdin(MESSAGE)
@@ -240,6 +242,7 @@ def test_forward_no_queue_program(fakeqq, stdin, monkeypatch, capfd):
     (['new@example.com', 'false'], 0, None),
     (['new@example.com', 'sh', '-c', 'exit 100'], 0, None),
     (['new@example.com', '/nonexistent/program'], 0, None),
+    (['new@example.com', ''], 0, None),
     (['new@example.com', 'sh', '-c', 'exit 111'], 111,
      'condredirect: fatal: temporary child error'),
     (['new@example.com', 'sh', '-c', 'kill -9 $$'], 111,
@@ -356,7 +359,8 @@ def test_preline_lines(options, want, tmp_path, stdin, monkeypatch):
     (['cat'], 'DTLINE', 100, 'preline: usage: preline cmd [ arg ... ]'),
     (['/nonexistent/program'], None, 100,
      'preline: fatal: unable to run /nonexistent/program:'
-     ' No such file or directory'),
+     ' file does not exist'),
+    ([''], None, 100, 'preline: fatal: unable to run : file does not exist'),
     (['sh', '-c', 'cat >/dev/null; kill -9 $$'], None, 111,
      'preline: fatal: child crashed'),
 ])
@@ -455,10 +459,10 @@ def test_maildirmake_tree(tmp_path):
 @pytest.mark.parametrize('argv, want, message', [
     ([], 100, 'maildirmake: usage: maildirmake name'),
     (['{exists}'], 111,
-     'maildirmake: fatal: unable to mkdir {exists}: File exists'),
+     'maildirmake: fatal: unable to mkdir {exists}: file already exists'),
     (['{missing}/Maildir'], 111,
      'maildirmake: fatal: unable to mkdir {missing}/Maildir:'
-     ' No such file or directory'),
+     ' file does not exist'),
 ])
 def test_maildirmake_failures(argv, want, message, tmp_path, capfd):
     names = {'exists': str(tmp_path), 'missing': str(tmp_path / 'no')}
@@ -851,7 +855,7 @@ def test_predate_feeds_child(tmp_path, stdin):
     ([], 100, 'predate: usage: predate child'),
     (['/nonexistent/program'], 111,
      'predate: fatal: unable to run /nonexistent/program:'
-     ' No such file or directory'),
+     ' file does not exist'),
     (['sh', '-c', 'kill -9 $$'], 111, 'predate: fatal: child crashed'),
 ])
 def test_predate_failures(argv, want, message, stdin, capfd):
@@ -876,7 +880,7 @@ def test_predate_read_error_kills_the_child_before_its_end_of_input(tmp_path, ca
         os.dup2(saved, 0)
         os.close(saved)
     assert got == 111
-    assert err_lines(capfd) == ['predate: fatal: unable to read input: Is a directory']
+    assert err_lines(capfd) == ['predate: fatal: unable to read input: is a directory']
     assert not done.exists()
 
 
@@ -895,7 +899,7 @@ def test_datemail_read_error_queues_nothing(tmp_path, fakeqq):
     proc = subprocess.run([sys.executable, '-c', code], stdin=subprocess.DEVNULL, env=env,
                           capture_output=True, timeout=60, cwd=str(tmp_path))
     assert proc.returncode == 111, proc.stderr
-    assert b'datemail: fatal: unable to read input: Is a directory' in proc.stderr
+    assert b'datemail: fatal: unable to read input: is a directory' in proc.stderr
     assert not (fakeqq.envelope or b'').endswith(b'\0\0')
 
 

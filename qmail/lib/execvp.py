@@ -34,7 +34,11 @@ def find(name):
 def spawnp(args, environ, **kw):
     """os.posix_spawnp(args[0], args, environ, **kw) (args[0] looked for
     on this process's PATH, not environ's); a file the kernel cannot
-    execute is run by /bin/sh instead.  The pid, or OSError."""
+    execute is run by /bin/sh instead.  The pid, or OSError (ENOENT
+    for an empty name, as execvp gives: posix_spawnp refuses it with a
+    ValueError)."""
+    if not args or not args[0]:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), '')
     try:
         return os.posix_spawnp(args[0], args, environ, **kw)
     except OSError as err:
