@@ -186,6 +186,25 @@ class Blaster:
         raise PartialLine()
 
 
+def wire_size(fd: int, size: int) -> int:
+    """The SIZE= of the size bytes from fd's offset: RFC 1870 counts
+    them as sent, each line ending in CR LF (the file's lines end in LF
+    alone); read without moving the offset.  size if it cannot be read
+    (the blast will tell)."""
+    try:
+        pos, lines, left = os.lseek(fd, 0, os.SEEK_CUR), 0, size
+        while left > 0:
+            chunk = os.pread(fd, min(left, 1 << 20), pos)
+            if not chunk:
+                break
+            lines += chunk.count(b'\n')
+            pos += len(chunk)
+            left -= len(chunk)
+    except OSError:
+        return size
+    return size + lines
+
+
 def parse_code(line: bytes) -> int:
     """The reply code of a reply's first line; 0 if it has none."""
     head = line[:3]
@@ -367,9 +386,14 @@ class Session:
             raise
 
     def hello(self) -> dict:
-        """EHLO, else HELO: the extensions, or None if both failed."""
-        if self.conn.command(b'EHLO ' + self.helohost) == 250:
+        """EHLO, else HELO: the extensions, or None if both failed.  A
+        421 to EHLO ends it there: the peer is closing (a HELO would
+        find the connection gone, and the 421's text lost)."""
+        code = self.conn.command(b'EHLO ' + self.helohost)
+        if code == 250:
             return parse_ehlo(self.conn.text)
+        if code == 421:
+            return None
         if self.conn.command(b'HELO ' + self.helohost) == 250:
             return {}
         return None
@@ -435,7 +459,7 @@ class Session:
 
         mail = b'MAIL FROM:<' + sender + b'>'
         if b'SIZE' in ext and size is not None:
-            mail += b' SIZE=%d' % size
+            mail += b' SIZE=%d' % wire_size(fd, size)
         try:
             code = conn.command(mail)
         except Dropped:
@@ -460,7 +484,9 @@ class Session:
                 self.out.append(b'r')
                 flagbother = True
         if not flagbother:
-            return self.quit(b'DGiving up on ', b'')
+            # (no text: the refusals said theirs; an address refused
+            # before asking leaves MAIL's 250 there)
+            return self.quit(b'DGiving up on ', b'', said=False)
 
         code = conn.command(b'DATA')
         if is_perm(code):

@@ -8,7 +8,11 @@ Runs:     each delivery as qmail-remote host sender recipient in a
           delivery worker (qmail.lib.spawn.Workers): a child of this
           process, the code loaded, that runs up to spawn.MAX_USE
           deliveries one after another; or, when QMAILREMOTE names a
-          program, in a forked child that execs it.
+          program, in a forked child that execs it.  Unlike qmail's,
+          a QMAILREMOTE that cannot be run (missing, not executable)
+          defers the delivery rather than bouncing it: the admin's
+          mistake should not bounce all remote mail.  An empty
+          QMAILREMOTE names no program: the built-in qmail-remote runs.
 Exits:    0 when qmail-send is gone and deliveries are done.
 See:      qmail-rspawn(8), qmail-remote(8).
 """

@@ -466,6 +466,41 @@ def test_session_refused_line_break():
     assert sent.count(b'RCPT TO') == 1
 
 
+def test_session_every_recipient_refused_before_asking_quotes_nothing():
+    """"Giving up" carried MAIL's "250 ok" into the bounce."""
+    out, final, sent = converse(OK[:3], recips=[None, None])
+    assert out == [b'hSorry, I will not send an address with a line break. (#5.1.3)\n'] * 2
+    assert final == b'DGiving up on 192.0.2.1.\n'
+    assert b'RCPT' not in sent
+
+
+def test_session_ehlo_421_is_the_name_rejected_with_its_text():
+    """A 421 to EHLO: the peer is closing; a HELO found the connection
+    gone and the report said "connection died", the 421's text lost."""
+    out, final, sent = converse([b'220 hi\r\n', b'421 4.7.0 too many from you\r\n', b''])
+    assert final == (b'ZConnected to 192.0.2.1 but my name was rejected.\n'
+                     b'Remote host said: 421 4.7.0 too many from you\n')
+    assert b'HELO' not in sent
+
+
+def test_session_size_counts_the_line_ends_as_sent(tmp_path):
+    """RFC 1870: SIZE= counts CR LF; the file's lines end in LF alone."""
+    message = b'Subject: x\n\nhi\n'
+    path = tmp_path / 'mess'
+    path.write_bytes(b'skipped' + message)
+    sock = FakeSock(OK)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 7, os.SEEK_SET)
+        session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me.example.org', [])
+        final = session.run(b's@x', [b'j@y'], fd, size=remote.message_span(fd))
+    finally:
+        os.close(fd)
+    assert final.startswith(b'K')
+    assert b'MAIL FROM:<s@x> SIZE=18\r\n' in sock.sent, sock.sent
+    assert sock.sent.endswith(b'Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n')
+
+
 def test_session_required_tls_without_starttls():
     tls = smtp.Tls(None, 'mx.example.com', True, True, b'example.com')
     sock = FakeSock(OK)
