@@ -346,7 +346,7 @@ def test_mx_lowest_preference_first(home, sinks):
     assert len(s1.messages) == 1 and not s2.messages
     m = s1.messages[0]
     assert m['helo'] == b'remote.qmt.example'
-    assert m['mail'] == b'FROM:<sender@src.example> SIZE=18'
+    assert m['mail'] == b'FROM:<sender@src.example> SIZE=21'  # 18 bytes, 3 lines: as sent, CR LF
     assert m['rcpts'] == [b'TO:<joe@mx.qmt.test>']
     assert m['raw'] == b'Subject: t\r\n\r\nhello\r\n'
 
@@ -568,7 +568,7 @@ def test_verp_sender_used_as_given(home, sinks):
     _, final = send(home, b'example.com', [b'joe@example.com'],
                     sender=b'owner-joe=example.com@lists.example.org')
     assert final.startswith(b'K')
-    assert s.messages[0]['mail'] == b'FROM:<owner-joe=example.com@lists.example.org> SIZE=18'
+    assert s.messages[0]['mail'] == b'FROM:<owner-joe=example.com@lists.example.org> SIZE=21'
 
 
 def test_bounce_sender_is_null(home, sinks):
