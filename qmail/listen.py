@@ -21,8 +21,9 @@ Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
           A worker then restores its environment, signals and fds 0 and 1,
           so nothing of one connection (RELAYCLIENT least of all) reaches
           the next; one that finds a descriptor left open retires.
-          A program this listener does not know (rblsmtpd, for one) is
-          exec'd as tcpserver would.  At most -c connections (default 40;
+          A program this listener does not know (rblsmtpd, for one), or
+          a path that is not this home's bin/<name> (a wrapper script of
+          that name), is exec'd as tcpserver would.  At most -c connections (default 40;
           more than LIMIT_MAX, 10000, is taken as that) are served at
           once; beyond that, connections wait in the kernel's backlog.
           host 0 is every IPv4 address, :: every IPv6 and IPv4 address;
@@ -235,8 +236,22 @@ def set_environ(env: dict):
             change[key] = value
 
 
-def builtin_module(program: str):
-    return BUILTIN.get(os.path.basename(program))
+def builtin_module(program: str, home=None):
+    """The module of a program this listener runs in-process, else None.
+    A path must be this home's bin/<name> itself (through links); any
+    other file of that name, a wrapper script setting DATABYTES or
+    another home's program, is exec'd as tcpserver would.  A bare name
+    is this home's program."""
+    base = os.path.basename(program)
+    name = BUILTIN.get(base)
+    if name is None or '/' not in program:
+        return name
+    try:
+        if os.path.samefile(program, os.path.join(home or auto.QMAIL, 'bin', base)):
+            return name
+    except OSError:
+        pass
+    return None
 
 
 def bind(host: str, port: str, backlog: int) -> socket.socket:

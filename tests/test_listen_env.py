@@ -145,3 +145,23 @@ def test_a_port_uid_or_gid_out_of_range_is_named(args, what):
 def test_a_service_name_is_a_port():
     assert listen.parse_args(['0', 'smtp', 'x']).port == 'smtp'
     assert listen.parse_args(['0', '025', 'x']).port == '25'
+
+
+def test_only_this_homes_programs_run_in_process(tmp_path):
+    """A wrapper script named qmail-smtpd (setting DATABYTES, say) or
+    another home's qmail-smtpd was taken for this home's and never run."""
+    home = tmp_path / 'home'
+    (home / 'bin').mkdir(parents=True)
+    own = home / 'bin' / 'qmail-smtpd'
+    own.write_text('#!/bin/sh\n')
+    (tmp_path / 'link').symlink_to(own)
+    wrap = tmp_path / 'wrap'
+    wrap.mkdir()
+    (wrap / 'qmail-smtpd').write_text('#!/bin/sh\nexec %s "$@"\n' % own)
+    h = str(home)
+    assert listen.builtin_module(str(own), h) == 'smtpd'
+    assert listen.builtin_module(str(tmp_path / 'link' ), h) is None   # another name
+    assert listen.builtin_module(str(wrap / 'qmail-smtpd'), h) is None
+    assert listen.builtin_module(str(tmp_path / 'none' / 'qmail-smtpd'), h) is None
+    assert listen.builtin_module('qmail-qmqpd', h) == 'qmqpd'           # README's bare name
+    assert listen.builtin_module(str(home / 'bin' / 'rblsmtpd'), h) is None
