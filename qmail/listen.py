@@ -29,7 +29,8 @@ Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
           host 0 is every IPv4 address, :: every IPv6 and IPv4 address;
           IPv4-mapped peers are shown as IPv4.
 Writes:   as tcpserver(1): with -v its log lines on fd 2: status (busy
-          workers / limit), pid ... from, ok, deny, end; -Q (the
+          workers / limit), pid ... from, ok, deny, end (with the wait
+          status, as tcpserver: 256 for exit code 1); -Q (the
           default) only errors, -q nothing.  A pid repeats: a worker
           serves many.  -1 prints the local port on fd 1 once bound.
 Exits:    111 when it cannot start (bad usage 100); runs until TERM.
@@ -289,8 +290,7 @@ class Listener:
         for pid, wstat in prefork.reaped():
             if pid in self.children:
                 self.children.discard(pid)
-                code = os.WEXITSTATUS(wstat) if os.WIFEXITED(wstat) else 'signal %d' % os.WTERMSIG(wstat)
-                self.log(1, 'end %d status %s' % (pid, code))
+                self.log(1, 'end %d status %d' % (pid, wstat))   # as tcpserver: the wait status
                 self.status()
 
     def serve(self, wakeup_r: int):
@@ -398,7 +398,8 @@ class Listener:
             # The environment stays as the connection left it: the next
             # one's set_environ() makes it exactly that one's, changing
             # only what differs (most often TCPREMOTEPORT alone).
-        self.log(1, 'end %d status %s' % (pid, code if isinstance(code, int) else 111))
+        # tcpserver's status is the wait status: an exit code times 256
+        self.log(1, 'end %d status %d' % (pid, ((code if isinstance(code, int) else 111) & 255) << 8))
         if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
             import gc
             gc.collect()                    # a forgotten file object's close

@@ -211,7 +211,7 @@ class Pool:
             self.board[slot] = FREE     # busy or not when it ended
             self.free.append(slot)
             if os.WIFSIGNALED(wstat) and self.log:
-                self.log(1, 'end %d status signal %d' % (pid, os.WTERMSIG(wstat)))
+                self.log(1, 'end %d status %d' % (pid, wstat))    # tcpserver's form
 
     def read_status(self):
         """The records only wake the parent: the scoreboard says who is

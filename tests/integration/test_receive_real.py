@@ -475,10 +475,15 @@ def test_listen_worker_reuse_keeps_connections_apart(site):
         pids = set(re.findall(r'^qmail-listen: pid (\d+) from ', log, re.M))
         assert len(pids) == 1, log
         assert 'status: 1/1' in log and 'status: 0/1' in log, log
+        # "end" with the wait status, as tcpserver writes it (log parsers)
+        ends = re.findall(r'^qmail-listen: end (\d+) status (\d+)$', log, re.M)
+        assert {p for p, _ in ends} == pids, log
+        assert {st for _, st in ends} == {'0', '256'}, log      # QUIT; a client gone
         # kill the worker in a session: a new one takes the next client
         s = socket.create_connection(('127.0.0.1', p), timeout=10)
         assert s.recv(100).startswith(b'220')
-        os.kill(int(pids.pop()), 9)
+        killed = pids.pop()
+        os.kill(int(killed), 9)
         s.close()
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -493,6 +498,7 @@ def test_listen_worker_reuse_keeps_connections_apart(site):
         assert got == [b'220', b'250', b'250', b'250', b'221']
         log = open(err).read()
         assert len(set(re.findall(r'^qmail-listen: pid (\d+) from ', log, re.M))) == 2, log
+        assert re.search(r'^qmail-listen: end %s status 9$' % killed, log, re.M), log
     finally:
         proc.terminate()
         proc.wait(timeout=TIMEOUT)
