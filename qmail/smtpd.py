@@ -359,6 +359,7 @@ class Session:
         self.now = now
         self.flagclosed = False
         self.exitcode = 1
+        self.closereply = None      # what the server ended the session with
         self.replies = []
         self.linebuf = bytearray()
         self.flagtoolong = False
@@ -473,8 +474,8 @@ class Session:
         rcpts = b' '.join(logsafe(r) or b'<>' for r in self.rcptto[:LOGRCPTS])
         if len(self.rcptto) > LOGRCPTS:
             rcpts += b' (+%d more)' % (len(self.rcptto) - LOGRCPTS)
-        what = b'mail <%s> rcpt %s' % (
-            logsafe(self.mailfrom) if self.seenmail or self.rcptto else b'-',
+        what = b'mail %s rcpt %s' % (
+            b'<%s>' % logsafe(self.mailfrom) if self.seenmail or self.rcptto else b'-',
             rcpts or b'-')
         if self.refused:
             what += b' refused %d' % self.refused
@@ -527,6 +528,7 @@ class Session:
         self.out(reply)
         self.flagclosed = True
         self.exitcode = exitcode
+        self.closereply = reply
 
     def bad(self, reply: bytes):
         """A refused command: counted towards maxerrorssmtpd."""
@@ -1002,7 +1004,10 @@ def serve(session: Session, fdin: int = 0, fdout: int = 1,
         return serve_session(session, channel, fdin, certfile, timeout)
     finally:
         channel.close()
-        session.note_end(b'client gone' if not session.exitcode == 0 else b'QUIT')
+        # The session's end: QUIT, the reply the server closed it with
+        # (a bare LF, a timeout, too many errors), else the client left.
+        session.note_end(b'QUIT' if session.exitcode == 0
+                         else session.closereply or b'client gone')
         write_logs(session)
 
 

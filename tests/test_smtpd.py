@@ -936,6 +936,24 @@ def test_program_with_an_empty_queue_program_defers_the_message(qmailhome):
     assert b'internal' not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize('dialogue, result', [
+    (b'HELO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n'
+     b'Subject: x\r\n\r\nbare\nLF\r\n.\r\n',
+     b'mail <a@b.example> rcpt u@example.org: 451 See http://pobox.com/~djb/docs/smtplf.html.'),
+    (b'HELO x\r\n' + b'FOO\r\n' * 30, b'mail - rcpt -: 421 too many errors (#4.7.0)'),
+    (b'HELO x\r\nMAIL FROM:<a@b.example>\r\n', b'mail <a@b.example> rcpt -: client gone'),
+    (b'HELO x\r\nQUIT\r\n', b'mail - rcpt -: QUIT'),
+])
+def test_program_logs_who_ended_the_session(qmailhome, dialogue, result):
+    """The log said "client gone" when the server had closed the session
+    (a bare LF, too many errors, a timeout): the admin chasing a sender's
+    failures saw the wrong cause."""
+    home, fakeq, out = qmailhome
+    (home / 'control' / 'logsmtpd').write_bytes(b'1\n')
+    r = run_smtpd(home, fakeq, dialogue)
+    assert r.stderr.splitlines()[-1].endswith(b' helo x ' + result), r.stderr
+
+
 def test_program_takes_forever_as_a_timeout(qmailhome):
     """2147483647 (qmail's "forever") as timeoutsmtpd and lifetimesmtpd:
     poll() in milliseconds and alarm() overflowed, and every session
