@@ -50,7 +50,8 @@ DEFAULT_TIMEOUT = 30
 def parse_args(argv):
     """(flagremoteinfo, timeout, program argv), or None for a usage error.
     Options as qmail's sgetopt "rRt:": clustered, -t's value attached or
-    the next word, "--" ends them."""
+    the next word, "--" ends them; another letter is named on stderr and
+    ignored, as qmail's tcp-env does."""
     flag, timeout = True, DEFAULT_TIMEOUT
     i = 0
     while i < len(argv):
@@ -76,8 +77,9 @@ def parse_args(argv):
                     value = argv[i]
                 timeout = scan_ulong(os.fsencode(value))
                 break
-            else:
-                return None
+            else:               # as qmail's sgetopt: said, then ignored
+                sys.stderr.write('tcp-env: illegal option -- %s\n' % c)
+                sys.stderr.flush()
             j += 1
         i += 1
     rest = argv[i:]

@@ -165,3 +165,14 @@ def test_only_this_homes_programs_run_in_process(tmp_path):
     assert listen.builtin_module(str(tmp_path / 'none' / 'qmail-smtpd'), h) is None
     assert listen.builtin_module('qmail-qmqpd', h) == 'qmqpd'           # README's bare name
     assert listen.builtin_module(str(home / 'bin' / 'rblsmtpd'), h) is None
+
+
+def test_tcp_env_names_an_unknown_option_and_goes_on(capsys):
+    """qmail's tcp-env (sgetopt) says "illegal option" and runs the
+    program; this one exited 111 without a word."""
+    from qmail import tcp_env
+    assert tcp_env.parse_args(['-x', '-R', 'prog', 'a']) == (False, tcp_env.DEFAULT_TIMEOUT,
+                                                             ['prog', 'a'])
+    assert capsys.readouterr().err == 'tcp-env: illegal option -- x\n'
+    assert tcp_env.parse_args(['-rt7', 'prog']) == (True, 7, ['prog'])
+    assert tcp_env.parse_args(['-R']) is None           # no program: usage
