@@ -696,10 +696,18 @@ def serve(session: Session, conn: Conn) -> int:
                 break
             replies = on_files(timeout, session.feed, data, time.time())
             while True:
-                if replies:
-                    conn.write(replies, timeout)
+                # A RETR's +OK, its message and the terminator leave in
+                # as few writes as they fit in: written apart, the second
+                # waited for the client's delayed ACK of the first (Nagle),
+                # 40 ms a message for a client that asks one at a time.
+                out = replies
                 while session.transfer is not None:
-                    conn.write(on_files(timeout, session.more), timeout)
+                    out += on_files(timeout, session.more)
+                    if len(out) >= READSIZE:
+                        conn.write(out, timeout)
+                        out = b''
+                if out:
+                    conn.write(out, timeout)
                 if not session.held or session.flagclosed:
                     break
                 replies = on_files(timeout, session.feed, b'', time.time())
@@ -755,7 +763,9 @@ def main(argv=None, home=None) -> int:
             say(R_SCAN)
             return 0
         session = Session(config, maildir, messages, now)
-        return serve(session, Conn(0, 1))
+        conn = Conn(0, 1)
+        conn.nodelay()      # the writes are whole already: no tail held back
+        return serve(session, conn)
     except MemoryError:
         if session is None or session.transfer is None:
             say(R_NOMEM)

@@ -93,6 +93,16 @@ class Conn:
         self.sockin = _socket.socket(fileno=os.dup(fdin)) if is_socket(fdin) else None
         self.sockout = _socket.socket(fileno=os.dup(fdout)) if is_socket(fdout) else None
 
+    def nodelay(self):
+        """TCP_NODELAY on the client's socket, if it is TCP: for a server
+        that makes each reply one write, Nagle only holds back the last
+        segment of a long one until the client's delayed ACK."""
+        if self.sockout is not None:
+            try:
+                self.sockout.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except OSError:
+                pass                    # a Unix socket: nothing to do
+
     def wait_in(self, wait: float) -> bool:
         poller = select.poll()
         poller.register(self.fdin, select.POLLIN)

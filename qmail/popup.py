@@ -715,6 +715,7 @@ def main(argv=None, home=None) -> int:
     conn = session = None
     try:
         conn = Conn(0, 1)
+        conn.nodelay()      # also for qmail-pop3d's RETRs, and under TLS the relay's
         args = [os.fsencode(a) for a in argv]
         if len(args) < 2 or not args[1]:
             conn.write(R_USAGE, DEFAULT_TIMEOUT)

@@ -1538,3 +1538,46 @@ def test_a_slow_reader_is_not_killed_by_the_file_alarm(box, monkeypatch):
     assert time.monotonic() - started > 2        # past the 1 s alarm
     check((os.WIFEXITED(wstat), len(got) > len(big)), (True, True))
     assert got.startswith(b'+OK \r\n+OK \r\nSubject: big\r\n'), got[:50]
+
+
+class _Writes:
+    """A Conn that records each write and has the client's commands."""
+
+    def __init__(self, commands):
+        self.commands, self.writes = [commands], []
+
+    def read(self, wait, flagline=False):
+        return self.commands.pop(0) if self.commands else b''
+
+    def write(self, data, timeout):
+        self.writes.append(data)
+
+
+def test_a_retr_goes_out_in_one_write_with_its_ok(box):
+    """"+OK", the message and "." written apart: the message waited for
+    the client's delayed ACK of the "+OK" (Nagle), 40 ms a RETR for a
+    client that asks one at a time (fetchmail, poplib)."""
+    maildir = pop3d.Maildir(box.path)
+    session = pop3d.Session(pop3d.Config(timeout=30), maildir, maildir.scan(NOW), time.time())
+    conn = _Writes(b'RETR 1\r\n')
+    pop3d.serve(session, conn)
+    retr = [w for w in conn.writes if w.startswith(b'+OK') and w.endswith(b'\r\n.\r\n')]
+    assert len(retr) == 1 and conn.writes == [b'+OK \r\n'] + retr, conn.writes   # greeting, RETR
+
+
+def test_pop3_sockets_send_without_delay():
+    """Each reply is one write already: Nagle only held back a long
+    reply's last segment until the client's delayed ACK."""
+    import socket
+    from qmail import pop3d_io
+    with socket.create_server(('127.0.0.1', 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as client:
+            server, _ = srv.accept()
+            with server:
+                conn = pop3d_io.Conn(server.fileno(), server.fileno())
+                assert not server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                conn.nodelay()
+                assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    a, b = socket.socketpair()
+    with a, b:
+        pop3d_io.Conn(a.fileno(), a.fileno()).nodelay()     # not TCP: nothing, no error
