@@ -370,6 +370,10 @@ def connect(ip: str, port: int, timeout: float):
     try:
         sock.settimeout(timeout)
         sock.connect((ip, port))
+        # Each command, and the message's end with its dot, is one write:
+        # nothing for Nagle to gather, only a last segment to hold back
+        # till the peer's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
         sock.close()
         raise

@@ -513,7 +513,8 @@ class Session:
         """The message from fd, then the final dot.  Raises ReadError,
         PartialLine (before the dot, so the peer drops the message)."""
         blaster = Blaster()
-        while True:
+        held = b''          # the last piece goes with the dot, in one write,
+        while True:         # as qmail's buffered output sends a small message
             try:
                 chunk = os.read(fd, BLASTSIZE)
             except OSError:
@@ -522,7 +523,9 @@ class Session:
                 break
             data = blaster.feed(chunk)
             if data:
-                self.conn.send(data)
+                if held:
+                    self.conn.send(held)
+                held = data
         tail = blaster.finish()
         self.flagcritical = True
-        self.conn.send(tail)
+        self.conn.send(held + tail)

@@ -501,6 +501,42 @@ def test_session_size_counts_the_line_ends_as_sent(tmp_path):
     assert sock.sent.endswith(b'Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n')
 
 
+def test_session_small_message_goes_with_its_dot_in_one_write():
+    """Body and dot written apart: the dot's small segment could wait for
+    the peer's delayed ACK of the body (Nagle), as qmail's buffered
+    output does not.  A big message: every piece, the last with the dot."""
+    for message, writes in ((b'Subject: x\n\nhi\n', 1), (b'line\n' * 40000, 4)):
+        sock = FakeSock(OK)
+        calls = []
+        real = sock.sendall
+        sock.sendall = lambda data: (calls.append(data), real(data))[1]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.write(w, message)
+            os._exit(0)
+        os.close(w)
+        try:
+            session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me.example.org', [])
+            final = session.run(b's@x', [b'j@y'], r, size=len(message))
+        finally:
+            os.close(r)
+            os.waitpid(pid, 0)
+        assert final.startswith(b'K'), final
+        body = calls[calls.index(b'DATA\r\n') + 1:-1]     # (then QUIT)
+        assert len(body) == writes and body[-1].endswith(b'\r\n.\r\n'), [len(c) for c in body]
+        assert len(body[-1]) > 3
+
+
+def test_remote_connections_send_without_delay():
+    import socket
+    with socket.create_server(('127.0.0.1', 0)) as srv:
+        sock = remote.connect('127.0.0.1', srv.getsockname()[1], 10)
+        with sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_session_required_tls_without_starttls():
     tls = smtp.Tls(None, 'mx.example.com', True, True, b'example.com')
     sock = FakeSock(OK)
