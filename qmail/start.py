@@ -15,7 +15,9 @@ Starts:   qmail-send (qmails, group qmail), qmail-lspawn (root),
           start; this process becomes qmail-send.
 Writes:   nothing itself; without a logger, qmail-send's record goes to
           qmail-start's stdout.
-Exits:    111 on any trouble before qmail-send starts (silently, as qmail).
+Exits:    111 on any trouble before qmail-send starts (silently, as qmail;
+          but a qmail-send already running is named, and nothing else
+          is started).
 See:      qmail-start(8), qmail-send(8), qmail-log(5).
 
 The environment given to qmail-start reaches qmail-local and the
@@ -70,6 +72,25 @@ def child(fdin: int, fdout: int, pipes, setup, program):
         os._exit(code)
 
 
+def sendmutex_free() -> bool:
+    """False if a qmail-send holds queue/lock/sendmutex (the lock its
+    start takes; tried here and let go).  True if it cannot be looked at:
+    qmail-send's start then says why."""
+    import fcntl
+    try:
+        fd = os.open(os.path.join(auto.QMAIL, 'queue', 'lock', 'sendmutex'),
+                     os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.chdir('/')
@@ -107,6 +128,17 @@ def main(argv=None) -> int:
         os.close(r)
         os.dup2(w, 1)
         os.close(w)
+
+    # Another qmail-send running (a qmail-start by hand, a supervisor's
+    # second copy): say so and start nothing, not even the daemons that
+    # would end with the refused qmail-send; qmail-queued's start would
+    # take the socket of the running one from its clients.
+    if not sendmutex_free():
+        try:
+            os.write(1, b'alert: cannot start: qmail-send is already running\n')
+        except OSError:
+            pass
+        return 111
 
     pi = [os.pipe() for _ in range(6)]     # pi1..pi6 of qmail-start.c
     pipes = [fd for p in pi for fd in p]

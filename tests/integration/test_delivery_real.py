@@ -412,6 +412,36 @@ def test_injection_goes_through_qmail_queued(world, test_user):
         os.chmod(qq, mode & 0o7777)
 
 
+def test_a_second_qmail_start_is_refused_and_touches_nothing(world, test_user):
+    """qmail-start while qmail-send runs (README's line typed twice, a
+    supervisor's second copy) said qmail-send was running, but its
+    qmail-queued had replaced the running one's socket first: every
+    injection then took bin/qmail-queue, slowly, till the next restart."""
+    home, u2 = world['home'], world['u2']
+    sock = os.path.join(home, 'run', 'qmail-queue.sock')
+    before = os.stat(sock).st_ino
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-start'), './Maildir/'],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT,
+                       env={'PATH': '/usr/bin:/bin'})
+    assert (r.returncode, r.stdout) == (111, b'alert: cannot start: qmail-send is '
+                                             b'already running\n'), r
+    time.sleep(0.5)                     # (what it forked had time to act)
+    assert os.stat(sock).st_ino == before
+    qq = os.path.join(home, 'bin', 'qmail-queue')
+    mode = os.stat(qq).st_mode
+    os.chmod(qq, 0)                     # only qmail-queued can take it
+    try:
+        was = listing(u2)
+        r = run_as(test_user, [home + '/bin/sendmail', 'qmtu2@' + DOMAIN],
+                   input=b'Subject: after a refused start\n\nb\n')
+        assert r.returncode == 0, r.stderr
+        wait_new(u2, was)
+    finally:
+        os.chmod(qq, mode & 0o7777)
+        os.chown(qq, pwd_uid('qmailq'), os.stat(qq).st_gid)
+        os.chmod(qq, mode & 0o7777)
+
+
 def test_unreadable_control_waits_instead_of_crash_looping(tmp_path):
     """control/locals unreadable by qmails: qmail-send says why, keeps
     running and starts as soon as it is repaired."""
