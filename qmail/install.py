@@ -799,6 +799,10 @@ def root_only(path) -> str:
         path = os.path.dirname(path)
 
 
+# The modules of pyproject's dependencies, as the programs import them.
+RUNTIME_MODULES = ('dns.resolver', 'idna', 'pyinotify', 'setproctitle', 'argon2')
+
+
 def check_runtime(python):
     """The interpreter runs as root (qmail-start, qmail-lspawn) and as
     qmailq (the setuid qmail-queue): it, what it links to and its
@@ -810,6 +814,18 @@ def check_runtime(python):
         if bad is not None:
             raise InstallError('the runtime %s is not root\'s alone: %s may be changed by '
                                'someone else (see make setup)' % (python, bad))
+    # What the programs import (pyproject's dependencies): without them
+    # every remote delivery would crash, and wait in the queue for a week.
+    try:
+        r = subprocess.run([python, '-I', '-c', 'import ' + ', '.join(RUNTIME_MODULES)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+        missing = r.returncode != 0
+        why = r.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:] or ['']
+    except (OSError, subprocess.TimeoutExpired) as e:
+        missing, why = True, [str(e)]
+    if missing:
+        raise InstallError('the runtime %s lacks a library the programs need (%s): %s '
+                           '(see make setup)' % (python, ', '.join(RUNTIME_MODULES), why[0]))
 
 
 def check_home(home):

@@ -379,3 +379,17 @@ def test_boot_and_doc_say_where_qmails_rc_and_manuals_went(home):
             assert home + '/' + word in text or word in text, (sub, word, text)
     assert os.path.isfile(os.path.join(home, 'supervise', 'qmail-send', 'run'))
     assert os.path.isdir(os.path.join(home, 'lib', 'python', 'qmail'))
+
+
+def test_a_runtime_without_the_libraries_is_refused(tmp_path):
+    """Debian's own python3 has no dnspython: installed with it, every
+    remote delivery crashed ("qmail-remote crashed") and waited in the
+    queue for its lifetime."""
+    from qmail import install
+    install.check_runtime(RUNTIME)                  # make's: everything there
+    bare = tmp_path / 'bare'                        # the standard library alone
+    subprocess.run(['/usr/bin/python3', '-m', 'venv', '--without-pip', str(bare)],
+                   check=True, timeout=TIMEOUT)
+    with pytest.raises(install.InstallError) as e:
+        install.check_runtime(str(bare / 'bin' / 'python3'))
+    assert 'lacks a library' in str(e.value) and 'dns' in str(e.value), e.value
