@@ -26,6 +26,7 @@ import compileall
 import errno
 import fcntl
 import grp
+import hashlib
 import os
 import pwd
 import re
@@ -729,15 +730,58 @@ def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
     for name, text in services.items():
         d = os.path.join(sup, name)
         make_dir(d, 0, gids['qmail'], 0o755)
-        write_file(os.path.join(d, 'run'), text, 0o755, 0, gids['qmail'])
+        write_kept(os.path.join(d, 'run'), text, 0o755, 0, gids['qmail'])
         make_dir(os.path.join(d, 'log'), 0, gids['qmail'], 0o755)
-        write_file(os.path.join(d, 'log', 'run'), LOG_RUN % {'home': home, 'name': name},
+        write_kept(os.path.join(d, 'log', 'run'), LOG_RUN % {'home': home, 'name': name},
                    0o755, 0, gids['qmail'])
         make_dir(os.path.join(logs, name), uids['qmaill'], gids['nofiles'], 0o750)
+    # The rules: written if absent, compiled if newer than their cdb.  A
+    # cdb the admin built (from this file or another) is the admin's.
     rules = os.path.join(home, 'control', 'tcp.smtp')
+    cdbfile = rules + '.cdb'
     if not os.path.exists(rules):
+        if os.path.exists(cdbfile):
+            return
         write_file(rules, DEFAULT_TCP_SMTP, 0o644)
-    compile_rules(rules)
+    try:
+        stale = os.stat(rules).st_mtime_ns > os.stat(cdbfile).st_mtime_ns
+    except FileNotFoundError:
+        stale = True
+    if stale:
+        compile_rules(rules)
+
+
+# The last line of a file qmail-install writes for the admin to edit (the
+# service scripts): the digest of what it wrote.  A reinstall replaces the
+# file while the digest still matches, and keeps it once edited.
+KEPT_MARK = '# qmail-install wrote this; edited, it is kept at a reinstall: '
+
+
+def marked(text: str) -> str:
+    return text + KEPT_MARK + hashlib.sha256(text.encode()).hexdigest()[:16] + '\n'
+
+
+def write_kept(path, text, mode, uid, gid):
+    """path made text (with its mark), unless the admin changed it since
+    qmail-install wrote it: then it is kept, the new text goes to
+    path.new, and a warning says so.  A file from before the mark counts
+    as the installer's if it is the new text exactly."""
+    new = marked(text)
+    try:
+        with open(path) as f:
+            now = f.read()
+    except FileNotFoundError:
+        now = None
+    except (OSError, UnicodeDecodeError):
+        now = ''                        # unreadable as text: not ours to replace
+    if now is not None and now not in (new, text):
+        body, _, mark = now.rpartition(KEPT_MARK)
+        if not mark or marked(body) != now:
+            write_file(path + '.new', new, mode, uid, gid)
+            sys.stderr.write('qmail-install: kept %s, changed since it was installed; '
+                             'this version would have written %s.new\n' % (path, path))
+            return
+    write_file(path, new, mode, uid, gid)
 
 
 def compile_rules(rules):

@@ -6,6 +6,7 @@ import pwd
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -393,3 +394,49 @@ def test_a_runtime_without_the_libraries_is_refused(tmp_path):
     with pytest.raises(install.InstallError) as e:
         install.check_runtime(str(bare / 'bin' / 'python3'))
     assert 'lacks a library' in str(e.value) and 'dns' in str(e.value), e.value
+
+
+def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
+    """make run reinstalls every time: the AUTH arguments README has the
+    admin add to the run script went, and the port with them, and a
+    tcp.smtp.cdb built from the admin's own rules was rebuilt from the
+    default."""
+    sup = os.path.join(fresh_home, 'supervise')
+    smtpd_run = os.path.join(sup, 'qmail-smtpd', 'run')
+    send_run = os.path.join(sup, 'qmail-send', 'run')
+    text = open(smtpd_run).read()
+    edited = text.replace('/bin/qmail-smtpd 2>&1',
+                          '/bin/qmail-smtpd mail.example.org /bin/checkpassword /bin/true 2>&1')
+    assert edited != text
+    with open(smtpd_run, 'w') as f:
+        f.write(edited)
+    ctl = os.path.join(fresh_home, 'control')
+    own = tmp_path / 'rules'
+    own.write_text('127.0.0.3:deny\n:allow\n')
+    cdb = os.path.join(ctl, 'tcp.smtp.cdb')
+    subprocess.run('tcprules %s %s.tmp < %s' % (cdb, cdb, own), shell=True, check=True,
+                   timeout=TIMEOUT)
+    made = open(cdb, 'rb').read()
+
+    def reinstall(*args):
+        return subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
+                               '--python', RUNTIME] + list(args), capture_output=True,
+                              text=True, check=True, timeout=TIMEOUT)
+    r = reinstall('--smtp-port', '2525')
+    assert open(smtpd_run).read() == edited
+    assert 'kept %s' % smtpd_run in r.stderr, r.stderr
+    assert ' 2525 ' in open(smtpd_run + '.new').read()
+    assert open(cdb, 'rb').read() == made
+    # what nobody edited follows the installer
+    assert 'qmail-start' in open(send_run).read() and not os.path.exists(send_run + '.new')
+    os.unlink(smtpd_run)
+    reinstall('--smtp-port', '2526')
+    assert ' 2526 ' in open(smtpd_run).read()
+    reinstall('--smtp-port', '2527')
+    assert ' 2527 ' in open(smtpd_run).read()       # still the installer's: replaced
+    # rules edited after their cdb: compiled again
+    time.sleep(0.01)
+    with open(os.path.join(ctl, 'tcp.smtp'), 'a') as f:
+        f.write('127.0.0.4:deny\n')
+    reinstall()
+    assert open(cdb, 'rb').read() != made and b'127.0.0.4' in open(cdb, 'rb').read()
