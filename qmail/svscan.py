@@ -8,7 +8,8 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           exists, qmail-pop3d; starts svscan(8) on HOME/service, which
           runs supervise(8) for each service and for its log/ (multilog
           with tai64n stamps into HOME/log/<name>); prints where to look;
-          waits.  On INT or TERM, or `qmail-svscan stop` from elsewhere,
+          waits.  On INT, TERM or HUP (its terminal closed), or
+          `qmail-svscan stop` from elsewhere,
           it stops svscan (so it restarts nothing), brings every service
           down with `svc -dx` (qmail-send finishes the deliveries under
           way; nothing queued is lost) and waits for each supervise to
@@ -18,7 +19,9 @@ Writes:   HOME/service/.svscan.pid while running: this process's pid and
           svscan's.  stop believes it only while both processes are
           still those (a pid from before a reboot or a kill may be
           anyone's by now), and waits for this one to exit, after its
-          services; start refuses to run a second time on one home.
+          services; start refuses to run a second time on one home, or
+          while a service of an earlier start is still up (a stop that
+          gave up waiting: stop again, or wait).
 Exits:    0 after a clean stop; 111 if svscan cannot start or services do
           not stop in time (their names on stderr).
 See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
@@ -142,9 +145,28 @@ def running_here(home: str):
     return fg
 
 
+def say(text: str, out=None):
+    """A line for the admin; a terminal closed under us takes nothing
+    (a write error there must not stop the stopping)."""
+    try:
+        out = out or sys.stdout
+        out.write(text)
+        out.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def start(home: str) -> int:
     if running_here(home) is not None:
         sys.stderr.write('qmail-svscan: already running for %s (make stop first)\n' % home)
+        return 111
+    # A service still up from an earlier start (one whose stop timed out,
+    # or whose svscan lost its foreground): a second supervise for it
+    # would fail on its lock, and a service's log pipe with it.
+    left = [d for d in svc_dirs(home) if running(d)]
+    if left:
+        sys.stderr.write('qmail-svscan: still running from an earlier start: %s '
+                         '(make stop, or wait for it to end)\n' % ' '.join(left))
         return 111
     names = services(home)
     svdir = link_services(home, names)
@@ -154,17 +176,17 @@ def start(home: str) -> int:
     with open(pidfile, 'w') as f:
         f.write('%d %d\n' % (os.getpid(), proc.pid))
     flag = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # HUP too: the terminal of make run closed.  Left running, svscan
+    # would go on alone, out of reach of make stop.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: flag.append(s))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(running(d) for d in svc_dirs(home)):
         time.sleep(0.1)
-    sys.stdout.write(intro(home))
-    sys.stdout.flush()
+    say(intro(home))
     while not flag and proc.poll() is None:
         time.sleep(0.5)
-    sys.stdout.write('stopping services...\n')
-    sys.stdout.flush()
+    say('stopping services...\n')
     # svscan first: left running, it would start a new supervise for each
     # service that svc -dx has just stopped.
     proc.terminate()
@@ -178,9 +200,9 @@ def start(home: str) -> int:
     except FileNotFoundError:
         pass
     if stuck:
-        sys.stderr.write('qmail-svscan: still running: %s\n' % ' '.join(stuck))
+        say('qmail-svscan: still running: %s\n' % ' '.join(stuck), sys.stderr)
         return 111
-    sys.stdout.write('stopped.\n')
+    say('stopped.\n')
     return 0
 
 
@@ -197,6 +219,12 @@ def stop(home: str) -> int:
     deadline = time.monotonic() + STOP_TIMEOUT + 30
     while time.monotonic() < deadline:
         if cmdline(fg) != args:
+            # Gone; if it gave up on a service (a delivery longer than
+            # its wait), keep waiting here, and say so if in vain.
+            stuck = stop_services(home)
+            if stuck:
+                sys.stderr.write('qmail-svscan: still running: %s\n' % ' '.join(stuck))
+                return 111
             return 0
         time.sleep(0.2)
     return 111

@@ -169,3 +169,41 @@ def test_supervised_mta(supervised):
     for d in (send_dir, smtpd_dir, pop_dir):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0
     assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
+
+
+def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
+    """Closing make run's terminal (HUP) killed the foreground alone: its
+    svscan went on, out of make stop's reach.  And a start while an
+    earlier start's services were still up came up half-working (a
+    second supervise fails on its lock, and its service's log pipe)."""
+    home, svc, top = supervised['home'], supervised['svc'], supervised['top']
+    dirs = [os.path.join(svc, n) for n in ('qmail-send', 'qmail-smtpd')]
+    dirs += [d + '/log' for d in dirs]
+    for d in dirs:
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+    proc = supervised['proc']
+    os.kill(proc.pid, signal.SIGHUP)
+    assert proc.wait(timeout=TIMEOUT * 3) == 0
+    for d in dirs:
+        assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
+    # again, then lose the foreground and its svscan (kill -9): services stay
+    with open(os.path.join(top, 'svscan2.out'), 'wb') as out:
+        second = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={'PATH': '/usr/bin:/bin'}, cwd='/')
+    wait_for(lambda: b'Ctrl-C' in open(os.path.join(top, 'svscan2.out'), 'rb').read(),
+             'second start')
+    for d in dirs:
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+    fg, scan = (int(w) for w in open(os.path.join(svc, '.svscan.pid')).read().split()[:2])
+    os.kill(scan, signal.SIGKILL)
+    os.kill(fg, signal.SIGKILL)
+    second.wait(timeout=TIMEOUT)
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'start'], cwd='/',
+                       capture_output=True, timeout=TIMEOUT, env={'PATH': '/usr/bin:/bin'})
+    assert r.returncode == 111 and b'still running from an earlier start' in r.stderr, r
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'],
+                       capture_output=True, timeout=TIMEOUT * 3)
+    assert r.returncode == 0, r.stderr
+    for d in dirs:
+        assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
