@@ -56,7 +56,12 @@ setup: runtime devenv
 SMTP_ADDR ?= 127.0.0.1
 SMTP_PORT ?= 25
 POP3_PORT ?= 110
-run: setup
+# Already running: say so before anything is installed (a reinstall would
+# replace the code under the running daemons).
+run: runtime devenv
+	@if [ -x $(QMAIL_HOME)/bin/qmail-svscan ] && $(QMAIL_HOME)/bin/qmail-svscan running; then \
+	  echo "make: qmail is running already for $(QMAIL_HOME) (make stop first)"; exit 1; fi
+	$(MAKE) --no-print-directory setup
 	cd / && exec $(QMAIL_HOME)/bin/qmail-svscan start
 
 stop:

@@ -2,7 +2,7 @@
 foreground, and stop them cleanly.
 
 Runs as:  root (make run).
-Args:     qmail-svscan [start|stop|status]; start is the default.
+Args:     qmail-svscan [start|stop|status|running]; start is the default.
 Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           qmail-send, qmail-smtpd and, when HOME/control/pop3checker
           exists, qmail-pop3d; starts svscan(8) on HOME/service, which
@@ -14,7 +14,8 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           down with `svc -dx` (qmail-send finishes the deliveries under
           way; nothing queued is lost) and waits for each supervise to
           exit.
-          status: svstat for every service.
+          status: svstat for every service.  running: exit 0 if this
+          home's services run (a foreground, or any service up), else 1.
 Writes:   HOME/service/.svscan.pid while running: this process's pid and
           svscan's.  stop believes it only while both processes are
           still those (a pid from before a reboot or a kill may be
@@ -238,12 +239,15 @@ def main(argv=None) -> int:
         return start(home)
     if cmd == 'stop':
         return stop(home)
+    if cmd == 'running':        # (make run asks before it replaces the code)
+        return 0 if running_here(home) is not None or any(
+            running(d) for d in svc_dirs(home)) else 1
     if cmd == 'status':
         dirs = svc_dirs(home)
         if dirs:
             subprocess.run(['svstat'] + dirs)
         return 0
-    sys.stderr.write('qmail-svscan: usage: qmail-svscan [start|stop|status]\n')
+    sys.stderr.write('qmail-svscan: usage: qmail-svscan [start|stop|status|running]\n')
     return 100
 
 

@@ -182,10 +182,16 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
     for d in dirs:
         wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
     proc = supervised['proc']
+
+    def running():          # what make run asks before it installs anything
+        return subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'running'],
+                              timeout=TIMEOUT).returncode == 0
+    assert running()
     os.kill(proc.pid, signal.SIGHUP)
     assert proc.wait(timeout=TIMEOUT * 3) == 0
     for d in dirs:
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
+    assert not running()
     # again, then lose the foreground and its svscan (kill -9): services stay
     with open(os.path.join(top, 'svscan2.out'), 'wb') as out:
         second = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
@@ -199,6 +205,7 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
     os.kill(scan, signal.SIGKILL)
     os.kill(fg, signal.SIGKILL)
     second.wait(timeout=TIMEOUT)
+    assert running()                    # no foreground, but services up
     r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'start'], cwd='/',
                        capture_output=True, timeout=TIMEOUT, env={'PATH': '/usr/bin:/bin'})
     assert r.returncode == 111 and b'still running from an earlier start' in r.stderr, r
