@@ -813,7 +813,7 @@ A user without a .qmail file gets mail in ~/Maildir/ (make it with
 postmaster and MAILER-DAEMON lands in %(home)s/alias/Maildir/ until
 you point %(home)s/alias/.qmail-root (and -postmaster,
 -mailer-daemon) at a person, as qmail's INSTALL.alias says.
-qmail-send's log follows; Ctrl-C stops it.''' % {'home': home, 'me': me}
+Run it: make run (or %(home)s/bin/qmail-svscan start); make stop.''' % {'home': home, 'me': me}
 
 
 # --- main -----------------------------------------------------------------
@@ -920,9 +920,13 @@ def main(argv=None) -> int:
                         help='say what is installed and how to use it')
     try:
         args = parser.parse_args(argv)
-    except SystemExit:
-        return 100
+    except SystemExit as e:
+        return 0 if e.code == 0 else 100        # --help: 0
     if args.status:
+        if not control.me_text(args.home):
+            print('qmail-install: %s is not installed (no control/me)' % args.home,
+                  file=sys.stderr)
+            return 111
         print(status_text(args.home))
         return 0
     if os.geteuid() != 0:

@@ -58,9 +58,14 @@ def link_services(home: str, names):
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(target, link)
+    # A link of ours not wanted now (qmail-pop3d without its checker)
+    # goes; whatever the admin put there stays, svscan runs it too.
+    ours = os.path.join(home, 'supervise') + '/'
     for name in os.listdir(svdir):
-        if not name.startswith('.') and name not in names:
-            os.unlink(os.path.join(svdir, name))
+        link = os.path.join(svdir, name)
+        if not name.startswith('.') and name not in names and os.path.islink(link) \
+                and os.readlink(link).startswith(ours):
+            os.unlink(link)
     return svdir
 
 
@@ -106,10 +111,11 @@ def intro(home: str) -> str:
             'Send a first message:\n'
             '    echo "Subject: hello" | %(home)s/bin/sendmail root@%(me)s\n'
             'It lands in %(home)s/alias/Maildir/new/ (root\'s mail; see README).\n'
-            'Logs: %(home)s/log/qmail-send/current, %(home)s/log/qmail-smtpd/current\n'
+            'Logs: %(home)s/log/<service>/current (qmail-send, qmail-smtpd%(pop)s)\n'
             '    (tai64nlocal < %(home)s/log/qmail-send/current for readable times)\n'
             'Status: svstat %(home)s/service/*; Ctrl-C or make stop stops everything.\n'
-            % {'home': home, 'me': me})
+            % {'home': home, 'me': me,
+               'pop': ', qmail-pop3d' if 'qmail-pop3d' in services(home) else ''})
 
 
 def cmdline(pid: int):

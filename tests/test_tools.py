@@ -1211,3 +1211,25 @@ def test_a_report_into_a_pipe_closed_early_ends_quietly(home):
                        shell=True, executable='/bin/bash', capture_output=True,
                        env={'PATH': '/usr/bin:/bin'}, timeout=60)
     assert r.stdout.strip() == b'0' and r.stderr == b'', (r.stdout, r.stderr)
+
+
+def test_svscan_start_keeps_the_admins_own_services(tmp_path):
+    """qmail-svscan start removed every link in HOME/service it did not
+    make itself, an admin's qmail-qmtpd service among them."""
+    from qmail import svscan
+    home = str(tmp_path)
+    for name in ('qmail-send', 'qmail-smtpd', 'qmail-pop3d'):
+        os.makedirs(os.path.join(home, 'supervise', name))
+    os.makedirs(tmp_path / 'elsewhere' / 'qmail-qmtpd')
+    svdir = svscan.link_services(home, ['qmail-send', 'qmail-smtpd', 'qmail-pop3d'])
+    os.symlink(str(tmp_path / 'elsewhere' / 'qmail-qmtpd'), os.path.join(svdir, 'qmail-qmtpd'))
+    svscan.link_services(home, ['qmail-send', 'qmail-smtpd'])      # pop3d's checker gone
+    assert sorted(os.listdir(svdir)) == ['qmail-qmtpd', 'qmail-send', 'qmail-smtpd']
+
+
+def test_install_help_and_status_of_nothing(tmp_path, capsys):
+    from qmail import install
+    assert install.main(['--help']) == 0          # help asked for: no usage error
+    assert install.main(['--bogus']) == 100
+    assert install.main(['--status', '--home', str(tmp_path)]) == 111
+    assert 'is not installed' in capsys.readouterr().err
