@@ -1111,7 +1111,8 @@ def test_programs_pass_on_no_lc_ctype_of_the_interpreters(home, tmp_path, given,
     (['-Rt5', 'prog'], (False, 5, ['prog'])),
     (['-t', '7', '-r', '--', '-prog'], (True, 7, ['-prog'])),
     (['-tx', 'prog'], (True, 0, ['prog'])),             # scan_ulong: 0
-    (['-R'], None), (['-t'], None), (['-x', 'prog'], None), ([], None),
+    (['-R'], None), (['-t'], None), ([], None),
+    (['-x', 'prog'], (True, 30, ['prog'])),             # said, then ignored (sgetopt)
 ])
 def test_tcp_env_arguments(argv, want):
     from qmail import tcp_env
