@@ -669,6 +669,7 @@ exec setuidgid qmaill multilog t %(home)s/log/%(name)s
 
 DEFAULT_TCP_SMTP = """# qmail-smtpd's tcprules: who may connect, who may relay.
 127.:allow,RELAYCLIENT=""
+::1:allow,RELAYCLIENT=""
 :allow
 """
 

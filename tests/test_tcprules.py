@@ -102,3 +102,19 @@ def test_answers_kept_per_client_while_the_rules_are_unchanged(tmp_path, monkeyp
     assert tcprules.lookup(path, '10.1.2.3', info='bob')[2] == '10.'   # another key
     compile_rules(path, {b'10.1.2.3': b'D'})
     assert tcprules.lookup(path, '10.1.2.3') == (False, {}, '10.1.2.3')
+
+
+def test_the_default_rules_let_local_clients_relay_on_ipv4_and_ipv6(tmp_path):
+    """README: local clients may relay.  With SMTP_ADDR=:: a client on ::1
+    got 553 where one on 127.0.0.1 relayed."""
+    from qmail import install
+    if not shutil.which('tcprules'):
+        pytest.skip('no tcprules')
+    rules = tmp_path / 'tcp.smtp'
+    rules.write_text(install.DEFAULT_TCP_SMTP)
+    install.compile_rules(str(rules))
+    cdbfile = str(rules) + '.cdb'
+    for ip in ('127.0.0.1', '::1'):
+        assert tcprules.lookup(cdbfile, ip)[:2] == (True, {'RELAYCLIENT': ''}), ip
+    for ip in ('192.0.2.1', '2001:db8::1', '::2'):
+        assert tcprules.lookup(cdbfile, ip)[:2] == (True, {}), ip
