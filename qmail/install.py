@@ -901,6 +901,12 @@ def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_po
     install_tree(home, uids, gids, split)
     install_lib(home, python, split, uids, gids)
     install_bin(home, python, uids, gids)
+    if fqdn and os.path.exists(os.path.join(home, 'control', 'me')):
+        me = control.me_text(home)
+        if me != fqdn:
+            sys.stderr.write('qmail-install: warning: --fqdn %s not applied: the home is '
+                             'configured for %s already (control/me and the files '
+                             'config-fast wrote: edit them to change it)\n' % (fqdn, me))
     config_fast(home, fqdn or host_fqdn())
     install_aliases(home, uids, gids)
     install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port)

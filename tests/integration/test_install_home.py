@@ -141,11 +141,12 @@ def test_reinstall_is_idempotent_and_repairs(fresh_home):
         f.write('other.example.org\n')
     os.chmod(os.path.join(fresh_home, 'queue/todo'), 0o777)
     os.chown(os.path.join(fresh_home, 'queue/lock/trigger'), 0, 0)
-    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
-                    '--fqdn', 'changed.example.org'], check=True,
-                   stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
+                        '--fqdn', 'changed.example.org'], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT)
     check_tree(fresh_home)
     assert open(os.path.join(ctl, 'me')).read() == 'test.example.org\n'
+    assert b'--fqdn changed.example.org not applied' in r.stderr, r.stderr   # said, not silent
     assert open(os.path.join(ctl, 'locals')).read() == \
         'test.example.org\nother.example.org\n'
     lib = os.path.join(fresh_home, 'lib')
