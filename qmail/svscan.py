@@ -39,6 +39,9 @@ from qmail.lib import auto, control
 STOP_TIMEOUT = 120      # seconds for qmail-send to finish its deliveries
 
 
+INSTALLED = ('qmail-send', 'qmail-smtpd', 'qmail-pop3d')    # qmail-install's services
+
+
 def services(home: str):
     names = ['qmail-send', 'qmail-smtpd']
     if os.path.exists(os.path.join(home, 'control', 'pop3checker')) and \
@@ -60,11 +63,10 @@ def link_services(home: str, names):
         os.symlink(target, link)
     # A link of ours not wanted now (qmail-pop3d without its checker)
     # goes; whatever the admin put there stays, svscan runs it too.
-    ours = os.path.join(home, 'supervise') + '/'
-    for name in os.listdir(svdir):
+    for name in INSTALLED:
         link = os.path.join(svdir, name)
-        if not name.startswith('.') and name not in names and os.path.islink(link) \
-                and os.readlink(link).startswith(ours):
+        if name not in names and os.path.islink(link) \
+                and os.readlink(link) == os.path.join(home, 'supervise', name):
             os.unlink(link)
     return svdir
 
@@ -185,8 +187,11 @@ def start(home: str) -> int:
     flag = []
     # HUP too: the terminal of make run closed.  Left running, svscan
     # would go on alone, out of reach of make stop.
+    # (an INT or HUP ignored when we started, as under nohup or in a
+    # script's background job, stays ignored)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: flag.append(s))
+        if signal.getsignal(sig) is not signal.SIG_IGN or sig == signal.SIGTERM:
+            signal.signal(sig, lambda s, f: flag.append(s))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(running(d) for d in svc_dirs(home)):
         time.sleep(0.1)

@@ -1222,10 +1222,13 @@ def test_svscan_start_keeps_the_admins_own_services(tmp_path):
     for name in ('qmail-send', 'qmail-smtpd', 'qmail-pop3d'):
         os.makedirs(os.path.join(home, 'supervise', name))
     os.makedirs(tmp_path / 'elsewhere' / 'qmail-qmtpd')
+    os.makedirs(os.path.join(home, 'supervise', 'qmail-qmqpd'))   # the admin's, beside ours
     svdir = svscan.link_services(home, ['qmail-send', 'qmail-smtpd', 'qmail-pop3d'])
     os.symlink(str(tmp_path / 'elsewhere' / 'qmail-qmtpd'), os.path.join(svdir, 'qmail-qmtpd'))
+    os.symlink(os.path.join(home, 'supervise', 'qmail-qmqpd'), os.path.join(svdir, 'qmail-qmqpd'))
     svscan.link_services(home, ['qmail-send', 'qmail-smtpd'])      # pop3d's checker gone
-    assert sorted(os.listdir(svdir)) == ['qmail-qmtpd', 'qmail-send', 'qmail-smtpd']
+    assert sorted(os.listdir(svdir)) == ['qmail-qmqpd', 'qmail-qmtpd', 'qmail-send',
+                                         'qmail-smtpd']
 
 
 def test_install_help_and_status_of_nothing(tmp_path, capsys):
@@ -1234,3 +1237,49 @@ def test_install_help_and_status_of_nothing(tmp_path, capsys):
     assert install.main(['--bogus']) == 100
     assert install.main(['--status', '--home', str(tmp_path)]) == 111
     assert 'is not installed' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('ignored', [True, False])
+def test_svscan_start_leaves_an_ignored_hangup_ignored(tmp_path, ignored):
+    """HUP stops make run's foreground (its terminal closed), but one run
+    under nohup, HUP ignored, must stay up at logout."""
+    import subprocess
+    import sys
+    script = tmp_path / 'fg.py'
+    script.write_text('''
+import os, signal, subprocess, sys
+sys.path.insert(0, %(root)r)
+from qmail import svscan
+os.makedirs(%(svc)r, exist_ok=True)
+svscan.running_here = lambda h: None
+svscan.svc_dirs = lambda h: []
+svscan.link_services = lambda h, n: %(svc)r
+svscan.intro = lambda h: 'started\\n'
+svscan.stop_services = lambda h: []
+real = subprocess.Popen
+subprocess.Popen = lambda args, **kw: real(['sleep', '600'], **kw)
+sys.exit(svscan.start(%(home)r))
+''' % {'root': os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+       'svc': str(tmp_path / 'service'), 'home': str(tmp_path)})
+    import signal as sig
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            preexec_fn=(lambda: sig.signal(sig.SIGHUP, sig.SIG_IGN))
+                            if ignored else None)
+    try:
+        import select
+        assert select.select([proc.stdout], [], [], 30)[0], 'no start'
+        assert proc.stdout.readline() == b'started\n'
+        proc.send_signal(sig.SIGHUP)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        assert (proc.poll() is None) == ignored
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        assert select.select([proc.stdout], [], [], 30)[0]
+        assert b'stopped.' in proc.stdout.read1(65536)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
