@@ -57,10 +57,15 @@ SMTP_ADDR ?= 127.0.0.1
 SMTP_PORT ?= 25
 POP3_PORT ?= 110
 # Already running: say so before anything is installed (a reinstall would
-# replace the code under the running daemons).
+# replace the code under the running daemons).  An installed qmail-svscan
+# too old to answer "running" (exit 100): svok on each service instead.
 run: runtime devenv
-	@if [ -x $(QMAIL_HOME)/bin/qmail-svscan ] && $(QMAIL_HOME)/bin/qmail-svscan running; then \
-	  echo "make: qmail is running already for $(QMAIL_HOME) (make stop first)"; exit 1; fi
+	@if [ -x $(QMAIL_HOME)/bin/qmail-svscan ]; then \
+	  $(QMAIL_HOME)/bin/qmail-svscan running >/dev/null 2>&1; rc=$$?; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 1 ]; then rc=1; \
+	    for d in $(QMAIL_HOME)/service/*; do svok "$$d" 2>/dev/null && rc=0; done; fi; \
+	  if [ $$rc -eq 0 ]; then \
+	    echo "make: qmail is running already for $(QMAIL_HOME) (make stop first)"; exit 1; fi; fi
 	$(MAKE) --no-print-directory setup
 	cd / && exec $(QMAIL_HOME)/bin/qmail-svscan start
 

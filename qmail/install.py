@@ -8,11 +8,18 @@ Writes:   the users and groups of conf-users/conf-groups, if missing;
           whose qmail/lib/auto.py fixes the home, ids and split; HOME/bin/,
           one small script per program and the setuid launcher of
           qmail-queue, compiled here; control files as config-fast writes
-          them, when control/me does not exist yet.
-Exits:    0 installed; 100 usage or not root; 111 a step failed.
+          them, when control/me does not exist yet; the service scripts
+          (supervise/*/run, log/run); control/tcp.smtp if missing, and
+          its cdb when the rules are newer.
+Exits:    0 installed; 100 usage, not root, or a runtime interpreter
+          without dnspython and idna; 111 a step failed.
 
 Idempotent: running it again repairs owners and modes, replaces the code
-and keeps the queue and every control file.  The code is switched in
+and keeps the queue and every control file.  A service script the admin
+edited is kept (its last line, a digest of what was written, no longer
+matches; a script from before that line counts as edited unless it is
+this version's text), the new one written beside it as run.new, with a
+warning.  The code is switched in
 one rename (lib/python is a symlink), and each program resolves the link
 once, as it starts: all its modules, those it imports late too (say
 qmail-smtpd's TLS at the first STARTTLS), come from the one copy it
@@ -744,8 +751,8 @@ def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
         if os.path.exists(cdbfile):
             return
         write_file(rules, DEFAULT_TCP_SMTP, 0o644)
-    try:
-        stale = os.stat(rules).st_mtime_ns > os.stat(cdbfile).st_mtime_ns
+    try:        # (>=: a file's time has the kernel clock's tick, coarser than the writes)
+        stale = os.stat(rules).st_mtime_ns >= os.stat(cdbfile).st_mtime_ns
     except FileNotFoundError:
         stale = True
     if stale:
@@ -779,6 +786,7 @@ def write_kept(path, text, mode, uid, gid):
         body, _, mark = now.rpartition(KEPT_MARK)
         if not mark or marked(body) != now:
             write_file(path + '.new', new, mode, uid, gid)
+            fix(path, uid, gid, mode, stat.S_ISREG)     # kept, but root's as supervise runs it
             sys.stderr.write('qmail-install: kept %s, changed since it was installed; '
                              'this version would have written %s.new\n' % (path, path))
             return
@@ -844,8 +852,12 @@ def root_only(path) -> str:
         path = os.path.dirname(path)
 
 
-# The modules of pyproject's dependencies, as the programs import them.
-RUNTIME_MODULES = ('dns.resolver', 'idna', 'pyinotify', 'setproctitle', 'argon2')
+# The modules of pyproject's dependencies, as the programs import them:
+# without the first, qmail-remote crashes; without the others, a program
+# does without (process titles, qmail-send's watch on todo/) or says so
+# when used (argon2: qmail-vpasswd and vcheckpassword).
+RUNTIME_MODULES = ('dns.resolver', 'idna')
+RUNTIME_OPTIONAL = ('pyinotify', 'setproctitle', 'argon2')
 
 
 def check_runtime(python):
@@ -871,6 +883,12 @@ def check_runtime(python):
     if missing:
         raise InstallError('the runtime %s lacks a library the programs need (%s): %s '
                            '(see make setup)' % (python, ', '.join(RUNTIME_MODULES), why[0]))
+    for name in RUNTIME_OPTIONAL:
+        r = subprocess.run([python, '-I', '-c', 'import ' + name], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=120)
+        if r.returncode != 0:
+            sys.stderr.write('qmail-install: warning: the runtime %s has no %s (see make '
+                             'setup)\n' % (python, name))
 
 
 def check_home(home):

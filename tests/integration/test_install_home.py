@@ -411,6 +411,7 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
     assert edited != text
     with open(smtpd_run, 'w') as f:
         f.write(edited)
+    os.chmod(smtpd_run, 0o777)          # kept, but its mode repaired: supervise runs it as root
     ctl = os.path.join(fresh_home, 'control')
     own = tmp_path / 'rules'
     own.write_text('127.0.0.3:deny\n:allow\n')
@@ -425,6 +426,7 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
                               text=True, check=True, timeout=TIMEOUT)
     r = reinstall('--smtp-port', '2525')
     assert open(smtpd_run).read() == edited
+    assert stat.S_IMODE(os.stat(smtpd_run).st_mode) == 0o755
     assert 'kept %s' % smtpd_run in r.stderr, r.stderr
     assert ' 2525 ' in open(smtpd_run + '.new').read()
     assert open(cdb, 'rb').read() == made
