@@ -52,6 +52,7 @@ HUGESMTPTEXT = 5000     # bytes of a reply kept for the report (qmail's)
 REPLYMAX = 1 << 16      # bytes of one reply read at most: the peer's to fill
 READSIZE = 4096
 BLASTSIZE = 1 << 16
+DOT_COMPANY = 1024      # bytes of the message's end written with its dot
 EXTMAX = 100            # EHLO keywords believed
 
 
@@ -527,5 +528,11 @@ class Session:
                     self.conn.send(held)
                 held = data
         tail = blaster.finish()
+        # Only a small last piece goes with the dot: a connection lost
+        # before that says "Possible duplicate!" only once the peer could
+        # have the whole message, as qmail's 1 KB buffer has it.
+        cut = max(0, len(held) - DOT_COMPANY)
+        if cut:
+            self.conn.send(memoryview(held)[:cut])
         self.flagcritical = True
-        self.conn.send(held + tail)
+        self.conn.send(held[cut:] + tail)

@@ -158,9 +158,12 @@ def test_only_this_homes_programs_run_in_process(tmp_path):
     wrap = tmp_path / 'wrap'
     wrap.mkdir()
     (wrap / 'qmail-smtpd').write_text('#!/bin/sh\nexec %s "$@"\n' % own)
+    (tmp_path / 'links').mkdir()
+    (tmp_path / 'links' / 'qmail-smtpd').symlink_to(own)     # a link of the name: ours
     h = str(home)
     assert listen.builtin_module(str(own), h) == 'smtpd'
-    assert listen.builtin_module(str(tmp_path / 'link' ), h) is None   # another name
+    assert listen.builtin_module(str(tmp_path / 'links' / 'qmail-smtpd'), h) == 'smtpd'
+    assert listen.builtin_module(str(tmp_path / 'link'), h) is None    # another name
     assert listen.builtin_module(str(wrap / 'qmail-smtpd'), h) is None
     assert listen.builtin_module(str(tmp_path / 'none' / 'qmail-smtpd'), h) is None
     assert listen.builtin_module('qmail-qmqpd', h) == 'qmqpd'           # README's bare name

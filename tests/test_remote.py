@@ -505,28 +505,44 @@ def test_session_small_message_goes_with_its_dot_in_one_write():
     """Body and dot written apart: the dot's small segment could wait for
     the peer's delayed ACK of the body (Nagle), as qmail's buffered
     output does not.  A big message: every piece, the last with the dot."""
-    for message, writes in ((b'Subject: x\n\nhi\n', 1), (b'line\n' * 40000, 4)):
+    import tempfile
+    for message, writes in ((b'Subject: x\n\nhi\n', 1), (b'line\n' * 40000, 5)):
         sock = FakeSock(OK)
         calls = []
         real = sock.sendall
-        sock.sendall = lambda data: (calls.append(data), real(data))[1]
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.write(w, message)
-            os._exit(0)
-        os.close(w)
-        try:
+        sock.sendall = lambda data: (calls.append(bytes(data)), real(bytes(data)))[1]
+        with tempfile.TemporaryFile() as f:         # the queue's mess file
+            f.write(message)
+            f.seek(0)
             session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me.example.org', [])
-            final = session.run(b's@x', [b'j@y'], r, size=len(message))
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
+            final = session.run(b's@x', [b'j@y'], f.fileno(), size=len(message))
         assert final.startswith(b'K'), final
         body = calls[calls.index(b'DATA\r\n') + 1:-1]     # (then QUIT)
         assert len(body) == writes and body[-1].endswith(b'\r\n.\r\n'), [len(c) for c in body]
-        assert len(body[-1]) > 3
+        assert 3 < len(body[-1]) <= smtp.DOT_COMPANY + 3
+        assert b''.join(body) == message.replace(b'\n', b'\r\n') + b'.\r\n'
+
+
+def test_session_dying_before_the_last_kilobyte_is_no_possible_duplicate():
+    """The "Possible duplicate!" window opens with the message's last
+    kilobyte and its dot, not with its last 64 KB read."""
+    import tempfile
+    sock = FakeSock(OK)
+    real = sock.sendall
+    sent = []
+
+    def sendall(data):
+        if sent and b'DATA\r\n' in sent and len(bytes(data)) > 10000:
+            raise BrokenPipeError()
+        sent.append(bytes(data))
+        return real(bytes(data))
+    sock.sendall = sendall
+    with tempfile.TemporaryFile() as f:
+        f.write(b'line\n' * 4000)
+        f.seek(0)
+        session = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me.example.org', [])
+        final = session.run(b's@x', [b'j@y'], f.fileno(), size=20000)
+    assert final == b'ZConnected to 192.0.2.1 but connection died. (#4.4.2)\n', final
 
 
 def test_remote_connections_send_without_delay():
