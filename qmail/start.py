@@ -17,7 +17,11 @@ Writes:   nothing itself; without a logger, qmail-send's record goes to
           qmail-start's stdout.
 Exits:    111 on any trouble before qmail-send starts (silently, as qmail;
           but a qmail-send already running is named, and nothing else
-          is started).
+          is started.  The look at its lock is let go before qmail-send
+          takes it: of two qmail-starts at the same instant both may
+          start their daemons, and the refused one's qmail-queued take
+          the socket; injections then use bin/qmail-queue until the
+          next restart, slower, nothing lost).
 See:      qmail-start(8), qmail-send(8), qmail-log(5).
 
 The environment given to qmail-start reaches qmail-local and the
