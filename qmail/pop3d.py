@@ -56,6 +56,9 @@ Differences from qmail-pop3d, each for a reason:
     of ending the message with ".": the client must not take a truncated
     message for a whole one, and delete it.
   * CAPA (RFC 2449): TOP, UIDL, USER.
+  * A client silent for timeoutpop3 reads "-ERR timeout" before the close
+    (qmail closed without a word, as RFC 1939 has it for its autologout):
+    a person debugging by hand learns why; no client acts on it.
   * A UIDL of a name longer than 70 bytes or holding bytes outside
     0x21-0x7E (RFC 1939 7) is the name's SHA-256, in hex, 40 digits.
 
