@@ -48,6 +48,8 @@ setup: runtime devenv
 	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
 	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN)) \
 	  --smtp-addr $(SMTP_ADDR) --smtp-port $(SMTP_PORT) --pop3-port $(POP3_PORT)
+	@if $(QMAIL_HOME)/bin/qmail-svscan running >/dev/null 2>&1; then \
+	  echo "make: qmail is running on the code before: make stop, then make run"; fi
 
 # Install what is missing, then run the MTA under daemontools in the
 # foreground: qmail-send, qmail-smtpd on SMTP_ADDR:SMTP_PORT, their
