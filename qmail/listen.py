@@ -3,7 +3,7 @@ loaded: tcpserver without an interpreter start per connection.
 
 Usage:    qmail-listen [-c limit] [-x rules.cdb] [-X] [-u uid] [-g gid] [-U]
           [-l localname] [-b backlog] [-B banner] [-vqQ] [-dD] [-1]
-          [-hHpPrRoO46] [-t timeout] host port program [arg ...]
+          [-hHpPrRoO46] [-t timeout] [-I interface] host port program [arg ...]
 Runs as:  root to bind the port, then the -u/-g user (qmaild for SMTP)
           before the first connection is accepted.
 Does:     what tcpserver(1) does for qmail-smtpd, qmail-qmtpd,
@@ -36,7 +36,8 @@ Writes:   as tcpserver(1): with -v its log lines on fd 2: status (busy
 Exits:    111 when it cannot start (bad usage 100); runs until TERM.
 Options:  tcpserver's, so that a run script moves over as it is: -U
           takes the uid and gid from $UID and $GID; -B writes a banner
-          to the client first; -D sets TCP_NODELAY (-d: not).  A relative
+          to the client first; -D sets TCP_NODELAY (-d: not); -I names
+          the interface of an IPv6 link-local host (Debian's).  A relative
           -x path is the one the listener started in, whatever a program
           does to its working directory.
 Differs:  no DNS or ident lookups (tcpserver -H -R): TCPREMOTEHOST and
@@ -87,6 +88,7 @@ class Options:
         self.banner = b''
         self.nodelay = False
         self.printport = False
+        self.interface = None
         self.verbosity = 0          # tcpserver's -Q: errors only
         self.host = self.port = None
         self.program = []
@@ -117,7 +119,7 @@ def parse_args(argv):
     """Options from argv (without the program name); raises ValueError."""
     o = Options()
     try:
-        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:Ul:b:B:vqQdD1hHpPrRoO46t:')
+        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:Ul:b:B:vqQdD1hHpPrRoO46t:I:')
     except getopt.GetoptError as e:
         raise ValueError(str(e)) from None
     for flag, value in opts:
@@ -145,6 +147,8 @@ def parse_args(argv):
             o.printport = True
         elif flag == '-l':
             o.localname = value
+        elif flag == '-I':              # Debian's tcpserver: the interface
+            o.interface = value         # of an IPv6 link-local address
         elif flag == '-b':
             o.backlog = _number('-b', value, 0, BACKLOG_MAX)
         elif flag == '-v':
@@ -255,7 +259,9 @@ def builtin_module(program: str, home=None):
     return None
 
 
-def bind(host: str, port: str, backlog: int) -> socket.socket:
+def bind(host: str, port: str, backlog: int, interface=None) -> socket.socket:
+    """The listening socket; interface (-I) is an IPv6 address's scope,
+    as tcpserver takes it (fe80::1 on eth0)."""
     if host == '0':
         host = '0.0.0.0'
     family = socket.AF_INET6 if ':' in host else socket.AF_INET
@@ -263,8 +269,11 @@ def bind(host: str, port: str, backlog: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6 and host == '::':
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind((host, int(port) if port.isascii() and port.isdigit()
-            else socket.getservbyname(port, 'tcp')))
+    address = (host, int(port) if port.isascii() and port.isdigit()
+               else socket.getservbyname(port, 'tcp'))
+    if family == socket.AF_INET6 and interface:
+        address += (0, socket.if_nametoindex(interface))
+    s.bind(address)
     s.listen(backlog)
     return s
 
@@ -527,7 +536,7 @@ def main(argv=None) -> int:
             me = None
         localname = me.decode('latin-1') if me else socket.gethostname()
     try:
-        sock = bind(o.host, o.port, o.backlog)
+        sock = bind(o.host, o.port, o.backlog, o.interface)
     except (OSError, ValueError) as e:
         log(0, 'fatal: unable to bind: %s' % e)
         return 111

@@ -179,3 +179,20 @@ def test_tcp_env_names_an_unknown_option_and_goes_on(capsys):
     assert capsys.readouterr().err == 'tcp-env: illegal option -- x\n'
     assert tcp_env.parse_args(['-rt7', 'prog']) == (True, 7, ['prog'])
     assert tcp_env.parse_args(['-R']) is None           # no program: usage
+
+
+def test_debians_interface_option_is_taken():
+    """Debian's tcpserver -I interface: a run script using it moved over
+    got a usage error."""
+    o = listen.parse_args(['-I', 'lo', 'fe80::1', '25', 'qmail-smtpd'])
+    assert (o.interface, o.host) == ('lo', 'fe80::1')
+    import socket
+    try:
+        socket.create_server(('::1', 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip('no IPv6 loopback here')
+    s = listen.bind('::1', '0', 5, 'lo')        # a scope on a v6 address: bound
+    try:
+        assert s.getsockname()[0] == '::1'
+    finally:
+        s.close()
