@@ -152,13 +152,13 @@ def main(argv=None) -> int:
     try:
         os.chdir(os.path.join(auto.QMAIL, 'queue'))
     except OSError as e:
-        sys.stdout.write('fatal: unable to chdir: %s\n' % os.strerror(e.errno))
+        sys.stdout.write('fatal: unable to chdir: %s\n' % error_str(e).decode())
         return 111
     try:
         scan(auto.SPLIT, sys.stdout.write)
     except OSError as e:
         sys.stdout.write('fatal: unable to opendir %s: %s\n'
-                         % (e.filename or '', e.strerror))
+                         % (e.filename or '', error_str(e).decode()))
         return 111
     return 0
 

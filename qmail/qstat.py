@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         mess, todo = count_queue(queue, auto.SPLIT)
     except OSError as e:
         sys.stderr.write('qmail-qstat: fatal: unable to read %s: %s\n'
-                         % (e.filename or queue, e.strerror))
+                         % (e.filename or queue, error.error_str(e).decode()))
         return 111
     sys.stdout.write('messages in queue: %d\n' % mess)
     sys.stdout.write('messages in queue but not yet preprocessed: %d\n' % todo)

@@ -12,6 +12,7 @@ See:      qmail-tcpok(8), qmail-tcpto(8).
 import sys
 
 from qmail.lib import tcpto
+from qmail.lib.error import error_str
 
 
 def main(argv=None) -> int:
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
         tcpto.clear(fn)
     except OSError as err:
         sys.stderr.write('qmail-tcpok: fatal: unable to clear %s: %s\n'
-                         % (fn, err.strerror or err))
+                         % (fn, error_str(err).decode() if err.errno else err))
         return 111
     return 0
 

@@ -26,7 +26,8 @@ def format_records(records, now: int) -> bytes:
 
 
 def fatal(what: str, err: OSError) -> int:
-    sys.stderr.write('qmail-tcpto: fatal: unable to %s: %s\n' % (what, err.strerror or err))
+    sys.stderr.write('qmail-tcpto: fatal: unable to %s: %s\n'
+                     % (what, error.error_str(err).decode() if err.errno else err))
     return 111
 
 

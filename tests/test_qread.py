@@ -84,3 +84,14 @@ def test_stats_line(bouncing, want):
 def test_qstat_counts(tmp_path):
     make_queue(str(tmp_path))
     assert qstat.count_queue(str(tmp_path), 23) == (4, 2)
+
+
+def test_queue_tools_word_system_errors_as_qmail(tmp_path, monkeypatch, capsys):
+    """qmail's error_str texts ("file does not exist"), not strerror's."""
+    from qmail import qread as qread_mod, qstat
+    from qmail.lib import auto
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path / 'none'))
+    assert qread_mod.main([]) == 111
+    assert capsys.readouterr().out == 'fatal: unable to chdir: file does not exist\n'
+    assert qstat.main([]) == 111
+    assert capsys.readouterr().err.endswith(': file does not exist\n')
