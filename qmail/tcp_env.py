@@ -73,6 +73,8 @@ def parse_args(argv):
                 if not value:
                     i += 1
                     if i >= len(argv):
+                        sys.stderr.write('tcp-env: option requires an argument -- t\n')
+                        sys.stderr.flush()
                         return None
                     value = argv[i]
                 timeout = scan_ulong(os.fsencode(value))

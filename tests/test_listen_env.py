@@ -179,6 +179,8 @@ def test_tcp_env_names_an_unknown_option_and_goes_on(capsys):
     assert capsys.readouterr().err == 'tcp-env: illegal option -- x\n'
     assert tcp_env.parse_args(['-rt7', 'prog']) == (True, 7, ['prog'])
     assert tcp_env.parse_args(['-R']) is None           # no program: usage
+    assert tcp_env.parse_args(['-t']) is None
+    assert capsys.readouterr().err == 'tcp-env: option requires an argument -- t\n'
 
 
 def test_debians_interface_option_is_taken():
