@@ -24,8 +24,8 @@ one rename (lib/python is a symlink), and each program resolves the link
 once, as it starts: all its modules, those it imports late too (say
 qmail-smtpd's TLS at the first STARTTLS), come from the one copy it
 began with.  The copy before is kept for the programs still running on
-it, and removed by the next install: restart the services after an
-upgrade (make run does).
+it, and any older one a daemon still runs on (qmail.lib.inuse); the
+rest go.  Restart the services after an upgrade (make run does).
 """
 
 import argparse
@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 
-from qmail.lib import auto, control
+from qmail.lib import auto, control, inuse
 
 DEFAULT_HOME = '/var/qmail'
 DEFAULT_PYTHON = '/usr/local/lib/qmail/venv/bin/python3'
@@ -446,9 +446,9 @@ def install_lib(home, python, split, uids, gids):
     if os.path.isdir(link) and not os.path.islink(link):
         shutil.rmtree(link)
     os.rename(tmp, link)
-    # The copy just replaced stays, for the programs running on it; any
-    # older goes (their programs were restarted by the last upgrade).
-    keep = {os.path.basename(new)}
+    # The copy just replaced stays, for the programs running on it, and
+    # any a daemon still runs on (qmail.lib.inuse); the others go.
+    keep = {os.path.basename(new)} | inuse.copies_in_use(lib)
     if old and os.path.dirname(old) == lib:
         keep.add(os.path.basename(old))
     for name in os.listdir(lib):

@@ -528,6 +528,8 @@ def main(argv=None) -> int:
                          '(%s)\n' % e)
         return 100
     log = make_log(o.verbosity)
+    from qmail.lib import inuse
+    inuse.mark()                # this copy stays while the workers run on it
     localname = o.localname
     if localname is None:
         try:

@@ -114,6 +114,8 @@ def main(argv=None) -> int:
 
     # Import every daemon now, as root, while the code is readable.
     from qmail import clean, lspawn, queued, rspawn, send
+    from qmail.lib import inuse
+    inuse.mark()                # this copy stays while the daemons run on it
 
     if logger:
         r, w = os.pipe()

@@ -443,3 +443,24 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
         f.write('127.0.0.4:deny\n')
     reinstall()
     assert open(cdb, 'rb').read() != made and b'127.0.0.4' in open(cdb, 'rb').read()
+
+
+def test_a_copy_a_daemon_runs_on_outlives_two_upgrades(fresh_home):
+    """Two installs without a restart removed the copy qmail-send and its
+    spawns ran on: a late import (qmail-remote in a new qmail-rspawn
+    worker, qmail-smtpd's TLS) failed until the next restart."""
+    from delivery import Mta
+    lib = os.path.join(fresh_home, 'lib')
+    running_on = os.path.basename(os.path.realpath(os.path.join(lib, 'python')))
+    mta = Mta(fresh_home)
+    try:
+        for _ in range(2):
+            subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
+                            '--python', RUNTIME], check=True, stdout=subprocess.DEVNULL,
+                           timeout=TIMEOUT)
+        assert os.path.isdir(os.path.join(lib, running_on))
+    finally:
+        mta.stop()
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
+                    '--python', RUNTIME], check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    assert not os.path.exists(os.path.join(lib, running_on))    # nobody on it now
