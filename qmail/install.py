@@ -858,6 +858,14 @@ def root_only(path) -> str:
 # when used (argon2: qmail-vpasswd and vcheckpassword).
 RUNTIME_MODULES = ('dns.resolver', 'idna')
 RUNTIME_OPTIONAL = ('pyinotify', 'setproctitle', 'argon2')
+# Run by the runtime: a line "<module> <why>" for each that will not import.
+IMPORT_EACH = '''import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        print(name, '%s: %s' % (type(e).__name__, e))
+'''
 
 
 def check_runtime(python):
@@ -871,22 +879,26 @@ def check_runtime(python):
         if bad is not None:
             raise InstallError('the runtime %s is not root\'s alone: %s may be changed by '
                                'someone else (see make setup)' % (python, bad))
-    # What the programs import (pyproject's dependencies): without them
-    # every remote delivery would crash, and wait in the queue for a week.
+    # What the programs import (pyproject's dependencies): without the
+    # required ones every remote delivery would crash, and wait in the
+    # queue for a week.  One interpreter start tries them all.
     try:
-        r = subprocess.run([python, '-I', '-c', 'import ' + ', '.join(RUNTIME_MODULES)],
+        r = subprocess.run([python, '-I', '-c', IMPORT_EACH] + list(RUNTIME_MODULES
+                                                                     + RUNTIME_OPTIONAL),
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-        missing = r.returncode != 0
-        why = r.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:] or ['']
-    except (OSError, subprocess.TimeoutExpired) as e:
-        missing, why = True, [str(e)]
-    if missing:
-        raise InstallError('the runtime %s lacks a library the programs need (%s): %s '
-                           '(see make setup)' % (python, ', '.join(RUNTIME_MODULES), why[0]))
-    for name in RUNTIME_OPTIONAL:
-        r = subprocess.run([python, '-I', '-c', 'import ' + name], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=120)
+        failed = dict(line.split(' ', 1) for line in
+                      r.stdout.decode('utf-8', 'replace').splitlines() if ' ' in line)
         if r.returncode != 0:
+            failed.setdefault(RUNTIME_MODULES[0], 'exit %d' % r.returncode)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        failed = {RUNTIME_MODULES[0]: str(e)}
+    for name in RUNTIME_MODULES:
+        if name in failed:
+            raise InstallError('the runtime %s lacks a library the programs need (%s): %s '
+                               '(see make setup)' % (python, ', '.join(RUNTIME_MODULES),
+                                                     failed[name]))
+    for name in RUNTIME_OPTIONAL:
+        if name in failed:
             sys.stderr.write('qmail-install: warning: the runtime %s has no %s (see make '
                              'setup)\n' % (python, name))
 
