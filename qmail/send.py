@@ -1656,6 +1656,24 @@ def cut_copy(part: bytes) -> bytes:
     return part[:end + 1] if end >= 0 else part
 
 
+SENDMUTEX = 'lock/sendmutex'        # under queue/: held while qmail-send runs
+ALREADY_RUNNING = 'alert: cannot start: qmail-send is already running\n'
+
+
+def lock_mutex(path: str):
+    """A descriptor of the mutex at path, locked (the lock lasts while it
+    is open); None if another process holds it.  OSError if it cannot be
+    opened."""
+    import fcntl
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def controls_trouble(e) -> str:
     """Which control file, and why: what the admin must repair."""
     name = getattr(e, 'filename', None)
@@ -1706,15 +1724,12 @@ def main(argv=None) -> int:
         return 111
     os.umask(0o077)
     try:
-        fd = os.open('lock/sendmutex', os.O_WRONLY | os.O_CLOEXEC)
+        fd = lock_mutex(SENDMUTEX)
     except OSError:
         log('alert: cannot start: unable to open mutex\n')
         return 111
-    import fcntl
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        log('alert: cannot start: qmail-send is already running\n')
+    if fd is None:
+        log(ALREADY_RUNNING)
         return 111
     durable.load_writeback()
     send = Send(ctl, controls, auto.SPLIT)

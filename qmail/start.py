@@ -76,23 +76,18 @@ def child(fdin: int, fdout: int, pipes, setup, program):
         os._exit(code)
 
 
-def sendmutex_free() -> bool:
-    """False if a qmail-send holds queue/lock/sendmutex (the lock its
-    start takes; tried here and let go).  True if it cannot be looked at:
-    qmail-send's start then says why."""
-    import fcntl
+def sendmutex_free(send) -> bool:
+    """False if a qmail-send holds its mutex (the lock its start takes;
+    tried here and let go).  True if it cannot be looked at: qmail-send's
+    start then says why."""
     try:
-        fd = os.open(os.path.join(auto.QMAIL, 'queue', 'lock', 'sendmutex'),
-                     os.O_WRONLY | os.O_CLOEXEC)
+        fd = send.lock_mutex(os.path.join(auto.QMAIL, 'queue', send.SENDMUTEX))
     except OSError:
         return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
+    if fd is None:
         return False
-    finally:
-        os.close(fd)
+    os.close(fd)
+    return True
 
 
 def main(argv=None) -> int:
@@ -139,9 +134,9 @@ def main(argv=None) -> int:
     # second copy): say so and start nothing, not even the daemons that
     # would end with the refused qmail-send; qmail-queued's start would
     # take the socket of the running one from its clients.
-    if not sendmutex_free():
+    if not sendmutex_free(send):
         try:
-            os.write(1, b'alert: cannot start: qmail-send is already running\n')
+            os.write(1, send.ALREADY_RUNNING.encode())
         except OSError:
             pass
         return 111
