@@ -76,10 +76,14 @@ class Instruction(tuple):
 
 # ---- pure: the lines and variables of a delivery ---------------------------
 
+class IllegalOption(ValueError):
+    """An option qmail-local does not take: args[0] is its letter."""
+
+
 def parse_args(argv):
     """(flagdoit, [user, homedir, local, dash, ext, domain, sender,
     defaultdelivery]) from the arguments after the program name; None
-    for a usage error."""
+    for a usage error, IllegalOption for an option not -n or -N."""
     args = [a if isinstance(a, bytes) else os.fsencode(a) for a in argv]
     flagdoit = True
     while args and args[0].startswith(b'-') and args[0] != b'-':
@@ -92,7 +96,7 @@ def parse_args(argv):
             elif ch == ord('N'):
                 flagdoit = True
             else:
-                return None
+                raise IllegalOption(bytes((ch,)))
     if len(args) != 8 or not args[1].startswith(b'/'):
         return None
     return flagdoit, args
@@ -389,7 +393,12 @@ def say_fd1(data: bytes, fd: int = 1) -> None:
 
 def deliver(argv, say, now: float) -> int:
     """qmail-local proper: raises Failure for every failure."""
-    parsed = parse_args(argv)
+    try:
+        parsed = parse_args(argv)
+    except IllegalOption as bad:
+        # qmail's getopt names the option first, then comes the usage.
+        raise PermFail(b'qmail-local: illegal option -- ' + bad.args[0]
+                       + b'\n' + USAGE) from None
     if parsed is None:
         raise PermFail(USAGE)
     flagdoit, args = parsed
