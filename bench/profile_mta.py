@@ -112,12 +112,15 @@ def analyse(outdir, n, top, sort):
              % (n, total * 1000 / n, {'none': 'no profiler', 'cpu': 'under cProfile, CPU timer'}
                 .get(os.environ.get('PROFWRAP_TIMER'), 'under cProfile, wall timer')), '']
     order = sorted(groups.items(), key=lambda kv: -sum(r['utime'] + r['stime'] for r in kv[1]))
-    lines.append('%-52s %6s %10s %10s %6s' % ('role', 'procs', 'user ms/msg', 'sys ms/msg', 'share'))
+    lines.append('%-52s %6s %10s %10s %6s %8s %7s %6s' % ('role', 'procs', 'user ms/msg', 'sys ms/msg', 'share',
+                                                    'oublk/m', 'flt/m', 'csw/m'))
     for name, recs in order:
         u = sum(r['utime'] for r in recs)
         s = sum(r['stime'] for r in recs)
-        lines.append('%-52s %6d %10.2f %10.2f %5.0f%%' % (
-            name, len(recs), u * 1000 / n, s * 1000 / n, 100 * (u + s) / total))
+        lines.append('%-52s %6d %10.2f %10.2f %5.0f%% %8.1f %7.1f %6.1f' % (
+            name, len(recs), u * 1000 / n, s * 1000 / n, 100 * (u + s) / total,
+            sum(r.get('oublock', 0) for r in recs) / n, sum(r.get('minflt', 0) for r in recs) / n,
+            sum(r.get('nvcsw', 0) for r in recs) / n))
     for name, recs in order:
         files = [os.path.join(outdir, '%d.prof' % r['pid']) for r in recs]
         files = [f for f in files if os.path.exists(f) and os.path.getsize(f)]

@@ -72,6 +72,8 @@ def dump():
         with open(os.path.join(OUT, '%d.json' % pid), 'w') as f:
             json.dump({'pid': pid, 'lineage': state['lineage'], 'title': title(),
                        'utime': ru.ru_utime, 'stime': ru.ru_stime,
+                       'oublock': ru.ru_oublock, 'minflt': ru.ru_minflt,
+                       'nvcsw': ru.ru_nvcsw,
                        'wall': time.monotonic() - state['t0']}, f)
     except OSError:
         pass
