@@ -903,16 +903,35 @@ def test_internal_bug_is_one_line(home, capsys, monkeypatch):
     assert err == 'qmail-inject: fatal: internal bug (KeyError in boom)\n', err
 
 
-def test_broken_pipe_is_not_an_error(home, capsys):
+def test_a_reader_gone_is_no_success(home, capsys):
     class Gone:
         def write(self, data):
             raise BrokenPipeError
 
         def flush(self):
             raise BrokenPipeError
-    code = inject.main(['-n'], stdin=io.BytesIO(b'To: a\n\nbody\n'),
-                       stdout=Gone())
-    assert code == 0, f'got {code}'
+    with pytest.raises(inject.ReaderGone):
+        inject.main(['-n'], stdin=io.BytesIO(b'To: a\n\nbody\n'), stdout=Gone())
+    assert capsys.readouterr().err == ''
+
+
+def test_a_reader_gone_kills_with_sigpipe_as_the_c_program(home):
+    """`qmail-inject -n | head -c 10`: the C program dies of SIGPIPE, and
+    a shell with pipefail sees it; exiting 0 claimed the copy was made."""
+    import signal
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)                     # the reader is gone before the first write
+    try:
+        p = subprocess.run(
+            [sys.executable, '-c', 'from qmail import inject; inject.run()', '-n'],
+            input=b'To: a@b.c\n\n' + b'body line\n' * 20000, stdout=w,
+            stderr=subprocess.PIPE, timeout=60,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (-signal.SIGPIPE, b''), (p.returncode, p.stderr)
 
 
 def test_main_reads_fd0_and_writes_fd1(home, tmp_path, capfd):
