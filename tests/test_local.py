@@ -189,7 +189,6 @@ def test_newsender(sender, owner, ownerdefault, want):
      (True, [b'u', b'/h', b'l', b'-', b'e', b'd', b's', b'x'])),
     (['--', '-u', '/h', 'l', '-', 'e', 'd', 's', 'x'],
      (True, [b'-u', b'/h', b'l', b'-', b'e', b'd', b's', b'x'])),
-    (['-x', 'u', '/h', 'l', '', '', 'd', 's', 'x'], None),
     (['u', 'h', 'l', '', '', 'd', 's', 'x'], None),
     (['u', '/h', 'l', '', '', 'd', 's'], None),
     (['u', '/h', 'l', '', '', 'd', 's', 'x', 'y'], None),
@@ -197,6 +196,12 @@ def test_newsender(sender, owner, ownerdefault, want):
 def test_parse_args(argv, want):
     got = local.parse_args(argv)
     assert got == want, 'parse_args(%r): got %r, want %r' % (argv, got, want)
+
+
+def test_parse_args_names_an_unknown_option():
+    with pytest.raises(local.IllegalOption) as info:
+        local.parse_args(['-nx', 'u', '/h', 'l', '', '', 'd', 's', 'x'])
+    assert info.value.args == (b'x',)
 
 
 @pytest.mark.parametrize('code, want', [
