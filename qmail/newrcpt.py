@@ -41,7 +41,9 @@ keys relative to the family's prefix, so one cdb lookup per candidate
 answers for any address.  Trouble qmail-local or qmail-lspawn would meet
 as a temporary failure (unreadable or writable home, uid 0, no alias
 user, a .qmail file that cannot be stat()ed) is not ours to judge: every
-address of that owner is accepted, with a warning.
+address of that owner is accepted, with a warning.  So is every
+address of an owner whose dash or ext has a '/' (its .qmail files are in
+a subdirectory, which is not listed).
 """
 
 import errno
@@ -91,8 +93,11 @@ class World(NamedTuple):
 # ---- pure: owners and their keys -------------------------------------------
 
 def accepts_all(owner: Owner) -> bool:
-    """Every address of owner is deliverable, or not ours to refuse."""
-    return owner.files is None or not owner.dash
+    """Every address of owner is deliverable, or not ours to refuse.
+    A '/' in the dash or the ext (qmail-pw2u -/, or such a users/assign
+    line) sends qmail-local into a subdirectory of the home (.qmail-/foo),
+    whose names are not listed here: nothing of that owner is refused."""
+    return owner.files is None or not owner.dash or b'/' in owner.dash + owner.ext
 
 
 def exact_ok(owner: Owner) -> bool:

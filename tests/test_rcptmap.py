@@ -327,6 +327,25 @@ def test_precedence(tmp_path, monkeypatch, assign, cases):
             assert got == w.oracle(local, monkeypatch), (local, got)
 
 
+def test_a_slash_in_dash_or_ext_refuses_nothing(tmp_path, monkeypatch):
+    """qmail-pw2u -/ (dash "-/") and users/assign lines with a '/' in the
+    dash or the ext send qmail-local into a subdirectory of the home
+    (.qmail-/foo); its names are not listed, so none of the owner's
+    addresses is refused, among them those a file there delivers."""
+    assign = (b'+joe-:ann:1003:1003:HOME/ann:-/::\n'
+              b'=lst:ann:1003:1003:HOME/ann:-:/foo:\n'
+              b'+sub-:ann:1003:1003:HOME/ann:-:/:\n.\n')
+    w = FakeWorld(str(tmp_path), assign=assign)
+    sub = os.path.join(w.root, 'home', 'ann', '.qmail-')
+    os.mkdir(sub)
+    with open(os.path.join(sub, 'foo'), 'w') as f:
+        f.write('./Maildir/\n')
+    with RcptMap(w.install(), routing=routing()) as m:
+        for local in (b'joe-foo', b'joe-nosuch', b'lst', b'sub-foo', b'sub-bar'):
+            assert m.check(local + b'@example.org') == A, local
+        assert m.check(b'ann-nosuch@example.org') == R     # ann's own dash has none
+
+
 def test_alias_default_takes_what_nobody_owns(tmp_path):
     w = FakeWorld(str(tmp_path), alias_files=ALIAS_FILES + ['.qmail-default'])
     with RcptMap(w.install(), routing=routing()) as m:
