@@ -93,21 +93,25 @@ def getpw(local: bytes, lookup_user, stat_fn=os.stat, *, brk: bytes = BREAK,
         if n < GETPW_USERLEN and (n == len(local) or local[n:n + 1] == brk):
             pw = as_user(local[:n].lower(), lookup_user)
             if is_user(pw, stat_fn):
-                if n == len(local):
-                    return record(pw, b'', b'')
-                return record(pw, b'-', local[n + 1:])
+                dash, ext = (b'', b'') if n == len(local) else (b'-', local[n + 1:])
+                if _b(pw.pw_name) == alias:     # alias@, alias-x@: its files, below
+                    return Nughde(_b(pw.pw_name), pw.pw_uid, pw.pw_gid, alias_home(), dash, ext)
+                return record(pw, dash, ext)
         if n == 0:
             break
         n -= 1
     pw = as_user(alias, lookup_user)
     if pw is None:
         raise Qlx(QLX_NOALIAS, 'no alias user')
-    # The alias user's files are this home's alias/ directory, not the
-    # alias user's passwd home: the two are the same in a default
-    # install (/var/qmail/alias), and several homes can share one set
-    # of users (make setup QMAIL_HOME=...).
-    home = os.fsencode(os.path.join(auto.QMAIL, 'alias'))
-    return Nughde(_b(pw.pw_name), pw.pw_uid, pw.pw_gid, home, b'-', local)
+    return Nughde(_b(pw.pw_name), pw.pw_uid, pw.pw_gid, alias_home(), b'-', local)
+
+
+def alias_home() -> bytes:
+    """The alias user's files: this home's alias/ directory, not the
+    alias user's passwd home.  The two are the same in a default install
+    (/var/qmail/alias), and several homes can share one set of users
+    (make setup QMAIL_HOME=...); qmail-pw2u writes it too."""
+    return os.fsencode(os.path.join(auto.QMAIL, 'alias'))
 
 
 def system_lookup(name: bytes):

@@ -25,14 +25,16 @@ in exclude; then the home rule.  include, exclude, mailnames and the
 subusers' user field match names without regard to case, and for a
 name listed twice the last line wins.  The uid and gid are copied as
 written.  A user named exactly as the alias user (conf-users) also gets
-the catch-all wildcard "+:alias:...:-::", printed before its own lines.
-A subuser can only name a user that passed the rules.
+the catch-all wildcard "+:alias:...:-::", printed before its own lines;
+its lines name this home's alias/ directory, not the passwd home (the
+same in a default install), as qmail-getpw's fallback does.  A subuser can only name a user that passed the rules.
 """
 
 import errno
 import os
 import sys
 
+from qmail import getpw
 from qmail.lib import auto, control
 from qmail.lib.error import error_str, flushed_status, guard_stdout
 from qmail.lib.users import scan_ulong
@@ -191,6 +193,8 @@ def account(line: bytes, opts, rules, stat_fn, alias: bytes):
     user, uidstr, gidstr, home = fields
     if not wanted(user, scan_ulong(uidstr), home, opts, rules, stat_fn):
         return None
+    if user == alias:
+        home = getpw.alias_home()       # where qmail-getpw's fallback looks
     uugh = b':' + user + b':' + uidstr + b':' + gidstr + b':' + home + b':'
     out = []
     if user == alias:

@@ -346,6 +346,22 @@ def test_getpw_no_alias():
     assert info.value.code == qlx.QLX_NOALIAS
 
 
+def test_getpw_alias_user_itself_gets_this_homes_alias_dir(monkeypatch):
+    """alias@ and alias-x@ name the alias user as a user (its passwd home
+    is its own): its files are still this home's alias/, as for every
+    other address the alias user takes (README: several homes share one
+    set of users); the passwd home was another home's."""
+    monkeypatch.setattr(auto, 'QMAIL', '/srv/q2')
+
+    def stat(path):
+        return types.SimpleNamespace(st_uid={b'/var/qmail/alias': 7790}[path])
+    got = getpw.getpw(b'alias', fake_lookup, stat, alias=b'alias')
+    assert got == Nughde(b'alias', 7790, 2108, b'/srv/q2/alias', b'', b''), got
+    got = getpw.getpw(b'Alias-X', fake_lookup, stat, alias=b'alias')
+    assert got == Nughde(b'alias', 7790, 2108, b'/srv/q2/alias', b'-', b'X'), got
+    assert getpw.getpw(b'nosuch', fake_lookup, stat, alias=b'alias').home == b'/srv/q2/alias'
+
+
 def test_getpw_main(monkeypatch, capfdbinary):
     monkeypatch.setattr(getpw, 'system_lookup', fake_lookup)
     monkeypatch.setattr(os, 'stat', fake_stat)
@@ -407,6 +423,18 @@ def test_pw2u_default():
             b'.\n')
     got = run_pw2u()
     assert got == want, 'got:\n%s\nwant:\n%s' % (got.decode(), want.decode())
+
+
+def test_pw2u_alias_lines_name_this_homes_alias_dir(monkeypatch):
+    """A home other than /var/qmail: the alias user's lines name its
+    alias/ (where qmail-getpw's fallback looks), not the passwd home,
+    another installation's; the home rule still looks at the passwd one."""
+    monkeypatch.setattr(auto, 'QMAIL', '/srv/q2')
+    got = run_pw2u().splitlines()
+    assert got[:3] == [b'+:alias:7790:2108:/srv/q2/alias:-::',
+                       b'=alias:alias:7790:2108:/srv/q2/alias:::',
+                       b'+alias-:alias:7790:2108:/srv/q2/alias:-::'], got
+    assert b'=joe:joe:507:100:/home/joe:::' in got
 
 
 def test_pw2u_options():
