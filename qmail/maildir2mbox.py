@@ -253,6 +253,27 @@ def maildir2mbox(env, now: int) -> int:
         os.close(fdlock)
 
 
+def rename_sync_by_file(mbox: bytes, fd: int) -> bool:
+    """Asked before the rename onto mbox: will it be made durable by the
+    file's own fsync (True) rather than its directory's (False)?  The
+    file's stands in where the directory may be written and searched but
+    not read (the 1733 of a mail spool: it cannot be opened to be synced)
+    and the filesystem carries a new name with the file's fsync (fd, on
+    it: one with a journal).  Fatal where neither can be done, before
+    anything changed: asked after the rename, the messages stayed in the
+    maildir and in the new MAIL, and every run moved them again."""
+    try:
+        durable.fsync_dir(os.path.dirname(mbox) or b'.')
+        return False
+    except PermissionError as err:
+        if durable.file_fsync_carries_entry(fd):
+            return True
+        problem = err
+    except OSError as err:
+        problem = err
+    raise Fatal(b'unable to sync the directory of ' + mbox + b': ' + errstr(problem))
+
+
 def move(mbox: bytes, mboxtmp: bytes, messages) -> int:
     try:
         fdold = os.open(mbox, os.O_RDONLY | os.O_CLOEXEC)
@@ -284,6 +305,7 @@ def move(mbox: bytes, mboxtmp: bytes, messages) -> int:
             append_message(path, mtime, out)
         out.flush()
         durable.fsync(fdnew)
+        by_file = rename_sync_by_file(mbox, fdnew)
     except OSError as err:
         os.close(fdnew)
         raise out.fail(err)
@@ -305,7 +327,14 @@ def move(mbox: bytes, mboxtmp: bytes, messages) -> int:
     # Linux makes the rename durable only with its directory: until then
     # a crash could bring the old MAIL back, so the messages stay.
     try:
-        durable.fsync_dir(os.path.dirname(mbox) or b'.')
+        if by_file:
+            fd = os.open(mbox, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                durable.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            durable.fsync_dir(os.path.dirname(mbox) or b'.')
     except OSError as err:
         raise Fatal(b'unable to sync the directory of ' + mbox + b': '
                     + errstr(err))

@@ -9,6 +9,7 @@ on fd 0 (the message) and fd 1 (the envelope).
 
 import contextlib
 import io
+import errno
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import time
 
 import pytest
 
-from qmail.lib import auto
+from qmail.lib import auto, durable
 from qmail import (bouncesaying, condredirect, except_, forward,
                    maildir2mbox, maildirmake, maildirwatch, mailsubj,
                    predate, preline, qbiff, qreceipt)
@@ -561,6 +562,53 @@ def test_maildir2mbox_moves(tmp_path, monkeypatch, capfd):
     assert os.listdir(md / 'cur') == []
     assert not stale.exists() and fresh.exists()
     assert not (tmp_path / 'mbox.tmp').exists()
+
+
+@pytest.mark.parametrize('carried', [False, True])
+def test_maildir2mbox_directory_that_cannot_be_read(carried, tmp_path, monkeypatch, capfd):
+    """MAIL in a directory that may be written and searched but not read
+    (a 1733 spool): it cannot be opened to be synced.  Where the file's
+    fsync carries its new name (a journal), that one is used; elsewhere
+    the run fails before MAIL is replaced.  It used to fail after: the
+    messages were in the new MAIL and still in the maildir, and every
+    later run appended them again."""
+    md = tmp_path / 'Maildir'
+    make_maildir(md)
+    put(md / 'new' / '1.a', b'Return-Path: <a@b>\n\nx\n', 838699494)
+    spool = tmp_path / 'spool'
+    spool.mkdir()
+    mbox = spool / 'mbox'
+    mbox.write_bytes(b'')
+    monkeypatch.setenv('MAILDIR', str(md))
+    monkeypatch.setenv('MAIL', str(mbox))
+    monkeypatch.setenv('MAILTMP', str(spool / 'mbox.tmp'))
+    monkeypatch.chdir(tmp_path)
+    real_fsync_dir, real_fsync = durable.fsync_dir, durable.fsync
+    synced = []
+
+    def fsync_dir(path):
+        if os.fsencode(path) == os.fsencode(str(spool)):
+            raise PermissionError(errno.EACCES, 'Permission denied')
+        return real_fsync_dir(path)
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        return real_fsync(fd)
+    monkeypatch.setattr(durable, 'fsync_dir', fsync_dir)
+    monkeypatch.setattr(durable, 'fsync', fsync)
+    monkeypatch.setattr(durable, 'file_fsync_carries_entry', lambda fd: carried)
+    got = maildir2mbox.main([])
+    lines = err_lines(capfd)
+    if carried:
+        assert (got, lines) == (0, []), (got, lines)
+        assert mbox.read_bytes().count(b'\nx\n') == 1
+        assert os.listdir(md / 'new') == []
+        assert synced[-1] == mbox.stat().st_ino, 'the renamed MAIL was not fsynced'
+    else:
+        assert (got, lines) == (111, ['maildir2mbox: fatal: unable to sync the directory of '
+                                      '%s: access denied' % mbox]), (got, lines)
+        assert mbox.read_bytes() == b'', 'MAIL replaced'
+        assert os.listdir(md / 'new') == ['1.a']
 
 
 def test_maildir2mbox_nothing_new(tmp_path, monkeypatch):
