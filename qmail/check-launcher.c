@@ -17,14 +17,18 @@
  * program's) and fds 0 to 3 (fd 3: the user and password), so those go
  * through; the real uid stays the caller's, which keeps the dynamic
  * loader's secure mode (no LD_* variables) for the interpreter too.  A
- * closed fd among 0 to 3 is opened on /dev/null first, so that nothing
- * the checker opens as root takes a number the caller gave a meaning;
- * fds from 4 on are closed.  qmail-install substitutes the strings
+ * closed fd among 0 to 3 is opened on /dev/null first (the C library
+ * already does it for 0 to 2 in a set-uid start; root's is not one), so
+ * that nothing the checker opens as root takes a number the caller gave
+ * a meaning; fds from 4 on are closed.  A directory among fds 0 to 2 is
+ * temporary trouble, 111: the interpreter would abort on it, exit 1,
+ * which says "wrong password".  qmail-install substitutes the strings
  * and qmaild's uid.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PYTHON "@PYTHON@"
@@ -37,6 +41,7 @@ extern char **environ;
 int main(int argc, char **argv)
 {
   char **args;
+  struct stat st;
   int fd;
   int i;
   uid_t caller = getuid();
@@ -46,6 +51,8 @@ int main(int argc, char **argv)
     if (fcntl(fd, F_GETFD) == -1)
       if (open("/dev/null", (fd == 0 || fd == 3) ? O_RDONLY : O_WRONLY) != fd)
         _exit(111);
+  for (fd = 0; fd <= 2; ++fd)
+    if (fstat(fd, &st) == -1 || S_ISDIR(st.st_mode)) _exit(111);
   if (close_range(4, ~0U, 0) == -1)
     for (fd = 4; fd < 65536; ++fd) close(fd);
   if (chdir("/") == -1) _exit(111);

@@ -152,6 +152,36 @@ def test_launcher_takes_no_code_from_the_caller(site, tmp_path):
     assert r.returncode == 2, r                   # no fd 3: misuse, as checkpassword says
 
 
+def test_launcher_a_directory_on_fd_0_to_2_is_temporary_trouble(site, tmp_path):
+    """The interpreter aborts on a directory as stdin, stdout or stderr
+    with exit 1, which to the caller says "wrong password"; the launcher
+    stops first, 111, and nothing runs."""
+    marker = tmp_path / 'ran'
+    os.chmod(tmp_path, 0o777)
+    for fd in (0, 1, 2):
+        d = os.open('/', os.O_RDONLY | os.O_DIRECTORY)
+        r, w = os.pipe()
+        os.write(w, b'qmtauth\0sys-secret-2\0<1@h>\0')
+        os.close(w)
+
+        def setup(fd=fd, d=d, r=r):
+            os.dup2(r, 3)
+            os.dup2(d, fd)
+        try:
+            p = subprocess.run(
+                ['checkpassword', '/bin/sh', '-c', 'touch %s' % marker],
+                executable=os.path.join(site['home'], 'bin', 'checkpassword'),
+                pass_fds=(r, d), preexec_fn=setup, user=pwd.getpwnam('qmaild').pw_uid,
+                group=grp.getgrnam('nofiles').gr_gid, extra_groups=[],
+                env={'PATH': '/usr/bin:/bin'}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+        finally:
+            os.close(r)
+            os.close(d)
+        assert p.returncode == 111, (fd, p.returncode)
+    assert not marker.exists()
+
+
 def test_launcher_goes_on_for_root_and_qmaild_alone(site, tmp_path):
     """alias, qmaill and qmailp are in nofiles too, but have no password
     to check: the launcher stops them (111) before the interpreter."""
