@@ -9,7 +9,8 @@ Reads:    fd 0, qmail-send's delivery commands (see qmail.lib.spawn);
           while /etc/passwd is unchanged: PwAnswers).
 Writes:   fd 1, one report per delivery: K, Z or D, qmail-local's text.
 Runs:     each delivery as the user in charge of the address (nughde),
-          with that user's groups, gid and uid (never root: QLX_ROOT),
+          with its gid as the only group, then its uid (never root:
+          QLX_ROOT; become()),
           through qmail-local's main() with qmail-local's argv, in a
           delivery worker: a child forked from this process, so the code
           is loaded, that took on the user once and then runs up to
