@@ -8,7 +8,8 @@ Runs as:  root.  The password of add and passwd is read from the
           terminal (twice) when stdin is one, else as the first line of
           stdin (for scripts: printf '%s\\n' "$pw" | qmail-vpasswd ...).
 Reads:    HOME/users/vpasswd (auto.QMAIL, never the environment).
-Writes:   HOME/users/vpasswd, replaced whole and durably: the new text
+Writes:   HOME/users/vpasswd, replaced whole and durably (its other
+          lines, comments among them, kept as they are): the new text
           goes to users/vpasswd.tmp (created exclusively, fsynced), is
           renamed over the old file, and users/ is fsynced; concurrent
           runs wait for users/vpasswd.lock.  Owner root, mode 0600.  With
@@ -138,6 +139,24 @@ def render(entries) -> bytes:
     return HEADER + b''.join(format_entry(e) for e in entries)
 
 
+def edit(data: bytes, change) -> bytes:
+    """The file's text after change(entries) edited its users: every
+    other line (comments, blank lines, lines vcheckpassword ignores) stays
+    where it was, as written; a user added goes at the end."""
+    lines = data.split(b'\n')
+    if lines[-1] == b'':
+        lines.pop()
+    items = [parse_line(line) or line for line in lines]
+    entries = [x for x in items if isinstance(x, Entry)]
+    change(entries)
+    kept = {id(e) for e in entries}
+    out = [format_entry(x) if isinstance(x, Entry) else x + b'\n'
+           for x in items if not isinstance(x, Entry) or id(x) in kept]
+    seen = {id(x) for x in items}
+    out += [format_entry(e) for e in entries if id(e) not in seen]
+    return b''.join(out)
+
+
 def trusted_read(path: str) -> bytes:
     """The file's bytes, if root owns it and nobody else may write it;
     None if it does not exist; OSError (EPERM) otherwise.  The check is
@@ -187,9 +206,13 @@ def rewrite(home: str, change) -> None:
         fcntl.lockf(lockfd, fcntl.LOCK_EX)
         path = os.path.join(home, FILE)
         data = trusted_read(path)
-        entries = parse(data) if data is not None else []
-        change(entries)
-        write_file(path, os.path.join(home, TMP), render(entries))
+        if data is None:
+            entries = []
+            change(entries)
+            text = render(entries)
+        else:
+            text = edit(data, change)
+        write_file(path, os.path.join(home, TMP), text)
     finally:
         os.close(lockfd)
 

@@ -1381,6 +1381,31 @@ def test_vpasswd_add_passwd_del_list(vhome, capsys):
 
 
 @needs_root
+def test_vpasswd_keeps_the_admins_other_lines(vhome):
+    """A change rewrites the file: comments, blank lines and lines it
+    does not take (vcheckpassword ignores them too) stay, in place."""
+    check(vpw(vhome, ['add', 'alice', '1234', '1234', '/v/alice'], b'pw1'), 0)
+    check(vpw(vhome, ['add', 'bob', '1235', '1235', '/v/bob'], b'pw2'), 0)
+    path = os.path.join(vhome, 'users', 'vpasswd')
+    lines = open(path, 'rb').read().split(b'\n')
+    lines.insert(2, b'# admin: bob leaves in May')
+    lines.insert(3, b'')
+    lines.insert(4, b'Eve:not-a-hash:1:1:/v/eve')
+    with open(path, 'wb') as f:
+        f.write(b'\n'.join(lines))
+    before = open(path, 'rb').read().split(b'\n')
+    check(vpw(vhome, ['passwd', 'bob'], b'pw3'), 0)
+    check(vpw(vhome, ['add', 'carol', '1236', '1236', '/v/carol'], b'pw4'), 0)
+    check(vpw(vhome, ['del', 'alice']), 0)
+    after = open(path, 'rb').read().split(b'\n')
+    check(after[0], before[0])
+    check(after[1:4], [b'# admin: bob leaves in May', b'', b'Eve:not-a-hash:1:1:/v/eve'])
+    check([e.name for e in vpasswd.parse(b'\n'.join(after))], [b'bob', b'carol'])
+    assert vpasswd.lookup(b'\n'.join(after), b'bob').hash != vpasswd.lookup(
+        b'\n'.join(before), b'bob').hash
+
+
+@needs_root
 def test_vpasswd_add_makes_home(vhome, tmp_path):
     userhome = tmp_path / 'v' / 'example.org' / 'alice'
     check(vpw(vhome, ['add', '-m', 'alice', '4321', '4322', str(userhome)], b'pw'), 0)
