@@ -458,6 +458,16 @@ def read_header(readline):
     return fields, end[0]
 
 
+def body_text(read, want: int) -> bytes:
+    """Up to want bytes more of a message through read (a buffered
+    file's: short only at its end), as headerbody.c's lines give them:
+    a last line without a newline gets one."""
+    data = read(want)
+    if len(data) < want and data and not data.endswith(b'\n'):
+        data += b'\n'
+    return data
+
+
 def header_fields(readline, end: list):
     """read_header() one field at a time, as they are read; once the
     header is over, end gets what starts the body (read_header's body)."""

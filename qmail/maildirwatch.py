@@ -20,7 +20,7 @@ import sys
 import time
 
 from qmail.except_ import internal_bug, say
-from qmail.inject import hfield_known, read_header
+from qmail.inject import body_text, hfield_known, read_header
 from qmail.maildir2mbox import Fatal, maildir_chdir, maildir_clean, maildir_scan, open_message
 
 FATAL = b'maildirwatch: fatal: '
@@ -66,7 +66,7 @@ def summary(readline, read) -> bytes:
     if body is not None:
         text = (text + body)[:TEXTMAX]
         if len(text) < TEXTMAX:
-            text = (text + read(TEXTMAX - len(text)))[:TEXTMAX]
+            text = (text + body_text(read, TEXTMAX - len(text)))[:TEXTMAX]
     out = [b'FROM ', printable(sender, b'?'),
            b' TO <', printable(recipient, b'?'), b'>\n']
     if fromline:

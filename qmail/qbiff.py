@@ -18,7 +18,7 @@ import struct
 import sys
 
 from qmail.except_ import internal_bug
-from qmail.inject import hfield_known, read_header
+from qmail.inject import body_text, hfield_known, read_header
 from qmail.maildirwatch import skipname
 
 UTMP_FILE = '/var/run/utmp'     # glibc's _PATH_UTMP
@@ -52,7 +52,7 @@ def excerpt(readline, read) -> bytes:
     if body is not None:
         text = (text + body)[:TEXTMAX]
         if len(text) < TEXTMAX:
-            text = (text + read(TEXTMAX - len(text)))[:TEXTMAX]
+            text = (text + body_text(read, TEXTMAX - len(text)))[:TEXTMAX]
     return sanitize(text, 0x2f)
 
 

@@ -867,6 +867,19 @@ def test_qbiff_announcement():
     assert got == want, 'got %r want %r' % (got, want)
 
 
+@pytest.mark.parametrize('body, want', [
+    (b'abc', b'    s//abc/'),            # headerbody.c ends a last line with a newline
+    (b'abc\n', b'    s//abc/'),
+    (b'', b'    s//'),
+])
+def test_qbiff_and_maildirwatch_a_last_line_without_newline(body, want):
+    msg = io.BytesIO(b'Subject: s\n\n' + body)
+    assert qbiff.excerpt(msg.readline, msg.read) == want
+    msg = io.BytesIO(b'Subject: s\n\n' + body)
+    got = maildirwatch.summary(msg.readline, msg.read)
+    assert got.endswith(b'\n' + want[4:] + b'\n\n'), got
+
+
 def test_qbiff_always_zero(stdin, monkeypatch):
     monkeypatch.delenv('USER', raising=False)
     stdin(MESSAGE)
