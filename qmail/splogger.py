@@ -83,8 +83,11 @@ class Folder:
 
 def facility_of(arg: str) -> int:
     """The syslog facility of splogger's fac argument, read as qmail's
-    scan_ulong reads it: the leading digits ("1x6" is 1), none is 0."""
-    return scan_ulong(os.fsencode(arg)) << 3
+    scan_ulong reads it: the leading digits ("1x6" is 1), none is 0; a
+    number too big wraps as C's unsigned long does, and reaches openlog
+    as a C int (whose check then keeps the default facility)."""
+    fac = ((scan_ulong(os.fsencode(arg)) % (1 << 64)) << 3) % (1 << 32)
+    return fac - (1 << 32) if fac >= 1 << 31 else fac
 
 
 def main(argv=None) -> int:

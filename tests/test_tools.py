@@ -1035,6 +1035,22 @@ def test_splogger_facility_as_scan_ulong_reads_it(arg, want):
     assert splogger.facility_of(arg) == want << 3
 
 
+@pytest.mark.parametrize('arg, want', [
+    # C: scan_ulong wraps mod 2**64, << 3 too, and openlog takes an int
+    ('99999999999999999999', 411041792),     # (10**20 mod 2**64) << 3, low 32 bits
+    ('268435456', -2**31),                   # 2**28 << 3: the sign bit
+    ('536870912', 0),                        # 2**29 << 3: gone
+    ('268435455', 2**31 - 8),
+])
+def test_splogger_facility_wraps_as_c(arg, want):
+    """A number too big for C wraps, as C's; it used to overflow Python's
+    openlog, and splogger logged nothing and exited 111."""
+    from qmail import splogger
+    assert splogger.facility_of(arg) == want
+    splogger.syslog.openlog('t', 0, splogger.facility_of(arg))    # no OverflowError
+    splogger.syslog.closelog()
+
+
 def test_splogger_folds_as_it_reads():
     """Pieces of any size give the entries a whole line would, each sent
     as soon as it is full: a line of any length is held FOLD bytes at a
