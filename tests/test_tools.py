@@ -1037,7 +1037,7 @@ def test_splogger_facility_as_scan_ulong_reads_it(arg, want):
 
 @pytest.mark.parametrize('arg, want', [
     # C: scan_ulong wraps mod 2**64, << 3 too, and openlog takes an int
-    ('99999999999999999999', 411041792),     # (10**20 mod 2**64) << 3, low 32 bits
+    ('99999999999999999999', 411041784),     # ((10**20 - 1) mod 2**64) << 3, low 32 bits
     ('268435456', -2**31),                   # 2**28 << 3: the sign bit
     ('536870912', 0),                        # 2**29 << 3: gone
     ('268435455', 2**31 - 8),
