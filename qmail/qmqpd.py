@@ -16,7 +16,8 @@ Writes:   fd 1, one response netstring for the message: "Kok <time> qp
           ($QMAILQUEUE, else HOME/bin/qmail-queue), which starts when the
           message's length has arrived and is fed the message as it does.
 Exits:    0 after the response, or when the client closes the connection
-          or cannot be written to (then nothing is queued); 100 when it
+          before the packet's end (then nothing is queued) or cannot be
+          written the response (the message is queued by then); 100 when it
           breaks the protocol (a malformed netstring, a length above
           MAXPACKET, a packet without a message or a sender); 111 after
           TIMEOUT seconds of silence or LIFETIME seconds in all.  QMQP

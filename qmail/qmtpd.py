@@ -68,7 +68,8 @@ Added for today's network, each with its own response:
     gets "Dsorry, no mailbox here by that name (#5.1.1)" instead of a
     bounce later.
 
-Limits (control file, default; 0 in the file means no limit):
+Limits (control file, default; 0 in the file means no limit, but for
+timeoutqmtpd, where it means 1 second, as qmail-smtpd's timeoutsmtpd):
   maxrcptqmtpd   1000  accepted recipients per package; later ones get Z.
   timeoutqmtpd   1200  seconds of silence before the connection is cut.
   lifetimeqmtpd  3600  seconds a connection may last, however busy
