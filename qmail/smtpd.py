@@ -431,7 +431,11 @@ class Session:
 
     def tls_started(self, description: bytes):
         """The handshake is done: forget what the client said before
-        (RFC 3207 4.2), as a new connection would."""
+        (RFC 3207 4.2), as a new connection would; a transaction left
+        open gets its line first, as one left by RSET."""
+        self.note_abandoned(b'STARTTLS before DATA')
+        self.refused = 0
+        self.flagtxlogged = True
         self.flagstarttls = False
         self.tls = description
         self.dohelo(self.peer.remotehost)
@@ -1087,20 +1091,30 @@ def authenticator(argv):
 def queue_starter(program: str, environ, session_of, seen=None):
     """newqueue for the session: qmail-queue, with TCPREMOTEINFO the AUTH
     user's name once there is one (the AUTH patch's way of telling a
-    QMAILQUEUE filter), else what tcpserver said.  seen: a faster
-    read-only view of environ."""
+    QMAILQUEUE filter), else what tcpserver said.  The name is in the
+    environment only while qmail-queue starts: a password checker run
+    later (AUTH again after STARTTLS) sees what tcpserver said.  seen: a
+    faster read-only view of environ."""
     seen = environ if seen is None else seen
     remoteinfo = seen.get(b'TCPREMOTEINFO')
 
-    def newqueue():
-        session = session_of()
-        info = remoteinfo if session.authuser is None else session.authuser
+    def put(info):
         if seen.get(b'TCPREMOTEINFO') != info:
             if info is None:
                 environ.pop(b'TCPREMOTEINFO', None)
             else:
                 environ[b'TCPREMOTEINFO'] = info
-        return QueueClient(program)
+
+    def newqueue():
+        session = session_of()
+        if session.authuser is None:
+            put(remoteinfo)
+            return QueueClient(program)
+        put(session.authuser)
+        try:
+            return QueueClient(program)
+        finally:
+            put(remoteinfo)
     return newqueue
 
 

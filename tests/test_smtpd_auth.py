@@ -225,6 +225,49 @@ def test_starttls_forgets_everything():
           + DATE + b'\nhi\n')
 
 
+def test_starttls_logs_the_transaction_it_ends():
+    """A MAIL and RCPTs left open by STARTTLS get their line, as those
+    RSET ends; they used to vanish from the log, a refused relay
+    attempt among them."""
+    h = Harness(flagtls=True)
+    h.feed(b'EHLO pre.example\r\nMAIL FROM:<s@x.example>\r\n'
+           b'RCPT TO:<u@elsewhere.example>\r\nRCPT TO:<u@example.org>\r\nSTARTTLS\r\n')
+    h.session.tls_started(TLSINFO)
+    h.feed(b'EHLO post.example\r\nQUIT\r\n')
+    h.session.note_end(b'QUIT')         # (the serving loop's, at the end)
+    logs = b''.join(h.session.logs)
+    assert re.search(rb'helo pre.example mail <s@x.example> rcpt u@example.org '
+                     rb'refused 1: STARTTLS before DATA\n', logs), logs
+    check(logs.count(b'\n'), 1)     # the session has its line: no other
+
+
+def test_auth_user_is_in_the_environment_only_while_qmail_queue_starts(monkeypatch):
+    """TCPREMOTEINFO carries the AUTH user to qmail-queue (the AUTH
+    patch's way); it used to stay in qmail-smtpd's environment, so a
+    password checker run after STARTTLS saw the earlier user's name."""
+    seen = []
+
+    class Spy:
+        def __init__(self, program):
+            seen.append(os.environ.get('TCPREMOTEINFO'))
+
+    monkeypatch.setattr(smtpd, 'QueueClient', Spy)
+    monkeypatch.setenv('TCPREMOTEINFO', 'identd-said')
+    session = type('S', (), {'authuser': b'alice'})()
+    newqueue = smtpd.queue_starter('/bin/true', os.environb, lambda: session)
+    newqueue()
+    check(seen, ['alice'])
+    check(os.environ.get('TCPREMOTEINFO'), 'identd-said')
+    session.authuser = None
+    newqueue()
+    check(seen, ['alice', 'identd-said'])
+    monkeypatch.delenv('TCPREMOTEINFO')
+    newqueue = smtpd.queue_starter('/bin/true', os.environb, lambda: session)
+    session.authuser = b'bob'
+    newqueue()
+    check((seen[-1], os.environ.get('TCPREMOTEINFO')), ('bob', None))
+
+
 @pytest.mark.parametrize('kw,tls,line,want', [
     (dict(), None, b'STARTTLS\r\n', b'502 unimplemented (#5.5.1)'),
     (dict(flagtls=True), TLSINFO, b'STARTTLS\r\n', b'503 TLS already active (#5.5.1)'),
