@@ -21,6 +21,7 @@ import socket
 import ssl
 
 from qmail.lib import control
+from qmail.lib.error import error_str
 from qmail.smtpd import Gone
 
 CERTFILE = 'control/servercert.pem'
@@ -49,8 +50,11 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
     channel.write(R_TLSGO, timeout)
     try:
         tls = handshake(ctx, fd, min(HANDSHAKE_TIMEOUT, wait))
-    except TlsError:
+    except TlsError as err:
         session.abort()
+        # The log says so: a scanner's or a broken client's failed
+        # handshake is not a client that just went away.
+        session.closereply = b'TLS handshake failed (%s)' % str(err).encode('ascii', 'replace')
         return None
     session.tls_started(tls.description)
     return tls
@@ -106,8 +110,22 @@ def handshake(ctx: ssl.SSLContext, fd: int, timeout: float) -> 'TlsChannel':
         sslsock.do_handshake()
     except (OSError, ValueError) as err:    # ssl.SSLError, timeout, reset
         sock.close()
-        raise TlsError(type(err).__name__) from None
+        raise TlsError(handshake_trouble(err)) from None
     return TlsChannel(sslsock)
+
+
+def handshake_trouble(err) -> str:
+    """A failed handshake's reason, short, for the log: OpenSSL's
+    ("WRONG_VERSION_NUMBER"), "timeout", or the error's kind."""
+    if isinstance(err, TimeoutError):
+        return 'timeout'
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return 'connection closed'
+    if isinstance(err, ssl.SSLError):      # (its errno is OpenSSL's, not the system's)
+        return err.reason or type(err).__name__
+    if isinstance(err, OSError) and err.errno:
+        return error_str(err).decode()
+    return type(err).__name__
 
 
 class TlsChannel:

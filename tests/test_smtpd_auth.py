@@ -1087,12 +1087,12 @@ def test_program_starttls_injection(home):
     check(server.wait(), 0)
 
 
-@pytest.mark.parametrize('garbage', [
-    b'GET / HTTP/1.0\r\n\r\n',
-    b'\x16\x03\x01\x00\x05hello',           # a truncated ClientHello
-    b'',                                    # nothing: the client hangs up
+@pytest.mark.parametrize('garbage, why', [
+    (b'GET / HTTP/1.0\r\n\r\n', rb'TLS handshake failed \([A-Z_]+\)'),
+    (b'\x16\x03\x01\x00\x05hello', rb'TLS handshake failed \(\S+\)'),  # a truncated ClientHello
+    (b'', rb'TLS handshake failed \(connection closed\)'),     # the client hangs up
 ])
-def test_program_broken_handshake(home, garbage):
+def test_program_broken_handshake(home, garbage, why):
     server = Server(home)
     sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
     f = sock.makefile('rb')
@@ -1109,6 +1109,9 @@ def test_program_broken_handshake(home, garbage):
     assert b'250' not in rest and b'traceback' not in rest.lower(), rest
     sock.close()
     check(server.wait(), 1)
+    # the log tells a failed handshake from a client that went away
+    assert re.search(rb'qmail-smtpd: pid \d+ from 127\.0\.0\.1 helo \S+ mail - rcpt -: '
+                     + why + rb'\n', server.stderr), server.stderr
 
 
 def test_program_handshake_timeout(home):
