@@ -1022,6 +1022,7 @@ def write_logs(session: Session, fd: int = 2):
 
 
 def serve_session(session, channel, fdin, certfile, timeout) -> int:
+    tlschannel = None       # once STARTTLS is done: closed at the end
     try:
         channel.write(session.greet(), timeout)
         while not session.flagclosed:
@@ -1053,6 +1054,8 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                         read_wait(session, time.time()))
                     if channel is None:
                         return 1
+                    if session.tls is not None:
+                        tlschannel = channel
                 if not session.held or session.flagclosed:
                     break
                 fed = time.time()
@@ -1060,6 +1063,9 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
     except Gone:
         session.abort()
         return 1
+    finally:
+        if tlschannel is not None:
+            tlschannel.close()
     return session.exitcode
 
 

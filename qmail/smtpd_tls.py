@@ -146,6 +146,20 @@ class TlsChannel:
         except (OSError, ValueError):
             return b''
 
+    def close(self):
+        """The end: close_notify (RFC 8446 6.1) sent, the client's not
+        waited for, and the duplicate descriptor closed.  Without it a
+        strict client takes the end of the connection for a truncation."""
+        try:
+            self.sslsock.setblocking(False)
+            self.sslsock.unwrap()
+        except (OSError, ValueError):   # SSLWantReadError: ours is sent
+            pass
+        try:
+            self.sslsock.close()
+        except OSError:
+            pass
+
     def write(self, data: bytes, timeout: float):
         """Raises smtpd.Gone when the client cannot be written to within
         timeout seconds, or at all."""

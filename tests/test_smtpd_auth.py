@@ -1087,6 +1087,30 @@ def test_program_starttls_injection(home):
     check(server.wait(), 0)
 
 
+def test_program_ends_tls_with_close_notify(home):
+    """After the 221 the server says close_notify: a client that takes an
+    end without it for a truncation (suppress_ragged_eofs=False) sees a
+    clean end, not UNEXPECTED_EOF_WHILE_READING."""
+    server = Server(home)
+    sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+    f = sock.makefile('rb')
+    f.readline()
+    sock.sendall(b'STARTTLS\r\n')
+    check(f.readline(), b'220 ready for tls\r\n')
+    f.close()
+    ctx = client_context(home.cafile)
+    ctx.options &= ~getattr(ssl, 'OP_IGNORE_UNEXPECTED_EOF', 0)    # (Debian's default)
+    tls = ctx.wrap_socket(sock, suppress_ragged_eofs=False)
+    tls.sendall(b'QUIT\r\n')
+    got = b''
+    while not got.endswith(b'\r\n'):
+        got += tls.recv(100)
+    check(got, b'221 mx.example.org\r\n')
+    check(tls.recv(100), b'')           # close_notify: SSLEOFError without it
+    tls.close()
+    check(server.wait(), 0)
+
+
 @pytest.mark.parametrize('garbage, why', [
     (b'GET / HTTP/1.0\r\n\r\n', rb'TLS handshake failed \([A-Z_]+\)'),
     (b'\x16\x03\x01\x00\x05hello', rb'TLS handshake failed \(\S+\)'),  # a truncated ClientHello
