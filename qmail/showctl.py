@@ -90,8 +90,8 @@ def mrh_cdb_status(ctl) -> str:
     return 'Modified recently enough; hopefully up to date.'
 
 
-def describe(home: str, ctl: str, names: list, me) -> str:
-    """The whole report for the control directory ctl."""
+def header(home: str) -> str:
+    """The compiled-in settings, printed before anything is read."""
     users = (auto.USER_ALIAS, auto.USER_DAEMON, auto.USER_LOG, auto.USER_OWNER,
              auto.USER_PASSWD, auto.USER_QUEUE, auto.USER_REMOTE, auto.USER_SEND)
     out = ['qmail home directory: %s.\n' % home,
@@ -105,6 +105,17 @@ def describe(home: str, ctl: str, names: list, me) -> str:
                                              auto.gid(auto.GROUP_QMAIL)))
     except KeyError:
         out.append('Oops! qmail users are missing.\n')
+    return ''.join(out)
+
+
+def describe(home: str, ctl: str, names: list, me) -> str:
+    """The whole report for the control directory ctl."""
+    return header(home) + controls(ctl, names, me)
+
+
+def controls(ctl: str, names: list, me) -> str:
+    """The report's part after the header: each control file."""
+    out = []
     rcpthosts_exist = False
     for name, kind, default, flagme, pre, post, _ in CONTROLS:
         path = os.path.join(ctl, name)
@@ -135,20 +146,25 @@ def describe(home: str, ctl: str, names: list, me) -> str:
 def main(argv=None) -> int:
     home = auto.QMAIL
     ctl = os.path.join(home, 'control')
+    # As qmail's: the compiled-in settings first, whatever follows.
+    sys.stdout.write(header(home))
     if not os.path.isdir(home):
         sys.stdout.write('Oops! Unable to chdir to %s.\n' % home)
+        return 111
+    if not os.path.isdir(ctl) or not os.access(ctl, os.X_OK):
+        sys.stdout.write('Oops! Unable to chdir to control.\n')
         return 111
     try:
         names = sorted(os.listdir(ctl))
     except OSError:
-        sys.stdout.write('Oops! Unable to chdir to control.\n')
+        sys.stdout.write('Oops! Unable to open current directory.\n')
         return 111
     try:
         me = control.readline(os.path.join(ctl, 'me'))
     except OSError:
         sys.stdout.write('Oops! Trouble reading control/me.')
         return 111
-    sys.stdout.write(describe(home, ctl, names, me))
+    sys.stdout.write(controls(ctl, names, me))
     return 0
 
 

@@ -70,3 +70,23 @@ def test_a_defaultdelivery_of_several_lines_is_shown_whole(tmp_path, fixed_ids):
     (ctl / 'defaultdelivery').write_text('# our default\n./Mailbox\n')
     got = showctl.describe('/var/qmail', str(ctl), ['defaultdelivery'], b'mail.example.org')
     assert '\ndefaultdelivery: Default delivery is ./Mailbox.\n' in got, got
+
+
+@pytest.mark.parametrize('make, oops', [
+    (lambda home: None, 'Oops! Unable to chdir to control.\n'),
+    (lambda home: (home / 'control').write_text('a file\n'), 'Oops! Unable to chdir to control.\n'),
+    (lambda home: (home / 'control').mkdir(), 'Oops! Trouble reading control/me.'),
+])
+def test_trouble_comes_after_the_settings(tmp_path, fixed_ids, monkeypatch, capsys, make, oops):
+    """As qmail's: the compiled-in settings are printed first, then what
+    went wrong (it printed the Oops line alone)."""
+    home = tmp_path / 'qmail'
+    home.mkdir()
+    make(home)
+    if oops.endswith('control/me.'):
+        (home / 'control' / 'me').mkdir()          # unreadable as a file
+    monkeypatch.setattr(auto, 'QMAIL', str(home))
+    assert showctl.main([]) == 111
+    out = capsys.readouterr().out
+    assert out == showctl.header(str(home)) + oops, out
+    assert out.startswith('qmail home directory: %s.\n' % home)
