@@ -55,6 +55,7 @@ step is durable; qmail-clean's answers are read as they come.
 """
 
 import collections
+import copy
 import errno
 import heapq
 import math
@@ -137,9 +138,32 @@ class Controls:
     """What qmail-send reads from control/."""
 
     def __init__(self, ctl: control.Controls):
-        self.lifetime = ctl.int('queuelifetime', 604800)
         self.concurrency = [min(ctl.int('concurrencylocal', 10), SPAWN_MAX),
                             min(ctl.int('concurrencyremote', 20), SPAWN_MAX)]
+        self.read_rest(ctl)
+        self.routing = routing(ctl)
+
+    def again(self, ctl: control.Controls):
+        """SIGHUP: (the controls, trouble).  As qmail, locals and
+        virtualdomains (with the rest of the routing) are taken whenever
+        they can be read, else nothing changes (OSError or ValueError
+        raised); the other controls are taken if all can be read, else
+        they stay and trouble says why.  The concurrency limits are not
+        read: they stay as at start (the spawns' slot tables were sized
+        then), so no trouble with those files holds up the rest."""
+        new = copy.copy(self)
+        new.routing = routing(ctl)
+        rest = copy.copy(self)
+        try:
+            rest.read_rest(ctl)
+        except (OSError, ValueError) as e:
+            return new, e
+        rest.routing = new.routing
+        return rest, None
+
+    def read_rest(self, ctl: control.Controls):
+        """All but the concurrency limits and the routing."""
+        self.lifetime = ctl.int('queuelifetime', 604800)
         self.bouncefrom = no_nul('bouncefrom', ctl.line('bouncefrom', b'MAILER-DAEMON'))
         self.bouncehost = no_nul('bouncehost', ctl.line('bouncehost', b'bouncehost',
                                                         flagme=True))
@@ -149,7 +173,6 @@ class Controls:
         # An empty line: double bounces are thrown away (control/README).
         self.doublebounceto = dbto + b'@' + dbhost if dbto else None
         self.bouncemaxbytes = ctl.int('bouncemaxbytes', 0)
-        self.routing = routing(ctl)
 
 
 def no_nul(name: str, value: bytes) -> bytes:
@@ -1474,14 +1497,11 @@ class Send:
         relative paths need at every moment."""
         try:
             ctl = control.Controls(self.ctl.directory)
-            new = Controls(ctl)
+            self.c, trouble = self.c.again(ctl)
         except (OSError, ValueError) as e:
-            log('alert: unable to reread controls: %s\n' % controls_trouble(e))
-            return
-        # Concurrency and slots stay as they were at start: the spawns'
-        # slot tables were sized then.
-        new.concurrency = self.c.concurrency
-        self.c = new
+            trouble = e
+        if trouble is not None:
+            log('alert: unable to reread controls: %s\n' % controls_trouble(trouble))
 
     def on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):

@@ -489,6 +489,33 @@ def test_a_reread_that_fails_names_the_file_and_keeps_the_controls(queue_home, t
                and 'control/locals: ' in line for line in log), log
 
 
+@pytest.mark.parametrize('bad', ['concurrencylocal', 'concurrencyremote', 'bouncefrom',
+                                 'queuelifetime'])
+def test_a_reread_takes_locals_and_virtualdomains_whatever_else_fails(queue_home, tmp_path,
+                                                                        bad):
+    """qmail-send(8): HUP rereads locals and virtualdomains.  A file the
+    reread does not apply (the concurrency limits), or one beyond them
+    that cannot be read, no longer holds them up: it gets its alert and
+    its old value stays."""
+    s, log = queue_home
+    ctl = tmp_path / 'control'
+    s.ctl.directory = str(ctl)
+    before = s.c
+    (ctl / 'virtualdomains').write_text('hup.example:joe\n')
+    (ctl / 'locals').write_text('hup-local.example\n')
+    (ctl / bad).mkdir()                 # not a file: EISDIR
+    s.reread()
+    assert s.c.routing.vdoms.get(b'hup.example') == b'joe'
+    assert b'hup-local.example' in s.c.routing.locals
+    assert s.c.concurrency == before.concurrency
+    assert (s.c.bouncefrom, s.c.lifetime) == (before.bouncefrom, before.lifetime)
+    alerts = [line for line in log if line.startswith('alert: unable to reread controls: ')]
+    if bad.startswith('concurrency'):
+        assert alerts == [], alerts     # not read at all
+    else:
+        assert len(alerts) == 1 and 'control/%s: ' % bad in alerts[0], alerts
+
+
 @pytest.mark.parametrize('fresh_max, fresh_bytes', [(send.FRESH_MAX, send.FRESH_BYTES),
                                                      (0, send.FRESH_BYTES),
                                                      (send.FRESH_MAX, 10)])
