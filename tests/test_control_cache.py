@@ -259,3 +259,31 @@ def test_a_timeout_of_forever_is_taken_as_the_longest_wait(tmp_path, load, names
     for name in names:
         attr = attrs.get(name, 'lifetime' if name.startswith('lifetime') else 'timeout')
         assert getattr(got, attr) == control.SECONDS_MAX, name
+
+
+def test_only_a_missing_file_means_the_default(tmp_path):
+    """control.c takes the default for ENOENT alone.  A control whose path
+    runs through a file (ENOTDIR: a symlink to /x/file/rcpthosts) is
+    trouble, as a directory or an unreadable file is: taken for missing,
+    rcpthosts let qmail-smtpd relay for anyone, where qmail answers 421."""
+    plain = tmp_path / 'plainfile'
+    plain.write_text('x\n')
+    d = tmp_path / 'control'
+    d.mkdir()
+    for name in ('rcpthosts', 'databytes', 'me', 'smtpauthplaintext'):
+        os.symlink(str(plain / name), str(d / name))
+    for read in (control.readfile, control.readline, control.readint):
+        with pytest.raises(NotADirectoryError):
+            read(str(d / 'rcpthosts'))
+    ctl = control.Controls(str(d))
+    with pytest.raises(NotADirectoryError):
+        ctl.lines('rcpthosts')
+    with pytest.raises(NotADirectoryError):
+        ctl.exists('smtpauthplaintext')
+    assert control.readfile(str(d / 'nosuch')) is None      # missing: the default
+    assert not ctl.exists('nosuch')
+    from qmail import smtpd
+    (d / 'me').unlink()
+    (d / 'me').write_text('mx.example\n')
+    with pytest.raises(NotADirectoryError):
+        smtpd.read_config(control.Controls(str(d)), {})   # qmail-smtpd: 421

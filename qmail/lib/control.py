@@ -56,7 +56,7 @@ def _read(path):
     """The file's bytes, or None if it does not exist."""
     try:
         fd = open_read(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
     try:
         chunks, total = [], 0
@@ -106,7 +106,7 @@ def settled(st, now: float) -> bool:
 def _cached(path, parse):
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         _cache.pop((path, parse), None)
         return None
     current = stamp(st)
@@ -157,7 +157,7 @@ def stamps(directory: str, names: tuple) -> tuple:
             continue
         try:
             st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             out.append(None)
             try:
                 os.lstat(path)
@@ -295,7 +295,7 @@ class Controls:
         try:
             os.stat(self.path(name))
         except OSError as err:
-            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            if err.errno == errno.ENOENT:
                 return False
             raise
         return True
