@@ -610,6 +610,7 @@ def read_controls(mftfile):
     ctl = control.Controls(os.path.join(auto.QMAIL, 'control'))
     values = {}
     try:
+        ctl.init()
         for name in ('defaultdomain', 'defaulthost', 'plusdomain', 'idhost'):
             values[name] = ctl.line(name, name.encode(), flagme=True)
     except OSError:

@@ -227,6 +227,7 @@ def getmess(fdmess: int, fdenv: int):
 def read_servers() -> list:
     """control/qmqpservers, as (family, address) pairs."""
     try:
+        control.Controls('control').init()      # qmail's control_init: me too
         lines = control.readfile('control/qmqpservers')
     except OSError:
         raise QmqpExit(55) from None

@@ -699,7 +699,7 @@ def main(argv=None, home=None) -> int:
     try:
         try:
             os.chdir(home)
-            config = load_config(control.Controls('control'), environ)
+            config = load_config(control.Controls('control').init(), environ)
         except (OSError, CdbError):
             return EXIT_TEMP        # no response is possible before a package
         if config.rcptmap is not None and config.rcptmap.warning:

@@ -469,7 +469,7 @@ def main(argv=None) -> int:
         except OSError:
             raise temp(T_CHDIR) from None
         try:
-            settings = Settings(control.Controls('control'))
+            settings = Settings(control.Controls('control').init())
         except OSError:
             raise temp(T_CONTROL) from None
         final = deliver(args[0], args[1], args[2:], settings, 0, out)

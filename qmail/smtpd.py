@@ -1152,7 +1152,7 @@ def main(argv=None, home=None) -> int:
     try:
         try:
             os.chdir(home)
-            config = load_config(control.Controls('control'), seen)
+            config = load_config(control.Controls('control').init(), seen)
         except (OSError, CdbError, LookupError):
             say(1, R_CONTROL)
             return 1

@@ -820,6 +820,18 @@ def test_unreadable_control(home, capsys):
     assert got == want, f'got {got!r}, want {want!r}'
 
 
+def test_unreadable_me_is_a_read_error_whatever_else_is_there(home, capsys):
+    """qmail-inject's control_init reads me first: with every control that
+    defaults to it present, an unreadable me was not read at all."""
+    for name in ('defaultdomain', 'defaulthost', 'plusdomain', 'idhost'):
+        assert (home / 'control' / name).exists()
+    (home / 'control' / 'me').unlink()
+    (home / 'control' / 'me').mkdir()              # EISDIR on read
+    got = run(capsys, ['-n'], b'To: a\n\n')
+    want = (111, b'', 'qmail-inject: fatal: read error\n')
+    assert got == want, f'got {got!r}, want {want!r}'
+
+
 def test_controls_default_to_me(home, capsys):
     for name in ('defaultdomain', 'defaulthost', 'plusdomain', 'idhost'):
         (home / 'control' / name).unlink()

@@ -1282,6 +1282,21 @@ def test_qmqpc_bad_envelope(qmqpchome, envelope, code):
     check((got, server.packets), (code, []))
 
 
+def test_qmqpc_unreadable_me_is_55(qmqpchome):
+    """qmail-qmqpc's control_init reads me before qmqpservers."""
+    server = QmqpServer(answering(b'2:Kx,'))
+    try:
+        servers(qmqpchome, b'127.0.0.1')
+        me = qmqpchome / 'control' / 'me'
+        if me.exists():
+            me.unlink()
+        me.mkdir()                      # EISDIR on read
+        got = run_qmqpc(qmqpchome, server.port, b'hi\n', ENVELOPE)
+    finally:
+        server.close()
+    check((got, server.packets), (55, []))
+
+
 def test_qmqpc_without_home(tmp_path):
     check(run_qmqpc(tmp_path / 'nonexistent', 1, b'hi\n', ENVELOPE), 61)
 

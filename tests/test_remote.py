@@ -628,6 +628,20 @@ def test_main_always_one_report_and_exit_0():
                         b'D' + remote.P_SENDER + b'\0'), r.stdout
 
 
+def test_main_unreadable_me_defers_whatever_else_is_there(tmp_path, monkeypatch, capfd):
+    """qmail-remote's control_init reads me first: with helohost present
+    an unreadable me was never read, and the delivery went out."""
+    from qmail.lib import auto
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'helohost').write_text('helo.example\n')
+    (ctl / 'me').mkdir()                # EISDIR on read
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert remote.main(['example.com', 'a@b.example', 'c@example.com']) == 0
+    assert capfd.readouterr().out == 'ZUnable to read control files. (#4.3.0)\n\0'
+
+
 # --- tcpto ----------------------------------------------------------------------
 
 A = tcpto.packed('192.0.2.9')

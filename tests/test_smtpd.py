@@ -1029,6 +1029,21 @@ def test_program_disconnect_in_data(qmailhome):
     check((out / 'envelope').read_bytes(), b'')
 
 
+def test_program_unreadable_me_is_421_whatever_else_is_there(qmailhome):
+    """qmail's control_init reads me first: trouble with it is a 421 even
+    when smtpgreeting and localiphost, the controls that default to it,
+    are present (it was read only as their fallback, and the session
+    went on)."""
+    home, fakeq, out = qmailhome
+    ctl = home / 'control'
+    (ctl / 'smtpgreeting').write_bytes(b'greet.example ESMTP\n')
+    (ctl / 'localiphost').write_bytes(b'mx.example.org\n')
+    (ctl / 'me').unlink()
+    (ctl / 'me').mkdir()                # EISDIR on read
+    r = run_smtpd(home, fakeq, b'QUIT\r\n')
+    check((r.returncode, r.stdout), (1, b'421 unable to read controls (#4.3.0)\r\n'))
+
+
 def test_program_without_controls(tmp_path):
     (tmp_path / 'control').mkdir()
     r = run_smtpd(tmp_path, '/nonexistent', b'QUIT\r\n')

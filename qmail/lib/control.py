@@ -258,6 +258,14 @@ class Controls:
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
 
+    def init(self):
+        """control/me read now, as qmail's control_init: trouble reading
+        it is the program's trouble (qmail-smtpd's 421, qmail-remote's
+        deferral, qmail-inject's read error) even where every control
+        that defaults to it is present.  Returns self."""
+        self._me = readline(self.path('me'))
+        return self
+
     @property
     def me(self):
         """control/me, or None; read once."""
