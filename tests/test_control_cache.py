@@ -2,6 +2,7 @@
 content whatever happened to it in between (edited in place twice in one
 clock tick, replaced by rename, removed, made unreadable)."""
 
+import errno
 import os
 import time
 
@@ -287,3 +288,16 @@ def test_only_a_missing_file_means_the_default(tmp_path):
     (d / 'me').write_text('mx.example\n')
     with pytest.raises(NotADirectoryError):
         smtpd.read_config(control.Controls(str(d)), {})   # qmail-smtpd: 421
+
+
+def test_a_control_past_the_limit_is_trouble_not_cut(tmp_path, monkeypatch):
+    """More than MAX_CONTROL_BYTES is an error (the programs' "unable to
+    read controls"), not the first part taken for the whole."""
+    monkeypatch.setattr(control, 'MAX_CONTROL_BYTES', 100)
+    path = tmp_path / 'virtualdomains'
+    path.write_bytes(b'a.example:joe\n' * 7 + b'last.example:joe\n')   # 115 bytes
+    with pytest.raises(OSError) as info:
+        control.readfile(str(path))
+    assert info.value.errno == errno.EFBIG and info.value.filename == str(path)
+    path.write_bytes(b'a.example:joe\n' * 7)                             # 98: whole
+    assert control.readfile(str(path)) == [b'a.example:joe'] * 7

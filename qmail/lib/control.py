@@ -16,8 +16,9 @@ import os
 import stat
 import time
 
-# A control file is written by the admin; reading more than this from one
-# line is a mistake, not configuration.
+# A control file is written by the admin; more than this is a mistake,
+# not configuration: trouble reading it (EFBIG), never a part taken for
+# the whole (a virtualdomains entry past the cut was silently gone).
 MAX_CONTROL_BYTES = 1 << 26
 
 
@@ -69,6 +70,13 @@ def _read(path):
                 break
             chunks.append(chunk)
             total += len(chunk)
+        else:
+            try:
+                more = os.read(fd, 1)
+            except OSError as e:
+                raise type(e)(e.errno, e.strerror, path) from None
+            if more:
+                raise OSError(errno.EFBIG, 'File too large', path)
         return b''.join(chunks)
     finally:
         os.close(fd)
