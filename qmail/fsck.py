@@ -22,7 +22,11 @@ Repairs:  (-r) owners and modes as qmail-install sets them (a queue
           message, an envelope, a recipient list, a bounce) is never
           deleted: the message's files are moved to
           HOME/queue/fsck/<messid>.<time>/ with a REPORT, out of
-          qmail-send's way.
+          qmail-send's way, and only while qmail-send is stopped (its
+          mutex, lock/sendmutex, is held through the repairs; a message
+          taken from under a running one stays a job in its memory).  A
+          message file not named by its inode (a restored queue) is
+          reported only: qmail-send delivers it as it is.
 Exits:    0 clean; 1 problems found (and, with -r, repaired as far as
           safe: run it again to see what is left); 100 usage; 111 could
           not check (or could not write its report).
@@ -108,10 +112,17 @@ def todo_trouble(data: bytes):
             if not record[1:].isdigit():
                 return 'bad %s record' % tag.decode()
         elif tag != b'T':
-            return 'unknown record type %r' % tag
+            return 'unknown record type %s' % record_type(tag)
     if senders != 1:
         return '%d sender records' % senders
     return None
+
+
+def record_type(tag: bytes) -> str:
+    """A record's first byte for the report: itself if printable, else
+    its number ("\\x01")."""
+    return tag.decode('ascii') if tag.isascii() and tag.decode('ascii').isprintable() \
+        else '\\x%02x' % tag[0]
 
 
 def info_trouble(data: bytes):
@@ -130,7 +141,7 @@ def chan_trouble(data: bytes):
         return 'recipient list ends inside a record'
     for record in data[:-1].split(b'\0'):
         if record[:1] not in (b'T', b'D'):
-            return 'unknown record type %r' % record[:1]
+            return 'unknown record type %s' % record_type(record[:1])
     return None
 
 
@@ -185,9 +196,13 @@ def judge(messid: int, look: Look, split: int, now: float) -> list:
     flagtodo = look.stays('todo')
     if look.mess is not None:
         if look.mess[0] != messid:
+            # A queue restored from a backup, or copied: qmail-send
+            # delivers it all the same (it never looks at inodes), so it
+            # stays; only a later injection given inode messid waits
+            # (qmail-queue's 64, temporary) until it is gone.
             out.append(Problem('mess-name', path('mess'),
-                               'a message named %d is inode %d'
-                               % (messid, look.mess[0]), 'quarantine', messid))
+                               'a message named %d is inode %d (qmail-send delivers it '
+                               'as it is)' % (messid, look.mess[0]), '', messid))
     if flagtodo:
         if look.mess is None:
             out.append(Problem('todo-without-mess', path('todo'),
@@ -721,17 +736,42 @@ def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
     for p in problems:
         say(shown(p))
     if flagrepair and problems:
-        fixer = Repairer(home, hier, split, uids, gids, now, say)
-        # The tree first: the queue's repairs need its directories.
-        moved = repair_all(fixer, problems, say)
-        if moved:
-            # Files back in their split subdirectory: judge their messages.
-            again = [p for p in check_queue(qdir, split, now, uids)
-                     if p.messid in moved and p.kind not in ('file-owner', 'file-mode')]
-            for p in again:
-                say(shown(p))
-            repair_all(fixer, again, say)
+        # Messages go out of qmail-send's way only while it is stopped: one
+        # taken from under it stays a job in its memory, "trouble opening"
+        # logged at every retry until a restart.  The mutex is held
+        # through the repairs, so that it does not start meanwhile.
+        mutex = hold_sendmutex(qdir)
+        try:
+            fixer = Repairer(home, hier, split, uids, gids, now, say)
+            held = []
+            # The tree first: the queue's repairs need its directories.
+            moved = repair_all(fixer, problems, say, mutex is not None, held)
+            if moved:
+                # Files back in their split subdirectory: judge their messages.
+                again = [p for p in check_queue(qdir, split, now, uids)
+                         if p.messid in moved and p.kind not in ('file-owner', 'file-mode')]
+                for p in again:
+                    say(shown(p))
+                repair_all(fixer, again, say, mutex is not None, held)
+            if held:
+                say('qmail-send is running: nothing was moved to queue/%s; '
+                    'stop it, then run qmail-fsck -r again' % QUARANTINE)
+        finally:
+            if mutex is not None and mutex >= 0:
+                os.close(mutex)
     return 1 if problems else 0
+
+
+def hold_sendmutex(qdir: str):
+    """queue/lock/sendmutex locked (a descriptor), or None while qmail-send
+    holds it.  A mutex that cannot be opened (missing) has no qmail-send
+    behind it: -1 then, nothing to close."""
+    from qmail.send import lock_mutex
+    try:
+        fd = lock_mutex(os.path.join(qdir, 'lock', 'sendmutex'))
+    except OSError:
+        return -1
+    return fd
 
 
 def shown(p) -> str:
@@ -739,10 +779,17 @@ def shown(p) -> str:
     return str(p) + (' (-r: %s)' % p.repair if p.repair else '')
 
 
-def repair_all(fixer, problems, say) -> set:
-    """Repair in order; the numbers of the messages whose files moved."""
+def repair_all(fixer, problems, say, may_quarantine=True, held=None) -> set:
+    """Repair in order; the numbers of the messages whose files moved.
+    Without may_quarantine (qmail-send runs) a quarantine is not done:
+    such problems are said not repaired and added to held."""
     moved = set()
     for p in problems:
+        if p.repair == 'quarantine' and not may_quarantine:
+            say('not repaired: ' + str(p))
+            if held is not None:
+                held.append(p)
+            continue
         if fixer.repair(p, problems):
             if p.repair == 'move':
                 moved.add(p.messid)
