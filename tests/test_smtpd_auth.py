@@ -1087,17 +1087,23 @@ def test_program_starttls_injection(home):
     check(server.wait(), 0)
 
 
-def test_program_ends_tls_with_close_notify(home):
-    """After the 221 the server says close_notify: a client that takes an
-    end without it for a truncation (suppress_ragged_eofs=False) sees a
-    clean end, not UNEXPECTED_EOF_WHILE_READING."""
-    server = Server(home)
+def starttls_asked(server):
+    """A connection to server that has had its "220 ready for tls"."""
     sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
     f = sock.makefile('rb')
     f.readline()
     sock.sendall(b'STARTTLS\r\n')
     check(f.readline(), b'220 ready for tls\r\n')
     f.close()
+    return sock
+
+
+def test_program_ends_tls_with_close_notify(home):
+    """After the 221 the server says close_notify: a client that takes an
+    end without it for a truncation (suppress_ragged_eofs=False) sees a
+    clean end, not UNEXPECTED_EOF_WHILE_READING."""
+    server = Server(home)
+    sock = starttls_asked(server)
     ctx = client_context(home.cafile)
     ctx.options &= ~getattr(ssl, 'OP_IGNORE_UNEXPECTED_EOF', 0)    # (Debian's default)
     tls = ctx.wrap_socket(sock, suppress_ragged_eofs=False)
@@ -1118,11 +1124,7 @@ def test_program_ends_tls_with_close_notify(home):
 ])
 def test_program_broken_handshake(home, garbage, why):
     server = Server(home)
-    sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
-    f = sock.makefile('rb')
-    f.readline()
-    sock.sendall(b'STARTTLS\r\n')
-    check(f.readline(), b'220 ready for tls\r\n')
+    sock = starttls_asked(server)
     if garbage:
         sock.sendall(garbage)
     sock.shutdown(socket.SHUT_WR)
@@ -1141,11 +1143,7 @@ def test_program_broken_handshake(home, garbage, why):
 def test_program_handshake_timeout(home):
     home.control('timeoutsmtpd', b'1\n')
     server = Server(home)
-    sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
-    f = sock.makefile('rb')
-    f.readline()
-    sock.sendall(b'STARTTLS\r\n')
-    check(f.readline(), b'220 ready for tls\r\n')
+    sock = starttls_asked(server)
     check(sock.recv(100), b'')          # closed, after a second of silence
     sock.close()
     check(server.wait(), 1)
