@@ -57,6 +57,8 @@ ADDR = 1003          # an address with its NUL must fit in this many bytes
 ENVELOPEMAX = 8 << 20  # bytes of envelope: some 200,000 recipients
 BUFSIZE = 65536
 PIDTRIES = 9         # pid/ names tried before giving up (63)
+MESS_TRIES = 9       # nameless files whose inode names a message already
+                     # there (a restored queue), before giving up (64)
 SYNC_GROUP = 'lock/syncfs'  # writers share their syncfs (durable's group commit)
 
 
@@ -212,28 +214,47 @@ class Writer:
 
         # S1: the message's file, nameless or pid/; its inode names the
         # message.  (When it was opened matters to the group commit.)
-        tmpfn = None
-        before = time.monotonic_ns()
-        fd = self.create_anon(pid, 0)
-        if fd is None:
-            tmpfn = self.pidopen(pid, int(now))
-        else:
-            self.messfd = fd
-        opened = (before, time.monotonic_ns())
+        # A message already named by that inode (a queue restored from a
+        # backup, or copied: its files are not named by their inodes)
+        # makes the link fail; qmail gives up (64), and while the
+        # filesystem hands the same inode out again, every injection
+        # would.  A nameless file there is kept open, so that its inode
+        # stays taken, and another is made.
+        busy = []
         try:
-            messid = os.fstat(self.messfd).st_ino
-        except OSError:
-            raise QueueExit(63) from None
-        messfn = qfn('mess', messid, self.split)
+            while True:
+                tmpfn = None
+                before = time.monotonic_ns()
+                fd = self.create_anon(pid, 0)
+                if fd is None:
+                    tmpfn = self.pidopen(pid, int(now))
+                else:
+                    self.messfd = fd
+                opened = (before, time.monotonic_ns())
+                try:
+                    messid = os.fstat(self.messfd).st_ino
+                except OSError:
+                    raise QueueExit(63) from None
+                messfn = qfn('mess', messid, self.split)
+                try:
+                    if tmpfn is None:
+                        durable.link_anon(self.messfd, messfn)
+                    else:
+                        durable.link(tmpfn, messfn)
+                except FileExistsError:
+                    if tmpfn is not None or len(busy) >= MESS_TRIES:
+                        raise QueueExit(64) from None
+                    busy.append(self.messfd)
+                    self.messfd = -1
+                    continue
+                except OSError:
+                    raise QueueExit(64) from None
+                break
+        finally:
+            for fd in busy:
+                os.close(fd)
         intdfn = qfn('intd', messid, self.split)
         todofn = qfn('todo', messid, self.split)
-        try:
-            if tmpfn is None:
-                durable.link_anon(self.messfd, messfn)
-            else:
-                durable.link(tmpfn, messfn)
-        except OSError:
-            raise QueueExit(64) from None
         self.messfn = messfn          # S2: from here on, failures clean up
         if tmpfn is not None:
             try:

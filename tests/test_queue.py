@@ -153,6 +153,43 @@ def test_a_stale_envelope_named_by_the_new_message_is_replaced(tmp_path, monkeyp
     assert os.stat(qfile.qfn('todo', messid, 23)).st_ino == os.stat(qfile.qfn('intd', messid, 23)).st_ino
 
 
+def test_a_message_already_named_by_the_new_inode_is_left_alone(tmp_path, monkeypatch):
+    """A queue restored from a backup holds messages not named by their
+    inodes: when a new nameless file gets inode n and mess/n is such a
+    message, the writer keeps that file (so n stays taken), makes another
+    and queues under its inode; the old message is untouched.  qmail
+    gives up with 64, and every injection did while the filesystem handed
+    out n again."""
+    import os
+    from qmail import queue
+    from qmail.lib import prefork, qfile
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(23)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+    monkeypatch.setattr(queue, '_anon', True)
+    real_fstat = os.fstat
+    planted = []
+
+    def fstat(fd):
+        st = real_fstat(fd)
+        if len(planted) < 2:            # the first two inodes: restored messages
+            planted.append(st.st_ino)
+            with open(qfile.qfn('mess', st.st_ino, 23), 'wb') as f:
+                f.write(b'Subject: restored\n\n')
+        return st
+    monkeypatch.setattr(queue.os, 'fstat', fstat)
+    before = prefork.open_fds()
+    assert inject_once(queue) == 0
+    assert prefork.open_fds() == before
+    todo = os.listdir('todo')
+    assert len(todo) == 1 and int(todo[0]) not in planted, (todo, planted)
+    for n in planted:
+        assert open(qfile.qfn('mess', n, 23), 'rb').read() == b'Subject: restored\n\n'
+    got = open(qfile.qfn('mess', int(todo[0]), 23), 'rb').read()
+    assert got.endswith(b'Subject: x\n\nbody\n'), got
+
+
 def test_todo_flush_failure_leaves_the_message_queued(tmp_path, monkeypatch):
     """Once todo/ names the message, qmail-send may be delivering it (a
     scan of todo/ finds it at once): a failed flush of todo/ answers 53
