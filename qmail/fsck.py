@@ -121,8 +121,10 @@ def todo_trouble(data: bytes):
 def record_type(tag: bytes) -> str:
     """A record's first byte for the report: itself if printable, else
     its number ("\\x01")."""
+    if not tag:
+        return '(an empty record)'
     return tag.decode('ascii') if tag.isascii() and tag.decode('ascii').isprintable() \
-        else '\\x%02x' % tag[0]
+        and tag != b' ' else '\\x%02x' % tag[0]
 
 
 def info_trouble(data: bytes):
@@ -198,8 +200,8 @@ def judge(messid: int, look: Look, split: int, now: float) -> list:
         if look.mess[0] != messid:
             # A queue restored from a backup, or copied: qmail-send
             # delivers it all the same (it never looks at inodes), so it
-            # stays; only a later injection given inode messid waits
-            # (qmail-queue's 64, temporary) until it is gone.
+            # stays; qmail-queue, handed inode messid for a new message,
+            # takes another (qmail's gave up, 64).
             out.append(Problem('mess-name', path('mess'),
                                'a message named %d is inode %d (qmail-send delivers it '
                                'as it is)' % (messid, look.mess[0]), '', messid))
@@ -754,23 +756,34 @@ def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
                     say(shown(p))
                 repair_all(fixer, again, say, mutex is not None, held)
             if held:
-                say('qmail-send is running: nothing was moved to queue/%s; '
-                    'stop it, then run qmail-fsck -r again' % QUARANTINE)
+                say('qmail-send may be running (lock/sendmutex held, missing or not a '
+                    'file): nothing was moved to queue/%s; stop it, then run '
+                    'qmail-fsck -r again' % QUARANTINE)
         finally:
-            if mutex is not None and mutex >= 0:
+            if mutex is not None:
                 os.close(mutex)
     return 1 if problems else 0
 
 
 def hold_sendmutex(qdir: str):
     """queue/lock/sendmutex locked (a descriptor), or None while qmail-send
-    holds it.  A mutex that cannot be opened (missing) has no qmail-send
-    behind it: -1 then, nothing to close."""
-    from qmail.send import lock_mutex
+    holds it, and whenever that cannot be told: a mutex missing (perhaps
+    unlinked under a running qmail-send; -r makes it, and the next run
+    can move messages), not a regular file, or not to be opened.  Opened
+    without following a link or waiting (lock/ is qmailq's)."""
+    import fcntl
     try:
-        fd = lock_mutex(os.path.join(qdir, 'lock', 'sendmutex'))
+        fd = os.open(os.path.join(qdir, 'lock', 'sendmutex'),
+                     os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return -1
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, 'not a regular file')
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
     return fd
 
 
