@@ -771,20 +771,11 @@ def hold_sendmutex(qdir: str):
     unlinked under a running qmail-send; -r makes it, and the next run
     can move messages), not a regular file, or not to be opened.  Opened
     without following a link or waiting (lock/ is qmailq's)."""
-    import fcntl
+    from qmail.send import lock_mutex
     try:
-        fd = os.open(os.path.join(qdir, 'lock', 'sendmutex'),
-                     os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return lock_mutex(os.path.join(qdir, 'lock', 'sendmutex'))
     except OSError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, 'not a regular file')
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def shown(p) -> str:

@@ -1683,9 +1683,16 @@ ALREADY_RUNNING = 'alert: cannot start: qmail-send is already running\n'
 def lock_mutex(path: str):
     """A descriptor of the mutex at path, locked (the lock lasts while it
     is open); None if another process holds it.  OSError if it cannot be
-    opened."""
+    opened or is not a regular file: lock/ is qmailq's, and qmail-start
+    looks as root, so a link there is not followed, nor a FIFO waited on."""
     import fcntl
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, 'not a regular file', path)
+    except OSError:
+        os.close(fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -706,3 +706,32 @@ def test_a_bounce_paragraph_retried_is_written_once(queue_home, monkeypatch, fai
     assert after.startswith(before)
     assert after[len(before):].count(b'second@x.example') == 1, after
     assert after[len(before):].startswith(b'<second@x.example>:'), after
+
+
+def test_the_mutex_is_a_regular_file_of_its_own(tmp_path):
+    """lock/ is qmailq's and qmail-start looks at the mutex as root: a
+    FIFO there is not waited on, a link not followed (both OSError, so
+    qmail-send's start says it cannot open its mutex); a held mutex is
+    None, a free one is taken."""
+    import fcntl
+    path = str(tmp_path / 'sendmutex')
+    os.mkfifo(path)
+    with pytest.raises(OSError):
+        send.lock_mutex(path)
+    os.unlink(path)
+    (tmp_path / 'target').write_bytes(b'')
+    os.symlink(str(tmp_path / 'target'), path)
+    with pytest.raises(OSError):
+        send.lock_mutex(path)
+    os.unlink(path)
+    open(path, 'wb').close()
+    fd = send.lock_mutex(path)
+    assert fd is not None
+    other = os.open(path, os.O_WRONLY)
+    try:
+        assert send.lock_mutex(path) is None
+        with pytest.raises(OSError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(other)
+        os.close(fd)
