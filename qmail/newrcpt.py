@@ -341,8 +341,9 @@ class Survey:
         files = self.files(n.home, note) if n.dash else frozenset()
         return Owner(note, n.dash, n.ext, files)
 
-    def passwd_users(self) -> dict:
-        """{name: Owner} of every passwd name qmail-getpw would take."""
+    def passwd_users(self, alias: bytes = None) -> dict:
+        """{name: Owner} of every passwd name qmail-getpw would take; the
+        alias user's files are HOME/alias there too (alias@, alias-x@)."""
         out = {}
         for pw in self.list_users():
             name = _b(pw.pw_name).lower()
@@ -358,8 +359,9 @@ class Survey:
                           'addresses' % (os.fsdecode(name), err))
                 out[name] = Owner(note, b'-', b'', None)
                 continue
-            out[name] = Owner(note, b'-', b'', self.files(_b(found.pw_dir),
-                                                          note))
+            homedir = (os.fsencode(os.path.join(self.home, 'alias')) if name == alias
+                       else _b(found.pw_dir))
+            out[name] = Owner(note, b'-', b'', self.files(homedir, note))
         return out
 
     def alias_user(self, alias: bytes) -> Owner:
@@ -447,7 +449,7 @@ def build(home, *, list_users=pwd.getpwall, lookup_user=getpw.system_lookup,
     world = World(
         exact={k: survey.assigned(k, d, False) for k, d in exact.items()},
         wild={k: survey.assigned(k, d, True) for k, d in wild.items()},
-        users=survey.passwd_users(),
+        users=survey.passwd_users(alias),
         alias=survey.alias_user(alias),
         brk=brk)
     return records(world, stamps)

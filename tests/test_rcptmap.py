@@ -346,6 +346,22 @@ def test_a_slash_in_dash_or_ext_refuses_nothing(tmp_path, monkeypatch):
         assert m.check(b'ann-nosuch@example.org') == R     # ann's own dash has none
 
 
+def test_the_alias_user_as_a_user_has_this_homes_alias_dir(tmp_path, monkeypatch):
+    """alias-foo@ is the passwd user alias with ext foo: qmail-getpw gives
+    it this home's alias/, as every address the alias user takes, not
+    its passwd home (another installation's, here)."""
+    w = FakeWorld(str(tmp_path), alias_files=ALIAS_FILES + ['.qmail-foo'])
+    elsewhere = os.path.join(str(tmp_path), 'otherqmail', 'alias')
+    w.make_home(elsewhere, ['.qmail-bar'])
+    w.entries[b'alias'].pw_dir = elsewhere
+    w.owners[os.fsencode(elsewhere)] = 1010
+    with RcptMap(w.install(), routing=routing()) as m:
+        for local, want in [(b'alias-foo', A), (b'alias-bar', R)]:
+            got = m.check(local + b'@example.org')
+            assert got == want, '%r: got %s want %s' % (local, got, want)
+            assert got == w.oracle(local, monkeypatch), local
+
+
 def test_alias_default_takes_what_nobody_owns(tmp_path):
     w = FakeWorld(str(tmp_path), alias_files=ALIAS_FILES + ['.qmail-default'])
     with RcptMap(w.install(), routing=routing()) as m:
