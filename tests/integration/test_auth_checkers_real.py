@@ -171,7 +171,7 @@ def test_launcher_a_directory_on_fd_0_to_2_is_temporary_trouble(site, tmp_path):
             p = subprocess.run(
                 ['checkpassword', '/bin/sh', '-c', 'touch %s' % marker],
                 executable=os.path.join(site['home'], 'bin', 'checkpassword'),
-                pass_fds=(r, d), preexec_fn=setup, user=pwd.getpwnam('qmaild').pw_uid,
+                pass_fds=(r, d, 3), preexec_fn=setup, user=pwd.getpwnam('qmaild').pw_uid,
                 group=grp.getgrnam('nofiles').gr_gid, extra_groups=[],
                 env={'PATH': '/usr/bin:/bin'}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
