@@ -3,8 +3,9 @@
 Runs as:  qmailp, started by qmail-lspawn as bin/qmail-getpw local,
           when users/cdb does not assign the address.
 Reads:    the passwd database (getpwnam); stats home directories.
-Writes:   fd 1: user, uid, gid, homedir, dash, ext, each ending in NUL;
-          nothing at all in case of trouble.
+Writes:   fd 1: user, uid, gid, homedir, dash, ext, each ending in NUL
+          (for the alias user, HOME/alias: alias_home()); nothing at all
+          in case of trouble.
 Exits:    0 found; 100 no argument; QLX_SYS (118) temporary getpwnam
           trouble; QLX_NFS (115) temporary trouble stat()ing a home;
           QLX_NOALIAS (116) no alias user.  qmail-lspawn passes the code

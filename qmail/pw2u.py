@@ -27,7 +27,8 @@ name listed twice the last line wins.  The uid and gid are copied as
 written.  A user named exactly as the alias user (conf-users) also gets
 the catch-all wildcard "+:alias:...:-::", printed before its own lines;
 its lines name this home's alias/ directory, not the passwd home (the
-same in a default install), as qmail-getpw's fallback does.  A subuser can only name a user that passed the rules.
+same in a default install), as qmail-getpw's fallback does.  A subuser
+can only name a user that passed the rules.
 """
 
 import errno

@@ -19,7 +19,6 @@ import sys
 import syslog
 import time
 
-from qmail.lib.control import scan_ulong
 
 FOLD = 799
 
@@ -86,7 +85,12 @@ def facility_of(arg: str) -> int:
     scan_ulong reads it: the leading digits ("1x6" is 1), none is 0; a
     number too big wraps as C's unsigned long does, and reaches openlog
     as a C int (whose check then keeps the default facility)."""
-    fac = ((scan_ulong(os.fsencode(arg)) % (1 << 64)) << 3) % (1 << 32)
+    value = 0
+    for c in os.fsencode(arg):       # scan_ulong on a 64-bit unsigned long
+        if not 48 <= c <= 57:
+            break
+        value = (value * 10 + c - 48) % (1 << 64)
+    fac = ((value << 3) % (1 << 64)) % (1 << 32)
     return fac - (1 << 32) if fac >= 1 << 31 else fac
 
 

@@ -206,7 +206,7 @@ def rewrite(home: str, change) -> None:
         fcntl.lockf(lockfd, fcntl.LOCK_EX)
         path = os.path.join(home, FILE)
         data = trusted_read(path)
-        if data is None:
+        if not data:                    # none yet, or empty: a new file
             entries = []
             change(entries)
             text = render(entries)

@@ -1041,6 +1041,7 @@ def test_splogger_facility_as_scan_ulong_reads_it(arg, want):
     ('268435456', -2**31),                   # 2**28 << 3: the sign bit
     ('536870912', 0),                        # 2**29 << 3: gone
     ('268435455', 2**31 - 8),
+    ('9' * 60, -8),           # past 40 digits too: wrapped digit by digit
 ])
 def test_splogger_facility_wraps_as_c(arg, want):
     """A number too big for C wraps, as C's; it used to overflow Python's
