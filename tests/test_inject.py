@@ -937,10 +937,12 @@ def test_a_reader_gone_kills_with_sigpipe_as_the_c_program(home):
     os.close(r)                     # the reader is gone before the first write
     try:
         p = subprocess.run(
-            [sys.executable, '-c', 'from qmail import inject; inject.run()', '-n'],
+            [sys.executable, '-c', 'from qmail.lib import auto; auto.QMAIL = %r; '
+             'from qmail import inject; inject.run()' % str(home), '-n'],
             input=b'To: a@b.c\n\n' + b'body line\n' * 20000, stdout=w,
             stderr=subprocess.PIPE, timeout=60,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            env={'PATH': '/usr/bin:/bin', 'USER': 'joe',
+                 'PYTHONPATH': os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
     finally:
         os.close(w)
     assert (p.returncode, p.stderr) == (-signal.SIGPIPE, b''), (p.returncode, p.stderr)
