@@ -144,22 +144,28 @@ class Controls:
         self.routing = routing(ctl)
 
     def again(self, ctl: control.Controls):
-        """SIGHUP: (the controls, trouble).  As qmail, locals and
-        virtualdomains (with the rest of the routing) are taken whenever
-        they can be read, else nothing changes (OSError or ValueError
-        raised); the other controls are taken if all can be read, else
-        they stay and trouble says why.  The concurrency limits are not
-        read: they stay as at start (the spawns' slot tables were sized
-        then), so no trouble with those files holds up the rest."""
+        """SIGHUP: (the controls, trouble).  As qmail's regetcontrols,
+        locals and virtualdomains are taken whenever they can be read,
+        else nothing changes (OSError or ValueError raised).  Beyond
+        qmail the others are read too: percenthack and envnoathost, and
+        then the rest, each group taken if all of it can be read, else
+        kept, trouble saying why.  The concurrency limits are not read:
+        they stay as at start (the spawns' slot tables were sized then)."""
+        locals_, virtual = routing_core(ctl)
+        trouble = None
+        try:
+            percent, noathost = routing_more(ctl)
+        except (OSError, ValueError) as e:
+            trouble = e
+            percent, noathost = self.routing.percenthack, self.routing.envnoathost
         new = copy.copy(self)
-        new.routing = routing(ctl)
-        rest = copy.copy(self)
+        new.routing = rules.Routing(locals_, virtual, percent, noathost)
+        rest = copy.copy(new)
         try:
             rest.read_rest(ctl)
         except (OSError, ValueError) as e:
-            return new, e
-        rest.routing = new.routing
-        return rest, None
+            return new, trouble or e
+        return rest, trouble
 
     def read_rest(self, ctl: control.Controls):
         """All but the concurrency limits and the routing."""
@@ -186,16 +192,23 @@ def no_nul(name: str, value: bytes) -> bytes:
 
 
 def routing(ctl: control.Controls) -> rules.Routing:
+    return rules.Routing(*routing_core(ctl), *routing_more(ctl))
+
+
+def routing_core(ctl: control.Controls):
+    """(locals, virtualdomains): what qmail-send's HUP rereads."""
     if ctl.me is None and not ctl.exists('locals'):
         raise OSError(errno.ENOENT, 'no control/locals and no control/me')
     virtual = ctl.lines('virtualdomains')
     for line in virtual:
         no_nul('virtualdomains', line)
-    return rules.Routing(ctl.lines('locals', flagme=True),
-                         virtual,
-                         ctl.lines('percenthack'),
-                         no_nul('envnoathost', ctl.line('envnoathost', b'envnoathost',
-                                                        flagme=True)))
+    return ctl.lines('locals', flagme=True), virtual
+
+
+def routing_more(ctl: control.Controls):
+    """(percenthack, envnoathost): the rest of the routing."""
+    return (ctl.lines('percenthack'),
+            no_nul('envnoathost', ctl.line('envnoathost', b'envnoathost', flagme=True)))
 
 
 class Job:

@@ -490,7 +490,7 @@ def test_a_reread_that_fails_names_the_file_and_keeps_the_controls(queue_home, t
 
 
 @pytest.mark.parametrize('bad', ['concurrencylocal', 'concurrencyremote', 'bouncefrom',
-                                 'queuelifetime'])
+                                 'queuelifetime', 'percenthack', 'envnoathost'])
 def test_a_reread_takes_locals_and_virtualdomains_whatever_else_fails(queue_home, tmp_path,
                                                                         bad):
     """qmail-send(8): HUP rereads locals and virtualdomains.  A file the
@@ -508,7 +508,11 @@ def test_a_reread_takes_locals_and_virtualdomains_whatever_else_fails(queue_home
     assert s.c.routing.vdoms.get(b'hup.example') == b'joe'
     assert b'hup-local.example' in s.c.routing.locals
     assert s.c.concurrency == before.concurrency
-    assert (s.c.bouncefrom, s.c.lifetime) == (before.bouncefrom, before.lifetime)
+    if bad in ('percenthack', 'envnoathost'):
+        assert (s.c.routing.percenthack, s.c.routing.envnoathost) == \
+            (before.routing.percenthack, before.routing.envnoathost)
+    else:
+        assert (s.c.bouncefrom, s.c.lifetime) == (before.bouncefrom, before.lifetime)
     alerts = [line for line in log if line.startswith('alert: unable to reread controls: ')]
     if bad.startswith('concurrency'):
         assert alerts == [], alerts     # not read at all
