@@ -607,7 +607,9 @@ class Session:
         if keyword is not None:
             lines.append(keyword)
         if self.config.databytes:
-            lines.append(b'SIZE %d' % self.config.databytes)
+            # RFC 1870: at most 20 digits; a limit beyond that is none to declare.
+            lines.append(b'SIZE %d' % self.config.databytes
+                         if self.config.databytes < 10 ** 20 else b'SIZE')
         self.out(b''.join(b'250-' + line + b'\r\n' for line in lines[:-1])
                  + b'250 ' + lines[-1] + b'\r\n')
         self.seenmail = False

@@ -161,6 +161,9 @@ OK = b'250 ok %d qp 4242' % NOW
     (dict(flagauthplain=True), None, [b'PIPELINING', b'8BITMIME', b'AUTH LOGIN PLAIN']),
     (dict(flagauthplain=True, flagtls=True, databytes=99), None,
      [b'PIPELINING', b'8BITMIME', b'STARTTLS', b'AUTH LOGIN PLAIN', b'SIZE 99']),
+    # RFC 1870's size-param has at most 20 digits: past that, no number
+    (dict(databytes=10 ** 20), None, [b'PIPELINING', b'8BITMIME', b'SIZE']),
+    (dict(databytes=10 ** 20 - 1), None, [b'PIPELINING', b'8BITMIME', b'SIZE ' + b'9' * 20]),
     (dict(), None, [b'PIPELINING', b'8BITMIME']),   # AUTH only under TLS
 ])
 def test_ehlo_offers(kw, tls, want):
