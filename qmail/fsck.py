@@ -386,7 +386,15 @@ def scan_names(qdir: str, split: int, uids=None):
 def scan_pid(qdir: str, now: float) -> list:
     out = []
     for name in _listdir(os.path.join(qdir, 'pid')):
-        st = _lstat(os.path.join(qdir, 'pid', name))
+        path = os.path.join(qdir, 'pid', name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                out.append(Problem('stray', 'queue/pid/' + name,
+                                   'not a file qmail-queue makes'))
+                continue
+        except FileNotFoundError:
+            continue
+        st = _lstat(path)
         if st is not None and now >= st[1] + OSSIFIED:
             out.append(Problem('pid-stale', 'queue/pid/' + name,
                                'left by a dead qmail-queue', 'remove'))

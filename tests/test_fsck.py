@@ -210,6 +210,12 @@ def make_misplaced(q):
     os.rename(q.path('info', m), wrong)
 
 
+def make_pid_dir(q):
+    path = os.path.join(q.qdir, 'pid', '98.1.1')
+    os.mkdir(path)
+    os.utime(path, (OLD, OLD))
+
+
 def make_stray(q):
     with open(os.path.join(q.qdir, 'todo', 'notes.txt'), 'wb') as f:
         f.write(b'mine')
@@ -233,6 +239,7 @@ PROBLEMS = [
     (make_pid_stale, 'pid-stale', 'remove'),
     (make_misplaced, 'misplaced', 'move'),
     (make_stray, 'stray', ''),
+    (make_pid_dir, 'stray', ''),                 # not removed as a pid/ file: reported
 ]
 
 
@@ -286,7 +293,7 @@ def test_repair_never_deletes_a_message(q):
                for r in reports)
     # The healthy message was not touched; what is left is clean.
     assert os.path.exists(q.path('info', keep))
-    assert kinds(q.check()) == ['mess-name', 'stray']
+    assert kinds(q.check()) == ['mess-name', 'stray', 'stray']
 
 
 def test_no_quarantine_while_qmail_send_runs(q):
