@@ -809,6 +809,7 @@ def compile_rules(rules):
 
 
 def status_text(home):
+    from qmail import svscan
     me = control.me_text(home)
     return '''qmail home %(home)s is installed for %(me)s.
 Queue a first message (as any user):
@@ -822,7 +823,10 @@ A user without a .qmail file gets mail in ~/Maildir/ (make it with
 postmaster and MAILER-DAEMON lands in %(home)s/alias/Maildir/ until
 you point %(home)s/alias/.qmail-root (and -postmaster,
 -mailer-daemon) at a person, as qmail's INSTALL.alias says.
-Run it: make run (or %(home)s/bin/qmail-svscan start); make stop.''' % {'home': home, 'me': me}
+Run it: %(run)s (or %(home)s/bin/qmail-svscan start); %(stop)s.''' % {
+        'home': home, 'me': me, 'run': svscan.make_cmd('run', home),
+        'stop': svscan.make_cmd('stop', home)}
+
 
 
 # --- main -----------------------------------------------------------------

@@ -107,6 +107,13 @@ def stop_services(home: str) -> list:
     return []
 
 
+def make_cmd(target: str, home: str) -> str:
+    """The make command for home: the Makefile's default is /var/qmail."""
+    if os.path.realpath(home) == '/var/qmail':
+        return 'make ' + target
+    return 'make %s QMAIL_HOME=%s' % (target, home)
+
+
 def intro(home: str) -> str:
     me = control.me_text(home)
     return ('qmail is running under daemontools (svscan %(home)s/service).\n'
@@ -115,8 +122,8 @@ def intro(home: str) -> str:
             'It lands in %(home)s/alias/Maildir/new/ (root\'s mail; see README).\n'
             'Logs: %(home)s/log/<service>/current (qmail-send, qmail-smtpd%(pop)s)\n'
             '    (tai64nlocal < %(home)s/log/qmail-send/current for readable times)\n'
-            'Status: svstat %(home)s/service/*; Ctrl-C or make stop stops everything.\n'
-            % {'home': home, 'me': me,
+            'Status: svstat %(home)s/service/*; Ctrl-C or %(stop)s stops everything.\n'
+            % {'home': home, 'me': me, 'stop': make_cmd('stop', home),
                'pop': ', qmail-pop3d' if 'qmail-pop3d' in services(home) else ''})
 
 

@@ -1361,3 +1361,17 @@ sys.exit(svscan.start(%(home)r))
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_closing_words_name_the_home_for_make(tmp_path):
+    """The Makefile's targets act on QMAIL_HOME, /var/qmail by default:
+    another home's closing words say make run/stop QMAIL_HOME=<home>,
+    where plain make stop would have stopped /var/qmail's."""
+    from qmail import install, svscan
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'me').write_text('mx.example\n')
+    home = str(tmp_path)
+    assert 'make run QMAIL_HOME=%s (' % home in install.status_text(home)
+    assert 'make stop QMAIL_HOME=%s.' % home in install.status_text(home)
+    assert 'Ctrl-C or make stop QMAIL_HOME=%s stops' % home in svscan.intro(home)
+    assert svscan.make_cmd('stop', '/var/qmail') == 'make stop'
