@@ -103,12 +103,24 @@ def outsafe(text: bytes) -> bytes:
     return bytes(ch if 33 <= ch <= 126 else 63 for ch in text)
 
 
+def split_policy_line(line: bytes):
+    """(key, sep, value) of a control/smtproutes or tlsdestinations line:
+    at its first colon, as qmail's constmap, but past the brackets of an
+    address literal ([IPv6:2001:db8::1]: its colons are its own)."""
+    if line.startswith(b'['):
+        end = line.find(b']')
+        if end > 0:
+            sep = line[end + 1:end + 2]
+            return line[:end + 1], sep if sep == b':' else b'', line[end + 2:] if sep == b':' else b''
+    return line.partition(b':')
+
+
 def parse_map(lines) -> dict:
     """qmail's constmap with flagcolon: {lowercased key: value}; lines
     without a colon are ignored; a later line wins."""
     out = {}
     for line in lines:
-        key, sep, value = line.partition(b':')
+        key, sep, value = split_policy_line(line)
         if sep:
             out[policy_key(key)] = value      # as policy_name spells hosts
     return out
@@ -119,11 +131,7 @@ def parse_tlsmap(lines) -> dict:
     colon is a domain with the system's CAs."""
     out = {}
     for line in lines:
-        if line.startswith(b'['):            # [IPv6:...]: its colons are its own
-            end = line.find(b']')
-            key, value = (line[:end + 1], line[end + 2:]) if end > 0 else (line, b'')
-        else:
-            key, _, value = line.partition(b':')
+        key, _, value = split_policy_line(line)
         out[policy_key(key)] = value.strip()
     return out
 

@@ -49,6 +49,9 @@ def test_null_mx(mxs, want):
     ('[ipv6:2001:DB8::1]', '2001:db8::1'),
     ('[2001:db8::1]', '2001:db8::1'),
     ('[IPv6:1.2.3.4]', None),
+    ('[IPv6:::1%1]', None),              # a zone is no part of RFC 5321's literal:
+    ('[::1%lo]', None),                  # "::1%1" passed for another host (a loop)
+    ('fe80::1%eth0', None),
     ('[1.2.3.400]', None),
     ('example.com', None),
     ('[example.com]', None),
@@ -87,6 +90,9 @@ ROUTES = remote.parse_map([
     b'no colon here',
     b'dup.example.com:first',
     b'dup.example.com:second',
+    b'[IPv6:2001:db8::9]:[::1]:2526',     # a literal domain: its colons are its own
+    b'[192.0.2.9]:relay4.example.com',
+    b'[IPv6:2001:db8::8]',                 # no colon after it: ignored
 ])
 
 
@@ -99,6 +105,10 @@ ROUTES = remote.parse_map([
     (b'upper.example.com', b'relay.example.com'),
     (b'UPPER.EXAMPLE.COM', b'relay.example.com'),
     (b'dup.example.com', b'second'),     # qmail's constmap: the last line wins
+    (b'[IPv6:2001:db8::9]', b'[::1]:2526'),
+    (b'[ipv6:2001:DB8::9]', b'[::1]:2526'),
+    (b'[192.0.2.9]', b'relay4.example.com'),
+    (b'[IPv6:2001:db8::8]', b'heaven.af.mil'),
 ])
 def test_smtproutes_lookup(host, want):
     got = remote.lookup_map(host, ROUTES)
