@@ -72,7 +72,9 @@ BACKLOG_MAX = 65535          # -b above it is taken as it (the kernel's somaxcon
 SPARE = 4                    # idle workers kept ready for a built-in program
 MAX_USE = 1000               # connections a worker serves before it retires
 TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
-           'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO')
+           'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO',
+           'TCP6LOCALIP', 'TCP6LOCALPORT', 'TCP6LOCALHOST', 'TCP6REMOTEIP',
+           'TCP6REMOTEPORT', 'TCP6REMOTEHOST', 'TCP6REMOTEINFO')
 TCP_ENVB = tuple(os.fsencode(k) for k in TCP_ENV)
 
 
@@ -207,16 +209,24 @@ def base_environ() -> dict:
 
 def connection_env(base: dict, local, remote, localname: str, rule_env: dict) -> dict:
     """The child's environment, as bytes: base (from base_environ()),
-    tcp-environ(5), then the rule's variables."""
+    tcp-environ(5), then the rule's variables.  An IPv6 client (not an
+    IPv4 one on an IPv6 socket) gets, as from Debian's tcpserver with
+    the IPv6 patch, PROTO=TCP6 and each TCP variable as TCP6 too."""
     env = dict(base)
-    env.update({
-        b'PROTO': b'TCP',
+    remoteip = unmap(remote[0])
+    tcp = {
         b'TCPLOCALIP': os.fsencode(unmap(local[0])),
         b'TCPLOCALPORT': b'%d' % local[1],
         b'TCPLOCALHOST': os.fsencode(localname),
-        b'TCPREMOTEIP': os.fsencode(unmap(remote[0])),
+        b'TCPREMOTEIP': os.fsencode(remoteip),
         b'TCPREMOTEPORT': b'%d' % remote[1],
-    })
+    }
+    env.update(tcp)
+    if ':' in remoteip:
+        env[b'PROTO'] = b'TCP6'
+        env.update((b'TCP6' + key[3:], value) for key, value in tcp.items())
+    else:
+        env[b'PROTO'] = b'TCP'
     for key, value in rule_env.items():
         # The rule's bytes, as tcpserver passes them (tcprules.parse
         # reads them as latin-1, one char a byte).
