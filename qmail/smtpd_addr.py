@@ -215,9 +215,12 @@ def parse_if_inet6(data: bytes) -> frozenset:
 
 
 def local_ips6() -> frozenset:
-    """This host's IPv6 addresses; none when the kernel has no IPv6."""
+    """This host's IPv6 addresses, with :: ("this host", as 0.0.0.0 is
+    among the IPv4 ones and qmail-remote counts it); just that when the
+    kernel has no IPv6."""
+    unspecified = frozenset((bytes(16),))
     try:
         with open(IF_INET6, 'rb') as f:
-            return parse_if_inet6(f.read(1 << 20))
+            return parse_if_inet6(f.read(1 << 20)) | unspecified
     except FileNotFoundError:
-        return frozenset()
+        return unspecified

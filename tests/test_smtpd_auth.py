@@ -634,6 +634,8 @@ def test_parse_if_inet6():
 def test_local_ips6():
     ips = smtpd.local_ips6()
     assert all(len(ip) == 16 for ip in ips)
+    # [IPv6:::] is this host, as [0.0.0.0] is (and qmail-remote counts it)
+    assert bytes(16) in ips
 
 
 @pytest.mark.parametrize('env,want', [
