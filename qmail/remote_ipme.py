@@ -108,8 +108,11 @@ def ipme() -> frozenset:
 def is_me(ip: str, me) -> bool:
     """Is ip one of me?  An IPv4-mapped IPv6 address (::ffff:a.b.c.d, as
     an AAAA record may hold) is the IPv4 address it maps: a connection
-    to it reaches that address."""
-    addr = ipaddress.ip_address(ip)
+    to it reaches that address.  So is one with a zone (::1%1, from a
+    literal [IPv6:::1%1]) the address without it: compared with the
+    zone, it passed for another host, and the mail came back here round
+    after round."""
+    addr = ipaddress.ip_address(ip.split('%', 1)[0])
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr in me

@@ -108,11 +108,6 @@ def literal(host: str):
     """The address of an IP-literal host, or None: [1.2.3.4], 1.2.3.4,
     [IPv6:2001:db8::1] (RFC 5321 4.1.3), and [2001:db8::1] leniently."""
     text = host
-    if '%' in text:
-        # A zone (fe80::1%eth0) is no part of RFC 5321's IPv6-addr;
-        # ipaddress takes one, and "::1%1" then passed for another
-        # host than this one: the mail came back here, round after round.
-        return None
     if text.startswith('[') and text.endswith(']'):
         text = text[1:-1]
         if text[:5].lower() == 'ipv6:':
