@@ -74,7 +74,7 @@ MAX_USE = 1000               # connections a worker serves before it retires
 TCP_ENV = ('PROTO', 'TCPLOCALIP', 'TCPLOCALPORT', 'TCPLOCALHOST', 'TCPREMOTEIP',
            'TCPREMOTEPORT', 'TCPREMOTEHOST', 'TCPREMOTEINFO',
            'TCP6LOCALIP', 'TCP6LOCALPORT', 'TCP6LOCALHOST', 'TCP6REMOTEIP',
-           'TCP6REMOTEPORT', 'TCP6REMOTEHOST', 'TCP6REMOTEINFO')
+           'TCP6REMOTEPORT', 'TCP6REMOTEHOST', 'TCP6REMOTEINFO', 'TCP6INTERFACE')
 TCP_ENVB = tuple(os.fsencode(k) for k in TCP_ENV)
 
 
@@ -209,24 +209,25 @@ def base_environ() -> dict:
 
 def connection_env(base: dict, local, remote, localname: str, rule_env: dict) -> dict:
     """The child's environment, as bytes: base (from base_environ()),
-    tcp-environ(5), then the rule's variables.  An IPv6 client (not an
-    IPv4 one on an IPv6 socket) gets, as from Debian's tcpserver with
-    the IPv6 patch, PROTO=TCP6 and each TCP variable as TCP6 too."""
+    tcp-environ(5), then the rule's variables.  As Debian's tcpserver
+    (with the IPv6 patch) does: PROTO=TCP6 for an IPv6 client, TCP for
+    an IPv4 one, and for both each TCP variable as TCP6 too, an IPv4
+    address there in its IPv4-mapped form (::ffff:192.0.2.1)."""
     env = dict(base)
-    remoteip = unmap(remote[0])
+    localip, remoteip = unmap(local[0]), unmap(remote[0])
     tcp = {
-        b'TCPLOCALIP': os.fsencode(unmap(local[0])),
+        b'TCPLOCALIP': os.fsencode(localip),
         b'TCPLOCALPORT': b'%d' % local[1],
         b'TCPLOCALHOST': os.fsencode(localname),
         b'TCPREMOTEIP': os.fsencode(remoteip),
         b'TCPREMOTEPORT': b'%d' % remote[1],
     }
     env.update(tcp)
-    if ':' in remoteip:
-        env[b'PROTO'] = b'TCP6'
-        env.update((b'TCP6' + key[3:], value) for key, value in tcp.items())
-    else:
-        env[b'PROTO'] = b'TCP'
+    env.update((b'TCP6' + key[3:], value) for key, value in tcp.items())
+    for key, ip in ((b'TCP6LOCALIP', localip), (b'TCP6REMOTEIP', remoteip)):
+        if ':' not in ip:
+            env[key] = b'::ffff:' + os.fsencode(ip)
+    env[b'PROTO'] = b'TCP6' if ':' in remoteip else b'TCP'
     for key, value in rule_env.items():
         # The rule's bytes, as tcpserver passes them (tcprules.parse
         # reads them as latin-1, one char a byte).

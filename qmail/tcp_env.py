@@ -17,7 +17,9 @@ Writes:   nothing: it sets tcp-environ(5)'s PROTO=TCP, TCPLOCALIP,
           ident server said after its third colon, unset if it said
           nothing in time.  When PROTO is TCP already (tcpserver, or
           qmail-listen, made the whole environment), nothing is asked or
-          changed: program runs at once.
+          changed: program runs at once; so too for TCP6, what Debian's
+          tcpserver and qmail-listen say for an IPv6 client (qmail's
+          tcp-env, IPv4 only, asked again).
 Options:  -r (the default) ask for TCPREMOTEINFO; -R do not; -t timeout:
           seconds for the ident server's connection, and again for its
           whole answer (default 30).
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
     if parsed is None:
         return 111
     flagremoteinfo, timeout, program = parsed
-    if os.environ.get('PROTO') != 'TCP':
+    if os.environ.get('PROTO') not in ('TCP', 'TCP6'):
         if not describe_connection(flagremoteinfo, timeout):
             return 111
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):

@@ -34,23 +34,26 @@ def test_connection_environment_set_and_taken_back(monkeypatch):
     assert getenv(b'RELAYCLIENT') is None and getenv(b'KEEP') == b'kept'
 
 
-def test_an_ipv6_client_gets_tcp6_as_from_tcpserver(monkeypatch):
-    """Debian's tcpserver (IPv6 patch) gives an IPv6 client PROTO=TCP6 and
-    each TCP variable as TCP6 too; an IPv4 client, also on an IPv6
-    socket, PROTO=TCP alone.  A run script moved over from it finds the
-    same; the next connection in the worker none of them."""
+def test_tcp6_variables_as_from_tcpserver(monkeypatch):
+    """Debian's tcpserver (IPv6 patch) gives an IPv6 client PROTO=TCP6, an
+    IPv4 one PROTO=TCP, and both each TCP variable as TCP6 too (an IPv4
+    address there IPv4-mapped).  A run script moved over from it finds
+    the same; an inherited TCP6INTERFACE reaches no client."""
+    monkeypatch.setenv('TCP6INTERFACE', 'eth9')
     base = listen.base_environ()
+    assert b'TCP6INTERFACE' not in base
     env = listen.connection_env(base, ('::1', 25), ('::1', 40002), 'mx', {})
     assert env[b'PROTO'] == b'TCP6'
     for name in (b'LOCALIP', b'LOCALPORT', b'LOCALHOST', b'REMOTEIP', b'REMOTEPORT'):
         assert env[b'TCP6' + name] == env[b'TCP' + name], name
     assert env[b'TCP6REMOTEIP'] == b'::1' and env[b'TCP6LOCALHOST'] == b'mx'
-    listen.set_environ(env)
     env4 = listen.connection_env(base, ('::ffff:127.0.0.1', 25), ('::ffff:10.0.0.9', 1), 'mx', {})
-    listen.set_environ(env4)
-    assert os.environ['PROTO'] == 'TCP' and os.environ['TCPREMOTEIP'] == '10.0.0.9'
-    assert not [k for k in os.environ if k.startswith('TCP6')]
-    listen.set_environ(base)
+    assert (env4[b'PROTO'], env4[b'TCPREMOTEIP'], env4[b'TCPLOCALIP']) == \
+        (b'TCP', b'10.0.0.9', b'127.0.0.1')
+    assert (env4[b'TCP6REMOTEIP'], env4[b'TCP6LOCALIP'], env4[b'TCP6REMOTEPORT']) == \
+        (b'::ffff:10.0.0.9', b'::ffff:127.0.0.1', b'1')
+    env4b = listen.connection_env(base, ('127.0.0.1', 25), ('10.0.0.9', 1), 'mx', {})
+    assert env4b == env4                # an IPv4 socket: the same
 
 
 import pytest

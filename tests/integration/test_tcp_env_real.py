@@ -126,12 +126,16 @@ def test_a_peer_without_a_name_and_without_ident(home):
     assert 'TCPREMOTEHOST' not in got and 'TCPREMOTEINFO' not in got
 
 
-def test_proto_tcp_already_changes_nothing(home):
-    env = {'PATH': '/usr/bin:/bin', 'PROTO': 'TCP', 'TCPREMOTEIP': '192.0.2.9'}
+@pytest.mark.parametrize('proto', ['TCP', 'TCP6'])
+def test_proto_tcp_already_changes_nothing(home, proto):
+    """TCP6: what Debian's tcpserver and qmail-listen say for an IPv6
+    client; tcp-env asked the DNS and ident again, over the -l name."""
+    env = {'PATH': '/usr/bin:/bin', 'PROTO': proto, 'TCPREMOTEIP': '192.0.2.9'}
     with open(os.devnull, 'rb') as null:
         code, got, err = tcp_env(home, [], null, env=env)
     assert code == 0, err
     assert got['TCPREMOTEIP'] == '192.0.2.9' and 'TCPLOCALIP' not in got
+    assert got['PROTO'] == proto
 
 
 @pytest.mark.parametrize('args', [['-R'], []])
