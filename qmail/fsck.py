@@ -200,8 +200,9 @@ def judge(messid: int, look: Look, split: int, now: float) -> list:
         if look.mess[0] != messid:
             # A queue restored from a backup, or copied: qmail-send
             # delivers it all the same (it never looks at inodes), so it
-            # stays; qmail-queue, handed inode messid for a new message,
-            # takes another (qmail's gave up, 64).
+            # stays; qmail-queue, handed inode messid for a nameless new
+            # message, takes another (qmail's gave up, 64, as this one
+            # still does where files cannot be made nameless).
             out.append(Problem('mess-name', path('mess'),
                                'a message named %d is inode %d (qmail-send delivers it '
                                'as it is)' % (messid, look.mess[0]), '', messid))
@@ -386,16 +387,13 @@ def scan_names(qdir: str, split: int, uids=None):
 def scan_pid(qdir: str, now: float) -> list:
     out = []
     for name in _listdir(os.path.join(qdir, 'pid')):
-        path = os.path.join(qdir, 'pid', name)
         try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                out.append(Problem('stray', 'queue/pid/' + name,
-                                   'not a file qmail-queue makes'))
-                continue
+            st = os.lstat(os.path.join(qdir, 'pid', name))
         except FileNotFoundError:
             continue
-        st = _lstat(path)
-        if st is not None and now >= st[1] + OSSIFIED:
+        if not stat.S_ISREG(st.st_mode):
+            out.append(Problem('stray', 'queue/pid/' + name, 'not a file qmail-queue makes'))
+        elif now >= st.st_atime + OSSIFIED:
             out.append(Problem('pid-stale', 'queue/pid/' + name,
                                'left by a dead qmail-queue', 'remove'))
     return out

@@ -828,7 +828,6 @@ Run it: %(run)s (or %(home)s/bin/qmail-svscan start); %(stop)s.''' % {
         'stop': svscan.make_cmd('stop', home)}
 
 
-
 # --- main -----------------------------------------------------------------
 
 def check_path(what, path):

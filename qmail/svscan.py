@@ -109,9 +109,10 @@ def stop_services(home: str) -> list:
 
 def make_cmd(target: str, home: str) -> str:
     """The make command for home: the Makefile's default is /var/qmail."""
-    if os.path.realpath(home) == '/var/qmail':
+    import shlex
+    if os.path.realpath(home) == os.path.realpath('/var/qmail'):
         return 'make ' + target
-    return 'make %s QMAIL_HOME=%s' % (target, home)
+    return 'make %s QMAIL_HOME=%s' % (target, shlex.quote(home))
 
 
 def intro(home: str) -> str:
