@@ -144,19 +144,19 @@ class Controls:
         self.routing = routing(ctl)
 
     def again(self, ctl: control.Controls):
-        """SIGHUP: (the controls, trouble).  As qmail's regetcontrols,
+        """SIGHUP: (the controls, [trouble, ...]).  As qmail's regetcontrols,
         locals and virtualdomains are taken whenever they can be read,
         else nothing changes (OSError or ValueError raised).  Beyond
         qmail the others are read too: percenthack and envnoathost, and
         then the rest, each group taken if all of it can be read, else
-        kept, trouble saying why.  The concurrency limits are not read:
+        kept, a trouble saying why.  The concurrency limits are not read:
         they stay as at start (the spawns' slot tables were sized then)."""
         locals_, virtual = routing_core(ctl)
-        trouble = None
+        troubles = []
         try:
             percent, noathost = routing_more(ctl)
         except (OSError, ValueError) as e:
-            trouble = e
+            troubles.append(e)
             percent, noathost = self.routing.percenthack, self.routing.envnoathost
         new = copy.copy(self)
         new.routing = rules.Routing(locals_, virtual, percent, noathost)
@@ -164,8 +164,8 @@ class Controls:
         try:
             rest.read_rest(ctl)
         except (OSError, ValueError) as e:
-            return new, trouble or e
-        return rest, trouble
+            return new, troubles + [e]
+        return rest, troubles
 
     def read_rest(self, ctl: control.Controls):
         """All but the concurrency limits and the routing."""
@@ -1510,10 +1510,10 @@ class Send:
         relative paths need at every moment."""
         try:
             ctl = control.Controls(self.ctl.directory)
-            self.c, trouble = self.c.again(ctl)
+            self.c, troubles = self.c.again(ctl)
         except (OSError, ValueError) as e:
-            trouble = e
-        if trouble is not None:
+            troubles = [e]
+        for trouble in troubles:
             log('alert: unable to reread controls: %s\n' % controls_trouble(trouble))
 
     def on_signal(self, signum, frame):

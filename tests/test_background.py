@@ -489,6 +489,18 @@ def test_a_reread_that_fails_names_the_file_and_keeps_the_controls(queue_home, t
                and 'control/locals: ' in line for line in log), log
 
 
+def test_a_reread_names_each_group_that_failed(queue_home, tmp_path):
+    s, log = queue_home
+    ctl = tmp_path / 'control'
+    s.ctl.directory = str(ctl)
+    (ctl / 'percenthack').mkdir()
+    (ctl / 'bouncefrom').mkdir()
+    s.reread()
+    alerts = [line for line in log if line.startswith('alert: unable to reread controls: ')]
+    assert len(alerts) == 2 and 'control/percenthack: ' in alerts[0] \
+        and 'control/bouncefrom: ' in alerts[1], alerts
+
+
 @pytest.mark.parametrize('bad', ['concurrencylocal', 'concurrencyremote', 'bouncefrom',
                                  'queuelifetime', 'percenthack', 'envnoathost'])
 def test_a_reread_takes_locals_and_virtualdomains_whatever_else_fails(queue_home, tmp_path,
