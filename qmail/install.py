@@ -704,7 +704,7 @@ Each program's own description (what it reads and writes, the user it
 runs as, its exit codes, and where it differs from qmail or adds to
 it) opens its module: %(home)s/lib/python/qmail/<module>.py, the module
 named as the program without its qmail- prefix (qmail-smtpd: smtpd.py,
-qmail-send: send.py, tcp-env: tcp_env.py).
+qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
 qmail-showctl prints every control file's value, or its default.  The
 control files, their defaults and their readers, and the setup, the

@@ -10,8 +10,9 @@ Reads:    fd 0, POP3 commands of the AUTHORIZATION state: USER, PASS,
           control/servercert.pem, pop3authplaintext, timeoutpop3,
           lifetimepop3, maxauthpop3, authdelaypop3.  TCPREMOTEIP, for
           the log, and with TCPLOCALIP to know a client on this host.
-Writes:   fd 1, replies; the greeting "+OK <pid.time@hostname>", whose
-          timestamp is APOP's (RFC 1939 7).  fd 2, one line per failed
+Writes:   fd 1, replies; the greeting "+OK <pid.time@hostname>"
+          (<pid.seq.time@hostname> in a qmail-listen worker's later
+          sessions), whose timestamp is APOP's (RFC 1939 7).  fd 2, one line per failed
           login: the user (made printable), TCPREMOTEIP and why; never
           the password.
 Runs:     subprogram, the checkpassword interface

@@ -23,8 +23,8 @@ Writes:   HOME/service/.svscan.pid while running: this process's pid and
           services; start refuses to run a second time on one home, or
           while a service of an earlier start is still up (a stop that
           gave up waiting: stop again, or wait).
-Exits:    0 after a clean stop; 111 if svscan cannot start or services do
-          not stop in time (their names on stderr).
+Exits:    0 after a clean stop; 100 usage; 111 if svscan cannot start
+          or services do not stop in time (their names on stderr).
 See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
 """
 

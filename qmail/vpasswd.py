@@ -16,8 +16,10 @@ Writes:   HOME/users/vpasswd, replaced whole and durably (its other
           -m, add also makes home and home/Maildir (tmp, new, cur) owned
           by uid:gid, mode 0700, where they are missing.
 Exits:    0 done; 100 usage, a bad name, uid 0, a user that exists (add)
-          or does not (passwd, del), passwords that differ, not root;
-          111 the file could not be read or written.
+          or does not (passwd, del), passwords that differ, not root
+          (installed mode 0700, bin/qmail-vpasswd refuses others
+          before that: 126 from the shell); 111 the file could not be
+          read or written.
 See:      vcheckpassword (which reads the file), qmail-popup(8).
 
 The file, one user a line, '#' lines and empty lines ignored:
