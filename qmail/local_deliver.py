@@ -504,7 +504,8 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
         if is_temporary(err):
             raise TempFail(b'Temporary error on maildir delivery. (#4.3.0)')
         raise TempFail(b'Unable to chdir to maildir. (#4.2.1)') from None
-    if not stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode) or not os.access(dirname, os.X_OK):
+        # qmail chdirs into it: one not to be searched fails there.
         raise TempFail(b'Unable to chdir to maildir. (#4.2.1)')
     tmpname = None
     fd = -1

@@ -412,6 +412,22 @@ def test_maildir_trouble(home, setup, want):
     expect(home.run(default=b'./Maildir/'), (111, want))
 
 
+def test_maildir_not_to_be_searched_is_unable_to_chdir(home):
+    """qmail chdirs into the maildir: one that can be stat()ed but not
+    searched (mode 600, or another user's behind a link) is "Unable to
+    chdir to maildir", not a temporary error further on.  (Root searches
+    anything: the child is told it may not.)"""
+    home.maildir()
+
+    def cannot_search():
+        real = os.access
+        os.access = lambda path, mode, **kw: False if (
+            mode & os.X_OK and os.fsencode(path).rstrip(b'/').endswith(b'Maildir')) \
+            else real(path, mode, **kw)
+    expect(home.run(default=b'./Maildir/', setup=cannot_search),
+           (111, b'Unable to chdir to maildir. (#4.2.1)\n'))
+
+
 FROM_LINE = re.compile(rb'From god@heaven\.af\.mil '
                        rb'(Mon|Tue|Wed|Thu|Fri|Sat|Sun) '
                        rb'(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) '
