@@ -521,6 +521,14 @@ def put(path, data, mtime):
     os.utime(path, (mtime, mtime))
 
 
+def mbox_env(monkeypatch, cwd, maildir, mail, mailtmp):
+    """maildir2mbox's environment (MAILDIR, MAIL, MAILTMP), run from cwd."""
+    monkeypatch.setenv('MAILDIR', str(maildir))
+    monkeypatch.setenv('MAIL', str(mail))
+    monkeypatch.setenv('MAILTMP', str(mailtmp))
+    monkeypatch.chdir(cwd)
+
+
 def test_maildir2mbox_moves(tmp_path, monkeypatch, capfd):
     md = tmp_path / 'Maildir'
     make_maildir(md)
@@ -540,10 +548,7 @@ def test_maildir2mbox_moves(tmp_path, monkeypatch, capfd):
     mbox = tmp_path / 'mbox'
     old = b'From old@example.org Mon Jan 01 00:00:00 1996\nold\n\n'
     mbox.write_bytes(old)
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(mbox))
-    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, mbox, tmp_path / 'mbox.tmp')
 
     got = maildir2mbox.main([])
     lines = err_lines(capfd)
@@ -579,10 +584,7 @@ def test_maildir2mbox_directory_that_cannot_be_read(carried, tmp_path, monkeypat
     spool.mkdir()
     mbox = spool / 'mbox'
     mbox.write_bytes(b'')
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(mbox))
-    monkeypatch.setenv('MAILTMP', str(spool / 'mbox.tmp'))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, mbox, spool / 'mbox.tmp')
     real_fsync_dir, real_fsync = durable.fsync_dir, durable.fsync
     synced = []
 
@@ -614,10 +616,7 @@ def test_maildir2mbox_directory_that_cannot_be_read(carried, tmp_path, monkeypat
 def test_maildir2mbox_nothing_new(tmp_path, monkeypatch):
     md = tmp_path / 'Maildir'
     make_maildir(md)
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
-    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, tmp_path / 'mbox', tmp_path / 'mbox.tmp')
     got = maildir2mbox.main([])
     assert got == 0, 'got %d want 0' % got
     assert not (tmp_path / 'mbox').exists(), 'an empty run made MAIL'
@@ -628,10 +627,7 @@ def test_maildir2mbox_relative_paths(tmp_path, monkeypatch):
     md = tmp_path / 'Maildir'
     make_maildir(md)
     put(md / 'new' / '1', b'Return-Path: <a@b>\n\nx\n', 838699494)
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', 'mbox')
-    monkeypatch.setenv('MAILTMP', 'mbox.tmp')
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, 'mbox', 'mbox.tmp')
     got = maildir2mbox.main([])
     assert got == 0, 'got %d want 0' % got
     want = b'From a@b Tue Jul 30 04:04:54 1996\nReturn-Path: <a@b>\n\nx\n\n'
@@ -646,11 +642,8 @@ def test_maildir2mbox_relative_paths(tmp_path, monkeypatch):
 ])
 def test_maildir2mbox_environment(unset, message, tmp_path, monkeypatch,
                                   capfd):
-    monkeypatch.setenv('MAILDIR', str(tmp_path))
-    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
-    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
+    mbox_env(monkeypatch, tmp_path, tmp_path, tmp_path / 'mbox', tmp_path / 'mbox.tmp')
     monkeypatch.delenv(unset)
-    monkeypatch.chdir(tmp_path)
     got = maildir2mbox.main([])
     lines = err_lines(capfd)
     assert (got, lines) == (111, [message]), \
@@ -662,10 +655,7 @@ def test_maildir2mbox_unwritable_tmp_keeps_messages(tmp_path, monkeypatch,
     md = tmp_path / 'Maildir'
     make_maildir(md)
     put(md / 'new' / '1', b'x\n', 838699494)
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(tmp_path / 'mbox'))
-    monkeypatch.setenv('MAILTMP', str(tmp_path / 'no' / 'mbox.tmp'))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, tmp_path / 'mbox', tmp_path / 'no' / 'mbox.tmp')
     got = maildir2mbox.main([])
     lines = err_lines(capfd)
     assert got == 111, 'got %d want 111' % got
@@ -686,10 +676,7 @@ def test_maildir2mbox_refuses_a_maildirtmp_that_is_mail(how, tmp_path, monkeypat
     tmp = mbox if how == 'same name' else tmp_path / 'mbox.tmp'
     if how == 'hard link':
         os.link(str(mbox), str(tmp))
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(mbox))
-    monkeypatch.setenv('MAILTMP', str(tmp))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, mbox, tmp)
     got = maildir2mbox.main([])
     lines = err_lines(capfd)
     assert (got, lines) == (111, ['maildir2mbox: fatal: MAILTMP is the same file as MAIL'])
@@ -707,10 +694,7 @@ def test_maildir2mbox_ends_an_unended_mbox_and_skips_fifos(tmp_path, monkeypatch
     os.utime(str(md / 'new' / '2'), (838699494, 838699494))
     mbox = tmp_path / 'mbox'
     mbox.write_bytes(b'From old@example.org Mon Jan 01 00:00:00 1996\nold')
-    monkeypatch.setenv('MAILDIR', str(md))
-    monkeypatch.setenv('MAIL', str(mbox))
-    monkeypatch.setenv('MAILTMP', str(tmp_path / 'mbox.tmp'))
-    monkeypatch.chdir(tmp_path)
+    mbox_env(monkeypatch, tmp_path, md, mbox, tmp_path / 'mbox.tmp')
 
     def hung(signum, frame):
         raise AssertionError('maildir2mbox waits on the FIFO')
