@@ -123,8 +123,7 @@ def record_type(tag: bytes) -> str:
     its number ("\\x01")."""
     if not tag:
         return '(an empty record)'
-    return tag.decode('ascii') if tag.isascii() and tag.decode('ascii').isprintable() \
-        and tag != b' ' else '\\x%02x' % tag[0]
+    return chr(tag[0]) if 33 <= tag[0] <= 126 else '\\x%02x' % tag[0]
 
 
 def info_trouble(data: bytes):
@@ -751,17 +750,17 @@ def fsck(home, hier, split, uids, gids, now, flagrepair, say) -> int:
         mutex = hold_sendmutex(qdir)
         try:
             fixer = Repairer(home, hier, split, uids, gids, now, say)
-            held = []
             # The tree first: the queue's repairs need its directories.
-            moved = repair_all(fixer, problems, say, mutex is not None, held)
+            moved = repair_all(fixer, problems, say, mutex is not None)
+            again = []
             if moved:
                 # Files back in their split subdirectory: judge their messages.
                 again = [p for p in check_queue(qdir, split, now, uids)
                          if p.messid in moved and p.kind not in ('file-owner', 'file-mode')]
                 for p in again:
                     say(shown(p))
-                repair_all(fixer, again, say, mutex is not None, held)
-            if held:
+                repair_all(fixer, again, say, mutex is not None)
+            if mutex is None and any(p.repair == 'quarantine' for p in problems + again):
                 say('qmail-send may be running (lock/sendmutex held, missing or not a '
                     'file): nothing was moved to queue/%s; stop it, then run '
                     'qmail-fsck -r again' % QUARANTINE)
@@ -789,16 +788,14 @@ def shown(p) -> str:
     return str(p) + (' (-r: %s)' % p.repair if p.repair else '')
 
 
-def repair_all(fixer, problems, say, may_quarantine=True, held=None) -> set:
+def repair_all(fixer, problems, say, may_quarantine=True) -> set:
     """Repair in order; the numbers of the messages whose files moved.
     Without may_quarantine (qmail-send runs) a quarantine is not done:
-    such problems are said not repaired and added to held."""
+    such problems are said not repaired."""
     moved = set()
     for p in problems:
         if p.repair == 'quarantine' and not may_quarantine:
             say('not repaired: ' + str(p))
-            if held is not None:
-                held.append(p)
             continue
         if fixer.repair(p, problems):
             if p.repair == 'move':
