@@ -359,8 +359,7 @@ class Survey:
                           'addresses' % (os.fsdecode(name), err))
                 out[name] = Owner(note, b'-', b'', None)
                 continue
-            homedir = (os.fsencode(os.path.join(self.home, 'alias')) if name == alias
-                       else _b(found.pw_dir))
+            homedir = self.alias_home() if name == alias else _b(found.pw_dir)
             out[name] = Owner(note, b'-', b'', self.files(homedir, note))
         return out
 
@@ -376,9 +375,12 @@ class Survey:
             self.warn('no alias user %s: qmail-lspawn defers; accepting '
                       'every address nobody else owns' % os.fsdecode(alias))
             return Owner(note, b'-', b'', None)
-        # qmail-getpw gives the alias user HOME/alias, not its passwd home.
-        homedir = os.fsencode(os.path.join(self.home, 'alias'))
-        return Owner(note, b'-', b'', self.files(homedir, note))
+        return Owner(note, b'-', b'', self.files(self.alias_home(), note))
+
+    def alias_home(self) -> bytes:
+        """Where the alias user's files are: this home's alias/, as
+        qmail-getpw's getpw.alias_home() says for the installed home."""
+        return os.fsencode(os.path.join(self.home, 'alias'))
 
 
 def take_stamps(paths, stat_fn, warn) -> list:
