@@ -7,7 +7,8 @@ Runs as:  root (so that checkpassword may become the user), under
 Reads:    fd 0, POP3 commands of the AUTHORIZATION state: USER, PASS,
           APOP, QUIT, NOOP (qmail-popup's), CAPA, STLS, AUTH PLAIN (see
           below).  In the qmail home (auto.QMAIL, never the environment):
-          control/servercert.pem, pop3authplaintext, timeoutpop3,
+          control/servercert.pem (and, at STLS, tlsserverciphers, unless
+          TLSCIPHERS is set), pop3authplaintext, timeoutpop3,
           lifetimepop3, maxauthpop3, authdelaypop3.  TCPREMOTEIP, for
           the log, and with TCPLOCALIP to know a client on this host.
 Writes:   fd 1, replies; the greeting "+OK <pid.time@hostname>"
@@ -529,7 +530,7 @@ def starttls(session: Session, conn, certfile: str, wait: float):
         if not session.flagtlswhy:      # once a connection: a client may ask again and again
             session.flagtlswhy = True
             from qmail.smtpd_tls import cert_trouble
-            log(b'qmail-popup: unable to load control/servercert.pem: %s\n'
+            log(b'qmail-popup: unable to load %s\n'
                 % cert_trouble(err)[:200].translate(_PRINTABLE_SP))
         conn.write(session.starttls_refused(), timeout)
         return conn

@@ -5,7 +5,8 @@ Runs as:  qmailr, group qmail: qmail-rspawn's forked child (the module
           is loaded once there), or on its own; cwd changed to HOME.
 Reads:    fd 0, the message (qmail-send's mess file, seekable); control/
           me, helohost, smtproutes, timeoutconnect, timeoutremote,
-          dnsservers, tlsdestinations; the DNS (MX, A, AAAA, CNAME).
+          dnsservers, tlsdestinations, tlsclientciphers; the DNS (MX, A,
+          AAAA, CNAME).
 Writes:   fd 1, NUL-terminated reports: one per recipient the peer was
           asked about, r (accepted), h (rejected for good) or s (rejected
           for now), in argv order, then the message report, K (success:
@@ -47,6 +48,9 @@ Beyond qmail 1.03:
       a good certificate for its own name.  An smtproutes relay's
       certificate must name the relay, a literal's its address.
       Other domains get opportunistic STARTTLS, without verification.
+  control/tlsclientciphers: the OpenSSL cipher list for TLS up to 1.2
+      (its lines joined by ":"), as the qmail TLS patch has it; default
+      OpenSSL's.  One that selects no cipher defers the mail (Z).
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
 """
@@ -268,6 +272,8 @@ class Settings:
         self.timeout = max(1, ctl.seconds('timeoutremote', 1200))
         self.routes = parse_map(ctl.lines('smtproutes'))
         self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
+        ciphers = [line for line in ctl.lines('tlsclientciphers') if line]
+        self.tlsciphers = b':'.join(ciphers) if ciphers else None
         try:
             self.nameservers = qdns.nameservers(ctl.lines('dnsservers'))
         except (ValueError, UnicodeError):
@@ -330,18 +336,19 @@ class TlsPolicy:
         self.required, self.ctx, self.ctx_names, self.match = required, ctx, ctx_names, match
 
 
-def tls_policy(host: bytes, tlsdest: dict) -> TlsPolicy:
+def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
     """The TlsPolicy for host (as policy_name spells it): required (and
     verified) if control/tlsdestinations names it, else opportunistic.
     A line "domain:cafile:names" lists what an MX host's certificate may
     name ("d" itself, ".d" any name under d, "mx" the MX host's own name
     from DNS); without names, the domain or a name under it (Postfix's
     "secure"): a forged MX record cannot send the mail to a host that
-    merely holds a certificate for its own name."""
+    merely holds a certificate for its own name.  ciphers: the OpenSSL
+    cipher list (control/tlsclientciphers), None for OpenSSL's."""
     value = lookup_map(host, tlsdest)
     try:
         if value is None:
-            return TlsPolicy(False, remote_smtp.tls_context(False))
+            return TlsPolicy(False, remote_smtp.tls_context(False, ciphers=ciphers))
         cafile, _, names = value.partition(b':')
         cafile = os.fsdecode(cafile) or None
         match = [os.fsdecode(policy_key(n)) for n in names.replace(b',', b' ').split()]
@@ -350,8 +357,12 @@ def tls_policy(host: bytes, tlsdest: dict) -> TlsPolicy:
             match = [h, '.' + h]
         if match == ['mx']:
             match = None                # the MX host's own name, by ctx
-        return TlsPolicy(True, remote_smtp.tls_context(True, cafile),
-                         remote_smtp.tls_context(True, cafile, hostnames=False), match)
+        return TlsPolicy(True, remote_smtp.tls_context(True, cafile, ciphers=ciphers),
+                         remote_smtp.tls_context(True, cafile, hostnames=False,
+                                                 ciphers=ciphers), match)
+    except remote_smtp.NoCipher:
+        raise temp(b'The cipher list in control/tlsclientciphers selects no cipher. '
+                   b'(#4.3.0)\n') from None
     except OSError:
         raise temp(b'Unable to load the CA file that control/tlsdestinations names for '
                    + outsafe(host) + b'. (#4.3.0)\n') from None
@@ -411,7 +422,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
                        b'this qmail-remote does no SMTP AUTH. (#4.3.0)\n') from None
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
-    policy = tls_policy(key, settings.tlsdest)
+    policy = tls_policy(key, settings.tlsdest, settings.tlsciphers)
 
     if resolver is None:
         try:

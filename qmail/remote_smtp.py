@@ -119,18 +119,29 @@ def name_matches(name: str, patterns) -> bool:
     return False
 
 
-def tls_context(verify: bool, cafile=None, hostnames=True) -> ssl.SSLContext:
+class NoCipher(ValueError):
+    """The cipher list selects no cipher."""
+
+
+def tls_context(verify: bool, cafile=None, hostnames=True, ciphers: bytes = None) -> ssl.SSLContext:
     """A client context: OpenSSL's defaults; with verify, the peer's
     certificate must chain to cafile (or the system's CAs) and, with
-    hostnames, name the host (else Tls.match says what it must name).
-    OSError (ssl.SSLError among them) if cafile cannot be loaded."""
+    hostnames, name the host (else Tls.match says what it must name);
+    with ciphers, an OpenSSL cipher list, those ciphers (up to TLS 1.2).
+    OSError (ssl.SSLError among them) if cafile cannot be loaded,
+    NoCipher if ciphers selects none."""
     if verify:
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.check_hostname = hostnames
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if ciphers is not None:
+        try:
+            ctx.set_ciphers(ciphers.decode('ascii'))
+        except (ssl.SSLError, UnicodeError):
+            raise NoCipher(ciphers) from None
     return ctx
 
 

@@ -11,11 +11,12 @@ Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
-          RELAYCLIENT, DATABYTES, QMAILQUEUE.  control/smtpgreeting (else
-          me, else refuse to run), localiphost (else me), rcpthosts,
-          morercpthosts.cdb, badmailfrom, databytes, timeoutsmtpd,
-          servercert.pem, smtpauthplaintext, smtpauthcram, and the limits
-          below.
+          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS.
+          control/smtpgreeting (else me, else refuse to run), localiphost
+          (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
+          timeoutsmtpd, servercert.pem (and, at STARTTLS,
+          tlsserverciphers), smtpauthplaintext, smtpauthcram, and the
+          limits below.
 Writes:   fd 1, SMTP replies.  Each message, behind a Received line, and
           its envelope into qmail-queue ($QMAILQUEUE, else
           HOME/bin/qmail-queue), which starts when DATA begins and is fed
@@ -420,13 +421,14 @@ class Session:
         # must not pass for what the client says under TLS (CVE-2011-0411).
         return self.take_replies()
 
-    def starttls_refused(self, why: bytes = b'') -> bytes:
-        """The certificate could not be loaded: go on in the clear; the
-        log says why (else the admin sees only the client's 454)."""
+    def starttls_refused(self, why: bytes = b'control/servercert.pem: ') -> bytes:
+        """The certificate (or the cipher list) could not be loaded: go
+        on in the clear; the log says what and why (else the admin sees
+        only the client's 454)."""
         self.flagstarttls = False
         if not self.flagtlswhy:     # once: the client may ask again and again
             self.flagtlswhy = True
-            self.log(b'starttls', b'unable to load control/servercert.pem: ' + why)
+            self.log(b'starttls', b'unable to load ' + why)
         return R_TLSTEMP
 
     def tls_started(self, description: bytes):

@@ -10,7 +10,12 @@ private key in one PEM file, as the common qmail TLS patch has it; it
 must be readable by qmaild.  The context is OpenSSL's defaults for a
 server (ssl.create_default_context(ssl.Purpose.CLIENT_AUTH): no client
 certificate asked for) with TLS 1.2 at least, the server's cipher
-order, no compression and no renegotiation.
+order, no compression and no renegotiation.  The ciphers up to TLS 1.2
+are OpenSSL's, or, as the TLS patch has it, those of the environment's
+TLSCIPHERS or else of control/tlsserverciphers (an OpenSSL cipher list,
+its lines joined by ":"); TLS 1.3's suites stay OpenSSL's.  A list that
+cannot be read, or selects no cipher, refuses STARTTLS as a certificate
+that cannot be loaded does.
 
 STARTTLS is offered only when fd 0 and fd 1 are one socket, as under
 tcpserver (smtpd.is_socket); never on the pipes of sendmail -bs.
@@ -25,6 +30,7 @@ from qmail.lib.error import error_str
 from qmail.smtpd import Gone
 
 CERTFILE = 'control/servercert.pem'
+CIPHERFILE = 'control/tlsserverciphers'
 HANDSHAKE_TIMEOUT = 60   # seconds; also capped by timeoutsmtpd and the lifetime
 READSIZE = 65536
 
@@ -33,6 +39,11 @@ R_TLSGO = b'220 ready for tls\r\n'
 
 class TlsError(Exception):
     """The handshake failed: no SMTP can follow on this connection."""
+
+
+class CipherTrouble(ValueError):
+    """The cipher list cannot be read or selects no cipher: args
+    (where it comes from, why), both bytes."""
 
 
 def starttls(session, channel, fd: int, certfile: str, wait: float):
@@ -61,7 +72,14 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
 
 
 def cert_trouble(err) -> bytes:
-    """Why the certificate could not be loaded, for the log."""
+    """What could not be loaded, and why, for the log:
+    b"control/servercert.pem: " and the reason, or the cipher list's."""
+    if isinstance(err, CipherTrouble):
+        return b'%s: %s' % err.args
+    return b'control/servercert.pem: ' + cert_reason(err)
+
+
+def cert_reason(err) -> bytes:
     if isinstance(err, ssl.SSLError):
         text = err.reason or err.strerror or str(err)
     elif isinstance(err, OSError):
@@ -71,9 +89,29 @@ def cert_trouble(err) -> bytes:
     return str(text).encode('utf-8', 'replace')
 
 
-def server_context(certfile: str = CERTFILE) -> ssl.SSLContext:
+def cipher_list(environ, cipherfile: str = CIPHERFILE):
+    """(where, the OpenSSL cipher list) from TLSCIPHERS, else from the
+    control file; None for OpenSSL's own.  CipherTrouble if the file
+    cannot be read."""
+    value = environ.get(b'TLSCIPHERS')
+    if value:
+        return b'TLSCIPHERS', value
+    try:
+        lines = control.readfile(cipherfile)
+    except OSError as err:
+        raise CipherTrouble(cipherfile.encode(), error_str(err)) from None
+    lines = [line for line in lines or () if line]
+    if not lines:
+        return None
+    return cipherfile.encode(), b':'.join(lines)
+
+
+def server_context(certfile: str = CERTFILE, environ=None,
+                   cipherfile: str = CIPHERFILE) -> ssl.SSLContext:
     """Raises OSError (ssl.SSLError among them) when the file is missing,
-    unreadable, not a regular file or not a certificate with its key."""
+    unreadable, not a regular file or not a certificate with its key;
+    CipherTrouble when the cipher list (cipher_list: environ, else
+    os.environb) cannot be read or selects nothing."""
     # Looked at first without waiting: OpenSSL's own open of a FIFO put
     # there hung every STARTTLS (and STLS) session for good.
     control.open_regular(certfile).close()
@@ -82,6 +120,12 @@ def server_context(certfile: str = CERTFILE) -> ssl.SSLContext:
     ctx.options |= (ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
                     | ssl.OP_NO_RENEGOTIATION)
     ctx.load_cert_chain(certfile)
+    ciphers = cipher_list(os.environb if environ is None else environ, cipherfile)
+    if ciphers is not None:
+        try:
+            ctx.set_ciphers(ciphers[1].decode('ascii'))
+        except (ssl.SSLError, UnicodeError):
+            raise CipherTrouble(ciphers[0], b'no cipher can be selected') from None
     return ctx
 
 

@@ -955,6 +955,21 @@ def test_tls_policy_names():
     assert remote.tls_policy(b'other.example', table).required is False
 
 
+def test_tlsclientciphers_setting(tmp_path):
+    s = settings_from(tmp_path, me='me.example\n')
+    assert s.tlsciphers is None
+    s = settings_from(tmp_path, me='me.example\n', tlsclientciphers='HIGH\n\n!aNULL\n')
+    assert s.tlsciphers == b'HIGH:!aNULL'
+    p = remote.tls_policy(b'x.example', {}, b'ECDHE-RSA-AES256-GCM-SHA384')
+    assert {c['name'] for c in p.ctx.get_ciphers() if c['protocol'] != 'TLSv1.3'} == {
+        'ECDHE-RSA-AES256-GCM-SHA384'}
+    for table in ({}, remote.parse_tlsmap([b'x.example'])):
+        with pytest.raises(remote.Report) as got:
+            remote.tls_policy(b'x.example', table, b'NO-SUCH-CIPHER')
+        assert got.value.record.startswith(b"ZThe cipher list in control/tlsclientciphers"), \
+            got.value
+
+
 def test_mx_address_lookups_stop_at_the_budget(monkeypatch):
     """MX hosts whose DNS never answers cost 64 s each (A and AAAA, 30 s
     lifetime and a little): 32 of them took half an hour before any

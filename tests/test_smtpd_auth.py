@@ -890,6 +890,35 @@ def test_server_context_refuses_a_fifo_without_waiting(tmp_path):
     assert got and 'not a regular file' in str(got[0]), got
 
 
+def test_server_context_ciphers(tmp_path, certificate):
+    """As the TLS patch: TLSCIPHERS, else control/tlsserverciphers (its
+    lines joined by ":"), else OpenSSL's own list."""
+    from qmail import smtpd_tls
+    cert = str(certificate[0])
+    cipherfile = tmp_path / 'tlsserverciphers'
+
+    def names(environ=None):
+        ctx = smtpd_tls.server_context(cert, environ or {}, str(cipherfile))
+        return {c['name'] for c in ctx.get_ciphers() if c['protocol'] != 'TLSv1.3'}
+    default = names()
+    assert 'ECDHE-RSA-AES128-GCM-SHA256' in default and len(default) > 2, default
+    cipherfile.write_bytes(b'ECDHE-RSA-AES128-GCM-SHA256\n\nECDHE-RSA-AES256-GCM-SHA384\n')
+    check(names(), {'ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES256-GCM-SHA384'})
+    check(names({b'TLSCIPHERS': b'ECDHE-RSA-CHACHA20-POLY1305'}), {'ECDHE-RSA-CHACHA20-POLY1305'})
+    check(names({b'TLSCIPHERS': b''}), {'ECDHE-RSA-AES128-GCM-SHA256',
+                                        'ECDHE-RSA-AES256-GCM-SHA384'})
+    cipherfile.write_bytes(b'NO-SUCH-CIPHER\n')
+    with pytest.raises(smtpd_tls.CipherTrouble) as got:
+        names()
+    check(smtpd_tls.cert_trouble(got.value),
+          str(cipherfile).encode() + b': no cipher can be selected')
+    cipherfile.unlink()
+    cipherfile.mkdir()                  # unreadable as a file
+    with pytest.raises(smtpd_tls.CipherTrouble) as got:
+        names()
+    assert smtpd_tls.cert_trouble(got.value).startswith(str(cipherfile).encode() + b': '), got
+
+
 class Home:
     def __init__(self, path, fakeq, out, checkpassword, cafile):
         self.path = path
@@ -1170,6 +1199,33 @@ def test_program_unreadable_certificate(home):
                      rb'starttls: unable to load control/servercert\.pem: \S',
                      server.stderr)
     assert len(got) == 1, server.stderr
+
+
+def test_program_tlsserverciphers(home):
+    """The cipher up to TLS 1.2 is one control/tlsserverciphers allows;
+    one that allows none refuses STARTTLS, and the log says why."""
+    home.control('tlsserverciphers', b'ECDHE-RSA-AES256-GCM-SHA384\n')
+    server = Server(home)
+    sock = starttls_asked(server)
+    ctx = client_context(home.cafile)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls = ctx.wrap_socket(sock)
+    check(tls.cipher()[0], 'ECDHE-RSA-AES256-GCM-SHA384')
+    tls.sendall(b'QUIT\r\n')
+    assert tls.recv(100).startswith(b'221 '), 'no 221'
+    tls.close()
+    check(server.wait(), 0)
+
+    home.control('tlsserverciphers', b'NO-SUCH-CIPHER\n')
+    server = Server(home)
+    with connect(server) as smtp:
+        smtp.ehlo('client.example')
+        check(smtp.docmd('STARTTLS'),
+              (454, b'TLS not available due to temporary reason (#4.3.0)'))
+        smtp.quit()
+    check(server.wait(), 0)
+    assert re.search(rb'starttls: unable to load control/tlsserverciphers: '
+                     rb'no cipher can be selected\n', server.stderr), server.stderr
 
 
 def test_program_auth_plaintext_control(home):

@@ -113,8 +113,13 @@ CONTROLS = (
      'QMTP server data timeout is ', ' seconds', 'qmail-qmtpd'),
     ('timeoutsmtpd', 'int', '1200', False,
      'SMTP server data timeout is ', ' seconds', 'qmail-smtpd'),
+    ('tlsclientciphers', 'lst', "OpenSSL's default TLS client ciphers.", False,
+     'TLS client ciphers (up to TLS 1.2): ', '', 'qmail-remote'),
     ('tlsdestinations', 'lst', 'No TLS required: STARTTLS is opportunistic.', False,
      'TLS with a verified certificate is required for ', '', 'qmail-remote'),
+    ('tlsserverciphers', 'lst', "OpenSSL's default TLS server ciphers.", False,
+     'TLS server ciphers (up to TLS 1.2; TLSCIPHERS overrides): ', '',
+     'qmail-smtpd, qmail-popup'),
     ('virtualdomains', 'lst', 'No virtual domains.', False,
      'Virtual domain: ', '', 'qmail-send'),
 )

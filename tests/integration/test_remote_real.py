@@ -591,6 +591,24 @@ def test_opportunistic_starttls(home, sinks, cert):
     assert s.messages[0]['helo'] == b'remote.qmt.example'      # EHLO again after TLS
 
 
+def test_tlsclientciphers(home, sinks, cert):
+    """control/tlsclientciphers (as the TLS patch) is the cipher list up
+    to TLS 1.2; a list that selects none defers the mail, saying why."""
+    ctx = server_context(cert)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    s = sinks('127.55.1.6', 25, tls=ctx)
+    setctl(home, tlsclientciphers='ECDHE-ECDSA-AES256-GCM-SHA384\n')
+    out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+    assert out == [b'r'], out
+    assert final.startswith(b'K127.55.1.6 accepted message.\n'
+                            b'TLS TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384 '), final
+    setctl(home, tlsclientciphers='NO-SUCH-CIPHER\n')
+    out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+    assert final == (b'ZThe cipher list in control/tlsclientciphers selects no cipher. '
+                     b'(#4.3.0)\n'), final
+    assert len(s.messages) == 1
+
+
 def test_opportunistic_tls_dying_after_the_handshake_falls_back(home, sinks, cert):
     """A peer that wants a client certificate says so (TLS 1.3) only
     after the handshake, at the first read: the connection dies under
