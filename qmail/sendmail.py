@@ -10,7 +10,8 @@ Does:     sendmail [-t] [-fsender] [-Fname] [arg ...]: runs qmail-inject
           -F name is qmail-inject's -F (over any name variable).  -bp (or
           the name mailq) runs qmail-qread; -bs runs qmail-smtpd on fds
           0 and 1, with a local client's environment unless PROTO is
-          set; -bm is the default.  -B -p -v -i -x -m -e -o* -E -J are
+          set (no limits, and its log on fd 2 sent to /dev/null, as
+          qmail-smtpd logs nothing); -bm is the default.  -B -p -v -i -x -m -e -o* -E -J are
           accepted and ignored, as sendmail.c does; beyond it, -r is -f
           (mail -r passes it), and -N -R -V -L (DSN and syslog options
           of other MTAs' sendmail) are accepted and ignored.
@@ -32,10 +33,15 @@ USAGE = (b'sendmail: usage: sendmail [ -t ] [ -fsender ] [ -Fname ]'
 OPTIONS = 'vimte:f:p:o:B:F:EJxb:r:N:R:V:L:'
 
 # What qmail-smtpd sees from "sendmail -bs" when no tcpserver set PROTO:
-# a trusted local client (RELAYCLIENT) with no size limit.
+# a trusted local client (RELAYCLIENT) with no size limit, nor any of
+# the limits beyond qmail's (a local program may send one message to
+# thousands over -bs, as with -t), whose log goes nowhere (below).
 SMTPD_ENV = (
     (b'RELAYCLIENT', b''),
     (b'DATABYTES', b'0'),
+    (b'MAXRCPTSMTPD', b'0'),
+    (b'MAXERRORSSMTPD', b'0'),
+    (b'LIFETIMESMTPD', b'0'),
     (b'PROTO', b'TCP'),
     (b'TCPLOCALIP', b'127.0.0.1'),
     (b'TCPLOCALHOST', b'localhost'),
@@ -161,16 +167,33 @@ def run_qread() -> int:
 
 
 def run_smtpd(env) -> int:
+    """qmail-smtpd in this process's place.  For a local client (env
+    set: no tcpserver), its log lines go to /dev/null: qmail's writes
+    nothing on fd 2, and a caller that never reads its end of a pipe
+    there (Symfony's and Laravel's mailers) would stop it, a few hundred
+    messages into a session, once the pipe is full."""
     apply_env(env)
     program = os.path.join(auto.QMAIL, 'bin/qmail-smtpd')
     try:
         sys.stdout.flush()
     except (AttributeError, OSError, ValueError):
         pass
+    saved = -1
+    if env:
+        try:
+            saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            pass
     try:
         os.execv(program, [program])
     except OSError:
         pass
+    if saved != -1:                     # the complaint goes where it always did
+        os.dup2(saved, 2)
+        os.close(saved)
     complain(b'sendmail: fatal: unable to run qmail-smtpd')
     return 111
 

@@ -11,7 +11,8 @@ Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
-          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS.
+          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, and the limits'
+          MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (below).
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
           timeoutsmtpd, servercert.pem (and, at STARTTLS,
@@ -78,7 +79,10 @@ Beyond qmail 1.03, as the common patches have it:
     when the address is this host's (any in /proc/net/if_inet6), as
     box@[d.d.d.d] does; so does an IPv4-mapped [IPv6:::ffff:d.d.d.d].
 
-Limits (control file, default; 0 in the file means no limit):
+Limits (control file, default; 0 in the file means no limit; the
+environment's MAXRCPTSMTPD, MAXERRORSSMTPD and LIFETIMESMTPD, set by
+tcp.smtp or by sendmail -bs, override the first three as DATABYTES
+does databytes):
   maxrcptsmtpd    1000  recipients per message; more get "452 sorry, too
                         many recipients (#4.5.3)" (RFC 5321 4.5.3.1.8
                         asks for at least 100).
@@ -909,6 +913,20 @@ def read_config(ctl: control.Controls, environ) -> Config:
     )
 
 
+LIMITS_ENV = ((b'MAXRCPTSMTPD', 'maxrcpt'), (b'MAXERRORSSMTPD', 'maxerrors'),
+              (b'LIFETIMESMTPD', 'lifetime'))
+
+
+def env_limits(config: Config, environ):
+    """The limits beyond qmail from the environment, over their control
+    files, as DATABYTES is (from tcp.smtp for some clients, say; sendmail
+    -bs sets all three to 0, no limit)."""
+    for name, attr in LIMITS_ENV:
+        value = environ.get(name)
+        if value is not None:
+            setattr(config, attr, scan_ulong(value))
+
+
 # -- the shell --------------------------------------------------------------
 
 class Gone(Exception):
@@ -1166,6 +1184,7 @@ def main(argv=None, home=None) -> int:
             say(1, R_IPME)
             return 1
         config.flagtls = config.flagtls and is_socket(0, 1)
+        env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'
                        % config.rcptmap.warning.encode('utf-8', 'replace'))

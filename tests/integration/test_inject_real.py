@@ -205,3 +205,21 @@ def test_sendmail_bs_speaks_smtp_on_stdio(fresh_home, test_user):
     assert env.split(b'\0')[2:-1] == [b'Fu@example.com', b'Tanyone@elsewhere.example']
     assert b'(sendmail-bs@127.0.0.1)' in mess.split(b'\n\n')[0]
     assert mess.endswith(b'Subject: over bs\n\n.dot\nbody\n')
+
+
+def test_sendmail_bs_has_no_limits_and_no_log(fresh_home, test_user):
+    """As qmail's, sendmail -bs takes a message for more recipients than
+    maxrcptsmtpd lets a network client name, and more refused commands
+    than maxerrorssmtpd; and it writes nothing on fd 2, which a mailer
+    library may never read (a full pipe there would stop it)."""
+    home = fresh_home
+    rcpts = b''.join(b'RCPT TO:<u%d@elsewhere.example>\r\n' % i for i in range(1500))
+    session = (b'HELO me\r\n' + b'BOGUS\r\n' * 30 + b'MAIL FROM:<u@example.com>\r\n'
+               + rcpts + b'DATA\r\nSubject: many\r\n\r\nbody\r\n.\r\nQUIT\r\n')
+    r = run_as(test_user, [home + '/bin/sendmail', '-bs'], input=session)
+    assert (r.returncode, r.stderr) == (0, b''), r
+    codes = [line[:3] for line in r.stdout.split(b'\r\n') if line]
+    assert codes == [b'220', b'250'] + [b'502'] * 30 + [b'250'] * 1501 + [
+        b'354', b'250', b'221'], sorted(set(codes))
+    (mess, env), = new_messages(home, []).values()
+    assert sum(f.startswith(b'T') for f in env.split(b'\0')) == 1500, env[-200:]
