@@ -581,6 +581,12 @@ def main(argv=None) -> int:
 def run():
     try:
         code = main()
+    except OSError as e:
+        # Out of descriptors or memory at start (a low ulimit -n): the
+        # system's word for it, not a bug.
+        sys.stderr.write('qmail-listen: fatal: unable to start: %s\n'
+                         % (e.strerror or type(e).__name__))
+        code = 111
     except Exception as e:
         sys.stderr.write('qmail-listen: fatal: internal bug: %s\n' % type(e).__name__)
         code = 111

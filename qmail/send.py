@@ -75,6 +75,7 @@ from qmail import send_rules as rules
 SLEEP_TODO = 1500         # scan todo/ every 25 minutes even if not triggered
 TODO_BATCH = 32           # todo/ entries preprocessed with one round of syncing
 FD_RESERVE = 128          # descriptors left for all but files awaiting their sync
+FD_RESERVE_MIN = 24       # ... under a low limit: what qmail-send holds idle, and some
 FILES_PER_MESSAGE = 3     # info/ and channel files a message holds open till synced
 PASS_STEPS = 200          # steps of a channel's pass per turn of the loop
 SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
@@ -1230,7 +1231,9 @@ class Send:
                 return
             self.nexttodorun = self.recent + SLEEP_TODO
         batch = []
-        while len(batch) < TODO_BATCH:
+        room = min(TODO_BATCH, self.settle_cap - len(self.settling.waiting)
+                   - self.settling.inflight)
+        while len(batch) < room:
             name = next(self.tododir, None)
             if name is None:
                 self.tododir = None
@@ -1795,12 +1798,15 @@ def settle_cap() -> int:
     backlog is preprocessed faster than a slow disk syncs it, and each
     message holds its files open till then: without a bound, the
     descriptors ran out (and "unable to create remote/..." for the rest).
-    What RLIMIT_NOFILE leaves after FD_RESERVE, at least one batch."""
+    What RLIMIT_NOFILE leaves after FD_RESERVE (under a low limit, half
+    of it, but at least FD_RESERVE_MIN), at least one message: a batch
+    of todo/ takes no more than what is left (todo_do)."""
     import resource
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY or soft > 1 << 20:
         soft = 1 << 20
-    return max(TODO_BATCH, (soft - FD_RESERVE) // FILES_PER_MESSAGE)
+    reserve = min(FD_RESERVE, max(FD_RESERVE_MIN, soft // 2))
+    return max(1, (soft - reserve) // FILES_PER_MESSAGE)
 
 
 def main_logged(argv=None) -> int:

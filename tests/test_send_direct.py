@@ -325,9 +325,18 @@ def test_a_backlog_waits_while_too_many_files_await_their_sync(tmp_path, monkeyp
     import resource
     monkeypatch.setattr(resource, 'getrlimit', lambda which: (256, 4096))
     assert send.settle_cap() == (256 - send.FD_RESERVE) // send.FILES_PER_MESSAGE
+    # A low limit leaves half for the rest (FD_RESERVE_MIN at least), and
+    # a batch takes no more than the room left: it was at least a batch
+    # of 32, 96 files, and "unable to create local/..." at ulimit -n 30.
     monkeypatch.setattr(resource, 'getrlimit', lambda which: (100, 4096))
-    assert send.settle_cap() == send.TODO_BATCH
+    assert send.settle_cap() == 50 // send.FILES_PER_MESSAGE
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (30, 4096))
+    assert send.settle_cap() == (30 - send.FD_RESERVE_MIN) // send.FILES_PER_MESSAGE
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (10, 4096))
+    assert send.settle_cap() == 1
     s, log = scratch_send(tmp_path, monkeypatch, 2)
+    for i in range(2):
+        os.rmdir('todo/%d' % i)         # (todo/ is not split)
     s.settle_cap = 3
     s.settling.waiting = [object()] * 2
     s.settling.inflight = 1
@@ -340,6 +349,13 @@ def test_a_backlog_waits_while_too_many_files_await_their_sync(tmp_path, monkeyp
     s.settling.inflight = 0
     s.todo_do(True)
     assert len(called) == 1 and 12345 in called[0]
+    # the batch fits the room: one more message at most here
+    for m in (12346, 12347, 12348):
+        put('todo/%d' % m, b'u0\0p1\0Fa@b\0Tc@d\0\0')
+    s.tododir = None
+    s.settling.waiting = [object()] * 2
+    s.todo_do(True)
+    assert len(called) == 2 and len(called[1]) == 1, called
 
 
 def test_a_uid_or_pid_of_thousands_of_digits_is_logged_not_fatal(s):

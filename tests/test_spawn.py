@@ -1,5 +1,6 @@
 """The spawn loop's framing and the spawns' reports."""
 
+import errno
 import os
 
 import pytest
@@ -304,4 +305,25 @@ def test_a_delivery_start_that_raises_defers_that_delivery_only(tmp_path, monkey
     monkeypatch.setattr(sp, 'put', sent.append)
     sp.docmd(3, b'0/123', b'a@b', b'c@d.example')
     assert sent == [b'\x03ZInternal qmail-spawn bug: ValueError. (#4.3.5)\n\0']
+    assert sp.slots[3] is None
+
+
+@pytest.mark.parametrize('err, want', [
+    (errno.EMFILE, b'Zqmail-spawn unable to create pipe: too many open files. (#4.3.0)\n'),
+    (errno.EAGAIN, b'Zqmail-spawn unable to fork. (#4.3.0)\n'),
+])
+def test_a_delivery_start_out_of_descriptors_says_so(tmp_path, monkeypatch, err, want):
+    """The worker's socket or pipe failing for want of descriptors (a
+    low ulimit -n) was reported as "unable to fork"."""
+    (tmp_path / '0').mkdir()
+    (tmp_path / '0' / '123').write_bytes(b'x\n')
+    monkeypatch.chdir(tmp_path)
+    sent = []
+
+    def start(*a):
+        raise OSError(err, os.strerror(err))
+    sp = spawn.Spawner(start, lambda w, o: b'', os.getuid())
+    monkeypatch.setattr(sp, 'put', sent.append)
+    sp.docmd(3, b'0/123', b'a@b', b'c@d.example')
+    assert sent == [b'\x03' + want + b'\0']
     assert sp.slots[3] is None

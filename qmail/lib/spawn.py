@@ -20,6 +20,7 @@ means the status is known.
 """
 
 import array
+import errno
 import gc
 import os
 import select
@@ -201,6 +202,10 @@ class Spawner:
                 os.close(fdin)
                 os.close(fdout)
                 if isinstance(e, OSError):
+                    if e.errno in (errno.EMFILE, errno.ENFILE):
+                        # (the worker's socket or pipe: the fork came after)
+                        return self.err(delnum, b'Zqmail-spawn unable to create pipe: '
+                                        b'too many open files. (#4.3.0)\n')
                     return self.err(delnum, b'Zqmail-spawn unable to fork. (#4.3.0)\n')
                 return self.err(delnum, b'ZInternal qmail-spawn bug: %s. (#4.3.5)\n'
                                 % type(e).__name__.encode())

@@ -567,3 +567,21 @@ def test_listen_without_its_rules_drops_the_connection_and_says_why(site):
         err = proc.communicate(timeout=TIMEOUT)[1].decode()
     assert ('qmail-listen: warning: dropping connection, unable to read %s: '
             'file does not exist' % missing) in err, err
+
+
+def test_listen_out_of_descriptors_at_start_says_so(site):
+    """Under a low ulimit -n qmail-listen cannot make its pipes: the
+    system's reason, not "internal bug: OSError"."""
+    import resource
+    home = site['home']
+    pw = pwd.getpwnam('qmaild')
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))
+    proc = subprocess.run([os.path.join(home, 'bin', 'qmail-listen'), '-u', str(pw.pw_uid),
+                           '-g', str(pw.pw_gid), '127.0.0.1', str(free_port()),
+                           os.path.join(home, 'bin', 'qmail-smtpd')],
+                          env={'PATH': '/usr/bin:/bin'}, stdin=subprocess.DEVNULL,
+                          capture_output=True, preexec_fn=low, timeout=TIMEOUT)
+    assert (proc.returncode, proc.stderr) == (
+        111, b'qmail-listen: fatal: unable to start: Too many open files\n'), proc
