@@ -14,8 +14,11 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           down with `svc -dx` (qmail-send finishes the deliveries under
           way; nothing queued is lost) and waits for each supervise to
           exit.
+          With no foreground qmail-svscan (killed uncleanly), stop first
+          stops any svscan left running on HOME/service.
           status: svstat for every service.  running: exit 0 if this
-          home's services run (a foreground, or any service up), else 1.
+          home's services run (a foreground, an svscan, or any service
+          up), else 1.
 Writes:   HOME/service/.svscan.pid while running: this process's pid and
           svscan's.  stop believes it only while both processes are
           still those (a pid from before a reboot or a kill may be
@@ -162,6 +165,39 @@ def running_here(home: str):
     return fg
 
 
+def svscans_of(home: str) -> list:
+    """The pids of every svscan running on HOME/service (one that lost
+    its foreground qmail-svscan to a kill -9 lives on in its own
+    session, and restarts any service stopped under it)."""
+    want = [b'svscan', os.fsencode(os.path.join(home, 'service'))]
+    pids = []
+    for name in os.listdir('/proc'):
+        if name.isdigit() and cmdline(int(name)) == want:
+            pids.append(int(name))
+    return pids
+
+
+def stop_svscans(pids, timeout: float = 30) -> None:
+    """TERM each svscan and wait for it to go (then KILL)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    want = {pid: cmdline(pid) for pid in pids}
+    while time.monotonic() < deadline:
+        want = {pid: args for pid, args in want.items() if args and cmdline(pid) == args}
+        if not want:
+            return
+        time.sleep(0.1)
+    for pid in want:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def say(text: str, out=None):
     """A line for the admin; a terminal closed under us takes nothing
     (a write error there must not stop the stopping)."""
@@ -190,8 +226,14 @@ def start(home: str) -> int:
     proc = subprocess.Popen(['svscan', svdir], stdin=subprocess.DEVNULL,
                             start_new_session=True)
     pidfile = os.path.join(svdir, '.svscan.pid')
-    with open(pidfile, 'w') as f:
-        f.write('%d %d\n' % (os.getpid(), proc.pid))
+    try:
+        with open(pidfile, 'w') as f:
+            f.write('%d %d\n' % (os.getpid(), proc.pid))
+    except BaseException:
+        # svscan must not run on without anyone to stop it
+        stop_svscans([proc.pid])
+        stop_services(home)
+        raise
     flag = []
     # HUP too: the terminal of make run closed.  Left running, svscan
     # would go on alone, out of reach of make stop.
@@ -229,8 +271,15 @@ def start(home: str) -> int:
 def stop(home: str) -> int:
     fg = running_here(home)
     if fg is None:
-        # Nobody in the foreground (or a stale pidfile): stop what runs.
+        # Nobody in the foreground (or a stale pidfile): stop what runs,
+        # an svscan left alone first (a kill -9 of the foreground), or it
+        # would start each service again.
+        stop_svscans(svscans_of(home))
         stuck = stop_services(home)
+        try:
+            os.unlink(os.path.join(home, 'service', '.svscan.pid'))
+        except OSError:
+            pass
         return 111 if stuck else 0
     # Ask the foreground qmail-svscan to stop, and wait for it: it exits
     # once every service has (qmail-send after its deliveries).
@@ -259,7 +308,7 @@ def main(argv=None) -> int:
     if cmd == 'stop':
         return stop(home)
     if cmd == 'running':        # (make run asks before it replaces the code)
-        return 0 if running_here(home) is not None or any(
+        return 0 if running_here(home) is not None or svscans_of(home) or any(
             running(d) for d in svc_dirs(home)) else 1
     if cmd == 'status':
         dirs = svc_dirs(home)

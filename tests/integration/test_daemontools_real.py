@@ -214,3 +214,26 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
     assert r.returncode == 0, r.stderr
     for d in dirs:
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
+    # a third time, and lose only the foreground: its svscan lives on in
+    # its own session and would start each service again; stop stops it
+    with open(os.path.join(top, 'svscan3.out'), 'wb') as out:
+        third = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={'PATH': '/usr/bin:/bin'}, cwd='/')
+    wait_for(lambda: b'Ctrl-C' in open(os.path.join(top, 'svscan3.out'), 'rb').read(),
+             'third start')
+    for d in dirs:
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+    fg, scan = (int(w) for w in open(os.path.join(svc, '.svscan.pid')).read().split()[:2])
+    os.kill(fg, signal.SIGKILL)
+    third.wait(timeout=TIMEOUT)
+    assert running()
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'],
+                       capture_output=True, timeout=TIMEOUT * 3)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists('/proc/%d' % scan) or \
+        b'svscan' not in open('/proc/%d/cmdline' % scan, 'rb').read()
+    time.sleep(6)                       # (svscan looks at its services every 5 s)
+    for d in dirs:
+        assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
+    assert not running()
