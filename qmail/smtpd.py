@@ -913,6 +913,15 @@ def read_config(ctl: control.Controls, environ) -> Config:
     )
 
 
+def control_trouble(err) -> bytes:
+    """What a control's read error was, for the log line of the 421."""
+    if isinstance(err, OSError):
+        from qmail.lib.error import error_str
+        what = os.fsencode(err.filename) if err.filename else b'control'
+        return logsafe(what) + b': ' + error_str(err)
+    return str(err).encode('utf-8', 'replace')[:200].translate(_LOGRESULT)
+
+
 LIMITS_ENV = ((b'MAXRCPTSMTPD', 'maxrcpt'), (b'MAXERRORSSMTPD', 'maxerrors'),
               (b'LIFETIMESMTPD', 'lifetime'))
 
@@ -1175,8 +1184,12 @@ def main(argv=None, home=None) -> int:
         try:
             os.chdir(home)
             config = load_config(control.Controls('control').init(), seen)
-        except (OSError, CdbError, LookupError):
+        except (OSError, CdbError, LookupError) as err:
             say(1, R_CONTROL)
+            # The client sees only the 421; the log says which and why.
+            stderr.log(b'qmail-smtpd: pid %d from %s: %s: %s\n' % (
+                os.getpid(), logsafe(seen.get(b'TCPREMOTEIP') or b'unknown'),
+                R_CONTROL.rstrip(b'\r\n'), control_trouble(err)))
             return 1
         try:
             config.ipme = ipme_now()

@@ -1042,12 +1042,17 @@ def test_program_unreadable_me_is_421_whatever_else_is_there(qmailhome):
     (ctl / 'me').mkdir()                # EISDIR on read
     r = run_smtpd(home, fakeq, b'QUIT\r\n')
     check((r.returncode, r.stdout), (1, b'421 unable to read controls (#4.3.0)\r\n'))
+    # the client sees the 421 alone; the log names the file and the reason
+    assert re.fullmatch(rb'qmail-smtpd: pid \d+ from \S+: 421 unable to read controls '
+                        rb'\(#4\.3\.0\): control/me: is a directory\n', r.stderr), r.stderr
 
 
 def test_program_without_controls(tmp_path):
     (tmp_path / 'control').mkdir()
     r = run_smtpd(tmp_path, '/nonexistent', b'QUIT\r\n')
     check((r.returncode, r.stdout), (1, b'421 unable to read controls (#4.3.0)\r\n'))
+    assert r.stderr.endswith(b': 421 unable to read controls (#4.3.0): '
+                             b'no control/smtpgreeting and no control/me\n'), r.stderr
 
 
 def test_program_as_module_never_tracebacks(tmp_path):
