@@ -652,7 +652,16 @@ SMTPD_RUN = """#!/bin/sh
 # qmail-smtpd under supervise, through qmail-listen (see README
 # "Receiving"); rules in control/tcp.smtp, compiled by
 # qmail-install or: tcprules control/tcp.smtp.cdb control/tcp.smtp.tmp < control/tcp.smtp
-LIMIT=`cat %(home)s/control/concurrencyincoming 2>/dev/null || echo 20`
+# (as qmail reads a number: its leading digits; none, or 0: 20, said in
+# the log rather than a qmail-listen refusing to start every second)
+LINE=`head -1 %(home)s/control/concurrencyincoming 2>/dev/null`
+LIMIT=`echo "$LINE" | sed 's/[^0-9].*//'`
+if [ -z "$LINE" ]; then
+  LIMIT=20
+elif [ -z "$LIMIT" ] || [ "$LIMIT" -lt 1 ] 2>/dev/null; then
+  echo "qmail-smtpd run: control/concurrencyincoming is no number of at least 1; taking 20"
+  LIMIT=20
+fi
 exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   qmail-listen -v -c "$LIMIT" -x %(home)s/control/tcp.smtp.cdb -X \\
   -u %(uid)d -g %(gid)d %(addr)s %(port)s %(home)s/bin/qmail-smtpd 2>&1

@@ -152,6 +152,35 @@ def test_limit_and_backlog_numbers():
             listen.parse_args(['-c', bad, '0', '25', 'x'])
 
 
+@pytest.mark.parametrize('line, want, said', [
+    (None, '20', False), ('35\n', '35', False), ('35 # our peak\n', '35', False),
+    ('abc\n', '20', True), ('0\n', '20', True), ('  \n', '20', True),
+])
+def test_the_run_script_takes_concurrencyincoming_as_qmail_reads_a_number(
+        tmp_path, line, want, said):
+    """A file with no number (or 0) made qmail-listen refuse to start,
+    every second under supervise; now 20, and the log says why."""
+    import subprocess
+    from qmail import install
+    home = tmp_path / 'home'
+    (home / 'bin').mkdir(parents=True)
+    (home / 'control').mkdir()
+    stub = home / 'bin' / 'qmail-listen'
+    stub.write_text('#!/bin/sh\necho "listen $*"\n')
+    stub.chmod(0o755)
+    if line is not None:
+        (home / 'control' / 'concurrencyincoming').write_text(line)
+    run = tmp_path / 'run'
+    run.write_text(install.SMTPD_RUN % {'home': home, 'uid': 1, 'gid': 2,
+                                        'addr': '0', 'port': '25'})
+    out = subprocess.run(['sh', str(run)], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[-1].startswith('listen -v -c %s -x ' % want), out
+    assert (len(lines) == 2) == said, out
+    if said:
+        assert 'concurrencyincoming is no number of at least 1; taking 20' in lines[0]
+
+
 @pytest.mark.parametrize('args, what', [
     (['0', '99999', 'x'], 'port wants'), (['0', '\u00b2', 'x'], 'port wants'),
     (['-u', '99999999999999999999', '0', '25', 'x'], '-u wants'),
