@@ -15,7 +15,9 @@ Exits:    0 installed; 100 usage, not root, or a runtime interpreter
           without dnspython and idna; 111 a step failed.
 
 Idempotent: running it again repairs owners and modes, replaces the code
-and keeps the queue and every control file.  A service script the admin
+and keeps the queue and every control file.  The queue's split is an
+existing queue's (a C qmail's conf-split: queue/mess/0..n-1), else
+--split, else 23; a --split other than the queue's is refused (100).  A service script the admin
 edited is kept (its last line, a digest of what was written, no longer
 matches; a script from before that line counts as edited unless it is
 this version's text), the new one written beside it as run.new, with a
@@ -929,7 +931,39 @@ def check_home(home):
                            'someone else' % (home, bad))
 
 
-def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_port='25',
+def queue_split(home):
+    """The split of a queue already in home (its mess/ subdirectories
+    0 to n-1: n), or None where there is none.  InstallError for
+    subdirectories that are no one split."""
+    mess = os.path.join(home, 'queue', 'mess')
+    try:
+        names = os.listdir(mess)
+    except FileNotFoundError:
+        return None
+    nums = sorted(int(n) for n in names if n.isdigit() and n.isascii() and len(n) < 6)
+    if not nums:
+        return None
+    if nums != list(range(len(nums))):
+        raise InstallError('%s has subdirectories %s: not the split of one queue '
+                           '(give --split, and see README "Moving from C qmail")'
+                           % (mess, ' '.join(map(str, nums[:30]))))
+    return len(nums)
+
+
+def choose_split(home, split=None) -> int:
+    """The split to install with: an existing queue's (a C qmail's
+    conf-split, say: another would leave its messages where no program
+    looks), else split, else qmail's 23."""
+    found = queue_split(home)
+    if found is not None and split is not None and split != found:
+        raise InstallError('the queue in %s is split %d ways; --split %d would leave its '
+                           'messages where nothing looks for them' % (home, found, split))
+    if found is not None:
+        return found
+    return auto.SPLIT if split is None else split
+
+
+def install(home, python, fqdn, split=None, smtp_addr='127.0.0.1', smtp_port='25',
             pop3_port='110'):
     check_path('home', home)
     check_path('python', python)
@@ -940,6 +974,9 @@ def install(home, python, fqdn, split=auto.SPLIT, smtp_addr='127.0.0.1', smtp_po
     uids, gids = lookup_ids()
     os.makedirs(os.path.dirname(home), exist_ok=True)
     check_home(home)
+    split = choose_split(home, split)
+    if split != auto.SPLIT:
+        say('queue split %d ways (conf-split)' % split)
     install_tree(home, uids, gids, split)
     install_lib(home, python, split, uids, gids)
     install_bin(home, python, uids, gids)
@@ -965,6 +1002,9 @@ def main(argv=None) -> int:
     parser.add_argument('--smtp-addr', default='127.0.0.1')
     parser.add_argument('--smtp-port', default='25')
     parser.add_argument('--pop3-port', default='110')
+    parser.add_argument('--split', type=int, default=None,
+                        help="the queue's subdirectories (conf-split; default: an "
+                        "existing queue's, else 23)")
     parser.add_argument('--status', action='store_true',
                         help='say what is installed and how to use it')
     try:
@@ -982,7 +1022,9 @@ def main(argv=None) -> int:
         print('qmail-install: fatal: must be run as root', file=sys.stderr)
         return 100
     try:
-        install(args.home.rstrip('/') or '/', args.python, args.fqdn,
+        if args.split is not None and not 1 <= args.split <= 9999:
+            raise InstallError('--split wants a number from 1 to 9999')
+        install(args.home.rstrip('/') or '/', args.python, args.fqdn, split=args.split,
                 smtp_addr=args.smtp_addr, smtp_port=args.smtp_port,
                 pop3_port=args.pop3_port)
     except InstallError as e:

@@ -464,3 +464,36 @@ def test_a_copy_a_daemon_runs_on_outlives_two_upgrades(fresh_home):
     subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
                     '--python', RUNTIME], check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
     assert not os.path.exists(os.path.join(lib, running_on))    # nobody on it now
+
+
+@needs_root
+def test_install_over_a_queue_keeps_its_split(tmp_path):
+    """A C qmail's home built with another conf-split: the installer took
+    23, and qmail-send looked for every queued message in the wrong
+    subdirectory ("unable to stat mess/4/..."), delivering none."""
+    import tempfile
+    top = tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp')
+    os.chmod(top, 0o755)
+    home = os.path.join(top, 'qmail')
+    try:
+        for i in range(47):
+            os.makedirs(os.path.join(home, 'queue', 'mess', str(i)))
+        base = [sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
+                '--fqdn', 'split.example.org']
+        r = subprocess.run(base + ['--split', '23'], capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 100 and b'split 47 ways; --split 23' in r.stderr, r
+        r = subprocess.run(base, capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and b'queue split 47 ways' in r.stdout, r
+        auto_py = open(os.path.join(home, 'lib', 'python', 'qmail', 'lib', 'auto.py')).read()
+        assert 'SPLIT = 47' in auto_py, auto_py
+        for d in ('info', 'local', 'remote'):
+            assert sorted(map(int, os.listdir(os.path.join(home, 'queue', d)))) == list(range(47))
+        r = subprocess.run([os.path.join(home, 'bin', 'qmail-fsck'), '-q'],
+                           capture_output=True, timeout=TIMEOUT)
+        assert (r.returncode, r.stdout) == (0, b''), r
+        os.makedirs(os.path.join(home, 'queue', 'mess', '60'))     # not one split
+        r = subprocess.run(base, capture_output=True, timeout=TIMEOUT)
+        assert r.returncode == 100 and b'not the split of one queue' in r.stderr, r
+    finally:
+        import shutil
+        shutil.rmtree(top, ignore_errors=True)
