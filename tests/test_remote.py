@@ -271,6 +271,20 @@ def test_blast(message, want):
     assert got == want, 'got %r want %r' % (got, want)
 
 
+def test_blast_passes_a_long_line_on_as_it_comes():
+    """A line of 50 MB was held whole (some three times its size) until
+    its end: a one-line message to a forwarding user cost the qmail-remote
+    worker hundreds of MB.  Each chunk goes out as it is fed."""
+    b = smtp.Blaster()
+    chunk = b'z' * 65536
+    assert b.feed(b'.' + chunk) == b'..' + chunk
+    for _ in range(10):
+        assert b.feed(chunk) == chunk
+    assert b.feed(b'end\r') == b'end\r\n'
+    assert b.feed(b'\n.x\n') == b'..x\r\n'
+    assert b.finish() == b'.\r\n'
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([b'a', b'.', b'\n', b'\r', b'\r\n', b'..', b'\xe9', b'.\r\n']),
                 max_size=40),
@@ -287,6 +301,7 @@ def test_blast_chunking_does_not_matter(parts, cuts):
         pos, i = pos + n, i + 1
     got += chunked.finish()
     assert got == want
+    assert want == smtp.stuff(message) + b'.\r\n'      # the whole message's form
     # the SMTP data never ends early and every line ends in CR LF
     body = want[:-3]
     lines = body.split(b'\r\n')
