@@ -443,7 +443,10 @@ def rewrite_header(fields, settings: Settings, now: int, pid: int,
     return header, inj.sender, inj.recipients()
 
 
-def read_header(readline):
+FEW_FIELDS_MAX = 65536   # bytes of a line, and of a field, for qbiff and the like
+
+
+def read_header(readline, fieldmax: int = None):
     """The header fields of a message, as headerbody.c splits it.
 
     Returns (fields, body): fields with folded lines joined; body is what
@@ -451,11 +454,31 @@ def read_header(readline):
     first line that is not a header field (the header ends there, and a
     blank line is put in) -- or None if the input ended in the header.
     A "From " line becomes an MBOX-Line field.  A last line without a
-    newline gets one.
+    newline gets one.  fieldmax: keep no more of a field than about
+    that (the rest of its lines are read and dropped).
     """
     end = []
-    fields = list(header_fields(readline, end))
+    fields = list(header_fields(readline, end, fieldmax))
     return fields, end[0]
+
+
+def capped_readline(readline, limit: int = FEW_FIELDS_MAX):
+    """A readline (a buffered file's, which takes a size) that gives at
+    most limit bytes of each line, the rest of a longer one read and
+    dropped, the newline kept: a program that wants a few fields (qbiff,
+    qreceipt, maildirwatch) holds no more than that of a line a sender
+    made as long as the message."""
+    def capped():
+        line = readline(limit)
+        if len(line) < limit or line.endswith(b'\n'):
+            return line
+        while True:
+            more = readline(limit)
+            if not more:
+                return line
+            if more.endswith(b'\n'):
+                return line + b'\n'
+    return capped
 
 
 def body_text(read, want: int) -> bytes:
@@ -468,32 +491,36 @@ def body_text(read, want: int) -> bytes:
     return data
 
 
-def header_fields(readline, end: list):
+def header_fields(readline, end: list, fieldmax: int = None):
     """read_header() one field at a time, as they are read; once the
-    header is over, end gets what starts the body (read_header's body)."""
+    header is over, end gets what starts the body (read_header's body).
+    A field is gathered in one bytearray: a field folded a million times
+    was a list of a million lines, some fifteen times its size."""
     current = None
     while True:
         line = readline()
         if not line:
             if current is not None:
-                yield b''.join(current)
+                yield bytes(current)
             end.append(None)
             return
         if not line.endswith(b'\n'):
             line += b'\n'
         if current is not None:
             if line[0] in (0x20, 0x09):
-                current.append(line)
+                if fieldmax is None or len(current) < fieldmax:
+                    current += line
                 continue
-            yield b''.join(current)
+            yield bytes(current)
             current = None
         if line == b'\n':
             end.append(b'\n')
             return
         if line.startswith(b'From '):
-            current = [b'MBOX-Line: ', line]
+            current = bytearray(b'MBOX-Line: ')
+            current += line
         elif hfield_valid(line):
-            current = [line]
+            current = bytearray(line)
         else:
             end.append(b'\n' + line)
             return

@@ -20,7 +20,8 @@ import sys
 import time
 
 from qmail.except_ import internal_bug, say
-from qmail.inject import body_text, hfield_known, read_header
+from qmail.inject import (FEW_FIELDS_MAX, body_text, capped_readline, hfield_known,
+                          read_header)
 from qmail.maildir2mbox import Fatal, maildir_chdir, maildir_clean, maildir_scan, open_message
 
 FATAL = b'maildirwatch: fatal: '
@@ -48,7 +49,7 @@ def summary(readline, read) -> bytes:
     recipient = b'?'
     fromline = b''
     text = b''
-    fields, body = read_header(readline)
+    fields, body = read_header(readline, FEW_FIELDS_MAX)
     for h in fields:
         name = hfield_known(h)
         if name == b'subject':
@@ -86,7 +87,7 @@ def scan_once(now: int) -> bytes:
             continue        # delivered elsewhere since the scan
         with f:
             try:
-                out.append(summary(f.readline, f.read))
+                out.append(summary(capped_readline(f.readline), f.read))
             except OSError:
                 raise Fatal(b'trouble reading new message') from None
     return b''.join(out)

@@ -18,7 +18,8 @@ import struct
 import sys
 
 from qmail.except_ import internal_bug
-from qmail.inject import body_text, hfield_known, read_header
+from qmail.inject import (FEW_FIELDS_MAX, body_text, capped_readline, hfield_known,
+                          read_header)
 from qmail.maildirwatch import skipname
 
 UTMP_FILE = '/var/run/utmp'     # glibc's _PATH_UTMP
@@ -45,7 +46,7 @@ def tofrom(local: bytes, sender: bytes) -> bytes:
 def excerpt(readline, read) -> bytes:
     """Four spaces, then the subject and the body, TEXTMAX bytes in all."""
     text = b'    '
-    fields, body = read_header(readline)
+    fields, body = read_header(readline, FEW_FIELDS_MAX)
     for h in fields:
         if hfield_known(h) == b'subject':
             text = (text + h[skipname(h):])[:TEXTMAX]
@@ -107,7 +108,8 @@ def qbiff(env, stdin) -> None:
         return
     if len(user) > UT_NAMESIZE:
         return
-    message = woof(tofrom(local, sender), excerpt(stdin.readline, stdin.read))
+    message = woof(tofrom(local, sender),
+                   excerpt(capped_readline(stdin.readline), stdin.read))
     try:
         with open(UTMP_FILE, 'rb') as f:
             utmp = f.read()

@@ -19,7 +19,7 @@ import sys
 
 from qmail.except_ import byteargs, internal_bug, say
 from qmail.forward import open_queue
-from qmail.inject import hfield_known, read_header
+from qmail.inject import FEW_FIELDS_MAX, capped_readline, hfield_known, read_header
 from qmail.inject_token import ParseError, addrlist, parse, quote2, unquote
 
 USAGE = b'qreceipt: usage: qreceipt deliveryaddress'
@@ -111,7 +111,7 @@ def qreceipt(args, stdin) -> int:
         say(USAGE)
         return 100
     try:
-        fields, _ = read_header(stdin.readline)
+        fields, _ = read_header(capped_readline(stdin.readline), FEW_FIELDS_MAX)
     except OSError:
         raise Fatal(111, b'read error') from None
     flagreceipt, messageid = scan_header(fields, target)

@@ -186,6 +186,31 @@ def test_read_header(message, fields, body):
         f'read_header({message!r}): got {got!r}, want {(fields, body)!r}')
 
 
+def test_capped_readline_keeps_the_start_of_a_long_line():
+    """qbiff, qreceipt and maildirwatch hold no more than a cap of a line
+    a sender made as long as the message (a 50 MB Subject: cost 164 MB)."""
+    f = io.BytesIO(b'Subject: ' + b'a' * 200000 + b'\nTo: b\n\n' + b'z' * 5000)
+    readline = inject.capped_readline(f.readline, 1000)
+    first = readline()
+    assert first == b'Subject: ' + b'a' * 991 + b'\n'
+    assert readline() == b'To: b\n'
+    assert readline() == b'\n'
+    assert readline() == b'z' * 1000            # the input ends within the line
+    assert readline() == b''
+
+
+def test_a_field_folded_a_million_times_is_held_once_or_cut():
+    """The field was a list of its lines (some fifteen times its size):
+    now one bytearray; with fieldmax, what is past it is read and dropped."""
+    message = b'X-Big: a\n' + b' f\n' * 100000 + b'Subject: s\n\nbody\n'
+    fields, body = inject.read_header(io.BytesIO(message).readline)
+    assert fields == [b'X-Big: a\n' + b' f\n' * 100000, b'Subject: s\n'] and body == b'\n'
+    fields, body = inject.read_header(io.BytesIO(message).readline, 3000)
+    assert fields[0].startswith(b'X-Big: a\n f\n') and 3000 <= len(fields[0]) < 3010
+    assert fields[0].endswith(b'\n')
+    assert fields[1:] == [b'Subject: s\n'] and body == b'\n'
+
+
 # ---------------------------------------------------------------- rewrite_header
 
 FROM_JOE = b'From: joe@mail.example.org\n'
