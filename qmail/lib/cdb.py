@@ -39,9 +39,12 @@ from qmail.lib import durable
 HASHSTART = 5381
 HEADER_SIZE = 2048
 MAX_SIZE = 0xFFFFFFFF           # a position must fit in 32 bits
-# A file this small is cheaper to read whole than to seek in, and
-# users/cdb always is; morercpthosts.cdb can be much larger.
+# A file this small is cheaper to read whole than to seek in, for the
+# many lookups of a long-lived reader; morercpthosts.cdb can be larger.
 READ_ALL_LIMIT = 1 << 24
+# ... and for one lookup (qmail-lspawn's in users/cdb at each delivery):
+# a few preads beat reading a big file whole.
+ONE_LOOKUP_READ_ALL = 1 << 16
 
 _PAIR = struct.Struct('<II')
 _HEADER = struct.Struct('<512I')
@@ -68,7 +71,10 @@ class Cdb:
     one, in the order added; iterating gives (key, data) in file order.
     """
 
-    def __init__(self, path=None, *, _data=None):
+    def __init__(self, path=None, *, _data=None, read_all: int = None):
+        """read_all: a file up to this size (READ_ALL_LIMIT) is read
+        whole; a larger one is looked up in with pread, its descriptor
+        held."""
         self._fd = None
         self._data = None
         self.stat = None        # the file's fstat() when it was opened
@@ -76,7 +82,7 @@ class Cdb:
             self._data = bytes(_data)
             self._size = len(self._data)
         else:
-            self._open(path)
+            self._open(path, READ_ALL_LIMIT if read_all is None else read_all)
         if self._size > MAX_SIZE:
             self.close()
             raise CdbError('cdb file is 4 GiB or more')
@@ -96,7 +102,7 @@ class Cdb:
     def from_bytes(cls, data: bytes) -> 'Cdb':
         return cls(_data=data)
 
-    def _open(self, path):
+    def _open(self, path, read_all: int):
         """Open path; OSError (including ENOENT) goes to the caller."""
         # (without waiting, as qmail's open_read: a FIFO in its place
         # reads as empty, no hang)
@@ -104,7 +110,7 @@ class Cdb:
         try:
             self.stat = os.fstat(fd)
             size = self.stat.st_size
-            if size <= READ_ALL_LIMIT:
+            if size <= read_all:
                 self._data = _read_whole(fd, size)
                 self._size = len(self._data)
                 os.close(fd)

@@ -98,7 +98,7 @@ def nughde_get(local: bytes, cdb_path, getpw_fn) -> Nughde:
     """
     local = local.split(b'\0', 1)[0]        # a C string, as lspawn has it
     try:
-        db = cdb.Cdb(cdb_path)
+        db = cdb.Cdb(cdb_path, read_all=cdb.ONE_LOOKUP_READ_ALL)    # (closed below)
     except FileNotFoundError:
         db = None
     except (OSError, cdb.CdbError) as err:
