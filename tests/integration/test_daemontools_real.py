@@ -171,6 +171,21 @@ def test_supervised_mta(supervised):
     assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
 
 
+def start_again(home, top, outname, dirs):
+    """qmail-svscan start once more, up with every service: (its Popen,
+    the pidfile's foreground and svscan pids)."""
+    with open(os.path.join(top, outname), 'wb') as out:
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={'PATH': '/usr/bin:/bin'}, cwd='/')
+    wait_for(lambda: b'Ctrl-C' in open(os.path.join(top, outname), 'rb').read(), outname)
+    for d in dirs:
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+    pidfile = os.path.join(home, 'service', '.svscan.pid')
+    fg, scan = (int(w) for w in open(pidfile).read().split()[:2])
+    return proc, fg, scan
+
+
 def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
     """Closing make run's terminal (HUP) killed the foreground alone: its
     svscan went on, out of make stop's reach.  And a start while an
@@ -193,15 +208,7 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
     assert not running()
     # again, then lose the foreground and its svscan (kill -9): services stay
-    with open(os.path.join(top, 'svscan2.out'), 'wb') as out:
-        second = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={'PATH': '/usr/bin:/bin'}, cwd='/')
-    wait_for(lambda: b'Ctrl-C' in open(os.path.join(top, 'svscan2.out'), 'rb').read(),
-             'second start')
-    for d in dirs:
-        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
-    fg, scan = (int(w) for w in open(os.path.join(svc, '.svscan.pid')).read().split()[:2])
+    second, fg, scan = start_again(home, top, 'svscan2.out', dirs)
     os.kill(scan, signal.SIGKILL)
     os.kill(fg, signal.SIGKILL)
     second.wait(timeout=TIMEOUT)
@@ -216,15 +223,7 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
     # a third time, and lose only the foreground: its svscan lives on in
     # its own session and would start each service again; stop stops it
-    with open(os.path.join(top, 'svscan3.out'), 'wb') as out:
-        third = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={'PATH': '/usr/bin:/bin'}, cwd='/')
-    wait_for(lambda: b'Ctrl-C' in open(os.path.join(top, 'svscan3.out'), 'rb').read(),
-             'third start')
-    for d in dirs:
-        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
-    fg, scan = (int(w) for w in open(os.path.join(svc, '.svscan.pid')).read().split()[:2])
+    third, fg, scan = start_again(home, top, 'svscan3.out', dirs)
     os.kill(fg, signal.SIGKILL)
     third.wait(timeout=TIMEOUT)
     assert running()
