@@ -123,7 +123,8 @@ class NoCipher(ValueError):
     """The cipher list selects no cipher."""
 
 
-def tls_context(verify: bool, cafile=None, hostnames=True, ciphers: bytes = None) -> ssl.SSLContext:
+def tls_context(verify: bool, cafile=None, hostnames=True,
+                ciphers: bytes = None) -> ssl.SSLContext:
     """A client context: OpenSSL's defaults; with verify, the peer's
     certificate must chain to cafile (or the system's CAs) and, with
     hostnames, name the host (else Tls.match says what it must name);
@@ -162,22 +163,12 @@ def sni_ok(name: str) -> bool:
     return True
 
 
-def stuff(block: bytes) -> bytes:
-    """Complete lines, starting at a line's start and ending with its
-    end, in SMTP's form: CR LF ends each line, a leading dot is doubled."""
-    block = block.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
-    block = block.replace(b'\n.', b'\n..')
-    if block.startswith(b'.'):
-        block = b'.' + block
-    return block.replace(b'\n', b'\r\n')
-
-
 class Blaster:
-    """The message in SMTP's form, fed in chunks of any size, each
-    passed on at once as stuff() would have the whole message: nothing
-    is held but two flags, so a line of any length costs no memory (it
-    was held whole, at some three times its size, as qmail's blast
-    streams through its 1 KB buffer)."""
+    """The message in SMTP's form, fed in chunks of any size: a CR, a LF
+    or CR LF ends a line and goes as CR LF, a leading dot is doubled.
+    Each chunk is passed on at once, nothing held but two flags, so a
+    line of any length costs no memory (it was held whole, at some three
+    times its size, as qmail's blast streams through its 1 KB buffer)."""
 
     def __init__(self):
         self.at_start = True            # the next byte begins a line

@@ -271,6 +271,17 @@ def test_blast(message, want):
     assert got == want, 'got %r want %r' % (got, want)
 
 
+def stuff(block: bytes) -> bytes:
+    """The SMTP form of whole lines, said plainly: CR LF or a lone CR
+    ends a line as LF does, each line goes with CR LF, a leading dot is
+    doubled (the Blaster's result for a whole message)."""
+    block = block.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+    block = block.replace(b'\n.', b'\n..')
+    if block.startswith(b'.'):
+        block = b'.' + block
+    return block.replace(b'\n', b'\r\n')
+
+
 def test_blast_passes_a_long_line_on_as_it_comes():
     """A line of 50 MB was held whole (some three times its size) until
     its end: a one-line message to a forwarding user cost the qmail-remote
@@ -301,7 +312,7 @@ def test_blast_chunking_does_not_matter(parts, cuts):
         pos, i = pos + n, i + 1
     got += chunked.finish()
     assert got == want
-    assert want == smtp.stuff(message) + b'.\r\n'      # the whole message's form
+    assert want == stuff(message) + b'.\r\n'      # the whole message's form
     # the SMTP data never ends early and every line ends in CR LF
     body = want[:-3]
     lines = body.split(b'\r\n')
