@@ -1212,10 +1212,13 @@ class Send:
                 break
         return got
 
+    def settle_room(self) -> int:
+        """How many more messages' files may be open, awaiting their sync,
+        within the descriptor limit (settle_cap); none: todo/ waits."""
+        return self.settle_cap - len(self.settling.waiting) - self.settling.inflight
+
     def settling_full(self) -> bool:
-        """Are as many messages' files open, awaiting their sync, as the
-        descriptor limit allows (settle_cap)?  Then todo/ waits."""
-        return len(self.settling.waiting) + self.settling.inflight >= self.settle_cap
+        return self.settle_room() <= 0
 
     def todo_do(self, triggered):
         if self.flagexitasap or self.preprocessing or self.settling_full():
@@ -1231,8 +1234,7 @@ class Send:
                 return
             self.nexttodorun = self.recent + SLEEP_TODO
         batch = []
-        room = min(TODO_BATCH, self.settle_cap - len(self.settling.waiting)
-                   - self.settling.inflight)
+        room = min(TODO_BATCH, self.settle_room())
         while len(batch) < room:
             name = next(self.tododir, None)
             if name is None:
