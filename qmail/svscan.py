@@ -179,13 +179,13 @@ def svscans_of(home: str) -> list:
 
 def stop_svscans(pids, timeout: float = 30) -> None:
     """TERM each svscan and wait for it to go (then KILL)."""
+    want = {pid: cmdline(pid) for pid in pids}     # (before: a pid used again is not it)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    want = {pid: cmdline(pid) for pid in pids}
     while time.monotonic() < deadline:
         want = {pid: args for pid, args in want.items() if args and cmdline(pid) == args}
         if not want:
