@@ -272,8 +272,7 @@ class Settings:
         self.timeout = max(1, ctl.seconds('timeoutremote', 1200))
         self.routes = parse_map(ctl.lines('smtproutes'))
         self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
-        ciphers = [line for line in ctl.lines('tlsclientciphers') if line]
-        self.tlsciphers = b':'.join(ciphers) if ciphers else None
+        self.tlsciphers = control.colon_list(ctl.lines('tlsclientciphers'))
         try:
             self.nameservers = qdns.nameservers(ctl.lines('dnsservers'))
         except (ValueError, UnicodeError):

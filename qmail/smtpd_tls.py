@@ -100,10 +100,8 @@ def cipher_list(environ, cipherfile: str = CIPHERFILE):
         lines = control.readfile(cipherfile)
     except OSError as err:
         raise CipherTrouble(cipherfile.encode(), error_str(err)) from None
-    lines = [line for line in lines or () if line]
-    if not lines:
-        return None
-    return cipherfile.encode(), b':'.join(lines)
+    value = control.colon_list(lines)
+    return None if value is None else (cipherfile.encode(), value)
 
 
 def server_context(certfile: str = CERTFILE, environ=None,

@@ -243,6 +243,14 @@ def readfile(path):
     return None if value is None else list(value)
 
 
+def colon_list(lines):
+    """The non-empty lines of a list control joined by ":" (an OpenSSL
+    cipher list, as the qmail TLS patch reads tls*ciphers), or None when
+    there are none."""
+    lines = [line for line in lines or () if line]
+    return b':'.join(lines) if lines else None
+
+
 def me_text(home) -> str:
     """control/me's line under home as text, for the admin's own messages
     (qmail-install's and qmail-svscan's greetings); '' if it is missing.
