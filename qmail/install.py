@@ -17,11 +17,11 @@ Exits:    0 installed; 100 usage, not root, or a runtime interpreter
 Idempotent: running it again repairs owners and modes, replaces the code
 and keeps the queue and every control file.  The queue's split is an
 existing queue's (a C qmail's conf-split: queue/mess/0..n-1), else
---split, else 23; a --split other than the queue's is refused (100).  A service script the admin
-edited is kept (its last line, a digest of what was written, no longer
-matches; a script from before that line counts as edited unless it is
-this version's text), the new one written beside it as run.new, with a
-warning.  The code is switched in
+--split, else 23; a --split other than the queue's is refused (100).
+A service script the admin edited is kept (its last line, a digest of
+what was written, no longer matches; a script from before that line
+counts as edited unless it is this version's text), the new one written
+beside it as run.new, with a warning.  The code is switched in
 one rename (lib/python is a symlink), and each program resolves the link
 once, as it starts: all its modules, those it imports late too (say
 qmail-smtpd's TLS at the first STARTTLS), come from the one copy it

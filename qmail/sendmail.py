@@ -11,10 +11,11 @@ Does:     sendmail [-t] [-fsender] [-Fname] [arg ...]: runs qmail-inject
           the name mailq) runs qmail-qread; -bs runs qmail-smtpd on fds
           0 and 1, with a local client's environment unless PROTO is
           set (no limits, and its log on fd 2 sent to /dev/null, as
-          qmail-smtpd logs nothing); -bm is the default.  -B -p -v -i -x -m -e -o* -E -J are
-          accepted and ignored, as sendmail.c does; beyond it, -r is -f
-          (mail -r passes it), and -N -R -V -L (DSN and syslog options
-          of other MTAs' sendmail) are accepted and ignored.
+          qmail-smtpd logs nothing); -bm is the default.  -B -p -v -i
+          -x -m -e -o* -E -J are accepted and ignored, as sendmail.c
+          does; beyond it, -r is -f (mail -r passes it), and -N -R -V
+          -L (DSN and syslog options of other MTAs' sendmail) are
+          accepted and ignored.
 Exits:    qmail-inject's, qmail-qread's or qmail-smtpd's code; 100 for a
           bad option or as newaliases; 111 if the qmail home or a
           program is unreachable.

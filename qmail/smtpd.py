@@ -11,8 +11,8 @@ Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
-          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, and the limits'
-          MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (below).
+          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, and
+          MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (limits, below).
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
           timeoutsmtpd, servercert.pem (and, at STARTTLS,
