@@ -31,6 +31,7 @@ rest go.  Restart the services after an upgrade (make run does).
 """
 
 import argparse
+import ast
 import compileall
 import errno
 import fcntl
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 
-from qmail.lib import auto, control, inuse
+from qmail.lib import auto, control, inuse, manpage
 
 DEFAULT_HOME = '/var/qmail'
 DEFAULT_PYTHON = '/usr/local/lib/qmail/venv/bin/python3'
@@ -76,6 +77,11 @@ HIER = (
     ('d', 'run', 'qmailq', 'qmail', 0o755),
     ('d', 'boot', 'root', 'qmail', 0o755),
     ('d', 'doc', 'root', 'qmail', 0o755),
+    ('d', 'man', 'root', 'qmail', 0o755),
+    ('d', 'man/man1', 'root', 'qmail', 0o755),
+    ('d', 'man/man5', 'root', 'qmail', 0o755),
+    ('d', 'man/man7', 'root', 'qmail', 0o755),
+    ('d', 'man/man8', 'root', 'qmail', 0o755),
     ('d', 'alias', 'alias', 'qmail', 0o2755),
     ('d', 'queue', 'qmailq', 'qmail', 0o750),
     ('d', 'queue/pid', 'qmailq', 'qmail', 0o700),
@@ -717,6 +723,12 @@ it) opens its module: %(home)s/lib/python/qmail/<module>.py, the module
 named as the program without its qmail- prefix (qmail-smtpd: smtpd.py,
 qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
+The manual pages in %(home)s/man are made from those descriptions when
+the home is installed: one per program, qmail-control(5) for the
+control files and qmail(7), the list of programs.  With %(home)s/bin in
+PATH, `man qmail-send` finds them; otherwise `man -M %(home)s/man
+qmail-send`, or MANPATH.
+
 qmail-showctl prints every control file's value, or its default.  The
 control files, their defaults and their readers, and the setup, the
 service scripts and the differences from qmail, are in the source's
@@ -730,6 +742,37 @@ def install_docs(home, gids):
     for sub, text in (('boot', BOOT_README), ('doc', DOC_README)):
         write_file(os.path.join(home, sub, 'README'), text % {'home': home},
                    0o644, 0, gids['qmail'])
+
+
+def install_man(home, gids):
+    """HOME/man: a page per program in bin/, made from the description
+    that opens its module (qmail.lib.manpage), qmail-control(5) from the
+    source's control/README, and qmail(7), the list of them all.  With
+    HOME/bin in PATH, man(1) finds them (man-db looks in ../man of each
+    PATH directory); MANPATH=HOME/man does it otherwise."""
+    pkg = os.path.join(home, 'lib', 'python', 'qmail')
+    index = []
+    for name, module in ([(p[0], p[1]) for p in PROGRAMS] + [('qmail-queue', 'queue')]
+                         + [(c[0], c[1]) for c in CHECKERS]):
+        with open(os.path.join(pkg, module + '.py'), encoding='utf-8') as f:
+            source = f.read()
+        doc = ast.get_docstring(ast.parse(source), clean=False) or name
+        section = manpage.section_of(name)
+        write_file(os.path.join(home, 'man', 'man' + section, name + '.' + section),
+                   manpage.page(name, doc, usage=manpage.usage_of(source)),
+                   0o644, 0, gids['qmail'])
+        index.append((name, manpage.parse(doc)[1]))
+    write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
+               manpage.index_page(sorted(index)), 0o644, 0, gids['qmail'])
+    src = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
+    readme = os.path.join(os.path.dirname(src), 'control', 'README')
+    try:
+        with open(readme, encoding='utf-8') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return                  # not run from the source: the page stays as it was
+    write_file(os.path.join(home, 'man', 'man5', 'qmail-control.5'),
+               manpage.control_page(text), 0o644, 0, gids['qmail'])
 
 
 def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
@@ -990,6 +1033,7 @@ def install(home, python, fqdn, split=None, smtp_addr='127.0.0.1', smtp_port='25
     install_aliases(home, uids, gids)
     install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port)
     install_docs(home, gids)
+    install_man(home, gids)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
 

@@ -383,6 +383,41 @@ def test_boot_and_doc_say_where_qmails_rc_and_manuals_went(home):
     assert os.path.isdir(os.path.join(home, 'lib', 'python', 'qmail'))
 
 
+def test_every_program_has_a_man_page_that_man_finds(home):
+    """An admin types `man qmail-send` with HOME/bin in PATH (man-db looks
+    in ../man of each PATH directory), as with qmail's /var/qmail/man."""
+    import grp
+    qmail_gid = grp.getgrnam('qmail').gr_gid
+    programs = sorted(os.listdir(os.path.join(home, 'bin')))
+    assert 'qmail-send' in programs and 'qmail-queue' in programs
+    env = dict(os.environ, PATH=os.path.join(home, 'bin') + ':/usr/bin:/bin',
+               MANWIDTH='80', MANPAGER='cat', PAGER='cat')
+    env.pop('MANPATH', None)
+    for name in programs:
+        section = '1' if name in ('maildirmake', 'forward', 'preline', 'tcp-env') else None
+        found = [d for d in os.listdir(os.path.join(home, 'man'))
+                 if os.path.exists(os.path.join(home, 'man', d, name + '.' + d[3:]))]
+        assert len(found) == 1, (name, found)
+        if section:
+            assert found == ['man' + section], name
+        st = os.stat(os.path.join(home, 'man', found[0], name + '.' + found[0][3:]))
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, qmail_gid, 0o644)
+    for name, words in (('qmail-send', ['qmail-send - deliver the messages in the queue',
+                                        'Runs as', 'qmails']),
+                        ('qmail-control', ['concurrencyremote', 'Default: 20.']),
+                        ('qmail', ['qmail-smtpd(8)', 'receive mail via SMTP']),
+                        ('maildirmake', ['maildirmake name'])):
+        where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
+                               text=True, timeout=TIMEOUT)
+        assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
+        shown = subprocess.run(['man', name], env=env, capture_output=True,
+                               text=True, timeout=TIMEOUT)
+        assert shown.returncode == 0, (name, shown.stderr)
+        flat = ' '.join(shown.stdout.replace('\u2010\n', '').split())
+        for word in words:
+            assert word in flat, (name, word, flat[:500])
+
+
 def test_a_runtime_without_the_libraries_is_refused(tmp_path):
     """Debian's own python3 has no dnspython: installed with it, every
     remote delivery crashed ("qmail-remote crashed") and waited in the

@@ -1,0 +1,106 @@
+"""qmail.lib.manpage: a program's description becomes its man page."""
+
+import os
+import subprocess
+
+from qmail.lib import manpage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DOC = """qmail-thing: do one thing
+well, and say so.
+
+Runs as:  qmails; cwd HOME/queue.
+Usage:    qmail-thing [-v] dir
+          qmail-thing -n
+Reads:    fd 0, lines.  A line "-x" or ".y"
+          counts; a backslash \\ stays.
+Exits:    0 done; 111 trouble.
+See:      qmail-send(8), qmail-log(5).
+
+Beyond qmail 1.03: a paragraph with a colon.  Its second sentence.
+.starts with a dot
+
+  - a list item
+  - another, kept as written
+"""
+
+
+def test_parse_takes_the_name_the_summary_and_the_fields_in_order():
+    name, summary, parts = manpage.parse(DOC)
+    assert name == 'qmail-thing'
+    assert summary == 'do one thing well, and say so'
+    assert [label for label, _ in parts] == [
+        'Runs as', 'Usage', 'Reads', 'Exits', 'See', None, None]
+    label, lines = parts[2]
+    assert manpage.dedent(lines) == ['fd 0, lines.  A line "-x" or ".y"',
+                                     'counts; a backslash \\ stays.']
+
+
+def test_page_sections_and_escapes():
+    text = manpage.page('qmail-thing', DOC, date='2026-11-27')
+    lines = text.split('\n')
+    assert lines[0] == '.TH QMAIL\\-THING 8 "2026-11-27" "qmail-py" "qmail"'
+    assert 'qmail\\-thing \\- do one thing well, and say so' in lines
+    # Usage is the synopsis, as written, and not repeated below.
+    syn = lines.index('.SH SYNOPSIS')
+    assert lines[syn + 1:syn + 5] == ['.nf', 'qmail\\-thing [\\-v] dir', 'qmail\\-thing \\-n', '.fi']
+    assert text.count('Usage') == 0
+    # Backslashes and leading dots never reach roff as requests.
+    assert 'counts; a backslash \\e stays.' in lines
+    assert '\\&.starts with a dot' in lines
+    assert not any(l.startswith('.starts') for l in lines)
+    # The list keeps its layout; the prose is filled.
+    nf = lines.index('\\- a list item')
+    assert '.nf' in lines[nf - 2:nf] and lines[nf + 2] == '.fi'
+    see = lines.index('.SH SEE ALSO')
+    assert lines[see + 1] == 'qmail\\-send(8), qmail\\-log(5).'
+    assert lines.index('.SH DESCRIPTION') < lines.index('.B Runs as') < see
+
+
+def test_user_commands_are_section_1():
+    assert manpage.section_of('maildirmake') == '1'
+    assert manpage.section_of('forward') == '1'
+    assert manpage.section_of('qmail-smtpd') == '8'
+    assert manpage.section_of('sendmail') == '8'
+
+
+def test_usage_from_the_usage_constant():
+    src = "'''x: y.'''\nA = 1\nUSAGE = (b'maildirmake: usage: '\n         b'maildirmake name')\n"
+    assert manpage.usage_of(src) == 'maildirmake name'
+    assert manpage.usage_of("USAGE = 'usage: qmail-x add n\\n       qmail-x del n'\n") == \
+        'qmail-x add n\n       qmail-x del n'
+    assert manpage.usage_of("USAGE = 3\n") is None
+    assert manpage.usage_of("X = b'usage: no'\n") is None
+    text = manpage.page('maildirmake', 'maildirmake: make one.\n', usage='maildirmake name')
+    assert '.SH SYNOPSIS\n.nf\nmaildirmake name\n.fi\n' in text
+
+
+def test_control_page_has_every_file_of_the_readme():
+    readme = open(os.path.join(ROOT, 'control', 'README')).read()
+    text = manpage.control_page(readme, date='2026-11-27')
+    from qmail.lib.ctltable import CONTROLS
+    for entry in CONTROLS:
+        assert '.B %s\n' % manpage.escape(entry[0]) in text, entry[0]
+    # A default with a single space in it stays whole.
+    assert 'Default: me, else "bouncehost".  Read by qmail\\-send.' in text
+    assert 'Default: 20.  Read by qmail\\-send.' in text    # concurrencyremote 20
+    assert 'Control files\n' not in text and '=====' not in text
+
+
+def test_pages_render_without_warnings(tmp_path):
+    from qmail.install import CHECKERS, PROGRAMS
+    import ast
+    pages = []
+    for name, module in [(p[0], p[1]) for p in PROGRAMS] + [(c[0], c[1]) for c in CHECKERS]:
+        src = open(os.path.join(ROOT, 'qmail', module + '.py')).read()
+        doc = ast.get_docstring(ast.parse(src), clean=False)
+        assert doc and doc.startswith(name + ': '), name
+        pages.append(manpage.page(name, doc, usage=manpage.usage_of(src)))
+    pages.append(manpage.control_page(open(os.path.join(ROOT, 'control', 'README')).read()))
+    for i, text in enumerate(pages):
+        path = tmp_path / ('p%d.8' % i)
+        path.write_text(text)
+        r = subprocess.run(['groff', '-man', '-Tutf8', '-ww', '-z', str(path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == '', (text[:200], r.stderr)
