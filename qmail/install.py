@@ -746,8 +746,9 @@ def install_docs(home, gids):
 
 def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
-    that opens its module (qmail.lib.manpage), qmail-control(5) from the
-    source's control/README, and qmail(7), the list of them all.  With
+    that opens its module (qmail.lib.manpage), the pages of qmail/man
+    (file formats: dot-qmail(5)), qmail-control(5) from the source's
+    control/README, and qmail(7), the list of them all.  With
     HOME/bin in PATH, man(1) finds them (man-db looks in ../man of each
     PATH directory); MANPATH=HOME/man does it otherwise."""
     pkg = os.path.join(home, 'lib', 'python', 'qmail')
@@ -764,6 +765,13 @@ def install_man(home, gids):
         index.append((name, manpage.parse(doc)[1]))
     write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
                manpage.index_page(sorted(index)), 0o644, 0, gids['qmail'])
+    # The file formats, written by hand: qmail/man/<name>.<section>.
+    for name in sorted(os.listdir(os.path.join(pkg, 'man'))):
+        section = name.rpartition('.')[2]
+        if section.isdigit():
+            with open(os.path.join(pkg, 'man', name), encoding='utf-8') as f:
+                write_file(os.path.join(home, 'man', 'man' + section, name),
+                           f.read(), 0o644, 0, gids['qmail'])
     src = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     readme = os.path.join(os.path.dirname(src), 'control', 'README')
     try:

@@ -98,6 +98,10 @@ def test_pages_render_without_warnings(tmp_path):
         assert doc and doc.startswith(name + ': '), name
         pages.append(manpage.page(name, doc, usage=manpage.usage_of(src)))
     pages.append(manpage.control_page(open(os.path.join(ROOT, 'control', 'README')).read()))
+    written = os.listdir(os.path.join(ROOT, 'qmail', 'man'))
+    assert 'dot-qmail.5' in written
+    for name in written:
+        pages.append(open(os.path.join(ROOT, 'qmail', 'man', name)).read())
     for i, text in enumerate(pages):
         path = tmp_path / ('p%d.8' % i)
         path.write_text(text)

@@ -406,7 +406,9 @@ def test_every_program_has_a_man_page_that_man_finds(home):
                                         'Runs as', 'qmails']),
                         ('qmail-control', ['concurrencyremote', 'Default: 20.']),
                         ('qmail', ['qmail-smtpd(8)', 'receive mail via SMTP']),
-                        ('maildirmake', ['maildirmake name'])):
+                        ('maildirmake', ['maildirmake name']),
+                        ('dot-qmail', ['.qmail-list-default and .qmail-default',
+                                       'Sorry, no mailbox here by that name'])):
         where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
                                text=True, timeout=TIMEOUT)
         assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
