@@ -53,6 +53,14 @@ Beyond qmail 1.03:
       OpenSSL's.  One that selects no cipher defers the mail (Z).
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
+  A message whose last line has no end (it came through qmail-inject,
+      or a forward, never through SMTP) fails at once, D "SMTP cannot
+      transfer messages with partial final lines. (#5.6.2)", before any
+      connection: qmail gives that answer only after the peer accepted a
+      recipient and DATA, so it first deferred such a message for as
+      long as the peer was down (up to queuelifetime) and bounced it
+      with the peer's refusal of a recipient when there was one.  The
+      message could never have gone; its bounce now says why at once.
 """
 
 import os

@@ -663,14 +663,24 @@ class Send:
         """The file fn into qq; with a limit, its first limit bytes up to
         the last whole line within them (cut_copy), then a line saying
         so.  A chunk's unfinished last line is held back until the next
-        chunk shows whether it ends within the limit."""
+        chunk shows whether it ends within the limit.  A copy whose last
+        line has no end gets one (beyond qmail): a bounce ending in a
+        partial line could not go out by SMTP, and doubled."""
+        ended = [True]      # the last byte put is a newline (or none was)
+
+        def put(data):
+            if data:
+                qq.put(data)
+                ended[0] = data[-1:] == b'\n'
         try:
             with open(fn, 'rb') as f:
                 copied, held, after_line = 0, b'', False
                 while True:
                     chunk = f.read(65536)
                     if not chunk:
-                        qq.put(held)
+                        put(held)
+                        if not ended[0]:
+                            qq.put(b'\n')
                         return
                     if limit and copied + len(chunk) > limit:
                         last = held + chunk[:limit - copied]
@@ -682,13 +692,13 @@ class Send:
                         return
                     copied += len(chunk)
                     if not limit:
-                        qq.put(chunk)
+                        put(chunk)
                         continue
                     data = held + chunk
                     end = data.rfind(b'\n') + 1
                     if end == 0 and len(data) >= 65536:
                         end = len(data)     # a line that long: no whole line to keep
-                    qq.put(data[:end])
+                    put(data[:end])
                     held = data[end:]
                     if end:
                         after_line = data[end - 1] == 10
@@ -1416,6 +1426,7 @@ class Send:
                 out.append('warning: unable to unlink %s\n' % fn)
                 return None
         info = []
+        news = []       # logged once the message is the queue's (C: once info/ is made)
         chans = [bytearray(), bytearray()]
         uid = pid = 0
         for record in envelope.split(b'\0')[:-1]:
@@ -1426,8 +1437,8 @@ class Send:
                 pid = control.scan_ulong(record[1:])
             elif tag == b'F':
                 info.append(record + b'\0')
-                out.append('new msg %d\n' % messid)
-                out.append('info msg %d: bytes %d from <%s> qp %d uid %d\n' % (
+                news.append('new msg %d\n' % messid)
+                news.append('info msg %d: bytes %d from <%s> qp %d uid %d\n' % (
                     messid, size, rules.logsafe(record[1:]), pid, uid))
             elif tag == b'T':
                 c, addr = rules.rewrite(record[1:], routing)
@@ -1441,10 +1452,14 @@ class Send:
         if (self.direct_room > 0 and not stale and not chans[1]
                 and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
             self.direct_room -= 1
+            out.extend(news)
             return messid, chans, None, stale, info[0][1:-1]
         files, ok = self.write_files(messid, (('info', b''.join(info)), ('local', chans[0]),
                                               ('remote', chans[1])), out)
-        return (messid, chans, files, stale, info[0][1:-1]) if ok else None
+        if not ok:
+            return None
+        out.extend(news)
+        return messid, chans, files, stale, info[0][1:-1]
 
     def write_files(self, messid, contents, out):
         """Each (directory, data) of contents with data made the
@@ -1519,7 +1534,7 @@ class Send:
         except (OSError, ValueError) as e:
             troubles = [e]
         for trouble in troubles:
-            log('alert: unable to reread controls: %s\n' % controls_trouble(trouble))
+            log(reread_alert(trouble, self.ctl.directory))
 
     def on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -1724,6 +1739,17 @@ def controls_trouble(e) -> str:
     name = getattr(e, 'filename', None)
     why = getattr(e, 'strerror', None) or str(e)
     return '%s%s' % (os.fsdecode(name) + ': ' if name else '', why)
+
+
+def reread_alert(e, directory: str) -> str:
+    """The HUP alert: qmail's "alert: unable to reread control/locals"
+    for a file of control/, then why; else "controls" and the trouble."""
+    name = getattr(e, 'filename', None)
+    if name is not None and os.path.dirname(os.fsdecode(name)) == directory.rstrip('/'):
+        why = getattr(e, 'strerror', None) or str(e)
+        return 'alert: unable to reread control/%s: %s\n' % (
+            os.path.basename(os.fsdecode(name)), why)
+    return 'alert: unable to reread controls: %s\n' % controls_trouble(e)
 
 
 def wait_or_term(seconds: int) -> bool:

@@ -232,3 +232,23 @@ def test_bouncemaxbytes_cuts_the_copy_at_a_line_end(tmp_path, message, limit, wa
     else:
         assert qq.data == want + (b'\n--- Rest of message truncated: over %d bytes '
                                   b'(control/bouncemaxbytes).\n' % limit)
+
+
+@pytest.mark.parametrize('message, limit, want', [
+    (b'Subject: x\n\nno final newline', 0, b'Subject: x\n\nno final newline\n'),
+    (b'Subject: x\n\nno final newline', 1000, b'Subject: x\n\nno final newline\n'),
+    (b'Subject: x\n\nends\n', 0, b'Subject: x\n\nends\n'),
+    (b'', 0, b''),
+    (b'x' * 70000, 0, b'x' * 70000 + b'\n'),
+    (b'x' * 70000, 100000, b'x' * 70000 + b'\n'),
+])
+def test_a_bounce_copy_ends_its_last_line(tmp_path, message, limit, want):
+    """A message without a final newline (from qmail-inject) bounced by a
+    remote peer: a bounce ending in the same partial line could not go out
+    by SMTP either (qmail-remote refuses it), and became a double bounce."""
+    from qmail.send import Send
+    path = tmp_path / 'mess'
+    path.write_bytes(message)
+    qq = _Collect()
+    Send.copy_into(None, qq, str(path), limit)
+    assert qq.data == want

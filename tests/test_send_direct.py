@@ -419,3 +419,27 @@ def test_a_trigger_that_is_no_fifo_is_left_unwatched_with_one_warning(s):
     assert s.triggerfd != -1
     os.close(s.triggerfd)
     s.triggerfd = -1
+
+
+def test_new_msg_is_logged_once_the_files_are_made_not_before(s, monkeypatch):
+    """As qmail: "new msg" and "info msg" once info/ is made.  Logged
+    before, a message whose info/ could not be made had them again at
+    every retry (C qmail: only the warning)."""
+    queue(s, 67, [b'u@remote.example'])
+    real_create = durable.create_excl
+    full = [True]
+
+    def create_excl(fn, mode=0o644):
+        if full[0] and fn == qfn('info', 67, SPLIT):
+            raise OSError(28, 'No space left on device')
+        return real_create(fn, mode)
+    monkeypatch.setattr(durable, 'create_excl', create_excl)
+    s.preprocess_batch([67])
+    assert 'warning: unable to create %s\n' % qfn('info', 67, SPLIT) in s.log
+    assert not any('msg 67' in line for line in s.log), s.log
+    full[0] = False
+    s.preprocess_batch([67])
+    lines = [line for line in s.log if 'msg 67' in line]
+    assert lines[0] == 'new msg 67\n' and lines[1].startswith('info msg 67: bytes 17 from <a@b.example>')
+    assert len(lines) == 2
+    assert os.path.exists(qfn('info', 67, SPLIT))
