@@ -53,6 +53,14 @@ Beyond qmail 1.03:
       OpenSSL's.  One that selects no cipher defers the mail (Z).
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
+  control/smtproutes: a domain's spaces around it do not count, and a
+      port that is not a number from 1 to 65535 ("relay:", "relay:x",
+      "relay:93189") defers the mail with "Unable to parse
+      control/smtproutes." where qmail tried port 0, or the number
+      modulo 65536.
+  An address with a CR or LF is never sent (the peer would read the
+      rest as a command): such a recipient is refused for good (h),
+      such a sender fails the message (D).
   A message whose last line has no end (it came through qmail-inject,
       or a forward, never through SMTP) fails at once, D "SMTP cannot
       transfer messages with partial final lines. (#5.6.2)", before any
