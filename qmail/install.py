@@ -747,7 +747,7 @@ def install_docs(home, gids):
 def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
-    (file formats: dot-qmail(5)), qmail-control(5) from the source's
+    (file formats: dot-qmail(5), qmail-log(5)), qmail-control(5) from the source's
     control/README, and qmail(7), the list of them all.  With
     HOME/bin in PATH, man(1) finds them (man-db looks in ../man of each
     PATH directory); MANPATH=HOME/man does it otherwise."""

@@ -235,7 +235,8 @@ def index_page(programs, date: str = None) -> str:
             '.SH DESCRIPTION',
             'A qmail home holds these programs in its bin/ directory, each '
             'with its own manual page.  The control files are described in '
-            'qmail\\-control(5), a user\'s .qmail files in dot\\-qmail(5).  README.md of the source tells how to install, '
+            'qmail\\-control(5), a user\'s .qmail files in dot\\-qmail(5), qmail\\-send\'s log in '
+            'qmail\\-log(5).  README.md of the source tells how to install, '
             'run and measure it, and where it differs from qmail.']
     for program, summary in programs:
         out += ['.TP', '%s(%s)' % (escape(program), section_of(program)),

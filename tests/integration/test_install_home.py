@@ -408,7 +408,8 @@ def test_every_program_has_a_man_page_that_man_finds(home):
                         ('qmail', ['qmail-smtpd(8)', 'receive mail via SMTP']),
                         ('maildirmake', ['maildirmake name']),
                         ('dot-qmail', ['.qmail-list-default and .qmail-default',
-                                       'Sorry, no mailbox here by that name'])):
+                                       'Sorry, no mailbox here by that name']),
+                        ('qmail-log', ['info msg m: bytes b from <s> qp q uid u'])):
         where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
                                text=True, timeout=TIMEOUT)
         assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
