@@ -265,12 +265,17 @@ class Session:
                     else send login_failed(verdict)."""
 
     def __init__(self, config: Config, hostname: bytes, pid: int, now: float,
-                 remoteip: bytes = b'unknown', seq: int = 0):
+                 remoteip: bytes = b'unknown', seq: int = 0, tick: float = None):
         self.config = config
         self.remoteip = remoteip
         self.logs = []              # lines for fd 2, taken by the shell
         self.timestamp = timestamp(pid, now, hostname, seq)
-        self.deadline = now + config.lifetime if config.lifetime else None
+        # now: the wall clock (the greeting's timestamp).  The deadline is
+        # on tick's clock where given, one that never steps (the shell's
+        # time.monotonic, as feed's now): lifetimepop3 counts the seconds
+        # the session lasted, whatever the wall clock does.
+        start = now if tick is None else tick
+        self.deadline = start + config.lifetime if config.lifetime else None
         self.flagtlswhy = False     # a refused STLS said why, in the log
         self.lines = Lines()
         self.replies = []
@@ -658,34 +663,34 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
     try:
         conn.write(session.greet(), timeout)
         while not session.flagclosed:
-            data = conn.read(read_wait(timeout, session.deadline, time.time()),
+            data = conn.read(read_wait(timeout, session.deadline, time.monotonic()),
                              flagline=True)
             if data is None:
-                conn.write(session.timeout(time.time()), timeout)
+                conn.write(session.timeout(time.monotonic()), timeout)
                 break
             if not data:
                 session.eof()
                 break
-            since = time.time()
+            since = time.monotonic()
             replies = session.feed(data, since)
             while True:
                 if session.pause:
                     # From the login's start: the checker's own time is
                     # inside the pause, so how long a refusal takes does
                     # not tell one user's password hash from another's.
-                    now = time.time()
+                    now = time.monotonic()
                     time.sleep(max(0, min(since + session.pause - now, read_wait(
                         timeout, session.deadline, now))))
                 if replies:
                     conn.write(replies, timeout)
                 if session.flagstarttls:
                     conn = starttls(session, conn, certfile,
-                                    read_wait(timeout, session.deadline, time.time()))
+                                    read_wait(timeout, session.deadline, time.monotonic()))
                     if conn is None:
                         return 1
                     flagdirect = not isinstance(conn, TlsConn)
                 if session.login is not None:
-                    since = time.time()
+                    since = time.monotonic()
                     wstat, spoke = run_login(session, conn, argv, flagdirect)
                     what = verdict(wstat)
                     if what is None or spoke:
@@ -697,7 +702,7 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
                 write_logs(session)
                 if not session.held or session.flagclosed:
                     break
-                since = time.time()
+                since = time.monotonic()
                 replies = session.feed(b'', since)
     except Gone:
         return 1
@@ -732,7 +737,8 @@ def main(argv=None, home=None) -> int:
         config.flagauthplain = config.flagauthplain or this_host(
             os.environb.get(b'TCPREMOTEIP', b''), os.environb.get(b'TCPLOCALIP', b''))
         session = Session(config, args[0], os.getpid(), time.time(),
-                          os.environb.get(b'TCPREMOTEIP', b'unknown'), _sessions[0])
+                          os.environb.get(b'TCPREMOTEIP', b'unknown'), _sessions[0],
+                          tick=time.monotonic())
         _sessions[0] += 1
         return serve(session, conn, args[1:], os.path.join(home, CERTFILE))
     except Gone:

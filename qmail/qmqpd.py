@@ -93,11 +93,13 @@ class Session:
     object with put, fail, from_, to, close and pid); OSError from it or
     from the client's methods means "Zqqt failure"."""
 
-    def __init__(self, config: Config, peer: Peer, newqueue, now: float):
+    def __init__(self, config: Config, peer: Peer, newqueue, now: float,
+                 tick: float = None):
         self.config = config
         self.peer = peer
         self.newqueue = newqueue
-        self.deadline = now + config.lifetime if config.lifetime else None
+        start = now if tick is None else tick     # as qmail-qmtpd's
+        self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
         self.exitcode = EXIT_GONE
@@ -118,10 +120,10 @@ class Session:
     def greet(self) -> bytes:
         return b''
 
-    def feed(self, data: bytes, now: float) -> bytes:
+    def feed(self, data: bytes, now: float, tick: float = None) -> bytes:
         if self.flagclosed:
             return b''
-        if self.deadline is not None and now >= self.deadline:
+        if self.deadline is not None and (now if tick is None else tick) >= self.deadline:
             return self.timeout(now)
         self.now = now
         pos = 0
@@ -267,7 +269,7 @@ def main(argv=None, home=None) -> int:
         config = Config()
         _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
         session = Session(config, peer_env(environ),
-                          lambda: QueueClient(program), time.time())
+                          lambda: QueueClient(program), time.time(), tick=time.monotonic())
         return serve(session, 0, 1)
     except (MemoryError, KeyboardInterrupt):
         if session is not None:

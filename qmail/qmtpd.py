@@ -306,12 +306,13 @@ class Session:
     from the client's methods means "Zqqt failure"."""
 
     def __init__(self, config: Config, peer: Peer, newqueue, now: float,
-                 protocol: bytes = b'QMTP'):
+                 protocol: bytes = b'QMTP', tick: float = None):
         self.config = config
         self.peer = peer
         self.newqueue = newqueue
         self.protocol = protocol
-        self.deadline = now + config.lifetime if config.lifetime else None
+        start = now if tick is None else tick     # (see feed)
+        self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
         self.exitcode = EXIT_GONE
@@ -325,11 +326,15 @@ class Session:
     def greet(self) -> bytes:
         return b''                  # QMTP: the client speaks first
 
-    def feed(self, data: bytes, now: float) -> bytes:
-        """Take bytes from the client; return the responses to send."""
+    def feed(self, data: bytes, now: float, tick: float = None) -> bytes:
+        """Take bytes from the client; return the responses to send.
+        now is the wall clock's time (the Received line, the "ok" stamp);
+        tick, where given, a clock that never steps (time.monotonic) for
+        the deadline, which counts the seconds the session lasted, as
+        qmail's alarm() did, whatever the wall clock does."""
         if self.flagclosed:
             return b''
-        if self.deadline is not None and now >= self.deadline:
+        if self.deadline is not None and (now if tick is None else tick) >= self.deadline:
             return self.timeout(now)
         self.now = now
         pos = 0
@@ -648,7 +653,8 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
     """Run one session over fdin and fdout; return its exit code.
 
     Each read waits at most the configured timeout, and never past the
-    session's deadline.  The session needs config.timeout, deadline,
+    session's deadline (on the time.monotonic clock: the session's feed
+    and constructor take it as tick).  The session needs config.timeout, deadline,
     flagclosed, exitcode, greet, feed, eof, timeout and abort."""
     timeout = session.config.timeout
     poller = select.poll()
@@ -656,7 +662,7 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
     try:
         write_all(fdout, session.greet(), timeout)
         while not session.flagclosed:
-            now = time.time()
+            now = time.monotonic()
             wait = timeout
             if session.deadline is not None:
                 wait = max(0, min(wait, session.deadline - now))
@@ -670,7 +676,7 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
             if not data:
                 session.eof()
                 break
-            replies = session.feed(data, time.time())
+            replies = session.feed(data, time.time(), time.monotonic())
             if replies:
                 write_all(fdout, replies, timeout)
     except Gone:
@@ -709,7 +715,7 @@ def main(argv=None, home=None) -> int:
         if config.lifetime:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
         session = Session(config, peer_env(environ),
-                          lambda: QueueClient(program), time.time())
+                          lambda: QueueClient(program), time.time(), tick=time.monotonic())
         return serve(session, 0, 1)
     except (MemoryError, KeyboardInterrupt):
         if session is not None:

@@ -335,6 +335,12 @@ class Session:
         ... s.eof() when the client goes away, s.timeout(now) when it
         is silent too long or past s.deadline; s.exitcode at the end.
 
+    now is the wall clock's time, for the Received line and the 250's
+    stamp; tick, where given, a clock that never steps (time.monotonic),
+    for the deadline (lifetimesmtpd), which must count the seconds the
+    session lasted whatever the wall clock does (qmail's alarm()).
+    Without tick, now serves for both.
+
     newqueue() starts qmail-queue and returns its QueueClient (or any
     object with put, fail, from_, to, close and pid); OSError from it
     means "451 qqt failure".
@@ -354,13 +360,14 @@ class Session:
                     while held is not empty, feed(b'', now) again."""
 
     def __init__(self, config: Config, peer: Peer, newqueue, now: float,
-                 checker=None):
+                 checker=None, tick: float = None):
         self.config = config
         self.peer = peer
         self.newqueue = newqueue
         self.auth = None if checker is None else Auth(
             checker, config.flagauthplain, config.flagcram, config.maxauth)
-        self.deadline = now + config.lifetime if config.lifetime else None
+        start = now if tick is None else tick
+        self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
         self.exitcode = 1
@@ -398,14 +405,14 @@ class Session:
     def greet(self) -> bytes:
         return b'220 ' + self.config.greeting + b' ESMTP\r\n'
 
-    def feed(self, data: bytes, now: float) -> bytes:
+    def feed(self, data: bytes, now: float, tick: float = None) -> bytes:
         """Take bytes from the client; return the replies to send."""
         self.pause = 0
         if self.flagclosed or self.flagstarttls:
             return b''
         if self.held:
             data, self.held = self.held + data, b''
-        if self.deadline is not None and now >= self.deadline:
+        if self.deadline is not None and (now if tick is None else tick) >= self.deadline:
             return self.timeout(now)
         self.now = now
         pos = 0
@@ -1057,15 +1064,15 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
     try:
         channel.write(session.greet(), timeout)
         while not session.flagclosed:
-            data = channel.read(read_wait(session, time.time()))
+            data = channel.read(read_wait(session, time.monotonic()))
             if data is None:
                 channel.write(session.timeout(time.time()), timeout)
                 break
             if not data:
                 session.eof()
                 break
-            fed = time.time()
-            replies = session.feed(data, fed)
+            fed = time.monotonic()
+            replies = session.feed(data, time.time(), fed)
             write_logs(session)
             while True:
                 if session.pause:
@@ -1073,7 +1080,7 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                     # time is inside the pause, so how long a 535 takes
                     # does not tell one user's password hash from
                     # another's, nor from an unknown user's.
-                    now = time.time()
+                    now = time.monotonic()
                     time.sleep(max(0, min(fed + session.pause - now,
                                           read_wait(session, now))))
                 if replies:
@@ -1082,15 +1089,15 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                     from qmail import smtpd_tls     # ssl costs start-up time
                     channel = smtpd_tls.starttls(
                         session, channel, fdin, certfile,
-                        read_wait(session, time.time()))
+                        read_wait(session, time.monotonic()))
                     if channel is None:
                         return 1
                     if session.tls is not None:
                         tlschannel = channel
                 if not session.held or session.flagclosed:
                     break
-                fed = time.time()
-                replies = session.feed(b'', fed)
+                fed = time.monotonic()
+                replies = session.feed(b'', time.time(), fed)
     except Gone:
         session.abort()
         return 1
@@ -1101,7 +1108,8 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
 
 
 def read_wait(session: Session, now: float) -> float:
-    """timeoutsmtpd, or less when the lifetime ends sooner."""
+    """timeoutsmtpd, or less when the lifetime ends sooner (now: the
+    session's tick clock, time.monotonic)."""
     wait = session.config.timeout
     if session.deadline is not None:
         wait = max(0, min(wait, session.deadline - now))
@@ -1208,7 +1216,8 @@ def main(argv=None, home=None) -> int:
             _signal.alarm(config.lifetime + config.timeout + ALARM_SLACK)
         session = Session(config, peer_env(seen),
                           queue_starter(program, environ, lambda: session, seen),
-                          time.time(), checker=authenticator(argv))
+                          time.time(), checker=authenticator(argv),
+                          tick=time.monotonic())
         session.pid = os.getpid()
         return serve(session, 0, 1)
     except MemoryError:

@@ -679,6 +679,36 @@ def test_popup_lifetime_and_timeout():
     check(session().timeout(NOW), b'-ERR timeout\r\n')
 
 
+def test_popup_lifetime_counts_the_seconds_lasted_not_the_wall_clock(monkeypatch):
+    """lifetimepop3 is on a clock that never steps: the wall clock two
+    hours ahead once the session began no longer ends it at once with
+    "-ERR timeout" (the greeting's timestamp still takes the wall clock)."""
+    s = popup.Session(popup.Config(authdelay=0, lifetime=60), HOST, 4242, NOW,
+                      b'192.0.2.7', tick=1000.0)
+    check(s.deadline, 1060.0)
+    check(s.timestamp, b'<4242.812090814@pop.example.org>')
+    check(s.feed(b'NOOP\r\n', 1001.0), b'+OK \r\n')
+    check(s.feed(b'NOOP\r\n', 1060.0), b'-ERR timeout\r\n')
+
+    real = time.time
+    rin, win = os.pipe()
+    rout, wout = os.pipe()
+    s = popup.Session(popup.Config(authdelay=0, lifetime=60, timeout=5), HOST, 4242,
+                      time.time(), b'192.0.2.7', tick=time.monotonic())
+    monkeypatch.setattr(time, 'time', lambda: real() + 7200)
+    os.write(win, b'CAPA\r\nQUIT\r\n')
+    os.close(win)
+    try:
+        code = popup.serve(s, popup.Conn(rin, wout), ['true'], '/nonexistent')
+    finally:
+        os.close(wout)
+    out = os.read(rout, 65536)
+    for fd in (rin, rout):
+        os.close(fd)
+    assert b'-ERR timeout' not in out and out.endswith(b'+OK \r\n'), out
+    check(code, 0)
+
+
 def test_popup_lets_a_session_outlast_lifetimepop3(monkeypatch):
     """lifetimepop3 is the login phase's: the session after it lasts as
     long as it needs, as in qmail (one killed at the lifetime never

@@ -109,14 +109,15 @@ class Harness:
     """A server session with FakeQueues; module is qmtpd or qmqpd."""
 
     def __init__(self, module=qmtpd, status='', peer=None, flagqqt=False,
-                 now=NOW, **config):
+                 now=NOW, tick=None, **config):
         if module is qmtpd:
             config.setdefault('rcpthosts', frozenset([b'example.org']))
         self.queues = []
         self.status = status
         self.flagqqt = flagqqt
         self.session = module.Session(module.Config(**config),
-                                      peer or smtpd.Peer(), self.newqueue, now)
+                                      peer or smtpd.Peer(), self.newqueue, now,
+                                      tick=tick)
 
     def newqueue(self):
         if self.flagqqt:
@@ -999,15 +1000,18 @@ def test_qmtpd_program_without_qmail_queue(qmailhome):
           (0, [b'Zunable to exec qq (#4.3.0)', R_NOGATEWAY], b''))
 
 
-def serve_pipes(writer, **config):
+def serve_pipes(writer, module=qmtpd, then=None, **config):
     """qmtpd.serve() over pipes; writer(fd, done) plays the client in a
-    thread until done is set."""
+    thread until done is set; then(), if given, runs once the session is
+    made, before it is served."""
     rin, win = os.pipe()
     rout, wout = os.pipe()
     done = threading.Event()
+    h = Harness(module=module, now=time.time(), tick=time.monotonic(), **config)
+    if then is not None:
+        then()
     client = threading.Thread(target=writer, args=(win, done), daemon=True)
     client.start()
-    h = Harness(now=time.time(), **config)
     try:
         code = qmtpd.serve(h.session, rin, wout)
     finally:
@@ -1037,6 +1041,34 @@ def test_serve_packages_then_close():
     for response in got:
         assert re.fullmatch(rb'Kok \d+ qp 4242', response), response
     check([q.queued for q in h.queues], [True, True])
+
+
+@pytest.mark.parametrize('module', [qmtpd, qmqpd])
+def test_lifetime_counts_the_seconds_lasted_not_the_wall_clock(monkeypatch, module):
+    """lifetimeqmtpd is qmail's alarm(3600): the wall clock stepped two
+    hours forward once the session began no longer drops it unanswered
+    (its Received line and "ok" stamp still take the wall clock's time)."""
+    real = time.time
+    h = Harness(module=module, now=NOW, tick=500.0, lifetime=60)
+    check(h.session.deadline, 560.0)
+    if module is qmtpd:
+        data = package(b'hi\n', b'a@b', [b'u@example.org'])
+    else:
+        data = packet(b"hi\n", b"a@b", [b"u@example.org"])
+    got = h.session.feed(data, NOW + 7200, 501.0)
+    assert b'Kok %d ' % (NOW + 7200) in got, got
+    h2 = Harness(module=module, now=NOW, tick=500.0, lifetime=60)
+    check(h2.session.feed(data, NOW - 7200, 560.0), b'')     # past it: dropped
+    assert h2.session.flagclosed
+
+    def client(fd, done):
+        os.write(fd, data)
+        done.wait(TIMEOUT)
+        os.close(fd)
+    h, code, out = serve_pipes(client, module=module, timeout=5, lifetime=60,
+                               then=lambda: monkeypatch.setattr(
+                                   time, 'time', lambda: real() + 7200))
+    assert b'Kok ' in out, (code, out)
 
 
 def test_serve_silent_client_times_out():

@@ -15,7 +15,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qmail import smtpd, smtpd_addr
+from qmail import smtpd, smtpd_addr, smtpd_auth
 from qmail.lib import cdb, control
 from qmail.smtpd_blast import END, MORE, STRAYLF, Blast
 
@@ -802,15 +802,19 @@ def test_local_ips():
 
 # -- the shell, in this process ------------------------------------------------
 
-def serve_pipes(config, writer):
+def serve_pipes(config, writer, checker=None, then=None):
     """serve() over pipes; writer(fd, done) plays the client in a thread
-    until done is set."""
+    until done is set.  then(), if given, runs once the session is made,
+    before it is served."""
     rin, win = os.pipe()
     rout, wout = os.pipe()
     done = threading.Event()
+    s = smtpd.Session(config, smtpd.Peer(), FakeQueue, time.time(), checker=checker,
+                      tick=time.monotonic())
+    if then is not None:
+        then()
     client = threading.Thread(target=writer, args=(win, done), daemon=True)
     client.start()
-    s = smtpd.Session(config, smtpd.Peer(), FakeQueue, time.time())
     try:
         code = smtpd.serve(s, rin, wout)
     finally:
@@ -845,6 +849,55 @@ def test_serve_cuts_off_a_dripping_client():
     code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=2,
                                          lifetime=1), drip)
     check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
+
+
+def test_lifetime_counts_the_seconds_lasted_not_the_wall_clock():
+    """lifetimesmtpd is qmail's alarm(): the wall clock stepped two hours
+    forward (NTP, a VM resumed) no longer ends a live session at once,
+    nor does a step back let one run on past its lifetime."""
+    s = smtpd.Session(smtpd.Config(greeting=GREETING, lifetime=60), smtpd.Peer(),
+                      FakeQueue, NOW, tick=1000.0)
+    check(s.deadline, 1060.0)
+    check(s.feed(b'NOOP\r\n', NOW + 7200, 1001.0), b'250 ok\r\n')
+    check(s.feed(b'NOOP\r\n', NOW - 7200, 1060.0), b'451 timeout (#4.4.2)\r\n')
+
+
+@pytest.mark.parametrize('when', ['at the start', 'during the AUTH check'])
+def test_serve_takes_the_deadline_and_the_auth_pause_from_a_clock_that_never_steps(
+        monkeypatch, when):
+    """The shell's clock for lifetimesmtpd and authdelaysmtpd: a step of
+    the wall clock changes neither.  (Two hours forward once the session
+    began, it got 451 timeout at its next line; an hour back while the
+    password was checked, the 535 waited all of timeoutsmtpd.)"""
+    real = time.time
+
+    def step(seconds):
+        monkeypatch.setattr(time, 'time', lambda: real() + seconds)
+
+    class Refuse:
+        def challenge(self):
+            return b'<1.2@mx.example.org>'
+
+        def check(self, creds):
+            if when == 'during the AUTH check':
+                step(-3600)
+            return smtpd_auth.AUTH_BAD
+
+    def client(fd, done):
+        os.write(fd, b'EHLO x\r\nAUTH PLAIN AGpvZQBwYXNz\r\nNOOP\r\nQUIT\r\n')
+        done.wait(30)
+        os.close(fd)
+    began = time.monotonic()
+    code, out = serve_pipes(
+        smtpd.Config(greeting=GREETING, timeout=20, lifetime=60, authdelay=0.2,
+                     flagauthplain=True),
+        client, checker=Refuse(),
+        then=lambda: step(7200) if when == 'at the start' else None)
+    lines = replies(out)
+    assert time.monotonic() - began < 10, lines
+    assert lines[-3:] == [b'535 authentication failed (#5.7.8)', b'250 ok',
+                          b'221 mx.example.org'], lines
+    assert code == 0
 
 
 def test_serve_quit():
