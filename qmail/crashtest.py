@@ -3,9 +3,9 @@ ways, and check that no mail is lost.
 
 Runs as:  root, on scratch homes of its own: never the installed queue.
 Usage:    qmail-crashtest [-nv] [-d dir] [scenario ...]
-          scenarios (default: all): queue queued preprocess markdone bounce
-          overlap maildir mbox (qmail/crashtest_scenarios.py says what
-          each does).
+Args:     scenarios (default: all): queue queued preprocess markdone
+          bounce overlap direct direct-defer maildir maildir-spare mbox
+          (qmail/crashtest_scenarios.py says what each does).
           -n: list each scenario's steps, crash nothing.
 Does:     for each scenario, counts the N durable steps it takes
           (qmail.lib.durable); then for each crash point k = 1..N, and

@@ -1,6 +1,7 @@
 """datemail: sendmail, with a Date field in the local time zone.
 
-Runs as:  anyone: datemail [sendmail options and arguments]
+Usage:    datemail [sendmail options and arguments]
+Runs as:  anyone.
 Reads:    fd 0, the message; the clock and the local time zone.
 Does:     what qmail's datemail.sh does with "predate sendmail ...":
           sendmail (qmail.sendmail.main, in this same process) reads

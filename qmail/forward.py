@@ -1,5 +1,6 @@
 """forward: forward new mail to one or more addresses.
 
+Usage:    forward address [address ...]
 Runs as:  the user, from a .qmail file: |forward address ...
 Reads:    fd 0, the message; NEWSENDER (the forwarding sender,
           dot-qmail(5)) and DTLINE (the Delivered-To line, with its

@@ -1,5 +1,6 @@
 """qmail-getpw: find the passwd user in charge of a local address.
 
+Usage:    qmail-getpw local
 Runs as:  qmailp, started by qmail-lspawn as bin/qmail-getpw local,
           when users/cdb does not assign the address.
 Reads:    the passwd database (getpwnam); stats home directories.

@@ -1,5 +1,6 @@
 """qmail-inject: preprocess and send a mail message.
 
+Usage:    qmail-inject [-nNaAhHr] [-fsender] [-Fname] [recip ...]
 Runs as:  the user sending mail; also inside sendmail's process.
 Reads:    fd 0, the message.  The environment (qmail-inject(8) ENVIRONMENT
           VARIABLES): QMAILUSER MAILUSER USER LOGNAME, QMAILHOST MAILHOST,

@@ -747,10 +747,11 @@ def install_docs(home, gids):
 def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
-    (file formats: dot-qmail(5), qmail-log(5)), qmail-control(5) from the source's
-    control/README, and qmail(7), the list of them all.  With
-    HOME/bin in PATH, man(1) finds them (man-db looks in ../man of each
-    PATH directory); MANPATH=HOME/man does it otherwise."""
+    (file formats: dot-qmail(5), qmail-log(5), qmail-users(5)),
+    qmail-control(5) from the source's control/README, and qmail(7),
+    the list of them all.  With HOME/bin in PATH, man(1) finds them
+    (man-db looks in ../man of each PATH directory); MANPATH=HOME/man
+    does it otherwise."""
     pkg = os.path.join(home, 'lib', 'python', 'qmail')
     index = []
     for name, module in ([(p[0], p[1]) for p in PROGRAMS] + [('qmail-queue', 'queue')]
@@ -759,6 +760,12 @@ def install_man(home, gids):
             source = f.read()
         doc = ast.get_docstring(ast.parse(source), clean=False) or name
         section = manpage.section_of(name)
+        for other in ('1', '8'):        # an earlier install's, filed elsewhere
+            if other != section:
+                try:
+                    os.unlink(os.path.join(home, 'man', 'man' + other, name + '.' + other))
+                except FileNotFoundError:
+                    pass
         write_file(os.path.join(home, 'man', 'man' + section, name + '.' + section),
                    manpage.page(name, doc, usage=manpage.usage_of(source)),
                    0o644, 0, gids['qmail'])

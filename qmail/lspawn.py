@@ -1,5 +1,6 @@
 """qmail-lspawn: run local deliveries for qmail-send.
 
+Usage:    qmail-lspawn defaultdelivery
 Runs as:  root (the only long-running root process), started by
           qmail-start; cwd HOME/queue/mess.
 Reads:    fd 0, qmail-send's delivery commands (see qmail.lib.spawn);

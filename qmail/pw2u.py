@@ -1,5 +1,6 @@
 """qmail-pw2u: build users/assign lines from a passwd file.
 
+Usage:    qmail-pw2u [-/ohHuUC] [-cCHAR] < passwd > assign
 Runs as:  the admin, as `qmail-pw2u < /etc/passwd > HOME/users/assign`
           (then qmail-newu).
 Options:  -o (default) skip a user whose home is missing or not his;

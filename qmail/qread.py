@@ -6,9 +6,9 @@ Reads:    HOME/queue: info/, local/, remote/, bounce/, mess/ (sizes) and,
           preprocessed.
 Writes:   fd 1, per message a line
               <date> GMT  #<messid>  <bytes>  <sender>  [bouncing]
-          then one line per recipient, "\tlocal\t" or "\tremote\t" and
+          then one line per recipient, "\\tlocal\\t" or "\\tremote\\t" and
           the address, prefixed by "  done" once delivered or bounced.
-          A message still in todo/ lists its recipients as "\ttodo\t":
+          A message still in todo/ lists its recipients as "\\ttodo\\t":
           where they go is decided at preprocessing (or it is one of
           the few qmail-send delivers straight from todo/, listed so
           while that delivery lasts).  Unprintable bytes

@@ -10,8 +10,9 @@ Writes:   fd 0, the activity record (qmail-log(5)); commands to
           local/ and remote/, appends to bounce/, injects bounces through
           qmail-queue, and asks qmail-clean to remove todo/ and mess/.
 Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
-          (and the other controls); TERM (and INT) start no delivery,
-          finish those under way, exit.
+          (and the other controls but concurrencylocal and
+          concurrencyremote, which a restart takes, as qmail's); TERM
+          (and INT) start no delivery, finish those under way, exit.
 Exits:    0 after TERM; 111 cannot start (alert line in the log).
 Trusts:   the spawns' reports only as far as their framing: a report is
           at most REPORTMAX bytes and names a delivery slot in use.

@@ -1,8 +1,9 @@
 """splogger: feed lines to syslog.
 
 Runs as:  qmaill, as qmail-start's logger (or any user).
-Args:     splogger [tag [fac]]: tag default "splogger"; fac numeric,
-          default the mail facility (2).
+Usage:    splogger [tag [fac]]
+Args:     tag default "splogger"; fac numeric, default the mail
+          facility (2).
 Reads:    stdin, one message per line.
 Writes:   syslog: "<seconds>.<microseconds> message" with priority alert,
           warning or info by the message's first word; unprintable bytes

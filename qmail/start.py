@@ -1,8 +1,8 @@
 """qmail-start: turn on mail delivery.
 
 Runs as:  root, usually under a supervisor (daemontools' run script).
-Args:     qmail-start [defaultdelivery [logger arg ...]]
-          defaultdelivery, for users without a .qmail file, is passed to
+Usage:    qmail-start [defaultdelivery [logger arg ...]]
+Args:     defaultdelivery, for users without a .qmail file, is passed to
           qmail-lspawn (default ./Mailbox); the logger, if given, reads
           qmail-send's activity record on its stdin, running as qmaill
           (splogger, multilog, or any program).

@@ -2,7 +2,7 @@
 foreground, and stop them cleanly.
 
 Runs as:  root (make run).
-Args:     qmail-svscan [start|stop|status|running]; start is the default.
+Usage:    qmail-svscan [start|stop|status|running]; start is the default.
 Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           qmail-send, qmail-smtpd and, when HOME/control/pop3checker
           exists, qmail-pop3d; starts svscan(8) on HOME/service, which

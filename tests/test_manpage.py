@@ -63,6 +63,7 @@ def test_user_commands_are_section_1():
     assert manpage.section_of('forward') == '1'
     assert manpage.section_of('qmail-smtpd') == '8'
     assert manpage.section_of('sendmail') == '8'
+    assert manpage.section_of('checkpassword') == '8'    # root's, run by qmail-popup
 
 
 def test_usage_from_the_usage_constant():
@@ -108,3 +109,29 @@ def test_pages_render_without_warnings(tmp_path):
         r = subprocess.run(['groff', '-man', '-Tutf8', '-ww', '-z', str(path)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and r.stderr == '', (text[:200], r.stderr)
+
+
+def test_a_paragraph_that_opens_like_a_field_stays_a_paragraph():
+    """"The design: ..." wrapped at the margin is prose, not a field
+    whose text then broke off into a paragraph of its own."""
+    doc = ("qmail-x: y.\n\nRuns as:  qmaild.\n\nThe design: a Session is fed\n"
+           "bytes and answers.\n\nAdded:   a field\n         goes on indented.\n")
+    name, summary, parts = manpage.parse(doc)
+    assert [label for label, _ in parts] == ['Runs as', None, 'Added']
+    assert parts[1][1] == ['The design: a Session is fed', 'bytes and answers.']
+
+
+def test_see_also_names_qmails_page_where_it_names_this_one():
+    text = manpage.page('qmail-thing', DOC, date='2026-11-27')
+    see = text.split('.SH SEE ALSO\n')[1]
+    assert see.startswith("qmail's qmail\\-send(8)") is False
+    text = manpage.page('qmail-send', DOC.replace('qmail-thing', 'qmail-send'))
+    see = text.split('.SH SEE ALSO\n')[1]
+    assert see.startswith("qmail's qmail\\-send(8), qmail\\-log(5).")
+
+
+def test_crashtest_names_every_scenario():
+    from qmail import crashtest, crashtest_scenarios
+    doc = ' '.join(crashtest.__doc__.split())
+    for scenario in crashtest_scenarios.SCENARIOS:
+        assert ' %s ' % scenario.name in doc or ' %s (' % scenario.name in doc, scenario.name

@@ -21,8 +21,7 @@ FIELD = re.compile(r'^([A-Z][A-Za-z -]{0,18}[a-z]):( +)(\S.*)$')
 SECTION_1 = frozenset((     # user commands, as qmail files them
     'forward', 'condredirect', 'bouncesaying', 'except', 'preline',
     'maildirmake', 'maildir2mbox', 'maildirwatch', 'qreceipt', 'qbiff',
-    'predate', 'datemail', 'mailsubj', 'tcp-env', 'checkpassword',
-    'vcheckpassword'))
+    'predate', 'datemail', 'mailsubj', 'tcp-env'))
 SOURCE = 'qmail-py'
 MANUAL = 'qmail'
 
@@ -91,8 +90,12 @@ def parse(doc: str):
     parts = []
     for block in blocks(lines):
         current = None
+        prose = not any(l[:1] == ' ' for l in block[1:]) and any(
+            not FIELD.match(l) for l in block[1:])
         for line in block:
-            m = FIELD.match(line)
+            # A block that opens like a field but goes on unindented is
+            # prose ("The design: ..." wrapped at the margin).
+            m = None if prose else FIELD.match(line)
             if m:
                 current = (m.group(1), [' ' * (len(m.group(1)) + 1 + len(m.group(2)))
                                         + m.group(3)])
@@ -166,11 +169,16 @@ def page(program: str, doc: str, date: str = None, usage: str = None) -> str:
     out += ['.SH NOTES',
             'This page is the description that opens the program\'s module '
             '(qmail/%s.py in the home\'s lib/python).  Where it is silent, the '
-            'program does what qmail\'s manual page of the same name says.'
+            'program does what qmail\'s manual page of the same name says (in the '
+            'sources of qmail and notqmail; not installed here).  Pages named in '
+            'SEE ALSO that this home does not have are qmail\'s too.'
             % escape(module_hint(program))]
     if see:
+        # Its own name there is qmail's page of that name.
+        own = re.compile(r'(?<![\w-])%s\(%s\)' % (re.escape(program), section))
         out.append('.SH SEE ALSO')
-        out += text(see[0][1])
+        out += text([own.sub("qmail's " + program + '(' + section + ')', l)
+                     for l in see[0][1]])
     return '\n'.join(out) + '\n'
 
 

@@ -141,10 +141,15 @@ def test_reinstall_is_idempotent_and_repairs(fresh_home):
         f.write('other.example.org\n')
     os.chmod(os.path.join(fresh_home, 'queue/todo'), 0o777)
     os.chown(os.path.join(fresh_home, 'queue/lock/trigger'), 0, 0)
+    # A page an earlier install filed in another section goes.
+    stale = os.path.join(fresh_home, 'man', 'man1', 'checkpassword.1')
+    open(stale, 'w').close()
     r = subprocess.run([sys.executable, '-m', 'qmail.install', '--home', fresh_home,
                         '--fqdn', 'changed.example.org'], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT)
     check_tree(fresh_home)
+    assert not os.path.exists(stale)
+    assert os.path.exists(os.path.join(fresh_home, 'man', 'man8', 'checkpassword.8'))
     assert open(os.path.join(ctl, 'me')).read() == 'test.example.org\n'
     assert b'--fqdn changed.example.org not applied' in r.stderr, r.stderr   # said, not silent
     assert open(os.path.join(ctl, 'locals')).read() == \
@@ -409,7 +414,8 @@ def test_every_program_has_a_man_page_that_man_finds(home):
                         ('maildirmake', ['maildirmake name']),
                         ('dot-qmail', ['.qmail-list-default and .qmail-default',
                                        'Sorry, no mailbox here by that name']),
-                        ('qmail-log', ['info msg m: bytes b from <s> qp q uid u'])):
+                        ('qmail-log', ['info msg m: bytes b from <s> qp q uid u']),
+                        ('qmail-users', ['+loc:user:uid:gid:homedir:dash:pre:'])):
         where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
                                text=True, timeout=TIMEOUT)
         assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
