@@ -725,7 +725,8 @@ qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
 The manual pages in %(home)s/man are made from those descriptions when
 the home is installed: one per program, qmail-control(5) for the
-control files and qmail(7), the list of programs.  With %(home)s/bin in
+control files, dot-qmail(5), qmail-log(5), qmail-users(5), and
+qmail(7), the list of programs.  With %(home)s/bin in
 PATH, `man qmail-send` finds them; otherwise `man -M %(home)s/man
 qmail-send`, or MANPATH.
 
