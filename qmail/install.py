@@ -725,7 +725,8 @@ qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
 The manual pages in %(home)s/man are made from those descriptions when
 the home is installed: one per program, qmail-control(5) for the
-control files, dot-qmail(5), qmail-log(5), qmail-users(5), and
+control files, dot-qmail(5), qmail-log(5), qmail-users(5),
+tcp-environ(5), and
 qmail(7), the list of programs.  With %(home)s/bin in
 PATH, `man qmail-send` finds them; otherwise `man -M %(home)s/man
 qmail-send`, or MANPATH.
@@ -748,7 +749,8 @@ def install_docs(home, gids):
 def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
-    (file formats: dot-qmail(5), qmail-log(5), qmail-users(5)),
+    (file formats: dot-qmail(5), qmail-log(5), qmail-users(5),
+    tcp-environ(5)),
     qmail-control(5) from the source's control/README, and qmail(7),
     the list of them all.  With HOME/bin in PATH, man(1) finds them
     (man-db looks in ../man of each PATH directory); MANPATH=HOME/man

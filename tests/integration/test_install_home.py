@@ -415,7 +415,8 @@ def test_every_program_has_a_man_page_that_man_finds(home):
                         ('dot-qmail', ['.qmail-list-default and .qmail-default',
                                        'Sorry, no mailbox here by that name']),
                         ('qmail-log', ['info msg m: bytes b from <s> qp q uid u']),
-                        ('qmail-users', ['+loc:user:uid:gid:homedir:dash:pre:'])):
+                        ('qmail-users', ['+loc:user:uid:gid:homedir:dash:pre:']),
+                        ('tcp-environ', ['TCPREMOTEIP', 'qmail-listen'])):
         where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
                                text=True, timeout=TIMEOUT)
         assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
