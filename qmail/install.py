@@ -723,13 +723,12 @@ it) opens its module: %(home)s/lib/python/qmail/<module>.py, the module
 named as the program without its qmail- prefix (qmail-smtpd: smtpd.py,
 qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
-The manual pages in %(home)s/man are made from those descriptions when
-the home is installed: one per program, qmail-control(5) for the
-control files, dot-qmail(5), qmail-log(5), qmail-users(5),
-tcp-environ(5), and
-qmail(7), the list of programs.  With %(home)s/bin in
-PATH, `man qmail-send` finds them; otherwise `man -M %(home)s/man
-qmail-send`, or MANPATH.
+The manual pages in %(home)s/man: one per program, made from those
+descriptions when the home is installed; qmail-control(5), the control
+files; dot-qmail(5), qmail-log(5), qmail-users(5) and tcp-environ(5),
+written for this qmail; and qmail(7), the list of programs.  With
+%(home)s/bin in PATH, `man qmail-send` finds them; otherwise
+`man -M %(home)s/man qmail-send`, or MANPATH.
 
 qmail-showctl prints every control file's value, or its default.  The
 control files, their defaults and their readers, and the setup, the
