@@ -23,9 +23,12 @@ todo/ is removed the new info/, local/ and remote/ entries are made
 durable; a recipient's D mark is fsynced before its job can finish
 (and its recipient list go), and a bounce paragraph before its D mark,
 so a crash never forgets a delivery's outcome once the job moved on,
-nor a failure.  The delivery that ends a job writes no D mark: the
-removal of the job's file, durable before info/ goes, records it (a
-crash before that delivers it again, as one before a D mark would).
+nor a failure.  The marks are written the moment a delivery reports,
+as qmail writes them (a killed qmail-send repeats only the deliveries
+under way), and fsynced in the background.  The delivery that ends a
+job is marked but not synced: the removal of the job's file, durable
+before info/ goes, records it (a power cut before that delivers it
+again, as one before a D mark's fsync would).
 
 A new message's deliveries start as soon as its preprocessed files are
 written, before they are durable; its jobs finish (and its recipient
@@ -801,12 +804,14 @@ class Send:
 
     def del_reports(self, c, lines):
         """Reports that came together: each logged and its slot freed;
-        every D mark written and the marks fsynced together in the
-        background (with those of other reports that come meanwhile),
-        then (marks_synced) each delivery's job closed: a job may finish
-        only once its marks are durable."""
+        every D mark written at once, as qmail writes it (so a qmail-send
+        killed after the log line does not make that delivery again), and
+        the marks fsynced together in the background (with those of other
+        reports that come meanwhile), then (marks_synced) each delivery's
+        job closed: a job may finish only once its marks are durable."""
         slots = self.dels[c]
         items, ending, direct = [], [], []
+        marklog = []
         for line in lines:
             delnum = line[0]
             if delnum >= len(slots) or slots[delnum] is None:
@@ -840,30 +845,38 @@ class Send:
                     and d.job.numtodo == 1:
                 # The job's last recipient, its last delivery: the job
                 # ends now and its file goes (jobs_finish), which records
-                # the outcome as well as a D mark would.  The mark is
-                # written only if the file cannot be removed.
+                # the outcome durably as well as a D mark would.  The
+                # mark is written all the same (not synced): the removal
+                # is the background's, and a qmail-send killed before it
+                # must not make the delivery again.  Synced only if the
+                # file cannot be removed.
                 d.job.unmarked = mark
+                written = self.mark_write(*mark, marklog)
+                if written is not None:
+                    os.close(written[1])
                 ending.append((mark, d))
             else:
-                items.append((mark, d))
+                items.append((mark, d, None if mark is None
+                              else self.mark_write(*mark, marklog)))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
+        for line in marklog:
+            log(line)
         if ending:
             self.marks_synced(ending, None)
         if direct:
             self.marks_synced(direct, None)
-        if any(mark for mark, _ in items):
+        if any(written for _, _, written in items):
             self.marking.add(items)
-        elif items:                     # deferrals only: nothing to wait for
+        elif items:                     # deferrals only (or marks that failed)
             self.marks_synced(items, None)
 
     def marks_disk(self, items):
-        """Background: the D marks written, then fsynced together; the
-        log lines of their troubles."""
+        """Background: the D marks (written by del_reports) fsynced
+        together; the log lines of their troubles."""
         out = []
-        self.marks_sync([self.mark_write(*mark, out) for mark, _ in items
-                         if mark is not None], out)
+        self.marks_sync([written for _, _, written in items if written is not None], out)
         return out
 
     def marks_synced(self, items, out):
@@ -871,7 +884,7 @@ class Send:
         for line in out or ():
             log(line)
         finishing = []
-        for mark, d in items:
+        for mark, d, *_ in items:
             if mark is not None:
                 d.job.numtodo -= 1
             self.job_close(d.job, finishing)
@@ -1157,6 +1170,9 @@ class Send:
         p = self.passes[0]
         if p is not None and p.job.direct is not None:
             self.passes[0] = None
+            # Cut short, it is due again at once, as qmail's unfinished
+            # pass is (its file's time left alone): not at its next retry.
+            p.job.retry = self.recent
             self.job_close(p.job)
         idle = {m for m, d in self.directs.items() if d.job is None}
         if idle:

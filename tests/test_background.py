@@ -184,9 +184,10 @@ def delivering(s, messid, recips):
 
 
 def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch):
-    """A delivery that does not end its job gets a D mark, durable before
-    anything goes on; the one that ends it writes none: the job's file
-    is removed instead."""
+    """A delivery that does not end its job gets a D mark, written at
+    once (as qmail writes it: a qmail-send killed after its log line does
+    not make it again) and durable before anything goes on; the one that
+    ends it is marked too, unsynced: the job's file is removed instead."""
     s, log = queue_home
     messid = 7
     job = delivering(s, messid, [b'u@here.example', b'v@here.example'])
@@ -199,6 +200,8 @@ def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch
     s.del_reports(0, [b'\0Kdid 1+0+0\n'])
     assert s.concurrencyused[0] == 1 and s.dels[0][0] is None   # the slot is free now
     assert job.refs == 2 and job.numtodo == 2                   # its mark is not durable yet
+    # ... but in the file already, before the background's fsync.
+    assert open(qfn('local', messid, 3), 'rb').read() == b'Du@here.example\0Tv@here.example\0'
     gate.set()
     wait_finish(s.bg)
     assert job.refs == 1 and job.numtodo == 1
@@ -206,10 +209,39 @@ def test_a_job_finishes_only_after_its_marks_are_durable(queue_home, monkeypatch
     s.del_reports(0, [b'\1Kdid 1+0+0\n'])
     wait_finish(s.bg)
     assert not os.path.exists(qfn('local', messid, 3))     # finished, then removed
-    assert pwrites == [0]                                   # no mark for the last one
+    assert pwrites == [0, 16]                               # the last one's too, unsynced
     assert [m for _, m in s.pqdone] == [messid]
     assert 'delivery 1: success: did_1+0+0/\n' in log
     assert 'delivery 2: success: did_1+0+0/\n' in log
+
+
+def test_a_success_is_marked_before_the_background_runs(queue_home, monkeypatch):
+    """qmail-send killed (-9) between a delivery's "success" line and its
+    background work repeats only the deliveries under way, as qmail's
+    does: the marks of those reported, the job's last one included, are
+    in its file at once (a kill keeps what was written; a power cut needs
+    the fsync, which the job waits for)."""
+    s, log = queue_home
+    messid = 9
+    delivering(s, messid, [b'u@here.example', b'v@here.example'])
+    s.bg.inline = False
+    gate = threading.Event()
+    real_work = s.marking.work      # the background's part, held back
+    monkeypatch.setattr(s.marking, 'work', lambda items: gate.wait(10) and real_work(items))
+    real_unlink = durable.unlink
+    monkeypatch.setattr(durable, 'unlink', lambda path: gate.wait(10) and real_unlink(path))
+    s.del_reports(0, [b'\0Kdid 1+0+0\n', b'\1Kdid 1+0+0\n'])
+    assert 'delivery 2: success: did_1+0+0/\n' in log
+    # What a qmail-send killed now leaves for the next start:
+    assert open(qfn('local', messid, 3), 'rb').read() == b'Du@here.example\0Dv@here.example\0'
+    # A job's last delivery: its file's removal is the background's.
+    last = delivering(s, 10, [b'w@here.example'])
+    s.del_reports(0, [b'\0Kdid 1+0+0\n'])
+    assert last.unmarked is not None
+    assert open(qfn('local', 10, 3), 'rb').read() == b'Dw@here.example\0'
+    gate.set()
+    wait_finish(s.bg)
+    assert not os.path.exists(qfn('local', 10, 3))
 
 
 def test_a_job_that_cannot_remove_its_file_writes_the_marks_it_skipped(queue_home, monkeypatch):
