@@ -347,9 +347,19 @@ class PwAnswers:
     def put(self, local: bytes, n, asked):
         if asked[1] is None:
             return
-        if len(self.answers) >= PW_MAX:
-            self.answers.clear()
-        self.answers[local] = (n, asked[0], asked[1])
+        # Oldest first (a refreshed answer moves to the end): those past
+        # their time go now, not when the same address comes again.
+        answers = self.answers
+        answers.pop(local, None)
+        now = self.clock()
+        while answers:
+            oldest = next(iter(answers))
+            if now - answers[oldest][1] <= self.ttl:
+                break
+            del answers[oldest]
+        if len(answers) >= PW_MAX:
+            answers.clear()
+        answers[local] = (n, asked[0], asked[1])
 
 
 class Deliveries:

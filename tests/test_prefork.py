@@ -213,3 +213,20 @@ def test_status_reports_leave_the_parent_asleep(tmp_path):
     finally:
         stop(pid)
     assert woken <= 2 + 2 * seconds, (woken, seconds)
+
+
+@pytest.mark.parametrize('state, logged', [(prefork.BUSY, True), (prefork.IDLE, False)])
+def test_a_killed_worker_gets_an_end_line_only_if_it_was_serving(monkeypatch, state, logged):
+    """tcpserver's "end PID status S" closes a connection's "pid PID
+    from" line: written by the parent for a worker killed during one; an
+    idle worker killed (or one whose connection had its end line) has
+    none to close, and a second one confused scripts pairing them."""
+    lines = []
+    pool = prefork.Pool(None, None, 4, log=lambda level, text: lines.append(text))
+    pool.board = bytearray([prefork.FREE] * 4)
+    pool.board[2] = state
+    pool.workers[4321] = 2
+    monkeypatch.setattr(prefork, 'reaped', lambda: [(4321, signal.SIGKILL)])
+    pool.reap()
+    assert lines == (['end 4321 status 9'] if logged else [])
+    assert pool.board[2] == prefork.FREE and pool.free == [2] and pool.workers == {}

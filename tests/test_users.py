@@ -578,6 +578,21 @@ def test_a_helper_answer_serves_again_for_a_second(tmp_path):
     assert answers.answers == {}
 
 
+def test_answers_past_their_second_go_without_being_asked_for_again(tmp_path):
+    """Mail to many addresses, each once (unknown users, say): answers
+    past PW_TTL no longer pile up until PW_MAX clears them all."""
+    lspawn, answers, passwd, home, now, n = _kept(tmp_path)
+    for i in range(50):
+        answers.put(b'nosuch%d' % i, n, answers.asking())
+        now[0] += 0.1
+    assert len(answers.answers) <= 11, len(answers.answers)
+    assert b'nosuch49' in answers.answers and b'nosuch0' not in answers.answers
+    answers.put(b'nosuch45', n, answers.asking())     # refreshed: the newest now
+    now[0] += 0.95
+    answers.put(b'other', n, answers.asking())
+    assert set(answers.answers) == {b'nosuch45', b'other'}, answers.answers
+
+
 def test_a_helper_answer_goes_when_passwd_changes_even_during_the_question(tmp_path):
     lspawn, answers, passwd, home, now, n = _kept(tmp_path)
     asked = answers.asking()

@@ -206,12 +206,15 @@ class Pool:
             slot = self.workers.pop(pid, None)
             if slot is None:
                 continue
-            if self.board[slot] == BUSY:
+            busy = self.board[slot] == BUSY
+            if busy:
                 self.unreported = True  # its end is the parent's to report
             self.board[slot] = FREE     # busy or not when it ended
             self.free.append(slot)
-            if os.WIFSIGNALED(wstat) and self.log:
-                self.log(1, 'end %d status %d' % (pid, wstat))    # tcpserver's form
+            if busy and os.WIFSIGNALED(wstat) and self.log:
+                # Killed during a connection: its "end" line, in tcpserver's
+                # form, is ours to write.  An idle worker had none to end.
+                self.log(1, 'end %d status %d' % (pid, wstat))
 
     def read_status(self):
         """The records only wake the parent: the scoreboard says who is
