@@ -749,17 +749,19 @@ def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
     (file formats: dot-qmail(5), qmail-log(5), qmail-users(5),
-    tcp-environ(5)),
-    qmail-control(5) from the source's control/README, and qmail(7),
-    the list of them all.  With HOME/bin in PATH, man(1) finds them
-    (man-db looks in ../man of each PATH directory); MANPATH=HOME/man
-    does it otherwise."""
+    tcp-environ(5)), qmail-control(5) from the source's control/README,
+    and qmail(7), the list of them all.  With HOME/bin in PATH, man(1)
+    finds them (man-db looks in ../man of each PATH directory);
+    MANPATH=HOME/man does it otherwise."""
     pkg = os.path.join(home, 'lib', 'python', 'qmail')
     index = []
     for name, module in ([(p[0], p[1]) for p in PROGRAMS] + [('qmail-queue', 'queue')]
                          + [(c[0], c[1]) for c in CHECKERS]):
-        with open(os.path.join(pkg, module + '.py'), encoding='utf-8') as f:
-            source = f.read()
+        try:
+            with open(os.path.join(pkg, module + '.py'), encoding='utf-8') as f:
+                source = f.read()
+        except FileNotFoundError:
+            continue                    # (as install_bin: no module, no program)
         doc = ast.get_docstring(ast.parse(source), clean=False) or name
         section = manpage.section_of(name)
         for other in ('1', '8'):        # an earlier install's, filed elsewhere
@@ -775,7 +777,11 @@ def install_man(home, gids):
     write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
                manpage.index_page(sorted(index)), 0o644, 0, gids['qmail'])
     # The file formats, written by hand: qmail/man/<name>.<section>.
-    for name in sorted(os.listdir(os.path.join(pkg, 'man'))):
+    try:
+        written = sorted(os.listdir(os.path.join(pkg, 'man')))
+    except FileNotFoundError:
+        written = []
+    for name in written:
         section = name.rpartition('.')[2]
         if section.isdigit():
             with open(os.path.join(pkg, 'man', name), encoding='utf-8') as f:

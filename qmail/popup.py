@@ -275,6 +275,8 @@ class Session:
         # time.monotonic, as feed's now): lifetimepop3 counts the seconds
         # the session lasted, whatever the wall clock does.
         start = now if tick is None else tick
+        # The shell's clock for the deadline: the one it was set on.
+        self.clock = time.time if tick is None else time.monotonic
         self.deadline = start + config.lifetime if config.lifetime else None
         self.flagtlswhy = False     # a refused STLS said why, in the log
         self.lines = Lines()
@@ -663,34 +665,34 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
     try:
         conn.write(session.greet(), timeout)
         while not session.flagclosed:
-            data = conn.read(read_wait(timeout, session.deadline, time.monotonic()),
+            data = conn.read(read_wait(timeout, session.deadline, session.clock()),
                              flagline=True)
             if data is None:
-                conn.write(session.timeout(time.monotonic()), timeout)
+                conn.write(session.timeout(session.clock()), timeout)
                 break
             if not data:
                 session.eof()
                 break
-            since = time.monotonic()
+            since = session.clock()
             replies = session.feed(data, since)
             while True:
                 if session.pause:
                     # From the login's start: the checker's own time is
                     # inside the pause, so how long a refusal takes does
                     # not tell one user's password hash from another's.
-                    now = time.monotonic()
+                    now = session.clock()
                     time.sleep(max(0, min(since + session.pause - now, read_wait(
                         timeout, session.deadline, now))))
                 if replies:
                     conn.write(replies, timeout)
                 if session.flagstarttls:
                     conn = starttls(session, conn, certfile,
-                                    read_wait(timeout, session.deadline, time.monotonic()))
+                                    read_wait(timeout, session.deadline, session.clock()))
                     if conn is None:
                         return 1
                     flagdirect = not isinstance(conn, TlsConn)
                 if session.login is not None:
-                    since = time.monotonic()
+                    since = session.clock()
                     wstat, spoke = run_login(session, conn, argv, flagdirect)
                     what = verdict(wstat)
                     if what is None or spoke:
@@ -702,7 +704,7 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
                 write_logs(session)
                 if not session.held or session.flagclosed:
                     break
-                since = time.monotonic()
+                since = session.clock()
                 replies = session.feed(b'', since)
     except Gone:
         return 1

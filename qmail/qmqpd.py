@@ -98,7 +98,9 @@ class Session:
         self.config = config
         self.peer = peer
         self.newqueue = newqueue
-        start = now if tick is None else tick     # as qmail-qmtpd's
+        start = now if tick is None else tick
+        # The shell's clock for the deadline: the one it was set on.
+        self.clock = time.time if tick is None else time.monotonic     # as qmail-qmtpd's
         self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False

@@ -311,7 +311,9 @@ class Session:
         self.peer = peer
         self.newqueue = newqueue
         self.protocol = protocol
-        start = now if tick is None else tick     # (see feed)
+        start = now if tick is None else tick
+        # The shell's clock for the deadline: the one it was set on.
+        self.clock = time.time if tick is None else time.monotonic     # (see feed)
         self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
@@ -653,8 +655,8 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
     """Run one session over fdin and fdout; return its exit code.
 
     Each read waits at most the configured timeout, and never past the
-    session's deadline (on the time.monotonic clock: the session's feed
-    and constructor take it as tick).  The session needs config.timeout, deadline,
+    session's deadline (on the session's own clock, session.clock():
+    time.monotonic when it was made with a tick).  The session needs config.timeout, deadline,
     flagclosed, exitcode, greet, feed, eof, timeout and abort."""
     timeout = session.config.timeout
     poller = select.poll()
@@ -662,7 +664,7 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
     try:
         write_all(fdout, session.greet(), timeout)
         while not session.flagclosed:
-            now = time.monotonic()
+            now = session.clock()
             wait = timeout
             if session.deadline is not None:
                 wait = max(0, min(wait, session.deadline - now))
@@ -676,7 +678,7 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
             if not data:
                 session.eof()
                 break
-            replies = session.feed(data, time.time(), time.monotonic())
+            replies = session.feed(data, time.time(), session.clock())
             if replies:
                 write_all(fdout, replies, timeout)
     except Gone:

@@ -222,7 +222,7 @@ class Job:
                  'flaghiteof', 'flagdying', 'unmarked', 'direct')
 
     def __init__(self, messid, channel):
-        self.unmarked = None    # the D mark skipped: the file goes (del_reports)
+        self.unmarked = None    # the last D mark, unsynced: the file's removal records it
         self.direct = None      # a Direct: the message has no info/ nor local/
         self.refs = 1
         self.id = messid
@@ -530,8 +530,9 @@ class Send:
     def jobs_unlink(self, jobs):
         """Background: ([jobs whose file is gone, durably], [jobs whose
         file is still there], [jobs whose file is gone, not durably],
-        [log lines]).  A file that stays gets the D mark its job
-        skipped, so the retry does not deliver that recipient again."""
+        [log lines]).  A file that stays gets its job's last D mark
+        (written unsynced by del_reports) written again and fsynced, so
+        the retry does not deliver that recipient again."""
         removed, failed, out = [], [], []
         for job in jobs:
             fn = self.fn(CHANDIR[job.channel], job.id)
@@ -559,7 +560,7 @@ class Send:
                            (int(time.time()) + SLEEP_SYSFAIL, job.id))
         for job in unsure:
             # Gone, but a crash may bring it back (with its D marks, or
-            # without the one it skipped: delivered again then): the
+            # without the last, never synced: delivered again then): the
             # message must not be finished before.  A second fsync after a
             # failed one proves nothing; the next start sees the truth.
             log('alert: unable to fsync %s: message %d waits for the next start\n'
@@ -851,13 +852,16 @@ class Send:
                 # must not make the delivery again.  Synced only if the
                 # file cannot be removed.
                 d.job.unmarked = mark
-                written = self.mark_write(*mark, marklog)
+                written = self.mark_write(*mark, [])    # (trouble: the removal records it)
                 if written is not None:
                     os.close(written[1])
                 ending.append((mark, d))
             else:
-                items.append((mark, d, None if mark is None
-                              else self.mark_write(*mark, marklog)))
+                written = None if mark is None else self.mark_write(*mark, marklog)
+                if written is not None:
+                    os.close(written[1])        # its sync reopens it: no descriptor waits
+                    written = written[0]
+                items.append((mark, d, written))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
@@ -873,10 +877,15 @@ class Send:
             self.marks_synced(items, None)
 
     def marks_disk(self, items):
-        """Background: the D marks (written by del_reports) fsynced
-        together; the log lines of their troubles."""
-        out = []
-        self.marks_sync([written for _, _, written in items if written is not None], out)
+        """Background: the files of the D marks del_reports wrote,
+        fsynced together; the log lines of their troubles."""
+        out, marks = [], []
+        for fn in sorted({written for _, _, written in items if written is not None}):
+            try:
+                marks.append((fn, os.open(fn, os.O_WRONLY | os.O_CLOEXEC)))
+            except OSError:
+                out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+        self.marks_sync(marks, out)
         return out
 
     def marks_synced(self, items, out):

@@ -367,6 +367,8 @@ class Session:
         self.auth = None if checker is None else Auth(
             checker, config.flagauthplain, config.flagcram, config.maxauth)
         start = now if tick is None else tick
+        # The shell's clock for the deadline: the one it was set on.
+        self.clock = time.time if tick is None else time.monotonic
         self.deadline = start + config.lifetime if config.lifetime else None
         self.now = now
         self.flagclosed = False
@@ -1064,14 +1066,14 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
     try:
         channel.write(session.greet(), timeout)
         while not session.flagclosed:
-            data = channel.read(read_wait(session, time.monotonic()))
+            data = channel.read(read_wait(session, session.clock()))
             if data is None:
                 channel.write(session.timeout(time.time()), timeout)
                 break
             if not data:
                 session.eof()
                 break
-            fed = time.monotonic()
+            fed = session.clock()
             replies = session.feed(data, time.time(), fed)
             write_logs(session)
             while True:
@@ -1080,7 +1082,7 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                     # time is inside the pause, so how long a 535 takes
                     # does not tell one user's password hash from
                     # another's, nor from an unknown user's.
-                    now = time.monotonic()
+                    now = session.clock()
                     time.sleep(max(0, min(fed + session.pause - now,
                                           read_wait(session, now))))
                 if replies:
@@ -1089,14 +1091,14 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                     from qmail import smtpd_tls     # ssl costs start-up time
                     channel = smtpd_tls.starttls(
                         session, channel, fdin, certfile,
-                        read_wait(session, time.monotonic()))
+                        read_wait(session, session.clock()))
                     if channel is None:
                         return 1
                     if session.tls is not None:
                         tlschannel = channel
                 if not session.held or session.flagclosed:
                     break
-                fed = time.monotonic()
+                fed = session.clock()
                 replies = session.feed(b'', time.time(), fed)
     except Gone:
         session.abort()
@@ -1108,8 +1110,8 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
 
 
 def read_wait(session: Session, now: float) -> float:
-    """timeoutsmtpd, or less when the lifetime ends sooner (now: the
-    session's tick clock, time.monotonic)."""
+    """timeoutsmtpd, or less when the lifetime ends sooner (now: on the
+    session's clock, session.clock())."""
     wait = session.config.timeout
     if session.deadline is not None:
         wait = max(0, min(wait, session.deadline - now))

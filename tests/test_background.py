@@ -244,13 +244,22 @@ def test_a_success_is_marked_before_the_background_runs(queue_home, monkeypatch)
     assert not os.path.exists(qfn('local', 10, 3))
 
 
-def test_a_job_that_cannot_remove_its_file_writes_the_marks_it_skipped(queue_home, monkeypatch):
-    """The job's last delivery skipped its D mark; if the file then
-    cannot go, the mark is written, so the retry does not repeat it."""
+def test_a_job_that_cannot_remove_its_file_syncs_the_mark_it_left_unsynced(queue_home, monkeypatch):
+    """The job's last delivery is marked but not synced (the file's
+    removal records it); if the file then cannot go, the mark is made
+    durable, so the retry does not repeat it."""
     s, log = queue_home
     messid = 8
     delivering(s, messid, [b'u@here.example'])
     real_unlink = durable.unlink
+    synced = []
+    real_sync = durable.sync_files
+
+    def sync_files(fds, *a, **k):
+        fds = list(fds)
+        synced.extend(os.readlink('/proc/self/fd/%d' % fd) for fd in fds)
+        return real_sync(fds, *a, **k)
+    monkeypatch.setattr(durable, 'sync_files', sync_files)
 
     def unlink(path):
         if path == qfn('local', messid, 3):
@@ -260,6 +269,7 @@ def test_a_job_that_cannot_remove_its_file_writes_the_marks_it_skipped(queue_hom
     s.del_reports(0, [b'\0Kdid 1+0+0\n'])
     wait_finish(s.bg)
     assert open(qfn('local', messid, 3), 'rb').read() == b'Du@here.example\0'
+    assert any(path.endswith('/' + qfn('local', messid, 3)) for path in synced), synced
     assert [m for _, m in s.pqchan[0]] == [messid]          # tried again later
     assert s.pqdone == []
     assert any(line.startswith('warning: unable to unlink local/') for line in log)

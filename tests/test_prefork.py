@@ -218,9 +218,9 @@ def test_status_reports_leave_the_parent_asleep(tmp_path):
 @pytest.mark.parametrize('state, logged', [(prefork.BUSY, True), (prefork.IDLE, False)])
 def test_a_killed_worker_gets_an_end_line_only_if_it_was_serving(monkeypatch, state, logged):
     """tcpserver's "end PID status S" closes a connection's "pid PID
-    from" line: written by the parent for a worker killed during one; an
-    idle worker killed (or one whose connection had its end line) has
-    none to close, and a second one confused scripts pairing them."""
+    from" line: written by the parent for a worker killed during one
+    (busy on the scoreboard); an idle worker killed has none to close,
+    and an end line of its own confused scripts pairing them."""
     lines = []
     pool = prefork.Pool(None, None, 4, log=lambda level, text: lines.append(text))
     pool.board = bytearray([prefork.FREE] * 4)

@@ -802,7 +802,7 @@ def test_local_ips():
 
 # -- the shell, in this process ------------------------------------------------
 
-def serve_pipes(config, writer, checker=None, then=None):
+def serve_pipes(config, writer, checker=None, then=None, tick=True):
     """serve() over pipes; writer(fd, done) plays the client in a thread
     until done is set.  then(), if given, runs once the session is made,
     before it is served."""
@@ -810,7 +810,7 @@ def serve_pipes(config, writer, checker=None, then=None):
     rout, wout = os.pipe()
     done = threading.Event()
     s = smtpd.Session(config, smtpd.Peer(), FakeQueue, time.time(), checker=checker,
-                      tick=time.monotonic())
+                      tick=time.monotonic() if tick else None)
     if then is not None:
         then()
     client = threading.Thread(target=writer, args=(win, done), daemon=True)
@@ -840,14 +840,17 @@ def test_serve_read_timeout():
     check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
 
 
-def test_serve_cuts_off_a_dripping_client():
-    """A byte every 0.1 s never trips timeoutsmtpd (2 s); lifetime does."""
+@pytest.mark.parametrize('tick', [True, False])
+def test_serve_cuts_off_a_dripping_client(tick):
+    """A byte every 0.1 s never trips timeoutsmtpd (2 s); lifetime does,
+    on the clock the session was made with (one made without a tick:
+    the wall clock's, never mixed with the monotonic one)."""
     def drip(fd, done):
         while not done.wait(0.1):
             os.write(fd, b'N')
         os.close(fd)
     code, out = serve_pipes(smtpd.Config(greeting=GREETING, timeout=2,
-                                         lifetime=1), drip)
+                                         lifetime=1), drip, tick=tick)
     check((code, out), (1, b'220 mx.example.org ESMTP\r\n451 timeout (#4.4.2)\r\n'))
 
 
