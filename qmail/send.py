@@ -81,6 +81,7 @@ TODO_BATCH = 32           # todo/ entries preprocessed with one round of syncing
 FD_RESERVE = 128          # descriptors left for all but files awaiting their sync
 FD_RESERVE_MIN = 24       # ... under a low limit: what qmail-send holds idle, and some
 FILES_PER_MESSAGE = 3     # info/ and channel files a message holds open till synced
+MARK_TROUBLE = 'warning: trouble marking %s; message will be delivered twice!\n'
 PASS_STEPS = 200          # steps of a channel's pass per turn of the loop
 SLEEP_FUZZ = 1            # slop on sleeps, against Zeno
 SLEEP_FOREVER = 86400     # longest wait in poll()
@@ -755,15 +756,24 @@ class Send:
         try:
             fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC)
         except OSError:
-            out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            out.append(MARK_TROUBLE % fn)
             return None
         try:
             durable.pwrite(fd, b'D', pos)
         except OSError:
             os.close(fd)
-            out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+            out.append(MARK_TROUBLE % fn)
             return None
         return fn, fd
+
+    def mark_now(self, mark, out):
+        """The D mark written, its file closed, not yet synced: its path,
+        or None after the warning (mark_write)."""
+        written = self.mark_write(*mark, out)
+        if written is None:
+            return None
+        os.close(written[1])
+        return written[0]
 
     def marks_sync(self, marks, out):
         """fsync the D marks written, together, and close them."""
@@ -771,7 +781,7 @@ class Send:
         bad = set(durable.sync_files(fd for _, fd in marks)[0])
         for fn, fd in marks:
             if fd in bad:
-                out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+                out.append(MARK_TROUBLE % fn)
             os.close(fd)
 
     def del_dochan(self, c):
@@ -852,16 +862,11 @@ class Send:
                 # must not make the delivery again.  Synced only if the
                 # file cannot be removed.
                 d.job.unmarked = mark
-                written = self.mark_write(*mark, [])    # (trouble: the removal records it)
-                if written is not None:
-                    os.close(written[1])
+                self.mark_now(mark, [])         # (trouble: the removal records it)
                 ending.append((mark, d))
             else:
-                written = None if mark is None else self.mark_write(*mark, marklog)
-                if written is not None:
-                    os.close(written[1])        # its sync reopens it: no descriptor waits
-                    written = written[0]
-                items.append((mark, d, written))
+                # Closed once written: its sync reopens it, no descriptor waits.
+                items.append((mark, d, None if mark is None else self.mark_now(mark, marklog)))
             slots[delnum] = None
             self.concurrencyused[c] -= 1
             self.del_status()
@@ -884,7 +889,7 @@ class Send:
             try:
                 marks.append((fn, os.open(fn, os.O_WRONLY | os.O_CLOEXEC)))
             except OSError:
-                out.append('warning: trouble marking %s; message will be delivered twice!\n' % fn)
+                out.append(MARK_TROUBLE % fn)
         self.marks_sync(marks, out)
         return out
 
@@ -1760,9 +1765,10 @@ def lock_mutex(path: str):
     return fd
 
 
-def controls_trouble(e) -> str:
-    """Which control file, and why: what the admin must repair."""
-    name = getattr(e, 'filename', None)
+def controls_trouble(e, name=None) -> str:
+    """Which control file (name, else the error's), and why: what the
+    admin must repair."""
+    name = name if name is not None else getattr(e, 'filename', None)
     why = getattr(e, 'strerror', None) or str(e)
     return '%s%s' % (os.fsdecode(name) + ': ' if name else '', why)
 
@@ -1772,9 +1778,8 @@ def reread_alert(e, directory: str) -> str:
     for a file of control/, then why; else "controls" and the trouble."""
     name = getattr(e, 'filename', None)
     if name is not None and os.path.dirname(os.fsdecode(name)) == directory.rstrip('/'):
-        why = getattr(e, 'strerror', None) or str(e)
-        return 'alert: unable to reread control/%s: %s\n' % (
-            os.path.basename(os.fsdecode(name)), why)
+        return 'alert: unable to reread control/%s\n' % controls_trouble(
+            e, os.path.basename(os.fsdecode(name)))
     return 'alert: unable to reread controls: %s\n' % controls_trouble(e)
 
 
