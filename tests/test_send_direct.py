@@ -58,6 +58,20 @@ def queue(s, messid, recips, sender=b'a@b.example'):
         + b''.join(b'T' + r + b'\0' for r in recips))
 
 
+def disk_full_for(monkeypatch, path):
+    """durable.create_excl fails with ENOSPC for path while full[0]
+    (the list returned) is true."""
+    real_create = durable.create_excl
+    full = [True]
+
+    def create_excl(fn, mode=0o644):
+        if full[0] and fn == path:
+            raise OSError(28, 'No space left on device')
+        return real_create(fn, mode)
+    monkeypatch.setattr(durable, 'create_excl', create_excl)
+    return full
+
+
 def start(s, recent=None):
     """The passes, every delivery they can start taken by qmail-lspawn."""
     s.recent = recent or int(time.time()) + 1
@@ -246,14 +260,7 @@ def test_a_spill_that_cannot_write_is_tried_again_not_delivered_again(s, monkeyp
     queue(s, 66, [b'u@here.example', b'v@here.example'])
     s.preprocess_batch([66])
     slots = start(s)
-    real_create = durable.create_excl
-    full = [True]
-
-    def create_excl(fn, mode=0o644):
-        if full[0] and fn == qfn('local', 66, SPLIT):
-            raise OSError(28, 'No space left on device')
-        return real_create(fn, mode)
-    monkeypatch.setattr(durable, 'create_excl', create_excl)
+    full = disk_full_for(monkeypatch, qfn('local', 66, SPLIT))
     report(s, slots[b'u@here.example'], b'ZUnable to chdir to maildir. (#4.2.1)\n')
     report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
     assert 'warning: unable to create %s\n' % qfn('local', 66, SPLIT) in s.log
@@ -430,14 +437,7 @@ def test_new_msg_is_logged_once_the_files_are_made_not_before(s, monkeypatch):
     before, a message whose info/ could not be made had them again at
     every retry (C qmail: only the warning)."""
     queue(s, 67, [b'u@remote.example'])
-    real_create = durable.create_excl
-    full = [True]
-
-    def create_excl(fn, mode=0o644):
-        if full[0] and fn == qfn('info', 67, SPLIT):
-            raise OSError(28, 'No space left on device')
-        return real_create(fn, mode)
-    monkeypatch.setattr(durable, 'create_excl', create_excl)
+    full = disk_full_for(monkeypatch, qfn('info', 67, SPLIT))
     s.preprocess_batch([67])
     assert 'warning: unable to create %s\n' % qfn('info', 67, SPLIT) in s.log
     assert not any('msg 67' in line for line in s.log), s.log
