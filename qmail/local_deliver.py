@@ -650,11 +650,20 @@ def mbox_gap(tail: bytes, size: int) -> bytes:
 def _mbox_tail(fd: int, pos: int) -> bytes:
     """The last two bytes before pos of the file open on fd (for
     appending only: read through a second descriptor); b'\n\n' where
-    they cannot be read (nothing added then)."""
+    they cannot be read (nothing added then).  The read leaves the
+    access time alone where the owner may ask it (O_NOATIME): a reader
+    that tells new mail by a modification time later than the access
+    time (biff, a shell's MAILCHECK, mutt) would miss this delivery if
+    both fell in one clock tick; qmail never read the file."""
     if pos == 0:
         return b''
+    path = '/proc/self/fd/%d' % fd
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        rfd = os.open('/proc/self/fd/%d' % fd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            rfd = os.open(path, flags | os.O_NOATIME)
+        except PermissionError:         # not the file's owner
+            rfd = os.open(path, flags)
     except OSError:
         return b'\n\n'
     try:

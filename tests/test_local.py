@@ -994,3 +994,24 @@ def test_ext4_with_a_journal_carries_the_name(monkeypatch):
         monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
         with open(__file__, 'rb') as f:
             assert durable.file_fsync_carries_entry(f.fileno()) == journal
+
+
+@pytest.mark.parametrize('owner', [65534, 0])
+def test_mbox_delivery_leaves_the_access_time_alone(open_home, owner):
+    """Reading the mbox's tail must not make its access time now: a
+    reader that sees new mail by mtime > atime would miss the delivery.
+    The owner's delivery keeps it (O_NOATIME); another user's (who may
+    not ask that) still delivers."""
+    open_home.write('.qmail', b'./Mbox\n')
+    mbox = open_home.path / 'Mbox'
+    mbox.write_bytes(b'From x Thu Jan 01 00:00:00 1970\nold\n\n')
+    os.chown(mbox, owner, owner)
+    os.chmod(mbox, 0o600 if owner else 0o666)
+    then = time.time() - 3600
+    os.utime(mbox, (then - 60, then))       # read since: relatime updates it
+    code, report = open_home.run(setup=as_nobody)
+    expect((code, report[:1]), (0, b'd'))
+    st = os.stat(mbox)
+    assert st.st_size > 40 and st.st_mtime > then + 1000
+    if owner:
+        expect(st.st_atime, then - 60)
