@@ -95,6 +95,51 @@ def run_as(user, argv, **kw):
                           env=base, **kw)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_code(module, home, args='[]'):
+    """python -c text that runs qmail.<module>.main(args, home=home) as
+    that home's installed program would run: auto.QMAIL is home too, so
+    qmail-queue (QMAILQUEUE) starts there, as qmail's qmail_open does,
+    not in /var/qmail, which a machine that never ran make run lacks."""
+    return ('import sys; from qmail.lib import auto; auto.QMAIL = %r; '
+            'from qmail import %s; sys.exit(%s.main(%s, home=auto.QMAIL))'
+            % (str(home), module, module, args))
+
+
+_ANY_USER_PYTHON = []
+
+
+def any_user_python():
+    """(python, PYTHONPATH) that a user other than root may run, for
+    tests that run this tree's code as such a user: the developers' venv
+    and this tree where every user may reach them, else (a clone in
+    root's own /root, mode 0700 on Debian) the runtime venv's python
+    and a copy of the package in a directory of its own under /tmp."""
+    if _ANY_USER_PYTHON:
+        return _ANY_USER_PYTHON[0]
+    probe = subprocess.run(
+        ['setpriv', '--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups',
+         sys.executable, '-c', 'import qmail'], cwd='/', capture_output=True,
+        env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT}, timeout=TIMEOUT)
+    if probe.returncode == 0:
+        got = (sys.executable, ROOT)
+    else:
+        import atexit
+        top = tempfile.mkdtemp(prefix='qmail-tests-code.', dir='/tmp')
+        atexit.register(shutil.rmtree, top, True)
+        shutil.copytree(os.path.join(ROOT, 'qmail'), os.path.join(top, 'qmail'),
+                        ignore=shutil.ignore_patterns('__pycache__'))
+        for d, dirs, files in os.walk(top):
+            os.chmod(d, 0o755)
+            for name in files:
+                os.chmod(os.path.join(d, name), 0o644)
+        got = (RUNTIME, top)
+    _ANY_USER_PYTHON.append(got)
+    return got
+
+
 def fake_stdlib(marker, top='/tmp'):
     """A new directory under top that, as a caller's cwd, would give
     CPython's start a stdlib of the caller's (pyvenv.cfg naming a home

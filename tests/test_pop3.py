@@ -26,6 +26,7 @@ import time
 
 import pytest
 
+from conftest import any_user_python
 from qmail import checkpassword, pop3d, pop3d_io, popup, vcheckpassword, vpasswd
 from qmail.lib import control
 
@@ -482,10 +483,11 @@ def run_pop3d(box, user, commands, home=None, maildir=None):
     """qmail-pop3d as user (pipes for fds 0 and 1), in box's parent dir."""
     code = ('import sys; from qmail import pop3d; '
             'sys.exit(pop3d.main(sys.argv[1:], home=%r))' % str(home or box.path))
-    return subprocess.run([sys.executable, '-c', code, maildir or os.path.basename(box.path)],
+    python, path = any_user_python() if user else (sys.executable, ROOT)
+    return subprocess.run([python, '-c', code, maildir or os.path.basename(box.path)],
                           input=commands, capture_output=True, timeout=TIMEOUT,
                           cwd=os.path.dirname(box.path), user=user,
-                          env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+                          env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': path})
 
 
 @pytest.fixture
@@ -1295,11 +1297,12 @@ def run_checker(module, argv, fd3: bytes, home=None, user=None):
     code = ('import os, sys; os.dup2(%d, 3); os.close(%d)\n'
             'from qmail import %s as m; sys.exit(m.main(sys.argv[1:]%s))'
             % (r, r, module, extra))
+    python, path = any_user_python() if user else (sys.executable, ROOT)
     try:
         return subprocess.run(
-            [sys.executable, '-c', code] + argv, pass_fds=(r,),
+            [python, '-c', code] + argv, pass_fds=(r,),
             capture_output=True, timeout=TIMEOUT, user=user,
-            env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+            env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': path})
     finally:
         os.close(r)
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from conftest import main_code
 from qmail import qmqpc, qmqpd, qmtpd, smtpd
 from qmail.lib import netstring, rcptmap
 from qmail.lib.cdb import CdbError
@@ -901,8 +902,7 @@ def program_env(fakeq, **env):
 
 
 def server_argv(module, home):
-    code = ('import sys; from qmail import %s; '
-            'sys.exit(%s.main([], home=%r))' % (module, module, str(home)))
+    code = main_code(module, home)
     return [sys.executable, '-c', code]
 
 

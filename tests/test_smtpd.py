@@ -15,6 +15,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import main_code
 from qmail import smtpd, smtpd_addr, smtpd_auth
 from qmail.lib import cdb, control
 from qmail.smtpd_blast import END, MORE, STRAYLF, Blast
@@ -941,8 +942,7 @@ def run_smtpd(home, fakeq, stdin, **env):
             'QMAILQUEUE': str(fakeq), 'TCPREMOTEIP': '192.0.2.7',
             'TCPLOCALHOST': 'mx.example.org'}
     base.update(env)
-    code = ('import sys; from qmail import smtpd; '
-            'sys.exit(smtpd.main([], home=%r))' % str(home))
+    code = main_code('smtpd', home)
     return subprocess.run([sys.executable, '-c', code], input=stdin,
                           capture_output=True, env=base, timeout=60)
 
@@ -1032,8 +1032,7 @@ def test_no_log_line_reaches_the_client(qmailhome, how):
     home, fakeq, out = qmailhome
     env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'QMAILQUEUE': str(fakeq),
            'TCPREMOTEIP': '192.0.2.7', 'TCPLOCALHOST': 'mx.example.org'}
-    code = ('import sys; from qmail import smtpd; '
-            'sys.exit(smtpd.main([], home=%r))' % str(home))
+    code = main_code('smtpd', home)
     dialogue = (b'HELO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@example.org>\r\n'
                 b'DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n')
     if how == 'inetd':

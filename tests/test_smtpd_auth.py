@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from conftest import main_code
 from qmail import smtpd, smtpd_auth
 
 NOW = 812090814                 # 26 Sep 1995 04:46:54 -0000
@@ -967,8 +968,7 @@ class Server:
                'QMAILQUEUE': str(self.home.fakeq), 'TCPREMOTEIP': peer[0],
                'TCPLOCALIP': self.host, 'TCPLOCALHOST': 'mx.example.org'}
         env.update(self.env)
-        code = ('import sys; from qmail import smtpd; '
-                'sys.exit(smtpd.main(%r, home=%r))' % (self.argv, str(self.home.path)))
+        code = main_code('smtpd', self.home.path, repr(self.argv))
         with conn:
             proc = subprocess.Popen([sys.executable, '-c', code], stdin=conn,
                                     stdout=conn, stderr=subprocess.PIPE, env=env)
@@ -1275,8 +1275,7 @@ def test_program_under_tcpserver_ipv6(home):
     """ucspi-tcp-ipv6's tcpserver sets TCPREMOTEIP=::1 itself."""
     if shutil.which('tcpserver') is None:
         pytest.skip('no tcpserver')
-    code = ('import sys; from qmail import smtpd; '
-            'sys.exit(smtpd.main(%r, home=%r))' % (home.argv, str(home.path)))
+    code = main_code('smtpd', home.path, repr(home.argv))
     env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'QMAILQUEUE': str(home.fakeq)}
     proc = subprocess.Popen(['tcpserver', '-1', '-H', '-R', '-c', '1', '-6', '::1', '0',
                              sys.executable, '-c', code],
@@ -1342,8 +1341,7 @@ def test_swaks_bad_password(home):
 def test_program_as_sendmail_bs_offers_neither(home):
     """Pipes, not a socket: no STARTTLS even with a certificate, and so
     no AUTH (which wants TLS)."""
-    code = ('import sys; from qmail import smtpd; '
-            'sys.exit(smtpd.main(%r, home=%r))' % (home.argv, str(home.path)))
+    code = main_code('smtpd', home.path, repr(home.argv))
     r = subprocess.run([sys.executable, '-c', code],
                        input=b'EHLO x\r\nSTARTTLS\r\nAUTH PLAIN ' + PLAIN + b'\r\nQUIT\r\n',
                        capture_output=True, timeout=TIMEOUT,

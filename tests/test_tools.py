@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from conftest import ROOT, any_user_python
 from qmail.lib import auto, durable
 from qmail import (bouncesaying, condredirect, except_, forward,
                    maildir2mbox, maildirmake, maildirwatch, mailsubj,
@@ -1116,10 +1117,12 @@ def test_checkpassword_without_shadow_access_is_temporary_trouble():
             'try:\n    c.getspnam(b"root")\nexcept c.Trouble as e:\n'
             '    print("trouble", e); sys.exit(0)\nsys.exit(3)\n')
     argv = [sys.executable, '-c', code]
+    env = dict(os.environ, PYTHONPATH=ROOT)
     if os.geteuid() == 0:
-        argv = ['setpriv', '--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups'] + argv
-    r = subprocess.run(argv, capture_output=True, timeout=30,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        python, env['PYTHONPATH'] = any_user_python()
+        argv = ['setpriv', '--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups',
+                python, '-c', code]
+    r = subprocess.run(argv, capture_output=True, timeout=30, cwd='/', env=env)
     assert r.returncode == 0 and b'unable to read shadow' in r.stdout, (r.returncode, r.stdout, r.stderr)
 
 
@@ -1253,9 +1256,11 @@ def test_a_report_with_stdout_closed_is_111_and_one_line(home, program, args):
     import pwd
     import subprocess
     alias = pwd.getpwnam('alias')
+    # The alias user's home as this home has it (passwd's, /var/qmail/alias,
+    # is not there on a machine that never ran make run).
     stdin = {'qmail-analog': b'@400000006553f10a00000000 status: local 0/10 remote 0/20\n',
-             'qmail-pw2u': b'alias:x:%d:%d::%s:/bin/false\n'
-                           % (alias.pw_uid, alias.pw_gid, os.fsencode(alias.pw_dir))}.get(program, b'')
+             'qmail-pw2u': b'alias:x:%d:%d::%s/alias:/bin/false\n'
+                           % (alias.pw_uid, alias.pw_gid, os.fsencode(str(home)))}.get(program, b'')
     with something_to_report(home, program):
         r = subprocess.run([os.path.join(str(home), 'bin', program)] + args,
                            input=stdin, stdout=subprocess.DEVNULL,
