@@ -725,8 +725,8 @@ qmail-send: send.py, tcp-env: tcp_env.py, except: except_.py).
 
 The manual pages in %(home)s/man: one per program, made from those
 descriptions when the home is installed; qmail-control(5), the control
-files; dot-qmail(5), qmail-log(5), qmail-users(5) and tcp-environ(5),
-written for this qmail; and qmail(7), the list of programs.  With
+files; the file formats (dot-qmail(5), maildir(5), qmail-log(5) and
+more), written for this qmail; and qmail(7), the list of them all.  With
 %(home)s/bin in PATH, `man qmail-send` finds them; otherwise
 `man -M %(home)s/man qmail-send`, or MANPATH.
 
@@ -748,9 +748,8 @@ def install_docs(home, gids):
 def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
-    (file formats: dot-qmail(5), qmail-log(5), qmail-users(5),
-    tcp-environ(5)), qmail-control(5) from the source's control/README,
-    and qmail(7), the list of them all.  With HOME/bin in PATH, man(1)
+    (file formats and the like, written by hand), qmail-control(5) from
+    the source's control/README, and qmail(7), the list of them all.  With HOME/bin in PATH, man(1)
     finds them (man-db looks in ../man of each PATH directory);
     MANPATH=HOME/man does it otherwise."""
     pkg = os.path.join(home, 'lib', 'python', 'qmail')
@@ -774,19 +773,22 @@ def install_man(home, gids):
                    manpage.page(name, doc, usage=manpage.usage_of(source)),
                    0o644, 0, gids['qmail'])
         index.append((name, manpage.parse(doc)[1]))
-    write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
-               manpage.index_page(sorted(index)), 0o644, 0, gids['qmail'])
-    # The file formats, written by hand: qmail/man/<name>.<section>.
+    # The file formats and the like, written by hand: qmail/man/<name>.<section>.
     try:
         written = sorted(os.listdir(os.path.join(pkg, 'man')))
     except FileNotFoundError:
         written = []
+    others = [('qmail-control', '5', 'the control files')]
     for name in written:
-        section = name.rpartition('.')[2]
+        base, _, section = name.rpartition('.')
         if section.isdigit():
             with open(os.path.join(pkg, 'man', name), encoding='utf-8') as f:
-                write_file(os.path.join(home, 'man', 'man' + section, name),
-                           f.read(), 0o644, 0, gids['qmail'])
+                text = f.read()
+            write_file(os.path.join(home, 'man', 'man' + section, name),
+                       text, 0o644, 0, gids['qmail'])
+            others.append((base, section, manpage.summary_of(text)))
+    write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
+               manpage.index_page(sorted(index), sorted(others)), 0o644, 0, gids['qmail'])
     src = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     readme = os.path.join(os.path.dirname(src), 'control', 'README')
     try:

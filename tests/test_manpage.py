@@ -135,3 +135,70 @@ def test_crashtest_names_every_scenario():
     doc = ' '.join(crashtest.__doc__.split())
     for scenario in crashtest_scenarios.SCENARIOS:
         assert ' %s ' % scenario.name in doc or ' %s (' % scenario.name in doc, scenario.name
+
+
+HAND_WRITTEN = ('addresses.5', 'dot-qmail.5', 'envelopes.5', 'maildir.5', 'mbox.5',
+                'qmail-command.8', 'qmail-header.5', 'qmail-log.5', 'qmail-users.5',
+                'tcp-environ.5')
+
+
+def test_hand_written_pages_have_their_name_and_render_without_warnings():
+    """Each page of qmail/man, which install_man copies into
+    HOME/man/man<section>/, opens with its own .TH and a NAME line that
+    whatis and apropos read, and renders without a groff warning."""
+    mandir = os.path.join(ROOT, 'qmail', 'man')
+    names = sorted(os.listdir(mandir))
+    for expected in HAND_WRITTEN:
+        assert expected in names, expected
+    for name in names:
+        page, _, section = name.rpartition('.')
+        assert page and section.isdigit(), name
+        path = os.path.join(mandir, name)
+        lines = open(path, encoding='utf-8').read().split('\n')
+        assert lines[0].startswith('.TH %s %s ' % (manpage.escape(page).upper(), section)), name
+        assert '.SH NAME' in lines, name
+        summary = lines[lines.index('.SH NAME') + 1]
+        assert summary.startswith(manpage.escape(page) + ' \\- ') and len(summary) > 20, name
+        assert '.SH "SEE ALSO"' in lines, name
+        r = subprocess.run(['groff', '-man', '-Tutf8', '-ww', '-z', path],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == '', (name, r.stderr)
+
+
+def test_hand_written_pages_cite_pages_that_are_installed():
+    """A format page (section 5, or any qmail page that is no program's)
+    named in SEE ALSO is one qmail-install writes, and a program is named
+    in the section its page is filed in."""
+    import re
+    from qmail.install import CHECKERS, PROGRAMS
+    mandir = os.path.join(ROOT, 'qmail', 'man')
+    written = set(os.listdir(mandir))
+    programs = {p[0] for p in PROGRAMS} | {c[0] for c in CHECKERS} | {'qmail-queue'}
+    for name in sorted(written):
+        text = open(os.path.join(mandir, name), encoding='utf-8').read()
+        see = text.split('.SH "SEE ALSO"\n', 1)[1].replace('\\-', '-')
+        for ref, section in re.findall(r'([a-z][a-z0-9-]*)\((\d)\)', see):
+            if ref in programs:
+                assert section == manpage.section_of(ref), (name, ref, section)
+            elif section == '5' or ref.startswith('qmail'):
+                assert (ref, section) in (('qmail-control', '5'), ('qmail', '7')) \
+                    or '%s.%s' % (ref, section) in written, (name, ref, section)
+
+
+def test_index_lists_the_hand_written_pages_with_their_summaries():
+    """qmail(7) names every page, not the programs only: the formats of
+    qmail/man, each with the summary from its NAME line."""
+    mandir = os.path.join(ROOT, 'qmail', 'man')
+    others = []
+    for name in sorted(os.listdir(mandir)):
+        with open(os.path.join(mandir, name), encoding='utf-8') as f:
+            others.append((name.rpartition('.')[0], name.rpartition('.')[2],
+                           manpage.summary_of(f.read())))
+    expect = dict((n, s) for n, _, s in others)
+    assert all(s and '\\' not in s for s in expect.values()), expect
+    assert manpage.summary_of('.TH DOT-QMAIL 5\n.SH NAME\ndot\\-qmail \\- the files\n') \
+        == 'the files'
+    page = manpage.index_page([('qmail-send', 'schedules deliveries')], others)
+    assert '.SH "FILES AND FORMATS"' in page
+    for name, section, _ in others:
+        assert '%s(%s)' % (manpage.escape(name), section) in page, name

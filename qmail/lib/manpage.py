@@ -235,18 +235,32 @@ def entry_text(row: str, lines) -> list:
     return out
 
 
-def index_page(programs, date: str = None) -> str:
-    """qmail(7): every program with its one-line summary and section."""
+def summary_of(roff: str) -> str:
+    """The summary of a hand-written page: its NAME line after the dash
+    ("name \\- summary"), roff escapes undone; '' if it has none."""
+    lines = roff.split('\n')
+    for i, line in enumerate(lines[:-1]):
+        if line.strip() == '.SH NAME':
+            return lines[i + 1].partition(' \\- ')[2].strip().replace('\\-', '-').replace('\\(em', '--')
+    return ''
+
+
+def index_page(programs, others=(), date: str = None) -> str:
+    """qmail(7): every program with its one-line summary and section,
+    then the other pages (name, section, summary): the file formats."""
     date = date or datetime.date.today().isoformat()
     out = header('qmail', '7', date)
     out += ['.SH NAME', 'qmail \\- the qmail mail transfer agent, in Python',
             '.SH DESCRIPTION',
             'A qmail home holds these programs in its bin/ directory, each '
-            'with its own manual page.  The control files are described in '
-            'qmail\\-control(5), a user\'s .qmail files in dot\\-qmail(5), qmail\\-send\'s log in '
-            'qmail\\-log(5).  README.md of the source tells how to install, '
-            'run and measure it, and where it differs from qmail.']
+            'with its own manual page.  README.md of the source tells how to '
+            'install, run and measure it, and where it differs from qmail.',
+            '.SH PROGRAMS']
     for program, summary in programs:
         out += ['.TP', '%s(%s)' % (escape(program), section_of(program)),
                 escape(summary)]
+    if others:
+        out += ['.SH "FILES AND FORMATS"']
+        for name, section, summary in others:
+            out += ['.TP', '%s(%s)' % (escape(name), section), escape(summary)]
     return '\n'.join(out) + '\n'

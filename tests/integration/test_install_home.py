@@ -416,7 +416,13 @@ def test_every_program_has_a_man_page_that_man_finds(home):
                                        'Sorry, no mailbox here by that name']),
                         ('qmail-log', ['info msg m: bytes b from <s> qp q uid u']),
                         ('qmail-users', ['+loc:user:uid:gid:homedir:dash:pre:']),
-                        ('tcp-environ', ['TCPREMOTEIP', 'qmail-listen'])):
+                        ('tcp-environ', ['TCPREMOTEIP', 'qmail-listen']),
+                        ('addresses', ['#@[]', 'VERP']),
+                        ('envelopes', ['F, the sender and a NUL']),
+                        ('qmail-header', ['not shown: ;', 'MBOX']),
+                        ('maildir', ['(#4.2.1)', 'cur/']),
+                        ('mbox', ['30 seconds straight', 'mboxrd']),
+                        ('qmail-command', ['EXT2', 'Aack, child crashed.'])):
         where = subprocess.run(['man', '-w', name], env=env, capture_output=True,
                                text=True, timeout=TIMEOUT)
         assert where.stdout.startswith(os.path.join(home, 'man') + '/'), (name, where)
