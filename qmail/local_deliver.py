@@ -660,12 +660,12 @@ def _mbox_tail(fd: int, pos: int) -> bytes:
     path = '/proc/self/fd/%d' % fd
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
+        rfd = os.open(path, flags | os.O_NOATIME)
+    except OSError:                     # EPERM: not the file's owner
         try:
-            rfd = os.open(path, flags | os.O_NOATIME)
-        except PermissionError:         # not the file's owner
             rfd = os.open(path, flags)
-    except OSError:
-        return b'\n\n'
+        except OSError:
+            return b'\n\n'
     try:
         return os.pread(rfd, 2, max(0, pos - 2))
     except OSError:
