@@ -1078,13 +1078,18 @@ class Send:
     def pass_do(self):
         # qmail takes one step per channel per turn of the loop; a turn
         # here may preprocess a whole batch, so take every step there is
-        # (up to PASS_STEPS) rather than start one delivery per batch.
-        for c in (0, 1):
-            for _ in range(PASS_STEPS):
+        # (up to PASS_STEPS a channel) rather than start one delivery per
+        # batch, the channels in turn as qmail's are (a message's local
+        # and remote deliveries alternate; neither takes every free job).
+        going = [0, 1]
+        for _ in range(PASS_STEPS):
+            for c in tuple(going):
                 if not self.pass_dochan(c):
-                    break
-                if self.comm_buf[c]:
+                    going.remove(c)
+                elif self.comm_buf[c]:
                     self.comm_do(c)     # the spawn takes it now: next one
+            if not going:
+                break
         if self.pqfail and self.pqfail[0][0] <= self.recent:
             _, messid = heapq.heappop(self.pqfail)
             self.pqadd(messid)

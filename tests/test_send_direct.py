@@ -447,3 +447,18 @@ def test_new_msg_is_logged_once_the_files_are_made_not_before(s, monkeypatch):
     assert lines[0] == 'new msg 67\n' and lines[1].startswith('info msg 67: bytes 17 from <a@b.example>')
     assert len(lines) == 2
     assert os.path.exists(qfn('info', 67, SPLIT))
+
+
+def test_a_messages_local_and_remote_deliveries_start_in_turn(s, monkeypatch):
+    """As qmail's loop steps each channel once per turn: local, remote,
+    local, remote..., not every local delivery before the first remote
+    one (which took every free job for one channel first)."""
+    queue(s, 37, [b'u%d@here.example' % i for i in range(3)]
+          + [b'x%d@far.example' % i for i in range(3)])
+    s.preprocess_batch([37])
+    monkeypatch.setattr(s, 'comm_do', lambda c: s.comm_buf.__setitem__(c, b''))
+    s.recent = int(time.time()) + 1
+    s.pass_do()
+    started = [line.split(' to ')[1].split(' ')[0] for line in s.log
+               if line.startswith('starting delivery')]
+    assert started == ['local', 'remote'] * 3, s.log
