@@ -4,6 +4,7 @@ Runs as:  anyone who can read the log; touches no queue, needs no qmail.
 Usage:    qmail-analog [report] [file ...]
           qmail-analog matchup [-p pendingfile] [file ...]
           qmail-analog plot -o dir [file ...]
+          qmail-analog xqp|xsender|xrecipient key [file ...]
           report is one of qmailanalog's z-scripts, without the z:
           overall (the default), ddist, deferrals, failures, successes,
           recipients, rhosts, senders, suids, rxdelay.
@@ -22,6 +23,13 @@ Writes:   fd 1, for a report: the z-script's text (qmail/analog_report.py
           put before the next chunk of log, as matchup writes fd 5.
           For plot: dir/deliveries.svg, dir/queue.svg, dir/ddist.svg and
           dir/index.html (qmail/analog_plot.py), creating dir.
+          For qmailanalog's x tools, matchup's m and d lines of the
+          messages in question, in matchup's order: xqp qp, those with
+          that qp (a pid: not unique over time); xsender sender, those
+          of messages from sender (<> or nothing for bounces); xrecipient
+          recip, the deliveries to recip (or chan.recip: local.joe@host)
+          and the m lines of their messages.  Addresses compare without
+          case, as matchup writes them in lower case.
 Exits:    0; 100 usage; 111 cannot read a file or write the output
           (one line on fd 2).
 Trusts:   nothing in the log: a line it cannot parse is counted (and
@@ -46,7 +54,9 @@ LINEMAX = 65536           # qmail-send's lines are far shorter (REPORTMAX 10000)
 USAGE = ('usage: qmail-analog [overall|ddist|deferrals|failures|successes|'
          'recipients|rhosts|senders|suids|rxdelay] [file ...]\n'
          '       qmail-analog matchup [-p pendingfile] [file ...]\n'
-         '       qmail-analog plot -o dir [file ...]\n')
+         '       qmail-analog plot -o dir [file ...]\n'
+         '       qmail-analog xqp|xsender|xrecipient key [file ...]\n')
+XTOOLS = ('xqp', 'xsender', 'xrecipient')
 
 
 class Usage(Exception):
@@ -62,11 +72,15 @@ def parse_args(argv: list):
     """(command, options, files) from argv; Usage if malformed."""
     args = list(argv)
     command = 'overall'
-    if args and (args[0] in report.REPORTS or args[0] in ('matchup', 'plot')):
+    if args and (args[0] in report.REPORTS or args[0] in ('matchup', 'plot') + XTOOLS):
         command = args.pop(0)
     elif args and args[0] in ('-h', '--help', 'help'):
         raise Usage('')
     opts = {}
+    if command in XTOOLS:
+        if not args or args[0] == '--':
+            raise Usage('%s needs what to look for' % command)
+        opts['key'] = args.pop(0)
     flags = {'matchup': {'-p': 'pending'}, 'plot': {'-o': 'outdir'}}.get(command, {})
     files = []
     while args:
@@ -173,6 +187,31 @@ def do_matchup(m, last: str, pending):
         write_file(pending, text)
 
 
+def selected(items, command: str, key: str) -> list:
+    """The m and d records of items (a Matcher's, in order) that an x
+    tool picks for key (see the description above)."""
+    out = []
+    if command == 'xqp':
+        return [it for it in items if not isinstance(it, str) and it.qp == key]
+    if command == 'xsender':
+        bare = key.lower()
+        if bare.startswith('<') and bare.endswith('>'):
+            bare = bare[1:-1]
+        want = '<%s>' % bare
+        return [it for it in items if not isinstance(it, str) and it.sender == want]
+    key = key.lower()
+    messages = set()
+    for it in items:
+        if isinstance(it, match.Delivery):
+            if key in (it.recip, it.target):
+                out.append(it)
+                messages.add((it.birth, it.qp, it.uid, it.sender))
+        elif isinstance(it, match.Message):
+            if (it.birth, it.qp, it.uid, it.sender) in messages:
+                out.append(it)
+    return out
+
+
 def do_plot(m, outdir: str):
     os.makedirs(outdir, exist_ok=True)
     for name, text in plot.render(m).items():
@@ -207,6 +246,9 @@ def main(argv=None) -> int:
             do_matchup(m, last, opts.get('pending'))
         elif command == 'plot':
             do_plot(m, opts['outdir'])
+        elif command in XTOOLS:
+            write_out(''.join(it.line() + '\n'
+                              for it in selected(m.items, command, opts['key'])))
         else:
             write_out(report.REPORTS[command](m.messages, m.deliveries))
         sys.stdout.flush()

@@ -712,3 +712,30 @@ def test_names_sort_numbers_first_and_odd_digits_as_names():
     names = ['b', '10', '\u00b2', '9', '7' * 5000, 'a']
     assert sorted(names, key=analog_report.name_key) == \
         ['9', '10', '7' * 5000, 'a', 'b', '\u00b2']
+
+
+@pytest.mark.parametrize('argv, picked', [
+    (['xqp', '502'], [2, 9, 10]),
+    (['xqp', '999'], []),
+    (['xsender', 'ALICE@example.org'], [0, 1, 2, 9, 10]),
+    (['xsender', '<alice@example.org>'], [0, 1, 2, 9, 10]),
+    (['xsender', ''], [7, 8]),
+    (['xsender', '<>'], [7, 8]),
+    (['xrecipient', 'bob@example.org'], [0, 1, 3, 6]),
+    (['xrecipient', 'remote.nobody@Example.com'], [4, 6]),
+    (['xrecipient', 'local.nobody@example.com'], []),
+])
+def test_x_tools_pick_matchup_lines(monkeypatch, capsysbinary, argv, picked):
+    """qmailanalog's xqp, xsender and xrecipient: the m and d lines that
+    matchup prints for the messages asked about, in its order (the m
+    line of a recipient's message too); addresses without case."""
+    lines = golden('matchup').split('\n')
+    code, out, err = run_main(monkeypatch, capsysbinary, argv + [GOLDEN_LOG])
+    assert (code, err) == (0, '')
+    assert out == ''.join(lines[i] + '\n' for i in picked), out
+
+
+@pytest.mark.parametrize('argv', [['xqp'], ['xsender', '--'], ['xrecipient']])
+def test_x_tools_need_a_key(monkeypatch, capsysbinary, argv):
+    code, out, err = run_main(monkeypatch, capsysbinary, argv)
+    assert code == 100 and out == '' and 'needs what to look for' in err, err
