@@ -27,9 +27,9 @@ Writes:   fd 1, for a report: the z-script's text (qmail/analog_report.py
           messages in question, in matchup's order: xqp qp, those with
           that qp (a pid: not unique over time); xsender sender, those
           of messages from sender (<> or nothing for bounces); xrecipient
-          recip, the deliveries to recip (or chan.recip: local.joe@host)
-          and the m lines of their messages.  Addresses compare without
-          case, as matchup writes them in lower case.
+          recip, the deliveries to recip on either channel (or, as
+          local.joe@host, on one) and the m lines of their messages.
+          Addresses compare without case (A-Z), as matchup writes them.
 Exits:    0; 100 usage; 111 cannot read a file or write the output
           (one line on fd 2).
 Trusts:   nothing in the log: a line it cannot parse is counted (and
@@ -189,21 +189,25 @@ def do_matchup(m, last: str, pending):
 
 def selected(items, command: str, key: str) -> list:
     """The m and d records of items (a Matcher's, in order) that an x
-    tool picks for key (see the description above)."""
-    out = []
+    tool picks for key (see the description above).  The key is read as
+    the log is: its bytes as latin-1, lower case for A-Z only."""
+    key = os.fsencode(key).decode('latin-1')
     if command == 'xqp':
         return [it for it in items if not isinstance(it, str) and it.qp == key]
+    key = key.translate(match.LOWER)
     if command == 'xsender':
-        bare = key.lower()
-        if bare.startswith('<') and bare.endswith('>'):
-            bare = bare[1:-1]
-        want = '<%s>' % bare
+        if key.startswith('<') and key.endswith('>'):
+            key = key[1:-1]
+        want = '<%s>' % key
         return [it for it in items if not isinstance(it, str) and it.sender == want]
-    key = key.lower()
+    # A channel in front (local.joe@host) asks for that channel's
+    # deliveries; a bare address, for the recipient on either.
+    chan = key.partition('.')[0] in ('local', 'remote')
+    out = []
     messages = set()
     for it in items:
         if isinstance(it, match.Delivery):
-            if key in (it.recip, it.target):
+            if key == (it.target if chan else it.recip):
                 out.append(it)
                 messages.add((it.birth, it.qp, it.uid, it.sender))
         elif isinstance(it, match.Message):

@@ -739,3 +739,26 @@ def test_x_tools_pick_matchup_lines(monkeypatch, capsysbinary, argv, picked):
 def test_x_tools_need_a_key(monkeypatch, capsysbinary, argv):
     code, out, err = run_main(monkeypatch, capsysbinary, argv)
     assert code == 100 and out == '' and 'needs what to look for' in err, err
+
+
+EIGHT_BIT_LOG = (
+    b'@400000006553f10a00989680 new msg 7\n'
+    b'@400000006553f10a00a037a0 info msg 7: bytes 10 from <Jos\xc3\xa9@X.org> qp 9 uid 5\n'
+    b'@400000006553f10a05f5e100 starting delivery 1: msg 7 to remote J\xc3\x89@x.org\n'
+    b'@400000006553f10a11e1a300 delivery 1: success: ok/\n'
+    b'@400000006553f10a17d78400 end msg 7\n')
+
+
+@pytest.mark.parametrize('argv, count', [
+    (['xsender', 'JOSé@x.org'], 2),          # A-Z folded, é as its bytes
+    (['xsender', 'josÉ@x.org'], 0),          # É is not é: matchup folds A-Z only
+    (['xrecipient', 'jÉ@x.org'], 2),
+    (['xrecipient', 'remote.jÉ@X.org'], 2),
+    (['xrecipient', 'local.jÉ@x.org'], 0),   # a channel asked for: that one only
+])
+def test_x_tools_read_an_8bit_key_as_the_log_is_read(monkeypatch, capsysbinary, argv, count):
+    """The key (UTF-8 on the command line) compared as the log's bytes:
+    an address with é was never found, and the empty answer looked like
+    "no such mail"."""
+    code, out, err = run_main(monkeypatch, capsysbinary, argv, EIGHT_BIT_LOG)
+    assert (code, err) == (0, '') and out.count('\n') == count, out
