@@ -778,7 +778,7 @@ def install_man(home, gids):
         written = sorted(os.listdir(os.path.join(pkg, 'man')))
     except FileNotFoundError:
         written = []
-    others = [('qmail-control', '5', 'the control files')]
+    others = []
     for name in written:
         base, _, section = name.rpartition('.')
         if section.isdigit():
@@ -787,17 +787,20 @@ def install_man(home, gids):
             write_file(os.path.join(home, 'man', 'man' + section, name),
                        text, 0o644, 0, gids['qmail'])
             others.append((base, section, manpage.summary_of(text)))
-    write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
-               manpage.index_page(sorted(index), sorted(others)), 0o644, 0, gids['qmail'])
     src = os.path.dirname(os.path.dirname(os.path.abspath(auto.__file__)))
     readme = os.path.join(os.path.dirname(src), 'control', 'README')
+    control_page = os.path.join(home, 'man', 'man5', 'qmail-control.5')
     try:
         with open(readme, encoding='utf-8') as f:
             text = f.read()
     except FileNotFoundError:
-        return                  # not run from the source: the page stays as it was
-    write_file(os.path.join(home, 'man', 'man5', 'qmail-control.5'),
-               manpage.control_page(text), 0o644, 0, gids['qmail'])
+        pass                    # not run from the source: the page stays as it was
+    else:
+        write_file(control_page, manpage.control_page(text), 0o644, 0, gids['qmail'])
+    if os.path.exists(control_page):
+        others.append(('qmail-control', '5', 'the control files'))
+    write_file(os.path.join(home, 'man', 'man7', 'qmail.7'),
+               manpage.index_page(sorted(index), sorted(others)), 0o644, 0, gids['qmail'])
 
 
 def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):

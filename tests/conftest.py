@@ -127,8 +127,14 @@ def any_user_python():
         got = (sys.executable, ROOT)
     else:
         import atexit
+        if not os.access(RUNTIME, os.X_OK):
+            pytest.fail('this tree is not readable by other users and there is no '
+                        'runtime python at %s (make test makes one; or set '
+                        'QMAIL_RUNTIME_PYTHON)' % RUNTIME)
         top = tempfile.mkdtemp(prefix='qmail-tests-code.', dir='/tmp')
-        atexit.register(shutil.rmtree, top, True)
+        owner = os.getpid()
+        # Removed by this process only, not by a forked child that exits.
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(top, True))
         shutil.copytree(os.path.join(ROOT, 'qmail'), os.path.join(top, 'qmail'),
                         ignore=shutil.ignore_patterns('__pycache__'))
         for d, dirs, files in os.walk(top):

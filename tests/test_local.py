@@ -1001,10 +1001,12 @@ def test_mbox_delivery_leaves_the_access_time_alone(open_home, owner):
     """Reading the mbox's tail must not make its access time now: a
     reader that sees new mail by mtime > atime would miss the delivery.
     The owner's delivery keeps it (O_NOATIME); another user's (who may
-    not ask that) still delivers."""
+    not ask that) still reads the tail: the old message, which lacks its
+    closing empty line, gets one before the new From line."""
     open_home.write('.qmail', b'./Mbox\n')
     mbox = open_home.path / 'Mbox'
-    mbox.write_bytes(b'From x Thu Jan 01 00:00:00 1970\nold\n\n')
+    old = b'From x Thu Jan 01 00:00:00 1970\nold\n'
+    mbox.write_bytes(old)
     os.chown(mbox, owner, owner)
     os.chmod(mbox, 0o600 if owner else 0o666)
     then = time.time() - 3600
@@ -1013,5 +1015,6 @@ def test_mbox_delivery_leaves_the_access_time_alone(open_home, owner):
     expect((code, report[:1]), (0, b'd'))
     st = os.stat(mbox)
     assert st.st_size > 40 and st.st_mtime > then + 1000
+    assert mbox.read_bytes().startswith(old + b'\nFrom god@heaven.af.mil '), mbox.read_bytes()[:80]
     if owner:
         expect(st.st_atime, then - 60)

@@ -198,6 +198,9 @@ def test_index_lists_the_hand_written_pages_with_their_summaries():
     assert all(s and '\\' not in s for s in expect.values()), expect
     assert manpage.summary_of('.TH DOT-QMAIL 5\n.SH NAME\ndot\\-qmail \\- the files\n') \
         == 'the files'
+    assert manpage.summary_of('.SH NAME\nx \\- the \\fBdot\\fR\\-qmail\\(aqs \\f(CWfiles\\fP\n') \
+        == "the dot-qmail's files"
+    assert '.TP\nx(5)\nx\n' in manpage.index_page([], [('x', '5', '')])   # no summary: its name
     page = manpage.index_page([('qmail-send', 'schedules deliveries')], others)
     assert '.SH "FILES AND FORMATS"' in page
     for name, section, _ in others:

@@ -235,13 +235,23 @@ def entry_text(row: str, lines) -> list:
     return out
 
 
+def unroff(text: str) -> str:
+    """text with the roff escapes a NAME line may hold undone: fonts
+    (\\fB, \\f(CW, \\f[I]) dropped, \\(em as --, \\(aq and \\(cq as ',
+    \\- as -, \\e as \\, \\& as nothing."""
+    text = re.sub(r'\\f(\[[^]]*\]|\(..|.)', '', text)
+    text = text.replace('\\(em', '--').replace('\\(aq', "'").replace('\\(cq', "'")
+    return re.sub(r'\\([-e&])', lambda m: {'-': '-', 'e': '\\', '&': ''}[m.group(1)], text)
+
+
 def summary_of(roff: str) -> str:
     """The summary of a hand-written page: its NAME line after the dash
-    ("name \\- summary"), roff escapes undone; '' if it has none."""
+    ("name \\- summary"), with the roff escapes a NAME line may hold
+    undone (fonts, dashes, quotes); '' if it has none."""
     lines = roff.split('\n')
     for i, line in enumerate(lines[:-1]):
         if line.strip() == '.SH NAME':
-            return lines[i + 1].partition(' \\- ')[2].strip().replace('\\-', '-').replace('\\(em', '--')
+            return unroff(lines[i + 1].partition(' \\- ')[2].strip())
     return ''
 
 
@@ -262,5 +272,5 @@ def index_page(programs, others=(), date: str = None) -> str:
     if others:
         out += ['.SH "FILES AND FORMATS"']
         for name, section, summary in others:
-            out += ['.TP', '%s(%s)' % (escape(name), section), escape(summary)]
+            out += ['.TP', '%s(%s)' % (escape(name), section), escape(summary or name)]
     return '\n'.join(out) + '\n'
