@@ -7,8 +7,10 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           qmail-send, qmail-smtpd and, when HOME/control/pop3checker
           exists, qmail-pop3d; starts svscan(8) on HOME/service, which
           runs supervise(8) for each service and for its log/ (multilog
-          with tai64n stamps into HOME/log/<name>); prints where to look;
-          waits.  On INT, TERM or HUP (its terminal closed), or
+          with tai64n stamps into HOME/log/<name>); prints where to look,
+          and a warning for each service that does not stay up its
+          first FLAP_WAIT seconds (qmail-smtpd on a port another MTA
+          holds), with the last line of its log; waits.  On INT, TERM or HUP (its terminal closed), or
           `qmail-svscan stop` from elsewhere,
           it stops svscan (so it restarts nothing), brings every service
           down with `svc -dx` (qmail-send finishes the deliveries under
@@ -32,6 +34,7 @@ See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +43,8 @@ import time
 from qmail.lib import auto, control
 
 STOP_TIMEOUT = 120      # seconds for qmail-send to finish its deliveries
+FLAP_WAIT = 2.0         # seconds each service must stay up after the start
+LOG_TAIL = 4096         # bytes of a log read for its last line
 
 
 INSTALLED = ('qmail-send', 'qmail-smtpd', 'qmail-pop3d')    # qmail-install's services
@@ -198,6 +203,45 @@ def stop_svscans(pids, timeout: float = 30) -> None:
             pass
 
 
+def service_pids(dirs) -> dict:
+    """{service dir: the pid svstat shows it up with, or None}."""
+    try:
+        r = subprocess.run(['svstat'] + list(dirs), capture_output=True,
+                           text=True, errors='replace', timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {d: None for d in dirs}
+    out = {d: None for d in dirs}
+    for line in r.stdout.splitlines():
+        name, _, state = line.partition(': ')
+        m = re.match(r'up \(pid (\d+)\)', state)
+        if name in out and m:
+            out[name] = int(m.group(1))
+    return out
+
+
+def last_log_line(home: str, name: str) -> str:
+    """The last line of HOME/log/<name>/current, without its stamp."""
+    try:
+        with open(os.path.join(home, 'log', name, 'current'), 'rb') as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
+            lines = f.read().decode('utf-8', 'replace').splitlines()
+    except OSError:
+        return ''
+    lines = [l for l in lines if l.strip()]
+    return re.sub(r'^@[0-9a-f]{24} ', '', lines[-1]) if lines else ''
+
+
+def not_staying_up(home: str, wait: float = FLAP_WAIT) -> list:
+    """(name, last log line) of each service (not its log) that is down
+    or was started again within wait seconds."""
+    mains = [d for d in svc_dirs(home) if not d.endswith('/log')]
+    before = service_pids(mains)
+    time.sleep(wait)
+    after = service_pids(mains)
+    return [(os.path.basename(d), last_log_line(home, os.path.basename(d)))
+            for d in mains if after[d] is None or after[d] != before[d]]
+
+
 def say(text: str, out=None):
     """A line for the admin; a terminal closed under us takes nothing
     (a write error there must not stop the stopping)."""
@@ -245,7 +289,11 @@ def start(home: str) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(running(d) for d in svc_dirs(home)):
         time.sleep(0.1)
+    failing = not_staying_up(home)
     say(intro(home))
+    for name, line in failing:
+        say('qmail-svscan: warning: %s does not stay up; its log ends: %s\n'
+            % (name, line or '(nothing)'), sys.stderr)
     while not flag and proc.poll() is None:
         time.sleep(0.5)
     say('stopping services...\n')

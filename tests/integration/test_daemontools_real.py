@@ -236,3 +236,51 @@ def test_hangup_stops_and_leftovers_block_a_second_start(supervised):
     for d in dirs:
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0, d
     assert not running()
+
+
+def test_a_service_that_does_not_stay_up_is_named_at_start(tmp_path):
+    """Another MTA on the SMTP port (exim4 on a Debian host): qmail-listen
+    cannot bind and supervise starts it again every second.  make run
+    said all was running; now it names the service and its log's last
+    line, and the rest runs on."""
+    import socket
+    import tempfile
+    top = tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp')
+    os.chmod(top, 0o755)
+    home = os.path.join(top, 'qmail')
+    port = free_port()
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
+                    '--fqdn', DOMAIN, '--smtp-port', str(port)],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(('127.0.0.1', port))
+    holder.listen(1)
+    outname = os.path.join(top, 'svscan.out')
+    proc = None
+    try:
+        with open(outname, 'wb') as out:
+            proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-svscan'), 'start'],
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={'PATH': '/usr/bin:/bin'},
+                                    cwd='/')
+        wait_for(lambda: b'does not stay up' in open(outname, 'rb').read()
+                 or b'Ctrl-C' in open(outname, 'rb').read() and proc.poll() is not None,
+                 'qmail-svscan start')
+        time.sleep(0.5)
+        text = open(outname, 'rb').read().decode()
+        assert 'qmail-svscan: warning: qmail-smtpd does not stay up; its log ends: ' in text, text
+        assert 'unable to bind' in text, text
+        assert 'qmail-send does not stay up' not in text, text
+        assert pid_of(os.path.join(home, 'service', 'qmail-send')), 'qmail-send is not up'
+    finally:
+        holder.close()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=TIMEOUT * 3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'], timeout=TIMEOUT * 3,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        remove_home(home)
