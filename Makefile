@@ -13,7 +13,7 @@ APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps
 
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix
+.PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix postfix-remove
 
 all: setup
 
@@ -80,6 +80,11 @@ stop:
 postfix:
 	test -x /usr/sbin/smtp-sink || sh bench/setup-postfix.sh || \
 	  echo "make: no smtp-sink: the crash soak test will be skipped"
+
+# Postfix and its diversions gone again: before another MTA is installed
+# on a machine make test has used (or its sendmail would be put aside).
+postfix-remove:
+	sh bench/setup-postfix.sh --remove
 
 # The tests write control files and the like as root for qmail's users to
 # read: under the umask of a hardened root (027, 077) they could not, so

@@ -19,7 +19,12 @@
 #           After: the system service is disabled and stopped.
 # Refuses:  when installing postfix would remove another package (an MTA
 #           Debian knows, such as exim4: they conflict).
-# Exits:    0 ready; 1 refused or failed.
+# --remove: undoes it: purges postfix, then takes the diversions away.  A
+#           file diverted aside meanwhile (exim4 installed later, which
+#           removed postfix: its sendmail went to sendmail.postfix, and
+#           the system had none) goes back in its place.  Run it before
+#           installing another MTA on a machine make test has used.
+# Exits:    0 ready (or removed); 1 refused or failed.
 
 set -eu
 
@@ -31,6 +36,29 @@ die() { echo "setup-postfix: fatal: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
 
 installed() { dpkg-query -W -f '${Status}' postfix 2>/dev/null | grep -q 'ok installed'; }
+
+if [ "${1:-}" = --remove ]; then
+    if dpkg-query -W postfix >/dev/null 2>&1; then
+        say "purging postfix"
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -q postfix >/dev/null ||
+            die "apt-get purge postfix failed"
+    fi
+    for f in $PATHS; do
+        [ "$(dpkg-divert --listpackage "$f")" = LOCAL ] || continue
+        [ "$(dpkg-divert --truename "$f")" = "$f.postfix" ] || continue
+        if [ -e "$f.postfix" ] || [ -L "$f.postfix" ]; then
+            # Another package's file, put aside by the diversion: back in
+            # its place, over what is there (qmail-install's link).
+            rm -f "$f"
+            dpkg-divert --local --rename --remove "$f" >/dev/null
+            say "removed the diversion of $f; its package's file is back"
+        else
+            dpkg-divert --local --no-rename --remove "$f" >/dev/null
+            say "removed the diversion of $f"
+        fi
+    done
+    exit 0
+fi
 
 if ! installed; then
     # --no-rename, not --rename: --rename would move the file that is
