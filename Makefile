@@ -13,7 +13,7 @@ APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps
 
 PYTEST_ARGS ?=
 
-.PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix postfix-remove
+.PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix postfix-remove uninstall
 
 all: setup
 
@@ -73,6 +73,12 @@ run: runtime devenv
 
 stop:
 	$(QMAIL_HOME)/bin/qmail-svscan stop
+
+# Out of service, losing no mail: refused while it runs or its queue
+# holds a message; the links of /usr/sbin/sendmail go, and the home is
+# renamed, not removed (qmail/uninstall.py).
+uninstall: devenv
+	$(DEVENV)/bin/python -m qmail.uninstall --home $(QMAIL_HOME)
 
 # Postfix's smtp-source and smtp-sink, for the soak and the benchmark,
 # installed so that Postfix never takes over the machine.  For `make test`
