@@ -235,6 +235,8 @@ def not_staying_up(home: str, wait: float = FLAP_WAIT) -> list:
     """(name, last log line) of each service (not its log) that is down
     or was started again within wait seconds."""
     mains = [d for d in svc_dirs(home) if not d.endswith('/log')]
+    if not mains:
+        return []
     before = service_pids(mains)
     time.sleep(wait)
     after = service_pids(mains)
