@@ -77,8 +77,9 @@ stop:
 # Out of service, losing no mail: refused while it runs or its queue
 # holds a message; the links of /usr/sbin/sendmail go, and the home is
 # renamed, not removed (qmail/uninstall.py).
-uninstall: devenv
-	$(DEVENV)/bin/python -m qmail.uninstall --home $(QMAIL_HOME)
+# (Debian's python3 from this tree: it installs nothing on the way out.)
+uninstall:
+	$(SYSPYTHON) -m qmail.uninstall --home $(QMAIL_HOME)
 
 # Postfix's smtp-source and smtp-sink, for the soak and the benchmark,
 # installed so that Postfix never takes over the machine.  For `make test`

@@ -24,6 +24,10 @@
 #           removed postfix: its sendmail went to sendmail.postfix, and
 #           the system had none) goes back in its place.  Run it before
 #           installing another MTA on a machine make test has used.
+#           Touches nothing without a diversion of this script's (a
+#           Postfix that is the machine's MTA), and refuses to purge one
+#           with mail in its queue or whose purge would take other
+#           packages.
 # Exits:    0 ready (or removed); 1 refused or failed.
 
 set -eu
@@ -38,7 +42,25 @@ die() { echo "setup-postfix: fatal: $*" >&2; exit 1; }
 installed() { dpkg-query -W -f '${Status}' postfix 2>/dev/null | grep -q 'ok installed'; }
 
 if [ "${1:-}" = --remove ]; then
+    ours=
+    for f in $PATHS; do
+        [ "$(dpkg-divert --listpackage "$f")" = LOCAL ] &&
+            [ "$(dpkg-divert --truename "$f")" = "$f.postfix" ] && ours=1
+    done
+    if [ -z "$ours" ]; then
+        # No diversion of ours: this Postfix (if any) is not the one this
+        # script installed, and may be the machine's MTA.
+        say "nothing of this script's to remove"
+        exit 0
+    fi
     if dpkg-query -W postfix >/dev/null 2>&1; then
+        for q in maildrop incoming active deferred hold; do
+            [ -z "$(find "/var/spool/postfix/$q" -type f -print -quit 2>/dev/null)" ] ||
+                die "/var/spool/postfix/$q holds mail: this Postfix is in use; not purging it"
+        done
+        if apt-get -s purge postfix 2>/dev/null | grep -E '^(Remv|Purg) ' | grep -qv '^[A-Za-z]* postfix '; then
+            die "purging postfix would remove other packages; do it by hand"
+        fi
         say "purging postfix"
         DEBIAN_FRONTEND=noninteractive apt-get purge -y -q postfix >/dev/null ||
             die "apt-get purge postfix failed"
@@ -48,8 +70,15 @@ if [ "${1:-}" = --remove ]; then
         [ "$(dpkg-divert --truename "$f")" = "$f.postfix" ] || continue
         if [ -e "$f.postfix" ] || [ -L "$f.postfix" ]; then
             # Another package's file, put aside by the diversion: back in
-            # its place, over what is there (qmail-install's link).
-            rm -f "$f"
+            # its place, over qmail-install's link (anything else there
+            # is someone's: left, and the diversion with it).
+            if [ -e "$f" ] || [ -L "$f" ]; then
+                case "$(readlink "$f" 2>/dev/null)" in
+                    */bin/sendmail|*/bin/qmail-qread) rm -f "$f" ;;
+                    *) say "warning: $f is neither absent nor qmail's link: left, diverted"
+                       continue ;;
+                esac
+            fi
             dpkg-divert --local --rename --remove "$f" >/dev/null
             say "removed the diversion of $f; its package's file is back"
         else

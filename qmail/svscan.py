@@ -10,7 +10,8 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           with tai64n stamps into HOME/log/<name>); prints where to look,
           and a warning for each service that does not stay up its
           first FLAP_WAIT seconds (qmail-smtpd on a port another MTA
-          holds), with the last line of its log; waits.  On INT, TERM or HUP (its terminal closed), or
+          holds), with the last line of its log (one that fails later,
+          after a DNS timeout say, is not seen); waits.  On INT, TERM or HUP (its terminal closed), or
           `qmail-svscan stop` from elsewhere,
           it stops svscan (so it restarts nothing), brings every service
           down with `svc -dx` (qmail-send finishes the deliveries under
@@ -212,10 +213,11 @@ def service_pids(dirs) -> dict:
         return {d: None for d in dirs}
     out = {d: None for d in dirs}
     for line in r.stdout.splitlines():
-        name, _, state = line.partition(': ')
-        m = re.match(r'up \(pid (\d+)\)', state)
-        if name in out and m:
-            out[name] = int(m.group(1))
+        for d in dirs:                  # (a path may hold ": " itself)
+            if line.startswith(d + ': '):
+                m = re.match(r'up \(pid (\d+)\)', line[len(d) + 2:])
+                if m:
+                    out[d] = int(m.group(1))
     return out
 
 
@@ -234,7 +236,9 @@ def last_log_line(home: str, name: str) -> str:
 def not_staying_up(home: str, wait: float = FLAP_WAIT) -> list:
     """(name, last log line) of each service (not its log) that is down
     or was started again within wait seconds."""
-    mains = [d for d in svc_dirs(home) if not d.endswith('/log')]
+    # (an admin's service kept down by its down file is not a failure)
+    mains = [d for d in svc_dirs(home) if not d.endswith('/log')
+             and not os.path.exists(os.path.join(d, 'down'))]
     if not mains:
         return []
     before = service_pids(mains)

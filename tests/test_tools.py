@@ -1364,3 +1364,20 @@ def test_closing_words_name_the_home_for_make(tmp_path):
     assert 'make stop QMAIL_HOME=%s.' % home in install.status_text(home)
     assert 'Ctrl-C or make stop QMAIL_HOME=%s stops' % home in svscan.intro(home)
     assert svscan.make_cmd('stop', '/var/qmail') == 'make stop'
+
+
+def test_svscan_reads_svstat_per_service_directory(monkeypatch):
+    """Each service's state from svstat's line for its directory (a
+    path may hold ": "); up with a pid, else None: down, want down,
+    supervise not running, unable to open."""
+    import subprocess
+    from qmail import svscan
+    dirs = ['/h: x/service/qmail-send', '/h: x/service/qmail-smtpd',
+            '/h: x/service/qmail-pop3d', '/h: x/service/other']
+    text = ('/h: x/service/qmail-send: up (pid 41) 3 seconds\n'
+            '/h: x/service/qmail-smtpd: up (pid 42) 0 seconds, want down\n'
+            '/h: x/service/qmail-pop3d: down 2 seconds, normally up\n'
+            '/h: x/service/other: unable to open supervise/ok: file does not exist\n')
+    monkeypatch.setattr(svscan.subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout=text, stderr=''))
+    assert svscan.service_pids(dirs) == {dirs[0]: 41, dirs[1]: 42, dirs[2]: None, dirs[3]: None}

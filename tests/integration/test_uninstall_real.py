@@ -83,3 +83,72 @@ def test_not_a_home_is_a_usage_error(tmp_path):
                            os.path.abspath(__file__)))))
     assert r.returncode == 100 and b'is not a qmail home' in r.stderr, r
     assert os.path.isdir(tmp_path)
+
+
+def test_any_process_working_in_the_home_refuses(home):
+    """A qmail-listen under systemd or runit is no service of
+    qmail-svscan's and holds no sendmutex: a process whose cwd is in the
+    home, or whose arguments name its programs, is seen all the same."""
+    for argv, cwd in ((['sleep', '60'], os.path.join(home, 'queue')),
+                      (['sh', '-c', 'sleep 60', os.path.join(home, 'bin', 'qmail-smtpd')], '/')):
+        proc = subprocess.Popen(argv, cwd=cwd)
+        try:
+            with pytest.raises(uninstall.Refused) as e:
+                uninstall.uninstall(home, links=())
+            assert e.value.args[0] == 111 and 'pid %d' % proc.pid in e.value.args[1], e.value.args
+            assert os.path.isdir(home)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_refusal_after_the_links_went_puts_them_back(home, tmp_path, monkeypatch):
+    """The links go first (no local injection starts while it checks
+    again); a second check that refuses, or a rename that fails, brings
+    them back."""
+    link = tmp_path / 'sendmail'
+    os.symlink(os.path.join(home, 'bin', 'sendmail'), link)
+    real_rename = os.rename
+
+    def rename(a, b):
+        raise OSError(16, 'Device or resource busy')
+    monkeypatch.setattr(uninstall.os, 'rename', rename)
+    with pytest.raises(OSError):
+        uninstall.uninstall(home, links=(str(link),))
+    assert os.readlink(link) == os.path.join(home, 'bin', 'sendmail') and os.path.isdir(home)
+    monkeypatch.setattr(uninstall.os, 'rename', real_rename)
+    calls = []
+    real_check = uninstall.check
+
+    def check(h):
+        calls.append(h)
+        if len(calls) == 2:
+            inject(home)                # an injection done between the checks
+        real_check(h)
+    monkeypatch.setattr(uninstall, 'check', check)
+    with pytest.raises(uninstall.Refused):
+        uninstall.uninstall(home, links=(str(link),))
+    assert os.readlink(link) == os.path.join(home, 'bin', 'sendmail') and os.path.isdir(home)
+
+
+def test_a_message_that_arrives_during_the_rename_is_named(home, monkeypatch):
+    real_rename = os.rename
+
+    def rename(a, b):
+        inject(home)                    # its qmail-queue was under way
+        real_rename(a, b)
+    monkeypatch.setattr(uninstall.os, 'rename', rename)
+    with pytest.raises(uninstall.Refused) as e:
+        uninstall.uninstall(home, links=())
+    assert 'arrived during the uninstall' in e.value.args[1] and 'make run' in e.value.args[1]
+
+
+def test_the_links_are_compared_as_real_paths(home, tmp_path):
+    """/var/qmail a link to the real home: the system link names the
+    link, --home the real path (or the other way): still ours."""
+    alias = tmp_path / 'qmail-alias'
+    os.symlink(home, alias)
+    link = tmp_path / 'sendmail'
+    os.symlink(str(alias / 'bin' / 'sendmail'), link)
+    uninstall.uninstall(home, links=(str(link),))
+    assert not os.path.lexists(link)
