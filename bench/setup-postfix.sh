@@ -40,14 +40,18 @@ die() { echo "setup-postfix: fatal: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
 
 installed() { dpkg-query -W -f '${Status}' postfix 2>/dev/null | grep -q 'ok installed'; }
+# $1 diverted by this script: a local diversion to $1.postfix.
+ours() {
+    [ "$(dpkg-divert --listpackage "$1")" = LOCAL ] &&
+        [ "$(dpkg-divert --truename "$1")" = "$1.postfix" ]
+}
 
 if [ "${1:-}" = --remove ]; then
-    ours=
+    mine=
     for f in $PATHS; do
-        [ "$(dpkg-divert --listpackage "$f")" = LOCAL ] &&
-            [ "$(dpkg-divert --truename "$f")" = "$f.postfix" ] && ours=1
+        ! ours "$f" || mine=1
     done
-    if [ -z "$ours" ]; then
+    if [ -z "$mine" ]; then
         # No diversion of ours: this Postfix (if any) is not the one this
         # script installed, and may be the machine's MTA.
         say "nothing of this script's to remove"
@@ -66,12 +70,11 @@ if [ "${1:-}" = --remove ]; then
             die "apt-get purge postfix failed"
     fi
     for f in $PATHS; do
-        [ "$(dpkg-divert --listpackage "$f")" = LOCAL ] || continue
-        [ "$(dpkg-divert --truename "$f")" = "$f.postfix" ] || continue
+        ours "$f" || continue
         if [ -e "$f.postfix" ] || [ -L "$f.postfix" ]; then
             # Another package's file, put aside by the diversion: back in
-            # its place, over qmail-install's link (anything else there
-            # is someone's: left, and the diversion with it).
+            # its place, over a link to qmail's program (anything else
+            # there is someone's: left, and the diversion with it).
             if [ -e "$f" ] || [ -L "$f" ]; then
                 case "$(readlink "$f" 2>/dev/null)" in
                     */bin/sendmail|*/bin/qmail-qread) rm -f "$f" ;;

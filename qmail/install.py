@@ -749,9 +749,9 @@ def install_man(home, gids):
     """HOME/man: a page per program in bin/, made from the description
     that opens its module (qmail.lib.manpage), the pages of qmail/man
     (file formats and the like, written by hand), qmail-control(5) from
-    the source's control/README, and qmail(7), the list of them all.  With HOME/bin in PATH, man(1)
-    finds them (man-db looks in ../man of each PATH directory);
-    MANPATH=HOME/man does it otherwise."""
+    the source's control/README, and qmail(7), the list of them all.
+    With HOME/bin in PATH, man(1) finds them (man-db looks in ../man of
+    each PATH directory); MANPATH=HOME/man does it otherwise."""
     pkg = os.path.join(home, 'lib', 'python', 'qmail')
     index = []
     for name, module in ([(p[0], p[1]) for p in PROGRAMS] + [('qmail-queue', 'queue')]

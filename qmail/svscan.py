@@ -11,12 +11,12 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           and a warning for each service that does not stay up its
           first FLAP_WAIT seconds (qmail-smtpd on a port another MTA
           holds), with the last line of its log (one that fails later,
-          after a DNS timeout say, is not seen); waits.  On INT, TERM or HUP (its terminal closed), or
-          `qmail-svscan stop` from elsewhere,
-          it stops svscan (so it restarts nothing), brings every service
-          down with `svc -dx` (qmail-send finishes the deliveries under
-          way; nothing queued is lost) and waits for each supervise to
-          exit.
+          after a DNS timeout say, is not seen); waits.  On INT, TERM or
+          HUP (its terminal closed), or `qmail-svscan stop` from
+          elsewhere, it stops svscan (so it restarts nothing), brings
+          every service down with `svc -dx` (qmail-send finishes the
+          deliveries under way; nothing queued is lost) and waits for
+          each supervise to exit.
           With no foreground qmail-svscan (killed uncleanly), stop first
           stops any svscan left running on HOME/service.
           status: svstat for every service.  running: exit 0 if this
@@ -206,12 +206,12 @@ def stop_svscans(pids, timeout: float = 30) -> None:
 
 def service_pids(dirs) -> dict:
     """{service dir: the pid svstat shows it up with, or None}."""
+    out = {d: None for d in dirs}
     try:
         r = subprocess.run(['svstat'] + list(dirs), capture_output=True,
                            text=True, errors='replace', timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return {d: None for d in dirs}
-    out = {d: None for d in dirs}
+        return out
     for line in r.stdout.splitlines():
         for d in dirs:                  # (a path may hold ": " itself)
             if line.startswith(d + ': '):

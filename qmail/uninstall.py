@@ -33,6 +33,7 @@ import os
 import sys
 import time
 
+from qmail import svscan
 from qmail.install import DEFAULT_HOME, SYSTEM_LINKS
 
 PROG = 'qmail-uninstall'
@@ -67,22 +68,21 @@ def processes_in(home: str) -> list:
     programs (cwd under it, or an argument naming a path under it):
     qmail-send and its children, qmail-listen, supervise and multilog,
     whoever started them (qmail-svscan, systemd, runit)."""
-    top = os.path.realpath(home)
-    inside = top.encode() + b'/'
+    inside = os.fsencode(os.path.realpath(home)) + b'/'
     mine = ancestors()
     out = []
     for entry in os.listdir('/proc'):
         if not entry.isdigit() or int(entry) in mine:
             continue
+        pid = int(entry)
         try:
-            cwd = os.readlink('/proc/%s/cwd' % entry).encode()
-            with open('/proc/%s/cmdline' % entry, 'rb') as f:
-                args = f.read().split(b'\0')
+            cwd = os.fsencode(os.readlink('/proc/%d/cwd' % pid))
         except OSError:                 # gone, or a kernel thread
             continue
+        args = svscan.cmdline(pid) or []
         if (cwd + b'/').startswith(inside) or any(a.startswith(inside) for a in args):
-            name = os.path.basename(args[0]).decode('utf-8', 'replace') if args[0] else '?'
-            out.append((int(entry), name))
+            name = os.path.basename(args[0]).decode('utf-8', 'replace') if args else '?'
+            out.append((pid, name))
     return out
 
 
@@ -91,13 +91,9 @@ def ancestors() -> set:
     stand in HOME: that is no use of it)."""
     out = set()
     pid = os.getpid()
-    while pid > 1 and pid not in out:
+    while pid is not None and pid > 1 and pid not in out:
         out.add(pid)
-        try:
-            with open('/proc/%d/stat' % pid, 'rb') as f:
-                pid = int(f.read().rsplit(b')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = svscan.parent_of(pid)
     return out
 
 
