@@ -88,6 +88,7 @@ SLEEP_FOREVER = 86400     # longest wait in poll()
 QUEUED_PID = None         # qmail-queued's, when qmail-start forked it
 SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
 SLEEP_SYSFAIL = 123       # retry after a system failure
+FAILED = False            # preprocess_write: a todo/ it warned about
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
@@ -274,6 +275,15 @@ def chan_records(data: bytes):
         pos = end + 1
 
 
+def todo_identity(fn):
+    """(inode, ctime) of a todo/ file, or None if it is gone."""
+    try:
+        st = os.stat(fn)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
 class Send:
     inline = False              # crash tests: disk work done at once, in order
     direct_max = 0              # messages delivered direct at once (main: DIRECT_MAX)
@@ -325,6 +335,9 @@ class Send:
         self.clean_buf = b''
         self.preprocessing = False      # a batch of todo/ being written
         self.unsettled = {}             # messid -> jobs waiting to finish
+        self.todo_held = {}             # messid -> (when, identity): a todo/
+                                        # that failed (with a warning), tried
+                                        # again then or once it is another file
         self.freshbytes = 0             # the records' bytes in self.fresh
         self.fresh = {}                 # (channel, messid) -> (records,
                                         # sender, birth) of a new message
@@ -1279,6 +1292,9 @@ class Send:
                 self.pausedir('todo')
                 return
             self.nexttodorun = self.recent + SLEEP_TODO
+            if self.todo_held:          # (a held file removed is never listed again)
+                self.todo_held = {m: h for m, h in self.todo_held.items()
+                                  if h[0] > self.recent}
         batch = []
         room = min(TODO_BATCH, self.settle_room())
         while len(batch) < room:
@@ -1287,10 +1303,22 @@ class Send:
                 self.tododir = None
                 break
             messid = parse_messid(name)
-            if messid is not None and messid not in self.unsettled:
+            if (messid is not None and messid not in self.unsettled
+                    and not self.todo_holds(messid)):
                 batch.append(messid)
         if batch:
             self.preprocess_batch(batch)
+
+    def todo_holds(self, messid) -> bool:
+        """Whether todo/'s messid waits after a failure: until its time,
+        unless the name is now another file (removed, a new message's)."""
+        held = self.todo_held.get(messid)
+        if held is None:
+            return False
+        if held[0] > self.recent and todo_identity(self.fn('todo', messid)) == held[1]:
+            return True
+        del self.todo_held[messid]
+        return False
 
     def preprocess(self, messid):
         """todo/ -> info/, local/, remote/ (INTERNALS section 4)."""
@@ -1307,12 +1335,14 @@ class Send:
         deliver but not finish: a crash before then leaves its todo/, and
         the next start preprocesses and delivers it again (at worst twice,
         never lost, as a crash between a delivery and its D mark).  A
-        message whose files cannot be written keeps todo/ for the next
-        scan; qmail-clean is asked again, after SLEEP_SYSFAIL, for a todo/
-        it could not remove; a message whose files cannot be fsynced stays
-        unsettled until the next start, with an alert (a second fsync
-        proves nothing).  One batch is written at a time: todo_do waits
-        for it."""
+        message whose todo/ cannot be read or whose files cannot be
+        written keeps todo/, with a warning, and no scan tries it again
+        for SLEEP_SYSFAIL (qmail's tried it at every scan: each injection
+        logged the warning again); qmail-clean is asked again, after
+        SLEEP_SYSFAIL, for a todo/ it could not remove; a message whose
+        files cannot be fsynced stays unsettled until the next start, with
+        an alert (a second fsync proves nothing).  One batch is written at
+        a time: todo_do waits for it."""
         self.preprocessing = True
         routing = self.c.routing        # one batch, one set of rules
         out = []
@@ -1322,15 +1352,26 @@ class Send:
             0, self.direct_max - len(self.directs))
 
         def work():
-            return [got for got in (self.preprocess_write(m, routing, out) for m in messids)
-                    if got is not None]
-        self.bg.submit(work, lambda made: self.preprocess_written(made, out))
+            made, failed = [], []
+            for m in messids:
+                got = self.preprocess_write(m, routing, out)
+                if got is FAILED:
+                    failed.append((m, todo_identity(self.fn('todo', m))))
+                elif got is not None:
+                    made.append(got)
+            return made, failed
+        self.bg.submit(work, lambda result: self.preprocess_written(*result, out))
 
-    def preprocess_written(self, made, out):
+    def preprocess_written(self, made, failed, out):
         for line in out:
             log(line)
         self.preprocessing = False
         now = int(time.time())
+        for messid, identity in failed:
+            if identity is not None:
+                self.todo_held[messid] = now + SLEEP_SYSFAIL, identity
+        for made_one in made:
+            self.todo_held.pop(made_one[0], None)
         for messid, chans, files, _, sender in made:
             if files is None:           # to be delivered direct
                 if not self.flagexitasap:   # (else todo/ stays for the next start)
@@ -1429,10 +1470,10 @@ class Send:
     def preprocess_write(self, messid, routing, out):
         """Background: one message's info/ and channel files, written,
         not yet synced: (messid, chans, [(path, fd)], [stale paths it
-        removed], sender), or None after a warning; files None and
-        nothing written for a message to deliver direct (direct_room
-        left, local recipients only, at most DIRECT_RCPT, and no stale
-        file of an earlier try).  Its log lines are appended to out."""
+        removed], sender); FAILED after a warning, None if todo/ is
+        gone; files None and nothing written for a message to deliver
+        direct (direct_room left, local recipients only, at most
+        DIRECT_RCPT, and no stale file of an earlier try).  Its log lines are appended to out."""
         fn = self.fn('todo', messid)
         try:
             envelope = slurp(fn)
@@ -1440,13 +1481,13 @@ class Send:
             return None                 # done since the listing
         except OSError:
             out.append('warning: unable to open %s\n' % fn)
-            return None
+            return FAILED
         fn = self.fn('mess', messid)
         try:
             size = os.stat(fn).st_size
         except OSError:
             out.append('warning: unable to stat %s\n' % fn)
-            return None
+            return FAILED
         # bounce/ too: a failure reported before a crash interrupted the
         # last preprocessing (deliveries start before todo/ goes) is
         # reported again when the delivery is tried again.
@@ -1460,7 +1501,7 @@ class Send:
                 pass
             except OSError:
                 out.append('warning: unable to unlink %s\n' % fn)
-                return None
+                return FAILED
         info = []
         news = []       # logged once the message is the queue's (C: once info/ is made)
         chans = [bytearray(), bytearray()]
@@ -1481,10 +1522,10 @@ class Send:
                 chans[c] += b'T' + addr + b'\0'
             else:
                 out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
-                return None
+                return FAILED
         if not info:
             out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
-            return None
+            return FAILED
         if (self.direct_room > 0 and not stale and not chans[1]
                 and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
             self.direct_room -= 1
@@ -1493,7 +1534,7 @@ class Send:
         files, ok = self.write_files(messid, (('info', b''.join(info)), ('local', chans[0]),
                                               ('remote', chans[1])), out)
         if not ok:
-            return None
+            return FAILED
         out.extend(news)
         return messid, chans, files, stale, info[0][1:-1]
 

@@ -462,3 +462,50 @@ def test_a_messages_local_and_remote_deliveries_start_in_turn(s, monkeypatch):
     started = [line.split(' to ')[1].split(' ')[0] for line in s.log
                if line.startswith('starting delivery')]
     assert started == ['local', 'remote'] * 3, s.log
+
+
+def scan(s, recent):
+    """One whole todo/ scan, as a trigger pull starts it."""
+    s.recent = recent
+    s.tododir = None
+    s.todo_do(True)
+    while s.tododir is not None:
+        s.todo_do(True)
+
+
+def test_a_todo_that_failed_waits_sysfail_not_the_next_scan(s, monkeypatch):
+    """A todo/ that could not be preprocessed (here: disk full for its
+    info/) is tried again SLEEP_SYSFAIL later, not at every scan: each
+    injection's scan logged its warning again."""
+    s.direct_max = 0                            # info/ and local/ to be written
+    queue(s, 41, [b'u@here.example'])
+    full = disk_full_for(monkeypatch, qfn('info', 41, SPLIT))
+    now = int(time.time())
+    scan(s, now)
+    warning = 'warning: unable to create %s\n' % qfn('info', 41, SPLIT)
+    assert s.log.count(warning) == 1 and 'new msg 41\n' not in s.log
+    full[0] = False
+    for t in (now + 1, now + 60, now + send.SLEEP_SYSFAIL - 1):
+        scan(s, t)
+    assert s.log.count(warning) == 1 and 'new msg 41\n' not in s.log
+    scan(s, now + send.SLEEP_SYSFAIL + 1)
+    assert 'new msg 41\n' in s.log and 41 not in s.todo_held
+    assert os.path.exists(qfn('info', 41, SPLIT))
+    assert not os.path.exists(qfn('todo', 41, SPLIT))
+
+
+def test_a_held_todo_replaced_by_another_file_is_taken_at_once(s):
+    """The hold is the failed file's: a new todo/ under that name (the
+    old one removed, the inode number given to a new message) is not
+    kept waiting."""
+    put(qfn('mess', 42, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('todo', 42, SPLIT), b'u0\0p1\0Fa@b\0Xc@d\0')
+    now = int(time.time())
+    scan(s, now)
+    assert s.log.count('warning: unknown record type in todo/42\n') == 1
+    scan(s, now + 1)
+    assert s.log.count('warning: unknown record type in todo/42\n') == 1
+    os.unlink(qfn('todo', 42, SPLIT))
+    queue(s, 42, [b'u@here.example'])
+    scan(s, now + 2)
+    assert 'new msg 42\n' in s.log and 42 in s.directs and 42 not in s.todo_held

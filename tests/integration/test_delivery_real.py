@@ -389,6 +389,38 @@ def test_lost_trigger_pull_still_noticed(world):
         os.rename(trigger + '.off', trigger)
 
 
+def test_a_broken_todo_is_warned_about_once_not_at_every_injection(world):
+    """A todo/ file qmail-send cannot take (an unknown record) stays, with
+    one warning; the scans that each injection starts (two or three:
+    the trigger, the inotify watch) leave it alone for SLEEP_SYSFAIL
+    instead of logging the warning again each time."""
+    home, u2 = world['home'], world['u2']
+    q = os.path.join(home, 'queue')
+    split = len(os.listdir(os.path.join(q, 'mess')))
+    messid = 987654321          # an inode no new message gets here
+    mess = os.path.join(q, 'mess', str(messid % split), str(messid))
+    todo = os.path.join(q, 'todo', str(messid))
+    with open(mess, 'wb') as f:
+        f.write(b'Subject: broken\n\nb\n')
+    with open(todo, 'wb') as f:
+        f.write(b'u0\0p1\0Fa@b\0Xc@d\0\0')
+    for path in (mess, todo):
+        os.chown(path, pwd_uid('qmailq'), os.stat(q).st_gid)
+    warning = 'warning: unknown record type in todo/%d' % messid
+    try:
+        before = listing(u2)
+        for i in range(4):
+            queue_raw(home, 'x@example.com', ['qmtu2@' + DOMAIN],
+                      b'Subject: next to a broken todo %d\n\nb\n' % i)
+            wait_new(u2, before, count=i + 1)
+        world['mta'].wait_log(warning)
+        assert world['mta'].log().count(warning) == 1, world['mta'].log()[-3000:]
+        assert os.path.exists(todo) and os.path.exists(mess)    # nothing taken away
+    finally:
+        for path in (todo, mess):
+            os.unlink(path)
+
+
 def test_injection_goes_through_qmail_queued(world, test_user):
     """With the MTA running, sendmail's message reaches the queue through
     qmail-queued: it arrives even while bin/qmail-queue cannot run, and
