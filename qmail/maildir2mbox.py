@@ -79,23 +79,67 @@ def gfrom(line: bytes) -> bool:
     return line.lstrip(b'>').startswith(b'From ')
 
 
-def mbox_lines(lines, when: int):
-    """The mbox form of a message given as its lines: From_ line, the
+def mbox_lines(pieces, when: int):
+    """The mbox form of a message given as pieces of its lines, in order
+    (whole lines, or a long line in several pieces): From_ line, the
     lines with >From quoting, a blank line.  A last line without a
-    newline gets one.  (maildir2mbox.c drops such a line: a bug.)"""
+    newline gets one.  (maildir2mbox.c drops such a line: a bug.)
+
+    Memory stays bounded whatever the lines' length: a line's leading
+    '>'s are counted, not held, until the bytes after them decide its
+    quoting."""
     first = True
-    for line in lines:
+    start = (0, b'')    # a line's beginning: ('>'s, up to 5 bytes after them)
+    for piece in pieces:
         if first:
-            yield ufline(line, when)
+            yield ufline(piece, when)
             first = False
-        if gfrom(line):
-            yield b'>'
-        yield line
-        if not line.endswith(b'\n'):
-            yield b'\n'
+        if start is None:                   # within a line
+            yield piece
+        else:
+            gts, head = start
+            if not head:
+                rest = piece.lstrip(b'>')
+                gts += len(piece) - len(rest)
+            else:
+                rest = piece
+            take = 5 - len(head)
+            head, rest = head + rest[:take], rest[take:]
+            if len(head) < 5 and b'\n' not in head:
+                start = gts, head           # undecided: the next piece tells
+                continue
+            yield from line_start(gts, head)
+            yield rest
+            piece = rest or head
+        start = (0, b'') if piece.endswith(b'\n') else None
     if first:
         yield ufline(b'', when)
+    if start is not None and start != (0, b''):
+        yield from line_start(*start)       # a short last line, undecided
+        start = None
+    if start is None:
+        yield b'\n'
     yield b'\n'
+
+
+def line_start(gts: int, head: bytes):
+    """A line's beginning, its '>'s given as a count: quoted if they and
+    head make a From_ line, the '>'s written a buffer at a time."""
+    if head.startswith(b'From '):
+        yield b'>'
+    while gts > 0:
+        yield b'>' * min(gts, BUFSIZE)
+        gts -= BUFSIZE
+    yield head
+
+
+def message_pieces(f):
+    """A message file's lines, a long one in pieces of at most BUFSIZE."""
+    while True:
+        piece = f.readline(BUFSIZE)
+        if not piece:
+            return
+        yield piece
 
 
 # ---------------------------------------------------------------- the maildir
@@ -195,7 +239,7 @@ def append_message(path: bytes, when: int, out) -> None:
         raise Fatal(b'unable to read $MAILDIR/' + path + b': ' + errstr(err))
     with f:
         try:
-            for piece in mbox_lines(f, when):
+            for piece in mbox_lines(message_pieces(f), when):
                 out(piece)      # write errors are Fatal, not OSError
         except OSError as err:
             raise Fatal(b'unable to read $MAILDIR/' + path + b': '

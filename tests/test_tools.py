@@ -512,6 +512,53 @@ def test_gfrom(line, want):
     assert got == want, '%r: got %r want %r' % (line, got, want)
 
 
+def mbox_by_whole_lines(lines, when):
+    """mbox_lines as it was, each line held whole: the reference."""
+    out = []
+    for i, line in enumerate(lines):
+        if i == 0:
+            out.append(maildir2mbox.ufline(line, when))
+        if maildir2mbox.gfrom(line):
+            out.append(b'>')
+        out.append(line if line.endswith(b'\n') else line + b'\n')
+    if not lines:
+        out.append(maildir2mbox.ufline(b'', when))
+    return b''.join(out) + b'\n'
+
+
+def test_mbox_lines_in_pieces_as_whole_lines():
+    """Lines cut into pieces anywhere (as a long line is read) give the
+    same mbox as whole lines: the quoting of a line is decided by its
+    beginning however it was cut."""
+    import random
+    rnd = random.Random(4)
+    alphabet = [b'>', b'F', b'r', b'o', b'm', b' ', b'x', b'\n', b'From ', b'>>From ']
+    for _ in range(3000):
+        message = b''.join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 25)))
+        lines = message.splitlines(keepends=True)
+        pieces, rest = [], message
+        while rest:
+            line_end = rest.find(b'\n') + 1 or len(rest)
+            n = rnd.randrange(1, line_end + 1)      # within one line, as readline(limit)
+            pieces.append(rest[:n])
+            rest = rest[n:]
+        got = b''.join(maildir2mbox.mbox_lines(pieces, 0))
+        assert got == mbox_by_whole_lines(lines, 0), (message, pieces)
+
+
+def test_maildir2mbox_a_long_line_is_not_held_whole(tmp_path):
+    """A line of 300,000 '>'s and then "From " is read and written a
+    buffer at a time, and still quoted."""
+    line = b'>' * 300000 + b'From x ' + b'y' * 200000 + b'\n'
+    path = tmp_path / 'm'
+    path.write_bytes(b'Subject: s\n\n' + line + b'end')
+    with maildir2mbox.open_message(str(path).encode()) as f:
+        pieces = list(maildir2mbox.mbox_lines(maildir2mbox.message_pieces(f), 0))
+    assert max(map(len, pieces)) <= maildir2mbox.BUFSIZE
+    got = b''.join(pieces)
+    assert got.endswith(b'Subject: s\n\n>' + line + b'end\n\n')
+
+
 def make_maildir(root):
     for sub in ('tmp', 'new', 'cur'):
         (root / sub).mkdir(parents=True)
