@@ -244,11 +244,22 @@ class Delivery:
 
 
 class Pass:
-    """The recipient list being read for one channel."""
-    __slots__ = ('job', 'records', 'index')
+    """The recipient list being read for one channel: the file's bytes
+    and the offset of its next record, each record cut out as it is
+    reached (as qmail reads it, a record at a time: a list post's
+    hundreds of thousands of recipients cost their bytes, not an
+    object each)."""
+    __slots__ = ('job', 'data', 'pos')
 
-    def __init__(self, job, records):
-        self.job, self.records, self.index = job, records, 0
+    def __init__(self, job, data):
+        self.job, self.data, self.pos = job, data, 0
+
+    def peek(self):
+        """(offset, record) of the next record, or None at the end."""
+        end = self.data.find(b'\0', self.pos)
+        if end == -1:
+            return None
+        return self.pos, self.data[self.pos:end]
 
 
 class Direct:
@@ -264,14 +275,15 @@ class Direct:
         self.job = None
 
 
-def chan_records(data: bytes):
-    """[(offset, record)] of a local/ or remote/ file (T or D records)."""
-    out, pos = [], 0
+def records(data: bytes):
+    """The \\0-ended records of an envelope, one at a time (what follows
+    the last \\0 is none)."""
+    pos = 0
     while True:
         end = data.find(b'\0', pos)
         if end == -1:
-            return out
-        out.append((pos, data[pos:end]))
+            return
+        yield data[pos:end]
         pos = end + 1
 
 
@@ -986,19 +998,20 @@ class Send:
             if direct is not None:
                 job.direct = direct
                 direct.job = job
-            p = self.passes[c] = Pass(job, chan_records(data))
-        if p.index >= len(p.records):
+            p = self.passes[c] = Pass(job, data)
+        step = p.peek()
+        if step is None:
             # At once, slot or none: a job whose pass is over can end with
             # its last report (del_reports).
             p.job.flaghiteof = True
             self.job_close(p.job)
             self.passes[c] = None
             return True
-        pos, record = p.records[p.index]
+        pos, record = step
         tag = record[:1]
         if tag == b'T' and not self.del_avail(c):
             return False
-        p.index += 1
+        p.pos = pos + len(record) + 1
         if tag == b'T':
             p.job.numtodo += 1
             self.del_start(p.job, pos, record[1:])
@@ -1131,7 +1144,7 @@ class Send:
         qmail-clean remove todo/ (durably, with intd/), then mess/
         (preprocess_cleaned).  Else spill it."""
         d, messid = job.direct, job.id
-        left = len(chan_records(d.data)) > len(d.marked)
+        left = d.data.count(b'\0') > len(d.marked)
         if not d.failed and not left:
             log('end msg %d\n' % messid)
             self.preprocess_synced([(messid, None)])
@@ -1506,7 +1519,7 @@ class Send:
         news = []       # logged once the message is the queue's (C: once info/ is made)
         chans = [bytearray(), bytearray()]
         uid = pid = 0
-        for record in envelope.split(b'\0')[:-1]:
+        for record in records(envelope):
             tag = record[:1]
             if tag == b'u':             # (for the log line only)
                 uid = control.scan_ulong(record[1:])

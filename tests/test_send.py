@@ -3,7 +3,7 @@
 import pytest
 
 from qmail import send_rules as r
-from qmail.send import chan_records
+from qmail.send import Pass, records
 
 ROUTING = r.Routing(
     locals_=[b'example.org', b'LOCALHOST'],
@@ -167,10 +167,29 @@ def test_logsafe(text, want):
     assert r.logsafe(text) == want
 
 
-def test_chan_records():
+def steps(data):
+    """What a pass over a channel file reads, record by record."""
+    p, out = Pass(None, data), []
+    while (step := p.peek()) is not None:
+        assert p.peek() == step                 # (a step not taken is read again)
+        out.append(step)
+        p.pos = step[0] + len(step[1]) + 1
+    return out
+
+
+def test_pass_reads_records_one_at_a_time():
     data = b'Ta@b\0Dc@d\0Te@f\0'
-    assert chan_records(data) == [(0, b'Ta@b'), (5, b'Dc@d'), (10, b'Te@f')]
-    assert chan_records(b'Ta@b\0Tpartial') == [(0, b'Ta@b')]
+    assert steps(data) == [(0, b'Ta@b'), (5, b'Dc@d'), (10, b'Te@f')]
+    assert steps(b'Ta@b\0Tpartial') == [(0, b'Ta@b')]
+    assert steps(b'') == [] and steps(b'\0') == [(0, b'')]
+
+
+def test_envelope_records():
+    assert list(records(b'u0\0p1\0Fa@b\0Tc@d\0')) == [b'u0', b'p1', b'Fa@b', b'Tc@d']
+    assert list(records(b'Fa@b\0Tc@d\0\0')) == [b'Fa@b', b'Tc@d', b'']
+    assert list(records(b'Fa@b\0Tpartial')) == [b'Fa@b']
+    for data in (b'', b'a\0b', b'\0\0x\0', b'Fa\0Tb\0Tc\0'):
+        assert list(records(data)) == data.split(b'\0')[:-1]
 
 
 def test_a_bug_is_logged_as_an_alert_before_the_exit(monkeypatch):
