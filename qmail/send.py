@@ -88,7 +88,6 @@ SLEEP_FOREVER = 86400     # longest wait in poll()
 QUEUED_PID = None         # qmail-queued's, when qmail-start forked it
 SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
 SLEEP_SYSFAIL = 123       # retry after a system failure
-FAILED = False            # preprocess_write: a todo/ it warned about
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
@@ -287,13 +286,24 @@ def records(data: bytes):
         pos = end + 1
 
 
-def todo_identity(fn):
-    """(inode, ctime) of a todo/ file, or None if it is gone."""
-    try:
-        st = os.stat(fn)
-    except OSError:
-        return None
+def todo_identity(fn, st=None):
+    """(inode, ctime) of a todo/ file (st: its stat, if taken), or None
+    if it cannot be looked at (then nothing holds it)."""
+    if st is None:
+        try:
+            st = os.stat(fn)
+        except OSError:
+            return None
     return st.st_ino, st.st_ctime_ns
+
+
+class Failed:
+    """preprocess_write's answer for a todo/ it warned about: the
+    identity of the file it read, to hold (Send.todo_held)."""
+    __slots__ = ('identity',)
+
+    def __init__(self, identity):
+        self.identity = identity
 
 
 class Send:
@@ -502,6 +512,9 @@ class Send:
                     log('warning: unable to utime %s; message will be retried too soon\n' % fn)
 
     def pqrun(self):
+        """ALRM: every job due now, and every held todo/ tried at once."""
+        self.todo_held.clear()
+        self.nexttodorun = self.recent
         for c in (0, 1):
             self.pqchan[c] = [(self.recent, m) for _, m in self.pqchan[c]]
             heapq.heapify(self.pqchan[c])
@@ -1328,7 +1341,9 @@ class Send:
         held = self.todo_held.get(messid)
         if held is None:
             return False
-        if held[0] > self.recent and todo_identity(self.fn('todo', messid)) == held[1]:
+        # (a clock stepped back does not make the hold longer)
+        if (0 < held[0] - self.recent <= SLEEP_SYSFAIL
+                and todo_identity(self.fn('todo', messid)) == held[1]):
             return True
         del self.todo_held[messid]
         return False
@@ -1351,7 +1366,8 @@ class Send:
         message whose todo/ cannot be read or whose files cannot be
         written keeps todo/, with a warning, and no scan tries it again
         for SLEEP_SYSFAIL (qmail's tried it at every scan: each injection
-        logged the warning again); qmail-clean is asked again, after
+        logged the warning again), then a scan does (or at once on ALRM);
+        qmail-clean is asked again, after
         SLEEP_SYSFAIL, for a todo/ it could not remove; a message whose
         files cannot be fsynced stays unsettled until the next start, with
         an alert (a second fsync proves nothing).  One batch is written at
@@ -1368,8 +1384,8 @@ class Send:
             made, failed = [], []
             for m in messids:
                 got = self.preprocess_write(m, routing, out)
-                if got is FAILED:
-                    failed.append((m, todo_identity(self.fn('todo', m))))
+                if isinstance(got, Failed):
+                    failed.append((m, got.identity))
                 elif got is not None:
                     made.append(got)
             return made, failed
@@ -1383,6 +1399,8 @@ class Send:
         for messid, identity in failed:
             if identity is not None:
                 self.todo_held[messid] = now + SLEEP_SYSFAIL, identity
+                # a scan is due when the hold ends, not at the next trigger
+                self.nexttodorun = min(self.nexttodorun, now + SLEEP_SYSFAIL)
         for made_one in made:
             self.todo_held.pop(made_one[0], None)
         for messid, chans, files, _, sender in made:
@@ -1483,24 +1501,26 @@ class Send:
     def preprocess_write(self, messid, routing, out):
         """Background: one message's info/ and channel files, written,
         not yet synced: (messid, chans, [(path, fd)], [stale paths it
-        removed], sender); FAILED after a warning, None if todo/ is
+        removed], sender); a Failed after a warning, None if todo/ is
         gone; files None and nothing written for a message to deliver
         direct (direct_room left, local recipients only, at most
-        DIRECT_RCPT, and no stale file of an earlier try).  Its log lines are appended to out."""
+        DIRECT_RCPT, and no stale file of an earlier try).  Its log
+        lines are appended to out."""
         fn = self.fn('todo', messid)
         try:
-            envelope = slurp(fn)
+            envelope, st = slurp(fn, want_stat=True)
         except FileNotFoundError:
             return None                 # done since the listing
         except OSError:
             out.append('warning: unable to open %s\n' % fn)
-            return FAILED
+            return Failed(todo_identity(fn))
+        failed = Failed(todo_identity(fn, st))
         fn = self.fn('mess', messid)
         try:
             size = os.stat(fn).st_size
         except OSError:
             out.append('warning: unable to stat %s\n' % fn)
-            return FAILED
+            return failed
         # bounce/ too: a failure reported before a crash interrupted the
         # last preprocessing (deliveries start before todo/ goes) is
         # reported again when the delivery is tried again.
@@ -1514,7 +1534,7 @@ class Send:
                 pass
             except OSError:
                 out.append('warning: unable to unlink %s\n' % fn)
-                return FAILED
+                return failed
         info = []
         news = []       # logged once the message is the queue's (C: once info/ is made)
         chans = [bytearray(), bytearray()]
@@ -1535,10 +1555,10 @@ class Send:
                 chans[c] += b'T' + addr + b'\0'
             else:
                 out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
-                return FAILED
+                return failed
         if not info:
             out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
-            return FAILED
+            return failed
         if (self.direct_room > 0 and not stale and not chans[1]
                 and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
             self.direct_room -= 1
@@ -1547,7 +1567,7 @@ class Send:
         files, ok = self.write_files(messid, (('info', b''.join(info)), ('local', chans[0]),
                                               ('remote', chans[1])), out)
         if not ok:
-            return FAILED
+            return failed
         out.extend(news)
         return messid, chans, files, stale, info[0][1:-1]
 

@@ -484,6 +484,7 @@ def test_a_todo_that_failed_waits_sysfail_not_the_next_scan(s, monkeypatch):
     scan(s, now)
     warning = 'warning: unable to create %s\n' % qfn('info', 41, SPLIT)
     assert s.log.count(warning) == 1 and 'new msg 41\n' not in s.log
+    assert s.nexttodorun <= now + send.SLEEP_SYSFAIL      # a scan is due then
     full[0] = False
     for t in (now + 1, now + 60, now + send.SLEEP_SYSFAIL - 1):
         scan(s, t)
@@ -509,3 +510,29 @@ def test_a_held_todo_replaced_by_another_file_is_taken_at_once(s):
     queue(s, 42, [b'u@here.example'])
     scan(s, now + 2)
     assert 'new msg 42\n' in s.log and 42 in s.directs and 42 not in s.todo_held
+
+
+def test_alrm_tries_a_held_todo_at_once(s):
+    """After the admin repaired what failed, ALRM (qmail-send's "try
+    everything now") lifts the hold: the next pass of the loop scans."""
+    put(qfn('mess', 43, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('todo', 43, SPLIT), b'u0\0p1\0Fa@b\0Xc@d\0')
+    now = int(time.time())
+    scan(s, now)
+    assert 43 in s.todo_held
+    put(qfn('todo', 43, SPLIT), b'u0\0p1\0Fa@b\0Tu@here.example\0')    # repaired in place
+    s.recent = now + 1
+    s.pqrun()
+    assert not s.todo_held and s.nexttodorun <= s.recent
+    scan(s, now + 1)
+    assert 'new msg 43\n' in s.log
+
+
+def test_a_clock_stepped_back_does_not_lengthen_a_hold(s):
+    put(qfn('mess', 44, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('todo', 44, SPLIT), b'u0\0p1\0Fa@b\0Xc@d\0')
+    now = int(time.time())
+    scan(s, now)
+    assert s.log.count('warning: unknown record type in todo/44\n') == 1
+    scan(s, now - 3600)                         # an hour back: tried again
+    assert s.log.count('warning: unknown record type in todo/44\n') == 2

@@ -402,10 +402,11 @@ def test_a_broken_todo_is_warned_about_once_not_at_every_injection(world):
     todo = os.path.join(q, 'todo', str(messid))
     with open(mess, 'wb') as f:
         f.write(b'Subject: broken\n\nb\n')
-    with open(todo, 'wb') as f:
+    with open(todo + '.tmp', 'wb') as f:   # (whole when qmail-send sees it)
         f.write(b'u0\0p1\0Fa@b\0Xc@d\0\0')
-    for path in (mess, todo):
+    for path in (mess, todo + '.tmp'):
         os.chown(path, pwd_uid('qmailq'), os.stat(q).st_gid)
+    os.rename(todo + '.tmp', todo)
     warning = 'warning: unknown record type in todo/%d' % messid
     try:
         before = listing(u2)
