@@ -30,6 +30,7 @@ from qmail.except_ import errstr, internal_bug, say
 FATAL = b'maildir2mbox: fatal: '
 WARNING = b'maildir2mbox: warning: '
 BUFSIZE = 65536
+RETURN_PATH_MAX = 1 << 20     # a first line held whole for its sender
 
 # maildir(5): a file in tmp/ whose atime is this old is a writer's
 # leftover, safe to remove.
@@ -81,17 +82,22 @@ def gfrom(line: bytes) -> bool:
 
 def mbox_lines(pieces, when: int):
     """The mbox form of a message given as pieces of its lines, in order
-    (whole lines, or a long line in several pieces): From_ line, the
-    lines with >From quoting, a blank line.  A last line without a
-    newline gets one.  (maildir2mbox.c drops such a line: a bug.)
+    (whole lines, or a long line in several pieces; a newline only at a
+    piece's end, as readline(limit) gives them): From_ line, the lines
+    with >From quoting, a blank line.  A last line without a newline
+    gets one.  (maildir2mbox.c drops such a line: a bug.)
 
     Memory stays bounded whatever the lines' length: a line's leading
     '>'s are counted, not held, until the bytes after them decide its
-    quoting."""
+    quoting; a first line that is a Return-Path is held whole up to
+    RETURN_PATH_MAX, for the From_ line's sender."""
     first = True
     start = (0, b'')    # a line's beginning: ('>'s, up to 5 bytes after them)
+    pieces = iter(pieces)
     for piece in pieces:
         if first:
+            if piece.startswith(b'Return-Path: <'):
+                piece = first_line(piece, pieces)
             yield ufline(piece, when)
             first = False
         if start is None:                   # within a line
@@ -122,10 +128,23 @@ def mbox_lines(pieces, when: int):
     yield b'\n'
 
 
+def first_line(piece: bytes, pieces) -> bytes:
+    """piece with the rest of its line from pieces, up to
+    RETURN_PATH_MAX bytes (a longer one is then a piece of its line, and
+    ufline() gives XXX, as for any line without its newline)."""
+    while not piece.endswith(b'\n') and len(piece) < RETURN_PATH_MAX:
+        more = next(pieces, b'')
+        if not more:
+            break
+        piece += more
+    return piece
+
+
 def line_start(gts: int, head: bytes):
-    """A line's beginning, its '>'s given as a count: quoted if they and
-    head make a From_ line, the '>'s written a buffer at a time."""
-    if head.startswith(b'From '):
+    """A line's beginning, its '>'s given as a count (head holds none
+    at its start): quoted if they and head make a From_ line, the '>'s
+    written a buffer at a time."""
+    if gfrom(head):
         yield b'>'
     while gts > 0:
         yield b'>' * min(gts, BUFSIZE)

@@ -559,6 +559,26 @@ def test_maildir2mbox_a_long_line_is_not_held_whole(tmp_path):
     assert got.endswith(b'Subject: s\n\n>' + line + b'end\n\n')
 
 
+def test_maildir2mbox_a_long_return_path_still_names_the_sender(tmp_path, monkeypatch):
+    """The first line is read whole for the From_ line's sender, where it
+    is a Return-Path, even past a buffer (up to RETURN_PATH_MAX)."""
+    sender = b'a' * 70000 + b'@example.com'
+    path = tmp_path / 'm'
+    path.write_bytes(b'Return-Path: <' + sender + b'>\n\nbody\n')
+
+    def mbox():
+        with maildir2mbox.open_message(str(path).encode()) as f:
+            return b''.join(maildir2mbox.mbox_lines(maildir2mbox.message_pieces(f), 0))
+    got = mbox()
+    assert got.startswith(b'From ' + sender + b' Thu Jan 01 00:00:00 1970\nReturn-Path: <')
+    assert got.endswith(b'>\n\nbody\n\n')
+    monkeypatch.setattr(maildir2mbox, 'RETURN_PATH_MAX', 100000)
+    path.write_bytes(b'Return-Path: <' + sender * 2 + b'>\n\nbody\n')
+    got = mbox()
+    assert got.startswith(b'From XXX Thu Jan 01 00:00:00 1970\nReturn-Path: <aaa')
+    assert got.endswith(sender + b'>\n\nbody\n\n') and got.count(b'\n') == 5
+
+
 def make_maildir(root):
     for sub in ('tmp', 'new', 'cur'):
         (root / sub).mkdir(parents=True)
