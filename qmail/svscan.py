@@ -124,16 +124,34 @@ def make_cmd(target: str, home: str) -> str:
     return 'make %s QMAIL_HOME=%s' % (target, shlex.quote(home))
 
 
+def home_maildir(home: str):
+    """The maildir of the default delivery (control/defaultdelivery, as
+    qmail-send's run script reads it, else ./Maildir/) that lies in each
+    user's home, e.g. "Maildir", or None (an mbox, a program, a path
+    elsewhere)."""
+    lines = control.readfile(os.path.join(home, 'control', 'defaultdelivery'))
+    for line in (lines if lines is not None else [b'./Maildir/']):
+        if line.startswith(b'./') and line.endswith(b'/') and len(line) > 3:
+            return line[2:-1].decode('utf-8', 'replace')
+    return None
+
+
 def intro(home: str) -> str:
     me = control.me_text(home)
+    maildir = home_maildir(home)
+    users = ('Users\' mail goes to ~/%(md)s/, which each user needs (qmail makes none):\n'
+             '    %(home)s/bin/maildirmake ~/%(md)s as the user, and /etc/skel/%(md)s\n'
+             '    for new accounts; until then their mail waits in the queue.\n'
+             % {'md': maildir, 'home': home}) if maildir else ''
     return ('qmail is running under daemontools (svscan %(home)s/service).\n'
             'Send a first message:\n'
             '    echo "Subject: hello" | %(home)s/bin/sendmail root@%(me)s\n'
             'It lands in %(home)s/alias/Maildir/new/ (root\'s mail; see README).\n'
+            '%(users)s'
             'Logs: %(home)s/log/<service>/current (qmail-send, qmail-smtpd%(pop)s)\n'
             '    (tai64nlocal < %(home)s/log/qmail-send/current for readable times)\n'
             'Status: svstat %(home)s/service/*; Ctrl-C or %(stop)s stops everything.\n'
-            % {'home': home, 'me': me, 'stop': make_cmd('stop', home),
+            % {'home': home, 'me': me, 'stop': make_cmd('stop', home), 'users': users,
                'pop': ', qmail-pop3d' if 'qmail-pop3d' in services(home) else ''})
 
 

@@ -1439,6 +1439,23 @@ def test_closing_words_name_the_home_for_make(tmp_path):
     assert svscan.make_cmd('stop', '/var/qmail') == 'make stop'
 
 
+def test_closing_words_say_each_user_needs_the_maildir(tmp_path):
+    """With a maildir in each home as the default delivery (make run's
+    ./Maildir/), the closing words say each user needs one, and how to
+    make it: qmail makes none, and a user's mail waited in the queue
+    ("Unable to chdir to maildir") with nothing said at the start."""
+    from qmail import svscan
+    (tmp_path / 'control').mkdir()
+    home = str(tmp_path)
+    assert ('%s/bin/maildirmake ~/Maildir as the user, and /etc/skel/Maildir' % home
+            in svscan.intro(home))
+    (tmp_path / 'control' / 'defaultdelivery').write_text('./Mail.d/\n')
+    assert 'goes to ~/Mail.d/, which each user needs' in svscan.intro(home)
+    for line in ('./Mailbox\n', '|/usr/bin/procmail\n', '/var/spool/maildirs/x/\n'):
+        (tmp_path / 'control' / 'defaultdelivery').write_text(line)
+        assert 'maildirmake' not in svscan.intro(home), line
+
+
 def test_svscan_reads_svstat_per_service_directory(monkeypatch):
     """Each service's state from svstat's line for its directory (a
     path may hold ": "); up with a pid, else None: down, want down,
