@@ -405,7 +405,7 @@ def test_unknown_local_recipients_refused_at_rcpt_time():
     a mailbox by that name gets 550 at RCPT, a real one 250; nothing
     refused is queued (no bounce, no backscatter later)."""
     home = install_home(DOMAIN)
-    user = ensure_user('qmtrecv')
+    user = ensure_user('qmtrcpt')   # (not the site's user: ensure_user empties its home)
     with open(os.path.join(user[3], '.qmail-lists-default'), 'w') as f:
         f.write('./Maildir/\n')
     os.chown(os.path.join(user[3], '.qmail-lists-default'), user[1], user[2])
@@ -417,8 +417,8 @@ def test_unknown_local_recipients_refused_at_rcpt_time():
     try:
         for kind in KINDS:
             lines = [b'HELO x', b'MAIL FROM:<a@example.com>']
-            want = {b'qmtrecv': b'250', b'QMTRECV': b'250', b'qmtrecv-lists-x': b'250',
-                    b'qmtrecv-nosuch': b'550', b'nobody-at-all-here': b'550',
+            want = {b'qmtrcpt': b'250', b'QMTRCPT': b'250', b'qmtrcpt-lists-x': b'250',
+                    b'qmtrcpt-nosuch': b'550', b'nobody-at-all-here': b'550',
                     b'postmaster': b'250'}
             for local in want:
                 lines.append(b'RCPT TO:<%s@%s>' % (local, DOMAIN.encode()))
