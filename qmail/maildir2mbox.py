@@ -120,10 +120,10 @@ def mbox_lines(pieces, when: int):
         start = (0, b'') if piece.endswith(b'\n') else None
     if first:
         yield ufline(b'', when)
-    if start is not None and start != (0, b''):
-        yield from line_start(*start)       # a short last line, undecided
-        start = None
-    if start is None:
+    if start is None:                       # a last line without its newline
+        yield b'\n'
+    elif start != (0, b''):                 # one too short to decide, likewise
+        yield from line_start(*start)
         yield b'\n'
     yield b'\n'
 

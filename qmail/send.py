@@ -1367,11 +1367,11 @@ class Send:
         written keeps todo/, with a warning, and no scan tries it again
         for SLEEP_SYSFAIL (qmail's tried it at every scan: each injection
         logged the warning again), then a scan does (or at once on ALRM);
-        qmail-clean is asked again, after
-        SLEEP_SYSFAIL, for a todo/ it could not remove; a message whose
-        files cannot be fsynced stays unsettled until the next start, with
-        an alert (a second fsync proves nothing).  One batch is written at
-        a time: todo_do waits for it."""
+        qmail-clean is asked again, after SLEEP_SYSFAIL, for a todo/ it
+        could not remove; a message whose files cannot be fsynced stays
+        unsettled until the next start, with an alert (a second fsync
+        proves nothing).  One batch is written at a time: todo_do waits
+        for it."""
         self.preprocessing = True
         routing = self.c.routing        # one batch, one set of rules
         out = []

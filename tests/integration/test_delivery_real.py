@@ -7,6 +7,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -14,6 +15,9 @@ import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home, run_as
 from delivery import Mta, ensure_user, group_processes, maildirmake
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'bench'))
+from procs import rss_kb  # noqa: E402  (the benchmark's reading of /proc/PID/status)
 
 pytestmark = needs_root
 
@@ -510,14 +514,6 @@ def test_unreadable_control_waits_instead_of_crash_looping(tmp_path):
         remove_home(home)
 
 
-def proc_status_kb(pid, field):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise AssertionError('no %s for %d' % (field, pid))
-
-
 def test_a_list_post_costs_qmail_send_its_bytes_not_an_object_each():
     """One message of 100,000 recipients (a list post): qmail-send's
     memory grows by a few times the envelope's bytes, its recipient list
@@ -532,13 +528,13 @@ def test_a_list_post_costs_qmail_send_its_bytes_not_an_object_each():
     try:
         pid, = [p for p, (_, title) in group_processes(mta.proc.pid).items()
                 if title.startswith('qmail-send')]
-        base = proc_status_kb(pid, 'VmRSS')
+        base = rss_kb(pid)[0]
         recips = ['member%06d@list.remote.example' % i for i in range(100000)]
         env_bytes = sum(len(r) + 2 for r in recips)
         queue_raw(home, 'list-owner@example.com', recips, b'Subject: a post\n\nb\n')
         mta.wait_log('new msg')
         time.sleep(2)               # the pass starts at once; at most 2 s for a slow machine
-        grown = (proc_status_kb(pid, 'VmHWM') - base) * 1024
+        grown = (rss_kb(pid)[1] - base) * 1024
         assert grown < 5 * env_bytes, (grown, env_bytes)
     finally:
         mta.stop()
