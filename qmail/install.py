@@ -761,7 +761,8 @@ def install_man(home, gids):
                 source = f.read()
         except FileNotFoundError:
             continue                    # (as install_bin: no module, no program)
-        doc = ast.get_docstring(ast.parse(source), clean=False) or name
+        tree = ast.parse(source)
+        doc = ast.get_docstring(tree, clean=False) or name
         section = manpage.section_of(name)
         for other in ('1', '8'):        # an earlier install's, filed elsewhere
             if other != section:
@@ -770,7 +771,7 @@ def install_man(home, gids):
                 except FileNotFoundError:
                     pass
         write_file(os.path.join(home, 'man', 'man' + section, name + '.' + section),
-                   manpage.page(name, doc, usage=manpage.usage_of(source)),
+                   manpage.page(name, doc, usage=manpage.usage_of(tree)),
                    0o644, 0, gids['qmail'])
         index.append((name, manpage.parse(doc)[1]))
     # The file formats and the like, written by hand: qmail/man/<name>.<section>.

@@ -1,5 +1,6 @@
 """qmail.lib.manpage: a program's description becomes its man page."""
 
+import ast
 import os
 import subprocess
 
@@ -69,6 +70,7 @@ def test_user_commands_are_section_1():
 def test_usage_from_the_usage_constant():
     src = "'''x: y.'''\nA = 1\nUSAGE = (b'maildirmake: usage: '\n         b'maildirmake name')\n"
     assert manpage.usage_of(src) == 'maildirmake name'
+    assert manpage.usage_of(ast.parse(src)) == 'maildirmake name'   # parsed once
     assert manpage.usage_of("USAGE = 'usage: qmail-x add n\\n       qmail-x del n'\n") == \
         'qmail-x add n\n       qmail-x del n'
     assert manpage.usage_of("USAGE = 3\n") is None
@@ -91,7 +93,6 @@ def test_control_page_has_every_file_of_the_readme():
 
 def test_pages_render_without_warnings(tmp_path):
     from qmail.install import CHECKERS, PROGRAMS
-    import ast
     pages = []
     for name, module in [(p[0], p[1]) for p in PROGRAMS] + [(c[0], c[1]) for c in CHECKERS]:
         src = open(os.path.join(ROOT, 'qmail', module + '.py')).read()

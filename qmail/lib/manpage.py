@@ -116,11 +116,13 @@ def header(name: str, section: str, date: str) -> list:
         name.upper().replace('-', '\\-'), section, date, SOURCE, MANUAL)]
 
 
-def usage_of(source: str):
+def usage_of(source):
     """The usage text a module gives on a bad command line (its USAGE
     constant, "name: usage: ..." or "usage: ..."), without the prefix;
-    None if it has none."""
-    for node in ast.parse(source).body:
+    None if it has none.  source: the module's text, or its ast.Module
+    when the caller has parsed it already."""
+    tree = source if isinstance(source, ast.Module) else ast.parse(source)
+    for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id == 'USAGE'
