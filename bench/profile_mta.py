@@ -7,8 +7,8 @@ alone; --cpu profiles CPU time rather than wall time).
 Starts an installed scratch home's qmail-start ./Maildir/ and qmail-listen
 (qmail-smtpd as qmaild) under bench/profwrap.py, which profiles every
 process and every forked child with cProfile and records each one's own
-CPU time; sends N messages of 2 KB with smtp-source (10 sessions, one
-message per connection), waits for them in Maildir/new, stops, and
+CPU time; sends N messages of 2 KB (-l: another size) with smtp-source
+(10 sessions, one message per connection; --many: many), waits for them in Maildir/new, stops, and
 prints per process role: processes, CPU ms per message (from rusage:
 Python, kernel and fork costs included; cProfile's own overhead too, so
 compare shares rather than absolutes), and the functions with the most
@@ -87,9 +87,9 @@ def start_profiled(q: QmailSystem, outdir: str):
     wait_for(lambda: file_has(listenlog, b'status: 0/'), 60, 'qmail-listen start')
 
 
-def drive(q, user, n, sessions, many=False):
+def drive(q, user, n, sessions, many=False, size=2048):
     argv = ['smtp-source'] + (['-d'] if many else []) + [
-            '-s', str(sessions), '-m', str(n), '-l', '2048',
+            '-s', str(sessions), '-m', str(n), '-l', str(size),
             '-f', 'bench@client.example.com', '-t', user.address, '-M', 'client.example.com',
             '127.0.0.1:%d' % q.port]
     t0 = time.monotonic()
@@ -332,6 +332,8 @@ def main():
                         '--many: one session, closed loop, RATE unused)')
     parser.add_argument('--many', action='store_true',
                         help='many messages per connection (smtp-source -d)')
+    parser.add_argument('-l', '--size', type=int, default=2048,
+                        help='message size in bytes (smtp-source -l)')
     parser.add_argument('--rusage-only', action='store_true',
                         help='no profiler: only each process role\'s CPU time')
     args = parser.parse_args()
@@ -351,12 +353,13 @@ def main():
             return 0
         start_profiled(q, outdir)
         try:
-            took = drive(q, user, args.n, args.sessions, args.many)
+            took = drive(q, user, args.n, args.sessions, args.many, args.size)
         finally:
             q.stop()
         reap_all(time.monotonic() + 10)
-        text = '%.1f s for %d messages, %d sessions, 1 message per connection\n\n' % (
-            took, args.n, args.sessions)
+        text = '%.1f s for %d messages of %d bytes, %d sessions, %s\n\n' % (
+            took, args.n, args.size, args.sessions,
+            'many messages per connection' if args.many else '1 message per connection')
         text += analyse(outdir, args.n, args.top, args.sort)
         user.empty()
         q.start()
