@@ -296,11 +296,11 @@ def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
     """Make dirpath's entries durable (durable.fsync_dir).  Where it may
     be written and searched but not read (a drop box's new/, the 1733
     directory of mboxes), it cannot be opened to be synced, and qmail,
-    which syncs no directory, delivers there: then the file's own fsync
-    (fd, or path opened) stands for it where that carries the new entry
-    (durable.file_fsync_carries_entry: a journal's filesystem); elsewhere
-    (ext4 without a journal among them) the PermissionError stands, and
-    the delivery is deferred."""
+    which syncs no directory, delivers there: then the file (fd, or path
+    opened) is synced with its name (durable.sync_name: its own fsync on
+    a journal's filesystem, a syncfs on ext4 without one); where neither
+    can be trusted (a kernel before 5.17 on ext4 without a journal) the
+    PermissionError stands, and the delivery is deferred."""
     try:
         durable.fsync_dir(dirpath)
     except PermissionError:
@@ -310,9 +310,8 @@ def sync_dir(dirpath: bytes, fd: int = -1, path: bytes = None) -> None:
         if own:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if not durable.file_fsync_carries_entry(fd):
+            if not durable.sync_name(fd):
                 raise
-            durable.fsync(fd)
         finally:
             if own:
                 os.close(fd)

@@ -18,6 +18,7 @@ Exits:    0 done, or nothing new; 111 any trouble, MAIL and the maildir
 See:      maildir2mbox(1), maildir(5), mbox(5).
 """
 
+import errno
 import fcntl
 import os
 import stat
@@ -317,19 +318,19 @@ def maildir2mbox(env, now: int) -> int:
 
 
 def rename_sync_by_file(mbox: bytes, fd: int) -> bool:
-    """Asked before the rename onto mbox: will it be made durable by the
-    file's own fsync (True) rather than its directory's (False)?  The
-    file's stands in where the directory may be written and searched but
-    not read (the 1733 of a mail spool: it cannot be opened to be synced)
-    and the filesystem carries a new name with the file's fsync (fd, on
-    it: one with a journal).  Fatal where neither can be done, before
+    """Asked before the rename onto mbox: will it be made durable from
+    the file (durable.sync_name: True) rather than by its directory's
+    fsync (False)?  The file stands in where the directory may be
+    written and searched but not read (the 1733 of a mail spool: it
+    cannot be opened to be synced) and its filesystem allows it (fd, on
+    it: durable.name_by_file).  Fatal where neither can be done, before
     anything changed: asked after the rename, the messages stayed in the
     maildir and in the new MAIL, and every run moved them again."""
     try:
         durable.fsync_dir(os.path.dirname(mbox) or b'.')
         return False
     except PermissionError as err:
-        if durable.file_fsync_carries_entry(fd):
+        if durable.name_by_file(fd):
             return True
         problem = err
     except OSError as err:
@@ -393,7 +394,8 @@ def move(mbox: bytes, mboxtmp: bytes, messages) -> int:
         if by_file:
             fd = os.open(mbox, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                durable.fsync(fd)
+                if not durable.sync_name(fd):
+                    raise OSError(errno.EACCES, 'Permission denied')
             finally:
                 os.close(fd)
         else:

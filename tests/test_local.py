@@ -971,18 +971,60 @@ def test_failures_and_warnings_go_to_fd_2_reports_to_fd_1(home, tmp_path):
 
 
 @pytest.mark.parametrize('kind, journal', [('ext2', False), ('ext4', False)])
+@pytest.mark.parametrize('mailbox', ['maildir', 'mbox'])
 def test_drop_box_where_a_file_fsync_does_not_carry_its_name(open_home, monkeypatch,
-                                                            kind, journal):
+                                                            kind, journal, mailbox):
     """On ext2, and ext4 without a journal (which syncs a file's directory
     only while the file is new, not after its link into new/), a file's
-    fsync leaves its name in new/ to chance: deferred, as before."""
+    fsync leaves its name to chance there: a syncfs of the filesystem
+    (and the flush after it) makes it durable.  It was deferred at every
+    attempt, until it bounced."""
+    from qmail.lib import durable
+    md = open_home.maildir('drop')
+    for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
+        os.chmod(md / sub, mode)
+    spool = open_home.path / 'spool'
+    spool.mkdir()
+    os.chmod(spool, 0o1733)
+    open_home.write('.qmail', b'./drop/\n' if mailbox == 'maildir' else b'./spool/Mbox\n')
+    journalled(monkeypatch, kind)
+    monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
+    if not durable.load_writeback() or not durable._syncfs:
+        pytest.skip('no syncfs that reports its errors (Linux before 5.17)')
+    marks = open_home.path / 'synced'          # written by nobody's delivery
+    marks.write_bytes(b'')
+    os.chmod(marks, 0o666)
+    real_sync_dev = durable._sync_dev
+
+    def sync_dev(fd, dev):
+        with open(marks, 'ab') as f:
+            f.write(b'%d\n' % os.fstat(fd).st_ino)
+        return real_sync_dev(fd, dev)
+    monkeypatch.setattr(durable, '_sync_dev', sync_dev)
+    code, report = open_home.run(setup=as_nobody)
+    expect((code, report[:1]), (0, b'd'))
+    if mailbox == 'maildir':
+        files = [md / 'new' / n for n in os.listdir(md / 'new')]
+        assert len(files) == 1 and files[0].read_bytes().endswith(MESSAGE)
+    else:
+        files = [spool / 'Mbox']
+        assert files[0].read_bytes().startswith(b'From god@heaven.af.mil ')
+    assert marks.read_bytes() == b'%d\n' % files[0].stat().st_ino, 'not synced by syncfs'
+
+
+@pytest.mark.parametrize('kind', ['ext2', 'ext4'])
+def test_drop_box_where_nothing_carries_its_name_is_deferred(open_home, monkeypatch, kind):
+    """Without a syncfs to trust (a kernel before 5.17), nothing but the
+    directory's fsync makes the name durable there: deferred."""
     from qmail.lib import durable
     md = open_home.maildir('drop')
     for sub, mode in (('tmp', 0o733), ('new', 0o733), ('cur', 0o700)):
         os.chmod(md / sub, mode)
     open_home.write('.qmail', b'./drop/\n')
     journalled(monkeypatch, kind)
-    monkeypatch.setattr(durable, 'has_journal', lambda dev: journal)
+    monkeypatch.setattr(durable, 'has_journal', lambda dev: False)
+    monkeypatch.setattr(durable, 'load_writeback', lambda: False)
+    monkeypatch.setattr(durable, '_syncfs', False)
     code, report = open_home.run(setup=as_nobody)
     expect((code, report), (111, b'Temporary error on maildir delivery. (#4.3.0)\n'))
 

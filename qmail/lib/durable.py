@@ -478,7 +478,7 @@ def _group_syncfs(fd: int, dev: int, group: str, written: int, opened) -> int:
         os.close(gfd)
 
 
-def syncfs(fds, group: str = None, opened: tuple = None) -> bool:
+def syncfs(fds, group: str = None, opened: tuple = None, wait: bool = False) -> bool:
     """Make everything written to the files (or directories) of fds, and
     everything else on their filesystem, durable at once: True.  False
     where it is not done (see above: the caller fsyncs each one).
@@ -487,10 +487,11 @@ def syncfs(fds, group: str = None, opened: tuple = None) -> bool:
     to be durable.  group: the lock file of a group commit (above),
     shared by the processes that sync this filesystem, and opened: when
     fds[0] was opened, (time.monotonic_ns() read just before, and just
-    after); without it no group."""
+    after); without it no group.  wait: done however much other data
+    waits to be written (for a caller that has no other way)."""
     written = time.monotonic_ns()
     fds = list(fds)
-    if not fds or not _syncfs or not _little_dirty():
+    if not fds or not _syncfs or not (wait or _little_dirty()):
         return False
     dev = _one_trusted_fs(fds)
     if dev is None:
@@ -504,6 +505,31 @@ def syncfs(fds, group: str = None, opened: tuple = None) -> bool:
         raise OSError(err, os.strerror(err))
     _done('syncfs', fds[0])
     return True
+
+
+def name_by_file(fd: int) -> bool:
+    """Can the file of fd be made durable with its name without an fsync
+    of its directory (sync_name)?  For a directory that may be written
+    and searched but not read (a drop box, a 1733 spool), which cannot
+    be opened to be synced."""
+    if file_fsync_carries_entry(fd):
+        return True
+    load_writeback()
+    return bool(_syncfs) and _one_trusted_fs([fd]) is not None
+
+
+def sync_name(fd: int) -> bool:
+    """Make the file of fd durable with its name, without its directory:
+    the file's fsync where that carries a new name, else a syncfs of its
+    filesystem (ext2, ext4 without a journal), which writes every
+    directory's entries and, with the flush after it, makes them durable
+    (above).  False where neither can be trusted here (name_by_file);
+    OSError where the disk failed."""
+    if file_fsync_carries_entry(fd):
+        fsync(fd)
+        return True
+    load_writeback()
+    return syncfs([fd], wait=True)
 
 
 def syncfs_dirs(paths) -> bool:
