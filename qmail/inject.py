@@ -466,9 +466,9 @@ def read_header(readline, fieldmax: int = None):
 def capped_readline(readline, limit: int = FEW_FIELDS_MAX):
     """A readline (a buffered file's, which takes a size) that gives at
     most limit bytes of each line, the rest of a longer one read and
-    dropped, the newline kept: a program that wants a few fields (qbiff,
-    qreceipt, maildirwatch) holds no more than that of a line a sender
-    made as long as the message."""
+    dropped, the newline kept: a program that shows the start of a few
+    fields (qbiff, maildirwatch) holds no more than that of a line a
+    sender made as long as the message."""
     def capped():
         line = readline(limit)
         if len(line) < limit or line.endswith(b'\n'):

@@ -19,7 +19,7 @@ import sys
 
 from qmail.except_ import byteargs, internal_bug, say
 from qmail.forward import open_queue
-from qmail.inject import FEW_FIELDS_MAX, capped_readline, hfield_known, read_header
+from qmail.inject import header_fields, hfield_known
 from qmail.inject_token import ParseError, addrlist, parse, quote2, unquote
 
 USAGE = b'qreceipt: usage: qreceipt deliveryaddress'
@@ -110,11 +110,12 @@ def qreceipt(args, stdin) -> int:
     if returnpath is None:
         say(USAGE)
         return 100
+    # One field at a time, each whole, as qreceipt.c reads them: an
+    # address list is only known once all of it is read.
     try:
-        fields, _ = read_header(capped_readline(stdin.readline), FEW_FIELDS_MAX)
+        flagreceipt, messageid = scan_header(header_fields(stdin.readline, []), target)
     except OSError:
         raise Fatal(111, b'read error') from None
-    flagreceipt, messageid = scan_header(fields, target)
     # The body is not needed; qreceipt.c reads it only to throw it away.
     if not flagreceipt or returnpath in NO_RECEIPT:
         return 0
@@ -129,7 +130,10 @@ def main(argv=None, stdin=None) -> int:
         argv = sys.argv[1:]
     try:
         if stdin is None:
-            stdin = open(0, 'rb', buffering=BUFSIZE, closefd=False)
+            try:
+                stdin = open(0, 'rb', buffering=BUFSIZE, closefd=False)
+            except OSError:             # fd 0 closed
+                raise Fatal(111, b'read error') from None
         return qreceipt(byteargs(argv), stdin)
     except Fatal as err:
         say(FATAL + err.text)

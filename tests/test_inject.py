@@ -187,7 +187,7 @@ def test_read_header(message, fields, body):
 
 
 def test_capped_readline_keeps_the_start_of_a_long_line():
-    """qbiff, qreceipt and maildirwatch hold no more than a cap of a line
+    """qbiff and maildirwatch hold no more than a cap of a line
     a sender made as long as the message (a 50 MB Subject: cost 164 MB)."""
     f = io.BytesIO(b'Subject: ' + b'a' * 200000 + b'\nTo: b\n\n' + b'z' * 5000)
     readline = inject.capped_readline(f.readline, 1000)

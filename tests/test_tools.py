@@ -885,6 +885,35 @@ def test_qreceipt_no_notice(message, target, sender, want, err, fakeqq,
     assert fakeqq.mess is None, 'a notice was sent'
 
 
+@pytest.mark.parametrize('field', [
+    # one line of 70 KB, the address after it
+    b'Notice-Requested-Upon-Delivery-To: "' + b'a' * 70000 + b'"@x, joe@example.org\n',
+    # folded over 8,000 lines, 79 KB, the address last
+    b'Notice-Requested-Upon-Delivery-To: '
+    + b''.join(b'u%d@x,\n ' % i for i in range(8000)) + b'joe@example.org\n',
+])
+def test_qreceipt_reads_a_long_request_whole(field, fakeqq, stdin, monkeypatch, capfd):
+    """The field was cut at 64 KB: the first bounced the message as
+    unparsable (exit 100), the second sent no notice.  qreceipt.c reads
+    each field whole."""
+    monkeypatch.setenv('SENDER', 's@example.net')
+    stdin(b'Message-ID: <123@example.net>\n' + field + b'Subject: hi\n\nbody\n')
+    got = qreceipt.main(['joe@example.org'])
+    assert (got, err_lines(capfd)) == (0, [])
+    assert fakeqq.mess == want_notice(b's@example.net')
+
+
+def test_qreceipt_without_fd_0_is_a_read_error():
+    """It said "internal bug (OSError in main)"; qreceipt.c: "read error"."""
+    import subprocess
+    import sys
+    code = 'import sys; from qmail import qreceipt; sys.exit(qreceipt.main(["joe@x"]))'
+    r = subprocess.run([sys.executable, '-c', code], stdin=subprocess.DEVNULL,
+                       capture_output=True, preexec_fn=lambda: os.close(0), timeout=60,
+                       env=dict(os.environ, SENDER='s@x', PYTHONPATH=ROOT))
+    assert (r.returncode, r.stderr) == (111, b'qreceipt: fatal: read error\n')
+
+
 @pytest.mark.parametrize('qqexit, want, message', [
     ('31', 100, 'qreceipt: fatal: permanent qmail-queue error'),
     ('53', 111, 'qreceipt: fatal: temporary qmail-queue error'),
