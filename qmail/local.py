@@ -205,7 +205,9 @@ def plan(cmds: bytes, flagforwardonly: bool) -> list:
     """The instructions of a .qmail text, in order (dot-qmail(5)).
 
     Lines end at newlines; trailing spaces and tabs are ignored, and so
-    is everything from a NUL (qmail sees C strings).  A blank first line,
+    is everything from a NUL in what is used (qmail sees C strings),
+    though as in qmail the line's last byte, NUL or not, says maildir
+    or mbox, and the spaces stripped are those that end the line.  A blank first line,
     and a file or program line once forwards only are allowed (the x
     bit, or +list), become a defer at the place qmail would stop.
     """
@@ -214,7 +216,8 @@ def plan(cmds: bytes, flagforwardonly: bool) -> list:
     if cmds.endswith(b'\n'):
         lines.pop()
     for number, line in enumerate(lines):
-        line = line.split(b'\0', 1)[0].rstrip(b' \t')
+        whole = line.rstrip(b' \t')
+        line = whole.split(b'\0', 1)[0]
         first = line[:1]
         if not line:
             if number == 0:
@@ -227,7 +230,7 @@ def plan(cmds: bytes, flagforwardonly: bool) -> list:
             if flagforwardonly:
                 out.append(Instruction('defer', XBIT_FILE))
                 break
-            out.append(Instruction('maildir' if line.endswith(b'/')
+            out.append(Instruction('maildir' if whole.endswith(b'/')
                                    else 'mbox', line))
         elif first == b'|':
             if flagforwardonly:

@@ -55,6 +55,13 @@ BLANK = b'Uh-oh: first line of .qmail file is blank. (#4.2.1)'
      [I('maildir', b'./Maildir/'), I('mbox', b'./Mailbox'),
       I('program', b'a'), I('program', b'b')]),
     (b'a@b\0junk\n', False, [I('forward', b'a@b')]),
+    # qmail-local.c: the line's last byte says maildir or mbox, the C
+    # string is the path; trailing blanks are stripped from the line
+    (b'./mb/\0junk\n', False, [I('mbox', b'./mb/')]),
+    (b'./M2\0/\n', False, [I('maildir', b'./M2')]),
+    (b'./mb \0x \n', False, [I('mbox', b'./mb ')]),
+    (b'\0x\n', False, [I('defer', BLANK)]),
+    (b'+list\0x\n|p\n', False, [I('defer', X_BIT_PROG)]),
     (b'&\n', False, [I('forward', b'')]),
 ])
 def test_plan(cmds, forwardonly, want):
