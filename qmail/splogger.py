@@ -11,7 +11,7 @@ Writes:   syslog: "<seconds>.<microseconds> message" with priority alert,
           799 characters, the continuation marked by '+' after the stamp,
           each piece sent as it fills; a last line without a newline is
           sent at the end of input.
-Exits:    0 at end of input.
+Exits:    0 at end of input (or a read error, as at its end).
 See:      splogger(8).
 """
 
@@ -95,14 +95,24 @@ def facility_of(arg: str) -> int:
     return fac - (1 << 32) if fac >= 1 << 31 else fac
 
 
+def tag_of(arg: str) -> str:
+    """The tag as syslog takes it (text): bytes that are not UTF-8 (a
+    Latin-1 name in a run script) become '?', as unprintable bytes do in
+    messages, where they made openlog fail and the logger exit at once."""
+    return os.fsencode(arg).decode('utf-8', 'replace').replace('\ufffd', '?')
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    tag = argv[0] if argv else 'splogger'
+    tag = tag_of(argv[0]) if argv else 'splogger'
     facility = facility_of(argv[1]) if len(argv) > 1 else syslog.LOG_MAIL
     syslog.openlog(tag, 0, facility)
     folder = Folder()
     while True:
-        chunk = os.read(0, 4096)
+        try:
+            chunk = os.read(0, 4096)
+        except OSError:             # as splogger.c: a read error ends the input
+            chunk = b''
         entries = folder.feed(chunk, time.time()) if chunk else folder.end(time.time())
         for prio, text in entries:
             syslog.syslog(prio, text)

@@ -1165,6 +1165,25 @@ def test_splogger_folds_as_it_reads():
                        + splogger.entries(b'tail', 1.0)), size
 
 
+def test_splogger_takes_a_tag_that_is_not_utf8():
+    """openlog failed on it (UnicodeEncodeError): splogger logged nothing
+    and exited 111, and whatever wrote to it lost its log.  A read error
+    ends the input, as splogger.c's: exit 0 (it was 111)."""
+    import subprocess
+    import sys
+    from qmail import splogger
+    assert splogger.tag_of(os.fsdecode(b't\xff\xc3\xa9')) == 't?\u00e9'
+    code = 'import sys; from qmail import splogger; sys.exit(splogger.main())'
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, '-c', code, b't\xff', '16'], input=b'hello\n',
+                       capture_output=True, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (0, b'')
+    r = subprocess.run([sys.executable, '-c', code], stdin=subprocess.DEVNULL,
+                       preexec_fn=lambda: os.close(0), capture_output=True, env=env,
+                       timeout=60)
+    assert (r.returncode, r.stderr) == (0, b'')
+
+
 # ---------------------------------------------------------------- qmail-svscan
 
 def test_svscan_stop_believes_no_stale_pidfile(tmp_path):
