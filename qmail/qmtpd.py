@@ -108,7 +108,8 @@ import select
 import _signal    # not `signal`: its enum import costs start-up time
 
 from qmail.lib import auto, control, stderr
-from qmail.lib.cdb import Cdb, CdbError
+from qmail.lib import cdb
+from qmail.lib.cdb import CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
@@ -617,7 +618,7 @@ def load_rcpthosts(ctl: control.Controls):
     if rcpthosts is None:
         return None, None
     try:
-        morercpthosts = Cdb(ctl.path('morercpthosts.cdb'))
+        morercpthosts = cdb.open_lookup(ctl.path('morercpthosts.cdb'))
     except FileNotFoundError:
         morercpthosts = None
     return frozenset(h.lower() for h in rcpthosts), morercpthosts

@@ -131,7 +131,8 @@ import _socket    # not `socket`: only its C type is needed here
 
 from qmail.lib import auto, control, stderr
 from qmail.lib.control import scan_ulong
-from qmail.lib.cdb import Cdb, CdbError
+from qmail.lib import cdb
+from qmail.lib.cdb import CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.qqtalk import QueueClient
 from qmail.lib import rcptmap
@@ -894,7 +895,7 @@ def read_config(ctl: control.Controls, environ) -> Config:
     if rcpthosts is not None:
         rcpthosts = frozenset(h.lower() for h in rcpthosts)
         try:
-            morercpthosts = Cdb(ctl.path('morercpthosts.cdb'))
+            morercpthosts = cdb.open_lookup(ctl.path('morercpthosts.cdb'))
         except FileNotFoundError:
             pass
     badmailfrom = frozenset(a.lower() for a in ctl.lines('badmailfrom'))

@@ -694,6 +694,27 @@ def test_timeout_and_lifetime():
     check(h.feed(data), b'')
 
 
+def test_a_damaged_morercpthosts_defers_only_what_needs_it(tmp_path):
+    """qmail-qmtpd.c opens the cdb at its start and reads it at a lookup:
+    mail for the domains of rcpthosts, and from a relay client, is
+    taken.  A damaged file made every connection exit 111."""
+    from qmail.lib import cdb, control
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'rcpthosts').write_bytes(b'example.org\n')
+    (tmp_path / 'control' / 'morercpthosts.cdb').write_bytes(b'xy')
+    config = qmtpd.load_config(control.Controls(str(tmp_path / 'control')).init(), {})
+    assert isinstance(config.morercpthosts, cdb.Unreadable)
+    for peer, rcpt in ((smtpd.Peer(), b'u@example.org'),
+                       (smtpd.Peer(relayclient=b''), b'u@elsewhere')):
+        h = Harness(peer=peer, **config.__dict__)
+        check(responses(h.feed(package(b'hi\n', b'a@b', [rcpt]))), [K_OK])
+        assert not h.session.flagclosed
+    h = Harness(**config.__dict__)
+    check(h.feed(package(b'hi\n', b'a@b', [b'u@elsewhere'])), b'')
+    check(h.session.exitcode, 111)
+    h.nothing_queued()
+
+
 def test_unreadable_morercpthosts():
     class Broken:
         def __contains__(self, key):

@@ -54,6 +54,41 @@ class CdbError(Exception):
     """The cdb file is unreadable, truncated, corrupt or too big."""
 
 
+class Unreadable:
+    """Stands for a cdb that opened but is corrupt or truncated, where
+    qmail only opens the file at the start and meets the damage at a
+    lookup: every lookup raises CdbError (qmail-smtpd's morercpthosts.cdb:
+    mail for the domains of rcpthosts, and from relay clients, goes on
+    being taken, the lookups that need the file are deferred)."""
+
+    in_memory = False       # (read again by the next session, not kept)
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    def get(self, key: bytes, default=None):
+        raise CdbError(self.problem)
+
+    def get_all(self, key: bytes) -> list:
+        raise CdbError(self.problem)
+
+    def __contains__(self, key: bytes) -> bool:
+        raise CdbError(self.problem)
+
+    def close(self) -> None:
+        pass
+
+
+def open_lookup(path):
+    """Cdb(path) for lookups, or, where the file is there but damaged,
+    an Unreadable whose lookups fail.  OSError (ENOENT included) as
+    Cdb's: a file that cannot be opened fails at once, as qmail's."""
+    try:
+        return Cdb(path)
+    except CdbError as err:
+        return Unreadable(str(err))
+
+
 def hash(key: bytes) -> int:            # noqa: A001 (cdb's own name)
     """cdb's hash of key."""
     h = HASHSTART
