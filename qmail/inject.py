@@ -766,14 +766,11 @@ class FdWriter:
             del self.buf[:n]
 
 
-class ReaderGone(Exception):
-    """-n: the reader of fd 1 went away.  The C program dies of the
-    SIGPIPE; run() does the same, so a pipeline sees it."""
-
-
 def print_message(stdin, stdout, header: bytes, body) -> int:
-    """-n: the message on fd 1.  A reader that went away raises
-    ReaderGone; any other write failure is fatal, 111."""
+    """-n: the message on fd 1.  A write failure, a reader gone away
+    included, is fatal, 111: the C program ignores SIGPIPE and meets the
+    failed write at its next read ("read error", 111), or, past the end
+    of its input, not at all."""
     if stdout is None:
         stdout = FdWriter(1)
     try:
@@ -781,8 +778,6 @@ def print_message(stdin, stdout, header: bytes, body) -> int:
         if body is not None:
             copy_body(stdin, stdout.write, body)
         stdout.flush()
-    except BrokenPipeError:
-        raise ReaderGone from None
     except OSError:
         raise Fatal(111, b'unable to write output') from None
     return 0
@@ -808,8 +803,6 @@ def main(argv=None, stdin=None, stdout=None) -> int:
     except MemoryError:
         complain(b'qmail-inject: fatal: out of memory')
         return 111
-    except ReaderGone:
-        raise
     except Exception as err:    # last resort: never a traceback, never 1
         complain(b'qmail-inject: fatal: internal bug (%s in %s)' % (
             type(err).__name__.encode(), where(err).encode()))
@@ -819,13 +812,7 @@ def main(argv=None, stdin=None, stdout=None) -> int:
 def run():
     # Interrupted, qmail-inject just dies, as the C program does.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    try:
-        code = main()
-    except ReaderGone:
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGPIPE)
-        code = 111          # (not reached)
-    sys.exit(code)
+    sys.exit(main())
 
 
 if __name__ == '__main__':
