@@ -943,7 +943,10 @@ def env_limits(config: Config, environ):
     for name, attr in LIMITS_ENV:
         value = environ.get(name)
         if value is not None:
-            setattr(config, attr, scan_ulong(value))
+            value = scan_ulong(value)
+            if attr == 'lifetime':      # as control/lifetimesmtpd: 2147483647 is "forever"
+                value = min(value, control.SECONDS_MAX)
+            setattr(config, attr, value)
 
 
 # -- the shell --------------------------------------------------------------

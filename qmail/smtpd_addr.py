@@ -57,15 +57,23 @@ def addrparse(arg: bytes):
 
 def ip_scanbracket(s: bytes):
     """The 4 bytes of "[d.d.d.d]" if s is exactly that, else None.
-    Unlike qmail's ip_scan, a number above 255 is no address."""
+    Each number is read as qmail's ip_scan reads it, leading zeros and
+    all ([0127.0.0.1] is 127.0.0.1); unlike it, a number above 255 is no
+    address (qmail keeps its last byte)."""
     if len(s) < 9 or s[:1] != b'[' or s[-1:] != b']':
         return None
     parts = s[1:-1].split(b'.')
     if len(parts) != 4:
         return None
-    if not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
-        return None
-    return bytes(int(p) for p in parts)
+    out = []
+    for p in parts:
+        if not p.isdigit():
+            return None
+        p = p.lstrip(b'0') or b'0'
+        if len(p) > 3 or int(p) > 255:
+            return None
+        out.append(int(p))
+    return bytes(out)
 
 
 def localiphost(addr: bytes, liphost, ipme) -> bytes:

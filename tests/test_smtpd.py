@@ -249,6 +249,14 @@ IPME = frozenset([b'\0\0\0\0', b'\x7f\0\0\x01', b'\xc0\0\x02\x01'])
     (b'u@[127.0.1]', b'me.example', b'u@[127.0.1]'),
     (b'a@x@[127.0.0.1]', b'me.example', b'a@x@me.example'),  # last '@'
     (b'[127.0.0.1]', b'me.example', b'[127.0.0.1]'),
+    # leading zeros, as qmail's ip_scan (scan_ulong) reads them
+    (b'u@[0127.0.0.1]', b'me.example', b'u@me.example'),
+    (b'u@[127.0.0.0001]', b'me.example', b'u@me.example'),
+    (b'u@[0000.0.0.0]', b'me.example', b'u@me.example'),
+    (b'u@[' + b'0' * 800 + b'127.0.0.1]', b'me.example', b'u@me.example'),
+    (b'u@[0256.0.0.1]', b'me.example', b'u@[0256.0.0.1]'),
+    (b'u@[127.0.0.1000]', b'me.example', b'u@[127.0.0.1000]'),
+    (b'u@[127.0.0.+1]', b'me.example', b'u@[127.0.0.+1]'),
 ])
 def test_localiphost(addr, liphost, want):
     check(smtpd_addr.localiphost(addr, liphost, IPME), want)
@@ -987,6 +995,18 @@ def test_program_receives_a_message(qmailhome):
         rb'  by mx\.example\.org with SMTP; \d+ \w\w\w \d{4} '
         rb'\d\d:\d\d:\d\d -0000\nSubject: hi\n\n\.dot\n', message), message
     check((out / 'envelope').read_bytes(), b'Fa@b.example\0Tu@example.org\0\0')
+
+
+@pytest.mark.parametrize('lifetime', ['2147483647', '4294967296', '99999999999'])
+def test_program_takes_forever_as_lifetimesmtpd_from_the_environment(qmailhome, lifetime):
+    """2147483647, qmail's usual "forever", in a tcp.smtp rule: the alarm
+    overflowed a C int and every session of that rule got "421 internal
+    error".  Capped as control/lifetimesmtpd is."""
+    home, fakeq, out = qmailhome
+    r = run_smtpd(home, fakeq, b'HELO x\r\nQUIT\r\n', LIFETIMESMTPD=lifetime)
+    check((r.returncode, replies(r.stdout)),
+          (0, [b'220 mx.example.org ESMTP', b'250 mx.example.org',
+               b'221 mx.example.org']))
 
 
 def test_program_with_an_empty_queue_program_defers_the_message(qmailhome):
