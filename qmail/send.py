@@ -704,48 +704,31 @@ class Send:
         return True
 
     def copy_into(self, qq, fn, limit):
-        """The file fn into qq; with a limit, its first limit bytes up to
-        the last whole line within them (cut_copy), then a line saying
-        so.  A chunk's unfinished last line is held back until the next
-        chunk shows whether it ends within the limit.  A copy whose last
-        line has no end gets one (beyond qmail): a bounce ending in a
-        partial line could not go out by SMTP, and doubled."""
-        ended = [True]      # the last byte put is a newline (or none was)
-
-        def put(data):
-            if data:
-                qq.put(data)
-                ended[0] = data[-1:] == b'\n'
+        """The file fn into qq; with a limit it is over, its first limit
+        bytes up to the last whole line within them (copy_cut: the first
+        line alone, longer than the limit, is cut at the limit), then a
+        line saying so.  A copy whose last line has no end gets one
+        (beyond qmail): a bounce ending in a partial line could not go
+        out by SMTP, and doubled."""
         try:
             with open(fn, 'rb') as f:
-                copied, held, after_line = 0, b'', False
-                while True:
-                    chunk = f.read(65536)
+                cut = None
+                if limit and os.fstat(f.fileno()).st_size > limit:
+                    cut = copy_cut(f, limit)
+                    f.seek(0)
+                copied, ended = 0, True
+                while cut is None or copied < cut:
+                    chunk = f.read(65536 if cut is None else min(65536, cut - copied))
                     if not chunk:
-                        put(held)
-                        if not ended[0]:
-                            qq.put(b'\n')
-                        return
-                    if limit and copied + len(chunk) > limit:
-                        last = held + chunk[:limit - copied]
-                        if after_line and b'\n' not in last:
-                            last = b''      # the line before was the last whole one
-                        qq.put(cut_copy(last))
-                        qq.put(b'\n--- Rest of message truncated: over %d bytes '
-                               b'(control/bouncemaxbytes).\n' % limit)
-                        return
+                        break
+                    qq.put(chunk)
                     copied += len(chunk)
-                    if not limit:
-                        put(chunk)
-                        continue
-                    data = held + chunk
-                    end = data.rfind(b'\n') + 1
-                    if end == 0 and len(data) >= 65536:
-                        end = len(data)     # a line that long: no whole line to keep
-                    put(data[:end])
-                    held = data[end:]
-                    if end:
-                        after_line = data[end - 1] == 10
+                    ended = chunk[-1:] == b'\n'
+                if cut is not None:
+                    qq.put(b'\n--- Rest of message truncated: over %d bytes '
+                           b'(control/bouncemaxbytes).\n' % limit)
+                elif not ended:
+                    qq.put(b'\n')
         except OSError:
             qq.fail()
 
@@ -1811,12 +1794,22 @@ class Send:
 CONTROL_RETRY = 10      # seconds between attempts to read unreadable controls
 
 
-def cut_copy(part: bytes) -> bytes:
-    """The last piece of a bounce's copy cut at bouncemaxbytes: up to its
-    last whole line, so no header line is left half (a piece with no
-    end of line in it is cut where the limit falls)."""
-    end = part.rfind(b'\n')
-    return part[:end + 1] if end >= 0 else part
+def copy_cut(f, limit: int) -> int:
+    """Where a bounce's copy of the file f is cut at bouncemaxbytes: after
+    the last newline within its first limit bytes, so no line is left
+    half; limit where there is none (a first line that long).  Read
+    backwards from the limit a piece at a time: a line of any length
+    costs no more memory than a piece."""
+    end = limit
+    while end > 0:
+        start = max(0, end - 65536)
+        f.seek(start)
+        piece = f.read(end - start)
+        i = piece.rfind(b'\n')
+        if i >= 0:
+            return start + i + 1
+        end = start
+    return limit
 
 
 SENDMUTEX = 'lock/sendmutex'        # under queue/: held while qmail-send runs

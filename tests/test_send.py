@@ -235,10 +235,14 @@ class _Collect:
     (b'l' * 65530 + b'\n' + b'B' * 1000 + b'\nend\n', 66534, b'l' * 65530 + b'\n'
      + b'B' * 1000 + b'\n'),
     (b'l' * 65530 + b'\n' + b'B' * 1000 + b'\nend\n', 66536, None),
-    # a line longer than a read (64 KB), no end within the limit: cut
-    # where it falls, as a line with no end within one read is
+    # a first line longer than the limit: cut where it falls
     (b'y' * 200000 + b'\n', 150000, b'y' * 150000),
-    (b'a\n' + b'y' * 200000 + b'\n', 150000, b'a\n' + b'y' * 149998),
+    # a line longer than a read (64 KB) after it: back to the line before
+    # (it was cut where the limit fell, half a line quoted)
+    (b'a\n' + b'y' * 200000 + b'\n', 150000, b'a\n'),
+    (b'Subject: longline\n\n' + b'A' * 200000 + b'\nlast line\n', 150000,
+     b'Subject: longline\n\n'),
+    (b'a\n' + b'y' * 200000 + b'\nz\n', 200003, b'a\n' + b'y' * 200000 + b'\n'),
 ])
 def test_bouncemaxbytes_cuts_the_copy_at_a_line_end(tmp_path, message, limit, want):
     from qmail.send import Send
@@ -251,6 +255,32 @@ def test_bouncemaxbytes_cuts_the_copy_at_a_line_end(tmp_path, message, limit, wa
     else:
         assert qq.data == want + (b'\n--- Rest of message truncated: over %d bytes '
                                   b'(control/bouncemaxbytes).\n' % limit)
+
+
+def test_bouncemaxbytes_cut_as_a_whole_file_reading_gives_it(tmp_path):
+    """Random messages with lines around and across the 64 KB pieces, cut
+    as the rule says when read whole."""
+    import random
+    from qmail.send import Send
+    rnd = random.Random(4242)
+    path = tmp_path / 'mess'
+    for _ in range(300):
+        message = b''.join(b'x' * rnd.choice([0, 1, 5, 1000, 65535, 65536, 70000, 140000])
+                           + b'\n' for _ in range(rnd.randint(1, 6)))
+        if rnd.random() < 0.3:
+            message = message[:-1]
+        limit = rnd.randint(1, len(message) + 5)
+        path.write_bytes(message)
+        qq = _Collect()
+        Send.copy_into(None, qq, str(path), limit)
+        if len(message) <= limit:
+            want = message if message.endswith(b'\n') or not message else message + b'\n'
+        else:
+            end = message.rfind(b'\n', 0, limit)
+            want = (message[:end + 1] if end >= 0 else message[:limit]) + (
+                b'\n--- Rest of message truncated: over %d bytes '
+                b'(control/bouncemaxbytes).\n' % limit)
+        assert qq.data == want, (len(message), limit)
 
 
 @pytest.mark.parametrize('message, limit, want', [
