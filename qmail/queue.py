@@ -413,10 +413,19 @@ def die_timeout(signum, frame):
     os._exit(52)           # thou shalt not clean up here: see DEATH
 
 
+# Ignored, as qmail-queue.c's sig_miscignore() and sig_pipeignore(): the
+# caller may send them (a terminal's ^C or hangup reaches the whole
+# foreground group), and one taken halfway would leave a partial file in
+# mess/, or report a failure for a message already linked into todo/.
+IGNORED = ('SIGPIPE', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGVTALRM', 'SIGPROF',
+           'SIGXCPU', 'SIGXFSZ')
+
+
 def main(argv=None) -> int:
     os.umask(0o033)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for name in IGNORED:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGALRM, die_timeout)
     signal.alarm(DEATH)
     try:

@@ -274,6 +274,39 @@ def test_kill_at_random_points_leaves_no_partial_todo(fresh_home, test_user):
     assert 0 in outcomes, 'no injection completed: %s' % outcomes
 
 
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
+def test_signals_the_caller_may_send_are_ignored(fresh_home, test_user, sig):
+    """qmail-queue.c ignores them (sig_miscignore): a terminal's ^C or
+    hangup mid-injection.  INT made this one exit 81, HUP and QUIT killed
+    it, each leaving an empty file in mess/ for 36 hours."""
+    name, uid, gid = test_user
+    body = b'Subject: x\n\n' + b'body\n' * 1000
+    before = queue_files(fresh_home, *DIRS)
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    p = subprocess.Popen([os.path.join(fresh_home, 'bin/qmail-queue')],
+                         stdin=msg_r, stdout=env_r, user=uid, group=gid, extra_groups=[],
+                         env={'PATH': '/usr/bin:/bin'})
+    os.close(msg_r)
+    os.close(env_r)
+    try:
+        os.write(msg_w, body[:100])
+        time.sleep(1)                   # started, its files made, waiting for more
+        p.send_signal(sig)
+        time.sleep(0.2)
+        os.write(msg_w, body[100:])
+        os.close(msg_w)
+        os.write(env_w, b'Fa@b\0Tc@d\0\0')
+        os.close(env_w)
+        assert p.wait(timeout=TIMEOUT) == 0
+    finally:
+        p.kill()
+        p.wait(timeout=TIMEOUT)
+    new = new_files(fresh_home, before)
+    assert sorted(f.split('/')[0] for f in new) == ['intd', 'mess', 'todo'], new
+    check_queue_whole(fresh_home, body)
+
+
 def check_queue_whole(home, body):
     q = os.path.join(home, 'queue')
     for f in os.listdir(os.path.join(q, 'todo')):
