@@ -276,33 +276,65 @@ def delete(home: str, name: bytes):
 
 
 def make_home(userhome: bytes, uid: int, gid: int):
-    """-m: home and home/Maildir/{tmp,new,cur}, where missing."""
-    parent = os.path.dirname(userhome.rstrip(b'/'))
-    os.makedirs(parent, 0o755, exist_ok=True)
-    for path in (userhome, os.path.join(userhome, b'Maildir'),
-                 os.path.join(userhome, b'Maildir', b'tmp'),
-                 os.path.join(userhome, b'Maildir', b'new'),
-                 os.path.join(userhome, b'Maildir', b'cur')):
+    """-m: home and home/Maildir/{tmp,new,cur}, where missing: the
+    directories above the home root's (0755), the rest the user's (0700).
+    Walked a directory at a time from /, each opened through the one
+    above it, and without following a link wherever that one may be
+    changed by someone other than root (the user's home, a directory of
+    theirs above it, a sticky /tmp): a link put there (the home itself
+    made a link to a directory of root's) had root make directories
+    wherever it pointed and give them to the user.  Such a link is
+    refused (OSError, ELOOP)."""
+    parts = [p for p in userhome.split(b'/') if p]
+    fd = os.open(b'/', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            fd = _enter(fd, name, None)
+        fd = _enter(fd, parts[-1], (uid, gid))
+        fd = _enter(fd, b'Maildir', (uid, gid))
+        for name in (b'tmp', b'new', b'cur'):
+            os.close(_enter(os.dup(fd), name, (uid, gid)))
+    finally:
+        os.close(fd)
+
+
+def _enter(fd: int, name: bytes, owner):
+    """The directory name in the directory open on fd (closed), made if
+    missing (owner: (uid, gid), mode 0700, else root's 0755), opened."""
+    made = False
+    try:
+        os.mkdir(name, 0o755 if owner is None else 0o700, dir_fd=fd)
+        made = True
+    except FileExistsError:
+        pass
+    try:
+        st = os.fstat(fd)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if made or st.st_uid != 0 or st.st_mode & 0o022:
+            flags |= os.O_NOFOLLOW
+        new = os.open(name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if made and owner is not None:
         try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            continue
-        # The directory just made, through a descriptor that follows no
-        # link: by name, a link swapped in meanwhile (the user owns the
-        # home above) would have root chown its target.
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, 0o700)
-        finally:
-            os.close(fd)
+            os.fchown(new, *owner)
+            os.fchmod(new, 0o700)
+        except OSError:
+            os.close(new)
+            raise
+    return new
 
 
 # -- the command line ------------------------------------------------------------
 
+ID_MAX = 2 ** 32 - 2        # (uid_t)-1 means "no change" to chown
+
+
 def to_id(text: str, database) -> int:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         value = int(text)
+        if value > ID_MAX:
+            raise Usage('uid or gid %s is out of range' % text)
     else:
         try:
             value = database(text)

@@ -1533,16 +1533,52 @@ def test_vpasswd_make_home_never_chowns_through_a_link(tmp_path, monkeypatch):
     os.chmod(victim, 0o600)
     real_mkdir = os.mkdir
 
-    def mkdir_then_swap(path, mode=0o777):
-        real_mkdir(path, mode)
-        if path.endswith(b'/Maildir'):
-            os.rmdir(path)
-            os.symlink(str(victim), path)
+    def mkdir_then_swap(path, mode=0o777, *, dir_fd=None):
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if path == b'Maildir':
+            os.rmdir(path, dir_fd=dir_fd)
+            os.symlink(str(victim), path, dir_fd=dir_fd)
     monkeypatch.setattr(vpasswd.os, 'mkdir', mkdir_then_swap)
     with pytest.raises(OSError):
         vpasswd.make_home(os.fsencode(str(tmp_path / 'u')), 4321, 4321)
     st = os.stat(victim)
     check((st.st_uid, oct(st.st_mode & 0o777)), (0, oct(0o600)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='chown needs root')
+@pytest.mark.parametrize('where', ['home', 'above'])
+def test_vpasswd_make_home_follows_no_link_a_user_put(tmp_path, where):
+    """The home given is (or lies under) a link the user made, in a
+    directory of theirs, to a directory of root's: root made the Maildir
+    there, the user's.  A link root made in root's own directory is
+    followed, as before."""
+    theirs = tmp_path / 'theirs'
+    theirs.mkdir()
+    os.chown(theirs, 4321, 4321)
+    rootonly = tmp_path / 'rootonly'
+    rootonly.mkdir(mode=0o700)
+    link = theirs / 'carol'
+    os.symlink(str(rootonly), str(link))
+    os.lchown(link, 4321, 4321)
+    home = link if where == 'home' else link / 'carol'
+    with pytest.raises(OSError):
+        vpasswd.make_home(os.fsencode(str(home)), 4321, 4321)
+    check(os.listdir(rootonly), [])
+    trusted = tmp_path / 'homes'
+    os.symlink(str(rootonly), str(trusted))         # root's, in root's 0755 directory
+    os.chmod(tmp_path, 0o755)
+    vpasswd.make_home(os.fsencode(str(trusted / 'dave')), 4321, 4321)
+    check(sorted(os.listdir(rootonly / 'dave' / 'Maildir')), ['cur', 'new', 'tmp'])
+    st = os.stat(rootonly / 'dave')
+    check((st.st_uid, stat.S_IMODE(st.st_mode)), (4321, 0o700))
+
+
+@pytest.mark.parametrize('uid, code', [('99999999999999999999', 100), ('4294967295', 100),
+                                       ('\u00b2', 100), ('4294967294', 0)])
+def test_vpasswd_refuses_an_impossible_id(vhome, uid, code):
+    """A uid past uid_t was written, and every login then failed with a
+    temporary "internal error"; "²" (a digit to str.isdigit) was one."""
+    check(vpw(vhome, ['add', 'huge', uid, '5', '/tmp/x'], b'pw'), code)
 
 
 def test_pop3d_reads_no_lifetime(tmp_path):
