@@ -692,6 +692,7 @@ def serve(session: Session, conn, argv, certfile: str) -> int:
                         return 1
                     flagdirect = not isinstance(conn, TlsConn)
                 if session.login is not None:
+                    write_logs(session)     # a refusal before it in the same read
                     since = session.clock()
                     wstat, spoke = run_login(session, conn, argv, flagdirect)
                     what = verdict(wstat)

@@ -1023,6 +1023,27 @@ def test_program_wrong_password_then_right(home):
     assert b'wrong' not in server.stderr
 
 
+def test_program_logs_a_refusal_before_a_login_in_the_same_read(home):
+    """AUTH PLAIN acting as another, then a right login in the same read
+    (a pipe, not a socket, read a line at a time; authdelaypop3 0): the
+    refusal's log line was queued, and the login that followed ended the
+    session without writing it."""
+    import base64
+    other = base64.b64encode(b'bob\0alice\0s3cret')
+    right = base64.b64encode(b'\0alice\0s3cret')
+    code = ('import sys; from qmail import popup; '
+            'sys.exit(popup.main(%r, home=%r))' % (home.argv, str(home.path)))
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, timeout=TIMEOUT,
+                       input=b'AUTH PLAIN ' + other + b'\r\nAUTH PLAIN ' + right + b'\r\n'
+                       b'QUIT\r\n',
+                       env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT,
+                            'TCPREMOTEIP': '127.0.0.1'})
+    check(r.stdout.split(b'\r\n')[1:], [b'-ERR authorization failed', b'+OK logged in',
+                                        b'+OK bye', b''])
+    check((r.returncode, r.stderr), (0, b'qmail-popup: login failed: user alice from '
+                                        b'127.0.0.1 by auth: authorization identity differs\n'))
+
+
 def test_program_failure_limit(home):
     home.control('maxauthpop3', b'2\n')
     server = Server(home)
