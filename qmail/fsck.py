@@ -511,10 +511,11 @@ class Repairer:
         try:
             # A file with a link elsewhere (one a qmail user made to a file
             # of root's, where the kernel lets them) is not given away;
-            # todo/ and intd/ share theirs, as qmail-queue makes them.
+            # todo/N and intd/N share theirs, as qmail-queue makes them:
+            # a second link is let be only where it is that partner.
             st = os.fstat(fd)
-            shared = 2 if rel.split('/')[1:2] in (['todo'], ['intd']) else 1
-            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > shared:
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and not (
+                    st.st_nlink == 2 and self._partner_is(rel, st)):
                 raise OSError(errno.EMLINK, '%s has %d links: not changed'
                               % (rel, st.st_nlink))
             os.fchown(fd, uid, gid)
@@ -522,6 +523,25 @@ class Repairer:
                 os.fchmod(fd, mode)
         finally:
             os.close(fd)
+
+    def _partner_is(self, rel, st) -> bool:
+        """Is the other name of the file rel (st: its fstat) its todo/ or
+        intd/ partner, queue/intd/N for queue/todo/N and the reverse?"""
+        parts = rel.split('/')
+        if len(parts) < 3 or parts[0] != 'queue' or parts[1] not in ('todo', 'intd'):
+            return False
+        parts[1] = 'intd' if parts[1] == 'todo' else 'todo'
+        try:
+            dfd, name = self._at('/'.join(parts))
+        except OSError:
+            return False
+        try:
+            other = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            os.close(dfd)
+        return (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino)
 
     def _unlink(self, rel):
         dfd, name = self._at(rel)

@@ -498,6 +498,40 @@ def test_a_file_with_a_link_elsewhere_is_not_given_away(q, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
+@pytest.mark.parametrize('d', ['todo', 'intd'])
+def test_a_todo_linked_to_a_file_of_roots_is_not_given_away(q, tmp_path, d):
+    """todo/N and intd/N may share their inode, so two links were let be
+    there whatever the other was: qmailq linking /etc/shadow in as
+    todo/N had qmail-fsck -r make it qmailq's, mode 0644.  The partner
+    alone is let be."""
+    m = q.mess()
+    precious = tmp_path / 'shadow'
+    precious.write_text('root:$6$secret\n')
+    os.chmod(precious, 0o600)
+    os.link(precious, q.path(d, m))
+    said = []
+    fixer = fsck.Repairer(q.home, install.HIER, SPLIT, q.uids, q.gids, time.time(), said.append)
+    problems = [p for p in fsck.check_queue(q.qdir, SPLIT, time.time(), q.uids)
+                if p.kind.startswith('file-') and p.path.startswith('queue/%s/' % d)]
+    assert problems
+    for p in problems:
+        assert not fixer.repair(p, problems)
+    st = os.stat(precious)
+    assert (st.st_uid, oct(stat.S_IMODE(st.st_mode))) == (0, oct(0o600))
+    assert any('links' in line for line in said), said
+    # the partner: todo/N and intd/N one file, as qmail-queue leaves them
+    m = q.queued()
+    os.link(q.path('todo', m), q.path('intd', m))
+    os.chmod(q.path('todo', m), 0o600)
+    problems = [p for p in fsck.check_queue(q.qdir, SPLIT, time.time(), q.uids)
+                if p.kind.startswith('file-') and p.path == 'queue/' + qfn(d, m, SPLIT)]
+    assert problems
+    for p in problems:
+        assert fixer.repair(p, problems)
+    assert oct(stat.S_IMODE(os.stat(q.path('todo', m)).st_mode)) == oct(0o644)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root')
 def test_main_exit_codes(tmp_path, capsys):
     home = str(tmp_path / 'qmail')
     uids, gids = install.lookup_ids()
