@@ -1045,7 +1045,17 @@ def install(home, python, fqdn, split=None, smtp_addr='127.0.0.1', smtp_port='25
     ensure_ids()
     uids, gids = lookup_ids()
     os.makedirs(os.path.dirname(home), exist_ok=True)
+    existed = os.path.lexists(home)
     check_home(home)
+    if not existed:
+        # Made now, by root, or the install stops: one made by someone
+        # else after check_home looked (in a sticky /tmp, say) would be
+        # taken over with whatever they had put in it (service/ included).
+        try:
+            os.mkdir(home, 0o755)
+        except FileExistsError:
+            raise InstallError('the home %s appeared while the install began: made by '
+                               'someone else?' % home) from None
     split = choose_split(home, split)
     if split != auto.SPLIT:
         say('queue split %d ways (conf-split)' % split)

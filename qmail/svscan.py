@@ -34,9 +34,11 @@ Exits:    0 after a clean stop; 100 usage; 111 if svscan cannot start
 See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
 """
 
+import errno
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -62,6 +64,13 @@ def services(home: str):
 def link_services(home: str, names):
     svdir = os.path.join(home, 'service')
     os.makedirs(svdir, exist_ok=True)
+    # svscan runs, as root, every run script it finds there: service/
+    # must be root's alone (a home taken over from someone else, say).
+    st = os.lstat(svdir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, '%s is not a directory of root\'s alone '
+                      '(owner %d, mode %04o): svscan would run what others put there'
+                      % (svdir, st.st_uid, stat.S_IMODE(st.st_mode)))
     for name in names:
         link = os.path.join(svdir, name)
         target = os.path.join(home, 'supervise', name)

@@ -339,6 +339,48 @@ def test_a_file_with_another_link_is_not_given_away(tmp_path):
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
 
 
+def test_a_home_made_by_someone_else_after_the_check_is_refused(tmp_path, test_user,
+                                                                 monkeypatch):
+    """In a sticky world-writable directory, another user making HOME
+    just after check_home looked had the installer take it over, with
+    their service/ (run by svscan as root), control/ and alias/ files."""
+    from qmail import install
+    os.chmod(tmp_path, 0o1777)
+    home = str(tmp_path / 'qmail')
+    real_check = install.check_home
+
+    def check_then_race(path):
+        real_check(path)
+        os.mkdir(path)
+        os.makedirs(os.path.join(path, 'service', 'evil'))
+        for d in (path, os.path.join(path, 'service'), os.path.join(path, 'service', 'evil')):
+            os.chown(d, test_user[1], test_user[2])
+    monkeypatch.setattr(install, 'check_home', check_then_race)
+    with pytest.raises(install.InstallError) as e:
+        install.install(home, RUNTIME, 'x.example.org')
+    assert 'appeared' in str(e.value), e.value
+    assert sorted(os.listdir(home)) == ['service']          # nothing of ours put there
+    assert os.stat(home).st_uid == test_user[1]
+
+
+def test_svscan_runs_no_service_directory_of_someone_elses(tmp_path, test_user):
+    from qmail import svscan
+    home = str(tmp_path)
+    os.makedirs(os.path.join(home, 'supervise', 'qmail-send'))
+    os.makedirs(os.path.join(home, 'service'))
+    os.chown(os.path.join(home, 'service'), test_user[1], test_user[2])
+    with pytest.raises(OSError) as e:
+        svscan.link_services(home, ['qmail-send'])
+    assert "root's alone" in str(e.value), e.value
+    assert os.listdir(os.path.join(home, 'service')) == []
+    os.chown(os.path.join(home, 'service'), 0, 0)
+    os.chmod(os.path.join(home, 'service'), 0o777)
+    with pytest.raises(OSError):
+        svscan.link_services(home, ['qmail-send'])
+    os.chmod(os.path.join(home, 'service'), 0o755)
+    assert os.listdir(svscan.link_services(home, ['qmail-send'])) == ['qmail-send']
+
+
 def qmaild_dir(tmp_path, name):
     """tmp_path/name, a directory of qmaild's."""
     d = tmp_path / name
