@@ -249,11 +249,18 @@ def service_pids(dirs) -> dict:
 
 
 def last_log_line(home: str, name: str) -> str:
-    """The last line of HOME/log/<name>/current, without its stamp."""
+    """The last line of HOME/log/<name>/current, without its stamp.  The
+    directory is qmaill's: read (as root) only a regular file there, not
+    a link to one of root's nor a FIFO that would hang the start."""
     try:
-        with open(os.path.join(home, 'log', name, 'current'), 'rb') as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
-            lines = f.read().decode('utf-8', 'replace').splitlines()
+        fd = os.open(os.path.join(home, 'log', name, 'current'),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, 'rb') as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return ''
+            f.seek(max(0, st.st_size - LOG_TAIL))
+            lines = f.read(LOG_TAIL).decode('utf-8', 'replace').splitlines()
     except OSError:
         return ''
     lines = [l for l in lines if l.strip()]

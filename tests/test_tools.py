@@ -1433,6 +1433,25 @@ def test_svscan_start_keeps_the_admins_own_services(tmp_path):
                                          'qmail-smtpd']
 
 
+def test_svscan_reads_only_a_regular_log_file(tmp_path):
+    """log/<name>/ is qmaill's: a link there to a file of root's had its
+    last line printed by the start (run as root), a FIFO hung it."""
+    from qmail import svscan
+    log = tmp_path / 'log' / 'qmail-send'
+    log.mkdir(parents=True)
+    (log / 'current').write_bytes(b'@400000000000000000000000 first\n@4000000000000000'
+                                  b'00000000 last words\n')
+    assert svscan.last_log_line(str(tmp_path), 'qmail-send') == 'last words'
+    secret = tmp_path / 'secret'
+    secret.write_bytes(b'ROOT SECRET\n')
+    (log / 'current').unlink()
+    os.symlink(str(secret), str(log / 'current'))
+    assert svscan.last_log_line(str(tmp_path), 'qmail-send') == ''
+    (log / 'current').unlink()
+    os.mkfifo(str(log / 'current'))
+    assert svscan.last_log_line(str(tmp_path), 'qmail-send') == ''
+
+
 def test_install_help_and_status_of_nothing(tmp_path, capsys):
     from qmail import install
     assert install.main(['--help']) == 0          # help asked for: no usage error
