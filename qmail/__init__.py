@@ -9,9 +9,19 @@ as it was in the environment the program was started with (the kernel
 keeps that one in /proc/self/environ): gone if it had none, C or POSIX
 if the caller said so; where that cannot be read (a set-uid program),
 it stays.
+
+It also stands in for a descriptor 0, 1 or 2 closed when the program
+started, where CPython leaves sys.stdin, stdout or stderr None and each
+read or write through it raised AttributeError (an "internal bug", an
+exit 1, a report lost): reads and writes of fds 0 and 1 fail as on the
+closed descriptor (OSError, EBADF, which the programs answer as any
+read or write error), and what goes to fd 2 is lost, as a C qmail
+program's diagnostics are (strerr ignores the failed write).
 """
 
+import io as _io
 import os as _os
+import sys as _sys
 
 _COERCED = (b'C.UTF-8', b'C.utf8', b'UTF-8')
 
@@ -41,3 +51,41 @@ def _undo_locale_coercion():
 
 
 _undo_locale_coercion()
+
+
+class _Closed(_io.BufferedIOBase):
+    """The buffer of a standard stream whose descriptor was closed."""
+
+    def __init__(self, lose: bool = False):
+        super().__init__()
+        self._lose = lose           # writes vanish (fd 2), else fail
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def _fail(self, *args):
+        raise OSError(9, 'Bad file descriptor')
+
+    read = read1 = readinto = readinto1 = fileno = _fail
+
+    def write(self, data):
+        if self._lose:
+            return len(data)
+        self._fail()
+
+
+def _stand_ins_for_closed_stdio():
+    if _sys.stdin is None:
+        _sys.stdin = _io.TextIOWrapper(_Closed(), encoding='utf-8', errors='surrogateescape')
+    if _sys.stdout is None:
+        _sys.stdout = _io.TextIOWrapper(_Closed(), encoding='utf-8', errors='surrogateescape',
+                                        write_through=True)
+    if _sys.stderr is None:
+        _sys.stderr = _io.TextIOWrapper(_Closed(lose=True), encoding='utf-8',
+                                        errors='backslashreplace', write_through=True)
+
+
+_stand_ins_for_closed_stdio()

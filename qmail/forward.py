@@ -21,7 +21,7 @@ import os
 import sys
 
 from qmail.lib import auto
-from qmail.lib.qqtalk import QueueClient, status_text
+from qmail.lib.qqtalk import QueueClient, queue_program, status_text
 from qmail.except_ import byteargs, errstr, internal_bug, say
 
 BUFSIZE = 65536
@@ -34,11 +34,6 @@ class ReadError(Exception):
     def __init__(self, err: OSError):
         super().__init__(err)
         self.err = err
-
-
-def queue_program() -> str:
-    return os.environ.get('QMAILQUEUE') or os.path.join(
-        auto.QMAIL, 'bin/qmail-queue')
 
 
 def open_queue():

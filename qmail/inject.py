@@ -36,7 +36,7 @@ import time
 from qmail.lib import auto
 from qmail.lib import blockread
 from qmail.lib import control
-from qmail.lib.qqtalk import QueueClient
+from qmail.lib.qqtalk import QueueClient, queue_program
 from qmail.inject_token import (
     ATOM, AT, COLON, COMMENT, LEFT, QUOTE, RIGHT,
     ParseError, Rules, quote2, quote_need, rewrite_address, rewrite_field,
@@ -661,13 +661,6 @@ def copy_body(infile, put, first: bytes):
         last = chunk[-1:]
     if last and last != b'\n':
         put(b'\n')
-
-
-def queue_program() -> str:
-    program = os.environ.get('QMAILQUEUE')
-    if program is None:
-        program = os.path.join(auto.QMAIL, 'bin/qmail-queue')
-    return program
 
 
 def inject(argv, stdin=None, stdout=None) -> int:

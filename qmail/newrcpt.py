@@ -57,6 +57,7 @@ from qmail.lib import auto, cdb, rcptmap
 from qmail.lib.cdb import InstallError, install
 from qmail.lib.qlx import Qlx
 from qmail.lib.users import parse_nughde
+from qmail.lib.error import flushed_status, guard_stdout
 from qmail import getpw
 from qmail.local import find_dotqmail, make_safeext
 from qmail.local_deliver import is_temporary
@@ -529,6 +530,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    guard_stdout()                  # a full disk or closed fd 1 (-n): one line, 111
     try:
         code = main()
     except MemoryError:
@@ -537,7 +539,7 @@ def run():
     except Exception as e:                  # last resort: temporary
         sys.stderr.write(FATAL + 'internal bug: %s\n' % type(e).__name__)
         code = 111
-    sys.exit(code)
+    sys.exit(flushed_status(code, 'qmail-newrcpt'))
 
 
 if __name__ == '__main__':

@@ -58,6 +58,7 @@ import stat
 import sys
 
 from qmail.lib import auto, durable
+from qmail.lib.error import flushed_status, guard_stdout
 
 FILE = 'users/vpasswd'
 LOCK = 'users/vpasswd.lock'
@@ -428,7 +429,8 @@ def main(argv=None, home=None, stdin=None) -> int:
 
 
 def run():
-    sys.exit(main())
+    guard_stdout()                  # a full disk or closed fd 1: one line, 111
+    sys.exit(flushed_status(main(), 'qmail-vpasswd'))
 
 
 if __name__ == '__main__':

@@ -1618,6 +1618,20 @@ def test_vpasswd_make_home_follows_no_link_a_user_put(tmp_path, where):
     check((st.st_uid, stat.S_IMODE(st.st_mode)), (4321, 0o700))
 
 
+@needs_root
+def test_vpasswd_list_to_a_full_disk_is_one_line_and_111(vhome):
+    """It said "fatal: No space left on device", then CPython's own
+    "Exception ignored ... OSError" at its last flush, and exited 120."""
+    check(vpw(vhome, ['add', 'alice', '4321', '4322', '/v/alice'], b'pw'), 0)
+    code = ('import sys; sys.argv[1:] = ["list"]; from qmail.lib import auto; '
+            'auto.QMAIL = %r; from qmail import vpasswd; vpasswd.run()' % vhome)
+    with open('/dev/full', 'wb') as full:
+        r = subprocess.run([sys.executable, '-c', code], stdout=full, stderr=subprocess.PIPE,
+                           timeout=TIMEOUT, env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT})
+    check((r.returncode, r.stderr), (111, b'qmail-vpasswd: fatal: unable to write output: '
+                                          b'out of disk space\n'))
+
+
 @pytest.mark.parametrize('uid, code', [('99999999999999999999', 100), ('4294967295', 100),
                                        ('\u00b2', 100), ('4294967294', 0)])
 def test_vpasswd_refuses_an_impossible_id(vhome, uid, code):

@@ -223,8 +223,11 @@ def test_forward_queue_failure(qqexit, want, message, fakeqq, stdin,
         'got %r want %r' % ((got, lines), (want, [message]))
 
 
-def test_forward_no_queue_program(fakeqq, stdin, monkeypatch, capfd):
-    monkeypatch.setenv('QMAILQUEUE', str(fakeqq.dir / 'missing'))
+@pytest.mark.parametrize('program', ['missing', ''])
+def test_forward_no_queue_program(fakeqq, stdin, monkeypatch, capfd, program):
+    """QMAILQUEUE set to nothing cannot be run, as qmail's qmail_open (and
+    qmail-inject's, qmail-smtpd's) has it: forward used bin/qmail-queue."""
+    monkeypatch.setenv('QMAILQUEUE', str(fakeqq.dir / program) if program else '')
     monkeypatch.setenv('NEWSENDER', 's@example.org')
     monkeypatch.setenv('DTLINE', DTLINE.decode())
     stdin(MESSAGE)
@@ -1182,6 +1185,42 @@ def test_splogger_takes_a_tag_that_is_not_utf8():
                        preexec_fn=lambda: os.close(0), capture_output=True, env=env,
                        timeout=60)
     assert (r.returncode, r.stderr) == (0, b'')
+
+
+def run_with_closed(module, args, close, stdin=b'', env=None):
+    """python -c running qmail.<module>.run() with fd close closed."""
+    import subprocess
+    import sys
+    code = 'import sys; sys.argv[1:] = %r; from qmail import %s; %s.run()' % (
+        args, module, module)
+    return subprocess.run([sys.executable, '-c', code], input=stdin if close != 0 else None,
+                          stdin=subprocess.DEVNULL if close == 0 else None,
+                          capture_output=True, timeout=60,
+                          preexec_fn=lambda: os.close(close),
+                          env=dict(env or {}, PATH='/usr/bin:/bin', PYTHONPATH=ROOT))
+
+
+def test_a_closed_stderr_loses_the_warning_not_the_report():
+    """fd 2 closed: CPython makes sys.stderr None, and the warning's
+    write raised, then the last-resort handler's: exit 1 and the whole
+    report lost.  As C qmail's strerr, what goes to fd 2 is lost."""
+    r = run_with_closed('analog', ['overall'], 2, stdin=b'garbage\n')
+    assert r.returncode == 0 and b'Basic statistics' in r.stdout, (r.returncode, r.stdout)
+
+
+def test_a_closed_stdin_is_a_read_error_not_an_internal_bug():
+    r = run_with_closed('pw2u', [], 0)
+    assert (r.returncode, r.stderr) == (111, b'qmail-pw2u: fatal: unable to read input\n')
+
+
+def test_tcp_env_with_fd_1_or_2_closed():
+    """tcp-env.c: 111, saying nothing, where its output cannot be
+    written (it printed a traceback and exited 1); an unknown option is
+    named on fd 2 and ignored, fd 2 closed or not (it exited 111)."""
+    r = run_with_closed('tcp_env', ['true'], 1)
+    assert (r.returncode, r.stderr) == (111, b'')
+    r = run_with_closed('tcp_env', ['-Z', 'true'], 2, env={'PROTO': 'TCP'})
+    assert r.returncode == 0, r
 
 
 # ---------------------------------------------------------------- qmail-svscan

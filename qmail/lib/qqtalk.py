@@ -30,6 +30,16 @@ ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
 DAEMON_WAIT = 5         # seconds for qmail-queued to take a message
 
 
+def queue_program() -> str:
+    """The program qmail's qmail_open starts: QMAILQUEUE's, even set to
+    nothing (which cannot be run: "unable to exec qq", as qmail's),
+    else HOME/bin/qmail-queue."""
+    program = os.environ.get('QMAILQUEUE')
+    if program is None:
+        program = os.path.join(auto.QMAIL, 'bin/qmail-queue')
+    return program
+
+
 def daemon_socket():
     return os.path.join(auto.QMAIL, 'run', 'qmail-queue.sock')
 
