@@ -230,8 +230,11 @@ def connection_env(base: dict, local, remote, localname: str, rule_env: dict) ->
     env[b'PROTO'] = b'TCP6' if ':' in remoteip else b'TCP'
     for key, value in rule_env.items():
         # The rule's bytes, as tcpserver passes them (tcprules.parse
-        # reads them as latin-1, one char a byte).
-        env[key.encode('latin-1')] = value.encode('latin-1')
+        # reads them as latin-1, one char a byte), as C strings; a
+        # variable with no name (tcprules takes ="x") is none.
+        key = key.encode('latin-1').split(b'\0', 1)[0]
+        if key:
+            env[key] = value.encode('latin-1').split(b'\0', 1)[0]
     return env
 
 
@@ -346,7 +349,13 @@ class Listener:
                     poller.poll(1000)
                 continue
             conn.setblocking(True)
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as e:            # as tcpserver: this one goes, the rest go on
+                self.log(0, 'warning: dropping connection, unable to fork: %s'
+                         % error_str(e).decode())
+                conn.close()
+                continue
             if pid == 0:
                 self.child(conn, remote)           # never returns
             conn.close()
@@ -436,6 +445,14 @@ class Listener:
         local = conn.getsockname()
         ip = unmap(remote[0])
         rule_env = {}
+        if self.o.banner:
+            # As tcpserver: before the rules are looked at, so a client
+            # that is then dropped gets it too.
+            try:
+                conn.sendall(self.o.banner)
+            except OSError as e:
+                self.log(0, 'warning: unable to print banner: %s' % error_str(e).decode())
+                return 111
         if self.o.rules:
             try:
                 allowed, rule_env, _ = tcprules.lookup(self.o.rules, ip)
@@ -463,11 +480,6 @@ class Listener:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if self.o.banner:
-            try:
-                conn.sendall(self.o.banner)
-            except OSError:
-                return 0                    # the client is gone already
         os.dup2(conn.fileno(), 0)
         os.dup2(conn.fileno(), 1)
         conn.close()
@@ -477,7 +489,12 @@ class Listener:
             # ignores SIGPIPE; Python, SIGXFSZ).
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
-            os.execvp(self.o.program[0], self.o.program)
+            try:
+                os.execvp(self.o.program[0], self.o.program)
+            except OSError as e:
+                self.log(0, 'warning: dropping connection, unable to run %s: %s'
+                         % (self.o.program[0], error_str(e).decode()))
+                return 111
         code = self.module.main(self.o.program[1:])
         try:
             sys.stdout.flush()

@@ -83,6 +83,15 @@ def test_rule_values_pass_as_bytes():
     assert env[b'X'] == b'gr\xc3\xbc\xc3\x9fe'
 
 
+def test_a_rule_variable_without_a_name_is_none():
+    """tcprules takes ="x": putenv of no name failed, and the client the
+    rule allows was dropped ("OSError in child").  A NUL ends a name or
+    value, as in tcpserver's C strings."""
+    env = listen.connection_env({}, ('127.0.0.1', 25), ('10.0.0.9', 1), 'mx',
+                                {'': 'x', 'Y': '1', 'Z\0W': 'a\0b'})
+    assert b'' not in env and env[b'Y'] == b'1' and env[b'Z'] == b'a'
+
+
 def test_tcpserver_options(monkeypatch, tmp_path):
     """A tcpserver run script's options are taken: -q nothing, -Q (the
     default) errors, -v all; -U from $UID and $GID; the lookups' options

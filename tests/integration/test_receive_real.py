@@ -569,6 +569,88 @@ def test_listen_without_its_rules_drops_the_connection_and_says_why(site):
             'file does not exist' % missing) in err, err
 
 
+def test_listen_as_tcpserver_banner_fork_failure_and_nameless_variable(site):
+    """-B is written before the rules are looked at (a client then
+    dropped got nothing); a fork that fails drops that connection alone
+    (it stopped the listener: exit 111, the port closed); a rule's
+    variable with no name (tcprules takes ="x") is none (the client it
+    allows was dropped)."""
+    import pathlib
+    import shutil
+    import tempfile
+    home = site['home']
+    uid = 64917                 # no one's: its processes are the listener's alone
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp'))
+    rules = tmp_path / 'rules'
+    rules.write_text('127.0.0.5:deny\n127.0.0.6:allow,="x",Y="1"\n:allow\n')
+    subprocess.run(['tcprules', str(tmp_path / 'rules.cdb'), str(tmp_path / 'rules.tmp')],
+                   stdin=open(rules), check=True, timeout=TIMEOUT)
+    prog = tmp_path / 'prog'
+    prog.write_text('#!/bin/sh\necho "Y=$Y"\nexec sleep 2\n')
+    prog.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    p = free_port()
+    proc = subprocess.Popen(['prlimit', '--nproc=4', os.path.join(home, 'bin', 'qmail-listen'),
+                             '-v', '-c', '10', '-B', 'HELLO\r\n',
+                             '-x', str(tmp_path / 'rules.cdb'), '-u', str(uid),
+                             '-g', str(uid), '0', str(p), str(prog)],
+                            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+    def read_all(source):
+        s = socket.create_connection(('127.0.0.1', p), source_address=(source, 0), timeout=10)
+        s.settimeout(10)
+        out = b''
+        try:
+            while True:
+                chunk = s.recv(100)
+                if not chunk:
+                    return out
+                out += chunk
+        finally:
+            s.close()
+    try:
+        wait_port(p)
+        assert read_all('127.0.0.5') == b'HELLO\r\n'                # denied: the banner
+        assert read_all('127.0.0.6') == b'HELLO\r\nY=1\n'
+        # the user may have 4 processes: some of these connections cannot fork
+        socks = [socket.create_connection(('127.0.0.1', p), timeout=10) for _ in range(6)]
+        time.sleep(1)
+        for s in socks:
+            s.close()
+        time.sleep(2.5)
+        assert proc.poll() is None, 'qmail-listen stopped'
+        assert read_all('127.0.0.7').startswith(b'HELLO\r\nY=\n')    # still serving
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=TIMEOUT)[1].decode()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert 'warning: dropping connection, unable to fork' in err, err
+    assert 'OSError' not in err, err
+
+
+def test_listen_names_a_program_it_cannot_run(site):
+    """As tcpserver: "unable to run PROG: file does not exist" (it said
+    "warning: FileNotFoundError in child")."""
+    home = site['home']
+    p = free_port()
+    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-c', '1', '-u', '64917',
+                             '-g', '64917', '0', str(p), '/nonexistent/prog'],
+                            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_port(p)
+        s = socket.create_connection(('127.0.0.1', p), timeout=10)
+        s.settimeout(10)
+        assert s.recv(100) == b''
+        s.close()
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=TIMEOUT)[1].decode()
+    assert ('qmail-listen: warning: dropping connection, unable to run /nonexistent/prog: '
+            'file does not exist') in err, err
+
+
 def test_listen_out_of_descriptors_at_start_says_so(site):
     """Under a low ulimit -n qmail-listen cannot make its pipes: the
     system's reason, not "internal bug: OSError"."""
