@@ -452,6 +452,7 @@ class Session:
         self.held = b''
         self.pending = 0            # bytes in self.replies
         self.alive = [len(messages), sum(m.size for m in messages)]   # STAT's
+        self.deleted = []           # DELE's, for RSET: its cost theirs, not the maildir's
 
     # -- the interface to the shell --
 
@@ -589,9 +590,12 @@ class Session:
         self.out(b'+OK %d %d\r\n' % tuple(self.alive))
 
     def pop3_rset(self, arg):
-        for m in self.messages:
+        for i in self.deleted:
+            m = self.messages[i]
             m.flagdeleted = False
-        self.alive = [len(self.messages), sum(m.size for m in self.messages)]
+            self.alive[0] += 1
+            self.alive[1] += m.size
+        self.deleted.clear()
         self.last = 0
         self.out(R_OK)
 
@@ -603,6 +607,7 @@ class Session:
         if i is None:
             return
         self.messages[i].flagdeleted = True
+        self.deleted.append(i)
         self.alive[0] -= 1
         self.alive[1] -= self.messages[i].size
         self.last = max(self.last, i + 1)
