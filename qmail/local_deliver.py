@@ -23,7 +23,7 @@ import _signal    # not `signal`: its enum import costs start-up time
 
 from qmail.lib import auto, durable
 from qmail.lib.error import error_str, is_temporary  # noqa: F401  (used here and by local, newrcpt)
-from qmail.lib.qqtalk import QueueClient
+from qmail.lib.qqtalk import QueueClient, queue_program
 
 BUFSIZE = 65536
 # maildir(5): the delivery must abort if it has not finished in 24 hours,
@@ -789,8 +789,7 @@ def forward(recips: list, dtline: bytes, newsender: bytes) -> int:
     except OSError:
         raise TempFail(b'Unable to forward message: '
                        b'qq trouble in home directory (#4.3.0).') from None
-    qq = QueueClient(os.environ.get('QMAILQUEUE')
-                     or os.path.join(auto.QMAIL, 'bin/qmail-queue'))
+    qq = QueueClient(queue_program())
     qp = qq.pid or 0
     qq.put(dtline)
     while True:

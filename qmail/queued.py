@@ -100,7 +100,10 @@ class UidCap:
     change): take() a place for an injection of uid, or None when the
     user has PER_UID already; give() it back.  A place whose writer died
     is taken back at the next take(), whoever's it was.  The exempt (root, the MTA's users)
-    are not counted: their own limits hold (qmail-listen's -c)."""
+    are not counted: their own limits hold (qmail-listen's -c), and where
+    they hold every writer (more sessions in DATA at once than
+    MAX_WRITERS), a client waits qqtalk's DAEMON_WAIT (qmail-send a
+    quarter second) and runs bin/qmail-queue itself."""
 
     SLOT = struct.Struct('2i')          # writer's pid, uid + 1 (0: free)
 

@@ -73,7 +73,7 @@ import time
 from qmail.lib import auto, background, control, durable, proctitle
 from qmail.lib.date822 import date822
 from qmail.lib.qfile import parse_messid, qfn
-from qmail.lib.qqtalk import QueueClient
+from qmail.lib.qqtalk import QueueClient, queue_program
 from qmail import send_rules as rules
 
 SLEEP_TODO = 1500         # scan todo/ every 25 minutes even if not triggered
@@ -96,6 +96,7 @@ FRESH_BYTES = 8 << 20   # and the bytes of their recipient lists, in all
 DIRECT_RCPT = 8         # most local recipients of a message delivered direct
 DIRECT_MAX = 64         # most messages delivered direct at once
 SYNC_WINDOW = 0.01      # seconds a batch of syncs waits for more (background.Lane)
+BOUNCE_DAEMON_WAIT = 0.25   # seconds for qmail-queued to take a bounce, then bin/qmail-queue
 
 CHANFDOUT = (1, 3)
 CHANFDIN = (2, 4)
@@ -675,8 +676,8 @@ class Send:
         else:
             bsender, brecip = env
             single = bool(bsender == b'')
-            qq = QueueClient(os.environ.get('QMAILQUEUE')
-                             or os.path.join(auto.QMAIL, 'bin', 'qmail-queue'))
+            # (qmail-send's loop waits for this: not for a pool held whole)
+            qq = QueueClient(queue_program(), wait=BOUNCE_DAEMON_WAIT)
             if qq.spawn_error is not None:
                 log('warning: unable to start qmail-queue, will try later\n')
                 qq.close()

@@ -194,3 +194,28 @@ def test_a_client_silent_after_connecting_frees_its_writer(tmp_path, monkeypatch
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_client_waits_for_a_pool_held_whole_only_so_long(tmp_path, monkeypatch):
+    """Every writer busy (sessions parked in DATA hold theirs): a client
+    waited 5 s before bin/qmail-queue, qmail-send's loop for each bounce.
+    Now the wait it is given (DAEMON_WAIT, 1 s; qmail-send a quarter)."""
+    import os
+    import socket
+    import time
+    from qmail.lib import auto, qqtalk
+    (tmp_path / 'run').mkdir()
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(str(tmp_path / 'run' / 'qmail-queue.sock'))
+    held.listen(5)                  # no writer ever accepts
+    pim, pie = os.pipe(), os.pipe()
+    try:
+        t0 = time.monotonic()
+        assert qqtalk.connect_daemon(pim, pie, 0.2) is None
+        assert time.monotonic() - t0 < 3
+    finally:
+        held.close()
+        for fd in pim + pie:
+            os.close(fd)
+    assert qqtalk.DAEMON_WAIT <= 1

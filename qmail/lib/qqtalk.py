@@ -27,7 +27,9 @@ BUFSIZE = 65536
 ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
 
 
-DAEMON_WAIT = 5         # seconds for qmail-queued to take a message
+DAEMON_WAIT = 1         # seconds for qmail-queued to take a message, then
+                        # bin/qmail-queue (a writer is free, or forked, in
+                        # milliseconds: only a pool held whole waits this)
 
 
 def queue_program() -> str:
@@ -44,17 +46,20 @@ def daemon_socket():
     return os.path.join(auto.QMAIL, 'run', 'qmail-queue.sock')
 
 
-def connect_daemon(pim, pie):
-    """Hand the read ends to qmail-queued; (socket, pid) or None."""
+def connect_daemon(pim, pie, wait: float = DAEMON_WAIT):
+    """Hand the read ends to qmail-queued; (socket, pid) or None when it
+    has not taken them within wait seconds (every writer busy: slow
+    clients in DATA, say) or is not there."""
     path = daemon_socket()       # (absent: connect() fails, no stat() first)
     import array
     import socket
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # qmail-queued answers at once unless all its writers are busy: then,
-    # after DAEMON_WAIT, bin/qmail-queue.  (No one user can keep them
-    # all: qmail-queued's PER_UID; one past it is closed unanswered, and
-    # bin/qmail-queue follows at once.)
-    s.settimeout(DAEMON_WAIT)
+    # after wait, bin/qmail-queue.  (No one user can keep them all:
+    # qmail-queued's PER_UID; one past it is closed unanswered, and
+    # bin/qmail-queue follows at once.  Its own users can: qmail-smtpd's
+    # sessions hold a writer from DATA to ".".)
+    s.settimeout(wait)
     try:
         s.connect(path)
         s.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -84,7 +89,8 @@ def in_home() -> bool:
 class QueueClient:
     """One message on its way into the queue."""
 
-    def __init__(self, program: str):
+    def __init__(self, program: str, wait: float = DAEMON_WAIT):
+        """wait: how long qmail-queued may take to answer (connect_daemon)."""
         self.flagerr = False
         self.buf = bytearray()
         self.pid = None
@@ -96,7 +102,7 @@ class QueueClient:
                 and os.geteuid() == os.getuid():
             pim = os.pipe()
             pie = os.pipe()
-            got = connect_daemon(pim, pie)
+            got = connect_daemon(pim, pie, wait)
             if got is not None:
                 self.sock, self.pid = got
                 os.close(pim[0])
