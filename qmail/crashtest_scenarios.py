@@ -139,7 +139,7 @@ class InProcessQueue:
     """qmail-send's QueueClient for bounces, with qmail-queue's writer run
     in this process: its steps are the scenario's steps."""
 
-    def __init__(self, program):
+    def __init__(self, program, wait=None):
         self.pid = os.getpid()
         self.spawn_error = None
         self.flagerr = False
