@@ -548,12 +548,21 @@ def test_listen_without_its_rules_drops_the_connection_and_says_why(site):
     """As tcpserver: the connection is dropped, and the log says why
     (the README once named /etc/tcp.smtp.cdb, which nothing makes)."""
     home = site['home']
-    p = free_port()
     pw = pwd.getpwnam('qmaild')
     missing = os.path.join(os.path.dirname(home), 'no-such-rules.cdb')
-    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-v', '-c', '1',
-                             '-x', missing, '-u', str(pw.pw_uid), '-g', str(pw.pw_gid),
-                             '0', str(p), os.path.join(home, 'bin', 'qmail-smtpd')],
+    err = log_of_a_dropped_connection(home, [
+        '-v', '-c', '1', '-x', missing, '-u', str(pw.pw_uid), '-g', str(pw.pw_gid), '0',
+        os.path.join(home, 'bin', 'qmail-smtpd')])
+    assert ('qmail-listen: warning: dropping connection, unable to read %s: '
+            'file does not exist' % missing) in err, err
+
+
+def log_of_a_dropped_connection(home, args):
+    """qmail-listen with args (the port put in before the program, the
+    last of them), one client it must drop at once: its log."""
+    p = free_port()
+    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen')] + args[:-1]
+                            + [str(p), args[-1]],
                             env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -565,8 +574,7 @@ def test_listen_without_its_rules_drops_the_connection_and_says_why(site):
     finally:
         proc.terminate()
         err = proc.communicate(timeout=TIMEOUT)[1].decode()
-    assert ('qmail-listen: warning: dropping connection, unable to read %s: '
-            'file does not exist' % missing) in err, err
+    return err
 
 
 def test_listen_as_tcpserver_banner_fork_failure_and_nameless_variable(site):
@@ -632,21 +640,8 @@ def test_listen_as_tcpserver_banner_fork_failure_and_nameless_variable(site):
 def test_listen_names_a_program_it_cannot_run(site):
     """As tcpserver: "unable to run PROG: file does not exist" (it said
     "warning: FileNotFoundError in child")."""
-    home = site['home']
-    p = free_port()
-    proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-c', '1', '-u', '64917',
-                             '-g', '64917', '0', str(p), '/nonexistent/prog'],
-                            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        wait_port(p)
-        s = socket.create_connection(('127.0.0.1', p), timeout=10)
-        s.settimeout(10)
-        assert s.recv(100) == b''
-        s.close()
-    finally:
-        proc.terminate()
-        err = proc.communicate(timeout=TIMEOUT)[1].decode()
+    err = log_of_a_dropped_connection(site['home'], ['-c', '1', '-u', '64917', '-g', '64917',
+                                                     '0', '/nonexistent/prog'])
     assert ('qmail-listen: warning: dropping connection, unable to run /nonexistent/prog: '
             'file does not exist') in err, err
 
