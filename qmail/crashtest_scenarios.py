@@ -590,6 +590,7 @@ class OverlapScenario(QueueScenario):
     stale = {b'soon': b'one@' + DOMAIN, b'soon2': b'two@' + DOMAIN}
     syncfs = True
     direct_max = 0          # new messages delivered direct (send.Send.direct_max)
+    direct_rcpt = send.DIRECT_RCPT  # and their recipients at most (Send.direct_rcpt)
     alrm = False            # retries made at once (drain_overlapped)
 
     def setup(self, box):
@@ -613,6 +614,7 @@ class OverlapScenario(QueueScenario):
         """Ends with every message finished, nothing left for a restart."""
         s = new_send(box)
         s.direct_max = self.direct_max
+        s.direct_rcpt = self.direct_rcpt
         s.bg = Deferred()
         for lane in s.lanes:
             lane.bg = s.bg
@@ -631,6 +633,7 @@ class DirectScenario(OverlapScenario):
     stale = {}
     syncfs = False
     direct_max = send.DIRECT_MAX
+    direct_rcpt = 8         # the machinery for several (its marks, its spill)
 
 
 class DeferOnce(Spawn):

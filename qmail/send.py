@@ -36,15 +36,18 @@ lists go) only once they are and todo/ is gone.  A crash in between
 leaves todo/: the next start preprocesses and delivers again, at worst
 a second time (as a crash between a delivery and its D mark does).
 
-Direct delivery, beyond qmail: a new message for local recipients only
-(at most DIRECT_RCPT of them) is delivered straight from todo/, its
-recipient list kept in memory: no info/ nor local/ is written, nor any
-D mark.  Delivered to all, it is removed (todo/ durably first, then
+Direct delivery, beyond qmail: a new message for one local recipient
+(DIRECT_RCPT) is delivered straight from todo/, its recipient list kept
+in memory: no info/ nor local/ is written, nor any D mark.  Delivered to all, it is removed (todo/ durably first, then
 mess/).  A deferral or a failure (or qmail-send stopping) spills it: its
 info/ and local/ are written then, with the D marks of what was done,
 and it goes on as any message.  Until then todo/ stays, so a crash
 delivers it again from the start (at worst twice, as above; a maildir
-delivery finds its file there and is not repeated).  At most
+delivery finds its file there and is not repeated): with one recipient
+that is the delivery under way, which a crash may repeat in qmail too.
+(With more, a recipient whose delivery never ended, a .qmail program
+that hangs, kept the others' successes in memory as long, and a crash
+then repeated them, an mbox or program line's copy too.)  At most
 DIRECT_MAX such messages at once (waiting for a delivery slot too: a
 spill costs more files and syncs than the wait): those past that are
 preprocessed as usual, so a backlog is queued as qmail queues it; none
@@ -93,7 +96,10 @@ REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
 FRESH_BYTES = 8 << 20   # and the bytes of their recipient lists, in all
-DIRECT_RCPT = 8         # most local recipients of a message delivered direct
+DIRECT_RCPT = 1         # most local recipients of a message delivered direct:
+                        # one, whose delivery a crash may repeat as qmail's
+                        # would; with more, one that never ends (a .qmail
+                        # program) kept the others' done in memory alone
 DIRECT_MAX = 64         # most messages delivered direct at once
 SYNC_WINDOW = 0.01      # seconds a batch of syncs waits for more (background.Lane)
 BOUNCE_DAEMON_WAIT = 0.25   # seconds for qmail-queued to take a bounce, then bin/qmail-queue
@@ -310,6 +316,7 @@ class Failed:
 class Send:
     inline = False              # crash tests: disk work done at once, in order
     direct_max = 0              # messages delivered direct at once (main: DIRECT_MAX)
+    direct_rcpt = DIRECT_RCPT   # most local recipients of one (tests: more)
 
     def __init__(self, ctl: control.Controls, controls: Controls, split: int):
         self.ctl = ctl
@@ -1488,7 +1495,7 @@ class Send:
         removed], sender); a Failed after a warning, None if todo/ is
         gone; files None and nothing written for a message to deliver
         direct (direct_room left, local recipients only, at most
-        DIRECT_RCPT, and no stale file of an earlier try).  Its log
+        direct_rcpt, and no stale file of an earlier try).  Its log
         lines are appended to out."""
         fn = self.fn('todo', messid)
         try:
@@ -1544,7 +1551,7 @@ class Send:
             out.append('warning: unknown record type in %s\n' % self.fn('todo', messid))
             return failed
         if (self.direct_room > 0 and not stale and not chans[1]
-                and 0 < chans[0].count(b'\0') <= DIRECT_RCPT):
+                and 0 < chans[0].count(b'\0') <= self.direct_rcpt):
             self.direct_room -= 1
             out.extend(news)
             return messid, chans, None, stale, info[0][1:-1]

@@ -21,6 +21,7 @@ SPLIT = 3
 def s(tmp_path, monkeypatch):
     s, s.log = scratch_send(tmp_path, monkeypatch, SPLIT)
     s.direct_max = send.DIRECT_MAX
+    s.direct_rcpt = 8           # the machinery for several (marks, spills); main's is 1
     s.bg.inline = True
     s.asked = []
 
@@ -142,7 +143,7 @@ def test_a_deferral_spills_local_with_the_marks_of_what_was_done(s):
 
 def test_a_remote_recipient_or_too_many_is_preprocessed_as_usual(s):
     queue(s, 34, [b'u@here.example', b'x@far.example'])
-    queue(s, 35, [b'r%d@here.example' % i for i in range(send.DIRECT_RCPT + 1)])
+    queue(s, 35, [b'r%d@here.example' % i for i in range(s.direct_rcpt + 1)])
     queue(s, 36, [b'u@here.example'])
     s.preprocess_batch([34, 35, 36])
     assert list(s.directs) == [36]
@@ -536,3 +537,18 @@ def test_a_clock_stepped_back_does_not_lengthen_a_hold(s):
     assert s.log.count('warning: unknown record type in todo/44\n') == 1
     scan(s, now - 3600)                         # an hour back: tried again
     assert s.log.count('warning: unknown record type in todo/44\n') == 2
+
+
+def test_only_a_message_for_one_local_recipient_goes_direct(s):
+    """With several, one whose delivery never ended (a .qmail program
+    that hangs) kept the others' successes in memory as long: a crash
+    then, or a kill after a TERM that waited for it, delivered them
+    again, an mbox or program line's copy too, where qmail had written
+    their D marks."""
+    s.direct_rcpt = send.DIRECT_RCPT
+    assert send.DIRECT_RCPT == 1
+    queue(s, 51, [b'u@here.example', b'v@here.example'])
+    queue(s, 52, [b'u@here.example'])
+    s.preprocess_batch([51, 52])
+    assert list(s.directs) == [52]
+    assert os.path.exists(qfn('local', 51, SPLIT))
