@@ -327,3 +327,40 @@ def test_a_delivery_start_out_of_descriptors_says_so(tmp_path, monkeypatch, err,
     sp.docmd(3, b'0/123', b'a@b', b'c@d.example')
     assert sent == [b'\x03' + want + b'\0']
     assert sp.slots[3] is None
+
+
+def test_idle_workers_found_dead_give_way_to_a_new_one():
+    """Two idle workers of a user killed (by that user): the delivery got
+    "qmail-local crashed" and waited for its retry; a new worker takes it."""
+    import socket
+
+    class Slot:
+        fdout = 1
+
+    class Spawner:
+        watch = {}
+        slots = {7: Slot()}
+    workers = spawn.Workers(Spawner(), None, None)
+    key = ('user', 1000, 1000)
+    dead = []
+    for pid in (1, 2, 3):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.close()                          # the worker is gone
+        dead.append(ours)
+    workers.idle[key] = [spawn.Worker(i + 1, s, key) for i, s in enumerate(dead)]
+    workers.nidle = 3
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    forked = []
+
+    def fork(k, arg, title):
+        forked.append(k)
+        return spawn.Worker(99, ours, k)
+    workers.fork = fork
+    try:
+        assert workers.run(key, None, 'qmail-local user', [b'x'], 0, 7) is None
+        assert forked == [key] and workers.nidle == 0
+        assert theirs.recv(64) == b'x'
+        assert all(s.fileno() == -1 for s in dead)     # retired
+    finally:
+        ours.close()
+        theirs.close()

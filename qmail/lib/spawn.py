@@ -384,15 +384,21 @@ class Workers:
         if len(msg) > JOB_MAX:
             return Done(111 << 8)
         fdout = self.spawner.slots[delnum].fdout
-        for attempt in (1, 2):
-            worker = self.take(key) or self.fork(key, arg, title)
+        while True:
+            # Idle workers gone meanwhile (killed by their user, say) are
+            # retired one after another; a new one is forked once none is
+            # left, and only its failure is the delivery's.
+            worker = self.take(key)
+            fresh = worker is None
+            if fresh:
+                worker = self.fork(key, arg, title)
             try:
                 worker.sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                              array.array('i', [fdmess, fdout]))])
                 break
             except OSError:
-                self.retire(worker)          # gone while idle: another
-                if attempt == 2:
+                self.retire(worker)
+                if fresh:
                     return Done(CRASHED)
         worker.delnum = delnum
         self.spawner.watch[worker.sock.fileno()] = lambda: self.answered(worker)
