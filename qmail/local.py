@@ -24,7 +24,9 @@ See:      qmail-local(8), dot-qmail(5), qmail-command(8), maildir(5),
 
 A failed instruction stops the delivery at once; forwards wait until
 every other instruction has succeeded, so an error anywhere prevents
-all forwarding (dot-qmail(5) "ERROR HANDLING").  The deliveries
+all forwarding (dot-qmail(5) "ERROR HANDLING").  Beyond qmail: a .qmail
+file over 64 MB (MAX_DOTQMAIL) is not read, and its delivery deferred
+("file too big"), where qmail reads any size.  The deliveries
 themselves are in qmail/local_deliver.py.
 """
 

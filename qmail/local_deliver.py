@@ -252,6 +252,9 @@ def flag_suffixes():
 FLAG_SUFFIXES = flag_suffixes()
 
 
+NO_DIRECTORY = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 def already_delivered(dirname: bytes, name: bytes) -> bool:
     """True if name is in new/, or in cur/ with or without its info.
 
@@ -263,11 +266,18 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
     if os.path.lexists(os.path.join(dirname, b'new', name)):
         return True
     cur = os.path.join(dirname, b'cur')
+    # A cur/ that is no directory (a file, a link that loops) holds no
+    # message: qmail, which never looks there, delivers (it was deferred
+    # at every try, until the bounce).
     try:
-        size = os.stat(cur).st_size
-    except FileNotFoundError:
+        st = os.stat(cur)
+    except OSError as err:
+        if err.errno in NO_DIRECTORY:
+            return False
+        raise
+    if not stat.S_ISDIR(st.st_mode):
         return False
-    if size > SCAN_CUR_MAX:
+    if st.st_size > SCAN_CUR_MAX:
         return in_cur_by_name(cur, name)
     prefix = name + b':'
     try:
@@ -275,9 +285,11 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
             for entry in it:
                 if entry.name == name or entry.name.startswith(prefix):
                     return True
-    except FileNotFoundError:
-        pass
-    except PermissionError:
+    except OSError as err:
+        if err.errno in NO_DIRECTORY:
+            return False
+        if not isinstance(err, PermissionError):
+            raise
         # cur/ searchable only: the standard forms, by name (where it is
         # not even that, nothing is seen, and a retry may deliver again).
         return in_cur_by_name(cur, name)

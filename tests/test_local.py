@@ -943,6 +943,24 @@ def test_maildir_drop_box(open_home, monkeypatch):
     assert os.listdir(md / 'tmp') == []
 
 
+@pytest.mark.parametrize('cur', ['file', 'loop'])
+def test_a_maildir_whose_cur_is_no_directory_is_delivered_to(open_home, monkeypatch, cur):
+    """qmail writes tmp/ and new/ only: a cur/ that is a file, or a link
+    to itself, was an error of the exactly-once look there, and every
+    attempt was deferred until the bounce."""
+    md = open_home.maildir('odd')
+    os.rmdir(md / 'cur')
+    if cur == 'file':
+        (md / 'cur').write_bytes(b'')
+    else:
+        os.symlink('cur', str(md / 'cur'))
+    open_home.write('.qmail', b'./odd/\n')
+    monkeypatch.setattr(ld, 'FROM_QUEUE', True)     # as from qmail-lspawn
+    code, report = open_home.run()
+    expect((code, report[:1]), (0, b'd'))
+    assert len(os.listdir(md / 'new')) == 1
+
+
 def test_mbox_in_a_directory_others_may_not_read(open_home, monkeypatch):
     """A spool directory of mode 1733: the mbox is made and appended to,
     as by qmail (its name's durability is the file's own fsync there)."""
