@@ -45,6 +45,7 @@ See:      qmail-log(5); qmailanalog's matchup(1).
 
 import calendar
 import re
+import time
 
 NS = 1_000_000_000
 TAI_EPOCH = 2 ** 62 + 10        # label of 1970-01-01 00:00:00 UTC, as tai64nunix
@@ -261,6 +262,20 @@ def parse_record(fields: list):
 
 
 # -- the matcher --------------------------------------------------------------
+def in_year(ns: int, years: int) -> int:
+    """A yearless syslog date (ns, read as SYSLOG_YEAR's) as the same
+    day and time years later (Feb 29 where there is none: Mar 1)."""
+    if not years:
+        return ns
+    sec, frac = divmod(ns, NS)
+    t = time.gmtime(sec)
+    year = SYSLOG_YEAR + years
+    mon, day = t.tm_mon, t.tm_mday
+    if (mon, day) == (2, 29) and not calendar.isleap(year):
+        mon, day = 3, 1
+    return calendar.timegm((year, mon, day, t.tm_hour, t.tm_min, t.tm_sec)) * NS + frac
+
+
 class Matcher:
     """Feed it log lines (without their newline) in order; read records.
 
@@ -289,20 +304,28 @@ class Matcher:
         self.first = None         # earliest and latest time seen
         self.last = None
         self.now = None           # time of the latest line
-        self.syslog_shift = 0     # years added to yearless syslog dates
+        self.syslog_years = 0     # years added to yearless syslog dates
         self.syslog_last = None
+        self.dated_last = None    # the latest stamp with its year (a -p file's)
 
     # -- time --
     def clock(self, kind: int, ns):
         if ns is None:
             return self.now if self.now is not None else 0
         if kind == SYSLOG:
-            ns += self.syslog_shift
-            if self.syslog_last is not None and ns < self.syslog_last - HALF_YEAR:
-                shift = 366 * 86400 * NS if self.syslog_shift == 0 else 365 * 86400 * NS
-                self.syslog_shift += shift
-                ns += shift
+            # A date half a year before the last one is next year's (from
+            # SYSLOG_YEAR, a leap year, on); before any, the last stamp
+            # that has its year sets it: the pending lines of an earlier
+            # chunk (-p) are such, and their messages were born then.
+            base = ns
+            ns = in_year(base, self.syslog_years)
+            last = self.syslog_last if self.syslog_last is not None else self.dated_last
+            while last is not None and ns < last - HALF_YEAR:
+                self.syslog_years += 1
+                ns = in_year(base, self.syslog_years)
             self.syslog_last = ns
+        else:
+            self.dated_last = ns
         self.stamped += 1
         self.now = ns
         if self.first is None or ns < self.first:

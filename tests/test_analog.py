@@ -133,6 +133,25 @@ def test_yearless_syslog_moves_on_across_new_year():
     assert [(x.done - x.birth) // NS for x in m.messages] == [2]
 
 
+@pytest.mark.parametrize('year_before', [False, True])
+def test_yearless_syslog_chunks_across_new_year(year_before):
+    """A syslog log cut in chunks (matchup -p): the pending lines carry
+    their year, and the next chunk's Jan 1 was taken as that year's, a
+    year before the message was born (delays of -31622393 s)."""
+    first = ['Dec 31 23:59:58 mail qmail: info msg 5: bytes 10 from <a@b> qp 1 uid 2']
+    if year_before:         # the first chunk crossed a new year already
+        first = ['Dec 30 10:00:00 mail qmail: new msg 4', 'Jan  1 00:00:00 mail qmail: new msg 6',
+                 'Dec 31 23:59:58 mail qmail: info msg 5: bytes 10 from <a@b> qp 1 uid 2']
+    rest = ['Jan  1 00:00:03 mail qmail-send[42]: starting delivery 1: msg 5 to local x@y',
+            'Jan  1 00:00:04 mail qmail-send[42]: delivery 1: success: ok',
+            'Jan  1 00:00:05 mail qmail-send[42]: end msg 5']
+    whole = match(first + rest)
+    chunk = match(first)
+    second = match(chunk.pending_lines() + rest)
+    assert chunk.output_lines() + second.output_lines() == whole.output_lines()
+    assert [(x.done - x.birth) // NS for x in second.messages] == [7]
+
+
 # -- matchup ----------------------------------------------------------------------------
 def test_golden_matchup():
     m = match(golden_lines())
