@@ -48,6 +48,7 @@ cut passwords at 72 bytes.  The cost is memory: each check takes 64 MiB
 for ~50 ms, so N logins at once take N x 64 MiB (tcpserver -c bounds N).
 """
 
+import errno
 import fcntl
 import getpass
 import grp
@@ -285,14 +286,16 @@ def make_home(userhome: bytes, uid: int, gid: int):
     theirs above it, a sticky /tmp): a link put there (the home itself
     made a link to a directory of root's) had root make directories
     wherever it pointed and give them to the user.  Such a link is
-    refused (OSError, ELOOP)."""
+    refused (OSError, ENOTDIR).  A home of / is refused (EINVAL)."""
     parts = [p for p in userhome.split(b'/') if p]
+    if not parts:
+        raise OSError(errno.EINVAL, 'a home of / is refused')
+    steps = [(name, None) for name in parts[:-1]] + [(parts[-1], (uid, gid)),
+                                                       (b'Maildir', (uid, gid))]
     fd = os.open(b'/', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for name, owner in steps:
+        fd = _enter(fd, name, owner)        # (which closes the fd it is given)
     try:
-        for name in parts[:-1]:
-            fd = _enter(fd, name, None)
-        fd = _enter(fd, parts[-1], (uid, gid))
-        fd = _enter(fd, b'Maildir', (uid, gid))
         for name in (b'tmp', b'new', b'cur'):
             os.close(_enter(os.dup(fd), name, (uid, gid)))
     finally:
@@ -300,15 +303,16 @@ def make_home(userhome: bytes, uid: int, gid: int):
 
 
 def _enter(fd: int, name: bytes, owner):
-    """The directory name in the directory open on fd (closed), made if
-    missing (owner: (uid, gid), mode 0700, else root's 0755), opened."""
+    """The directory name in the directory open on fd, made if missing
+    (owner: (uid, gid), mode 0700, else root's 0755), opened.  fd is
+    closed, whether this returns or raises."""
     made = False
     try:
-        os.mkdir(name, 0o755 if owner is None else 0o700, dir_fd=fd)
-        made = True
-    except FileExistsError:
-        pass
-    try:
+        try:
+            os.mkdir(name, 0o755 if owner is None else 0o700, dir_fd=fd)
+            made = True
+        except FileExistsError:
+            pass
         st = os.fstat(fd)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         if made or st.st_uid != 0 or st.st_mode & 0o022:

@@ -10,6 +10,7 @@ for STLS.  The checkers run as root (CI does) in subprocesses with fd 3.
 """
 
 import base64
+import errno
 import os
 import poplib
 import pwd
@@ -1618,9 +1619,12 @@ def test_vpasswd_make_home_follows_no_link_a_user_put(tmp_path, where):
     os.symlink(str(rootonly), str(link))
     os.lchown(link, 4321, 4321)
     home = link if where == 'home' else link / 'carol'
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):     # the refused link, not a double close
         vpasswd.make_home(os.fsencode(str(home)), 4321, 4321)
     check(os.listdir(rootonly), [])
+    with pytest.raises(OSError) as e:
+        vpasswd.make_home(b'/', 4321, 4321)     # (an IndexError and a traceback)
+    check(e.value.errno, errno.EINVAL)
     trusted = tmp_path / 'homes'
     os.symlink(str(rootonly), str(trusted))         # root's, in root's 0755 directory
     os.chmod(tmp_path, 0o755)
