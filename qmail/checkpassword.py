@@ -170,15 +170,11 @@ SHADOW = '/etc/shadow'
 SHADOW_READ_MAX = 4 << 20       # bytes of it read for unknown_setting
 
 
-def unknown_setting(lib, user: bytes) -> bytes:
-    """What an unknown or locked user's password is hashed with, for the
-    time it takes: one of the stored hashes of /etc/shadow, picked by the
-    name keyed with the file's bytes, which no client can read (the same
-    name costs the same each time; unknown names cost what the system's
-    users do, method by method, as often); a setting of the preferred
-    method (dummy_setting) where it has none.  One setting for all had
-    an unknown user take 44 ms here, and a user whose hash is SHA-512
-    29: time told who had an account."""
+def shadow_settings():
+    """(key, the stored hashes of /etc/shadow): what unknown_setting picks
+    from.  Read for every check, known user or not, so that its cost
+    (22 ms for 40,000 lines) tells nothing either; key, a digest of the
+    file, which no client can read."""
     try:
         with open(SHADOW, 'rb') as f:
             data = f.read(SHADOW_READ_MAX)
@@ -187,11 +183,25 @@ def unknown_setting(lib, user: bytes) -> bytes:
     hashes = []
     for line in data.split(b'\n'):
         fields = line.split(b':', 2)
-        if len(fields) > 2 and fields[1].startswith(b'$'):
+        # any hash crypt takes (DES's too); not a lock ("!", "*") nor none
+        if len(fields) > 2 and fields[1] and fields[1][:1] not in (b'!', b'*'):
             hashes.append(fields[1])
+    return hashlib.sha256(data).digest(), hashes
+
+
+def unknown_setting(lib, user: bytes, settings) -> bytes:
+    """What an unknown or locked user's password is hashed with, for the
+    time it takes: one of the stored hashes of /etc/shadow (settings,
+    from shadow_settings), picked by the name keyed with the file's
+    digest (the same name costs the same each time; unknown names cost
+    what the system's users do, method by method, as often); a setting
+    of the preferred method (dummy_setting) where it has none.  One
+    setting for all had an unknown user take 44 ms here, and a user
+    whose hash is SHA-512 29: time told who had an account."""
+    key, hashes = settings
     if not hashes:
         return dummy_setting(lib)
-    pick = hashlib.sha256(data + b'\0' + user).digest()
+    pick = hashlib.sha256(key + b'\0' + user).digest()
     return hashes[int.from_bytes(pick[:8], 'big') % len(hashes)]
 
 
@@ -263,6 +273,7 @@ def check(user: bytes, password: bytes, lib, now: float):
     every user, unknown ones too: were it found out only for users that
     exist, its 111 would tell a network client which names do."""
     shadow_readable()
+    settings = shadow_settings()        # for every user: the same cost
     try:
         pw = pwd.getpwnam(os.fsdecode(user)) if user and b'/' not in user else None
     except KeyError:
@@ -270,13 +281,13 @@ def check(user: bytes, password: bytes, lib, now: float):
     except (OSError, UnicodeError, ValueError) as err:
         raise Trouble('unable to read passwd: %s' % err) from None
     if pw is None:
-        verify(lib, password, unknown_setting(lib, user))       # the same time
+        verify(lib, password, unknown_setting(lib, user, settings))     # the same time
         return None
     shadow = getspnam(user)
     stored = stored_hash(os.fsencode(pw.pw_passwd), shadow)
     expire, lstchg, maxdays = shadow[1:] if shadow is not None else (-1, -1, -1)
     if not usable(stored, expire, int(now // DAY), lstchg, maxdays):
-        verify(lib, password, unknown_setting(lib, user))
+        verify(lib, password, unknown_setting(lib, user, settings))
         return None
     if not verify(lib, password, stored) or pw.pw_uid == 0 or pw.pw_gid == 0:
         return None                 # no root id, group either

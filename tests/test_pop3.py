@@ -1312,25 +1312,35 @@ def test_a_password_to_be_changed_first_is_not_usable(lstchg, maxdays, want):
 def test_an_unknown_user_costs_one_of_the_systems_own_hashes(tmp_path, monkeypatch):
     """One setting (the preferred method's) for every unknown user took
     44 ms where a user whose hash is SHA-512 took 29: time told who had
-    an account.  Now one of shadow's stored hashes, picked by the name
-    (the same each time), locked entries never."""
+    an account.  Now one of shadow's stored hashes (DES's too), picked by
+    the name (the same each time), locked entries never; and shadow is
+    read for every check, a known user's too, so its size tells nothing."""
     lib = checkpassword.libcrypt()
     yes = checkpassword.crypt(lib, b'a', checkpassword.dummy_setting(lib))
     sha = checkpassword.crypt(lib, b'b', b'$6$abcdefgh')
+    des = b'abJnggxhB/yWI'
     shadow = tmp_path / 'shadow'
     shadow.write_bytes(b'root:!:19000:0:99999:7:::\nann:%s:19000:0:99999:7:::\n'
-                       b'daemon:*:19000:0:99999:7:::\nbob:%s:19000::::::\n' % (yes, sha))
+                       b'daemon:*:19000:0:99999:7:::\nbob:%s:19000::::::\nold:%s:1::::::\n'
+                       b'none::1::::::\n' % (yes, sha, des))
     monkeypatch.setattr(checkpassword, 'SHADOW', str(shadow))
-    picked = {checkpassword.unknown_setting(lib, b'nobody%d' % i) for i in range(100)}
-    check(picked, {yes, sha})
-    check(checkpassword.unknown_setting(lib, b'eve'), checkpassword.unknown_setting(lib, b'eve'))
-    seen = []
+    settings = checkpassword.shadow_settings()
+    picked = {checkpassword.unknown_setting(lib, b'nobody%d' % i, settings) for i in range(200)}
+    check(picked, {yes, sha, des})
+    check(checkpassword.unknown_setting(lib, b'eve', settings),
+          checkpassword.unknown_setting(lib, b'eve', checkpassword.shadow_settings()))
+    seen, reads = [], []
     monkeypatch.setattr(checkpassword, 'verify', lambda lib, pw, setting: seen.append(setting))
     monkeypatch.setattr(checkpassword, 'shadow_readable', lambda: None)
+    real = checkpassword.shadow_settings
+    monkeypatch.setattr(checkpassword, 'shadow_settings', lambda: reads.append(1) or real())
     assert checkpassword.check(b'no-such-user-here', b'pw', lib, 0) is None
-    assert seen and seen[0] in (yes, sha), seen
+    assert seen and seen[0] in (yes, sha, des), seen
+    checkpassword.check(b'root', b'pw', lib, 0)             # a known user reads it too
+    check(len(reads), 2)
     shadow.write_bytes(b'root:!:19000:0:99999:7:::\n')
-    check(checkpassword.unknown_setting(lib, b'eve')[:3], checkpassword.dummy_setting(lib)[:3])
+    check(checkpassword.unknown_setting(lib, b'eve', checkpassword.shadow_settings())[:3],
+          checkpassword.dummy_setting(lib)[:3])
 
 
 def test_crypt_verify():
