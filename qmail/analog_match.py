@@ -62,6 +62,8 @@ SYSLOG_YEAR = 2000
 # (gmtime, the charts' axes) can show them, and no log was written then.
 TIME_MAX = 253402300800 * NS
 HALF_YEAR = 183 * 86400 * NS
+YEAR_NS = 365 * 86400 * NS
+YEAR_MAX = 9999                 # (TIME_MAX's): no syslog date is moved past it
 
 # ASCII: \d must not take other scripts' digits, which int() would refuse
 RE_HEX24 = re.compile(r'[0-9a-fA-F]{24}', re.ASCII)
@@ -320,9 +322,13 @@ class Matcher:
             base = ns
             ns = in_year(base, self.syslog_years)
             last = self.syslog_last if self.syslog_last is not None else self.dated_last
-            while last is not None and ns < last - HALF_YEAR:
-                self.syslog_years += 1
-                ns = in_year(base, self.syslog_years)
+            if last is not None and ns < last - HALF_YEAR:
+                # (a year or more at once: from 2000 to a -p file's year)
+                years = self.syslog_years + max(1, (last - ns) // YEAR_NS)
+                while ns < last - HALF_YEAR and SYSLOG_YEAR + years <= YEAR_MAX:
+                    ns = in_year(base, years)
+                    self.syslog_years = years
+                    years += 1
             self.syslog_last = ns
         else:
             self.dated_last = ns

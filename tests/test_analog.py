@@ -152,6 +152,19 @@ def test_yearless_syslog_chunks_across_new_year(year_before):
     assert [(x.done - x.birth) // NS for x in second.messages] == [7]
 
 
+def test_a_stamp_late_in_year_9999_before_syslog_lines_is_no_crash():
+    """The year a yearless date takes from a dated stamp before it stops
+    at 9999: a stray stamp late in 9999 made it year 10000, and
+    calendar.timegm's ValueError cost the whole report."""
+    sec = 253402300799 - 86400
+    label = '@%016x%08x' % (2 ** 62 + 10 + sec, 0)
+    m = match([label + ' status: local 0/10 remote 0/20',
+               'Jan  1 00:00:01 host qmail: new msg 5',
+               'Jan  1 00:00:02 host qmail: info msg 5: bytes 10 from <a@b> qp 1 uid 2',
+               'Jan  1 00:00:03 host qmail: end msg 5'])
+    assert len(m.messages) == 1 and m.last <= am.TIME_MAX
+
+
 # -- matchup ----------------------------------------------------------------------------
 def test_golden_matchup():
     m = match(golden_lines())
