@@ -451,7 +451,8 @@ class Listener:
             try:
                 conn.sendall(self.o.banner)
             except OSError as e:
-                self.log(0, 'warning: unable to print banner: %s' % error_str(e).decode())
+                self.log(0, 'warning: dropping connection, unable to print banner: %s'
+                         % error_str(e).decode())
                 return 111
         if self.o.rules:
             try:

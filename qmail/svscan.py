@@ -250,15 +250,16 @@ def service_pids(dirs) -> dict:
 
 def last_log_line(home: str, name: str) -> str:
     """The last line of HOME/log/<name>/current, without its stamp.  The
-    directory is qmaill's: read (as root) only a regular file there, not
-    a link to one of root's nor a FIFO that would hang the start."""
+    directory is qmaill's: read (as root) only a regular file there with
+    no other name, not a link (symbolic or hard) to one of root's, nor a
+    FIFO that would hang the start."""
     try:
         fd = os.open(os.path.join(home, 'log', name, 'current'),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with open(fd, 'rb') as f:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return ''
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                return ''         # (a hard link to a file of root's, too)
             f.seek(max(0, st.st_size - LOG_TAIL))
             lines = f.read(LOG_TAIL).decode('utf-8', 'replace').splitlines()
     except OSError:

@@ -1487,6 +1487,9 @@ def test_svscan_reads_only_a_regular_log_file(tmp_path):
     os.symlink(str(secret), str(log / 'current'))
     assert svscan.last_log_line(str(tmp_path), 'qmail-send') == ''
     (log / 'current').unlink()
+    os.link(str(secret), str(log / 'current'))     # where the kernel allows it
+    assert svscan.last_log_line(str(tmp_path), 'qmail-send') == ''
+    (log / 'current').unlink()
     os.mkfifo(str(log / 'current'))
     assert svscan.last_log_line(str(tmp_path), 'qmail-send') == ''
 
