@@ -205,10 +205,13 @@ def test_environment_cannot_redirect(home, test_user, tmp_path):
            'PYTHONUSERBASE': evil, 'LD_PRELOAD': os.path.join(evil, 'x.so'),
            'QMAILHOME': evil, 'QMAILQUEUE': '/bin/true'}
     before = queue_files(home, *DIRS)
-    r = qq(home, test_user, b'x\n', b'Fa@b\0Tc@d\0\0', env=env)
-    assert r.returncode == 0, r
-    assert len(new_files(home, before)) == 3
-    assert not os.path.exists(marker), 'caller-supplied code ran'
+    try:
+        r = qq(home, test_user, b'x\n', b'Fa@b\0Tc@d\0\0', env=env)
+        assert r.returncode == 0, r
+        assert len(new_files(home, before)) == 3
+        assert not os.path.exists(marker), 'caller-supplied code ran'
+    finally:
+        shutil.rmtree(evil, ignore_errors=True)     # (one was left in /tmp at each run)
 
 
 def test_callers_directory_cannot_supply_the_stdlib(home, test_user):
