@@ -4,6 +4,7 @@ and mboxes, bounces, retries, crashes."""
 
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -376,6 +377,7 @@ def test_logger_gets_the_record_as_qmaill(tmp_path):
         assert 'status: exiting' in open(out).read()
     finally:
         remove_home(home)
+        shutil.rmtree(logdir, ignore_errors=True)      # (one was left in /tmp at each run)
 
 
 def pwd_uid(name):

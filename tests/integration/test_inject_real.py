@@ -3,8 +3,10 @@
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -79,8 +81,7 @@ def test_sendmail_f_sets_from(home, test_user):
 
 
 def test_qmailqueue_is_honoured(home, test_user, tmp_path):
-    d = '/tmp/qq-fake-%d' % os.getpid()
-    os.makedirs(d, exist_ok=True)
+    d = tempfile.mkdtemp(prefix='qq-fake.', dir='/tmp')   # (removed below: one was left a run)
     os.chmod(d, 0o777)
     script = os.path.join(d, 'fake-qq')
     with open(script, 'w') as f:
@@ -90,8 +91,11 @@ def test_qmailqueue_is_honoured(home, test_user, tmp_path):
     r = run_as(test_user, [home + '/bin/qmail-inject', 'q@example.org'],
                input=b'Subject: via fake\n\nb\n', env={'QMAILQUEUE': script})
     assert r.returncode == 0, r.stderr
-    assert b'Subject: via fake' in open(os.path.join(d, 'mess'), 'rb').read()
-    assert new_messages(home, before) == {}
+    try:
+        assert b'Subject: via fake' in open(os.path.join(d, 'mess'), 'rb').read()
+        assert new_messages(home, before) == {}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize('argv, msg, code', [
