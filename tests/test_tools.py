@@ -1187,12 +1187,14 @@ def test_splogger_takes_a_tag_that_is_not_utf8():
     assert (r.returncode, r.stderr) == (0, b'')
 
 
-def run_with_closed(module, args, close, stdin=b'', env=None):
-    """python -c running qmail.<module>.run() with fd close closed."""
+def run_with_closed(module, args, close, stdin=b'', env=None, home=None):
+    """python -c running qmail.<module>.run() with fd close closed (home:
+    auto.QMAIL, where the program needs one)."""
     import subprocess
     import sys
-    code = 'import sys; sys.argv[1:] = %r; from qmail import %s; %s.run()' % (
-        args, module, module)
+    code = 'import sys; sys.argv[1:] = %r; from qmail.lib import auto; %s' \
+        'from qmail import %s; %s.run()' % (
+            args, '' if home is None else 'auto.QMAIL = %r; ' % str(home), module, module)
     return subprocess.run([sys.executable, '-c', code], input=stdin if close != 0 else None,
                           stdin=subprocess.DEVNULL if close == 0 else None,
                           capture_output=True, timeout=60,
@@ -1208,8 +1210,9 @@ def test_a_closed_stderr_loses_the_warning_not_the_report():
     assert r.returncode == 0 and b'Basic statistics' in r.stdout, (r.returncode, r.stdout)
 
 
-def test_a_closed_stdin_is_a_read_error_not_an_internal_bug():
-    r = run_with_closed('pw2u', [], 0)
+def test_a_closed_stdin_is_a_read_error_not_an_internal_bug(tmp_path):
+    (tmp_path / 'users').mkdir()        # (a machine without /var/qmail: its own home)
+    r = run_with_closed('pw2u', [], 0, home=tmp_path)
     assert (r.returncode, r.stderr) == (111, b'qmail-pw2u: fatal: unable to read input\n')
 
 
