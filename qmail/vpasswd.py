@@ -281,12 +281,13 @@ def make_home(userhome: bytes, uid: int, gid: int):
     """-m: home and home/Maildir/{tmp,new,cur}, where missing: the
     directories above the home root's (0755), the rest the user's (0700).
     Walked a directory at a time from /, each opened through the one
-    above it, and without following a link wherever that one may be
-    changed by someone other than root (the user's home, a directory of
-    theirs above it, a sticky /tmp): a link put there (the home itself
-    made a link to a directory of root's) had root make directories
-    wherever it pointed and give them to the user.  Such a link is
-    refused (OSError, ENOTDIR).  A home of / is refused (EINVAL)."""
+    above it and without following a link but one root made
+    (qmail-install's open_at): a link put where someone other than root
+    may write (the user's home, a directory of theirs above it, a sticky
+    /tmp; the home itself made a link to a directory of root's) had root
+    make directories wherever it pointed and give them to the user.
+    Such a link is refused (OSError, ENOTDIR).  A home of / is refused
+    (EINVAL)."""
     parts = [p for p in userhome.split(b'/') if p]
     if not parts:
         raise OSError(errno.EINVAL, 'a home of / is refused')
@@ -306,6 +307,7 @@ def _enter(fd: int, name: bytes, owner):
     """The directory name in the directory open on fd, made if missing
     (owner: (uid, gid), mode 0700, else root's 0755), opened.  fd is
     closed, whether this returns or raises."""
+    from qmail.install import open_at       # (here: vcheckpassword imports this module)
     made = False
     try:
         try:
@@ -313,11 +315,7 @@ def _enter(fd: int, name: bytes, owner):
             made = True
         except FileExistsError:
             pass
-        st = os.fstat(fd)
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-        if made or st.st_uid != 0 or st.st_mode & 0o022:
-            flags |= os.O_NOFOLLOW
-        new = os.open(name, flags, dir_fd=fd)
+        new = open_at(fd, name, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         os.close(fd)
     if made and owner is not None:
