@@ -285,14 +285,13 @@ def already_delivered(dirname: bytes, name: bytes) -> bool:
             for entry in it:
                 if entry.name == name or entry.name.startswith(prefix):
                     return True
-    except OSError as err:
-        if err.errno in NO_DIRECTORY:
-            return False
-        if not isinstance(err, PermissionError):
-            raise
+    except PermissionError:
         # cur/ searchable only: the standard forms, by name (where it is
         # not even that, nothing is seen, and a retry may deliver again).
         return in_cur_by_name(cur, name)
+    except OSError as err:
+        if err.errno not in NO_DIRECTORY:
+            raise
     return False
 
 

@@ -932,21 +932,21 @@ def control_trouble(err) -> bytes:
     return str(err).encode('utf-8', 'replace')[:200].translate(_LOGRESULT)
 
 
-LIMITS_ENV = ((b'MAXRCPTSMTPD', 'maxrcpt'), (b'MAXERRORSSMTPD', 'maxerrors'),
-              (b'LIFETIMESMTPD', 'lifetime'))
+# (variable, Config attribute, the most it may say: a lifetime as
+# control/lifetimesmtpd, where 2147483647 is qmail's usual "forever")
+LIMITS_ENV = ((b'MAXRCPTSMTPD', 'maxrcpt', None), (b'MAXERRORSSMTPD', 'maxerrors', None),
+              (b'LIFETIMESMTPD', 'lifetime', control.SECONDS_MAX))
 
 
 def env_limits(config: Config, environ):
     """The limits beyond qmail from the environment, over their control
     files, as DATABYTES is (from tcp.smtp for some clients, say; sendmail
     -bs sets all three to 0, no limit)."""
-    for name, attr in LIMITS_ENV:
+    for name, attr, most in LIMITS_ENV:
         value = environ.get(name)
         if value is not None:
             value = scan_ulong(value)
-            if attr == 'lifetime':      # as control/lifetimesmtpd: 2147483647 is "forever"
-                value = min(value, control.SECONDS_MAX)
-            setattr(config, attr, value)
+            setattr(config, attr, value if most is None else min(value, most))
 
 
 # -- the shell --------------------------------------------------------------
