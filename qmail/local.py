@@ -209,9 +209,10 @@ def plan(cmds: bytes, flagforwardonly: bool) -> list:
     Lines end at newlines; trailing spaces and tabs are ignored, and so
     is everything from a NUL in what is used (qmail sees C strings),
     though as in qmail the line's last byte, NUL or not, says maildir
-    or mbox, and the spaces stripped are those that end the line.  A blank first line,
-    and a file or program line once forwards only are allowed (the x
-    bit, or +list), become a defer at the place qmail would stop.
+    or mbox, and the spaces stripped are those that end the line.  A
+    blank first line, and a file or program line once forwards only are
+    allowed (the x bit, or +list), become a defer at the place qmail
+    would stop.
     """
     out = []
     lines = cmds.split(b'\n')

@@ -38,22 +38,23 @@ a second time (as a crash between a delivery and its D mark does).
 
 Direct delivery, beyond qmail: a new message for one local recipient
 (DIRECT_RCPT) is delivered straight from todo/, its recipient list kept
-in memory: no info/ nor local/ is written, nor any D mark.  Delivered to all, it is removed (todo/ durably first, then
-mess/).  A deferral or a failure (or qmail-send stopping) spills it: its
-info/ and local/ are written then, with the D marks of what was done,
-and it goes on as any message.  Until then todo/ stays, so a crash
-delivers it again from the start (at worst twice, as above; a maildir
-delivery finds its file there and is not repeated): with one recipient
-that is the delivery under way, which a crash may repeat in qmail too.
-(With more, a recipient whose delivery never ended, a .qmail program
-that hangs, kept the others' successes in memory as long, and a crash
-then repeated them, an mbox or program line's copy too.)  At most
-DIRECT_MAX such messages at once (waiting for a delivery slot too: a
-spill costs more files and syncs than the wait): those past that are
-preprocessed as usual, so a backlog is queued as qmail queues it; none
-while concurrencylocal is 0.  Until it is spilled or removed such a
-message is in todo/ only: qmail-qstat counts it as not yet preprocessed
-and qmail-qread lists its recipients as todo.
+in memory: no info/ nor local/ is written, nor any D mark.  Delivered to
+all, it is removed (todo/ durably first, then mess/).  A deferral or a
+failure (or qmail-send stopping) spills it: its info/ and local/ are
+written then, with the D marks of what was done, and it goes on as any
+message.  Until then todo/ stays, so a crash delivers it again from the
+start (at worst twice, as above; a maildir delivery finds its file there
+and is not repeated): with one recipient that is the delivery under way,
+which a crash may repeat in qmail too.  (With more, a recipient whose
+delivery never ended, a .qmail program that hangs, kept the others'
+successes in memory as long, and a crash then repeated them, an mbox or
+program line's copy too.)  At most DIRECT_MAX such messages at once
+(waiting for a delivery slot too: a spill costs more files and syncs
+than the wait): those past that are preprocessed as usual, so a backlog
+is queued as qmail queues it; none while concurrencylocal is 0.  Until
+it is spilled or removed such a message is in todo/ only: qmail-qstat
+counts it as not yet preprocessed and qmail-qread lists its recipients
+as todo.
 
 The loop does not wait for the disk: preprocessing, D marks, removing
 finished jobs' files and messages' info/ are done by threads
