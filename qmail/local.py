@@ -472,7 +472,8 @@ def deliver(argv, say, now: float) -> int:
         elif kind == 'maildir':
             seq += 1
             deliver_maildir(arg, lines['rp'] + lines['dt'],
-                            os.uname().nodename.encode()[:64], seq)
+                            os.uname().nodename.encode()[:64], seq,
+                            raw_names(local, host, sender))
         else:
             deliver_mbox(arg, lines['uf'] + lines['rp'] + lines['dt'])
 
@@ -481,6 +482,17 @@ def deliver(argv, say, now: float) -> int:
         qp = forward(recips, lines['dt'], ueo)
     say(count_report(counts, qp))
     return 0
+
+
+def raw_names(local: bytes, host: bytes, sender: bytes) -> bytes:
+    """What the Delivered-To and Return-Path lines lost: the recipient
+    and sender as given, where a line break in them became '_' (two
+    recipients 'a\\n' and 'a_' would otherwise share one exactly-once
+    Maildir name, and so one copy); nothing for every other address, so
+    their names stay as they were."""
+    if b'\n' not in local + host + sender:
+        return b''
+    return b'\0' + local + b'@' + host + b'\0' + sender
 
 
 def where(err: BaseException) -> str:

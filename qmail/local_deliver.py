@@ -488,7 +488,8 @@ def _maildir_link(tmpname: bytes, newname: bytes) -> None:
         durable.rename(tmpname, newname)
 
 
-def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
+def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int,
+                    who: bytes = b''):
     """Store head (Return-Path, Delivered-To) and the message in a maildir.
 
     Every failure is temporary, as in qmail: mail waits in the queue
@@ -502,7 +503,9 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
     so the retry finds the file in new/ or cur/ and counts it delivered:
     exactly once, unless the reader has already deleted it.  (So a
     recipient listed twice in one envelope gets one copy here, where
-    qmail made two.)  The name in tmp/ is each attempt's own: two
+    qmail made two.)  who: the raw recipient and sender where head's
+    lines changed them (a line break made '_'), so two recipients that
+    differ only there keep a copy each.  The name in tmp/ is each attempt's own: two
     deliveries of one message to one place at once (that recipient
     twice, handled by two workers) never touch each other's file, and
     the second to link finds the first's, whole, in new/.
@@ -541,7 +544,8 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int):
             os.close(fd)    # NFS reports write errors here (maildir(5))
             fd = -1
             if content is not None:
-                unique = maildir_name(ident, head, seq, host, content.digest())
+                unique = maildir_name(ident, head + who, seq, host,
+                                      content.digest())
                 if already_delivered(dirname, unique):
                     # An earlier attempt got here, perhaps killed before
                     # its fsync of new/: durable now, before it counts.

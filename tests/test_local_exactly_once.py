@@ -182,3 +182,36 @@ def test_a_failed_sync_of_new_leaves_the_file_for_the_retry(home, tmp_path):
     os.close(fd)
     name, = os.listdir(md / 'new')
     assert (md / 'new' / name).read_bytes().endswith(b'Subject: eio\n\nbody\n')
+
+
+def test_recipients_differing_only_where_delivered_to_hides_it(home, tmp_path):
+    """Delivered-To makes a line break '_': two recipients that differ
+    only there still get a copy each (qmail wrote two); the same one
+    again still gets none."""
+    md, mess = queued(home, tmp_path, b'Subject: two\n\nbody\n')
+    fd = os.open(mess, os.O_RDONLY)
+    try:
+        for loc in (b'u-dup\n', b'u-dup_', b'u-dup\n'):
+            code, report = home.run(stdin=fd, loc=loc)
+            assert code == 0, report
+    finally:
+        os.close(fd)
+    assert len(os.listdir(md / 'new')) == 2
+
+
+def test_a_plain_recipient_keeps_the_name_it_had(home, tmp_path):
+    """Only an address with a line break adds to the name's digest: for
+    any other the name is the one an older qmail-local gave, so a retry
+    after an upgrade finds its file."""
+    import hashlib
+    md, mess = queued(home, tmp_path, b'Subject: plain\n\nbody\n')
+    code, report = run_on(home, mess)
+    assert code == 0, report
+    name, = os.listdir(md / 'new')
+    data = (md / 'new' / name).read_bytes()
+    head = b''.join(data.splitlines(keepends=True)[:2])
+    assert head.startswith(b'Return-Path: ') and b'\nDelivered-To: ' in head
+    st = os.stat(mess)
+    host = name.split('.', 2)[2].encode()
+    assert name.encode() == ld.maildir_name((st.st_ino, st.st_mtime_ns), head, 1,
+                                            host, hashlib.sha256(mess.read_bytes()).digest())
