@@ -138,6 +138,10 @@ class Session:
         except NetstringError:
             self.abort_queue()
             self.close(EXIT_PROTO)
+        return self.take_replies()
+
+    def take_replies(self) -> bytes:
+        """The responses due (one per message: never many)."""
         out = b''.join(self.replies)
         self.replies = []
         return out

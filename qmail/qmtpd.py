@@ -83,7 +83,10 @@ timeoutqmtpd, where it means 1 second, as qmail-smtpd's timeoutsmtpd):
                        list (fixed): a thousand recipients of maximal
                        length, tens of thousands of usual ones.  So at
                        most 349525 ("0:,") recipients and about 24 MB of
-                       responses to one package.  A list over it closes
+                       responses to one package, written REPLYBATCH
+                       (1024) recipients' worth at a time from a byte
+                       per recipient (as qmail-qmtpd's one-byte
+                       failure list), never held whole.  A list over it closes
                        the connection, so it must stay far above any
                        real client's batch: the client would retry it.
   ADDRMAX     999      bytes in an address (qmail's buf[1000]).
@@ -100,6 +103,7 @@ message of any size costs no more memory than HOLD.  serve() is the shell, share
 qmail-qmqpd: fd 0 and fd 1 with poll() timeouts.
 """
 
+import collections
 import os
 import sys
 import time
@@ -124,6 +128,7 @@ ADDRMAX = 999
 HOLD = 65536
 HOPPREFIX = 9            # len(b'delivered'): all a header line needs
 READSIZE = 65536
+REPLYBATCH = 1024       # recipients answered per write (take_replies)
 ALARM_SLACK = 60
 
 DEFAULT_TIMEOUT = 1200
@@ -319,7 +324,7 @@ class Session:
         self.now = now
         self.flagclosed = False
         self.exitcode = EXIT_GONE
-        self.replies = []
+        self.replies = collections.deque()     # [ok, results, next]
         self.phase = MESSAGE
         self.reader = Reader(MAXMESSAGE)
         self.pkg = None
@@ -372,9 +377,24 @@ class Session:
     # -- the state machine --
 
     def take_replies(self) -> bytes:
-        out = b''.join(self.replies)
-        self.replies = []
-        return out
+        """The responses due, at most REPLYBATCH recipients' worth: a
+        package of many recipients is answered in pieces (the shell asks
+        again until this says b''), from its one byte per recipient, never
+        held as text whole (349,525 recipients fit in MAXENVELOPE)."""
+        out = []
+        left = REPLYBATCH
+        while self.replies and left:
+            entry = self.replies[0]
+            ok, results, pos = entry
+            end = min(len(results), pos + left)
+            out.extend(ok if fate == RCPT_OK else FIXED_RESPONSE[fate]
+                       for fate in results[pos:end])
+            left -= end - pos
+            if end == len(results):
+                self.replies.popleft()
+            else:
+                entry[2] = end
+        return b''.join(out)
 
     def close(self, exitcode: int):
         self.flagclosed = True
@@ -558,9 +578,8 @@ class Session:
                 result = R_SIZE
         else:
             result = b'Kok %d qp %d' % (int(self.now), pkg.qp)
-        ok = encode(result)
-        self.replies.extend(ok if fate == RCPT_OK else FIXED_RESPONSE[fate]
-                            for fate in pkg.results)
+        if pkg.results:
+            self.replies.append([encode(result), pkg.results, 0])
 
     def queue_result(self, pkg: Package) -> bytes:
         """qmail-queue's answer: b'' queued, else a Z or D text."""
@@ -658,7 +677,9 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
     Each read waits at most the configured timeout, and never past the
     session's deadline (on the session's own clock, session.clock():
     time.monotonic when it was made with a tick).  The session needs config.timeout, deadline,
-    flagclosed, exitcode, greet, feed, eof, timeout and abort."""
+    flagclosed, exitcode, greet, feed, eof, timeout, abort and
+    take_replies (asked again after each write until it says b'': a long
+    answer comes in pieces)."""
     timeout = session.config.timeout
     poller = select.poll()
     poller.register(fdin, select.POLLIN)
@@ -680,8 +701,9 @@ def serve(session, fdin: int = 0, fdout: int = 1) -> int:
                 session.eof()
                 break
             replies = session.feed(data, time.time(), session.clock())
-            if replies:
+            while replies:
                 write_all(fdout, replies, timeout)
+                replies = session.take_replies()
     except Gone:
         session.abort()
         return EXIT_GONE

@@ -128,7 +128,15 @@ class Harness:
         return q
 
     def feed(self, *chunks, now=NOW):
-        return b''.join(self.session.feed(c, now) for c in chunks)
+        """Every response to chunks, as the shell writes them: feed's,
+        then take_replies' until it has nothing more."""
+        out = []
+        for c in chunks:
+            got = self.session.feed(c, now)
+            while got:
+                out.append(got)
+                got = self.session.take_replies()
+        return b''.join(out)
 
     @property
     def q(self):
@@ -966,6 +974,48 @@ def test_qmtpd_program(qmailhome):
     assert re.fullmatch(RECEIVED_RE % b'QMTP' + rb'Subject: two\n\nbody\n',
                         message), message
     check(envelope, b'F\0Tw@example.org\0\0')
+
+
+def test_many_recipients_are_answered_in_pieces_in_order():
+    """A package of many recipients is answered a batch at a time, not
+    built as one text (349,525 empty addresses fit in MAXENVELOPE: 56 MB
+    of replies held at once); every answer comes, in order."""
+    h = Harness(maxrcpt=0)
+    n = 3 * qmtpd.REPLYBATCH + 5
+    recipients = [b'u%d@example.org' % i if i % 3 else b'x%d@elsewhere' % i
+                  for i in range(n)]
+    first = h.session.feed(package(b'hi\n', b'a@b', recipients), NOW)
+    check(len(responses(first)), qmtpd.REPLYBATCH)
+    rest = []
+    while True:
+        more = h.session.take_replies()
+        if not more:
+            break
+        rest.append(more)
+    got = responses(first + b''.join(rest))
+    check(len(got), n)
+    for i, r in enumerate(got):
+        if i % 3:
+            assert r.startswith(b'Kok '), (i, r)
+        else:
+            check(r, R_NOGATEWAY)
+    # and the next package's answers follow, with nothing left over
+    check(responses(h.feed(package(b'hi\n', b'a@b', [b'u@example.org']))), [got[1]])
+
+
+def test_qmtpd_program_many_recipients(qmailhome):
+    """The shell writes every piece of a long answer."""
+    home, fakeq, out = qmailhome
+    (home / 'control' / 'maxrcptqmtpd').write_bytes(b'0\n')
+    n = 5000
+    r = run_server('qmtpd', home, fakeq,
+                   package(b'Subject: many\n\nbody\n', b'a@b',
+                           [b'u%d@example.org' % i for i in range(n)]))
+    check(r.returncode, 0)
+    got = responses(r.stdout)
+    check(len(got), n)
+    check(len(set(got)), 1)
+    assert re.fullmatch(rb'Kok \d+ qp \d+', got[0]), got[0]
 
 
 def test_qmtpd_program_relayclient_and_databytes(qmailhome):
