@@ -12,7 +12,8 @@ Writes:   fd 0, the activity record (qmail-log(5)); commands to
 Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
           (and the other controls but concurrencylocal and
           concurrencyremote, which a restart takes, as qmail's); TERM
-          (and INT) start no delivery, finish those under way, exit.
+          (and INT) start no delivery, finish those under way, write
+          what a full disk kept from being recorded (exit_begin), exit.
 Exits:    0 after TERM; 111 cannot start (alert line in the log).
 Trusts:   the spawns' reports only as far as their framing: a report is
           at most REPORTMAX bytes and names a delivery slot in use.
@@ -92,6 +93,7 @@ SLEEP_FOREVER = 86400     # longest wait in poll()
 QUEUED_PID = None         # qmail-queued's, when qmail-start forked it
 SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
 SLEEP_SYSFAIL = 123       # retry after a system failure
+SLEEP_EXITSPILL = 10      # stopping: retry an unwritten spill (exit_begin)
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
@@ -325,6 +327,8 @@ class Send:
         self.split = split
         self.recent = int(time.time())
         self.flagexitasap = False
+        self.flagdying = False          # a partner is gone: no waiting to exit
+        self.exitheard = False          # exitasap's first loop seen (exit_begin)
         self.flagrunasap = False
         self.flagreadasap = False
         self.flagchildasap = False      # a child ended: qmail-queued, perhaps
@@ -437,7 +441,7 @@ class Send:
         if self.flagcleanalive:
             log('alert: oh no! lost qmail-clean connection! dying...\n')
         self.flagcleanalive = False
-        self.flagexitasap = True
+        self.flagexitasap = self.flagdying = True
         waiting, self.clean_waiting = self.clean_waiting, collections.deque()
         for requests, then in waiting:
             if then is not None:
@@ -447,7 +451,7 @@ class Send:
         if self.flagspawnalive[c]:
             log('alert: oh no! lost spawn connection! dying...\n')
         self.flagspawnalive[c] = False
-        self.flagexitasap = True
+        self.flagexitasap = self.flagdying = True
 
     # -- info -----------------------------------------------------------------
     def getinfo(self, messid):
@@ -521,12 +525,29 @@ class Send:
                     log('warning: unable to utime %s; message will be retried too soon\n' % fn)
 
     def pqrun(self):
-        """ALRM: every job due now, and every held todo/ tried at once."""
+        """ALRM: every job due now, every held todo/ and every spill that
+        could not be written tried at once."""
         self.todo_held.clear()
         self.nexttodorun = self.recent
         for c in (0, 1):
             self.pqchan[c] = [(self.recent, m) for _, m in self.pqchan[c]]
             heapq.heapify(self.pqchan[c])
+        self.respill_now()
+
+    def respill_now(self):
+        self.pqrespill = [(self.recent, m) for _, m in self.pqrespill]
+        heapq.heapify(self.pqrespill)
+
+    def exit_begin(self):
+        """The first turn of the loop after exitasap.  A spill not yet
+        written (a full queue disk) is tried at once; on a stop (TERM)
+        qmail-send then waits for it, trying every SLEEP_EXITSPILL
+        seconds, as C qmail-send waits for a bounce paragraph it cannot
+        append: gone without it, the next start would make that message's
+        deliveries again from todo/ (an mbox or program line's copy twice).
+        A partner's death (flagdying) waits for nothing: that is a crash."""
+        self.exitheard = True
+        self.respill_now()
 
     def pausedir(self, d):
         log('alert: unable to opendir %s, sleeping...\n' % d)
@@ -951,7 +972,7 @@ class Send:
     # -- passes -------------------------------------------------------------------
     def pass_wakeup(self, wakeup):
         if self.flagexitasap:
-            return wakeup
+            return min(wakeup, self.pqrespill[0][0]) if self.pqrespill else wakeup
         for c in (0, 1):
             if self.passes[c] is not None and self.del_avail(c):
                 return 0
@@ -1130,8 +1151,10 @@ class Send:
             settle.append((messid, chans))
         if settle:
             self.preprocess_synced(settle)
-        while self.pqrespill and self.pqrespill[0][0] <= self.recent and not self.flagexitasap:
-            _, messid = heapq.heappop(self.pqrespill)
+        due = []                # (each tried once a turn: a failure goes back in)
+        while self.pqrespill and self.pqrespill[0][0] <= self.recent:
+            due.append(heapq.heappop(self.pqrespill)[1])
+        for messid in due:
             self.spill(*self.respills.pop(messid))
         ending = []
         for _ in range(PASS_STEPS):
@@ -1199,7 +1222,13 @@ class Send:
             except OSError:
                 pass
         self.respills[messid] = (job, left)     # (still unsettled: no todo/ scan takes it)
-        heapq.heappush(self.pqrespill, (self.recent + SLEEP_SYSFAIL, messid))
+        later = SLEEP_SYSFAIL
+        if self.flagexitasap:
+            later = SLEEP_EXITSPILL
+            if not self.flagdying:
+                log('status: exiting once msg %d can be recorded (killed now, '
+                    'its deliveries are made again at the next start)\n' % messid)
+        heapq.heappush(self.pqrespill, (self.recent + later, messid))
 
     def tidy_sync(self, messids):
         """Background, a batch of the tidying lane: the mess/ directories
@@ -1701,8 +1730,11 @@ class Send:
         while True:
             if self.flagexitasap and self.directs:
                 self.direct_stop()      # (its spills are then waited for)
+            if self.flagexitasap and not self.exitheard:
+                self.exit_begin()
             if (self.flagexitasap and self.del_canexit() and not self.bg.pending
                     and not self.clean_waiting
+                    and (self.flagdying or not self.respills)
                     and not any(lane.waiting for lane in self.lanes)):
                 break
             self.recent = int(time.time())

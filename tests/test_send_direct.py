@@ -282,6 +282,83 @@ def test_a_spill_that_cannot_write_is_tried_again_not_delivered_again(s, monkeyp
     assert os.path.exists(qfn('info', 66, SPLIT))
 
 
+def unwritten_spill(s, monkeypatch, messid):
+    """A direct message delivered to one recipient by an mbox line, its
+    other deferred, its spill unwritten (the queue's disk full): the
+    list disk_full_for returns."""
+    queue(s, messid, [b'u@here.example', b'v@here.example'])
+    s.preprocess_batch([messid])
+    slots = start(s)
+    full = disk_full_for(monkeypatch, qfn('local', messid, SPLIT))
+    report(s, slots[b'u@here.example'], b'ZUnable to chdir to maildir. (#4.2.1)\n')
+    report(s, slots[b'v@here.example'], b'Kdid 1+0+0\n')
+    assert messid in s.respills and os.path.exists(qfn('todo', messid, SPLIT))
+    return full
+
+
+def test_alrm_tries_an_unwritten_spill_at_once(s, monkeypatch):
+    """ALRM retries everything now: a spill waiting SLEEP_SYSFAIL too."""
+    full = unwritten_spill(s, monkeypatch, 67)
+    assert s.pqrespill[0][0] > s.recent
+    full[0] = False
+    s.pqrun()
+    s.pass_do()
+    assert s.respills == {}
+    assert read(qfn('local', 67, SPLIT)) == b'Tu@here.example\0Dv@here.example\0'
+
+
+def run_loop(s, seconds=10):
+    """s.loop() until it returns; after seconds, a partner's death ends it
+    (flagdying); returns the time it took.  The spawns' descriptors are
+    not polled (here fds 2 and 4 are pytest's)."""
+    import threading
+    s.flagspawnalive = [False, False]
+    r, w = os.pipe()
+    guard = threading.Timer(seconds, lambda: (setattr(s, 'flagdying', True),
+                                              os.write(w, b'x')))
+    guard.start()
+    began = time.monotonic()
+    try:
+        s.loop(r)
+    finally:
+        guard.cancel()
+        os.close(r)
+        os.close(w)
+    return time.monotonic() - began
+
+
+def test_a_stop_waits_for_an_unwritten_spill(s, monkeypatch):
+    """TERM with a spill unwritten: qmail-send keeps trying it and exits
+    once it is written.  Gone before, the next start took the message
+    from todo/ and made every delivery again (the mbox line's copy
+    twice), where qmail, which delivers nothing before info/ is written,
+    made each once."""
+    import threading
+    full = unwritten_spill(s, monkeypatch, 68)
+    monkeypatch.setattr(send, 'SLEEP_EXITSPILL', 0)
+    s.flagexitasap = True
+    s.exit_begin()                      # the loop's first turn: at once
+    s.pass_do()
+    assert s.log[-1] == 'status: exiting once msg 68 can be recorded (killed ' \
+        'now, its deliveries are made again at the next start)\n', s.log[-3:]
+    assert s.pqrespill == [(s.recent, 68)]
+    threading.Timer(1.5, lambda: full.__setitem__(0, False)).start()
+    took = run_loop(s)
+    assert not s.flagdying, 'the loop did not end by itself'
+    assert took >= 1.4
+    assert s.respills == {}
+    assert read(qfn('local', 68, SPLIT)) == b'Tu@here.example\0Dv@here.example\0'
+
+
+def test_a_dying_qmail_send_does_not_wait_for_a_spill(s, monkeypatch):
+    """A partner gone (spawn or qmail-clean): exit at once, as after a crash."""
+    unwritten_spill(s, monkeypatch, 69)
+    s.flagexitasap = s.flagdying = True
+    assert run_loop(s, 30) < 10
+    assert 69 in s.respills
+    assert not any(line.startswith('status: exiting once') for line in s.log), s.log
+
+
 def test_an_empty_doublebounceto_throws_double_bounces_away(s, tmp_path, monkeypatch):
     """control/README promises it; the double bounce went to "@host",
     bounced in its turn and ended as a triple bounce."""
