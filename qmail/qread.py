@@ -82,11 +82,15 @@ def list_dir(path: str):
     return sorted(ids)
 
 
-def show_info(messid: int, split: int) -> str:
-    """Everything qmail-qread prints for a preprocessed message."""
+def show_info(messid: int, split: int, in_todo: bool = False):
+    """Everything qmail-qread prints for a preprocessed message; None for
+    one still in todo/ (in_todo) whose info/ holds no sender yet (its
+    writing failed, a full disk: qmail-send starts again from todo/)."""
     size = os.stat(qfn('mess', messid, split)).st_size
     bouncing = os.path.exists(qfn('bounce', messid, split))
     data, st = read_file(qfn('info', messid, split))
+    if in_todo and not data.startswith(b'F'):
+        return None
     sender = data.split(b'\0', 1)[0][1:]
     out = [stats_line(messid, st.st_mtime, size, sender, bouncing)]
     for channel in ('local', 'remote'):
@@ -122,13 +126,16 @@ def scan(split: int, write) -> None:
     unless info/ showed it; one preprocessed in between is then looked
     for in info/ again, so that no message is left out."""
     todo = list_dir('todo')
+    waiting = set(todo)
     shown = set()
     for i in range(split):
         for messid in list_dir('info/%d' % i):
             try:
-                text = show_info(messid, split)
+                text = show_info(messid, split, messid in waiting)
             except OSError as err:      # as qmail's, gone meanwhile too
                 text = trouble(messid, err)
+            if text is None:            # an info/ left empty: todo/'s below
+                continue
             shown.add(messid)
             write(text)
     for messid in todo:

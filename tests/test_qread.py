@@ -72,6 +72,20 @@ def test_qread_listing(tmp_path, monkeypatch):
     assert got == want, 'got:\n%s\nwant:\n%s' % (got, want)
 
 
+def test_qread_todo_with_an_empty_info_lists_todo(tmp_path, monkeypatch):
+    """qmail-send's info/ write failed (a full disk) and left it empty:
+    the message is listed from todo/, not as "<>" with no recipient."""
+    make_queue(str(tmp_path))
+    with open(tmp_path / 'info' / '8' / '100', 'wb'):
+        pass
+    monkeypatch.chdir(tmp_path)
+    out = []
+    qread.scan(23, out.append)
+    got = ''.join(out)
+    assert '30 Jul 1996 04:30:00 GMT  #100  1  <a@b> \n\ttodo\tc@d\n' in got, got
+    assert got.count('#100 ') == 1, got
+
+
 @pytest.mark.parametrize('bouncing, want', [
     (False, '30 Jul 1996 04:04:54 GMT  #457  1234  <a@b> \n'),
     (True, '30 Jul 1996 04:04:54 GMT  #457  1234  <a@b>  bouncing\n'),
