@@ -129,11 +129,35 @@ class EnvelopeParser:
         return bytes(out)
 
 
-def read_some(fd: int) -> bytes:
+def read_some(fd: int, client=None) -> bytes:
+    """Up to BUFSIZE bytes of fd.  client (qmail-queued's writers): the
+    connection of the process that handed fd over, watched while fd has
+    nothing to give: once it is gone, nobody waits for this injection's
+    answer, and fd may never end (it handed over both ends of one pipe,
+    and the writer itself holds the write end), so the injection ends
+    there (54), freeing the writer, not at DEATH a day later.  As C
+    qmail-queue, whose caller's end is its own."""
+    if client is not None:
+        fds = dict(client.poll())      # waits for fd or the client
+        if fds.get(fd, 0) == 0:
+            raise QueueExit(54)         # the client closed (hung up or wrote)
     try:
         return os.read(fd, BUFSIZE)
     except OSError:
         raise QueueExit(54) from None
+
+
+def client_watch(msgfd: int, envfd: int, conn: int):
+    """For read_some: a poll of conn (hang-up or input: neither is due
+    before the answer) with, registered for input, the descriptor read."""
+    import select
+    watches = []
+    for fd in (msgfd, envfd):
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        p.register(conn, select.POLLIN)
+        watches.append(p)
+    return watches
 
 
 class Writer:
@@ -209,7 +233,7 @@ class Writer:
             raise QueueExit(53) from None
 
     def enqueue(self, msgfd: int, envfd: int, uid: int, pid: int,
-                now: float, uids: dict) -> int:
+                now: float, uids: dict, client: int = -1) -> int:
         received = received_line(pid, uid, now, uids)
 
         # S1: the message's file, nameless or pid/; its inode names the
@@ -270,9 +294,10 @@ class Writer:
             self.intdfd = early         # (closed with the rest on a failure)
 
         # The message: Received line, then fd 0 byte for byte.
+        watchm, watche = (None, None) if client < 0 else client_watch(msgfd, envfd, client)
         buf = bytearray(received)
         while True:
-            chunk = read_some(msgfd)
+            chunk = read_some(msgfd, watchm)
             if not chunk:
                 break
             buf += chunk
@@ -299,7 +324,7 @@ class Writer:
         parser = EnvelopeParser()
         out = bytearray(b'u%d\0p%d\0' % (uid, pid))
         while not parser.done:
-            chunk = read_some(envfd)
+            chunk = read_some(envfd, watche)
             if not chunk:
                 raise QueueExit(54)    # EOF before the final NUL
             out += parser.feed(chunk)
@@ -393,11 +418,12 @@ def queue_uids() -> dict:
 
 
 def inject(msgfd: int, envfd: int, uid: int, pid: int, now: float,
-           uids: dict, split: int) -> int:
-    """Queue one message; cwd must be HOME/queue.  Returns the exit code."""
+           uids: dict, split: int, client: int = -1) -> int:
+    """Queue one message; cwd must be HOME/queue.  Returns the exit code.
+    client: qmail-queued's connection to the caller (read_some)."""
     writer = Writer(split)
     try:
-        return writer.enqueue(msgfd, envfd, uid, pid, now, uids)
+        return writer.enqueue(msgfd, envfd, uid, pid, now, uids, client)
     except QueueExit as e:
         writer.cleanup()
         return e.code

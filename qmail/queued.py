@@ -22,7 +22,10 @@ Trusts:   nothing the client says: the uid recorded in the envelope and
           the Received line is the one the kernel reports for the
           connection (SO_PEERCRED), as the setuid launcher records the
           caller's real uid.  The descriptors are only read from, under
-          qmail-queue's DEATH timer.  Nor does it let one user hold the
+          qmail-queue's DEATH timer, and only while the client is there:
+          gone, with nothing left to read, its injection ends (54;
+          queue.read_some), so a writer is not held by descriptors
+          whose writer is the writer itself.  Nor does it let one user hold the
           writers: the byte and descriptors must come within HELLO
           seconds, and a user other than root and the MTA's own (qmaild,
           qmails, alias) has at most PER_UID injections at once; one
@@ -194,7 +197,7 @@ def writer(conn: socket.socket, uids: dict, qp: int, cap: UidCap = None) -> int:
         try:
             conn.sendall(b'%d\n' % qp)
             code = queue.inject(fds[0], fds[1], uid, qp, time.time(),
-                                uids, auto.SPLIT)
+                                uids, auto.SPLIT, conn.fileno())
         finally:
             for fd in fds:
                 os.close(fd)

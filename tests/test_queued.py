@@ -196,6 +196,104 @@ def test_a_client_silent_after_connecting_frees_its_writer(tmp_path, monkeypatch
         theirs.close()
 
 
+UIDS = {'alias': -1, 'daemon': -1, 'send': -1}
+
+
+def queue_dirs(tmp_path, monkeypatch):
+    import os
+    from qmail import queue
+    from qmail.lib import auto
+    for d in ['pid', 'intd', 'todo'] + ['mess/%d' % i for i in range(auto.SPLIT)]:
+        os.makedirs(tmp_path / d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(queue, 'triggerpull', lambda: None)
+
+
+def hand_over(sock, fds):
+    import array
+    import socket
+    sock.sendmsg([b'Q'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', fds))])
+
+
+@pytest.mark.parametrize('stage', ['message', 'envelope'])
+def test_a_client_gone_frees_a_writer_whose_input_never_ends(tmp_path, monkeypatch, stage):
+    """A local user handed over both ends of one pipe (the writer then
+    holds the write end itself: no end of file) and went away: the
+    writer was held until DEATH, 24 hours, and four users held all
+    MAX_WRITERS.  Now the injection ends (54, nothing queued) once the
+    client is gone and nothing is left to read."""
+    import os
+    import socket
+    import time
+    queue_dirs(tmp_path, monkeypatch)
+    ours, theirs = socket.socketpair()
+    r, w = os.pipe()
+    if stage == 'message':
+        fds = [r, os.dup(w)]
+    else:
+        os.write(w, b'Subject: x\n\nbody\n')
+        os.close(w)
+        env_r, env_w = os.pipe()
+        os.write(env_w, b'Fa@b\0Tc@d\0')      # no final NUL
+        fds, w = [r, env_r], env_w
+    hand_over(ours, fds)
+    for fd in fds:
+        os.close(fd)
+    pid = os.fork()
+    if pid == 0:                # the writer, in a child: without the
+        code = 81               # watch it would wait for DEATH
+        try:
+            ours.close()
+            code = queued.writer(theirs, UIDS, 1, None)
+        finally:
+            os._exit(code)
+    theirs.close()
+    time.sleep(0.3)
+    ours.close()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, wstat = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail('the writer still waits for its input')
+    finally:
+        os.close(w)
+    assert os.waitstatus_to_exitcode(wstat) == 54
+    assert os.listdir('todo') == [] and os.listdir('intd') == []
+
+
+def test_a_client_gone_after_its_last_byte_is_still_queued(tmp_path, monkeypatch):
+    """What is there to read is read: a client that wrote everything and
+    died before the answer has its message queued, as qmail-queue goes
+    on after its caller's death."""
+    import os
+    import socket
+    import threading
+    queue_dirs(tmp_path, monkeypatch)
+    ours, theirs = socket.socketpair()
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    os.write(msg_w, b'Subject: x\n\nbody\n')
+    os.write(env_w, b'Fa@b\0Tc@d\0\0')
+    os.close(msg_w)
+    os.close(env_w)
+    hand_over(ours, [msg_r, env_r])
+    os.close(msg_r)
+    os.close(env_r)
+    # (as a real client, it goes only after the writer's pid line)
+    threading.Thread(target=lambda: (ours.recv(64), ours.close())).start()
+    try:
+        assert queued.writer(theirs, UIDS, 1, None) == 0
+    finally:
+        theirs.close()
+    assert len(os.listdir('todo')) == 1
+
+
 def test_a_client_waits_for_a_pool_held_whole_only_so_long(tmp_path, monkeypatch):
     """Every writer busy (sessions parked in DATA hold theirs): a client
     waited 5 s before bin/qmail-queue, qmail-send's loop for each bounce.
