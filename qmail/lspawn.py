@@ -323,7 +323,11 @@ class PwAnswers:
     longer user name, the alias fallback) is seen again within PW_TTL,
     as nscd's cache would have it much later.  Users' homes are never
     looked at here (root's loop, serving every user: one home on a hung
-    NFS server would stop all local delivery).  Failures are never kept."""
+    NFS server would stop all local delivery).  Failures are never kept,
+    nor an answer that fell back to the alias user (no such user, or a
+    home not the user's: useradd writes /etc/passwd before it makes the
+    home, and a message in between made the next second's mail to that
+    user bounce, where qmail-getpw, asked each time, delivered it)."""
 
     def __init__(self, passwd: str = PASSWD, ttl: float = PW_TTL, clock=time.monotonic):
         self.passwd, self.ttl, self.clock = passwd, ttl, clock
@@ -345,7 +349,7 @@ class PwAnswers:
         return self.clock(), file_stamp(self.passwd)
 
     def put(self, local: bytes, n, asked):
-        if asked[1] is None:
+        if asked[1] is None or fell_back(local, n):
             return
         # Oldest first (a refreshed answer moves to the end): those past
         # their time go now, not when the same address comes again.
@@ -360,6 +364,12 @@ class PwAnswers:
         if len(answers) >= PW_MAX:
             answers.clear()
         answers[local] = (n, asked[0], asked[1])
+
+
+def fell_back(local: bytes, n) -> bool:
+    """Did qmail-getpw answer local with the alias user's catch-all
+    (qmail-getpw.c's fallback: ext the whole local part after a '-')?"""
+    return n.dash == b'-' and n.ext == local and n.user == auto.USER_ALIAS.encode()
 
 
 class Deliveries:

@@ -609,6 +609,24 @@ def test_a_helper_answer_goes_when_passwd_changes_even_during_the_question(tmp_p
     assert answers.get(b'bob') is None
 
 
+def test_an_answer_that_fell_back_to_alias_is_not_kept(tmp_path):
+    """No such user yet (useradd writes /etc/passwd before it makes the
+    home; a home restored): the alias answer is asked again next time,
+    as qmail-getpw was asked for each delivery, so the user's own mail
+    is not bounced for a second.  alias@ and alias-x@ themselves are
+    kept."""
+    from qmail.lib import auto
+    lspawn, answers, passwd, home, now, n = _kept(tmp_path)
+    alias = auto.USER_ALIAS.encode()
+    fallback = users.Nughde(alias, 7790, 2108, b'/var/qmail/alias', b'-', b'bob')
+    answers.put(b'bob', fallback, answers.asking())
+    assert answers.get(b'bob') is None
+    for local, dash, ext in ((alias, b'', b''), (alias + b'-x', b'-', b'x')):
+        own = users.Nughde(alias, 7790, 2108, b'/var/qmail/alias', dash, ext)
+        answers.put(local, own, answers.asking())
+        assert answers.get(local) == own
+
+
 def test_kept_answers_never_look_at_a_users_home(tmp_path, monkeypatch):
     """qmail-lspawn's loop (root, every user's) stats no home: one on a
     hung NFS server stopped all local delivery.  The helper checked the
