@@ -212,7 +212,9 @@ def connection_env(base: dict, local, remote, localname: str, rule_env: dict) ->
     tcp-environ(5), then the rule's variables.  As Debian's tcpserver
     (with the IPv6 patch) does: PROTO=TCP6 for an IPv6 client, TCP for
     an IPv4 one, and for both each TCP variable as TCP6 too, an IPv4
-    address there in its IPv4-mapped form (::ffff:192.0.2.1)."""
+    address there in its IPv4-mapped form (::ffff:192.0.2.1), and
+    TCP6INTERFACE, the interface's name, for a client whose address has
+    a scope (link-local: fe80::/10)."""
     env = dict(base)
     localip, remoteip = unmap(local[0]), unmap(remote[0])
     tcp = {
@@ -228,6 +230,12 @@ def connection_env(base: dict, local, remote, localname: str, rule_env: dict) ->
         if ':' not in ip:
             env[key] = b'::ffff:' + os.fsencode(ip)
     env[b'PROTO'] = b'TCP6' if ':' in remoteip else b'TCP'
+    if len(remote) > 3 and remote[3]:
+        # A link-local client's interface, by its scope (as tcpserver)
+        try:
+            env[b'TCP6INTERFACE'] = os.fsencode(socket.if_indextoname(remote[3]))
+        except OSError:
+            pass
     for key, value in rule_env.items():
         # The rule's bytes, as tcpserver passes them (tcprules.parse
         # reads them as latin-1, one char a byte), as C strings; a

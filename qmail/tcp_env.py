@@ -8,7 +8,8 @@ Reads:    the two ends of the connection on fd 0 (getsockname,
           (resolvers from HOME/control/dnsservers, as qmail-remote, else
           /etc/resolv.conf); with -r, the peer's ident server (RFC 1413,
           port 113), asked from this end's address.
-Writes:   nothing: it sets tcp-environ(5)'s PROTO=TCP, TCPLOCALIP,
+Writes:   nothing: it sets tcp-environ(5)'s PROTO (TCP, TCP6 for an
+          IPv6 client, as qmail-listen and tcpserver say), TCPLOCALIP,
           TCPLOCALPORT, TCPLOCALHOST, TCPREMOTEIP, TCPREMOTEPORT,
           TCPREMOTEHOST and TCPREMOTEINFO, then execs program with its
           arguments.  A name is lowercased; one that could not be looked
@@ -206,7 +207,7 @@ def describe_connection(flagremoteinfo: bool, timeout: int) -> bool:
     finally:
         sock.close()
     local_ip, remote_ip = unmap(local[0]), unmap(remote[0])
-    set_env('PROTO', 'TCP')
+    set_env('PROTO', 'TCP6' if ':' in remote_ip else 'TCP')
     set_env('TCPLOCALPORT', str(local[1]))
     set_env('TCPLOCALIP', local_ip)
     resolver = make_resolver()

@@ -56,6 +56,19 @@ def test_tcp6_variables_as_from_tcpserver(monkeypatch):
     assert env4b == env4                # an IPv4 socket: the same
 
 
+def test_a_link_local_client_gets_its_interface():
+    """As tcpserver: TCP6INTERFACE names the interface of a client whose
+    address has a scope (the fourth part of an IPv6 peer's address)."""
+    import socket
+    index, name = socket.if_nameindex()[0]
+    env = listen.connection_env({}, ('fe80::5', 25, 0, index),
+                                ('fe80::9%' + name, 40003, 0, index), 'mx', {})
+    assert env[b'TCP6INTERFACE'] == name.encode()
+    assert env[b'TCPREMOTEIP'] == b'fe80::9' and env[b'PROTO'] == b'TCP6'
+    env = listen.connection_env({}, ('::1', 25, 0, 0), ('::1', 40004, 0, 0), 'mx', {})
+    assert b'TCP6INTERFACE' not in env
+
+
 import pytest
 
 

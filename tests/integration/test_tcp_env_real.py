@@ -126,6 +126,26 @@ def test_a_peer_without_a_name_and_without_ident(home):
     assert 'TCPREMOTEHOST' not in got and 'TCPREMOTEINFO' not in got
 
 
+def test_an_ipv6_client_is_proto_tcp6(home):
+    """tcp-environ(5): TCP6 for an IPv6 client, as qmail-listen and
+    tcpserver say for the same client (it said TCP)."""
+    listener = socket.socket(socket.AF_INET6)
+    try:
+        listener.bind(('::1', 0))
+    except OSError:
+        listener.close()
+        pytest.skip('no ::1 here')
+    listener.listen(1)
+    client = socket.socket(socket.AF_INET6)
+    client.connect(listener.getsockname()[:2])
+    server, _ = listener.accept()
+    listener.close()
+    with server, client:
+        code, got, err = tcp_env(home, ['-R'], server)
+    assert code == 0, err
+    assert (got['PROTO'], got['TCPREMOTEIP'], got['TCPLOCALIP']) == ('TCP6', '::1', '::1')
+
+
 @pytest.mark.parametrize('proto', ['TCP', 'TCP6'])
 def test_proto_tcp_already_changes_nothing(home, proto):
     """TCP6: what Debian's tcpserver and qmail-listen say for an IPv6
