@@ -9,8 +9,10 @@ Writes:   the users and groups of conf-users/conf-groups, if missing;
           one small script per program and the setuid launcher of
           qmail-queue, compiled here; control files as config-fast writes
           them, when control/me does not exist yet; the service scripts
-          (supervise/*/run, log/run); control/tcp.smtp if missing, and
-          its cdb when the rules are newer.
+          (supervise/*/run, log/run: qmail-listen on --smtp-addr,
+          --smtp-port and --pop3-port, or where the scripts there listen
+          now, else 127.0.0.1, 25 and 110); control/tcp.smtp if missing,
+          and its cdb when the rules are newer.
 Exits:    0 installed; 100 usage, not root, or a runtime interpreter
           without dnspython and idna; 111 a step failed.
 
@@ -804,9 +806,40 @@ def install_man(home, gids):
                manpage.index_page(sorted(index), sorted(others)), 0o644, 0, gids['qmail'])
 
 
-def install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port='110'):
+LISTEN_DEFAULTS = {'smtp_addr': '127.0.0.1', 'smtp_port': '25', 'pop3_port': '110'}
+
+
+def listening(home) -> dict:
+    """Where the home's services listen now, as its run scripts say
+    (qmail-listen's address and port before the program it runs): a
+    reinstall not told otherwise keeps them, so `make run` over a home
+    set up with SMTP_ADDR=0 does not move SMTP back to 127.0.0.1.  A
+    value not found is the default (LISTEN_DEFAULTS)."""
+    found = dict(LISTEN_DEFAULTS)
+    for name, addr, port, program in (('qmail-smtpd', 'smtp_addr', 'smtp_port', 'qmail-smtpd'),
+                                      ('qmail-pop3d', None, 'pop3_port', 'qmail-popup')):
+        try:
+            with open(os.path.join(home, 'supervise', name, 'run')) as f:
+                text = f.read(1 << 16)
+        except (OSError, UnicodeDecodeError):
+            continue
+        m = re.search(r'(\S+) (\d+) \\?\s*\S*/bin/%s ' % program, text)
+        if m:
+            if addr:
+                found[addr] = m.group(1)
+            found[port] = m.group(2)
+    return found
+
+
+def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port=None):
     """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
-    the daemontools setup (qmail's own INSTALL layout, logs per home)."""
+    the daemontools setup (qmail's own INSTALL layout, logs per home).
+    An address or port not given is the one the home's run script has
+    (listening), else the default."""
+    was = listening(home)
+    smtp_addr = smtp_addr or was['smtp_addr']
+    smtp_port = smtp_port or was['smtp_port']
+    pop3_port = pop3_port or was['pop3_port']
     sup = os.path.join(home, 'supervise')
     logs = os.path.join(home, 'log')
     make_dir(sup, 0, gids['qmail'], 0o755)
@@ -1035,8 +1068,8 @@ def choose_split(home, split=None) -> int:
     return auto.SPLIT if split is None else split
 
 
-def install(home, python, fqdn, split=None, smtp_addr='127.0.0.1', smtp_port='25',
-            pop3_port='110'):
+def install(home, python, fqdn, split=None, smtp_addr=None, smtp_port=None,
+            pop3_port=None):
     check_path('home', home)
     check_path('python', python)
     if not os.access(python, os.X_OK):
@@ -1082,9 +1115,11 @@ def main(argv=None) -> int:
     parser.add_argument('--home', default=DEFAULT_HOME)
     parser.add_argument('--python', default=DEFAULT_PYTHON)
     parser.add_argument('--fqdn', default='')
-    parser.add_argument('--smtp-addr', default='127.0.0.1')
-    parser.add_argument('--smtp-port', default='25')
-    parser.add_argument('--pop3-port', default='110')
+    # Not given: what the home's service scripts say, else 127.0.0.1,
+    # 25 and 110 (install_services).
+    parser.add_argument('--smtp-addr', default=None)
+    parser.add_argument('--smtp-port', default=None)
+    parser.add_argument('--pop3-port', default=None)
     parser.add_argument('--split', type=int, default=None,
                         help="the queue's subdirectories (conf-split; default: an "
                         "existing queue's, else 23)")

@@ -530,6 +530,12 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
     assert ' 2526 ' in open(smtpd_run).read()
     reinstall('--smtp-port', '2527')
     assert ' 2527 ' in open(smtpd_run).read()       # still the installer's: replaced
+    # make run again without SMTP_ADDR (a home set up to listen on every
+    # address went back to 127.0.0.1 and port 25): kept, as each port
+    reinstall('--smtp-addr', '0', '--pop3-port', '1110')
+    reinstall()
+    assert ' 0 2527 ' in open(smtpd_run).read()
+    assert ' 0 1110 ' in open(os.path.join(sup, 'qmail-pop3d', 'run')).read()
     # rules edited after their cdb: compiled again
     time.sleep(0.01)
     with open(os.path.join(ctl, 'tcp.smtp'), 'a') as f:
