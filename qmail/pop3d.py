@@ -319,7 +319,19 @@ class Maildir:
                     found.append((int(st.st_mtime), sub + '/' + entry.name, st.st_size))
                     if len(found) >= 2 * limit:     # bounded, whatever is there
                         found = heapq.nsmallest(limit, found)
-        return [Message(name, size) for _, name, size in heapq.nsmallest(limit, found)]
+        # One message, two names: moved from new/ to cur/, or renamed in
+        # cur/, while the directories were read.  Listed once (its UIDL
+        # must be unique, RFC 1939), under its cur/ name; RETR finds it
+        # wherever it went (locate).
+        chosen = heapq.nsmallest(limit, found)
+        kept = {}
+        for item in chosen:
+            base = unique(item[1])
+            if base not in kept or item[1].startswith('cur/'):
+                kept[base] = item
+        if len(kept) < len(chosen):
+            chosen = sorted(kept.values())
+        return [Message(name, size) for _, name, size in chosen]
 
     def locate(self, name: str):
         """Where a message listed as name is now, if another reader moved

@@ -235,6 +235,26 @@ def test_scan_limit_keeps_the_oldest(tmp_path):
     check(got, names[::-1][:4])
 
 
+def test_scan_lists_a_message_seen_under_two_names_once(tmp_path):
+    """A reader moved it from new/ to cur/ (or renamed it in cur/) while
+    the directories were read, which may then show both names: listed
+    once, under its cur/ name (the UIDL must be unique; C qmail-pop3d
+    listed it twice)."""
+    b = Box(tmp_path / 'M')
+    first = b.add(b'one\n', 'new')
+    moved = b.add(b'two\n', 'new')
+    base = moved[4:]
+    for info in (':2,S', ':2,RS'):         # as a racing readdir may see them
+        with open(os.path.join(b.path, 'cur', base + info), 'wb') as f:
+            f.write(b'two\n')
+        os.utime(os.path.join(b.path, 'cur', base + info), (OLD + 2, OLD + 2))
+    got = [m.name for m in pop3d.Maildir(b.path).scan(NOW)]
+    check(len(got), 2)
+    check(got[0], first)
+    assert got[1].startswith('cur/' + base + ':2,'), got
+    check(len({pop3d.uidl(n) for n in got}), 2)
+
+
 def test_scan_unreadable_maildir(tmp_path):
     with pytest.raises(OSError):
         pop3d.Maildir(str(tmp_path / 'nothere')).scan(NOW)
