@@ -501,7 +501,12 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int,
     harmless: when the message is a queue file, its name in new/ comes
     from the message, the recipient and the instruction (maildir_name),
     so the retry finds the file in new/ or cur/ and counts it delivered:
-    exactly once, unless the reader has already deleted it.  (So a
+    exactly once, unless the reader has already deleted it, or renames
+    it in cur/ as the check reads (a flag change: a directory read may
+    miss an entry being renamed, and the 64 names tried one by one may
+    each miss it; a check repeated for that would double every
+    delivery's cost to narrow a window that needs a crash and a flag
+    change on that message in the same instant).  (So a
     recipient listed twice in one envelope gets one copy here, where
     qmail made two.)  who: the raw recipient and sender where head's
     lines changed them (a line break made '_'), so two recipients that
