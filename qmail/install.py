@@ -810,25 +810,43 @@ LISTEN_DEFAULTS = {'smtp_addr': '127.0.0.1', 'smtp_port': '25', 'pop3_port': '11
 
 
 def listening(home) -> dict:
-    """Where the home's services listen now, as its run scripts say
-    (qmail-listen's address and port before the program it runs): a
-    reinstall not told otherwise keeps them, so `make run` over a home
-    set up with SMTP_ADDR=0 does not move SMTP back to 127.0.0.1.  A
-    value not found is the default (LISTEN_DEFAULTS)."""
-    found = dict(LISTEN_DEFAULTS)
-    for name, addr, port, program in (('qmail-smtpd', 'smtp_addr', 'smtp_port', 'qmail-smtpd'),
-                                      ('qmail-pop3d', None, 'pop3_port', 'qmail-popup')):
+    """Where the home's services listen now, as its run scripts say (the
+    address and port qmail-listen is given, however the rest of the line
+    was edited: rblsmtpd before qmail-smtpd, say): a reinstall not told
+    otherwise keeps them, so `make run` over a home set up with
+    SMTP_ADDR=0 does not move SMTP back to 127.0.0.1.  POP3 listens on
+    SMTP's address; either script may tell it.  A value found in
+    neither is the default (LISTEN_DEFAULTS)."""
+    found = {}
+    for name, port in (('qmail-smtpd', 'smtp_port'), ('qmail-pop3d', 'pop3_port')):
         try:
             with open(os.path.join(home, 'supervise', name, 'run')) as f:
-                text = f.read(1 << 16)
+                got = listen_args(f.read(1 << 16))
         except (OSError, UnicodeDecodeError):
             continue
-        m = re.search(r'(\S+) (\d+) \\?\s*\S*/bin/%s ' % program, text)
-        if m:
-            if addr:
-                found[addr] = m.group(1)
-            found[port] = m.group(2)
-    return found
+        if got is not None:
+            found.setdefault('smtp_addr', got[0])
+            found[port] = got[1]
+    return {**LISTEN_DEFAULTS, **found}
+
+
+def listen_args(script: str):
+    """(address, port) of the first qmail-listen command in a shell
+    script, or None: its arguments read as qmail-listen reads them."""
+    import getopt
+    import shlex
+    from qmail.listen import OPTSPEC
+    for line in script.replace('\\\n', ' ').splitlines():
+        words = line.split('#', 1)[0].split()     # (a comment may name it)
+        for i, word in enumerate(words):
+            if word == 'qmail-listen' or word.endswith('/qmail-listen'):
+                try:
+                    _, rest = getopt.getopt(shlex.split(' '.join(words[i + 1:])), OPTSPEC)
+                except (getopt.GetoptError, ValueError):
+                    break
+                if len(rest) >= 2 and rest[1].isdigit():
+                    return rest[0], rest[1]
+    return None
 
 
 def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port=None):

@@ -117,11 +117,14 @@ def _number(flag: str, value: str, least: int, most: int, clamp: bool = True) ->
     return n
 
 
+OPTSPEC = 'c:x:Xu:g:Ul:b:B:vqQdD1hHpPrRoO46t:I:'     # getopt's, as tcpserver's
+
+
 def parse_args(argv):
     """Options from argv (without the program name); raises ValueError."""
     o = Options()
     try:
-        opts, rest = getopt.getopt(argv, 'c:x:Xu:g:Ul:b:B:vqQdD1hHpPrRoO46t:I:')
+        opts, rest = getopt.getopt(argv, OPTSPEC)
     except getopt.GetoptError as e:
         raise ValueError(str(e)) from None
     for flag, value in opts:

@@ -535,7 +535,18 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
     reinstall('--smtp-addr', '0', '--pop3-port', '1110')
     reinstall()
     assert ' 0 2527 ' in open(smtpd_run).read()
-    assert ' 0 1110 ' in open(os.path.join(sup, 'qmail-pop3d', 'run')).read()
+    pop3d_run = os.path.join(sup, 'qmail-pop3d', 'run')
+    assert ' 0 1110 ' in open(pop3d_run).read()
+    # an edited script (rblsmtpd before qmail-smtpd) still tells them
+    text = open(smtpd_run).read().replace(' %s/bin/qmail-smtpd' % fresh_home,
+                                          ' /usr/bin/rblsmtpd -r zen.example %s/bin/qmail-smtpd'
+                                          % fresh_home)
+    with open(smtpd_run, 'w') as f:
+        f.write(text)
+    reinstall()
+    assert open(smtpd_run).read() == text
+    assert ' 0 2527 ' in open(smtpd_run + '.new').read()
+    assert ' 0 1110 ' in open(pop3d_run).read()
     # rules edited after their cdb: compiled again
     time.sleep(0.01)
     with open(os.path.join(ctl, 'tcp.smtp'), 'a') as f:
