@@ -140,7 +140,7 @@ def read_some(fd: int, client=None) -> bytes:
     if client is not None:
         fds = dict(client.poll())      # waits for fd or the client
         if fds.get(fd, 0) == 0:
-            raise QueueExit(54)         # the client closed (hung up or wrote)
+            raise QueueExit(54)         # the client's socket is closed
     try:
         return os.read(fd, BUFSIZE)
     except OSError:
@@ -148,14 +148,16 @@ def read_some(fd: int, client=None) -> bytes:
 
 
 def client_watch(msgfd: int, envfd: int, conn: int):
-    """For read_some: a poll of conn (hang-up or input: neither is due
-    before the answer) with, registered for input, the descriptor read."""
+    """For read_some: a poll of the descriptor read, for input, and of
+    conn for its hang-up alone (registered for no event: POLLHUP comes
+    when the client's socket is closed whole; a half-close, shutdown of
+    its writing side, is no hang-up, nor anything it sends)."""
     import select
     watches = []
     for fd in (msgfd, envfd):
         p = select.poll()
         p.register(fd, select.POLLIN)
-        p.register(conn, select.POLLIN)
+        p.register(conn, 0)
         watches.append(p)
     return watches
 

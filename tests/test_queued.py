@@ -267,6 +267,43 @@ def test_a_client_gone_frees_a_writer_whose_input_never_ends(tmp_path, monkeypat
     assert os.listdir('todo') == [] and os.listdir('intd') == []
 
 
+def test_a_client_that_half_closes_its_socket_is_still_served(tmp_path, monkeypatch):
+    """shutdown(SHUT_WR) is no hang-up: the client still waits for its
+    answer, writing its message after it."""
+    import os
+    import socket
+    import threading
+    import time
+    queue_dirs(tmp_path, monkeypatch)
+    ours, theirs = socket.socketpair()
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    hand_over(ours, [msg_r, env_r])
+    os.close(msg_r)
+    os.close(env_r)
+    answer = []
+
+    def client():
+        ours.recv(64)
+        ours.shutdown(socket.SHUT_WR)
+        for piece in (b'Subject: x\n', b'\n', b'body\n'):
+            time.sleep(0.05)
+            os.write(msg_w, piece)
+        os.close(msg_w)
+        os.write(env_w, b'Fa@b\0Tc@d\0\0')
+        os.close(env_w)
+        answer.append(ours.recv(1))
+        ours.close()
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        assert queued.writer(theirs, UIDS, 1, None) == 0
+    finally:
+        theirs.close()
+        t.join(10)
+    assert answer == [b'\0'] and len(os.listdir('todo')) == 1
+
+
 def test_a_client_gone_after_its_last_byte_is_still_queued(tmp_path, monkeypatch):
     """What is there to read is read: a client that wrote everything and
     died before the answer has its message queued, as qmail-queue goes
