@@ -9,7 +9,8 @@ Reads:    the two ends of the connection on fd 0 (getsockname,
           /etc/resolv.conf); with -r, the peer's ident server (RFC 1413,
           port 113), asked from this end's address.
 Writes:   nothing: it sets tcp-environ(5)'s PROTO (TCP, TCP6 for an
-          IPv6 client, as qmail-listen and tcpserver say), TCPLOCALIP,
+          IPv6 client, as qmail-listen and tcpserver say, with each TCP
+          variable below also as TCP6: TCP6REMOTEIP...), TCPLOCALIP,
           TCPLOCALPORT, TCPLOCALHOST, TCPREMOTEIP, TCPREMOTEPORT,
           TCPREMOTEHOST and TCPREMOTEINFO, then execs program with its
           arguments.  A name is lowercased; one that could not be looked
@@ -220,7 +221,16 @@ def describe_connection(flagremoteinfo: bool, timeout: int) -> bool:
         info = ask_ident((local_ip, local[1]), (remote_ip, remote[1]), timeout)
         if info is not None:
             set_env('TCPREMOTEINFO', info)
+    # An IPv6 client's copies, ${PROTO}REMOTEIP and so on (UCSPI's way,
+    # as tcpserver and qmail-listen give them); for IPv4, none.
+    ipv6 = ':' in remote_ip
+    for name in TCP_NAMES:
+        set_env('TCP6' + name, os.environb.get(b'TCP' + name.encode()) if ipv6 else None)
     return True
+
+
+TCP_NAMES = ('LOCALIP', 'LOCALPORT', 'LOCALHOST', 'REMOTEIP', 'REMOTEPORT',
+             'REMOTEHOST', 'REMOTEINFO')
 
 
 def main(argv=None) -> int:

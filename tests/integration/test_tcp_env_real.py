@@ -104,7 +104,7 @@ def test_the_variables_of_a_connection(home):
             'TCPREMOTEINFO': 'joe'}
     assert {k: got.get(k) for k in want} == want, got
     assert ident.asked == [b'%d , %d\r\n' % (cport, sport)]
-    assert 'LC_CTYPE' not in got
+    assert 'LC_CTYPE' not in got and 'TCP6REMOTEIP' not in got
 
 
 def test_minus_R_asks_no_ident_and_unsets_it(home):
@@ -144,6 +144,8 @@ def test_an_ipv6_client_is_proto_tcp6(home):
         code, got, err = tcp_env(home, ['-R'], server)
     assert code == 0, err
     assert (got['PROTO'], got['TCPREMOTEIP'], got['TCPLOCALIP']) == ('TCP6', '::1', '::1')
+    for name in ('LOCALIP', 'LOCALPORT', 'REMOTEIP', 'REMOTEPORT'):     # ${PROTO}REMOTEIP
+        assert got['TCP6' + name] == got['TCP' + name], name
 
 
 @pytest.mark.parametrize('proto', ['TCP', 'TCP6'])
