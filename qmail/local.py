@@ -473,7 +473,7 @@ def deliver(argv, say, now: float) -> int:
             seq += 1
             deliver_maildir(arg, lines['rp'] + lines['dt'],
                             os.uname().nodename.encode()[:64], seq,
-                            raw_names(local, host, sender))
+                            raw_names(local, host))
         else:
             deliver_mbox(arg, lines['uf'] + lines['rp'] + lines['dt'])
 
@@ -484,15 +484,16 @@ def deliver(argv, say, now: float) -> int:
     return 0
 
 
-def raw_names(local: bytes, host: bytes, sender: bytes) -> bytes:
-    """What the Delivered-To and Return-Path lines lost: the recipient
-    and sender as given, where a line break in them became '_' (two
-    recipients 'a\\n' and 'a_' would otherwise share one exactly-once
-    Maildir name, and so one copy); nothing for every other address, so
-    their names stay as they were."""
-    if b'\n' not in local + host + sender:
+def raw_names(local: bytes, host: bytes) -> bytes:
+    """What the Delivered-To line lost: the recipient as given, where a
+    line break in it became '_' (two recipients 'a\\n' and 'a_' would
+    otherwise share one exactly-once Maildir name, and so one copy);
+    nothing for every other recipient, so their names stay as they were.
+    (The sender is one for all the message's recipients: it tells none
+    apart.)"""
+    if b'\n' not in local + host:
         return b''
-    return b'\0' + local + b'@' + host + b'\0' + sender
+    return b'\0' + local + b'@' + host
 
 
 def where(err: BaseException) -> str:

@@ -199,13 +199,18 @@ def test_recipients_differing_only_where_delivered_to_hides_it(home, tmp_path):
     assert len(os.listdir(md / 'new')) == 2
 
 
-def test_a_plain_recipient_keeps_the_name_it_had(home, tmp_path):
-    """Only an address with a line break adds to the name's digest: for
-    any other the name is the one an older qmail-local gave, so a retry
-    after an upgrade finds its file."""
+@pytest.mark.parametrize('sender', [b'god@heaven.af.mil', b'god\n@heaven.af.mil'])
+def test_a_plain_recipient_keeps_the_name_it_had(home, tmp_path, sender):
+    """Only a recipient with a line break adds to the name's digest: for
+    any other (whatever the sender) the name is the one an older
+    qmail-local gave, so a retry after an upgrade finds its file."""
     import hashlib
     md, mess = queued(home, tmp_path, b'Subject: plain\n\nbody\n')
-    code, report = run_on(home, mess)
+    fd = os.open(mess, os.O_RDONLY)
+    try:
+        code, report = home.run(stdin=fd, sender=sender)
+    finally:
+        os.close(fd)
     assert code == 0, report
     name, = os.listdir(md / 'new')
     data = (md / 'new' / name).read_bytes()
