@@ -14,7 +14,9 @@ APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps
 PYTEST_ARGS ?=
 # The whole suite takes about 8 minutes here; a hang anywhere ends it at
 # this bound (CI stops at 90), and pytest prints a test's stacks after
-# faulthandler_timeout (pyproject.toml) so the hang is named.
+# faulthandler_timeout (pyproject.toml) so the hang is named.  (timeout
+# --foreground: pytest stays in the terminal's group, so Ctrl-C and
+# --pdb work.)
 TEST_TIMEOUT ?= 2700
 
 .PHONY: all deps runtime devenv setup run stop test check clean bench soak postfix postfix-remove uninstall
@@ -102,7 +104,7 @@ postfix-remove:
 # read: under the umask of a hardened root (027, 077) they could not, so
 # the suite runs with the conventional one.  (The programs set their own.)
 test: runtime devenv postfix
-	umask 022 && QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 timeout -k 30 $(TEST_TIMEOUT) $(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
+	umask 022 && QMAIL_RUNTIME_PYTHON=$(RUNTIME)/bin/python3 timeout --foreground -k 30 $(TEST_TIMEOUT) $(DEVENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check: test
 

@@ -19,6 +19,7 @@ Exits:    0; 111 if the queue cannot be opened, or the list cannot be
 See:      qmail-qread(8).
 """
 
+import bisect
 import os
 import sys
 
@@ -119,6 +120,11 @@ def show_todo(messid: int, split: int) -> str:
     return ''.join(out)
 
 
+def in_sorted(ids: list, messid: int) -> bool:
+    i = bisect.bisect_left(ids, messid)
+    return i < len(ids) and ids[i] == messid
+
+
 def scan(split: int, write) -> None:
     """Write the listing, each message as it is read; cwd is HOME/queue.
     todo/ is listed first (numbers only: a backlog of a million costs
@@ -126,12 +132,11 @@ def scan(split: int, write) -> None:
     unless info/ showed it; one preprocessed in between is then looked
     for in info/ again, so that no message is left out."""
     todo = list_dir('todo')
-    waiting = set(todo)
     shown = set()
     for i in range(split):
         for messid in list_dir('info/%d' % i):
             try:
-                text = show_info(messid, split, messid in waiting)
+                text = show_info(messid, split, in_sorted(todo, messid))
             except OSError as err:      # as qmail's, gone meanwhile too
                 text = trouble(messid, err)
             if text is None:            # an info/ left empty: todo/'s below
