@@ -34,11 +34,12 @@ Trusts:   nothing the client says: the uid recorded in the envelope and
 Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           pipe whose other end only qmail-send holds, so it ends with
           qmail-send (a parent-death signal cannot cross from qmails to
-          qmailq); 111 if it cannot start.  Clients fall back to
-          bin/qmail-queue whenever the socket is absent or refuses, so
-          mail never depends on it; an internal error in the pool's
-          parent restarts the pool a second later (the fifth within a
-          minute: exit 111).
+          qmailq); 111 if it cannot start, or is run as any user but
+          qmailq (by hand as root it would make root's queue files).
+          Clients fall back to bin/qmail-queue whenever the socket is
+          absent or refuses, so mail never depends on it; an internal
+          error in the pool's parent restarts the pool a second later
+          (the fifth within a minute: exit 111).
 See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 """
 
@@ -313,6 +314,16 @@ def listen(home: str) -> socket.socket:
 
 
 def main(argv=None) -> int:
+    # Only as qmailq, as qmail-start runs it: started by hand as root (or
+    # anyone else), its writers made the queue's files that user's, where
+    # the set-uid qmail-queue makes qmailq's whoever runs it.
+    try:
+        if os.geteuid() != auto.uid(auto.USER_QUEUE):
+            sys.stderr.write('qmail-queued: fatal: must run as %s (qmail-start '
+                             'starts it)\n' % auto.USER_QUEUE)
+            return 111
+    except KeyError:
+        return 111
     try:
         uids = queue.queue_uids()
         os.chdir(auto.QMAIL)
