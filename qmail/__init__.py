@@ -16,7 +16,9 @@ read or write through it raised AttributeError (an "internal bug", an
 exit 1, a report lost): reads and writes of fds 0 and 1 fail as on the
 closed descriptor (OSError, EBADF, which the programs answer as any
 read or write error), and what goes to fd 2 is lost, as a C qmail
-program's diagnostics are (strerr ignores the failed write).
+program's diagnostics are (strerr ignores the failed write).  So too
+a write to an open fd 2 that fails (2>/dev/full): lost, where the
+flush at exit turned the program's exit code into CPython's 120.
 """
 
 import io as _io
@@ -77,6 +79,26 @@ class _Closed(_io.BufferedIOBase):
         self._fail()
 
 
+class _Lossy(_io.RawIOBase):
+    """fd 2 for writing, where a failed write is lost (a full disk under
+    2>file): the program's exit code stays its own, not CPython's 120
+    for a flush that failed at exit."""
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+    def write(self, data):
+        try:
+            return _os.write(2, data)
+        except BlockingIOError:
+            raise
+        except OSError:
+            return len(data)
+
+
 def _stand_ins_for_closed_stdio():
     if _sys.stdin is None:
         _sys.stdin = _io.TextIOWrapper(_Closed(), encoding='utf-8', errors='surrogateescape')
@@ -85,6 +107,11 @@ def _stand_ins_for_closed_stdio():
                                         write_through=True)
     if _sys.stderr is None:
         _sys.stderr = _io.TextIOWrapper(_Closed(lose=True), encoding='utf-8',
+                                        errors='backslashreplace', write_through=True)
+    elif _sys.stderr is _sys.__stderr__ and _sys.stderr.fileno() == 2:
+        # (only the interpreter's own: a test harness's capture stays)
+        _sys.stderr = _io.TextIOWrapper(_io.BufferedWriter(_Lossy()),
+                                        encoding=_sys.stderr.encoding,
                                         errors='backslashreplace', write_through=True)
 
 

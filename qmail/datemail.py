@@ -26,6 +26,7 @@ import time
 from qmail.except_ import byteargs, errstr, internal_bug, say
 from qmail.predate import date_now
 from qmail.preline import InputError, copy_with_prefix
+from qmail.lib.error import interrupt_kills
 
 FATAL = b'datemail: fatal: '
 
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

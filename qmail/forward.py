@@ -23,6 +23,7 @@ import sys
 from qmail.lib import auto
 from qmail.lib.qqtalk import QueueClient, queue_program, status_text
 from qmail.except_ import byteargs, errstr, internal_bug, say
+from qmail.lib.error import interrupt_kills
 
 BUFSIZE = 65536
 FATAL = b'forward: fatal: '
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

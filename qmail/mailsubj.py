@@ -20,6 +20,7 @@ import sys
 
 from qmail.except_ import byteargs, internal_bug, say
 from qmail.lib import blockread
+from qmail.lib.error import interrupt_kills
 
 USAGE = b'mailsubj: usage: mailsubj subject recip ...'
 BUFSIZE = 65536
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

@@ -140,6 +140,7 @@ from qmail.pop3d_io import (TOOLONG, Conn, Gone, Lines, is_socket,
 from qmail.popup_relay import (Tls, TlsConn, TlsError, relay, server_context,
                                spawn, wait_child)
 from qmail.smtpd_auth import MAXAUTHLINE, Malformed, b64decode, field
+from qmail.lib.error import interrupt_kills
 
 DEFAULT_MAXAUTH = 3
 DEFAULT_AUTHDELAY = 2    # seconds; as qmail-smtpd's authdelaysmtpd
@@ -791,6 +792,7 @@ def say(conn, reply: bytes):
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

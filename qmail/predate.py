@@ -24,6 +24,7 @@ import time
 from qmail.except_ import (ChildCrashed, byteargs, errstr, internal_bug,
                            say, spawn, wait_exitcode)
 from qmail.preline import InputError, copy_with_prefix
+from qmail.lib.error import interrupt_kills
 
 USAGE = b'predate: usage: predate child'
 FATAL = b'predate: fatal: '
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

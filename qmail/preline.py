@@ -24,6 +24,7 @@ import sys
 from qmail.except_ import (ChildCrashed, byteargs, errstr, internal_bug,
                            is_temporary, say, spawn, wait_exitcode)
 from qmail.lib import blockread
+from qmail.lib.error import interrupt_kills
 
 USAGE = b'preline: usage: preline cmd [ arg ... ]'
 FATAL = b'preline: fatal: '
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

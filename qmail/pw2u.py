@@ -38,7 +38,7 @@ import sys
 
 from qmail import getpw
 from qmail.lib import auto, control
-from qmail.lib.error import error_str, flushed_status, guard_stdout
+from qmail.lib.error import error_str, flushed_status, guard_stdout, interrupt_kills
 from qmail.lib.users import scan_ulong
 
 FATAL = b'qmail-pw2u: fatal: '
@@ -354,6 +354,7 @@ def main(argv=None, stdin=None, stdout=None) -> int:
 
 
 def run():
+    interrupt_kills()
     guard_stdout()                  # a full disk or closed fd 1: one line, 111
     try:
         code = main()

@@ -21,6 +21,7 @@ from qmail.except_ import internal_bug
 from qmail.inject import (FEW_FIELDS_MAX, body_text, capped_readline, hfield_known,
                           read_header)
 from qmail.maildirwatch import skipname
+from qmail.lib.error import interrupt_kills
 
 UTMP_FILE = '/var/run/utmp'     # glibc's _PATH_UTMP
 TEXTMAX = 78
@@ -135,6 +136,7 @@ def main(argv=None, stdin=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

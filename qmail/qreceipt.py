@@ -21,6 +21,7 @@ from qmail.except_ import byteargs, internal_bug, say
 from qmail.forward import open_queue
 from qmail.inject import header_fields, hfield_known
 from qmail.inject_token import ParseError, addrlist, parse, quote2, unquote
+from qmail.lib.error import interrupt_kills
 
 USAGE = b'qreceipt: usage: qreceipt deliveryaddress'
 FATAL = b'qreceipt: fatal: '
@@ -146,6 +147,7 @@ def main(argv=None, stdin=None) -> int:
 
 
 def run():
+    interrupt_kills()
     sys.exit(main())
 
 

@@ -162,3 +162,11 @@ def exit_flushed(code: int, prog: str) -> None:
     except (OSError, AttributeError):
         pass
     os._exit(code)
+
+
+def interrupt_kills() -> None:
+    """SIGINT back to its default: a ^C ends the program at once and
+    quietly, as it ends a C qmail program, not with CPython's
+    KeyboardInterrupt traceback."""
+    import _signal
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
