@@ -43,6 +43,7 @@ import sys
 import tempfile
 
 from qmail.lib import crashsim
+from qmail.lib.error import exit_flushed, guard_stdout
 from qmail.crashtest_scenarios import (
     DOMAIN, SCENARIOS, SCRATCH_SPLIT, Box, LocalScenario, read)
 
@@ -230,6 +231,12 @@ def say(text):
     sys.stdout.flush()
 
 
+def complain(text):
+    """A usage or fatal line: fd 2, as qmail's programs say them."""
+    sys.stderr.write(text + '\n')
+    sys.stderr.flush()
+
+
 def summary(res) -> str:
     line = '%-11s %-9s %3d crash points (%d steps + the answer)  %d failures' % (
         res.scenario.name, res.mode, res.points, res.points - 1, len(res.failed))
@@ -265,7 +272,7 @@ def list_steps(scenario, scratch, ids) -> bool:
 
 
 def usage():
-    say('usage: qmail-crashtest [-nv] [-d dir] [scenario ...]; scenarios: '
+    complain('usage: qmail-crashtest [-nv] [-d dir] [scenario ...]; scenarios: '
         + ' '.join(s.name for s in SCENARIOS))
     return 100
 
@@ -293,13 +300,13 @@ def main(argv=None) -> int:
         return usage()
     chosen = [byname[a] for a in args] or SCENARIOS
     if os.geteuid() != 0:
-        say('qmail-crashtest: fatal: must be run as root')
+        complain('qmail-crashtest: fatal: must be run as root')
         return 111
     try:
         scratch = tempfile.mkdtemp(prefix='qmail-crashtest.', dir=base)
     except OSError as err:
-        say('qmail-crashtest: fatal: unable to make a scratch directory: %s'
-            % err.strerror)
+        complain('qmail-crashtest: fatal: unable to make a scratch directory: %s'
+                 % err.strerror)
         return 111
     flagbroke = False
     try:
@@ -325,14 +332,23 @@ def main(argv=None) -> int:
     return 1 if flagbroke else 0
 
 
+def stop(signum, frame):
+    """TERM: end as ^C does, through main's cleanup of its scratch."""
+    raise KeyboardInterrupt
+
+
 def run():
+    guard_stdout()              # a full disk or closed fd 1: one line, 111
+    signal.signal(signal.SIGTERM, stop)
     try:
         code = main()
-    except Exception as err:     # last resort: never a traceback, never 1
-        say('qmail-crashtest: fatal: internal error: %s: %s'
-            % (type(err).__name__, err))
+    except KeyboardInterrupt:    # ^C or TERM: the scratch is gone (main's finally)
         code = 111
-    sys.exit(code)
+    except Exception as err:     # last resort: never a traceback, never 1
+        complain('qmail-crashtest: fatal: internal error: %s: %s'
+                 % (type(err).__name__, err))
+        code = 111
+    exit_flushed(code, 'qmail-crashtest')
 
 
 if __name__ == '__main__':

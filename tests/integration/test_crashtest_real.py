@@ -52,9 +52,31 @@ def test_every_scenario_survives_every_crash_point():
         assert got[name, 'stop'][0] == got[name, 'powercut'][0]
 
 
-def test_usage_and_unknown_scenario():
+def test_usage_and_unknown_scenario(capsys):
     assert crashtest.main(['nosuch']) == 100
     assert crashtest.main(['-x']) == 100
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('usage: qmail-crashtest')
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_111(tmp_path):
+    """fd 1 closed or a full disk: a traceback and exit 1 (which says an
+    invariant broke), or 120; and TERM leaves no scratch directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, '-m', 'qmail.crashtest', '-d', str(tmp_path), '-n', 'queue']
+    r = subprocess.run(argv, stdout=open('/dev/full', 'w'), stderr=subprocess.PIPE,
+                       timeout=120)
+    assert r.returncode == 111 and r.stderr.count(b'\n') == 1, r.stderr
+    assert b'unable to write output' in r.stderr
+    p = subprocess.Popen(argv[:-2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 111 and b'Traceback' not in err, err
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_crash_point_no_run_reaches_is_a_failure(monkeypatch, capsys):
