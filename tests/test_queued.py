@@ -209,6 +209,18 @@ def queue_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(queue, 'triggerpull', lambda: None)
 
 
+def pipes_holding(message: bytes, envelope: bytes):
+    """(message, envelope): read ends of pipes holding them, written whole."""
+    import os
+    ends = []
+    for data in (message, envelope):
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        ends.append(r)
+    return ends
+
+
 def hand_over(sock, fds):
     import array
     import socket
@@ -313,12 +325,7 @@ def test_a_client_gone_after_its_last_byte_is_still_queued(tmp_path, monkeypatch
     import threading
     queue_dirs(tmp_path, monkeypatch)
     ours, theirs = socket.socketpair()
-    msg_r, msg_w = os.pipe()
-    env_r, env_w = os.pipe()
-    os.write(msg_w, b'Subject: x\n\nbody\n')
-    os.write(env_w, b'Fa@b\0Tc@d\0\0')
-    os.close(msg_w)
-    os.close(env_w)
+    msg_r, env_r = pipes_holding(b'Subject: x\n\nbody\n', b'Fa@b\0Tc@d\0\0')
     hand_over(ours, [msg_r, env_r])
     os.close(msg_r)
     os.close(env_r)
