@@ -180,6 +180,7 @@ R_IPME = b'421 unable to figure out my IP addresses (#4.3.0)\r\n'
 R_NOMEM = b'421 out of memory (#4.3.0)\r\n'
 R_INTERNAL = b'421 internal error (#4.3.0)\r\n'
 R_TOOLONG = b'500 line too long (#5.5.2)\r\n'
+R_AUTHTOOLONG = b'500 auth exchange line too long (#5.5.6)\r\n'    # RFC 4954 4
 R_NUL = b'500 NUL in command (#5.5.2)\r\n'
 R_MAXRCPT = b'452 sorry, too many recipients (#4.5.3)\r\n'
 R_ERRORS = b'421 too many errors (#4.7.0)\r\n'
@@ -574,7 +575,7 @@ class Session:
             self.linebuf.clear()
             if flagsasl:
                 self.auth.sasl = None       # the exchange is over
-            self.bad(R_TOOLONG)
+            self.bad(R_AUTHTOOLONG if flagsasl else R_TOOLONG)
         else:
             line = bytes(self.linebuf) + data[pos:i]
             self.linebuf.clear()

@@ -536,7 +536,7 @@ def test_sasl_line_limit():
     check(h.checker.asked[-1][1], b'p' * 9000)
     h.feed(b'AUTH PLAIN\r\n')
     check(replies(h.feed(b'A' * 13000 + b'\r\nNOOP\r\n')),
-          [b'500 line too long (#5.5.2)', b'250 ok'])
+          [b'500 auth exchange line too long (#5.5.6)', b'250 ok'])
     check(replies(h.feed(b'NOOP' + b' ' * 2000 + b'\r\n')),
           [b'500 line too long (#5.5.2)'])
 
