@@ -273,7 +273,7 @@ def list_steps(scenario, scratch, ids) -> bool:
 
 def usage():
     complain('usage: qmail-crashtest [-nv] [-d dir] [scenario ...]; scenarios: '
-        + ' '.join(s.name for s in SCENARIOS))
+             + ' '.join(s.name for s in SCENARIOS))
     return 100
 
 

@@ -508,12 +508,13 @@ def deliver_maildir(dirname: bytes, head: bytes, host: bytes, seq: int,
     delivery's cost to narrow a window that needs a crash and a flag
     change on that message in the same instant).  (So a
     recipient listed twice in one envelope gets one copy here, where
-    qmail made two.)  who: the raw recipient and sender where head's
-    lines changed them (a line break made '_'), so two recipients that
-    differ only there keep a copy each.  The name in tmp/ is each attempt's own: two
-    deliveries of one message to one place at once (that recipient
-    twice, handled by two workers) never touch each other's file, and
-    the second to link finds the first's, whole, in new/.
+    qmail made two.)  who: the raw recipient where Delivered-To changed
+    it (a line break made '_': local.raw_names), so two recipients that
+    differ only there keep a copy each.  The name in tmp/ is each
+    attempt's own: two deliveries of one message to one place at once
+    (that recipient twice, handled by two workers) never touch each
+    other's file, and the second to link finds the first's, whole, in
+    new/.
     """
     rewind()
     try:

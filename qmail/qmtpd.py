@@ -86,9 +86,10 @@ timeoutqmtpd, where it means 1 second, as qmail-smtpd's timeoutsmtpd):
                        responses to one package, written REPLYBATCH
                        (1024) recipients' worth at a time from a byte
                        per recipient (as qmail-qmtpd's one-byte
-                       failure list), never held whole.  A list over it closes
-                       the connection, so it must stay far above any
-                       real client's batch: the client would retry it.
+                       failure list), never held whole.  A list over
+                       it closes the connection, so it must stay far
+                       above any real client's batch: the client would
+                       retry it.
   ADDRMAX     999      bytes in an address (qmail's buf[1000]).
   HOLD        65536    bytes of a message (its Received line included)
                        held in memory before qmail-queue starts: a client

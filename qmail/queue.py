@@ -130,12 +130,13 @@ class EnvelopeParser:
 
 
 def read_some(fd: int, client=None) -> bytes:
-    """Up to BUFSIZE bytes of fd.  client (qmail-queued's writers): the
-    connection of the process that handed fd over, watched while fd has
-    nothing to give: once it is gone, nobody waits for this injection's
-    answer, and fd may never end (it handed over both ends of one pipe,
-    and the writer itself holds the write end), so the injection ends
-    there (54), freeing the writer, not at DEATH a day later.  As C
+    """Up to BUFSIZE bytes of fd.  client (qmail-queued's writers): a
+    poll of fd and of the connection of the process that handed fd over
+    (client_watch), waited on until fd has something: once that
+    connection is gone, nobody waits for this injection's answer, and
+    fd may never end (it handed over both ends of one pipe, and the
+    writer itself holds the write end), so the injection ends there
+    (54), freeing the writer, not at DEATH a day later.  As C
     qmail-queue, whose caller's end is its own."""
     if client is not None:
         fds = dict(client.poll())      # waits for fd or the client

@@ -25,8 +25,8 @@ Trusts:   nothing the client says: the uid recorded in the envelope and
           qmail-queue's DEATH timer, and only while the client is there:
           gone, with nothing left to read, its injection ends (54;
           queue.read_some), so a writer is not held by descriptors
-          whose writer is the writer itself.  Nor does it let one user hold the
-          writers: the byte and descriptors must come within HELLO
+          whose writer is the writer itself.  Nor does it let one user
+          hold the writers: the byte and descriptors must come within HELLO
           seconds, and a user other than root and the MTA's own (qmaild,
           qmails, alias) has at most PER_UID injections at once; one
           more is closed unanswered, and the client uses bin/qmail-queue

@@ -316,6 +316,13 @@ class Failed:
         self.identity = identity
 
 
+def all_due(pq: list, when: int) -> list:
+    """A (time, messid) heap with every entry due at when."""
+    due = [(when, messid) for _, messid in pq]
+    heapq.heapify(due)
+    return due
+
+
 class Send:
     inline = False              # crash tests: disk work done at once, in order
     direct_max = 0              # messages delivered direct at once (main: DIRECT_MAX)
@@ -530,13 +537,11 @@ class Send:
         self.todo_held.clear()
         self.nexttodorun = self.recent
         for c in (0, 1):
-            self.pqchan[c] = [(self.recent, m) for _, m in self.pqchan[c]]
-            heapq.heapify(self.pqchan[c])
+            self.pqchan[c] = all_due(self.pqchan[c], self.recent)
         self.respill_now()
 
     def respill_now(self):
-        self.pqrespill = [(self.recent, m) for _, m in self.pqrespill]
-        heapq.heapify(self.pqrespill)
+        self.pqrespill = all_due(self.pqrespill, self.recent)
 
     def exit_begin(self):
         """The first turn of the loop after exitasap.  A spill not yet

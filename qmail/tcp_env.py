@@ -44,7 +44,7 @@ import time
 
 from qmail.lib import auto
 from qmail.lib.control import Controls, scan_ulong
-from qmail.listen import unmap
+from qmail.listen import TCP_ENV, unmap
 
 IDENT_PORT = 113
 IDENT_LINE = 999           # bytes of the answer kept (remoteinfo.c's line[999])
@@ -208,7 +208,8 @@ def describe_connection(flagremoteinfo: bool, timeout: int) -> bool:
     finally:
         sock.close()
     local_ip, remote_ip = unmap(local[0]), unmap(remote[0])
-    set_env('PROTO', 'TCP6' if ':' in remote_ip else 'TCP')
+    ipv6 = ':' in remote_ip
+    set_env('PROTO', 'TCP6' if ipv6 else 'TCP')
     set_env('TCPLOCALPORT', str(local[1]))
     set_env('TCPLOCALIP', local_ip)
     resolver = make_resolver()
@@ -223,14 +224,13 @@ def describe_connection(flagremoteinfo: bool, timeout: int) -> bool:
             set_env('TCPREMOTEINFO', info)
     # An IPv6 client's copies, ${PROTO}REMOTEIP and so on (UCSPI's way,
     # as tcpserver and qmail-listen give them); for IPv4, none.
-    ipv6 = ':' in remote_ip
     for name in TCP_NAMES:
-        set_env('TCP6' + name, os.environb.get(b'TCP' + name.encode()) if ipv6 else None)
+        set_env('TCP6' + name[3:], os.environb.get(name.encode()) if ipv6 else None)
     return True
 
 
-TCP_NAMES = ('LOCALIP', 'LOCALPORT', 'LOCALHOST', 'REMOTEIP', 'REMOTEPORT',
-             'REMOTEHOST', 'REMOTEINFO')
+# tcp-environ(5)'s TCP variables (qmail-listen's list less PROTO and the TCP6 copies)
+TCP_NAMES = tuple(k for k in TCP_ENV if k.startswith('TCP') and not k.startswith('TCP6'))
 
 
 def main(argv=None) -> int:
