@@ -29,8 +29,9 @@ Exits:    1 the password is wrong, or the user unknown, locked ("!" or
           2 misuse: no program, fd 3 unreadable or not two NUL-ended
           fields;
           111 temporary trouble: the shadow entry cannot be read (not
-          root), libcrypt is missing, becoming the user, the chdir or
-          the exec fails.
+          root), libcrypt is missing, the hash cannot be computed (no
+          memory for it: see README on softlimit), becoming the user,
+          the chdir or the exec fails.
 Trusts:   its caller for nothing but fd 3's bytes; it never writes the
           password anywhere, and overwrites its copies after the check.
 See:      cr.yp.to/checkpwd/interface.html, crypt(5), shadow(5),
@@ -139,17 +140,51 @@ def libcrypt():
 
 def crypt(lib, password: bytes, setting: bytes):
     """crypt_rn(): the hash of password under setting, or None when the
-    setting is no hash libxcrypt knows (a locked account's "!", say)."""
+    setting is no hash libxcrypt knows (a locked account's "!", say).
+    Trouble when it fails on a setting it calls well-formed: the hash
+    could not be computed (yescrypt or bcrypt without the memory it
+    needs, under a run script's softlimit), which says nothing of the
+    password; libxcrypt's errno is EINVAL either way."""
     data = ctypes.create_string_buffer(CRYPT_DATA)
     phrase = ctypes.create_string_buffer(bytes(password), len(password) + 1)
     try:
+        ctypes.set_errno(0)
         out = lib.crypt_rn(phrase, setting, data, CRYPT_DATA)
         if out is None or out[:1] == b'*':
+            # (ERANGE: a password past CRYPT_MAX_PASSPHRASE_SIZE, no hash's)
+            if ctypes.get_errno() != errno.ERANGE and well_formed(lib, setting):
+                raise Trouble('unable to compute a %s hash (out of memory?)'
+                              % hash_method(setting))
             return None
         return bytes(out)
     finally:
         wipe(data)
         wipe(phrase)
+
+
+CRYPT_SALT_OK, CRYPT_SALT_INVALID = 0, 1        # crypt_checksalt(3)'s answers
+CRYPT_SALT_METHOD_DISABLED = 2
+
+
+def well_formed(lib, setting: bytes) -> bool:
+    """crypt_checksalt(3): setting is one libxcrypt can hash with (legacy
+    or too cheap by its standards, maybe, but neither malformed nor of a
+    method it was built without).  False where libxcrypt is older than
+    the call (4.3)."""
+    try:
+        check = lib.crypt_checksalt
+    except AttributeError:
+        return False
+    check.restype = ctypes.c_int
+    check.argtypes = [ctypes.c_char_p]
+    return check(setting) not in (CRYPT_SALT_INVALID, CRYPT_SALT_METHOD_DISABLED)
+
+
+def hash_method(setting: bytes) -> str:
+    """For the log: the setting's method prefix ("$y$"), or "DES"."""
+    if setting[:1] != b'$':
+        return 'DES'
+    return setting[:setting.find(b'$', 1) + 1].decode('ascii', 'replace')
 
 
 def dummy_setting(lib) -> bytes:

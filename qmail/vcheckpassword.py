@@ -24,8 +24,9 @@ Exits:    1 the password is wrong or the name unknown (an unknown name
           costs a hash too, so time does not tell which names exist);
           2 misuse (no program, fd 3 unreadable or malformed);
           111 temporary trouble: the file is missing, unreadable or not
-          trusted, argon2-cffi is missing, becoming the ids, the chdir or
-          the exec fails.  Each 111 is logged on fd 2.
+          trusted, argon2-cffi is missing, the hash cannot be computed
+          (argon2's 64 MB refused: see README on softlimit), becoming the
+          ids, the chdir or the exec fails.  Each 111 is logged on fd 2.
 Trusts:   HOME/users/vpasswd as written by root; nothing its caller says
           but fd 3's bytes.
 See:      qmail-vpasswd, checkpassword, qmail-popup(8).
@@ -45,11 +46,19 @@ DUMMY_PASSWORD = b'qmail-vcheckpassword: no such user'
 
 def verify(hasher, stored: bytes, password: bytes) -> bool:
     """argon2-cffi's verify: True, or False for a mismatch or a hash it
-    cannot read."""
+    cannot read; Trouble when the hash could not be computed (argon2's
+    memory, 64 MB by default, refused under a run script's softlimit, or
+    its threads): that says nothing of the password."""
     from argon2.exceptions import InvalidHashError, VerificationError
+    from argon2.low_level import error_to_str, lib
     try:
         return hasher.verify(stored.decode('ascii'), bytes(password))
-    except (VerificationError, InvalidHashError, UnicodeDecodeError):
+    except VerificationError as err:
+        if str(err) in (error_to_str(lib.ARGON2_MEMORY_ALLOCATION_ERROR),
+                        error_to_str(lib.ARGON2_THREAD_FAIL)):
+            raise Trouble('unable to compute the hash: %s' % err) from None
+        return False
+    except (InvalidHashError, UnicodeDecodeError):
         return False
 
 
@@ -63,7 +72,11 @@ def check(data: bytes, user: bytes, password: bytes):
     entry = lookup(data, user) if user else None
     if entry is None or entry.uid == 0 or entry.gid == 0:     # no root id, gid either
         # as long as a real check: hash a password with the same parameters
-        hasher.hash(DUMMY_PASSWORD)
+        from argon2.exceptions import HashingError
+        try:
+            hasher.hash(DUMMY_PASSWORD)
+        except HashingError as err:     # as verify's Trouble, for a name that exists
+            raise Trouble('unable to compute the hash: %s' % err) from None
         return None
     return entry if verify(hasher, entry.hash, password) else None
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import signal
+import textwrap
 import time
 
 import pytest
@@ -1375,6 +1376,53 @@ def test_crypt_verify():
     assert checkpassword.verify(lib, b'pw', sha)
 
 
+def short_of_memory(code: str) -> str:
+    """code's output, run in a fresh interpreter whose address space is
+    limited, once it has imported what code needs (its first line), to
+    what it uses then and 32 MB more: too little for a hash that needs
+    64 MB (yescrypt of cost 7, argon2-cffi's default), enough for the
+    rest."""
+    first, _, rest = code.partition('\n')
+    prog = first + textwrap.dedent('''
+        import resource
+        for line in open('/proc/self/status'):
+            if line.startswith('VmSize:'):
+                size = int(line.split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + (32 << 20), resource.RLIM_INFINITY))
+        ''') + rest
+    r = subprocess.run([sys.executable, '-c', prog], capture_output=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode()
+
+
+def test_crypt_without_the_memory_for_the_hash_is_trouble():
+    # yescrypt of cost 7 ($y$jBT$) needs 64 MB: refused it, crypt_rn
+    # fails as for a malformed setting (EINVAL); that must not pass for a
+    # wrong password (exit 1, "authorization failed") but be trouble
+    # (111, "temporary").  The other answers stay as they were.
+    out = short_of_memory('''from qmail import checkpassword as c
+lib = c.libcrypt()
+def answer(setting, password=b'pw'):
+    try:
+        return repr(c.crypt(lib, password, setting))[:8]
+    except c.Trouble as err:
+        return 'Trouble: %s' % err
+print(answer(b'$y$jBT$hMCbFDbO/uVVx4scGTftJ.'))
+print(answer(b'$y$j9T$hMCbFDbO/uVVx4scGTftJ.'))
+print(answer(b'$6$abcdefgh'))
+print(answer(b'!$6$abcdefgh'))
+print(answer(b'$y$j9T$hMCbFDbO/uVVx4scGTftJ.', b'x' * 600))
+''')
+    check(out.splitlines(), [
+        'Trouble: unable to compute a $y$ hash (out of memory?)',
+        "b'$y$j9T",
+        "b'$6$abc",
+        'None',
+        'None',                 # too long a password (ERANGE) is a plain no
+    ])
+
+
 def run_checker(module, argv, fd3: bytes, home=None, user=None):
     """A checker as a subprocess with fd 3 reading fd3; it runs argv
     (as user, if given)."""
@@ -1583,6 +1631,22 @@ def test_vcheckpassword_check():
     check(vcheckpassword.check(data, b'root2', b's3cret'), None)
     check(vcheckpassword.check(data, b'wheel', b's3cret'), None)     # gid 0: refused too
     check(vcheckpassword.check(b'alice:garbage:1:1:/h\n', b'alice', b's3cret'), None)
+
+
+def test_vcheckpassword_without_the_memory_for_the_hash_is_trouble():
+    # argon2-cffi's default needs 64 MB: refused it, the check is trouble
+    # (111), for a known name as for an unknown one, never a wrong password.
+    from argon2 import PasswordHasher
+    h = PasswordHasher().hash('s3cret')
+    out = short_of_memory('''from qmail import vcheckpassword as v, checkpassword as c; import argon2
+data = b'alice:%s:1000:1000:/v/alice\\n'
+for user, pw in ((b'alice', b's3cret'), (b'alice', b'wrong'), (b'nobody', b'x')):
+    try:
+        print(v.check(data, user, pw))
+    except c.Trouble as err:
+        print('Trouble: %%s' %% err)
+''' % h)
+    check(out.splitlines(), ['Trouble: unable to compute the hash: Memory allocation error'] * 3)
 
 
 @needs_root
