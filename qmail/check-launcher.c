@@ -22,12 +22,16 @@
  * that nothing the checker opens as root takes a number the caller gave
  * a meaning; fds from 4 on are closed.  A directory among fds 0 to 2 is
  * temporary trouble, 111: the interpreter would abort on it, exit 1,
- * which says "wrong password".  qmail-install substitutes the strings
- * and qmaild's uid.
+ * which says "wrong password".  A soft stack limit above 8 MB is
+ * brought down to 8 MB (Linux's default): glibc gives each thread that
+ * much address space, and daemontools' softlimit -m N sets both to N,
+ * so argon2's four threads (vcheckpassword) never fitted, whatever N.
+ * qmail-install substitutes the strings and qmaild's uid.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,6 +39,7 @@
 #define FLAGS "@FLAGS@"
 #define SCRIPT "@SCRIPT@"
 #define QMAILD @QMAILD@
+#define THREAD_STACK ((rlim_t) 8 << 20)
 
 extern char **environ;
 
@@ -42,6 +47,7 @@ int main(int argc, char **argv)
 {
   char **args;
   struct stat st;
+  struct rlimit stack;
   int fd;
   int i;
   uid_t caller = getuid();
@@ -56,6 +62,11 @@ int main(int argc, char **argv)
   if (close_range(4, ~0U, 0) == -1)
     for (fd = 4; fd < 65536; ++fd) close(fd);
   if (chdir("/") == -1) _exit(111);
+  if (getrlimit(RLIMIT_STACK, &stack) == 0 && stack.rlim_cur != RLIM_INFINITY
+      && stack.rlim_cur > THREAD_STACK) {
+    stack.rlim_cur = THREAD_STACK;
+    setrlimit(RLIMIT_STACK, &stack);  /* failing, the check may still fit */
+  }
   if (argc < 1) _exit(2);
   args = calloc((size_t) argc + 4, sizeof *args);
   if (!args) _exit(111);

@@ -122,6 +122,34 @@ def test_launcher_runs_the_program_as_the_user_for_qmaild(site):
     assert (r.returncode, r.stdout) == (0, b'%d\n' % uid), r
 
 
+@pytest.mark.parametrize('checker, data', [
+    ('checkpassword', b'qmtauth\0sys-secret-2\0<1@h>\0'),
+    ('vcheckpassword', b'virtuser\0virt-secret-3\0<1@h>\0'),
+])
+def test_a_run_scripts_softlimit_leaves_room_for_the_hash(site, checker, data):
+    """daemontools' softlimit -m N, as qmail's run scripts have it, limits
+    the stack to N as well, and glibc gives each thread that much: argon2's
+    four threads never fitted in N (vcheckpassword answered 111, "unable
+    to compute the hash: Threading failure", under any -m).  The launcher
+    brings the stack limit down to 8 MB; the right password logs in, the
+    wrong one is refused, as without the limit."""
+    got = []
+    for fd3 in (data, data.replace(b'secret', b'wrong')):
+        r, w = os.pipe()
+        os.write(w, fd3)
+        os.close(w)
+        try:
+            p = subprocess.run(
+                ['softlimit', '-m', '1000000000', os.path.join(site['home'], 'bin', checker),
+                 '/bin/sh', '-c', 'ulimit -s'],
+                capture_output=True, timeout=TIMEOUT, env={'PATH': '/usr/bin:/bin'},
+                preexec_fn=lambda: os.dup2(r, 3), pass_fds=(r, 3))
+        finally:
+            os.close(r)
+        got.append((p.returncode, p.stdout, p.stderr))
+    assert got == [(0, b'8192\n', b''), (1, b'', b'')]
+
+
 def test_launcher_is_for_root_and_nofiles_alone(site):
     with pytest.raises(PermissionError):
         as_user(site, 'nobody', 'nogroup', b'qmtauth\0sys-secret-2\0<1@h>\0')
