@@ -60,6 +60,9 @@ def with_prefixed_stdin(prefix: bytes, call):
         except OSError:
             os.close(src)
             raise
+        # (a stack of its own size, not the soft stack limit, glibc's
+        # default: under softlimit -m N, N of stack did not fit in N)
+        threading.stack_size(1 << 20)
         thread = threading.Thread(target=feeder, args=(prefix, src, w),
                                   daemon=True)
         thread.start()

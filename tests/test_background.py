@@ -5,6 +5,8 @@ a message is finished once even when both channels end together)."""
 import heapq
 import os
 import select
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -58,6 +60,45 @@ def test_without_a_descriptor_for_the_threads_the_loop_does_the_work(monkeypatch
     bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
     wait_finish(bg)
     assert seen[1][0] != seen[1][1] == threading.get_ident()   # the threads, now
+
+
+def test_no_thread_to_be_had_the_loop_does_the_work(monkeypatch):
+    """No thread would start (RLIMIT_NPROC reached, no memory for its
+    stack): the held work was queued for threads that did not exist, and
+    waited for ever.  The loop does it, as without a pipe."""
+    bg = background.Background()
+    seen = []
+
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(background.threading.Thread, 'start', refused)
+    bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
+    bg.release()
+    assert seen == [(threading.get_ident(),) * 2] and bg.pending == 0
+    assert bg.fd == -1 and bg._work is None
+    monkeypatch.undo()
+    bg.submit(lambda: threading.get_ident(), lambda r: seen.append((r, threading.get_ident())))
+    wait_finish(bg)
+    assert seen[1][0] != seen[1][1] == threading.get_ident()   # the threads, now
+
+
+def test_threads_start_under_a_run_scripts_softlimit():
+    """softlimit -m N limits the stack to N too, and glibc gives a thread
+    the stack limit as its size: qmail-send's two disk threads needed 2N
+    of the N allowed ("can't start new thread")."""
+    code = ('import threading\n'
+            'from qmail.lib import background\n'
+            'bg = background.Background()\n'
+            'bg.submit(threading.get_ident, print)\n'
+            'bg.release()\n'
+            'import select; select.select([bg.fd], [], [], 10); bg.finish()\n'
+            'print(threading.active_count())\n')
+    r = subprocess.run(['softlimit', '-m', '300000000', sys.executable, '-c', code],
+                       capture_output=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    worker, count = r.stdout.split()
+    assert int(worker) != 0 and count == b'3'
 
 
 def test_an_exception_in_the_work_is_raised_in_the_loop():

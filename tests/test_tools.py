@@ -1062,6 +1062,25 @@ def test_datemail_read_error_queues_nothing(tmp_path, fakeqq):
     assert not (fakeqq.envelope or b'').endswith(b'\0\0')
 
 
+def test_datemail_under_a_run_scripts_softlimit(tmp_path, fakeqq):
+    """softlimit -m N makes the stack limit N, glibc's default size for a
+    thread: datemail's feeder thread could not start within N ("internal
+    bug (RuntimeError in start)", 111)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, USER='joe', PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    code = ('import sys\n'
+            'from qmail.lib import auto; auto.QMAIL = %r\n'
+            'from qmail import datemail; sys.exit(datemail.main(["a@example.com"]))'
+            % str(tmp_path / 'home'))
+    proc = subprocess.run(['softlimit', '-m', '300000000', sys.executable, '-c', code],
+                          input=b'Subject: dated\n\nbody\n', env=env,
+                          capture_output=True, timeout=60, cwd=str(tmp_path))
+    assert (proc.returncode, proc.stderr) == (0, b'')
+    assert b'\nDate: ' in fakeqq.mess and fakeqq.mess.endswith(b'\n\nbody\n')
+
+
 # ---------------------------------------------------------------- mailsubj, datemail
 
 @pytest.mark.parametrize('subject, recips, want', [

@@ -48,6 +48,10 @@ from qmail.lib import durable
 INLINE_SLOW = 0.005  # held work that took longer in the loop (a slow disk) ...
 INLINE_PAUSE = 1.0   # ... sends the next second's to the threads
 THREADS = 2         # a batch of new messages and a batch of D marks at once
+# Each thread's stack: glibc's default is the soft stack limit, which
+# softlimit -m N (a run script's) makes N, so that two threads needed
+# twice the address space allowed and could not start.
+THREAD_STACK = 1 << 20
 
 
 class Background:
@@ -122,11 +126,30 @@ class Background:
                 self.run_held()
                 return
             self._work = queue.SimpleQueue()
-            for _ in range(THREADS):
-                threading.Thread(target=self._thread, name='disk', daemon=True).start()
+            if not self._start_threads():
+                # None would start (no process left to the user, say):
+                # the same as no descriptor, the loop does the work.
+                os.close(self.fd)
+                os.close(self._wake)
+                self.fd = self._wake = -1
+                self._work = None
+                self.run_held()
+                return
         for item in self.held:
             self._work.put(item)
         self.held = []
+
+    def _start_threads(self) -> int:
+        """How many of THREADS started."""
+        threading.stack_size(THREAD_STACK)
+        started = 0
+        for _ in range(THREADS):
+            try:
+                threading.Thread(target=self._thread, name='disk', daemon=True).start()
+            except RuntimeError:        # "can't start new thread"
+                break
+            started += 1
+        return started
 
     def _thread(self):
         while True:
