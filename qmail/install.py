@@ -849,6 +849,74 @@ def listen_args(script: str):
     return None
 
 
+# What the programs a service script runs need of memory, with room: an
+# interpreter, the ssl module for STARTTLS and a yescrypt hash of
+# Debian's default cost (about 40 MB in all); with vcheckpassword,
+# Argon2's 64 MB and its threads' stacks (about 130 MB).
+MEMORY_NEEDED = 64000000
+MEMORY_NEEDED_ARGON2 = 200000000
+
+# The options that set a limit on memory, each with its unit in bytes:
+# daemontools' softlimit (-m sets all of them) and runit's chpst take
+# bytes, the shell's ulimit kilobytes.  The getopt specs are the tools'.
+MEMORY_OPTIONS = {
+    'softlimit': ('a:c:d:f:l:m:o:p:r:s:t:', {'-m': 1, '-a': 1, '-d': 1}),
+    'chpst': ('u:U:b:e:/:C:n:l:L:m:d:o:p:f:c:r:t:vP012V', {'-m': 1, '-d': 1}),
+}
+
+
+def memory_limit(script: str):
+    """(bytes, how) for the lowest limit on memory a shell script sets
+    (softlimit -m/-a/-d, chpst -m/-d, ulimit -v/-d), how being the words
+    that set it; None if it sets none."""
+    import getopt
+    import shlex
+    low = None
+    for line in script.replace('\\\n', ' ').splitlines():
+        line = line.split('#', 1)[0]
+        try:        # (; && | apart: "ulimit -v 2000; exec ...")
+            lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            words = list(lex)
+        except ValueError:
+            words = line.split()
+        for i, word in enumerate(words):
+            name = os.path.basename(word)
+            found = []
+            if name in MEMORY_OPTIONS:
+                spec, units = MEMORY_OPTIONS[name]
+                try:
+                    opts, _ = getopt.getopt(words[i + 1:], spec)
+                except getopt.GetoptError:
+                    continue
+                found = [(int(v) * units[o], '%s %s %s' % (name, o, v))
+                         for o, v in opts if o in units and v.isdigit()]
+            elif name == 'ulimit':
+                rest = words[i + 1:]
+                for j, opt in enumerate(rest[:-1]):
+                    if (opt[:1] == '-' and opt[1:] and set(opt[1:]) <= set('HSvd')
+                            and set(opt[1:]) & set('vd') and rest[j + 1].isdigit()):
+                        found.append((int(rest[j + 1]) * 1024,
+                                      'ulimit %s %s' % (opt, rest[j + 1])))
+            for got in found:
+                if low is None or got[0] < low[0]:
+                    low = got
+    return low
+
+
+def memory_warning(path, script: str):
+    """A warning if the service script at path limits memory below what
+    its programs need (a run script kept from C qmail: Life with qmail's
+    have softlimit -m 2000000), else None."""
+    limit = memory_limit(script)
+    need = MEMORY_NEEDED_ARGON2 if 'vcheckpassword' in script else MEMORY_NEEDED
+    if limit is None or limit[0] >= need:
+        return None
+    return ('qmail-install: warning: %s limits memory to %d bytes (%s): this '
+            "qmail's programs need more (Python); give at least %d, or no limit "
+            '(README: "Memory limits")\n' % (path, limit[0], limit[1], need))
+
+
 def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port=None):
     """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
     the daemontools setup (qmail's own INSTALL layout, logs per home).
@@ -873,6 +941,13 @@ def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port
         d = os.path.join(sup, name)
         make_dir(d, 0, gids['qmail'], 0o755)
         write_kept(os.path.join(d, 'run'), text, 0o755, 0, gids['qmail'])
+        try:
+            with open(os.path.join(d, 'run')) as f:
+                warning = memory_warning(os.path.join(d, 'run'), f.read(1 << 16))
+        except (OSError, UnicodeDecodeError):
+            warning = None
+        if warning:
+            sys.stderr.write(warning)
         make_dir(os.path.join(d, 'log'), 0, gids['qmail'], 0o755)
         write_kept(os.path.join(d, 'log', 'run'), LOG_RUN % {'home': home, 'name': name},
                    0o755, 0, gids['qmail'])

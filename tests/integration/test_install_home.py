@@ -551,8 +551,18 @@ def test_reinstall_keeps_what_the_admin_edited(fresh_home, tmp_path):
     time.sleep(0.01)
     with open(os.path.join(ctl, 'tcp.smtp'), 'a') as f:
         f.write('127.0.0.4:deny\n')
-    reinstall()
+    r = reinstall()
     assert open(cdb, 'rb').read() != made and b'127.0.0.4' in open(cdb, 'rb').read()
+    assert 'limits memory' not in r.stderr, r.stderr
+    # a run script kept from C qmail, with Life with qmail's softlimit:
+    # every interpreter would die at its start (a segfault at 2 MB)
+    with open(smtpd_run, 'w') as f:
+        f.write('#!/bin/sh\nexec softlimit -m 2000000 tcpserver -v 0 smtp %s/bin/qmail-smtpd 2>&1\n'
+                % fresh_home)
+    r = reinstall()
+    assert ('warning: %s limits memory to 2000000 bytes (softlimit -m 2000000)' % smtpd_run
+            in r.stderr), r.stderr
+    assert 'softlimit' in open(smtpd_run).read()    # kept: the admin's to change
 
 
 def test_a_copy_a_daemon_runs_on_outlives_two_upgrades(fresh_home):
