@@ -19,8 +19,6 @@ preline and predate import them from here.
 import os
 import sys
 
-import _signal    # not `signal`: its enum import costs start-up time
-
 from qmail.lib import execvp
 from qmail.lib.error import error_str, is_temporary
 
@@ -28,8 +26,7 @@ USAGE = b'except: usage: except program [ arg ... ]'
 FATAL = b'except: fatal: '
 
 
-# Python ignores these at start-up; a C child would see the defaults.
-DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+DEFAULT_SIGNALS = execvp.DEFAULT_SIGNALS
 
 
 class ChildCrashed(Exception):

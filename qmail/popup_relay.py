@@ -173,7 +173,7 @@ def spawn(argv, payload: bytearray, fd01=None) -> int:
             actions += [(os.POSIX_SPAWN_DUP2, fd01, 0), (os.POSIX_SPAWN_DUP2, fd01, 1)]
         actions.append((os.POSIX_SPAWN_DUP2, r4, 3))
         return execvp.spawnp(argv, os.environ, file_actions=actions,
-                             setsigdef=(_signal.SIGPIPE,))
+                             setsigdef=execvp.DEFAULT_SIGNALS)
     finally:
         for fd in (r, w, r4):
             if fd >= 0:

@@ -366,7 +366,7 @@ class Checkpassword:
                     (os.POSIX_SPAWN_OPEN, 0, '/dev/null', os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, '/dev/null', os.O_WRONLY, 0),
                 ],
-                setsigdef=(_signal.SIGPIPE,))
+                setsigdef=execvp.DEFAULT_SIGNALS)
         except OSError:
             os.close(r)
             os.close(w)

@@ -122,6 +122,10 @@ def main(argv=None) -> int:
                 os.dup2(r, 0)
                 for fd in (2, 3, 4, 5, 6):
                     os.close(fd)
+                import signal
+                from qmail.lib.execvp import DEFAULT_SIGNALS
+                for sig in DEFAULT_SIGNALS:     # (multilog's, as qmail-start leaves them)
+                    signal.signal(sig, signal.SIG_DFL)
                 os.execvp(logger[0], logger)
             except BaseException:
                 pass

@@ -6,6 +6,7 @@ deliberate differences are marked "not qmail".
 
 import io
 import os
+import signal
 import stat
 import time
 
@@ -1009,6 +1010,27 @@ def test_a_set_uid_caller_is_queued_by_qmail_queue_not_the_daemon(tmp_path, monk
     except OSError:
         pass                        # no qmail-queue here to run
     assert bool(asked) == daemon
+
+
+def test_a_queue_program_gets_sigpipe_and_sigxfsz_as_defaults(tmp_path, monkeypatch):
+    """QMAILQUEUE's program (spamc before qmail-queue, say) started with
+    SIGXFSZ ignored, as the interpreter set it for itself: under softlimit
+    -f it got EFBIG where a C qmail's child is killed."""
+    from qmail.lib import qqtalk
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    seen = tmp_path / 'sigign'
+    program = tmp_path / 'qq'
+    program.write_text('#!/bin/sh\ngrep ^SigIgn /proc/$$/status > %s\ncat > /dev/null\n'
+                       'cat <&1 > /dev/null\n' % seen)
+    program.chmod(0o755)
+    qq = qqtalk.QueueClient(str(program))
+    qq.put(b'Subject: x\n\nbody\n')
+    qq.from_(b'a@b.c')
+    qq.to(b'd@e.f')
+    assert qq.close() == ''
+    ignored = int(seen.read_text().split()[1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0, hex(ignored)
 
 
 @pytest.mark.parametrize('args, env', [

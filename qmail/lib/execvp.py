@@ -9,10 +9,16 @@ missing.  spawnp() spawns, and on ENOEXEC spawns /bin/sh with the file
 found on PATH, as execvp does.  Pure process start-up: no I/O of its own.
 """
 
+import _signal
 import errno
 import os
 
 SHELL = '/bin/sh'
+
+# CPython ignores these at its start, and an ignored signal stays ignored
+# across exec: a program qmail starts gets their defaults back, as a C
+# qmail's child has them (setsigdef=DEFAULT_SIGNALS).
+DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
 def find(name):

@@ -19,9 +19,7 @@ runs bin/qmail-queue as before.
 
 import os
 
-from qmail.lib import auto
-
-import _signal    # not `signal`: its enum import costs start-up time
+from qmail.lib import auto, execvp
 
 BUFSIZE = 65536
 ERRSTR_MAX = 255   # qmail reads at most this much of a custom error
@@ -131,7 +129,7 @@ class QueueClient:
                     (os.POSIX_SPAWN_DUP2, pie[0], 1),
                     (os.POSIX_SPAWN_DUP2, pierr[1], 6),
                 ],
-                setsigdef=(_signal.SIGPIPE,),
+                setsigdef=execvp.DEFAULT_SIGNALS,
             )
         except (OSError, ValueError) as err:
             # ValueError: an empty program (QMAILQUEUE set to nothing),
