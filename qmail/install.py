@@ -586,9 +586,10 @@ def config_fast(home, fqdn):
 
 
 # The system's sendmail, for the default home only (INSTALL: "ln -s
-# /var/qmail/bin/sendmail /usr/lib/sendmail").  Another MTA's file is
-# left alone: replacing it is the admin's decision (REMOVE.sendmail).
-SYSTEM_LINKS = ('/usr/sbin/sendmail', '/usr/lib/sendmail')
+# /var/qmail/bin/sendmail /usr/lib/sendmail"), and mailq (sendmail by
+# that name runs qmail-qread).  Another MTA's file is left alone:
+# replacing it is the admin's decision (REMOVE.sendmail).
+SYSTEM_LINKS = ('/usr/sbin/sendmail', '/usr/lib/sendmail', '/usr/bin/mailq')
 
 
 def link_system_sendmail(home):
@@ -1201,6 +1202,9 @@ def install(home, python, fqdn, split=None, smtp_addr=None, smtp_port=None,
     install_man(home, gids)
     if home == DEFAULT_HOME:
         link_system_sendmail(home)
+    else:
+        say('not linking %s: only %s is the system\'s qmail (make the links '
+            'yourself for this home)' % (', '.join(SYSTEM_LINKS), DEFAULT_HOME))
 
 
 def main(argv=None) -> int:

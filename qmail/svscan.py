@@ -21,14 +21,16 @@ Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           stops any svscan left running on HOME/service.
           status: svstat for every service.  running: exit 0 if this
           home's services run (a foreground, an svscan, or any service
-          up), else 1.
+          up, also under a system-wide svscan that HOME/supervise is
+          linked into), else 1.
 Writes:   HOME/service/.svscan.pid while running: this process's pid and
           svscan's.  stop believes it only while both processes are
           still those (a pid from before a reboot or a kill may be
           anyone's by now), and waits for this one to exit, after its
-          services; start refuses to run a second time on one home, or
+          services; start refuses to run a second time on one home,
           while a service of an earlier start is still up (a stop that
-          gave up waiting: stop again, or wait).
+          gave up waiting: stop again, or wait), or while a system-wide
+          svscan runs HOME/supervise (README "Start at boot").
 Exits:    0 after a clean stop; 100 usage; 111 if svscan cannot start
           or services do not stop in time (their names on stderr).
 See:      svscan(8), supervise(8), svc(8), multilog(8); README "Running".
@@ -100,6 +102,25 @@ def svc_dirs(home: str):
         if os.path.isdir(os.path.join(d, 'log')):
             out.append(os.path.join(d, 'log'))
     return out
+
+
+def supervise_dirs(home: str):
+    """HOME/supervise's service directories (and their logs): what a
+    system-wide svscan runs when an admin links them into /etc/service."""
+    out = []
+    for name in INSTALLED:
+        d = os.path.join(home, 'supervise', name)
+        for sub in (d, os.path.join(d, 'log')):
+            if os.path.isdir(sub):
+                out.append(sub)
+    return out
+
+
+def supervised_elsewhere(home: str) -> list:
+    """The home's services that a supervise not of this home's service/
+    runs (daemontools-run's svscanboot on /etc/service, say)."""
+    mine = {os.path.realpath(d) for d in svc_dirs(home)}
+    return [d for d in supervise_dirs(home) if os.path.realpath(d) not in mine and running(d)]
 
 
 def running(d: str) -> bool:
@@ -301,6 +322,11 @@ def start(home: str) -> int:
     # A service still up from an earlier start (one whose stop timed out,
     # or whose svscan lost its foreground): a second supervise for it
     # would fail on its lock, and a service's log pipe with it.
+    elsewhere = supervised_elsewhere(home)
+    if elsewhere:
+        sys.stderr.write('qmail-svscan: supervised already, by another svscan (/etc/service?): '
+                         '%s\n' % ' '.join(elsewhere))
+        return 111
     left = [d for d in svc_dirs(home) if running(d)]
     if left:
         sys.stderr.write('qmail-svscan: still running from an earlier start: %s '
@@ -398,7 +424,7 @@ def main(argv=None) -> int:
         return stop(home)
     if cmd == 'running':        # (make run asks before it replaces the code)
         return 0 if running_here(home) is not None or svscans_of(home) or any(
-            running(d) for d in svc_dirs(home)) else 1
+            running(d) for d in svc_dirs(home)) or supervised_elsewhere(home) else 1
     if cmd == 'status':
         dirs = svc_dirs(home)
         if dirs:

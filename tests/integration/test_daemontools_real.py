@@ -284,3 +284,45 @@ def test_a_service_that_does_not_stay_up_is_named_at_start(tmp_path):
         subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'], timeout=TIMEOUT * 3,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         remove_home(home)
+
+
+def test_a_home_supervised_by_the_systems_svscan_is_not_started_again(tmp_path):
+    """README "Start at boot": HOME/supervise/* linked into /etc/service,
+    daemontools-run's svscan runs them.  make run asked `running` (no:
+    HOME/service was empty), installed over the running daemons, and its
+    start would have run a second supervise for each (failing on the
+    lock).  Both now see the other supervise."""
+    import tempfile
+    top = tempfile.mkdtemp(prefix='qmailtest.', dir='/tmp')
+    os.chmod(top, 0o755)
+    home = os.path.join(top, 'qmail')
+    subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
+                    '--fqdn', DOMAIN, '--smtp-port', str(free_port())],
+                   check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
+    service = os.path.join(home, 'supervise', 'qmail-pop3d')    # (a stand-in: no mail moves)
+    with open(os.path.join(service, 'run'), 'w') as f:
+        f.write('#!/bin/sh\nexec sleep 600\n')
+    svscan = os.path.join(home, 'bin', 'qmail-svscan')
+
+    def ask(cmd):
+        return subprocess.run([svscan, cmd], cwd='/', capture_output=True, timeout=TIMEOUT,
+                              env={'PATH': '/usr/bin:/bin'})
+    other = subprocess.Popen(['supervise', service], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: pid_of(service) is not None, 'the other supervise')
+        assert ask('running').returncode == 0
+        r = ask('start')
+        assert r.returncode == 111, r
+        assert r.stderr == ('qmail-svscan: supervised already, by another svscan '
+                            '(/etc/service?): %s\n' % service).encode(), r.stderr
+        assert not os.path.exists(os.path.join(home, 'service', 'qmail-send')) or \
+            pid_of(os.path.join(home, 'service', 'qmail-send')) is None
+    finally:
+        subprocess.run(['svc', '-dx', service], timeout=TIMEOUT)
+        try:
+            other.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
+            other.wait(timeout=TIMEOUT)
+        remove_home(home)
