@@ -8,8 +8,8 @@ Reads:    HOME/users/assign, qmail-users(5): lines
 Writes:   HOME/users/cdb.tmp, then renames it to HOME/users/cdb (mode
           0644), so qmail-lspawn sees the old database or the new one.
 Exits:    0 done; 111 with "qmail-newu: fatal: ..." on stderr for a bad
-          line, a missing final '.', or trouble reading or writing, and
-          then users/cdb is left alone.
+          line (its number said, beyond qmail), a missing final '.', or
+          trouble reading or writing, and then users/cdb is left alone.
 Trusts:   the admin's users/assign; it is checked for form only.
 See:      qmail-newu(8), qmail-users(5), qmail-lspawn(8); the keys are
           described in qmail/lib/users.py, which reads them.
@@ -71,15 +71,18 @@ def assign_records(lines):
     missing '.' line.
     """
     wildchars = b''
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         if line.startswith(b'.'):
             yield b'', wildchars
             return
-        key, data, wildchar = parse_assign_line(line)
+        try:
+            key, data, wildchar = parse_assign_line(line)
+        except Fatal as err:    # (beyond qmail: which line)
+            raise Fatal('%s, line %d' % (err, number)) from None
         if wildchar and wildchar not in wildchars:
             wildchars += wildchar
         yield key, data
-    raise Fatal('bad format in users/assign')
+    raise Fatal("bad format in users/assign, no '.' line at its end")
 
 
 def read_lines(f):

@@ -12,7 +12,8 @@ Refuses:  (exit 111, nothing changed) while anything of HOME runs (a
           stop once qmail-qstat says 0), and while a filesystem is
           mounted at or under HOME.  (exit 100) HOME that is not a qmail
           home.
-Does:     removes /usr/sbin/sendmail and /usr/lib/sendmail where they
+Does:     removes /usr/sbin/sendmail, /usr/lib/sendmail and
+          /usr/bin/mailq where they
           are qmail-install's links to HOME/bin/sendmail (another
           MTA's are left alone; so no local injection starts), checks
           again, then renames HOME to

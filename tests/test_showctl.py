@@ -40,6 +40,19 @@ def test_report(tmp_path, fixed_ids):
     assert got == want, 'got:\n%s\nwant:\n%s' % (got, want)
 
 
+def test_the_rules_files_are_known(tmp_path, fixed_ids):
+    """README has the admin make control/tcp.qmqp(.cdb) for QMQP: that is
+    no mystery to qmail-showctl, as tcp.smtp is not."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    names = ['tcp.qmqp', 'tcp.qmqp.cdb', 'tcp.qmtp.cdb', 'tcp.pop3.tmp', 'tcp.smtp', 'mystery']
+    for name in names:
+        (ctl / name).write_text('x\n')
+    got = showctl.describe('/var/qmail', str(ctl), sorted(names), b'mail.example.org')
+    assert got.count('I have no idea what this file does.') == 1, got
+    assert '\nmystery: I have no idea' in got
+
+
 def test_every_control_documented():
     readme = open(os.path.join(ROOT, 'control', 'README')).read()
     for name, *_ in CONTROLS:

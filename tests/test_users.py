@@ -110,8 +110,9 @@ def test_newu_main_writes_cdb(qhome):
 
 
 @pytest.mark.parametrize('text,message', [
-    (b'=joe:joe:507:100:/home/joe:::\n', 'bad format in users/assign'),
-    (b'=joe:joe\n.\n', 'bad format in users/assign'),
+    (b'=joe:joe:507:100:/home/joe:::\n',
+     "bad format in users/assign, no '.' line at its end"),
+    (b'=a:a:1:1:/a:::\n=joe:joe\n.\n', 'bad format in users/assign, line 2'),
     (None, 'unable to open users/assign'),
 ])
 def test_newu_main_fails_and_leaves_cdb_alone(qhome, capsys, text, message):

@@ -125,5 +125,7 @@ CONTROLS = (
 )
 
 # Files in control/ that showctl knows but does not print as a control.
-KNOWN_FILES = ('morercpthosts.cdb', 'tcp.smtp', 'tcp.smtp.cdb', 'tcp.smtp.tmp',
-               'tcp.pop3', 'tcp.pop3.cdb')
+# (The rules of README's services: tcprules' sources, cdbs and temporaries.)
+KNOWN_FILES = ('morercpthosts.cdb',) + tuple(
+    'tcp.%s%s' % (service, suffix) for service in ('smtp', 'pop3', 'qmqp', 'qmtp')
+    for suffix in ('', '.cdb', '.tmp'))
