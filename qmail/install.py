@@ -895,6 +895,8 @@ def memory_limit(script: str):
             elif name == 'ulimit':
                 rest = words[i + 1:]
                 for j, opt in enumerate(rest[:-1]):
+                    if set(opt) <= set(';&|()'):     # its command ends
+                        break
                     if (opt[:1] == '-' and opt[1:] and set(opt[1:]) <= set('HSvd')
                             and set(opt[1:]) & set('vd') and rest[j + 1].isdigit()):
                         found.append((int(rest[j + 1]) * 1024,

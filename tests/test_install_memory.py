@@ -28,6 +28,7 @@ exec /usr/local/bin/softlimit -m 2000000 \\
     ('exec softlimit -m = x\n', None),                     # the hard limit: not known here
     ('# softlimit -m 2000000 (removed)\nexec x\n', None),   # a comment
     ('ulimit -n 1024\nexec x\n', None),
+    ('ulimit -n 1024; exec prog -d 3000\n', None),       # another command's -d
     ('exec x softlimit\n', None),
     ('exec softlimit -m\n', None),                         # softlimit's own usage error
 ])
