@@ -40,6 +40,7 @@ without cleaning: a stuck qmail-queue must not race qmail-send, which
 cleans such files once they are OSSIFIED.
 """
 
+import fcntl
 import os
 import sys
 import time
@@ -262,6 +263,15 @@ class Writer:
                     messid = os.fstat(self.messfd).st_ino
                 except OSError:
                     raise QueueExit(63) from None
+                # Locked while this writer lives, from before it has a
+                # name in mess/: qmail-send's cleanup of files that look
+                # abandoned (no todo/, 36 hours old by the clock: an NTP
+                # step or a resumed VM makes every file look so) leaves a
+                # locked one alone.  (A fresh inode: nobody else holds it.)
+                try:
+                    fcntl.flock(self.messfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    pass
                 messfn = qfn('mess', messid, self.split)
                 try:
                     if tmpfn is None:

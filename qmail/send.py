@@ -1649,6 +1649,9 @@ class Send:
             return
         if self.recent <= st.st_atime + OSSIFIED:
             return
+        if writer_alive(self.fn('mess', messid)):
+            return
+        # (after the lock: a writer that linked todo/ and ended is seen)
         for d in ('info', 'todo'):
             try:
                 os.stat(self.fn(d, messid))
@@ -1881,6 +1884,25 @@ def lock_mutex(path: str):
         os.close(fd)
         return None
     return fd
+
+
+def writer_alive(path: str) -> bool:
+    """Does a qmail-queue still write the message at path?  It holds a
+    lock on the file from before the file has a name to its end
+    (queue.Writer.enqueue); a file that cannot be opened is left for the
+    next scan too."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def controls_trouble(e, name=None) -> str:
