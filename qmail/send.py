@@ -95,6 +95,8 @@ SLEEP_CLEANUP = 76431     # between sweeps of mess/ for stale files
 SLEEP_SYSFAIL = 123       # retry after a system failure
 SLEEP_EXITSPILL = 10      # stopping: retry an unwritten spill (exit_begin)
 OSSIFIED = 129600         # 36 hours: must exceed qmail-queue's DEATH (24 h)
+CLOCK_STEP = 60           # the clock against the monotonic one: a step (watch_clock)
+CLOCK_DOUBT = 3600        # after a step forward, no bounce for age (watch_clock)
 REPORTMAX = 10000         # longest delivery report believed
 SPAWN_MAX = 120           # conf-spawn: the spawns' slot limit
 FRESH_MAX = 10000       # new messages whose first pass needs no reading back
@@ -360,6 +362,9 @@ class Send:
         self.trigger_warned = False     # lock/trigger is no FIFO: said once
         self.cleanupdir = None
         self.cleanuptime = self.recent
+        self.clock_base = (time.time(), time.monotonic())
+        self.clock_doubt_until = 0.0    # monotonic: a step forward's doubt
+        self.clock_fixed = 0            # due times pqadd brought back (pqstart)
         self.notifier = None
         self.inotifyfd = -1
         self.bg = background.Background(self.inline)
@@ -498,7 +503,11 @@ class Send:
                 continue
             except OSError:
                 return self.pqadd_fail(fn, messid)
-            heapq.heappush(self.pqchan[c], (int(st.st_mtime), messid))
+            due = int(st.st_mtime)
+            if due > self.recent + rules.longest_wait(self.c.lifetime):
+                due = self.recent           # set by a clock since set back
+                self.clock_fixed += 1
+            heapq.heappush(self.pqchan[c], (due, messid))
             found = True
         if not found:
             heapq.heappush(self.pqdone, (int(time.time()), messid))
@@ -508,6 +517,7 @@ class Send:
         heapq.heappush(self.pqfail, (int(time.time()) + SLEEP_SYSFAIL, messid))
 
     def pqstart(self):
+        self.clock_fixed = 0
         for i in range(self.split):
             d = 'info/%d' % i
             while True:
@@ -520,6 +530,9 @@ class Send:
                 messid = parse_messid(name)
                 if messid is not None:
                     self.pqadd(messid)
+        if self.clock_fixed:
+            log('warning: %d deliveries were due further ahead than qmail waits '
+                '(the clock was set back?); trying them now\n' % self.clock_fixed)
 
     def pqfinish(self):
         """Record each waiting channel's next try in its file's mtime."""
@@ -1024,7 +1037,8 @@ class Send:
                 sender, birth = info
             job = self.job_open(messid, c)
             job.retry = rules.nextretry(birth, self.recent, c)
-            job.flagdying = self.recent > birth + self.c.lifetime
+            job.flagdying = (self.recent > birth + self.c.lifetime
+                             and time.monotonic() >= self.clock_doubt_until)
             job.sender = sender
             if direct is not None:
                 job.direct = direct
@@ -1662,6 +1676,40 @@ class Send:
                 return
         self.clean_request(['foop/%d' % messid])
 
+    # -- the clock ---------------------------------------------------------------
+    def watch_clock(self, wall: float, mono: float):
+        """Each turn: the wall clock against the monotonic one.  qmail's
+        schedule is in wall-clock seconds (due times, births), so a step
+        of the clock moved it all: set back, every due time was as much
+        further away (a day back: a day without retries); set forward
+        past queuelifetime, the whole queue bounced at its next try, for
+        a clock that may be put right a minute later.  A step back moves
+        every due time back with it; a step forward lets no message bounce
+        for its age for CLOCK_DOUBT seconds (they are tried; a clock that
+        stays where it went is believed then)."""
+        base_wall, base_mono = self.clock_base
+        self.clock_base = (wall, mono)
+        step = int(wall - (base_wall + (mono - base_mono)))
+        if step < -CLOCK_STEP:
+            self.schedule_back(-step)
+            log('warning: the clock went back %d seconds; the schedule moves back '
+                'with it\n' % -step)
+        elif step > CLOCK_STEP:
+            self.clock_doubt_until = mono + CLOCK_DOUBT
+            log('warning: the clock went forward %d seconds; no message bounces for its '
+                'age for the next %d seconds\n' % (step, CLOCK_DOUBT))
+
+    def schedule_back(self, step: int):
+        """Every wall-clock due time step seconds earlier (a uniform shift
+        keeps each heap a heap)."""
+        for pq in self.pqchan + [self.pqdone, self.pqfail, self.pqrespill]:
+            pq[:] = [(when - step, *rest) for when, *rest in pq]
+        self.pqsettle[:] = [(when - step, messid, chans)
+                            for when, messid, chans in self.pqsettle]
+        self.todo_held = {m: (when - step, ident) for m, (when, ident) in self.todo_held.items()}
+        self.nexttodorun -= step
+        self.cleanuptime -= step
+
     # -- signals and controls -------------------------------------------------------
     def reread(self):
         """The controls again (SIGHUP).  control/ is named by its full
@@ -1745,8 +1793,10 @@ class Send:
                     and (self.flagdying or not self.respills)
                     and not any(lane.waiting for lane in self.lanes)):
                 break
-            self.recent = int(time.time())
+            wall = time.time()
+            self.recent = int(wall)
             now = time.monotonic()
+            self.watch_clock(wall, now)
             for lane in self.lanes:
                 if self.flagexitasap:
                     lane.flush()

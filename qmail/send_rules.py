@@ -104,10 +104,22 @@ def isqrt(x: int) -> int:
 
 def nextretry(birth: int, recent: int, channel: int) -> int:
     """When to try again: qmail's schedule, square root of the age plus
-    the channel's skip, squared, after birth."""
-    n = 0 if birth > recent else isqrt(recent - birth)
-    n += CHANSKIP[channel]
+    the channel's skip, squared, after birth.  A birth still to come (the
+    clock set back since the message came) counts from now: qmail counted
+    from the birth, and the message waited as long as the clock went
+    back, years for a machine that came up with its clock years ahead."""
+    if birth > recent:
+        return recent + CHANSKIP[channel] ** 2
+    n = isqrt(recent - birth) + CHANSKIP[channel]
     return birth + n * n
+
+
+def longest_wait(lifetime: int) -> int:
+    """The furthest ahead of now nextretry can put a try, for a message
+    younger than lifetime (the last gap is the longest): a due time
+    beyond it was set by a clock since set back."""
+    skip = max(CHANSKIP)
+    return 2 * isqrt(max(lifetime, 0)) * skip + skip * skip + 1
 
 
 _LOGSAFE = bytes(47 if c == 10 else 95 if c == 37 or c < 33 or c > 126 else c

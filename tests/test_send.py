@@ -85,7 +85,7 @@ def test_nextretry_grows_with_square_root_of_age():
     birth = 0
     times = [r.nextretry(birth, t, 0) for t in (0, 100, 10000, 360000)]
     assert times == [100, 400, 12100, 372100]
-    assert r.nextretry(1000, 500, 1) == 1000 + 400           # clock went back
+    assert r.nextretry(1000, 500, 1) == 500 + 400            # clock went back: from now
 
 
 @pytest.mark.parametrize('x', [0, 1, 2, 3, 4, 15, 16, 17, 10**6, 10**12 + 1])
