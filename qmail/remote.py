@@ -463,7 +463,8 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
         if memory.dead(mx.ip, int(now())):
             continue
         # Opportunistic TLS that fails in the handshake gets a second,
-        # plain connection to the same address.
+        # plain connection to the same address (fellback).
+        fellback = False
         for tls in (tls_for(host, mx, policy, relay), None):
             try:
                 sock = connect(mx.ip, port, settings.timeoutconnect)
@@ -476,10 +477,11 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             memory.err(mx.ip, False, int(now()))
             conn = remote_smtp.Conn(sock, settings.timeout)
             session = remote_smtp.Session(conn, mx.ip.encode('ascii'),
-                                          settings.helohost, out)
+                                          settings.helohost, out, fellback)
             try:
                 return session.run(addrmangle(sender), mangled, fd, size, tls)
             except remote_smtp.TlsFallback:
+                fellback = True
                 continue
             finally:
                 conn.close()

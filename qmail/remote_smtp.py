@@ -36,7 +36,10 @@ TLS: with a Tls policy and STARTTLS offered, the conversation goes on
 encrypted, after a new EHLO.  Opportunistic (no certificate check): a
 refused STARTTLS means plain text; a failed or stalled handshake, or a
 connection that dies under TLS before MAIL FROM is answered, raises
-TlsFallback so the caller reconnects in plain text.  Required (from
+TlsFallback so the caller reconnects in plain text (Session's
+fellback): there a refusal that may be for the want of TLS (530, or
+an enhanced code 5.7.x) is temporary, and the K report says "In the
+clear: the TLS handshake failed."  Required (from
 control/tlsdestinations): the certificate must verify (Tls.match, or
 the name the address came from), else Z (#4.7.5); a peer without
 STARTTLS is Z (#4.7.10).  Whatever the peer sent before the handshake
@@ -244,6 +247,13 @@ def is_perm(code: int) -> bool:
     return 500 <= code <= 599
 
 
+def wants_tls(code: int, text: bytes) -> bool:
+    """A refusal that may be for the want of TLS: 530 (RFC 3207's "Must
+    issue a STARTTLS command first"), or an enhanced status code of
+    class 5.7 (security or policy) opening any of its lines."""
+    return code == 530 or any(line[4:8] == b'5.7.' for line in text.split(b'\n'))
+
+
 def is_ok(code: int) -> bool:
     """qmail's "code < 400", less codes that are not codes."""
     return 200 <= code <= 399
@@ -352,10 +362,30 @@ class Session:
     """One conversation.  run() returns the message report (K, Z or D
     and its text); recipient records are appended to out."""
 
-    def __init__(self, conn: Conn, partner: bytes, helohost: bytes, out: list):
+    def __init__(self, conn: Conn, partner: bytes, helohost: bytes, out: list,
+                 fellback: bool = False):
+        """fellback: this is the plain connection after opportunistic
+        TLS failed in the handshake (TlsFallback)."""
         self.conn, self.partner, self.helohost, self.out = conn, partner, helohost, out
         self.flagcritical = False
         self.tlsinfo = b''
+        self.fellback = fellback
+
+    def refused(self, code: int) -> bool:
+        """A permanent refusal.  Not on the plain connection after a
+        failed handshake when it may be for the want of TLS (wants_tls):
+        a peer that requires TLS says 530 to MAIL there, and that was a
+        bounce where qmail's TLS patch and Postfix defer; it waits now,
+        as a deferral, for a handshake that works."""
+        if not is_perm(code):
+            return False
+        if self.fellback and wants_tls(code, self.conn.text):
+            text = self.conn.text
+            self.conn.text = (text + (b'' if text.endswith(b'\n') else b'\n')
+                              + b'(the TLS handshake had failed: this was the connection '
+                              b'in the clear)\n')
+            return False
+        return True
 
     def said(self) -> bytes:
         """The last reply's text, once (qmail's outsmtptext empties it):
@@ -476,7 +506,7 @@ class Session:
         except Dropped:
             self.fall_back(tls)
             raise
-        if is_perm(code):
+        if self.refused(code):
             return self.quit(b'DConnected to ', b' but sender was rejected')
         if not is_ok(code):
             return self.quit(b'ZConnected to ', b' but sender was rejected')
@@ -487,7 +517,7 @@ class Session:
                 self.out.append(b'hSorry, I will not send an address with a line break. (#5.1.3)\n')
                 continue
             code = conn.command(b'RCPT TO:<' + recip + b'>')
-            if is_perm(code):
+            if self.refused(code):
                 self.out.append(b'h' + self.partner + b' does not like recipient.\n' + self.said())
             elif not is_ok(code):
                 self.out.append(b's' + self.partner + b' does not like recipient.\n' + self.said())
@@ -500,7 +530,7 @@ class Session:
             return self.quit(b'DGiving up on ', b'', said=False)
 
         code = conn.command(b'DATA')
-        if is_perm(code):
+        if self.refused(code):
             return self.quit(b'D', b' failed on DATA command')
         if not 300 <= code <= 399:
             return self.quit(b'Z', b' failed on DATA command')
@@ -512,12 +542,15 @@ class Session:
             return b'DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n'
         code = conn.reply()
         self.flagcritical = False
-        if is_perm(code):
+        if self.refused(code):
             return self.quit(b'D', b' failed after I sent the message')
         if not 200 <= code <= 299:
             return self.quit(b'Z', b' failed after I sent the message')
         if self.tlsinfo:
             return self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n' + self.said()
+        if self.fellback:
+            return (self.quit(b'K', b' accepted message', False)
+                    + b'In the clear: the TLS handshake failed.\n' + self.said())
         return self.quit(b'K', b' accepted message')
 
     def blast(self, fd):
