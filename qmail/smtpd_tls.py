@@ -10,12 +10,12 @@ private key in one PEM file, as the common qmail TLS patch has it; it
 must be readable by qmaild.  The context is OpenSSL's defaults for a
 server (ssl.create_default_context(ssl.Purpose.CLIENT_AUTH): no client
 certificate asked for) with TLS 1.2 at least, the server's cipher
-order, no compression and no renegotiation.  The ciphers up to TLS 1.2
-are OpenSSL's, or, as the TLS patch has it, those of the environment's
-TLSCIPHERS or else of control/tlsserverciphers (an OpenSSL cipher list,
-its lines joined by ":"); TLS 1.3's suites stay OpenSSL's.  A list that
-cannot be read, or selects no cipher, refuses STARTTLS as a certificate
-that cannot be loaded does.
+order, no compression, no renegotiation and no session tickets.  The
+ciphers up to TLS 1.2 are OpenSSL's, or, as the TLS patch has it, those
+of the environment's TLSCIPHERS or else of control/tlsserverciphers (an
+OpenSSL cipher list, its lines joined by ":"); TLS 1.3's suites stay
+OpenSSL's.  A list that cannot be read, or selects no cipher, refuses
+STARTTLS as a certificate that cannot be loaded does.
 
 STARTTLS is offered only when fd 0 and fd 1 are one socket, as under
 tcpserver (smtpd.is_socket); never on the pipes of sendmail -bs.
@@ -116,7 +116,10 @@ def server_context(certfile: str = CERTFILE, environ=None,
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= (ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
-                    | ssl.OP_NO_RENEGOTIATION)
+                    | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET)
+    # No session tickets: each STARTTLS makes its context anew, so none
+    # could ever resume a session (TLS 1.3 sent two for nothing).
+    ctx.num_tickets = 0
     ctx.load_cert_chain(certfile)
     ciphers = cipher_list(os.environb if environ is None else environ, cipherfile)
     if ciphers is not None:

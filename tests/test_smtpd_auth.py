@@ -1132,6 +1132,23 @@ def starttls_asked(server):
     return sock
 
 
+@pytest.mark.parametrize('version', ['TLSv1_2', 'TLSv1_3'])
+def test_program_sends_no_session_ticket(home, version):
+    """Each STARTTLS makes its context anew, so no ticket could ever
+    resume a session: TLS 1.3 sent two with every handshake, for nothing
+    (found against Postfix and openssl s_client by a helper's review)."""
+    server = Server(home)
+    sock = starttls_asked(server)
+    ctx = client_context(home.cafile)
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    tls = ctx.wrap_socket(sock)
+    tls.sendall(b'QUIT\r\n')
+    assert tls.recv(100).startswith(b'221 '), 'no 221'      # (tickets come before it)
+    assert tls.session is None or not tls.session.has_ticket
+    tls.close()
+    check(server.wait(), 0)
+
+
 def test_program_ends_tls_with_close_notify(home):
     """After the 221 the server says close_notify: a client that takes an
     end without it for a truncation (suppress_ragged_eofs=False) sees a
