@@ -481,7 +481,7 @@ class Send:
     def pqadd(self, messid):
         fn = self.fn('info', messid)
         try:
-            os.stat(fn)
+            birth = int(os.stat(fn).st_mtime)
         except FileNotFoundError:
             return                      # someone yanking our chain
         except OSError:
@@ -504,13 +504,21 @@ class Send:
             except OSError:
                 return self.pqadd_fail(fn, messid)
             due = int(st.st_mtime)
-            if due > self.recent + rules.longest_wait(self.c.lifetime):
+            if due > self.latest_due(birth, c):
                 due = self.recent           # set by a clock since set back
                 self.clock_fixed += 1
             heapq.heappush(self.pqchan[c], (due, messid))
             found = True
         if not found:
             heapq.heappush(self.pqdone, (int(time.time()), messid))
+
+    def latest_due(self, birth: int, c: int) -> int:
+        """The furthest ahead a next try of a message born at birth can lie
+        on a clock that never went back: the schedule's own (nextretry
+        only grows with the time it is computed at), or a retry after
+        trouble, with a minute's slack."""
+        return max(rules.nextretry(birth, self.recent, c),
+                   self.recent + SLEEP_SYSFAIL) + CLOCK_STEP
 
     def pqadd_fail(self, fn, messid):
         log('warning: unable to stat %s; will try again later\n' % fn)
@@ -1031,8 +1039,8 @@ class Send:
                     self.pass_trouble(c, fn, messid)
                     return True
                 info = self.getinfo(messid)
-                if info is None:
-                    self.pass_trouble(c, fn, messid)
+                if info is None:        # (the file at fault named, as qmail's)
+                    self.pass_trouble(c, self.fn('info', messid), messid)
                     return True
                 sender, birth = info
             job = self.job_open(messid, c)

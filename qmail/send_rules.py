@@ -114,14 +114,6 @@ def nextretry(birth: int, recent: int, channel: int) -> int:
     return birth + n * n
 
 
-def longest_wait(lifetime: int) -> int:
-    """The furthest ahead of now nextretry can put a try, for a message
-    younger than lifetime (the last gap is the longest): a due time
-    beyond it was set by a clock since set back."""
-    skip = max(CHANSKIP)
-    return 2 * isqrt(max(lifetime, 0)) * skip + skip * skip + 1
-
-
 _LOGSAFE = bytes(47 if c == 10 else 95 if c == 37 or c < 33 or c > 126 else c
                  for c in range(256))
 
