@@ -1115,3 +1115,39 @@ def test_a_cr_in_the_message_id_host_is_the_admins_or_the_callers(
     assert got == code and 'line break in the host' in err, (got, err)
     if code == 111:
         assert 'control/idhost' in err, err
+
+
+def test_a_queue_client_without_descriptors_is_unable_to_exec_qq(tmp_path, monkeypatch):
+    """The descriptor table full (a low ulimit -n): QueueClient's pipes
+    raised OSError out of qmail-send's bounce (exit 111, again at every
+    restart), and the pipes already made stayed open (a pool worker then
+    retired for a descriptor left open).  Now qmail's qmail_open failure:
+    "unable to exec qq", nothing left open."""
+    import resource
+    from qmail.lib import prefork, qqtalk
+    monkeypatch.setattr(auto, 'QMAIL', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = prefork.open_fds()
+    highest = max(int(fd) for fd in os.listdir('/proc/self/fd'))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    fillers = []
+    try:
+        while True:             # every free descriptor taken ...
+            try:
+                fillers.append(os.open('/dev/null', os.O_RDONLY))
+            except OSError:
+                break
+        for _ in range(3):      # ... but three: the second of three pipes fails
+            os.close(fillers.pop())
+        qq = qqtalk.QueueClient('/bin/true')
+        assert qq.spawn_error is not None and qq.flagerr
+        qq.put(b'Subject: x\n\nbody\n')
+        qq.from_(b'a@b.c')
+        qq.to(b'd@e.f')
+        assert qq.close() == 'Zunable to exec qq (#4.3.0)'
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert prefork.open_fds() == before

@@ -84,8 +84,24 @@ def in_home() -> bool:
         return False
 
 
+def pipes(n: int) -> list:
+    """n pipes; OSError (none left open) if the descriptors run out."""
+    made = []
+    try:
+        for _ in range(n):
+            made.append(os.pipe())
+    except OSError:
+        for pair in made:
+            for fd in pair:
+                os.close(fd)
+        raise
+    return made
+
+
 class QueueClient:
-    """One message on its way into the queue."""
+    """One message on its way into the queue.  Descriptors that cannot
+    be had (the table full) are qmail's "unable to exec qq": its
+    qmail_open fails, the caller says so and tries later."""
 
     def __init__(self, program: str, wait: float = DAEMON_WAIT):
         """wait: how long qmail-queued may take to answer (connect_daemon)."""
@@ -96,11 +112,14 @@ class QueueClient:
         self.sock = None
         # qmail-queued knows its client by the effective uid (SO_PEERCRED);
         # qmail-queue records the real one: a set-uid caller goes there.
+        self.fdm = self.fde = self.fderr = self.fdout = -1
         if program == os.path.join(auto.QMAIL, 'bin', 'qmail-queue') \
                 and os.geteuid() == os.getuid():
-            pim = os.pipe()
-            pie = os.pipe()
-            got = connect_daemon(pim, pie, wait)
+            try:
+                pim, pie = pipes(2)
+            except OSError:
+                pim = pie = None
+            got = None if pim is None else connect_daemon(pim, pie, wait)
             if got is not None:
                 self.sock, self.pid = got
                 os.close(pim[0])
@@ -108,7 +127,7 @@ class QueueClient:
                 self.fdm, self.fde, self.fderr = pim[1], pie[1], -1
                 self.fdout = self.fdm
                 return
-            for fd in pim + pie:
+            for fd in (pim + pie if pim is not None else ()):
                 os.close(fd)
         path, argv = program, [program]
         if not in_home():
@@ -118,9 +137,12 @@ class QueueClient:
             argv = [path, '-c', 'cd "$1" 2>/dev/null || exit 61; shift; '
                     '[ -f "$1" ] && [ -x "$1" ] || exit 120; exec "$@"', 'qmail-queue',
                     auto.QMAIL, program if '/' in program else './' + program]
-        pim = os.pipe()
-        pie = os.pipe()
-        pierr = os.pipe()
+        try:
+            pim, pie, pierr = pipes(3)
+        except OSError as err:
+            self.spawn_error = err
+            self.flagerr = True
+            return
         try:
             self.pid = os.posix_spawn(
                 path, argv, os.environ,
@@ -167,7 +189,8 @@ class QueueClient:
     def from_(self, sender: bytes):
         """End the message; start the envelope with the sender."""
         self._flush()
-        os.close(self.fdm)
+        if self.fdm != -1:
+            os.close(self.fdm)
         self.fdm = -1
         self.fdout = self.fde
         self.put(b'F' + sender + b'\0')
@@ -181,6 +204,8 @@ class QueueClient:
         self._flush()
         if self.fdm != -1:
             os.close(self.fdm)
+        if self.fde == -1:                  # no pipes could be had
+            return 'Zunable to exec qq (#4.3.0)'
         os.close(self.fde)
         if self.sock is not None:
             return self.close_daemon()
