@@ -364,3 +364,37 @@ def test_idle_workers_found_dead_give_way_to_a_new_one():
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize('keep', [(62, 63), (63,), (4, 3), (5, 9, 7)])
+def test_a_worker_keeps_its_descriptors_at_the_descriptor_limit(keep, tmp_path):
+    """A worker's kept descriptors move to 3, 4, ... in keep's order.  At
+    the limit (qmail-lspawn's socketpair for a new worker at its last two
+    numbers, under a low ulimit -n) they were first copied above the
+    highest, which is no number: EBADF, and the delivery was deferred as
+    "qmail-local crashed" (found by a review of resource limits)."""
+    import subprocess
+    import sys
+    code = (
+        'import os, resource, sys\n'
+        'from qmail.lib import spawn\n'
+        'resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit('
+        'resource.RLIMIT_NOFILE)[1]))\n'
+        'keep = %r\n'
+        'for i, fd in enumerate(keep):\n'
+        '    os.dup2(os.open("/dev/null" if i %% 2 else "/etc/hostname", os.O_RDONLY), fd)\n'
+        'want = [os.fstat(fd).st_ino for fd in keep]\n'
+        'out = spawn.fresh_child("t", keep)\n'
+        'got = [os.fstat(fd).st_ino for fd in out]\n'
+        'left = sorted(int(f) for f in os.listdir("/proc/self/fd"))\n'
+        'with open(sys.argv[1], "w") as f:\n'
+        '    print(out, got == want, left, file=f)\n' % (keep,))
+    result = tmp_path / 'result'
+    r = subprocess.run([sys.executable, '-c', code, str(result)], capture_output=True,
+                       timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    n = len(keep)
+    # (listdir's own descriptor is the one past the kept)
+    assert result.read_text() == '%r True %r\n' % (list(range(3, 3 + n)),
+                                                    list(range(3 + n + 1)))

@@ -575,10 +575,21 @@ def fresh_child(title: str, keep=()):
     gc.freeze()         # the parent's objects are never ours to collect
     proctitle.set_title(title)
     fresh_signals()
-    # Above every fd we may hold, then down to 3, 4, ...: no clobbering.
-    top = max(list(keep) + [2]) + 1
-    moved = [os.dup2(fd, top + i, inheritable=False) for i, fd in enumerate(keep)]
-    out = [os.dup2(fd, 3 + i, inheritable=False) for i, fd in enumerate(moved)]
+    # The parent's others closed first: at the descriptor limit (a kept
+    # socketpair at its last two numbers) there was no number free above
+    # them, and the dup2 there failed ("qmail-local crashed").  Then each
+    # kept one copied to the lowest free number (each above the last, and
+    # at or above its place among 3, 4, ...) and put down in its place:
+    # no copy is clobbered before it is moved.
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 16)
+    moved = [os.dup(fd) for fd in keep]     # (not inheritable)
+    out = [fd if fd == 3 + i else os.dup2(fd, 3 + i, inheritable=False)
+           for i, fd in enumerate(moved)]
     os.closerange(3 + len(out), 1 << 16)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
