@@ -365,6 +365,7 @@ class Send:
         self.clock_base = (time.time(), time.monotonic())
         self.clock_doubt_until = 0.0    # monotonic: a step forward's doubt
         self.clock_fixed = 0            # due times pqadd brought back (pqstart)
+        self.reserve_fd = spare_descriptor()    # given up for a bounce's append
         self.notifier = None
         self.inotifyfd = -1
         self.bg = background.Background(self.inline)
@@ -702,10 +703,27 @@ class Send:
                 # A new bounce/ entry is durable only with its directory;
                 # without this a crash after the D mark forgets the failure.
                 durable.fsync_dir(os.path.dirname(fn))
+                if self.reserve_fd == -1:
+                    self.reserve_fd = spare_descriptor()
                 return
-            except OSError:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE) and self.reserve_fd != -1:
+                    # The descriptors are taken (files waiting for their
+                    # sync hold them, and only this loop can close them):
+                    # the spare one goes, and the append is tried again.
+                    os.close(self.reserve_fd)
+                    self.reserve_fd = -1
+                    continue
                 log('alert: unable to append to bounce message; HELP! sleeping...\n')
                 time.sleep(10)
+                if self.flagexitasap:
+                    # Stopped while a failure cannot be recorded: exit as
+                    # a crash would (no D mark: the delivery is made
+                    # again at the next start, and fails again), rather
+                    # than ignore the TERM for as long as that lasts.
+                    log('status: exiting with a failure unrecorded (its delivery is '
+                        'made again at the next start)\n')
+                    os._exit(111)
 
     def injectbounce(self, messid) -> bool:
         """Turn bounce/<messid> into a bounce message; True when done."""
@@ -1942,6 +1960,15 @@ def lock_mutex(path: str):
         os.close(fd)
         return None
     return fd
+
+
+def spare_descriptor() -> int:
+    """A descriptor held for when the table is full (Send.addbounce); -1
+    if none can be had now."""
+    try:
+        return os.open('/dev/null', os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def writer_alive(path: str) -> bool:

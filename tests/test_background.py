@@ -834,3 +834,60 @@ def test_the_mutex_is_a_regular_file_of_its_own(tmp_path):
     finally:
         os.close(other)
         os.close(fd)
+
+
+def test_a_bounce_is_recorded_with_the_descriptor_table_full(queue_home, monkeypatch):
+    """Files waiting for their sync held every descriptor (a low ulimit
+    -n), and addbounce slept for one to come free: only its own loop
+    could close them, so qmail-send logged 'HELP! sleeping...' for good
+    (found by a review of resource limits).  A spare descriptor kept for
+    this is given up, and given back."""
+    import resource
+    s, log = queue_home
+    monkeypatch.setattr(send.time, 'sleep', lambda seconds: pytest.fail('it slept'))
+    highest = max(int(fd) for fd in os.listdir('/proc/self/fd'))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    fillers = []
+    try:
+        while True:
+            try:
+                fillers.append(os.open('/dev/null', os.O_RDONLY))
+            except OSError:
+                break
+        s.addbounce(34, b'who@x.example', b'Sorry. (#5.1.1)\n')
+        assert s.reserve_fd != -1           # taken back
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert open(s.fn('bounce', 34), 'rb').read() == b'<who@x.example>:\nSorry. (#5.1.1)\n\n'
+    assert log == []
+
+
+def test_a_stop_while_a_bounce_cannot_be_recorded_ends_it(queue_home, monkeypatch):
+    """TERM went unheard while the append failed (a disk that fails
+    writes): svc -d could not stop qmail-send.  It ends as a crash would,
+    the failure unrecorded and so its delivery made again at the next
+    start."""
+    s, log = queue_home
+
+    def fsync(fd):
+        raise OSError(5, 'Input/output error')
+
+    slept = []
+
+    def stop(seconds):
+        slept.append(seconds)
+        if len(slept) > 3:
+            pytest.fail('the TERM went unheard')
+        s.flagexitasap = True
+    monkeypatch.setattr(send.durable, 'fsync', fsync)
+    monkeypatch.setattr(send.time, 'sleep', stop)
+    monkeypatch.setattr(send.os, '_exit', lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as e:
+        s.addbounce(35, b'who@x.example', b'Sorry. (#5.1.1)\n')
+    assert e.value.code == 111
+    assert log == ['alert: unable to append to bounce message; HELP! sleeping...\n',
+                   'status: exiting with a failure unrecorded (its delivery is made again '
+                   'at the next start)\n']
