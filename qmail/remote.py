@@ -295,6 +295,29 @@ class Settings:
             raise temp(b'Unable to parse control/dnsservers. (#4.3.0)\n') from None
 
 
+# What Settings reads (helohost falls back to me).
+SETTINGS_FILES = ('helohost', 'me', 'timeoutconnect', 'timeoutremote', 'smtproutes',
+                  'tlsdestinations', 'tlsclientciphers', 'dnsservers')
+_last_settings = None
+
+
+def load_settings(ctl: control.Controls) -> Settings:
+    """Settings, kept by a worker of qmail-rspawn (which runs many
+    deliveries) while none of their control files changed
+    (control.stamps), as qmail-smtpd keeps its Config: smtproutes and
+    tlsdestinations of 10,000 lines each took 150 ms a delivery to
+    parse (their names put in DNS form)."""
+    global _last_settings
+    key = control.stamps(ctl.directory, SETTINGS_FILES)
+    if key is not None and _last_settings is not None and _last_settings[0] == key:
+        return _last_settings[1]
+    _last_settings = None
+    settings = Settings(ctl)
+    if key is not None:
+        _last_settings = (key, settings)
+    return settings
+
+
 def message_span(fd: int):
     """The message's bytes still to read from fd, if fd is a regular file
     (qmail-rspawn gives the mess file at offset 0), else None."""
@@ -505,7 +528,7 @@ def main(argv=None) -> int:
         except OSError:
             raise temp(T_CHDIR) from None
         try:
-            settings = Settings(control.Controls('control').init())
+            settings = load_settings(control.Controls('control').init())
         except OSError:
             raise temp(T_CONTROL) from None
         final = deliver(args[0], args[1], args[2:], settings, 0, out)
