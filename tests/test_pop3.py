@@ -1633,6 +1633,20 @@ def test_vcheckpassword_check():
     check(vcheckpassword.check(b'alice:garbage:1:1:/h\n', b'alice', b's3cret'), None)
 
 
+def test_vpasswd_lookup_takes_the_first_line_for_the_name_that_parses():
+    from argon2 import PasswordHasher
+    h = PasswordHasher().hash('x').encode()
+    data = (b'# alice:not a line\nalice:garbage\nbob:%s:1:1:/b\nalice:%s:2:2:/a\n'
+            b'alice:%s:3:3:/a3\n' % (h, h, h))
+    check(vpasswd.lookup(data, b'ALICE').uid, 2)
+    check(vpasswd.lookup(data, b'bob').uid, 1)
+    check(vpasswd.lookup(data, b'carol'), None)
+    check(vpasswd.lookup(data, b'alic'), None)
+    check(vpasswd.lookup(b'bob:%s:1:1:/b' % h, b'bob').uid, 1)       # the first line, no newline
+    check(vpasswd.lookup(b'bob:garbage', b'bob'), None)
+    check(vpasswd.lookup(b'', b'bob'), None)
+
+
 def test_vcheckpassword_without_the_memory_for_the_hash_is_trouble():
     # argon2-cffi's default needs 64 MB: refused it, the check is trouble
     # (111), for a known name as for an unknown one, never a wrong password.
