@@ -730,7 +730,13 @@ def deliver_mbox(fn: bytes, head: bytes):
         _truncate(fd, pos, flaglocked)
         raise
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            # After the fsync: the message is there, and a deferral now
+            # would append it again (as qmail's mailfile, which ignores
+            # close()).  Before it, the error above is what is told.
+            pass
 
 
 class _ReadError(Exception):

@@ -503,6 +503,29 @@ def test_mbox_name_is_synced_even_when_the_file_was_there(home, tmp_path):
     assert synced.read_bytes() == b'.\n'
 
 
+def test_mbox_close_failing_after_the_fsync_delivers_once(home):
+    """close() failing once the message is written and synced (an
+    EDQUOT some filesystems report there) was a deferral, and the retry
+    appended the message again (found by a review of disk quotas); qmail's
+    mailfile ignores close() too."""
+    def setup():
+        import errno
+        from qmail import local_deliver
+        real = os.close
+
+        def close(fd):
+            path = os.readlink('/proc/self/fd/%d' % fd)
+            real(fd)
+            if path.endswith('/Mailbox'):
+                raise OSError(errno.EDQUOT, 'Disk quota exceeded')
+        local_deliver.os = type('os', (), {k: getattr(os, k) for k in dir(os)
+                                           if not k.startswith('__')})
+        local_deliver.os.close = staticmethod(close)
+    expect(home.run(setup=setup), (0, b'did 1+0+0\n'))
+    assert (home.path / 'Mailbox').read_bytes().count(b'\nFrom god@') + \
+        (home.path / 'Mailbox').read_bytes().startswith(b'From god@') == 1
+
+
 def recording_dir_syncs(record):
     """A setup for Home.run: each directory qmail-local fsyncs is
     appended to the file record, a line each (the run is a child)."""
