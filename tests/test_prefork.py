@@ -230,3 +230,28 @@ def test_a_killed_worker_gets_an_end_line_only_if_it_was_serving(monkeypatch, st
     pool.reap()
     assert lines == (['end 4321 status 9'] if logged else [])
     assert pool.board[2] == prefork.FREE and pool.free == [2] and pool.workers == {}
+
+
+def test_fork_failures_in_a_row_are_said_less_and_less(monkeypatch):
+    """A process limit reached (softlimit -p) while idle: 'unable to fork'
+    every 2 s, for good (found by a review of resource limits).  Now at
+    the first failure, the 10th, 100th ... in a row, and once it works."""
+    import errno
+    lines = []
+    pool = prefork.Pool(None, None, 4, spare=1, log=lambda level, text: lines.append(text))
+    pool.board = bytearray([prefork.FREE] * 4)
+    pool.free = [3, 2, 1, 0]
+    monkeypatch.setattr(prefork.time, 'sleep', lambda s: None)
+
+    def refused():
+        raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')
+    monkeypatch.setattr(prefork.os, 'fork', refused)
+    for _ in range(120):
+        pool.grow()
+    assert lines == ['warning: unable to fork: Resource temporarily unavailable',
+                     'warning: unable to fork: Resource temporarily unavailable (10 times in a row)',
+                     'warning: unable to fork: Resource temporarily unavailable (100 times in a row)']
+    monkeypatch.setattr(prefork.os, 'fork', lambda: 4321)      # (the parent's side)
+    pool.grow()
+    assert lines[-1] == 'warning: able to fork again, after 120 failures'
+    assert pool.workers == {4321: 0} and pool.fork_failures == 0

@@ -102,6 +102,7 @@ class Pool:
         self.death_r = self.death_w = None
         self.wakeup_r = None
         self.unreported = True   # the first count, then a worker's death
+        self.fork_failures = 0   # in a row (a process limit reached)
 
     # -- parent ----------------------------------------------------------
 
@@ -193,12 +194,21 @@ class Pool:
             except OSError as e:
                 self.board[slot] = FREE
                 self.free.append(slot)
-                if self.log:
-                    self.log(0, 'warning: unable to fork: %s' % e.strerror)
+                self.fork_failures += 1
+                # Said at the first, then at the 10th, 100th ... in a row:
+                # a process limit reached while idle said it every 2 s.
+                n = self.fork_failures
+                if self.log and (n == 1 or str(n).strip('0') == '1'):
+                    self.log(0, 'warning: unable to fork: %s%s' % (
+                        e.strerror, '' if n == 1 else ' (%d times in a row)' % n))
                 time.sleep(1)
                 return
             if pid == 0:
                 self.worker(slot)       # never returns
+            if self.fork_failures and self.log:
+                self.log(0, 'warning: able to fork again, after %d failures'
+                         % self.fork_failures)
+            self.fork_failures = 0
             self.workers[pid] = slot
 
     def reap(self):
