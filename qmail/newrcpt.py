@@ -489,6 +489,18 @@ def nss_unlisted(text: str) -> list:
     return []
 
 
+def listed_lookup(entries):
+    """getpwnam answered from a getpwall listing, for a passwd whose every
+    source lists its users (nss_unlisted finds none): the first entry of
+    each name, the one getpwnam finds.  A getpwnam a user read
+    /etc/passwd through again: 50,000 users took 46 s (found by a review
+    of large configurations)."""
+    first = {}
+    for pw in entries:
+        first.setdefault(os.fsencode(pw.pw_name), pw)
+    return lambda name: first.get(name) if name else None
+
+
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -513,7 +525,12 @@ def main(argv=None) -> int:
                          'adding one changes no file it watches\n'
                          % (' '.join(others), NSSWITCH))
     try:
-        recs = build(home)
+        if others:
+            recs = build(home)
+        else:
+            entries = pwd.getpwall()
+            recs = build(home, list_users=lambda: entries,
+                         lookup_user=listed_lookup(entries))
         if flagdoit:
             newrcpt(home, recs)
             if not os.path.exists(os.path.join(home, 'control', 'rcptcheck')):

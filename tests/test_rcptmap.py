@@ -514,3 +514,21 @@ def test_reused_only_when_read_whole(world, monkeypatch):
     monkeypatch.setattr(cdb, 'READ_ALL_LIMIT', 0)
     with RcptMap(path, routing=routing()) as m:
         assert m.state == 'on' and not m.reusable() and not m.fresh()
+
+
+def test_listed_lookup_answers_as_getpwnam_does():
+    """qmail-newrcpt's getpwnam from the getpwall listing (one pass, where
+    a getpwnam a user made it quadratic): the first entry of each name."""
+    import pwd
+    pw = types.SimpleNamespace
+    entries = [pw(pw_name='joe', pw_uid=1), pw(pw_name='Joe', pw_uid=2),
+               pw(pw_name='joe', pw_uid=3)]
+    lookup = newrcpt.listed_lookup(entries)
+    assert lookup(b'joe').pw_uid == 1 and lookup(b'Joe').pw_uid == 2
+    assert lookup(b'ann') is None and lookup(b'') is None
+    # and on this machine's own passwd, name for name
+    system = newrcpt.listed_lookup(pwd.getpwall())
+    for entry in pwd.getpwall():
+        name = os.fsencode(entry.pw_name)
+        assert system(name) == getpw.system_lookup(name), name
+        assert system(name.upper()) == getpw.system_lookup(name.upper()), name
