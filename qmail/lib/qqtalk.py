@@ -51,7 +51,10 @@ def connect_daemon(pim, pie, wait: float = DAEMON_WAIT):
     path = daemon_socket()       # (absent: connect() fails, no stat() first)
     import array
     import socket
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:             # no descriptor for it: bin/qmail-queue's turn
+        return None
     # qmail-queued answers at once unless all its writers are busy: then,
     # after wait, bin/qmail-queue.  (No one user can keep them all:
     # qmail-queued's PER_UID; one past it is closed unanswered, and
