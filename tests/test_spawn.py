@@ -366,8 +366,9 @@ def test_idle_workers_found_dead_give_way_to_a_new_one():
         theirs.close()
 
 
+@pytest.mark.parametrize('closed', [(), (0,)])
 @pytest.mark.parametrize('keep', [(62, 63), (63,), (4, 3), (5, 9, 7)])
-def test_a_worker_keeps_its_descriptors_at_the_descriptor_limit(keep, tmp_path):
+def test_a_worker_keeps_its_descriptors_at_the_descriptor_limit(keep, tmp_path, closed):
     """A worker's kept descriptors move to 3, 4, ... in keep's order.  At
     the limit (qmail-lspawn's socketpair for a new worker at its last two
     numbers, under a low ulimit -n) they were first copied above the
@@ -384,11 +385,13 @@ def test_a_worker_keeps_its_descriptors_at_the_descriptor_limit(keep, tmp_path):
         'for i, fd in enumerate(keep):\n'
         '    os.dup2(os.open("/dev/null" if i %% 2 else "/etc/hostname", os.O_RDONLY), fd)\n'
         'want = [os.fstat(fd).st_ino for fd in keep]\n'
+        'for fd in %r:\n'
+        '    os.close(fd)   # a parent with stdin closed: no copy goes there\n'
         'out = spawn.fresh_child("t", keep)\n'
         'got = [os.fstat(fd).st_ino for fd in out]\n'
         'left = sorted(int(f) for f in os.listdir("/proc/self/fd"))\n'
         'with open(sys.argv[1], "w") as f:\n'
-        '    print(out, got == want, left, file=f)\n' % (keep,))
+        '    print(out, got == want, left, file=f)\n' % (keep, closed))
     result = tmp_path / 'result'
     r = subprocess.run([sys.executable, '-c', code, str(result)], capture_output=True,
                        timeout=60,

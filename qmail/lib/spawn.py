@@ -21,6 +21,7 @@ means the status is known.
 
 import array
 import errno
+import fcntl
 import gc
 import os
 import select
@@ -578,16 +579,17 @@ def fresh_child(title: str, keep=()):
     # The parent's others closed first: at the descriptor limit (a kept
     # socketpair at its last two numbers) there was no number free above
     # them, and the dup2 there failed ("qmail-local crashed").  Then each
-    # kept one copied to the lowest free number (each above the last, and
-    # at or above its place among 3, 4, ...) and put down in its place:
-    # no copy is clobbered before it is moved.
+    # kept one copied to the lowest free number from 3 on (each above the
+    # last, so at or above its place among 3, 4, ...; not 0 to 2, which
+    # a parent may have closed) and put down in its place: no copy is
+    # clobbered before it is moved.
     low = 3
     for fd in sorted(set(keep)):
         if fd >= low:
             os.closerange(low, fd)
             low = fd + 1
     os.closerange(low, 1 << 16)
-    moved = [os.dup(fd) for fd in keep]     # (not inheritable)
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in keep]
     out = [fd if fd == 3 + i else os.dup2(fd, 3 + i, inheritable=False)
            for i, fd in enumerate(moved)]
     os.closerange(3 + len(out), 1 << 16)
