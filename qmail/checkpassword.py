@@ -141,10 +141,13 @@ def libcrypt():
 def crypt(lib, password: bytes, setting: bytes):
     """crypt_rn(): the hash of password under setting, or None when the
     setting is no hash libxcrypt knows (a locked account's "!", say).
-    Trouble when it fails on a setting it calls well-formed: the hash
-    could not be computed (yescrypt or bcrypt without the memory it
-    needs, under a run script's softlimit), which says nothing of the
-    password; libxcrypt's errno is EINVAL either way."""
+    Trouble when it fails on a setting it calls well-formed while this
+    process's memory is limited: the hash could not be computed
+    (yescrypt or bcrypt without the memory it needs, under a run
+    script's softlimit), which says nothing of the password.  libxcrypt's
+    errno is EINVAL either way, and crypt_checksalt looks at the method
+    only, not its parameters: without a limit such a failure is a
+    malformed hash (a wrong password, as before)."""
     data = ctypes.create_string_buffer(CRYPT_DATA)
     phrase = ctypes.create_string_buffer(bytes(password), len(password) + 1)
     try:
@@ -152,7 +155,8 @@ def crypt(lib, password: bytes, setting: bytes):
         out = lib.crypt_rn(phrase, setting, data, CRYPT_DATA)
         if out is None or out[:1] == b'*':
             # (ERANGE: a password past CRYPT_MAX_PASSPHRASE_SIZE, no hash's)
-            if ctypes.get_errno() != errno.ERANGE and well_formed(lib, setting):
+            if (ctypes.get_errno() != errno.ERANGE and memory_limited()
+                    and well_formed(lib, setting)):
                 raise Trouble('unable to compute a %s hash (out of memory?)'
                               % hash_method(setting))
             return None
@@ -178,6 +182,14 @@ def well_formed(lib, setting: bytes) -> bool:
     check.restype = ctypes.c_int
     check.argtypes = [ctypes.c_char_p]
     return check(setting) not in (CRYPT_SALT_INVALID, CRYPT_SALT_METHOD_DISABLED)
+
+
+def memory_limited() -> bool:
+    """Is this process's address space or data size limited (softlimit
+    -m, -a, -d; ulimit -v, -d)?"""
+    import resource
+    return any(resource.getrlimit(r)[0] != resource.RLIM_INFINITY
+               for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
 
 
 def hash_method(setting: bytes) -> str:

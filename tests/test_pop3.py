@@ -1376,6 +1376,19 @@ def test_crypt_verify():
     assert checkpassword.verify(lib, b'pw', sha)
 
 
+@pytest.mark.parametrize('setting', [b'$y$zzz$abc$def', b'$2b$99$' + b'a' * 53,
+                                     b'$6$rounds=abc$salt', b'$y$j9T$abc$@@@'])
+def test_crypt_on_a_malformed_hash_is_a_wrong_password(setting):
+    """crypt_checksalt looks at the method, not its parameters: a stored
+    hash it calls well-formed may still be malformed.  Without a memory
+    limit that is a wrong password (1), as it always was, not trouble
+    (111) for that account for good (found by a review of the change)."""
+    import resource
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+    lib = checkpassword.libcrypt()
+    assert checkpassword.crypt(lib, b'pw', setting) is None
+
+
 def short_of_memory(code: str) -> str:
     """code's output, run in a fresh interpreter whose address space is
     limited, once it has imported what code needs (its first line), to
