@@ -232,7 +232,7 @@ def routing_more(ctl: control.Controls):
 class Job:
     """One pass of one message through one channel."""
     __slots__ = ('refs', 'id', 'channel', 'retry', 'sender', 'numtodo',
-                 'flaghiteof', 'flagdying', 'unmarked', 'direct')
+                 'flaghiteof', 'flagdying', 'unmarked', 'direct', 'moved')
 
     def __init__(self, messid, channel):
         self.unmarked = None    # the last D mark, unsynced: the file's removal records it
@@ -245,6 +245,12 @@ class Job:
         self.numtodo = 0
         self.flaghiteof = False
         self.flagdying = False
+        self.moved = 0          # Send.clock_back when retry was set
+
+    def due(self, clock_back: int) -> int:
+        """retry, moved back as far as the clock went back since it was set
+        (Send.schedule_back: a delivery under way then)."""
+        return self.retry - (clock_back - self.moved)
 
 
 class Delivery:
@@ -365,6 +371,7 @@ class Send:
         self.clock_base = (time.time(), time.monotonic())
         self.clock_doubt_until = 0.0    # monotonic: a step forward's doubt
         self.clock_fixed = 0            # due times pqadd brought back (pqstart)
+        self.clock_back = 0             # seconds the clock went back, in all
         self.reserve_fd = spare_descriptor()    # given up for a bounce's append
         self.notifier = None
         self.inotifyfd = -1
@@ -605,7 +612,7 @@ class Send:
             else:
                 finishing.append(job)
             return
-        heapq.heappush(self.pqchan[job.channel], (job.retry, job.id))
+        heapq.heappush(self.pqchan[job.channel], (job.due(self.clock_back), job.id))
 
     def jobs_finish(self, jobs):
         """Jobs with every recipient done: their channel files removed
@@ -1063,6 +1070,7 @@ class Send:
                 sender, birth = info
             job = self.job_open(messid, c)
             job.retry = rules.nextretry(birth, self.recent, c)
+            job.moved = self.clock_back
             job.flagdying = (self.recent > birth + self.c.lifetime
                              and time.monotonic() >= self.clock_doubt_until)
             job.sender = sender
@@ -1258,7 +1266,7 @@ class Send:
         for line in out:
             log(line)
         if ok:
-            self.spilled[messid] = job.retry if left else None
+            self.spilled[messid] = job.due(self.clock_back) if left else None
             self.settling.add([(messid, (local, b''), files, [], d.sender)])
             return
         for fn, _ in files:
@@ -1297,6 +1305,7 @@ class Send:
             # Cut short, it is due again at once, as qmail's unfinished
             # pass is (its file's time left alone): not at its next retry.
             p.job.retry = self.recent
+            p.job.moved = self.clock_back
             self.job_close(p.job)
         idle = {m for m, d in self.directs.items() if d.job is None}
         if idle:
@@ -1735,6 +1744,9 @@ class Send:
         self.todo_held = {m: (when - step, ident) for m, (when, ident) in self.todo_held.items()}
         self.nexttodorun -= step
         self.cleanuptime -= step
+        self.spilled = {m: None if when is None else when - step
+                        for m, when in self.spilled.items()}
+        self.clock_back += step         # for the jobs under way (Job.due)
 
     # -- signals and controls -------------------------------------------------------
     def reread(self):

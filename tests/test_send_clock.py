@@ -117,3 +117,27 @@ def test_a_clock_set_forward_bounces_nothing_for_its_age_at_once(tmp_path, monke
                 'for the next 3600 seconds\n' % (YEAR - 1)) in log
         # an hour on, the clock still where it went: believed (the case below)
         assert s.clock_doubt_until == mono + 1 + send.CLOCK_DOUBT
+
+
+def test_a_delivery_under_way_when_the_clock_goes_back_is_retried_in_time(tmp_path,
+                                                                          monkeypatch):
+    """Its retry was set before the step: it came back into the queue as
+    far ahead as the clock went back (found by a review of the change)."""
+    s, log = scratch_send(tmp_path, monkeypatch, SPLIT)
+    wall, mono = time.time(), time.monotonic()
+    now = int(wall)
+    put(qfn('mess', 51, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('info', 51, SPLIT), b'Fa@b.example\0')
+    put(qfn('local', 51, SPLIT), b'Tu@here.example\0')
+    os.utime(qfn('info', 51, SPLIT), (now, now))
+    s.pqadd(51)
+    s.watch_clock(wall, mono)
+    s.recent = now
+    assert s.pass_dochan(0)
+    job = s.passes[0].job
+    assert job.retry == now + 100
+    s.watch_clock(wall - 86400, mono + 1)             # a day back, the delivery under way
+    s.passes[0] = None
+    job.refs, job.flaghiteof = 1, False               # (its last reference: a deferral)
+    s.job_close(job)
+    assert s.pqchan[0] == [(now + 100 - 86401, 51)]
