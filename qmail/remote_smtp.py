@@ -39,7 +39,7 @@ connection that dies under TLS before MAIL FROM is answered, raises
 TlsFallback so the caller reconnects in plain text (Session's
 fellback): there a refusal that may be for the want of TLS (530, or
 an enhanced code 5.7.x) is temporary, and the K report says "In the
-clear: the TLS handshake failed."  Required (from
+clear: TLS had failed."  Required (from
 control/tlsdestinations): the certificate must verify (Tls.match, or
 the name the address came from), else Z (#4.7.5); a peer without
 STARTTLS is Z (#4.7.10).  Whatever the peer sent before the handshake
@@ -382,8 +382,8 @@ class Session:
         if self.fellback and wants_tls(code, self.conn.text):
             text = self.conn.text
             self.conn.text = (text + (b'' if text.endswith(b'\n') else b'\n')
-                              + b'(the TLS handshake had failed: this was the connection '
-                              b'in the clear)\n')
+                              + b'(TLS had failed: this was the connection in the '
+                              b'clear)\n')
             return False
         return True
 
@@ -550,7 +550,7 @@ class Session:
             return self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n' + self.said()
         if self.fellback:
             return (self.quit(b'K', b' accepted message', False)
-                    + b'In the clear: the TLS handshake failed.\n' + self.said())
+                    + b'In the clear: TLS had failed.\n' + self.said())
         return self.quit(b'K', b' accepted message')
 
     def blast(self, fd):
