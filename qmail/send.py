@@ -1068,6 +1068,15 @@ class Send:
                     self.pass_trouble(c, self.fn('info', messid), messid)
                     return True
                 sender, birth = info
+                if birth > self.recent + CLOCK_STEP:
+                    # Born while the clock was ahead: born now, so that its
+                    # retries back off and it bounces in its time (info/'s
+                    # time is its birth, for qmail's programs too).
+                    birth = self.recent
+                    try:
+                        os.utime(self.fn('info', messid), (birth, birth))
+                    except OSError:
+                        pass
             job = self.job_open(messid, c)
             job.retry = rules.nextretry(birth, self.recent, c)
             job.moved = self.clock_back

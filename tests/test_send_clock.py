@@ -141,3 +141,20 @@ def test_a_delivery_under_way_when_the_clock_goes_back_is_retried_in_time(tmp_pa
     job.refs, job.flaghiteof = 1, False               # (its last reference: a deferral)
     s.job_close(job)
     assert s.pqchan[0] == [(now + 100 - 86401, 51)]
+
+
+def test_a_message_born_while_the_clock_was_ahead_is_born_again_now(tmp_path, monkeypatch):
+    """Its retries came every 100 s with no backoff, and it bounced only
+    once the clock passed its birth and lifetime (found by a review)."""
+    s, log = scratch_send(tmp_path, monkeypatch, SPLIT)
+    now = int(time.time())
+    put(qfn('mess', 52, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('info', 52, SPLIT), b'Fa@b.example\0')
+    put(qfn('local', 52, SPLIT), b'Tu@here.example\0')
+    os.utime(qfn('info', 52, SPLIT), (now + YEAR, now + YEAR))
+    os.utime(qfn('local', 52, SPLIT), (now, now))
+    s.pqadd(52)
+    s.recent = now
+    assert s.pass_dochan(0)
+    assert s.passes[0].job.retry == now + 100
+    assert int(os.stat(qfn('info', 52, SPLIT)).st_mtime) == now
