@@ -118,7 +118,7 @@ from qmail.lib.cdb import CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
-from qmail.smtpd import (Gone, MAXHOPS, Peer, ROUTING_FILES, peer_env, safe, scan_ulong,
+from qmail.smtpd import (Gone, MAXHOPS, Peer, kept_config, peer_env, safe, scan_ulong,
                          write_all)
 from qmail.smtpd_blast import HOPLINE
 from qmail.lib import rcptmap
@@ -660,21 +660,8 @@ def load_config(ctl: control.Controls, environ) -> Config:
     a Config once made): with rcpthosts and badmailfrom of 100,000
     lines each session cost 50 ms of CPU to read them again."""
     global _last_config
-    key = control.stamps(ctl.directory, CONFIG_FILES)
-    if key is not None and key[-1] is not None:         # rcptcheck
-        routing = control.stamps(ctl.directory, ROUTING_FILES)
-        key = None if routing is None else key + routing
-    if key is not None:
-        key = (ctl.directory, key, environ.get(b'DATABYTES'))
-        if _last_config is not None and _last_config[0] == key:
-            config = _last_config[1]
-            if config.rcptmap is None or config.rcptmap.fresh():
-                return config
-    config = read_config(ctl, environ)
-    _last_config = None
-    if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
-            config.morercpthosts is None or config.morercpthosts.in_memory):
-        _last_config = (key, config)
+    config, _last_config = kept_config(_last_config, ctl, environ, CONFIG_FILES,
+                                       read_config)
     return config
 
 

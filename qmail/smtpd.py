@@ -868,22 +868,33 @@ def load_config(ctl: control.Controls, environ) -> Config:
     LookupError when neither smtpgreeting nor me exists, as qmail
     refuses to run then."""
     global _last_config
-    key = control.stamps(ctl.directory, CONFIG_FILES)
+    config, _last_config = kept_config(_last_config, ctl, environ, CONFIG_FILES,
+                                       read_config)
+    return config.copy()
+
+
+def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
+    """(config, what to keep for the next session): last's config again
+    while none of files (rcptcheck last of them: with it ROUTING_FILES
+    too) changed, DATABYTES is the same and its recipient map is fresh;
+    else read(ctl, environ), kept unless a file could not be stamped or
+    its map or morercpthosts.cdb is not held whole in memory.  last is
+    (key, config) or None; qmail-smtpd's and qmail-qmtpd's load_config."""
+    key = control.stamps(ctl.directory, files)
     if key is not None and key[-1] is not None:         # rcptcheck
         routing = control.stamps(ctl.directory, ROUTING_FILES)
         key = None if routing is None else key + routing
     if key is not None:
         key = (ctl.directory, key, environ.get(b'DATABYTES'))
-        if _last_config is not None and _last_config[0] == key:
-            config = _last_config[1]
+        if last is not None and last[0] == key:
+            config = last[1]
             if config.rcptmap is None or config.rcptmap.fresh():
-                return config.copy()
-    config = read_config(ctl, environ)
-    _last_config = None
+                return config, last
+    config = read(ctl, environ)
     if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
             config.morercpthosts is None or config.morercpthosts.in_memory):
-        _last_config = (key, config)
-    return config.copy()
+        return config, (key, config)
+    return config, None
 
 
 def read_config(ctl: control.Controls, environ) -> Config:
