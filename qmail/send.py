@@ -370,7 +370,6 @@ class Send:
         self.cleanuptime = self.recent
         self.clock_base = (time.time(), time.monotonic())
         self.clock_doubt_until = 0.0    # monotonic: a step forward's doubt
-        self.clock_fixed = 0            # due times pqadd brought back (pqstart)
         self.clock_back = 0             # seconds the clock went back, in all
         self.reserve_fd = spare_descriptor()    # given up for a bounce's append
         self.notifier = None
@@ -486,18 +485,22 @@ class Send:
         return data[1:end], int(st.st_mtime)
 
     # -- priority queues -----------------------------------------------------
-    def pqadd(self, messid):
+    def pqadd(self, messid) -> int:
+        """messid into the queues its files say; how many of its next
+        tries lay beyond what the schedule gives (a clock since set back)
+        and are due now."""
+        fixed = 0
         fn = self.fn('info', messid)
         try:
             birth = int(os.stat(fn).st_mtime)
         except FileNotFoundError:
-            return                      # someone yanking our chain
+            return 0                    # someone yanking our chain
         except OSError:
             return self.pqadd_fail(fn, messid)
         fn = self.fn('todo', messid)
         try:
             os.stat(fn)
-            return                      # preprocessing was interrupted: todo wins
+            return 0                    # preprocessing was interrupted: todo wins
         except FileNotFoundError:
             pass
         except OSError:
@@ -510,15 +513,17 @@ class Send:
             except FileNotFoundError:
                 continue
             except OSError:
-                return self.pqadd_fail(fn, messid)
+                self.pqadd_fail(fn, messid)
+                return fixed
             due = int(st.st_mtime)
             if due > self.latest_due(birth, c):
                 due = self.recent           # set by a clock since set back
-                self.clock_fixed += 1
+                fixed += 1
             heapq.heappush(self.pqchan[c], (due, messid))
             found = True
         if not found:
             heapq.heappush(self.pqdone, (int(time.time()), messid))
+        return fixed
 
     def latest_due(self, birth: int, c: int) -> int:
         """The furthest ahead a next try of a message born at birth can lie
@@ -528,12 +533,13 @@ class Send:
         return max(rules.nextretry(birth, self.recent, c),
                    self.recent + SLEEP_SYSFAIL) + CLOCK_STEP
 
-    def pqadd_fail(self, fn, messid):
+    def pqadd_fail(self, fn, messid) -> int:
         log('warning: unable to stat %s; will try again later\n' % fn)
         heapq.heappush(self.pqfail, (int(time.time()) + SLEEP_SYSFAIL, messid))
+        return 0
 
     def pqstart(self):
-        self.clock_fixed = 0
+        fixed = 0
         for i in range(self.split):
             d = 'info/%d' % i
             while True:
@@ -545,10 +551,10 @@ class Send:
             for name in names:
                 messid = parse_messid(name)
                 if messid is not None:
-                    self.pqadd(messid)
-        if self.clock_fixed:
+                    fixed += self.pqadd(messid)
+        if fixed:
             log('warning: %d deliveries were due further ahead than qmail waits '
-                '(the clock was set back?); trying them now\n' % self.clock_fixed)
+                '(the clock was set back?); trying them now\n' % fixed)
 
     def pqfinish(self):
         """Record each waiting channel's next try in its file's mtime."""
