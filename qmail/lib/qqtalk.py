@@ -121,17 +121,18 @@ class QueueClient:
             try:
                 pim, pie = pipes(2)
             except OSError:
-                pim = pie = None
-            got = None if pim is None else connect_daemon(pim, pie, wait)
-            if got is not None:
-                self.sock, self.pid = got
-                os.close(pim[0])
-                os.close(pie[0])
-                self.fdm, self.fde, self.fderr = pim[1], pie[1], -1
-                self.fdout = self.fdm
-                return
-            for fd in (pim + pie if pim is not None else ()):
-                os.close(fd)
+                pass                # none to spare: bin/qmail-queue's turn
+            else:
+                got = connect_daemon(pim, pie, wait)
+                if got is not None:
+                    self.sock, self.pid = got
+                    os.close(pim[0])
+                    os.close(pie[0])
+                    self.fdm, self.fde, self.fderr = pim[1], pie[1], -1
+                    self.fdout = self.fdm
+                    return
+                for fd in pim + pie:
+                    os.close(fd)
         path, argv = program, [program]
         if not in_home():
             # qmail starts qmail-queue (or QMAILQUEUE's program, by its
