@@ -831,14 +831,21 @@ def listening(home) -> dict:
     return {**LISTEN_DEFAULTS, **found}
 
 
+def script_lines(script: str):
+    """A shell script's lines, continued lines joined, comments cut (a
+    comment may name a program)."""
+    for line in script.replace('\\\n', ' ').splitlines():
+        yield line.split('#', 1)[0]
+
+
 def listen_args(script: str):
     """(address, port) of the first qmail-listen command in a shell
     script, or None: its arguments read as qmail-listen reads them."""
     import getopt
     import shlex
     from qmail.listen import OPTSPEC
-    for line in script.replace('\\\n', ' ').splitlines():
-        words = line.split('#', 1)[0].split()     # (a comment may name it)
+    for line in script_lines(script):
+        words = line.split()
         for i, word in enumerate(words):
             if word == 'qmail-listen' or word.endswith('/qmail-listen'):
                 try:
@@ -873,8 +880,7 @@ def memory_limit(script: str):
     import getopt
     import shlex
     low = None
-    for line in script.replace('\\\n', ' ').splitlines():
-        line = line.split('#', 1)[0]
+    for line in script_lines(script):
         try:        # (; && | apart: "ulimit -v 2000; exec ...")
             lex = shlex.shlex(line, posix=True, punctuation_chars=True)
             lex.whitespace_split = True
