@@ -1168,14 +1168,23 @@ def queue_starter(program: str, environ, session_of, seen=None):
             else:
                 environ[b'TCPREMOTEINFO'] = info
 
+    def started():
+        qq = QueueClient(program)
+        if qq.open_failed():
+            # As qmail's qmail_open failing: 451 before the 354, not a
+            # message sent for nothing.
+            qq.close()
+            raise OSError('qmail_open failed')
+        return qq
+
     def newqueue():
         session = session_of()
         if session.authuser is None:
             put(remoteinfo)
-            return QueueClient(program)
+            return started()
         put(session.authuser)
         try:
-            return QueueClient(program)
+            return started()
         finally:
             put(remoteinfo)
     return newqueue

@@ -1350,3 +1350,27 @@ def test_an_empty_recipient_is_logged_as_such_not_as_none():
            b'DATA\r\n', BODY)
     line = h.session.take_logs()
     assert b' rcpt <> u@example.org: 250 ok ' in line, line
+
+
+def test_program_without_descriptors_for_qmail_queue_says_451_before_354(qmailhome):
+    """No pipes for qmail-queue (the descriptor table full): qmail's
+    qmail_open fails and qmail-smtpd answers DATA with 451, before the
+    client sends the message.  This one said 354, took the whole message
+    and only then said 451."""
+    home, fakeq, out = qmailhome
+    env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'QMAILQUEUE': str(fakeq),
+           'TCPREMOTEIP': '192.0.2.7', 'TCPLOCALHOST': 'mx.example.org'}
+    # Three descriptors free once qmail-smtpd is loaded: enough for its
+    # control files, one short of qmail-queue's three pipes.
+    code = ('import os, resource, sys; from qmail.lib import auto; auto.QMAIL = %r; '
+            'from qmail import smtpd; '
+            'top = max(int(fd) for fd in os.listdir("/proc/self/fd")); '
+            'resource.setrlimit(resource.RLIMIT_NOFILE, (top + 4, '
+            'resource.getrlimit(resource.RLIMIT_NOFILE)[1])); '
+            'sys.exit(smtpd.main([]))' % str(home))
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, env=env,
+                       timeout=60, input=b'HELO x\r\nMAIL FROM:<a@b.example>\r\n'
+                       b'RCPT TO:<u@example.org>\r\nDATA\r\nNOOP\r\nQUIT\r\n')
+    check((r.returncode, replies(r.stdout)[4:]),
+          (0, [b'451 qqt failure (#4.3.0)', b'250 ok', b'221 mx.example.org']))
+    assert not (out / 'envelope').exists()

@@ -17,6 +17,7 @@ interpreter starts.  If the socket is absent or refuses, the client
 runs bin/qmail-queue as before.
 """
 
+import errno
 import os
 
 from qmail.lib import auto, execvp
@@ -166,6 +167,14 @@ class QueueClient:
             os.close(fd)
         self.fdm, self.fde, self.fderr = pim[1], pie[1], pierr[0]
         self.fdout = self.fdm
+
+    def open_failed(self) -> bool:
+        """Whether qmail's qmail_open would have failed: no pipes, or no
+        process (fork's EAGAIN, ENOMEM).  A program that could not be
+        run is not that: qmail finds it at qmail_close."""
+        err = self.spawn_error
+        return err is not None and (self.fde == -1 or getattr(
+            err, 'errno', None) in (errno.EAGAIN, errno.ENOMEM))
 
     def _flush(self):
         data = memoryview(bytes(self.buf))
