@@ -39,7 +39,9 @@ Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           Clients fall back to bin/qmail-queue whenever the socket is
           absent or refuses, so mail never depends on it; an internal
           error in the pool's parent restarts the pool a second later
-          (the fifth within a minute: exit 111).
+          (the fifth within a minute: exit 111).  What went wrong goes
+          to fd 2, which qmail-start makes qmail-send's log: lines
+          "qmail-queued: warning: ..." and "qmail-queued: fatal: ...".
 See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 """
 
@@ -276,15 +278,33 @@ def serve(listener: socket.socket, uids: dict):
         try:
             pools[0].serve(watch)
             return 0
-        except Exception:
+        except Exception as err:
             if stopping:
                 raise
+            trouble = why(err)
         now = time.monotonic()
         failures = [t for t in failures if now - t < RESTART_WINDOW] + [now]
         if len(failures) >= RESTARTS:
+            say('fatal: writers failed %d times within %g seconds, the last: %s'
+                % (RESTARTS, RESTART_WINDOW, trouble))
             return 111
+        say('warning: writers failed: %s; starting them again' % trouble)
         time.sleep(RESTART_PAUSE)
     return 0
+
+
+def say(text: str):
+    """One line to fd 2: qmail-start makes it qmail-send's log."""
+    try:
+        os.write(2, ('qmail-queued: %s\n' % text).encode('utf-8', 'replace'))
+    except OSError:
+        pass
+
+
+def why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return '%s (%s)' % (type(err).__name__, err)
 
 
 def watch_fd0() -> bool:
@@ -319,17 +339,22 @@ def main(argv=None) -> int:
     # the set-uid qmail-queue makes qmailq's whoever runs it.
     try:
         if os.geteuid() != auto.uid(auto.USER_QUEUE):
-            sys.stderr.write('qmail-queued: fatal: must run as %s (qmail-start '
-                             'starts it)\n' % auto.USER_QUEUE)
+            say('fatal: must run as %s (qmail-start starts it)' % auto.USER_QUEUE)
             return 111
-    except KeyError:
+    except KeyError as err:
+        say("fatal: unable to find qmail's users: %s" % err.args[0])
         return 111
     try:
         uids = queue.queue_uids()
+    except KeyError as err:
+        say("fatal: unable to find qmail's users: %s" % err.args[0])
+        return 111
+    try:
         os.chdir(auto.QMAIL)
         listener = listen(auto.QMAIL)
         os.chdir('queue')
-    except (OSError, KeyError):
+    except OSError as err:
+        say('fatal: unable to listen on %s: %s' % (socket_path(auto.QMAIL), why(err)))
         return 111
     os.umask(0o033)
     return serve(listener, uids)

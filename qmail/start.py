@@ -15,8 +15,9 @@ Starts:   qmail-send (qmails, group qmail), qmail-lspawn (root),
           start; this process becomes qmail-send.
 Writes:   nothing itself; without a logger, qmail-send's record goes to
           qmail-start's stdout.
-Exits:    111 on any trouble before qmail-send starts (silently, as qmail;
-          but a qmail-send already running is named, and nothing else
+Exits:    111 on any trouble before qmail-send starts (qmail says
+          nothing; this one says why, an "alert: cannot start:" line in
+          the log.  A qmail-send already running is named, and nothing else
           is started.  The look at its lock is let go before qmail-send
           takes it: of two qmail-starts at the same instant both may
           start their daemons, and the refused one's qmail-queued take
@@ -53,8 +54,10 @@ def devnull_fd2():
         os.close(fd)
 
 
-def child(fdin: int, fdout: int, pipes, setup, program):
-    """Fork a daemon reading fdin as its fd 0 and writing fdout as fd 1."""
+def child(fdin: int, fdout: int, pipes, setup, program, logged=False):
+    """Fork a daemon reading fdin as its fd 0 and writing fdout as fd 1.
+    logged: its fd 2 is qmail-start's fd 1, the log (qmail-queued's,
+    which talks to nobody else); else /dev/null."""
     pid = os.fork()
     if pid:
         return pid
@@ -66,8 +69,11 @@ def child(fdin: int, fdout: int, pipes, setup, program):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup()
         os.dup2(fdin, 0)
+        if logged:
+            os.dup2(1, 2)
+        else:
+            devnull_fd2()
         os.dup2(fdout, 1)
-        devnull_fd2()
         os.closerange(3, 1 << 16)
         code = program()
     except BaseException:
@@ -94,12 +100,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.chdir('/')
     os.umask(0o077)
-    try:
-        uidl, uidq = auto.uid(auto.USER_LOG), auto.uid(auto.USER_QUEUE)
-        uidr, uids = auto.uid(auto.USER_REMOTE), auto.uid(auto.USER_SEND)
-        gidn, gidq = auto.gid(auto.GROUP_NOFILES), auto.gid(auto.GROUP_QMAIL)
-    except KeyError:
-        return 111
+    # (a KeyError: a user or group missing; run() says so)
+    uidl, uidq = auto.uid(auto.USER_LOG), auto.uid(auto.USER_QUEUE)
+    uidr, uids = auto.uid(auto.USER_REMOTE), auto.uid(auto.USER_SEND)
+    gidn, gidq = auto.gid(auto.GROUP_NOFILES), auto.gid(auto.GROUP_QMAIL)
     os.setgroups([gidq])
     os.setgid(gidq)
     for fd in (2, 3, 4, 5, 6):     # keep 2-6 taken while the pipes are made
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
     # (fd 7, close-on-exec): end of file there tells it to stop.
     pq = os.pipe()
     send.QUEUED_PID = child(pq[0], os.open('/dev/null', os.O_WRONLY), pipes,
-                            setup_queued, as_queued)
+                            setup_queued, as_queued, logged=True)
     os.close(pq[0])
 
     os.setuid(uids)
@@ -201,7 +205,18 @@ def main(argv=None) -> int:
 def run():
     try:
         code = main()
-    except BaseException:
+    except BaseException as err:
+        # Beyond qmail, which exits without a word: the log says why.
+        if isinstance(err, OSError) and err.strerror:
+            why = err.strerror
+        elif isinstance(err, KeyError):
+            why = "unable to find qmail's users and groups"
+        else:
+            why = 'internal error (%s)' % type(err).__name__
+        try:
+            os.write(1, ('alert: cannot start: qmail-start: %s\n' % why).encode())
+        except OSError:
+            pass
         code = 111
     os._exit(code)
 

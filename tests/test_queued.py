@@ -32,7 +32,7 @@ class FakePool:
         return None
 
 
-def test_a_failed_pool_is_started_again(monkeypatch):
+def test_a_failed_pool_is_started_again(monkeypatch, capfd):
     FakePool.runs = []
     pauses = []
     monkeypatch.setattr(queued.prefork, 'Pool', FakePool)
@@ -42,6 +42,9 @@ def test_a_failed_pool_is_started_again(monkeypatch):
     assert queued.serve(None, {}) == 0
     assert len(FakePool.runs) == 2 and FakePool.runs[0] is not FakePool.runs[1]
     assert pauses == [queued.RESTART_PAUSE]
+    # fd 2 is qmail-send's log (qmail-start's fd 1): it says why
+    assert capfd.readouterr().err == ('qmail-queued: warning: writers failed: '
+                                      'TypeError (a bug); starting them again\n')
 
 
 def test_term_in_the_pause_ends_the_daemon(monkeypatch):
@@ -56,7 +59,7 @@ def test_term_in_the_pause_ends_the_daemon(monkeypatch):
     assert len(FakePool.runs) == 1
 
 
-def test_a_pool_failing_again_and_again_ends_the_daemon(monkeypatch):
+def test_a_pool_failing_again_and_again_ends_the_daemon(monkeypatch, capfd):
     """Clients then find nobody at the socket and fall back at once,
     rather than wait on a socket no writer serves."""
     FakePool.runs = []
@@ -71,6 +74,10 @@ def test_a_pool_failing_again_and_again_ends_the_daemon(monkeypatch):
     monkeypatch.setattr(FakePool, 'serve', serve)
     assert queued.serve(None, {}) == 111
     assert len(FakePool.runs) == queued.RESTARTS
+    said = capfd.readouterr().err.splitlines()
+    assert said[-1] == ('qmail-queued: fatal: writers failed 5 times within 60 seconds, '
+                        'the last: TypeError (a bug)')
+    assert len(said) == queued.RESTARTS
 
 
 def test_a_qp_fits_a_signed_32_bit_number():

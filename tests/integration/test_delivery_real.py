@@ -636,6 +636,46 @@ def test_delivery_worker_killed_mid_delivery_is_retried(world):
     assert len(new_mail(u2, before)) == 1
 
 
+def test_a_qmail_queued_that_cannot_start_says_why_in_the_log(world):
+    """qmail-queued's fd 2 was /dev/null: a daemon that could not listen
+    (or, under ulimit -n 24, open that /dev/null) ended with "exit 111"
+    in qmail-send's alert and no reason anywhere."""
+    home = install_home(DOMAIN)
+    run = os.path.join(home, 'run')
+    os.chown(run, 0, 0)             # qmailq may not make its socket here
+    os.chmod(run, 0o755)
+    mta = Mta(home, './Maildir/')
+    try:
+        mta.wait_log('qmail-queued: fatal: unable to listen on %s/qmail-queue.sock: '
+                     'Permission denied' % run)
+        mta.wait_log('alert: qmail-queued ended (exit 111)')
+        before = listing(world['u2'])
+        queue_raw(home, 'someone@example.com', ['qmtu2@' + DOMAIN], b'Subject: q\n\nx\n')
+        wait_new(world['u2'], before)
+    finally:
+        mta.stop()
+        remove_home(home)
+
+
+def test_qmail_start_without_descriptors_says_why(world):
+    """qmail-start that cannot make its pipes (ulimit -n 22) exits 111;
+    as C qmail's, it said nothing at all."""
+    import resource
+    home = install_home(DOMAIN)
+    log = os.path.join(os.path.dirname(home), 'start.log')
+    try:
+        with open(log, 'wb') as f:
+            r = subprocess.run(
+                [os.path.join(home, 'bin', 'qmail-start'), './Maildir/'],
+                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                env={'PATH': '/usr/bin:/bin'}, timeout=TIMEOUT,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (22, 22)))
+        assert r.returncode == 111
+        assert open(log).read() == 'alert: cannot start: qmail-start: Too many open files\n'
+    finally:
+        remove_home(home)
+
+
 def test_a_dead_qmail_queued_is_reaped_and_mail_still_flows(world):
     """qmail-queued is qmail-send's child (qmail-start forked it, then
     became qmail-send): killed, it was a zombie till the next restart and
