@@ -272,7 +272,7 @@ def serve(listener: socket.socket, uids: dict):
     cap = UidCap({0} | {uids[k] for k in ('alias', 'daemon', 'send') if k in uids})
     while not stopping:
         pools[:] = [prefork.Pool(listener, make_handler(uids, cap), MAX_WRITERS,
-                                 spare=SPARE, max_use=MAX_USE)]
+                                 spare=SPARE, max_use=MAX_USE, log=pool_log)]
         if stopping:
             break                       # TERM came as the pool was made
         try:
@@ -299,6 +299,13 @@ def say(text: str):
         os.write(2, ('qmail-queued: %s\n' % text).encode('utf-8', 'replace'))
     except OSError:
         pass
+
+
+def pool_log(level: int, text: str):
+    """The pool's warnings (unable to fork, to accept); not its level 1
+    "end" lines, tcpserver's form, for qmail-listen's log."""
+    if level == 0:
+        say(text)
 
 
 def why(err: BaseException) -> str:

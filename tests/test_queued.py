@@ -19,7 +19,7 @@ def keep_term():
 class FakePool:
     runs = []
 
-    def __init__(self, sock, handle, limit, spare, max_use):
+    def __init__(self, sock, handle, limit, spare, max_use, log=None):
         self.stopped = False
 
     def stop(self):
