@@ -255,6 +255,9 @@ def test_auth_user_is_in_the_environment_only_while_qmail_queue_starts(monkeypat
         def __init__(self, program):
             seen.append(os.environ.get('TCPREMOTEINFO'))
 
+        def open_failed(self):
+            return False
+
     monkeypatch.setattr(smtpd, 'QueueClient', Spy)
     monkeypatch.setenv('TCPREMOTEINFO', 'identd-said')
     session = type('S', (), {'authuser': b'alice'})()
