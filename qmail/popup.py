@@ -534,12 +534,17 @@ def starttls(session: Session, conn, certfile: str, wait: float):
     timeout = session.config.timeout
     try:
         ctx = server_context(certfile)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError, MemoryError) as err:
+        # (ImportError, MemoryError: a memory limit too small for libssl)
         if not session.flagtlswhy:      # once a connection: a client may ask again and again
             session.flagtlswhy = True
-            from qmail.smtpd_tls import cert_trouble
-            log(b'qmail-popup: unable to load %s\n'
-                % cert_trouble(err)[:200].translate(_PRINTABLE_SP))
+            if isinstance(err, (ImportError, MemoryError)):
+                why = b'the ssl module: ' + (str(err) or type(err).__name__).encode(
+                    'utf-8', 'replace')
+            else:
+                from qmail.smtpd_tls import cert_trouble
+                why = cert_trouble(err)
+            log(b'qmail-popup: unable to load %s\n' % why[:200].translate(_PRINTABLE_SP))
         conn.write(session.starttls_refused(), timeout)
         return conn
     conn.write(R_STLSGO, timeout)

@@ -1104,10 +1104,7 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
                 if replies:
                     channel.write(replies, timeout)
                 if session.flagstarttls:
-                    from qmail import smtpd_tls     # ssl costs start-up time
-                    channel = smtpd_tls.starttls(
-                        session, channel, fdin, certfile,
-                        read_wait(session, session.clock()))
+                    channel = starttls(session, channel, fdin, certfile)
                     if channel is None:
                         return 1
                     if session.tls is not None:
@@ -1123,6 +1120,23 @@ def serve_session(session, channel, fdin, certfile, timeout) -> int:
         if tlschannel is not None:
             tlschannel.close()
     return session.exitcode
+
+
+def starttls(session, channel, fdin, certfile):
+    """smtpd_tls.starttls(), loaded on the first STARTTLS (ssl costs
+    start-up time): the channel to go on with, None if the handshake
+    failed.  A memory limit too small for libssl (softlimit -m) is a
+    454, the session goes on in the clear and the log says why."""
+    try:
+        from qmail import smtpd_tls
+    except (ImportError, MemoryError) as err:
+        why = str(err) or type(err).__name__
+        channel.write(session.starttls_refused(
+            b'the ssl module: ' + logsafe(why.encode('utf-8', 'replace'))),
+            session.config.timeout)
+        return channel
+    return smtpd_tls.starttls(session, channel, fdin, certfile,
+                              read_wait(session, session.clock()))
 
 
 def read_wait(session: Session, now: float) -> float:

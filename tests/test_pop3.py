@@ -968,7 +968,8 @@ class Server:
     """Accepts one connection on 127.0.0.1 and runs qmail-popup on it,
     fds 0 and 1 the accepted socket, as tcpserver would."""
 
-    def __init__(self, home, argv=None):
+    def __init__(self, home, argv=None, prelude=''):
+        self.prelude = prelude      # python run before qmail-popup's main
         self.listener = socket.socket()
         self.listener.bind(('127.0.0.1', 0))
         self.listener.listen(1)
@@ -987,8 +988,9 @@ class Server:
         except OSError:
             return
         env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': ROOT, 'TCPREMOTEIP': peer[0]}
-        code = ('import sys; from qmail import popup; '
-                'sys.exit(popup.main(%r, home=%r))' % (self.argv, str(self.home.path)))
+        code = self.prelude + ('import sys; from qmail import popup; '
+                               'sys.exit(popup.main(%r, home=%r))'
+                               % (self.argv, str(self.home.path)))
         with conn:
             proc = subprocess.Popen([sys.executable, '-c', code], stdin=conn,
                                     stdout=conn, stderr=subprocess.PIPE, env=env)
@@ -1270,6 +1272,25 @@ def test_program_stls_with_a_bad_certificate(home):
           + [b'+OK ', b''])
     server.wait()
     assert server.stderr.count(b'qmail-popup: unable to load control/servercert.pem: ') == 1, \
+        server.stderr
+
+
+def test_program_stls_without_memory_for_the_ssl_module(home, certificate):
+    """A memory limit too small for libssl: STLS ended the session with a
+    traceback (ImportError).  Now the -ERR of a certificate that cannot
+    be loaded, the session goes on, and the log says why."""
+    home.control('servercert.pem', certificate.read_bytes())
+    prelude = ('import resource; from qmail import popup; '
+               'vm = [int(l.split()[1]) for l in open("/proc/self/status") '
+               'if l.startswith("VmSize")][0]; '
+               'resource.setrlimit(resource.RLIMIT_AS, ((vm + 2048) * 1024, '
+               'resource.RLIM_INFINITY)); ')
+    server = Server(home, prelude=prelude)
+    out = raw_talk(server, b'STLS\r\nSTLS\r\nQUIT\r\n')
+    check(out.split(b'\r\n')[1:], [b'-ERR TLS not available due to temporary reason'] * 2
+          + [b'+OK ', b''])
+    check(server.wait(), 0)
+    assert server.stderr.count(b'qmail-popup: unable to load the ssl module: ') == 1, \
         server.stderr
 
 

@@ -946,7 +946,7 @@ class Server:
     """Accepts one connection on 127.0.0.1 or ::1 and runs qmail-smtpd
     on it, fds 0 and 1 the accepted socket, as tcpserver would."""
 
-    def __init__(self, home, host='127.0.0.1', argv=None, env=None):
+    def __init__(self, home, host='127.0.0.1', argv=None, env=None, prelude=''):
         family = socket.AF_INET6 if ':' in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.bind((host, 0))
@@ -957,6 +957,7 @@ class Server:
         self.home = home
         self.argv = home.argv if argv is None else argv
         self.env = env or {}
+        self.prelude = prelude      # python run before qmail-smtpd's main
         self.returncode = None
         self.stderr = None
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -971,7 +972,7 @@ class Server:
                'QMAILQUEUE': str(self.home.fakeq), 'TCPREMOTEIP': peer[0],
                'TCPLOCALIP': self.host, 'TCPLOCALHOST': 'mx.example.org'}
         env.update(self.env)
-        code = main_code('smtpd', self.home.path, repr(self.argv))
+        code = self.prelude + main_code('smtpd', self.home.path, repr(self.argv))
         with conn:
             proc = subprocess.Popen([sys.executable, '-c', code], stdin=conn,
                                     stdout=conn, stderr=subprocess.PIPE, env=env)
@@ -1218,6 +1219,35 @@ def test_program_unreadable_certificate(home):
     got = re.findall(rb'qmail-smtpd: pid \d+ from 127\.0\.0\.1 helo client\.example '
                      rb'starttls: unable to load control/servercert\.pem: \S',
                      server.stderr)
+    assert len(got) == 1, server.stderr
+
+
+def test_program_without_memory_for_the_ssl_module(home):
+    """A memory limit too small for libssl (softlimit -m in a run script
+    kept from C qmail): STARTTLS ended the session with "421 internal
+    error".  Now the 454 of a certificate that cannot be loaded, the
+    session goes on in the clear, and the log says why."""
+    # qmail-smtpd loaded, then 2 MB more address space: libcrypto's
+    # mapping fails (ssl is imported only at the first STARTTLS)
+    prelude = ('import resource; from qmail import smtpd; '
+               'vm = [int(l.split()[1]) for l in open("/proc/self/status") '
+               'if l.startswith("VmSize")][0]; '
+               'resource.setrlimit(resource.RLIMIT_AS, ((vm + 2048) * 1024, '
+               'resource.RLIM_INFINITY)); ')
+    server = Server(home, prelude=prelude)
+    with connect(server) as smtp:
+        smtp.ehlo('client.example')
+        for _ in range(2):
+            check(smtp.docmd('STARTTLS'),
+                  (454, b'TLS not available due to temporary reason (#4.3.0)'))
+        # (no DATA: 2 MB leave no room for starting the QMAILQUEUE script)
+        check(smtp.mail('a@b.example')[0], 250)
+        check(smtp.rcpt('u@example.org')[0], 250)
+        check(smtp.rset()[0], 250)
+        smtp.quit()
+    check(server.wait(), 0)
+    got = re.findall(rb'qmail-smtpd: pid \d+ from 127\.0\.0\.1 helo client\.example '
+                     rb'starttls: unable to load the ssl module: \S', server.stderr)
     assert len(got) == 1, server.stderr
 
 
