@@ -316,6 +316,11 @@ class Listener:
         name = builtin_module(o.program[0])
         if name:
             self.module = __import__('qmail.' + name, fromlist=['main'])
+        # What qmail-smtpd and qmail-qmtpd offer a pool: warm() in the
+        # parent loads the control files its workers share; retire()
+        # after a session says a worker read them again for itself.
+        self.warm = getattr(self.module, 'warm', None)
+        self.retire = getattr(self.module, 'retire', None)
 
     def status(self):
         self.log(1, 'status: %d/%d' % (len(self.children), self.o.limit))
@@ -385,7 +390,7 @@ class Listener:
             # status line: the pool's parent is not woken for it)
             status=(lambda busy, limit: self.log(1, 'status: %d/%d' % (busy, limit)))
             if self.o.verbosity >= 1 else None,
-            log=self.log)
+            log=self.log, before_fork=self.warm)
         self.pool.serve()
         return 0
 
@@ -440,6 +445,8 @@ class Listener:
             # only what differs (most often TCPREMOTEPORT alone).
         # tcpserver's status is the wait status: an exit code times 256
         self.log(1, 'end %d status %d' % (pid, ((code if isinstance(code, int) else 111) & 255) << 8))
+        if keep and self.retire is not None and self.retire():
+            keep = False                    # for a worker sharing the new controls
         if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
             import gc
             gc.collect()                    # a forgotten file object's close

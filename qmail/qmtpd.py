@@ -118,8 +118,8 @@ from qmail.lib.cdb import CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
-from qmail.smtpd import (Gone, MAXHOPS, Peer, kept_config, peer_env, safe, scan_ulong,
-                         write_all)
+from qmail.smtpd import (Gone, MAXHOPS, Peer, kept_config, peer_env, retire as
+                         smtpd_retire, safe, scan_ulong, warm_config, write_all)
 from qmail.smtpd_blast import HOPLINE
 from qmail.lib import rcptmap
 from qmail.smtpd_addr import addrallowed, bmfcheck
@@ -663,6 +663,15 @@ def load_config(ctl: control.Controls, environ) -> Config:
     config, _last_config = kept_config(_last_config, ctl, environ, CONFIG_FILES,
                                        read_config)
     return config
+
+
+def warm(home=None):
+    """qmail-listen's parent loads the Config its workers will share
+    (smtpd.warm)."""
+    warm_config(load_config, home)
+
+
+retire = smtpd_retire   # qmail-listen's question after a session (smtpd.retire)
 
 
 def read_config(ctl: control.Controls, environ) -> Config:

@@ -893,8 +893,50 @@ def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
     config = read(ctl, environ)
     if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
             config.morercpthosts is None or config.morercpthosts.in_memory):
+        if last is not None and last[0][1] != key[1]:
+            _changed[0] = True      # the files changed (not DATABYTES): retire()
         return config, (key, config)
-    return config, None
+    # A file changed a moment ago (no key): the last kept stays, to tell
+    # the next session's reading that the files changed since.
+    return config, (last if key is None else None)
+
+
+_changed = [False]      # a pool worker's kept Config was read again
+
+
+def retire() -> bool:
+    """After a session in a qmail-listen worker: whether the worker
+    should make way for a fresh one because its kept Config had to be
+    read again (a control file changed).  What it read is its own; a
+    worker forked after the listener read the same (warm) shares it."""
+    changed, _changed[0] = _changed[0], False
+    return changed
+
+
+def warm(home=None):
+    """In qmail-listen's parent, before it forks workers (prefork's
+    before_fork): the Config a session would load now, kept for the
+    workers to use as they find it (load_config), in pages they share
+    rather than each a parsed copy of its own (rcpthosts and
+    badmailfrom of 100,000 lines each: 58 MB a worker)."""
+    warm_config(load_config, home)
+
+
+def warm_config(load, home=None):
+    """load(Controls, environ) as a session in a worker would call it:
+    from home, as the -u user, with the listener's environment; the
+    parent's directory unchanged.  Trouble is left for a session to
+    meet and report."""
+    here = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(auto.QMAIL if home is None else home)
+        load(control.Controls('control').init(), os.environb)
+    except (OSError, CdbError, LookupError):
+        pass
+    finally:
+        _changed[0] = False     # the parent's reading is no worker's to retire for
+        os.fchdir(here)
+        os.close(here)
 
 
 def read_config(ctl: control.Controls, environ) -> Config:

@@ -301,3 +301,35 @@ def test_a_control_past_the_limit_is_trouble_not_cut(tmp_path, monkeypatch):
     assert info.value.errno == errno.EFBIG and info.value.filename == str(path)
     path.write_bytes(b'a.example:joe\n' * 7)                             # 98: whole
     assert control.readfile(str(path)) == [b'a.example:joe'] * 7
+
+
+def test_smtpd_retire_says_when_a_kept_config_was_read_again(tmp_path, monkeypatch):
+    """qmail-listen retires a worker that read its controls again (the
+    files changed), so that one forked after the listener read them
+    shares them; a fresh worker's first reading, another DATABYTES or a
+    reading of files changed a moment ago is no reason."""
+    from qmail import smtpd
+    d = tmp_path / 'control'
+    d.mkdir()
+    (d / 'me').write_text('mx.example\n')
+    (d / 'rcpthosts').write_text('a.example\n')
+    monkeypatch.setattr(smtpd, '_last_config', None)
+    monkeypatch.setattr(smtpd, '_changed', [False])
+    ctl = control.Controls(str(d))
+    monkeypatch.setattr(control, 'RACY', -1e9)
+    smtpd.load_config(ctl, {})
+    assert not smtpd.retire()               # the first reading
+    smtpd.load_config(ctl, {b'DATABYTES': b'7'})
+    assert not smtpd.retire()               # not the files
+    smtpd.load_config(ctl, {})
+    assert not smtpd.retire()
+    (d / 'rcpthosts').write_text('a.example\nb.example\n')
+    monkeypatch.setattr(control, 'RACY', 1e9)   # changed a moment ago: no key
+    assert b'b.example' in smtpd.load_config(ctl, {}).rcpthosts
+    assert not smtpd.retire()
+    monkeypatch.setattr(control, 'RACY', -1e9)  # settled: kept, the change seen
+    assert b'b.example' in smtpd.load_config(ctl, {}).rcpthosts
+    assert smtpd.retire()
+    assert not smtpd.retire()               # said once
+    smtpd.load_config(ctl, {})
+    assert not smtpd.retire()

@@ -255,3 +255,27 @@ def test_fork_failures_in_a_row_are_said_less_and_less(monkeypatch):
     pool.grow()
     assert lines[-1] == 'warning: able to fork again, after 120 failures'
     assert pool.workers == {4321: 0} and pool.fork_failures == 0
+
+
+def test_before_fork_runs_once_a_batch_and_its_trouble_is_ignored(monkeypatch):
+    """before_fork() in the parent (qmail-listen's reading of the control
+    files its workers will share): once before each batch of forks, none
+    when no worker is wanted; an exception from it forks all the same."""
+    calls = []
+
+    def before():
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError('unreadable')
+    pool = prefork.Pool(None, None, 4, spare=2, before_fork=before)
+    pool.board = bytearray([prefork.FREE] * 4)
+    pool.free = [3, 2, 1, 0]
+    pids = iter(range(1000, 1010))
+    monkeypatch.setattr(prefork.os, 'fork', lambda: next(pids))    # (the parent's side)
+    pool.grow()
+    assert calls == [1] and len(pool.workers) == 2
+    pool.grow()                         # two idle: nothing wanted
+    assert calls == [1]
+    pool.board[pool.workers[1000]] = prefork.BUSY
+    pool.grow()
+    assert calls == [1, 1] and len(pool.workers) == 3

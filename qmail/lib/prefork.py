@@ -76,15 +76,19 @@ class Pool:
     """pool = Pool(sock, handle, limit); pool.serve(watch) -> None.
 
     child_init() runs once in each new worker, before its first
-    connection.  status(busy, total) is called whenever the number of
+    connection; before_fork(), in the parent before it forks one or
+    more workers, loads what they should share (their copy-on-write
+    pages) rather than each read for itself; its exceptions are
+    ignored (the workers then read it themselves).  status(busy, total) is called whenever the number of
     busy workers changes: in the worker that took or ended a connection,
     in the parent at the start and when a worker died busy.  watch:
     extra descriptors for the parent's poll; watch[fd]() is called when
     one is readable and returns True to stop the pool."""
 
     def __init__(self, sock, handle, limit, spare=4, max_use=100, idle_exit=60.0,
-                 child_init=None, status=None, log=None):
+                 child_init=None, status=None, log=None, before_fork=None):
         self.sock = sock
+        self.before_fork = before_fork
         self.handle = handle
         self.limit = max(1, limit)
         self.spare = max(1, min(spare, self.limit))
@@ -185,8 +189,15 @@ class Pool:
                     pass
 
     def grow(self):
+        warmed = self.before_fork is None
         while (not self.stopping and len(self.workers) < self.limit
                and len(self.workers) - self.busy() < self.spare):
+            if not warmed:
+                warmed = True
+                try:
+                    self.before_fork()
+                except Exception:
+                    pass
             slot = self.free.pop()
             self.board[slot] = IDLE
             try:
