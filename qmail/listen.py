@@ -321,6 +321,9 @@ class Listener:
         # after a session says a worker read them again for itself.
         self.warm = getattr(self.module, 'warm', None)
         self.retire = getattr(self.module, 'retire', None)
+        # and descriptors(): those it keeps open between sessions, on
+        # purpose (a big cdb read in pieces), not left open by mistake
+        self.descriptors = getattr(self.module, 'descriptors', None)
 
     def status(self):
         self.log(1, 'status: %d/%d' % (len(self.children), self.o.limit))
@@ -406,7 +409,15 @@ class Listener:
             self.cwd = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             self.cwd = None
-        self.baseline_fds = prefork.open_fds()
+        self.baseline_fds = self.open_fds()
+
+    def open_fds(self) -> int:
+        """The worker's descriptors but those the program keeps on
+        purpose; -1 where they cannot be counted."""
+        n = prefork.open_fds()
+        if n >= 0 and self.descriptors is not None:
+            n -= self.descriptors()
+        return n
 
     def handle(self, conn, remote) -> bool:
         """One connection in a pool worker; False retires the worker."""
@@ -447,10 +458,10 @@ class Listener:
         self.log(1, 'end %d status %d' % (pid, ((code if isinstance(code, int) else 111) & 255) << 8))
         if keep and self.retire is not None and self.retire():
             keep = False                    # for a worker sharing the new controls
-        if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
+        if not self.pool.orphan and self.open_fds() != self.baseline_fds:
             import gc
             gc.collect()                    # a forgotten file object's close
-            if not self.pool.orphan and prefork.open_fds() != self.baseline_fds:
+            if not self.pool.orphan and self.open_fds() != self.baseline_fds:
                 self.log(0, 'warning: worker %d retired: descriptor left open (%s)'
                          % (pid, prefork.describe_fds()))
                 keep = False

@@ -118,7 +118,7 @@ from qmail.lib.cdb import CdbError
 from qmail.lib.date822 import date822
 from qmail.lib.netstring import NetstringError, Reader, encode
 from qmail.lib.qqtalk import QueueClient
-from qmail.smtpd import (Gone, MAXHOPS, Peer, kept_config, peer_env, retire as
+from qmail.smtpd import (Gone, MAXHOPS, Peer, held, kept_config, peer_env, retire as
                          smtpd_retire, safe, scan_ulong, warm_config, write_all)
 from qmail.smtpd_blast import HOPLINE
 from qmail.lib import rcptmap
@@ -672,6 +672,11 @@ def warm(home=None):
 
 
 retire = smtpd_retire   # qmail-listen's question after a session (smtpd.retire)
+
+
+def descriptors() -> int:
+    """qmail-listen's question: those the kept Config holds (smtpd.held)."""
+    return held(_last_config)
 
 
 def read_config(ctl: control.Controls, environ) -> Config:

@@ -878,8 +878,8 @@ def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
     while none of files (rcptcheck last of them: with it ROUTING_FILES
     too) changed, DATABYTES is the same and its recipient map is fresh;
     else read(ctl, environ), kept unless a file could not be stamped or
-    its map or morercpthosts.cdb is not held whole in memory.  last is
-    (key, config) or None; qmail-smtpd's and qmail-qmtpd's load_config."""
+    its map or morercpthosts.cdb is broken.  last is (key, config) or
+    None; qmail-smtpd's and qmail-qmtpd's load_config."""
     key = control.stamps(ctl.directory, files)
     if key is not None and key[-1] is not None:         # rcptcheck
         routing = control.stamps(ctl.directory, ROUTING_FILES)
@@ -892,7 +892,7 @@ def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
                 return config, last
     config = read(ctl, environ)
     if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
-            config.morercpthosts is None or config.morercpthosts.in_memory):
+            not isinstance(config.morercpthosts, cdb.Unreadable)):
         if last is not None and last[0][1] != key[1]:
             _changed[0] = True      # the files changed (not DATABYTES): retire()
         return config, (key, config)
@@ -902,6 +902,23 @@ def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
 
 
 _changed = [False]      # a pool worker's kept Config was read again
+
+
+def held(last) -> int:
+    """The descriptors a kept Config holds open between sessions (a cdb
+    over READ_ALL_LIMIT is read in pieces: morercpthosts.cdb of a
+    million domains, users/rcpt.cdb of many users), for qmail-listen's
+    count of a worker's descriptors."""
+    if last is None:
+        return 0
+    config = last[1]
+    return ((config.morercpthosts.descriptors if config.morercpthosts is not None else 0)
+            + (config.rcptmap.descriptors if config.rcptmap is not None else 0))
+
+
+def descriptors() -> int:
+    """qmail-listen's question: those qmail-smtpd keeps (held)."""
+    return held(_last_config)
 
 
 def retire() -> bool:

@@ -62,6 +62,7 @@ class Unreadable:
     being taken, the lookups that need the file are deferred)."""
 
     in_memory = False       # (read again by the next session, not kept)
+    descriptors = 0
 
     def __init__(self, problem: str):
         self.problem = problem
@@ -161,6 +162,11 @@ class Cdb:
     def in_memory(self) -> bool:
         """Read whole (no descriptor held open)."""
         return self._fd is None
+
+    @property
+    def descriptors(self) -> int:
+        """How many it holds open (a qmail-listen worker's count)."""
+        return 0 if self._fd is None else 1
 
     def close(self) -> None:
         if self._fd is not None:

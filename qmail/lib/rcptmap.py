@@ -224,11 +224,14 @@ class RcptMap:
 
     def reusable(self) -> bool:
         """May a later session use this map again, after fresh() says
-        so?  Not a broken one, nor one read in pieces through a descriptor
-        it holds (over cdb's READ_ALL_LIMIT: opening it again costs
-        little, and a qmail-listen worker keeps no descriptor between
-        sessions)."""
-        return self.state != 'broken' and (self._db is None or self._db.in_memory)
+        so?  Not a broken one.  (One over cdb's READ_ALL_LIMIT, read in
+        pieces, holds its descriptor: descriptors says so.)"""
+        return self.state != 'broken'
+
+    @property
+    def descriptors(self) -> int:
+        """How many it holds open (a qmail-listen worker's count)."""
+        return 0 if self._db is None else self._db.descriptors
 
     def fresh(self, stat_fn=os.stat) -> bool:
         """Would RcptMap(path) now answer as this one does?  The same

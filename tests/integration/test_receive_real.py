@@ -730,3 +730,55 @@ def test_listen_workers_share_the_parsed_control_files():
         proc.terminate()
         proc.wait(timeout=TIMEOUT)
         remove_home(home)
+
+
+def test_listen_worker_keeps_a_big_morercpthosts_cdb_open_between_sessions():
+    """morercpthosts.cdb over 16 MiB is read in pieces through its
+    descriptor.  A qmail-listen worker took such a Config for one it
+    could not keep (a descriptor held between sessions retired it), so
+    every session read every control file again (37-87 ms).  Now the
+    Config is kept and its descriptor counted as kept on purpose: the
+    worker serves on, and a new qmail-newmrh is seen at once."""
+    home = install_home(DOMAIN)
+    ctl = os.path.join(home, 'control')
+    with open(os.path.join(ctl, 'morercpthosts'), 'w') as f:
+        f.write(''.join('d%06d.example.net\n' % i for i in range(450000)))
+    subprocess.run([os.path.join(home, 'bin', 'qmail-newmrh')], check=True, timeout=TIMEOUT)
+    cdbpath = os.path.join(ctl, 'morercpthosts.cdb')
+    assert os.path.getsize(cdbpath) > 1 << 24
+    time.sleep(0.2)             # settled (control.settled)
+    p = free_port()
+    pw = pwd.getpwnam('qmaild')
+    err = os.path.join(os.path.dirname(home), 'listen-cdb.log')
+    with open(err, 'wb') as errf:
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-listen'), '-v', '-c', '1',
+                                 '-u', str(pw.pw_uid), '-g', str(pw.pw_gid), '127.0.0.1', str(p),
+                                 os.path.join(home, 'bin', 'qmail-smtpd')],
+                                env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL,
+                                stderr=errf)
+    try:
+        wait_port(p)
+
+        def rcpt(domain):
+            return codes(talk(p, [b'HELO x', b'MAIL FROM:<a@example.com>',
+                                  b'RCPT TO:<u@%s>' % domain, b'QUIT']))[3]
+        for _ in range(3):
+            assert rcpt(b'd123456.example.net') == b'250'
+            assert rcpt(b'elsewhere.example') == b'553'
+        worker, = subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True,
+                                 text=True, timeout=TIMEOUT).stdout.split()
+        held = [os.readlink('/proc/%s/fd/%s' % (worker, fd))
+                for fd in os.listdir('/proc/%s/fd' % worker)]
+        assert cdbpath in held, held
+        log = open(err).read()
+        assert 'warning' not in log, log
+        assert len(set(re.findall(r'^qmail-listen: pid (\d+) from ', log, re.M))) == 1, log
+        with open(os.path.join(ctl, 'morercpthosts'), 'a') as f:
+            f.write('new.example.net\n')
+        subprocess.run([os.path.join(home, 'bin', 'qmail-newmrh')], check=True, timeout=TIMEOUT)
+        assert rcpt(b'new.example.net') == b'250'
+        assert 'warning' not in open(err).read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT)
+        remove_home(home)
