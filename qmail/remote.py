@@ -57,7 +57,11 @@ Beyond qmail 1.03:
       port that is not a number from 1 to 65535 ("relay:", "relay:x",
       "relay:93189") defers the mail with "Unable to parse
       control/smtproutes." where qmail tried port 0, or the number
-      modulo 65536.
+      modulo 65536.  A user and a password after the relay ("relay:587
+      user password", the SMTP AUTH patches' form) are given to the
+      relay by SMTP AUTH (remote_smtp), only under TLS verified for the
+      relay's name (tlsdestinations' CA file, else the system's).  Port
+      465 is TLS from the connection's start (RFC 8314), no STARTTLS.
   An address with a CR or LF is never sent (the peer would read the
       rest as a command): such a recipient is refused for good (h),
       such a sender fails the message (D).
@@ -85,6 +89,7 @@ from qmail.lib import dns as qdns
 from qmail import remote_ipme, remote_smtp
 
 PORT_SMTP = 25          # silly rabbit, /etc/services is for users
+PORT_SUBMISSIONS = 465  # TLS from the connection's start (RFC 8314)
 
 
 class Report(Exception):
@@ -195,25 +200,30 @@ def lookup_map(host: bytes, table: dict):
     return None
 
 
-class SmtpAuthRoute(ValueError):
-    """An smtproutes line with a user and password after the port."""
-
-
 def parse_relay(value: bytes):
-    """(relay host, port) of an smtproutes value "relay" or "relay:port";
-    [IPv6:...] literals keep their colons.  As qmail reads the port, only
-    its leading digits count ("relay:26:" is port 26), but words after it
-    ("relay:587 user pass", the SMTP AUTH patches' form) raise
-    SmtpAuthRoute: this qmail-remote sends no password, and the relay's
-    530 to MAIL would bounce every message.  Raises ValueError."""
+    """(relay host, port, auth) of an smtproutes value "relay",
+    "relay:port", or either followed by a user and a password ("relay:587
+    user secret", the SMTP AUTH patches' form; the password is the rest
+    of the line, spaces inside it kept): auth is (user, password) or
+    None.  [IPv6:...] literals keep their colons.  As qmail reads the
+    port, only its leading digits count ("relay:26:" is port 26).
+    Raises ValueError."""
+    words = value.split(None, 1)
+    hostport = words[0] if words else b''
+    auth = None
+    if len(words) > 1:
+        creds = words[1].split(None, 1)
+        if len(creds) != 2:
+            raise ValueError('a user without a password')
+        auth = (creds[0], creds[1].strip())
     port = PORT_SMTP
-    if value.startswith(b'['):
-        end = value.find(b']')
+    if hostport.startswith(b'['):
+        end = hostport.find(b']')
         if end == -1:
             raise ValueError('unclosed bracket')
-        relay, rest = value[:end + 1], value[end + 1:]
+        relay, rest = hostport[:end + 1], hostport[end + 1:]
     else:
-        relay, sep, rest = value.partition(b':')
+        relay, sep, rest = hostport.partition(b':')
         rest = sep + rest
     if not relay:
         raise ValueError('no relay')
@@ -221,13 +231,10 @@ def parse_relay(value: bytes):
         digits = rest[1:len(rest) - len(rest[1:].lstrip(b'0123456789'))]
         if not rest.startswith(b':') or not digits:
             raise ValueError('bad port')
-        after = rest[1 + len(digits):]
-        if after[:1].isspace() and after.strip():
-            raise SmtpAuthRoute('words after the port')
         port = int(digits)
         if not 0 < port < 65536:
             raise ValueError('bad port')
-    return relay, port
+    return relay, port, auth
 
 
 def addrmangle(addr: bytes) -> bytes:
@@ -406,6 +413,18 @@ def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
                    + outsafe(host) + b'. (#4.3.0)\n') from None
 
 
+def required_policy(ciphers: bytes = None) -> TlsPolicy:
+    """TLS required and verified with the system's CAs (an smtproutes
+    route with a password, where tlsdestinations says nothing)."""
+    try:
+        return TlsPolicy(True, remote_smtp.tls_context(True, ciphers=ciphers))
+    except remote_smtp.NoCipher:
+        raise temp(b'The cipher list in control/tlsclientciphers selects no cipher. '
+                   b'(#4.3.0)\n') from None
+    except OSError:
+        raise temp(b"Unable to load the system's CA certificates. (#4.3.0)\n") from None
+
+
 def tls_for(host: bytes, mx, policy: TlsPolicy, relay=None):
     """The Tls of one address: SNI is the name the address came from (MX
     host or relay), the address itself for a literal; a required one is
@@ -449,18 +468,21 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
     check_final_newline(fd, size)
     mangled = [None if has_break(r) else addrmangle(r) for r in recips]
 
-    relay, port = None, PORT_SMTP
+    relay, port, auth = None, PORT_SMTP, None
     key = policy_name(host)
     route = lookup_map(key, settings.routes)
     if route:
         try:
-            relay, port = parse_relay(route)
-        except SmtpAuthRoute:
-            raise temp(b'control/smtproutes gives a user and password for this route; '
-                       b'this qmail-remote does no SMTP AUTH. (#4.3.0)\n') from None
+            relay, port, auth = parse_relay(route)
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
     policy = tls_policy(key, settings.tlsdest, settings.tlsciphers)
+    reason = None           # why TLS is required, when not tlsdestinations
+    if auth is not None and not policy.required:
+        # A password goes only under TLS, to the relay its certificate
+        # names (the system's CAs; tlsdestinations may name others).
+        policy = required_policy(settings.tlsciphers)
+        reason = b'my control/smtproutes gives a password for this route'
 
     if resolver is None:
         try:
@@ -488,7 +510,10 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
         # Opportunistic TLS that fails in the handshake gets a second,
         # plain connection to the same address (fellback).
         fellback = False
-        for tls in (tls_for(host, mx, policy, relay), None):
+        first = tls_for(host, mx, policy, relay)
+        first.implicit = port == PORT_SUBMISSIONS
+        first.reason = reason
+        for tls in (first, None):
             try:
                 sock = connect(mx.ip, port, settings.timeoutconnect)
             except TimeoutError:
@@ -502,7 +527,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             session = remote_smtp.Session(conn, mx.ip.encode('ascii'),
                                           settings.helohost, out, fellback)
             try:
-                return session.run(addrmangle(sender), mangled, fd, size, tls)
+                return session.run(addrmangle(sender), mangled, fd, size, tls, auth)
             except remote_smtp.TlsFallback:
                 fellback = True
                 continue

@@ -45,8 +45,21 @@ the name the address came from), else Z (#4.7.5); a peer without
 STARTTLS is Z (#4.7.10).  Whatever the peer sent before the handshake
 is discarded (CVE-2011-0411, command injection).  The K report says
 which protocol and cipher carried the message, and whether verified.
+On port 465 (Tls.implicit) the handshake comes first, before the
+greeting; no STARTTLS.
+
+SMTP AUTH (RFC 4954), for an smtproutes relay given a user and a
+password: only once the conversation is encrypted and verified (a
+password makes TLS required: no STARTTLS is Z #4.7.10, a certificate
+that does not verify Z #4.7.5), after the EHLO under TLS; PLAIN, else
+LOGIN, else CRAM-MD5, from what AUTH (or an old "AUTH=") offers.  235
+goes on to MAIL, and the K report says "SMTP AUTH as user."; anything
+else is Z (#4.7.8 refused, #4.7.0 not offered): a wrong password is
+the admin's to fix while the mail waits.  The password is in no report.
 """
 
+import binascii
+import hmac
 import os
 import ssl
 import time
@@ -90,6 +103,16 @@ class Tls:
         self.ctx, self.hostname = ctx, hostname
         self.required, self.verify, self.domain = required, verify, domain
         self.match = match
+        self.implicit = False   # TLS from the start (port 465), not STARTTLS
+        self.reason = None      # why required, when not tlsdestinations
+
+    def why(self) -> bytes:
+        """Why this TLS is required, for a report."""
+        if self.reason is not None:
+            return self.reason
+        if self.required:
+            return b'my control/tlsdestinations requires TLS for ' + safe(self.domain)
+        return b'port 465 is TLS from the start'
 
 
 def cert_names(cert: dict) -> list:
@@ -243,6 +266,10 @@ def safe(text) -> bytes:
     return bytes(ch if 32 <= ch < 127 else 63 for ch in text)
 
 
+def b64(data: bytes) -> bytes:
+    return binascii.b2a_base64(data, newline=False)
+
+
 def is_perm(code: int) -> bool:
     return 500 <= code <= 599
 
@@ -369,6 +396,7 @@ class Session:
         self.conn, self.partner, self.helohost, self.out = conn, partner, helohost, out
         self.flagcritical = False
         self.tlsinfo = b''
+        self.authinfo = b''     # the K report's line once SMTP AUTH is done
         self.fellback = fellback
 
     def refused(self, code: int) -> bool:
@@ -404,9 +432,10 @@ class Session:
         return (b'ZConnected to ' + self.partner + b' but ' + err.why + b'. '
                 + (b'Possible duplicate! ' if self.flagcritical else b'') + b'(#4.4.2)\n')
 
-    def run(self, sender, recips, fd, size=None, tls=None) -> bytes:
+    def run(self, sender, recips, fd, size=None, tls=None, auth=None) -> bytes:
+        """auth: (user, password) to give the relay (SMTP AUTH), or None."""
         try:
-            return self.smtp(sender, recips, fd, size, tls)
+            return self.smtp(sender, recips, fd, size, tls, auth)
         except Dropped as err:
             return self.dropped(err)
 
@@ -445,8 +474,7 @@ class Session:
         except Dropped:
             pass
         return (b'ZConnected to ' + self.partner + b' but ' + what
-                + b'; my control/tlsdestinations requires TLS for '
-                + safe(tls.domain) + b'. (#' + code + b')\n' + said)
+                + b'; ' + tls.why() + b'. (#' + code + b')\n' + said)
 
     def starttls(self, ext: dict, tls: Tls):
         """None when the conversation may go on (encrypted or not), else
@@ -460,6 +488,13 @@ class Session:
             if tls.required:
                 return self.required_fails(tls, b'STARTTLS failed', b'4.7.10', self.said())
             return None
+        return self.handshake(tls)
+
+    def handshake(self, tls: Tls):
+        """The TLS handshake (after STARTTLS's 220, or at once on port
+        465): None, or the Z report.  Raises TlsFallback (opportunistic
+        STARTTLS: try again in the clear), Dropped."""
+        fallback = not tls.required and not tls.implicit
         try:
             self.conn.starttls(tls)
         except ssl.SSLCertVerificationError as err:
@@ -471,25 +506,83 @@ class Session:
                 tls, b'its name ' + safe(tls.hostname) + b' cannot be checked against a '
                 b'certificate', b'4.7.5')
         except TimeoutError:
-            if not tls.required:    # a handshake that stalls: as one that fails
+            if fallback:            # a handshake that stalls: as one that fails
                 raise TlsFallback() from None
             raise Dropped() from None
         except OSError as err:      # ssl.SSLError, a reset in the handshake
-            if not tls.required:
+            if fallback:
                 raise TlsFallback() from None
             return self.required_fails(
                 tls, b'the TLS handshake failed (' + safe(str(err)) + b')', b'4.7.5')
         self.tlsinfo = self.conn.tls_state(tls.verify)
         return None
 
-    def smtp(self, sender, recips, fd, size, tls) -> bytes:
+    def authenticate(self, ext: dict, auth) -> bytes:
+        """SMTP AUTH (RFC 4954) as auth's user, under TLS: PLAIN, else
+        LOGIN, else CRAM-MD5, as the relay offers them.  None once it
+        said 235, else the Z report: a refused password is the admin's
+        to fix in control/smtproutes, and the mail waits for it."""
+        user, password = auth
+        offered = ext.get(b'AUTH')
+        if offered is None:     # an old server's "AUTH=LOGIN PLAIN"
+            offered = next((k[5:] + b' ' + v for k, v in ext.items()
+                            if k.startswith(b'AUTH=')), None)
+        if offered is None:
+            return self.auth_fails(b'it does not offer SMTP AUTH', b'4.7.0', said=False)
+        mechs = offered.upper().split()
         conn = self.conn
+        if b'PLAIN' in mechs:
+            code = conn.command(b'AUTH PLAIN ' + b64(b'\0' + user + b'\0' + password))
+        elif b'LOGIN' in mechs:
+            code = conn.command(b'AUTH LOGIN')
+            if code == 334:
+                code = conn.command(b64(user))
+            if code == 334:
+                code = conn.command(b64(password))
+        elif b'CRAM-MD5' in mechs:
+            code = conn.command(b'AUTH CRAM-MD5')
+            if code == 334:
+                try:
+                    challenge = binascii.a2b_base64(conn.text[4:].strip())
+                except binascii.Error:
+                    challenge = None
+                if challenge is None:
+                    code = conn.command(b'*')       # cancelled (RFC 4954)
+                else:
+                    digest = hmac.new(password, challenge, 'md5').hexdigest()
+                    code = conn.command(b64(user + b' ' + digest.encode()))
+        else:
+            return self.auth_fails(b'it offers no SMTP AUTH mechanism I use (PLAIN, LOGIN, '
+                                   b'CRAM-MD5)', b'4.7.0', said=False)
+        if code == 334:             # it wants more than the mechanism gives
+            code = conn.command(b'*')
+        if code == 235:
+            self.authinfo = b'SMTP AUTH as ' + safe(user) + b'.\n'
+            return None
+        return self.auth_fails(b'it refused my SMTP AUTH as ' + safe(user), b'4.7.8')
+
+    def auth_fails(self, what: bytes, code: bytes, said=True) -> bytes:
+        text = self.said() if said else b''
+        try:
+            self.conn.send(b'QUIT\r\n')
+        except Dropped:
+            pass
+        return (b'ZConnected to ' + self.partner + b' but ' + what
+                + b'; my control/smtproutes gives a user and password for this route. (#'
+                + code + b')\n' + text)
+
+    def smtp(self, sender, recips, fd, size, tls, auth=None) -> bytes:
+        conn = self.conn
+        if tls is not None and tls.implicit:
+            failed = self.handshake(tls)
+            if failed is not None:
+                return failed
         if conn.reply() != 220:
             return self.quit(b'ZConnected to ', b' but greeting failed')
         ext = self.hello()
         if ext is None:
             return self.quit(b'ZConnected to ', b' but my name was rejected')
-        if tls is not None:
+        if tls is not None and not tls.implicit:
             failed = self.starttls(ext, tls)
             if failed is not None:
                 return failed
@@ -497,6 +590,12 @@ class Session:
                 ext = self.hello_under(tls)
                 if ext is None:
                     return self.quit(b'ZConnected to ', b' but my name was rejected')
+        if auth is not None:
+            if not self.tlsinfo:        # (never: a password makes TLS required)
+                return self.auth_fails(b'not under TLS', b'4.7.0', said=False)
+            failed = self.authenticate(ext, auth)
+            if failed is not None:
+                return failed
 
         mail = b'MAIL FROM:<' + sender + b'>'
         if b'SIZE' in ext and size is not None:
@@ -547,7 +646,8 @@ class Session:
         if not 200 <= code <= 299:
             return self.quit(b'Z', b' failed after I sent the message')
         if self.tlsinfo:
-            return self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n' + self.said()
+            return (self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n'
+                    + self.authinfo + self.said())
         if self.fellback:
             return (self.quit(b'K', b' accepted message', False)
                     + b'In the clear: TLS had failed.\n' + self.said())

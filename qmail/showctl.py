@@ -55,6 +55,15 @@ def show_str(out, path, name, default, flagme, me, pre):
     out.append('%s%s.\n' % (pre, safe(value)))
 
 
+def hide_password(line: bytes):
+    """An smtproutes line with its password (the rest of the line after
+    the relay and the user) not shown; whether it had one."""
+    words = line.split(None, 2)
+    if len(words) < 3:
+        return line, False
+    return words[0] + b' ' + words[1] + b' (password not shown)', True
+
+
 def show_lst(out, path, name, default, pre, post):
     """Returns True if the file exists (showctl's rcpthosts rule)."""
     out.append('\n%s: ' % name)
@@ -67,8 +76,20 @@ def show_lst(out, path, name, default, pre, post):
         out.append('(Default.) %s\n' % default)
         return False
     out.append('\n')
+    passwords = False
     for value in values:
+        if name == 'smtproutes':
+            value, had = hide_password(value)
+            passwords = passwords or had
         out.append('%s%s%s\n' % (pre, safe(value), post))
+    if passwords:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o004:
+            out.append('Oops! It holds passwords and anyone may read it: '
+                       'chgrp qmail and chmod 640 it.\n')
     return True
 
 

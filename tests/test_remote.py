@@ -120,31 +120,29 @@ def test_smtproutes_no_default():
 
 
 @pytest.mark.parametrize('value, want', [
-    (b'firewall.af.mil:26', (b'firewall.af.mil', 26)),
-    (b'relay.example.com', (b'relay.example.com', 25)),
-    (b'[1.2.3.4]:2525', (b'[1.2.3.4]', 2525)),
-    (b'[IPv6:2001:db8::25]:2525', (b'[IPv6:2001:db8::25]', 2525)),
-    (b'[IPv6:2001:db8::25]', (b'[IPv6:2001:db8::25]', 25)),
+    (b'firewall.af.mil:26', (b'firewall.af.mil', 26, None)),
+    (b'relay.example.com', (b'relay.example.com', 25, None)),
+    (b'[1.2.3.4]:2525', (b'[1.2.3.4]', 2525, None)),
+    (b'[IPv6:2001:db8::25]:2525', (b'[IPv6:2001:db8::25]', 2525, None)),
+    (b'[IPv6:2001:db8::25]', (b'[IPv6:2001:db8::25]', 25, None)),
     # qmail's scan_ulong: the port's leading digits, the rest ignored
-    (b'[1.2.3.4]:26:', (b'[1.2.3.4]', 26)),
-    (b'smarthost.example:587 ', (b'smarthost.example', 587)),
+    (b'[1.2.3.4]:26:', (b'[1.2.3.4]', 26, None)),
+    (b'smarthost.example:587 ', (b'smarthost.example', 587, None)),
+    # the SMTP AUTH patches' form: a user, then the password (the rest)
+    (b'smarthost.example:587 user secret', (b'smarthost.example', 587, (b'user', b'secret'))),
+    (b'smarthost.example user  two words ', (b'smarthost.example', 25, (b'user', b'two words'))),
+    (b'[IPv6:2001:db8::25]:465\tu@x.example p:w', (b'[IPv6:2001:db8::25]', 465,
+                                                  (b'u@x.example', b'p:w'))),
 ])
 def test_parse_relay(value, want):
     assert remote.parse_relay(value) == want
 
 
-@pytest.mark.parametrize('value', [b':2525', b'relay:', b'relay:x', b'relay:0', b'relay:99999', b'[1.2.3.4'])
+@pytest.mark.parametrize('value', [b':2525', b'relay:', b'relay:x', b'relay:0', b'relay:99999',
+                                   b'[1.2.3.4', b'relay:587 useronly'])
 def test_parse_relay_bad(value):
     with pytest.raises(ValueError):
         remote.parse_relay(value)
-
-
-def test_an_smtp_auth_route_is_told_apart():
-    """The SMTP AUTH patches' "relay:port user pass": no password is sent
-    here, and the relay's 530 to MAIL would bounce every message; a
-    deferral saying so leaves the admin time to fix it."""
-    with pytest.raises(remote.SmtpAuthRoute):
-        remote.parse_relay(b'smarthost.example:587 user secret')
 
 
 def test_tlsdestinations_lookup():
@@ -622,6 +620,116 @@ def test_session_opportunistic_starttls_refused_goes_on():
     os.close(r)
     assert final.startswith(b'K192.0.2.1 accepted message.\nRemote host said: 250')
     assert b'STARTTLS\r\nMAIL FROM' in sock.sent
+
+
+# --- SMTP AUTH to a relay (smtproutes "relay:port user password") ---------------
+
+class FakeTlsSock(FakeSock):
+    """FakeSock, as it is once "encrypted" (FakeCtx): the session's
+    replies go on from the same script."""
+
+    def version(self):
+        return 'TLSv1.3'
+
+    def cipher(self):
+        return ('TLS_AES_256_GCM_SHA384', 'TLSv1.3', 256)
+
+    def getpeercert(self):
+        return {}
+
+
+class FakeCtx:
+    def wrap_socket(self, sock, server_hostname=None):
+        self.hostname = server_hostname
+        return sock
+
+
+def converse_auth(replies, auth=(b'user', b'secret'), starttls=True, implicit=False):
+    tls = smtp.Tls(FakeCtx(), 'relay.example', True, True, b'example.com')
+    tls.reason = b'my control/smtproutes gives a password for this route'
+    tls.implicit = implicit
+    sock = FakeTlsSock(replies)
+    out = []
+    r, w = os.pipe()
+    os.write(w, b'Subject: x\n\nhi\n')
+    os.close(w)
+    try:
+        final = smtp.Session(smtp.Conn(sock, 10), b'192.0.2.1', b'me', out).run(
+            b's@x', [b'r@example.com'], r, tls=tls, auth=auth)
+    finally:
+        os.close(r)
+    return final, sock.sent
+
+
+def ehlo_offering(*ext):
+    lines = [b'250-relay'] + [b'250-' + e for e in ext]
+    lines[-1] = b'250 ' + lines[-1][4:]
+    return b'\r\n'.join(lines) + b'\r\n'
+
+
+TAIL = [b'250 ok\r\n', b'250 ok\r\n', b'354 go\r\n', b'250 ok 9\r\n']
+
+
+@pytest.mark.parametrize('mechs, replies, wire', [
+    (b'AUTH LOGIN PLAIN', [b'235 ok\r\n'], [b'AUTH PLAIN AHVzZXIAc2VjcmV0']),
+    (b'AUTH LOGIN', [b'334 VXNlcm5hbWU6\r\n', b'334 UGFzc3dvcmQ6\r\n', b'235 ok\r\n'],
+     [b'AUTH LOGIN', b'dXNlcg==', b'c2VjcmV0']),
+    (b'AUTH=LOGIN', [b'334 VXNlcm5hbWU6\r\n', b'334 UGFzc3dvcmQ6\r\n', b'235 ok\r\n'],
+     [b'AUTH LOGIN', b'dXNlcg==', b'c2VjcmV0']),
+    # RFC 2195's own example: tim, tanstaaftanstaaf
+    (b'AUTH CRAM-MD5', [b'334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n',
+                        b'235 ok\r\n'],
+     [b'AUTH CRAM-MD5', b'dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw']),
+])
+def test_session_smtp_auth_under_tls(mechs, replies, wire):
+    auth = (b'tim', b'tanstaaftanstaaf') if b'CRAM' in mechs else (b'user', b'secret')
+    final, sent = converse_auth(
+        [b'220 hi\r\n', ehlo_offering(b'STARTTLS', mechs), b'220 go\r\n',
+         ehlo_offering(mechs)] + replies + TAIL, auth=auth)
+    assert final == (b'K192.0.2.1 accepted message.\nTLS TLSv1.3 TLS_AES_256_GCM_SHA384 '
+                     b'verified.\nSMTP AUTH as %s.\nRemote host said: 250 ok 9\n' % auth[0])
+    lines = sent.split(b'\r\n')
+    at = lines.index(b'EHLO me', 2)         # the EHLO under TLS
+    assert lines[at + 1:at + 1 + len(wire)] == wire
+    assert lines[at + 1 + len(wire)] == b'MAIL FROM:<s@x>'
+
+
+def test_session_smtp_auth_on_port_465_is_tls_from_the_start():
+    final, sent = converse_auth([b'220 hi\r\n', ehlo_offering(b'AUTH PLAIN'), b'235 ok\r\n']
+                                + TAIL, implicit=True)
+    assert final.startswith(b'K192.0.2.1 accepted message.\nTLS TLSv1.3')
+    assert sent.startswith(b'EHLO me\r\nAUTH PLAIN AHVzZXIAc2VjcmV0\r\nMAIL FROM:<s@x>')
+
+
+@pytest.mark.parametrize('replies, want', [
+    # refused: the mail waits for the admin to fix the password
+    ([ehlo_offering(b'AUTH PLAIN'), b'535 5.7.8 bad credentials\r\n'],
+     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH as user; my control/smtproutes '
+     b'gives a user and password for this route. (#4.7.8)\n'
+     b'Remote host said: 535 5.7.8 bad credentials\n'),
+    ([ehlo_offering(b'SIZE 100')],
+     b'ZConnected to 192.0.2.1 but it does not offer SMTP AUTH; my control/smtproutes '
+     b'gives a user and password for this route. (#4.7.0)\n'),
+    ([ehlo_offering(b'AUTH GSSAPI XOAUTH2')],
+     b'ZConnected to 192.0.2.1 but it offers no SMTP AUTH mechanism I use (PLAIN, LOGIN, '
+     b'CRAM-MD5); my control/smtproutes gives a user and password for this route. (#4.7.0)\n'),
+    # a challenge the mechanism does not expect: cancelled, then refused
+    ([ehlo_offering(b'AUTH PLAIN'), b'334 more?\r\n', b'501 cancelled\r\n'],
+     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH as user; my control/smtproutes '
+     b'gives a user and password for this route. (#4.7.8)\nRemote host said: 501 cancelled\n'),
+])
+def test_session_smtp_auth_failures_defer_and_send_no_mail(replies, want):
+    final, sent = converse_auth([b'220 hi\r\n', ehlo_offering(b'STARTTLS', b'AUTH PLAIN'),
+                                 b'220 go\r\n'] + replies + TAIL)
+    assert final == want
+    assert b'MAIL FROM' not in sent and b'secret' not in final
+
+
+def test_session_smtp_auth_never_sends_the_password_in_the_clear():
+    final, sent = converse_auth([b'220 hi\r\n', ehlo_offering(b'AUTH PLAIN')] + TAIL)
+    assert final == (b'ZConnected to 192.0.2.1 but it does not offer STARTTLS; my '
+                     b'control/smtproutes gives a password for this route. (#4.7.10)\n')
+    assert b'AUTH' not in sent and b'MAIL' not in sent
 
 
 # --- reports, as qmail-rspawn reads them ----------------------------------------

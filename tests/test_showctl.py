@@ -103,3 +103,22 @@ def test_trouble_comes_after_the_settings(tmp_path, fixed_ids, monkeypatch, caps
     out = capsys.readouterr().out
     assert out == showctl.header(str(home)) + oops, out
     assert out.startswith('qmail home directory: %s.\n' % home)
+
+
+def test_smtproutes_passwords_are_not_shown(tmp_path, fixed_ids):
+    """A route with SMTP AUTH ("relay:587 user password"): the password
+    never in the report, and a file anyone may read is named."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'smtproutes').write_text(':smarthost.example:587 mailer s3cret pass\n'
+                                    'old.example:relay.example\n')
+    os.chmod(ctl / 'smtproutes', 0o644)
+    got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
+    assert 's3cret' not in got
+    assert ('\nsmtproutes: \nSMTP route: :smarthost.example:587 mailer (password not shown)\n'
+            'SMTP route: old.example:relay.example\n'
+            'Oops! It holds passwords and anyone may read it: chgrp qmail and chmod 640 it.\n'
+            ) in got, got
+    os.chmod(ctl / 'smtproutes', 0o640)
+    got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
+    assert 'Oops' not in got and 's3cret' not in got

@@ -8,6 +8,7 @@ dnsmasq-base: the binary, no system service).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -114,12 +115,14 @@ class Sink:
     times out.  Accepted messages land in .messages."""
 
     def __init__(self, host, port=0, tls=None, hang=None, drop=None,
-                 backlog_full=False, **replies):
+                 backlog_full=False, implicit=False, **replies):
         self.replies = {'greeting': b'220 sink ESMTP', 'ehlo': None, 'helo': b'250 hi',
                         'mail': b'250 ok', 'rcpt': b'250 ok', 'data': b'354 go',
                         'dot': b'250 ok queued'}
         self.replies.update(replies)
         self.tls, self.hang, self.drop = tls, hang, drop
+        self.implicit = implicit        # TLS from the start (port 465), no STARTTLS
+        self.auths = []                 # the AUTH lines it got
         self.messages = []
         self.connections = 0
         self.stop = threading.Event()
@@ -184,10 +187,15 @@ class Sink:
         def say(reply):
             conn.sendall(reply + b'\r\n')
 
+        tlsinfo = None
+        if self.implicit:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+            f = conn.makefile('rb')
+            tlsinfo = conn.version()
         if self.cut('greeting'):
             return
         say(self.replies['greeting'])
-        helo, mail, rcpts, tlsinfo = None, None, [], None
+        helo, mail, rcpts = None, None, []
         while True:
             line = f.readline(10000)
             if not line:
@@ -201,7 +209,7 @@ class Sink:
                 if self.replies['ehlo']:
                     say(self.replies['ehlo'])
                     continue
-                ext = [b'250-sink', b'250-SIZE 10000000', b'250-8BITMIME']
+                ext = [b'250-sink', b'250-SIZE 10000000', b'250-8BITMIME', b'250-AUTH PLAIN']
                 if self.tls is not None and tlsinfo is None:
                     ext.append(b'250-STARTTLS')
                 ext[-1] = b'250 ' + ext[-1][4:]
@@ -256,6 +264,9 @@ class Sink:
                                           'data': unstuff(raw)})
                 say(self.replies['dot'])
                 mail, rcpts = None, []
+            elif verb == b'AUTH':
+                self.auths.append((arg, tlsinfo))
+                say(self.replies.get('auth', b'235 ok'))
             elif verb == b'RSET':
                 mail, rcpts = None, []
                 say(b'250 ok')
@@ -441,13 +452,63 @@ def test_smtproutes_bad_port_defers(home):
     assert final == b'ZUnable to parse control/smtproutes. (#4.3.0)\n'
 
 
-def test_smtproutes_with_a_password_defers_saying_why(home, sinks):
-    s = sinks('127.0.0.1')
-    setctl(home, smtproutes=':127.0.0.1:%d user secret' % s.port)
-    _, final = send(home, b'example.com', [b'u@example.com'])
-    assert final == (b'Zcontrol/smtproutes gives a user and password for this route; '
-                     b'this qmail-remote does no SMTP AUTH. (#4.3.0)\n')
-    assert not s.messages
+def test_smtproutes_with_a_password_authenticates_under_verified_tls(home, sinks, cert):
+    """A smarthost with SMTP AUTH ("relay:port user password", the SMTP
+    AUTH patches' form): STARTTLS, the relay's certificate verified
+    against its name, then AUTH; the report says so."""
+    s = sinks('127.55.1.6', tls=server_context(cert))
+    setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret' % s.port,
+           tlsdestinations=':%s' % cert[0])
+    out, final = send(home, b'far.example', [b'u@far.example'])
+    assert out == [b'r']
+    assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+    assert b' verified.\nSMTP AUTH as user.\nRemote host said: 250 ok queued' in final
+    assert s.auths == [(b'PLAIN AHVzZXIAc2VjcmV0', 'TLSv1.3')]
+    assert len(s.messages) == 1
+
+
+def test_smtproutes_password_needs_a_certificate_that_verifies(home, sinks, cert):
+    """Without a CA that vouches for the relay (tlsdestinations names
+    none: the system's CAs), no password is sent: the mail waits."""
+    s = sinks('127.55.1.6', tls=server_context(cert))
+    setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret' % s.port)
+    _, final = send(home, b'far.example', [b'u@far.example'])
+    assert final.startswith(b'ZConnected to 127.55.1.6 but its certificate could not be '
+                            b'verified for mx.tls.qmt.test'), final
+    assert final.endswith(b'; my control/smtproutes gives a password for this route. '
+                          b'(#4.7.5)\n'), final
+    assert s.auths == [] and s.messages == []
+
+
+def test_smtproutes_password_to_a_relay_without_starttls_waits(home, sinks):
+    s = sinks('127.55.1.6')
+    setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret' % s.port)
+    _, final = send(home, b'far.example', [b'u@far.example'])
+    assert final == (b'ZConnected to 127.55.1.6 but it does not offer STARTTLS; my '
+                     b'control/smtproutes gives a password for this route. (#4.7.10)\n')
+    assert s.auths == [] and s.messages == []
+
+
+def test_smtproutes_password_refused_waits(home, sinks, cert):
+    s = sinks('127.55.1.6', tls=server_context(cert), auth=b'535 5.7.8 no')
+    setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret' % s.port,
+           tlsdestinations=':%s' % cert[0])
+    _, final = send(home, b'far.example', [b'u@far.example'])
+    assert final == (b'ZConnected to 127.55.1.6 but it refused my SMTP AUTH as user; my '
+                     b'control/smtproutes gives a user and password for this route. '
+                     b'(#4.7.8)\nRemote host said: 535 5.7.8 no\n')
+    assert s.messages == []
+
+
+def test_smtproutes_port_465_is_tls_from_the_start(home, sinks, cert):
+    """RFC 8314's submissions port: TLS before the greeting, no STARTTLS."""
+    s = sinks('127.55.1.6', 465, tls=server_context(cert), implicit=True)
+    setctl(home, smtproutes=':mx.tls.qmt.test:465 user secret',
+           tlsdestinations=':%s' % cert[0])
+    _, final = send(home, b'far.example', [b'u@far.example'])
+    assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+    assert s.auths == [(b'PLAIN AHVzZXIAc2VjcmV0', 'TLSv1.3')]
+    assert s.messages[0]['tls'] == 'TLSv1.3'
 
 
 def test_ipv6_relay(home, sinks):
@@ -969,3 +1030,85 @@ def test_send_500_recipients_at_5_domains(mta_home, sinks):
         assert all(m['data'].endswith(b'\r\nSubject: bulk\r\n\r\nto many\r\n')
                    for m in s.messages)
     assert 'deferral' not in mta.log() and 'failure' not in mta.log()
+
+
+def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
+    """qmail-send, qmail-remote as qmailr, a route with a password in a
+    control/smtproutes only root and group qmail may read, and a real
+    smarthost: another home's qmail-smtpd under qmail-listen as qmaild,
+    STARTTLS with a certificate for its name, SMTP AUTH through
+    vcheckpassword.  It relays for the user it knows, not for a wrong
+    password (the mail waits, the log says why)."""
+    import grp
+    import pwd
+    from delivery import ensure_user, free_port
+    home, start = mta_home
+    relay = install_home('relay.qmt.test')
+    listener = None
+    try:
+        user = ensure_user('qmtsmart')
+        r = subprocess.run([os.path.join(relay, 'bin', 'qmail-vpasswd'), 'add', 'smart',
+                            str(user[1]), str(user[2]), user[3]],
+                           input=b'sm4rt-pass\n', capture_output=True, timeout=WAIT)
+        assert r.returncode == 0, r.stderr
+        # its own certificate for relay.qmt.test (127.55.0.1), the CA file
+        # the sending home's tlsdestinations names
+        certdir = os.path.dirname(cert[0])
+        rcert, rkey = os.path.join(certdir, 'relay.pem'), os.path.join(certdir, 'relay.key')
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                        'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', rkey,
+                        '-out', rcert, '-days', '2', '-subj', '/CN=relay.qmt.test',
+                        '-addext', 'subjectAltName=DNS:relay.qmt.test'],
+                       check=True, capture_output=True, timeout=WAIT)
+        os.chmod(rcert, 0o644)
+        servercert = os.path.join(relay, 'control', 'servercert.pem')
+        with open(servercert, 'wb') as f:
+            f.write(open(rcert, 'rb').read() + open(rkey, 'rb').read())
+        os.chown(servercert, 0, pwd.getpwnam('qmaild').pw_gid)
+        os.chmod(servercert, 0o640)
+        port = free_port()
+        listener = subprocess.Popen(
+            [os.path.join(relay, 'bin', 'qmail-listen'),
+             '-u', str(pwd.getpwnam('qmaild').pw_uid), '-g', str(grp.getgrnam('nofiles').gr_gid),
+             '127.55.0.1', str(port), os.path.join(relay, 'bin', 'qmail-smtpd'),
+             'relay.qmt.test', os.path.join(relay, 'bin', 'vcheckpassword'), '/bin/true'],
+            env={'PATH': '/usr/bin:/bin'}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                socket.create_connection(('127.55.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, 'the smarthost did not listen'
+                time.sleep(0.05)
+        routes = os.path.join(home, 'control', 'smtproutes')
+        setctl(home, smtproutes=':relay.qmt.test:%d smart wrong-pass' % port,
+               tlsdestinations=':%s' % rcert)
+        os.chown(routes, 0, grp.getgrnam('qmail').gr_gid)   # the password's readers
+        os.chmod(routes, 0o640)
+        mta = start()
+        queue(home, b'a@remote.qmt.example', [b'far@elsewhere.example'])
+        mta.wait_log('delivery 1: deferral: Connected_to_127.55.0.1_but_it_refused_my_'
+                     'SMTP_AUTH_as_smart;_my_control/smtproutes_gives_a_user_and_password_'
+                     'for_this_route._(#4.7.8)/Remote_host_said:_535')
+        todo = os.path.join(relay, 'queue', 'todo')
+        assert os.listdir(todo) == []
+        with open(routes, 'w') as f:            # the admin fixes it
+            f.write(':relay.qmt.test:%d smart sm4rt-pass\n' % port)
+        time.sleep(1.1)                         # (a new second for its stamp)
+        deadline = time.monotonic() + WAIT
+        while 'delivery 2: success' not in mta.log():
+            assert time.monotonic() < deadline, mta.log()
+            mta.signal(signal.SIGALRM)
+            time.sleep(0.5)
+        assert re.search(r'delivery 2: success: 127\.55\.0\.1_accepted_message\./TLS_TLSv1\.3_'
+                         r'\S+_verified\./SMTP_AUTH_as_smart\./Remote_host_said:_250_ok_',
+                         mta.log()), mta.log()
+        assert 'sm4rt' not in mta.log() and 'wrong-pass' not in mta.log()
+        envs = [open(os.path.join(todo, n), 'rb').read() for n in os.listdir(todo)]
+        assert len(envs) == 1 and b'Tfar@elsewhere.example\0' in envs[0]
+    finally:
+        if listener is not None:
+            listener.terminate()
+            listener.wait(timeout=WAIT)
+        remove_home(relay)
