@@ -11,7 +11,10 @@ Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
-          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, and
+          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, SMTPS (set,
+          even empty: TLS from the start, before the greeting, as the
+          qmail TLS patch has it for port 465; no certificate or no
+          handshake is no session, exit 1, the log says why), and
           MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (limits, below).
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
@@ -1111,15 +1114,20 @@ class FdChannel:
 
 
 def serve(session: Session, fdin: int = 0, fdout: int = 1,
-          certfile: str = CERTFILE) -> int:
+          certfile: str = CERTFILE, smtps: bool = False) -> int:
     """Run one session over fdin and fdout; return its exit code.
 
     Each read waits at most timeoutsmtpd seconds, and never past the
     session's deadline (lifetimesmtpd).  certfile is loaded when the
-    session asks for STARTTLS, relative to the cwd (HOME)."""
+    session asks for STARTTLS, relative to the cwd (HOME).  smtps: the
+    TLS handshake comes first, before the greeting (port 465, RFC 8314);
+    without a certificate or a handshake, no session (exit 1, the log
+    says why)."""
     timeout = session.config.timeout
     channel = FdChannel(fdin, fdout)
     try:
+        if smtps:
+            return serve_smtps(session, channel, fdin, certfile, timeout)
         return serve_session(session, channel, fdin, certfile, timeout)
     finally:
         channel.close()
@@ -1136,8 +1144,29 @@ def write_logs(session: Session, fd: int = 2):
         stderr.log(logs, fd)        # (never into the client's stream)
 
 
-def serve_session(session, channel, fdin, certfile, timeout) -> int:
-    tlschannel = None       # once STARTTLS is done: closed at the end
+def serve_smtps(session, channel, fdin, certfile, timeout) -> int:
+    """serve_session() once the handshake is done (SMTPS)."""
+    if not is_socket(fdin, channel.fdout):
+        session.abort()
+        session.closereply = b'SMTPS: not a network connection'
+        return 1
+    try:
+        from qmail import smtpd_tls
+    except (ImportError, MemoryError) as err:
+        session.abort()
+        session.closereply = (b'SMTPS: unable to load the ssl module: '
+                              + logsafe((str(err) or type(err).__name__).encode(
+                                  'utf-8', 'replace')))
+        return 1
+    tls = smtpd_tls.smtps(session, fdin, certfile, read_wait(session, session.clock()))
+    if tls is None:
+        return 1
+    return serve_session(session, tls, fdin, certfile, timeout, tlschannel=tls)
+
+
+def serve_session(session, channel, fdin, certfile, timeout, tlschannel=None) -> int:
+    """tlschannel: the channel, when it is encrypted from the start
+    (SMTPS); it is closed at the end, as one STARTTLS made."""
     try:
         channel.write(session.greet(), timeout)
         while not session.flagclosed:
@@ -1319,7 +1348,9 @@ def main(argv=None, home=None) -> int:
                           time.time(), checker=authenticator(argv),
                           tick=time.monotonic())
         session.pid = os.getpid()
-        return serve(session, 0, 1)
+        # SMTPS set (the qmail TLS patch's variable, from tcp.smtp or the
+        # run script of a port 465 service): TLS from the start.
+        return serve(session, 0, 1, smtps=seen.get(b'SMTPS') is not None)
     except MemoryError:
         if session is not None:
             session.abort()

@@ -71,6 +71,26 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
     return tls
 
 
+def smtps(session, fd: int, certfile: str, wait: float):
+    """TLS before the greeting (SMTPS, port 465): the TlsChannel, or None
+    when there can be no session (session.closereply says why, for the
+    log: nothing can be said to the client)."""
+    try:
+        ctx = server_context(certfile)
+    except (OSError, ValueError) as err:
+        session.abort()
+        session.closereply = b'SMTPS: unable to load ' + cert_trouble(err)
+        return None
+    try:
+        tls = handshake(ctx, fd, min(HANDSHAKE_TIMEOUT, wait))
+    except TlsError as err:
+        session.abort()
+        session.closereply = b'TLS handshake failed (%s)' % str(err).encode('ascii', 'replace')
+        return None
+    session.tls_started(tls.description)
+    return tls
+
+
 def cert_trouble(err) -> bytes:
     """What could not be loaded, and why, for the log:
     b"control/servercert.pem: " and the reason, or the cipher list's."""

@@ -1049,6 +1049,50 @@ def test_program_starttls_and_auth(home, mech):
     check((home.out / 'remoteinfo').read_bytes(), b'alice')
 
 
+def test_program_smtps_is_tls_from_the_start(home):
+    """SMTPS set (the qmail TLS patch's variable, for port 465): the
+    handshake first, then the greeting; no STARTTLS, AUTH at once."""
+    server = Server(home, env={'SMTPS': '1'})
+    with smtplib.SMTP_SSL(server.host, server.port, timeout=TIMEOUT,
+                          context=client_context(home.cafile)) as smtp:
+        check(ehlo_keywords(smtp), [b'PIPELINING', b'8BITMIME', b'AUTH'])
+        check(smtp.docmd('STARTTLS'), (503, b'TLS already active (#5.5.1)'))
+        check(login(smtp, 'PLAIN'), (235, b'ok, go ahead (#2.0.0)'))
+        check(smtp.sendmail('a@b.example', ['u@elsewhere.example'],
+                            b'Subject: smtps\r\n\r\nhi\r\n'), {})
+        smtp.quit()
+    check(server.wait(), 0)
+    check_received(home.message(), b'alice@127.0.0.1', b'ESMTPSA')
+
+
+@pytest.mark.parametrize('how, why', [
+    ('plain', rb'TLS handshake failed \(\S+'),
+    ('nocert', rb'SMTPS: unable to load control/servercert\.pem: \S'),
+])
+def test_program_smtps_without_a_handshake_is_no_session(home, how, why):
+    """A client speaking SMTP in the clear to port 465, or no certificate:
+    nothing is said in the clear, the log says why."""
+    if how == 'nocert':
+        (home.path / 'control' / 'servercert.pem').unlink()
+    server = Server(home, env={'SMTPS': ''})       # set, even empty, counts
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        if how == 'plain':
+            sock.sendall(b'EHLO client.example\r\n')
+        got = b''
+        try:
+            while True:
+                chunk = sock.recv(1000)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:    # (the EHLO unread when it closed)
+            pass
+        assert b'220' not in got and b'250' not in got, got
+    check(server.wait(), 1)
+    assert re.search(rb'qmail-smtpd: pid \d+ from 127\.0\.0\.1 helo \S+ mail - rcpt -: '
+                     + why, server.stderr), server.stderr
+
+
 def test_program_bad_password(home):
     home.control('authdelaysmtpd', b'1\n')
     server = Server(home)

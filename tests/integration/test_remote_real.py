@@ -1107,6 +1107,27 @@ def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
         assert 'sm4rt' not in mta.log() and 'wrong-pass' not in mta.log()
         envs = [open(os.path.join(todo, n), 'rb').read() for n in os.listdir(todo)]
         assert len(envs) == 1 and b'Tfar@elsewhere.example\0' in envs[0]
+        # the same smarthost on port 465: qmail-smtpd with SMTPS (TLS from
+        # the start), qmail-remote's route to 465 likewise
+        smtps = subprocess.Popen(
+            [os.path.join(relay, 'bin', 'qmail-listen'),
+             '-u', str(pwd.getpwnam('qmaild').pw_uid), '-g', str(grp.getgrnam('nofiles').gr_gid),
+             '127.55.0.1', '465', os.path.join(relay, 'bin', 'qmail-smtpd'),
+             'relay.qmt.test', os.path.join(relay, 'bin', 'vcheckpassword'), '/bin/true'],
+            env={'PATH': '/usr/bin:/bin', 'SMTPS': '1'}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            with open(routes, 'w') as f:
+                f.write(':relay.qmt.test:465 smart sm4rt-pass\n')
+            time.sleep(1.1)
+            queue(home, b'a@remote.qmt.example', [b'far2@elsewhere.example'])
+            mta.wait_log('delivery 3: success: 127.55.0.1_accepted_message./TLS_TLSv1.3_')
+            assert re.search(r'delivery 3: success: \S+_verified\./SMTP_AUTH_as_smart\./',
+                             mta.log()), mta.log()
+            assert len(os.listdir(todo)) == 2
+        finally:
+            smtps.terminate()
+            smtps.wait(timeout=WAIT)
     finally:
         if listener is not None:
             listener.terminate()
