@@ -304,6 +304,8 @@ def bind(host: str, port: str, backlog: int, interface=None) -> socket.socket:
 
 
 class Listener:
+    warm = retire = descriptors = None      # (a built-in program's, below)
+
     def __init__(self, o: Options, sock: socket.socket, localname: str, log):
         self.o = o
         self.sock = sock
