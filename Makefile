@@ -9,7 +9,7 @@ RUNTIME ?= /usr/local/lib/qmail/venv
 # The developers' venv: the package (editable) and the test tools.
 DEVENV ?= .venv
 SYSPYTHON ?= /usr/bin/python3
-APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps man-db tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base fetchmail getmail6
+APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps man-db tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base fetchmail getmail6 libmail-dkim-perl
 
 PYTEST_ARGS ?=
 # The whole suite takes about 8 minutes here; a hang anywhere ends it at
@@ -36,7 +36,8 @@ deps:
 $(RUNTIME)/.ok: pyproject.toml | deps
 	test -x $(RUNTIME)/bin/python3 || $(SYSPYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/pip install -q --disable-pip-version-check \
-	  'dnspython>=2.3' 'idna>=3' 'pyinotify>=0.9.6' 'setproctitle>=1.3' 'argon2-cffi>=21.2'
+	  'dnspython>=2.3' 'idna>=3' 'pyinotify>=0.9.6' 'setproctitle>=1.3' 'argon2-cffi>=21.2' \
+	  'dkimpy>=1.1'
 	chmod -R a+rX $(RUNTIME)
 	touch $@
 

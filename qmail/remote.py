@@ -5,8 +5,8 @@ Runs as:  qmailr, group qmail: qmail-rspawn's forked child (the module
           is loaded once there), or on its own; cwd changed to HOME.
 Reads:    fd 0, the message (qmail-send's mess file, seekable); control/
           me, helohost, smtproutes, timeoutconnect, timeoutremote,
-          dnsservers, tlsdestinations, tlsclientciphers; the DNS (MX, A,
-          AAAA, CNAME).
+          dnsservers, tlsdestinations, tlsclientciphers, domainkeys/
+          (DKIM keys: remote_dkim); the DNS (MX, A, AAAA, CNAME).
 Writes:   fd 1, NUL-terminated reports: one per recipient the peer was
           asked about, r (accepted), h (rejected for good) or s (rejected
           for now), in argv order, then the message report, K (success:
@@ -86,7 +86,7 @@ import time
 from qmail.lib import auto, control, tcpto
 from qmail.lib.quote import quote
 from qmail.lib import dns as qdns
-from qmail import remote_ipme, remote_smtp
+from qmail import remote_dkim, remote_ipme, remote_smtp
 
 PORT_SMTP = 25          # silly rabbit, /etc/services is for users
 PORT_SUBMISSIONS = 465  # TLS from the connection's start (RFC 8314)
@@ -287,6 +287,7 @@ class Settings:
     """qmail-remote's control files."""
 
     def __init__(self, ctl: control.Controls):
+        self.directory = ctl.directory      # (control/domainkeys: remote_dkim)
         helohost = ctl.line('helohost', flagme=True)
         if helohost is None:
             raise temp(T_CONTROL)
@@ -335,6 +336,36 @@ def message_span(fd: int):
         return max(0, st.st_size - os.lseek(fd, 0, os.SEEK_CUR))
     except OSError:
         return None
+
+
+def read_span(fd: int, size: int) -> bytes:
+    """The size bytes from fd's offset, which stays where it is."""
+    pos = os.lseek(fd, 0, os.SEEK_CUR)
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.pread(fd, min(left, 1 << 20), pos)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        pos += len(chunk)
+        left -= len(chunk)
+    return b''.join(chunks)
+
+
+def spooled(fd: int):
+    """fd's message copied into an unnamed file, at its start: for
+    qmail-remote run by hand on a pipe, with DKIM keys to sign with (the
+    message is read twice).  qmail-rspawn gives the queue's file."""
+    import tempfile
+    f = tempfile.TemporaryFile()
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        f.write(chunk)
+    f.flush()
+    f.seek(0)
+    return f
 
 
 def check_final_newline(fd: int, size):
@@ -503,6 +534,21 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
         raise temp(T_DNS) if flagsoft else perm(P_AMBIGMX)
     addrs = capped(addrs)
 
+    # Signed once, for every address tried (a key under
+    # control/domainkeys for the From: domain: remote_dkim).
+    dkim = None                         # (DKIM-Signature field, its report line)
+    if size is not None:
+        try:
+            signed = remote_dkim.signature(read_span(fd, size), sender, settings.directory)
+        except remote_dkim.Dkim as err:
+            raise temp(err.args[0]) from None
+        except MemoryError:
+            raise temp(T_NOMEM) from None
+        if signed is not None:
+            field, (d, selector) = signed
+            dkim = (field, b'DKIM signed for ' + outsafe(d) + b' (s=' + outsafe(selector)
+                    + b').\n')
+
     memory = memory or tcpto.Memory()
     for mx in addrs:
         if memory.dead(mx.ip, int(now())):
@@ -527,7 +573,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             session = remote_smtp.Session(conn, mx.ip.encode('ascii'),
                                           settings.helohost, out, fellback)
             try:
-                return session.run(addrmangle(sender), mangled, fd, size, tls, auth)
+                return session.run(addrmangle(sender), mangled, fd, size, tls, auth, dkim)
             except remote_smtp.TlsFallback:
                 fellback = True
                 continue
@@ -556,7 +602,18 @@ def main(argv=None) -> int:
             settings = load_settings(control.Controls('control').init())
         except OSError:
             raise temp(T_CONTROL) from None
-        final = deliver(args[0], args[1], args[2:], settings, 0, out)
+        fd, spool = 0, None
+        if message_span(0) is None and remote_dkim.configured(settings.directory):
+            try:
+                spool = spooled(0)
+            except OSError:
+                raise temp(b'Unable to read message. (#4.3.0)\n') from None
+            fd = spool.fileno()
+        try:
+            final = deliver(args[0], args[1], args[2:], settings, fd, out)
+        finally:
+            if spool is not None:
+                spool.close()
     except Report as r:
         final = r.record
     except MemoryError:

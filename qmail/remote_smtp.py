@@ -397,6 +397,8 @@ class Session:
         self.flagcritical = False
         self.tlsinfo = b''
         self.authinfo = b''     # the K report's line once SMTP AUTH is done
+        self.prefix = b''       # header lines sent before the message (DKIM)
+        self.signedinfo = b''   # the K report's line for them
         self.fellback = fellback
 
     def refused(self, code: int) -> bool:
@@ -432,8 +434,12 @@ class Session:
         return (b'ZConnected to ' + self.partner + b' but ' + err.why + b'. '
                 + (b'Possible duplicate! ' if self.flagcritical else b'') + b'(#4.4.2)\n')
 
-    def run(self, sender, recips, fd, size=None, tls=None, auth=None) -> bytes:
-        """auth: (user, password) to give the relay (SMTP AUTH), or None."""
+    def run(self, sender, recips, fd, size=None, tls=None, auth=None, dkim=None) -> bytes:
+        """auth: (user, password) to give the relay (SMTP AUTH), or None.
+        dkim: (a DKIM-Signature field to send before the message, the
+        line for the K report), or None."""
+        if dkim is not None:
+            self.prefix, self.signedinfo = dkim
         try:
             return self.smtp(sender, recips, fd, size, tls, auth)
         except Dropped as err:
@@ -599,7 +605,8 @@ class Session:
 
         mail = b'MAIL FROM:<' + sender + b'>'
         if b'SIZE' in ext and size is not None:
-            mail += b' SIZE=%d' % wire_size(fd, size)
+            mail += b' SIZE=%d' % (wire_size(fd, size) + len(self.prefix)
+                                   + self.prefix.count(b'\n'))
         try:
             code = conn.command(mail)
         except Dropped:
@@ -647,18 +654,22 @@ class Session:
             return self.quit(b'Z', b' failed after I sent the message')
         if self.tlsinfo:
             return (self.quit(b'K', b' accepted message', False) + self.tlsinfo + b'.\n'
-                    + self.authinfo + self.said())
+                    + self.authinfo + self.signedinfo + self.said())
         if self.fellback:
             return (self.quit(b'K', b' accepted message', False)
-                    + b'In the clear: TLS had failed.\n' + self.said())
+                    + b'In the clear: TLS had failed.\n' + self.signedinfo + self.said())
+        if self.signedinfo:
+            return self.quit(b'K', b' accepted message', False) + self.signedinfo + self.said()
         return self.quit(b'K', b' accepted message')
 
     def blast(self, fd):
         """The message from fd, then the final dot.  Raises ReadError,
         PartialLine (before the dot, so the peer drops the message)."""
         blaster = Blaster()
-        held = b''          # the last piece goes with the dot, in one write,
-        while True:         # as qmail's buffered output sends a small message
+        # The last piece goes with the dot, in one write, as qmail's
+        # buffered output sends a small message.  A DKIM field goes first.
+        held = blaster.feed(self.prefix) if self.prefix else b''
+        while True:
             try:
                 chunk = os.read(fd, BLASTSIZE)
             except OSError:

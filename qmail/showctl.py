@@ -159,8 +159,45 @@ def controls(ctl: str, names: list, me) -> str:
             out.append('\nmorercpthosts.cdb: %s\n' % mrh_cdb_status(ctl))
     known = {c[0] for c in CONTROLS} | set(KNOWN_FILES)
     for name in names:
-        if name not in known:
+        if name == 'domainkeys':
+            out.append(show_domainkeys(os.path.join(ctl, name)))
+        elif name not in known:
             out.append('\n%s: I have no idea what this file does.\n' % name)
+    return ''.join(out)
+
+
+def show_domainkeys(path: str) -> str:
+    """control/domainkeys/DOMAIN/SELECTOR (qmail-remote's DKIM keys):
+    which domain signs with which selector (the one whose name sorts
+    last), never a key; a key anyone may read is named."""
+    out = ['\ndomainkeys: ']
+    try:
+        domains = sorted(d for d in os.listdir(path) if not d.startswith('.'))
+    except OSError:
+        return out[0] + 'Oops! Trouble reading this directory.\n'
+    if not domains:
+        return out[0] + 'No DKIM keys: no mail is signed.\n'
+    out.append('\n')
+    for domain in domains:
+        try:
+            keys = sorted(k for k in os.listdir(os.path.join(path, domain))
+                          if not k.startswith('.'))
+        except OSError:
+            out.append('Oops! Trouble reading the keys of %s.\n' % safe(os.fsencode(domain)))
+            continue
+        if not keys:
+            out.append('%s: no key.\n' % safe(os.fsencode(domain)))
+            continue
+        out.append('DKIM signs mail from %s and below with selector %s.\n'
+                   % (safe(os.fsencode(domain)), safe(os.fsencode(keys[-1]))))
+        for key in keys:
+            try:
+                mode = os.stat(os.path.join(path, domain, key)).st_mode
+            except OSError:
+                continue
+            if mode & 0o004:
+                out.append('Oops! Anyone may read the key %s/%s: chgrp qmail and chmod 640 it.\n'
+                           % (safe(os.fsencode(domain)), safe(os.fsencode(key))))
     return ''.join(out)
 
 

@@ -122,3 +122,17 @@ def test_smtproutes_passwords_are_not_shown(tmp_path, fixed_ids):
     os.chmod(ctl / 'smtproutes', 0o640)
     got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
     assert 'Oops' not in got and 's3cret' not in got
+
+
+def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
+    ctl = tmp_path / 'control'
+    (ctl / 'domainkeys' / 'example.org').mkdir(parents=True)
+    for sel in ('2026a', '2026b'):
+        (ctl / 'domainkeys' / 'example.org' / sel).write_text('-----BEGIN PRIVATE KEY-----\n')
+        os.chmod(ctl / 'domainkeys' / 'example.org' / sel, 0o640)
+    os.chmod(ctl / 'domainkeys' / 'example.org' / '2026a', 0o644)
+    got = showctl.describe('/var/qmail', str(ctl), ['domainkeys'], b'mail.example.org')
+    assert ('\ndomainkeys: \nDKIM signs mail from example.org and below with selector 2026b.\n'
+            'Oops! Anyone may read the key example.org/2026a: chgrp qmail and chmod 640 it.\n'
+            ) in got, got
+    assert 'BEGIN' not in got and 'no idea' not in got

@@ -1133,3 +1133,73 @@ def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
             listener.terminate()
             listener.wait(timeout=WAIT)
         remove_home(relay)
+
+
+DKIM_VERIFY = r'''
+use strict;
+use Mail::DKIM::Verifier;
+use Net::DNS::Resolver;
+Mail::DKIM::DNS::resolver(Net::DNS::Resolver->new(
+    nameservers => ['127.0.0.1'], port => $ARGV[0], recurse => 1));
+my $v = Mail::DKIM::Verifier->new();
+local $/;
+my $m = <STDIN>;
+$v->PRINT($m);
+$v->CLOSE();
+print $v->result, " ", ($v->signature ? $v->signature->domain : "-"), "\n";
+'''
+
+
+def test_send_signs_with_dkim_as_an_independent_verifier_checks(mta_home, sinks, tmp_path):
+    """A key in control/domainkeys/DOMAIN/SELECTOR signs the mail from
+    that domain (qmail-send, qmail-remote as qmailr); Perl's Mail::DKIM,
+    asking a real DNS server for the selector's TXT record, finds the
+    signature good as the message arrived.  Mail from other domains is
+    not signed; an unreadable key makes the mail wait."""
+    import base64
+    import grp
+    from delivery import dnsmasq
+    if subprocess.run(['perl', '-MMail::DKIM::Verifier', '-e', '1'],
+                      capture_output=True, timeout=WAIT).returncode:
+        pytest.skip('needs libmail-dkim-perl')
+    home, start = mta_home
+    keydir = os.path.join(home, 'control', 'domainkeys', 'dkim.qmt.test')
+    os.makedirs(keydir)
+    key = os.path.join(keydir, 'sel2026')
+    subprocess.run(['openssl', 'genrsa', '-out', key, '2048'], check=True,
+                   capture_output=True, timeout=WAIT)
+    os.chown(key, 0, grp.getgrnam('qmail').gr_gid)      # for qmailr alone
+    os.chmod(key, 0o640)
+    der = subprocess.run(['openssl', 'rsa', '-in', key, '-pubout', '-outform', 'DER'],
+                         check=True, capture_output=True, timeout=WAIT).stdout
+    txt = 'v=DKIM1; k=rsa; p=' + base64.b64encode(der).decode()
+    parts = ','.join('"%s"' % txt[i:i + 200] for i in range(0, len(txt), 200))
+    zone = ZONE + 'txt-record=sel2026._domainkey.dkim.qmt.test,%s\n' % parts
+    s = sinks('127.55.1.1', 25)
+    with dnsmasq(zone, ('mx1.mx.qmt.test', 'A')) as port:
+        setctl(home, dnsservers='127.0.0.1:%d' % port)
+        mta = start()
+        signed = (b'From: Joe <joe@lists.dkim.qmt.test>\nTo: u@mx.qmt.test\n'
+                  b'Subject: signed\nDate: Fri, 27 Nov 2026 21:00:00 +0000\n\n'
+                  b'body line\n.a dot line\n')
+        queue(home, b'joe@lists.dkim.qmt.test', [b'u@mx.qmt.test'], signed)
+        mta.wait_log('delivery 1: success: 127.55.1.1_accepted_message./'
+                     'DKIM_signed_for_dkim.qmt.test_(s=sel2026)./')
+        queue(home, b'ann@other.example', [b'u@mx.qmt.test'],
+              b'From: ann@other.example\nSubject: not ours\n\nb\n')
+        mta.wait_log('delivery 2: success: 127.55.1.1_accepted_message./Remote_host_said')
+        got = [m['data'] for m in s.messages]
+        assert got[0].startswith(b'DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; '
+                                 b'd=dkim.qmt.test;'), got[0]
+        assert b'DKIM-Signature' not in got[1]
+        for data, want in ((got[0], 'pass dkim.qmt.test'), (got[0].replace(b'body line', b'body 1ine'), 'fail dkim.qmt.test'),
+                           (got[1], 'none -')):
+            r = subprocess.run(['perl', '-e', DKIM_VERIFY, str(port)], input=data,
+                               capture_output=True, timeout=WAIT)
+            assert r.stdout.decode().strip() == want, (r.stdout, r.stderr)
+        # a key qmailr cannot read: the mail waits, saying why
+        os.chmod(key, 0o600)
+        queue(home, b'joe@dkim.qmt.test', [b'u@mx.qmt.test'], signed)
+        mta.wait_log('delivery 3: deferral: Unable_to_read_the_DKIM_key_control/domainkeys/'
+                     'dkim.qmt.test/sel2026:_Permission_denied._(#4.3.0)/')
+        assert len(s.messages) == 2
