@@ -215,6 +215,8 @@ def parse_relay(value: bytes):
         creds = words[1].split(None, 1)
         if len(creds) != 2:
             raise ValueError('a user without a password')
+        if creds[0].startswith(b':'):
+            raise ValueError('a space before the port')     # "relay :587 user pw"
         auth = (creds[0], creds[1].strip())
     port = PORT_SMTP
     if hostport.startswith(b'['):
@@ -509,10 +511,15 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
     policy = tls_policy(key, settings.tlsdest, settings.tlsciphers)
     reason = None           # why TLS is required, when not tlsdestinations
-    if auth is not None and not policy.required:
+    if auth is not None:
         # A password goes only under TLS, to the relay its certificate
-        # names (the system's CAs; tlsdestinations may name others).
-        policy = required_policy(settings.tlsciphers)
+        # names: checked with the CA file tlsdestinations gives for the
+        # relay's name, else for the domain, else the system's CAs.
+        relay_key = policy_name(relay)
+        if lookup_map(relay_key, settings.tlsdest) is not None:
+            policy = tls_policy(relay_key, settings.tlsdest, settings.tlsciphers)
+        elif not policy.required:
+            policy = required_policy(settings.tlsciphers)
         reason = b'my control/smtproutes gives a password for this route'
 
     if resolver is None:

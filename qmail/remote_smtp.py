@@ -55,7 +55,9 @@ that does not verify Z #4.7.5), after the EHLO under TLS; PLAIN, else
 LOGIN, else CRAM-MD5, from what AUTH (or an old "AUTH=") offers.  235
 goes on to MAIL, and the K report says "SMTP AUTH as user."; anything
 else is Z (#4.7.8 refused, #4.7.0 not offered): a wrong password is
-the admin's to fix while the mail waits.  The password is in no report.
+the admin's to fix while the mail waits.  So is a refusal for policy
+after it (530, 5.7.x: a sender the account may not use).  The password
+is in no report, nor the user in a Z (it may end in a bounce).
 """
 
 import binascii
@@ -410,12 +412,21 @@ class Session:
         if not is_perm(code):
             return False
         if self.fellback and wants_tls(code, self.conn.text):
-            text = self.conn.text
-            self.conn.text = (text + (b'' if text.endswith(b'\n') else b'\n')
-                              + b'(TLS had failed: this was the connection in the '
-                              b'clear)\n')
+            self.note(b'(TLS had failed: this was the connection in the clear)\n')
+            return False
+        if self.authinfo and wants_tls(code, self.conn.text):
+            # A relay's policy refusal after SMTP AUTH (a sender the
+            # account may not use, an account not allowed to relay) is
+            # the admin's to fix, as a refused password is: it waits.
+            self.note(b'(a refusal for policy on a route with SMTP AUTH: waiting for '
+                      b'the account to be put right)\n')
             return False
         return True
+
+    def note(self, line: bytes):
+        """line after the last reply's text, in the report."""
+        text = self.conn.text
+        self.conn.text = text + (b'' if text.endswith(b'\n') else b'\n') + line
 
     def said(self) -> bytes:
         """The last reply's text, once (qmail's outsmtptext empties it):
@@ -450,7 +461,7 @@ class Session:
         began (a peer that wants a client certificate says so only then):
         TlsFallback, to try again in the clear, as after a failed
         handshake.  Mail that must have TLS is not let go in clear."""
-        if tls is not None and self.tlsinfo and not tls.required:
+        if tls is not None and self.tlsinfo and not tls.required and not tls.implicit:
             raise TlsFallback() from None
 
     def hello_under(self, tls) -> dict:
@@ -565,7 +576,8 @@ class Session:
         if code == 235:
             self.authinfo = b'SMTP AUTH as ' + safe(user) + b'.\n'
             return None
-        return self.auth_fails(b'it refused my SMTP AUTH as ' + safe(user), b'4.7.8')
+        # (not the user's name: this text reaches senders in a bounce)
+        return self.auth_fails(b'it refused my SMTP AUTH', b'4.7.8')
 
     def auth_fails(self, what: bytes, code: bytes, said=True) -> bytes:
         text = self.said() if said else b''

@@ -84,12 +84,18 @@ def show_lst(out, path, name, default, pre, post):
         out.append('%s%s%s\n' % (pre, safe(value), post))
     if passwords:
         try:
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
         except OSError:
-            mode = 0
-        if mode & 0o004:
-            out.append('Oops! It holds passwords and anyone may read it: '
-                       'chgrp qmail and chmod 640 it.\n')
+            st = None
+        try:
+            qmail_gid = auto.gid(auto.GROUP_QMAIL)
+        except KeyError:
+            qmail_gid = None
+        if st is not None and (st.st_mode & 0o004 or (
+                st.st_mode & 0o040 and st.st_gid not in (0, qmail_gid))):
+            out.append('Oops! It holds passwords and %s may read it: '
+                       'chgrp qmail and chmod 640 it.\n'
+                       % ('anyone' if st.st_mode & 0o004 else 'group %d' % st.st_gid))
     return True
 
 

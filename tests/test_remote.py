@@ -139,7 +139,7 @@ def test_parse_relay(value, want):
 
 
 @pytest.mark.parametrize('value', [b':2525', b'relay:', b'relay:x', b'relay:0', b'relay:99999',
-                                   b'[1.2.3.4', b'relay:587 useronly'])
+                                   b'[1.2.3.4', b'relay:587 useronly', b'relay :587 user pw'])
 def test_parse_relay_bad(value):
     with pytest.raises(ValueError):
         remote.parse_relay(value)
@@ -644,12 +644,13 @@ class FakeCtx:
         return sock
 
 
-def converse_auth(replies, auth=(b'user', b'secret'), starttls=True, implicit=False):
-    tls = smtp.Tls(FakeCtx(), 'relay.example', True, True, b'example.com')
+def converse_auth(replies, auth=(b'user', b'secret'), starttls=True, implicit=False, out=None,
+                  required=True):
+    tls = smtp.Tls(FakeCtx(), 'relay.example', required, required, b'example.com')
     tls.reason = b'my control/smtproutes gives a password for this route'
     tls.implicit = implicit
     sock = FakeTlsSock(replies)
-    out = []
+    out = [] if out is None else out
     r, w = os.pipe()
     os.write(w, b'Subject: x\n\nhi\n')
     os.close(w)
@@ -704,7 +705,7 @@ def test_session_smtp_auth_on_port_465_is_tls_from_the_start():
 @pytest.mark.parametrize('replies, want', [
     # refused: the mail waits for the admin to fix the password
     ([ehlo_offering(b'AUTH PLAIN'), b'535 5.7.8 bad credentials\r\n'],
-     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH as user; my control/smtproutes '
+     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH; my control/smtproutes '
      b'gives a user and password for this route. (#4.7.8)\n'
      b'Remote host said: 535 5.7.8 bad credentials\n'),
     ([ehlo_offering(b'SIZE 100')],
@@ -715,7 +716,7 @@ def test_session_smtp_auth_on_port_465_is_tls_from_the_start():
      b'CRAM-MD5); my control/smtproutes gives a user and password for this route. (#4.7.0)\n'),
     # a challenge the mechanism does not expect: cancelled, then refused
     ([ehlo_offering(b'AUTH PLAIN'), b'334 more?\r\n', b'501 cancelled\r\n'],
-     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH as user; my control/smtproutes '
+     b'ZConnected to 192.0.2.1 but it refused my SMTP AUTH; my control/smtproutes '
      b'gives a user and password for this route. (#4.7.8)\nRemote host said: 501 cancelled\n'),
 ])
 def test_session_smtp_auth_failures_defer_and_send_no_mail(replies, want):
@@ -723,6 +724,35 @@ def test_session_smtp_auth_failures_defer_and_send_no_mail(replies, want):
                                  b'220 go\r\n'] + replies + TAIL)
     assert final == want
     assert b'MAIL FROM' not in sent and b'secret' not in final
+
+
+def test_session_port_465_never_falls_back_to_the_clear():
+    """A connection dying under TLS on port 465 (no password: TLS not
+    required) was TlsFallback, and a second, plain connection then waited
+    for a greeting the TLS-only port never gives (timeoutremote)."""
+    final, sent = converse_auth([b'220 hi\r\n', ehlo_offering(b'SIZE 9'), None],
+                                auth=None, implicit=True, required=False)
+    assert final == b'ZConnected to 192.0.2.1 but connection died. (#4.4.2)\n'
+
+
+@pytest.mark.parametrize('stage', ['mail', 'rcpt'])
+def test_session_a_policy_refusal_after_smtp_auth_waits(stage):
+    """A relay refusing for policy once authenticated (a sender the
+    account may not use) bounced at once: it is the admin's to fix, as a
+    refused password is."""
+    refusal = b'553 5.7.1 <s@x>: Sender address rejected: not owned by user user\r\n'
+    tail = [refusal] if stage == 'mail' else [b'250 ok\r\n', refusal]
+    out = []
+    final, sent = converse_auth([b'220 hi\r\n', ehlo_offering(b'STARTTLS', b'AUTH PLAIN'),
+                                 b'220 go\r\n', ehlo_offering(b'AUTH PLAIN'), b'235 ok\r\n']
+                                + tail, out=out)
+    said = (b'Remote host said: 553 5.7.1 <s@x>: Sender address rejected: not owned by '
+            b'user user\n(a refusal for policy on a route with SMTP AUTH: waiting for the '
+            b'account to be put right)\n')
+    if stage == 'mail':
+        assert final == b'ZConnected to 192.0.2.1 but sender was rejected.\n' + said
+    else:       # the recipient's s: it waits (the D is for the r ones, none)
+        assert out == [b's192.0.2.1 does not like recipient.\n' + said]
 
 
 def test_session_smtp_auth_never_sends_the_password_in_the_clear():

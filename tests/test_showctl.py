@@ -119,9 +119,13 @@ def test_smtproutes_passwords_are_not_shown(tmp_path, fixed_ids):
             'SMTP route: old.example:relay.example\n'
             'Oops! It holds passwords and anyone may read it: chgrp qmail and chmod 640 it.\n'
             ) in got, got
+    os.chown(ctl / 'smtproutes', 0, 2107)       # (fixed_ids' qmail)
     os.chmod(ctl / 'smtproutes', 0o640)
     got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
     assert 'Oops' not in got and 's3cret' not in got
+    os.chown(ctl / 'smtproutes', 0, 4242)       # some other group
+    got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
+    assert 'Oops! It holds passwords and group 4242 may read it' in got, got
 
 
 def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):

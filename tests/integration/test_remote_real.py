@@ -467,6 +467,22 @@ def test_smtproutes_with_a_password_authenticates_under_verified_tls(home, sinks
     assert len(s.messages) == 1
 
 
+def test_smtproutes_password_relay_ca_named_by_the_relay(home, sinks, cert):
+    """The relay's CA file is found by the relay's name in tlsdestinations
+    (a line for the domain, or ":" for all, made TLS required for every
+    domain, and for a password-less route to a host without STARTTLS)."""
+    s = sinks('127.55.1.6', tls=server_context(cert))
+    plain = sinks('127.55.1.8')
+    setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret\ninternal.example:'
+           'mx.notls.qmt.test:%d' % (s.port, plain.port),
+           tlsdestinations='mx.tls.qmt.test:%s' % cert[0])
+    _, final = send(home, b'far.example', [b'u@far.example'])
+    assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+    assert b' verified.\nSMTP AUTH as user.\n' in final
+    _, final = send(home, b'internal.example', [b'u@internal.example'])
+    assert final.startswith(b'K127.55.1.8 accepted message.\nRemote host said: 250'), final
+
+
 def test_smtproutes_password_needs_a_certificate_that_verifies(home, sinks, cert):
     """Without a CA that vouches for the relay (tlsdestinations names
     none: the system's CAs), no password is sent: the mail waits."""
@@ -494,7 +510,7 @@ def test_smtproutes_password_refused_waits(home, sinks, cert):
     setctl(home, smtproutes=':mx.tls.qmt.test:%d user secret' % s.port,
            tlsdestinations=':%s' % cert[0])
     _, final = send(home, b'far.example', [b'u@far.example'])
-    assert final == (b'ZConnected to 127.55.1.6 but it refused my SMTP AUTH as user; my '
+    assert final == (b'ZConnected to 127.55.1.6 but it refused my SMTP AUTH; my '
                      b'control/smtproutes gives a user and password for this route. '
                      b'(#4.7.8)\nRemote host said: 535 5.7.8 no\n')
     assert s.messages == []
@@ -1089,7 +1105,7 @@ def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
         mta = start()
         queue(home, b'a@remote.qmt.example', [b'far@elsewhere.example'])
         mta.wait_log('delivery 1: deferral: Connected_to_127.55.0.1_but_it_refused_my_'
-                     'SMTP_AUTH_as_smart;_my_control/smtproutes_gives_a_user_and_password_'
+                     'SMTP_AUTH;_my_control/smtproutes_gives_a_user_and_password_'
                      'for_this_route._(#4.7.8)/Remote_host_said:_535')
         todo = os.path.join(relay, 'queue', 'todo')
         assert os.listdir(todo) == []
