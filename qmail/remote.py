@@ -544,17 +544,22 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
     # Signed once, for every address tried (a key under
     # control/domainkeys for the From: domain: remote_dkim).
     dkim = None                         # (DKIM-Signature field, its report line)
-    if size is not None:
+    if size is not None and remote_dkim.configured(settings.directory):
         try:
-            signed = remote_dkim.signature(read_span(fd, size), sender, settings.directory)
+            head = read_span(fd, min(size, remote_dkim.HEADER_MAX))
+            found = remote_dkim.key_for(remote_dkim.header_of(remote_dkim.wire_form(head)),
+                                        sender, settings.directory)
+            if found is not None:
+                d, selector = outsafe(found[0]), outsafe(found[1])
+                try:
+                    dkim = (remote_dkim.sign(read_span(fd, size), found),
+                            b'DKIM signed for ' + d + b' (s=' + selector + b').\n')
+                except remote_dkim.Unsigned as err:
+                    dkim = (b'', b'Not DKIM signed for ' + d + b': ' + err.args[0] + b'.\n')
         except remote_dkim.Dkim as err:
             raise temp(err.args[0]) from None
         except MemoryError:
             raise temp(T_NOMEM) from None
-        if signed is not None:
-            field, (d, selector) = signed
-            dkim = (field, b'DKIM signed for ' + outsafe(d) + b' (s=' + outsafe(selector)
-                    + b').\n')
 
     memory = memory or tcpto.Memory()
     for mx in addrs:

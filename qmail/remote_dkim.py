@@ -1,37 +1,64 @@
 """DKIM signatures for qmail-remote (part of qmail-remote; beyond qmail).
 
-Reads:    HOME/control/domainkeys/DOMAIN/SELECTOR, the private key (PEM,
-          RSA) that signs mail from DOMAIN with that selector, as the
-          qmail DKIM setups lay them out; the public key goes into DNS as
-          the TXT record SELECTOR._domainkey.DOMAIN.  A domain's
-          directory holds one key, or, while a new one takes over, two:
-          the one whose name sorts last signs.  Readable by qmailr
-          (qmail-remote runs as qmailr, group qmail): chgrp qmail, chmod
-          640 each key.
-Signs:    each message qmail-remote sends whose From: address (else,
-          a From: without one, the envelope sender's; a message with no
-          From: cannot be signed) is at a domain with a key,
-          or under one (mail from lists.example.org with example.org's
-          key, which DMARC's relaxed alignment accepts); nothing else.
+Reads:    HOME/control/domainkeys/DOMAIN/selector, one line: the
+          selector that signs mail from DOMAIN (without it, "default");
+          HOME/control/domainkeys/DOMAIN/<selector>, its private key
+          (PEM, RSA).  Other files there are ignored (the public key, an
+          editor's backup, a key being retired).  The public key goes
+          into DNS as the TXT record <selector>._domainkey.DOMAIN; a new
+          key takes over when the selector file names it, once its
+          record is published.  DOMAIN in lower case, as DNS writes it
+          (an international one in its xn-- form).  Each key readable by
+          qmailr (qmail-remote runs as qmailr, group qmail): chgrp qmail,
+          chmod 640.
+Signs:    a message qmail-remote sends when its From: address is at a
+          domain with a key, or under one (mail from lists.example.org
+          with example.org's key, which DMARC's relaxed alignment
+          accepts), and its envelope sender is under that same signing
+          domain: mail a .qmail forwards keeps its sender's envelope, so
+          mail from elsewhere with a From: in this domain (a forgery
+          through a forward or a list) is not signed.  Nor is mail with
+          no From: (a signature must cover one), nor bounces (sender <>).
           RFC 6376, rsa-sha256, c=relaxed/relaxed, dkimpy's choice of
           header fields (From signed twice, so no second From: can be
-          added).  The message is signed as it goes on the wire: each
-          line end (LF, CR LF or a lone CR in the queue's file) as CR
-          LF, which is what remote_smtp's Blaster sends.
-Fails:    (Dkim's args: the text of qmail-remote's Z report) a key that
-          cannot be read or used, or the dkim module (dkimpy) missing
-          when there are keys: the mail waits, never goes unsigned.
+          added), over the message as it goes on the wire: each line end
+          (LF, CR LF or a lone CR in the queue's file) as CR LF, which is
+          what remote_smtp's Blaster sends.
+Fails:    (Dkim's args: the text of qmail-remote's Z report) a key or
+          selector that cannot be read or used, or the dkim module
+          (dkimpy) missing when there are keys: the mail waits, never
+          goes unsigned.  A message dkimpy cannot take (a header line
+          without a colon, say) goes unsigned, and the K report says
+          why: the key is sound, the message is what it is.
+Costs:    nothing unless control/domainkeys exists; then the header is
+          read first, and the whole message only when a key applies
+          (held some six times over while it is signed).
 """
 
 import email.utils
 import os
+import re
 
 DIRECTORY = 'control/domainkeys'     # as the reports name it
 SUBDIR = 'domainkeys'                 # in the control directory
+HEADER_MAX = 1 << 18                  # bytes read to find the From: field
+SELECTOR_FILE = 'selector'
+DEFAULT_SELECTOR = b'default'
+SELECTOR_OK = re.compile(rb'[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?'
+                         rb'(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z')
+DOMAIN_OK = re.compile(rb'[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z')
 
 
 class Dkim(Exception):
     """Signing failed: args[0] is the report's text (bytes)."""
+
+
+class Unsigned(Exception):
+    """The message cannot be signed (dkimpy refused it): args[0] is why."""
+
+
+def configured(control_dir: str = 'control') -> bool:
+    return os.path.isdir(os.path.join(control_dir, SUBDIR))
 
 
 def wire_form(message: bytes) -> bytes:
@@ -47,9 +74,26 @@ def header_of(message: bytes) -> bytes:
     return message if end == -1 else message[:end + 2]
 
 
+def dns_form(domain: str):
+    """domain as DNS spells it: lower case, no final dot, an international
+    name in its ASCII (xn--) form; None if it is no domain name."""
+    domain = domain.strip().rstrip('.').lower()
+    try:
+        ascii_form = domain.encode('ascii')
+    except UnicodeEncodeError:
+        try:
+            import idna
+            ascii_form = idna.encode(domain, uts46=True)
+        except (ImportError, UnicodeError, ValueError):
+            return None
+    return ascii_form if DOMAIN_OK.match(ascii_form) else None
+
+
 def from_domain(header: bytes):
-    """The domain of the From: field's first address, lowercased; b''
-    for a From: with no address with a domain in it; None, no From:."""
+    """The domain of the From: field's first address (dns_form); b'' for
+    a From: with no address with a domain in it; None, no From: (the
+    field's name as RFC 5322 writes it: "From:", no space before the
+    colon, as dkimpy finds it)."""
     value = None
     for line in header.split(b'\r\n'):
         if value is not None:
@@ -58,14 +102,15 @@ def from_domain(header: bytes):
                 continue
             break
         name, sep, rest = line.partition(b':')
-        if sep and name.strip().lower() == b'from':
+        if sep and name.lower() == b'from':
             value = rest.strip()
     if value is None:
         return None
-    for _, addr in email.utils.getaddresses([value.decode('latin-1')]):
+    text = value.decode('utf-8', 'replace')
+    for _, addr in email.utils.getaddresses([text]):
         domain = addr.rpartition('@')[2]
         if '@' in addr and domain:
-            return domain.strip().lower().rstrip('.').encode('latin-1')
+            return dns_form(domain) or b''
     return b''
 
 
@@ -78,47 +123,59 @@ def candidates(domain: bytes):
 
 def find_key(control_dir: str, domain: bytes):
     """(signing domain, selector, key path) for mail from domain, or
-    None.  control_dir: the home's control (qmail-remote's: 'control')."""
+    None.  Raises Dkim for a selector file that cannot be read or names
+    no selector."""
     base = os.path.join(control_dir, SUBDIR)
     for d in candidates(domain):
-        if not d or d.startswith(b'.') or b'/' in d or d in (b'.', b'..'):
+        if not DOMAIN_OK.match(d):
             continue
+        ddir = os.path.join(base, os.fsdecode(d))
+        shown = os.fsencode(DIRECTORY) + b'/' + d
         try:
-            names = [n for n in os.listdir(os.path.join(base, os.fsdecode(d)))
-                     if not n.startswith('.')]
+            with open(os.path.join(ddir, SELECTOR_FILE), 'rb') as f:
+                selector = f.read(256).split(b'\n', 1)[0].strip()
         except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:
-            raise Dkim(b'Unable to read ' + os.fsencode(DIRECTORY) + b'/' + d
-                       + b'. (#4.3.0)\n') from None
-        if names:
-            selector = max(names)
-            return d, os.fsencode(selector), os.path.join(base, os.fsdecode(d), selector)
+            selector = None
+        except OSError as err:
+            raise Dkim(b'Unable to read ' + shown + b'/selector: '
+                       + (err.strerror or 'error').encode() + b'. (#4.3.0)\n') from None
+        if selector is None:
+            if not os.path.isdir(ddir):
+                continue
+            selector = DEFAULT_SELECTOR
+        if not SELECTOR_OK.match(selector):
+            raise Dkim(b'The selector in ' + shown + b'/selector is no selector. (#4.3.0)\n')
+        return d, selector, os.path.join(ddir, os.fsdecode(selector))
     return None
 
 
-def configured(control_dir: str = 'control') -> bool:
-    return os.path.isdir(os.path.join(control_dir, SUBDIR))
-
-
-def signature(message: bytes, sender: bytes, control_dir: str = 'control'):
-    """The DKIM-Signature field (its lines ending in LF, as a queue file's)
-    for message (the queue's file as it is), and (domain, selector);
-    None when no key signs its mail.  Raises Dkim."""
+def key_for(header: bytes, sender: bytes, control_dir: str = 'control'):
+    """(signing domain, selector, key path) for a message whose header
+    (a wire_form one) and envelope sender are these, or None: no key
+    applies.  Raises Dkim."""
     if not configured(control_dir):
         return None
-    wire = wire_form(message)
-    domain = from_domain(header_of(wire))
+    domain = from_domain(header)
     if domain is None:
         return None             # no From: field, which a signature must cover
-    if not domain:
-        at = sender.rpartition(b'@')
-        domain = at[2].lower() if at[1] else None
-    if not domain:
-        return None
-    found = find_key(control_dir, domain)
+    at = sender.rpartition(b'@')
+    sender_domain = dns_form(at[2].decode('utf-8', 'replace')) if at[1] else None
+    if not sender_domain:
+        return None             # a bounce, or a sender without a domain
+    found = find_key(control_dir, domain or sender_domain)
     if found is None:
         return None
+    d = found[0]
+    if sender_domain != d and not sender_domain.endswith(b'.' + d):
+        return None             # mail from elsewhere (a forward): not ours to sign
+    return found
+
+
+def sign(message: bytes, found) -> bytes:
+    """The DKIM-Signature field (its lines ending in LF, as a queue file's)
+    for message (the queue's file as it is) with found (key_for's).
+    Raises Dkim (the key, the module), Unsigned (the message),
+    MemoryError."""
     d, selector, path = found
     shown = os.fsencode(DIRECTORY) + b'/' + d + b'/' + selector
     try:
@@ -129,14 +186,27 @@ def signature(message: bytes, sender: bytes, control_dir: str = 'control'):
                    + (err.strerror or 'error').encode() + b'. (#4.3.0)\n') from None
     try:
         import dkim
+        import dkim.crypto
     except ImportError:
         raise Dkim(b'There are DKIM keys in ' + os.fsencode(DIRECTORY) + b', but the dkim '
                    b'module (dkimpy) is missing. (#4.3.0)\n') from None
     try:
-        field = dkim.sign(wire, selector, d, key,
+        dkim.crypto.parse_pem_private_key(key)
+    except MemoryError:
+        raise
+    except Exception as err:        # dkim.crypto.UnparsableKeyError and the like
+        raise Dkim(b'Unable to use the DKIM key ' + shown + b': ' + printable(err)
+                   + b'. (#4.3.0)\n') from None
+    try:
+        field = dkim.sign(wire_form(message), selector, d, key,
                           canonicalize=(b'relaxed', b'relaxed'))
-    except Exception as err:        # dkim.DKIMException, a key it cannot parse
-        text = str(err).encode('ascii', 'replace')[:200]
-        raise Dkim(b'Unable to sign with the DKIM key ' + shown + b': '
-                   + bytes(c if 32 <= c < 127 else 63 for c in text) + b'. (#4.3.0)\n') from None
-    return field.replace(b'\r\n', b'\n'), (d, selector)
+    except MemoryError:
+        raise
+    except Exception as err:        # the message's: dkim.MessageFormatError ...
+        raise Unsigned(printable(err)) from None
+    return field.replace(b'\r\n', b'\n')
+
+
+def printable(err: BaseException) -> bytes:
+    text = (str(err) or type(err).__name__).encode('ascii', 'replace')[:200]
+    return bytes(c if 32 <= c < 127 else 63 for c in text)

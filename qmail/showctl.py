@@ -173,9 +173,10 @@ def controls(ctl: str, names: list, me) -> str:
 
 
 def show_domainkeys(path: str) -> str:
-    """control/domainkeys/DOMAIN/SELECTOR (qmail-remote's DKIM keys):
-    which domain signs with which selector (the one whose name sorts
-    last), never a key; a key anyone may read is named."""
+    """control/domainkeys/DOMAIN/{selector,<selector>} (qmail-remote's
+    DKIM keys): which domain signs with which selector, never a key;
+    what would keep one from signing, and a key anyone may read."""
+    from qmail import remote_dkim
     out = ['\ndomainkeys: ']
     try:
         domains = sorted(d for d in os.listdir(path) if not d.startswith('.'))
@@ -184,26 +185,32 @@ def show_domainkeys(path: str) -> str:
     if not domains:
         return out[0] + 'No DKIM keys: no mail is signed.\n'
     out.append('\n')
+    ctl = os.path.dirname(path)
     for domain in domains:
+        shown = safe(os.fsencode(domain))
+        if not remote_dkim.DOMAIN_OK.match(os.fsencode(domain)):
+            out.append('Oops! %s is never looked up: a domain in lower case, as DNS '
+                       'writes it (xn-- for an international one).\n' % shown)
+            continue
         try:
-            keys = sorted(k for k in os.listdir(os.path.join(path, domain))
-                          if not k.startswith('.'))
-        except OSError:
-            out.append('Oops! Trouble reading the keys of %s.\n' % safe(os.fsencode(domain)))
+            found = remote_dkim.find_key(ctl, os.fsencode(domain))
+        except remote_dkim.Dkim as err:
+            out.append('Oops! %s\n' % safe(err.args[0].rstrip(b'\n')))
             continue
-        if not keys:
-            out.append('%s: no key.\n' % safe(os.fsencode(domain)))
+        if found is None or found[0] != os.fsencode(domain):
             continue
+        _, selector, key = found
         out.append('DKIM signs mail from %s and below with selector %s.\n'
-                   % (safe(os.fsencode(domain)), safe(os.fsencode(keys[-1]))))
-        for key in keys:
-            try:
-                mode = os.stat(os.path.join(path, domain, key)).st_mode
-            except OSError:
-                continue
-            if mode & 0o004:
-                out.append('Oops! Anyone may read the key %s/%s: chgrp qmail and chmod 640 it.\n'
-                           % (safe(os.fsencode(domain)), safe(os.fsencode(key))))
+                   % (shown, safe(selector)))
+        try:
+            mode = os.stat(key).st_mode
+        except OSError:
+            out.append('Oops! No key %s/%s to sign with: the mail waits.\n'
+                       % (shown, safe(selector)))
+            continue
+        if mode & 0o004:
+            out.append('Oops! Anyone may read the key %s/%s: chgrp qmail and chmod 640 it.\n'
+                       % (shown, safe(selector)))
     return ''.join(out)
 
 

@@ -130,13 +130,20 @@ def test_smtproutes_passwords_are_not_shown(tmp_path, fixed_ids):
 
 def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
     ctl = tmp_path / 'control'
-    (ctl / 'domainkeys' / 'example.org').mkdir(parents=True)
+    keys = ctl / 'domainkeys' / 'example.org'
+    keys.mkdir(parents=True)
+    (keys / 'selector').write_text('2026b\n')
     for sel in ('2026a', '2026b'):
-        (ctl / 'domainkeys' / 'example.org' / sel).write_text('-----BEGIN PRIVATE KEY-----\n')
-        os.chmod(ctl / 'domainkeys' / 'example.org' / sel, 0o640)
-    os.chmod(ctl / 'domainkeys' / 'example.org' / '2026a', 0o644)
+        (keys / sel).write_text('-----BEGIN PRIVATE KEY-----\n')
+        os.chmod(keys / sel, 0o644 if sel == '2026b' else 0o640)
+    (ctl / 'domainkeys' / 'Upper.Example').mkdir()
+    (ctl / 'domainkeys' / 'nokey.example').mkdir()
     got = showctl.describe('/var/qmail', str(ctl), ['domainkeys'], b'mail.example.org')
-    assert ('\ndomainkeys: \nDKIM signs mail from example.org and below with selector 2026b.\n'
-            'Oops! Anyone may read the key example.org/2026a: chgrp qmail and chmod 640 it.\n'
-            ) in got, got
+    assert ('\ndomainkeys: \n'
+            'Oops! Upper.Example is never looked up: a domain in lower case, as DNS writes '
+            'it (xn-- for an international one).\n'
+            'DKIM signs mail from example.org and below with selector 2026b.\n'
+            'Oops! Anyone may read the key example.org/2026b: chgrp qmail and chmod 640 it.\n'
+            'DKIM signs mail from nokey.example and below with selector default.\n'
+            'Oops! No key nokey.example/default to sign with: the mail waits.\n') in got, got
     assert 'BEGIN' not in got and 'no idea' not in got

@@ -1151,6 +1151,25 @@ def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
         remove_home(relay)
 
 
+def test_dkim_reads_the_message_only_when_a_key_applies(home, sinks, monkeypatch):
+    """Every delivery read the whole message into memory to look for a
+    key, with none configured too: a 20 MB message under the README's
+    softlimit -m 64000000 waited ("Out of memory") where it went before.
+    Now: nothing read without control/domainkeys; the header alone
+    where no key applies."""
+    reads = []
+    real = remote.read_span
+    monkeypatch.setattr(remote, 'read_span', lambda fd, n: reads.append(n) or real(fd, n))
+    s = sinks('127.55.1.1', 25)
+    big = b'From: joe@other.example\n\n' + b'x' * 75 + b'\n' * 1 + (b'y' * 99 + b'\n') * 5000
+    _, final = send(home, b'mx.qmt.test', [b'u@mx.qmt.test'], big, b'joe@other.example')
+    assert final.startswith(b'K') and reads == []
+    (home / 'control' / 'domainkeys' / 'example.org').mkdir(parents=True)
+    _, final = send(home, b'mx.qmt.test', [b'u@mx.qmt.test'], big, b'joe@other.example')
+    assert final.startswith(b'K') and reads == [remote.remote_dkim.HEADER_MAX]
+    assert len(s.messages) == 2
+
+
 DKIM_VERIFY = r'''
 use strict;
 use Mail::DKIM::Verifier;
@@ -1167,11 +1186,13 @@ print $v->result, " ", ($v->signature ? $v->signature->domain : "-"), "\n";
 
 
 def test_send_signs_with_dkim_as_an_independent_verifier_checks(mta_home, sinks, tmp_path):
-    """A key in control/domainkeys/DOMAIN/SELECTOR signs the mail from
-    that domain (qmail-send, qmail-remote as qmailr); Perl's Mail::DKIM,
-    asking a real DNS server for the selector's TXT record, finds the
-    signature good as the message arrived.  Mail from other domains is
-    not signed; an unreadable key makes the mail wait."""
+    """A key in control/domainkeys/DOMAIN/SELECTOR (the selector named in
+    DOMAIN/selector) signs the mail from that domain (qmail-send,
+    qmail-remote as qmailr); Perl's Mail::DKIM, asking a real DNS server
+    for the selector's TXT record, finds the signature good as the
+    message arrived.  Mail from other domains is not signed, nor mail
+    with a From: here and an envelope from elsewhere (a forward); an
+    unreadable key makes the mail wait."""
     import base64
     import grp
     from delivery import dnsmasq
@@ -1181,6 +1202,8 @@ def test_send_signs_with_dkim_as_an_independent_verifier_checks(mta_home, sinks,
     home, start = mta_home
     keydir = os.path.join(home, 'control', 'domainkeys', 'dkim.qmt.test')
     os.makedirs(keydir)
+    with open(os.path.join(keydir, 'selector'), 'w') as f:
+        f.write('sel2026\n')
     key = os.path.join(keydir, 'sel2026')
     subprocess.run(['openssl', 'genrsa', '-out', key, '2048'], check=True,
                    capture_output=True, timeout=WAIT)
@@ -1204,10 +1227,13 @@ def test_send_signs_with_dkim_as_an_independent_verifier_checks(mta_home, sinks,
         queue(home, b'ann@other.example', [b'u@mx.qmt.test'],
               b'From: ann@other.example\nSubject: not ours\n\nb\n')
         mta.wait_log('delivery 2: success: 127.55.1.1_accepted_message./Remote_host_said')
+        queue(home, b'attacker@evil.example', [b'u@mx.qmt.test'],
+              b'From: CEO <ceo@dkim.qmt.test>\nSubject: forwarded forgery\n\nb\n')
+        mta.wait_log('delivery 3: success: 127.55.1.1_accepted_message./Remote_host_said')
         got = [m['data'] for m in s.messages]
         assert got[0].startswith(b'DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; '
                                  b'd=dkim.qmt.test;'), got[0]
-        assert b'DKIM-Signature' not in got[1]
+        assert b'DKIM-Signature' not in got[1] and b'DKIM-Signature' not in got[2]
         for data, want in ((got[0], 'pass dkim.qmt.test'), (got[0].replace(b'body line', b'body 1ine'), 'fail dkim.qmt.test'),
                            (got[1], 'none -')):
             r = subprocess.run(['perl', '-e', DKIM_VERIFY, str(port)], input=data,
@@ -1216,6 +1242,6 @@ def test_send_signs_with_dkim_as_an_independent_verifier_checks(mta_home, sinks,
         # a key qmailr cannot read: the mail waits, saying why
         os.chmod(key, 0o600)
         queue(home, b'joe@dkim.qmt.test', [b'u@mx.qmt.test'], signed)
-        mta.wait_log('delivery 3: deferral: Unable_to_read_the_DKIM_key_control/domainkeys/'
+        mta.wait_log('delivery 4: deferral: Unable_to_read_the_DKIM_key_control/domainkeys/'
                      'dkim.qmt.test/sel2026:_Permission_denied._(#4.3.0)/')
-        assert len(s.messages) == 2
+        assert len(s.messages) == 3
