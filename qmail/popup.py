@@ -538,9 +538,11 @@ def starttls(session: Session, conn, certfile: str, wait: float):
         # (ImportError, MemoryError: a memory limit too small for libssl)
         if not session.flagtlswhy:      # once a connection: a client may ask again and again
             session.flagtlswhy = True
-            if isinstance(err, (ImportError, MemoryError)):
+            if isinstance(err, ImportError):
                 why = b'the ssl module: ' + (str(err) or type(err).__name__).encode(
                     'utf-8', 'replace')
+            elif isinstance(err, MemoryError):
+                why = b'control/servercert.pem: out of memory'
             else:
                 from qmail.smtpd_tls import cert_trouble
                 why = cert_trouble(err)

@@ -105,6 +105,7 @@ qmail-qmqpd: fd 0 and fd 1 with poll() timeouts.
 """
 
 import collections
+import copy
 import os
 import sys
 import time
@@ -662,6 +663,10 @@ def load_config(ctl: control.Controls, environ) -> Config:
     global _last_config
     config, _last_config = kept_config(_last_config, ctl, environ, CONFIG_FILES,
                                        read_config)
+    if environ.get(b'DATABYTES') is not None:
+        # (a session's own, from tcprules: no reason to read again)
+        config = copy.copy(config)
+        config.databytes = scan_ulong(environ[b'DATABYTES'])
     return config
 
 
@@ -682,9 +687,7 @@ def descriptors() -> int:
 def read_config(ctl: control.Controls, environ) -> Config:
     """The controls as read now (load_config)."""
     rcpthosts, morercpthosts = load_rcpthosts(ctl)
-    databytes = ctl.int('databytes', 0)
-    if environ.get(b'DATABYTES') is not None:
-        databytes = scan_ulong(environ[b'DATABYTES'])
+    databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     return Config(
         rcpthosts=rcpthosts,
         morercpthosts=morercpthosts,

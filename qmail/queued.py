@@ -41,7 +41,9 @@ Exits:    0 on TERM, or at end of file on fd 0: qmail-start gives it a
           error in the pool's parent restarts the pool a second later
           (the fifth within a minute: exit 111).  What went wrong goes
           to fd 2, which qmail-start makes qmail-send's log: lines
-          "qmail-queued: warning: ..." and "qmail-queued: fatal: ...".
+          "warning: qmail-queued: ..." and "alert: qmail-queued: ..."
+          (its writers' fd 2 is /dev/null: a busy one outlives
+          qmail-send, and must not hold the log's pipe open).
 See:      qmail-queue(8); qmail/lib/qqtalk.py (the client).
 """
 
@@ -272,7 +274,8 @@ def serve(listener: socket.socket, uids: dict):
     cap = UidCap({0} | {uids[k] for k in ('alias', 'daemon', 'send') if k in uids})
     while not stopping:
         pools[:] = [prefork.Pool(listener, make_handler(uids, cap), MAX_WRITERS,
-                                 spare=SPARE, max_use=MAX_USE, log=pool_log)]
+                                 spare=SPARE, max_use=MAX_USE, log=pool_log,
+                                 child_init=quiet)]
         if stopping:
             break                       # TERM came as the pool was made
         try:
@@ -285,27 +288,41 @@ def serve(listener: socket.socket, uids: dict):
         now = time.monotonic()
         failures = [t for t in failures if now - t < RESTART_WINDOW] + [now]
         if len(failures) >= RESTARTS:
-            say('fatal: writers failed %d times within %g seconds, the last: %s'
+            say('alert', 'writers failed %d times within %g seconds, the last: %s'
                 % (RESTARTS, RESTART_WINDOW, trouble))
             return 111
-        say('warning: writers failed: %s; starting them again' % trouble)
+        say('warning', 'writers failed: %s; starting them again' % trouble)
         time.sleep(RESTART_PAUSE)
     return 0
 
 
-def say(text: str):
-    """One line to fd 2: qmail-start makes it qmail-send's log."""
+def say(kind: str, text: str):
+    """One line to fd 2, which qmail-start makes qmail-send's log, in its
+    words (qmail-log(5)): "warning: qmail-queued: ..." for trouble it
+    gets over, "alert: qmail-queued: ..." when it stops (qmail-send then
+    says injections go through bin/qmail-queue)."""
     try:
-        os.write(2, ('qmail-queued: %s\n' % text).encode('utf-8', 'replace'))
+        os.write(2, ('%s: qmail-queued: %s\n' % (kind, text)).encode('utf-8', 'replace'))
     except OSError:
         pass
+
+
+def quiet():
+    """In each writer: fd 2 on /dev/null.  A writer may outlive qmail-send
+    (an injection under way: qmail-queue's DEATH is a day), and with the
+    log's pipe it kept a logger qmail-start ran (splogger, multilog)
+    from seeing its end."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    if fd != 2:
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def pool_log(level: int, text: str):
     """The pool's warnings (unable to fork, to accept); not its level 1
     "end" lines, tcpserver's form, for qmail-listen's log."""
     if level == 0:
-        say(text)
+        say('warning', text[len('warning: '):] if text.startswith('warning: ') else text)
 
 
 def why(err: BaseException) -> str:
@@ -346,22 +363,22 @@ def main(argv=None) -> int:
     # the set-uid qmail-queue makes qmailq's whoever runs it.
     try:
         if os.geteuid() != auto.uid(auto.USER_QUEUE):
-            say('fatal: must run as %s (qmail-start starts it)' % auto.USER_QUEUE)
+            say('alert', 'must run as %s (qmail-start starts it)' % auto.USER_QUEUE)
             return 111
     except KeyError as err:
-        say("fatal: unable to find qmail's users: %s" % err.args[0])
+        say('alert', "unable to find qmail's users: %s" % err.args[0])
         return 111
     try:
         uids = queue.queue_uids()
     except KeyError as err:
-        say("fatal: unable to find qmail's users: %s" % err.args[0])
+        say('alert', "unable to find qmail's users: %s" % err.args[0])
         return 111
     try:
         os.chdir(auto.QMAIL)
         listener = listen(auto.QMAIL)
         os.chdir('queue')
     except OSError as err:
-        say('fatal: unable to listen on %s: %s' % (socket_path(auto.QMAIL), why(err)))
+        say('alert', 'unable to listen on %s: %s' % (socket_path(auto.QMAIL), why(err)))
         return 111
     os.umask(0o033)
     return serve(listener, uids)

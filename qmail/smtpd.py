@@ -863,9 +863,9 @@ def load_config(ctl: control.Controls, environ) -> Config:
 
     A pool worker (qmail-listen) serves many sessions: the previous
     session's Config is used again while no control file it came from
-    changed (control.stamps), DATABYTES is the same, and the recipient
-    map, if rcptcheck is on, is the same file with the same sources
-    (RcptMap.fresh); else everything is read as at a process start.
+    changed (control.stamps) and the recipient map, if rcptcheck is on,
+    is the same file with the same sources (RcptMap.fresh); else
+    everything is read as at a process start.
 
     Raises OSError or CdbError (a control is unreadable: 421) and
     LookupError when neither smtpgreeting nor me exists, as qmail
@@ -873,7 +873,11 @@ def load_config(ctl: control.Controls, environ) -> Config:
     global _last_config
     config, _last_config = kept_config(_last_config, ctl, environ, CONFIG_FILES,
                                        read_config)
-    return config.copy()
+    config = config.copy()
+    if environ.get(b'DATABYTES') is not None:
+        # (a session's own, from tcprules: no reason to read again)
+        config.databytes = scan_ulong(environ[b'DATABYTES'])
+    return config
 
 
 def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
@@ -887,17 +891,22 @@ def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
     if key is not None and key[-1] is not None:         # rcptcheck
         routing = control.stamps(ctl.directory, ROUTING_FILES)
         key = None if routing is None else key + routing
+    map_stale = False
     if key is not None:
-        key = (ctl.directory, key, environ.get(b'DATABYTES'))
+        key = (ctl.directory, key)
         if last is not None and last[0] == key:
             config = last[1]
             if config.rcptmap is None or config.rcptmap.fresh():
                 return config, last
+            map_stale = True            # (qmail-newrcpt made a new map)
     config = read(ctl, environ)
     if key is not None and (config.rcptmap is None or config.rcptmap.reusable()) and (
             not isinstance(config.morercpthosts, cdb.Unreadable)):
-        if last is not None and last[0][1] != key[1]:
-            _changed[0] = True      # the files changed (not DATABYTES): retire()
+        if last is not None and (map_stale or last[0] != key) and (
+                config.rcptmap is None or config.rcptmap.fresh()):
+            # Read again, and kept from now on (a map that cannot be
+            # trusted yet is read at each session: no reason to retire)
+            _changed[0] = True      # retire()
         return config, (key, config)
     # A file changed a moment ago (no key): the last kept stays, to tell
     # the next session's reading that the files changed since.
@@ -947,7 +956,11 @@ def warm_config(load, home=None):
     from home, as the -u user, with the listener's environment; the
     parent's directory unchanged.  Trouble is left for a session to
     meet and report."""
-    here = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # (O_PATH: a directory the -u user may search but not read)
+        here = os.open('.', os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
     try:
         os.chdir(auto.QMAIL if home is None else home)
         load(control.Controls('control').init(), os.environb)
@@ -973,9 +986,7 @@ def read_config(ctl: control.Controls, environ) -> Config:
         except FileNotFoundError:
             pass
     badmailfrom = frozenset(a.lower() for a in ctl.lines('badmailfrom'))
-    databytes = ctl.int('databytes', 0)
-    if environ.get(b'DATABYTES') is not None:
-        databytes = scan_ulong(environ[b'DATABYTES'])
+    databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     return Config(
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),

@@ -55,7 +55,7 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
     timeout = session.config.timeout
     try:
         ctx = server_context(certfile)
-    except (OSError, ValueError) as err:    # ssl.SSLError is an OSError
+    except (OSError, ValueError, MemoryError) as err:    # ssl.SSLError is an OSError
         channel.write(session.starttls_refused(cert_trouble(err)), timeout)
         return channel
     channel.write(R_TLSGO, timeout)
@@ -77,7 +77,7 @@ def smtps(session, fd: int, certfile: str, wait: float):
     log: nothing can be said to the client)."""
     try:
         ctx = server_context(certfile)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, MemoryError) as err:
         session.abort()
         session.closereply = b'SMTPS: unable to load ' + cert_trouble(err)
         return None
@@ -96,6 +96,8 @@ def cert_trouble(err) -> bytes:
     b"control/servercert.pem: " and the reason, or the cipher list's."""
     if isinstance(err, CipherTrouble):
         return b'%s: %s' % err.args
+    if isinstance(err, MemoryError):
+        return b'control/servercert.pem: out of memory'
     return b'control/servercert.pem: ' + cert_reason(err)
 
 

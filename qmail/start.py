@@ -35,6 +35,9 @@ import sys
 from qmail.lib import auto, proctitle
 
 
+LOG_FD = 1      # the activity record: fd 1 until qmail-start becomes qmail-send, then 0
+
+
 def die():
     os._exit(111)
 
@@ -187,6 +190,8 @@ def main(argv=None) -> int:
 
     os.setuid(uids)
     os.dup2(1, 0)                          # the activity record: fd 0
+    global LOG_FD
+    LOG_FD = 0
     os.dup2(pi[0][1], 1)
     os.dup2(pi[1][0], 2)
     os.dup2(pi[2][1], 3)
@@ -214,7 +219,7 @@ def run():
         else:
             why = 'internal error (%s)' % type(err).__name__
         try:
-            os.write(1, ('alert: cannot start: qmail-start: %s\n' % why).encode())
+            os.write(LOG_FD, ('alert: cannot start: qmail-start: %s\n' % why).encode())
         except OSError:
             pass
         code = 111

@@ -740,7 +740,10 @@ def test_a_pool_worker_keeps_its_config_while_the_files_stay(tmp_path, monkeypat
         return qmtpd.load_config(control.Controls(str(ctl_dir)).init(), env or {})
     first = load()
     assert load() is first
-    assert load({b'DATABYTES': b'100'}) is not first            # another session's rule
+    other = load({b'DATABYTES': b'100'})                        # another session's rule
+    assert other is not first and other.databytes == 100
+    assert other.rcpthosts is first.rcpthosts                   # (nothing read again)
+    assert load() is first and first.databytes == 0
     (ctl_dir / 'rcpthosts').write_bytes(b'example.org\nexample.net\n')
     time.sleep(control.RACY_FINE + 0.1)
     again = load()

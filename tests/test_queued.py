@@ -19,7 +19,7 @@ def keep_term():
 class FakePool:
     runs = []
 
-    def __init__(self, sock, handle, limit, spare, max_use, log=None):
+    def __init__(self, sock, handle, limit, spare, max_use, log=None, child_init=None):
         self.stopped = False
 
     def stop(self):
@@ -43,7 +43,7 @@ def test_a_failed_pool_is_started_again(monkeypatch, capfd):
     assert len(FakePool.runs) == 2 and FakePool.runs[0] is not FakePool.runs[1]
     assert pauses == [queued.RESTART_PAUSE]
     # fd 2 is qmail-send's log (qmail-start's fd 1): it says why
-    assert capfd.readouterr().err == ('qmail-queued: warning: writers failed: '
+    assert capfd.readouterr().err == ('warning: qmail-queued: writers failed: '
                                       'TypeError (a bug); starting them again\n')
 
 
@@ -75,7 +75,7 @@ def test_a_pool_failing_again_and_again_ends_the_daemon(monkeypatch, capfd):
     assert queued.serve(None, {}) == 111
     assert len(FakePool.runs) == queued.RESTARTS
     said = capfd.readouterr().err.splitlines()
-    assert said[-1] == ('qmail-queued: fatal: writers failed 5 times within 60 seconds, '
+    assert said[-1] == ('alert: qmail-queued: writers failed 5 times within 60 seconds, '
                         'the last: TypeError (a bug)')
     assert len(said) == queued.RESTARTS
 

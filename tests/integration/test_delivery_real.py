@@ -646,7 +646,7 @@ def test_a_qmail_queued_that_cannot_start_says_why_in_the_log(world):
     os.chmod(run, 0o755)
     mta = Mta(home, './Maildir/')
     try:
-        mta.wait_log('qmail-queued: fatal: unable to listen on %s/qmail-queue.sock: '
+        mta.wait_log('alert: qmail-queued: unable to listen on %s/qmail-queue.sock: '
                      'Permission denied' % run)
         mta.wait_log('alert: qmail-queued ended (exit 111)')
         before = listing(world['u2'])
@@ -654,6 +654,57 @@ def test_a_qmail_queued_that_cannot_start_says_why_in_the_log(world):
         wait_new(world['u2'], before)
     finally:
         mta.stop()
+        remove_home(home)
+
+
+def test_a_busy_queue_writer_does_not_hold_the_log_open(world):
+    """qmail-queued's writers had the log's pipe as fd 2: one in an
+    injection outlived qmail-send (qmail-queue's DEATH is a day), and the
+    logger qmail-start ran (cat here; splogger, multilog) never saw its
+    end.  Writers have /dev/null there now."""
+    import array
+    import socket as socketmod
+    home = install_home(DOMAIN)
+    logpath = os.path.join(os.path.dirname(home), 'logger.out')
+    client = None
+    with open(logpath, 'wb') as out:
+        proc = subprocess.Popen([os.path.join(home, 'bin', 'qmail-start'), './Maildir/', 'cat'],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={'PATH': '/usr/bin:/bin'}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while b'status: local 0/' not in open(logpath, 'rb').read():
+            assert time.monotonic() < deadline, 'qmail-send did not start'
+            time.sleep(0.05)
+        logger = [p for p, (pp, t) in group_processes(proc.pid).items()
+                  if pp == proc.pid and t == 'cat']
+        assert len(logger) == 1
+        # an injection that never comes: a writer waits for it
+        client = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+        client.connect(os.path.join(home, 'run', 'qmail-queue.sock'))
+        pm, pe = os.pipe(), os.pipe()
+        client.sendmsg([b'Q'], [(socketmod.SOL_SOCKET, socketmod.SCM_RIGHTS,
+                                 array.array('i', [pm[0], pe[0]]))])
+        client.settimeout(TIMEOUT)
+        assert client.recv(32).endswith(b'\n')         # a writer took it
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while os.path.exists('/proc/%d' % logger[0]):
+            with open('/proc/%d/stat' % logger[0]) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    break
+            assert time.monotonic() < deadline, 'the logger still runs: its pipe is held'
+            time.sleep(0.05)
+    finally:
+        if client is not None:
+            client.close()
+            for fd in pm + pe:
+                os.close(fd)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         remove_home(home)
 
 
