@@ -55,7 +55,9 @@ setup: runtime devenv
 	$(DEVENV)/bin/python -m qmail.install --home $(QMAIL_HOME) \
 	  --python $(RUNTIME)/bin/python3 $(if $(FQDN),--fqdn $(FQDN)) \
 	  $(if $(SMTP_ADDR),--smtp-addr $(SMTP_ADDR)) $(if $(SMTP_PORT),--smtp-port $(SMTP_PORT)) \
-	  $(if $(POP3_PORT),--pop3-port $(POP3_PORT))
+	  $(if $(POP3_PORT),--pop3-port $(POP3_PORT)) \
+	  $(if $(SUBMISSION_PORT),--submission-port $(SUBMISSION_PORT)) \
+	  $(if $(SMTPS_PORT),--smtps-port $(SMTPS_PORT))
 	@if $(QMAIL_HOME)/bin/qmail-svscan running >/dev/null 2>&1; then \
 	  echo "make: qmail is running on the code before: make stop, then make run"; fi
 
@@ -63,9 +65,9 @@ setup: runtime devenv
 # foreground: qmail-send, qmail-smtpd on SMTP_ADDR:SMTP_PORT, their
 # multilog logs in $(QMAIL_HOME)/log.  Ctrl-C (or make stop from another
 # shell) stops everything cleanly: deliveries under way finish first.
-# SMTP_ADDR, SMTP_PORT, POP3_PORT: where qmail-listen listens (a new
-# home: 127.0.0.1, 25 and 110; a reinstall keeps the home's own unless
-# given again).
+# SMTP_ADDR, SMTP_PORT, POP3_PORT, SUBMISSION_PORT, SMTPS_PORT: where
+# qmail-listen listens (a new home: 127.0.0.1, 25, 110, 587 and 465; a
+# reinstall keeps the home's own unless given again).
 # Already running: say so before anything is installed (a reinstall would
 # replace the code under the running daemons).  An installed qmail-svscan
 # too old to answer "running" (exit 100): svok on each service instead.

@@ -10,8 +10,9 @@ Writes:   the users and groups of conf-users/conf-groups, if missing;
           qmail-queue, compiled here; control files as config-fast writes
           them, when control/me does not exist yet; the service scripts
           (supervise/*/run, log/run: qmail-listen on --smtp-addr,
-          --smtp-port and --pop3-port, or where the scripts there listen
-          now, else 127.0.0.1, 25 and 110); control/tcp.smtp if missing,
+          --smtp-port, --pop3-port, --submission-port and --smtps-port,
+          or where the scripts there listen now, else 127.0.0.1, 25,
+          110, 587 and 465); control/tcp.smtp if missing,
           and its cdb when the rules are newer.
 Exits:    0 installed; 100 usage, not root, or a runtime interpreter
           without dnspython and idna; 111 a step failed.
@@ -690,6 +691,19 @@ exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   %(home)s/bin/qmail-popup "$ME" "$CHECKER" %(home)s/bin/qmail-pop3d Maildir 2>&1
 """
 
+SUBMISSION_RUN = """#!/bin/sh
+# qmail-smtpd for mail clients, through qmail-listen as qmaild, %(what)s
+# (put the certificate in control/servercert.pem); enabled by qmail-svscan when
+# control/submissionchecker names the checkpassword program
+# (checkpassword for system users, vcheckpassword for virtual ones).
+# An authenticated client may relay; any other is an SMTP client.
+CHECKER=`head -1 %(home)s/control/submissionchecker`
+ME=`head -1 %(home)s/control/me`
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" %(smtps)s\\
+  qmail-listen -v -c 20 -u %(uid)d -g %(gid)d %(addr)s %(port)s \\
+  %(home)s/bin/qmail-smtpd "$ME" "$CHECKER" /bin/true 2>&1
+"""
+
 LOG_RUN = """#!/bin/sh
 exec setuidgid qmaill multilog t %(home)s/log/%(name)s
 """
@@ -807,7 +821,8 @@ def install_man(home, gids):
                manpage.index_page(sorted(index), sorted(others)), 0o644, 0, gids['qmail'])
 
 
-LISTEN_DEFAULTS = {'smtp_addr': '127.0.0.1', 'smtp_port': '25', 'pop3_port': '110'}
+LISTEN_DEFAULTS = {'smtp_addr': '127.0.0.1', 'smtp_port': '25', 'pop3_port': '110',
+                   'submission_port': '587', 'smtps_port': '465'}
 
 
 def listening(home) -> dict:
@@ -819,7 +834,8 @@ def listening(home) -> dict:
     SMTP's address; either script may tell it.  A value found in
     neither is the default (LISTEN_DEFAULTS)."""
     found = {}
-    for name, port in (('qmail-smtpd', 'smtp_port'), ('qmail-pop3d', 'pop3_port')):
+    for name, port in (('qmail-smtpd', 'smtp_port'), ('qmail-pop3d', 'pop3_port'),
+                       ('qmail-submission', 'submission_port'), ('qmail-smtps', 'smtps_port')):
         try:
             with open(os.path.join(home, 'supervise', name, 'run')) as f:
                 got = listen_args(f.read(1 << 16))
@@ -926,7 +942,8 @@ def memory_warning(path, script: str):
             '(README: "Memory limits")\n' % (path, limit[0], limit[1], need))
 
 
-def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port=None):
+def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port=None,
+                     submission_port=None, smtps_port=None):
     """HOME/supervise/<service>/{run,log/run} and HOME/log/<service>:
     the daemontools setup (qmail's own INSTALL layout, logs per home).
     An address or port not given is the one the home's run script has
@@ -935,6 +952,8 @@ def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port
     smtp_addr = smtp_addr or was['smtp_addr']
     smtp_port = smtp_port or was['smtp_port']
     pop3_port = pop3_port or was['pop3_port']
+    submission_port = submission_port or was['submission_port']
+    smtps_port = smtps_port or was['smtps_port']
     sup = os.path.join(home, 'supervise')
     logs = os.path.join(home, 'log')
     make_dir(sup, 0, gids['qmail'], 0o755)
@@ -945,6 +964,15 @@ def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port
                                     'gid': gids['nofiles'], 'addr': smtp_addr,
                                     'port': smtp_port},
         'qmail-pop3d': POP3D_RUN % {'home': home, 'addr': smtp_addr, 'port': pop3_port},
+        # mail clients' SMTP: submission (587), and TLS from the start (465)
+        'qmail-submission': SUBMISSION_RUN % {
+            'home': home, 'uid': uids['qmaild'], 'gid': gids['nofiles'], 'addr': smtp_addr,
+            'port': submission_port, 'smtps': '',
+            'what': 'for\n# submission (STARTTLS, then SMTP AUTH)'},
+        'qmail-smtps': SUBMISSION_RUN % {
+            'home': home, 'uid': uids['qmaild'], 'gid': gids['nofiles'], 'addr': smtp_addr,
+            'port': smtps_port, 'smtps': 'SMTPS=1 ',
+            'what': 'with\n# TLS from the start (SMTPS, RFC 8314), then SMTP AUTH'},
     }
     for name, text in services.items():
         d = os.path.join(sup, name)
@@ -1078,7 +1106,7 @@ def root_only(path) -> str:
 # does without (process titles, qmail-send's watch on todo/) or says so
 # when used (argon2: qmail-vpasswd and vcheckpassword).
 RUNTIME_MODULES = ('dns.resolver', 'idna')
-RUNTIME_OPTIONAL = ('pyinotify', 'setproctitle', 'argon2')
+RUNTIME_OPTIONAL = ('pyinotify', 'setproctitle', 'argon2', 'dkim')
 # Run by the runtime: a line "<module> <why>" for each that will not import.
 IMPORT_EACH = '''import importlib, sys
 for name in sys.argv[1:]:
@@ -1171,7 +1199,7 @@ def choose_split(home, split=None) -> int:
 
 
 def install(home, python, fqdn, split=None, smtp_addr=None, smtp_port=None,
-            pop3_port=None):
+            pop3_port=None, submission_port=None, smtps_port=None):
     check_path('home', home)
     check_path('python', python)
     if not os.access(python, os.X_OK):
@@ -1205,7 +1233,8 @@ def install(home, python, fqdn, split=None, smtp_addr=None, smtp_port=None,
                              'config-fast wrote: edit them to change it)\n' % (fqdn, me))
     config_fast(home, fqdn or host_fqdn())
     install_aliases(home, uids, gids)
-    install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port)
+    install_services(home, uids, gids, smtp_addr, smtp_port, pop3_port,
+                     submission_port, smtps_port)
     install_docs(home, gids)
     install_man(home, gids)
     if home == DEFAULT_HOME:
@@ -1225,6 +1254,8 @@ def main(argv=None) -> int:
     parser.add_argument('--smtp-addr', default=None)
     parser.add_argument('--smtp-port', default=None)
     parser.add_argument('--pop3-port', default=None)
+    parser.add_argument('--submission-port', default=None)
+    parser.add_argument('--smtps-port', default=None)
     parser.add_argument('--split', type=int, default=None,
                         help="the queue's subdirectories (conf-split; default: an "
                         "existing queue's, else 23)")
@@ -1249,7 +1280,8 @@ def main(argv=None) -> int:
             raise InstallError('--split wants a number from 1 to 9999')
         install(args.home.rstrip('/') or '/', args.python, args.fqdn, split=args.split,
                 smtp_addr=args.smtp_addr, smtp_port=args.smtp_port,
-                pop3_port=args.pop3_port)
+                pop3_port=args.pop3_port, submission_port=args.submission_port,
+                smtps_port=args.smtps_port)
     except InstallError as e:
         print('qmail-install: fatal: %s' % e, file=sys.stderr)
         return 100

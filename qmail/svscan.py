@@ -5,7 +5,9 @@ Runs as:  root (make run).
 Usage:    qmail-svscan [start|stop|status|running]; start is the default.
 Does:     start: links HOME/service/<name> to HOME/supervise/<name> for
           qmail-send, qmail-smtpd and, when HOME/control/pop3checker
-          exists, qmail-pop3d; starts svscan(8) on HOME/service, which
+          exists, qmail-pop3d, when HOME/control/submissionchecker
+          exists, qmail-submission (port 587) and qmail-smtps (465);
+          starts svscan(8) on HOME/service, which
           runs supervise(8) for each service and for its log/ (multilog
           with tai64n stamps into HOME/log/<name>); prints where to look,
           and a warning for each service that does not stay up its
@@ -52,14 +54,18 @@ FLAP_WAIT = 2.0         # seconds each service must stay up after the start
 LOG_TAIL = 4096         # bytes of a log read for its last line
 
 
-INSTALLED = ('qmail-send', 'qmail-smtpd', 'qmail-pop3d')    # qmail-install's services
+INSTALLED = ('qmail-send', 'qmail-smtpd', 'qmail-pop3d',       # qmail-install's services
+             'qmail-submission', 'qmail-smtps')
+OPTIONAL = (('pop3checker', ('qmail-pop3d',)),          # a control file: what it enables
+            ('submissionchecker', ('qmail-submission', 'qmail-smtps')))
 
 
 def services(home: str):
     names = ['qmail-send', 'qmail-smtpd']
-    if os.path.exists(os.path.join(home, 'control', 'pop3checker')) and \
-            os.path.isdir(os.path.join(home, 'supervise', 'qmail-pop3d')):
-        names.append('qmail-pop3d')
+    for flag, enabled in OPTIONAL:
+        if os.path.exists(os.path.join(home, 'control', flag)):
+            names += [n for n in enabled
+                      if os.path.isdir(os.path.join(home, 'supervise', n))]
     return names
 
 
@@ -178,11 +184,11 @@ def intro(home: str) -> str:
             '    echo "Subject: hello" | %(home)s/bin/sendmail root@%(me)s\n'
             'It lands in %(home)s/alias/Maildir/new/ (root\'s mail; see README).\n'
             '%(users)s'
-            'Logs: %(home)s/log/<service>/current (qmail-send, qmail-smtpd%(pop)s)\n'
+            'Logs: %(home)s/log/<service>/current (%(services)s)\n'
             '    (tai64nlocal < %(home)s/log/qmail-send/current for readable times)\n'
             'Status: svstat %(home)s/service/*; Ctrl-C or %(stop)s stops everything.\n'
             % {'home': home, 'me': me, 'stop': make_cmd('stop', home), 'users': users,
-               'pop': ', qmail-pop3d' if 'qmail-pop3d' in services(home) else ''})
+               'services': ', '.join(services(home))})
 
 
 def cmdline(pid: int):

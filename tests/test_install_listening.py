@@ -25,5 +25,14 @@ def test_listening_takes_the_address_from_either_script(tmp_path):
     (sup / 'qmail-pop3d' / 'run').write_text(
         install.POP3D_RUN % {'home': '/h', 'addr': '0', 'port': '1110'})
     assert install.listening(str(tmp_path)) == {
-        'smtp_addr': '0', 'smtp_port': '25', 'pop3_port': '1110'}
+        'smtp_addr': '0', 'smtp_port': '25', 'pop3_port': '1110',
+        'submission_port': '587', 'smtps_port': '465'}
     assert install.listening(str(tmp_path / 'none')) == install.LISTEN_DEFAULTS
+
+
+def test_listening_reads_the_mail_clients_ports():
+    """qmail-submission and qmail-smtps (SMTPS=1 before qmail-listen)."""
+    for smtps, port in (('', '1587'), ('SMTPS=1 ', '1465')):
+        script = install.SUBMISSION_RUN % {'home': '/h', 'uid': 5, 'gid': 6, 'addr': '::',
+                                           'port': port, 'smtps': smtps, 'what': 'x'}
+        assert install.listen_args(script) == ('::', port)

@@ -3,6 +3,7 @@ started by the test, svc -t/-d/-u, a killed qmail-send restarted by
 supervise with no mail lost, multilog logs with tai64n stamps."""
 
 import os
+import pwd
 import re
 import signal
 import smtplib
@@ -49,11 +50,25 @@ def supervised(tmp_path):
     home = os.path.join(top, 'qmail')
     port = free_port()
     pop3port = free_port()
+    subport, smtpsport = free_port(), free_port()
     subprocess.run([sys.executable, '-m', 'qmail.install', '--home', home, '--python', RUNTIME,
-                    '--fqdn', DOMAIN, '--smtp-port', str(port), '--pop3-port', str(pop3port)],
+                    '--fqdn', DOMAIN, '--smtp-port', str(port), '--pop3-port', str(pop3port),
+                    '--submission-port', str(subport), '--smtps-port', str(smtpsport)],
                    check=True, stdout=subprocess.DEVNULL, timeout=TIMEOUT)
-    with open(os.path.join(home, 'control', 'pop3checker'), 'w') as f:
-        f.write(os.path.join(home, 'bin', 'checkpassword') + '\n')
+    for name in ('pop3checker', 'submissionchecker'):
+        with open(os.path.join(home, 'control', name), 'w') as f:
+            f.write(os.path.join(home, 'bin', 'checkpassword') + '\n')
+    # the certificate of the mail clients' services (STARTTLS, SMTPS)
+    certfile = os.path.join(top, 'cert.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', certfile,
+                    '-out', certfile + '.crt', '-days', '2', '-subj', '/CN=' + DOMAIN],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    servercert = os.path.join(home, 'control', 'servercert.pem')
+    with open(servercert, 'wb') as f:
+        f.write(open(certfile + '.crt', 'rb').read() + open(certfile, 'rb').read())
+    os.chown(servercert, pwd.getpwnam('qmaild').pw_uid, 0)
+    os.chmod(servercert, 0o400)
     user = ensure_user('qmtsvc')
     subprocess.run(['chpasswd'], input=b'qmtsvc:pop-secret-1\n', check=True, timeout=TIMEOUT)
     maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
@@ -65,7 +80,8 @@ def supervised(tmp_path):
     wait_for(lambda: os.path.exists(os.path.join(top, 'svscan.out')) and
              b'Ctrl-C' in open(os.path.join(top, 'svscan.out'), 'rb').read(), 'qmail-svscan')
     yield {'home': home, 'port': port, 'user': user, 'svc': svc, 'proc': proc, 'top': top,
-           'pop3port': pop3port}
+           'pop3port': pop3port, 'subport': subport, 'smtpsport': smtpsport,
+           'cafile': certfile + '.crt'}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -156,6 +172,31 @@ def test_supervised_mta(supervised):
     assert subjects_seen == set(subjects)
     pop.quit()
 
+    # Mail clients' SMTP, because control/submissionchecker names a
+    # checker: submission (STARTTLS, then AUTH) and SMTPS (465's kind)
+    import ssl
+    sub_dir, smtps_dir = os.path.join(svc, 'qmail-submission'), os.path.join(svc, 'qmail-smtps')
+    for d in (sub_dir, smtps_dir):
+        wait_for(lambda: pid_of(d) is not None, 'svstat up ' + d)
+    ctx = ssl.create_default_context(cafile=supervised['cafile'])
+    ctx.check_hostname = False
+    wait_for(lambda: subprocess.run(['sh', '-c', 'exec 3<>/dev/tcp/127.0.0.1/%d'
+                                     % supervised['smtpsport']], capture_output=True,
+                                    executable='/bin/bash').returncode == 0, 'smtps port')
+    with smtplib.SMTP('127.0.0.1', supervised['subport'], timeout=TIMEOUT) as s:
+        s.starttls(context=ctx)
+        s.login('qmtsvc', 'pop-secret-1')
+        s.sendmail('qmtsvc@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: submitted\r\n\r\nb\r\n')
+    with smtplib.SMTP_SSL('127.0.0.1', supervised['smtpsport'], timeout=TIMEOUT,
+                          context=ctx) as s:
+        s.login('qmtsvc', 'pop-secret-1')
+        s.sendmail('qmtsvc@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: smtps\r\n\r\nb\r\n')
+    # (qmail-pop3d moved the 14 above to cur/)
+    wait_for(lambda: sorted(re.search(rb'\nSubject: ([^\n]*)\n', open(os.path.join(
+        user[3], 'Maildir', 'new', n), 'rb').read()).group(1)
+        for n in os.listdir(os.path.join(user[3], 'Maildir', 'new'))) == [b'smtps', b'submitted'],
+        'the mail clients\' messages')
+
     # make stop (qmail-svscan stop): it returns once the foreground
     # qmail-svscan has exited, after every service; both exit 0
     proc = supervised['proc']
@@ -166,7 +207,7 @@ def test_supervised_mta(supervised):
     r = subprocess.run([os.path.join(home, 'bin', 'qmail-svscan'), 'stop'],
                        timeout=TIMEOUT * 3, capture_output=True)
     assert r.returncode == 0, r.stderr              # a second stop: nothing to do
-    for d in (send_dir, smtpd_dir, pop_dir):
+    for d in (send_dir, smtpd_dir, pop_dir, sub_dir, smtps_dir):
         assert subprocess.run(['svok', d], timeout=TIMEOUT).returncode != 0
     assert 'status: exiting' in open(os.path.join(home, 'log', 'qmail-send', 'current')).read()
 
