@@ -684,7 +684,11 @@ POP3D_RUN = """#!/bin/sh
 # user): enabled by qmail-svscan when control/pop3checker names the
 # checkpassword program (checkpassword for system users, vcheckpassword
 # for virtual ones).
-CHECKER=`head -1 %(home)s/control/pop3checker`
+CHECKER=`head -1 %(home)s/control/pop3checker 2>/dev/null`
+if [ -z "$CHECKER" ]; then
+  echo "qmail-pop3d run: control/pop3checker names no checker; looking again in a minute"
+  exec sleep 60
+fi
 ME=`head -1 %(home)s/control/me`
 exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   qmail-listen -v -c 20 -x %(home)s/control/tcp.pop3.cdb -X %(addr)s %(port)s \\
@@ -696,11 +700,17 @@ SUBMISSION_RUN = """#!/bin/sh
 # (put the certificate in control/servercert.pem); enabled by qmail-svscan when
 # control/submissionchecker names the checkpassword program
 # (checkpassword for system users, vcheckpassword for virtual ones).
-# An authenticated client may relay; any other is an SMTP client.
-CHECKER=`head -1 %(home)s/control/submissionchecker`
+# MAIL only after AUTH (REQUIRE_AUTH), and then relaying; rules, if
+# any, in control/tcp.submission.cdb (tcprules, as tcp.smtp).
+CHECKER=`head -1 %(home)s/control/submissionchecker 2>/dev/null`
+if [ -z "$CHECKER" ]; then
+  echo "%(name)s run: control/submissionchecker names no checker; looking again in a minute"
+  exec sleep 60
+fi
 ME=`head -1 %(home)s/control/me`
-exec env - PATH="%(home)s/bin:/usr/bin:/bin" %(smtps)s\\
-  qmail-listen -v -c 20 -u %(uid)d -g %(gid)d %(addr)s %(port)s \\
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" REQUIRE_AUTH=1 %(smtps)s\\
+  qmail-listen -v -c 20 -x %(home)s/control/tcp.submission.cdb -X \\
+  -u %(uid)d -g %(gid)d %(addr)s %(port)s \\
   %(home)s/bin/qmail-smtpd "$ME" "$CHECKER" /bin/true 2>&1
 """
 
@@ -967,11 +977,11 @@ def install_services(home, uids, gids, smtp_addr=None, smtp_port=None, pop3_port
         # mail clients' SMTP: submission (587), and TLS from the start (465)
         'qmail-submission': SUBMISSION_RUN % {
             'home': home, 'uid': uids['qmaild'], 'gid': gids['nofiles'], 'addr': smtp_addr,
-            'port': submission_port, 'smtps': '',
+            'port': submission_port, 'smtps': '', 'name': 'qmail-submission',
             'what': 'for\n# submission (STARTTLS, then SMTP AUTH)'},
         'qmail-smtps': SUBMISSION_RUN % {
             'home': home, 'uid': uids['qmaild'], 'gid': gids['nofiles'], 'addr': smtp_addr,
-            'port': smtps_port, 'smtps': 'SMTPS=1 ',
+            'port': smtps_port, 'smtps': 'SMTPS=1 ', 'name': 'qmail-smtps',
             'what': 'with\n# TLS from the start (SMTPS, RFC 8314), then SMTP AUTH'},
     }
     for name, text in services.items():

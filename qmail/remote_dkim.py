@@ -14,11 +14,13 @@ Reads:    HOME/control/domainkeys/DOMAIN/selector, one line: the
 Signs:    a message qmail-remote sends when its From: address is at a
           domain with a key, or under one (mail from lists.example.org
           with example.org's key, which DMARC's relaxed alignment
-          accepts), and its envelope sender is under that same signing
-          domain: mail a .qmail forwards keeps its sender's envelope, so
-          mail from elsewhere with a From: in this domain (a forgery
-          through a forward or a list) is not signed.  Nor is mail with
-          no From: (a signature must cover one), nor bounces (sender <>).
+          accepts), its envelope sender is under that same signing
+          domain, and it has no Delivered-To: field: mail delivered here
+          and sent on (a .qmail forward, a list) came from anywhere, any
+          SMTP client may give a sender of ours, so a forgery of this
+          domain's From: sent to a forwarding address is not signed.
+          Nor is mail with no From: (a signature must cover one), nor
+          bounces (sender <>).
           RFC 6376, rsa-sha256, c=relaxed/relaxed, dkimpy's choice of
           header fields (From signed twice, so no second From: can be
           added), over the message as it goes on the wire: each line end
@@ -121,13 +123,14 @@ def candidates(domain: bytes):
     return [b'.'.join(labels[i:]) for i in range(len(labels) - 1)] or [domain]
 
 
-def find_key(control_dir: str, domain: bytes):
+def find_key(control_dir: str, domain: bytes, fits=None):
     """(signing domain, selector, key path) for mail from domain, or
-    None.  Raises Dkim for a selector file that cannot be read or names
-    no selector."""
+    None: the nearest domain, at or above it, with a key and, if given,
+    fits(that domain).  Raises Dkim for a selector file that cannot be
+    read or names no selector."""
     base = os.path.join(control_dir, SUBDIR)
     for d in candidates(domain):
-        if not DOMAIN_OK.match(d):
+        if not DOMAIN_OK.match(d) or (fits is not None and not fits(d)):
             continue
         ddir = os.path.join(base, os.fsdecode(d))
         shown = os.fsencode(DIRECTORY) + b'/' + d
@@ -155,6 +158,8 @@ def key_for(header: bytes, sender: bytes, control_dir: str = 'control'):
     applies.  Raises Dkim."""
     if not configured(control_dir):
         return None
+    if delivered_here(header):
+        return None             # passed through a delivery here: a forward, a list
     domain = from_domain(header)
     if domain is None:
         return None             # no From: field, which a signature must cover
@@ -162,13 +167,23 @@ def key_for(header: bytes, sender: bytes, control_dir: str = 'control'):
     sender_domain = dns_form(at[2].decode('utf-8', 'replace')) if at[1] else None
     if not sender_domain:
         return None             # a bounce, or a sender without a domain
-    found = find_key(control_dir, domain or sender_domain)
-    if found is None:
-        return None
-    d = found[0]
-    if sender_domain != d and not sender_domain.endswith(b'.' + d):
-        return None             # mail from elsewhere (a forward): not ours to sign
-    return found
+
+    def fits(d):                # the envelope's domain is under it too
+        return sender_domain == d or sender_domain.endswith(b'.' + d)
+    return find_key(control_dir, domain or sender_domain, fits)
+
+
+def delivered_here(header: bytes) -> bool:
+    """Has the message a Delivered-To: field (qmail-local's): it was
+    delivered here and sent on, by a .qmail forward, a list, a filter.
+    What arrives from anywhere (with any envelope sender: an SMTP client
+    needs no AUTH to give one of ours) may reach a forward: it is not
+    this host's to vouch for."""
+    for line in header.split(b'\r\n'):
+        name, sep, _ = line.partition(b':')
+        if sep and name.lower() == b'delivered-to':
+            return True
+    return False
 
 
 def sign(message: bytes, found) -> bytes:

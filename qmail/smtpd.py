@@ -11,7 +11,8 @@ Runs as:  qmaild, under tcpserver or tcp-env, the connection on fd 0 and
 Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
-          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, SMTPS (set,
+          RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, REQUIRE_AUTH
+          (set: MAIL gets 530 until AUTH, but from a RELAYCLIENT), SMTPS (set,
           even empty: TLS from the start, before the greeting, as the
           qmail TLS patch has it for port 465; no certificate or no
           handshake is no session, exit 1, the log says why), and
@@ -176,6 +177,7 @@ R_FLUSHED = b'250 flushed\r\n'
 R_GOAHEAD = b'354 go ahead\r\n'
 R_HOPS = b'554 too many hops, this message is looping (#5.4.6)\r\n'
 R_SIZE = b'552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n'
+R_AUTHFIRST = b'530 authentication required (#5.7.0)\r\n'
 R_STRAYLF = b'451 See http://pobox.com/~djb/docs/smtplf.html.\r\n'
 R_TIMEOUT = b'451 timeout (#4.4.2)\r\n'
 R_CONTROL = b'421 unable to read controls (#4.3.0)\r\n'
@@ -217,7 +219,8 @@ class Config:
     this host's IPv4 addresses as 4-byte strings and IPv6 addresses as
     16-byte strings.  flagtls: STARTTLS may be offered (a certificate,
     and a socket: the shell decides); flagauthplain: AUTH without TLS;
-    flagcram: offer CRAM-MD5."""
+    flagcram: offer CRAM-MD5; flagrequireauth: MAIL only after AUTH
+    (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -226,8 +229,9 @@ class Config:
                  ipme=frozenset((b'\0\0\0\0',)), flagtls=False,
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
-                 flaglog=True, rcptmap=None):
+                 flaglog=True, rcptmap=None, flagrequireauth=False):
         self.greeting = greeting
+        self.flagrequireauth = flagrequireauth
         self.flaglog = flaglog
         self.rcptmap = rcptmap      # unknown local recipients: 550
         self.localiphost = localiphost
@@ -707,6 +711,12 @@ class Session:
             self.bad(R_SYNTAX)
             return
         addr, rest = parsed
+        if self.config.flagrequireauth and self.authuser is None \
+                and self.peer.relayclient is None:
+            self.note_abandoned(b'new MAIL before DATA')
+            self.seenmail = False
+            self.bad(R_AUTHFIRST)
+            return
         size = mail_size(rest)
         if self.config.databytes and size is not None and size > self.config.databytes:
             # The client meant a new transaction: an earlier one it left
@@ -1328,12 +1338,17 @@ def main(argv=None, home=None) -> int:
     seen = getattr(environ, '_data', None)
     seen = seen if isinstance(seen, dict) else environ
     session = None
+    # SMTPS set (the qmail TLS patch's variable, from the run script of a
+    # port 465 service): TLS from the start, so nothing in the clear,
+    # not even a 421 (the log says why).
+    smtps = seen.get(b'SMTPS') is not None
     try:
         try:
             os.chdir(home)
             config = load_config(control.Controls('control').init(), seen)
         except (OSError, CdbError, LookupError) as err:
-            say(1, R_CONTROL)
+            if not smtps:
+                say(1, R_CONTROL)
             # The client sees only the 421; the log says which and why.
             stderr.log(b'qmail-smtpd: pid %d from %s: %s: %s\n' % (
                 os.getpid(), logsafe(seen.get(b'TCPREMOTEIP') or b'unknown'),
@@ -1342,9 +1357,13 @@ def main(argv=None, home=None) -> int:
         try:
             config.ipme = ipme_now()
         except OSError:
-            say(1, R_IPME)
+            if not smtps:
+                say(1, R_IPME)
             return 1
         config.flagtls = config.flagtls and is_socket(0, 1)
+        # REQUIRE_AUTH set (a mail clients' port: RFC 6409 lets it ask
+        # for AUTH first), as the AUTH patches name it
+        config.flagrequireauth = seen.get(b'REQUIRE_AUTH') is not None
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'
@@ -1359,13 +1378,11 @@ def main(argv=None, home=None) -> int:
                           time.time(), checker=authenticator(argv),
                           tick=time.monotonic())
         session.pid = os.getpid()
-        # SMTPS set (the qmail TLS patch's variable, from tcp.smtp or the
-        # run script of a port 465 service): TLS from the start.
-        return serve(session, 0, 1, smtps=seen.get(b'SMTPS') is not None)
+        return serve(session, 0, 1, smtps=smtps)
     except MemoryError:
         if session is not None:
             session.abort()
-        if session is None or session.tls is None:  # not in the clear under TLS
+        if not smtps and (session is None or session.tls is None):  # never in the clear under TLS
             say(1, R_NOMEM)
         return 1
     except KeyboardInterrupt:   # sendmail -bs at a terminal, and ^C
@@ -1382,7 +1399,7 @@ def main(argv=None, home=None) -> int:
                  if tb is not None else '?')
         stderr.log(('qmail-smtpd: internal error: %s at %s\n'
                     % (type(err).__name__, where)).encode())
-        if session is None or session.tls is None:  # not in the clear under TLS
+        if not smtps and (session is None or session.tls is None):  # never in the clear under TLS
             say(1, R_INTERNAL)
         return 1
 

@@ -63,10 +63,20 @@ OPTIONAL = (('pop3checker', ('qmail-pop3d',)),          # a control file: what i
 def services(home: str):
     names = ['qmail-send', 'qmail-smtpd']
     for flag, enabled in OPTIONAL:
-        if os.path.exists(os.path.join(home, 'control', flag)):
+        if control_line(os.path.join(home, 'control', flag)):
             names += [n for n in enabled
                       if os.path.isdir(os.path.join(home, 'supervise', n))]
     return names
+
+
+def control_line(path: str) -> bool:
+    """Does the file name something on its first line (a checker)?  An
+    empty one enabled a service with no checker: POP3 answering every
+    login with a usage error, SMTP for mail clients without AUTH."""
+    try:
+        return bool(control.readline(path))
+    except OSError:
+        return False
 
 
 def link_services(home: str, names):

@@ -34,5 +34,5 @@ def test_listening_reads_the_mail_clients_ports():
     """qmail-submission and qmail-smtps (SMTPS=1 before qmail-listen)."""
     for smtps, port in (('', '1587'), ('SMTPS=1 ', '1465')):
         script = install.SUBMISSION_RUN % {'home': '/h', 'uid': 5, 'gid': 6, 'addr': '::',
-                                           'port': port, 'smtps': smtps, 'what': 'x'}
+                                           'port': port, 'smtps': smtps, 'what': 'x', 'name': 'n'}
         assert install.listen_args(script) == ('::', port)

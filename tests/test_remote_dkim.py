@@ -134,6 +134,30 @@ def test_only_mail_whose_envelope_is_ours_is_signed(tmp_path, keypair):
     assert signed(b'Subject: x\n\nbody\n', b'joe@example.org', ctl) is None
 
 
+def test_mail_delivered_here_and_sent_on_is_not_signed(tmp_path, keypair):
+    """Any SMTP client may give a sender of ours without AUTH: a forged
+    From: of ours sent to a forwarding address went out signed (found by
+    a review).  qmail-local's Delivered-To: marks mail sent on."""
+    ctl = control_with(tmp_path, {('example.org', 'default'): keypair[0]})
+    forwarded = (b'Delivered-To: fwd@example.org\nFrom: CEO <ceo@example.org>\n\n'
+                 b'wire the money\n')
+    assert signed(forwarded, b'ceo@example.org', ctl) is None
+    assert signed(forwarded.replace(b'Delivered-To: fwd@example.org\n', b''),
+                  b'ceo@example.org', ctl) is not None
+
+
+def test_a_key_above_that_fits_the_envelope_is_found(tmp_path, keypair):
+    """From: at sub.example.org (its own key), envelope at example.org:
+    example.org's key signs (DMARC's relaxed alignment), where no key
+    was used."""
+    ctl = control_with(tmp_path, {('sub.example.org', 'default'): keypair[0],
+                                  ('example.org', 'default'): keypair[0]})
+    got = rd.key_for(b'From: a@sub.example.org\r\n', b'x@example.org', ctl)
+    assert got[0] == b'example.org'
+    got = rd.key_for(b'From: a@sub.example.org\r\n', b'x@sub.example.org', ctl)
+    assert got[0] == b'sub.example.org'
+
+
 def test_without_domainkeys_nothing_is_read(tmp_path):
     (tmp_path / 'control').mkdir()
     assert not rd.configured(str(tmp_path / 'control'))

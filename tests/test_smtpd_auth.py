@@ -1093,6 +1093,40 @@ def test_program_smtps_without_a_handshake_is_no_session(home, how, why):
                      + why, server.stderr), server.stderr
 
 
+def test_program_require_auth_wants_auth_before_mail(home):
+    """REQUIRE_AUTH (the mail clients' services set it): MAIL gets 530
+    until AUTH, so a client without a password cannot use port 587 as
+    port 25 without port 25's rules; a RELAYCLIENT needs none."""
+    server = Server(home, env={'REQUIRE_AUTH': '1'})
+    with connect(server) as smtp:
+        smtp.starttls(context=client_context(home.cafile))
+        smtp.ehlo('client.example')
+        check(smtp.docmd('MAIL', 'FROM:<a@b.example>'),
+              (530, b'authentication required (#5.7.0)'))
+        check(smtp.docmd('RCPT', 'TO:<u@example.org>'), (503, b'MAIL first (#5.5.1)'))
+        check(login(smtp, 'PLAIN'), (235, b'ok, go ahead (#2.0.0)'))
+        check(smtp.sendmail('a@b.example', ['u@example.org'], b'Subject: x\r\n\r\nb\r\n'), {})
+        smtp.quit()
+    check(server.wait(), 0)
+    server = Server(home, env={'REQUIRE_AUTH': '', 'RELAYCLIENT': ''})
+    with connect(server) as smtp:
+        check(smtp.sendmail('a@b.example', ['u@example.org'], b'Subject: y\r\n\r\nb\r\n'), {})
+        smtp.quit()
+    check(server.wait(), 0)
+
+
+def test_program_smtps_says_nothing_in_the_clear_when_it_cannot_start(home):
+    """With SMTPS a 421 for unreadable controls went out in the clear on
+    the TLS port (found by a review): the log alone says why."""
+    (home.path / 'control' / 'smtpgreeting').unlink(missing_ok=True)
+    (home.path / 'control' / 'me').unlink()
+    server = Server(home, env={'SMTPS': '1'})
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        check(sock.recv(1000), b'')
+    check(server.wait(), 1)
+    assert b'421 unable to read controls' in server.stderr, server.stderr
+
+
 def test_program_bad_password(home):
     home.control('authdelaysmtpd', b'1\n')
     server = Server(home)

@@ -1494,6 +1494,27 @@ def test_svscan_start_keeps_the_admins_own_services(tmp_path):
                                          'qmail-smtpd']
 
 
+def test_svscan_runs_the_optional_services_once_their_checker_is_named(tmp_path):
+    """pop3checker runs qmail-pop3d, submissionchecker qmail-submission
+    and qmail-smtps; an empty file started them with no checker (POP3's
+    every login a usage error, mail clients' SMTP without AUTH)."""
+    from qmail import svscan
+    home = str(tmp_path)
+    for name in svscan.INSTALLED:
+        os.makedirs(os.path.join(home, 'supervise', name))
+    os.makedirs(os.path.join(home, 'control'))
+    assert svscan.services(home) == ['qmail-send', 'qmail-smtpd']
+    for flag in ('pop3checker', 'submissionchecker'):
+        open(os.path.join(home, 'control', flag), 'w').close()
+    assert svscan.services(home) == ['qmail-send', 'qmail-smtpd']
+    time.sleep(0.01)
+    with open(os.path.join(home, 'control', 'submissionchecker'), 'w') as f:
+        f.write('/var/qmail/bin/checkpassword\n')
+    os.utime(os.path.join(home, 'control', 'submissionchecker'), (1, 1))  # (a new stamp)
+    assert svscan.services(home) == ['qmail-send', 'qmail-smtpd', 'qmail-submission',
+                                     'qmail-smtps']
+
+
 def test_svscan_reads_only_a_regular_log_file(tmp_path):
     """log/<name>/ is qmaill's: a link there to a file of root's had its
     last line printed by the start (run as root), a FIFO hung it."""

@@ -130,5 +130,5 @@ CONTROLS = (
 # Files in control/ that showctl knows but does not print as a control.
 # (The rules of README's services: tcprules' sources, cdbs and temporaries.)
 KNOWN_FILES = ('morercpthosts.cdb',) + tuple(
-    'tcp.%s%s' % (service, suffix) for service in ('smtp', 'pop3', 'qmqp', 'qmtp')
+    'tcp.%s%s' % (service, suffix) for service in ('smtp', 'pop3', 'qmqp', 'qmtp', 'submission')
     for suffix in ('', '.cdb', '.tmp'))
