@@ -59,16 +59,7 @@ def starttls(session, channel, fd: int, certfile: str, wait: float):
         channel.write(session.starttls_refused(cert_trouble(err)), timeout)
         return channel
     channel.write(R_TLSGO, timeout)
-    try:
-        tls = handshake(ctx, fd, min(HANDSHAKE_TIMEOUT, wait))
-    except TlsError as err:
-        session.abort()
-        # The log says so: a scanner's or a broken client's failed
-        # handshake is not a client that just went away.
-        session.closereply = b'TLS handshake failed (%s)' % str(err).encode('ascii', 'replace')
-        return None
-    session.tls_started(tls.description)
-    return tls
+    return started(session, ctx, fd, wait)
 
 
 def smtps(session, fd: int, certfile: str, wait: float):
@@ -81,10 +72,18 @@ def smtps(session, fd: int, certfile: str, wait: float):
         session.abort()
         session.closereply = b'SMTPS: unable to load ' + cert_trouble(err)
         return None
+    return started(session, ctx, fd, wait)
+
+
+def started(session, ctx, fd: int, wait: float):
+    """The handshake, then the session's start under TLS: the TlsChannel,
+    or None (the session aborted) when it failed."""
     try:
         tls = handshake(ctx, fd, min(HANDSHAKE_TIMEOUT, wait))
     except TlsError as err:
         session.abort()
+        # The log says so: a scanner's or a broken client's failed
+        # handshake is not a client that just went away.
         session.closereply = b'TLS handshake failed (%s)' % str(err).encode('ascii', 'replace')
         return None
     session.tls_started(tls.description)

@@ -88,14 +88,19 @@ def cert():
     tmp = tempfile.mkdtemp(prefix='qmt-cert.')
     os.chmod(tmp, 0o755)
     certfile, keyfile = os.path.join(tmp, 'cert.pem'), os.path.join(tmp, 'key.pem')
-    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
-                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyfile,
-                    '-out', certfile, '-days', '2', '-subj', '/CN=mx.tls.qmt.test',
-                    '-addext', 'subjectAltName=DNS:mx.tls.qmt.test'],
-                   check=True, capture_output=True, timeout=TIMEOUT)
-    os.chmod(certfile, 0o644)
+    self_signed(certfile, keyfile, 'mx.tls.qmt.test')
     yield certfile, keyfile
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def self_signed(certfile, keyfile, name):
+    """A self-signed certificate for name (world-readable) and its key."""
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyfile,
+                    '-out', certfile, '-days', '2', '-subj', '/CN=' + name,
+                    '-addext', 'subjectAltName=DNS:' + name],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    os.chmod(certfile, 0o644)
 
 
 def server_context(cert):
@@ -1071,12 +1076,7 @@ def test_send_through_a_smarthost_with_smtp_auth(mta_home, cert):
         # the sending home's tlsdestinations names
         certdir = os.path.dirname(cert[0])
         rcert, rkey = os.path.join(certdir, 'relay.pem'), os.path.join(certdir, 'relay.key')
-        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
-                        'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', rkey,
-                        '-out', rcert, '-days', '2', '-subj', '/CN=relay.qmt.test',
-                        '-addext', 'subjectAltName=DNS:relay.qmt.test'],
-                       check=True, capture_output=True, timeout=WAIT)
-        os.chmod(rcert, 0o644)
+        self_signed(rcert, rkey, 'relay.qmt.test')
         servercert = os.path.join(relay, 'control', 'servercert.pem')
         with open(servercert, 'wb') as f:
             f.write(open(rcert, 'rb').read() + open(rkey, 'rb').read())
