@@ -1,7 +1,8 @@
 """DKIM signatures for qmail-remote (part of qmail-remote; beyond qmail).
 
 Reads:    HOME/control/domainkeys/DOMAIN/selector, one line: the
-          selector that signs mail from DOMAIN (without it, "default");
+          selector that signs mail from DOMAIN (without it, "default" if
+          there is such a key, else nothing is signed for DOMAIN);
           HOME/control/domainkeys/DOMAIN/<selector>, its private key
           (PEM, RSA).  Other files there are ignored (the public key, an
           editor's backup, a key being retired).  The public key goes
@@ -143,7 +144,10 @@ def find_key(control_dir: str, domain: bytes, fits=None):
             raise Dkim(b'Unable to read ' + shown + b'/selector: '
                        + (err.strerror or 'error').encode() + b'. (#4.3.0)\n') from None
         if selector is None:
-            if not os.path.isdir(ddir):
+            # No selector file: the key "default", if there; else none
+            # yet (a key made, its record not yet published: unsigned,
+            # not waiting)
+            if not os.path.lexists(os.path.join(ddir, os.fsdecode(DEFAULT_SELECTOR))):
                 continue
             selector = DEFAULT_SELECTOR
         if not SELECTOR_OK.match(selector):

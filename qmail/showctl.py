@@ -198,6 +198,8 @@ def show_domainkeys(path: str) -> str:
             out.append('Oops! %s\n' % safe(err.args[0].rstrip(b'\n')))
             continue
         if found is None or found[0] != os.fsencode(domain):
+            out.append('%s: no selector file and no key named default: nothing is '
+                       'signed for it.\n' % shown)
             continue
         _, selector, key = found
         out.append('DKIM signs mail from %s and below with selector %s.\n'

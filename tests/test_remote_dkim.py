@@ -84,6 +84,11 @@ def test_the_selector_file_names_the_key_else_default(tmp_path):
     assert rd.find_key(ctl, b'lists.example.org')[:2] == (b'example.org', b'2026b')
     assert rd.find_key(ctl, b'a.sub.example.org')[:2] == (b'sub.example.org', b'default')
     assert rd.find_key(ctl, b'example.net') is None
+    # a key made, its record not yet published, no selector file: nothing
+    # signed (it deferred all the domain's mail, wanting "default")
+    (tmp_path / 'control' / 'domainkeys' / 'new.example').mkdir()
+    (tmp_path / 'control' / 'domainkeys' / 'new.example' / 'sel2027').write_bytes(b'k')
+    assert rd.find_key(ctl, b'new.example') is None
     with pytest.raises(rd.Dkim) as err:
         rd.find_key(ctl, b'bad.example')
     assert err.value.args[0] == (b'The selector in control/domainkeys/bad.example/selector '

@@ -144,6 +144,6 @@ def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
             'it (xn-- for an international one).\n'
             'DKIM signs mail from example.org and below with selector 2026b.\n'
             'Oops! Anyone may read the key example.org/2026b: chgrp qmail and chmod 640 it.\n'
-            'DKIM signs mail from nokey.example and below with selector default.\n'
-            'Oops! No key nokey.example/default to sign with: the mail waits.\n') in got, got
+            'nokey.example: no selector file and no key named default: nothing is signed '
+            'for it.\n') in got, got
     assert 'BEGIN' not in got and 'no idea' not in got
