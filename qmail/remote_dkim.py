@@ -179,7 +179,10 @@ def key_for(header: bytes, sender: bytes, control_dir: str = 'control'):
 
 def delivered_here(header: bytes) -> bool:
     """Has the message a Delivered-To: field (qmail-local's): it was
-    delivered here and sent on, by a .qmail forward, a list, a filter.
+    delivered here and sent on, by a .qmail forward (an & line, forward,
+    condredirect) or a list.  (A program given the message without
+    preline, piping it to qmail-inject, gets no Delivered-To: what it
+    sends on is its own, signed as the user's.)
     What arrives from anywhere (with any envelope sender: an SMTP client
     needs no AUTH to give one of ours) may reach a forward: it is not
     this host's to vouch for."""

@@ -197,13 +197,17 @@ def show_domainkeys(path: str) -> str:
         except remote_dkim.Dkim as err:
             out.append('Oops! %s\n' % safe(err.args[0].rstrip(b'\n')))
             continue
-        if found is None or found[0] != os.fsencode(domain):
+        if found is None:
             out.append('%s: no selector file and no key named default: nothing is '
                        'signed for it.\n' % shown)
             continue
+        if found[0] != os.fsencode(domain):
+            out.append('%s: no selector file and no key named default: its mail is '
+                       'signed with the key of %s.\n' % (shown, safe(found[0])))
+            continue
         _, selector, key = found
-        out.append('DKIM signs mail from %s and below with selector %s.\n'
-                   % (shown, safe(selector)))
+        out.append('DKIM signs mail from %s and below (its envelope sender there too) '
+                   'with selector %s.\n' % (shown, safe(selector)))
         try:
             mode = os.stat(key).st_mode
         except OSError:

@@ -1356,9 +1356,12 @@ def main(argv=None, home=None) -> int:
             return 1
         try:
             config.ipme = ipme_now()
-        except OSError:
+        except OSError as err:
             if not smtps:
                 say(1, R_IPME)
+            stderr.log(b'qmail-smtpd: pid %d from %s: %s: %s\n' % (
+                os.getpid(), logsafe(seen.get(b'TCPREMOTEIP') or b'unknown'),
+                R_IPME.rstrip(b'\r\n'), (err.strerror or 'error').encode()))
             return 1
         config.flagtls = config.flagtls and is_socket(0, 1)
         # REQUIRE_AUTH set (a mail clients' port: RFC 6409 lets it ask
@@ -1384,6 +1387,10 @@ def main(argv=None, home=None) -> int:
             session.abort()
         if not smtps and (session is None or session.tls is None):  # never in the clear under TLS
             say(1, R_NOMEM)
+        try:
+            stderr.log(b'qmail-smtpd: pid %d: out of memory\n' % os.getpid())
+        except MemoryError:
+            pass
         return 1
     except KeyboardInterrupt:   # sendmail -bs at a terminal, and ^C
         if session is not None:

@@ -138,12 +138,16 @@ def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
         os.chmod(keys / sel, 0o644 if sel == '2026b' else 0o640)
     (ctl / 'domainkeys' / 'Upper.Example').mkdir()
     (ctl / 'domainkeys' / 'nokey.example').mkdir()
+    (ctl / 'domainkeys' / 'sub.example.org').mkdir()
     got = showctl.describe('/var/qmail', str(ctl), ['domainkeys'], b'mail.example.org')
     assert ('\ndomainkeys: \n'
             'Oops! Upper.Example is never looked up: a domain in lower case, as DNS writes '
             'it (xn-- for an international one).\n'
-            'DKIM signs mail from example.org and below with selector 2026b.\n'
+            'DKIM signs mail from example.org and below (its envelope sender there too) '
+            'with selector 2026b.\n'
             'Oops! Anyone may read the key example.org/2026b: chgrp qmail and chmod 640 it.\n'
             'nokey.example: no selector file and no key named default: nothing is signed '
-            'for it.\n') in got, got
+            'for it.\n'
+            'sub.example.org: no selector file and no key named default: its mail is signed '
+            'with the key of example.org.\n') in got, got
     assert 'BEGIN' not in got and 'no idea' not in got
