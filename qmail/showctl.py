@@ -64,6 +64,32 @@ def hide_password(line: bytes):
     return words[0] + b' ' + words[1] + b' (password not shown)', True
 
 
+def route_trouble(line: bytes):
+    """An Oops line for an smtproutes line qmail-remote cannot use (its
+    mail waits: "Unable to parse control/smtproutes."), else None."""
+    from qmail import remote         # (its parser, not a copy of it)
+    key, sep, value = remote.split_policy_line(line)
+    if not sep or not value.strip():
+        return None                 # no colon: ignored; no relay: the MX
+    try:
+        remote.parse_relay(value.strip())
+    except ValueError:
+        return 'Oops! qmail-remote cannot parse this route: its mail waits.\n'
+    return None
+
+
+def with_cafile(line: bytes) -> bytes:
+    """A tlsdestinations line as words: "domain (CA file f; names n)"."""
+    key, sep, rest = line.partition(b':')
+    if not sep:
+        return line
+    cafile, _, names = rest.partition(b':')
+    more = [b'CA file ' + cafile] if cafile else [b"the system's CAs"]
+    if names.strip():
+        more.append(b'certificate names ' + names.strip())
+    return (key or b'every domain') + b' (' + b'; '.join(more) + b')'
+
+
 def show_lst(out, path, name, default, pre, post):
     """Returns True if the file exists (showctl's rcpthosts rule)."""
     out.append('\n%s: ' % name)
@@ -78,10 +104,16 @@ def show_lst(out, path, name, default, pre, post):
     out.append('\n')
     passwords = False
     for value in values:
+        trouble = None
         if name == 'smtproutes':
+            trouble = route_trouble(value)
             value, had = hide_password(value)
             passwords = passwords or had
+        elif name == 'tlsdestinations':
+            value = with_cafile(value)
         out.append('%s%s%s\n' % (pre, safe(value), post))
+        if trouble:
+            out.append(trouble)
     if passwords:
         try:
             st = os.stat(path)

@@ -151,3 +151,29 @@ def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
             'sub.example.org: no selector file and no key named default: its mail is signed '
             'with the key of example.org.\n') in got, got
     assert 'BEGIN' not in got and 'no idea' not in got
+
+
+def test_routes_qmail_remote_cannot_parse_are_named(tmp_path, fixed_ids):
+    """A route qmail-remote defers all mail on ("Unable to parse
+    control/smtproutes.") was shown as any other (found by a review)."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'smtproutes').write_text('x.example:relay.x:587 onlyuser\n'
+                                    'y.example:relay.y :587 u p\n'
+                                    'z.example:relay.z:99999\n'
+                                    'ok.example:relay.ok:587\n'
+                                    'mx.example:\n')
+    os.chmod(ctl / 'smtproutes', 0o600)
+    got = showctl.describe('/var/qmail', str(ctl), ['smtproutes'], b'mail.example.org')
+    oops = 'Oops! qmail-remote cannot parse this route: its mail waits.\n'
+    assert got.count(oops) == 3, got
+    assert 'SMTP route: ok.example:relay.ok:587\nSMTP route: mx.example:\n' in got, got
+
+
+def test_tlsdestinations_say_the_ca_file_apart():
+    assert showctl.with_cafile(b'[127.0.0.1]:/etc/ssl/r.pem') == \
+        b'[127.0.0.1] (CA file /etc/ssl/r.pem)'
+    assert showctl.with_cafile(b'example.org') == b'example.org'
+    assert showctl.with_cafile(b':') == b"every domain (the system's CAs)"
+    assert showctl.with_cafile(b'ex.org::.mail.ex.net mx') == \
+        b"ex.org (the system's CAs; certificate names .mail.ex.net mx)"
