@@ -684,7 +684,7 @@ POP3D_RUN = """#!/bin/sh
 # user): enabled by qmail-svscan when control/pop3checker names the
 # checkpassword program (checkpassword for system users, vcheckpassword
 # for virtual ones).
-CHECKER=`head -1 %(home)s/control/pop3checker 2>/dev/null`
+CHECKER=`head -1 %(home)s/control/pop3checker 2>/dev/null | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'`
 if [ -z "$CHECKER" ]; then
   echo "qmail-pop3d run: control/pop3checker names no checker; looking again in a minute"
   exec sleep 60
@@ -702,7 +702,7 @@ SUBMISSION_RUN = """#!/bin/sh
 # (checkpassword for system users, vcheckpassword for virtual ones).
 # MAIL only after AUTH (REQUIRE_AUTH), and then relaying; rules, if
 # any, in control/tcp.submission.cdb (tcprules, as tcp.smtp).
-CHECKER=`head -1 %(home)s/control/submissionchecker 2>/dev/null`
+CHECKER=`head -1 %(home)s/control/submissionchecker 2>/dev/null | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'`
 if [ -z "$CHECKER" ]; then
   echo "%(name)s run: control/submissionchecker names no checker; looking again in a minute"
   exec sleep 60
