@@ -679,17 +679,26 @@ exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   -u %(uid)d -g %(gid)d %(addr)s %(port)s %(home)s/bin/qmail-smtpd 2>&1
 """
 
+
+def wait_for_checker(flag: str, name: str) -> str:
+    """A run script's lines that take the checker from control/<flag>
+    (its first line, blanks trimmed) and, when it names none, say so
+    and sleep a minute (the supervisor then tries again) rather than
+    serve logins nothing checks.  name: the service's, or %(name)s."""
+    return ("CHECKER=`head -1 %%(home)s/control/%s 2>/dev/null | "
+            "sed 's/^[[:space:]]*//;s/[[:space:]]*$//'`\n"
+            'if [ -z "$CHECKER" ]; then\n'
+            '  echo "%s run: control/%s names no checker; looking again in a minute"\n'
+            '  exec sleep 60\n'
+            'fi\n' % (flag, name, flag))
+
+
 POP3D_RUN = """#!/bin/sh
 # qmail-pop3d under supervise, as root (the checker switches to the
 # user): enabled by qmail-svscan when control/pop3checker names the
 # checkpassword program (checkpassword for system users, vcheckpassword
 # for virtual ones).
-CHECKER=`head -1 %(home)s/control/pop3checker 2>/dev/null | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'`
-if [ -z "$CHECKER" ]; then
-  echo "qmail-pop3d run: control/pop3checker names no checker; looking again in a minute"
-  exec sleep 60
-fi
-ME=`head -1 %(home)s/control/me`
+""" + wait_for_checker('pop3checker', 'qmail-pop3d') + """ME=`head -1 %(home)s/control/me`
 exec env - PATH="%(home)s/bin:/usr/bin:/bin" \\
   qmail-listen -v -c 20 -x %(home)s/control/tcp.pop3.cdb -X %(addr)s %(port)s \\
   %(home)s/bin/qmail-popup "$ME" "$CHECKER" %(home)s/bin/qmail-pop3d Maildir 2>&1
@@ -702,12 +711,7 @@ SUBMISSION_RUN = """#!/bin/sh
 # (checkpassword for system users, vcheckpassword for virtual ones).
 # MAIL only after AUTH (REQUIRE_AUTH), and then relaying; rules, if
 # any, in control/tcp.submission.cdb (tcprules, as tcp.smtp).
-CHECKER=`head -1 %(home)s/control/submissionchecker 2>/dev/null | sed 's/^[[:space:]]*//;s/[[:space:]]*$//'`
-if [ -z "$CHECKER" ]; then
-  echo "%(name)s run: control/submissionchecker names no checker; looking again in a minute"
-  exec sleep 60
-fi
-ME=`head -1 %(home)s/control/me`
+""" + wait_for_checker('submissionchecker', '%(name)s') + """ME=`head -1 %(home)s/control/me`
 exec env - PATH="%(home)s/bin:/usr/bin:/bin" REQUIRE_AUTH=1 %(smtps)s\\
   qmail-listen -v -c 20 -x %(home)s/control/tcp.submission.cdb -X \\
   -u %(uid)d -g %(gid)d %(addr)s %(port)s \\

@@ -42,6 +42,8 @@ import email.utils
 import os
 import re
 
+from qmail import remote_smtp
+
 DIRECTORY = 'control/domainkeys'     # as the reports name it
 SUBDIR = 'domainkeys'                 # in the control directory
 HEADER_MAX = 1 << 18                  # bytes read to find the From: field
@@ -65,8 +67,8 @@ def configured(control_dir: str = 'control') -> bool:
 
 
 def wire_form(message: bytes) -> bytes:
-    """The message's line ends as they are sent: CR LF."""
-    return message.replace(b'\r\n', b'\n').replace(b'\r', b'\n').replace(b'\n', b'\r\n')
+    """The message's line ends as the Blaster sends them: CR LF."""
+    return remote_smtp.to_lf(message).replace(b'\n', b'\r\n')
 
 
 def header_of(message: bytes) -> bytes:
@@ -230,5 +232,4 @@ def sign(message: bytes, found) -> bytes:
 
 
 def printable(err: BaseException) -> bytes:
-    text = (str(err) or type(err).__name__).encode('ascii', 'replace')[:200]
-    return bytes(c if 32 <= c < 127 else 63 for c in text)
+    return remote_smtp.safe(str(err) or type(err).__name__)[:200]

@@ -191,6 +191,12 @@ def sni_ok(name: str) -> bool:
     return True
 
 
+def to_lf(data: bytes) -> bytes:
+    """Each line end (CR LF, a lone CR, LF) as LF: the lines the Blaster
+    sends, each then ending in CR LF (what a DKIM signature covers)."""
+    return data.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+
+
 class Blaster:
     """The message in SMTP's form, fed in chunks of any size: a CR, a LF
     or CR LF ends a line and goes as CR LF, a leading dot is doubled.
@@ -209,7 +215,7 @@ class Blaster:
         if not chunk:
             return b''
         self.after_cr = chunk.endswith(b'\r')
-        block = chunk.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
+        block = to_lf(chunk)
         block = block.replace(b'\n.', b'\n..')
         if self.at_start and block.startswith(b'.'):
             block = b'.' + block
@@ -485,13 +491,18 @@ class Session:
             return {}
         return None
 
-    def required_fails(self, tls: Tls, what: bytes, code: bytes, said=b'') -> bytes:
+    def gives_up(self, what: bytes, why: bytes, code: bytes, said=b'') -> bytes:
+        """QUIT, and the Z report "Connected to IP but what; why. (#code)"
+        (a TLS or SMTP AUTH requirement not met), said after it."""
         try:
             self.conn.send(b'QUIT\r\n')
         except Dropped:
             pass
         return (b'ZConnected to ' + self.partner + b' but ' + what
-                + b'; ' + tls.why() + b'. (#' + code + b')\n' + said)
+                + b'; ' + why + b'. (#' + code + b')\n' + said)
+
+    def required_fails(self, tls: Tls, what: bytes, code: bytes, said=b'') -> bytes:
+        return self.gives_up(what, tls.why(), code, said)
 
     def starttls(self, ext: dict, tls: Tls):
         """None when the conversation may go on (encrypted or not), else
@@ -580,14 +591,8 @@ class Session:
         return self.auth_fails(b'it refused my SMTP AUTH', b'4.7.8')
 
     def auth_fails(self, what: bytes, code: bytes, said=True) -> bytes:
-        text = self.said() if said else b''
-        try:
-            self.conn.send(b'QUIT\r\n')
-        except Dropped:
-            pass
-        return (b'ZConnected to ' + self.partner + b' but ' + what
-                + b'; my control/smtproutes gives a user and password for this route. (#'
-                + code + b')\n' + text)
+        return self.gives_up(what, b'my control/smtproutes gives a user and password '
+                             b'for this route', code, self.said() if said else b'')
 
     def smtp(self, sender, recips, fd, size, tls, auth=None) -> bytes:
         conn = self.conn

@@ -893,8 +893,9 @@ def load_config(ctl: control.Controls, environ) -> Config:
 def kept_config(last, ctl: control.Controls, environ, files: tuple, read):
     """(config, what to keep for the next session): last's config again
     while none of files (rcptcheck last of them: with it ROUTING_FILES
-    too) changed, DATABYTES is the same and its recipient map is fresh;
-    else read(ctl, environ), kept unless a file could not be stamped or
+    too) changed and its recipient map is fresh (DATABYTES, a session's
+    own, is the caller's to apply); else read(ctl, environ), kept
+    unless a file could not be stamped or
     its map or morercpthosts.cdb is broken.  last is (key, config) or
     None; qmail-smtpd's and qmail-qmtpd's load_config."""
     key = control.stamps(ctl.directory, files)
@@ -1171,13 +1172,10 @@ def serve_smtps(session, channel, fdin, certfile, timeout) -> int:
         session.abort()
         session.closereply = b'SMTPS: not a network connection'
         return 1
-    try:
-        from qmail import smtpd_tls
-    except (ImportError, MemoryError) as err:
+    smtpd_tls, why = tls_module()
+    if smtpd_tls is None:
         session.abort()
-        session.closereply = (b'SMTPS: unable to load the ssl module: '
-                              + logsafe((str(err) or type(err).__name__).encode(
-                                  'utf-8', 'replace')))
+        session.closereply = b'SMTPS: unable to load ' + why
         return 1
     tls = smtpd_tls.smtps(session, fdin, certfile, read_wait(session, session.clock()))
     if tls is None:
@@ -1231,18 +1229,25 @@ def serve_session(session, channel, fdin, certfile, timeout, tlschannel=None) ->
     return session.exitcode
 
 
-def starttls(session, channel, fdin, certfile):
-    """smtpd_tls.starttls(), loaded on the first STARTTLS (ssl costs
-    start-up time): the channel to go on with, None if the handshake
-    failed.  A memory limit too small for libssl (softlimit -m) is a
-    454, the session goes on in the clear and the log says why."""
+def tls_module():
+    """(qmail.smtpd_tls, None), loaded when TLS is first wanted (ssl costs
+    start-up time); (None, why for the log) when a memory limit too
+    small for libssl (softlimit -m) keeps it from loading."""
     try:
         from qmail import smtpd_tls
     except (ImportError, MemoryError) as err:
         why = str(err) or type(err).__name__
-        channel.write(session.starttls_refused(
-            b'the ssl module: ' + logsafe(why.encode('utf-8', 'replace'))),
-            session.config.timeout)
+        return None, b'the ssl module: ' + logsafe(why.encode('utf-8', 'replace'))
+    return smtpd_tls, None
+
+
+def starttls(session, channel, fdin, certfile):
+    """smtpd_tls.starttls(): the channel to go on with, None if the
+    handshake failed.  Without the ssl module (tls_module) a 454, the
+    session goes on in the clear and the log says why."""
+    smtpd_tls, why = tls_module()
+    if smtpd_tls is None:
+        channel.write(session.starttls_refused(why), session.config.timeout)
         return channel
     return smtpd_tls.starttls(session, channel, fdin, certfile,
                               read_wait(session, session.clock()))
