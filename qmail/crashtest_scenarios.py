@@ -664,6 +664,78 @@ class DirectDeferScenario(DirectScenario):
         return DeferOnce(box, set(), [b'two@' + DOMAIN])
 
 
+class QrmScenario(QueueScenario):
+    name = 'qrm'
+    about = ('qmail-qrm, qmail-send stopped: a preprocessed message and one '
+             'still in todo/ removed whole, one recipient of another taken; '
+             'the next start finishes what is left')
+    msgs = (Msg(b'rm-all', b'alice@' + FAR, [b'one@' + DOMAIN, b'x@' + FAR]),
+            Msg(b'rm-part', b'bob@' + FAR, [b'one@' + DOMAIN, b'two@' + DOMAIN,
+                                            b'y@' + FAR]),
+            Msg(b'keep', b'carol@' + FAR, [b'two@' + DOMAIN]))
+    late = Msg(b'rm-todo', b'dave@' + FAR, [b'one@' + DOMAIN, b'z@' + FAR])
+    preprocessed = True
+    taken = {b'rm-all': None, b'rm-todo': None, b'rm-part': [b'two@' + DOMAIN]}
+
+    def all_msgs(self):
+        return list(self.msgs) + [self.late]
+
+    def setup(self, box):
+        state = super().setup(box)
+        code = inject(self.late.body, self.late.envelope(), 0)
+        if code:
+            raise RuntimeError('setup: qmail-queue exited %d' % code)
+        return state
+
+    def run(self, box, state):
+        from qmail import qrm
+        said = []
+        whole = qrm.Run(SCRATCH_SPLIT, said.append, [], ['alice@*', 'dave@*'],
+                        [], False, live=False)
+        part = qrm.Run(SCRATCH_SPLIT, said.append, [], ['bob@*'], ['two@*'],
+                       False, live=False)
+        for run in (whole, part):
+            for messid in qrm.queued_ids(SCRATCH_SPLIT):
+                run.take(messid, False)
+        return (whole.code, whole.messages, part.code, part.recipients) == (0, 2, 0, 1)
+
+    def check_crash(self, box, acked):
+        # (the base's checks of the envelopes hold: D marks aside, what
+        # is left of a message is as it was queued)
+        return super().check_crash(box, False)
+
+    def check_final(self, box, acked):
+        """The queue empty; every recipient not chosen delivered once or
+        twice; a chosen one delivered only if the removal did not finish
+        (and then, for the message removed from todo/, to all of its
+        recipients or to none)."""
+        fails, notes = [], []
+        left = queue_files(box.queue)
+        if left:
+            fails.append('left in the queue for good: %s' % ' '.join(left))
+        counts = {}
+        for line in (read(box.deliveries) or b'').splitlines():
+            rec = json.loads(line)
+            to, data = rec['to'].encode('latin-1'), rec['data'].encode('latin-1')
+            tag = tag_of(data)
+            if tag not in self.bymsg() or not queued_text_ok(data, self.bymsg()[tag]):
+                fails.append('a broken message, or a bounce, delivered to %s' % to.decode())
+            counts[tag, to] = counts.get((tag, to), 0) + 1
+        for m in self.all_msgs():
+            taken = self.taken.get(m.tag, ())
+            got = [r for r in m.recips if counts.get((m.tag, r))]
+            for r in m.recips:
+                chosen = taken is None or r in taken
+                if not chosen and r not in got:
+                    fails.append('message %s lost for %s' % (m.tag.decode(), r.decode()))
+                if chosen and r in got and acked:
+                    fails.append('message %s delivered to %s after its removal'
+                                 % (m.tag.decode(), r.decode()))
+            if taken is None and m.tag == b'rm-todo' and got and len(got) < len(m.recips):
+                fails.append('message %s delivered to only some recipients' % m.tag.decode())
+        return fails, notes
+
+
 class LocalScenario(Scenario):
     """qmail-local delivering a queued message (a regular file on fd 0)."""
 
@@ -831,6 +903,7 @@ class MboxScenario(LocalScenario):
 
 SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
              BounceScenario(), OverlapScenario(), DirectScenario(), DirectDeferScenario(),
+             QrmScenario(),
              MaildirScenario(),
              MaildirSpareScenario(),
              MboxScenario()]

@@ -135,6 +135,7 @@ PROGRAMS = (
     ('qmail-newmrh', 'newmrh', 0o700, False),
     ('qmail-newrcpt', 'newrcpt', 0o700, False),
     ('qmail-fsck', 'fsck', 0o700, False),
+    ('qmail-qrm', 'qrm', 0o700, False),
     ('qmail-crashtest', 'crashtest', 0o700, False),
     ('qmail-analog', 'analog', 0o755, False),
     ('qmail-popup', 'popup', 0o755, False),

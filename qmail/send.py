@@ -568,9 +568,14 @@ class Send:
 
     def pqrun(self):
         """ALRM: every job due now, every held todo/ and every spill that
-        could not be written tried at once."""
+        could not be written tried at once, each recipient list as the
+        disk has it."""
         self.todo_held.clear()
         self.nexttodorun = self.recent
+        # The recipient lists are read from the disk again, where an
+        # admin's D marks may be (qmail-qrm, which sends this ALRM).
+        self.fresh.clear()
+        self.freshbytes = 0
         for c in (0, 1):
             self.pqchan[c] = all_due(self.pqchan[c], self.recent)
         self.respill_now()

@@ -891,3 +891,29 @@ def test_a_stop_while_a_bounce_cannot_be_recorded_ends_it(queue_home, monkeypatc
     assert log == ['alert: unable to append to bounce message; HELP! sleeping...\n',
                    'status: exiting with a failure unrecorded (its delivery is made again '
                    'at the next start)\n']
+
+
+def test_alrm_reads_the_recipient_lists_from_the_disk_again(queue_home):
+    """qmail-qrm marks recipients done in local/ and remote/, then sends
+    ALRM: a first pass that would take a new message's list from memory
+    must take the file instead, with the marks (it had delivered a
+    recipient just removed)."""
+    s, log = queue_home
+    s.bg.inline = True
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    messid = 22
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0Tv@here.example\0')
+    s.preprocess_batch([messid])
+    wait_finish(s.bg)
+    assert s.fresh
+    fn = qfn('local', messid, 3)
+    with open(fn, 'r+b') as f:          # qmail-qrm -r 'u@*'
+        f.write(b'D')
+    s.pqrun()
+    assert s.fresh == {} and s.freshbytes == 0
+    s.recent = time.time() + 1
+    while s.pass_dochan(0):
+        s.comm_buf[0] = b''
+    started = [d.recip for d in s.dels[0] if d is not None]
+    assert started == [b'v@here.example']

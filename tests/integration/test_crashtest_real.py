@@ -165,6 +165,22 @@ def test_a_delivery_into_the_spare_that_links_before_fsync(monkeypatch, capsys):
     assert 'half-written' in out
 
 
+def test_a_qrm_that_removes_info_before_the_recipient_lists(monkeypatch, capsys):
+    """qmail-qrm taking info/ (and mess/) before local/ and remote/, with
+    no D marks first: a crash between leaves recipient lists of no
+    message, in the queue for good."""
+    from qmail import qrm
+
+    def remove_whole(msg):
+        qrm.unlink_synced([msg.fn('todo'), msg.fn('info'), msg.fn('mess')])
+        qrm.unlink_synced([msg.fn('bounce'), msg.fn('local'), msg.fn('remote'), msg.fn('intd')])
+    monkeypatch.setattr(qrm, 'remove_whole', remove_whole)
+    assert crashtest.main(['-v', 'qrm']) == 1
+    out = capsys.readouterr().out
+    assert summary(out)['qrm', 'stop'][1] > 0, out
+    assert 'left in the queue for good' in out
+
+
 def test_bounce_entry_must_be_durable_before_the_d_mark(monkeypatch, capsys):
     """The bug qmail-crashtest found in qmail-send's addbounce: bounce/<id>
     fsynced but not its directory, then the recipient marked D: a power

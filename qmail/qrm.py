@@ -1,0 +1,552 @@
+"""qmail-qrm: take messages, or some of their recipients, out of the
+queue, without a bounce.
+
+Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [messid ...]
+Runs as:  root, while qmail-send runs or is stopped.
+Chooses:  the messages numbered (as qmail-qread shows them, with or
+          without the '#'); with -s, those whose envelope sender matches
+          (a shell pattern, case ignored; '<>' is the null sender of a
+          bounce); with -r, those with a recipient not yet done that
+          matches.  -s and -r may be given more than once (any of them
+          matches); at least one of a number, -s or -r is needed, so
+          "-s '*'" is every message.
+Removes:  without -r, the whole message: every recipient not yet done,
+          and the failure reports recorded for those done (no bounce
+          message is sent for it); with -r, only the matching recipients:
+          the others are delivered as before, and any failure among them
+          bounces as before.  -n: says what would go, changes nothing.
+Reads:    HOME/queue: todo/, info/, local/, remote/, bounce/;
+          lock/sendmutex (is qmail-send running?) and /proc/locks (its
+          process number).
+Writes:   While qmail-send runs: a D mark over each chosen recipient
+          of local/ and remote/ (qmail-send's own mark for a recipient
+          done), made durable, and for a whole message bounce/ removed;
+          then an ALRM to qmail-send, which finishes those messages at
+          once (and retries every deferred message now, as svc -a does),
+          and qmail-qrm waits up to WAIT seconds for them to leave the
+          queue.  A delivery already under way ends as it would have (a
+          failure there is still reported); a message not yet
+          preprocessed, or delivered straight from todo/, is waited for
+          up to WAIT seconds, then left ("try again").
+          While qmail-send is stopped: lock/sendmutex is held for the
+          whole run, so that it cannot start meanwhile; a whole message's
+          files are removed in an order that leaves, at any crash, the
+          message either whole or with every recipient done (remove_whole);
+          chosen recipients get their D marks.
+          fd 1, a line per message ("#messid <sender>: removed", or a
+          line per recipient taken, or why not), then a count.
+Exits:    0 done (nothing chosen is no fault); 100 usage, or a message
+          numbered is not in the queue; 111 something chosen could not
+          be removed now (the line says why: run it again), or the queue
+          could not be read.
+Trusts:   nothing in the queue: names must be digits, envelopes are read
+          with a size limit, and what is printed has its control
+          characters replaced.
+See:      qmail-qread, qmail-send (ALRM), INTERNALS.md (the queue's
+          states), qmail-fsck.
+
+The removal is qmail-send's own: a recipient is done once its record in
+local/ or remote/ starts with D, and a message whose recipients are all
+done is finished by qmail-send as after its last delivery.  So qmail-qrm
+needs no new way to talk to a running qmail-send, and a crash at any
+moment leaves a queue qmail-send finishes, with each chosen recipient
+either still to be delivered or done.
+"""
+
+import fnmatch
+import os
+import sys
+import time
+
+from qmail.lib import auto, durable
+from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
+from qmail.lib.qfile import parse_messid, qfn
+
+WAIT = 30                   # seconds for qmail-send to take up and finish
+POLL = 0.1                  # between looks while waiting
+READ_MAX = 2 * (8 << 20)    # the longest envelope qmail-send may write
+CHANNELS = ('local', 'remote')
+
+
+class Trouble(Exception):
+    """What keeps a message from being removed now: its line's text."""
+
+
+# -- choosing (pure) --------------------------------------------------------
+
+def matches(patterns, address: bytes) -> bool:
+    """Does address match one of the shell patterns (case ignored)?  An
+    empty address, a bounce's null sender, is matched by '<>' (and '')."""
+    text = address.decode('utf-8', 'surrogateescape').lower()
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern in ('<>', ''):
+            if text == '':
+                return True
+        elif fnmatch.fnmatchcase(text, pattern):
+            return True
+    return False
+
+
+def parse_ids(words):
+    """Message numbers from qmail-qread's "#123" or "123"; None if a word
+    is not one."""
+    ids = []
+    for word in words:
+        messid = parse_messid(word[1:] if word.startswith('#') else word)
+        if messid is None:
+            return None
+        ids.append(messid)
+    return ids
+
+
+def records_at(data: bytes):
+    """(offset, record) of each \\0-ended record of an envelope."""
+    pos = 0
+    while True:
+        end = data.find(b'\0', pos)
+        if end == -1:
+            return
+        yield pos, data[pos:end]
+        pos = end + 1
+
+
+def chosen_recipients(data: bytes, rpatterns) -> list:
+    """(offset, address) of each recipient not yet done (a T record) that
+    is chosen: all of them without rpatterns."""
+    return [(pos, rec[1:]) for pos, rec in records_at(data)
+            if rec[:1] == b'T' and (not rpatterns or matches(rpatterns, rec[1:]))]
+
+
+def todo_sender(data: bytes):
+    """(sender, recipients) of a todo/ envelope."""
+    sender, recips = b'', []
+    for _, rec in records_at(data):
+        if rec[:1] == b'F':
+            sender = rec[1:]
+        elif rec[:1] == b'T':
+            recips.append(rec[1:])
+    return sender, recips
+
+
+def info_sender(data: bytes):
+    """The sender info/ holds; None if it holds none (written in part)."""
+    end = data.find(b'\0')
+    if end == -1 or not data.startswith(b'F'):
+        return None
+    return data[1:end]
+
+
+_SAFE = {c: '_' for c in list(range(32)) + [127]}
+
+
+def shown(address: bytes) -> str:
+    """An address as printed: no control characters reach the terminal."""
+    return address.decode('utf-8', 'backslashreplace').translate(_SAFE)
+
+
+# -- the queue --------------------------------------------------------------
+
+def read_envelope(path: str) -> bytes:
+    """A queue file's bytes (up to READ_MAX); FileNotFoundError if gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks, size = [], 0
+        while size <= READ_MAX:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as err:
+                err.filename = path     # (a directory: EISDIR, named)
+                raise
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > READ_MAX:
+            raise Trouble('%s is longer than any envelope' % path)
+        return b''.join(chunks)
+    finally:
+        os.close(fd)
+
+
+def exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def queued_ids(split: int) -> list:
+    """Every message number in todo/ and info/, in order."""
+    ids = set()
+    for d in ['todo'] + ['info/%d' % i for i in range(split)]:
+        for name in os.listdir(d):
+            messid = parse_messid(name)
+            if messid is not None:
+                ids.add(messid)
+    return sorted(ids)
+
+
+class Message:
+    """One message as the queue holds it now: in todo/ (not yet
+    preprocessed: its sender and recipients from there), or its sender
+    from info/ and its recipient lists from local/ and remote/."""
+
+    def __init__(self, messid: int, split: int):
+        self.id, self.split = messid, split
+        self.chans = {}
+        try:
+            self.sender, self.recips = todo_sender(read_envelope(self.fn('todo')))
+            self.in_todo = True
+            return
+        except FileNotFoundError:       # (or preprocessed a moment ago)
+            self.in_todo = False
+        # todo/ gone: preprocessing wrote info/, local/ and remote/ whole
+        # (and made them durable) before it went.
+        sender = info_sender(read_envelope(self.fn('info')))
+        if sender is None:
+            raise Trouble('info/ holds no sender')
+        self.sender = sender
+        for c in CHANNELS:
+            try:
+                self.chans[c] = read_envelope(self.fn(c))
+            except FileNotFoundError:
+                pass
+        self.recips = [rec[1:] for data in self.chans.values()
+                       for _, rec in records_at(data) if rec[:1] == b'T']
+
+    def fn(self, d: str) -> str:
+        return qfn(d, self.id, self.split)
+
+    def chosen(self, rpatterns) -> list:
+        """(channel, offset, address) of the recipients to take."""
+        return [(c, pos, addr) for c, data in self.chans.items()
+                for pos, addr in chosen_recipients(data, rpatterns)]
+
+
+def mark_done(msg: Message, chosen) -> None:
+    """A D mark over each chosen recipient's record, durable (as
+    qmail-send marks a recipient done).  The file's time, qmail-send's
+    next try of the message after a restart, becomes now: it is
+    finished at once."""
+    for c in CHANNELS:
+        offsets = [pos for ch, pos, _ in chosen if ch == c]
+        if not offsets:
+            continue
+        try:
+            fd = os.open(msg.fn(c), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue                    # qmail-send finished it meanwhile
+        try:
+            for pos in offsets:
+                durable.pwrite(fd, b'D', pos)
+            durable.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def unlink_synced(paths) -> None:
+    """Remove the files that are there, then sync their directories."""
+    dirs = []
+    for path in paths:
+        try:
+            durable.unlink(path)
+        except FileNotFoundError:
+            continue
+        dirs.append(os.path.dirname(path))
+    for d in sorted(set(dirs)):
+        durable.fsync_dir(d)
+
+
+def remove_whole(msg: Message) -> None:
+    """qmail-send stopped (its mutex held): the message's files go in an
+    order whose every prefix is a queue qmail-send handles, with the
+    message either whole or none of its recipients still to be tried.
+    Not yet preprocessed: what an interrupted preprocessing left goes
+    first (todo/ wins over it at a start), then todo/, the moment the
+    message leaves the queue.  Preprocessed: every recipient marked done
+    first (from then on a start only finishes it), then bounce/ and the
+    recipient lists, then info/ (a message with no recipient list left
+    is finished at a start), durably before mess/ (a new message may be
+    given the inode, and a stale info/ would claim it)."""
+    if msg.in_todo:
+        unlink_synced([msg.fn('bounce'), msg.fn('local'), msg.fn('remote'), msg.fn('info')])
+        unlink_synced([msg.fn('todo')])
+    else:
+        mark_done(msg, msg.chosen(None))
+        unlink_synced([msg.fn('bounce'), msg.fn('local'), msg.fn('remote')])
+        unlink_synced([msg.fn('info')])
+    for d in ('intd', 'mess'):
+        try:
+            durable.unlink(msg.fn(d))
+        except FileNotFoundError:
+            pass
+
+
+def drop_bounce(msg: Message) -> None:
+    """qmail-send running: the failures recorded for the message go, so
+    that no bounce is sent when it finishes."""
+    unlink_synced([msg.fn('bounce')])
+
+
+def send_pid(qdir: str):
+    """The process that holds qmail-send's mutex (an flock, listed in
+    /proc/locks by device and inode), or None."""
+    try:
+        st = os.stat(os.path.join(qdir, 'lock', 'sendmutex'))
+        with open('/proc/locks', 'rb') as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    want = '%02x:%02x:%d' % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        fields = line.decode('ascii', 'replace').split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->" if blocked)
+        if '->' in fields or len(fields) < 6 or fields[1] != 'FLOCK':
+            continue
+        if fields[5] == want and fields[4].isdigit() and is_send(int(fields[4])):
+            return int(fields[4])
+    return None
+
+
+def is_send(pid: int) -> bool:
+    """Is pid qmail-send (its title, as ps shows it)?  The mutex may be
+    held by another (qmail-fsck -r, a qmail-qrm while qmail-send is
+    stopped), and ALRM would kill it."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            title = f.read(4096)
+    except OSError:
+        return False
+    return title.split(b'\0')[0].split(b' ')[0] == b'qmail-send'
+
+
+# -- the run ----------------------------------------------------------------
+
+class Run:
+    def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT):
+        self.split, self.say = split, say
+        self.ids, self.spatterns, self.rpatterns = ids, spatterns, rpatterns
+        self.dry, self.live, self.wait = dry, live, wait
+        self.code = 0
+        self.messages = self.recipients = 0
+        self.finishing = []         # whole messages qmail-send is to finish
+
+    def fault(self, code: int) -> None:
+        self.code = max(self.code, code)
+
+    def look(self, messid: int):
+        """The message, or None if it is not in the queue."""
+        try:
+            return Message(messid, self.split)
+        except FileNotFoundError:
+            return None
+
+    def chooses(self, msg: Message) -> bool:
+        if self.spatterns and not matches(self.spatterns, msg.sender):
+            return False
+        if self.rpatterns and not any(matches(self.rpatterns, r) for r in msg.recips):
+            return False
+        return True
+
+    def take(self, messid: int, named: bool) -> None:
+        """Choose and remove one message, saying what became of it."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                msg = self.look(messid)
+            except (OSError, Trouble) as err:
+                return self.trouble(messid, err)
+            if msg is None:
+                if named:
+                    self.say('#%d: not in the queue' % messid)
+                    self.fault(100)
+                return
+            if not self.chooses(msg):
+                return
+            if not msg.in_todo or self.dry or (not self.live and not self.rpatterns):
+                break
+            # Not yet preprocessed (or delivered straight from todo/): its
+            # recipient lists do not exist yet.  qmail-send makes them in
+            # a moment, unless this delivery succeeds first.
+            if not self.live or time.monotonic() >= deadline:
+                self.say('#%d <%s>: still in todo/ (%s): not removed, try again'
+                         % (messid, shown(msg.sender),
+                            'being delivered or preprocessed' if self.live
+                            else 'qmail-send has not preprocessed it: start it first'))
+                return self.fault(111)
+            time.sleep(POLL)
+        try:
+            self.remove(msg)
+        except (OSError, Trouble) as err:
+            self.trouble(messid, err)
+
+    def remove(self, msg: Message) -> None:
+        label = '#%d <%s>' % (msg.id, shown(msg.sender))
+        verb = 'would remove' if self.dry else 'removed'
+        if not self.rpatterns:
+            if not self.dry:
+                if self.live:
+                    mark_done(msg, msg.chosen(None))
+                    drop_bounce(msg)
+                    self.finishing.append(msg)
+                else:
+                    remove_whole(msg)
+            self.say('%s: %s' % (label, verb))
+            self.messages += 1
+            return
+        if msg.in_todo:                 # (-n only: where they go is not known yet)
+            chosen = [('todo', 0, r) for r in msg.recips if matches(self.rpatterns, r)]
+        else:
+            chosen = msg.chosen(self.rpatterns)
+            if not self.dry:
+                mark_done(msg, chosen)
+                if self.live:
+                    self.finishing.append(None)
+        for c, _, addr in chosen:
+            self.say('%s: %s %s %s' % (label, verb, c, shown(addr)))
+        self.recipients += len(chosen)
+
+    def trouble(self, messid: int, err) -> None:
+        why = err if isinstance(err, Trouble) else '%s%s' % (
+            err.filename + ': ' if getattr(err, 'filename', None) else '',
+            error_str(err).decode())
+        self.say('#%d: trouble: %s: not removed, try again' % (messid, why))
+        self.fault(111)
+
+    def finish(self, qdir: str) -> None:
+        """qmail-send running: told to finish the marked messages now,
+        then waited for (whole ones: until info/ is gone)."""
+        if not self.finishing:
+            return
+        pid = send_pid(qdir)
+        told = False
+        if pid is not None:
+            try:
+                os.kill(pid, 14)            # SIGALRM
+                told = True
+            except OSError:
+                pass
+        if not told:
+            self.say('qmail-send not found: what is marked goes at its next '
+                     'retry (or at once: svc -a on qmail-send)')
+            return
+        left = [m for m in self.finishing if m is not None]
+        deadline = time.monotonic() + self.wait
+        while left and time.monotonic() < deadline:
+            time.sleep(POLL)
+            left = [m for m in left if exists(m.fn('info'))]
+        for m in left:
+            self.say('#%d: marked; still in the queue after %d seconds '
+                     '(a delivery under way ends first)' % (m.id, self.wait))
+
+    def summary(self) -> str:
+        what = []
+        if self.messages or not self.rpatterns:
+            what.append('%d message%s' % (self.messages, '' if self.messages == 1 else 's'))
+        if self.rpatterns:
+            what.append('%d recipient%s' % (self.recipients,
+                                            '' if self.recipients == 1 else 's'))
+        return '%s %s' % (' and '.join(what), 'would be removed' if self.dry else 'removed')
+
+
+def usage(say) -> int:
+    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [messid ...]')
+    return 100
+
+
+def parse_args(argv):
+    """(dry, spatterns, rpatterns, ids), or None for a usage error."""
+    dry, spatterns, rpatterns = False, [], []
+    args = list(argv)
+    while args and args[0].startswith('-') and args[0] != '-':
+        opt = args.pop(0)
+        if opt == '--':
+            break
+        i = 1
+        while i < len(opt):
+            ch = opt[i]
+            if ch == 'n':
+                dry = True
+                i += 1
+                continue
+            if ch not in 'sr':
+                return None
+            value = opt[i + 1:]
+            if not value:
+                if not args:
+                    return None
+                value = args.pop(0)
+            (spatterns if ch == 's' else rpatterns).append(value)
+            break
+    ids = parse_ids(args)
+    if ids is None or not (ids or spatterns or rpatterns):
+        return None
+    return dry, spatterns, rpatterns, ids
+
+
+def main(argv=None, say=None) -> int:
+    say = say or say_line
+    parsed = parse_args(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        return usage(say)
+    dry, spatterns, rpatterns, ids = parsed
+    if os.geteuid() != 0:
+        say('fatal: must be run as root')
+        return 111
+    qdir = os.path.join(auto.QMAIL, 'queue')
+    try:
+        os.chdir(qdir)
+    except OSError as err:
+        say('fatal: unable to switch to %s: %s' % (qdir, error_str(err).decode()))
+        return 111
+    os.umask(0o077)
+    from qmail.fsck import hold_sendmutex
+    mutex = None if dry else hold_sendmutex('.')
+    try:
+        run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None)
+        try:
+            wanted = ids if ids else queued_ids(auto.SPLIT)
+        except OSError as err:
+            say('fatal: unable to read the queue: %s%s' % (
+                err.filename + ': ' if err.filename else '', error_str(err).decode()))
+            return 111
+        for messid in sorted(set(wanted)):
+            run.take(messid, bool(ids))
+        if not dry and mutex is None:
+            run.finish(qdir)
+        say(run.summary())
+        return run.code
+    finally:
+        if mutex is not None:
+            os.close(mutex)
+
+
+def say_line(text: str) -> None:
+    sys.stdout.write('qmail-qrm: %s\n' % text)
+    sys.stdout.flush()
+
+
+def run():
+    guard_stdout()                  # a full disk or closed fd 1: one line, 111
+    interrupt_kills()
+    try:
+        code = main()
+    except OSError as err:          # stdout itself, most likely
+        try:
+            os.write(2, b'qmail-qrm: fatal: unable to write: %s\n' % error_str(err))
+        except OSError:
+            pass
+        code = 111
+    except Exception as err:        # last resort: never a traceback
+        try:
+            say_line('fatal: internal error: %s' % type(err).__name__)
+        except OSError:
+            pass
+        code = 111
+    exit_flushed(code, 'qmail-qrm')
+
+
+if __name__ == '__main__':
+    run()

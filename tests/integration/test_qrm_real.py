@@ -1,0 +1,145 @@
+"""qmail-qrm on a real queue: an installed home, qmail-start running with
+remote mail deferred (its route a closed port), then stopped; the
+program run as root, as the admin runs it."""
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import TIMEOUT, install_home, needs_root, queue_files, remove_home
+from delivery import Mta, ensure_user, maildirmake
+
+pytestmark = needs_root
+
+DOMAIN = 'test.example.org'
+DIRS = ('mess', 'intd', 'todo', 'info', 'local', 'remote', 'bounce')
+
+
+@pytest.fixture
+def world():
+    home = install_home(DOMAIN)
+    user = ensure_user('qmtqrm')
+    maildirmake(os.path.join(user[3], 'Maildir'), user[1], user[2])
+    with open(os.path.join(home, 'control', 'smtproutes'), 'w') as f:
+        f.write(':127.0.0.1:1\n')           # nothing listens: every try defers
+    mta = Mta(home, './Maildir/')
+    w = {'home': home, 'mta': mta, 'user': user}
+    yield w
+    w['mta'].stop()
+    remove_home(home)
+
+
+def inject(home, sender, *recips):
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-inject'), '-f' + sender] + list(recips),
+                       input=b'Subject: qrm test\n\nbody\n', timeout=TIMEOUT)
+    assert r.returncode == 0
+
+
+def qread(home):
+    return subprocess.run([os.path.join(home, 'bin', 'qmail-qread')], capture_output=True,
+                          timeout=TIMEOUT).stdout.decode()
+
+
+def qrm(home, *args, user=None):
+    kw = dict(user=user[1], group=user[2], extra_groups=[]) if user else {}
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-qrm')] + list(args),
+                       capture_output=True, timeout=TIMEOUT + 40, **kw)
+    assert r.stderr == b''
+    return r.returncode, r.stdout.decode().splitlines()
+
+
+def ids_of(listing, sender):
+    return [int(m) for m in re.findall(r'#(\d+)  \d+  <%s>' % re.escape(sender), listing)]
+
+
+def wait_until(what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return
+        time.sleep(0.05)
+    raise AssertionError('timed out')
+
+
+def test_qrm_with_qmail_send_running(world):
+    home, mta = world['home'], world['mta']
+    inject(home, 'spam1@bad.example', 'r1@far.example', 'nosuchuser@' + DOMAIN)
+    inject(home, 'spam2@bad.example', 'r2@far.example')
+    inject(home, 'good@ok.example', 'a@far.example', 'b@far.example')
+    # every message tried once: the remotes deferred, the local failure recorded
+    wait_until(lambda: len(ids_of(qread(home), 'spam1@bad.example')) == 1
+               and 'bouncing' in qread(home)
+               and len(ids_of(qread(home), 'good@ok.example')) == 1)
+    listing = qread(home)
+    spam = ids_of(listing, 'spam1@bad.example') + ids_of(listing, 'spam2@bad.example')
+    good, = ids_of(listing, 'good@ok.example')
+
+    code, out = qrm(home, '-s', '*@BAD.example')
+    assert code == 0, out
+    assert sorted(out[:2]) == sorted(['qmail-qrm: #%d <spam%d@bad.example>: removed' % (m, i)
+                                      for i, m in enumerate(spam, 1)])
+    assert out[-1] == 'qmail-qrm: 2 messages removed'
+    # qmail-send finished them at the ALRM, before qmail-qrm ended
+    listing = qread(home)
+    assert 'bad.example' not in listing and '#%d ' % good in listing
+    for m in spam:
+        assert 'end msg %d\n' % m in mta.log()
+        assert not [f for f in queue_files(home, *DIRS) if f.endswith('/%d' % m)]
+    assert 'bounce msg' not in mta.log()       # the recorded failure went with it
+
+    # One recipient of the good message: marked done, the other still tried
+    code, out = qrm(home, '-r', 'a@*', '#%d' % good)
+    assert (code, out) == (0, ['qmail-qrm: #%d <good@ok.example>: removed remote a@far.example'
+                               % good, 'qmail-qrm: 1 recipient removed'])
+    assert '  done\tremote\ta@far.example' in qread(home)
+    marked = len(mta.log())
+    mta.signal(14)                              # ALRM: retry now
+    mta.wait_log('msg %d to remote b@far.example' % good, count=3)
+    time.sleep(0.5)
+    assert 'to remote a@far.example' not in mta.log()[marked:]
+
+    # a number not queued; a user who is not root cannot run it at all
+    assert qrm(home, '999999999')[0] == 100
+    st = os.stat(os.path.join(home, 'bin', 'qmail-qrm'))
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o700)
+    with pytest.raises(PermissionError):
+        qrm(home, '-s', '*', user=world['user'])
+    assert subprocess.run([os.path.join(home, 'bin', 'qmail-fsck'), '-q', home],
+                          capture_output=True, timeout=TIMEOUT).returncode == 0
+
+
+def test_qrm_with_qmail_send_stopped(world):
+    home, mta = world['home'], world['mta']
+    inject(home, 'early@bad.example', 'x@far.example')
+    wait_until(lambda: ids_of(qread(home), 'early@bad.example'))
+    mta.stop()
+    inject(home, 'late@bad.example', 'qmtqrm@' + DOMAIN, 'y@far.example')
+    listing = qread(home)
+    early, = ids_of(listing, 'early@bad.example')
+    late, = ids_of(listing, 'late@bad.example')
+    assert '\ttodo\t' in listing                # the late one never preprocessed
+
+    code, out = qrm(home, '-r', 'y@*', '-s', 'late@*')
+    assert code == 111 and 'start it first' in out[0]
+    code, out = qrm(home, '-n', '-s', '*@bad.example')
+    assert code == 0 and out[-1] == 'qmail-qrm: 2 messages would be removed'
+    assert ids_of(qread(home), 'late@bad.example') == [late]
+
+    code, out = qrm(home, '-s', '*@bad.example')
+    assert code == 0, out
+    assert out == ['qmail-qrm: #%d <%s>: removed' % (m, s) for m, s in
+                   sorted([(early, 'early@bad.example'), (late, 'late@bad.example')])] \
+        + ['qmail-qrm: 2 messages removed']
+    assert queue_files(home, *DIRS) == []
+    assert subprocess.run([os.path.join(home, 'bin', 'qmail-fsck'), '-q', home],
+                          capture_output=True, timeout=TIMEOUT).returncode == 0
+
+    # started again: nothing of them is delivered
+    new = os.path.join(world['user'][3], 'Maildir', 'new')
+    world['mta'] = mta = Mta(home, './Maildir/', logname='send2.log')
+    time.sleep(1)
+    assert os.listdir(new) == []
+    assert 'starting delivery' not in mta.log()

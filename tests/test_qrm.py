@@ -1,0 +1,273 @@
+"""qmail-qrm on scratch queues: choosing, removing whole messages with
+qmail-send stopped, D marks for chosen recipients, and what it says.
+The real thing, with qmail-send running and stopped, is in
+tests/integration/test_queue_real.py; its crash safety is
+qmail-crashtest's "qrm" scenario."""
+
+import os
+
+import pytest
+
+from qmail import qrm
+from qmail.lib.qfile import qfn
+
+SPLIT = 3
+
+
+@pytest.fixture
+def queue(tmp_path, monkeypatch):
+    q = tmp_path / 'queue'
+    for d in ('info', 'local', 'remote', 'mess'):
+        for i in range(SPLIT):
+            (q / d / str(i)).mkdir(parents=True)
+    for d in ('todo', 'intd', 'bounce', 'lock'):
+        (q / d).mkdir()
+    monkeypatch.chdir(q)
+    return q
+
+
+def put(name, data: bytes):
+    with open(name, 'wb') as f:
+        f.write(data)
+
+
+def get(name):
+    try:
+        with open(name, 'rb') as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def preprocessed(messid, sender, local=(), remote=(), bounce=None):
+    put(qfn('mess', messid, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('info', messid, SPLIT), b'F' + sender + b'\0')
+    if local:
+        put(qfn('local', messid, SPLIT), b''.join(b'T' + r + b'\0' for r in local))
+    if remote:
+        put(qfn('remote', messid, SPLIT), b''.join(b'T' + r + b'\0' for r in remote))
+    if bounce is not None:
+        put(qfn('bounce', messid, SPLIT), bounce)
+
+
+def in_todo(messid, sender, recips):
+    put(qfn('mess', messid, SPLIT), b'Subject: x\n\nbody\n')
+    put(qfn('intd', messid, SPLIT), b'u0\0p1\0F' + sender + b'\0')
+    put(qfn('todo', messid, SPLIT), b'u0\0p1\0F' + sender + b'\0'
+        + b''.join(b'T' + r + b'\0' for r in recips) + b'\0')
+
+
+def files_of(messid):
+    return sorted(d for d in ('mess', 'info', 'local', 'remote', 'todo', 'intd', 'bounce')
+                  if os.path.exists(qfn(d, messid, SPLIT)))
+
+
+def run(ids=(), s=(), r=(), dry=False, live=False):
+    said = []
+    job = qrm.Run(SPLIT, said.append, list(ids), list(s), list(r), dry, live, wait=0.3)
+    for messid in (list(ids) or qrm.queued_ids(SPLIT)):
+        job.take(messid, bool(ids))
+    return job, said
+
+
+# -- choosing -----------------------------------------------------------------
+
+@pytest.mark.parametrize('patterns, address, want', [
+    (['*@bad.example'], b'x@bad.example', True),
+    (['*@bad.example'], b'x@BAD.Example', True),
+    (['*@BAD.example'], b'x@bad.example', True),
+    (['*@bad.example'], b'x@notbad.example.org', False),
+    (['<>'], b'', True),
+    ([''], b'', True),
+    (['<>'], b'x@y', False),
+    (['*'], b'', True),
+    (['a@*', 'b@*'], b'b@z', True),
+    (['joe'], b'joe@host', False),
+    (['*\\xff*'], b'a\xffb', False),        # bytes not UTF-8 are not a crash
+])
+def test_matches(patterns, address, want):
+    assert qrm.matches(patterns, address) is want
+
+
+@pytest.mark.parametrize('argv, want', [
+    (['123'], (False, [], [], [123])),
+    (['#123', '45'], (False, [], [], [123, 45])),
+    (['-n', '-s', '*@x'], (True, ['*@x'], [], [])),
+    (['-ns*@x'], (True, ['*@x'], [], [])),
+    (['-r', 'a@*', '-r', 'b@*', '7'], (False, [], ['a@*', 'b@*'], [7])),
+    (['-s', '<>'], (False, ['<>'], [], [])),
+    (['--', '9'], (False, [], [], [9])),
+    ([], None),                         # nothing chosen: never "all"
+    (['-n'], None),
+    (['-s'], None),
+    (['-x', '1'], None),
+    (['abc'], None),
+    (['#'], None),
+    (['-1'], None),
+])
+def test_parse_args(argv, want):
+    assert qrm.parse_args(argv) == want
+
+
+def test_chosen_recipients_skip_those_done():
+    data = b'Ta@x\0Db@x\0Tc@y\0'
+    assert qrm.chosen_recipients(data, None) == [(0, b'a@x'), (10, b'c@y')]
+    assert qrm.chosen_recipients(data, ['*@y']) == [(10, b'c@y')]
+    assert qrm.chosen_recipients(data, ['b@x']) == []
+
+
+def test_shown_has_no_control_characters():
+    assert qrm.shown(b'a\x1b[2J\nb\xff@x') == 'a_[2J_b\\xff@x'
+
+
+def test_usage_is_100_and_must_be_root(monkeypatch, capsys):
+    assert qrm.main([]) == 100
+    assert 'usage: qmail-qrm' in capsys.readouterr().out
+    monkeypatch.setattr(os, 'geteuid', lambda: 1000)
+    assert qrm.main(['1']) == 111
+    assert 'must be run as root' in capsys.readouterr().out
+
+
+# -- qmail-send stopped ---------------------------------------------------------
+
+def test_whole_messages_go_with_every_file(queue):
+    preprocessed(10, b'spam@bad.example', [b'u@here'], [b'x@far'], bounce=b'<u2@here>:\nNo.\n\n')
+    preprocessed(11, b'good@ok.example', [b'u@here'])
+    in_todo(12, b'more@bad.example', [b'v@here'])
+    put(qfn('info', 12, SPLIT), b'F')       # an interrupted preprocessing's
+    job, said = run(s=['*@bad.example'])
+    assert files_of(10) == [] and files_of(12) == []
+    assert files_of(11) == ['info', 'local', 'mess']
+    assert said == ['#10 <spam@bad.example>: removed', '#12 <more@bad.example>: removed']
+    assert (job.code, job.summary()) == (0, '2 messages removed')
+
+
+def test_recipients_taken_get_d_marks(queue):
+    preprocessed(20, b'a@b', [b'u@here', b'w@here'], [b'x@far'], bounce=b'<y@far>:\nNo.\n\n')
+    job, said = run(r=['w@*', 'x@*'])
+    assert get(qfn('local', 20, SPLIT)) == b'Tu@here\0Dw@here\0'
+    assert get(qfn('remote', 20, SPLIT)) == b'Dx@far\0'
+    assert get(qfn('bounce', 20, SPLIT)) == b'<y@far>:\nNo.\n\n'     # the others' failures
+    assert said == ['#20 <a@b>: removed local w@here', '#20 <a@b>: removed remote x@far']
+    assert (job.code, job.summary()) == (0, '2 recipients removed')
+    # Again: nothing left to take, nothing chosen.
+    job, said = run(r=['w@*', 'x@*'])
+    assert said == [] and job.summary() == '0 recipients removed'
+
+
+def test_sender_and_recipient_both_choose(queue):
+    preprocessed(30, b'a@b', [b'u@here'])
+    preprocessed(31, b'c@d', [b'u@here'])
+    run(s=['c@*'], r=['u@*'])
+    assert get(qfn('local', 30, SPLIT)) == b'Tu@here\0'
+    assert get(qfn('local', 31, SPLIT)) == b'Du@here\0'
+
+
+def test_dry_run_changes_nothing(queue):
+    preprocessed(40, b'a@b', [b'u@here'])
+    in_todo(41, b'a@b', [b'v@here'])
+    before = {m: files_of(m) for m in (40, 41)}
+    job, said = run(s=['a@b'], dry=True)
+    assert said == ['#40 <a@b>: would remove', '#41 <a@b>: would remove']
+    job, said = run(r=['*@here'], dry=True)
+    assert said == ['#40 <a@b>: would remove local u@here', '#41 <a@b>: would remove todo v@here']
+    assert job.summary() == '2 recipients would be removed'
+    assert {m: files_of(m) for m in (40, 41)} == before
+    assert get(qfn('local', 40, SPLIT)) == b'Tu@here\0'
+
+
+def test_recipients_of_a_message_in_todo_wait_for_qmail_send(queue):
+    in_todo(50, b'a@b', [b'v@here', b'w@here'])
+    job, said = run(r=['v@*'])
+    assert job.code == 111
+    assert said[0] == ('#50 <a@b>: still in todo/ (qmail-send has not preprocessed it: '
+                       'start it first): not removed, try again')
+    assert files_of(50) == ['intd', 'mess', 'todo']
+
+
+def test_a_message_named_and_not_queued_is_100(queue):
+    preprocessed(60, b'a@b', [b'u@here'])
+    job, said = run(ids=[60, 61])
+    assert said == ['#60 <a@b>: removed', '#61: not in the queue']
+    assert job.code == 100
+    assert files_of(60) == []
+
+
+def test_a_broken_envelope_is_trouble_and_the_rest_goes_on(queue):
+    preprocessed(70, b'a@b', [b'u@here'])
+    put(qfn('info', 70, SPLIT), b'')            # no sender
+    os.mkdir(qfn('local', 71, SPLIT))           # not a file
+    put(qfn('info', 71, SPLIT), b'Fa@b\0')
+    preprocessed(72, b'a@b', [b'u@here'])
+    job, said = run(s=['a@b'])
+    assert said[0] == '#70: trouble: info/ holds no sender: not removed, try again'
+    assert said[1] == ('#71: trouble: %s: is a directory: not removed, try again'
+                       % qfn('local', 71, SPLIT))
+    assert said[2] == '#72 <a@b>: removed'
+    assert job.code == 111
+    assert files_of(70) == ['info', 'local', 'mess']
+
+
+def test_a_huge_file_is_not_read_whole(queue, monkeypatch):
+    monkeypatch.setattr(qrm, 'READ_MAX', 100)
+    preprocessed(80, b'a@b', [b'u%d@here' % i for i in range(40)])
+    job, said = run(s=['a@b'])
+    assert said == ['#80: trouble: %s is longer than any envelope: not removed, try again'
+                    % qfn('local', 80, SPLIT)]
+
+
+def test_a_link_in_the_queue_is_not_followed(queue, tmp_path):
+    outside = tmp_path / 'outside'
+    outside.write_bytes(b'Tu@here\0')
+    preprocessed(90, b'a@b')
+    os.symlink(outside, qfn('local', 90, SPLIT))
+    job, said = run(r=['u@*'])
+    assert job.code == 111 and 'trouble' in said[0]
+    assert outside.read_bytes() == b'Tu@here\0'
+
+
+# -- qmail-send running -----------------------------------------------------
+
+def test_running_whole_message_marked_and_its_bounce_dropped(queue):
+    preprocessed(100, b'a@b', [b'u@here'], [b'x@far'], bounce=b'<y@far>:\nNo.\n\n')
+    job = qrm.Run(SPLIT, [].append, [100], [], [], False, True, wait=0.3)
+    job.take(100, True)
+    assert get(qfn('local', 100, SPLIT)) == b'Du@here\0'
+    assert get(qfn('remote', 100, SPLIT)) == b'Dx@far\0'
+    assert files_of(100) == ['info', 'local', 'mess', 'remote']     # qmail-send's to finish
+    assert [m.id for m in job.finishing] == [100]
+
+
+def test_running_a_message_in_todo_is_waited_for(queue):
+    in_todo(110, b'a@b', [b'v@here'])
+    said = []
+    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], False, True, wait=0.3)
+    job.take(110, False)
+    assert job.code == 111
+    assert said == ['#110 <a@b>: still in todo/ (being delivered or preprocessed): '
+                    'not removed, try again']
+
+
+def test_running_without_qmail_send_found_says_what_to_do(queue, monkeypatch):
+    preprocessed(120, b'a@b', [b'u@here'])
+    said = []
+    job = qrm.Run(SPLIT, said.append, [120], [], [], False, True, wait=0.3)
+    job.take(120, True)
+    monkeypatch.setattr(qrm, 'send_pid', lambda qdir: None)
+    job.finish('.')
+    assert said[-1].startswith('qmail-send not found: what is marked goes at its next retry')
+    assert job.code == 0
+
+
+def test_send_pid_is_only_qmail_send(queue):
+    """The mutex's holder, from /proc/locks, gets ALRM only if it is
+    qmail-send: qmail-fsck -r or a qmail-qrm holding it would be killed."""
+    import fcntl
+    put('lock/sendmutex', b'')
+    fd = os.open('lock/sendmutex', os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert qrm.send_pid('.') is None            # held by pytest, not qmail-send
+        assert qrm.is_send(os.getpid()) is False
+    finally:
+        os.close(fd)
