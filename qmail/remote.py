@@ -5,8 +5,9 @@ Runs as:  qmailr, group qmail: qmail-rspawn's forked child (the module
           is loaded once there), or on its own; cwd changed to HOME.
 Reads:    fd 0, the message (qmail-send's mess file, seekable); control/
           me, helohost, smtproutes, timeoutconnect, timeoutremote,
-          dnsservers, tlsdestinations, tlsclientciphers, domainkeys/
-          (DKIM keys: remote_dkim); the DNS (MX, A, AAAA, CNAME).
+          dnsservers, tlsdestinations, tlsclientciphers, clientcert.pem,
+          domainkeys/ (DKIM keys: remote_dkim); the DNS (MX, A, AAAA,
+          CNAME).
 Writes:   fd 1, NUL-terminated reports: one per recipient the peer was
           asked about, r (accepted), h (rejected for good) or s (rejected
           for now), in argv order, then the message report, K (success:
@@ -51,6 +52,11 @@ Beyond qmail 1.03:
   control/tlsclientciphers: the OpenSSL cipher list for TLS up to 1.2
       (its lines joined by ":"), as the qmail TLS patch has it; default
       OpenSSL's.  One that selects no cipher defers the mail (Z).
+  control/clientcert.pem: a certificate chain and its key in one PEM
+      file, as the TLS patch has it, shown to a server that asks for a
+      client certificate.  One that cannot be loaded is not shown (the
+      server decides whether to go on without), and the success report
+      says why after its TLS state.
   IPv6: AAAA records and [IPv6:...] literals are used; tcpto keeps
       IPv6 peers in its own table.
   control/smtproutes: a domain's spaces around it do not count, and a
@@ -299,6 +305,8 @@ class Settings:
         self.routes = parse_map(ctl.lines('smtproutes'))
         self.tlsdest = parse_tlsmap(ctl.lines('tlsdestinations'))
         self.tlsciphers = control.colon_list(ctl.lines('tlsclientciphers'))
+        cert = os.path.join(ctl.directory, CLIENTCERT)
+        self.clientcert = cert if os.path.lexists(cert) else None
         try:
             self.nameservers = qdns.nameservers(ctl.lines('dnsservers'))
         except (ValueError, UnicodeError):
@@ -306,8 +314,9 @@ class Settings:
 
 
 # What Settings reads (helohost falls back to me).
+CLIENTCERT = 'clientcert.pem'       # the TLS patch's, in control/
 SETTINGS_FILES = ('helohost', 'me', 'timeoutconnect', 'timeoutremote', 'smtproutes',
-                  'tlsdestinations', 'tlsclientciphers', 'dnsservers')
+                  'tlsdestinations', 'tlsclientciphers', 'dnsservers', CLIENTCERT)
 _last_settings = None
 
 
@@ -414,7 +423,8 @@ class TlsPolicy:
         self.required, self.ctx, self.ctx_names, self.match = required, ctx, ctx_names, match
 
 
-def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
+def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None,
+               clientcert: str = None) -> TlsPolicy:
     """The TlsPolicy for host (as policy_name spells it): required (and
     verified) if control/tlsdestinations names it, else opportunistic.
     A line "domain:cafile:names" lists what an MX host's certificate may
@@ -422,11 +432,13 @@ def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
     from DNS); without names, the domain or a name under it (Postfix's
     "secure"): a forged MX record cannot send the mail to a host that
     merely holds a certificate for its own name.  ciphers: the OpenSSL
-    cipher list (control/tlsclientciphers), None for OpenSSL's."""
+    cipher list (control/tlsclientciphers), None for OpenSSL's;
+    clientcert: control/clientcert.pem's path, None if there is none."""
     value = lookup_map(host, tlsdest)
     try:
         if value is None:
-            return TlsPolicy(False, remote_smtp.tls_context(False, ciphers=ciphers))
+            return TlsPolicy(False, remote_smtp.tls_context(False, ciphers=ciphers,
+                                                            clientcert=clientcert))
         cafile, _, names = value.partition(b':')
         cafile = os.fsdecode(cafile) or None
         match = [os.fsdecode(policy_key(n)) for n in names.replace(b',', b' ').split()]
@@ -435,9 +447,11 @@ def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
             match = [h, '.' + h]
         if match == ['mx']:
             match = None                # the MX host's own name, by ctx
-        return TlsPolicy(True, remote_smtp.tls_context(True, cafile, ciphers=ciphers),
+        return TlsPolicy(True, remote_smtp.tls_context(True, cafile, ciphers=ciphers,
+                                                       clientcert=clientcert),
                          remote_smtp.tls_context(True, cafile, hostnames=False,
-                                                 ciphers=ciphers), match)
+                                                 ciphers=ciphers, clientcert=clientcert),
+                         match)
     except remote_smtp.NoCipher:
         raise temp(b'The cipher list in control/tlsclientciphers selects no cipher. '
                    b'(#4.3.0)\n') from None
@@ -446,11 +460,12 @@ def tls_policy(host: bytes, tlsdest: dict, ciphers: bytes = None) -> TlsPolicy:
                    + outsafe(host) + b'. (#4.3.0)\n') from None
 
 
-def required_policy(ciphers: bytes = None) -> TlsPolicy:
+def required_policy(ciphers: bytes = None, clientcert: str = None) -> TlsPolicy:
     """TLS required and verified with the system's CAs (an smtproutes
     route with a password, where tlsdestinations says nothing)."""
     try:
-        return TlsPolicy(True, remote_smtp.tls_context(True, ciphers=ciphers))
+        return TlsPolicy(True, remote_smtp.tls_context(True, ciphers=ciphers,
+                                                       clientcert=clientcert))
     except remote_smtp.NoCipher:
         raise temp(b'The cipher list in control/tlsclientciphers selects no cipher. '
                    b'(#4.3.0)\n') from None
@@ -509,7 +524,7 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             relay, port, auth = parse_relay(route)
         except ValueError:
             raise temp(b'Unable to parse control/smtproutes. (#4.3.0)\n') from None
-    policy = tls_policy(key, settings.tlsdest, settings.tlsciphers)
+    policy = tls_policy(key, settings.tlsdest, settings.tlsciphers, settings.clientcert)
     reason = None           # why TLS is required, when not tlsdestinations
     if auth is not None:
         # A password goes only under TLS, to the relay its certificate
@@ -517,9 +532,10 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
         # relay's name, else for the domain, else the system's CAs.
         relay_key = policy_name(relay)
         if lookup_map(relay_key, settings.tlsdest) is not None:
-            policy = tls_policy(relay_key, settings.tlsdest, settings.tlsciphers)
+            policy = tls_policy(relay_key, settings.tlsdest, settings.tlsciphers,
+                                settings.clientcert)
         elif not policy.required:
-            policy = required_policy(settings.tlsciphers)
+            policy = required_policy(settings.tlsciphers, settings.clientcert)
         reason = b'my control/smtproutes gives a password for this route'
 
     if resolver is None:

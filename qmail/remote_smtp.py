@@ -63,6 +63,7 @@ is in no report, nor the user in a Z (it may end in a bounce).
 import binascii
 import hmac
 import os
+import re
 import ssl
 import time
 
@@ -151,14 +152,27 @@ class NoCipher(ValueError):
     """The cipher list selects no cipher."""
 
 
+class Passphrase(Exception):
+    """The client key has a passphrase."""
+
+
+def no_passphrase(*_):
+    """A key with a passphrase is refused, never asked for on a tty."""
+    raise Passphrase()
+
+
 def tls_context(verify: bool, cafile=None, hostnames=True,
-                ciphers: bytes = None) -> ssl.SSLContext:
+                ciphers: bytes = None, clientcert: str = None) -> ssl.SSLContext:
     """A client context: OpenSSL's defaults; with verify, the peer's
     certificate must chain to cafile (or the system's CAs) and, with
     hostnames, name the host (else Tls.match says what it must name);
-    with ciphers, an OpenSSL cipher list, those ciphers (up to TLS 1.2).
-    OSError (ssl.SSLError among them) if cafile cannot be loaded,
-    NoCipher if ciphers selects none."""
+    with ciphers, an OpenSSL cipher list, those ciphers (up to TLS 1.2);
+    with clientcert, a PEM file of a certificate chain and its key,
+    shown to a server that asks for one (one that cannot be used is
+    not: the server decides whether to go on without, as with the TLS
+    patch, and the context's clientcert_trouble says why, for the
+    report).  OSError (ssl.SSLError among them) if cafile cannot be
+    loaded, NoCipher if ciphers selects none."""
     if verify:
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.check_hostname = hostnames
@@ -171,7 +185,26 @@ def tls_context(verify: bool, cafile=None, hostnames=True,
             ctx.set_ciphers(ciphers.decode('ascii'))
         except (ssl.SSLError, UnicodeError):
             raise NoCipher(ciphers) from None
+    if clientcert is not None:
+        ctx.clientcert_trouble = load_client_cert(ctx, clientcert)
     return ctx
+
+
+def load_client_cert(ctx: ssl.SSLContext, path: str):
+    """path's certificate chain and key into ctx; None, or why not."""
+    try:
+        ctx.load_cert_chain(path, password=no_passphrase)
+        return None
+    except Passphrase:
+        return 'its key has a passphrase'
+    except ssl.SSLError as err:
+        # ("PEM lib" for a file without a key; KEY_VALUES_MISMATCH...)
+        text = err.reason or re.sub(r'^\[\w+\] | \(_ssl\.c:\d+\)$', '', str(err))
+        return 'not a certificate with its key (OpenSSL: %s)' % text.lower().replace('_', ' ')
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+    except MemoryError:
+        return 'out of memory'
 
 
 # --- pure -----------------------------------------------------------------
@@ -380,9 +413,13 @@ class Conn:
 
     def tls_state(self, verified: bool) -> bytes:
         cipher = self.sock.cipher()
-        return b'TLS %s %s %s' % (safe(self.sock.version() or '?'),
-                                  safe(cipher[0] if cipher else '?'),
-                                  b'verified' if verified else b'unverified')
+        state = b'TLS %s %s %s' % (safe(self.sock.version() or '?'),
+                                   safe(cipher[0] if cipher else '?'),
+                                   b'verified' if verified else b'unverified')
+        trouble = getattr(self.sock.context, 'clientcert_trouble', None)
+        if trouble:
+            state += b', without my control/clientcert.pem: ' + safe(trouble)
+        return state
 
     def close(self):
         try:

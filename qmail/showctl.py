@@ -115,20 +115,38 @@ def show_lst(out, path, name, default, pre, post):
         if trouble:
             out.append(trouble)
     if passwords:
-        try:
-            st = os.stat(path)
-        except OSError:
-            st = None
-        try:
-            qmail_gid = auto.gid(auto.GROUP_QMAIL)
-        except KeyError:
-            qmail_gid = None
-        if st is not None and (st.st_mode & 0o004 or (
-                st.st_mode & 0o040 and st.st_gid not in (0, qmail_gid))):
-            out.append('Oops! It holds passwords and %s may read it: '
-                       'chgrp qmail and chmod 640 it.\n'
-                       % ('anyone' if st.st_mode & 0o004 else 'group %d' % st.st_gid))
+        out.append(readers_trouble(path, 'passwords'))
     return True
+
+
+def readers_trouble(path: str, what: str) -> str:
+    """An Oops line if others than root and group qmail (qmail-remote's,
+    as qmailr) may read the file at path, which holds secrets; else ''."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ''
+    try:
+        qmail_gid = auto.gid(auto.GROUP_QMAIL)
+    except KeyError:
+        qmail_gid = None
+    if st.st_mode & 0o004 or (st.st_mode & 0o040 and st.st_gid not in (0, qmail_gid)):
+        return ('Oops! It holds %s and %s may read it: chgrp qmail and chmod 640 it.\n'
+                % (what, 'anyone' if st.st_mode & 0o004 else 'group %d' % st.st_gid))
+    return ''
+
+
+def clientcert_trouble(path: str) -> str:
+    """Oops lines for control/clientcert.pem: qmail-remote cannot load it
+    (and goes without), or others may read its key."""
+    import ssl
+    from qmail import remote_smtp
+    why = remote_smtp.load_client_cert(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), path)
+    out = readers_trouble(path, 'a private key')
+    if why:
+        out = ('Oops! qmail-remote cannot use it (%s): it shows servers no certificate.\n'
+               % safe(why.encode('ascii', 'replace'))) + out
+    return out
 
 
 def mrh_cdb_status(ctl) -> str:
@@ -181,6 +199,8 @@ def controls(ctl: str, names: list, me) -> str:
         if kind == 'flag':
             out.append('\n%s: %s\n' % (name, pre if os.path.exists(path) else
                                           '(Default.) ' + default))
+            if name == 'clientcert.pem' and os.path.lexists(path):
+                out.append(clientcert_trouble(path))
         elif kind == 'int':
             show_int(out, path, name, default, pre, post)
         elif kind == 'str':

@@ -628,6 +628,8 @@ class FakeTlsSock(FakeSock):
     """FakeSock, as it is once "encrypted" (FakeCtx): the session's
     replies go on from the same script."""
 
+    context = None          # (an SSLSocket's SSLContext)
+
     def version(self):
         return 'TLSv1.3'
 

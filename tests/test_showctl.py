@@ -128,6 +128,38 @@ def test_smtproutes_passwords_are_not_shown(tmp_path, fixed_ids):
     assert 'Oops! It holds passwords and group 4242 may read it' in got, got
 
 
+def test_clientcert_is_checked_as_qmail_remote_loads_it(tmp_path, fixed_ids):
+    """control/clientcert.pem: shown as present; one qmail-remote cannot
+    load is named with why, and a key anyone may read too; never its
+    contents."""
+    import subprocess
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    got = showctl.describe('/var/qmail', str(ctl), [], b'mail.example.org')
+    assert '\nclientcert.pem: (Default.) qmail-remote presents no client certificate.\n' in got
+    cert, key = tmp_path / 'c.pem', tmp_path / 'k.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', str(key),
+                    '-out', str(cert), '-days', '2', '-subj', '/CN=client.example'],
+                   check=True, capture_output=True, timeout=60)
+    pem = ctl / 'clientcert.pem'
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    os.chown(pem, 0, 2107)                      # (fixed_ids' qmail)
+    os.chmod(pem, 0o640)
+    got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
+    assert ('\nclientcert.pem: qmail-remote presents this certificate, with its key, to a '
+            'server that asks.\n\n') in got, got
+    assert 'Oops' not in got and 'PRIVATE' not in got
+    os.chmod(pem, 0o644)
+    got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
+    assert ('Oops! It holds a private key and anyone may read it: chgrp qmail and '
+            'chmod 640 it.\n') in got, got
+    pem.write_bytes(cert.read_bytes())
+    got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
+    assert ('Oops! qmail-remote cannot use it (not a certificate with its key (OpenSSL: '
+            'pem lib)): it shows servers no certificate.\n') in got, got
+
+
 def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
     ctl = tmp_path / 'control'
     keys = ctl / 'domainkeys' / 'example.org'

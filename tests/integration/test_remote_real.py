@@ -109,6 +109,16 @@ def server_context(cert):
     return ctx
 
 
+def client_name(conn):
+    """The CN of the client certificate a TLS connection showed, or None."""
+    cert = conn.getpeercert()
+    for rdn in (cert or {}).get('subject', ()):
+        for key, value in rdn:
+            if key == 'commonName':
+                return value
+    return None
+
+
 # --- a test SMTP server ----------------------------------------------------------
 
 class Sink:
@@ -192,11 +202,12 @@ class Sink:
         def say(reply):
             conn.sendall(reply + b'\r\n')
 
-        tlsinfo = None
+        tlsinfo = client = None
         if self.implicit:
             conn = self.tls.wrap_socket(conn, server_side=True)
             f = conn.makefile('rb')
             tlsinfo = conn.version()
+            client = client_name(conn)
         if self.cut('greeting'):
             return
         say(self.replies['greeting'])
@@ -230,6 +241,7 @@ class Sink:
                 conn = self.tls.wrap_socket(conn, server_side=True)
                 f = conn.makefile('rb')
                 tlsinfo = conn.version()
+                client = client_name(conn)
                 helo = mail = None
                 rcpts = []
             elif verb == b'MAIL':
@@ -265,7 +277,7 @@ class Sink:
                     return
                 if self.replies['dot'].startswith(b'2'):   # before the reply: no race
                     self.messages.append({'helo': helo, 'mail': mail, 'rcpts': rcpts,
-                                          'raw': raw, 'tls': tlsinfo,
+                                          'raw': raw, 'tls': tlsinfo, 'client': client,
                                           'data': unstuff(raw)})
                 say(self.replies['dot'])
                 mail, rcpts = None, []
@@ -704,6 +716,50 @@ def test_opportunistic_tls_dying_after_the_handshake_falls_back(home, sinks, cer
     assert out == [b'r'] and final.startswith(
         b'K127.55.1.6 accepted message.\nIn the clear: TLS had failed.\n'), final
     assert s.connections == 2 and len(s.messages) == 1
+
+
+def test_client_certificate_from_control_clientcert_pem(home, sinks, cert):
+    """control/clientcert.pem (the TLS patch's): shown to a peer that
+    asks for a client certificate, which then takes the mail under TLS
+    (without it, the connection died and the mail went in the clear,
+    above).  One that cannot be used is not shown, and the report says
+    why; no passphrase is ever asked for."""
+    tmp = tempfile.mkdtemp(prefix='qmt-client.')
+    try:
+        ccert, ckey = os.path.join(tmp, 'c.pem'), os.path.join(tmp, 'k.pem')
+        self_signed(ccert, ckey, 'client.src.example')
+        ctx = server_context(cert)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ccert)
+        s = sinks('127.55.1.6', 25, tls=ctx)
+        pem = open(ccert).read() + open(ckey).read()
+        setctl(home, **{'clientcert.pem': pem})
+        out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+        assert out == [b'r'] and final.startswith(
+            b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+        assert b'clientcert' not in final
+        assert s.connections == 1 and s.messages[0]['client'] == 'client.src.example'
+        # a certificate without its key; a key with a passphrase: to the
+        # peer that wants one, none is shown (it ends the TLS session, and
+        # the mail goes in the clear); to one that does not, the report
+        # says why it was not loaded
+        subprocess.run(['openssl', 'pkey', '-in', ckey, '-out', os.path.join(tmp, 'enc.pem'),
+                        '-aes256', '-passout', 'pass:secret'], check=True, timeout=TIMEOUT)
+        bad = ((open(ccert).read(), b'not a certificate with its key (OpenSSL: pem lib)'),
+               (open(ccert).read() + open(os.path.join(tmp, 'enc.pem')).read(),
+                b'its key has a passphrase'))
+        for text, why in bad:
+            setctl(home, **{'clientcert.pem': text})
+            s.tls = ctx
+            out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+            assert final.startswith(b'K127.55.1.6 accepted message.\nIn the clear: '), final
+            s.tls = server_context(cert)
+            out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+            assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
+            assert b', without my control/clientcert.pem: ' + why + b'.\n' in final, final
+    finally:
+        setctl(home, **{'clientcert.pem': None})
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_required_tls_verified(home, sinks, cert):
