@@ -710,10 +710,12 @@ SUBMISSION_RUN = """#!/bin/sh
 # (put the certificate in control/servercert.pem); enabled by qmail-svscan when
 # control/submissionchecker names the checkpassword program
 # (checkpassword for system users, vcheckpassword for virtual ones).
-# MAIL only after AUTH (REQUIRE_AUTH), and then relaying; rules, if
-# any, in control/tcp.submission.cdb (tcprules, as tcp.smtp).
+# MAIL only after AUTH (REQUIRE_AUTH), only from the user's own addresses
+# (FORCEAUTHMAILFROM), and then relaying; rules, if any, in
+# control/tcp.submission.cdb (tcprules, as tcp.smtp; FORCEAUTHMAILFROM="0"
+# there lets users send as anyone).
 """ + wait_for_checker('submissionchecker', '%(name)s') + """ME=`head -1 %(home)s/control/me`
-exec env - PATH="%(home)s/bin:/usr/bin:/bin" REQUIRE_AUTH=1 %(smtps)s\\
+exec env - PATH="%(home)s/bin:/usr/bin:/bin" REQUIRE_AUTH=1 FORCEAUTHMAILFROM=1 %(smtps)s\\
   qmail-listen -v -c 20 -x %(home)s/control/tcp.submission.cdb -X \\
   -u %(uid)d -g %(gid)d %(addr)s %(port)s \\
   %(home)s/bin/qmail-smtpd "$ME" "$CHECKER" /bin/true 2>&1

@@ -12,7 +12,9 @@ Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST, TCPLOCALIP (IPv4 or,
           as ucspi-tcp-ipv6 sets them, IPv6 "2001:db8::1"); and
           RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, REQUIRE_AUTH
-          (set: MAIL gets 530 until AUTH, but from a RELAYCLIENT), SMTPS (set,
+          (set: MAIL gets 530 until AUTH, but from a RELAYCLIENT),
+          FORCEAUTHMAILFROM (set, not "0": after AUTH, MAIL gets 553
+          but from the user's own addresses, sender_is_users), SMTPS (set,
           even empty: TLS from the start, before the greeting, as the
           qmail TLS patch has it for port 465; no certificate or no
           handshake is no session, exit 1, the log says why), and
@@ -142,7 +144,7 @@ from qmail.lib.qqtalk import QueueClient
 from qmail.lib import rcptmap
 from qmail.smtpd_addr import (ip6_scanbracket, localiphost6, parse_if_inet6,  # noqa: F401
                                local_ips6,
-                               ADDRMAX, addrallowed, addrparse, bmfcheck,
+                               ADDRMAX, addrallowed, addrparse, bmfcheck, sender_is_users,
                               local_ips, localiphost, mail_size)
 from qmail.smtpd_auth import (CLOSE, MAXAUTHLINE, PAUSE, REFUSED, Auth,
                               Checkpassword)
@@ -178,6 +180,7 @@ R_GOAHEAD = b'354 go ahead\r\n'
 R_HOPS = b'554 too many hops, this message is looping (#5.4.6)\r\n'
 R_SIZE = b'552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n'
 R_AUTHFIRST = b'530 authentication required (#5.7.0)\r\n'
+R_NOTYOURS = b'553 sorry, that sender address is not the user you authenticated as (#5.7.1)\r\n'
 R_STRAYLF = b'451 See http://pobox.com/~djb/docs/smtplf.html.\r\n'
 R_TIMEOUT = b'451 timeout (#4.4.2)\r\n'
 R_CONTROL = b'421 unable to read controls (#4.3.0)\r\n'
@@ -220,7 +223,9 @@ class Config:
     16-byte strings.  flagtls: STARTTLS may be offered (a certificate,
     and a socket: the shell decides); flagauthplain: AUTH without TLS;
     flagcram: offer CRAM-MD5; flagrequireauth: MAIL only after AUTH
-    (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH)."""
+    (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH);
+    flagforcefrom: after AUTH, MAIL only from the user's own addresses
+    (FORCEAUTHMAILFROM)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -229,9 +234,11 @@ class Config:
                  ipme=frozenset((b'\0\0\0\0',)), flagtls=False,
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
-                 flaglog=True, rcptmap=None, flagrequireauth=False):
+                 flaglog=True, rcptmap=None, flagrequireauth=False,
+                 flagforcefrom=False):
         self.greeting = greeting
         self.flagrequireauth = flagrequireauth
+        self.flagforcefrom = flagforcefrom
         self.flaglog = flaglog
         self.rcptmap = rcptmap      # unknown local recipients: 550
         self.localiphost = localiphost
@@ -716,6 +723,16 @@ class Session:
             self.note_abandoned(b'new MAIL before DATA')
             self.seenmail = False
             self.bad(R_AUTHFIRST)
+            return
+        if self.config.flagforcefrom and self.authuser is not None and not sender_is_users(
+                addr, self.authuser, self.config.rcpthosts, self.config.morercpthosts,
+                auto.BREAK.encode()):
+            self.note_abandoned(b'new MAIL before DATA')
+            self.seenmail = False
+            # (each logged: the errors' limit ends a session that goes on)
+            self.log(b'mail <%s> rcpt - auth %s' % (logsafe(addr), logsafe(self.authuser)),
+                     R_NOTYOURS)
+            self.bad(R_NOTYOURS)
             return
         size = mail_size(rest)
         if self.config.databytes and size is not None and size > self.config.databytes:
@@ -1372,6 +1389,9 @@ def main(argv=None, home=None) -> int:
         # REQUIRE_AUTH set (a mail clients' port: RFC 6409 lets it ask
         # for AUTH first), as the AUTH patches name it
         config.flagrequireauth = seen.get(b'REQUIRE_AUTH') is not None
+        # FORCEAUTHMAILFROM (the AUTH/TLS patches' name; "1" there, any
+        # value but "0" here): an authenticated client sends as itself
+        config.flagforcefrom = seen.get(b'FORCEAUTHMAILFROM') not in (None, b'', b'0')
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'

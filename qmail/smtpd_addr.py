@@ -232,3 +232,30 @@ def local_ips6() -> frozenset:
             return parse_if_inet6(f.read(1 << 20)) | unspecified
     except FileNotFoundError:
         return unspecified
+
+
+def sender_is_users(addr: bytes, user: bytes, rcpthosts, morercpthosts,
+                    delimiter: bytes = b'-') -> bool:
+    """May a client that logged in as user send from addr
+    (FORCEAUTHMAILFROM)?  The AUTH patch's rule is addr == user; here,
+    case aside, also the user's extension addresses, as qmail delivers
+    them to the user (user-ext@domain), and for a login without a
+    domain (a system user's) that name at any domain of ours
+    (rcpthosts).  The null sender (a client's own bounce or receipt)
+    is anyone's."""
+    if not addr:
+        return True
+    addr, user = addr.lower(), user.lower()
+    j = addr.rfind(b'@')
+    local, domain = (addr, None) if j < 0 else (addr[:j], addr[j + 1:])
+    k = user.rfind(b'@')
+    if k >= 0:
+        if domain != user[k + 1:]:
+            return False
+        user = user[:k]
+    elif domain is not None and not addrallowed(addr, rcpthosts, morercpthosts):
+        return False
+    if not user:
+        return False                # (an empty login owns nothing)
+    return local == user or local.startswith(user + delimiter)
+

@@ -293,6 +293,36 @@ def test_addrallowed(addr, rcpthosts, want):
     check(got, want)
 
 
+@pytest.mark.parametrize('addr, user, want', [
+    # a system login: its name, or with an extension, at a domain of ours
+    (b'joe@example.org', b'joe', True),
+    (b'Joe@Example.ORG', b'JOE', True),
+    (b'joe-lists@example.org', b'joe', True),
+    (b'joe-@example.org', b'joe', True),
+    (b'joel@example.org', b'joe', False),
+    (b'jo@example.org', b'joe', False),
+    (b'joe@sub.example.org', b'joe', False),        # not in rcpthosts
+    (b'joe@evil.example', b'joe', False),
+    (b'joe@more.example', b'joe', True),            # morercpthosts
+    (b'joe', b'joe', True),
+    (b'bob', b'joe', False),
+    # a virtual login: itself, or with an extension, at its own domain
+    (b'joe@example.org', b'joe@example.org', True),
+    (b'joe-x@example.org', b'joe@example.org', True),
+    (b'joe@more.example', b'joe@example.org', False),
+    (b'joe@a@example.org', b'joe@example.org', False),
+    (b'bob@example.org', b'joe@example.org', False),
+    (b'joe', b'joe@example.org', False),
+    # the null sender; an empty login owns nothing
+    (b'', b'joe', True),
+    (b'x@example.org', b'', False),
+    (b'-x@example.org', b'', False),
+    (b'@example.org', b'', False),
+])
+def test_sender_is_users(addr, user, want):
+    check(smtpd_addr.sender_is_users(addr, user, {b'example.org'}, MORERH), want)
+
+
 BMF = frozenset([b'spammer@bad.example', b'@worse.example'])
 
 

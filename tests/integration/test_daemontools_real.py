@@ -186,6 +186,10 @@ def test_supervised_mta(supervised):
     with smtplib.SMTP('127.0.0.1', supervised['subport'], timeout=TIMEOUT) as s:
         s.starttls(context=ctx)
         s.login('qmtsvc', 'pop-secret-1')
+        # FORCEAUTHMAILFROM, set by the run script: only her own addresses
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            s.sendmail('root@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: forged\r\n\r\nb\r\n')
+        assert refused.value.smtp_code == 553, refused.value
         s.sendmail('qmtsvc@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: submitted\r\n\r\nb\r\n')
     with smtplib.SMTP_SSL('127.0.0.1', supervised['smtpsport'], timeout=TIMEOUT,
                           context=ctx) as s:
