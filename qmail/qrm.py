@@ -1,15 +1,16 @@
 """qmail-qrm: take messages, or some of their recipients, out of the
 queue, without a bounce.
 
-Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [messid ...]
+Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [messid ...] [-]
 Runs as:  root, while qmail-send runs or is stopped.
 Chooses:  the messages numbered (as qmail-qread shows them, with or
-          without the '#'); with -s, those whose envelope sender matches
-          (a shell pattern, case ignored; '<>' is the null sender of a
-          bounce); with -r, those with a recipient not yet done that
-          matches.  -s and -r may be given more than once (any of them
-          matches); at least one of a number, -s or -r is needed, so
-          "-s '*'" is every message.
+          without the '#'; "-" reads more numbers from fd 0); with -s,
+          those whose envelope sender matches (a shell pattern, or the
+          address itself, case ignored; '<>' is the null sender of a
+          bounce and qmail's #@[] of a double bounce); with -r, those
+          with a recipient not yet done that matches.  -s and -r may be
+          given more than once (any of them matches); at least one of a
+          number, -s or -r is needed, so "-s '*'" is every message.
 Removes:  without -r, the whole message: every recipient not yet done,
           and the failure reports recorded for those done (no bounce
           message is sent for it); with -r, only the matching recipients:
@@ -21,13 +22,17 @@ Reads:    HOME/queue: todo/, info/, local/, remote/, bounce/;
 Writes:   While qmail-send runs: a D mark over each chosen recipient
           of local/ and remote/ (qmail-send's own mark for a recipient
           done), made durable, and for a whole message bounce/ removed;
-          then an ALRM to qmail-send, which finishes those messages at
-          once (and retries every deferred message now, as svc -a does),
-          and qmail-qrm waits up to WAIT seconds for them to leave the
-          queue.  A delivery already under way ends as it would have (a
-          failure there is still reported); a message not yet
-          preprocessed, or delivered straight from todo/, is waited for
-          up to WAIT seconds, then left ("try again").
+          then an ALRM to qmail-send (as soon as the messages already
+          preprocessed are marked, and again at the end), which reads
+          every recipient list again, passes under way too, and finishes
+          those messages at once (and retries every deferred message
+          now, as svc -a does: one run for many messages, not one a
+          message); qmail-qrm waits up to WAIT seconds for them to
+          leave the queue.  A delivery already under way ends as it
+          would have (a failure there is still reported); messages not
+          yet preprocessed, or delivered straight from todo/ (a local
+          delivery waiting for a slot), are looked at again for WAIT
+          seconds in all, then left ("try again").
           While qmail-send is stopped: lock/sendmutex is held for the
           whole run, so that it cannot start meanwhile; a whole message's
           files are removed in an order that leaves, at any crash, the
@@ -75,16 +80,17 @@ class Trouble(Exception):
 # -- choosing (pure) --------------------------------------------------------
 
 def matches(patterns, address: bytes) -> bool:
-    """Does address match one of the shell patterns (case ignored)?  An
-    empty address, a bounce's null sender, is matched by '<>' (and '')."""
+    """Does address match one of the shell patterns (case ignored), or
+    equal it?  The null sender of a bounce, and qmail's #@[] of a double
+    bounce, are matched by '<>' (and '')."""
     text = address.decode('utf-8', 'surrogateescape').lower()
     for pattern in patterns:
         pattern = pattern.lower()
         if pattern in ('<>', ''):
-            if text == '':
+            if text in ('', '#@[]'):    # (and qmail's double bounce)
                 return True
-        elif fnmatch.fnmatchcase(text, pattern):
-            return True
+        elif text == pattern or fnmatch.fnmatchcase(text, pattern):
+            return True                 # (an address literal's [ ] as written)
     return False
 
 
@@ -137,12 +143,11 @@ def info_sender(data: bytes):
     return data[1:end]
 
 
-_SAFE = {c: '_' for c in list(range(32)) + [127]}
-
-
 def shown(address: bytes) -> str:
-    """An address as printed: no control characters reach the terminal."""
-    return address.decode('utf-8', 'backslashreplace').translate(_SAFE)
+    """An address as printed, as qmail-qread prints it: bytes outside
+    printable ASCII as '_' (no control character, nor a Unicode one that
+    turns text around, reaches the terminal)."""
+    return ''.join(chr(c) if 32 <= c <= 126 else '_' for c in address)
 
 
 # -- the queue --------------------------------------------------------------
@@ -227,9 +232,10 @@ class Message:
 
 def mark_done(msg: Message, chosen) -> None:
     """A D mark over each chosen recipient's record, durable (as
-    qmail-send marks a recipient done).  The file's time, qmail-send's
-    next try of the message after a restart, becomes now: it is
-    finished at once."""
+    qmail-send marks a recipient done).  qmail-send sees it when it next
+    reads the file: at the message's next pass (a new message's first
+    pass checks the file's ctime), and at once for every message after
+    an ALRM."""
     for c in CHANNELS:
         offsets = [pos for ch, pos, _ in chosen if ch == c]
         if not offsets:
@@ -290,7 +296,7 @@ def drop_bounce(msg: Message) -> None:
     unlink_synced([msg.fn('bounce')])
 
 
-def send_pid(qdir: str):
+def mutex_holder(qdir: str):
     """The process that holds qmail-send's mutex (an flock, listed in
     /proc/locks by device and inode), or None."""
     try:
@@ -305,33 +311,47 @@ def send_pid(qdir: str):
         # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->" if blocked)
         if '->' in fields or len(fields) < 6 or fields[1] != 'FLOCK':
             continue
-        if fields[5] == want and fields[4].isdigit() and is_send(int(fields[4])):
+        if fields[5] == want and fields[4].isdigit():
             return int(fields[4])
     return None
 
 
 def is_send(pid: int) -> bool:
-    """Is pid qmail-send (its title, as ps shows it)?  The mutex may be
-    held by another (qmail-fsck -r, a qmail-qrm while qmail-send is
-    stopped), and ALRM would kill it."""
+    """Is pid qmail-send?  Its title says so (setproctitle), or, where
+    the title could not be set, its arguments: a script named qmail-send
+    or qmail-start (which becomes qmail-send).  The mutex may be held by
+    another (qmail-fsck -r, a qmail-qrm while qmail-send is stopped),
+    and ALRM would kill it."""
     try:
         with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            title = f.read(4096)
+            args = f.read(1 << 16).split(b'\0')
     except OSError:
         return False
-    return title.split(b'\0')[0].split(b' ')[0] == b'qmail-send'
+    if args[0].split(b' ')[0] == b'qmail-send':
+        return True
+    return any(os.path.basename(a) in (b'qmail-send', b'qmail-start') for a in args[1:3])
 
 
 # -- the run ----------------------------------------------------------------
 
 class Run:
-    def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT):
+    """One qmail-qrm run: take() each message; those still in todo/
+    while qmail-send runs are taken by take_later(), after tell(), with
+    one deadline for them all; then finish()."""
+
+    def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT,
+                 qdir='.'):
         self.split, self.say = split, say
         self.ids, self.spatterns, self.rpatterns = ids, spatterns, rpatterns
-        self.dry, self.live, self.wait = dry, live, wait
+        self.dry, self.live, self.wait, self.qdir = dry, live, wait, qdir
         self.code = 0
         self.messages = self.recipients = 0
         self.finishing = []         # whole messages qmail-send is to finish
+        self.untold = False         # marks made since the last ALRM
+        self.later = []             # (messid, named) still in todo/
+        self.seen = set()           # numbered messages seen in the queue
+        self.told = False           # qmail-send has had an ALRM
+        self.warned = False         # (that it could not be told: said once)
 
     def fault(self, code: int) -> None:
         self.code = max(self.code, code)
@@ -350,37 +370,64 @@ class Run:
             return False
         return True
 
-    def take(self, messid: int, named: bool) -> None:
-        """Choose and remove one message, saying what became of it."""
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                msg = self.look(messid)
-            except (OSError, Trouble) as err:
-                return self.trouble(messid, err)
-            if msg is None:
-                if named:
-                    self.say('#%d: not in the queue' % messid)
-                    self.fault(100)
-                return
-            if not self.chooses(msg):
-                return
-            if not msg.in_todo or self.dry or (not self.live and not self.rpatterns):
-                break
+    def take(self, messid: int, named: bool, last: bool = True) -> bool:
+        """Choose and remove one message, saying what became of it;
+        False if it is still in todo/ and qmail-send runs (to be tried
+        again: take_later), unless this is the last look."""
+        try:
+            msg = self.look(messid)
+        except (OSError, Trouble) as err:
+            self.trouble(messid, err)
+            return True
+        if msg is None:
+            if messid in self.seen:
+                self.say('#%d: delivered before it could be removed' % messid)
+                self.fault(100)
+            elif named:
+                self.say('#%d: not in the queue' % messid)
+                self.fault(100)
+            return True
+        self.seen.add(messid)
+        if not self.chooses(msg):
+            if named:
+                self.say('#%d <%s>: not chosen by -s or -r' % (messid, shown(msg.sender)))
+            return True
+        if msg.in_todo and not self.dry and (self.live or self.rpatterns):
             # Not yet preprocessed (or delivered straight from todo/): its
             # recipient lists do not exist yet.  qmail-send makes them in
             # a moment, unless this delivery succeeds first.
-            if not self.live or time.monotonic() >= deadline:
-                self.say('#%d <%s>: still in todo/ (%s): not removed, try again'
-                         % (messid, shown(msg.sender),
-                            'being delivered or preprocessed' if self.live
-                            else 'qmail-send has not preprocessed it: start it first'))
-                return self.fault(111)
-            time.sleep(POLL)
+            if self.live and not last:
+                return False
+            self.say('#%d <%s>: still in todo/ (%s): not removed, try again'
+                     % (messid, shown(msg.sender),
+                        'being delivered or preprocessed' if self.live
+                        else 'qmail-send has not preprocessed it: start it first'))
+            self.fault(111)
+            return True
         try:
             self.remove(msg)
         except (OSError, Trouble) as err:
             self.trouble(messid, err)
+        return True
+
+    def take_all(self, wanted, named: bool) -> None:
+        for messid in wanted:
+            if not self.take(messid, named, last=False):
+                self.later.append(messid)
+        if self.later:
+            self.tell()
+        self.take_later(named)
+        self.tell()
+
+    def take_later(self, named: bool) -> None:
+        """Messages still in todo/: looked at again until they are
+        preprocessed or gone, WAIT seconds for them all."""
+        deadline = time.monotonic() + self.wait
+        while self.later:
+            last = time.monotonic() >= deadline
+            self.later = [m for m in self.later if not self.take(m, named, last)]
+            if self.later:
+                time.sleep(POLL)
 
     def remove(self, msg: Message) -> None:
         label = '#%d <%s>' % (msg.id, shown(msg.sender))
@@ -391,6 +438,7 @@ class Run:
                     mark_done(msg, msg.chosen(None))
                     drop_bounce(msg)
                     self.finishing.append(msg)
+                    self.untold = True
                 else:
                     remove_whole(msg)
             self.say('%s: %s' % (label, verb))
@@ -402,8 +450,7 @@ class Run:
             chosen = msg.chosen(self.rpatterns)
             if not self.dry:
                 mark_done(msg, chosen)
-                if self.live:
-                    self.finishing.append(None)
+                self.untold = self.untold or bool(chosen)
         for c, _, addr in chosen:
             self.say('%s: %s %s %s' % (label, verb, c, shown(addr)))
         self.recipients += len(chosen)
@@ -415,24 +462,38 @@ class Run:
         self.say('#%d: trouble: %s: not removed, try again' % (messid, why))
         self.fault(111)
 
-    def finish(self, qdir: str) -> None:
-        """qmail-send running: told to finish the marked messages now,
-        then waited for (whole ones: until info/ is gone)."""
-        if not self.finishing:
+    def tell(self) -> None:
+        """qmail-send running: an ALRM after marks, so that it reads
+        every recipient list again (passes under way too) and finishes
+        the messages marked now, not at their next retries."""
+        if not self.live or self.dry or not self.untold:
             return
-        pid = send_pid(qdir)
-        told = False
-        if pid is not None:
+        self.untold = False
+        pid = mutex_holder(self.qdir)
+        if pid is not None and is_send(pid):
             try:
                 os.kill(pid, 14)            # SIGALRM
-                told = True
+                self.told = True
+                return
             except OSError:
                 pass
-        if not told:
+        if self.warned:
+            return
+        self.warned = True
+        if pid is not None:
+            self.say('queue/lock/sendmutex is held by pid %d, not qmail-send (qmail-fsck '
+                     '-r? another qmail-qrm?): what is marked goes when qmail-send next '
+                     'looks at it' % pid)
+        else:
             self.say('qmail-send not found: what is marked goes at its next '
                      'retry (or at once: svc -a on qmail-send)')
+
+    def finish(self) -> None:
+        """Whole messages marked: waited for until qmail-send has
+        finished them (info/ gone), WAIT seconds."""
+        if not self.told:
             return
-        left = [m for m in self.finishing if m is not None]
+        left = list(self.finishing)
         deadline = time.monotonic() + self.wait
         while left and time.monotonic() < deadline:
             time.sleep(POLL)
@@ -452,7 +513,7 @@ class Run:
 
 
 def usage(say) -> int:
-    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [messid ...]')
+    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [messid ...] [-]')
     return 100
 
 
@@ -480,10 +541,23 @@ def parse_args(argv):
                 value = args.pop(0)
             (spatterns if ch == 's' else rpatterns).append(value)
             break
+    if '-' in args:                     # more numbers on fd 0 (a long list)
+        args = [a for a in args if a != '-'] + stdin_words()
+        if not args:
+            return None
     ids = parse_ids(args)
     if ids is None or not (ids or spatterns or rpatterns):
         return None
     return dry, spatterns, rpatterns, ids
+
+
+def stdin_words(limit: int = 1 << 24) -> list:
+    """The words on fd 0 (message numbers: qmail-qread's output cut to
+    them, say), up to limit bytes."""
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        return ['not-a-number']         # (a usage error, not a part of a list)
+    return data.decode('ascii', 'replace').split()
 
 
 def main(argv=None, say=None) -> int:
@@ -512,10 +586,8 @@ def main(argv=None, say=None) -> int:
             say('fatal: unable to read the queue: %s%s' % (
                 err.filename + ': ' if err.filename else '', error_str(err).decode()))
             return 111
-        for messid in sorted(set(wanted)):
-            run.take(messid, bool(ids))
-        if not dry and mutex is None:
-            run.finish(qdir)
+        run.take_all(sorted(set(wanted)), bool(ids))
+        run.finish()
         say(run.summary())
         return run.code
     finally:

@@ -573,9 +573,21 @@ class Send:
         self.todo_held.clear()
         self.nexttodorun = self.recent
         # The recipient lists are read from the disk again, where an
-        # admin's D marks may be (qmail-qrm, which sends this ALRM).
+        # admin's D marks may be (qmail-qrm, which sends this ALRM): those
+        # new messages' first passes would take from memory, and those of
+        # passes under way, which C qmail reads a record at a time.
         self.fresh.clear()
         self.freshbytes = 0
+        for c in (0, 1):
+            p = self.passes[c]
+            if p is None or p.job.direct is not None:
+                continue
+            try:
+                data = slurp(self.fn(CHANDIR[c], p.job.id))
+            except OSError:
+                continue
+            if len(data) == len(p.data):    # (D marks are made in place)
+                p.data = data
         for c in (0, 1):
             self.pqchan[c] = all_due(self.pqchan[c], self.recent)
         self.respill_now()
@@ -1063,10 +1075,12 @@ class Send:
             fresh = self.fresh.pop((c, messid), None)
             if fresh is not None:
                 self.freshbytes -= len(fresh[0])
+                if not self.fresh_unchanged(c, messid, fresh[3]):
+                    fresh = None
             if direct is not None:
                 data, sender, birth = direct.data, direct.sender, direct.birth
             elif fresh is not None:
-                data, sender, birth = fresh
+                data, sender, birth = fresh[:3]
             else:
                 fn = self.fn(CHANDIR[c], messid)
                 try:
@@ -1119,6 +1133,14 @@ class Send:
             self.job_close(p.job)
             self.passes[c] = None
         return True
+
+    def fresh_unchanged(self, c, messid, stamp) -> bool:
+        """Is the recipient list as preprocessing wrote it (its ctime)?
+        An admin's D marks (qmail-qrm) change it: then it is read again."""
+        try:
+            return os.stat(self.fn(CHANDIR[c], messid)).st_ctime_ns == stamp
+        except OSError:
+            return False
 
     def pass_trouble(self, c, fn, messid):
         log('warning: trouble opening %s; will try again later\n' % fn)
@@ -1506,6 +1528,7 @@ class Send:
                     heapq.heappush(self.pqchan[0], (now, messid))
                 continue
             self.unsettled[messid] = []
+            fds = dict(files)
             for c in (0, 1):
                 if chans[c]:
                     heapq.heappush(self.pqchan[c], (now, messid))
@@ -1515,7 +1538,11 @@ class Send:
                     # behind, list posts of thousands of recipients queued)
                     if (len(self.fresh) < FRESH_MAX
                             and self.freshbytes + len(chans[c]) <= FRESH_BYTES):
-                        self.fresh[c, messid] = (bytes(chans[c]), sender, now)
+                        try:
+                            stamp = os.fstat(fds[self.fn(CHANDIR[c], messid)]).st_ctime_ns
+                        except (KeyError, OSError):
+                            continue
+                        self.fresh[c, messid] = (bytes(chans[c]), sender, now, stamp)
                         self.freshbytes += len(chans[c])
         made = [m for m in made if m[2] is not None]
         if made:

@@ -893,6 +893,28 @@ def test_a_stop_while_a_bounce_cannot_be_recorded_ends_it(queue_home, monkeypatc
                    'at the next start)\n']
 
 
+def test_a_first_pass_sees_marks_made_since_preprocessing(queue_home):
+    """qmail-qrm's D marks on a new message's list, before any ALRM: the
+    first pass takes the file, not the list remembered (its ctime moved),
+    and starts no delivery for a recipient removed."""
+    s, log = queue_home
+    s.bg.inline = True
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    messid = 23
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0Tu@here.example\0Tv@here.example\0')
+    s.preprocess_batch([messid])
+    wait_finish(s.bg)
+    assert s.fresh
+    time.sleep(0.05)                    # (ctime moves by the kernel's tick)
+    with open(qfn('local', messid, 3), 'r+b') as f:
+        f.write(b'D')
+    s.recent = time.time() + 1
+    while s.pass_dochan(0):
+        s.comm_buf[0] = b''
+    assert [d.recip for d in s.dels[0] if d is not None] == [b'v@here.example']
+
+
 def test_alrm_reads_the_recipient_lists_from_the_disk_again(queue_home):
     """qmail-qrm marks recipients done in local/ and remote/, then sends
     ALRM: a first pass that would take a new message's list from memory
@@ -917,3 +939,36 @@ def test_alrm_reads_the_recipient_lists_from_the_disk_again(queue_home):
         s.comm_buf[0] = b''
     started = [d.recip for d in s.dels[0] if d is not None]
     assert started == [b'v@here.example']
+
+
+def test_alrm_rereads_a_pass_under_way(queue_home):
+    """A pass waiting for delivery slots holds its list in memory: an
+    ALRM after qmail-qrm's marks makes it read the file again, so the
+    recipients it has not reached yet and that were removed are not
+    delivered (C qmail reads the file a record at a time)."""
+    s, log = queue_home
+    s.bg.inline = True
+    s.clean_request = lambda reqs, then=None: then([True] * len(reqs))
+    s.concurrency = [2, 4]
+    messid = 24
+    recips = [b'u%d@here.example' % i for i in range(5)]
+    put(qfn('mess', messid, 3), b'Subject: x\n\nbody\n')
+    put(qfn('todo', messid, 3), b'u0\0p1\0Fa@b.example\0'
+        + b''.join(b'T' + r + b'\0' for r in recips))
+    s.preprocess_batch([messid])
+    wait_finish(s.bg)
+    s.recent = time.time() + 1
+    while s.pass_dochan(0):
+        s.comm_buf[0] = b''
+    assert [d.recip for d in s.dels[0] if d is not None] == recips[:2]   # (2 slots)
+    data = open(qfn('local', messid, 3), 'rb').read()
+    with open(qfn('local', messid, 3), 'r+b') as f:     # qmail-qrm -r 'u3@*'
+        f.seek(data.index(b'Tu3@'))
+        f.write(b'D')
+    s.pqrun()
+    s.dels = [[None] * 4, [None] * 4]
+    s.concurrencyused = [0, 0]
+    s.concurrency = [4, 4]
+    while s.pass_dochan(0):
+        s.comm_buf[0] = b''
+    assert [d.recip for d in s.dels[0] if d is not None] == [recips[2], recips[4]]

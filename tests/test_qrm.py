@@ -5,6 +5,7 @@ tests/integration/test_queue_real.py; its crash safety is
 qmail-crashtest's "qrm" scenario."""
 
 import os
+import time
 
 import pytest
 
@@ -83,6 +84,9 @@ def run(ids=(), s=(), r=(), dry=False, live=False):
     (['*'], b'', True),
     (['a@*', 'b@*'], b'b@z', True),
     (['joe'], b'joe@host', False),
+    (['<>'], b'#@[]', True),                   # a double bounce is a bounce
+    (['u@[1.2.3.4]'], b'u@[1.2.3.4]', True),  # the address itself, [ ] and all
+    (['u@[1.2.3.4]'], b'u@[1.2.3.5]', False),
     (['*\\xff*'], b'a\xffb', False),        # bytes not UTF-8 are not a crash
 ])
 def test_matches(patterns, address, want):
@@ -117,7 +121,9 @@ def test_chosen_recipients_skip_those_done():
 
 
 def test_shown_has_no_control_characters():
-    assert qrm.shown(b'a\x1b[2J\nb\xff@x') == 'a_[2J_b\\xff@x'
+    """As qmail-qread prints: no C0 or C1 control, no bidi override."""
+    assert qrm.shown(b'a\x1b[2J\nb\xff@x') == 'a_[2J_b_@x'
+    assert qrm.shown('x\u009b2J\u202eb@y'.encode()) == 'x__2J___b@y'
 
 
 def test_usage_is_100_and_must_be_root(monkeypatch, capsys):
@@ -250,24 +256,108 @@ def test_running_a_message_in_todo_is_waited_for(queue):
 
 def test_running_without_qmail_send_found_says_what_to_do(queue, monkeypatch):
     preprocessed(120, b'a@b', [b'u@here'])
+    preprocessed(121, b'a@b', [b'u@here'])
     said = []
-    job = qrm.Run(SPLIT, said.append, [120], [], [], False, True, wait=0.3)
-    job.take(120, True)
-    monkeypatch.setattr(qrm, 'send_pid', lambda qdir: None)
-    job.finish('.')
-    assert said[-1].startswith('qmail-send not found: what is marked goes at its next retry')
+    job = qrm.Run(SPLIT, said.append, [120, 121], [], [], False, True, wait=0.3)
+    monkeypatch.setattr(qrm, 'mutex_holder', lambda qdir: None)
+    job.take_all([120, 121], True)
+    job.finish()
+    assert said == ['#120 <a@b>: removed', '#121 <a@b>: removed',
+                    'qmail-send not found: what is marked goes at its next retry (or at '
+                    'once: svc -a on qmail-send)']
     assert job.code == 0
 
 
-def test_send_pid_is_only_qmail_send(queue):
+def test_a_mutex_held_by_another_program_gets_no_alrm(queue, monkeypatch):
     """The mutex's holder, from /proc/locks, gets ALRM only if it is
-    qmail-send: qmail-fsck -r or a qmail-qrm holding it would be killed."""
+    qmail-send: qmail-fsck -r or a qmail-qrm holding it would be killed
+    by it."""
     import fcntl
     put('lock/sendmutex', b'')
     fd = os.open('lock/sendmutex', os.O_WRONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        assert qrm.send_pid('.') is None            # held by pytest, not qmail-send
-        assert qrm.is_send(os.getpid()) is False
+        assert qrm.mutex_holder('.') == os.getpid()
+        assert qrm.is_send(os.getpid()) is False    # pytest
+        preprocessed(130, b'a@b', [b'u@here'])
+        said = []
+        job = qrm.Run(SPLIT, said.append, [130], [], [], False, True, wait=0.3)
+        job.take_all([130], True)
+        assert said[-1] == ('queue/lock/sendmutex is held by pid %d, not qmail-send '
+                            '(qmail-fsck -r? another qmail-qrm?): what is marked goes when '
+                            'qmail-send next looks at it' % os.getpid())
     finally:
         os.close(fd)
+
+
+def test_is_send_without_a_title(tmp_path):
+    """Without setproctitle qmail-send's title is the interpreter's
+    command line: its script's name says who it is."""
+    import subprocess
+    import sys
+    for name, want in (('qmail-start', True), ('qmail-send', True), ('qmail-fsck', False)):
+        script = tmp_path / name
+        script.write_text('import time\ntime.sleep(30)\n')
+        proc = subprocess.Popen([sys.executable, '-I', str(script), './Maildir/'])
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with open('/proc/%d/cmdline' % proc.pid, 'rb') as f:
+                    if name.encode() in f.read():
+                        break
+                time.sleep(0.01)
+            assert qrm.is_send(proc.pid) is want, name
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_messages_in_todo_share_one_wait(queue, monkeypatch):
+    """Messages still in todo/ while qmail-send runs: looked at again for
+    WAIT seconds in all (each had its own 30 s, one after another), the
+    others taken and qmail-send told first."""
+    for m in (140, 141, 142):
+        in_todo(m, b'a@b', [b'v@here'])
+    preprocessed(143, b'a@b', [b'u@here'])
+    told = []
+    monkeypatch.setattr(qrm, 'mutex_holder', lambda qdir: 4242)
+    monkeypatch.setattr(qrm, 'is_send', lambda pid: True)
+    monkeypatch.setattr(os, 'kill', lambda pid, sig: told.append((pid, sig)))
+    said = []
+    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], False, True, wait=0.5)
+    start = time.monotonic()
+    job.take_all(qrm.queued_ids(SPLIT), False)
+    assert time.monotonic() - start < 2
+    assert said[0] == '#143 <a@b>: removed'
+    assert told == [(4242, 14)]                 # at once, for #143
+    assert said[1:] == ['#%d <a@b>: still in todo/ (being delivered or preprocessed): '
+                        'not removed, try again' % m for m in (140, 141, 142)]
+    assert job.code == 111
+
+
+def test_a_named_message_delivered_meanwhile_is_said_so(queue):
+    in_todo(150, b'a@b', [b'v@here'])
+    said = []
+    job = qrm.Run(SPLIT, said.append, [150], [], [], False, True, wait=2)
+    assert job.take(150, True, last=False) is False
+    for d in ('todo', 'intd', 'mess'):
+        os.unlink(qfn(d, 150, SPLIT))
+    assert job.take(150, True) is True
+    assert said == ['#150: delivered before it could be removed'] and job.code == 100
+
+
+def test_a_named_message_not_chosen_is_said_so(queue):
+    preprocessed(160, b'a@b', [b'u@here'])
+    job, said = run(ids=[160], s=['x@*'])
+    assert said == ['#160 <a@b>: not chosen by -s or -r'] and job.code == 0
+    assert files_of(160) == ['info', 'local', 'mess']
+
+
+def test_numbers_from_stdin(monkeypatch):
+    import io
+    monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'#12 13\n14\n')))
+    assert qrm.parse_args(['-n', '-', '9']) == (True, [], [], [9, 12, 13, 14])
+    monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'12 x\n')))
+    assert qrm.parse_args(['-']) is None
+    monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'')))
+    assert qrm.parse_args(['-']) is None
