@@ -9,7 +9,7 @@ RUNTIME ?= /usr/local/lib/qmail/venv
 # The developers' venv: the package (editable) and the test tools.
 DEVENV ?= .venv
 SYSPYTHON ?= /usr/bin/python3
-APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps man-db tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base fetchmail getmail6 libmail-dkim-perl
+APT_PACKAGES = python3 python3-venv python3-dev gcc libc6-dev make passwd procps man-db tinycdb ucspi-tcp-ipv6 swaks libnet-ssleay-perl libio-socket-inet6-perl openssl daemontools dnsmasq-base fetchmail getmail6 libmail-dkim-perl libmail-srs-perl
 
 PYTEST_ARGS ?=
 # The whole suite takes about 8 minutes here; a hang anywhere ends it at

@@ -144,6 +144,7 @@ PROGRAMS = (
     ('qmail-pw2u', 'pw2u', 0o755, False),
     ('splogger', 'splogger', 0o755, False),
     ('forward', 'forward', 0o755, False),
+    ('srsfilter', 'srsfilter', 0o755, False),
     ('condredirect', 'condredirect', 0o755, False),
     ('bouncesaying', 'bouncesaying', 0o755, False),
     ('except', 'except_', 0o755, False),

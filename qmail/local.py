@@ -7,7 +7,9 @@ Usage:    qmail-local [-nN] [--] user homedir local dash ext domain
 Reads:    fd 0, the message: a seekable file, read once per delivery;
           homedir/.qmail<dash><ext> (or a -default file, or
           defaultdelivery), the delivery instructions of dot-qmail(5).
-Writes:   maildirs, mbox files, programs' stdin, qmail-queue (forwards);
+Writes:   maildirs, mbox files, programs' stdin, qmail-queue (forwards,
+          whose sender control/srs_domain may make an SRS address:
+          srs_sender);
           fd 1, the report: errors, "did F+W+P" (files, forwards,
           programs done) and "qp <pid>" after a forward.  Programs run
           by a delivery share fd 1 and 2.  With -n, the instructions
@@ -441,6 +443,7 @@ def deliver(argv, say, now: float) -> int:
 
     env = None                  # made for the first program (a copy of
                                 # os.environb costs more than a Maildir)
+    forwarder = []              # ueo, once SRS has seen it (srs_sender)
     counts = [0, 0, 0]          # files, forwards, programs
     recips = []
     seq = 0
@@ -462,7 +465,7 @@ def deliver(argv, say, now: float) -> int:
                 continue
             if env is None:
                 env = command_env(os.environb, user, homedir, local, ext, host,
-                                  sender, ueo, default, lines)
+                                  sender, srs_sender(ueo, forwarder), default, lines)
             if deliver_program(arg, env):
                 break           # exit code 99: ignore the rest
             continue
@@ -479,9 +482,31 @@ def deliver(argv, say, now: float) -> int:
 
     qp = 0
     if recips:
-        qp = forward(recips, lines['dt'], ueo)
+        qp = forward(recips, lines['dt'], srs_sender(ueo, forwarder))
     say(count_report(counts, qp))
     return 0
+
+
+def srs_sender(ueo: bytes, memo: list) -> bytes:
+    """The sender of forwards (and NEWSENDER of programs): ueo, made an
+    SRS address of ours when control/srs_domain is set and ueo is
+    another domain's (qmail.lib.srs), so that the host the mail goes on
+    to finds our SPF record, not the sender's; read once a delivery
+    (memo).  Controls that cannot be read defer the delivery."""
+    if memo:
+        return memo[0]
+    from qmail.lib import srs
+    try:
+        setting = srs.load(auto.QMAIL)
+        made = ueo if setting is None else setting.forward(ueo)
+    except OSError as err:
+        raise TempFail(b'Unable to read the SRS controls: %s. (#4.3.0)'
+                       % error_str(err)) from None
+    except srs.SrsError as err:
+        raise TempFail(b'Unable to rewrite the sender with SRS: %s. (#4.3.0)'
+                       % str(err).encode()) from None
+    memo.append(made)
+    return made
 
 
 def raw_names(local: bytes, host: bytes) -> bytes:

@@ -105,6 +105,10 @@ def show_lst(out, path, name, default, pre, post):
     passwords = False
     for value in values:
         trouble = None
+        if name == 'srs_secrets':
+            out.append('%d secret%s, not shown; the first makes SRS addresses, '
+                       'each reverses them.\n' % (len(values), '' if len(values) == 1 else 's'))
+            break
         if name == 'smtproutes':
             trouble = route_trouble(value)
             value, had = hide_password(value)

@@ -160,6 +160,19 @@ def test_clientcert_is_checked_as_qmail_remote_loads_it(tmp_path, fixed_ids):
             'pem lib)): it shows servers no certificate.\n') in got, got
 
 
+def test_srs_secrets_are_counted_not_shown(tmp_path, fixed_ids):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'srs_secrets').write_text('t0ps3cret\nold-one\n')
+    (ctl / 'srs_domain').write_text('srs.example.org\n')
+    got = showctl.describe('/var/qmail', str(ctl), ['srs_domain', 'srs_secrets'],
+                           b'mail.example.org')
+    assert 't0ps3cret' not in got and 'old-one' not in got
+    assert ('\nsrs_secrets: \n2 secrets, not shown; the first makes SRS addresses, each '
+            'reverses them.\n') in got, got
+    assert '\nsrs_domain: Forwarded mail gets an SRS sender at srs.example.org.\n' in got
+
+
 def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
     ctl = tmp_path / 'control'
     keys = ctl / 'domainkeys' / 'example.org'

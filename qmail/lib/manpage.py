@@ -21,7 +21,7 @@ FIELD = re.compile(r'^([A-Z][A-Za-z -]{0,18}[a-z]):( +)(\S.*)$')
 SECTION_1 = frozenset((     # user commands, as qmail files them
     'forward', 'condredirect', 'bouncesaying', 'except', 'preline',
     'maildirmake', 'maildir2mbox', 'maildirwatch', 'qreceipt', 'qbiff',
-    'predate', 'datemail', 'mailsubj', 'tcp-env'))
+    'predate', 'datemail', 'mailsubj', 'tcp-env', 'srsfilter'))
 SOURCE = 'qmail-py'
 MANUAL = 'qmail'
 
