@@ -1,16 +1,20 @@
 """qmail-qrm: take messages, or some of their recipients, out of the
 queue, without a bounce.
 
-Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [messid ...] [-]
+Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
 Runs as:  root, while qmail-send runs or is stopped.
 Chooses:  the messages numbered (as qmail-qread shows them, with or
           without the '#'; "-" reads more numbers from fd 0); with -s,
           those whose envelope sender matches (a shell pattern, or the
           address itself, case ignored; '<>' is the null sender of a
           bounce and qmail's #@[] of a double bounce); with -r, those
-          with a recipient not yet done that matches.  -s and -r may be
-          given more than once (any of them matches); at least one of a
-          number, -s or -r is needed, so "-s '*'" is every message.
+          with a recipient not yet done that matches; with -S, those
+          whose Subject (unfolded, encoded words decoded, in the first
+          HEAD_MAX bytes) matches a shell pattern, case ignored ('*'
+          around a word: contains it).  -s, -r and -S may be given more
+          than once (any of a kind matches, every kind given must); at
+          least one of a number, -s, -r or -S is needed, so "-s '*'" is
+          every message.
 Removes:  without -r, the whole message: every recipient not yet done,
           and the failure reports recorded for those done (no bounce
           message is sent for it); with -r, only the matching recipients:
@@ -71,6 +75,7 @@ WAIT = 30                   # seconds for qmail-send to take up and finish
 POLL = 0.1                  # between looks while waiting
 READ_MAX = 2 * (8 << 20)    # the longest envelope qmail-send may write
 CHANNELS = ('local', 'remote')
+HEAD_MAX = 65536            # bytes of a message looked at for its Subject
 
 
 class Trouble(Exception):
@@ -122,6 +127,40 @@ def chosen_recipients(data: bytes, rpatterns) -> list:
     is chosen: all of them without rpatterns."""
     return [(pos, rec[1:]) for pos, rec in records_at(data)
             if rec[:1] == b'T' and (not rpatterns or matches(rpatterns, rec[1:]))]
+
+
+def subject_of(head: bytes) -> str:
+    """The Subject field of a message's header, unfolded and with its
+    encoded words (RFC 2047) decoded; '' if it has none."""
+    lines = head.replace(b'\r\n', b'\n').split(b'\n')
+    value = None
+    for line in lines:
+        if not line:
+            break                       # the header's end
+        if value is not None:
+            if line[:1] in (b' ', b'\t'):
+                value += b' ' + line.strip()
+                continue
+            break
+        if line[:8].lower() == b'subject:':
+            value = line[8:].strip()
+    if value is None:
+        return ''
+    text = value.decode('utf-8', 'replace')
+    try:
+        from email.header import decode_header, make_header
+        return str(make_header(decode_header(text)))
+    except Exception:                   # (a broken encoded word: as it is)
+        return text
+
+
+def read_head(path: str, limit: int = HEAD_MAX) -> bytes:
+    """The first limit bytes of a message (enough for its header)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def todo_sender(data: bytes):
@@ -340,8 +379,9 @@ class Run:
     one deadline for them all; then finish()."""
 
     def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT,
-                 qdir='.'):
+                 qdir='.', subjects=()):
         self.split, self.say = split, say
+        self.subjects = [p.lower() for p in subjects]
         self.ids, self.spatterns, self.rpatterns = ids, spatterns, rpatterns
         self.dry, self.live, self.wait, self.qdir = dry, live, wait, qdir
         self.code = 0
@@ -368,6 +408,10 @@ class Run:
             return False
         if self.rpatterns and not any(matches(self.rpatterns, r) for r in msg.recips):
             return False
+        if self.subjects:
+            subject = subject_of(read_head(msg.fn('mess'))).lower()
+            if not any(fnmatch.fnmatchcase(subject, p) for p in self.subjects):
+                return False
         return True
 
     def take(self, messid: int, named: bool, last: bool = True) -> bool:
@@ -513,13 +557,14 @@ class Run:
 
 
 def usage(say) -> int:
-    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [messid ...] [-]')
+    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [-S subject] [messid ...] [-]')
     return 100
 
 
 def parse_args(argv):
-    """(dry, spatterns, rpatterns, ids), or None for a usage error."""
-    dry, spatterns, rpatterns = False, [], []
+    """(dry, spatterns, rpatterns, ids, subjects), or None for a usage
+    error."""
+    dry, spatterns, rpatterns, subjects = False, [], [], []
     args = list(argv)
     while args and args[0].startswith('-') and args[0] != '-':
         opt = args.pop(0)
@@ -532,23 +577,23 @@ def parse_args(argv):
                 dry = True
                 i += 1
                 continue
-            if ch not in 'sr':
+            if ch not in 'srS':
                 return None
             value = opt[i + 1:]
             if not value:
                 if not args:
                     return None
                 value = args.pop(0)
-            (spatterns if ch == 's' else rpatterns).append(value)
+            {'s': spatterns, 'r': rpatterns, 'S': subjects}[ch].append(value)
             break
     if '-' in args:                     # more numbers on fd 0 (a long list)
         args = [a for a in args if a != '-'] + stdin_words()
         if not args:
             return None
     ids = parse_ids(args)
-    if ids is None or not (ids or spatterns or rpatterns):
+    if ids is None or not (ids or spatterns or rpatterns or subjects):
         return None
-    return dry, spatterns, rpatterns, ids
+    return dry, spatterns, rpatterns, ids, subjects
 
 
 def stdin_words(limit: int = 1 << 24) -> list:
@@ -565,7 +610,7 @@ def main(argv=None, say=None) -> int:
     parsed = parse_args(sys.argv[1:] if argv is None else argv)
     if parsed is None:
         return usage(say)
-    dry, spatterns, rpatterns, ids = parsed
+    dry, spatterns, rpatterns, ids, subjects = parsed
     if os.geteuid() != 0:
         say('fatal: must be run as root')
         return 111
@@ -579,7 +624,8 @@ def main(argv=None, say=None) -> int:
     from qmail.fsck import hold_sendmutex
     mutex = None if dry else hold_sendmutex('.')
     try:
-        run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None)
+        run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None,
+                  subjects=subjects)
         try:
             wanted = ids if ids else queued_ids(auto.SPLIT)
         except OSError as err:

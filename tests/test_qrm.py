@@ -94,13 +94,14 @@ def test_matches(patterns, address, want):
 
 
 @pytest.mark.parametrize('argv, want', [
-    (['123'], (False, [], [], [123])),
-    (['#123', '45'], (False, [], [], [123, 45])),
-    (['-n', '-s', '*@x'], (True, ['*@x'], [], [])),
-    (['-ns*@x'], (True, ['*@x'], [], [])),
-    (['-r', 'a@*', '-r', 'b@*', '7'], (False, [], ['a@*', 'b@*'], [7])),
-    (['-s', '<>'], (False, ['<>'], [], [])),
-    (['--', '9'], (False, [], [], [9])),
+    (['123'], (False, [], [], [123], [])),
+    (['#123', '45'], (False, [], [], [123, 45], [])),
+    (['-n', '-s', '*@x'], (True, ['*@x'], [], [], [])),
+    (['-ns*@x'], (True, ['*@x'], [], [], [])),
+    (['-r', 'a@*', '-r', 'b@*', '7'], (False, [], ['a@*', 'b@*'], [7], [])),
+    (['-s', '<>'], (False, ['<>'], [], [], [])),
+    (['--', '9'], (False, [], [], [9], [])),
+    (['-S', '*lottery*', '-S*prize*'], (False, [], [], [], ['*lottery*', '*prize*'])),
     ([], None),                         # nothing chosen: never "all"
     (['-n'], None),
     (['-s'], None),
@@ -356,8 +357,35 @@ def test_a_named_message_not_chosen_is_said_so(queue):
 def test_numbers_from_stdin(monkeypatch):
     import io
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'#12 13\n14\n')))
-    assert qrm.parse_args(['-n', '-', '9']) == (True, [], [], [9, 12, 13, 14])
+    assert qrm.parse_args(['-n', '-', '9']) == (True, [], [], [9, 12, 13, 14], [])
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'12 x\n')))
     assert qrm.parse_args(['-']) is None
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'')))
     assert qrm.parse_args(['-']) is None
+
+
+@pytest.mark.parametrize('head, want', [
+    (b'From: a\nSubject: Win a prize\n\nbody Subject: no\n', 'Win a prize'),
+    (b'subject:   folded\r\n  over two\r\n\tlines\r\nTo: x\r\n\r\n', 'folded over two lines'),
+    (b'Subject: =?UTF-8?B?R2V3aW5uc3BpZWwgZsO8cg==?=\n\n', 'Gewinnspiel f\u00fcr'),
+    (b'Subject: =?bogus?Q?x?=\n\n', '=?bogus?Q?x?='),
+    (b'From: a\n\nSubject: in the body\n', ''),
+    (b'X-Subject: no\n\n', ''),
+    (b'Subject: \xff\xfe raw\n\n', '\ufffd\ufffd raw'),
+])
+def test_subject_of(head, want):
+    assert qrm.subject_of(head) == want
+
+
+def test_subject_chooses(queue):
+    preprocessed(170, b'a@b', [b'u@here'])
+    put(qfn('mess', 170, SPLIT), b'Subject: =?UTF-8?Q?You_won_the_LOTTERY?=\n\nbody\n')
+    preprocessed(171, b'a@b', [b'u@here'])
+    put(qfn('mess', 171, SPLIT), b'Subject: lunch\n\nthe lottery is a tax\n')
+    said = []
+    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], False, False, wait=0.3,
+                  subjects=['*lottery*'])
+    for messid in qrm.queued_ids(SPLIT):
+        job.take(messid, False)
+    assert said == ['#170 <a@b>: removed']
+    assert files_of(170) == [] and files_of(171) == ['info', 'local', 'mess']
