@@ -5,7 +5,7 @@ Runs as:  the user, from a .qmail file:
 Reads:    fd 0, the message, which must be seekable (qmail-local gives a
           file): program reads it first, then it is rewound and read
           again.  SENDER and DTLINE from qmail-local's environment;
-          QMAILQUEUE.
+          QMAILQUEUE; control/srs_* (below).
 Writes:   if program exits 0: DTLINE and the message to qmail-queue
           ($QMAILQUEUE, else HOME/bin/qmail-queue) with the envelope
           F<SENDER> T<newaddress>, and "condredirect: qp <pid>" on fd 2.
@@ -19,7 +19,10 @@ Exits:    99 redirected, so qmail-local ignores the rest of .qmail;
 See:      condredirect(1), bouncesaying(1), except(1), qmail-command(8).
 
 The envelope sender is SENDER, as in qmail 1.03's condredirect.c, not
-NEWSENDER as forward uses: a redirected message keeps its sender.
+NEWSENDER as forward uses: a redirected message keeps its sender, or,
+with control/srs_domain (beyond qmail, as the qmail SRS patch does),
+that sender made an SRS address (qmail.lib.srs; controls that cannot be
+read, or no secret: exit 111).
 """
 
 import os
@@ -27,6 +30,7 @@ import sys
 
 from qmail.except_ import (byteargs, child_verdict, errstr, internal_bug,
                            say)
+from qmail.lib import auto, srs
 from qmail.forward import ReadError, exit_for, reinject
 
 USAGE = (b'condredirect: usage: condredirect newaddress program'
@@ -59,6 +63,14 @@ def condredirect(args) -> int:
     if dtline is None:
         say(FATAL + b'DTLINE not set')
         return 100
+    try:
+        sender = srs.rewrite(auto.QMAIL, sender)
+    except OSError as err:
+        say(FATAL + b'unable to read the SRS controls: ' + errstr(err))
+        return 111
+    except srs.SrsError as err:
+        say(FATAL + b'unable to rewrite the sender with SRS: ' + str(err).encode())
+        return 111
 
     try:
         status, qp = reinject(sender, dtline, [args[0]])

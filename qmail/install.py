@@ -112,7 +112,7 @@ PROGRAMS = (
     ('sendmail', 'sendmail', 0o755, False),
     ('qmail-qread', 'qread', 0o755, False),
     ('qmail-qstat', 'qstat', 0o755, False),
-    ('qmail-showctl', 'showctl', 0o755, False),
+    ('qmail-showctl', 'showctl', 0o755, True),
     ('qmail-smtpd', 'smtpd', 0o755, False),
     ('qmail-listen', 'listen', 0o755, True),
     ('qmail-qmtpd', 'qmtpd', 0o755, False),

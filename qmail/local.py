@@ -465,7 +465,8 @@ def deliver(argv, say, now: float) -> int:
                 continue
             if env is None:
                 env = command_env(os.environb, user, homedir, local, ext, host,
-                                  sender, srs_sender(ueo, forwarder), default, lines)
+                                  sender, srs_sender(ueo, forwarder, strict=False),
+                                  default, lines)
             if deliver_program(arg, env):
                 break           # exit code 99: ignore the rest
             continue
@@ -487,22 +488,27 @@ def deliver(argv, say, now: float) -> int:
     return 0
 
 
-def srs_sender(ueo: bytes, memo: list) -> bytes:
+def srs_sender(ueo: bytes, memo: list, strict: bool = True) -> bytes:
     """The sender of forwards (and NEWSENDER of programs): ueo, made an
     SRS address of ours when control/srs_domain is set and ueo is
     another domain's (qmail.lib.srs), so that the host the mail goes on
     to finds our SPF record, not the sender's; read once a delivery
-    (memo).  Controls that cannot be read defer the delivery."""
+    (memo).  SRS controls that cannot be read (or no secret) defer a
+    forward (strict); a program gets ueo as it is in NEWSENDER then, as
+    its delivery may forward nothing at all."""
     if memo:
         return memo[0]
     from qmail.lib import srs
     try:
-        setting = srs.load(auto.QMAIL)
-        made = ueo if setting is None else setting.forward(ueo)
+        made = srs.rewrite(auto.QMAIL, ueo)
     except OSError as err:
+        if not strict:
+            return ueo
         raise TempFail(b'Unable to read the SRS controls: %s. (#4.3.0)'
                        % error_str(err)) from None
     except srs.SrsError as err:
+        if not strict:
+            return ueo
         raise TempFail(b'Unable to rewrite the sender with SRS: %s. (#4.3.0)'
                        % str(err).encode()) from None
     memo.append(made)

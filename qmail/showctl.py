@@ -219,6 +219,7 @@ def controls(ctl: str, names: list, me) -> str:
                 rcpthosts_exist = exists
         if name == 'morercpthosts':
             out.append('\nmorercpthosts.cdb: %s\n' % mrh_cdb_status(ctl))
+    out.append(srs_trouble(ctl, me))
     known = {c[0] for c in CONTROLS} | set(KNOWN_FILES)
     for name in names:
         if name == 'domainkeys':
@@ -226,6 +227,51 @@ def controls(ctl: str, names: list, me) -> str:
         elif name not in known:
             out.append('\n%s: I have no idea what this file does.\n' % name)
     return ''.join(out)
+
+
+def srs_trouble(ctl: str, me) -> str:
+    """Oops lines for an SRS setting that cannot work: srs_domain a local
+    domain (its addresses would be users'), without its virtualdomains
+    line or outside rcpthosts (bounces never reach srsfilter), no
+    secret, or secrets qmail-local (as the user) cannot read."""
+    try:
+        domain = control.readline(os.path.join(ctl, 'srs_domain'))
+    except OSError:
+        return ''
+    domain = (domain or b'').strip().lower()
+    if not domain:
+        return ''
+    out = []
+
+    def lines(name):
+        try:
+            return [v.strip().lower() for v in control.readfile(os.path.join(ctl, name)) or ()]
+        except OSError:
+            return []
+    locals_ = lines('locals') if os.path.exists(os.path.join(ctl, 'locals')) else \
+        [(me or b'').lower()]
+    shown = safe(domain)
+    if domain in locals_:
+        out.append('Oops! srs_domain %s is in locals: its addresses are local users\', '
+                   'and bounces to SRS addresses fail; give SRS a domain of its own.\n' % shown)
+    if not any(v.partition(b':')[0] == domain for v in lines('virtualdomains')):
+        out.append('Oops! No virtualdomains line "%s:srs": bounces to SRS addresses do not '
+                   'reach srsfilter.\n' % shown)
+    if os.path.exists(os.path.join(ctl, 'rcpthosts')) and domain not in lines('rcpthosts'):
+        out.append('Oops! srs_domain %s is not in rcpthosts: qmail-smtpd refuses the bounces '
+                   'to SRS addresses.\n' % shown)
+    path = os.path.join(ctl, 'srs_secrets')
+    try:
+        secrets = [v for v in control.readfile(path) or () if v]
+        mode = os.stat(path).st_mode
+    except OSError:
+        secrets, mode = [], 0o004
+    if not secrets:
+        out.append('Oops! No secret in srs_secrets: forwards wait.\n')
+    elif not mode & 0o004:
+        out.append('Oops! srs_secrets is not readable by all: qmail-local reads it as the '
+                   'user who forwards, and forwards wait; chmod 644 it.\n')
+    return ''.join('\n' + line if i == 0 else line for i, line in enumerate(out))
 
 
 def show_domainkeys(path: str) -> str:

@@ -10,11 +10,12 @@ Reads:    fd 0, the message; DEFAULT (the SRS local part, as the
           from qmail-local's environment; control/srs_domain,
           srs_secrets, srs_maxage, srs_hashmin (qmail.lib.srs).
 Writes:   DTLINE and the message to qmail-queue ($QMAILQUEUE, else
-          HOME/bin/qmail-queue), with the same envelope sender (the
-          null sender of a bounce) and the reversed address as its one
+          HOME/bin/qmail-queue), with the reversed address as its one
           recipient (an SRS1 address: the SRS0 address of the host that
-          forwarded it to us, which reverses it in turn); fd 2,
-          "srsfilter: qp <pid>" on success, else why not.
+          forwarded it to us, which reverses it in turn) and the same
+          envelope sender: the null sender of a bounce, or any other
+          made an SRS address as a forward's is; fd 2, "srsfilter: qp
+          <pid>" on success, else why not.
 Exits:    0 queued; 100 not an SRS address of ours (a wrong hash, too
           old, malformed, or another domain: the message bounces, and a
           bounce's bounce goes to the postmaster); 111 controls that
@@ -23,7 +24,11 @@ See:      forward(1), qmail-command(8), qmail.lib.srs.
 
 Unlike the patch's srsfilter, which threw away (exit 0) what came with
 a sender, any mail to a good SRS address goes on: an auto-reply sent
-with its own sender is mail, not noise to lose.
+with its own sender is mail, not noise to lose.  As with every SRS
+(Mail::SRS, libsrs2, postsrsd), whoever has seen one of our SRS
+addresses may send through it, to that address, for srs_maxage days;
+and as the hash covers the host and user joined, to the same bytes cut
+elsewhere (example.com=bob as example.co=mbob).
 """
 
 import os
@@ -60,14 +65,14 @@ def srsfilter() -> int:
         return 100
     try:
         setting = srs.load(auto.QMAIL)
+        if setting is not None and not setting.secrets:
+            say(FATAL + b'control/srs_secrets has no secret')
+            return 111
     except OSError as err:
         say(FATAL + b'unable to read the SRS controls: ' + errstr(err))
         return 111
     if setting is None:
         say(FATAL + b'control/srs_domain is not set')
-        return 111
-    if not setting.secrets:
-        say(FATAL + b'control/srs_secrets has no secret')
         return 111
     try:
         recipient = target(env, setting)
@@ -75,6 +80,12 @@ def srsfilter() -> int:
         say(b'srsfilter: Sorry, that is not a valid SRS address of mine: %s. (#5.1.1)'
             % str(err).encode())
         return 100
+    try:
+        # Mail that is not a bounce goes on as a forward does: from an SRS
+        # address of ours (the next host's SPF check sees our domain).
+        sender = setting.forward(sender)
+    except srs.TooLong:
+        pass
     try:
         status, qp = reinject(sender, dtline, [recipient])
     except ReadError as err:

@@ -173,6 +173,36 @@ def test_srs_secrets_are_counted_not_shown(tmp_path, fixed_ids):
     assert '\nsrs_domain: Forwarded mail gets an SRS sender at srs.example.org.\n' in got
 
 
+def test_srs_settings_that_cannot_work_are_named(tmp_path, fixed_ids):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'srs_domain').write_text('mail.example.org\n')       # = me, no locals
+    (ctl / 'rcpthosts').write_text('example.org\n')
+    got = showctl.describe('/var/qmail', str(ctl), ['rcpthosts', 'srs_domain'],
+                           b'mail.example.org')
+    for oops in ("Oops! srs_domain mail.example.org is in locals: its addresses are local "
+                 "users', and bounces to SRS addresses fail; give SRS a domain of its own.\n",
+                 'Oops! No virtualdomains line "mail.example.org:srs": bounces to SRS '
+                 'addresses do not reach srsfilter.\n',
+                 'Oops! srs_domain mail.example.org is not in rcpthosts: qmail-smtpd refuses '
+                 'the bounces to SRS addresses.\n',
+                 'Oops! No secret in srs_secrets: forwards wait.\n'):
+        assert oops in got, (oops, got)
+    (ctl / 'srs_domain').write_text('SRS.example.org \n')
+    (ctl / 'locals').write_text('example.org\n')
+    (ctl / 'virtualdomains').write_text('srs.example.org:srs\n')
+    (ctl / 'rcpthosts').write_text('example.org\nsrs.example.org\n')
+    (ctl / 'srs_secrets').write_text('s3\n')
+    os.chmod(ctl / 'srs_secrets', 0o600)
+    got = showctl.describe('/var/qmail', str(ctl), [], b'mail.example.org')
+    assert [line for line in got.splitlines() if line.startswith('Oops')] == [
+        'Oops! srs_secrets is not readable by all: qmail-local reads it as the user who '
+        'forwards, and forwards wait; chmod 644 it.']
+    os.chmod(ctl / 'srs_secrets', 0o644)
+    got = showctl.describe('/var/qmail', str(ctl), [], b'mail.example.org')
+    assert 'Oops' not in got, got
+
+
 def test_domainkeys_are_shown_by_domain_and_selector(tmp_path, fixed_ids):
     ctl = tmp_path / 'control'
     keys = ctl / 'domainkeys' / 'example.org'

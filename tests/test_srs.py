@@ -100,8 +100,20 @@ def test_settings():
     assert make(separator=b'x').separator == b'='
     with pytest.raises(srs.SrsError, match='no secret'):
         srs.Srs(b'srs.example.org', [b'']).forward(b'joe@example.com', NOW)
-    with pytest.raises(srs.SrsError, match='too long'):
+    with pytest.raises(srs.TooLong):
         make().forward(b'j' * 880 + b'@example.com', NOW)
+
+
+def test_rewrite(tmp_path):
+    """What qmail-local and condredirect call: too long an SRS address
+    keeps the sender (it would wait for ever)."""
+    assert srs.rewrite(str(tmp_path), b'joe@example.com') == b'joe@example.com'
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'srs_domain').write_text('srs.example.org\n')
+    (tmp_path / 'control' / 'srs_secrets').write_text('s\n')
+    assert srs.rewrite(str(tmp_path), b'joe@example.com').startswith(b'SRS0=')
+    long = b'j' * 880 + b'@example.com'
+    assert srs.rewrite(str(tmp_path), long) == long
 
 
 def test_load(tmp_path):
@@ -116,10 +128,16 @@ def test_load(tmp_path):
     assert (s.domain, s.secrets, s.maxage, s.hashlength) == (
         b'srs.example.org', [b'new', b'old'], 7, 4)
     assert s.forward(b'joe@example.org') == b'joe@example.org'
+    # The secrets are read only when a hash is wanted: a sender that
+    # stays as it is needs none (a program's delivery of a bounce).
     (ctl / 'srs_secrets').unlink()
     (ctl / 'srs_secrets').mkdir()
+    s = srs.load(str(tmp_path))
+    assert s.forward(b'') == b'' and s.forward(b'joe@example.org') == b'joe@example.org'
     with pytest.raises(OSError):
-        srs.load(str(tmp_path))
+        s.forward(b'joe@example.com')
+    (ctl / 'srs_domain').write_text('  Srs.Example.ORG  \n')
+    assert srs.load(str(tmp_path)).domain == b'srs.example.org'
 
 
 def test_qmail_local_sends_forwards_with_an_srs_sender(tmp_path, monkeypatch):
@@ -147,6 +165,14 @@ def test_qmail_local_sends_forwards_with_an_srs_sender(tmp_path, monkeypatch):
     with pytest.raises(local.TempFail) as err:
         local.srs_sender(b'joe@example.com', [])
     assert err.value.args[0].startswith(b'Unable to read the SRS controls: ')
+    # a program's NEWSENDER: as it is, the delivery not deferred (it may
+    # forward nothing); and nothing remembered for a forward after it
+    memo = []
+    assert local.srs_sender(b'joe@example.com', memo, strict=False) == b'joe@example.com'
+    assert memo == []
+    # senders that stay as they are need no secret
+    assert local.srs_sender(b'', []) == b''
+    assert local.srs_sender(b'#@[]', []) == b'#@[]'
 
 
 def test_srsfilter_target():
@@ -162,3 +188,52 @@ def test_srsfilter_target():
     evil = s.forward(b'joe\n@example.com')
     with pytest.raises(srs.SrsError, match='stands for no address'):
         srsfilter.target({b'DEFAULT': evil.split(b'@')[0], b'HOST': b'srs.example.org'}, s)
+
+
+def test_condredirect_redirects_from_an_srs_sender(tmp_path, monkeypatch):
+    """condredirect keeps SENDER (qmail's), made an SRS address when
+    control/srs_domain is set; unreadable controls: 111, nothing queued."""
+    import os
+    from qmail import condredirect
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'srs_domain').write_text('srs.example.org\n')
+    (ctl / 'srs_secrets').write_text('s3\n')
+    monkeypatch.setattr(condredirect.auto, 'QMAIL', str(tmp_path))
+    got = []
+    monkeypatch.setattr(condredirect, 'reinject',
+                        lambda sender, dt, rcpts: got.append((sender, rcpts)) or ('', 7))
+    monkeypatch.setattr(condredirect, 'child_verdict', lambda name, args: (None, None))
+    monkeypatch.setattr(os, 'lseek', lambda fd, pos, how: 0)
+    monkeypatch.setenv('SENDER', 'joe@example.com')
+    monkeypatch.setenv('DTLINE', 'Delivered-To: x\n')
+    assert condredirect.condredirect([b'new@far.example', b'true']) == 99
+    assert got[0][0].startswith(b'SRS0=') and got[0][0].endswith(b'@srs.example.org')
+    (ctl / 'srs_secrets').unlink()
+    (ctl / 'srs_secrets').mkdir()
+    got.clear()
+    assert condredirect.condredirect([b'new@far.example', b'true']) == 111
+    assert got == []
+
+
+def test_srsfilter_sends_other_mail_from_an_srs_sender(tmp_path, monkeypatch):
+    """A bounce goes on from <>; anything else from an SRS address, so the
+    next host's SPF check sees our domain, not the sender's."""
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'srs_domain').write_text('srs.example.org\n')
+    (ctl / 'srs_secrets').write_text('s3\n')
+    monkeypatch.setattr(srsfilter.auto, 'QMAIL', str(tmp_path))
+    target = srs.load(str(tmp_path)).forward(b'joe@example.com')
+    got = []
+    monkeypatch.setattr(srsfilter, 'reinject',
+                        lambda sender, dt, rcpts: got.append((sender, rcpts)) or ('', 7))
+    monkeypatch.setenv('DEFAULT', target.split(b'@')[0].decode())
+    monkeypatch.setenv('HOST', 'srs.example.org')
+    monkeypatch.setenv('DTLINE', 'Delivered-To: x\n')
+    for sender in ('', 'someone@elsewhere.example'):
+        monkeypatch.setenv('SENDER', sender)
+        assert srsfilter.srsfilter() == 0
+    assert got[0] == (b'', [b'joe@example.com'])
+    assert got[1][0].startswith(b'SRS0=') and got[1][1] == [b'joe@example.com']
+    assert srs.load(str(tmp_path)).reverse(got[1][0]) == b'someone@elsewhere.example'

@@ -45,6 +45,13 @@ class SrsError(ValueError):
     """An address that cannot be reversed (or made): why, as text."""
 
 
+class TooLong(SrsError):
+    """The SRS address would be longer than an address may be."""
+
+    def __init__(self):
+        super().__init__('the SRS address would be too long')
+
+
 class Srs:
     """One SRS setting: domain (bytes), secrets (the first makes), and
     the scheme's numbers; rcpthosts and morercpthosts say which senders
@@ -54,13 +61,21 @@ class Srs:
                  hashmin=None, alwaysrewrite=False, separator=b'=',
                  rcpthosts=None, morercpthosts=None):
         self.domain = domain
-        self.secrets = [s for s in secrets if s]
+        # a list, or a function that reads them (OSError), called when a
+        # hash is first wanted: a sender that stays as it is needs none
+        self._secrets = secrets if callable(secrets) else [s for s in secrets if s]
         self.maxage = maxage if maxage > 0 else MAXAGE
         self.hashlength = hashlength if hashlength > 0 else HASHLENGTH
         self.hashmin = min(hashmin if hashmin else self.hashlength, self.hashlength)
         self.alwaysrewrite = alwaysrewrite
         self.separator = separator if separator in (b'=', b'+', b'-') else b'='
         self.rcpthosts, self.morercpthosts = rcpthosts, morercpthosts
+
+    @property
+    def secrets(self) -> list:
+        if callable(self._secrets):
+            self._secrets = [s for s in self._secrets() if s]
+        return self._secrets
 
     # -- the pieces ------------------------------------------------------------
 
@@ -117,7 +132,7 @@ class Srs:
     def address(self, local: bytes) -> bytes:
         made = local + b'@' + self.domain
         if len(made) > ADDRMAX:
-            raise SrsError('the SRS address would be too long')
+            raise TooLong()
         return made
 
     def reverse(self, address: bytes, now: float = None) -> bytes:
@@ -201,6 +216,20 @@ def load(home: str):
             except FileNotFoundError:
                 more = None
     separator = ctl.line('srs_separator') or b'='
-    return Srs(domain.lower(), ctl.lines('srs_secrets'), ctl.int('srs_maxage', MAXAGE),
-               ctl.int('srs_hashlength', HASHLENGTH), ctl.int('srs_hashmin', 0),
-               alwaysrewrite, separator[:1], rcpthosts, more)
+    return Srs(domain.strip().lower(), lambda: ctl.lines('srs_secrets'),
+               ctl.int('srs_maxage', MAXAGE), ctl.int('srs_hashlength', HASHLENGTH),
+               ctl.int('srs_hashmin', 0), alwaysrewrite, separator[:1], rcpthosts, more)
+
+
+def rewrite(home: str, sender: bytes) -> bytes:
+    """sender as a forward from this host sends it: made an SRS address
+    when control/srs_domain says so and it is another domain's; as it
+    is if it would be too long an address.  OSError when a control
+    cannot be read, SrsError when there is no secret."""
+    setting = load(home)
+    if setting is None:
+        return sender
+    try:
+        return setting.forward(sender)
+    except TooLong:
+        return sender

@@ -617,3 +617,30 @@ def test_install_over_a_queue_keeps_its_split(tmp_path):
     finally:
         import shutil
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_installed_showctl_explains_every_kind_of_control(fresh_home):
+    """bin/qmail-showctl as installed (its interpreter's flags, its
+    site-packages): control/smtproutes, domainkeys/ and clientcert.pem
+    each need a module of qmail-remote's (dnspython, dkimpy, ssl); it
+    had crashed ("internal bug: ModuleNotFoundError") where smtproutes
+    existed, as it ran without site-packages."""
+    ctl = os.path.join(fresh_home, 'control')
+    with open(os.path.join(ctl, 'smtproutes'), 'w') as f:
+        f.write(':relay.example:587 user pass\nbad.example:relay:x\n')
+    keys = os.path.join(ctl, 'domainkeys', 'example.org')
+    os.makedirs(keys)
+    with open(os.path.join(keys, 'selector'), 'w') as f:
+        f.write('sel\n')
+    with open(os.path.join(ctl, 'clientcert.pem'), 'w') as f:
+        f.write('not a certificate\n')
+    with open(os.path.join(ctl, 'srs_domain'), 'w') as f:
+        f.write('srs.example.org\n')
+    r = subprocess.run([os.path.join(fresh_home, 'bin', 'qmail-showctl')],
+                       capture_output=True, timeout=TIMEOUT)
+    assert r.returncode == 0 and r.stderr == b'', r
+    out = r.stdout.decode()
+    assert 'SMTP route: :relay.example:587 user (password not shown)' in out, out
+    assert 'Oops! qmail-remote cannot use it (' in out
+    assert 'Oops! No key example.org/sel to sign with: the mail waits.' in out, out
+    assert 'Oops! No secret in srs_secrets: forwards wait.' in out
