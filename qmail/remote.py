@@ -600,6 +600,8 @@ def deliver(host: bytes, sender: bytes, recips, settings: Settings, fd: int,
             conn = remote_smtp.Conn(sock, settings.timeout)
             session = remote_smtp.Session(conn, mx.ip.encode('ascii'),
                                           settings.helohost, out, fellback)
+            if fellback:
+                session.fellnote = remote_smtp.cert_note(first.ctx)
             try:
                 return session.run(addrmangle(sender), mangled, fd, size, tls, auth, dkim)
             except remote_smtp.TlsFallback:

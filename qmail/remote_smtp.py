@@ -65,6 +65,7 @@ import hmac
 import os
 import re
 import ssl
+import stat
 import time
 
 HUGESMTPTEXT = 5000     # bytes of a reply kept for the report (qmail's)
@@ -161,6 +162,14 @@ def no_passphrase(*_):
     raise Passphrase()
 
 
+def cert_note(ctx) -> bytes:
+    """For a report: why the client certificate was not shown, or b''."""
+    trouble = getattr(ctx, 'clientcert_trouble', None)
+    if not trouble:
+        return b''
+    return b' (my control/clientcert.pem was not shown: ' + safe(trouble) + b')'
+
+
 def tls_context(verify: bool, cafile=None, hostnames=True,
                 ciphers: bytes = None, clientcert: str = None) -> ssl.SSLContext:
     """A client context: OpenSSL's defaults; with verify, the peer's
@@ -190,9 +199,19 @@ def tls_context(verify: bool, cafile=None, hostnames=True,
     return ctx
 
 
+CLIENTCERT_MAX = 1 << 20    # bytes: a certificate chain and its key are a few KB
+
+
 def load_client_cert(ctx: ssl.SSLContext, path: str):
-    """path's certificate chain and key into ctx; None, or why not."""
+    """path's certificate chain and key into ctx; None, or why not.  Only
+    a regular file up to CLIENTCERT_MAX is opened (a FIFO there had held
+    qmail-remote for good, outside every timeout)."""
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return 'not a file'
+        if st.st_size > CLIENTCERT_MAX:
+            return 'too big for a certificate and its key'
         ctx.load_cert_chain(path, password=no_passphrase)
         return None
     except Passphrase:
@@ -445,6 +464,8 @@ class Session:
         self.prefix = b''       # header lines sent before the message (DKIM)
         self.signedinfo = b''   # the K report's line for them
         self.fellback = fellback
+        self.fellnote = b''     # cert_note of the TLS that failed, for the report
+        self.tls = None
 
     def refused(self, code: int) -> bool:
         """A permanent refusal.  Not on the plain connection after a
@@ -485,7 +506,8 @@ class Session:
         return prepend + self.partner + append + b'.\n' + (self.said() if said else b'')
 
     def dropped(self, err: Dropped) -> bytes:
-        return (b'ZConnected to ' + self.partner + b' but ' + err.why + b'. '
+        note = cert_note(self.tls.ctx) if self.tls is not None and self.tlsinfo else b''
+        return (b'ZConnected to ' + self.partner + b' but ' + err.why + note + b'. '
                 + (b'Possible duplicate! ' if self.flagcritical else b'') + b'(#4.4.2)\n')
 
     def run(self, sender, recips, fd, size=None, tls=None, auth=None, dkim=None) -> bytes:
@@ -494,6 +516,7 @@ class Session:
         line for the K report), or None."""
         if dkim is not None:
             self.prefix, self.signedinfo = dkim
+        self.tls = tls
         try:
             return self.smtp(sender, recips, fd, size, tls, auth)
         except Dropped as err:
@@ -578,7 +601,8 @@ class Session:
             if fallback:
                 raise TlsFallback() from None
             return self.required_fails(
-                tls, b'the TLS handshake failed (' + safe(str(err)) + b')', b'4.7.5')
+                tls, b'the TLS handshake failed (' + safe(str(err)) + b')' + cert_note(tls.ctx),
+                b'4.7.5')
         self.tlsinfo = self.conn.tls_state(tls.verify)
         return None
 
@@ -711,7 +735,8 @@ class Session:
                     + self.authinfo + self.signedinfo + self.said())
         if self.fellback:
             return (self.quit(b'K', b' accepted message', False)
-                    + b'In the clear: TLS had failed.\n' + self.signedinfo + self.said())
+                    + b'In the clear: TLS had failed' + self.fellnote + b'.\n'
+                    + self.signedinfo + self.said())
         if self.signedinfo:
             return self.quit(b'K', b' accepted message', False) + self.signedinfo + self.said()
         return self.quit(b'K', b' accepted message')

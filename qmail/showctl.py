@@ -140,13 +140,29 @@ def readers_trouble(path: str, what: str) -> str:
     return ''
 
 
+def qmailr_trouble(path: str) -> str:
+    """An Oops line if qmail-remote, as qmailr in group qmail, cannot
+    read the file (root may: this program's own reading proves
+    nothing); else ''."""
+    try:
+        st = os.stat(path)
+        uid, gid = auto.uid(auto.USER_REMOTE), auto.gid(auto.GROUP_QMAIL)
+    except (OSError, KeyError):
+        return ''
+    if (st.st_mode & 0o004 or (st.st_uid == uid and st.st_mode & 0o400)
+            or (st.st_gid == gid and st.st_mode & 0o040)):
+        return ''
+    return ('Oops! qmail-remote (qmailr, group qmail) cannot read it: chgrp qmail and '
+            'chmod 640 it.\n')
+
+
 def clientcert_trouble(path: str) -> str:
     """Oops lines for control/clientcert.pem: qmail-remote cannot load it
     (and goes without), or others may read its key."""
     import ssl
     from qmail import remote_smtp
     why = remote_smtp.load_client_cert(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), path)
-    out = readers_trouble(path, 'a private key')
+    out = readers_trouble(path, 'a private key') + qmailr_trouble(path)
     if why:
         out = ('Oops! qmail-remote cannot use it (%s): it shows servers no certificate.\n'
                % safe(why.encode('ascii', 'replace'))) + out

@@ -14,7 +14,7 @@ Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, REQUIRE_AUTH
           (set: MAIL gets 530 until AUTH, but from a RELAYCLIENT),
           FORCEAUTHMAILFROM (set, not "0": after AUTH, MAIL gets 553
-          but from the user's own addresses, sender_is_users), SMTPS (set,
+          but from the user's own address, sender_is_users), SMTPS (set,
           even empty: TLS from the start, before the greeting, as the
           qmail TLS patch has it for port 465; no certificate or no
           handshake is no session, exit 1, the log says why), and
@@ -225,7 +225,8 @@ class Config:
     flagcram: offer CRAM-MD5; flagrequireauth: MAIL only after AUTH
     (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH);
     flagforcefrom: after AUTH, MAIL only from the user's own addresses
-    (FORCEAUTHMAILFROM)."""
+    (FORCEAUTHMAILFROM), a system user's at a domain of locals_
+    (control/locals, else me)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -235,10 +236,11 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False):
+                 flagforcefrom=False, locals_=frozenset()):
         self.greeting = greeting
         self.flagrequireauth = flagrequireauth
         self.flagforcefrom = flagforcefrom
+        self.locals_ = locals_
         self.flaglog = flaglog
         self.rcptmap = rcptmap      # unknown local recipients: 550
         self.localiphost = localiphost
@@ -725,8 +727,7 @@ class Session:
             self.bad(R_AUTHFIRST)
             return
         if self.config.flagforcefrom and self.authuser is not None and not sender_is_users(
-                addr, self.authuser, self.config.rcpthosts, self.config.morercpthosts,
-                auto.BREAK.encode()):
+                addr, self.authuser, self.config.locals_):
             self.note_abandoned(b'new MAIL before DATA')
             self.seenmail = False
             # (each logged: the errors' limit ends a session that goes on)
@@ -874,7 +875,7 @@ class Session:
 # -- reading the world ------------------------------------------------------
 
 # Every control file load_config() reads (rcptcheck's maps aside).
-CONFIG_FILES = ('smtpgreeting', 'me', 'rcpthosts', 'morercpthosts.cdb',
+CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'rcpthosts', 'morercpthosts.cdb',
                 'badmailfrom', 'databytes', 'localiphost', 'timeoutsmtpd',
                 'maxrcptsmtpd', 'maxerrorssmtpd', 'lifetimesmtpd',
                 'servercert.pem', 'smtpauthplaintext', 'smtpauthcram',
@@ -1015,7 +1016,10 @@ def read_config(ctl: control.Controls, environ) -> Config:
             pass
     badmailfrom = frozenset(a.lower() for a in ctl.lines('badmailfrom'))
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
+    # (FORCEAUTHMAILFROM's domains of system users: qmail-send's locals)
+    locals_ = frozenset(h.strip().lower() for h in ctl.lines('locals', flagme=True) if h)
     return Config(
+        locals_=locals_,
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),
         rcpthosts=rcpthosts,

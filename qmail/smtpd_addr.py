@@ -234,28 +234,21 @@ def local_ips6() -> frozenset:
         return unspecified
 
 
-def sender_is_users(addr: bytes, user: bytes, rcpthosts, morercpthosts,
-                    delimiter: bytes = b'-') -> bool:
+def sender_is_users(addr: bytes, user: bytes, locals_) -> bool:
     """May a client that logged in as user send from addr
     (FORCEAUTHMAILFROM)?  The AUTH patch's rule is addr == user; here,
-    case aside, also the user's extension addresses, as qmail delivers
-    them to the user (user-ext@domain), and for a login without a
-    domain (a system user's) that name at any domain of ours
-    (rcpthosts).  The null sender (a client's own bounce or receipt)
-    is anyone's."""
+    case aside, and for a login without a domain (a system user's) that
+    name at a domain of locals_ (qmail-send's control/locals: where
+    system users get mail; a domain we are only a backup MX for is in
+    rcpthosts, not there), or alone.  Not the user's extension
+    addresses: joe-boss may be another user's mailbox.  The null sender
+    (a client's own bounce or receipt) is anyone's."""
     if not addr:
         return True
     addr, user = addr.lower(), user.lower()
-    j = addr.rfind(b'@')
-    local, domain = (addr, None) if j < 0 else (addr[:j], addr[j + 1:])
-    k = user.rfind(b'@')
-    if k >= 0:
-        if domain != user[k + 1:]:
-            return False
-        user = user[:k]
-    elif domain is not None and not addrallowed(addr, rcpthosts, morercpthosts):
-        return False
-    if not user:
+    if not user or user.startswith(b'@'):
         return False                # (an empty login owns nothing)
-    return local == user or local.startswith(user + delimiter)
-
+    if b'@' in user or b'@' not in addr:
+        return addr == user
+    local, _, domain = addr.rpartition(b'@')
+    return local == user and domain in locals_

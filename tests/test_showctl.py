@@ -154,10 +154,20 @@ def test_clientcert_is_checked_as_qmail_remote_loads_it(tmp_path, fixed_ids):
     got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
     assert ('Oops! It holds a private key and anyone may read it: chgrp qmail and '
             'chmod 640 it.\n') in got, got
+    os.chown(pem, 0, 0)                         # chgrp qmail forgotten
+    os.chmod(pem, 0o640)
+    got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
+    assert ('Oops! qmail-remote (qmailr, group qmail) cannot read it: chgrp qmail and '
+            'chmod 640 it.\n') in got, got
+    os.chown(pem, 0, 2107)
     pem.write_bytes(cert.read_bytes())
     got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
     assert ('Oops! qmail-remote cannot use it (not a certificate with its key (OpenSSL: '
             'pem lib)): it shows servers no certificate.\n') in got, got
+    pem.unlink()
+    os.mkfifo(pem, 0o640)                       # never opened: it would hang
+    got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
+    assert 'Oops! qmail-remote cannot use it (not a file): it shows servers no' in got, got
 
 
 def test_srs_secrets_are_counted_not_shown(tmp_path, fixed_ids):

@@ -752,11 +752,18 @@ def test_client_certificate_from_control_clientcert_pem(home, sinks, cert):
             setctl(home, **{'clientcert.pem': text})
             s.tls = ctx
             out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
-            assert final.startswith(b'K127.55.1.6 accepted message.\nIn the clear: '), final
+            assert final.startswith(
+                b'K127.55.1.6 accepted message.\nIn the clear: TLS had failed (my '
+                b'control/clientcert.pem was not shown: ' + why + b').\n'), final
             s.tls = server_context(cert)
             out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
             assert final.startswith(b'K127.55.1.6 accepted message.\nTLS TLSv1.3 '), final
             assert b', without my control/clientcert.pem: ' + why + b'.\n' in final, final
+        # a FIFO there is never opened (it held qmail-remote for good)
+        setctl(home, **{'clientcert.pem': None})
+        os.mkfifo(os.path.join(str(home), 'control', 'clientcert.pem'))
+        out, final = send(home, b'tls.qmt.test', [b'u@tls.qmt.test'])
+        assert b', without my control/clientcert.pem: not a file.\n' in final, final
     finally:
         setctl(home, **{'clientcert.pem': None})
         shutil.rmtree(tmp, ignore_errors=True)
