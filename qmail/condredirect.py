@@ -31,7 +31,7 @@ import sys
 from qmail.except_ import (byteargs, child_verdict, errstr, internal_bug,
                            say)
 from qmail.lib import auto, srs
-from qmail.forward import ReadError, exit_for, reinject
+from qmail import forward
 
 USAGE = (b'condredirect: usage: condredirect newaddress program'
          b' [ arg ... ]')
@@ -72,19 +72,8 @@ def condredirect(args) -> int:
         say(FATAL + b'unable to rewrite the sender with SRS: ' + str(err).encode())
         return 111
 
-    try:
-        status, qp = reinject(sender, dtline, [args[0]])
-    except ReadError as err:
-        say(FATAL + b'unable to read message: ' + errstr(err.err))
-        return 111
-    except OSError as err:
-        say(FATAL + b'unable to fork: ' + errstr(err))
-        return 111
-    if status:
-        say(FATAL + status[1:].encode('utf-8', 'replace'))
-        return exit_for(status)
-    say(b'condredirect: qp %d' % qp)
-    return 99
+    code = forward.send_on(b'condredirect', sender, dtline, [args[0]])
+    return 99 if code == 0 else code
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,8 @@ Exits:    0 queued; 100 no address, NEWSENDER or DTLINE not set, or
           failure or a read error on fd 0.
 See:      forward(1), qmail-command(8), dot-qmail(5), qmail-queue(8).
 
-reinject() serves condredirect too; open_queue() serves qreceipt.
+reinject() and send_on() serve condredirect and srsfilter too; open_queue()
+serves qreceipt.
 """
 
 import os
@@ -84,6 +85,26 @@ def exit_for(status: str) -> int:
     return 100 if status[:1] == 'D' else 111
 
 
+def send_on(name: bytes, sender: bytes, dtline: bytes, recipients) -> int:
+    """reinject(), said on fd 2 as forward, condredirect and srsfilter
+    say it: "name: qp <pid>" and 0, else "name: fatal: why" and 100 or
+    111."""
+    fatal = name + b': fatal: '
+    try:
+        status, qp = reinject(sender, dtline, recipients)
+    except ReadError as err:
+        say(fatal + b'unable to read message: ' + errstr(err.err))
+        return 111
+    except OSError as err:
+        say(fatal + b'unable to fork: ' + errstr(err))
+        return 111
+    if status:
+        say(fatal + status[1:].encode('utf-8', 'replace'))
+        return exit_for(status)
+    say(b'%s: qp %d' % (name, qp))
+    return 0
+
+
 def forward(args) -> int:
     if not args:
         # qmail's forward queued the message to nobody and exited 0: mail
@@ -100,19 +121,7 @@ def forward(args) -> int:
     if dtline is None:
         say(FATAL + b'DTLINE not set')
         return 100
-    try:
-        status, qp = reinject(sender, dtline, args)
-    except ReadError as err:
-        say(FATAL + b'unable to read message: ' + errstr(err.err))
-        return 111
-    except OSError as err:
-        say(FATAL + b'unable to fork: ' + errstr(err))
-        return 111
-    if status:
-        say(FATAL + status[1:].encode('utf-8', 'replace'))
-        return exit_for(status)
-    say(b'forward: qp %d' % qp)
-    return 0
+    return send_on(b'forward', sender, dtline, args)
 
 
 def main(argv=None) -> int:

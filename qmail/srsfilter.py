@@ -35,7 +35,7 @@ import os
 import sys
 
 from qmail.lib import auto, srs
-from qmail.forward import ReadError, exit_for, reinject
+from qmail import forward
 from qmail.except_ import errstr, internal_bug, say
 from qmail.lib.error import interrupt_kills
 
@@ -86,19 +86,7 @@ def srsfilter() -> int:
         sender = setting.forward(sender)
     except srs.TooLong:
         pass
-    try:
-        status, qp = reinject(sender, dtline, [recipient])
-    except ReadError as err:
-        say(FATAL + b'unable to read message: ' + errstr(err.err))
-        return 111
-    except OSError as err:
-        say(FATAL + b'unable to fork: ' + errstr(err))
-        return 111
-    if status:
-        say(FATAL + status[1:].encode('utf-8', 'replace'))
-        return exit_for(status)
-    say(b'srsfilter: qp %d' % qp)
-    return 0
+    return forward.send_on(b'srsfilter', sender, dtline, [recipient])
 
 
 def main(argv=None) -> int:

@@ -201,7 +201,7 @@ def test_condredirect_redirects_from_an_srs_sender(tmp_path, monkeypatch):
     (ctl / 'srs_secrets').write_text('s3\n')
     monkeypatch.setattr(condredirect.auto, 'QMAIL', str(tmp_path))
     got = []
-    monkeypatch.setattr(condredirect, 'reinject',
+    monkeypatch.setattr(condredirect.forward, 'reinject',
                         lambda sender, dt, rcpts: got.append((sender, rcpts)) or ('', 7))
     monkeypatch.setattr(condredirect, 'child_verdict', lambda name, args: (None, None))
     monkeypatch.setattr(os, 'lseek', lambda fd, pos, how: 0)
@@ -226,7 +226,7 @@ def test_srsfilter_sends_other_mail_from_an_srs_sender(tmp_path, monkeypatch):
     monkeypatch.setattr(srsfilter.auto, 'QMAIL', str(tmp_path))
     target = srs.load(str(tmp_path)).forward(b'joe@example.com')
     got = []
-    monkeypatch.setattr(srsfilter, 'reinject',
+    monkeypatch.setattr(srsfilter.forward, 'reinject',
                         lambda sender, dt, rcpts: got.append((sender, rcpts)) or ('', 7))
     monkeypatch.setenv('DEFAULT', target.split(b'@')[0].decode())
     monkeypatch.setenv('HOST', 'srs.example.org')
