@@ -166,7 +166,24 @@ def clientcert_trouble(path: str) -> str:
     if why:
         out = ('Oops! qmail-remote cannot use it (%s): it shows servers no certificate.\n'
                % safe(why.encode('ascii', 'replace'))) + out
+    else:
+        out = expiry_trouble(path) + out
     return out
+
+
+def expiry_trouble(path: str, now: float = None) -> str:
+    """An Oops line if the (first) certificate in path has expired: a
+    server that checks it refuses it.  '' if it cannot be told."""
+    import ssl
+    import time
+    try:
+        end = ssl._ssl._test_decode_cert(path)['notAfter']
+        if ssl.cert_time_to_seconds(end) >= (time.time() if now is None else now):
+            return ''
+    except Exception:               # (a private helper of the ssl module)
+        return ''
+    return 'Oops! Its certificate expired (%s): servers that check it refuse it.\n' % safe(
+        end.encode('ascii', 'replace'))
 
 
 def mrh_cdb_status(ctl) -> str:

@@ -21,6 +21,8 @@ Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (limits, below).
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
+          locals (FORCEAUTHMAILFROM), srs_* (a recipient at srs_domain
+          must be a good SRS address: srs_address_ok, else 550),
           timeoutsmtpd, servercert.pem (and, at STARTTLS,
           tlsserverciphers), smtpauthplaintext, smtpauthcram, and the
           limits below.
@@ -180,6 +182,7 @@ R_GOAHEAD = b'354 go ahead\r\n'
 R_HOPS = b'554 too many hops, this message is looping (#5.4.6)\r\n'
 R_SIZE = b'552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n'
 R_AUTHFIRST = b'530 authentication required (#5.7.0)\r\n'
+R_BADSRS = b'550 sorry, that is no SRS address of mine, or it is too old (#5.1.1)\r\n'
 R_NOTYOURS = b'553 sorry, that sender address is not the user you authenticated as (#5.7.1)\r\n'
 R_STRAYLF = b'451 See http://pobox.com/~djb/docs/smtplf.html.\r\n'
 R_TIMEOUT = b'451 timeout (#4.4.2)\r\n'
@@ -236,8 +239,9 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False, locals_=frozenset()):
+                 flagforcefrom=False, locals_=frozenset(), srs=None):
         self.greeting = greeting
+        self.srs = srs
         self.flagrequireauth = flagrequireauth
         self.flagforcefrom = flagforcefrom
         self.locals_ = locals_
@@ -775,6 +779,10 @@ class Session:
             self.refused += 1
             self.bad(R_NOGATEWAY)
             return
+        if self.config.srs is not None and not srs_address_ok(self.config.srs, parsed[0]):
+            self.refused += 1
+            self.bad(R_BADSRS)
+            return
         if self.config.rcptmap is not None and \
                 self.config.rcptmap.check(parsed[0]) == rcptmap.REJECT:
             # A refusal now instead of a bounce later (no backscatter);
@@ -875,7 +883,9 @@ class Session:
 # -- reading the world ------------------------------------------------------
 
 # Every control file load_config() reads (rcptcheck's maps aside).
-CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'rcpthosts', 'morercpthosts.cdb',
+CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'srs_domain', 'srs_secrets', 'srs_maxage',
+                'srs_hashmin', 'srs_hashlength', 'srs_separator', 'srs_alwaysrewrite',
+                'rcpthosts', 'morercpthosts.cdb',
                 'badmailfrom', 'databytes', 'localiphost', 'timeoutsmtpd',
                 'maxrcptsmtpd', 'maxerrorssmtpd', 'lifetimesmtpd',
                 'servercert.pem', 'smtpauthplaintext', 'smtpauthcram',
@@ -1001,6 +1011,26 @@ def warm_config(load, home=None):
         os.close(here)
 
 
+def srs_address_ok(setting, addr: bytes) -> bool:
+    """May a recipient at the SRS domain (control/srs_domain) be taken?
+    Only a good SRS address of ours (srsfilter would bounce the rest,
+    to a sender that is most likely forged); any other domain's, yes;
+    and where the secrets cannot be read, yes (srsfilter decides)."""
+    at = addr.rfind(b'@')
+    if at < 0 or addr[at + 1:].lower().rstrip(b'.') != setting.domain.rstrip(b'.'):
+        return True
+    from qmail.lib import srs
+    try:
+        if not setting.secrets:
+            return True
+        setting.reverse(addr)
+    except srs.SrsError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def read_config(ctl: control.Controls, environ) -> Config:
     """The controls as read now (load_config)."""
     greeting = ctl.line('smtpgreeting', flagme=True)
@@ -1018,8 +1048,10 @@ def read_config(ctl: control.Controls, environ) -> Config:
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     # (FORCEAUTHMAILFROM's domains of system users: qmail-send's locals)
     locals_ = frozenset(h.strip().lower() for h in ctl.lines('locals', flagme=True) if h)
+    from qmail.lib import srs
     return Config(
         locals_=locals_,
+        srs=srs.load_ctl(ctl),
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),
         rcpthosts=rcpthosts,

@@ -154,6 +154,13 @@ def test_clientcert_is_checked_as_qmail_remote_loads_it(tmp_path, fixed_ids):
     got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')
     assert ('Oops! It holds a private key and anyone may read it: chgrp qmail and '
             'chmod 640 it.\n') in got, got
+    # three days on, its certificate (made for two) has expired
+    import time
+    late = showctl.expiry_trouble(str(pem), now=time.time() + 3 * 86400)
+    assert late.startswith('Oops! Its certificate expired (') and late.endswith(
+        ' GMT): servers that check it refuse it.\n'), late
+    assert showctl.expiry_trouble(str(pem)) == ''
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
     os.chown(pem, 0, 0)                         # chgrp qmail forgotten
     os.chmod(pem, 0o640)
     got = showctl.describe('/var/qmail', str(ctl), ['clientcert.pem'], b'mail.example.org')

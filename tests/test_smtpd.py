@@ -365,6 +365,29 @@ def test_relay_refused():
     check(h.q.envelope, [b'Fa@b', b'Tu@example.org'])
 
 
+def test_only_good_srs_addresses_at_the_srs_domain():
+    """With control/srs_domain, a recipient there must be an SRS address
+    of ours, good and not too old: anything else is refused at RCPT
+    (srsfilter would bounce it later, to a sender most likely forged);
+    without a secret to check with, everything is taken."""
+    from qmail.lib import srs
+    setting = srs.Srs(b'srs.example.org', [b's3'], rcpthosts=frozenset([b'example.org']))
+    good = setting.forward(b'joe@far.example')
+    old = setting.forward(b'joe@far.example', now=time.time() - 30 * 86400)
+    h = Harness(rcpthosts=frozenset([b'example.org', b'srs.example.org']), srs=setting)
+    got = replies(h.feed(b'MAIL FROM:<>\r\n', b'RCPT TO:<%s>\r\n' % good,
+                         b'RCPT TO:<%s>\r\n' % good.upper(),
+                         b'RCPT TO:<%s>\r\n' % old, b'RCPT TO:<postmaster@srs.example.org>\r\n',
+                         b'RCPT TO:<SRS0=AAAA=AB=far.example=joe@SRS.example.org>\r\n',
+                         b'RCPT TO:<u@example.org>\r\n'))
+    refusal = b'550 sorry, that is no SRS address of mine, or it is too old (#5.1.1)'
+    check(got, [b'250 ok', b'250 ok', b'250 ok', refusal, refusal, refusal, b'250 ok'])
+    nosecret = srs.Srs(b'srs.example.org', [])
+    h = Harness(rcpthosts=frozenset([b'srs.example.org']), srs=nosecret)
+    check(replies(h.feed(b'MAIL FROM:<>\r\nRCPT TO:<x@srs.example.org>\r\n')),
+          [b'250 ok', b'250 ok'])
+
+
 @pytest.mark.parametrize('relayclient,want', [
     (b'', [b'Fa@b', b'Tu@elsewhere.example', b'Tu@example.org']),
     (b'@relay.example', [b'Fa@b', b'Tu@elsewhere.example@relay.example',

@@ -197,10 +197,18 @@ def timestamp_ok(stamp: bytes, maxage: int, now: float = None) -> bool:
     return today <= then + maxage
 
 
+FILES = ('srs_domain', 'srs_secrets', 'srs_maxage', 'srs_hashlength', 'srs_hashmin',
+         'srs_alwaysrewrite', 'srs_separator')
+
+
 def load(home: str):
     """The Srs of control/ under home, or None when srs_domain is
     missing or empty.  OSError when a control cannot be read."""
-    ctl = control.Controls(os.path.join(home, 'control'))
+    return load_ctl(control.Controls(os.path.join(home, 'control')))
+
+
+def load_ctl(ctl):
+    """load() from a control.Controls."""
     domain = ctl.line('srs_domain')
     if not domain:
         return None
