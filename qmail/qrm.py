@@ -1,7 +1,7 @@
 """qmail-qrm: take messages, or some of their recipients, out of the
 queue, without a bounce.
 
-Usage:    qmail-qrm [-n] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
+Usage:    qmail-qrm [-nb] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
 Runs as:  root, while qmail-send runs or is stopped.
 Chooses:  the messages numbered (as qmail-qread shows them, with or
           without the '#'; "-" reads more numbers from fd 0); with -s,
@@ -20,6 +20,11 @@ Removes:  without -r, the whole message: every recipient not yet done,
           message is sent for it); with -r, only the matching recipients:
           the others are delivered as before, and any failure among them
           bounces as before.  -n: says what would go, changes nothing.
+          -b: the sender is told instead: each chosen recipient gets a
+          failure paragraph in bounce/ (BOUNCE_REPORT, made durable
+          before its D mark, as qmail-send's own), and the message's
+          bounce goes out when qmail-send finishes it (with it stopped:
+          at its next start; a message still in todo/ is left then).
 Reads:    HOME/queue: todo/, info/, local/, remote/, bounce/;
           lock/sendmutex (is qmail-send running?) and /proc/locks (its
           process number).
@@ -291,6 +296,40 @@ def mark_done(msg: Message, chosen) -> None:
             os.close(fd)
 
 
+BOUNCE_REPORT = (b"This message was taken out of the queue by the postmaster of this host "
+                 b"before it could be delivered. (#5.0.0)\n")
+
+
+def add_bounces(msg: Message, chosen) -> None:
+    """-b: a failure paragraph for each chosen recipient appended to the
+    message's bounce/ file (made qmail-send's: qmails, group qmail,
+    0600), durable with its directory before the D marks are written,
+    so that a crash between leaves the recipients still to be tried,
+    never done without their report.  Local recipients as the sender
+    wrote them (a virtual domain's prefix taken off)."""
+    if not chosen:
+        return
+    from qmail import send, send_rules
+    from qmail.lib import control
+    try:
+        routing = send.routing(control.Controls(os.path.join(auto.QMAIL, 'control')))
+    except (OSError, ValueError):
+        routing = None              # (the address as qmail-send keeps it)
+    text = b''.join(send_rules.bounce_entry(
+        send_rules.stripvdomprepend(addr, routing) if c == 'local' and routing else addr,
+        BOUNCE_REPORT) for c, _, addr in chosen)
+    fn = msg.fn('bounce')
+    fd = durable.open_append(fn, 0o600, os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, auto.uid('qmails'), auto.gid(auto.GROUP_QMAIL))
+        os.fchmod(fd, 0o600)
+        durable.write_all(fd, text)
+        durable.fsync(fd)
+    finally:
+        os.close(fd)
+    durable.fsync_dir(os.path.dirname(fn) or '.')
+
+
 def unlink_synced(paths) -> None:
     """Remove the files that are there, then sync their directories."""
     dirs = []
@@ -379,8 +418,9 @@ class Run:
     one deadline for them all; then finish()."""
 
     def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT,
-                 qdir='.', subjects=()):
+                 qdir='.', subjects=(), bounce=False):
         self.split, self.say = split, say
+        self.bounce = bounce
         self.subjects = [p.lower() for p in subjects]
         self.ids, self.spatterns, self.rpatterns = ids, spatterns, rpatterns
         self.dry, self.live, self.wait, self.qdir = dry, live, wait, qdir
@@ -436,7 +476,7 @@ class Run:
             if named:
                 self.say('#%d <%s>: not chosen by -s or -r' % (messid, shown(msg.sender)))
             return True
-        if msg.in_todo and not self.dry and (self.live or self.rpatterns):
+        if msg.in_todo and not self.dry and (self.live or self.rpatterns or self.bounce):
             # Not yet preprocessed (or delivered straight from todo/): its
             # recipient lists do not exist yet.  qmail-send makes them in
             # a moment, unless this delivery succeeds first.
@@ -476,6 +516,19 @@ class Run:
     def remove(self, msg: Message) -> None:
         label = '#%d <%s>' % (msg.id, shown(msg.sender))
         verb = 'would remove' if self.dry else 'removed'
+        if self.bounce:
+            verb = 'would bounce' if self.dry else 'bounced'
+        if not self.rpatterns and self.bounce and not msg.in_todo:
+            chosen = msg.chosen(None)
+            if not self.dry:
+                add_bounces(msg, chosen)
+                mark_done(msg, chosen)
+                if self.live:
+                    self.finishing.append(msg)
+                    self.untold = True
+            self.say('%s: %s' % (label, verb))
+            self.messages += 1
+            return
         if not self.rpatterns:
             if not self.dry:
                 if self.live:
@@ -493,6 +546,8 @@ class Run:
         else:
             chosen = msg.chosen(self.rpatterns)
             if not self.dry:
+                if self.bounce:
+                    add_bounces(msg, chosen)
                 mark_done(msg, chosen)
                 self.untold = self.untold or bool(chosen)
         for c, _, addr in chosen:
@@ -553,18 +608,20 @@ class Run:
         if self.rpatterns:
             what.append('%d recipient%s' % (self.recipients,
                                             '' if self.recipients == 1 else 's'))
-        return '%s %s' % (' and '.join(what), 'would be removed' if self.dry else 'removed')
+        verb = ('bounced', 'would bounce') if self.bounce else \
+            ('removed', 'would be removed')
+        return '%s %s' % (' and '.join(what), verb[self.dry])
 
 
 def usage(say) -> int:
-    say('usage: qmail-qrm [-n] [-s sender] [-r recipient] [-S subject] [messid ...] [-]')
+    say('usage: qmail-qrm [-nb] [-s sender] [-r recipient] [-S subject] [messid ...] [-]')
     return 100
 
 
 def parse_args(argv):
-    """(dry, spatterns, rpatterns, ids, subjects), or None for a usage
-    error."""
-    dry, spatterns, rpatterns, subjects = False, [], [], []
+    """(dry, spatterns, rpatterns, ids, subjects, bounce), or None for a
+    usage error."""
+    dry, spatterns, rpatterns, subjects, bounce = False, [], [], [], False
     args = list(argv)
     while args and args[0].startswith('-') and args[0] != '-':
         opt = args.pop(0)
@@ -573,8 +630,11 @@ def parse_args(argv):
         i = 1
         while i < len(opt):
             ch = opt[i]
-            if ch == 'n':
-                dry = True
+            if ch in 'nb':
+                if ch == 'n':
+                    dry = True
+                else:
+                    bounce = True
                 i += 1
                 continue
             if ch not in 'srS':
@@ -593,7 +653,7 @@ def parse_args(argv):
     ids = parse_ids(args)
     if ids is None or not (ids or spatterns or rpatterns or subjects):
         return None
-    return dry, spatterns, rpatterns, ids, subjects
+    return dry, spatterns, rpatterns, ids, subjects, bounce
 
 
 def stdin_words(limit: int = 1 << 24) -> list:
@@ -610,7 +670,7 @@ def main(argv=None, say=None) -> int:
     parsed = parse_args(sys.argv[1:] if argv is None else argv)
     if parsed is None:
         return usage(say)
-    dry, spatterns, rpatterns, ids, subjects = parsed
+    dry, spatterns, rpatterns, ids, subjects, bounce = parsed
     if os.geteuid() != 0:
         say('fatal: must be run as root')
         return 111
@@ -625,7 +685,7 @@ def main(argv=None, say=None) -> int:
     mutex = None if dry else hold_sendmutex('.')
     try:
         run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None,
-                  subjects=subjects)
+                  subjects=subjects, bounce=bounce)
         try:
             wanted = ids if ids else queued_ids(auto.SPLIT)
         except OSError as err:

@@ -94,14 +94,16 @@ def test_matches(patterns, address, want):
 
 
 @pytest.mark.parametrize('argv, want', [
-    (['123'], (False, [], [], [123], [])),
-    (['#123', '45'], (False, [], [], [123, 45], [])),
-    (['-n', '-s', '*@x'], (True, ['*@x'], [], [], [])),
-    (['-ns*@x'], (True, ['*@x'], [], [], [])),
-    (['-r', 'a@*', '-r', 'b@*', '7'], (False, [], ['a@*', 'b@*'], [7], [])),
-    (['-s', '<>'], (False, ['<>'], [], [], [])),
-    (['--', '9'], (False, [], [], [9], [])),
-    (['-S', '*lottery*', '-S*prize*'], (False, [], [], [], ['*lottery*', '*prize*'])),
+    (['123'], (False, [], [], [123], [], False)),
+    (['#123', '45'], (False, [], [], [123, 45], [], False)),
+    (['-n', '-s', '*@x'], (True, ['*@x'], [], [], [], False)),
+    (['-ns*@x'], (True, ['*@x'], [], [], [], False)),
+    (['-r', 'a@*', '-r', 'b@*', '7'], (False, [], ['a@*', 'b@*'], [7], [], False)),
+    (['-s', '<>'], (False, ['<>'], [], [], [], False)),
+    (['--', '9'], (False, [], [], [9], [], False)),
+    (['-S', '*lottery*', '-S*prize*'], (False, [], [], [], ['*lottery*', '*prize*'], False)),
+    (['-b', '7'], (False, [], [], [7], [], True)),
+    (['-nbs', 'x@*'], (True, ['x@*'], [], [], [], True)),
     ([], None),                         # nothing chosen: never "all"
     (['-n'], None),
     (['-s'], None),
@@ -357,7 +359,7 @@ def test_a_named_message_not_chosen_is_said_so(queue):
 def test_numbers_from_stdin(monkeypatch):
     import io
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'#12 13\n14\n')))
-    assert qrm.parse_args(['-n', '-', '9']) == (True, [], [], [9, 12, 13, 14], [])
+    assert qrm.parse_args(['-n', '-', '9']) == (True, [], [], [9, 12, 13, 14], [], False)
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'12 x\n')))
     assert qrm.parse_args(['-']) is None
     monkeypatch.setattr('sys.stdin', io.TextIOWrapper(io.BytesIO(b'')))
@@ -389,3 +391,35 @@ def test_subject_chooses(queue):
         job.take(messid, False)
     assert said == ['#170 <a@b>: removed']
     assert files_of(170) == [] and files_of(171) == ['info', 'local', 'mess']
+
+
+def test_bounce_instead(queue):
+    """-b: the chosen recipients get a failure paragraph in bounce/ (the
+    sender is told when qmail-send finishes the message), durable before
+    their D marks; bounce/ is qmail-send's (qmails, group qmail, 0600);
+    a local recipient as the sender wrote it."""
+    import pwd
+    import grp
+    preprocessed(180, b'a@b', [b'u@here'], [b'x@far', b'y@far'], bounce=b'<z@far>:\nNo.\n\n')
+    job = qrm.Run(SPLIT, [].append, [180], [], ['x@*'], False, False, bounce=True)
+    job.take(180, True)
+    assert get(qfn('remote', 180, SPLIT)) == b'Dx@far\0Ty@far\0'
+    assert get(qfn('local', 180, SPLIT)) == b'Tu@here\0'
+    assert get(qfn('bounce', 180, SPLIT)) == b'<z@far>:\nNo.\n\n<x@far>:\n' + \
+        qrm.BOUNCE_REPORT + b'\n'
+    st = os.stat(qfn('bounce', 180, SPLIT))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+        pwd.getpwnam('qmails').pw_uid, grp.getgrnam('qmail').gr_gid, 0o600)
+    assert job.summary() == '1 recipient bounced'
+    said = []
+    job = qrm.Run(SPLIT, said.append, [180], [], [], False, False, bounce=True)
+    job.take(180, True)
+    assert said == ['#180 <a@b>: bounced'] and job.summary() == '1 message bounced'
+    assert get(qfn('local', 180, SPLIT)) == b'Du@here\0'
+    assert get(qfn('remote', 180, SPLIT)) == b'Dx@far\0Dy@far\0'
+    assert get(qfn('bounce', 180, SPLIT)).count(qrm.BOUNCE_REPORT) == 3
+    assert files_of(180) == ['bounce', 'info', 'local', 'mess', 'remote']  # qmail-send's to finish
+    in_todo(181, b'a@b', [b'v@here'])
+    job, said = run(ids=[181], dry=False)           # (without -b: removed at once)
+    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], True, False, bounce=True)
+    assert job.summary() == '0 messages would bounce'
