@@ -1,5 +1,5 @@
 """qmail-qrm: take messages, or some of their recipients, out of the
-queue, without a bounce.
+queue, without a bounce (or with one: -b).
 
 Usage:    qmail-qrm [-nb] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
 Runs as:  root, while qmail-send runs or is stopped.
