@@ -161,7 +161,7 @@ def subject_of(head: bytes) -> str:
 
 def read_head(path: str, limit: int = HEAD_MAX) -> bytes:
     """The first limit bytes of a message (enough for its header)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         return os.read(fd, limit)
     finally:
@@ -197,8 +197,10 @@ def shown(address: bytes) -> str:
 # -- the queue --------------------------------------------------------------
 
 def read_envelope(path: str) -> bytes:
-    """A queue file's bytes (up to READ_MAX); FileNotFoundError if gone."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """A queue file's bytes (up to READ_MAX); FileNotFoundError if gone.
+    (Not a link followed, nor a FIFO waited on: lock/ and the queue's
+    directories are qmailq's and qmails', and this runs as root.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         chunks, size = [], 0
         while size <= READ_MAX:
@@ -460,6 +462,7 @@ class Run:
         again: take_later), unless this is the last look."""
         try:
             msg = self.look(messid)
+            chosen = msg is not None and self.chooses(msg)
         except (OSError, Trouble) as err:
             self.trouble(messid, err)
             return True
@@ -472,7 +475,7 @@ class Run:
                 self.fault(100)
             return True
         self.seen.add(messid)
-        if not self.chooses(msg):
+        if not chosen:
             if named:
                 self.say('#%d <%s>: not chosen by -s or -r' % (messid, shown(msg.sender)))
             return True

@@ -423,3 +423,19 @@ def test_bounce_instead(queue):
     job, said = run(ids=[181], dry=False)           # (without -b: removed at once)
     job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], True, False, bounce=True)
     assert job.summary() == '0 messages would bounce'
+
+
+def test_a_message_file_that_cannot_be_read_for_its_subject(queue):
+    """-S reads the message's head: a FIFO put there is not waited on (no
+    subject: not chosen), a directory is trouble for that message only."""
+    preprocessed(190, b'a@b', [b'u@here'])
+    os.unlink(qfn('mess', 190, SPLIT))
+    os.mkfifo(qfn('mess', 190, SPLIT))
+    said = []
+    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], True, False, subjects=['*x*'])
+    job.take(190, False)
+    assert said == [] and job.code == 0
+    os.unlink(qfn('mess', 190, SPLIT))
+    os.mkdir(qfn('mess', 190, SPLIT))
+    job.take(190, False)
+    assert said[0].startswith('#190: trouble: ') and job.code == 111, said
