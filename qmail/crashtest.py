@@ -4,8 +4,7 @@ ways, and check that no mail is lost.
 Runs as:  root, on scratch homes of its own: never the installed queue.
 Usage:    qmail-crashtest [-nv] [-d dir] [scenario ...]
 Args:     scenarios (default: all): queue queued preprocess markdone
-          bounce overlap direct direct-defer qrm qrm-bounce maildir
-          maildir-spare mbox
+          bounce overlap direct direct-defer qrm maildir maildir-spare mbox
           (qmail/crashtest_scenarios.py says what each does).
           -n: list each scenario's steps, crash nothing.
 Does:     for each scenario, counts the N durable steps it takes

@@ -736,64 +736,6 @@ class QrmScenario(QueueScenario):
         return fails, notes
 
 
-class QrmBounceScenario(QrmScenario):
-    name = 'qrm-bounce'
-    about = ('qmail-qrm -b, qmail-send stopped: a preprocessed message taken '
-             'out with a bounce to its sender; the next start sends it')
-    msgs = (Msg(b'rm-all', b'alice@' + FAR, [b'one@' + DOMAIN, b'x@' + FAR]),
-            Msg(b'keep', b'carol@' + FAR, [b'two@' + DOMAIN]))
-    taken = {b'rm-all': None}
-
-    def all_msgs(self):
-        return list(self.msgs)
-
-    def setup(self, box):
-        return QueueScenario.setup(self, box)
-
-    def run(self, box, state):
-        from qmail import qrm
-        job = qrm.Run(SCRATCH_SPLIT, [].append, [], ['alice@*'], [], False, live=False,
-                      bounce=True)
-        for messid in qrm.queued_ids(SCRATCH_SPLIT):
-            job.take(messid, False)
-        return (job.code, job.messages) == (0, 1)
-
-    def check_final(self, box, acked):
-        """Each recipient taken is delivered or reported to its sender
-        (both only after a crash between its report and its D mark: the
-        report is durable first); with the run acknowledged, reported
-        and not delivered; the others delivered; the queue empty."""
-        fails, notes = [], []
-        left = queue_files(box.queue)
-        if left:
-            fails.append('left in the queue for good: %s' % ' '.join(left))
-        delivered, reported = set(), set()
-        for line in (read(box.deliveries) or b'').splitlines():
-            rec = json.loads(line)
-            to, data = rec['to'].encode('latin-1'), rec['data'].encode('latin-1')
-            tag = tag_of(data)
-            if tag == BOUNCE:
-                if to != b'alice@' + FAR:
-                    fails.append('a bounce delivered to %s' % to.decode())
-                reported |= set(re.findall(rb'^<([^>\n]*)>:$', data, re.M))
-            else:
-                delivered.add((tag, to))
-        for m in self.all_msgs():
-            for r in m.recips:
-                got = (m.tag, r) in delivered
-                if m.tag not in self.taken:
-                    if not got:
-                        fails.append('message %s lost for %s' % (m.tag.decode(), r.decode()))
-                    continue
-                if not got and r not in reported:
-                    fails.append('message %s to %s neither delivered nor reported'
-                                 % (m.tag.decode(), r.decode()))
-                if acked and (got or r not in reported):
-                    fails.append('message %s to %s: %s after the run' % (
-                        m.tag.decode(), r.decode(), 'delivered' if got else 'not reported'))
-        return fails, notes
-
-
 class LocalScenario(Scenario):
     """qmail-local delivering a queued message (a regular file on fd 0)."""
 
@@ -961,7 +903,7 @@ class MboxScenario(LocalScenario):
 
 SCENARIOS = [InjectScenario(), QueuedScenario(), PreprocessScenario(), MarkdoneScenario(),
              BounceScenario(), OverlapScenario(), DirectScenario(), DirectDeferScenario(),
-             QrmScenario(), QrmBounceScenario(),
+             QrmScenario(),
              MaildirScenario(),
              MaildirSpareScenario(),
              MboxScenario()]

@@ -1,7 +1,7 @@
 """qmail-qrm: take messages, or some of their recipients, out of the
-queue, without a bounce (or with one: -b).
+queue, without a bounce (or expire them: -b).
 
-Usage:    qmail-qrm [-nb] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
+Usage:    qmail-qrm [-n] [-b | -r recipient] [-s sender] [-S subject] [messid ...] [-]
 Runs as:  root, while qmail-send runs or is stopped.
 Chooses:  the messages numbered (as qmail-qread shows them, with or
           without the '#'; "-" reads more numbers from fd 0); with -s,
@@ -20,11 +20,13 @@ Removes:  without -r, the whole message: every recipient not yet done,
           message is sent for it); with -r, only the matching recipients:
           the others are delivered as before, and any failure among them
           bounces as before.  -n: says what would go, changes nothing.
-          -b: the sender is told instead: each chosen recipient gets a
-          failure paragraph in bounce/ (BOUNCE_REPORT, made durable
-          before its D mark, as qmail-send's own), and the message's
-          bounce goes out when qmail-send finishes it (with it stopped:
-          at its next start; a message still in todo/ is left then).
+          -b: expire instead (postsuper -e): the whole message is made
+          older than control/queuelifetime (expire()), so that qmail-send
+          tries it once more at once (after the ALRM; with it stopped,
+          at its next start) and bounces to the sender every recipient
+          not delivered then, in qmail's words for a message too long
+          in the queue.  A message still in todo/ is waited for, or,
+          with qmail-send stopped, left.
 Reads:    HOME/queue: todo/, info/, local/, remote/, bounce/;
           lock/sendmutex (is qmail-send running?) and /proc/locks (its
           process number).
@@ -81,6 +83,7 @@ POLL = 0.1                  # between looks while waiting
 READ_MAX = 2 * (8 << 20)    # the longest envelope qmail-send may write
 CHANNELS = ('local', 'remote')
 HEAD_MAX = 65536            # bytes of a message looked at for its Subject
+EXPIRE_SLACK = 60           # -b: older than queuelifetime by this much
 
 
 class Trouble(Exception):
@@ -298,38 +301,15 @@ def mark_done(msg: Message, chosen) -> None:
             os.close(fd)
 
 
-BOUNCE_REPORT = (b"This message was taken out of the queue by the postmaster of this host "
-                 b"before it could be delivered. (#5.0.0)\n")
-
-
-def add_bounces(msg: Message, chosen) -> None:
-    """-b: a failure paragraph for each chosen recipient appended to the
-    message's bounce/ file (made qmail-send's: qmails, group qmail,
-    0600), durable with its directory before the D marks are written,
-    so that a crash between leaves the recipients still to be tried,
-    never done without their report.  Local recipients as the sender
-    wrote them (a virtual domain's prefix taken off)."""
-    if not chosen:
-        return
-    from qmail import send, send_rules
-    from qmail.lib import control
-    try:
-        routing = send.routing(control.Controls(os.path.join(auto.QMAIL, 'control')))
-    except (OSError, ValueError):
-        routing = None              # (the address as qmail-send keeps it)
-    text = b''.join(send_rules.bounce_entry(
-        send_rules.stripvdomprepend(addr, routing) if c == 'local' and routing else addr,
-        BOUNCE_REPORT) for c, _, addr in chosen)
-    fn = msg.fn('bounce')
-    fd = durable.open_append(fn, 0o600, os.O_NOFOLLOW)
-    try:
-        os.fchown(fd, auto.uid('qmails'), auto.gid(auto.GROUP_QMAIL))
-        os.fchmod(fd, 0o600)
-        durable.write_all(fd, text)
-        durable.fsync(fd)
-    finally:
-        os.close(fd)
-    durable.fsync_dir(os.path.dirname(fn) or '.')
+def expire(msg: Message, lifetime: int, now: float = None) -> None:
+    """-b: the message made older than queuelifetime (info/'s time is its
+    birth, as qmail-send and qmail-qread read it): at its next try
+    qmail-send bounces each recipient that is not delivered then, with
+    qmail's own words for a message too long in the queue, as C qmail
+    admins do by setting that time back by hand.  A delivery under way
+    ends as it would have."""
+    born = (time.time() if now is None else now) - lifetime - EXPIRE_SLACK
+    os.utime(msg.fn('info'), (born, born), follow_symlinks=False)
 
 
 def unlink_synced(paths) -> None:
@@ -420,9 +400,10 @@ class Run:
     one deadline for them all; then finish()."""
 
     def __init__(self, split, say, ids, spatterns, rpatterns, dry, live, wait=WAIT,
-                 qdir='.', subjects=(), bounce=False):
+                 qdir='.', subjects=(), bounce=False, lifetime=604800):
         self.split, self.say = split, say
         self.bounce = bounce
+        self.lifetime = lifetime
         self.subjects = [p.lower() for p in subjects]
         self.ids, self.spatterns, self.rpatterns = ids, spatterns, rpatterns
         self.dry, self.live, self.wait, self.qdir = dry, live, wait, qdir
@@ -520,15 +501,11 @@ class Run:
         label = '#%d <%s>' % (msg.id, shown(msg.sender))
         verb = 'would remove' if self.dry else 'removed'
         if self.bounce:
-            verb = 'would bounce' if self.dry else 'bounced'
-        if not self.rpatterns and self.bounce and not msg.in_todo:
-            chosen = msg.chosen(None)
+            verb = 'would expire' if self.dry else \
+                'expired (what its next try does not deliver bounces)'
             if not self.dry:
-                add_bounces(msg, chosen)
-                mark_done(msg, chosen)
-                if self.live:
-                    self.finishing.append(msg)
-                    self.untold = True
+                expire(msg, self.lifetime)
+                self.untold = True
             self.say('%s: %s' % (label, verb))
             self.messages += 1
             return
@@ -549,8 +526,6 @@ class Run:
         else:
             chosen = msg.chosen(self.rpatterns)
             if not self.dry:
-                if self.bounce:
-                    add_bounces(msg, chosen)
                 mark_done(msg, chosen)
                 self.untold = self.untold or bool(chosen)
         for c, _, addr in chosen:
@@ -611,13 +586,13 @@ class Run:
         if self.rpatterns:
             what.append('%d recipient%s' % (self.recipients,
                                             '' if self.recipients == 1 else 's'))
-        verb = ('bounced', 'would bounce') if self.bounce else \
+        verb = ('expired', 'would expire') if self.bounce else \
             ('removed', 'would be removed')
         return '%s %s' % (' and '.join(what), verb[self.dry])
 
 
 def usage(say) -> int:
-    say('usage: qmail-qrm [-nb] [-s sender] [-r recipient] [-S subject] [messid ...] [-]')
+    say('usage: qmail-qrm [-n] [-b | -r recipient] [-s sender] [-S subject] [messid ...] [-]')
     return 100
 
 
@@ -656,6 +631,8 @@ def parse_args(argv):
     ids = parse_ids(args)
     if ids is None or not (ids or spatterns or rpatterns or subjects):
         return None
+    if bounce and rpatterns:
+        return None                     # (-b is for whole messages)
     return dry, spatterns, rpatterns, ids, subjects, bounce
 
 
@@ -687,8 +664,11 @@ def main(argv=None, say=None) -> int:
     from qmail.fsck import hold_sendmutex
     mutex = None if dry else hold_sendmutex('.')
     try:
+        from qmail.lib import control
+        lifetime = control.Controls(os.path.join(auto.QMAIL, 'control')).int(
+            'queuelifetime', 604800)
         run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None,
-                  subjects=subjects, bounce=bounce)
+                  subjects=subjects, bounce=bounce, lifetime=lifetime)
         try:
             wanted = ids if ids else queued_ids(auto.SPLIT)
         except OSError as err:

@@ -229,7 +229,8 @@ class Config:
     (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH);
     flagforcefrom: after AUTH, MAIL only from the user's own addresses
     (FORCEAUTHMAILFROM), a system user's at a domain of locals_
-    (control/locals, else me)."""
+    (control/locals, else me) where flagsystemlogins (the checkprogram is
+    a system checker: system_checker)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -239,8 +240,10 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False, locals_=frozenset(), srs=None):
+                 flagforcefrom=False, locals_=frozenset(), srs=None,
+                 flagsystemlogins=False):
         self.greeting = greeting
+        self.flagsystemlogins = flagsystemlogins
         self.srs = srs
         self.flagrequireauth = flagrequireauth
         self.flagforcefrom = flagforcefrom
@@ -731,7 +734,8 @@ class Session:
             self.bad(R_AUTHFIRST)
             return
         if self.config.flagforcefrom and self.authuser is not None and not sender_is_users(
-                addr, self.authuser, self.config.locals_):
+                addr, self.authuser,
+                self.config.locals_ if self.config.flagsystemlogins else frozenset()):
             self.note_abandoned(b'new MAIL before DATA')
             self.seenmail = False
             # (each logged: the errors' limit ends a session that goes on)
@@ -1019,6 +1023,8 @@ def srs_address_ok(setting, addr: bytes) -> bool:
     at = addr.rfind(b'@')
     if at < 0 or addr[at + 1:].lower().rstrip(b'.') != setting.domain.rstrip(b'.'):
         return True
+    if addr[:at].lower() == b'postmaster':
+        return True                 # (RFC 5321 4.5.1: every domain has one)
     from qmail.lib import srs
     try:
         if not setting.secrets:
@@ -1048,10 +1054,13 @@ def read_config(ctl: control.Controls, environ) -> Config:
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     # (FORCEAUTHMAILFROM's domains of system users: qmail-send's locals)
     locals_ = frozenset(h.strip().lower() for h in ctl.lines('locals', flagme=True) if h)
-    from qmail.lib import srs
+    setting = None
+    if ctl.line('srs_domain'):      # (the module only where SRS is set)
+        from qmail.lib import srs
+        setting = srs.load_ctl(ctl, reverse_only=True)
     return Config(
         locals_=locals_,
-        srs=srs.load_ctl(ctl),
+        srs=setting,
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),
         rcpthosts=rcpthosts,
@@ -1323,6 +1332,16 @@ def say(fd: int, reply: bytes):
         pass
 
 
+SYSTEM_CHECKERS = (b'checkpassword', b'checkpassword-pam')
+
+
+def system_checker(argv) -> bool:
+    """Are the AUTH logins system users' (the checkprogram is qmail's or
+    DJB's checkpassword, or checkpassword-pam), rather than virtual ones
+    (vcheckpassword, vchkpw: whose names need not hold a domain)?"""
+    return len(argv) >= 2 and os.path.basename(os.fsencode(argv[1])) in SYSTEM_CHECKERS
+
+
 def authenticator(argv):
     """The AUTH patch's arguments: hostname checkprogram [args ...]; None
     without a checkprogram, and AUTH is not offered."""
@@ -1428,6 +1447,7 @@ def main(argv=None, home=None) -> int:
         # FORCEAUTHMAILFROM (the AUTH/TLS patches' name; "1" there, any
         # value but "0" here): an authenticated client sends as itself
         config.flagforcefrom = seen.get(b'FORCEAUTHMAILFROM') not in (None, b'', b'0')
+        config.flagsystemlogins = system_checker(argv)
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'

@@ -240,7 +240,8 @@ def sender_is_users(addr: bytes, user: bytes, locals_) -> bool:
     case aside, and for a login without a domain (a system user's) that
     name at a domain of locals_ (qmail-send's control/locals: where
     system users get mail; a domain we are only a backup MX for is in
-    rcpthosts, not there), or alone.  Not the user's extension
+    rcpthosts, not there; empty for a virtual login without a domain),
+    or alone.  Not the user's extension
     addresses: joe-boss may be another user's mailbox.  The null sender
     (a client's own bounce or receipt) is anyone's."""
     if not addr:

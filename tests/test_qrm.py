@@ -104,6 +104,7 @@ def test_matches(patterns, address, want):
     (['-S', '*lottery*', '-S*prize*'], (False, [], [], [], ['*lottery*', '*prize*'], False)),
     (['-b', '7'], (False, [], [], [7], [], True)),
     (['-nbs', 'x@*'], (True, ['x@*'], [], [], [], True)),
+    (['-b', '-r', 'x@*', '7'], None),
     ([], None),                         # nothing chosen: never "all"
     (['-n'], None),
     (['-s'], None),
@@ -393,36 +394,28 @@ def test_subject_chooses(queue):
     assert files_of(170) == [] and files_of(171) == ['info', 'local', 'mess']
 
 
-def test_bounce_instead(queue):
-    """-b: the chosen recipients get a failure paragraph in bounce/ (the
-    sender is told when qmail-send finishes the message), durable before
-    their D marks; bounce/ is qmail-send's (qmails, group qmail, 0600);
-    a local recipient as the sender wrote it."""
-    import pwd
-    import grp
-    preprocessed(180, b'a@b', [b'u@here'], [b'x@far', b'y@far'], bounce=b'<z@far>:\nNo.\n\n')
-    job = qrm.Run(SPLIT, [].append, [180], [], ['x@*'], False, False, bounce=True)
-    job.take(180, True)
-    assert get(qfn('remote', 180, SPLIT)) == b'Dx@far\0Ty@far\0'
-    assert get(qfn('local', 180, SPLIT)) == b'Tu@here\0'
-    assert get(qfn('bounce', 180, SPLIT)) == b'<z@far>:\nNo.\n\n<x@far>:\n' + \
-        qrm.BOUNCE_REPORT + b'\n'
-    st = os.stat(qfn('bounce', 180, SPLIT))
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
-        pwd.getpwnam('qmails').pw_uid, grp.getgrnam('qmail').gr_gid, 0o600)
-    assert job.summary() == '1 recipient bounced'
+def test_expire(queue):
+    """-b: the message made older than queuelifetime (info/'s time), for
+    qmail-send to bounce what its next try does not deliver; nothing
+    else changes.  Not with -r (whole messages only)."""
+    preprocessed(180, b'a@b', [b'u@here'], [b'x@far'])
+    before = {d: get(qfn(d, 180, SPLIT)) for d in ('local', 'remote', 'info')}
     said = []
-    job = qrm.Run(SPLIT, said.append, [180], [], [], False, False, bounce=True)
+    job = qrm.Run(SPLIT, said.append, [180], [], [], False, False, bounce=True,
+                  lifetime=1000)
+    start = time.time()
     job.take(180, True)
-    assert said == ['#180 <a@b>: bounced'] and job.summary() == '1 message bounced'
-    assert get(qfn('local', 180, SPLIT)) == b'Du@here\0'
-    assert get(qfn('remote', 180, SPLIT)) == b'Dx@far\0Dy@far\0'
-    assert get(qfn('bounce', 180, SPLIT)).count(qrm.BOUNCE_REPORT) == 3
-    assert files_of(180) == ['bounce', 'info', 'local', 'mess', 'remote']  # qmail-send's to finish
+    assert said == ['#180 <a@b>: expired (what its next try does not deliver bounces)']
+    assert job.summary() == '1 message expired'
+    born = os.stat(qfn('info', 180, SPLIT)).st_mtime
+    assert start - 1000 - qrm.EXPIRE_SLACK - 2 < born < start - 1000
+    assert {d: get(qfn(d, 180, SPLIT)) for d in ('local', 'remote', 'info')} == before
     in_todo(181, b'a@b', [b'v@here'])
-    job, said = run(ids=[181], dry=False)           # (without -b: removed at once)
-    job = qrm.Run(SPLIT, said.append, [], ['a@b'], [], True, False, bounce=True)
-    assert job.summary() == '0 messages would bounce'
+    said.clear()
+    job = qrm.Run(SPLIT, said.append, [181], [], [], False, False, bounce=True)
+    job.take(181, True)
+    assert job.code == 111 and 'start it first' in said[0]
+    assert qrm.parse_args(['-b', '-r', 'x@*']) is None
 
 
 def test_a_message_file_that_cannot_be_read_for_its_subject(queue):

@@ -377,11 +377,14 @@ def test_only_good_srs_addresses_at_the_srs_domain():
     h = Harness(rcpthosts=frozenset([b'example.org', b'srs.example.org']), srs=setting)
     got = replies(h.feed(b'MAIL FROM:<>\r\n', b'RCPT TO:<%s>\r\n' % good,
                          b'RCPT TO:<%s>\r\n' % good.upper(),
-                         b'RCPT TO:<%s>\r\n' % old, b'RCPT TO:<postmaster@srs.example.org>\r\n',
+                         b'RCPT TO:<%s>\r\n' % old, b'RCPT TO:<joe@srs.example.org>\r\n',
                          b'RCPT TO:<SRS0=AAAA=AB=far.example=joe@SRS.example.org>\r\n',
                          b'RCPT TO:<u@example.org>\r\n'))
     refusal = b'550 sorry, that is no SRS address of mine, or it is too old (#5.1.1)'
     check(got, [b'250 ok', b'250 ok', b'250 ok', refusal, refusal, refusal, b'250 ok'])
+    h = Harness(rcpthosts=frozenset([b'srs.example.org']), srs=setting)
+    check(replies(h.feed(b'MAIL FROM:<a@b>\r\nRCPT TO:<Postmaster@srs.example.org>\r\n')),
+          [b'250 ok', b'250 ok'])               # (RFC 5321 4.5.1)
     nosecret = srs.Srs(b'srs.example.org', [])
     h = Harness(rcpthosts=frozenset([b'srs.example.org']), srs=nosecret)
     check(replies(h.feed(b'MAIL FROM:<>\r\nRCPT TO:<x@srs.example.org>\r\n')),

@@ -1148,6 +1148,35 @@ def test_program_forceauthmailfrom_keeps_users_to_their_own_addresses(home):
     got = re.findall(rb'mail <([^>]*)> rcpt - auth alice: 553 sorry, that sender address '
                      rb'is not the user you authenticated as \(#5\.7\.1\)\n', server.stderr)
     assert got == [r.encode() for r in refused], server.stderr
+    # A virtual login without a domain (vcheckpassword's names need none)
+    # is no system user: only itself, never a system user's address.
+    vchecker = os.path.join(os.path.dirname(home.argv[1]), 'vcheckpassword')
+    shutil.copy(home.argv[1], vchecker)
+    server = Server(home, env={'FORCEAUTHMAILFROM': '1', 'RELAYCLIENT': ''},
+                    argv=[home.argv[0], vchecker] + home.argv[2:])
+    with connect(server) as smtp:
+        smtp.starttls(context=client_context(home.cafile))
+        smtp.ehlo('client.example')
+        check(login(smtp, 'PLAIN'), (235, b'ok, go ahead (#2.0.0)'))
+        check(smtp.docmd('MAIL', 'FROM:<alice@example.org>'),
+              (553, b'sorry, that sender address is not the user you authenticated as '
+                    b'(#5.7.1)'))
+        check(smtp.docmd('MAIL', 'FROM:<alice>'), (250, b'ok'))
+        smtp.quit()
+    check(server.wait(), 0)
+
+
+@pytest.mark.parametrize('argv, want', [
+    (['h', '/var/qmail/bin/checkpassword', '/bin/true'], True),
+    (['h', '/bin/checkpassword', '/bin/true'], True),
+    (['h', '/usr/sbin/checkpassword-pam', '-s', 'smtp', '/bin/true'], True),
+    (['h', '/var/qmail/bin/vcheckpassword', '/bin/true'], False),
+    (['h', '/home/vpopmail/bin/vchkpw', '/bin/true'], False),
+    (['h'], False),
+    ([], False),
+])
+def test_system_checker(argv, want):
+    assert smtpd.system_checker(argv) is want
 
 
 def test_program_smtps_says_nothing_in_the_clear_when_it_cannot_start(home):

@@ -26,8 +26,6 @@ rcpthosts, is kept) and srs_separator ('=' after SRS0, or '+' or '-').
 Pure but for load(), which reads them.
 """
 
-import base64
-import hmac
 import os
 import time
 
@@ -80,10 +78,15 @@ class Srs:
     # -- the pieces ------------------------------------------------------------
 
     def hash(self, secret: bytes, *fields: bytes) -> bytes:
+        import base64
+        import hmac             # (here: hashlib costs 4 ms a start, and a
+                                # qmail-smtpd or condredirect with no SRS
+                                # address to make or check needs none)
         mac = hmac.new(secret, b''.join(f.lower() for f in fields), 'sha1').digest()
         return base64.b64encode(mac).rstrip(b'=')
 
     def hash_ok(self, given: bytes, *fields: bytes) -> bool:
+        import hmac
         if len(given) < self.hashmin:
             return False
         made = [self.hash(s, *fields)[:len(given)] for s in self.secrets]
@@ -207,14 +210,16 @@ def load(home: str):
     return load_ctl(control.Controls(os.path.join(home, 'control')))
 
 
-def load_ctl(ctl):
-    """load() from a control.Controls."""
+def load_ctl(ctl, reverse_only: bool = False):
+    """load() from a control.Controls; reverse_only: for reversing and
+    checking addresses alone (qmail-smtpd), without the domains that
+    are ours (rcpthosts, morercpthosts.cdb)."""
     domain = ctl.line('srs_domain')
     if not domain:
         return None
     alwaysrewrite = ctl.int('srs_alwaysrewrite', 0) != 0
     rcpthosts = more = None
-    if not alwaysrewrite:
+    if not alwaysrewrite and not reverse_only:
         lines = control.readfile(ctl.path('rcpthosts'))
         if lines is not None:
             rcpthosts = frozenset(line.lower() for line in lines if line)

@@ -181,27 +181,6 @@ def test_a_qrm_that_removes_info_before_the_recipient_lists(monkeypatch, capsys)
     assert 'left in the queue for good' in out
 
 
-def test_a_qrm_bounce_not_durable_before_the_d_marks(monkeypatch, capsys):
-    """qmail-qrm -b writing its failure paragraphs without their fsync:
-    a power cut after the D marks leaves recipients done and never
-    reported to the sender."""
-    from qmail import qrm
-    real = qrm.add_bounces
-
-    def add_bounces(msg, chosen):
-        monkeypatch.setattr(qrm.durable, 'fsync', lambda fd: None)
-        monkeypatch.setattr(qrm.durable, 'fsync_dir', lambda path: None)
-        try:
-            real(msg, chosen)
-        finally:
-            monkeypatch.undo()
-    monkeypatch.setattr(qrm, 'add_bounces', add_bounces)
-    assert crashtest.main(['-v', 'qrm-bounce']) == 1
-    out = capsys.readouterr().out
-    assert summary(out)['qrm-bounce', 'powercut'][1] > 0, out
-    assert 'neither delivered nor reported' in out
-
-
 def test_bounce_entry_must_be_durable_before_the_d_mark(monkeypatch, capsys):
     """The bug qmail-crashtest found in qmail-send's addbounce: bounce/<id>
     fsynced but not its directory, then the recipient marked D: a power
