@@ -77,6 +77,8 @@ import time
 from qmail.lib import auto, durable
 from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
 from qmail.lib.qfile import parse_messid, qfn
+from qmail.qread import parse_todo
+from qmail.qread import printable as shown      # (as qmail-qread prints them)
 
 WAIT = 30                   # seconds for qmail-send to take up and finish
 POLL = 0.1                  # between looks while waiting
@@ -171,30 +173,12 @@ def read_head(path: str, limit: int = HEAD_MAX) -> bytes:
         os.close(fd)
 
 
-def todo_sender(data: bytes):
-    """(sender, recipients) of a todo/ envelope."""
-    sender, recips = b'', []
-    for _, rec in records_at(data):
-        if rec[:1] == b'F':
-            sender = rec[1:]
-        elif rec[:1] == b'T':
-            recips.append(rec[1:])
-    return sender, recips
-
-
 def info_sender(data: bytes):
     """The sender info/ holds; None if it holds none (written in part)."""
     end = data.find(b'\0')
     if end == -1 or not data.startswith(b'F'):
         return None
     return data[1:end]
-
-
-def shown(address: bytes) -> str:
-    """An address as printed, as qmail-qread prints it: bytes outside
-    printable ASCII as '_' (no control character, nor a Unicode one that
-    turns text around, reaches the terminal)."""
-    return ''.join(chr(c) if 32 <= c <= 126 else '_' for c in address)
 
 
 # -- the queue --------------------------------------------------------------
@@ -251,7 +235,7 @@ class Message:
         self.id, self.split = messid, split
         self.chans = {}
         try:
-            self.sender, self.recips = todo_sender(read_envelope(self.fn('todo')))
+            self.sender, self.recips = parse_todo(read_envelope(self.fn('todo')))
             self.in_todo = True
             return
         except FileNotFoundError:       # (or preprocessed a moment ago)
@@ -411,7 +395,7 @@ class Run:
         self.messages = self.recipients = 0
         self.finishing = []         # whole messages qmail-send is to finish
         self.untold = False         # marks made since the last ALRM
-        self.later = []             # (messid, named) still in todo/
+        self.later = []             # message numbers still in todo/
         self.seen = set()           # numbered messages seen in the queue
         self.told = False           # qmail-send has had an ALRM
         self.warned = False         # (that it could not be told: said once)

@@ -304,7 +304,7 @@ def srs_trouble(ctl: str, me) -> str:
     elif not mode & 0o004:
         out.append('Oops! srs_secrets is not readable by all: qmail-local reads it as the '
                    'user who forwards, and forwards wait; chmod 644 it.\n')
-    return ''.join('\n' + line if i == 0 else line for i, line in enumerate(out))
+    return '\n' + ''.join(out) if out else ''
 
 
 def show_domainkeys(path: str) -> str:

@@ -228,8 +228,8 @@ class Config:
     flagcram: offer CRAM-MD5; flagrequireauth: MAIL only after AUTH
     (or from a RELAYCLIENT), for mail clients' ports (REQUIRE_AUTH);
     flagforcefrom: after AUTH, MAIL only from the user's own addresses
-    (FORCEAUTHMAILFROM), a system user's at a domain of locals_
-    (control/locals, else me) where flagsystemlogins (the checkprogram is
+    (FORCEAUTHMAILFROM): a login without a domain also at a domain of
+    locals_ (control/locals, else me; none where the checkprogram is not
     a system checker: system_checker)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
@@ -240,10 +240,8 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False, locals_=frozenset(), srs=None,
-                 flagsystemlogins=False):
+                 flagforcefrom=False, locals_=frozenset(), srs=None):
         self.greeting = greeting
-        self.flagsystemlogins = flagsystemlogins
         self.srs = srs
         self.flagrequireauth = flagrequireauth
         self.flagforcefrom = flagforcefrom
@@ -734,8 +732,7 @@ class Session:
             self.bad(R_AUTHFIRST)
             return
         if self.config.flagforcefrom and self.authuser is not None and not sender_is_users(
-                addr, self.authuser,
-                self.config.locals_ if self.config.flagsystemlogins else frozenset()):
+                addr, self.authuser, self.config.locals_):
             self.note_abandoned(b'new MAIL before DATA')
             self.seenmail = False
             # (each logged: the errors' limit ends a session that goes on)
@@ -1447,7 +1444,8 @@ def main(argv=None, home=None) -> int:
         # FORCEAUTHMAILFROM (the AUTH/TLS patches' name; "1" there, any
         # value but "0" here): an authenticated client sends as itself
         config.flagforcefrom = seen.get(b'FORCEAUTHMAILFROM') not in (None, b'', b'0')
-        config.flagsystemlogins = system_checker(argv)
+        if not system_checker(argv):
+            config.locals_ = frozenset()    # (a virtual login is no system user's)
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'

@@ -112,28 +112,22 @@ class Srs:
             return sender
         if not self.secrets:
             raise SrsError('no secret in control/srs_secrets')
-        secret = self.secrets[0]
-        tag = user[:5].upper()
-        if tag[:4] == b'SRS1' and tag[4:5] in b'=+-' and len(tag) == 5:
+        tag = srs_tag(user)
+        if tag == b'SRS1':
             # SRS1=HHHH=host==rest: the first host kept, hashed anew
             parts = user[5:].split(b'=', 2)
             if len(parts) == 3:
-                local = b'SRS1' + self.separator + b'='.join(
-                    (self.hash(secret, parts[1], parts[2])[:self.hashlength],
-                     parts[1], parts[2]))
-                return self.address(local)
-        elif tag[:4] == b'SRS0' and tag[4:5] in b'=+-' and len(tag) == 5:
-            rest = user[4:]             # (its separator kept)
-            local = b'SRS1' + self.separator + b'='.join(
-                (self.hash(secret, host, rest)[:self.hashlength], host, rest))
-            return self.address(local)
+                return self.address(b'SRS1', parts[1], parts[2])
+        elif tag == b'SRS0':
+            return self.address(b'SRS1', host, user[4:])    # (its separator kept)
         stamp = timestamp(now)
-        local = b'SRS0' + self.separator + b'='.join(
-            (self.hash(secret, stamp, host, user)[:self.hashlength], stamp, host, user))
-        return self.address(local)
+        return self.address(b'SRS0', stamp, host, user)
 
-    def address(self, local: bytes) -> bytes:
-        made = local + b'@' + self.domain
+    def address(self, tag: bytes, *fields: bytes) -> bytes:
+        """tag, the separator, the hash of fields (first secret) and
+        fields, joined by '=', at the SRS domain; TooLong if it is."""
+        hashed = self.hash(self.secrets[0], *fields)[:self.hashlength]
+        made = tag + self.separator + b'='.join((hashed,) + fields) + b'@' + self.domain
         if len(made) > ADDRMAX:
             raise TooLong()
         return made
@@ -143,12 +137,12 @@ class Srs:
         SRS0 address of the host that made it); SrsError says why not."""
         at = address.rfind(b'@')
         local = address[:at] if at >= 0 else address
-        tag = local[:5].upper()
-        if len(tag) < 5 or tag[4:5] not in b'=+-':
+        tag = srs_tag(local)
+        if tag is None:
             raise SrsError('not an SRS address')
         if not self.secrets:
             raise SrsError('no secret in control/srs_secrets')
-        if tag[:4] == b'SRS1':
+        if tag == b'SRS1':
             parts = local[5:].split(b'=', 2)
             if len(parts) != 3 or not parts[1]:
                 raise SrsError('a malformed SRS1 address')
@@ -156,17 +150,15 @@ class Srs:
             if not self.hash_ok(given, host, rest):
                 raise SrsError('its hash is wrong')
             return b'SRS0' + rest + b'@' + host
-        if tag[:4] == b'SRS0':
-            parts = local[5:].split(b'=', 3)
-            if len(parts) != 4 or not parts[2] or not parts[3]:
-                raise SrsError('a malformed SRS0 address')
-            given, stamp, host, user = parts
-            if not self.hash_ok(given, stamp, host, user):
-                raise SrsError('its hash is wrong')
-            if not timestamp_ok(stamp, self.maxage, now):
-                raise SrsError('it is too old')
-            return user + b'@' + host
-        raise SrsError('not an SRS address')
+        parts = local[5:].split(b'=', 3)
+        if len(parts) != 4 or not parts[2] or not parts[3]:
+            raise SrsError('a malformed SRS0 address')
+        given, stamp, host, user = parts
+        if not self.hash_ok(given, stamp, host, user):
+            raise SrsError('its hash is wrong')
+        if not timestamp_ok(stamp, self.maxage, now):
+            raise SrsError('it is too old')
+        return user + b'@' + host
 
     def ours(self, sender: bytes) -> bool:
         """Is the sender at a domain of ours (rcpthosts, morercpthosts,
@@ -181,6 +173,15 @@ class Srs:
             return addrallowed(sender, self.rcpthosts, self.morercpthosts)
         except Exception:
             return False                # (a broken morercpthosts.cdb: rewrite)
+
+
+def srs_tag(local: bytes):
+    """b'SRS0' or b'SRS1' when the local part starts with it and a
+    separator (= + -, any case), else None."""
+    tag = local[:5].upper()
+    if len(tag) == 5 and tag[4:5] in b'=+-' and tag[:4] in (b'SRS0', b'SRS1'):
+        return tag[:4]
+    return None
 
 
 def timestamp(now: float = None) -> bytes:
