@@ -8,7 +8,8 @@ Reads:    fd 0, QMTP packages, one after another: three netstrings
           TCPREMOTEIP, TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALHOST,
           TCPLOCALIP; and RELAYCLIENT, DATABYTES, QMAILQUEUE.
           control/rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
-          rcptcheck (with users/rcpt.cdb), and the limits below.
+          rcptcheck (with users/rcpt.cdb), srs_* (see below), and the
+          limits below.
 Writes:   fd 1, after each whole package, one response netstring per
           recipient, in the client's order: "K..." queued, "Z..." try
           again later, "D..." refused.  Each message, behind a Received
@@ -66,7 +67,11 @@ Added for today's network, each with its own response:
     badmailfrom list (#5.7.1)"; and where control/rcptcheck turns the
     recipient map on (qmail.lib.rcptmap), an unknown local recipient
     gets "Dsorry, no mailbox here by that name (#5.1.1)" instead of a
-    bounce later.
+    bounce later;
+  * where control/srs_domain is set, a recipient at that domain must be
+    postmaster or a good SRS address of this host (qmail-smtpd's check):
+    else "Dsorry, that is no SRS address of mine, or it is too old
+    (#5.1.1)", not a bounce later to a sender most likely forged.
 
 Limits (control file, default; 0 in the file means no limit, but for
 timeoutqmtpd, where it means 1 second, as qmail-smtpd's timeoutsmtpd):
@@ -155,6 +160,7 @@ R_MAXRCPT = b'Zsorry, too many recipients (#4.5.3)'
 R_QQT = b'Zqqt failure (#4.3.0)'
 R_BMF = b'Dsorry, your envelope sender is in my badmailfrom list (#5.7.1)'
 R_UNKNOWN = b'Dsorry, no mailbox here by that name (#5.1.1)'
+R_BADSRS = b'Dsorry, that is no SRS address of mine, or it is too old (#5.1.1)'
 
 # A recipient's fate, one byte each in Package.results.
 RCPT_OK = 0              # shares qmail-queue's answer
@@ -163,12 +169,14 @@ RCPT_CANTHANDLE = 2
 RCPT_MAXRCPT = 3
 RCPT_BMF = 4
 RCPT_UNKNOWN = 5
+RCPT_BADSRS = 6
 FIXED_RESPONSE = {
     RCPT_NOGATEWAY: encode(R_NOGATEWAY),
     RCPT_CANTHANDLE: encode(R_CANTHANDLE),
     RCPT_MAXRCPT: encode(R_MAXRCPT),
     RCPT_BMF: encode(R_BMF),
     RCPT_UNKNOWN: encode(R_UNKNOWN),
+    RCPT_BADSRS: encode(R_BADSRS),
 }
 
 # Where a Session is in a package.
@@ -192,7 +200,9 @@ class Config:
 
     def __init__(self, rcpthosts=None, morercpthosts=None, databytes=0,
                  timeout=DEFAULT_TIMEOUT, lifetime=DEFAULT_LIFETIME,
-                 maxrcpt=DEFAULT_MAXRCPT, badmailfrom=frozenset(), rcptmap=None):
+                 maxrcpt=DEFAULT_MAXRCPT, badmailfrom=frozenset(), rcptmap=None,
+                 srs=None):
+        self.srs = srs                      # None: no control/srs_domain
         self.badmailfrom = badmailfrom      # lowercased, as qmail-smtpd's
         self.rcptmap = rcptmap              # None: rcptcheck is off
         self.rcpthosts = rcpthosts
@@ -547,6 +557,8 @@ class Session:
         elif self.peer.relayclient is None and not addrallowed(
                 addr, self.config.rcpthosts, self.config.morercpthosts):
             fate = RCPT_NOGATEWAY
+        elif self.config.srs is not None and not self.config.srs.recipient_ok(addr):
+            fate = RCPT_BADSRS
         elif self.config.rcptmap is not None and \
                 self.config.rcptmap.check(addr) == rcptmap.REJECT:
             fate = RCPT_UNKNOWN
@@ -648,7 +660,9 @@ def load_rcpthosts(ctl: control.Controls):
 
 # What load_config reads (rcptcheck last: with it, ROUTING_FILES too).
 CONFIG_FILES = ('me', 'rcpthosts', 'morercpthosts.cdb', 'badmailfrom', 'databytes',
-                'timeoutqmtpd', 'lifetimeqmtpd', 'maxrcptqmtpd', 'rcptcheck')
+                'timeoutqmtpd', 'lifetimeqmtpd', 'maxrcptqmtpd', 'rcptcheck',
+                'srs_domain', 'srs_secrets', 'srs_maxage', 'srs_hashmin', 'srs_hashlength',
+                'srs_separator')
 _last_config = None         # (key, Config): a pool worker's previous session
 
 
@@ -688,7 +702,12 @@ def read_config(ctl: control.Controls, environ) -> Config:
     """The controls as read now (load_config)."""
     rcpthosts, morercpthosts = load_rcpthosts(ctl)
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
+    setting = None
+    if ctl.line('srs_domain'):      # (the module only where SRS is set)
+        from qmail.lib import srs
+        setting = srs.load_ctl(ctl, reverse_only=True)
     return Config(
+        srs=setting,
         rcpthosts=rcpthosts,
         morercpthosts=morercpthosts,
         databytes=databytes,

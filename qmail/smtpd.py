@@ -22,7 +22,7 @@ Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
           locals (FORCEAUTHMAILFROM), srs_* (a recipient at srs_domain
-          must be a good SRS address: srs_address_ok, else 550),
+          must be a good SRS address: Srs.recipient_ok, else 550),
           timeoutsmtpd, servercert.pem (and, at STARTTLS,
           tlsserverciphers), smtpauthplaintext, smtpauthcram, and the
           limits below.
@@ -780,7 +780,7 @@ class Session:
             self.refused += 1
             self.bad(R_NOGATEWAY)
             return
-        if self.config.srs is not None and not srs_address_ok(self.config.srs, parsed[0]):
+        if self.config.srs is not None and not self.config.srs.recipient_ok(parsed[0]):
             self.refused += 1
             self.bad(R_BADSRS)
             return
@@ -1010,28 +1010,6 @@ def warm_config(load, home=None):
         _changed[0] = False     # the parent's reading is no worker's to retire for
         os.fchdir(here)
         os.close(here)
-
-
-def srs_address_ok(setting, addr: bytes) -> bool:
-    """May a recipient at the SRS domain (control/srs_domain) be taken?
-    Only a good SRS address of ours (srsfilter would bounce the rest,
-    to a sender that is most likely forged); any other domain's, yes;
-    and where the secrets cannot be read, yes (srsfilter decides)."""
-    at = addr.rfind(b'@')
-    if at < 0 or addr[at + 1:].lower().rstrip(b'.') != setting.domain.rstrip(b'.'):
-        return True
-    if addr[:at].lower() == b'postmaster':
-        return True                 # (RFC 5321 4.5.1: every domain has one)
-    from qmail.lib import srs
-    try:
-        if not setting.secrets:
-            return True
-        setting.reverse(addr)
-    except srs.SrsError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def read_config(ctl: control.Controls, environ) -> Config:

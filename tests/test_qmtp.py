@@ -19,7 +19,7 @@ import pytest
 
 from conftest import main_code
 from qmail import qmqpc, qmqpd, qmtpd, smtpd
-from qmail.lib import netstring, rcptmap
+from qmail.lib import control, netstring, rcptmap
 from qmail.lib.cdb import CdbError
 from qmail.lib.netstring import Incomplete, NetstringError, TooLong
 
@@ -471,6 +471,44 @@ def test_rcptcheck_refuses_unknown_local_recipients():
     check(responses(got), [K_OK, R_UNKNOWN, R_NOGATEWAY, K_OK])
     check(h.q.envelope, [b'Fa@b', b'Tu@example.org', b'Tu@example.org'])
     check(rmap.asked, [b'u@example.org', b'nobody@example.org', b'u@example.org'])
+
+
+R_BADSRS = b'Dsorry, that is no SRS address of mine, or it is too old (#5.1.1)'
+
+
+def test_only_good_srs_addresses_at_the_srs_domain():
+    """As qmail-smtpd: with control/srs_domain, a recipient there must be
+    postmaster or a good SRS address of ours, whoever the client is; a
+    bad one is refused now, not bounced later to a forged sender."""
+    from qmail.lib import srs
+    setting = srs.Srs(b'srs.example.org', [b's3'], rcpthosts=frozenset([b'example.org']))
+    good = setting.forward(b'joe@far.example')
+    old = srs.Srs(b"srs.example.org", [b"s3"]).forward(b"joe@far.example", time.time() - 40 * 86400)
+    rcpts = [good, old, b'joe@srs.example.org', b'PostMaster@srs.example.org',
+             b'u@example.org']
+    h = Harness(rcpthosts=frozenset([b'example.org', b'srs.example.org']), srs=setting)
+    got = h.feed(package(b'hi\n', b'a@b', rcpts))
+    check(responses(got), [K_OK, R_BADSRS, R_BADSRS, K_OK, K_OK])
+    check(h.q.envelope, [b'Fa@b', b'T' + good, b'TPostMaster@srs.example.org',
+                         b'Tu@example.org'])
+    h = Harness(srs=setting, peer=smtpd.Peer(relayclient=b''))
+    got = h.feed(package(b'hi\n', b'a@b', [b'joe@srs.example.org', good]))
+    check(responses(got), [R_BADSRS, K_OK])
+    # No secret to check with: srsfilter decides later.
+    h = Harness(srs=srs.Srs(b'srs.example.org', []), rcpthosts=frozenset([b'srs.example.org']))
+    check(responses(h.feed(package(b'hi\n', b'', [b'x@srs.example.org']))), [K_OK])
+
+
+def test_srs_is_read_only_where_set(tmp_path):
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    (ctl / 'me').write_text('example.org\n')
+    assert qmtpd.read_config(control.Controls(str(ctl)).init(), {}).srs is None
+    (ctl / 'srs_domain').write_text('srs.example.org\n')
+    (ctl / 'srs_secrets').write_text('s3\n')
+    setting = qmtpd.read_config(control.Controls(str(ctl)).init(), {}).srs
+    assert setting.domain == b'srs.example.org'
+    assert not setting.recipient_ok(b'joe@srs.example.org')
 
 
 def test_rcptcheck_with_relayclient_asks_before_appending():

@@ -104,6 +104,16 @@ def test_settings():
         make().forward(b'j' * 880 + b'@example.com', NOW)
 
 
+def test_longest_address():
+    """The longest SRS address made is the longest a qmail-smtpd takes
+    (899 bytes): one of 900 would be refused by the next hop."""
+    s = make()
+    overhead = len(s.forward(b'j@example.com', NOW)) - 1
+    assert len(s.forward(b'j' * (899 - overhead) + b'@example.com', NOW)) == 899
+    with pytest.raises(srs.TooLong):
+        s.forward(b'j' * (900 - overhead) + b'@example.com', NOW)
+
+
 def test_rewrite(tmp_path):
     """What qmail-local and condredirect call: too long an SRS address
     keeps the sender (it would wait for ever)."""

@@ -36,7 +36,7 @@ DAY = 86400
 TICKSLOTS = 1024            # two base32 characters of days
 MAXAGE = 21
 HASHLENGTH = 4
-ADDRMAX = 900               # as qmail-smtpd's: an address longer is no address
+ADDRMAX = 899               # as qmail-smtpd's: qmail refuses 900 bytes (with its NUL, 901)
 
 
 class SrsError(ValueError):
@@ -159,6 +159,28 @@ class Srs:
         if not timestamp_ok(stamp, self.maxage, now):
             raise SrsError('it is too old')
         return user + b'@' + host
+
+    def recipient_ok(self, addr: bytes) -> bool:
+        """May a receiving server (qmail-smtpd, qmail-qmtpd) take addr?
+        At the SRS domain only a good SRS address of ours, or postmaster
+        (RFC 5321 4.5.1: every domain has one): srsfilter would bounce
+        the rest, to a sender most likely forged.  Any other domain's,
+        yes; and where the secrets cannot be read, yes (srsfilter
+        decides)."""
+        at = addr.rfind(b'@')
+        if at < 0 or addr[at + 1:].lower().rstrip(b'.') != self.domain.rstrip(b'.'):
+            return True
+        if addr[:at].lower() == b'postmaster':
+            return True
+        try:
+            if not self.secrets:
+                return True
+            self.reverse(addr)
+        except SrsError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def ours(self, sender: bytes) -> bool:
         """Is the sender at a domain of ours (rcpthosts, morercpthosts,
