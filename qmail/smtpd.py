@@ -14,15 +14,17 @@ Reads:    fd 0, SMTP.  The environment of tcp-environ(5): TCPREMOTEIP,
           RELAYCLIENT, DATABYTES, QMAILQUEUE, TLSCIPHERS, REQUIRE_AUTH
           (set: MAIL gets 530 until AUTH, but from a RELAYCLIENT),
           FORCEAUTHMAILFROM (set, not "0": after AUTH, MAIL gets 553
-          but from the user's own address, sender_is_users), SMTPS (set,
+          but from the user's own address, sender_is_users, or a 451
+          when MailboxOwner cannot tell whose it is), SMTPS (set,
           even empty: TLS from the start, before the greeting, as the
           qmail TLS patch has it for port 465; no certificate or no
           handshake is no session, exit 1, the log says why), and
           MAXRCPTSMTPD, MAXERRORSSMTPD, LIFETIMESMTPD (limits, below).
           control/smtpgreeting (else me, else refuse to run), localiphost
           (else me), rcpthosts, morercpthosts.cdb, badmailfrom, databytes,
-          locals (FORCEAUTHMAILFROM), srs_* (a recipient at srs_domain
-          must be a good SRS address: Srs.recipient_ok, else 550),
+          locals, virtualdomains and users/cdb (FORCEAUTHMAILFROM), srs_*
+          (a recipient at srs_domain must be a good SRS address:
+          Srs.recipient_ok, else 550),
           timeoutsmtpd, servercert.pem (and, at STARTTLS,
           tlsserverciphers), smtpauthplaintext, smtpauthcram, and the
           limits below.
@@ -184,6 +186,7 @@ R_SIZE = b'552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n'
 R_AUTHFIRST = b'530 authentication required (#5.7.0)\r\n'
 R_BADSRS = b'550 sorry, that is no SRS address of mine, or it is too old (#5.1.1)\r\n'
 R_NOTYOURS = b'553 sorry, that sender address is not the user you authenticated as (#5.7.1)\r\n'
+R_OWNERTEMP = b'451 unable to tell whose that sender address is, try again later (#4.3.0)\r\n'
 R_STRAYLF = b'451 See http://pobox.com/~djb/docs/smtplf.html.\r\n'
 R_TIMEOUT = b'451 timeout (#4.4.2)\r\n'
 R_CONTROL = b'421 unable to read controls (#4.3.0)\r\n'
@@ -230,7 +233,9 @@ class Config:
     flagforcefrom: after AUTH, MAIL only from the user's own addresses
     (FORCEAUTHMAILFROM): a login without a domain also at a domain of
     locals_ (control/locals, else me; none where the checkprogram is not
-    a system checker: system_checker)."""
+    a system checker: system_checker), and any address whose mail the
+    user gets (owner: MailboxOwner, set by main for a system checker;
+    vdoms: control/virtualdomains' lines for it)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -240,8 +245,10 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False, locals_=frozenset(), srs=None):
+                 flagforcefrom=False, locals_=frozenset(), srs=None, vdoms=()):
         self.greeting = greeting
+        self.vdoms = vdoms
+        self.owner = None
         self.srs = srs
         self.flagrequireauth = flagrequireauth
         self.flagforcefrom = flagforcefrom
@@ -731,8 +738,18 @@ class Session:
             self.seenmail = False
             self.bad(R_AUTHFIRST)
             return
-        if self.config.flagforcefrom and self.authuser is not None and not sender_is_users(
-                addr, self.authuser, self.config.locals_):
+        try:
+            notyours = self.config.flagforcefrom and self.authuser is not None and \
+                not sender_is_users(addr, self.authuser, self.config.locals_, self.config.owner)
+        except OSError as err:
+            self.note_abandoned(b'new MAIL before DATA')
+            self.seenmail = False
+            self.log(b'mail <%s> rcpt - auth %s: %s' % (
+                logsafe(addr), logsafe(self.authuser), logsafe(str(err).encode('utf-8', 'replace'))),
+                R_OWNERTEMP)
+            self.out(R_OWNERTEMP)
+            return
+        if notyours:
             self.note_abandoned(b'new MAIL before DATA')
             self.seenmail = False
             # (each logged: the errors' limit ends a session that goes on)
@@ -884,7 +901,7 @@ class Session:
 # -- reading the world ------------------------------------------------------
 
 # Every control file load_config() reads (rcptcheck's maps aside).
-CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'srs_domain', 'srs_secrets', 'srs_maxage',
+CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'virtualdomains', 'srs_domain', 'srs_secrets', 'srs_maxage',
                 'srs_hashmin', 'srs_hashlength', 'srs_separator', 'srs_alwaysrewrite',
                 'rcpthosts', 'morercpthosts.cdb',
                 'badmailfrom', 'databytes', 'localiphost', 'timeoutsmtpd',
@@ -1029,12 +1046,14 @@ def read_config(ctl: control.Controls, environ) -> Config:
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     # (FORCEAUTHMAILFROM's domains of system users: qmail-send's locals)
     locals_ = frozenset(h.strip().lower() for h in ctl.lines('locals', flagme=True) if h)
+    vdoms = tuple(ctl.lines('virtualdomains'))
     setting = None
     if ctl.line('srs_domain'):      # (the module only where SRS is set)
         from qmail.lib import srs
         setting = srs.load_ctl(ctl, reverse_only=True)
     return Config(
         locals_=locals_,
+        vdoms=vdoms,
         srs=setting,
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),
@@ -1310,6 +1329,40 @@ def say(fd: int, reply: bytes):
 SYSTEM_CHECKERS = (b'checkpassword', b'checkpassword-pam')
 
 
+class MailboxOwner:
+    """FORCEAUTHMAILFROM's owner(addr) for system logins: the user whose
+    mail a sender address is, found as qmail-send and qmail-lspawn would
+    (locals and virtualdomains, then users/cdb, then qmail-getpw's rules,
+    run here as qmaild: getpwnam and a stat of the home), lowercased;
+    None for another host's address or the alias user's.  Raises OSError
+    when that cannot be told now (users/cdb unreadable, the passwd
+    database or a home failing: qmail-lspawn would defer too)."""
+
+    def __init__(self, locals_, vdoms, home):
+        self.locals_, self.vdoms, self.home = locals_, vdoms, home
+        self.routing = None
+
+    def __call__(self, addr: bytes):
+        from qmail import getpw, send_rules
+        from qmail.lib import users
+        from qmail.lib.qlx import Qlx, QLX_NOALIAS
+        if self.routing is None:
+            self.routing = send_rules.Routing(self.locals_, self.vdoms, (), b'')
+        channel, routed = send_rules.rewrite(addr, self.routing)
+        if channel != 0:
+            return None
+        local = routed[:routed.rfind(b'@')]
+        try:
+            n = users.nughde_get(local, users.cdb_path(self.home),
+                                 lambda name: getpw.getpw(name, getpw.system_lookup))
+        except Qlx as err:
+            if err.code == QLX_NOALIAS:
+                return None         # (nobody's: not this user's either)
+            raise OSError(err.why or str(err)) from None
+        user = n.user.lower()
+        return None if user == auto.USER_ALIAS.encode() else user
+
+
 def system_checker(argv) -> bool:
     """Are the AUTH logins system users' (the checkprogram is qmail's or
     DJB's checkpassword, or checkpassword-pam), rather than virtual ones
@@ -1424,6 +1477,8 @@ def main(argv=None, home=None) -> int:
         config.flagforcefrom = seen.get(b'FORCEAUTHMAILFROM') not in (None, b'', b'0')
         if not system_checker(argv):
             config.locals_ = frozenset()    # (a virtual login is no system user's)
+        elif config.flagforcefrom:
+            config.owner = MailboxOwner(config.locals_, config.vdoms, home)
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'

@@ -234,22 +234,29 @@ def local_ips6() -> frozenset:
         return unspecified
 
 
-def sender_is_users(addr: bytes, user: bytes, locals_) -> bool:
+def sender_is_users(addr: bytes, user: bytes, locals_, owner=None) -> bool:
     """May a client that logged in as user send from addr
     (FORCEAUTHMAILFROM)?  The AUTH patch's rule is addr == user; here,
     case aside, and for a login without a domain (a system user's) that
     name at a domain of locals_ (qmail-send's control/locals: where
     system users get mail; a domain we are only a backup MX for is in
     rcpthosts, not there; empty for a virtual login without a domain),
-    or alone.  Not the user's extension
-    addresses: joe-boss may be another user's mailbox.  The null sender
-    (a client's own bounce or receipt) is anyone's."""
+    or alone; and any other address whose mail the user gets, as
+    owner(addr) says: the user's extensions (joe-lists, unless users/
+    assign or a user joe-lists takes it), an address users/assign gives
+    the user, one at a virtual domain of the user's.  owner raises
+    OSError when it cannot tell now.  The null sender (a client's own
+    bounce or receipt) is anyone's."""
     if not addr:
         return True
-    addr, user = addr.lower(), user.lower()
+    laddr, user = addr.lower(), user.lower()
     if not user or user.startswith(b'@'):
         return False                # (an empty login owns nothing)
-    if b'@' in user or b'@' not in addr:
-        return addr == user
-    local, _, domain = addr.rpartition(b'@')
-    return local == user and domain in locals_
+    if b'@' in user or b'@' not in laddr:
+        return laddr == user
+    local, _, domain = laddr.rpartition(b'@')
+    if local == user and domain in locals_:
+        return True
+    if owner is None or not locals_:
+        return False                # (no system user: no mailbox to own)
+    return owner(addr) == user

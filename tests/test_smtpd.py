@@ -323,6 +323,59 @@ def test_sender_is_users(addr, user, want):
     check(smtpd_addr.sender_is_users(addr, user, {b'example.org', b'other.example'}), want)
 
 
+def test_sender_is_users_owner():
+    """A system login may also send from the addresses whose mail it gets
+    (owner: its extensions, users/assign's, its virtual domains'); a
+    virtual login never asks; an owner that cannot tell raises."""
+    owners = {b'joe-lists@example.org': b'joe', b'joe-boss@example.org': b'boss',
+              b'x@joe.example': b'joe'}
+    asked = []
+
+    def owner(addr):
+        asked.append(addr)
+        return owners.get(addr)
+    locals_ = {b'example.org'}
+    for addr, want in ((b'joe-lists@example.org', True), (b'joe-boss@example.org', False),
+                       (b'x@joe.example', True), (b'y@joe.example', False),
+                       (b'joe@example.org', True), (b'joe', True)):
+        check(smtpd_addr.sender_is_users(addr, b'Joe', locals_, owner), want)
+    check(asked, [b'joe-lists@example.org', b'joe-boss@example.org', b'x@joe.example',
+                  b'y@joe.example'])
+    check(smtpd_addr.sender_is_users(b'joe-lists@example.org', b'joe', locals_), False)
+    check(smtpd_addr.sender_is_users(b'joe-lists@example.org', b'joe', set(), owner), False)
+    check(smtpd_addr.sender_is_users(b'x@joe.example', b'joe@example.org', locals_, owner),
+          False)
+
+    def trouble(addr):
+        raise OSError('users/cdb: no')
+    with pytest.raises(OSError):
+        smtpd_addr.sender_is_users(b'joe-lists@example.org', b'joe', locals_, trouble)
+
+
+def test_mailbox_owner(tmp_path):
+    """qmail-lspawn's answer, as qmail-smtpd finds it: locals and
+    virtualdomains, then users/cdb, then qmail-getpw's rules."""
+    from qmail import newu
+    (tmp_path / 'users').mkdir()
+    (tmp_path / 'users' / 'assign').write_bytes(
+        b'=joe-lists:joe:1001:1001:/nonexistent:::\n'
+        b'+joe-v-:joe:1001:1001:/nonexistent:-::\n'
+        b'=info:Boss:1002:1002:/nonexistent:::\n'
+        b'+alias-:alias:1003:1003:/nonexistent:-::\n.\n')
+    newu.newu(str(tmp_path))
+    owner = smtpd.MailboxOwner({b'example.org'}, [b'joe.example:joe-v', b'a.example:alias'],
+                               str(tmp_path))
+    check(owner(b'joe-lists@example.org'), b'joe')
+    check(owner(b'JOE-LISTS@Example.ORG'), b'joe')
+    check(owner(b'info@example.org'), b'boss')
+    check(owner(b'any@joe.example'), b'joe')
+    check(owner(b'joe-lists@far.example'), None)
+    check(owner(b'x@a.example'), None)                  # the alias user's: no one's
+    (tmp_path / 'users' / 'cdb').write_bytes(b'\0' * 100)  # a broken cdb: qmail-lspawn defers
+    with pytest.raises(OSError):
+        owner(b'joe-lists@example.org')
+
+
 BMF = frozenset([b'spammer@bad.example', b'@worse.example'])
 
 

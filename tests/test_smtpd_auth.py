@@ -1118,8 +1118,8 @@ def test_program_require_auth_wants_auth_before_mail(home):
 def test_program_forceauthmailfrom_keeps_users_to_their_own_addresses(home):
     """FORCEAUTHMAILFROM (the AUTH/TLS patches' variable): after AUTH,
     MAIL only from the user's own address (a system login "alice": at a
-    domain of control/locals, not of rcpthosts alone, nor an extension,
-    which may be another user's mailbox); 553 else, and the transaction
+    domain of control/locals, not of rcpthosts alone, nor an extension
+    of hers that is another user's mailbox); 553 else, and the transaction
     is refused until a MAIL that is hers.  Without AUTH it changes
     nothing (a RELAYCLIENT, or port 25)."""
     (home.path / 'control' / 'locals').write_bytes(b'example.org\n')
@@ -1148,6 +1148,36 @@ def test_program_forceauthmailfrom_keeps_users_to_their_own_addresses(home):
     got = re.findall(rb'mail <([^>]*)> rcpt - auth alice: 553 sorry, that sender address '
                      rb'is not the user you authenticated as \(#5\.7\.1\)\n', server.stderr)
     assert got == [r.encode() for r in refused], server.stderr
+    # The addresses whose mail she gets, as qmail-lspawn finds them: an
+    # extension users/assign gives her, one of her virtual domain; not
+    # another user's extension.  users/cdb unreadable: 451, try later.
+    from qmail import newu
+    (home.path / 'users').mkdir(exist_ok=True)
+    (home.path / 'users' / 'assign').write_bytes(
+        b'=alice-lists:alice:1001:1001:/nonexistent:::\n'
+        b'+alice-v-:alice:1001:1001:/nonexistent:-::\n'
+        b'=bob-lists:bob:1002:1002:/nonexistent:::\n.\n')
+    newu.newu(str(home.path))
+    (home.path / 'control' / 'virtualdomains').write_bytes(b'alice.example:alice-v\n')
+    server = Server(home, env={'FORCEAUTHMAILFROM': '1'})
+    with connect(server) as smtp:
+        smtp.starttls(context=client_context(home.cafile))
+        smtp.ehlo('client.example')
+        check(login(smtp, 'PLAIN'), (235, b'ok, go ahead (#2.0.0)'))
+        for sender in ('alice-lists@example.org', 'Any@Alice.Example'):
+            check(smtp.docmd('MAIL', 'FROM:<%s>' % sender), (250, b'ok'))
+            check(smtp.docmd('RSET'), (250, b'flushed'))
+        check(smtp.docmd('MAIL', 'FROM:<bob-lists@example.org>'),
+              (553, b'sorry, that sender address is not the user you authenticated as '
+                    b'(#5.7.1)'))
+        (home.path / 'users' / 'cdb').write_bytes(b'\0' * 10)
+        check(smtp.docmd('MAIL', 'FROM:<alice-lists@example.org>'),
+              (451, b'unable to tell whose that sender address is, try again later (#4.3.0)'))
+        check(smtp.docmd('MAIL', 'FROM:<alice@example.org>'), (250, b'ok'))
+        smtp.quit()
+    check(server.wait(), 0)
+    (home.path / 'users' / 'cdb').unlink()
+    (home.path / 'control' / 'virtualdomains').unlink()
     # A virtual login without a domain (vcheckpassword's names need none)
     # is no system user: only itself, never a system user's address.
     vchecker = os.path.join(os.path.dirname(home.argv[1]), 'vcheckpassword')

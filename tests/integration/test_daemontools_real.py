@@ -190,6 +190,10 @@ def test_supervised_mta(supervised):
         with pytest.raises(smtplib.SMTPSenderRefused) as refused:
             s.sendmail('root@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: forged\r\n\r\nb\r\n')
         assert refused.value.smtp_code == 553, refused.value
+        # and her extensions (qmail-smtpd, as qmaild, asks the passwd
+        # rules qmail-getpw follows: qmtsvc-lists is hers)
+        assert s.docmd('MAIL', 'FROM:<qmtsvc-lists@%s>' % DOMAIN)[0] == 250
+        assert s.rset()[0] == 250
         s.sendmail('qmtsvc@' + DOMAIN, ['qmtsvc@' + DOMAIN], b'Subject: submitted\r\n\r\nb\r\n')
     with smtplib.SMTP_SSL('127.0.0.1', supervised['smtpsport'], timeout=TIMEOUT,
                           context=ctx) as s:
