@@ -9,7 +9,9 @@ Runs as:  the user whose mail it is, started by a checkpassword program
 Reads:    fd 0, POP3 commands of the TRANSACTION state (RFC 1939).  The
           maildir maildirname, relative to the cwd: new/ and cur/ as they
           are at login.  control/timeoutpop3 in the qmail home
-          (auto.QMAIL, never the environment).
+          (auto.QMAIL, never the environment); one the user may not read
+          is its default, with a warning on fd 2 (C qmail-pop3d reads
+          no control: a mode of 0600 there must not stop every login).
 Writes:   fd 1, replies and messages.  At QUIT and only then: deleted
           messages are unlinked, the others still in new/ renamed into
           cur/ with ":2," appended (maildir(5): seen by a reader), and
@@ -44,8 +46,16 @@ Differences from qmail-pop3d, each for a reason:
   * STAT counts only the messages not deleted (RFC 1939 5: "messages
     marked as deleted are not counted"); qmail's counted them all.
   * LAST is the highest message number retrieved or deleted (RFC 1460);
-    qmail's counted deletions only.  RSET sets it back to 0.
-  * A line stored with CR LF is sent with one CR LF, not CR CR LF.
+    qmail's counted deletions only.  RSET sets it back to 0.  "TOP n"
+    without a line count, which sends the whole message, counts as a
+    retrieval.
+  * A line stored with CR LF is sent with one CR LF, not CR CR LF; a
+    bare CR ending the file (no LF after it) is dropped, not sent as
+    CR CR LF.
+  * A command holding a NUL gets "-ERR NUL in command" (qmail cut the
+    line at the NUL).
+  * A message in new/ whose name already has ":2,..." info keeps that
+    name in cur/ at QUIT; qmail appended a second ":2,".
   * RETR takes no line count ("RETR 1 5" was TOP 1 5 in qmail).
   * A message deleted or moved by another session meanwhile: RETR and TOP
     look for it in cur/ under its new name, else "-ERR unable to open
@@ -85,8 +95,12 @@ Limits (control file, default; 0 in the file means no limit):
   MAXCMDLINE    1000  bytes in a command line with its LF (fixed; RFC
                       2449 4 lets a client send 255): "-ERR line too
                       long" once its LF arrives; never buffered.
-  MAXERRORS     20    refused commands per session (fixed); then "-ERR
-                      too many errors" and the connection is dropped.
+  MAXERRORS     20    refused commands per session (fixed; an unknown
+                      verb, bad syntax, a NUL, a line too long: not a
+                      message number out of range or deleted); then
+                      "-ERR too many errors" and the connection is
+                      dropped, its deletions undone as at any end
+                      without QUIT.
   MAXMESSAGES   100000  messages listed per session, the oldest (fixed);
                       the rest wait for a later session.
 
@@ -581,14 +595,17 @@ class Session:
         if not n:
             self.bad(R_SYNTAX)
             return None
+        # A number the client may well have meant (a message deleted, or
+        # gone since its last listing) is no protocol error: not counted
+        # towards MAXERRORS, whose close would drop the session's DELEs.
         if not u:
-            self.bad(R_NOZERO)
+            self.out(R_NOZERO)
             return None
         if u > len(self.messages):
-            self.bad(R_TOOBIG)
+            self.out(R_TOOBIG)
             return None
         if self.messages[u - 1].flagdeleted:
-            self.bad(R_DELETED)
+            self.out(R_DELETED)
             return None
         return u - 1
 
@@ -685,9 +702,16 @@ class Session:
 # -- reading the world, and the shell ------------------------------------------
 
 def load_config(ctl: control.Controls) -> Config:
-    """Raises OSError when a control file cannot be read.  (No
+    """Raises OSError when a control file cannot be read, but for one
+    this user may not read: its default then (see the docstring).  (No
     lifetime: see the docstring.)"""
-    return Config(timeout=silence_limit(ctl.seconds('timeoutpop3', DEFAULT_TIMEOUT)))
+    try:
+        timeout = ctl.seconds('timeoutpop3', DEFAULT_TIMEOUT)
+    except PermissionError:
+        log('warning: unable to read control/timeoutpop3 as uid %d: permission denied; '
+            'using %d' % (os.getuid(), DEFAULT_TIMEOUT))
+        timeout = DEFAULT_TIMEOUT
+    return Config(timeout=silence_limit(timeout))
 
 
 def on_files(timeout: int, fn, *args):

@@ -123,7 +123,7 @@ def show_lst(out, path, name, default, pre, post):
     return True
 
 
-def readers_trouble(path: str, what: str) -> str:
+def readers_trouble(path: str, what: str, fix: str = 'chgrp qmail and chmod 640 it') -> str:
     """An Oops line if others than root and group qmail (qmail-remote's,
     as qmailr) may read the file at path, which holds secrets; else ''."""
     try:
@@ -135,8 +135,8 @@ def readers_trouble(path: str, what: str) -> str:
     except KeyError:
         qmail_gid = None
     if st.st_mode & 0o004 or (st.st_mode & 0o040 and st.st_gid not in (0, qmail_gid)):
-        return ('Oops! It holds %s and %s may read it: chgrp qmail and chmod 640 it.\n'
-                % (what, 'anyone' if st.st_mode & 0o004 else 'group %d' % st.st_gid))
+        return ('Oops! It holds %s and %s may read it: %s.\n'
+                % (what, 'anyone' if st.st_mode & 0o004 else 'group %d' % st.st_gid, fix))
     return ''
 
 
@@ -169,6 +169,41 @@ def clientcert_trouble(path: str) -> str:
     else:
         out = expiry_trouble(path) + out
     return out
+
+
+def servercert_trouble(path: str) -> str:
+    """Oops lines for control/servercert.pem: qmail-smtpd and qmail-popup
+    cannot load it (STARTTLS and STLS fail, and POP3 logins from other
+    hosts with them, where it makes them wait for STLS), qmail-smtpd (as
+    qmaild) cannot read it, others may read its key, or it expired."""
+    from qmail import smtpd_tls
+    try:
+        smtpd_tls.server_context(path, environ={}, cipherfile=os.devnull)
+    except Exception as err:        # (OSError, ssl.SSLError, CipherTrouble)
+        why = getattr(err, 'strerror', None) or str(err) or type(err).__name__
+        out = ('Oops! qmail-smtpd and qmail-popup cannot use it (%s): STARTTLS and STLS '
+               'fail, and POP3 logins from other hosts wait for STLS.\n'
+               % safe(str(why).encode('ascii', 'replace')))
+    else:
+        out = expiry_trouble(path).replace('servers that check it', 'clients that check it')
+    return out + readers_trouble(path, 'a private key', 'chown qmaild:root and chmod 400 it') \
+        + qmaild_trouble(path)
+
+
+def qmaild_trouble(path: str) -> str:
+    """An Oops line if qmail-smtpd, as qmaild (its groups too), cannot
+    read the file (root may: this program's own reading proves nothing)."""
+    import pwd
+    try:
+        st = os.stat(path)
+        pw = pwd.getpwnam(auto.USER_DAEMON)
+        gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except (OSError, KeyError):
+        return ''
+    if (st.st_mode & 0o004 or (st.st_uid == pw.pw_uid and st.st_mode & 0o400)
+            or (st.st_gid in gids and st.st_mode & 0o040)):
+        return ''
+    return 'Oops! qmail-smtpd (qmaild) cannot read it: its STARTTLS fails.\n'
 
 
 def expiry_trouble(path: str, now: float = None) -> str:
@@ -238,6 +273,8 @@ def controls(ctl: str, names: list, me) -> str:
                                           '(Default.) ' + default))
             if name == 'clientcert.pem' and os.path.lexists(path):
                 out.append(clientcert_trouble(path))
+            if name == 'servercert.pem' and os.path.lexists(path):
+                out.append(servercert_trouble(path))
         elif kind == 'int':
             show_int(out, path, name, default, pre, post)
         elif kind == 'str':

@@ -437,6 +437,19 @@ def test_too_many_errors(box):
     assert p.session.flagclosed
 
 
+def test_message_numbers_refused_are_no_errors(box):
+    """A client repeating DELE of a deleted message, or asking for
+    numbers past the end, is not cut off (found by a review: its
+    deletions were lost with the session); bad syntax still counts."""
+    p = Pop(box)
+    out = p.feed(b'DELE 1\r\n' + b'DELE 1\r\nLIST 99\r\nRETR 0\r\n' * 10)
+    check(out, b'+OK \r\n' + (b'-ERR already deleted\r\n' + b'-ERR not that many messages\r\n'
+                               + b'-ERR messages are counted from 1\r\n') * 10)
+    assert not p.session.flagclosed
+    out = p.feed(b'DELE x\r\n' * 20)
+    assert out.endswith(b'-ERR too many errors\r\n'), out
+
+
 def test_pipelined_commands_behind_retr(box):
     p = Pop(box)
     check(p.feed(b'RETR 1\r\nRETR 3\r\nSTAT\r\n'),
@@ -497,6 +510,23 @@ def test_timeoutpop3_zero_is_no_limit(tmp_path, text, want):
         (ctl / 'timeoutpop3').write_bytes(text)
     check(pop3d.load_config(control.Controls(str(ctl))).timeout, want)
     check(popup.load_config(control.Controls(str(ctl))).timeout, want)
+
+
+def test_timeoutpop3_the_user_may_not_read(tmp_path, capfd):
+    """qmail-pop3d runs as the user: a control/timeoutpop3 of mode 0600
+    (root's umask) is its default and a warning, not a refusal of every
+    login (found by a review; C qmail-pop3d reads no control); other
+    trouble still refuses."""
+    class Ctl:
+        def __init__(self, err):
+            self.err = err
+
+        def seconds(self, name, default):
+            raise self.err
+    check(pop3d.load_config(Ctl(PermissionError(13, 'denied'))).timeout, pop3d.DEFAULT_TIMEOUT)
+    assert 'warning: unable to read control/timeoutpop3' in capfd.readouterr().err
+    with pytest.raises(OSError):
+        pop3d.load_config(Ctl(OSError(5, 'EIO')))
 
 
 def test_big_message(tmp_path):

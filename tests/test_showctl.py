@@ -177,6 +177,42 @@ def test_clientcert_is_checked_as_qmail_remote_loads_it(tmp_path, fixed_ids):
     assert 'Oops! qmail-remote cannot use it (not a file): it shows servers no' in got, got
 
 
+def test_servercert_is_checked_as_qmail_smtpd_loads_it(tmp_path, fixed_ids):
+    """control/servercert.pem: one qmail-smtpd and qmail-popup cannot load
+    is named (POP3 logins from other hosts wait for STLS: found by a
+    review), one qmaild cannot read, a key anyone may read."""
+    import pwd
+    import subprocess
+    ctl = tmp_path / 'control'
+    ctl.mkdir()
+    cert, key = tmp_path / 'c.pem', tmp_path / 'k.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', str(key),
+                    '-out', str(cert), '-days', '2', '-subj', '/CN=mail.example.org'],
+                   check=True, capture_output=True, timeout=60)
+    pem = ctl / 'servercert.pem'
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    qmaild = pwd.getpwnam('qmaild').pw_uid
+    os.chown(pem, qmaild, 0)
+    os.chmod(pem, 0o400)
+    got = showctl.describe('/var/qmail', str(ctl), ['servercert.pem'], b'mail.example.org')
+    assert '\nservercert.pem: STARTTLS is offered with this certificate and key.\n' in got, got
+    assert 'Oops' not in got and 'PRIVATE' not in got, got
+    os.chmod(pem, 0o644)
+    got = showctl.describe('/var/qmail', str(ctl), ['servercert.pem'], b'mail.example.org')
+    assert ('Oops! It holds a private key and anyone may read it: chown qmaild:root and '
+            'chmod 400 it.\n') in got, got
+    os.chown(pem, 0, 0)
+    os.chmod(pem, 0o600)
+    got = showctl.describe('/var/qmail', str(ctl), ['servercert.pem'], b'mail.example.org')
+    assert 'Oops! qmail-smtpd (qmaild) cannot read it: its STARTTLS fails.\n' in got, got
+    pem.write_bytes(b'garbage\n')
+    got = showctl.describe('/var/qmail', str(ctl), ['servercert.pem'], b'mail.example.org')
+    assert ('Oops! qmail-smtpd and qmail-popup cannot use it (' in got
+            and '): STARTTLS and STLS fail, and POP3 logins from other hosts wait for STLS.\n'
+            in got), got
+
+
 def test_srs_secrets_are_counted_not_shown(tmp_path, fixed_ids):
     ctl = tmp_path / 'control'
     ctl.mkdir()
