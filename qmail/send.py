@@ -14,7 +14,9 @@ Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
           concurrencyremote, which a restart takes, as qmail's); TERM
           (and INT) start no delivery, finish those under way, write
           what a full disk kept from being recorded (exit_begin), exit.
-Exits:    0 after TERM; 111 cannot start (alert line in the log).
+Exits:    0 after TERM; 111 cannot start (alert line in the log; control
+          files that exist but cannot be read are waited for instead,
+          qmail-log(5)).
 Trusts:   the spawns' reports only as far as their framing: a report is
           at most REPORTMAX bytes and names a delivery slot in use.
 See:      qmail-send(8), qmail-log(5), INTERNALS.md.
