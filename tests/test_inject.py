@@ -714,6 +714,11 @@ def test_queue_envelope(home, tmp_path, capsys, monkeypatch, args, env,
     ('printf "Zlater (#4.3.0)" >&6; exit 82', 111,
      'qmail-inject: fatal: later (#4.3.0)\n'),
     ('printf "Dno\\000more" >&6; exit 82', 100, 'qmail-inject: fatal: no\n'),
+    # any other first letter: temporary, its text kept (as qmail's; a
+    # review found it replaced by "qq temporary problem")
+    ('printf "Xcustom filter says wait" >&6; exit 82', 111,
+     'qmail-inject: fatal: custom filter says wait\n'),
+    ('printf "Xy" >&6; exit 82', 111, 'qmail-inject: fatal: qq temporary problem (#4.3.0)\n'),
     ('kill -9 $$', 111, 'qmail-inject: fatal: qq crashed (#4.3.0)\n'),
 ])
 def test_queue_failure(home, tmp_path, capsys, monkeypatch, extra, code,

@@ -290,8 +290,12 @@ def status_text(code: int, errstr: str = '') -> str:
     }
     if code in fixed:
         return fixed[code]
-    if code == 82 and len(errstr) > 2 and errstr[0] in 'DZ':
-        return errstr.split('\n')[0].split('\0')[0]     # qmail's text ends at either
+    if code == 82 and len(errstr) > 2:
+        text = errstr.split('\n')[0].split('\0')[0]     # qmail's text ends at either
+        # qmail takes any first letter but D as temporary and shows the
+        # rest: said here as a Z, which every reader (a QMTP response too)
+        # takes for temporary.
+        return text if text[:1] in ('D', 'Z') else 'Z' + text[1:]
     if 11 <= code <= 40:
         return 'Dqq permanent problem (#5.3.0)'
     return 'Zqq temporary problem (#4.3.0)'
