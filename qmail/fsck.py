@@ -579,7 +579,15 @@ class Repairer:
 
     def do_chmod(self, problem, problems):
         if problem.kind == 'file-mode':
-            self._fix(problem.path, -1, -1, QUEUE_FILE_MODE[problem.path.split('/')[1]])
+            d = problem.path.split('/')[1]
+            mode = QUEUE_FILE_MODE[d]
+            if d in ('local', 'remote'):
+                try:            # (qmail-qhold's hold mark stays)
+                    st = os.lstat(os.path.join(self.home, problem.path))
+                    mode |= st.st_mode & stat.S_ISVTX
+                except OSError:
+                    pass
+            self._fix(problem.path, -1, -1, mode)
             return True
         self._fix(problem.path, -1, -1, self._tree_entry(problem.path)[4])
         return True

@@ -100,6 +100,7 @@ HIER = (
     ('z', ('queue/lock/sendmutex', 0), 'qmails', 'qmail', 0o600),
     ('z', ('queue/lock/syncfs', 0), 'qmailq', 'qmail', 0o600),
     ('p', 'queue/lock/trigger', 'qmails', 'qmail', 0o622),
+    ('p', 'queue/lock/command', 'qmails', 'qmail', 0o600),
 )
 
 # The programs: name in bin/, module in qmail/, mode, and whether it needs
@@ -136,6 +137,7 @@ PROGRAMS = (
     ('qmail-newrcpt', 'newrcpt', 0o700, False),
     ('qmail-fsck', 'fsck', 0o700, False),
     ('qmail-qrm', 'qrm', 0o700, False),
+    ('qmail-qhold', 'qhold', 0o700, False),
     ('qmail-crashtest', 'crashtest', 0o700, False),
     ('qmail-analog', 'analog', 0o755, False),
     ('qmail-popup', 'popup', 0o755, False),

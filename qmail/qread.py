@@ -5,14 +5,16 @@ Reads:    HOME/queue: info/, local/, remote/, bounce/, mess/ (sizes) and,
           beyond qmail 1.03, todo/ for messages qmail-send has not yet
           preprocessed.
 Writes:   fd 1, per message a line
-              <date> GMT  #<messid>  <bytes>  <sender>  [bouncing]
+              <date> GMT  #<messid>  <bytes>  <sender>  [bouncing] [held]
           then one line per recipient, "\\tlocal\\t" or "\\tremote\\t" and
           the address, prefixed by "  done" once delivered or bounced.
           A message still in todo/ lists its recipients as "\\ttodo\\t":
           where they go is decided at preprocessing (or it is one of
           the few qmail-send delivers straight from todo/, listed so
           while that delivery lasts).  Unprintable bytes
-          become '_'.  Trouble with one message prints
+          become '_'.  " held" (beyond qmail): qmail-qhold holds the
+          message, whose deliveries wait for its release.  Trouble
+          with one message prints
           "warning: trouble with #<messid>" and the scan goes on.
 Exits:    0; 111 if the queue cannot be opened, or the list cannot be
           written (a full disk, fd 1 closed: one line on fd 2).
@@ -27,6 +29,7 @@ from qmail.lib import auto, error
 from qmail.lib.date822 import date822
 from qmail.lib.error import error_str
 from qmail.lib.qfile import parse_messid, qfn
+from qmail.lib.sendcmd import HELD_BIT
 
 
 def printable(data: bytes) -> str:
@@ -34,12 +37,14 @@ def printable(data: bytes) -> str:
 
 
 def stats_line(messid: int, qtime: float, size: int, sender: bytes,
-               bouncing: bool) -> str:
-    """The message's line, as qmail-qread formats it."""
+               bouncing: bool, held: bool = False) -> str:
+    """The message's line, as qmail-qread formats it (held: beyond it)."""
     date = date822(qtime)[:-6].decode()        # drop " -0000"
     line = '%s GMT  #%d  %d  <%s> ' % (date, messid, size, printable(sender))
     if bouncing:
         line += ' bouncing'
+    if held:
+        line += ' held'
     return line + '\n'
 
 
@@ -93,17 +98,19 @@ def show_info(messid: int, split: int, in_todo: bool = False):
     if in_todo and not data.startswith(b'F'):
         return None
     sender = data.split(b'\0', 1)[0][1:]
-    out = [stats_line(messid, st.st_mtime, size, sender, bouncing)]
+    out = []
+    held = False
     for channel in ('local', 'remote'):
         try:
-            data, _ = read_file(qfn(channel, messid, split))
+            data, cst = read_file(qfn(channel, messid, split))
         except FileNotFoundError:
             continue
         except OSError as err:          # the other channel still shown
             out.append(trouble(messid, err))
             continue
+        held = held or bool(cst.st_mode & HELD_BIT)
         out.append(recipient_lines(channel, data))
-    return ''.join(out)
+    return stats_line(messid, st.st_mtime, size, sender, bouncing, held) + ''.join(out)
 
 
 def trouble(messid: int, err: OSError) -> str:

@@ -22,24 +22,28 @@ Removes:  without -r, the whole message: every recipient not yet done,
           bounces as before.  -n: says what would go, changes nothing.
           -b: expire instead (postsuper -e): the whole message is made
           older than control/queuelifetime (expire()), so that qmail-send
-          tries it once more at once (after the ALRM; with it stopped,
-          at its next start) and bounces to the sender every recipient
+          tries it once more at once (with it stopped, at its next
+          start) and bounces to the sender every recipient
           not delivered then, in qmail's words for a message too long
           in the queue.  A message still in todo/ is waited for, or,
-          with qmail-send stopped, left.
+          with qmail-send stopped, left.  A held message (qmail-qhold)
+          is released by either: it is to finish.
 Reads:    HOME/queue: todo/, info/, local/, remote/, bounce/;
           lock/sendmutex (is qmail-send running?) and /proc/locks (its
           process number).
 Writes:   While qmail-send runs: a D mark over each chosen recipient
           of local/ and remote/ (qmail-send's own mark for a recipient
           done), made durable, and for a whole message bounce/ removed;
-          then an ALRM to qmail-send (as soon as the messages already
-          preprocessed are marked, and again at the end), which reads
-          every recipient list again, passes under way too, and finishes
-          those messages at once (and retries every deferred message
-          now, as svc -a does: one run for many messages, not one a
-          message); qmail-qrm waits up to WAIT seconds for them to
-          leave the queue.  A delivery already under way ends as it
+          then, on qmail-send's lock/command (qmail.lib.sendcmd; as soon
+          as the messages already preprocessed are marked, and again at
+          the end), an R for each message marked (its recipient lists
+          read again, a pass under way's too) and an N for each to
+          finish (run now, held or not), so that those finish at once
+          and nothing else is retried; only where qmail-send takes no
+          commands (a home without the FIFO) an ALRM, which reads every
+          list again and retries every deferred message now, as svc -a.
+          qmail-qrm waits up to WAIT seconds for them to leave the
+          queue.  A delivery already under way ends as it
           would have (a failure there is still reported); messages not
           yet preprocessed, or delivered straight from todo/ (a local
           delivery waiting for a slot), are looked at again for WAIT
@@ -58,7 +62,7 @@ Exits:    0 done (nothing chosen is no fault); 100 usage, or a message
 Trusts:   nothing in the queue: names must be digits, envelopes are read
           with a size limit, and what is printed has its control
           characters replaced.
-See:      qmail-qread, qmail-send (ALRM), INTERNALS.md (the queue's
+See:      qmail-qread, qmail-qhold, qmail-send (lock/command), INTERNALS.md (the queue's
           states), qmail-fsck.
 
 The removal is qmail-send's own: a recipient is done once its record in
@@ -74,7 +78,7 @@ import os
 import sys
 import time
 
-from qmail.lib import auto, durable
+from qmail.lib import auto, durable, sendcmd
 from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
 from qmail.lib.qfile import parse_messid, qfn
 from qmail.qread import parse_todo
@@ -267,8 +271,8 @@ def mark_done(msg: Message, chosen) -> None:
     """A D mark over each chosen recipient's record, durable (as
     qmail-send marks a recipient done).  qmail-send sees it when it next
     reads the file: at the message's next pass (a new message's first
-    pass checks the file's ctime), and at once for every message after
-    an ALRM."""
+    pass checks the file's ctime), and at once after an R command (or
+    an ALRM)."""
     for c in CHANNELS:
         offsets = [pos for ch, pos, _ in chosen if ch == c]
         if not offsets:
@@ -334,6 +338,25 @@ def remove_whole(msg: Message) -> None:
             pass
 
 
+def mark_held(msg: Message, hold: bool) -> None:
+    """Set or clear the hold mark (qmail-qhold's: sendcmd.HELD_BIT) on the
+    message's recipient lists, durably; a message to finish here (removed,
+    or expired) has it cleared, so that no start keeps it waiting."""
+    for c in CHANNELS:
+        try:
+            fd = os.open(msg.fn(c), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue                    # (none for that channel, or finished meanwhile)
+        try:
+            mode = os.fstat(fd).st_mode & 0o7777
+            want = mode | sendcmd.HELD_BIT if hold else mode & ~sendcmd.HELD_BIT
+            if want != mode:
+                os.fchmod(fd, want)
+                durable.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def drop_bounce(msg: Message) -> None:
     """qmail-send running: the failures recorded for the message go, so
     that no bounce is sent when it finishes."""
@@ -394,10 +417,10 @@ class Run:
         self.code = 0
         self.messages = self.recipients = 0
         self.finishing = []         # whole messages qmail-send is to finish
-        self.untold = False         # marks made since the last ALRM
+        self.untold = []            # commands for what was marked since the last tell
         self.later = []             # message numbers still in todo/
         self.seen = set()           # numbered messages seen in the queue
-        self.told = False           # qmail-send has had an ALRM
+        self.told = False           # qmail-send was told (commands, or an ALRM)
         self.warned = False         # (that it could not be told: said once)
 
     def fault(self, code: int) -> None:
@@ -489,7 +512,8 @@ class Run:
                 'expired (what its next try does not deliver bounces)'
             if not self.dry:
                 expire(msg, self.lifetime)
-                self.untold = True
+                mark_held(msg, False)
+                self.untold.append(b'N%d\n' % msg.id)
             self.say('%s: %s' % (label, verb))
             self.messages += 1
             return
@@ -498,8 +522,9 @@ class Run:
                 if self.live:
                     mark_done(msg, msg.chosen(None))
                     drop_bounce(msg)
+                    mark_held(msg, False)
                     self.finishing.append(msg)
-                    self.untold = True
+                    self.untold.append(b'R%d\nN%d\n' % (msg.id, msg.id))
                 else:
                     remove_whole(msg)
             self.say('%s: %s' % (label, verb))
@@ -509,9 +534,9 @@ class Run:
             chosen = [('todo', 0, r) for r in msg.recips if matches(self.rpatterns, r)]
         else:
             chosen = msg.chosen(self.rpatterns)
-            if not self.dry:
+            if not self.dry and chosen:
                 mark_done(msg, chosen)
-                self.untold = self.untold or bool(chosen)
+                self.untold.append(b'R%d\n' % msg.id)
         for c, _, addr in chosen:
             self.say('%s: %s %s %s' % (label, verb, c, shown(addr)))
         self.recipients += len(chosen)
@@ -524,12 +549,17 @@ class Run:
         self.fault(111)
 
     def tell(self) -> None:
-        """qmail-send running: an ALRM after marks, so that it reads
-        every recipient list again (passes under way too) and finishes
-        the messages marked now, not at their next retries."""
+        """qmail-send running: the commands for the messages marked now
+        (lock/command: read again, and run now those to finish), so that
+        it finishes them at once, not at their next retries.  Where it
+        takes no commands (a home without the FIFO), an ALRM: every
+        recipient list read again, every message retried now."""
         if not self.live or self.dry or not self.untold:
             return
-        self.untold = False
+        commands, self.untold = self.untold, []
+        if sendcmd.send(self.qdir, commands):
+            self.told = True
+            return
         pid = mutex_holder(self.qdir)
         if pid is not None and is_send(pid):
             try:

@@ -9,7 +9,13 @@ Writes:   fd 0, the activity record (qmail-log(5)); commands to
           remote/ from todo/ (preprocessing), marks recipients done in
           local/ and remote/, appends to bounce/, injects bounces through
           qmail-queue, and asks qmail-clean to remove todo/ and mess/.
-Signals:  ALRM retry everything now; HUP reread locals, virtualdomains
+Commands: lines on the FIFO lock/command (qmail.lib.sendcmd: root's and
+          qmails's only): hold a message (H), release it (U), run it
+          now (N), read its recipient lists again (R).  A held message
+          (HELD_BIT on its local/ or remote/, read at start) starts no
+          delivery until released; "hold msg" and "release msg" in the
+          log.
+Signals:  ALRM retry everything now (but held messages); HUP reread locals, virtualdomains
           (and the other controls but concurrencylocal and
           concurrencyremote, which a restart takes, as qmail's); TERM
           (and INT) start no delivery, finish those under way, write
@@ -77,7 +83,7 @@ import stat
 import sys
 import time
 
-from qmail.lib import auto, background, control, durable, proctitle
+from qmail.lib import auto, background, control, durable, proctitle, sendcmd
 from qmail.lib.date822 import date822
 from qmail.lib.qfile import parse_messid, qfn
 from qmail.lib.qqtalk import QueueClient, queue_program
@@ -359,6 +365,10 @@ class Send:
         self.dline = [bytearray(), bytearray()]
         self.masterdelid = 1
         self.pqchan = [[], []]
+        self.held = set()               # messids on hold (sendcmd)
+        self.heldchan = [set(), set()]  # held messids taken off pqchan[c]
+        self.commandfd = -1             # lock/command (sendcmd), read and written
+        self.commands = sendcmd.Reader()
         self.pqdone = []
         self.pqfail = []
         self.jobs_open = 0
@@ -517,6 +527,11 @@ class Send:
             except OSError:
                 self.pqadd_fail(fn, messid)
                 return fixed
+            found = True
+            if st.st_mode & sendcmd.HELD_BIT:
+                self.held.add(messid)       # (its time is kept for nothing)
+                self.heldchan[c].add(messid)
+                continue
             due = int(st.st_mtime)
             if due > self.latest_due(birth, c):
                 due = self.recent           # set by a clock since set back
@@ -581,18 +596,111 @@ class Send:
         self.fresh.clear()
         self.freshbytes = 0
         for c in (0, 1):
-            p = self.passes[c]
-            if p is None or p.job.direct is not None:
-                continue
-            try:
-                data = slurp(self.fn(CHANDIR[c], p.job.id))
-            except OSError:
-                continue
-            if len(data) == len(p.data):    # (D marks are made in place)
-                p.data = data
+            if self.passes[c] is not None:
+                self.pass_reread(self.passes[c])
         for c in (0, 1):
             self.pqchan[c] = all_due(self.pqchan[c], self.recent)
         self.respill_now()
+
+    # -- commands (qmail.lib.sendcmd) --------------------------------------------
+    def command_set(self):
+        """Open lock/command, read and write (a FIFO with no writer left
+        would read as at its end for ever); none, or not a FIFO: no
+        commands (a warning once), the marks on disk still read at start."""
+        try:
+            fd = os.open(sendcmd.COMMAND, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW
+                         | os.O_CLOEXEC)
+        except OSError as err:
+            log('warning: unable to open %s: %s; holds and releases take effect at '
+                'the next start (qmail-fsck -r makes it)\n'
+                % (sendcmd.COMMAND, err.strerror or 'error'))
+            return
+        try:
+            fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        except OSError:
+            fifo = False
+        if not fifo:
+            os.close(fd)
+            log('warning: %s is not a named pipe, not read (qmail-fsck -r makes it one)\n'
+                % sendcmd.COMMAND)
+            return
+        self.commandfd = fd
+
+    def command_read(self):
+        """Read and do what waits on lock/command."""
+        for _ in range(16):             # (then the loop goes on: more next turn)
+            try:
+                data = os.read(self.commandfd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                os.close(self.commandfd)
+                self.commandfd = -1
+                return
+            if not data:
+                return
+            for verb, messid in self.commands.feed(data):
+                self.command_do(verb, messid)
+
+    def command_do(self, verb: bytes, messid: int):
+        if verb == b'H':
+            if messid in self.held or messid in self.directs:
+                return                  # (a direct one is not preprocessed: no hold)
+            self.held.add(messid)
+            log('hold msg %d\n' % messid)
+            for c in (0, 1):
+                if any(m == messid for _, m in self.pqchan[c]):
+                    self.pqchan[c] = [(t, m) for t, m in self.pqchan[c] if m != messid]
+                    heapq.heapify(self.pqchan[c])
+                    self.heldchan[c].add(messid)
+                self.fresh_drop(c, messid)
+                p = self.passes[c]
+                if p is not None and p.job.id == messid and p.job.direct is None:
+                    # No more of its deliveries start; those under way
+                    # end as they would have, then the job waits, held.
+                    self.passes[c] = None
+                    self.job_close(p.job)
+        elif verb in (b'U', b'N'):
+            if messid in self.held:
+                self.held.discard(messid)
+                log('release msg %d\n' % messid)
+            for c in (0, 1):
+                for d in self.dels[c]:
+                    if d is not None and d.job.id == messid:
+                        # (a job cut by its hold, still waiting for the
+                        # deliveries it started: due now when they end)
+                        d.job.retry, d.job.moved = self.recent, self.clock_back
+                if messid in self.heldchan[c]:
+                    self.heldchan[c].discard(messid)
+                    heapq.heappush(self.pqchan[c], (self.recent, messid))
+                elif any(m == messid for _, m in self.pqchan[c]):
+                    self.pqchan[c] = [(min(t, self.recent) if m == messid else t, m)
+                                      for t, m in self.pqchan[c]]
+                    heapq.heapify(self.pqchan[c])
+        elif verb == b'R':
+            for c in (0, 1):
+                self.fresh_drop(c, messid)
+                p = self.passes[c]
+                if p is not None and p.job.id == messid:
+                    self.pass_reread(p)
+
+    def fresh_drop(self, c: int, messid: int):
+        fresh = self.fresh.pop((c, messid), None)
+        if fresh is not None:
+            self.freshbytes -= len(fresh[0])
+
+    def pass_reread(self, p):
+        """A pass under way takes its recipient list as the disk has it
+        (D marks made in place: the same length), as C reads a record at
+        a time."""
+        if p.job.direct is not None:
+            return
+        try:
+            data = slurp(self.fn(CHANDIR[p.job.channel], p.job.id))
+        except OSError:
+            return
+        if len(data) == len(p.data):
+            p.data = data
 
     def respill_now(self):
         self.pqrespill = all_due(self.pqrespill, self.recent)
@@ -636,6 +744,9 @@ class Send:
                 self.jobs_finish([job])
             else:
                 finishing.append(job)
+            return
+        if job.id in self.held:
+            self.heldchan[job.channel].add(job.id)      # (its pass cut by the hold)
             return
         heapq.heappush(self.pqchan[job.channel], (job.due(self.clock_back), job.id))
 
@@ -1073,6 +1184,9 @@ class Send:
             if dt > self.recent:
                 return False
             heapq.heappop(self.pqchan[c])
+            if messid in self.held:
+                self.heldchan[c].add(messid)    # until released (U, N)
+                return True
             direct = self.directs.get(messid) if c == 0 else None
             fresh = self.fresh.pop((c, messid), None)
             if fresh is not None:
@@ -1867,6 +1981,7 @@ class Send:
     def loop(self, wakeup_r):
         self.pqstart()
         self.del_status()
+        self.command_set()
         self.trigger_set()
         self.watch_todo()
         poller, polled = None, None
@@ -1906,6 +2021,8 @@ class Send:
                         fds[CHANFDOUT[c]] = select.POLLOUT
             if self.bg.fd != -1:
                 fds[self.bg.fd] = select.POLLIN
+            if self.commandfd != -1:
+                fds[self.commandfd] = select.POLLIN
             if self.clean_waiting:
                 fds[FDCLEAN_IN] = select.POLLIN
             if not self.flagexitasap and not self.preprocessing and not self.settling_full():
@@ -1960,6 +2077,8 @@ class Send:
                 self.bg.finish()
             if ready.get(FDCLEAN_IN, 0) and self.clean_waiting:
                 self.clean_read()
+            if self.commandfd != -1 and ready.get(self.commandfd, 0):
+                self.command_read()
             for c in (0, 1):
                 if self.flagspawnalive[c] and self.comm_buf[c] and \
                         ready.get(CHANFDOUT[c], 0) & (select.POLLOUT | select.POLLERR):

@@ -8,7 +8,7 @@ from qmail.lib import control
 
 def scratch_send(tmp_path, monkeypatch, split):
     """A Send working in a new queue under tmp_path (control/me, the
-    split directories, intd/; the cwd), its lanes' windows off (no loop
+    split directories, intd/, lock/command; the cwd), its lanes' windows off (no loop
     here to tick them), 4 local and 4 remote slots, and the list its log
     lines go to: (send, log)."""
     (tmp_path / 'control').mkdir()
@@ -18,6 +18,9 @@ def scratch_send(tmp_path, monkeypatch, split):
         for i in range(split):
             (q / d / str(i)).mkdir(parents=True)
     (q / 'intd').mkdir()
+    (q / 'lock').mkdir()
+    import os
+    os.mkfifo(q / 'lock' / 'command', 0o600)
     monkeypatch.chdir(q)
     ctl = control.Controls(str(tmp_path / 'control'))
     s = send.Send(ctl, send.Controls(ctl), split)

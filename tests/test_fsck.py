@@ -629,7 +629,7 @@ def test_a_file_its_owner_cannot_read_is_found_and_repaired_with_its_group(q):
     for d in ('info', 'remote'):
         os.chown(q.path(d, m), uids['qmails'], gids['qmail'])
     os.chown(q.path('mess', m), uids['qmailq'], gids['qmail'])
-    os.chmod(q.path('local', m), 0)
+    os.chmod(q.path('local', m), stat.S_ISVTX)  # (held: qmail-qhold's mark stays)
     os.chmod(q.path('mess', m), 0o600)      # qmail-rspawn, as qmailr, reads it
     problems = fsck.check_queue(q.qdir, SPLIT, time.time(), uids)
     assert sorted((p.kind, p.path, p.repair) for p in problems) == [
@@ -640,7 +640,7 @@ def test_a_file_its_owner_cannot_read_is_found_and_repaired_with_its_group(q):
                           time.time(), lambda text: None)
     for p in problems:
         assert fixer.repair(p, problems)
-    for d, user, mode in (('local', 'qmails', 0o600), ('mess', 'qmailq', 0o644)):
+    for d, user, mode in (('local', 'qmails', 0o1600), ('mess', 'qmailq', 0o644)):
         st = os.stat(q.path(d, m))
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == \
             (uids[user], gids['qmail'], mode), d

@@ -501,7 +501,6 @@ def test_a_nul_in_a_control_that_goes_into_records_is_refused_by_name(tmp_path, 
 def test_a_trigger_that_is_no_fifo_is_left_unwatched_with_one_warning(s):
     """A plain file is always readable: qmail-send woke at once, again
     and again, at full CPU.  (New mail is still seen: the todo/ watch.)"""
-    os.mkdir('lock')
     put('lock/trigger', b'')
     for _ in range(3):
         s.trigger_set()

@@ -53,6 +53,8 @@ WANT = [
     ('queue/lock/sendmutex', 'f', 'qmails', 'qmail', 0o600),
     ('queue/lock/syncfs', 'f', 'qmailq', 'qmail', 0o600),
     ('queue/lock/trigger', 'p', 'qmails', 'qmail', 0o622),
+    ('queue/lock/command', 'p', 'qmails', 'qmail', 0o600),
+    ('bin/qmail-qhold', 'f', 'root', 'qmail', 0o700),
     ('bin/qmail-queue', 'f', 'qmailq', 'qmail', 0o4711),
     ('bin/checkpassword', 'f', 'root', 'nofiles', 0o4710),
     ('bin/vcheckpassword', 'f', 'root', 'nofiles', 0o4710),

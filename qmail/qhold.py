@@ -1,0 +1,274 @@
+"""qmail-qhold: hold messages in the queue, or release them (-u).
+
+Usage:    qmail-qhold [-n] [-u] [-s sender] [-r recipient] [-S subject] [messid ...] [-]
+Runs as:  root, while qmail-send runs or is stopped.
+Chooses:  as qmail-qrm does: the messages numbered (as qmail-qread shows
+          them; "-" reads more from fd 0), or those whose envelope
+          sender (-s), a recipient not yet done (-r) or Subject (-S)
+          matches; -r chooses whole messages here.  "-s '*'" is every
+          message.  -n: says what would be done, changes nothing.
+Holds:    a held message starts no delivery, is not retried, not even by
+          an ALRM, and is not bounced for its age while held; a delivery
+          under way when the hold comes ends as it would have.  Released
+          (-u), every recipient still to be delivered is tried at once,
+          and one whose message is older than queuelifetime by then
+          bounces if that try fails, as at any try.  qmail-qread shows a
+          held message with " held" after its sender, and qmail-qrm may
+          still remove one (or expire it: -b releases it for its try).
+          A message still in todo/ (not yet preprocessed, or delivered
+          straight from there) cannot be held: it is looked at again for
+          WAIT seconds, then left ("try again").
+Writes:   the hold mark, HELD_BIT (S_ISVTX, qmail.lib.sendcmd) on the
+          message's local/ and remote/ (set or cleared, made durable),
+          which qmail-send reads at its start; then, while qmail-send
+          runs, "H" or "U" lines on lock/command so that it acts at once
+          ("hold msg N", "release msg N" in its log).  With qmail-send
+          stopped, lock/sendmutex is held for the run.  fd 1: a line per
+          message ("#messid <sender>: held" or released, or why not),
+          then a count.
+Exits:    0 done (nothing chosen is no fault); 100 usage, or a message
+          numbered is not in the queue; 111 something chosen could not
+          be held or released now (the line says why: run it again), or
+          the queue could not be read.
+Trusts:   nothing in the queue, as qmail-qrm.
+See:      qmail-qrm, qmail-qread, qmail-send; INTERNALS.md.
+
+The mark is the truth and qmail-send's memory follows it: a command lost
+(qmail-send restarted meanwhile) is made good by the start, which reads
+the marks.  A hold never removes anything: at worst a message is held
+when it should not be, and qmail-qread says so.
+"""
+
+import os
+import sys
+import time
+
+from qmail.lib import auto, sendcmd
+from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
+from qmail.qrm import (CHANNELS, POLL, WAIT, Message, Trouble, mark_held, matches,
+                       parse_ids, queued_ids, read_head, stdin_words, subject_of)
+from qmail.qread import printable as shown
+
+
+def held(msg: Message) -> bool:
+    """Does one of its recipient lists carry the hold mark?"""
+    for c in CHANNELS:
+        try:
+            if os.lstat(msg.fn(c)).st_mode & sendcmd.HELD_BIT:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+class Run:
+    """One qmail-qhold run over the messages wanted."""
+
+    def __init__(self, split, say, spatterns, rpatterns, subjects, release, dry, live,
+                 qdir='.', wait=WAIT):
+        self.split, self.say = split, say
+        self.spatterns, self.rpatterns = spatterns, rpatterns
+        self.subjects = [p.lower() for p in subjects]
+        self.release, self.dry, self.live = release, dry, live
+        self.qdir, self.wait = qdir, wait
+        self.code = 0
+        self.count = 0
+        self.commands = []
+        self.later = []
+
+    def fault(self, code: int) -> None:
+        self.code = max(self.code, code)
+
+    def chooses(self, msg: Message) -> bool:
+        import fnmatch
+        if self.spatterns and not matches(self.spatterns, msg.sender):
+            return False
+        if self.rpatterns and not any(matches(self.rpatterns, r) for r in msg.recips):
+            return False
+        if self.subjects:
+            subject = subject_of(read_head(msg.fn('mess'))).lower()
+            if not any(fnmatch.fnmatchcase(subject, p) for p in self.subjects):
+                return False
+        return True
+
+    def take(self, messid: int, named: bool, last: bool) -> bool:
+        """Hold or release one message; False if it is still in todo/ and
+        is to be looked at again."""
+        try:
+            try:
+                msg = Message(messid, self.split)
+            except FileNotFoundError:
+                msg = None
+            if msg is None:
+                if named:
+                    self.say('#%d: not in the queue' % messid)
+                    self.fault(100)
+                return True
+            if not self.chooses(msg):
+                if named:
+                    self.say('#%d <%s>: not chosen by -s, -r or -S' % (messid, shown(msg.sender)))
+                return True
+            label = '#%d <%s>' % (messid, shown(msg.sender))
+            if msg.in_todo:
+                if self.release or self.dry:
+                    return True         # (nothing in todo/ is held)
+                if self.live and not last:
+                    return False
+                self.say('%s: still in todo/ (%s): not held, try again' % (
+                    label, 'being delivered or preprocessed' if self.live
+                    else 'qmail-send has not preprocessed it: start it first'))
+                self.fault(111)
+                return True
+            if held(msg) != self.release:
+                return True             # (held already, or not held: nothing to do)
+            verb = ('would release', 'released') if self.release else ('would hold', 'held')
+            if not self.dry:
+                mark_held(msg, not self.release)
+                self.commands.append(b'%s%d\n' % (b'U' if self.release else b'H', messid))
+            self.say('%s: %s' % (label, verb[not self.dry]))
+            self.count += 1
+        except (OSError, Trouble) as err:
+            why = err if isinstance(err, Trouble) else '%s%s' % (
+                err.filename + ': ' if getattr(err, 'filename', None) else '',
+                error_str(err).decode())
+            self.say('#%d: trouble: %s: not %s, try again'
+                     % (messid, why, 'released' if self.release else 'held'))
+            self.fault(111)
+        return True
+
+    def take_all(self, wanted, named: bool) -> None:
+        for messid in wanted:
+            if not self.take(messid, named, last=False):
+                self.later.append(messid)
+        self.tell()
+        deadline = time.monotonic() + self.wait
+        while self.later:
+            last = time.monotonic() >= deadline
+            self.later = [m for m in self.later if not self.take(m, named, last)]
+            self.tell()
+            if self.later:
+                time.sleep(POLL)
+
+    def tell(self) -> None:
+        """qmail-send running: the commands for what was marked, so that
+        it acts now rather than at its next start."""
+        if not self.live or not self.commands:
+            return
+        commands, self.commands = self.commands, []
+        if not sendcmd.send(self.qdir, commands):
+            self.say('warning: qmail-send took no command on queue/%s (not running, or '
+                     'the FIFO is missing: qmail-fsck -r): the marks take effect at its '
+                     'next start' % sendcmd.COMMAND)
+
+    def summary(self) -> str:
+        verb = ('released', 'would be released') if self.release else \
+            ('held', 'would be held')
+        return '%d message%s %s' % (self.count, '' if self.count == 1 else 's',
+                                    verb[self.dry])
+
+
+def usage(say) -> int:
+    say('usage: qmail-qhold [-n] [-u] [-s sender] [-r recipient] [-S subject] '
+        '[messid ...] [-]')
+    return 100
+
+
+def parse_args(argv):
+    """(dry, release, spatterns, rpatterns, subjects, ids), or None."""
+    dry, release, spatterns, rpatterns, subjects = False, False, [], [], []
+    args = list(argv)
+    while args and args[0].startswith('-') and args[0] != '-':
+        opt = args.pop(0)
+        if opt == '--':
+            break
+        i = 1
+        while i < len(opt):
+            ch = opt[i]
+            if ch in 'nu':
+                if ch == 'n':
+                    dry = True
+                else:
+                    release = True
+                i += 1
+                continue
+            if ch not in 'srS':
+                return None
+            value = opt[i + 1:]
+            if not value:
+                if not args:
+                    return None
+                value = args.pop(0)
+            {'s': spatterns, 'r': rpatterns, 'S': subjects}[ch].append(value)
+            break
+    if '-' in args:
+        args = [a for a in args if a != '-'] + stdin_words()
+        if not args:
+            return None
+    ids = parse_ids(args)
+    if ids is None or not (ids or spatterns or rpatterns or subjects):
+        return None
+    return dry, release, spatterns, rpatterns, subjects, ids
+
+
+def main(argv=None, say=None) -> int:
+    say = say or say_line
+    parsed = parse_args(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        return usage(say)
+    dry, release, spatterns, rpatterns, subjects, ids = parsed
+    if os.geteuid() != 0:
+        say('fatal: must be run as root')
+        return 111
+    qdir = os.path.join(auto.QMAIL, 'queue')
+    try:
+        os.chdir(qdir)
+    except OSError as err:
+        say('fatal: unable to switch to %s: %s' % (qdir, error_str(err).decode()))
+        return 111
+    os.umask(0o077)
+    from qmail.fsck import hold_sendmutex
+    mutex = None if dry else hold_sendmutex('.')
+    try:
+        run = Run(auto.SPLIT, say, spatterns, rpatterns, subjects, release, dry,
+                  live=mutex is None)
+        try:
+            wanted = ids if ids else queued_ids(auto.SPLIT)
+        except OSError as err:
+            say('fatal: unable to read the queue: %s%s' % (
+                err.filename + ': ' if err.filename else '', error_str(err).decode()))
+            return 111
+        run.take_all(sorted(set(wanted)), bool(ids))
+        say(run.summary())
+        return run.code
+    finally:
+        if mutex is not None:
+            os.close(mutex)
+
+
+def say_line(text: str) -> None:
+    sys.stdout.write('qmail-qhold: %s\n' % text)
+    sys.stdout.flush()
+
+
+def run():
+    guard_stdout()
+    interrupt_kills()
+    try:
+        code = main()
+    except OSError as err:
+        try:
+            os.write(2, b'qmail-qhold: fatal: unable to write: %s\n' % error_str(err))
+        except OSError:
+            pass
+        code = 111
+    except Exception as err:        # last resort: never a traceback
+        try:
+            say_line('fatal: internal error: %s' % type(err).__name__)
+        except OSError:
+            pass
+        code = 111
+    exit_flushed(code, 'qmail-qhold')
+
+
+if __name__ == '__main__':
+    run()
