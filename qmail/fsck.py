@@ -437,7 +437,11 @@ def check_tree(home: str, hier, split: int, uids: dict, gids: dict) -> list:
                 out.append(Problem('missing', label, 'not there', 'create'))
                 continue
             if not want_type[kind](st.st_mode):
-                out.append(Problem('type', label, 'wrong file type'))
+                # (a lock/ FIFO holds nothing: a file or link there is
+                # replaced by one, as qmail-install does)
+                out.append(Problem('type', label, 'wrong file type',
+                                   'create' if kind == 'p' and not stat.S_ISDIR(st.st_mode)
+                                   else ''))
                 continue
             if (st.st_uid, st.st_gid) != (uids[owner], gids[group]):
                 out.append(Problem('owner', label, 'owner %d:%d, want %s:%s'

@@ -28,15 +28,20 @@ Writes:   the hold mark, HELD_BIT (S_ISVTX, qmail.lib.sendcmd) on the
           then a count.
 Exits:    0 done (nothing chosen is no fault); 100 usage, or a message
           numbered is not in the queue; 111 something chosen could not
-          be held or released now (the line says why: run it again), or
-          the queue could not be read.
+          be held or released now (the line says why: run it again), a
+          running qmail-send could not be told (the marks take effect at
+          each message's next pass: svc -a for all at once), or the
+          queue could not be read.
 Trusts:   nothing in the queue, as qmail-qrm.
 See:      qmail-qrm, qmail-qread, qmail-send; INTERNALS.md.
 
-The mark is the truth and qmail-send's memory follows it: a command lost
-(qmail-send restarted meanwhile) is made good by the start, which reads
-the marks.  A hold never removes anything: at worst a message is held
-when it should not be, and qmail-qread says so.
+The mark is the truth and qmail-send's memory follows it: every pass
+qmail-send starts reads the mark (a held message waits), an ALRM looks
+at the held again (a released one goes), and a start reads them all; a
+command only makes a change take effect at once.  A hold never removes
+anything: at worst a message is held when it should not be, and
+qmail-qread says so.  A message named that is held already is told
+again (and said to be).
 """
 
 import os
@@ -120,7 +125,14 @@ class Run:
                 self.fault(111)
                 return True
             if held(msg) != self.release:
-                return True             # (held already, or not held: nothing to do)
+                # Held already (or not held): said for a message named.
+                # A hold is told again: a running qmail-send that missed
+                # it (its FIFO full, say) cuts a pass under way now.
+                if named:
+                    self.say('%s: %s' % (label, 'not held' if self.release else 'held already'))
+                if not self.release and not self.dry:
+                    self.commands.append(b'H%d\n' % messid)
+                return True
             verb = ('would release', 'released') if self.release else ('would hold', 'held')
             if not self.dry:
                 mark_held(msg, not self.release)
@@ -156,9 +168,14 @@ class Run:
             return
         commands, self.commands = self.commands, []
         if not sendcmd.send(self.qdir, commands):
-            self.say('warning: qmail-send took no command on queue/%s (not running, or '
-                     'the FIFO is missing: qmail-fsck -r): the marks take effect at its '
-                     'next start' % sendcmd.COMMAND)
+            # The marks hold all the same (every pass reads them, an ALRM
+            # looks at the held again), but not at once: said, and 111.
+            self.say('qmail-send took no command on queue/%s (its FIFO missing, full, or '
+                     'not read: qmail-fsck -r makes it): %s at its next pass of each '
+                     'message (svc -a on qmail-send: now), not at once'
+                     % (sendcmd.COMMAND, 'releases take effect' if self.release
+                        else 'holds take effect'))
+            self.fault(111)
 
     def summary(self) -> str:
         verb = ('released', 'would be released') if self.release else \

@@ -296,8 +296,14 @@ def expire(msg: Message, lifetime: int, now: float = None) -> None:
     qmail's own words for a message too long in the queue, as C qmail
     admins do by setting that time back by hand.  A delivery under way
     ends as it would have."""
-    born = (time.time() if now is None else now) - lifetime - EXPIRE_SLACK
+    now = time.time() if now is None else now
+    born = now - lifetime - EXPIRE_SLACK
     os.utime(msg.fn('info'), (born, born), follow_symlinks=False)
+    for c in CHANNELS:              # due now: tried at a start too, not at its retry
+        try:
+            os.utime(msg.fn(c), (now, now), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
 
 
 def unlink_synced(paths) -> None:
@@ -338,10 +344,13 @@ def remove_whole(msg: Message) -> None:
             pass
 
 
-def mark_held(msg: Message, hold: bool) -> None:
+def mark_held(msg: Message, hold: bool, now: float = None) -> None:
     """Set or clear the hold mark (qmail-qhold's: sendcmd.HELD_BIT) on the
     message's recipient lists, durably; a message to finish here (removed,
-    or expired) has it cleared, so that no start keeps it waiting."""
+    or expired) has it cleared, so that no start keeps it waiting.  A
+    list whose mark is cleared is due now (its time, the next try a
+    start reads, set to now): a release with qmail-send stopped is tried
+    at its start."""
     for c in CHANNELS:
         try:
             fd = os.open(msg.fn(c), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -352,6 +361,9 @@ def mark_held(msg: Message, hold: bool) -> None:
             want = mode | sendcmd.HELD_BIT if hold else mode & ~sendcmd.HELD_BIT
             if want != mode:
                 os.fchmod(fd, want)
+                if not hold:
+                    due = time.time() if now is None else now
+                    os.utime(fd, (due, due))
                 durable.fsync(fd)
         finally:
             os.close(fd)
@@ -536,7 +548,10 @@ class Run:
             chosen = msg.chosen(self.rpatterns)
             if not self.dry and chosen:
                 mark_done(msg, chosen)
-                self.untold.append(b'R%d\n' % msg.id)
+                # Its last recipients to go: it is to finish now (N), not at
+                # its next retry (a review: hours later, its bounce too).
+                last = len(chosen) == len(msg.chosen(None))
+                self.untold.append(b'R%d\n' % msg.id + (b'N%d\n' % msg.id if last else b''))
         for c, _, addr in chosen:
             self.say('%s: %s %s %s' % (label, verb, c, shown(addr)))
         self.recipients += len(chosen)

@@ -12,7 +12,8 @@ Writes:   fd 0, the activity record (qmail-log(5)); commands to
 Commands: lines on the FIFO lock/command (qmail.lib.sendcmd: root's and
           qmails's only): hold a message (H), release it (U), run it
           now (N), read its recipient lists again (R).  A held message
-          (HELD_BIT on its local/ or remote/, read at start) starts no
+          (HELD_BIT on its local/ or remote/, read at each pass it would
+          start, at start, and for the held at an ALRM) starts no
           delivery until released; "hold msg" and "release msg" in the
           log.
 Signals:  ALRM retry everything now (but held messages); HUP reread locals, virtualdomains
@@ -365,8 +366,8 @@ class Send:
         self.dline = [bytearray(), bytearray()]
         self.masterdelid = 1
         self.pqchan = [[], []]
-        self.held = set()               # messids on hold (sendcmd)
-        self.heldchan = [set(), set()]  # held messids taken off pqchan[c]
+        self.heldchan = [set(), set()]  # held messids (the mark on local/ or
+                                        # remote/, sendcmd) waiting for release
         self.commandfd = -1             # lock/command (sendcmd), read and written
         self.commands = sendcmd.Reader()
         self.pqdone = []
@@ -529,8 +530,7 @@ class Send:
                 return fixed
             found = True
             if st.st_mode & sendcmd.HELD_BIT:
-                self.held.add(messid)       # (its time is kept for nothing)
-                self.heldchan[c].add(messid)
+                self.heldchan[c].add(messid)    # (its time is kept for nothing)
                 continue
             due = int(st.st_mtime)
             if due > self.latest_due(birth, c):
@@ -600,6 +600,7 @@ class Send:
                 self.pass_reread(self.passes[c])
         for c in (0, 1):
             self.pqchan[c] = all_due(self.pqchan[c], self.recent)
+        self.held_recheck()
         self.respill_now()
 
     # -- commands (qmail.lib.sendcmd) --------------------------------------------
@@ -627,62 +628,83 @@ class Send:
         self.commandfd = fd
 
     def command_read(self):
-        """Read and do what waits on lock/command."""
+        """Read what waits on lock/command and do it, a batch at a time:
+        each kind of command costs one look at the queues per batch, not
+        one per message (20,000 holds would take qmail-send minutes)."""
+        commands = []
         for _ in range(16):             # (then the loop goes on: more next turn)
             try:
                 data = os.read(self.commandfd, 65536)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 os.close(self.commandfd)
                 self.commandfd = -1
-                return
+                break
             if not data:
-                return
-            for verb, messid in self.commands.feed(data):
-                self.command_do(verb, messid)
+                break
+            commands.extend(self.commands.feed(data))
+        if commands:
+            self.commands_do(commands)
 
-    def command_do(self, verb: bytes, messid: int):
-        if verb == b'H':
-            if messid in self.held or messid in self.directs:
-                return                  # (a direct one is not preprocessed: no hold)
-            self.held.add(messid)
-            log('hold msg %d\n' % messid)
-            for c in (0, 1):
-                if any(m == messid for _, m in self.pqchan[c]):
-                    self.pqchan[c] = [(t, m) for t, m in self.pqchan[c] if m != messid]
-                    heapq.heapify(self.pqchan[c])
-                    self.heldchan[c].add(messid)
+    def commands_do(self, commands):
+        """H: a pass under way of the message is cut (no more of its
+        deliveries start; those under way end as they would have); its
+        next pass finds the mark and waits.  U, N: a held message (or,
+        for N, any) due now.  R: its recipient lists read again."""
+        hold, now, reread = set(), set(), set()
+        for verb, messid in commands:
+            if verb == b'H':
+                hold.add(messid)
+                now.discard(messid)
+                log('hold msg %d\n' % messid)
+            elif verb in (b'U', b'N'):
+                now.add(messid)
+                hold.discard(messid)
+                if verb == b'U' or any(messid in h for h in self.heldchan):
+                    log('release msg %d\n' % messid)
+            elif verb == b'R':
+                reread.add(messid)
+        for c in (0, 1):
+            for messid in hold | reread:
                 self.fresh_drop(c, messid)
-                p = self.passes[c]
-                if p is not None and p.job.id == messid and p.job.direct is None:
-                    # No more of its deliveries start; those under way
-                    # end as they would have, then the job waits, held.
+            p = self.passes[c]
+            if p is not None and p.job.direct is None:
+                if p.job.id in hold:
                     self.passes[c] = None
                     self.job_close(p.job)
-        elif verb in (b'U', b'N'):
-            if messid in self.held:
-                self.held.discard(messid)
-                log('release msg %d\n' % messid)
-            for c in (0, 1):
-                for d in self.dels[c]:
-                    if d is not None and d.job.id == messid:
-                        # (a job cut by its hold, still waiting for the
-                        # deliveries it started: due now when they end)
-                        d.job.retry, d.job.moved = self.recent, self.clock_back
-                if messid in self.heldchan[c]:
+                elif p.job.id in reread:
+                    self.pass_reread(p)
+            if not now:
+                continue
+            for d in self.dels[c]:
+                if d is not None and d.job.id in now:
+                    # (a job cut by a hold, still waiting for the
+                    # deliveries it started: due now when they end)
+                    d.job.retry, d.job.moved = self.recent, self.clock_back
+            released = self.heldchan[c] & now
+            self.heldchan[c] -= released
+            if any(m in now for _, m in self.pqchan[c]):
+                self.pqchan[c] = [(min(t, self.recent) if m in now else t, m)
+                                  for t, m in self.pqchan[c]]
+                heapq.heapify(self.pqchan[c])
+            for messid in released:
+                heapq.heappush(self.pqchan[c], (self.recent, messid))
+
+    def held_recheck(self):
+        """ALRM: held messages whose mark is gone (a release whose command
+        was lost) go back to the queue, due now."""
+        for c in (0, 1):
+            for messid in list(self.heldchan[c]):
+                try:
+                    held = os.stat(self.fn(CHANDIR[c], messid)).st_mode & sendcmd.HELD_BIT
+                except FileNotFoundError:
+                    held = False
+                except OSError:
+                    continue
+                if not held:
                     self.heldchan[c].discard(messid)
                     heapq.heappush(self.pqchan[c], (self.recent, messid))
-                elif any(m == messid for _, m in self.pqchan[c]):
-                    self.pqchan[c] = [(min(t, self.recent) if m == messid else t, m)
-                                      for t, m in self.pqchan[c]]
-                    heapq.heapify(self.pqchan[c])
-        elif verb == b'R':
-            for c in (0, 1):
-                self.fresh_drop(c, messid)
-                p = self.passes[c]
-                if p is not None and p.job.id == messid:
-                    self.pass_reread(p)
 
     def fresh_drop(self, c: int, messid: int):
         fresh = self.fresh.pop((c, messid), None)
@@ -744,9 +766,6 @@ class Send:
                 self.jobs_finish([job])
             else:
                 finishing.append(job)
-            return
-        if job.id in self.held:
-            self.heldchan[job.channel].add(job.id)      # (its pass cut by the hold)
             return
         heapq.heappush(self.pqchan[job.channel], (job.due(self.clock_back), job.id))
 
@@ -1184,9 +1203,6 @@ class Send:
             if dt > self.recent:
                 return False
             heapq.heappop(self.pqchan[c])
-            if messid in self.held:
-                self.heldchan[c].add(messid)    # until released (U, N)
-                return True
             direct = self.directs.get(messid) if c == 0 else None
             fresh = self.fresh.pop((c, messid), None)
             if fresh is not None:
@@ -1200,9 +1216,15 @@ class Send:
             else:
                 fn = self.fn(CHANDIR[c], messid)
                 try:
-                    data = slurp(fn)
+                    data, st = slurp(fn, want_stat=True)
                 except OSError:
                     self.pass_trouble(c, fn, messid)
+                    return True
+                if st.st_mode & sendcmd.HELD_BIT:
+                    # Held (qmail-qhold): the mark is the truth, whatever
+                    # command was lost.  (A new message's list from memory
+                    # is used only while its ctime is unchanged: unmarked.)
+                    self.heldchan[c].add(messid)
                     return True
                 info = self.getinfo(messid)
                 if info is None:        # (the file at fault named, as qmail's)

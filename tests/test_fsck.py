@@ -452,11 +452,26 @@ def test_tree_owners_modes_and_split(q):
     assert stat.S_ISFIFO(os.lstat(os.path.join(q.qdir, 'lock', 'trigger')).st_mode)
 
 
-def test_wrong_type_is_left_to_the_admin(q):
-    path = os.path.join(q.qdir, 'lock', 'trigger')
-    os.unlink(path)
-    with open(path, 'wb'):
+def test_wrong_type_of_a_fifo_is_made_one_a_directory_left_to_the_admin(q):
+    """lock/trigger and lock/command hold nothing: a file or a link in
+    their place is replaced by the FIFO (qmail-send's warning says
+    qmail-fsck -r makes it one: a review found it did not); a directory,
+    which may hold something, is left."""
+    trigger = os.path.join(q.qdir, 'lock', 'trigger')
+    command = os.path.join(q.qdir, 'lock', 'command')
+    os.unlink(trigger)
+    with open(trigger, 'wb'):
         pass
+    os.unlink(command)
+    os.symlink('/etc/passwd', command)
+    problems = fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids)
+    assert sorted((p.kind, p.path, p.repair) for p in problems) == [
+        ('type', 'queue/lock/command', 'create'), ('type', 'queue/lock/trigger', 'create')]
+    q.fsck(repair=True)
+    assert fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids) == []
+    assert stat.S_ISFIFO(os.lstat(trigger).st_mode) and stat.S_ISFIFO(os.lstat(command).st_mode)
+    os.unlink(trigger)
+    os.mkdir(trigger)
     problems = fsck.check_tree(q.home, install.HIER, SPLIT, q.uids, q.gids)
     assert [(p.kind, p.repair) for p in problems] == [('type', '')]
 

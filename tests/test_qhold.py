@@ -48,11 +48,19 @@ def report(s, slot, text=b'Kdid 0+0+1\n'):
     s.del_reports(0, [bytes((slot,)) + text])
 
 
+def hold(messid):
+    os.chmod(qfn('local', messid, SPLIT), 0o1600)
+
+
+def release(messid):
+    os.chmod(qfn('local', messid, SPLIT), 0o600)
+
+
 def test_the_mark_holds_at_start_and_alrm_does_not_run_it(s):
     preprocessed(70, [b'u@here.example'])
     preprocessed(71, [b'v@here.example'], held=True)
     s.pqstart()
-    assert s.held == {71} and s.heldchan[0] == {71}
+    assert s.heldchan[0] == {71}
     assert [m for _, m in s.pqchan[0]] == [70]
     assert sorted(start(s)) == [b'u@here.example']
     s.pqrun()                                   # ALRM: every message now, but the held
@@ -62,23 +70,24 @@ def test_the_mark_holds_at_start_and_alrm_does_not_run_it(s):
 
 def test_hold_cuts_a_pass_and_release_runs_it_now(s):
     """H while a pass is under way: no more of its deliveries start (those
-    started end as they would have); U: due now, even while the job
-    waits for those deliveries."""
+    started end as they would have); U: due now."""
     preprocessed(72, [b'r%d@here.example' % i for i in range(6)])
     s.pqstart()
     slots = start(s)
     assert len(slots) == 4                      # 4 local slots: the pass waits
-    s.command_do(b'H', 72)
+    hold(72)
+    s.commands_do([(b'H', 72)])
     assert s.log[-1] == 'hold msg 72\n' and s.passes[0] is None
     report(s, slots[b'r0@here.example'])
-    assert start(s) == {d.recip: i for i, d in enumerate(s.dels[0]) if d is not None}
     assert len(start(s)) == 3                   # a slot free, and nothing started in it
     for r in (b'r1@here.example', b'r2@here.example', b'r3@here.example'):
         report(s, slots[r])
+    s.pqrun()                                   # (its retry now: its pass finds the mark)
     assert start(s) == {}
     assert s.heldchan[0] == {72} and s.pqchan[0] == []
-    s.command_do(b'U', 72)
-    assert s.log[-1] == 'release msg 72\n' and s.held == set()
+    release(72)
+    s.commands_do([(b'U', 72)])
+    assert s.log[-1] == 'release msg 72\n' and s.heldchan[0] == set()
     assert sorted(start(s)) == [b'r4@here.example', b'r5@here.example']
 
 
@@ -86,11 +95,37 @@ def test_release_while_its_deliveries_end(s):
     preprocessed(73, [b'r%d@here.example' % i for i in range(5)])
     s.pqstart()
     slots = start(s)
-    s.command_do(b'H', 73)
-    s.command_do(b'U', 73)                      # before the 4 deliveries end
+    hold(73)
+    s.commands_do([(b'H', 73)])
+    release(73)
+    s.commands_do([(b'U', 73)])                 # before the 4 deliveries end
     for slot in slots.values():
         report(s, slot)
     assert sorted(start(s)) == [b'r4@here.example']     # at once, not at its retry
+
+
+def test_the_mark_holds_without_its_command_and_a_release_without_its_own(s):
+    """Commands lost (a full FIFO, a restart): the next pass finds the
+    mark and waits; an ALRM finds a mark gone and runs it (a review
+    found 4,688 of 20,000 held messages delivered at an ALRM)."""
+    preprocessed(80, [b'u@here.example'])
+    s.pqstart()
+    hold(80)
+    s.pqrun()
+    assert start(s) == {} and s.heldchan[0] == {80}
+    release(80)
+    s.pqrun()
+    assert sorted(start(s)) == [b'u@here.example']
+
+
+def test_an_id_used_again_is_not_held_by_an_old_command(s):
+    """H for a message that ends meanwhile leaves nothing behind: a new
+    message given its number (an inode) is delivered (a review found it
+    stuck until a restart)."""
+    s.commands_do([(b'H', 81)])                 # (its message gone)
+    preprocessed(81, [b'w@here.example'])
+    s.pqadd(81)
+    assert sorted(start(s)) == [b'w@here.example']
 
 
 def test_now_runs_a_held_message_and_one_not_due(s):
@@ -98,8 +133,8 @@ def test_now_runs_a_held_message_and_one_not_due(s):
     preprocessed(75, [b'v@here.example'])
     s.pqstart()
     s.pqchan[0] = [(s.recent + 3600, 75)]      # deferred an hour
-    s.command_do(b'N', 74)
-    s.command_do(b'N', 75)
+    release(74)
+    s.commands_do([(b'N', 74), (b'N', 75)])
     assert sorted(start(s)) == [b'u@here.example', b'v@here.example']
 
 
@@ -112,10 +147,21 @@ def test_read_again_takes_the_marks_made_meanwhile(s):
         data = f.read()
         f.seek(data.index(b'Tr5@'))
         f.write(b'D')
-    s.command_do(b'R', 76)
+    s.commands_do([(b'R', 76)])
     report(s, slots[b'r0@here.example'])
     assert b'r5@here.example' not in start(s)
     assert b'r4@here.example' in start(s)
+
+
+def test_many_commands_cost_one_look_at_the_queue(s, monkeypatch):
+    """20,000 holds in one batch: the queue is looked at once per batch,
+    not once per message (a review: 14,000 holds took 14 s of CPU)."""
+    s.pqchan[0] = [(s.recent + 3600, m) for m in range(10 ** 6, 10 ** 6 + 20000)]
+    began = time.process_time()
+    s.commands_do([(b'N', m) for m in range(10 ** 6, 10 ** 6 + 20000)]
+                  + [(b'H', m) for m in range(2 * 10 ** 6, 2 * 10 ** 6 + 20000)])
+    assert time.process_time() - began < 2
+    assert all(t <= s.recent for t, _ in s.pqchan[0])
 
 
 def test_commands_come_through_the_fifo(s):
@@ -125,7 +171,7 @@ def test_commands_come_through_the_fifo(s):
     assert s.commandfd != -1
     assert sendcmd.send('.', sendcmd.lines(b'H', [77]) + [b'junk\n', b'X1\n'])
     s.command_read()
-    assert 77 in s.held and s.log == ['hold msg 77\n']
+    assert s.log == ['hold msg 77\n']
     os.close(s.commandfd)
 
 
@@ -174,6 +220,7 @@ def test_send_without_a_reader_and_a_full_fifo(tmp_path):
     ([b'h1\nH\nHx\nH-1\nQ5\n\nR 7\nR7\n'], [(b'R', 7)]),
     ([b'H' + b'9' * 40 + b'\nH5\n'], [(b'H', 5)]),
     ([b'H' + b'9' * 40, b'9' * 10, b'\nH6\n'], [(b'H', 6)]),       # too long, in pieces
+    ([b'H9', b'\nH435\n'], [(b'H', 9), (b'H', 435)]),    # (send's leading newline)
 ])
 def test_reader(chunks, want):
     r = sendcmd.Reader()

@@ -5,10 +5,11 @@ The FIFO is qmails's, mode 0600: only root and qmails may write to it
 holds it open for reading and writing (no end of file when a writer
 goes), reads whole lines and acts on each at once:
 
-  H<messid>   hold: no new delivery of the message starts (one under way
-              ends as it would have); the admin's tool has set the hold
-              mark on its recipient lists first (HELD_BIT), which is what
-              a restart reads.
+  H<messid>   hold: a pass under way of the message is cut (no new
+              delivery of it starts; one under way ends as it would
+              have); the admin's tool has set the hold mark on its
+              recipient lists first (HELD_BIT), which every pass and a
+              restart read.
   U<messid>   release: held no more, every recipient list due now (the
               mark already cleared).
   N<messid>   now: due now, held or not (a message qmail-qrm has taken
@@ -17,10 +18,13 @@ goes), reads whole lines and acts on each at once:
               (qmail-qrm's D marks), for a pass under way too.
 
 A line is at most LINE_MAX bytes; anything else is ignored.  Each write
-holds whole lines and at most PIPE_BUF bytes, so writers never mix.
+holds whole lines and at most PIPE_BUF bytes, so writers never mix, and
+starts with an empty line, so that a stray piece without its newline
+left by another writer swallows no command.
 Nothing here is an instruction qmail-send must not lose: the marks on
-disk are the truth, and a command only spares the wait for a restart or
-a message's next retry.
+disk are the truth (a pass that starts reads them; an ALRM looks at the
+held again), and a command only makes them take effect at once: cut a
+pass under way, run a released message now.
 """
 
 import errno
@@ -53,7 +57,7 @@ def send(qdir: str, commands, timeout: float = 10.0) -> bool:
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return False
         deadline = time.monotonic() + timeout
-        batch = b''
+        batch = b'\n'
         pending = list(commands) + [None]
         for line in pending:
             if line is not None and len(batch) + len(line) <= PIPE_BUF:
@@ -74,7 +78,7 @@ def send(qdir: str, commands, timeout: float = 10.0) -> bool:
                     if err.errno == errno.EINTR:
                         continue
                     return False        # EPIPE: qmail-send went away
-            batch = line or b''
+            batch = b'\n' + line if line is not None else b''
         return True
     finally:
         os.close(fd)

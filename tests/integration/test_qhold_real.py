@@ -92,7 +92,9 @@ def test_hold_and_release(world):
         path = os.path.join(home, 'queue', c, str(bulk % 23), str(bulk))
         assert os.stat(path).st_mode & stat.S_ISVTX
     # A second hold changes nothing; an ALRM retries the others, not it.
-    assert qhold(home, '#%d' % bulk) == (0, ['qmail-qhold: 0 messages held'])
+    assert qhold(home, '#%d' % bulk) == (0, [
+        'qmail-qhold: #%d <bulk@bad.example>: held already' % bulk,
+        'qmail-qhold: 0 messages held'])
     mta.signal(14)
     mta.wait_log('msg %d to remote a@far.example' % good, count=2)
     time.sleep(1)
@@ -137,9 +139,21 @@ def test_hold_with_qmail_send_stopped(world):
     mta.signal(14)
     time.sleep(1.5)
     assert tries(mta.log(), messid) == 0
+    # Released while qmail-send is stopped: tried at its start, not at
+    # the retry its file recorded (a review: 7 minutes later).
+    mta.stop()
+    assert qhold(home, '-u', '%d' % messid)[0] == 0
+    world['mta'] = mta = Mta(home, './Maildir/', logname='send3.log')
+    mta.wait_log('msg %d to remote x@far.example' % messid, timeout=10)
+    # Held again, running; already held: said, told again, exit 0.
+    code, out = qhold(home, '%d' % messid)
+    assert code == 0 and out[0].endswith(': held'), out
+    assert qhold(home, '%d' % messid) == (0, [
+        'qmail-qhold: #%d <stop@bad.example>: held already' % messid,
+        'qmail-qhold: 0 messages held'])
     # qmail-qrm still removes a held message, and it finishes at once.
     r = subprocess.run([os.path.join(home, 'bin', 'qmail-qrm'), '%d' % messid],
                        capture_output=True, timeout=TIMEOUT + 40)
     assert r.returncode == 0, r.stdout
     mta.wait_log('end msg %d\n' % messid)
-    assert tries(mta.log(), messid) == 0
+    assert tries(mta.log(), messid) == 1

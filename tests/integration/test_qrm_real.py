@@ -105,6 +105,11 @@ def test_qrm_with_qmail_send_running(world):
     mta.wait_log('msg %d to remote b@far.example' % good, count=2)
     time.sleep(0.5)
     assert 'to remote a@far.example' not in mta.log()[marked:]
+    # Its last recipient taken: it finishes at once, not at its next
+    # retry (found by a review: hours later, its bounce with it).
+    code, out = qrm(home, '-r', 'b@*', '#%d' % good)
+    assert code == 0, out
+    mta.wait_log('end msg %d\n' % good, timeout=10)
 
     # a number not queued; a user who is not root cannot run it at all
     assert qrm(home, '999999999')[0] == 100
