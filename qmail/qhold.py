@@ -50,8 +50,8 @@ import time
 
 from qmail.lib import auto, sendcmd
 from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
-from qmail.qrm import (CHANNELS, POLL, WAIT, Message, Trouble, mark_held, matches,
-                       parse_ids, queued_ids, read_head, stdin_words, subject_of)
+from qmail.qrm import (CHANNELS, POLL, WAIT, Message, Trouble, chooses, mark_held,
+                       parse_selection, queued_ids)
 from qmail.qread import printable as shown
 
 
@@ -85,16 +85,7 @@ class Run:
         self.code = max(self.code, code)
 
     def chooses(self, msg: Message) -> bool:
-        import fnmatch
-        if self.spatterns and not matches(self.spatterns, msg.sender):
-            return False
-        if self.rpatterns and not any(matches(self.rpatterns, r) for r in msg.recips):
-            return False
-        if self.subjects:
-            subject = subject_of(read_head(msg.fn('mess'))).lower()
-            if not any(fnmatch.fnmatchcase(subject, p) for p in self.subjects):
-                return False
-        return True
+        return chooses(msg, self.spatterns, self.rpatterns, self.subjects)
 
     def take(self, messid: int, named: bool, last: bool) -> bool:
         """Hold or release one message; False if it is still in todo/ and
@@ -192,39 +183,11 @@ def usage(say) -> int:
 
 def parse_args(argv):
     """(dry, release, spatterns, rpatterns, subjects, ids), or None."""
-    dry, release, spatterns, rpatterns, subjects = False, False, [], [], []
-    args = list(argv)
-    while args and args[0].startswith('-') and args[0] != '-':
-        opt = args.pop(0)
-        if opt == '--':
-            break
-        i = 1
-        while i < len(opt):
-            ch = opt[i]
-            if ch in 'nu':
-                if ch == 'n':
-                    dry = True
-                else:
-                    release = True
-                i += 1
-                continue
-            if ch not in 'srS':
-                return None
-            value = opt[i + 1:]
-            if not value:
-                if not args:
-                    return None
-                value = args.pop(0)
-            {'s': spatterns, 'r': rpatterns, 'S': subjects}[ch].append(value)
-            break
-    if '-' in args:
-        args = [a for a in args if a != '-'] + stdin_words()
-        if not args:
-            return None
-    ids = parse_ids(args)
-    if ids is None or not (ids or spatterns or rpatterns or subjects):
+    parsed = parse_selection(argv, 'nu')
+    if parsed is None:
         return None
-    return dry, release, spatterns, rpatterns, subjects, ids
+    seen, spatterns, rpatterns, subjects, ids = parsed
+    return 'n' in seen, 'u' in seen, spatterns, rpatterns, subjects, ids
 
 
 def main(argv=None, say=None) -> int:

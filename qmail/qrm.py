@@ -411,6 +411,21 @@ def is_send(pid: int) -> bool:
     return any(os.path.basename(a) in (b'qmail-send', b'qmail-start') for a in args[1:3])
 
 
+def chooses(msg: Message, spatterns, rpatterns, subjects) -> bool:
+    """Is the message chosen: its sender by spatterns, a recipient not
+    yet done by rpatterns, its Subject by subjects (lowercased shell
+    patterns)?  Each kind given must match."""
+    if spatterns and not matches(spatterns, msg.sender):
+        return False
+    if rpatterns and not any(matches(rpatterns, r) for r in msg.recips):
+        return False
+    if subjects:
+        subject = subject_of(read_head(msg.fn('mess'))).lower()
+        if not any(fnmatch.fnmatchcase(subject, p) for p in subjects):
+            return False
+    return True
+
+
 # -- the run ----------------------------------------------------------------
 
 class Run:
@@ -446,15 +461,7 @@ class Run:
             return None
 
     def chooses(self, msg: Message) -> bool:
-        if self.spatterns and not matches(self.spatterns, msg.sender):
-            return False
-        if self.rpatterns and not any(matches(self.rpatterns, r) for r in msg.recips):
-            return False
-        if self.subjects:
-            subject = subject_of(read_head(msg.fn('mess'))).lower()
-            if not any(fnmatch.fnmatchcase(subject, p) for p in self.subjects):
-                return False
-        return True
+        return chooses(msg, self.spatterns, self.rpatterns, self.subjects)
 
     def take(self, messid: int, named: bool, last: bool = True) -> bool:
         """Choose and remove one message, saying what became of it;
@@ -625,10 +632,11 @@ def usage(say) -> int:
     return 100
 
 
-def parse_args(argv):
-    """(dry, spatterns, rpatterns, ids, subjects, bounce), or None for a
-    usage error."""
-    dry, spatterns, rpatterns, subjects, bounce = False, [], [], [], False
+def parse_selection(argv, flags: str):
+    """The arguments qmail-qrm and qmail-qhold share: (the flag letters
+    of flags given, a set; spatterns, rpatterns, subjects, ids), or None
+    for a usage error (nothing chosen included)."""
+    seen, spatterns, rpatterns, subjects = set(), [], [], []
     args = list(argv)
     while args and args[0].startswith('-') and args[0] != '-':
         opt = args.pop(0)
@@ -637,11 +645,8 @@ def parse_args(argv):
         i = 1
         while i < len(opt):
             ch = opt[i]
-            if ch in 'nb':
-                if ch == 'n':
-                    dry = True
-                else:
-                    bounce = True
+            if ch in flags:
+                seen.add(ch)
                 i += 1
                 continue
             if ch not in 'srS':
@@ -660,9 +665,19 @@ def parse_args(argv):
     ids = parse_ids(args)
     if ids is None or not (ids or spatterns or rpatterns or subjects):
         return None
-    if bounce and rpatterns:
+    return seen, spatterns, rpatterns, subjects, ids
+
+
+def parse_args(argv):
+    """(dry, spatterns, rpatterns, ids, subjects, bounce), or None for a
+    usage error."""
+    parsed = parse_selection(argv, 'nb')
+    if parsed is None:
+        return None
+    seen, spatterns, rpatterns, subjects, ids = parsed
+    if 'b' in seen and rpatterns:
         return None                     # (-b is for whole messages)
-    return dry, spatterns, rpatterns, ids, subjects, bounce
+    return 'n' in seen, spatterns, rpatterns, ids, subjects, 'b' in seen
 
 
 def stdin_words(limit: int = 1 << 24) -> list:
