@@ -13,8 +13,10 @@ Writes:   fd 1, one line per problem, "qmail-fsck: <kind> <path>: <what>
           (-r: <repair>)": without -r, the plan; with -r, one more line
           per repair.  -q: no summary line.
 Repairs:  (-r) owners and modes as qmail-install sets them (a queue
-          file: its writer's user, group qmail and mode); a missing
-          directory, lock file or trigger; a queue file in the wrong
+          file: its writer's user, group qmail and mode, and the hold
+          mark of qmail-qhold kept); a missing directory, lock file or
+          FIFO (lock/trigger, lock/command: a file or link in a FIFO's
+          place is replaced); a queue file in the wrong
           split subdirectory (moved to its own); stale files that
           qmail-send and qmail-clean remove themselves: messages in S2/S3
           older than OSSIFIED, intd/ files whose message is gone, pid/
