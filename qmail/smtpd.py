@@ -234,8 +234,7 @@ class Config:
     (FORCEAUTHMAILFROM): a login without a domain also at a domain of
     locals_ (control/locals, else me; none where the checkprogram is not
     a system checker: system_checker), and any address whose mail the
-    user gets (owner: MailboxOwner, set by main for a system checker;
-    vdoms: control/virtualdomains' lines for it)."""
+    user gets (owner: MailboxOwner, set by main for a system checker)."""
 
     def __init__(self, greeting, localiphost=None, rcpthosts=None,
                  morercpthosts=None, badmailfrom=frozenset(), databytes=0,
@@ -245,9 +244,8 @@ class Config:
                  flagauthplain=False, flagcram=False,
                  maxauth=DEFAULT_MAXAUTH, authdelay=DEFAULT_AUTHDELAY,
                  flaglog=True, rcptmap=None, flagrequireauth=False,
-                 flagforcefrom=False, locals_=frozenset(), srs=None, vdoms=()):
+                 flagforcefrom=False, locals_=frozenset(), srs=None):
         self.greeting = greeting
-        self.vdoms = vdoms
         self.owner = None
         self.srs = srs
         self.flagrequireauth = flagrequireauth
@@ -901,7 +899,7 @@ class Session:
 # -- reading the world ------------------------------------------------------
 
 # Every control file load_config() reads (rcptcheck's maps aside).
-CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'virtualdomains', 'srs_domain', 'srs_secrets', 'srs_maxage',
+CONFIG_FILES = ('smtpgreeting', 'me', 'locals', 'srs_domain', 'srs_secrets', 'srs_maxage',
                 'srs_hashmin', 'srs_hashlength', 'srs_separator', 'srs_alwaysrewrite',
                 'rcpthosts', 'morercpthosts.cdb',
                 'badmailfrom', 'databytes', 'localiphost', 'timeoutsmtpd',
@@ -1046,14 +1044,12 @@ def read_config(ctl: control.Controls, environ) -> Config:
     databytes = ctl.int('databytes', 0)     # (DATABYTES: load_config)
     # (FORCEAUTHMAILFROM's domains of system users: qmail-send's locals)
     locals_ = frozenset(h.strip().lower() for h in ctl.lines('locals', flagme=True) if h)
-    vdoms = tuple(ctl.lines('virtualdomains'))
     setting = None
     if ctl.line('srs_domain'):      # (the module only where SRS is set)
         from qmail.lib import srs
         setting = srs.load_ctl(ctl, reverse_only=True)
     return Config(
         locals_=locals_,
-        vdoms=vdoms,
         srs=setting,
         greeting=greeting,
         localiphost=ctl.line('localiphost', flagme=True),
@@ -1335,11 +1331,13 @@ class MailboxOwner:
     (locals and virtualdomains, then users/cdb, then qmail-getpw's rules,
     run here as qmaild: getpwnam and a stat of the home), lowercased;
     None for another host's address or the alias user's.  Raises OSError
-    when that cannot be told now (users/cdb unreadable, the passwd
-    database or a home failing: qmail-lspawn would defer too)."""
+    when that cannot be told now (control/virtualdomains or users/cdb
+    unreadable, the passwd database or a home failing: qmail-lspawn would
+    defer too).  virtualdomains is read at the first question, by the
+    sessions that ask (a mail client's), not by every session."""
 
-    def __init__(self, locals_, vdoms, home):
-        self.locals_, self.vdoms, self.home = locals_, vdoms, home
+    def __init__(self, locals_, home):
+        self.locals_, self.home = locals_, home
         self.routing = None
 
     def __call__(self, addr: bytes):
@@ -1347,7 +1345,8 @@ class MailboxOwner:
         from qmail.lib import users
         from qmail.lib.qlx import Qlx, QLX_NOALIAS
         if self.routing is None:
-            self.routing = send_rules.Routing(self.locals_, self.vdoms, (), b'')
+            vdoms = control.Controls(os.path.join(self.home, 'control')).lines('virtualdomains')
+            self.routing = send_rules.Routing(self.locals_, vdoms, (), b'')
         channel, routed = send_rules.rewrite(addr, self.routing)
         if channel != 0:
             return None
@@ -1478,7 +1477,7 @@ def main(argv=None, home=None) -> int:
         if not system_checker(argv):
             config.locals_ = frozenset()    # (a virtual login is no system user's)
         elif config.flagforcefrom:
-            config.owner = MailboxOwner(config.locals_, config.vdoms, home)
+            config.owner = MailboxOwner(config.locals_, home)
         env_limits(config, seen)
         if config.rcptmap is not None and config.rcptmap.warning and config.flaglog:
             stderr.log(b'qmail-smtpd: warning: %s\n'

@@ -356,6 +356,8 @@ def test_mailbox_owner(tmp_path):
     """qmail-lspawn's answer, as qmail-smtpd finds it: locals and
     virtualdomains, then users/cdb, then qmail-getpw's rules."""
     from qmail import newu
+    (tmp_path / 'control').mkdir()
+    (tmp_path / 'control' / 'virtualdomains').write_bytes(b'joe.example:joe-v\na.example:alias\n')
     (tmp_path / 'users').mkdir()
     (tmp_path / 'users' / 'assign').write_bytes(
         b'=joe-lists:joe:1001:1001:/nonexistent:::\n'
@@ -363,8 +365,7 @@ def test_mailbox_owner(tmp_path):
         b'=info:Boss:1002:1002:/nonexistent:::\n'
         b'+alias-:alias:1003:1003:/nonexistent:-::\n.\n')
     newu.newu(str(tmp_path))
-    owner = smtpd.MailboxOwner({b'example.org'}, [b'joe.example:joe-v', b'a.example:alias'],
-                               str(tmp_path))
+    owner = smtpd.MailboxOwner({b'example.org'}, str(tmp_path))
     check(owner(b'joe-lists@example.org'), b'joe')
     check(owner(b'JOE-LISTS@Example.ORG'), b'joe')
     check(owner(b'info@example.org'), b'boss')
