@@ -140,6 +140,12 @@ def readers_trouble(path: str, what: str, fix: str = 'chgrp qmail and chmod 640 
     return ''
 
 
+def readable_by(st, uid: int, gids) -> bool:
+    """May the user uid, in groups gids, read a file of stat st?"""
+    return bool(st.st_mode & 0o004 or (st.st_uid == uid and st.st_mode & 0o400)
+                or (st.st_gid in gids and st.st_mode & 0o040))
+
+
 def qmailr_trouble(path: str) -> str:
     """An Oops line if qmail-remote, as qmailr in group qmail, cannot
     read the file (root may: this program's own reading proves
@@ -149,8 +155,7 @@ def qmailr_trouble(path: str) -> str:
         uid, gid = auto.uid(auto.USER_REMOTE), auto.gid(auto.GROUP_QMAIL)
     except (OSError, KeyError):
         return ''
-    if (st.st_mode & 0o004 or (st.st_uid == uid and st.st_mode & 0o400)
-            or (st.st_gid == gid and st.st_mode & 0o040)):
+    if readable_by(st, uid, (gid,)):
         return ''
     return ('Oops! qmail-remote (qmailr, group qmail) cannot read it: chgrp qmail and '
             'chmod 640 it.\n')
@@ -200,8 +205,7 @@ def qmaild_trouble(path: str) -> str:
         gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
     except (OSError, KeyError):
         return ''
-    if (st.st_mode & 0o004 or (st.st_uid == pw.pw_uid and st.st_mode & 0o400)
-            or (st.st_gid in gids and st.st_mode & 0o040)):
+    if readable_by(st, pw.pw_uid, gids):
         return ''
     return 'Oops! qmail-smtpd (qmaild) cannot read it: its STARTTLS fails.\n'
 
