@@ -49,9 +49,9 @@ import sys
 import time
 
 from qmail.lib import auto, sendcmd
-from qmail.lib.error import error_str, exit_flushed, guard_stdout, interrupt_kills
-from qmail.qrm import (CHANNELS, POLL, WAIT, Message, Trouble, chooses, mark_held,
-                       parse_selection, queued_ids)
+from qmail.lib.error import error_str
+from qmail.qrm import (CHANNELS, POLL, WAIT, Message, Trouble, chooses, in_queue, mark_held,
+                       parse_selection, run_program)
 from qmail.qread import printable as shown
 
 
@@ -122,12 +122,12 @@ class Run:
                 if named:
                     self.say('%s: %s' % (label, 'not held' if self.release else 'held already'))
                 if not self.release and not self.dry:
-                    self.commands.append(b'H%d\n' % messid)
+                    self.commands.append(sendcmd.line(b'H', messid))
                 return True
             verb = ('would release', 'released') if self.release else ('would hold', 'held')
             if not self.dry:
                 mark_held(msg, not self.release)
-                self.commands.append(b'%s%d\n' % (b'U' if self.release else b'H', messid))
+                self.commands.append(sendcmd.line(b'U' if self.release else b'H', messid))
             self.say('%s: %s' % (label, verb[not self.dry]))
             self.count += 1
         except (OSError, Trouble) as err:
@@ -168,6 +168,9 @@ class Run:
                         else 'holds take effect'))
             self.fault(111)
 
+    def finish(self) -> None:
+        """(Nothing to wait for: a hold takes nothing out of the queue.)"""
+
     def summary(self) -> str:
         verb = ('released', 'would be released') if self.release else \
             ('held', 'would be held')
@@ -196,33 +199,8 @@ def main(argv=None, say=None) -> int:
     if parsed is None:
         return usage(say)
     dry, release, spatterns, rpatterns, subjects, ids = parsed
-    if os.geteuid() != 0:
-        say('fatal: must be run as root')
-        return 111
-    qdir = os.path.join(auto.QMAIL, 'queue')
-    try:
-        os.chdir(qdir)
-    except OSError as err:
-        say('fatal: unable to switch to %s: %s' % (qdir, error_str(err).decode()))
-        return 111
-    os.umask(0o077)
-    from qmail.fsck import hold_sendmutex
-    mutex = None if dry else hold_sendmutex('.')
-    try:
-        run = Run(auto.SPLIT, say, spatterns, rpatterns, subjects, release, dry,
-                  live=mutex is None)
-        try:
-            wanted = ids if ids else queued_ids(auto.SPLIT)
-        except OSError as err:
-            say('fatal: unable to read the queue: %s%s' % (
-                err.filename + ': ' if err.filename else '', error_str(err).decode()))
-            return 111
-        run.take_all(sorted(set(wanted)), bool(ids))
-        say(run.summary())
-        return run.code
-    finally:
-        if mutex is not None:
-            os.close(mutex)
+    return in_queue(say, dry, ids, lambda live: Run(
+        auto.SPLIT, say, spatterns, rpatterns, subjects, release, dry, live=live))
 
 
 def say_line(text: str) -> None:
@@ -231,23 +209,7 @@ def say_line(text: str) -> None:
 
 
 def run():
-    guard_stdout()
-    interrupt_kills()
-    try:
-        code = main()
-    except OSError as err:
-        try:
-            os.write(2, b'qmail-qhold: fatal: unable to write: %s\n' % error_str(err))
-        except OSError:
-            pass
-        code = 111
-    except Exception as err:        # last resort: never a traceback
-        try:
-            say_line('fatal: internal error: %s' % type(err).__name__)
-        except OSError:
-            pass
-        code = 111
-    exit_flushed(code, 'qmail-qhold')
+    run_program(main, say_line, 'qmail-qhold')
 
 
 if __name__ == '__main__':

@@ -532,7 +532,7 @@ class Run:
             if not self.dry:
                 expire(msg, self.lifetime)
                 mark_held(msg, False)
-                self.untold.append(b'N%d\n' % msg.id)
+                self.untold.append(sendcmd.line(b'N', msg.id))
             self.say('%s: %s' % (label, verb))
             self.messages += 1
             return
@@ -543,7 +543,7 @@ class Run:
                     drop_bounce(msg)
                     mark_held(msg, False)
                     self.finishing.append(msg)
-                    self.untold.append(b'R%d\nN%d\n' % (msg.id, msg.id))
+                    self.untold += [sendcmd.line(b'R', msg.id), sendcmd.line(b'N', msg.id)]
                 else:
                     remove_whole(msg)
             self.say('%s: %s' % (label, verb))
@@ -558,7 +558,9 @@ class Run:
                 # Its last recipients to go: it is to finish now (N), not at
                 # its next retry (a review: hours later, its bounce too).
                 last = len(chosen) == len(msg.chosen(None))
-                self.untold.append(b'R%d\n' % msg.id + (b'N%d\n' % msg.id if last else b''))
+                self.untold.append(sendcmd.line(b'R', msg.id))
+                if last:
+                    self.untold.append(sendcmd.line(b'N', msg.id))
         for c, _, addr in chosen:
             self.say('%s: %s %s %s' % (label, verb, c, shown(addr)))
         self.recipients += len(chosen)
@@ -695,6 +697,22 @@ def main(argv=None, say=None) -> int:
     if parsed is None:
         return usage(say)
     dry, spatterns, rpatterns, ids, subjects, bounce = parsed
+
+    def make_run(live):
+        from qmail.lib import control
+        lifetime = control.Controls(os.path.join(auto.QMAIL, 'control')).int(
+            'queuelifetime', 604800)
+        return Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=live,
+                   subjects=subjects, bounce=bounce, lifetime=lifetime)
+    return in_queue(say, dry, ids, make_run)
+
+
+def in_queue(say, dry: bool, ids, make_run) -> int:
+    """What qmail-qrm and qmail-qhold do around their choice: as root, in
+    HOME/queue, with lock/sendmutex held unless qmail-send holds it
+    (then live) or this is a dry run; make_run(live) gives the run, which
+    takes the messages numbered (every queued one without), finishes, and
+    says its summary.  The exit code."""
     if os.geteuid() != 0:
         say('fatal: must be run as root')
         return 111
@@ -708,11 +726,7 @@ def main(argv=None, say=None) -> int:
     from qmail.fsck import hold_sendmutex
     mutex = None if dry else hold_sendmutex('.')
     try:
-        from qmail.lib import control
-        lifetime = control.Controls(os.path.join(auto.QMAIL, 'control')).int(
-            'queuelifetime', 604800)
-        run = Run(auto.SPLIT, say, ids, spatterns, rpatterns, dry, live=mutex is None,
-                  subjects=subjects, bounce=bounce, lifetime=lifetime)
+        run = make_run(mutex is None)
         try:
             wanted = ids if ids else queued_ids(auto.SPLIT)
         except OSError as err:
@@ -733,14 +747,17 @@ def say_line(text: str) -> None:
     sys.stdout.flush()
 
 
-def run():
+def run_program(main, say_line, name: str):
+    """Run main() as the program name: its exit code, a write error on
+    fd 1 one line on fd 2 and 111, anything else one line and 111, never
+    a traceback."""
     guard_stdout()                  # a full disk or closed fd 1: one line, 111
     interrupt_kills()
     try:
         code = main()
     except OSError as err:          # stdout itself, most likely
         try:
-            os.write(2, b'qmail-qrm: fatal: unable to write: %s\n' % error_str(err))
+            os.write(2, b'%s: fatal: unable to write: %s\n' % (name.encode(), error_str(err)))
         except OSError:
             pass
         code = 111
@@ -750,7 +767,11 @@ def run():
         except OSError:
             pass
         code = 111
-    exit_flushed(code, 'qmail-qrm')
+    exit_flushed(code, name)
+
+
+def run():
+    run_program(main, say_line, 'qmail-qrm')
 
 
 if __name__ == '__main__':

@@ -169,7 +169,7 @@ def test_commands_come_through_the_fifo(s):
     s.pqstart()
     s.command_set()
     assert s.commandfd != -1
-    assert sendcmd.send('.', sendcmd.lines(b'H', [77]) + [b'junk\n', b'X1\n'])
+    assert sendcmd.send('.', [sendcmd.line(b'H', 77), b'junk\n', b'X1\n'])
     s.command_read()
     assert s.log == ['hold msg 77\n']
     os.close(s.commandfd)
@@ -193,7 +193,7 @@ def test_send_without_a_reader_and_a_full_fifo(tmp_path):
     assert not sendcmd.send(str(tmp_path), [b'H1\n'])   # nobody reads: ENXIO
     fd = os.open(tmp_path / 'lock' / 'command', os.O_RDWR | os.O_NONBLOCK)
     try:
-        many = sendcmd.lines(b'N', range(10 ** 6, 10 ** 6 + 20000))     # 180 KB
+        many = [sendcmd.line(b'N', m) for m in range(10 ** 6, 10 ** 6 + 20000)]  # 180 KB
         got = []
 
         def drain():

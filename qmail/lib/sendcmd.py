@@ -40,8 +40,9 @@ HELD_BIT = stat.S_ISVTX         # on local/ and remote/: the message is held
 VERBS = b'HUNR'
 
 
-def lines(verb: bytes, ids) -> list:
-    return [b'%s%d\n' % (verb, messid) for messid in ids]
+def line(verb: bytes, messid: int) -> bytes:
+    """One command line: verb (one of VERBS) for message messid."""
+    return b'%s%d\n' % (verb, messid)
 
 
 def send(qdir: str, commands, timeout: float = 10.0) -> bool:

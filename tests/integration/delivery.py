@@ -244,3 +244,33 @@ def dnsmasq(zone: str, probe):
             proc.kill()
             proc.wait(timeout=TIMEOUT)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the queue as the admin's tools see it (qmail-qrm's, qmail-qhold's tests) --
+
+def inject(home, sender, *recips, subject=b'queue test'):
+    """qmail-inject -f sender recips, a short message; it must queue."""
+    r = subprocess.run([os.path.join(home, 'bin', 'qmail-inject'), '-f' + sender] + list(recips),
+                       input=b'Subject: %s\n\nbody\n' % subject, timeout=TIMEOUT)
+    assert r.returncode == 0
+
+
+def qread(home) -> str:
+    return subprocess.run([os.path.join(home, 'bin', 'qmail-qread')], capture_output=True,
+                          timeout=TIMEOUT).stdout.decode()
+
+
+def ids_of(listing: str, sender: str) -> list:
+    """The numbers of the messages from sender in a qmail-qread listing."""
+    import re
+    return [int(m) for m in re.findall(r'#(\d+)  \d+  <%s>' % re.escape(sender), listing)]
+
+
+def wait_until(what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return
+        time.sleep(0.05)
+    raise AssertionError('timed out')
+

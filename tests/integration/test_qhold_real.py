@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, remove_home
-from delivery import Mta, ensure_user, maildirmake
+from delivery import Mta, ensure_user, ids_of, inject, maildirmake, qread, wait_until
 
 pytestmark = needs_root
 
@@ -37,35 +37,11 @@ def world():
     remove_home(home)
 
 
-def inject(home, sender, *recips):
-    r = subprocess.run([os.path.join(home, 'bin', 'qmail-inject'), '-f' + sender] + list(recips),
-                       input=b'Subject: hold test\n\nbody\n', timeout=TIMEOUT)
-    assert r.returncode == 0
-
-
-def qread(home):
-    return subprocess.run([os.path.join(home, 'bin', 'qmail-qread')], capture_output=True,
-                          timeout=TIMEOUT).stdout.decode()
-
-
 def qhold(home, *args):
     r = subprocess.run([os.path.join(home, 'bin', 'qmail-qhold')] + list(args),
                        capture_output=True, timeout=TIMEOUT + 40)
     assert r.stderr == b''
     return r.returncode, r.stdout.decode().splitlines()
-
-
-def ids_of(listing, sender):
-    return [int(m) for m in re.findall(r'#(\d+)  \d+  <%s>' % re.escape(sender), listing)]
-
-
-def wait_until(what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.05)
-    raise AssertionError('timed out')
 
 
 def tries(log, messid):

@@ -3,14 +3,13 @@ remote mail deferred (its route a closed port), then stopped; the
 program run as root, as the admin runs it."""
 
 import os
-import re
 import subprocess
 import time
 
 import pytest
 
 from conftest import TIMEOUT, install_home, needs_root, queue_files, remove_home
-from delivery import Mta, ensure_user, maildirmake
+from delivery import Mta, ensure_user, ids_of, inject, maildirmake, qread, wait_until
 
 pytestmark = needs_root
 
@@ -32,36 +31,12 @@ def world():
     remove_home(home)
 
 
-def inject(home, sender, *recips):
-    r = subprocess.run([os.path.join(home, 'bin', 'qmail-inject'), '-f' + sender] + list(recips),
-                       input=b'Subject: qrm test\n\nbody\n', timeout=TIMEOUT)
-    assert r.returncode == 0
-
-
-def qread(home):
-    return subprocess.run([os.path.join(home, 'bin', 'qmail-qread')], capture_output=True,
-                          timeout=TIMEOUT).stdout.decode()
-
-
 def qrm(home, *args, user=None):
     kw = dict(user=user[1], group=user[2], extra_groups=[]) if user else {}
     r = subprocess.run([os.path.join(home, 'bin', 'qmail-qrm')] + list(args),
                        capture_output=True, timeout=TIMEOUT + 40, **kw)
     assert r.stderr == b''
     return r.returncode, r.stdout.decode().splitlines()
-
-
-def ids_of(listing, sender):
-    return [int(m) for m in re.findall(r'#(\d+)  \d+  <%s>' % re.escape(sender), listing)]
-
-
-def wait_until(what, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.05)
-    raise AssertionError('timed out')
 
 
 def test_qrm_with_qmail_send_running(world):
